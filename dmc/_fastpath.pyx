@@ -1,0 +1,376 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled data path of dmcproxy.
+
+It owns the bytes: RESP parsing to positions, hash slots, the command table compiled from the
+shards' `COMMAND` reply, request routing, reply merging and the epoll loop that moves it all.
+Python configures it (listening socket, shard map, command table) and reads its counters; per
+command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file each:
+
+    buffer.pxi    byte buffers owned by connections
+    resp.pxi      request parser and reply frame parser
+    slot.pxi      CRC16 hash slots and hash tags
+    commands.pxi  command table, key specs, routing policy
+    request.pxi   request and fragment lifecycle
+    conn.pxi      client, backend and shard structs
+    core.pxi      answers, merges, backend connections
+    dispatch.pxi  routing a parsed request; client input and output
+    loop.pxi      one turn of the epoll loop
+"""
+
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
+from libc.stdio cimport snprintf
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
+cdef extern from "errno.h":
+    int EWOULDBLOCK
+from posix.unistd cimport close
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from cpython.exc cimport PyErr_CheckSignals
+
+cdef extern from "sys/types.h":
+    ctypedef long ssize_t
+
+cdef extern from "sys/socket.h":
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        pass
+    int socket(int domain, int type, int protocol) nogil
+    int connect(int fd, const sockaddr *addr, socklen_t len) nogil
+    int accept4(int fd, sockaddr *addr, socklen_t *len, int flags) nogil
+    ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
+    ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
+    int setsockopt(int fd, int level, int name, const void *val, socklen_t len) nogil
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
+    int AF_INET, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL
+
+cdef extern from "netinet/in.h":
+    struct in_addr:
+        unsigned int s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    int IPPROTO_TCP
+    unsigned short htons(unsigned short) nogil
+
+cdef extern from "netinet/tcp.h":
+    int TCP_NODELAY
+
+cdef extern from "arpa/inet.h":
+    int inet_pton(int af, const char *src, void *dst) nogil
+
+cdef extern from "sys/epoll.h":
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+    struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_create1(int flags) nogil
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *ev) nogil
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout) nogil
+    int EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC
+    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
+
+include "fastpath/buffer.pxi"
+include "fastpath/resp.pxi"
+include "fastpath/slot.pxi"
+include "fastpath/commands.pxi"
+include "fastpath/request.pxi"
+include "fastpath/conn.pxi"
+include "fastpath/core.pxi"
+include "fastpath/dispatch.pxi"
+include "fastpath/loop.pxi"
+
+# Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
+ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
+          "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED}
+MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
+          "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
+          "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
+          "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT}
+LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO}
+KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
+KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
+SLOTS = SLOT_COUNT
+
+
+def slot_of(key):
+    """The hash slot of a key (bytes or str), as Redis Cluster computes it."""
+    cdef bytes k = key.encode() if isinstance(key, str) else bytes(key)
+    return key_slot(k, len(k))
+
+
+class ProtocolError(Exception):
+    """A request stream that redis-server would refuse; str() is its error line."""
+
+
+cdef class RequestParser:
+    """Incremental request parser, fed arbitrary chunks: the proxy's own parser, for tests and
+    tools. feed() returns the complete commands as lists of bytes; a protocol error raises
+    ProtocolError with Redis's text, after which the parser refuses further input."""
+    cdef ArgVec av
+    cdef Buf buf
+    cdef size_t need
+    cdef object error
+
+    def __cinit__(self):
+        argvec_init(&self.av)
+
+    def __dealloc__(self):
+        argvec_free(&self.av)
+        buf_free(&self.buf)
+
+    def feed(self, data):
+        cdef const unsigned char[:] view = data
+        cdef size_t consumed, need
+        cdef int rc, i
+        out = []
+        if self.error is not None:
+            raise self.error
+        if view.shape[0]:
+            buf_append(&self.buf, <const char *>&view[0], view.shape[0])
+        while buf_len(&self.buf) > 0 and buf_len(&self.buf) >= self.need:
+            rc = parse_request(buf_head(&self.buf), buf_len(&self.buf), &self.av, &consumed, &need)
+            if rc == PARSE_INCOMPLETE:
+                self.need = need
+                break
+            self.need = 0
+            if rc < 0:
+                if rc == PARSE_ERR_EXPECTED_DOLLAR:
+                    text = "ERR Protocol error: expected '$', got '%s'" % chr(<unsigned char>self.av.bad_byte)
+                else:
+                    text = parse_error_text(rc)[1:].decode().rstrip()
+                self.error = ProtocolError(text)
+                raise self.error
+            if self.av.argc:
+                out.append([self.av.argv[i][:self.av.argl[i]] for i in range(self.av.argc)])
+            buf_consume(&self.buf, consumed)
+        return out
+
+    def pending(self):
+        """Bytes buffered but not yet part of a complete request."""
+        return buf_len(&self.buf)
+
+
+cdef class ReplyParser:
+    """Incremental reply frame splitter: feed() returns complete RESP2/RESP3 values as bytes
+    (with their attributes), the proxy's own frame boundaries. Pushes are returned as well;
+    is_push() of a frame tells them apart."""
+    cdef Buf buf
+    cdef size_t need
+
+    def __dealloc__(self):
+        buf_free(&self.buf)
+
+    def feed(self, data):
+        cdef const unsigned char[:] view = data
+        cdef ssize_t n
+        cdef size_t need
+        cdef int push
+        out = []
+        if view.shape[0]:
+            buf_append(&self.buf, <const char *>&view[0], view.shape[0])
+        while buf_len(&self.buf) > 0 and buf_len(&self.buf) >= self.need:
+            n = reply_frame(buf_head(&self.buf), buf_len(&self.buf), &need, &push)
+            if n == 0:
+                self.need = need
+                break
+            self.need = 0
+            if n < 0:
+                raise ValueError("not RESP: %r" % buf_head(&self.buf)[:min(buf_len(&self.buf), 40)])
+            out.append(buf_head(&self.buf)[:n])
+            buf_consume(&self.buf, n)
+        return out
+
+    @staticmethod
+    def is_push(bytes frame):
+        cdef size_t need
+        cdef int push
+        n = reply_frame(frame, len(frame), &need, &push)
+        return n > 0 and push != 0
+
+
+cdef class Proxy:
+    """One dmcproxy endpoint: a listening socket, a shard map and the epoll loop serving it.
+
+    Configure it with a command table and a shard map, then call run() (or run_once() from a
+    loop of your own). apply_shard_map() may be called between turns, or from another thread
+    while the loop waits in epoll: client connections stay open, requests already sent finish
+    on the connections they were sent on, and new requests follow the new map.
+    """
+    cdef Core core
+    cdef CommandTable table
+    cdef bint stopping
+    cdef dict shard_index          # (host, port) -> index in core.shards
+
+    def __cinit__(self):
+        memset(&self.core, 0, sizeof(Core))
+        self.core.epfd = -1
+        self.core.listener.fd = -1
+
+    def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
+                 int backend_timeout_ms=5000, int conns_per_shard=1):
+        self.core.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.core.epfd < 0:
+            raise OSError(errno, "epoll_create1")
+        self.table = table
+        self.core.commands = table.entries
+        self.core.max_clients = max_clients
+        self.core.backend_timeout_us = <long long>backend_timeout_ms * 1000
+        self.core.conns_per_shard = max(1, conns_per_shard)
+        self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
+        self.core.shard_frag = <int *>calloc(MAX_SHARDS, sizeof(int))
+        self.core.active = <int *>calloc(MAX_SHARDS, sizeof(int))
+        self.core.read_chunk = <char *>malloc(READ_CHUNK)
+        if not (self.core.shards and self.core.shard_frag and self.core.active and self.core.read_chunk):
+            raise MemoryError()
+        argvec_init(&self.core.av)
+        keylist_init(&self.core.keys)
+        self.core.now_us = monotonic_us()
+        self.shard_index = {}
+        self.core.listener.kind = KIND_LISTENER
+        self.core.listener.fd = listen_fd
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.ptr = &self.core.listener
+        if epoll_ctl(self.core.epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0:
+            raise OSError(errno, "epoll_ctl on the listening socket")
+
+    def __dealloc__(self):
+        cdef int i, j
+        cdef Backend *b
+        # Client structs and in-flight requests are reclaimed with the process; close sockets.
+        if self.core.shards != NULL:
+            for i in range(self.core.nshards):
+                for j in range(self.core.shards[i].nconns):
+                    b = &self.core.shards[i].conns[j]
+                    if b.fd >= 0:
+                        close(b.fd)
+                    buf_free(&b.rbuf)
+                    buf_free(&b.wbuf)
+                free(self.core.shards[i].conns)
+            free(self.core.shards)
+        free(self.core.shard_frag)
+        free(self.core.active)
+        free(self.core.read_chunk)
+        free(self.core.key_shard)
+        argvec_free(&self.core.av)
+        keylist_free(&self.core.keys)
+        buf_free(&self.core.merged)
+        buf_free(&self.core.subcommand)
+        if self.core.epfd >= 0:
+            close(self.core.epfd)
+
+    cdef int shard_for(self, str host, int port) except -1:
+        cdef Shard *s
+        cdef Backend *b
+        cdef int j
+        key = (host, port)
+        idx = self.shard_index.get(key)
+        if idx is not None:
+            return idx
+        if self.core.nshards >= MAX_SHARDS:
+            raise ValueError("too many shards")
+        idx = self.core.nshards
+        s = &self.core.shards[idx]
+        memset(s, 0, sizeof(Shard))
+        label = ("%s:%d" % (host, port)).encode()[:63]
+        memcpy(s.label, <char *>label, len(label))
+        s.addr.sin_family = AF_INET
+        s.addr.sin_port = htons(port)
+        if inet_pton(AF_INET, host.encode(), &s.addr.sin_addr) != 1:
+            raise ValueError("not an IPv4 address: %r" % host)
+        s.nconns = self.core.conns_per_shard
+        s.conns = <Backend *>calloc(s.nconns, sizeof(Backend))
+        if s.conns == NULL:
+            raise MemoryError()
+        for j in range(s.nconns):
+            b = &s.conns[j]
+            b.kind = KIND_BACKEND
+            b.fd = -1
+            b.state = BK_DOWN
+            b.shard = idx
+            b.retry_delay_us = RETRY_MIN_US
+            b.retry_at_us = 0
+        self.core.nshards += 1
+        self.shard_index[key] = idx
+        return idx
+
+    def apply_shard_map(self, unsigned long long version, list shards, slot_owner):
+        """Install a shard map. shards: [(ipv4, port)] in map order; slot_owner: 16384 indices
+        into shards (any sequence of ints). A version not newer than the current map is ignored
+        and False returned."""
+        cdef int i, n = len(shards)
+        cdef unsigned short table[SLOT_COUNT]
+        cdef int idx[MAX_SHARDS]
+        if self.core.nactive and version <= self.core.map_version:
+            return False
+        if n == 0 or n > MAX_SHARDS:
+            raise ValueError("a shard map needs 1 to %d shards" % MAX_SHARDS)
+        if len(slot_owner) != SLOT_COUNT:
+            raise ValueError("a shard map assigns all %d slots" % SLOT_COUNT)
+        for i in range(n):
+            host, port = shards[i]
+            idx[i] = self.shard_for(host, int(port))
+        for i in range(SLOT_COUNT):
+            owner = slot_owner[i]
+            if not 0 <= owner < n:
+                raise ValueError("slot %d is owned by shard %r, not in the map" % (i, owner))
+            table[i] = idx[owner]
+        # From here on nothing can fail: switch atomically with respect to the loop.
+        for i in range(self.core.nshards):
+            self.core.shards[i].active = False
+        for i in range(n):
+            self.core.shards[idx[i]].active = True
+            self.core.active[i] = idx[i]
+        self.core.nactive = n
+        memcpy(self.core.slot_map, table, sizeof(table))
+        self.core.map_version = version
+        return True
+
+    @property
+    def map_version(self):
+        return self.core.map_version
+
+    def run_once(self, int timeout_ms=100):
+        cdef int n
+        with nogil:
+            n = loop_once(&self.core, timeout_ms)
+        if n < 0 and errno != EINTR:
+            raise OSError(errno, "epoll_wait")
+        return n
+
+    def run(self, int tick_ms=100):
+        """Serve until stop() is called (for example from a signal handler)."""
+        cdef int n
+        self.stopping = False
+        while not self.stopping:
+            with nogil:
+                n = loop_once(&self.core, tick_ms)
+            if n < 0 and errno != EINTR:
+                raise OSError(errno, "epoll_wait")
+            PyErr_CheckSignals()
+
+    def stop(self):
+        self.stopping = True
+
+    def stats(self):
+        cdef int i, j
+        cdef Backend *b
+        shards = []
+        for i in range(self.core.nshards):
+            s = &self.core.shards[i]
+            conns = []
+            for j in range(s.nconns):
+                b = &s.conns[j]
+                conns.append({"state": ("down", "connecting", "up")[b.state], "queued": b.queued})
+            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns})
+        return {
+            "map_version": self.core.map_version,
+            "clients": self.core.nclients,
+            "total_connections": self.core.total_connections,
+            "rejected_connections": self.core.rejected_connections,
+            "shards": shards,
+            "commands": self.table.counters(),
+        }

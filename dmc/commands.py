@@ -1,0 +1,174 @@
+"""Compiles the shards' own `COMMAND` reply into the proxy's command table.
+
+Key positions come from Redis's key specs, and routing comes from Redis's command tips
+(`request_policy:*`, `response_policy:*`), the hints Redis publishes for cluster proxies and
+clients. Only what no tip can say is decided here: which commands the proxy answers itself, and
+which carry connection state that a shared, pipelined backend connection cannot hold (they are
+refused with a clear error until the proxy pins such clients to connections of their own).
+
+This module runs once at start-up (and when shards are upgraded); it never sees user traffic.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import hiredis
+
+from dmc import _fastpath
+
+# Answered by the proxy itself: they are about the connection, not the data.
+LOCAL_COMMANDS = {"ping", "echo", "quit", "select"}
+
+# Connection state that a shared backend connection cannot carry.
+_STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
+REFUSED_COMMANDS = {
+    "multi": _STATEFUL, "exec": _STATEFUL, "discard": _STATEFUL, "watch": _STATEFUL,
+    "unwatch": _STATEFUL, "subscribe": _STATEFUL, "psubscribe": _STATEFUL,
+    "ssubscribe": _STATEFUL, "unsubscribe": _STATEFUL, "punsubscribe": _STATEFUL,
+    "sunsubscribe": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL, "hello": _STATEFUL,
+    "client": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
+    "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
+    "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
+    "auth": "ERR AUTH <password> called without any password configured for the default user. "
+            "Are you sure your configuration is correct?",
+    "scan": "ERR 'scan' is not supported by this proxy yet: its cursor must walk every shard",
+}
+# Blocking commands would stall every client sharing the backend connection.
+_BLOCKING = "ERR '{name}' is not supported by this proxy yet: blocking commands need a dedicated backend connection"
+
+
+@dataclass
+class CommandEntry:
+    """One row of the proxy's command table, in the terms of dmc._fastpath."""
+    name: bytes
+    arity: int
+    route: str = "keyed"
+    merge: str = "none"
+    local: str | None = None
+    has_subcommands: bool = False
+    specs: list = field(default_factory=list)
+    refusal: str | None = None
+
+
+def _pairs(flat):
+    return {flat[i].decode() if isinstance(flat[i], bytes) else flat[i]: flat[i + 1]
+            for i in range(0, len(flat) - 1, 2)}
+
+
+def _key_spec(raw) -> tuple | None:
+    """A key spec as (begin type, index or startfrom, keyword, find type, a, b, c), or None
+    when Redis itself marks it unknown."""
+    spec = _pairs(raw)
+    bs = _pairs(spec["begin_search"])
+    fk = _pairs(spec["find_keys"])
+    bs_type = bs["type"].decode()
+    fk_type = fk["type"].decode()
+    if bs_type not in _fastpath.KEYSPEC_BEGIN or fk_type not in _fastpath.KEYSPEC_FIND:
+        return None
+    bspec, fspec = _pairs(bs["spec"]), _pairs(fk["spec"])
+    if bs_type == "index":
+        begin = (_fastpath.KEYSPEC_BEGIN["index"], int(bspec["index"]), b"")
+    else:
+        begin = (_fastpath.KEYSPEC_BEGIN["keyword"], int(bspec["startfrom"]), bspec["keyword"])
+    if fk_type == "range":
+        find = (_fastpath.KEYSPEC_FIND["range"], int(fspec["lastkey"]), int(fspec["keystep"]),
+                int(fspec["limit"]))
+    else:
+        find = (_fastpath.KEYSPEC_FIND["keynum"], int(fspec["keynumidx"]), int(fspec["firstkey"]),
+                int(fspec["keystep"]))
+    return begin + find
+
+
+def _legacy_spec(first: int, last: int, step: int) -> tuple | None:
+    """Key spec from the (first, last, step) triple of servers older than Redis 7."""
+    if first <= 0:
+        return None
+    lastkey = last - first if last >= 0 else last
+    return (_fastpath.KEYSPEC_BEGIN["index"], first, b"", _fastpath.KEYSPEC_FIND["range"],
+            lastkey, step, 0)
+
+
+def _entry(row, container: str | None = None) -> CommandEntry:
+    name = row[0].decode().lower()
+    arity = int(row[1])
+    flags = {f.decode() for f in row[2]}
+    tips = [t.decode() for t in row[7]] if len(row) > 7 else []
+    entry = CommandEntry(name=name.encode(), arity=arity)
+    if len(row) > 8:
+        entry.specs = [s for s in (_key_spec(raw) for raw in row[8]) if s is not None]
+    else:
+        spec = _legacy_spec(int(row[3]), int(row[4]), int(row[5]))
+        entry.specs = [spec] if spec else []
+    entry.has_subcommands = len(row) > 9 and bool(row[9])
+    top = container or name
+    request = next((t.split(":", 1)[1] for t in tips if t.startswith("request_policy:")), None)
+    response = next((t.split(":", 1)[1] for t in tips if t.startswith("response_policy:")), None)
+    if name in LOCAL_COMMANDS:
+        entry.route, entry.local = "local", name
+    elif top in REFUSED_COMMANDS:
+        entry.route, entry.refusal = "refused", REFUSED_COMMANDS[top].format(name=name)
+    elif "blocking" in flags:
+        entry.route, entry.refusal = "refused", _BLOCKING.format(name=name)
+    elif request == "multi_shard":
+        if response == "agg_min":
+            # MSETNX: all or nothing cannot be promised across shards; one shard or CROSSSLOT.
+            entry.route = "keyed"
+        else:
+            entry.route = "split"
+            entry.merge = response or "keyed_array"
+    elif request in ("all_shards", "all_nodes") and response != "special":
+        entry.route = "all_shards"
+        entry.merge = response or "concat"
+    # request_policy:special and response_policy:special (INFO, RANDOMKEY, SCRIPT KILL ...) go
+    # to the default shard until the proxy merges them.
+    return entry
+
+
+def compile_command_reply(reply) -> list[CommandEntry]:
+    """The table entries for a decoded `COMMAND` reply (RESP2, as hiredis returns it)."""
+    entries = []
+    for row in reply:
+        entries.append(_entry(row))
+        if len(row) > 9:
+            for sub in row[9]:
+                entries.append(_entry(sub, container=row[0].decode().lower()))
+    return entries
+
+
+def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
+    table = _fastpath.CommandTable()
+    for e in entries:
+        table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
+                  _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal)
+    return table
+
+
+def fetch_command_reply(host: str, port: int, timeout: float = 2.0):
+    """Ask one shard for `COMMAND` over a plain blocking socket."""
+    reader = hiredis.Reader()
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(b"*1\r\n$7\r\nCOMMAND\r\n")
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError(f"{host}:{port} closed the connection")
+            reader.feed(data)
+            reply = reader.gets()
+            if reply is not False:
+                break
+    if isinstance(reply, hiredis.ReplyError):
+        raise ConnectionError(f"{host}:{port} refused COMMAND: {reply}")
+    return reply
+
+
+def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0):
+    """The command table of the first shard that answers; ConnectionError if none does."""
+    errors = []
+    for host, port in shards:
+        try:
+            return build_table(compile_command_reply(fetch_command_reply(host, port, timeout)))
+        except OSError as exc:
+            errors.append(f"{host}:{port}: {exc}")
+    raise ConnectionError("no shard answered COMMAND: " + "; ".join(errors))

@@ -1,0 +1,333 @@
+# The command table: name -> arity, key specs and routing policy.
+#
+# It is compiled at start-up from the shards' own `COMMAND` reply (see dmc/commands.py, which
+# turns that reply into plain tuples): key positions come from Redis's key specs, and the way a
+# command is routed and its replies merged comes from Redis's request/response policy tips. The
+# lookup is an open-addressing hash on the lower-cased name; container commands (OBJECT, CONFIG,
+# XINFO, ...) are looked up again as `container|subcommand`.
+
+DEF CMD_NAME_MAX = 48
+DEF CMD_TABLE_SIZE = 2048
+DEF MAX_KEY_SPECS = 6
+
+# begin_search / find_keys types of a key spec
+cdef enum:
+    BS_INDEX = 1
+    BS_KEYWORD = 2
+    FK_RANGE = 1
+    FK_KEYNUM = 2
+
+# How the proxy routes a command.
+cdef enum Route:
+    ROUTE_KEYED = 0         # to the shard of its keys (all on one shard, else CROSSSLOT); keyless: default shard
+    ROUTE_SPLIT = 1         # keys split per shard into sub-commands, replies merged (MGET, MSET, DEL ...)
+    ROUTE_ALL_SHARDS = 2    # sent to every shard, replies merged (DBSIZE, FLUSHALL, KEYS ...)
+    ROUTE_LOCAL = 3         # answered by the proxy (PING, QUIT, SELECT ...)
+    ROUTE_REFUSED = 4       # not available through this proxy; the entry's error text says why
+
+# How the replies of several shards are merged into one.
+cdef enum Merge:
+    MERGE_NONE = 0          # a single reply is passed through
+    MERGE_KEYED_ARRAY = 1   # MGET: one array element per key, back in the client's key order
+    MERGE_ALL_SUCCEEDED = 2 # the first error, else the first reply
+    MERGE_ONE_SUCCEEDED = 3 # the first non-error reply, else the first error
+    MERGE_AGG_SUM = 4       # integers summed
+    MERGE_AGG_MIN = 5
+    MERGE_AGG_MAX = 6
+    MERGE_AGG_AND = 7
+    MERGE_AGG_OR = 8
+    MERGE_CONCAT = 9        # arrays concatenated (KEYS)
+
+# Commands answered by the proxy itself.
+cdef enum Local:
+    LOCAL_PING = 1
+    LOCAL_QUIT = 2
+    LOCAL_SELECT = 3
+    LOCAL_ECHO = 4
+
+
+cdef struct KeySpec:
+    int bs_type
+    int bs_index            # BS_INDEX: position; BS_KEYWORD: startfrom
+    char bs_keyword[16]
+    int bs_keyword_len
+    int fk_type
+    int fk_a                # RANGE: lastkey;  KEYNUM: keynumidx
+    int fk_b                # RANGE: keystep;  KEYNUM: firstkey
+    int fk_c                # RANGE: limit;    KEYNUM: keystep
+
+
+cdef struct CommandInfo:
+    char name[CMD_NAME_MAX]     # lower case, `container|sub` for subcommands
+    int name_len
+    int arity
+    int route
+    int merge
+    int local
+    bint has_subcommands
+    int nspecs
+    KeySpec specs[MAX_KEY_SPECS]
+    char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)
+    # Counters kept on the fast path and read by the metrics exporter.
+    unsigned long long calls
+    unsigned long long errors
+    unsigned long long usec
+
+
+cdef inline unsigned int name_hash(const char *s, size_t n) noexcept nogil:
+    cdef unsigned int h = 2166136261u
+    cdef size_t i
+    for i in range(n):
+        h = (h ^ <unsigned char>s[i]) * 16777619u
+    return h
+
+
+cdef inline char lower_char(char c) noexcept nogil:
+    return c + 32 if c'A' <= c <= c'Z' else c
+
+
+cdef inline int lower_name(const char *s, size_t n, char *out) noexcept nogil:
+    """Lower-case s into out; -1 if longer than a command name can be."""
+    cdef size_t i
+    if n >= CMD_NAME_MAX:
+        return -1
+    for i in range(n):
+        out[i] = lower_char(s[i])
+    return <int>n
+
+
+cdef CommandInfo *command_find(CommandInfo **entries, const char *name, size_t n) noexcept nogil:
+    cdef char low[CMD_NAME_MAX]
+    cdef int ln = lower_name(name, n, low)
+    cdef unsigned int h, i
+    cdef CommandInfo *e
+    if ln < 0:
+        return NULL
+    h = name_hash(low, ln) & (CMD_TABLE_SIZE - 1)
+    for i in range(CMD_TABLE_SIZE):
+        e = entries[(h + i) & (CMD_TABLE_SIZE - 1)]
+        if e == NULL:
+            return NULL
+        if e.name_len == ln and memcmp(e.name, low, ln) == 0:
+            return e
+    return NULL
+
+
+cdef CommandInfo *command_lookup(CommandInfo **entries, ArgVec *av) noexcept nogil:
+    """The entry for a request, descending into `container|sub` for container commands.
+    NULL for an unknown command; the container itself for an unknown subcommand."""
+    cdef CommandInfo *c = command_find(entries, av.argv[0], av.argl[0])
+    cdef CommandInfo *sub
+    cdef char full[CMD_NAME_MAX]
+    cdef size_t n
+    if c == NULL or not c.has_subcommands or av.argc < 2:
+        return c
+    n = c.name_len
+    if n + 1 + av.argl[1] >= CMD_NAME_MAX:
+        return c
+    memcpy(full, c.name, n)
+    full[n] = c'|'
+    memcpy(full + n + 1, av.argv[1], av.argl[1])
+    sub = command_find(entries, full, n + 1 + av.argl[1])
+    return sub if sub != NULL else c
+
+
+cdef class CommandTable:
+    """The compiled command table. Filled from Python (rare), read from C (every command)."""
+    cdef CommandInfo *entries[CMD_TABLE_SIZE]
+    cdef int count
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(CMD_TABLE_SIZE):
+            if self.entries[i] != NULL:
+                free(self.entries[i].refusal)
+                free(self.entries[i])
+
+    def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
+            list specs, refusal=None):
+        """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c)."""
+        cdef CommandInfo *e
+        cdef KeySpec *ks
+        cdef unsigned int h, i
+        cdef bytes kw
+        cdef bytes low = name.lower()
+        if len(low) >= CMD_NAME_MAX:
+            raise ValueError("command name too long: %r" % name)
+        if self.count >= CMD_TABLE_SIZE // 2:
+            raise ValueError("command table full")
+        if command_find(self.entries, low, len(low)) != NULL:
+            raise ValueError("duplicate command: %r" % name)
+        e = <CommandInfo *>calloc(1, sizeof(CommandInfo))
+        if e == NULL:
+            raise MemoryError()
+        memcpy(e.name, <char *>low, len(low))
+        e.name_len = len(low)
+        e.arity = arity
+        e.route = route
+        e.merge = merge
+        e.local = local
+        e.has_subcommands = has_subcommands
+        for spec in specs[:MAX_KEY_SPECS]:
+            ks = &e.specs[e.nspecs]
+            ks.bs_type, ks.bs_index, kw, ks.fk_type, ks.fk_a, ks.fk_b, ks.fk_c = spec
+            kw = (kw or b"")[:15]
+            memcpy(ks.bs_keyword, <char *>kw, len(kw))
+            ks.bs_keyword_len = len(kw)
+            e.nspecs += 1
+        if refusal is not None:
+            line = b"-" + refusal.encode() + b"\r\n"
+            e.refusal = <char *>malloc(len(line) + 1)
+            memcpy(e.refusal, <char *>line, len(line) + 1)
+        h = name_hash(e.name, e.name_len) & (CMD_TABLE_SIZE - 1)
+        for i in range(CMD_TABLE_SIZE):
+            if self.entries[(h + i) & (CMD_TABLE_SIZE - 1)] == NULL:
+                self.entries[(h + i) & (CMD_TABLE_SIZE - 1)] = e
+                break
+        self.count += 1
+
+    def __len__(self):
+        return self.count
+
+    def counters(self):
+        """{name: (calls, errors, usec)} for every command called at least once."""
+        cdef int i
+        cdef CommandInfo *e
+        out = {}
+        for i in range(CMD_TABLE_SIZE):
+            e = self.entries[i]
+            if e != NULL and e.calls:
+                out[e.name[:e.name_len].decode()] = (e.calls, e.errors, e.usec)
+        return out
+
+    def keys_of(self, list argv):
+        """Key positions of a command as the proxy computes them (for tests and tools)."""
+        cdef ArgVec av
+        cdef KeyList kl
+        cdef CommandInfo *c
+        cdef list keep = [bytes(a) for a in argv]
+        argvec_init(&av)
+        keylist_init(&kl)
+        try:
+            if argvec_grow(&av, len(keep)) < 0:
+                raise MemoryError()
+            for i, a in enumerate(keep):
+                av.argv[i] = <const char *><char *>a
+                av.argl[i] = len(a)
+            av.argc = len(keep)
+            c = command_lookup(self.entries, &av)
+            if c == NULL:
+                return None
+            if command_keys(c, &av, &kl) < 0:
+                raise MemoryError()
+            return [kl.pos[i] for i in range(kl.n)]
+        finally:
+            argvec_free(&av)
+            keylist_free(&kl)
+
+
+# ---- key extraction ---------------------------------------------------------------------------
+
+DEF KEYLIST_STATIC = 32
+
+cdef struct KeyList:
+    int n
+    int cap
+    int *pos
+    int pos_static[KEYLIST_STATIC]
+
+
+cdef inline void keylist_init(KeyList *kl) noexcept nogil:
+    kl.n = 0
+    kl.cap = KEYLIST_STATIC
+    kl.pos = kl.pos_static
+
+
+cdef inline void keylist_free(KeyList *kl) noexcept nogil:
+    if kl.pos != kl.pos_static:
+        free(kl.pos)
+    keylist_init(kl)
+
+
+cdef inline int keylist_add(KeyList *kl, int p) noexcept nogil:
+    cdef int *np
+    if kl.n == kl.cap:
+        np = <int *>malloc(2 * kl.cap * sizeof(int))
+        if np == NULL:
+            return -1
+        memcpy(np, kl.pos, kl.n * sizeof(int))
+        if kl.pos != kl.pos_static:
+            free(kl.pos)
+        kl.pos = np
+        kl.cap *= 2
+    kl.pos[kl.n] = p
+    kl.n += 1
+    return 0
+
+
+cdef inline bint arg_equals_ci(const char *a, size_t an, const char *b, size_t bn) noexcept nogil:
+    cdef size_t i
+    if an != bn:
+        return False
+    for i in range(an):
+        if lower_char(a[i]) != lower_char(b[i]):
+            return False
+    return True
+
+
+cdef int command_keys(CommandInfo *c, ArgVec *av, KeyList *kl) noexcept nogil:
+    """Append to kl the argument positions of the keys of a request, following the key specs
+    as redis-server does (getKeysUsingKeySpecs). -1 when out of memory."""
+    cdef int s, i, first, last, step, start, stop, argc = av.argc
+    cdef long long numkeys
+    cdef KeySpec *ks
+    kl.n = 0
+    for s in range(c.nspecs):
+        ks = &c.specs[s]
+        first = 0
+        if ks.bs_type == BS_INDEX:
+            first = ks.bs_index
+        elif ks.bs_type == BS_KEYWORD:
+            start = ks.bs_index if ks.bs_index > 0 else argc + ks.bs_index
+            stop = argc - 1 if ks.bs_index > 0 else 0
+            i = start
+            while i != stop:
+                if i >= argc or i < 1:
+                    break
+                if arg_equals_ci(av.argv[i], av.argl[i], ks.bs_keyword, ks.bs_keyword_len):
+                    first = i + 1
+                    break
+                i = i + 1 if start <= stop else i - 1
+            if first == 0:
+                continue
+        else:
+            continue
+        if ks.fk_type == FK_RANGE:
+            if ks.fk_a >= 0:
+                last = first + ks.fk_a
+            elif ks.fk_c == 0:
+                last = argc + ks.fk_a
+            else:
+                last = first + ((argc - first) // ks.fk_c + ks.fk_a)
+            step = ks.fk_b
+        elif ks.fk_type == FK_KEYNUM:
+            if first + ks.fk_a >= argc:
+                continue
+            if parse_ll(av.argv[first + ks.fk_a], av.argl[first + ks.fk_a], &numkeys) < 0 \
+                    or numkeys < 0 or numkeys > argc:
+                continue
+            first += ks.fk_b
+            last = first + <int>numkeys - 1
+            step = ks.fk_c
+        else:
+            continue
+        if step <= 0:
+            step = 1
+        i = first
+        while i <= last:
+            if i >= argc or i < first:
+                break       # too few arguments: the shard reports the arity error
+            if keylist_add(kl, i) < 0:
+                return -1
+            i += step
+    return 0

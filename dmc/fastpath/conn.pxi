@@ -1,0 +1,70 @@
+# Connections: clients of the proxy, and backend connections to the shards.
+#
+# Every connection struct starts with `kind`, so that the pointer epoll hands back tells what it
+# is. Client state is plain C: an idle client owns no buffer memory at all.
+
+cdef enum ConnKind:
+    KIND_LISTENER = 1
+    KIND_CLIENT = 2
+    KIND_BACKEND = 3
+
+# Client flags
+cdef enum:
+    CF_DIRTY = 1            # on the core's list of clients with output to write
+    CF_CLOSE_AFTER_WRITE = 2
+    CF_CLOSED = 4           # socket closed; struct freed at the end of the loop iteration
+    CF_READ_PAUSED = 8      # not reading: too much output or too many requests in flight
+
+# Backend states
+cdef enum:
+    BK_DOWN = 0
+    BK_CONNECTING = 1
+    BK_UP = 2
+
+
+cdef struct Listener:
+    int kind
+    int fd
+
+
+cdef struct Client:
+    int kind
+    int fd
+    unsigned int events     # what epoll watches for now
+    int flags
+    unsigned long long id
+    Buf rbuf                # a partial request carried over between reads
+    Buf wbuf                # replies not yet written
+    size_t need             # don't parse rbuf again before it holds this much
+    Request *head           # requests in arrival order
+    Request *tail
+    int inflight
+    Client *next_dirty
+    Client *next_closed
+
+
+cdef struct Backend:
+    int kind
+    int fd
+    unsigned int events
+    int state
+    int shard               # index into the core's shard table
+    Buf rbuf
+    Buf wbuf
+    size_t need
+    Fragment *qhead         # fragments awaiting replies, in the order they were written
+    Fragment *qtail
+    int queued
+    bint dirty
+    Backend *next_dirty
+    long long retry_at_us
+    long long retry_delay_us
+
+
+cdef struct Shard:
+    char label[64]          # host:port, as shown in errors
+    sockaddr_in addr
+    int nconns
+    int rr                  # round-robin position among conns
+    Backend *conns
+    bint active             # part of the current shard map

@@ -1,0 +1,449 @@
+# The proxy core: one epoll loop, its clients, its shards and their backend connections.
+#
+# Per command, everything here is C: read into a buffer, parse to positions, look the command
+# up, hash its keys to slots, append its bytes to a backend connection's output, and when the
+# reply frame is complete, copy it to the client's output in request order. Writes are batched:
+# all the input of one loop iteration is routed first, then every dirty backend and every dirty
+# client is written once, so N clients sharing a shard cost one write to that shard.
+#
+# The core never calls Python; the Proxy class around it (in _fastpath.pyx) holds the GIL only
+# to configure it between loop iterations.
+
+DEF MAX_EVENTS = 512
+DEF READ_CHUNK = 65536
+DEF MAX_INFLIGHT = 1024         # per client; past it the client is not read until replies drain
+DEF OUTPUT_PAUSE = 1048576      # per client; past it the client is not read until output drains
+DEF MAX_SHARDS = 4096
+DEF RETRY_MIN_US = 50000
+DEF RETRY_MAX_US = 1000000
+
+
+cdef struct Core:
+    int epfd
+    Listener listener
+    long long now_us
+    CommandInfo **commands
+    # shard table: only grows; the slot map points into it
+    Shard *shards
+    int nshards
+    int conns_per_shard
+    unsigned short slot_map[SLOT_COUNT]
+    unsigned long long map_version
+    int default_shard
+    int *active                 # shard indices of the current map, in map order
+    int nactive
+    # clients
+    int nclients
+    int max_clients
+    unsigned long long next_client_id
+    unsigned long long total_connections
+    unsigned long long rejected_connections
+    long long backend_timeout_us
+    Client *dirty_clients
+    Client *closed_clients
+    Backend *dirty_backends
+    # scratch, reused by every command
+    ArgVec av
+    KeyList keys
+    Buf merged
+    Buf subcommand
+    char *read_chunk
+    unsigned short *key_shard
+    int key_shard_cap
+    int *shard_frag             # shard index -> fragment index, while splitting a command
+
+
+cdef inline long long monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef void watch(Core *core, int fd, void *conn, unsigned int *current, unsigned int wanted) noexcept nogil:
+    cdef epoll_event ev
+    if current[0] == wanted:
+        return
+    ev.events = wanted
+    ev.data.ptr = conn
+    if current[0] == 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_ADD, fd, &ev)
+    elif wanted == 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_DEL, fd, &ev)
+    else:
+        epoll_ctl(core.epfd, EPOLL_CTL_MOD, fd, &ev)
+    current[0] = wanted
+
+
+cdef inline void set_nodelay(int fd) noexcept nogil:
+    cdef int one = 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+
+
+# ---- clients: output ----------------------------------------------------------------------------
+
+cdef inline void client_mark_dirty(Core *core, Client *c) noexcept nogil:
+    if not (c.flags & CF_DIRTY):
+        c.flags |= CF_DIRTY
+        c.next_dirty = core.dirty_clients
+        core.dirty_clients = c
+
+
+cdef void client_close(Core *core, Client *c) noexcept nogil:
+    cdef Request *r
+    cdef Request *nxt
+    if c.flags & CF_CLOSED:
+        return
+    watch(core, c.fd, c, &c.events, 0)
+    close(c.fd)
+    c.fd = -1
+    c.flags |= CF_CLOSED
+    # Unanswered requests stay referenced by backend queues: orphan them, free the rest.
+    r = c.head
+    while r != NULL:
+        nxt = r.next
+        if r.pending == 0:
+            request_free(r)
+        else:
+            r.client = NULL
+        r = nxt
+    c.head = c.tail = NULL
+    c.inflight = 0
+    buf_free(&c.rbuf)
+    buf_free(&c.wbuf)
+    core.nclients -= 1
+    c.next_closed = core.closed_clients
+    core.closed_clients = c
+
+
+cdef void account(Request *r, const char *reply, long long now_us) noexcept nogil:
+    cdef CommandInfo *cmd = r.cmd
+    if cmd != NULL:
+        cmd.calls += 1
+        cmd.usec += <unsigned long long>(now_us - r.started_us)
+        if reply_is_error(reply):
+            cmd.errors += 1
+
+
+cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """The whole answer of r is known: write it now if r heads its client's queue, else keep it
+    until the requests before it are answered."""
+    cdef Client *c = r.client
+    account(r, reply, core.now_us)
+    if c == NULL:
+        request_free(r)
+        return
+    if c.head != r:
+        if buf_append(&r.reply, reply, n) < 0:
+            client_close(core, c)
+            return
+        r.done = True
+        return
+    if buf_append(&c.wbuf, reply, n) < 0:
+        client_close(core, c)
+        return
+    c.head = r.next
+    if c.head == NULL:
+        c.tail = NULL
+    c.inflight -= 1
+    request_free(r)
+    # Answers that were waiting behind r can go now, in order.
+    while c.head != NULL and c.head.done:
+        r = c.head
+        if buf_append(&c.wbuf, buf_head(&r.reply), buf_len(&r.reply)) < 0:
+            client_close(core, c)
+            return
+        c.head = r.next
+        if c.head == NULL:
+            c.tail = NULL
+        c.inflight -= 1
+        request_free(r)
+    client_mark_dirty(core, c)
+
+
+cdef inline void request_answer_str(Core *core, Request *r, const char *line) noexcept nogil:
+    request_answer(core, r, line, strlen(line))
+
+
+cdef void request_answer_error(Core *core, Request *r, const char *fmt, const char *arg) noexcept nogil:
+    cdef char line[256]
+    snprintf(line, sizeof(line), fmt, arg)
+    request_answer(core, r, line, strlen(line))
+
+
+# ---- merging the replies of several shards ------------------------------------------------------
+
+cdef int merge_replies(Core *core, Request *r) noexcept nogil:
+    """Coalesce the fragments' replies of r into core.merged according to r.merge."""
+    cdef Buf *out = &core.merged
+    cdef Fragment *f
+    cdef int i, push
+    cdef long long v, acc = 0, count = 0
+    cdef const char *p
+    cdef ssize_t flen
+    cdef size_t need, hdr
+    cdef const char *eol
+    buf_clear(out)
+    # The first error of any shard wins, except where one success is enough.
+    if r.merge == MERGE_ONE_SUCCEEDED:
+        for i in range(r.nfrags):
+            if not reply_is_error(buf_head(&r.frags[i].reply)):
+                return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
+        return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
+    for i in range(r.nfrags):
+        if reply_is_error(buf_head(&r.frags[i].reply)):
+            return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
+    if r.merge == MERGE_ALL_SUCCEEDED or r.merge == MERGE_NONE:
+        return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
+    if r.merge == MERGE_KEYED_ARRAY:
+        for i in range(r.nfrags):
+            f = &r.frags[i]
+            p = buf_head(&f.reply)
+            eol = <const char *>memchr(p, c'\n', buf_len(&f.reply))
+            if p[0] != c'*' or eol == NULL:
+                return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+            f.cursor = eol - p + 1
+        buf_append_int(out, c'*', r.nkeys)
+        for i in range(r.nkeys):
+            f = &r.frags[r.key_frag[i]]
+            flen = reply_frame(buf_head(&f.reply) + f.cursor, buf_len(&f.reply) - f.cursor, &need, &push)
+            if flen <= 0:
+                buf_clear(out)
+                return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+            buf_append(out, buf_head(&f.reply) + f.cursor, flen)
+            f.cursor += flen
+        return 0
+    if r.merge == MERGE_CONCAT:
+        for i in range(r.nfrags):
+            p = buf_head(&r.frags[i].reply)
+            eol = <const char *>memchr(p, c'\r', buf_len(&r.frags[i].reply))
+            if (p[0] != c'*' and p[0] != c'~') or eol == NULL or parse_ll(p + 1, eol - p - 1, &v) < 0:
+                return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+            count += v if v > 0 else 0
+        buf_append_int(out, c'*', count)
+        for i in range(r.nfrags):
+            p = buf_head(&r.frags[i].reply)
+            hdr = <const char *>memchr(p, c'\n', buf_len(&r.frags[i].reply)) - p + 1
+            buf_append(out, p + hdr, buf_len(&r.frags[i].reply) - hdr)
+        return 0
+    # Integer aggregates.
+    for i in range(r.nfrags):
+        p = buf_head(&r.frags[i].reply)
+        eol = <const char *>memchr(p, c'\r', buf_len(&r.frags[i].reply))
+        if p[0] != c':' or eol == NULL or parse_ll(p + 1, eol - p - 1, &v) < 0:
+            return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+        if i == 0:
+            acc = v
+        elif r.merge == MERGE_AGG_SUM:
+            acc += v
+        elif r.merge == MERGE_AGG_MIN:
+            acc = v if v < acc else acc
+        elif r.merge == MERGE_AGG_MAX:
+            acc = v if v > acc else acc
+        elif r.merge == MERGE_AGG_AND:
+            acc = 1 if (acc and v) else 0
+        elif r.merge == MERGE_AGG_OR:
+            acc = 1 if (acc or v) else 0
+    return buf_append_int(out, c':', acc)
+
+
+cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
+    cdef Request *r = f.req
+    r.pending -= 1
+    if r.nfrags == 1:
+        request_answer(core, r, reply, n)
+        return
+    buf_append(&f.reply, reply, n)
+    if r.pending > 0:
+        return
+    if merge_replies(core, r) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+    else:
+        request_answer(core, r, buf_head(&core.merged), buf_len(&core.merged))
+
+
+# ---- backends ---------------------------------------------------------------------------------
+
+cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
+    """Drop the connection: every fragment waiting on it is answered with an error, and the
+    connection is retried after a back-off."""
+    cdef char line[160]
+    cdef Fragment *f
+    cdef Shard *s = &core.shards[b.shard]
+    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
+    if b.fd >= 0:
+        watch(core, b.fd, b, &b.events, 0)
+        close(b.fd)
+        b.fd = -1
+    b.state = BK_DOWN
+    buf_free(&b.rbuf)
+    buf_free(&b.wbuf)
+    b.need = 0
+    b.retry_at_us = core.now_us + b.retry_delay_us
+    b.retry_delay_us = b.retry_delay_us * 2 if b.retry_delay_us * 2 < RETRY_MAX_US else RETRY_MAX_US
+    # Answer in queue order; answering may touch other clients but never this backend.
+    while b.qhead != NULL:
+        f = b.qhead
+        b.qhead = f.next
+        f.next = NULL
+        b.queued -= 1
+        fragment_answer(core, f, line, strlen(line))
+    b.qtail = NULL
+    b.queued = 0
+
+
+cdef void backend_connect(Core *core, Backend *b) noexcept nogil:
+    cdef Shard *s = &core.shards[b.shard]
+    cdef int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    cdef int rc
+    if fd < 0:
+        b.retry_at_us = core.now_us + b.retry_delay_us
+        return
+    set_nodelay(fd)
+    rc = connect(fd, <sockaddr *>&s.addr, sizeof(sockaddr_in))
+    if rc < 0 and errno != EINPROGRESS:
+        close(fd)
+        b.fd = -1
+        backend_fail(core, b, b"cannot connect to")
+        return
+    b.fd = fd
+    b.state = BK_CONNECTING
+    b.events = 0
+    watch(core, fd, b, &b.events, EPOLLIN | EPOLLOUT)
+
+
+cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil:
+    if not b.dirty:
+        b.dirty = True
+        b.next_dirty = core.dirty_backends
+        core.dirty_backends = b
+
+
+cdef void backend_flush(Core *core, Backend *b) noexcept nogil:
+    cdef ssize_t n
+    if b.state != BK_UP:
+        return
+    while buf_len(&b.wbuf) > 0:
+        n = send(b.fd, buf_head(&b.wbuf), buf_len(&b.wbuf), MSG_NOSIGNAL)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN or errno == EWOULDBLOCK:
+                break
+            backend_fail(core, b, b"connection lost to")
+            return
+        buf_consume(&b.wbuf, <size_t>n)
+    watch(core, b.fd, b, &b.events, EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) else 0))
+
+
+cdef void backend_read(Core *core, Backend *b) noexcept nogil:
+    cdef ssize_t n, flen
+    cdef size_t need
+    cdef int push
+    cdef Fragment *f
+    if buf_reserve(&b.rbuf, READ_CHUNK) < 0:
+        backend_fail(core, b, b"out of memory reading from")
+        return
+    n = recv(b.fd, b.rbuf.data + b.rbuf.end, b.rbuf.cap - b.rbuf.end, 0)
+    if n <= 0:
+        if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
+            return
+        backend_fail(core, b, b"connection lost to")
+        return
+    b.rbuf.end += n
+    if buf_len(&b.rbuf) < b.need:
+        return
+    b.need = 0
+    while buf_len(&b.rbuf) > 0:
+        flen = reply_frame(buf_head(&b.rbuf), buf_len(&b.rbuf), &need, &push)
+        if flen == 0:
+            b.need = need
+            break
+        if flen < 0:
+            backend_fail(core, b, b"protocol error from")
+            return
+        if push:
+            buf_consume(&b.rbuf, flen)
+            continue
+        f = b.qhead
+        if f == NULL:
+            backend_fail(core, b, b"unexpected reply from")
+            return
+        b.qhead = f.next
+        if b.qhead == NULL:
+            b.qtail = NULL
+        b.queued -= 1
+        f.next = NULL
+        fragment_answer(core, f, buf_head(&b.rbuf), flen)
+        buf_consume(&b.rbuf, flen)
+
+
+cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t len = sizeof(err)
+    if b.state == BK_CONNECTING:
+        getsockopt(b.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        if err != 0:
+            backend_fail(core, b, b"cannot connect to")
+            return
+        b.state = BK_UP
+        b.retry_delay_us = RETRY_MIN_US
+    backend_flush(core, b)
+
+
+cdef Backend *shard_backend(Core *core, int shard) noexcept nogil:
+    cdef Shard *s = &core.shards[shard]
+    cdef Backend *b = &s.conns[s.rr]
+    s.rr += 1
+    if s.rr >= s.nconns:
+        s.rr = 0
+    return b
+
+
+cdef void send_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
+    """Queue a fragment's command bytes on a backend connection of the shard; a shard that is
+    down answers the fragment with an error at once."""
+    cdef Backend *b = shard_backend(core, shard)
+    if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
+        backend_connect(core, b)
+    if b.state == BK_DOWN:
+        fragment_error(core, f, core.shards[shard].label)
+        return
+    if buf_append(&b.wbuf, data, n) < 0:
+        fragment_error(core, f, core.shards[shard].label)
+        return
+    f.sent_us = core.now_us
+    f.next = NULL
+    if b.qtail == NULL:
+        b.qhead = f
+    else:
+        b.qtail.next = f
+    b.qtail = f
+    b.queued += 1
+    backend_mark_dirty(core, b)
+
+
+cdef void fragment_error(Core *core, Fragment *f, const char *label) noexcept nogil:
+    cdef char line[160]
+    snprintf(line, sizeof(line), b"-ERR shard %s is unavailable\r\n", label)
+    fragment_answer(core, f, line, strlen(line))
+
+
+cdef void backends_tick(Core *core) noexcept nogil:
+    """Timers: reconnect shards that are down, fail connections whose oldest request is late."""
+    cdef int i, j
+    cdef Backend *b
+    for i in range(core.nshards):
+        for j in range(core.shards[i].nconns):
+            b = &core.shards[i].conns[j]
+            if b.state == BK_DOWN:
+                if core.shards[i].active and b.retry_at_us <= core.now_us:
+                    backend_connect(core, b)
+            elif b.qhead != NULL and core.backend_timeout_us > 0 \
+                    and core.now_us - b.qhead.sent_us > core.backend_timeout_us:
+                backend_fail(core, b, b"timeout waiting for")
+            elif not core.shards[i].active and b.qhead == NULL and b.state == BK_UP:
+                # No longer in the map and nothing in flight: let it go.
+                watch(core, b.fd, b, &b.events, 0)
+                close(b.fd)
+                b.fd = -1
+                b.state = BK_DOWN

@@ -1,0 +1,284 @@
+# Routing: from a parsed request to the shard(s) that answer it.
+
+cdef int key_shards(Core *core, ArgVec *av, KeyList *kl) noexcept nogil:
+    """Fill core.key_shard with the shard of every key in kl. -1 when out of memory."""
+    cdef int i, k
+    cdef unsigned short *ks
+    if kl.n > core.key_shard_cap:
+        ks = <unsigned short *>realloc(core.key_shard, kl.n * sizeof(unsigned short))
+        if ks == NULL:
+            return -1
+        core.key_shard = ks
+        core.key_shard_cap = kl.n
+    for i in range(kl.n):
+        k = kl.pos[i]
+        core.key_shard[i] = core.slot_map[key_slot(av.argv[k], av.argl[k])]
+    return 0
+
+
+cdef inline bint same_shard(Core *core, int nkeys) noexcept nogil:
+    cdef int i
+    for i in range(1, nkeys):
+        if core.key_shard[i] != core.key_shard[0]:
+            return False
+    return True
+
+
+cdef int default_shard(Core *core) noexcept nogil:
+    """Where keyless commands go: the first shard of the map that is up."""
+    cdef int i, j, s
+    for i in range(core.nactive):
+        s = core.active[i]
+        for j in range(core.shards[s].nconns):
+            if core.shards[s].conns[j].state == BK_UP:
+                return s
+    return core.active[0] if core.nactive else 0
+
+
+cdef void dispatch_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+    """MGET/MSET/DEL/...: one sub-command per shard holding some of the keys; a key's group
+    is the key and the arguments up to the next key (MSET: key value)."""
+    cdef int i, j, k, nfr = 0, s, prefix = kl.pos[0], nargs, group_end
+    cdef Buf *sub = &core.subcommand
+    for i in range(core.nshards):
+        core.shard_frag[i] = -1
+    for i in range(kl.n):
+        s = core.key_shard[i]
+        if core.shard_frag[s] < 0:
+            core.shard_frag[s] = nfr
+            nfr += 1
+    if request_fragments(r, nfr) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    if r.merge == MERGE_KEYED_ARRAY:
+        r.key_frag = <unsigned short *>malloc(kl.n * sizeof(unsigned short))
+        if r.key_frag == NULL:
+            r.nfrags = nfr
+            request_answer_str(core, r, b"-ERR out of memory\r\n")
+            return
+        r.nkeys = kl.n
+        for i in range(kl.n):
+            r.key_frag[i] = core.shard_frag[core.key_shard[i]]
+    r.pending = nfr
+    # Build and send the sub-command of each fragment, in order of first appearance.
+    for j in range(nfr):
+        nargs = prefix
+        for i in range(kl.n):
+            if core.shard_frag[core.key_shard[i]] == j:
+                group_end = kl.pos[i + 1] if i + 1 < kl.n else av.argc
+                nargs += group_end - kl.pos[i]
+        buf_clear(sub)
+        buf_append_int(sub, c'*', nargs)
+        for k in range(prefix):
+            buf_append_bulk(sub, av.argv[k], av.argl[k])
+        s = -1
+        for i in range(kl.n):
+            if core.shard_frag[core.key_shard[i]] == j:
+                s = core.key_shard[i]
+                group_end = kl.pos[i + 1] if i + 1 < kl.n else av.argc
+                for k in range(kl.pos[i], group_end):
+                    buf_append_bulk(sub, av.argv[k], av.argl[k])
+        # r may be freed by the last send (a shard that is down answers at once).
+        send_fragment(core, s, &r.frags[j], buf_head(sub), buf_len(sub))
+
+
+cdef void dispatch_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    cdef int i, n = core.nactive
+    if n == 1:
+        r.pending = 1
+        send_fragment(core, core.active[0], &r.frag0, av.wire, av.wire_len)
+        return
+    if request_fragments(r, n) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.pending = n
+    for i in range(n):
+        send_fragment(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+
+
+cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    cdef long long db
+    cdef Buf *out = &core.merged
+    cdef int local = r.cmd.local
+    buf_clear(out)
+    if local == LOCAL_PING:
+        if av.argc == 1:
+            request_answer_str(core, r, b"+PONG\r\n")
+            return
+        if av.argc == 2:
+            buf_append_bulk(out, av.argv[1], av.argl[1])
+            request_answer(core, r, buf_head(out), buf_len(out))
+            return
+    elif local == LOCAL_ECHO:
+        if av.argc == 2:
+            buf_append_bulk(out, av.argv[1], av.argl[1])
+            request_answer(core, r, buf_head(out), buf_len(out))
+            return
+    elif local == LOCAL_QUIT:
+        request_answer_str(core, r, b"+OK\r\n")
+        c.flags |= CF_CLOSE_AFTER_WRITE
+        return
+    elif local == LOCAL_SELECT:
+        if av.argc == 2:
+            if parse_ll(av.argv[1], av.argl[1], &db) < 0:
+                request_answer_str(core, r, b"-ERR value is not an integer or out of range\r\n")
+            elif db != 0:
+                request_answer_str(core, r, b"-ERR DB index is out of range\r\n")
+            else:
+                request_answer_str(core, r, b"+OK\r\n")
+            return
+    request_answer_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", r.cmd.name)
+
+
+cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
+    cdef CommandInfo *cmd = command_lookup(core.commands, av)
+    cdef Request *r = request_new(c, cmd, core.now_us)
+    cdef KeyList *kl = &core.keys
+    cdef int route
+    if r == NULL:
+        c.flags |= CF_CLOSE_AFTER_WRITE
+        return
+    if core.nactive == 0:
+        request_answer_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
+        return
+    if cmd == NULL:
+        # Unknown to the table: the shard answers with Redis's own error text.
+        r.pending = 1
+        send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        return
+    route = cmd.route
+    if route == ROUTE_LOCAL:
+        answer_local(core, c, r, av)
+        return
+    if route == ROUTE_REFUSED:
+        request_answer_str(core, r, cmd.refusal)
+        return
+    if route == ROUTE_ALL_SHARDS:
+        r.merge = cmd.merge
+        dispatch_all_shards(core, r, av)
+        return
+    if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.pending = 1
+    if kl.n == 0:
+        send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+    elif same_shard(core, kl.n):
+        send_fragment(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
+    elif route == ROUTE_SPLIT:
+        r.merge = cmd.merge
+        dispatch_split(core, r, av, kl)
+    else:
+        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+
+
+# ---- clients: input ---------------------------------------------------------------------------
+
+cdef void client_pause(Core *core, Client *c) noexcept nogil:
+    if not (c.flags & CF_READ_PAUSED):
+        c.flags |= CF_READ_PAUSED
+        watch(core, c.fd, c, &c.events, c.events & ~EPOLLIN)
+
+
+cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
+    """Route every complete request in inp; leave a partial one there."""
+    cdef size_t consumed, need
+    cdef int rc
+    cdef Request *r
+    cdef char line[64]
+    while buf_len(inp) > 0:
+        if c.flags & (CF_CLOSED | CF_CLOSE_AFTER_WRITE):
+            buf_clear(inp)
+            return
+        if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE:
+            client_pause(core, c)
+            return
+        if buf_len(inp) < c.need:
+            return
+        rc = parse_request(buf_head(inp), buf_len(inp), &core.av, &consumed, &need)
+        if rc == PARSE_INCOMPLETE:
+            c.need = need
+            return
+        c.need = 0
+        if rc < 0:
+            # The error is answered after the replies the client is still owed, then it is closed.
+            r = request_new(c, NULL, core.now_us)
+            if r != NULL:
+                if rc == PARSE_ERR_EXPECTED_DOLLAR:
+                    snprintf(line, sizeof(line), b"-ERR Protocol error: expected '$', got '%c'\r\n",
+                             core.av.bad_byte)
+                    request_answer_str(core, r, line)
+                else:
+                    request_answer_str(core, r, parse_error_text(rc))
+            c.flags |= CF_CLOSE_AFTER_WRITE
+            buf_clear(inp)
+            return
+        if core.av.argc > 0:
+            dispatch(core, c, &core.av)
+        buf_consume(inp, consumed)
+
+
+cdef void client_read(Core *core, Client *c) noexcept nogil:
+    cdef ssize_t n
+    cdef Buf chunk
+    cdef size_t want
+    if buf_len(&c.rbuf) == 0:
+        # The common case: read into the shared chunk, keep only a partial request.
+        n = recv(c.fd, core.read_chunk, READ_CHUNK, 0)
+        if n <= 0:
+            if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
+                return
+            client_close(core, c)
+            return
+        chunk.data = core.read_chunk
+        chunk.pos = 0
+        chunk.end = n
+        chunk.cap = READ_CHUNK
+        client_parse(core, c, &chunk)
+        if buf_len(&chunk) > 0 and not (c.flags & CF_CLOSED):
+            if buf_append(&c.rbuf, buf_head(&chunk), buf_len(&chunk)) < 0:
+                client_close(core, c)
+        return
+    want = READ_CHUNK
+    if c.need > buf_len(&c.rbuf) + want:
+        want = c.need - buf_len(&c.rbuf)
+    if buf_reserve(&c.rbuf, want) < 0:
+        client_close(core, c)
+        return
+    n = recv(c.fd, c.rbuf.data + c.rbuf.end, c.rbuf.cap - c.rbuf.end, 0)
+    if n <= 0:
+        if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
+            return
+        client_close(core, c)
+        return
+    c.rbuf.end += n
+    client_parse(core, c, &c.rbuf)
+    if not (c.flags & CF_CLOSED) and buf_len(&c.rbuf) == 0:
+        buf_free(&c.rbuf)
+
+
+cdef void client_flush(Core *core, Client *c) noexcept nogil:
+    cdef ssize_t n
+    while buf_len(&c.wbuf) > 0:
+        n = send(c.fd, buf_head(&c.wbuf), buf_len(&c.wbuf), MSG_NOSIGNAL)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN or errno == EWOULDBLOCK:
+                break
+            client_close(core, c)
+            return
+        buf_consume(&c.wbuf, <size_t>n)
+    if buf_len(&c.wbuf) > 0:
+        watch(core, c.fd, c, &c.events, c.events | EPOLLOUT)
+        return
+    if c.flags & CF_CLOSE_AFTER_WRITE and c.head == NULL:
+        client_close(core, c)
+        return
+    watch(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
+    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2:
+        # Caught up: read again, starting with what was left unparsed.
+        c.flags &= ~CF_READ_PAUSED
+        watch(core, c.fd, c, &c.events, c.events | EPOLLIN)
+        if buf_len(&c.rbuf) > 0:
+            client_parse(core, c, &c.rbuf)

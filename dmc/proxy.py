@@ -1,0 +1,179 @@
+"""dmcproxy: one database endpoint in front of its redis-server shards.
+
+    dmcproxy --port 12000 --shard 127.0.0.1:7001 --shard 127.0.0.1:7002 --shard 127.0.0.1:7003
+    dmcproxy --config db1.toml
+
+The 16384 hash slots are split evenly over the shards in the order given, unless the config
+file gives explicit slot ranges. On SIGHUP the config file is read again and its shard map
+installed with the next version, without dropping client connections. This module only sets
+things up and handles those rare events; the per-command work is in dmc._fastpath.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+
+import click
+
+from dmc import _fastpath
+from dmc.commands import table_from_shards
+from dmc.shard_map import ShardMap
+
+
+@dataclass
+class ProxyConfig:
+    port: int = 12000
+    bind: str = "127.0.0.1"
+    shards: list[tuple[str, int]] = field(default_factory=list)
+    slot_ranges: list[list[tuple[int, int]]] | None = None
+    max_clients: int = 10000
+    backend_timeout_ms: int = 5000
+    conns_per_shard: int = 1
+    wait_shards_s: float = 30.0
+
+    def shard_map(self, version: int) -> ShardMap:
+        if self.slot_ranges:
+            return ShardMap(version, tuple(self.shards),
+                            tuple(tuple(map(tuple, r)) for r in self.slot_ranges))
+        return ShardMap.even(self.shards, version)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"not host:port: {text!r}")
+    return socket.gethostbyname(host or "127.0.0.1"), int(port)
+
+
+def load_config(path: str) -> ProxyConfig:
+    """A TOML file:
+
+        port = 12000
+        bind = "127.0.0.1"
+        shards = ["127.0.0.1:7001", "127.0.0.1:7002"]
+        # optional: explicit ranges, one list per shard
+        slots = [[[0, 8191]], [[8192, 16383]]]
+        max_clients = 10000
+        backend_timeout_ms = 5000
+        conns_per_shard = 1
+    """
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
+             "conns_per_shard", "wait_shards_s"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+    cfg = ProxyConfig()
+    for key in known - {"shards", "slots"}:
+        if key in raw:
+            setattr(cfg, key, type(getattr(cfg, key))(raw[key]))
+    cfg.shards = [parse_address(s) for s in raw.get("shards", [])]
+    if "slots" in raw:
+        cfg.slot_ranges = [[tuple(r) for r in shard] for shard in raw["slots"]]
+    return cfg
+
+
+def listen(bind: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((bind, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def wait_for_table(shards, deadline_s: float):
+    """The command table, from the first shard that answers; shards may still be starting."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return table_from_shards(shards)
+        except ConnectionError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            last = exc
+        time.sleep(0.2)
+
+
+class ProxyService:
+    """The proxy process: listening socket, command table, shard map, signals."""
+
+    def __init__(self, cfg: ProxyConfig, config_path: str | None = None):
+        if not cfg.shards:
+            raise ValueError("at least one shard is needed")
+        self.cfg = cfg
+        self.config_path = config_path
+        self.sock = listen(cfg.bind, cfg.port)
+        self.port = self.sock.getsockname()[1]
+        self.table = wait_for_table(cfg.shards, cfg.wait_shards_s)
+        self.proxy = _fastpath.Proxy(self.sock.fileno(), self.table, max_clients=cfg.max_clients,
+                                     backend_timeout_ms=cfg.backend_timeout_ms,
+                                     conns_per_shard=cfg.conns_per_shard)
+        self.apply(cfg.shard_map(version=1))
+
+    def apply(self, shard_map: ShardMap) -> bool:
+        return self.proxy.apply_shard_map(shard_map.version, list(shard_map.shards),
+                                          shard_map.slot_owners())
+
+    def reload(self) -> None:
+        if not self.config_path:
+            return
+        try:
+            cfg = load_config(self.config_path)
+            self.apply(cfg.shard_map(version=self.proxy.map_version + 1))
+            log(f"shard map version {self.proxy.map_version} from {self.config_path}")
+        except (OSError, ValueError) as exc:
+            log(f"reload failed, keeping shard map version {self.proxy.map_version}: {exc}")
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.proxy.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.proxy.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        self.proxy.run()
+        self.sock.close()
+
+
+def log(msg: str) -> None:
+    print(f"dmcproxy: {msg}", file=sys.stderr, flush=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--port", type=int, help="Port of the database endpoint (0: any free port). [12000]")
+@click.option("--bind", help="Address to listen on. [127.0.0.1]")
+@click.option("--shard", "shards", multiple=True, metavar="HOST:PORT",
+              help="A shard, in slot order; repeat for each shard.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML config file; re-read on SIGHUP.")
+@click.option("--max-clients", type=int, help="Most client connections at once. [10000]")
+@click.option("--backend-timeout-ms", type=int,
+              help="A shard that has not answered in this time is reconnected; its pending "
+                   "commands get an error (0: never). [5000]")
+@click.option("--conns-per-shard", type=int, help="Pipelined connections per shard. [1]")
+def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard):
+    """Serve one database over its redis-server shards."""
+    try:
+        cfg = load_config(config_path) if config_path else ProxyConfig()
+        for name, value in (("port", port), ("bind", bind), ("max_clients", max_clients),
+                            ("backend_timeout_ms", backend_timeout_ms),
+                            ("conns_per_shard", conns_per_shard)):
+            if value is not None:
+                setattr(cfg, name, value)
+        if shards:
+            cfg.shards = [parse_address(s) for s in shards]
+        service = ProxyService(cfg, config_path)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    # The first line on stdout is the contract with scripts and tests: the port we serve.
+    print(f"dmcproxy listening on {cfg.bind}:{service.port} over {len(cfg.shards)} shards",
+          flush=True)
+    service.serve()
+
+
+if __name__ == "__main__":
+    main()
