@@ -89,7 +89,8 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
           "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT}
-LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO}
+LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
+          "hello": LOCAL_HELLO}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
@@ -210,7 +211,7 @@ cdef class Proxy:
         self.core.listener.fd = -1
 
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
-                 int backend_timeout_ms=5000, int conns_per_shard=1):
+                 int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0"):
         self.core.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.core.epfd < 0:
             raise OSError(errno, "epoll_create1")
@@ -219,6 +220,8 @@ cdef class Proxy:
         self.core.max_clients = max_clients
         self.core.backend_timeout_us = <long long>backend_timeout_ms * 1000
         self.core.conns_per_shard = max(1, conns_per_shard)
+        version = server_version.encode()[:31]
+        memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
         self.core.shard_frag = <int *>calloc(MAX_SHARDS, sizeof(int))
         self.core.active = <int *>calloc(MAX_SHARDS, sizeof(int))

@@ -19,7 +19,7 @@ import hiredis
 from dmc import _fastpath
 
 # Answered by the proxy itself: they are about the connection, not the data.
-LOCAL_COMMANDS = {"ping", "echo", "quit", "select"}
+LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello"}
 
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
@@ -27,7 +27,7 @@ REFUSED_COMMANDS = {
     "multi": _STATEFUL, "exec": _STATEFUL, "discard": _STATEFUL, "watch": _STATEFUL,
     "unwatch": _STATEFUL, "subscribe": _STATEFUL, "psubscribe": _STATEFUL,
     "ssubscribe": _STATEFUL, "unsubscribe": _STATEFUL, "punsubscribe": _STATEFUL,
-    "sunsubscribe": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL, "hello": _STATEFUL,
+    "sunsubscribe": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL,
     "client": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
     "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
     "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
@@ -145,30 +145,43 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     return table
 
 
-def fetch_command_reply(host: str, port: int, timeout: float = 2.0):
-    """Ask one shard for `COMMAND` over a plain blocking socket."""
+def ask_shard(host: str, port: int, *commands: list[bytes], timeout: float = 2.0) -> list:
+    """Send commands to one shard over a plain blocking socket; their replies, decoded."""
     reader = hiredis.Reader()
+    replies = []
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(b"*1\r\n$7\r\nCOMMAND\r\n")
-        while True:
+        sock.sendall(b"".join(
+            b"*%d\r\n" % len(cmd) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in cmd)
+            for cmd in commands))
+        while len(replies) < len(commands):
             data = sock.recv(1 << 20)
             if not data:
                 raise ConnectionError(f"{host}:{port} closed the connection")
             reader.feed(data)
-            reply = reader.gets()
-            if reply is not False:
-                break
-    if isinstance(reply, hiredis.ReplyError):
-        raise ConnectionError(f"{host}:{port} refused COMMAND: {reply}")
-    return reply
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+    for cmd, reply in zip(commands, replies):
+        if isinstance(reply, hiredis.ReplyError):
+            raise ConnectionError(f"{host}:{port} refused {cmd[0].decode()}: {reply}")
+    return replies
+
+
+def _redis_version(info: bytes) -> str:
+    for line in info.decode().splitlines():
+        if line.startswith("redis_version:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0):
-    """The command table of the first shard that answers; ConnectionError if none does."""
+    """(command table, redis_version) from the first shard that answers; ConnectionError if
+    none does."""
     errors = []
     for host, port in shards:
         try:
-            return build_table(compile_command_reply(fetch_command_reply(host, port, timeout)))
+            commands, info = ask_shard(host, port, [b"COMMAND"], [b"INFO", b"server"],
+                                       timeout=timeout)
+            return build_table(compile_command_reply(commands)), _redis_version(info)
         except OSError as exc:
             errors.append(f"{host}:{port}: {exc}")
     raise ConnectionError("no shard answered COMMAND: " + "; ".join(errors))

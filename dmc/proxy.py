@@ -89,15 +89,15 @@ def listen(bind: str, port: int) -> socket.socket:
 
 
 def wait_for_table(shards, deadline_s: float):
-    """The command table, from the first shard that answers; shards may still be starting."""
+    """(command table, redis_version) from the first shard that answers; shards may still be
+    starting."""
     deadline = time.monotonic() + deadline_s
     while True:
         try:
             return table_from_shards(shards)
-        except ConnectionError as exc:
+        except ConnectionError:
             if time.monotonic() >= deadline:
                 raise
-            last = exc
         time.sleep(0.2)
 
 
@@ -111,10 +111,11 @@ class ProxyService:
         self.config_path = config_path
         self.sock = listen(cfg.bind, cfg.port)
         self.port = self.sock.getsockname()[1]
-        self.table = wait_for_table(cfg.shards, cfg.wait_shards_s)
+        self.table, version = wait_for_table(cfg.shards, cfg.wait_shards_s)
         self.proxy = _fastpath.Proxy(self.sock.fileno(), self.table, max_clients=cfg.max_clients,
                                      backend_timeout_ms=cfg.backend_timeout_ms,
-                                     conns_per_shard=cfg.conns_per_shard)
+                                     conns_per_shard=cfg.conns_per_shard,
+                                     server_version=version)
         self.apply(cfg.shard_map(version=1))
 
     def apply(self, shard_map: ShardMap) -> bool:

@@ -65,6 +65,10 @@ cdef inline int buf_append(Buf *b, const char *src, size_t n) noexcept nogil:
     return 0
 
 
+cdef inline int buf_append_str(Buf *b, const char *s) noexcept nogil:
+    return buf_append(b, s, strlen(s))
+
+
 cdef inline void buf_consume(Buf *b, size_t n) noexcept nogil:
     b.pos += n
     if b.pos >= b.end:

@@ -44,6 +44,7 @@ cdef enum Local:
     LOCAL_QUIT = 2
     LOCAL_SELECT = 3
     LOCAL_ECHO = 4
+    LOCAL_HELLO = 5
 
 
 cdef struct KeySpec:

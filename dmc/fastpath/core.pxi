@@ -39,6 +39,7 @@ cdef struct Core:
     unsigned long long total_connections
     unsigned long long rejected_connections
     long long backend_timeout_us
+    char server_version[32]     # the shards' redis_version, reported by HELLO
     Client *dirty_clients
     Client *closed_clients
     Backend *dirty_backends
@@ -200,7 +201,7 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
             p = buf_head(&f.reply)
             eol = <const char *>memchr(p, c'\n', buf_len(&f.reply))
             if p[0] != c'*' or eol == NULL:
-                return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+                return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
             f.cursor = eol - p + 1
         buf_append_int(out, c'*', r.nkeys)
         for i in range(r.nkeys):
@@ -208,7 +209,7 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
             flen = reply_frame(buf_head(&f.reply) + f.cursor, buf_len(&f.reply) - f.cursor, &need, &push)
             if flen <= 0:
                 buf_clear(out)
-                return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+                return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
             buf_append(out, buf_head(&f.reply) + f.cursor, flen)
             f.cursor += flen
         return 0
@@ -217,7 +218,7 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
             p = buf_head(&r.frags[i].reply)
             eol = <const char *>memchr(p, c'\r', buf_len(&r.frags[i].reply))
             if (p[0] != c'*' and p[0] != c'~') or eol == NULL or parse_ll(p + 1, eol - p - 1, &v) < 0:
-                return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+                return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
             count += v if v > 0 else 0
         buf_append_int(out, c'*', count)
         for i in range(r.nfrags):
@@ -230,7 +231,7 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
         p = buf_head(&r.frags[i].reply)
         eol = <const char *>memchr(p, c'\r', buf_len(&r.frags[i].reply))
         if p[0] != c':' or eol == NULL or parse_ll(p + 1, eol - p - 1, &v) < 0:
-            return buf_append(out, b"-ERR unexpected reply from shard\r\n", 34)
+            return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
         if i == 0:
             acc = v
         elif r.merge == MERGE_AGG_SUM:

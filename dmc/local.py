@@ -1,0 +1,186 @@
+"""The embedded local default: N redis-server shards and one dmcproxy in front of them, on
+127.0.0.1, started as background processes of their own.
+
+Used by `dmc local start|stop|status` (the README's first command), and by the tests and
+benchmarks, which need exactly the same real processes. Everything it starts is recorded in a
+state file so that `stop` (or a test's teardown) can take it all down again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                  proc: subprocess.Popen | None = None) -> None:
+    """Until something answers PING on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing answered on {host}:{port} within {timeout}s")
+
+
+def start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen:
+    """A redis-server on 127.0.0.1:port with no persistence, in its own session."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / f"redis-{port}.log", "ab")
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", *extra],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    wait_for_port(port, proc=proc)
+    return proc
+
+
+def start_proxy(shards: list[tuple[str, int]], port: int = 0, workdir: Path | None = None,
+                *extra: str) -> tuple[subprocess.Popen, int]:
+    """A dmcproxy over the shards; returns the process and the port it serves."""
+    args = [sys.executable, "-m", "dmc.proxy", "--port", str(port)]
+    for host, p in shards:
+        args += ["--shard", f"{host}:{p}"]
+    args += list(extra)
+    stderr = open(workdir / "dmcproxy.log", "ab") if workdir else None
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True)
+    if stderr:
+        stderr.close()
+    line = proc.stdout.readline().decode()
+    if not line.startswith("dmcproxy listening on"):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"dmcproxy did not start: {line!r}")
+    served = int(line.split()[3].rsplit(":", 1)[1])
+    return proc, served
+
+
+def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after timeout; quiet if it is already gone."""
+    if isinstance(proc_or_pid, subprocess.Popen):
+        if proc_or_pid.poll() is None:
+            proc_or_pid.terminate()
+            try:
+                proc_or_pid.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc_or_pid.kill()
+                proc_or_pid.wait()
+        if proc_or_pid.stdout:
+            proc_or_pid.stdout.close()
+        return
+    pid = int(proc_or_pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class LocalDatabase:
+    """What `dmc local start` started, as written to its state file."""
+    workdir: str
+    port: int
+    proxy_pid: int
+    shards: list[dict] = field(default_factory=list)    # {"port": .., "pid": ..}
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.workdir) / "local.json"
+
+    def save(self) -> None:
+        self.state_file.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, workdir: Path) -> "LocalDatabase | None":
+        path = Path(workdir) / "local.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def alive(self) -> dict[str, bool]:
+        def up(pid):
+            try:
+                os.kill(pid, 0)
+                return True
+            except ProcessLookupError:
+                return False
+        out = {"dmcproxy": up(self.proxy_pid)}
+        for s in self.shards:
+            out[f"shard:{s['port']}"] = up(s["pid"])
+        return out
+
+    def stop(self) -> None:
+        stop_process(self.proxy_pid)
+        for s in self.shards:
+            stop_process(s["pid"])
+        self.state_file.unlink(missing_ok=True)
+
+
+def start_local(workdir: Path, shards: int = 3, port: int = 12000) -> LocalDatabase:
+    """Start `shards` redis-servers and a dmcproxy on `port` (a free one if it is taken)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    started: list[subprocess.Popen] = []
+    try:
+        shard_ports = []
+        for _ in range(shards):
+            p = free_port()
+            started.append(start_redis(p, workdir / "shards"))
+            shard_ports.append(p)
+        if not port_is_free(port):
+            port = free_port()
+        proxy, served = start_proxy([("127.0.0.1", p) for p in shard_ports], port, workdir)
+        # Let the proxy outlive us: nobody reads its stdout after the ready line.
+        proxy.stdout.close()
+    except BaseException:
+        for proc in started:
+            stop_process(proc)
+        raise
+    db = LocalDatabase(str(workdir), served, proxy.pid,
+                       [{"port": p, "pid": proc.pid} for p, proc in zip(shard_ports, started)])
+    db.save()
+    return db

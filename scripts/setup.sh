@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what dmc needs on a fresh Debian machine (run as root): redis-server and redis-tools
+# from apt when absent, then the dmc package itself, editable, with its compiled extension.
+# Usage: scripts/setup.sh [pip extras, e.g. "test"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]} from apt" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+spec="."
+[ -n "${1:-}" ] && spec=".[$1]"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$spec"
+# The editable install builds dmc/_fastpath.*.so next to its source; fail loudly if it did not.
+python3 -c "import dmc._fastpath" || { echo "dmc._fastpath did not build" >&2; exit 1; }

@@ -1,0 +1,126 @@
+"""Shared fixtures: real redis-server shards and a real dmcproxy, on 127.0.0.1, on ports chosen
+at run time. Every process a fixture starts is stopped when the fixture ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from dmc.local import free_port, start_proxy, start_redis, stop_process, wait_for_port
+from dmc.shard_map import ShardMap
+
+
+@dataclass
+class Database:
+    """A dmcproxy over N redis-server shards, as a test sees it."""
+    workdir: Path
+    shard_ports: list[int]
+    shard_procs: list[subprocess.Popen]
+    proxy: subprocess.Popen
+    port: int
+    _clients: list = field(default_factory=list)
+
+    def client(self, **kw) -> redis.Redis:
+        kw.setdefault("protocol", 2)
+        c = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **kw)
+        self._clients.append(c)
+        return c
+
+    def shard(self, i: int) -> redis.Redis:
+        c = redis.Redis(host="127.0.0.1", port=self.shard_ports[i], socket_timeout=10, protocol=2)
+        self._clients.append(c)
+        return c
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return ShardMap.even([("127.0.0.1", p) for p in self.shard_ports])
+
+    def shard_index_of(self, key) -> int:
+        from dmc._fastpath import slot_of
+        host_port = self.shard_map.shard_of_slot(slot_of(key))
+        return self.shard_ports.index(host_port[1])
+
+    def kill_shard(self, i: int) -> None:
+        self.shard_procs[i].send_signal(signal.SIGKILL)
+        self.shard_procs[i].wait()
+
+    def restart_shard(self, i: int) -> None:
+        self.shard_procs[i] = start_redis(self.shard_ports[i], self.workdir / "shards")
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+        stop_process(self.proxy)
+        for p in self.shard_procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)   # a test may have paused it
+            stop_process(p)
+
+
+def start_database(workdir: Path, nshards: int = 3, proxy_args=()) -> Database:
+    ports, procs = [], []
+    try:
+        for _ in range(nshards):
+            p = free_port()
+            procs.append(start_redis(p, workdir / "shards"))
+            ports.append(p)
+        proxy, port = start_proxy([("127.0.0.1", p) for p in ports], 0, workdir, *proxy_args)
+    except BaseException:
+        for p in procs:
+            stop_process(p)
+        raise
+    return Database(workdir, ports, procs, proxy, port)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """A 3-shard database shared by a module's tests; flushed before each test by `r`."""
+    d = start_database(tmp_path_factory.mktemp("db"))
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def r(db):
+    """A redis-py client of the shared database, which starts empty."""
+    for i in range(len(db.shard_ports)):
+        db.shard(i).flushall()
+    return db.client()
+
+
+@pytest.fixture
+def make_db(tmp_path):
+    """Start a database of one's own (for tests that kill, pause or reconfigure things)."""
+    made = []
+
+    def make(nshards: int = 3, proxy_args=()) -> Database:
+        d = start_database(tmp_path / f"db{len(made)}", nshards, proxy_args)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+
+
+@pytest.fixture(scope="module")
+def single_redis(tmp_path_factory):
+    """One plain redis-server: the reference a sharded database must answer like."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("single"))
+    c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2)
+    yield c
+    c.close()
+    stop_process(proc)
+
+
+@pytest.fixture
+def ref(single_redis):
+    single_redis.flushall()
+    return single_redis

@@ -1,0 +1,196 @@
+"""Routing through dmcproxy over 3 real shards: every key lands on the shard that owns its slot,
+multi-key commands are split and merged, pipelines keep request order, and the database
+answers like one redis-server."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+import pytest
+import redis
+
+from dmc._fastpath import slot_of
+
+
+def test_each_key_is_stored_on_the_shard_that_owns_its_slot(db, r):
+    keys = [f"key:{i}" for i in range(600)]
+    for k in keys:
+        r.set(k, k)
+    held = [set(k.decode() for k in db.shard(i).keys("*")) for i in range(3)]
+    for k in keys:
+        owner = db.shard_index_of(k)
+        assert k in held[owner], (k, slot_of(k), owner)
+    assert sum(len(h) for h in held) == len(keys)
+    # The split is even enough that every shard got a share.
+    assert all(len(h) > 100 for h in held)
+
+
+def test_hash_tags_keep_keys_together(db, r):
+    keys = [f"{{user:42}}:{field}" for field in ("name", "mail", "followers", "cart")]
+    for k in keys:
+        r.set(k, 1)
+    owner = db.shard_index_of("user:42")
+    assert sorted(db.shard(owner).keys("*")) == sorted(k.encode() for k in keys)
+
+
+SCRIPT = [
+    ("SET", "a", "1"), ("GET", "a"), ("INCR", "a"), ("INCRBY", "counter", "5"),
+    ("APPEND", "s", "hello"), ("STRLEN", "s"), ("GETRANGE", "s", "1", "3"),
+    ("LPUSH", "list", "x", "y", "z"), ("LRANGE", "list", "0", "-1"), ("LPOP", "list"),
+    ("HSET", "h", "f1", "v1", "f2", "v2"), ("HGET", "h", "f1"), ("HLEN", "h"),
+    ("SADD", "set", "m1", "m2", "m3"), ("SCARD", "set"), ("SISMEMBER", "set", "m2"),
+    ("ZADD", "z", "1", "one", "2", "two"), ("ZRANGE", "z", "0", "-1", "WITHSCORES"),
+    ("ZSCORE", "z", "two"), ("EXPIRE", "a", "100"), ("TTL", "a"), ("TYPE", "h"),
+    ("MSET", "k1", "v1", "k2", "v2", "k3", "v3", "k4", "v4"),
+    ("MGET", "k1", "k2", "nosuchkey", "k3", "k4"),
+    ("EXISTS", "k1", "k2", "nosuchkey", "k1"), ("DEL", "k1", "k3", "nosuchkey"),
+    ("MGET", "k1", "k2", "k3", "k4"), ("TOUCH", "k2", "k4", "zzz"), ("UNLINK", "k2", "k4"),
+    ("DBSIZE",), ("GET", "nosuchkey"), ("INCR", "s"), ("LPUSH", "s", "x"),
+    ("GET",), ("NOSUCHCOMMAND", "arg"), ("SETEX", "e", "100", "v"), ("GETDEL", "e"),
+    ("PING",), ("PING", "hello"), ("ECHO", "hi"), ("SELECT", "0"),
+    ("SET", "{t}1", "a"), ("RENAME", "{t}1", "{t}2"), ("GET", "{t}2"),
+    ("OBJECT", "ENCODING", "list"), ("XADD", "stream", "1-1", "f", "v"), ("XLEN", "stream"),
+    ("EVAL", "return redis.call('get', KEYS[1])", "1", "{t}2"),
+    ("FLUSHALL",), ("DBSIZE",), ("KEYS", "*"),
+]
+
+
+def run_script(client: redis.Redis):
+    out = []
+    for cmd in SCRIPT:
+        try:
+            out.append(client.execute_command(*cmd))
+        except redis.ResponseError as exc:
+            out.append(("error", str(exc)))
+    return out
+
+
+def test_answers_like_a_single_redis_server(r, ref):
+    """The same commands against one redis-server and against the 3-shard database."""
+    assert run_script(r) == run_script(ref)
+
+
+def test_keys_and_dbsize_cover_every_shard(db, r):
+    names = {f"k{i}" for i in range(50)}
+    r.mset({k: 1 for k in names})
+    assert {k.decode() for k in r.keys("*")} == names
+    assert r.dbsize() == 50
+    assert {db.shard_index_of(k) for k in names} == {0, 1, 2}
+
+
+def test_mget_returns_values_in_the_order_asked_across_shards(db, r):
+    keys = [f"m:{i}" for i in range(100)]
+    r.mset({k: f"v{i}" for i, k in enumerate(keys)})
+    ask = keys[::-1] + ["missing"] + keys[:7]
+    expect = [f"v{keys.index(k)}".encode() if k in keys else None for k in ask]
+    assert r.mget(ask) == expect
+    assert len({db.shard_index_of(k) for k in ask}) == 3
+
+
+def test_split_commands_merge_their_counts(r):
+    keys = [f"c:{i}" for i in range(30)]
+    r.mset({k: 1 for k in keys})
+    assert r.exists(*keys, "none", keys[0]) == 31
+    assert r.touch(*keys[:10], "none") == 10
+    assert r.delete(*keys[:20], "none") == 20
+    assert r.unlink(*keys, "none") == 10
+    assert r.dbsize() == 0
+
+
+def test_cross_shard_write_that_cannot_be_split_is_refused_with_crossslot(db, r):
+    a, b = "alpha", "beta"
+    assert db.shard_index_of(a) != db.shard_index_of(b)
+    r.set(a, 1)
+    # redis-py maps the `-CROSSSLOT` prefix to its own exception class.
+    with pytest.raises(redis.exceptions.ClusterCrossSlotError,
+                       match="^Keys in request don't hash to the same slot$"):
+        r.rename(a, b)
+    with pytest.raises(redis.exceptions.ClusterCrossSlotError):
+        r.msetnx({a: 1, b: 2})
+    assert r.get(a) == b"1" and r.get(b) is None
+
+
+def test_pipeline_spanning_shards_gets_replies_in_request_order(r):
+    pipe = r.pipeline(transaction=False)
+    expected = []
+    for i in range(2000):
+        k = f"p:{i % 97}"
+        if i % 3 == 0:
+            pipe.set(k, i)
+            expected.append(True)
+        elif i % 3 == 1:
+            pipe.incr(f"n:{i % 13}")
+            expected.append(None)
+        else:
+            pipe.mget(k, f"p:{(i + 1) % 97}")
+            expected.append("mget")
+    results = pipe.execute()
+    # Replay the same sequence against a model to know every reply.
+    model, counters = {}, {}
+    for i, res in enumerate(results):
+        k = f"p:{i % 97}"
+        if i % 3 == 0:
+            model[k] = str(i).encode()
+            assert res is True
+        elif i % 3 == 1:
+            name = f"n:{i % 13}"
+            counters[name] = counters.get(name, 0) + 1
+            assert res == counters[name]
+        else:
+            assert res == [model.get(k), model.get(f"p:{(i + 1) % 97}")]
+
+
+def test_many_concurrent_clients_each_see_their_own_writes(db, r):
+    errors = []
+
+    def worker(n):
+        c = redis.Redis(host="127.0.0.1", port=db.port, socket_timeout=10, protocol=2)
+        try:
+            for i in range(300):
+                k = f"w{n}:{i}"
+                c.set(k, f"{n}-{i}")
+                if c.get(k) != f"{n}-{i}".encode():
+                    errors.append(k)
+            got = c.mget([f"w{n}:{i}" for i in range(300)])
+            if got != [f"{n}-{i}".encode() for i in range(300)]:
+                errors.append(f"mget of worker {n}")
+        except Exception as exc:     # a thread's failure must reach the assertion
+            errors.append(repr(exc))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert r.dbsize() == 40 * 300
+
+
+def test_redis_cli_sees_one_redis(db, r):
+    commands = "SET cli:1 one\nSET cli:2 two\nMGET cli:1 cli:2 cli:3\nDBSIZE\nDEL cli:1 cli:2\nDBSIZE\n"
+    out = subprocess.run(["redis-cli", "-p", str(db.port)], input=commands.encode(),
+                         capture_output=True, timeout=20)
+    assert out.returncode == 0
+    assert out.stdout.decode().split("\n") == ["OK", "OK", "one", "two", "", "2", "2", "0", ""]
+
+
+def test_redis_cli_pipe_mass_insert(db, r):
+    payload = b"".join(
+        b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n" % (len(k), k)
+        for k in (f"mass:{i}".encode() for i in range(5000)))
+    out = subprocess.run(["redis-cli", "-p", str(db.port), "--pipe"], input=payload,
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert b"errors: 0, replies: 5000" in out.stdout
+    assert r.dbsize() == 5000
+
+
+def test_select_other_than_0_is_refused_as_redis_does_for_a_missing_db(r):
+    assert r.execute_command("SELECT", "0") is True
+    with pytest.raises(redis.ResponseError, match="^DB index is out of range$"):
+        r.execute_command("SELECT", "1")
+    with pytest.raises(redis.ResponseError, match="value is not an integer"):
+        r.execute_command("SELECT", "x")
