@@ -211,7 +211,8 @@ cdef class Proxy:
         self.core.listener.fd = -1
 
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
-                 int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0"):
+                 int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
+                 long long client_output_limit=256 * 1024 * 1024):
         self.core.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.core.epfd < 0:
             raise OSError(errno, "epoll_create1")
@@ -220,6 +221,7 @@ cdef class Proxy:
         self.core.max_clients = max_clients
         self.core.backend_timeout_us = <long long>backend_timeout_ms * 1000
         self.core.conns_per_shard = max(1, conns_per_shard)
+        self.core.client_output_limit = max(0, client_output_limit)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))

@@ -34,6 +34,7 @@ class ProxyConfig:
     max_clients: int = 10000
     backend_timeout_ms: int = 5000
     conns_per_shard: int = 1
+    client_output_limit_mb: int = 256
     wait_shards_s: float = 30.0
 
     def shard_map(self, version: int) -> ShardMap:
@@ -61,11 +62,12 @@ def load_config(path: str) -> ProxyConfig:
         max_clients = 10000
         backend_timeout_ms = 5000
         conns_per_shard = 1
+        client_output_limit_mb = 256
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
-             "conns_per_shard", "wait_shards_s"}
+             "conns_per_shard", "client_output_limit_mb", "wait_shards_s"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -115,7 +117,8 @@ class ProxyService:
         self.proxy = _fastpath.Proxy(self.sock.fileno(), self.table, max_clients=cfg.max_clients,
                                      backend_timeout_ms=cfg.backend_timeout_ms,
                                      conns_per_shard=cfg.conns_per_shard,
-                                     server_version=version)
+                                     server_version=version,
+                                     client_output_limit=cfg.client_output_limit_mb << 20)
         self.apply(cfg.shard_map(version=1))
 
     def apply(self, shard_map: ShardMap) -> bool:
@@ -156,13 +159,17 @@ def log(msg: str) -> None:
               help="A shard that has not answered in this time is reconnected; its pending "
                    "commands get an error (0: never). [5000]")
 @click.option("--conns-per-shard", type=int, help="Pipelined connections per shard. [1]")
-def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard):
+@click.option("--client-output-limit-mb", type=int,
+              help="A client owed more reply bytes than this is disconnected (0: no limit). [256]")
+def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
+         client_output_limit_mb):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
         for name, value in (("port", port), ("bind", bind), ("max_clients", max_clients),
                             ("backend_timeout_ms", backend_timeout_ms),
-                            ("conns_per_shard", conns_per_shard)):
+                            ("conns_per_shard", conns_per_shard),
+                            ("client_output_limit_mb", client_output_limit_mb)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

@@ -39,6 +39,7 @@ cdef struct Client:
     Request *head           # requests in arrival order
     Request *tail
     int inflight
+    size_t held             # bytes of answers kept until the requests before them are answered
     Client *next_dirty
     Client *next_closed
 

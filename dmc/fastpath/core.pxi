@@ -39,6 +39,7 @@ cdef struct Core:
     unsigned long long total_connections
     unsigned long long rejected_connections
     long long backend_timeout_us
+    size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
     char server_version[32]     # the shards' redis_version, reported by HELLO
     Client *dirty_clients
     Client *closed_clients
@@ -125,6 +126,10 @@ cdef void account(Request *r, const char *reply, long long now_us) noexcept nogi
             cmd.errors += 1
 
 
+cdef inline bint over_output_limit(Core *core, Client *c) noexcept nogil:
+    return core.client_output_limit > 0 and buf_len(&c.wbuf) + c.held > core.client_output_limit
+
+
 cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """The whole answer of r is known: write it now if r heads its client's queue, else keep it
     until the requests before it are answered."""
@@ -138,6 +143,9 @@ cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) no
             client_close(core, c)
             return
         r.done = True
+        c.held += n
+        if over_output_limit(core, c):
+            client_close(core, c)
         return
     if buf_append(&c.wbuf, reply, n) < 0:
         client_close(core, c)
@@ -150,6 +158,7 @@ cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) no
     # Answers that were waiting behind r can go now, in order.
     while c.head != NULL and c.head.done:
         r = c.head
+        c.held -= buf_len(&r.reply)
         if buf_append(&c.wbuf, buf_head(&r.reply), buf_len(&r.reply)) < 0:
             client_close(core, c)
             return
@@ -158,6 +167,10 @@ cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) no
             c.tail = NULL
         c.inflight -= 1
         request_free(r)
+    if over_output_limit(core, c):
+        # A client that does not read its replies must not grow the proxy without bound.
+        client_close(core, c)
+        return
     client_mark_dirty(core, c)
 
 

@@ -1,0 +1,238 @@
+"""What the proxy does when things go wrong: a dead or slow shard, a client sending garbage or
+not reading its replies, too many clients; and a shard map replaced under live connections."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from dmc.local import free_port, start_redis, stop_process
+
+
+def keys_by_shard(db, count=60):
+    """Some keys for each shard index."""
+    out = {0: [], 1: [], 2: []}
+    i = 0
+    while min(len(v) for v in out.values()) < count:
+        k = f"key:{i}"
+        out[db.shard_index_of(k)].append(k)
+        i += 1
+    return out
+
+
+def raw_exchange(port, data: bytes, wait=0.5) -> tuple[bytes, bool]:
+    """Send bytes, read until the server closes or goes quiet; (reply, closed by server)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        if data:
+            s.sendall(data)
+        s.settimeout(wait)
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out, True
+                out += chunk
+        except socket.timeout:
+            return out, False
+
+
+def proxy_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def test_killed_shard_fails_only_its_commands_and_is_used_again_when_back(make_db):
+    db = make_db()
+    c = db.client()
+    by_shard = keys_by_shard(db)
+    for keys in by_shard.values():
+        c.mset({k: k for k in keys})
+    db.kill_shard(1)
+    for k in by_shard[1][:10]:
+        with pytest.raises(redis.ResponseError, match=f"shard 127.0.0.1:{db.shard_ports[1]}"):
+            c.get(k)
+    # The other shards keep answering on the same client connection.
+    for k in by_shard[0][:10] + by_shard[2][:10]:
+        assert c.get(k) == k.encode()
+    # A command spanning the dead shard fails as a whole; one that avoids it works.
+    with pytest.raises(redis.ResponseError):
+        c.mget(by_shard[0][0], by_shard[1][0])
+    assert c.mget(by_shard[0][0], by_shard[2][0]) == [by_shard[0][0].encode(), by_shard[2][0].encode()]
+    db.restart_shard(1)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert c.set(by_shard[1][0], "again")
+            break
+        except redis.ResponseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    assert c.get(by_shard[1][0]) == b"again"
+    assert db.shard(1).get(by_shard[1][0]) == b"again"
+    assert db.proxy.poll() is None
+
+
+def test_slow_shard_times_out_its_commands_without_blocking_the_others(make_db):
+    db = make_db(proxy_args=("--backend-timeout-ms", "500"))
+    c = db.client()
+    other = db.client()
+    by_shard = keys_by_shard(db)
+    os.kill(db.shard_procs[2].pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.ResponseError, match="timeout"):
+            c.get(by_shard[2][0])
+        waited = time.monotonic() - started
+        assert 0.4 < waited < 3, waited
+        # Meanwhile another client used the healthy shards without delay.
+        t0 = time.monotonic()
+        for k in by_shard[0][:20]:
+            other.set(k, 1)
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        os.kill(db.shard_procs[2].pid, signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            assert c.set(by_shard[2][0], "v")
+            break
+        except redis.ResponseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    assert c.get(by_shard[2][0]) == b"v"
+
+
+@pytest.mark.parametrize("garbage,error", [
+    (b"*2\r\n:3\r\n", b"-ERR Protocol error: expected '$', got ':'\r\n"),
+    (b"*1\r\n$abc\r\n", b"-ERR Protocol error: invalid bulk length\r\n"),
+    (b"*x\r\n", b"-ERR Protocol error: invalid multibulk length\r\n"),
+    (b"GET \"unterminated\r\n", b"-ERR Protocol error: unbalanced quotes in request\r\n"),
+    (b"A" * 70000, b"-ERR Protocol error: too big inline request\r\n"),
+])
+def test_garbage_gets_a_protocol_error_and_closes_only_that_client(db, r, garbage, error):
+    r.set("survivor", "yes")
+    reply, closed = raw_exchange(db.port, b"PING\r\n" + garbage)
+    # Replies owed before the garbage come first, then Redis's error text, then the close.
+    assert reply == b"+PONG\r\n" + error
+    assert closed
+    assert r.get("survivor") == b"yes"
+    assert db.proxy.poll() is None
+
+
+def test_quit_answers_ok_and_closes(db, r):
+    reply, closed = raw_exchange(db.port, b"SET q 1\r\nQUIT\r\nSET q 2\r\n")
+    assert reply == b"+OK\r\n+OK\r\n"
+    assert closed
+    assert r.get("q") == b"1"
+
+
+def test_client_that_does_not_read_cannot_grow_proxy_memory(make_db):
+    db = make_db(proxy_args=("--client-output-limit-mb", "32"))
+    r = db.client()
+    value = b"x" * (1 << 20)
+    r.set("big", value)
+    rss_before = proxy_rss_kb(db.proxy.pid)
+    s = socket.create_connection(("127.0.0.1", db.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    request = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 200
+    disconnected = False
+    deadline = time.monotonic() + 3
+    # Ask for far more replies than the limit allows, and read none of them.
+    while time.monotonic() < deadline and not disconnected:
+        try:
+            s.send(request)
+        except BlockingIOError:
+            time.sleep(0.01)
+        except (ConnectionResetError, BrokenPipeError):
+            disconnected = True
+    time.sleep(0.5)
+    growth_mb = (proxy_rss_kb(db.proxy.pid) - rss_before) / 1024
+    # Other clients are served meanwhile.
+    assert r.get("big") == value
+    if not disconnected:
+        s.setblocking(True)
+        s.settimeout(5)
+        try:
+            while s.recv(1 << 20):
+                pass
+            disconnected = True
+        except (ConnectionResetError, BrokenPipeError):
+            disconnected = True
+    s.close()
+    # The reader that fell behind its output limit was disconnected.
+    assert disconnected
+    assert growth_mb < 32 + 64, growth_mb
+
+
+def test_max_clients_refuses_the_one_too_many_with_redis_error(make_db):
+    db = make_db(proxy_args=("--max-clients", "5"))
+    held = [socket.create_connection(("127.0.0.1", db.port)) for _ in range(5)]
+    try:
+        for s in held:
+            s.sendall(b"PING\r\n")
+            assert s.recv(64) == b"+PONG\r\n"
+        # The refusal is written on accept, before the client says anything.
+        reply, closed = raw_exchange(db.port, b"")
+        assert reply == b"-ERR max number of clients reached\r\n"
+        assert closed
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    assert raw_exchange(db.port, b"PING\r\n")[0] == b"+PONG\r\n"
+
+
+def test_shard_map_replaced_on_sighup_without_dropping_clients(tmp_path):
+    ports = [free_port() for _ in range(3)]
+    shards = [start_redis(p, tmp_path / "shards") for p in ports]
+    config = tmp_path / "db.toml"
+    config.write_text('port = 0\nshards = ["127.0.0.1:%d", "127.0.0.1:%d"]\n' % tuple(ports[:2]))
+    proxy = subprocess.Popen([sys.executable, "-m", "dmc.proxy", "--config", str(config)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        port = int(proxy.stdout.readline().split()[3].rsplit(b":", 1)[1])
+        c = redis.Redis(port=port, protocol=2, socket_timeout=5)
+        c.set("before", 1)
+        # Three shards now, slots given explicitly: the third takes the upper half.
+        config.write_text(
+            'port = 0\nshards = ["127.0.0.1:%d", "127.0.0.1:%d", "127.0.0.1:%d"]\n'
+            'slots = [[[0, 4095]], [[4096, 8191]], [[8192, 16383]]]\n' % tuple(ports))
+        conn = c.connection_pool.get_connection()
+        c.connection_pool.release(conn)
+        proxy.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        from dmc._fastpath import slot_of
+        high = [k for k in (f"k{i}" for i in range(200)) if slot_of(k) >= 8192][:20]
+        while True:
+            c.set(high[0], "probe")
+            if redis.Redis(port=ports[2], protocol=2).get(high[0]) == b"probe":
+                break
+            assert time.monotonic() < deadline, "new map not applied"
+            time.sleep(0.05)
+        for k in high:
+            c.set(k, "v")
+        assert {k.decode() for k in redis.Redis(port=ports[2], protocol=2).keys("*")} == set(high)
+        # The same client connection served before and after the switch.
+        again = c.connection_pool.get_connection()
+        assert again is conn
+        c.connection_pool.release(again)
+        assert proxy.poll() is None
+    finally:
+        stop_process(proxy)
+        proxy.stderr.close()
+        for s in shards:
+            stop_process(s)
