@@ -89,6 +89,15 @@ def start_proxy(shards: list[tuple[str, int]], port: int = 0, workdir: Path | No
     return proc, served
 
 
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after timeout; quiet if it is already gone."""
     if isinstance(proc_or_pid, subprocess.Popen):
@@ -109,9 +118,7 @@ def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             return
         time.sleep(0.05)
     try:
@@ -143,15 +150,9 @@ class LocalDatabase:
         return cls(**json.loads(path.read_text()))
 
     def alive(self) -> dict[str, bool]:
-        def up(pid):
-            try:
-                os.kill(pid, 0)
-                return True
-            except ProcessLookupError:
-                return False
-        out = {"dmcproxy": up(self.proxy_pid)}
+        out = {"dmcproxy": pid_alive(self.proxy_pid)}
         for s in self.shards:
-            out[f"shard:{s['port']}"] = up(s["pid"])
+            out[f"shard:{s['port']}"] = pid_alive(s["pid"])
         return out
 
     def stop(self) -> None:
