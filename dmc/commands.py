@@ -96,8 +96,11 @@ def _entry(row, container: str | None = None) -> CommandEntry:
     flags = {f.decode() for f in row[2]}
     tips = [t.decode() for t in row[7]] if len(row) > 7 else []
     entry = CommandEntry(name=name.encode(), arity=arity)
+    incomplete = False
     if len(row) > 8:
         entry.specs = [s for s in (_key_spec(raw) for raw in row[8]) if s is not None]
+        incomplete = len(entry.specs) < len(row[8]) or any(
+            b"incomplete" in _pairs(raw).get("flags", []) for raw in row[8])
     else:
         spec = _legacy_spec(int(row[3]), int(row[4]), int(row[5]))
         entry.specs = [spec] if spec else []
@@ -121,6 +124,9 @@ def _entry(row, container: str | None = None) -> CommandEntry:
     elif request in ("all_shards", "all_nodes") and response != "special":
         entry.route = "all_shards"
         entry.merge = response or "concat"
+    elif incomplete:
+        # SORT ... STORE, MIGRATE ... KEYS: Redis cannot say from the spec where all keys are.
+        entry.route = "getkeys"
     # request_policy:special and response_policy:special (INFO, RANDOMKEY, SCRIPT KILL ...) go
     # to the default shard until the proxy merges them.
     return entry

@@ -194,3 +194,31 @@ def test_select_other_than_0_is_refused_as_redis_does_for_a_missing_db(r):
         r.execute_command("SELECT", "1")
     with pytest.raises(redis.ResponseError, match="value is not an integer"):
         r.execute_command("SELECT", "x")
+
+
+def test_sort_store_is_routed_by_command_getkeys(db, r):
+    """SORT's STORE key is not in its key specs: the proxy asks a shard COMMAND GETKEYS."""
+    r.rpush("{s}src", 3, 1, 2)
+    assert r.sort("{s}src", store="{s}dst") == 3
+    assert r.lrange("{s}dst", 0, -1) == [b"1", b"2", b"3"]
+    assert db.shard(db.shard_index_of("s")).lrange("{s}dst", 0, -1) == [b"1", b"2", b"3"]
+    src, dst = "alpha", "beta"
+    assert db.shard_index_of(src) != db.shard_index_of(dst)
+    r.rpush(src, 1)
+    with pytest.raises(redis.exceptions.ClusterCrossSlotError):
+        r.sort(src, store=dst)
+    assert r.exists(dst) == 0
+    assert r.sort(src) == [b"1"]
+
+
+def test_requests_pipelined_after_a_getkeys_lookup_keep_their_order(r):
+    pipe = r.pipeline(transaction=False)
+    for i in range(50):
+        pipe.rpush("{p}src", i)
+        pipe.sort("{p}src", store="{p}dst", desc=True)
+        pipe.lindex("{p}dst", 0)
+    out = pipe.execute()
+    for i in range(50):
+        assert out[3 * i] == i + 1
+        assert out[3 * i + 1] == i + 1
+        assert out[3 * i + 2] == str(i).encode()

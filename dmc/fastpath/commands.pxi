@@ -24,6 +24,7 @@ cdef enum Route:
     ROUTE_ALL_SHARDS = 2    # sent to every shard, replies merged (DBSIZE, FLUSHALL, KEYS ...)
     ROUTE_LOCAL = 3         # answered by the proxy (PING, QUIT, SELECT ...)
     ROUTE_REFUSED = 4       # not available through this proxy; the entry's error text says why
+    ROUTE_GETKEYS = 5       # key specs Redis marks unknown/incomplete: ask a shard COMMAND GETKEYS first
 
 # How the replies of several shards are merged into one.
 cdef enum Merge:

@@ -14,6 +14,7 @@ cdef enum:
     CF_CLOSE_AFTER_WRITE = 2
     CF_CLOSED = 4           # socket closed; struct freed at the end of the loop iteration
     CF_READ_PAUSED = 8      # not reading: too much output or too many requests in flight
+    CF_RESOLVING = 16       # a request waits for COMMAND GETKEYS; the ones after it wait too
 
 # Backend states
 cdef enum:

@@ -263,6 +263,9 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
 cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
     cdef Request *r = f.req
     r.pending -= 1
+    if r.resolving:
+        route_resolved(core, r, reply, n)
+        return
     if r.nfrags == 1:
         request_answer(core, r, reply, n)
         return

@@ -96,6 +96,63 @@ cdef void dispatch_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil
         send_fragment(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
 
 
+cdef void dispatch_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    """Ask the default shard which arguments are keys; the client's later requests wait, so
+    that none of them overtakes this one on another shard."""
+    cdef Buf *sub = &core.subcommand
+    cdef int i
+    if buf_append(&r.command, av.wire, av.wire_len) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    buf_clear(sub)
+    buf_append_int(sub, c'*', av.argc + 2)
+    buf_append_str(sub, b"$7\r\nCOMMAND\r\n$7\r\nGETKEYS\r\n")
+    for i in range(av.argc):
+        buf_append_bulk(sub, av.argv[i], av.argl[i])
+    r.resolving = True
+    r.pending = 1
+    c.flags |= CF_RESOLVING
+    send_fragment(core, default_shard(core), &r.frag0, buf_head(sub), buf_len(sub))
+
+
+cdef void route_resolved(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """The COMMAND GETKEYS answer for r is in: send r where its keys live."""
+    cdef Client *c = r.client
+    cdef long long count = 0, i, klen
+    cdef const char *p = reply
+    cdef const char *end = reply + n
+    cdef const char *eol
+    cdef int shard = -1, s
+    r.resolving = False
+    if c == NULL:
+        request_free(r)
+        return
+    c.flags &= ~CF_RESOLVING
+    client_mark_dirty(core, c)      # its waiting input is parsed again when it is flushed
+    # A `*N` of bulk keys; anything else (an error for bad arguments, say) goes to the default
+    # shard with the command itself, which then answers with Redis's own error.
+    if p[0] == c'*':
+        eol = <const char *>memchr(p, c'\n', n)
+        if eol != NULL and parse_ll(p + 1, eol - p - 2, &count) == 0:
+            p = eol + 1
+            for i in range(count):
+                eol = <const char *>memchr(p, c'\n', end - p)
+                if p[0] != c'$' or eol == NULL or parse_ll(p + 1, eol - p - 2, &klen) < 0 \
+                        or klen < 0 or eol + 1 + klen + 2 > end:
+                    shard = -1
+                    break
+                s = core.slot_map[key_slot(eol + 1, <size_t>klen)]
+                if shard >= 0 and s != shard:
+                    request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+                    return
+                shard = s
+                p = eol + 1 + klen + 2
+    if shard < 0:
+        shard = default_shard(core)
+    r.pending = 1
+    send_fragment(core, shard, &r.frag0, buf_head(&r.command), buf_len(&r.command))
+
+
 cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     cdef long long db
     cdef Buf *out = &core.merged
@@ -170,6 +227,9 @@ cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if route == ROUTE_REFUSED:
         request_answer_str(core, r, cmd.refusal)
         return
+    if route == ROUTE_GETKEYS:
+        dispatch_getkeys(core, c, r, av)
+        return
     if route == ROUTE_ALL_SHARDS:
         r.merge = cmd.merge
         dispatch_all_shards(core, r, av)
@@ -206,6 +266,9 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
     while buf_len(inp) > 0:
         if c.flags & (CF_CLOSED | CF_CLOSE_AFTER_WRITE):
             buf_clear(inp)
+            return
+        if c.flags & CF_RESOLVING:
+            client_pause(core, c)
             return
         if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE:
             client_pause(core, c)
@@ -293,7 +356,7 @@ cdef void client_flush(Core *core, Client *c) noexcept nogil:
         client_close(core, c)
         return
     watch(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
-    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2:
+    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 and not (c.flags & CF_RESOLVING):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED
         watch(core, c.fd, c, &c.events, c.events | EPOLLIN)

@@ -28,6 +28,8 @@ cdef struct Request:
     bint done               # answered; `reply` holds the answer until it can be written
     Buf reply
     long long started_us
+    bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
+    Buf command             # while resolving: the request's own bytes, sent once routed
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
 
@@ -72,5 +74,6 @@ cdef void request_free(Request *r) noexcept nogil:
         free(r.frags)
     buf_free(&r.frag0.reply)
     buf_free(&r.reply)
+    buf_free(&r.command)
     free(r.key_frag)
     free(r)
