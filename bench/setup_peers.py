@@ -181,7 +181,10 @@ def _install_cleanup() -> None:
         return                          # signal handlers can only be set from the main thread
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         try:
-            _prev_handlers[sig] = signal.getsignal(sig)
+            prev = signal.getsignal(sig)
+            if prev == signal.SIG_IGN:
+                continue                # e.g. nohup, or SIGINT in a background job: respect it
+            _prev_handlers[sig] = prev
             signal.signal(sig, _on_signal)
         except (ValueError, OSError):
             pass

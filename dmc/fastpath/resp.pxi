@@ -149,8 +149,11 @@ cdef int split_inline(ArgVec *av, const char *p, size_t n) noexcept nogil:
     cdef Buf *a = &av.inline_args
     cdef Buf *w = &av.inline_wire
     cdef size_t *lens
+    cdef const char *nul = <const char *>memchr(p, 0, n)
     buf_clear(a)
     buf_clear(w)
+    if nul != NULL:
+        n = nul - p     # sdssplitargs works on a C string: a NUL ends it
     # inline_args holds, for each argument, a size_t length followed by its bytes.
     while True:
         while i < n and is_space(p[i]):
@@ -213,7 +216,7 @@ cdef int split_inline(ArgVec *av, const char *p, size_t n) noexcept nogil:
                     return PARSE_ERR_NOMEM
                 i += 1
             else:
-                if i >= n or is_space(p[i]):
+                if i >= n or p[i] == c' ' or p[i] == c'\n' or p[i] == c'\r' or p[i] == c'\t':
                     done = True
                 elif p[i] == c'"':
                     inq = True
@@ -336,6 +339,7 @@ cdef int parse_request(const char *p, size_t n, ArgVec *av, size_t *consumed,
 # ---- replies ----------------------------------------------------------------------------------
 
 DEF STREAM_DEPTH = 64
+DEF MAX_AGGREGATE = 2147483647   # elements of one aggregate; more is not a reply from Redis
 
 cdef inline ssize_t find_crlf(const char *p, size_t pos, size_t n) noexcept nogil:
     """Offset of the '\\r' of the CRLF ending the line at pos; -1 incomplete; -2 malformed."""
@@ -376,7 +380,7 @@ cdef ssize_t reply_frame(const char *p, size_t n, size_t *need, int *is_push) no
             return -1
         if t == c'|':
             # An attribute map annotates the value that follows: it does not count as one.
-            if parse_ll(p + pos + 1, e - pos - 1, &ln) < 0 or ln < 0:
+            if parse_ll(p + pos + 1, e - pos - 1, &ln) < 0 or ln < 0 or ln > MAX_AGGREGATE:
                 return -1
             remaining += 2 * ln
             pos = e + 2
@@ -389,7 +393,8 @@ cdef ssize_t reply_frame(const char *p, size_t n, size_t *need, int *is_push) no
             remaining = saved[depth]
             pos = e + 2
             continue
-        if first:
+        if first and depth == 0 and remaining == 1:
+            # Only the top-level value is still owed: this is it (not an attribute's entry).
             is_push[0] = t == c'>'
             first = False
         if remaining > 0:
@@ -438,7 +443,7 @@ cdef ssize_t reply_frame(const char *p, size_t n, size_t *need, int *is_push) no
                 remaining = 0
                 pos = e + 2
                 continue
-            if parse_ll(p + pos + 1, e - pos - 1, &ln) < 0 or ln < -1:
+            if parse_ll(p + pos + 1, e - pos - 1, &ln) < 0 or ln < -1 or ln > MAX_AGGREGATE:
                 return -1
             if ln > 0:
                 remaining += ln * 2 if t == c'%' else ln
