@@ -69,6 +69,18 @@ def start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen:
     return proc
 
 
+def start_redis_on_free_port(workdir: Path, *extra: str, attempts: int = 3):
+    """(port, process) of a redis-server on a port found free; another process may take the
+    port between the check and redis's bind, so a few ports are tried."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            return port, start_redis(port, workdir, *extra)
+        except (RuntimeError, TimeoutError):
+            if attempt == attempts - 1:
+                raise
+
+
 def start_proxy(shards: list[tuple[str, int]], port: int = 0, workdir: Path | None = None,
                 *extra: str) -> tuple[subprocess.Popen, int]:
     """A dmcproxy over the shards; returns the process and the port it serves."""
@@ -169,8 +181,8 @@ def start_local(workdir: Path, shards: int = 3, port: int = 12000) -> LocalDatab
     try:
         shard_ports = []
         for _ in range(shards):
-            p = free_port()
-            started.append(start_redis(p, workdir / "shards"))
+            p, proc = start_redis_on_free_port(workdir / "shards")
+            started.append(proc)
             shard_ports.append(p)
         if not port_is_free(port):
             port = free_port()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dmc.local import free_port, start_proxy, start_redis, stop_process, wait_for_port
+from dmc.local import start_proxy, start_redis, start_redis_on_free_port, stop_process
 from dmc.shard_map import ShardMap
 
 
@@ -67,8 +67,8 @@ def start_database(workdir: Path, nshards: int = 3, proxy_args=()) -> Database:
     ports, procs = [], []
     try:
         for _ in range(nshards):
-            p = free_port()
-            procs.append(start_redis(p, workdir / "shards"))
+            p, proc = start_redis_on_free_port(workdir / "shards")
+            procs.append(proc)
             ports.append(p)
         proxy, port = start_proxy([("127.0.0.1", p) for p in ports], 0, workdir, *proxy_args)
     except BaseException:
@@ -112,8 +112,7 @@ def make_db(tmp_path):
 @pytest.fixture(scope="module")
 def single_redis(tmp_path_factory):
     """One plain redis-server: the reference a sharded database must answer like."""
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("single"))
+    port, proc = start_redis_on_free_port(tmp_path_factory.mktemp("single"))
     c = redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2)
     yield c
     c.close()

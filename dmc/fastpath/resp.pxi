@@ -306,7 +306,9 @@ cdef int parse_request(const char *p, size_t n, ArgVec *av, size_t *consumed,
         return PARSE_ERR_NOMEM
     for i in range(<int>mb):
         if pos >= n:
-            need[0] = pos + 4
+            # One more byte tells whether the next header is well-formed: no larger hint, so
+            # that a bad header is reported as soon as its bytes are in.
+            need[0] = pos + 1
             return PARSE_INCOMPLETE
         if p[pos] != c'$':
             av.bad_byte = p[pos]
@@ -422,6 +424,8 @@ cdef ssize_t reply_frame(const char *p, size_t n, size_t *need, int *is_push) no
                     if pos + <size_t>ln + 2 > n:
                         need[0] = pos + <size_t>ln + 2
                         return 0
+                    if p[pos + ln] != c'\r' or p[pos + ln + 1] != c'\n':
+                        return -1
                     pos += <size_t>ln + 2
                 continue
             if parse_ll(p + pos + 1, e - pos - 1, &ln) < 0 or ln < -1:
