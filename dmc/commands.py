@@ -33,7 +33,6 @@ REFUSED_COMMANDS = {
     "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
     "auth": "ERR AUTH <password> called without any password configured for the default user. "
             "Are you sure your configuration is correct?",
-    "scan": "ERR 'scan' is not supported by this proxy yet: its cursor must walk every shard",
 }
 # Blocking commands would stall every client sharing the backend connection.
 _BLOCKING = "ERR '{name}' is not supported by this proxy yet: blocking commands need a dedicated backend connection"
@@ -110,6 +109,8 @@ def _entry(row, container: str | None = None) -> CommandEntry:
     response = next((t.split(":", 1)[1] for t in tips if t.startswith("response_policy:")), None)
     if name in LOCAL_COMMANDS:
         entry.route, entry.local = "local", name
+    elif name == "scan":
+        entry.route = "scan"
     elif top in REFUSED_COMMANDS:
         entry.route, entry.refusal = "refused", REFUSED_COMMANDS[top].format(name=name)
     elif "blocking" in flags:

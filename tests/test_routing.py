@@ -222,3 +222,40 @@ def test_requests_pipelined_after_a_getkeys_lookup_keep_their_order(r):
         assert out[3 * i] == i + 1
         assert out[3 * i + 1] == i + 1
         assert out[3 * i + 2] == str(i).encode()
+
+
+def scan_all(client, **kw):
+    seen, cursor, calls = [], 0, 0
+    while True:
+        cursor, keys = client.scan(cursor, **kw)
+        seen += keys
+        calls += 1
+        if cursor == 0:
+            return seen, calls
+
+
+def test_scan_cursor_walks_every_shard_without_losing_or_repeating_keys(db, r):
+    names = {f"scan:{i}" for i in range(1000)} | {f"other:{i}" for i in range(100)}
+    r.mset({k: 1 for k in names})
+    seen, calls = scan_all(r, count=50)
+    assert sorted(k.decode() for k in seen) == sorted(names)
+    assert calls > 3
+    matched, _ = scan_all(r, match="other:*", count=100)
+    assert sorted(k.decode() for k in matched) == sorted(k for k in names if k.startswith("other:"))
+    r.lpush("alist", 1)
+    typed, _ = scan_all(r, _type="list")
+    assert typed == [b"alist"]
+
+
+def test_scan_errors_are_redis_errors(r):
+    with pytest.raises(redis.ResponseError, match="invalid cursor"):
+        r.execute_command("SCAN", "abc")
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments for 'scan'"):
+        r.execute_command("SCAN")
+
+
+def test_redis_cli_scan_lists_every_key(db, r):
+    r.mset({f"cli:{i}": i for i in range(300)})
+    out = subprocess.run(["redis-cli", "-p", str(db.port), "--scan", "--pattern", "cli:*"],
+                         capture_output=True, text=True, timeout=30)
+    assert sorted(out.stdout.split()) == sorted(f"cli:{i}" for i in range(300))

@@ -25,6 +25,7 @@ cdef enum Route:
     ROUTE_LOCAL = 3         # answered by the proxy (PING, QUIT, SELECT ...)
     ROUTE_REFUSED = 4       # not available through this proxy; the entry's error text says why
     ROUTE_GETKEYS = 5       # key specs Redis marks unknown/incomplete: ask a shard COMMAND GETKEYS first
+    ROUTE_SCAN = 6          # SCAN: one cursor that walks the shards of the map one after the other
 
 # How the replies of several shards are merged into one.
 cdef enum Merge:
@@ -38,6 +39,7 @@ cdef enum Merge:
     MERGE_AGG_AND = 7
     MERGE_AGG_OR = 8
     MERGE_CONCAT = 9        # arrays concatenated (KEYS)
+    MERGE_SCAN = 10         # a shard's SCAN reply, its cursor turned into the proxy's cursor
 
 # Commands answered by the proxy itself.
 cdef enum Local:

@@ -266,6 +266,9 @@ cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) 
     if r.resolving:
         route_resolved(core, r, reply, n)
         return
+    if r.merge == MERGE_SCAN:
+        scan_answer(core, r, reply, n)
+        return
     if r.nfrags == 1:
         request_answer(core, r, reply, n)
         return

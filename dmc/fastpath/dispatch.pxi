@@ -153,6 +153,78 @@ cdef void route_resolved(Core *core, Request *r, const char *reply, size_t n) no
     send_fragment(core, shard, &r.frag0, buf_head(&r.command), buf_len(&r.command))
 
 
+# SCAN: the proxy's cursor is (shard cursor) * N + (position of the shard in the map), N the
+# number of shards in the map. A shard's SCAN cursor is below its hash table size, so the
+# product stays far below 2^64. When one shard's scan ends, the cursor moves to the next shard.
+
+cdef void dispatch_scan(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    cdef unsigned long long cursor = 0, shard_cursor
+    cdef int position, i
+    cdef size_t k
+    cdef char digits[24]
+    cdef Buf *sub = &core.subcommand
+    if av.argc < 2:
+        # The shard answers with Redis's arity error.
+        r.pending = 1
+        send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        return
+    if av.argl[1] == 0 or av.argl[1] > 20:
+        request_answer_str(core, r, b"-ERR invalid cursor\r\n")
+        return
+    for k in range(av.argl[1]):
+        if av.argv[1][k] < c'0' or av.argv[1][k] > c'9':
+            request_answer_str(core, r, b"-ERR invalid cursor\r\n")
+            return
+        cursor = cursor * 10 + <unsigned long long>(av.argv[1][k] - c'0')
+    position = <int>(cursor % <unsigned long long>core.nactive)
+    shard_cursor = cursor // <unsigned long long>core.nactive
+    buf_clear(sub)
+    buf_append_int(sub, c'*', av.argc)
+    buf_append_bulk(sub, av.argv[0], av.argl[0])
+    snprintf(digits, sizeof(digits), b"%llu", shard_cursor)
+    buf_append_bulk(sub, digits, strlen(digits))
+    for i in range(2, av.argc):
+        buf_append_bulk(sub, av.argv[i], av.argl[i])
+    r.merge = MERGE_SCAN
+    r.scan_position = position
+    r.pending = 1
+    send_fragment(core, core.active[position], &r.frag0, buf_head(sub), buf_len(sub))
+
+
+cdef void scan_answer(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """Rewrite `*2 $len <shard cursor> *K keys...` with the proxy's cursor."""
+    cdef const char *eol
+    cdef const char *p
+    cdef long long blen
+    cdef unsigned long long shard_cursor = 0, cursor
+    cdef int position = r.scan_position
+    cdef long long i
+    cdef char digits[24]
+    cdef Buf *out = &core.merged
+    if reply_is_error(reply) or n < 4 or memcmp(reply, b"*2\r\n$", 5) != 0:
+        request_answer(core, r, reply, n)
+        return
+    p = reply + 4
+    eol = <const char *>memchr(p, c'\n', n - 4)
+    if eol == NULL or parse_ll(p + 1, eol - p - 2, &blen) < 0 or blen <= 0 or blen > 20:
+        request_answer_str(core, r, b"-ERR unexpected reply from shard\r\n")
+        return
+    for i in range(blen):
+        shard_cursor = shard_cursor * 10 + <unsigned long long>(eol[1 + i] - c'0')
+    if shard_cursor == 0:
+        # This shard is done: the next one starts from its beginning, or the scan is over.
+        cursor = <unsigned long long>(position + 1) if position + 1 < core.nactive else 0
+    else:
+        cursor = shard_cursor * <unsigned long long>core.nactive + <unsigned long long>position
+    buf_clear(out)
+    buf_append_str(out, b"*2\r\n")
+    snprintf(digits, sizeof(digits), b"%llu", cursor)
+    buf_append_bulk(out, digits, strlen(digits))
+    p = eol + 1 + blen + 2
+    buf_append(out, p, n - (p - reply))
+    request_answer(core, r, buf_head(out), buf_len(out))
+
+
 cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     cdef long long db
     cdef Buf *out = &core.merged
@@ -229,6 +301,9 @@ cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
         return
     if route == ROUTE_GETKEYS:
         dispatch_getkeys(core, c, r, av)
+        return
+    if route == ROUTE_SCAN:
+        dispatch_scan(core, r, av)
         return
     if route == ROUTE_ALL_SHARDS:
         r.merge = cmd.merge

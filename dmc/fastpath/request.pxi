@@ -29,6 +29,7 @@ cdef struct Request:
     Buf reply
     long long started_us
     bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
+    int scan_position       # SCAN: index in the map's shard list of the shard asked
     Buf command             # while resolving: the request's own bytes, sent once routed
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
