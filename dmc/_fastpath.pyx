@@ -70,7 +70,7 @@ cdef extern from "sys/epoll.h":
     int epoll_ctl(int epfd, int op, int fd, epoll_event *ev) nogil
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout) nogil
     int EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC
-    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
+    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP
 
 include "fastpath/buffer.pxi"
 include "fastpath/resp.pxi"
@@ -85,13 +85,14 @@ include "fastpath/loop.pxi"
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
           "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED, "getkeys": ROUTE_GETKEYS,
-          "scan": ROUTE_SCAN}
+          "scan": ROUTE_SCAN, "blocking": ROUTE_BLOCKING}
 MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
           "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
-          "hello": LOCAL_HELLO}
+          "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
+          "discard": LOCAL_DISCARD}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT

@@ -19,13 +19,12 @@ import hiredis
 from dmc import _fastpath
 
 # Answered by the proxy itself: they are about the connection, not the data.
-LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello"}
+LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard"}
 
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
 REFUSED_COMMANDS = {
-    "multi": _STATEFUL, "exec": _STATEFUL, "discard": _STATEFUL, "watch": _STATEFUL,
-    "unwatch": _STATEFUL, "subscribe": _STATEFUL, "psubscribe": _STATEFUL,
+    "watch": _STATEFUL, "unwatch": _STATEFUL, "subscribe": _STATEFUL, "psubscribe": _STATEFUL,
     "ssubscribe": _STATEFUL, "unsubscribe": _STATEFUL, "punsubscribe": _STATEFUL,
     "sunsubscribe": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL,
     "client": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
@@ -34,8 +33,6 @@ REFUSED_COMMANDS = {
     "auth": "ERR AUTH <password> called without any password configured for the default user. "
             "Are you sure your configuration is correct?",
 }
-# Blocking commands would stall every client sharing the backend connection.
-_BLOCKING = "ERR '{name}' is not supported by this proxy yet: blocking commands need a dedicated backend connection"
 
 
 @dataclass
@@ -114,7 +111,7 @@ def _entry(row, container: str | None = None) -> CommandEntry:
     elif top in REFUSED_COMMANDS:
         entry.route, entry.refusal = "refused", REFUSED_COMMANDS[top].format(name=name)
     elif "blocking" in flags:
-        entry.route, entry.refusal = "refused", _BLOCKING.format(name=name)
+        entry.route = "blocking"
     elif request == "multi_shard":
         if response == "agg_min":
             # MSETNX: all or nothing cannot be promised across shards; one shard or CROSSSLOT.

@@ -22,10 +22,15 @@ from pathlib import Path
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str = "127.0.0.1", below: int = 65536) -> int:
+    """A port free right now (below `below`: a cluster-enabled redis-server also binds its
+    port + 10000 for the cluster bus)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port < below:
+            return port
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -72,8 +77,9 @@ def start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen:
 def start_redis_on_free_port(workdir: Path, *extra: str, attempts: int = 3):
     """(port, process) of a redis-server on a port found free; another process may take the
     port between the check and redis's bind, so a few ports are tried."""
+    cluster = "--cluster-enabled" in extra
     for attempt in range(attempts):
-        port = free_port()
+        port = free_port(below=65536 - 10000 if cluster else 65536)
         try:
             return port, start_redis(port, workdir, *extra)
         except (RuntimeError, TimeoutError):

@@ -26,6 +26,7 @@ cdef enum Route:
     ROUTE_REFUSED = 4       # not available through this proxy; the entry's error text says why
     ROUTE_GETKEYS = 5       # key specs Redis marks unknown/incomplete: ask a shard COMMAND GETKEYS first
     ROUTE_SCAN = 6          # SCAN: one cursor that walks the shards of the map one after the other
+    ROUTE_BLOCKING = 7      # on a connection of the client's own; its later requests wait
 
 # How the replies of several shards are merged into one.
 cdef enum Merge:
@@ -48,6 +49,9 @@ cdef enum Local:
     LOCAL_SELECT = 3
     LOCAL_ECHO = 4
     LOCAL_HELLO = 5
+    LOCAL_MULTI = 6
+    LOCAL_EXEC = 7
+    LOCAL_DISCARD = 8
 
 
 cdef struct KeySpec:

@@ -15,6 +15,9 @@ cdef enum:
     CF_CLOSED = 4           # socket closed; struct freed at the end of the loop iteration
     CF_READ_PAUSED = 8      # not reading: too much output or too many requests in flight
     CF_RESOLVING = 16       # a request waits for COMMAND GETKEYS; the ones after it wait too
+    CF_BLOCKED = 32         # a blocking command is in flight; the requests after it wait
+    CF_MULTI = 64           # between MULTI and EXEC/DISCARD: commands are queued by the proxy
+    CF_MULTI_DIRTY = 128    # a command was refused while queueing: EXEC answers EXECABORT
 
 # Backend states
 cdef enum:
@@ -41,6 +44,10 @@ cdef struct Client:
     Request *tail
     int inflight
     size_t held             # bytes of answers kept until the requests before them are answered
+    Backend *dedicated      # its own backend connection, for blocking commands
+    int multi_shard         # CF_MULTI: the shard the transaction's keys live on, or -1
+    int multi_count         # CF_MULTI: commands queued
+    Buf multi_cmds          # CF_MULTI: their bytes, sent as MULTI ... EXEC in one write
     Client *next_dirty
     Client *next_closed
 
@@ -61,6 +68,8 @@ cdef struct Backend:
     Backend *next_dirty
     long long retry_at_us
     long long retry_delay_us
+    Client *owner           # a client's dedicated connection; NULL for the shared ones
+    Backend *next_closed
 
 
 cdef struct Shard:

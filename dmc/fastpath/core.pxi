@@ -44,6 +44,7 @@ cdef struct Core:
     Client *dirty_clients
     Client *closed_clients
     Backend *dirty_backends
+    Backend *closed_backends
     # scratch, reused by every command
     ArgVec av
     KeyList keys
@@ -110,6 +111,10 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
         r = nxt
     c.head = c.tail = NULL
     c.inflight = 0
+    if c.dedicated != NULL:
+        dedicated_close(core, c.dedicated)
+        c.dedicated = NULL
+    buf_free(&c.multi_cmds)
     buf_free(&c.rbuf)
     buf_free(&c.wbuf)
     core.nclients -= 1
@@ -263,6 +268,11 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
 cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
     cdef Request *r = f.req
     r.pending -= 1
+    if r.blocking:
+        r.blocking = False
+        if r.client != NULL:
+            r.client.flags &= ~CF_BLOCKED
+            client_mark_dirty(core, r.client)     # its waiting input is parsed again
     if r.resolving:
         route_resolved(core, r, reply, n)
         return
@@ -388,6 +398,11 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
         if f == NULL:
             backend_fail(core, b, b"unexpected reply from")
             return
+        if f.skip > 0:
+            # A reply the client already had from the proxy (MULTI's OK, a QUEUED).
+            f.skip -= 1
+            buf_consume(&b.rbuf, flen)
+            continue
         b.qhead = f.next
         if b.qhead == NULL:
             b.qtail = NULL
@@ -420,16 +435,17 @@ cdef Backend *shard_backend(Core *core, int shard) noexcept nogil:
 
 
 cdef void send_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
-    """Queue a fragment's command bytes on a backend connection of the shard; a shard that is
-    down answers the fragment with an error at once."""
+    """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
+    that is down answers the fragment with an error at once."""
     cdef Backend *b = shard_backend(core, shard)
     if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
         backend_connect(core, b)
-    if b.state == BK_DOWN:
-        fragment_error(core, f, core.shards[shard].label)
-        return
-    if buf_append(&b.wbuf, data, n) < 0:
-        fragment_error(core, f, core.shards[shard].label)
+    send_fragment_on(core, b, f, data, n)
+
+
+cdef void send_fragment_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
+    if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
+        fragment_error(core, f, core.shards[b.shard].label)
         return
     f.sent_us = core.now_us
     f.next = NULL
@@ -446,6 +462,37 @@ cdef void fragment_error(Core *core, Fragment *f, const char *label) noexcept no
     cdef char line[160]
     snprintf(line, sizeof(line), b"-ERR shard %s is unavailable\r\n", label)
     fragment_answer(core, f, line, strlen(line))
+
+
+cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
+    """The client's own connection to the shard, opened on first use."""
+    cdef Backend *b = c.dedicated
+    if b != NULL and b.shard != shard:
+        dedicated_close(core, b)
+        b = c.dedicated = NULL
+    if b == NULL:
+        b = <Backend *>calloc(1, sizeof(Backend))
+        if b == NULL:
+            return NULL
+        b.kind = KIND_BACKEND
+        b.fd = -1
+        b.state = BK_DOWN
+        b.shard = shard
+        b.retry_delay_us = RETRY_MIN_US
+        b.owner = c
+        c.dedicated = b
+    if b.state == BK_DOWN:
+        backend_connect(core, b)
+    return b
+
+
+cdef void dedicated_close(Core *core, Backend *b) noexcept nogil:
+    """Close a client's own connection (the shard forgets a blocked client with it); what still
+    waits on it is answered with an error; the struct is freed at the end of the loop turn."""
+    backend_fail(core, b, b"closed dedicated connection to")
+    b.owner = NULL
+    b.next_closed = core.closed_backends
+    core.closed_backends = b
 
 
 cdef void backends_tick(Core *core) noexcept nogil:

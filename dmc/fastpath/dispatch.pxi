@@ -225,6 +225,122 @@ cdef void scan_answer(Core *core, Request *r, const char *reply, size_t n) noexc
     request_answer(core, r, buf_head(out), buf_len(out))
 
 
+# ---- transactions and blocking commands ------------------------------------------------------
+#
+# MULTI ... EXEC: the proxy answers MULTI and QUEUED itself, checking each queued command as
+# Redis Cluster would (all keys on one shard, arity, known command); EXEC then sends
+# `MULTI <commands> EXEC` to that shard in one contiguous write on the shared connection. The
+# shard runs it atomically, and only the EXEC reply comes back to the client. A command refused
+# while queueing makes EXEC answer EXECABORT, as in Redis.
+
+cdef inline void multi_reset(Client *c) noexcept nogil:
+    c.flags &= ~(CF_MULTI | CF_MULTI_DIRTY)
+    c.multi_count = 0
+    c.multi_shard = -1
+    buf_free(&c.multi_cmds)
+
+
+cdef void answer_unknown_command(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """Redis's own text: unknown command 'x', with args beginning with: 'a' 'b' """
+    cdef Buf *out = &core.merged
+    cdef int i
+    cdef size_t args_len = 0, take
+    buf_clear(out)
+    buf_append_str(out, b"-ERR unknown command '")
+    buf_append(out, av.argv[0], av.argl[0] if av.argl[0] < 128 else 128)
+    buf_append_str(out, b"', with args beginning with: ")
+    for i in range(1, av.argc):
+        if args_len >= 128:
+            break
+        take = av.argl[i] if av.argl[i] < 128 - args_len else 128 - args_len
+        buf_append_str(out, b"'")
+        buf_append(out, av.argv[i], take)
+        buf_append_str(out, b"' ")
+        args_len += take + 3
+    buf_append_str(out, b"\r\n")
+    request_answer(core, r, buf_head(out), buf_len(out))
+
+
+cdef inline bint arity_ok(CommandInfo *cmd, int argc) noexcept nogil:
+    return argc == cmd.arity if cmd.arity > 0 else argc >= -cmd.arity
+
+
+cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
+    cdef KeyList *kl = &core.keys
+    cdef int s
+    if cmd == NULL:
+        c.flags |= CF_MULTI_DIRTY
+        answer_unknown_command(core, r, av)
+        return
+    if not arity_ok(cmd, av.argc):
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", cmd.name)
+        return
+    if cmd.route == ROUTE_REFUSED:
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_str(core, r, cmd.refusal)
+        return
+    if (cmd.route == ROUTE_ALL_SHARDS and core.nactive > 1) or cmd.route == ROUTE_SCAN \
+            or cmd.route == ROUTE_GETKEYS:
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
+                             cmd.name)
+        return
+    if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    if kl.n > 0:
+        s = core.key_shard[0]
+        if not same_shard(core, kl.n) or (c.multi_shard >= 0 and s != c.multi_shard):
+            c.flags |= CF_MULTI_DIRTY
+            request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+            return
+        c.multi_shard = s
+    if buf_append(&c.multi_cmds, av.wire, av.wire_len) < 0:
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    c.multi_count += 1
+    request_answer_str(core, r, b"+QUEUED\r\n")
+
+
+cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
+    cdef Buf *sub = &core.subcommand
+    cdef int shard
+    if c.flags & CF_MULTI_DIRTY:
+        multi_reset(c)
+        request_answer_str(core, r, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+        return
+    buf_clear(sub)
+    buf_append_str(sub, b"*1\r\n$5\r\nMULTI\r\n")
+    buf_append(sub, buf_head(&c.multi_cmds), buf_len(&c.multi_cmds))
+    buf_append_str(sub, b"*1\r\n$4\r\nEXEC\r\n")
+    shard = c.multi_shard if c.multi_shard >= 0 else default_shard(core)
+    r.frag0.skip = c.multi_count + 1
+    r.pending = 1
+    multi_reset(c)
+    send_fragment(core, shard, &r.frag0, buf_head(sub), buf_len(sub))
+
+
+cdef void dispatch_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+    """BLPOP & co. wait on a connection of the client's own, so that no other client sharing a
+    connection waits with it; the client's next requests wait behind it, as on one Redis."""
+    cdef int shard = core.key_shard[0] if kl.n > 0 else default_shard(core)
+    cdef Backend *b
+    if kl.n > 0 and not same_shard(core, kl.n):
+        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        return
+    b = client_dedicated(core, c, shard)
+    r.pending = 1
+    if b == NULL:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.blocking = True
+    c.flags |= CF_BLOCKED
+    send_fragment_on(core, b, &r.frag0, av.wire, av.wire_len)
+
+
 cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     cdef long long db
     cdef Buf *out = &core.merged
@@ -260,6 +376,28 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
                        b"$7\r\nmodules\r\n*0\r\n")
         request_answer(core, r, buf_head(out), buf_len(out))
         return
+    elif local == LOCAL_MULTI:
+        if av.argc == 1:
+            if c.flags & CF_MULTI:
+                request_answer_str(core, r, b"-ERR MULTI calls can not be nested\r\n")
+                return
+            multi_reset(c)
+            c.flags |= CF_MULTI
+            request_answer_str(core, r, b"+OK\r\n")
+            return
+    elif local == LOCAL_EXEC or local == LOCAL_DISCARD:
+        if not (c.flags & CF_MULTI):
+            request_answer_str(core, r, b"-ERR EXEC without MULTI\r\n" if local == LOCAL_EXEC
+                               else b"-ERR DISCARD without MULTI\r\n")
+            return
+        if av.argc == 1:
+            if local == LOCAL_EXEC:
+                multi_exec(core, c, r)
+            else:
+                multi_reset(c)
+                request_answer_str(core, r, b"+OK\r\n")
+            return
+        c.flags |= CF_MULTI_DIRTY
     elif local == LOCAL_QUIT:
         request_answer_str(core, r, b"+OK\r\n")
         c.flags |= CF_CLOSE_AFTER_WRITE
@@ -287,12 +425,19 @@ cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if core.nactive == 0:
         request_answer_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
         return
+    if cmd == NULL and c.flags & CF_MULTI:
+        multi_queue(core, c, r, cmd, av)
+        return
     if cmd == NULL:
         # Unknown to the table: the shard answers with Redis's own error text.
         r.pending = 1
         send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
         return
     route = cmd.route
+    if c.flags & CF_MULTI and not (route == ROUTE_LOCAL and (cmd.local == LOCAL_MULTI or
+            cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT)):
+        multi_queue(core, c, r, cmd, av)
+        return
     if route == ROUTE_LOCAL:
         answer_local(core, c, r, av)
         return
@@ -312,6 +457,9 @@ cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         request_answer_str(core, r, b"-ERR out of memory\r\n")
         return
+    if route == ROUTE_BLOCKING:
+        dispatch_blocking(core, c, r, av, kl)
+        return
     r.pending = 1
     if kl.n == 0:
         send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
@@ -329,7 +477,8 @@ cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
 cdef void client_pause(Core *core, Client *c) noexcept nogil:
     if not (c.flags & CF_READ_PAUSED):
         c.flags |= CF_READ_PAUSED
-        watch(core, c.fd, c, &c.events, c.events & ~EPOLLIN)
+        # Still told when it hangs up, so that a blocked client that leaves is cleaned up.
+        watch(core, c.fd, c, &c.events, (c.events & ~EPOLLIN) | EPOLLRDHUP)
 
 
 cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
@@ -342,7 +491,7 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         if c.flags & (CF_CLOSED | CF_CLOSE_AFTER_WRITE):
             buf_clear(inp)
             return
-        if c.flags & CF_RESOLVING:
+        if c.flags & (CF_RESOLVING | CF_BLOCKED):
             client_pause(core, c)
             return
         if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE:
@@ -431,7 +580,8 @@ cdef void client_flush(Core *core, Client *c) noexcept nogil:
         client_close(core, c)
         return
     watch(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
-    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 and not (c.flags & CF_RESOLVING):
+    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 \
+            and not (c.flags & (CF_RESOLVING | CF_BLOCKED)):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED
         watch(core, c.fd, c, &c.events, c.events | EPOLLIN)

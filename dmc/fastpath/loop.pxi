@@ -50,12 +50,17 @@ cdef void flush_all(Core *core) noexcept nogil:
         backend_flush(core, b)
 
 
-cdef void free_closed_clients(Core *core) noexcept nogil:
+cdef void free_closed(Core *core) noexcept nogil:
     cdef Client *c
+    cdef Backend *b
     while core.closed_clients != NULL:
         c = core.closed_clients
         core.closed_clients = c.next_closed
         free(c)
+    while core.closed_backends != NULL:
+        b = core.closed_backends
+        core.closed_backends = b.next_closed
+        free(b)
 
 
 cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
@@ -79,12 +84,18 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
             c = <Client *>ptr
             if c.flags & CF_CLOSED:
                 continue
-            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            if c.flags & CF_READ_PAUSED and ev & (EPOLLRDHUP | EPOLLERR | EPOLLHUP):
+                # Not reading it, but it went away (a client blocked in BLPOP, say).
+                client_close(core, c)
+                continue
+            if ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP):
                 client_read(core, c)
             if ev & EPOLLOUT and not (c.flags & CF_CLOSED):
                 client_mark_dirty(core, c)
         elif kind == KIND_BACKEND:
             b = <Backend *>ptr
+            if b.fd < 0:
+                continue        # closed earlier in this turn
             if ev & EPOLLOUT or (b.state == BK_CONNECTING and ev & (EPOLLERR | EPOLLHUP)):
                 backend_writable(core, b)
             if b.state == BK_UP and ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
@@ -94,5 +105,5 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
     flush_all(core)
     backends_tick(core)
     flush_all(core)
-    free_closed_clients(core)
+    free_closed(core)
     return n

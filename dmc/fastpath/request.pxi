@@ -14,6 +14,7 @@ cdef struct Fragment:
     long long sent_us       # when it was queued on the backend connection
     Buf reply               # the reply, kept only when several fragments are merged
     size_t cursor           # MERGE_KEYED_ARRAY: read position in `reply`
+    int skip                # replies to drop before this fragment's own (MULTI, QUEUED ...)
 
 
 cdef struct Request:
@@ -30,6 +31,7 @@ cdef struct Request:
     long long started_us
     bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
     int scan_position       # SCAN: index in the map's shard list of the shard asked
+    bint blocking           # holds its client's later requests until answered
     Buf command             # while resolving: the request's own bytes, sent once routed
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
