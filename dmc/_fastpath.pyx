@@ -288,7 +288,8 @@ cdef class Proxy:
         s.addr.sin_port = htons(port)
         if inet_pton(AF_INET, host.encode(), &s.addr.sin_addr) != 1:
             raise ValueError("not an IPv4 address: %r" % host)
-        s.nconns = self.core.conns_per_shard
+        s.per_proto = self.core.conns_per_shard
+        s.nconns = 2 * s.per_proto
         s.conns = <Backend *>calloc(s.nconns, sizeof(Backend))
         if s.conns == NULL:
             raise MemoryError()
@@ -300,6 +301,8 @@ cdef class Proxy:
             b.shard = idx
             b.retry_delay_us = RETRY_MIN_US
             b.retry_at_us = 0
+            b.proto = 2 if j < s.per_proto else 3
+            b.used = j < s.per_proto
         self.core.nshards += 1
         self.shard_index[key] = idx
         return idx
@@ -371,7 +374,8 @@ cdef class Proxy:
             conns = []
             for j in range(s.nconns):
                 b = &s.conns[j]
-                conns.append({"state": ("down", "connecting", "up")[b.state], "queued": b.queued})
+                conns.append({"state": ("down", "connecting", "up")[b.state], "queued": b.queued,
+                              "proto": b.proto})
             shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns})
         return {
             "map_version": self.core.map_version,

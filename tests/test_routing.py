@@ -66,9 +66,33 @@ def run_script(client: redis.Redis):
     return out
 
 
-def test_answers_like_a_single_redis_server(r, ref):
-    """The same commands against one redis-server and against the 3-shard database."""
-    assert run_script(r) == run_script(ref)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_answers_like_a_single_redis_server(db, r, ref, protocol):
+    """The same commands against one redis-server and against the 3-shard database, from a
+    RESP2 and from a RESP3 client."""
+    mine = db.client(protocol=protocol)
+    port = ref.connection_pool.connection_kwargs["port"]
+    theirs = redis.Redis(host="127.0.0.1", port=port, protocol=protocol)
+    try:
+        assert run_script(mine) == run_script(theirs)
+    finally:
+        theirs.close()
+
+
+def test_redis_py_defaults_work(db, r):
+    """redis-py 8 speaks RESP3 by default (HELLO 3)."""
+    c = redis.Redis(host="127.0.0.1", port=db.port)
+    try:
+        assert c.execute_command("HELLO")[b"proto"] == 3
+        c.hset("h", mapping={"a": "1", "b": "2"})
+        assert c.hgetall("h") == {b"a": b"1", b"b": b"2"}
+        c.mset({f"m{i}": i for i in range(20)})
+        assert c.mget([f"m{i}" for i in range(20)]) == [str(i).encode() for i in range(20)]
+        assert c.dbsize() == 21
+        c.zadd("z", {"x": 1.5})
+        assert c.zscore("z", "x") == 1.5
+    finally:
+        c.close()
 
 
 def test_keys_and_dbsize_cover_every_shard(db, r):

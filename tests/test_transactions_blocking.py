@@ -72,10 +72,18 @@ def test_discard_and_misplaced_exec(r, ref):
         assert client.get("d") is None
 
 
-def test_redis_py_transactional_pipeline(r):
-    pipe = r.pipeline(transaction=True)
-    pipe.set("{u}x", 1).incr("{u}x").mget("{u}x", "{u}y")
-    assert pipe.execute() == [True, 2, [b"2", None]]
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_transactional_pipeline(db, r, protocol):
+    pipe = db.client(protocol=protocol).pipeline(transaction=True)
+    pipe.set("{u}x", 1).incr("{u}x").mget("{u}x", "{u}y").hset("{u}h", "f", "v").hgetall("{u}h")
+    assert pipe.execute() == [True, 2, [b"2", None], 1, {b"f": b"v"}]
+
+
+def test_blpop_from_a_resp3_client(db, r):
+    c = db.client(protocol=3)
+    r.rpush("q3", "v")
+    assert c.blpop(["q3"], timeout=1) == [b"q3", b"v"]
+    assert c.blpop(["q3"], timeout=0.2) is None
 
 
 def test_transaction_is_atomic_against_other_clients(db, r):

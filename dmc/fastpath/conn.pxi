@@ -45,6 +45,7 @@ cdef struct Client:
     int inflight
     size_t held             # bytes of answers kept until the requests before them are answered
     Backend *dedicated      # its own backend connection, for blocking commands
+    int proto               # RESP version chosen with HELLO (2 until then)
     int multi_shard         # CF_MULTI: the shard the transaction's keys live on, or -1
     int multi_count         # CF_MULTI: commands queued
     Buf multi_cmds          # CF_MULTI: their bytes, sent as MULTI ... EXEC in one write
@@ -69,13 +70,17 @@ cdef struct Backend:
     long long retry_at_us
     long long retry_delay_us
     Client *owner           # a client's dedicated connection; NULL for the shared ones
+    int proto               # RESP version it speaks (HELLO 3 is sent first when 3)
+    int skip_replies        # replies to drop before the first fragment's (the HELLO reply)
+    bint used               # a RESP3 connection is opened, and kept open, once a client needs it
     Backend *next_closed
 
 
 cdef struct Shard:
     char label[64]          # host:port, as shown in errors
     sockaddr_in addr
-    int nconns
-    int rr                  # round-robin position among conns
+    int nconns              # 2 * per_proto
+    int per_proto           # shared connections for RESP2 clients, then as many for RESP3 ones
+    int rr[2]               # round-robin position among each protocol's connections
     Backend *conns
     bint active             # part of the current shard map

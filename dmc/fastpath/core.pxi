@@ -308,6 +308,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     buf_free(&b.rbuf)
     buf_free(&b.wbuf)
     b.need = 0
+    b.skip_replies = 0
     b.retry_at_us = core.now_us + b.retry_delay_us
     b.retry_delay_us = b.retry_delay_us * 2 if b.retry_delay_us * 2 < RETRY_MAX_US else RETRY_MAX_US
     # Answer in queue order; answering may touch other clients but never this backend.
@@ -338,6 +339,10 @@ cdef void backend_connect(Core *core, Backend *b) noexcept nogil:
     b.fd = fd
     b.state = BK_CONNECTING
     b.events = 0
+    if b.proto == 3:
+        # Sent before any request: the connection then answers in RESP3, as its clients expect.
+        buf_append_str(&b.wbuf, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        b.skip_replies = 1
     watch(core, fd, b, &b.events, EPOLLIN | EPOLLOUT)
 
 
@@ -394,6 +399,10 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
         if push:
             buf_consume(&b.rbuf, flen)
             continue
+        if b.skip_replies > 0:
+            b.skip_replies -= 1
+            buf_consume(&b.rbuf, flen)
+            continue
         f = b.qhead
         if f == NULL:
             backend_fail(core, b, b"unexpected reply from")
@@ -425,19 +434,22 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
     backend_flush(core, b)
 
 
-cdef Backend *shard_backend(Core *core, int shard) noexcept nogil:
+cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
     cdef Shard *s = &core.shards[shard]
-    cdef Backend *b = &s.conns[s.rr]
-    s.rr += 1
-    if s.rr >= s.nconns:
-        s.rr = 0
+    cdef int p = 1 if proto == 3 else 0
+    cdef Backend *b = &s.conns[p * s.per_proto + s.rr[p]]
+    s.rr[p] += 1
+    if s.rr[p] >= s.per_proto:
+        s.rr[p] = 0
+    b.used = True
     return b
 
 
 cdef void send_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
     that is down answers the fragment with an error at once."""
-    cdef Backend *b = shard_backend(core, shard)
+    cdef Client *c = f.req.client
+    cdef Backend *b = shard_backend(core, shard, c.proto if c != NULL else 2)
     if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
         backend_connect(core, b)
     send_fragment_on(core, b, f, data, n)
@@ -467,7 +479,7 @@ cdef void fragment_error(Core *core, Fragment *f, const char *label) noexcept no
 cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
     """The client's own connection to the shard, opened on first use."""
     cdef Backend *b = c.dedicated
-    if b != NULL and b.shard != shard:
+    if b != NULL and (b.shard != shard or b.proto != c.proto):
         dedicated_close(core, b)
         b = c.dedicated = NULL
     if b == NULL:
@@ -480,6 +492,7 @@ cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
         b.shard = shard
         b.retry_delay_us = RETRY_MIN_US
         b.owner = c
+        b.proto = c.proto
         c.dedicated = b
     if b.state == BK_DOWN:
         backend_connect(core, b)
@@ -503,7 +516,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.state == BK_DOWN:
-                if core.shards[i].active and b.retry_at_us <= core.now_us:
+                if core.shards[i].active and b.used and b.retry_at_us <= core.now_us:
                     backend_connect(core, b)
             elif b.qhead != NULL and core.backend_timeout_us > 0 \
                     and core.now_us - b.qhead.sent_us > core.backend_timeout_us:

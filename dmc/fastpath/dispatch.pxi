@@ -364,13 +364,16 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
             if parse_ll(av.argv[1], av.argl[1], &db) < 0:
                 request_answer_str(core, r, b"-ERR Protocol version is not an integer or out of range\r\n")
                 return
-            if db != 2:
-                # RESP3 needs replies converted per command: not yet.
+            if db != 2 and db != 3:
                 request_answer_str(core, r, b"-NOPROTO sorry, this protocol version is not supported.\r\n")
                 return
-        buf_append_str(out, b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n")
+            # From now on the client's requests go to connections speaking its protocol.
+            c.proto = <int>db
+        buf_append_str(out, b"%7\r\n" if c.proto == 3 else b"*14\r\n")
+        buf_append_str(out, b"$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n")
         buf_append_bulk(out, core.server_version, strlen(core.server_version))
-        buf_append_str(out, b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n")
+        buf_append_str(out, b"$5\r\nproto\r\n:3\r\n$2\r\nid\r\n" if c.proto == 3
+                       else b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n")
         buf_append_int(out, c':', <long long>c.id)
         buf_append_str(out, b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
                        b"$7\r\nmodules\r\n*0\r\n")

@@ -21,6 +21,7 @@ cdef void accept_clients(Core *core) noexcept nogil:
         set_nodelay(fd)
         c.kind = KIND_CLIENT
         c.fd = fd
+        c.proto = 2
         core.next_client_id += 1
         c.id = core.next_client_id
         core.nclients += 1
