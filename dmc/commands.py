@@ -21,12 +21,16 @@ from dmc import _fastpath
 # Answered by the proxy itself: they are about the connection, not the data.
 LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard"}
 
+# Pub/Sub lives on one shard of the map (its first), so that every PUBLISH reaches every
+# subscriber: sharded channels (SPUBLISH/SSUBSCRIBE) included.
+SUBSCRIBE_COMMANDS = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
+                      "sunsubscribe"}
+PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
+
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
 REFUSED_COMMANDS = {
-    "watch": _STATEFUL, "unwatch": _STATEFUL, "subscribe": _STATEFUL, "psubscribe": _STATEFUL,
-    "ssubscribe": _STATEFUL, "unsubscribe": _STATEFUL, "punsubscribe": _STATEFUL,
-    "sunsubscribe": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL,
+    "watch": _STATEFUL, "unwatch": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL,
     "client": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
     "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
     "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
@@ -108,6 +112,10 @@ def _entry(row, container: str | None = None) -> CommandEntry:
         entry.route, entry.local = "local", name
     elif name == "scan":
         entry.route = "scan"
+    elif name in SUBSCRIBE_COMMANDS:
+        entry.route = "subscribe"
+    elif top in PUBLISH_COMMANDS:
+        entry.route = "pubsub"
     elif top in REFUSED_COMMANDS:
         entry.route, entry.refusal = "refused", REFUSED_COMMANDS[top].format(name=name)
     elif "blocking" in flags:

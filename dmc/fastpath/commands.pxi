@@ -27,6 +27,8 @@ cdef enum Route:
     ROUTE_GETKEYS = 5       # key specs Redis marks unknown/incomplete: ask a shard COMMAND GETKEYS first
     ROUTE_SCAN = 6          # SCAN: one cursor that walks the shards of the map one after the other
     ROUTE_BLOCKING = 7      # on a connection of the client's own; its later requests wait
+    ROUTE_PUBSUB = 8        # PUBLISH, SPUBLISH, PUBSUB ...: to the map's pub/sub shard
+    ROUTE_SUBSCRIBE = 9     # (P|S)(UN)SUBSCRIBE: the client's own connection to the pub/sub shard
 
 # How the replies of several shards are merged into one.
 cdef enum Merge:

@@ -18,6 +18,8 @@ cdef enum:
     CF_BLOCKED = 32         # a blocking command is in flight; the requests after it wait
     CF_MULTI = 64           # between MULTI and EXEC/DISCARD: commands are queued by the proxy
     CF_MULTI_DIRTY = 128    # a command was refused while queueing: EXEC answers EXECABORT
+    CF_PUBSUB = 256         # subscribed: its pub/sub commands go to `dedicated`, whose frames pass through
+    CF_WAIT_DRAIN = 512     # a SUBSCRIBE waits until the replies owed before it are written
 
 # Backend states
 cdef enum:
@@ -73,6 +75,7 @@ cdef struct Backend:
     int proto               # RESP version it speaks (HELLO 3 is sent first when 3)
     int skip_replies        # replies to drop before the first fragment's (the HELLO reply)
     bint used               # a RESP3 connection is opened, and kept open, once a client needs it
+    bint passthrough        # a subscriber's connection: every frame goes straight to `owner`
     Backend *next_closed
 
 

@@ -300,6 +300,11 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
     snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
+    if b.passthrough and b.owner != NULL:
+        # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
+        buf_append_str(&b.owner.wbuf, line)
+        b.owner.flags |= CF_CLOSE_AFTER_WRITE
+        client_mark_dirty(core, b.owner)
     if b.fd >= 0:
         watch(core, b.fd, b, &b.events, 0)
         close(b.fd)
@@ -387,6 +392,11 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
     b.rbuf.end += n
     if buf_len(&b.rbuf) < b.need:
         return
+    if b.passthrough and b.owner != NULL and over_output_limit(core, b.owner):
+        # A subscriber that does not read its messages: cut it off (never inside the loop
+        # below, which reads from this connection's buffer).
+        client_close(core, b.owner)
+        return
     b.need = 0
     while buf_len(&b.rbuf) > 0:
         flen = reply_frame(buf_head(&b.rbuf), buf_len(&b.rbuf), &need, &push)
@@ -396,11 +406,16 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
         if flen < 0:
             backend_fail(core, b, b"protocol error from")
             return
-        if push:
-            buf_consume(&b.rbuf, flen)
-            continue
         if b.skip_replies > 0:
             b.skip_replies -= 1
+            buf_consume(&b.rbuf, flen)
+            continue
+        if b.passthrough:
+            subscriber_frame(core, b, buf_head(&b.rbuf), flen)
+            buf_consume(&b.rbuf, flen)
+            continue
+        if push:
+            # Out of band on a request/reply connection: nobody asked for it.
             buf_consume(&b.rbuf, flen)
             continue
         f = b.qhead
@@ -419,6 +434,14 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
         f.next = NULL
         fragment_answer(core, f, buf_head(&b.rbuf), flen)
         buf_consume(&b.rbuf, flen)
+
+
+cdef void subscriber_frame(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
+    cdef Client *c = b.owner
+    if c == NULL or c.flags & CF_CLOSED:
+        return
+    buf_append(&c.wbuf, p, n)
+    client_mark_dirty(core, c)
 
 
 cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
@@ -502,8 +525,9 @@ cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
 cdef void dedicated_close(Core *core, Backend *b) noexcept nogil:
     """Close a client's own connection (the shard forgets a blocked client with it); what still
     waits on it is answered with an error; the struct is freed at the end of the loop turn."""
-    backend_fail(core, b, b"closed dedicated connection to")
     b.owner = NULL
+    b.passthrough = False
+    backend_fail(core, b, b"closed dedicated connection to")
     b.next_closed = core.closed_backends
     core.closed_backends = b
 

@@ -281,7 +281,7 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
         request_answer_str(core, r, cmd.refusal)
         return
     if (cmd.route == ROUTE_ALL_SHARDS and core.nactive > 1) or cmd.route == ROUTE_SCAN \
-            or cmd.route == ROUTE_GETKEYS:
+            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SUBSCRIBE:
         c.flags |= CF_MULTI_DIRTY
         request_answer_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
                              cmd.name)
@@ -417,52 +417,86 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
     request_answer_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", r.cmd.name)
 
 
-cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
+cdef bint subscriber_command(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) noexcept nogil:
+    """Send a (P|S)(UN)SUBSCRIBE, or any command of a subscribed RESP2 client, on the client's
+    own connection to the pub/sub shard, whose frames go straight back to the client. False:
+    not now, replies owed before it must be written first."""
+    cdef Backend *b
+    if not (c.flags & CF_PUBSUB) and c.head != NULL:
+        c.flags |= CF_WAIT_DRAIN
+        return False
+    b = client_dedicated(core, c, core.active[0])
+    if b == NULL or b.state == BK_DOWN:
+        buf_append_str(&c.wbuf, b"-ERR the pub/sub shard is unavailable\r\n")
+        c.flags |= CF_CLOSE_AFTER_WRITE
+        client_mark_dirty(core, c)
+        return True
+    b.passthrough = True
+    c.flags |= CF_PUBSUB
+    buf_append(&b.wbuf, av.wire, av.wire_len)
+    backend_mark_dirty(core, b)
+    return True
+
+
+cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
+    """Route one request. False when it must wait (its bytes stay in the input)."""
     cdef CommandInfo *cmd = command_lookup(core.commands, av)
-    cdef Request *r = request_new(c, cmd, core.now_us)
+    cdef Request *r
     cdef KeyList *kl = &core.keys
     cdef int route
+    if core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
+            (c.flags & CF_PUBSUB and c.proto == 2 and
+             not (cmd != NULL and cmd.local == LOCAL_QUIT))):
+        return subscriber_command(core, c, cmd, av)
+    r = request_new(c, cmd, core.now_us)
     if r == NULL:
         c.flags |= CF_CLOSE_AFTER_WRITE
-        return
+        return True
     if core.nactive == 0:
         request_answer_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
-        return
+        return True
     if cmd == NULL and c.flags & CF_MULTI:
         multi_queue(core, c, r, cmd, av)
-        return
+        return True
     if cmd == NULL:
         # Unknown to the table: the shard answers with Redis's own error text.
         r.pending = 1
         send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
-        return
+        return True
     route = cmd.route
     if c.flags & CF_MULTI and not (route == ROUTE_LOCAL and (cmd.local == LOCAL_MULTI or
             cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT)):
         multi_queue(core, c, r, cmd, av)
-        return
+        return True
     if route == ROUTE_LOCAL:
         answer_local(core, c, r, av)
-        return
+        return True
     if route == ROUTE_REFUSED:
         request_answer_str(core, r, cmd.refusal)
-        return
+        return True
     if route == ROUTE_GETKEYS:
         dispatch_getkeys(core, c, r, av)
-        return
+        return True
     if route == ROUTE_SCAN:
         dispatch_scan(core, r, av)
-        return
+        return True
     if route == ROUTE_ALL_SHARDS:
         r.merge = cmd.merge
         dispatch_all_shards(core, r, av)
-        return
+        return True
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         request_answer_str(core, r, b"-ERR out of memory\r\n")
-        return
+        return True
     if route == ROUTE_BLOCKING:
-        dispatch_blocking(core, c, r, av, kl)
-        return
+        if c.flags & CF_PUBSUB:
+            request_answer_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
+        else:
+            dispatch_blocking(core, c, r, av, kl)
+        return True
+    if route == ROUTE_PUBSUB:
+        r.pending = 1
+        send_fragment(core, core.active[0], &r.frag0, av.wire, av.wire_len)
+        return True
     r.pending = 1
     if kl.n == 0:
         send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
@@ -473,6 +507,7 @@ cdef void dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
         dispatch_split(core, r, av, kl)
     else:
         request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+    return True
 
 
 # ---- clients: input ---------------------------------------------------------------------------
@@ -494,7 +529,7 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         if c.flags & (CF_CLOSED | CF_CLOSE_AFTER_WRITE):
             buf_clear(inp)
             return
-        if c.flags & (CF_RESOLVING | CF_BLOCKED):
+        if c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN):
             client_pause(core, c)
             return
         if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE:
@@ -520,8 +555,9 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
             c.flags |= CF_CLOSE_AFTER_WRITE
             buf_clear(inp)
             return
-        if core.av.argc > 0:
-            dispatch(core, c, &core.av)
+        if core.av.argc > 0 and not dispatch(core, c, &core.av):
+            client_pause(core, c)
+            return
         buf_consume(inp, consumed)
 
 
@@ -583,8 +619,10 @@ cdef void client_flush(Core *core, Client *c) noexcept nogil:
         client_close(core, c)
         return
     watch(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
+    if c.flags & CF_WAIT_DRAIN and c.head == NULL:
+        c.flags &= ~CF_WAIT_DRAIN
     if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 \
-            and not (c.flags & (CF_RESOLVING | CF_BLOCKED)):
+            and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN)):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED
         watch(core, c.fd, c, &c.events, c.events | EPOLLIN)
