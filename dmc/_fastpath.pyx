@@ -93,7 +93,7 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
-          "discard": LOCAL_DISCARD}
+          "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT

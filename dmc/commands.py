@@ -19,7 +19,8 @@ import hiredis
 from dmc import _fastpath
 
 # Answered by the proxy itself: they are about the connection, not the data.
-LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard"}
+LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard", "watch",
+                  "unwatch"}
 
 # Pub/Sub lives on one shard of the map (its first), so that every PUBLISH reaches every
 # subscriber: sharded channels (SPUBLISH/SSUBSCRIBE) included.
@@ -30,7 +31,7 @@ PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
 REFUSED_COMMANDS = {
-    "watch": _STATEFUL, "unwatch": _STATEFUL, "monitor": _STATEFUL, "reset": _STATEFUL,
+    "monitor": _STATEFUL, "reset": _STATEFUL,
     "client": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
     "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
     "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,

@@ -172,3 +172,65 @@ def test_blocking_command_across_shards_is_crossslot(db, r):
     a, b = "alpha", "beta"
     with pytest.raises(redis.exceptions.ClusterCrossSlotError):
         r.blpop([a, b], timeout=1)
+
+
+def test_watch_then_exec_succeeds_when_nobody_touched_the_key(db, r):
+    c = db.client()
+    c.set("{w}balance", 100)
+    assert c.execute_command("WATCH", "{w}balance") in (b"OK", True)
+    balance = int(c.get("{w}balance"))
+    out = transaction(c, [("SET", "{w}balance", str(balance - 30)), ("INCR", "{w}ops")])
+    assert out[-1] == [b"OK", 1]
+    assert r.get("{w}balance") == b"70"
+
+
+def test_watch_aborts_exec_when_another_client_writes_the_key(db, r, ref):
+    for client, other in ((db.client(), r), (ref, None)):
+        other = other or redis.Redis(port=ref.connection_pool.connection_kwargs["port"], protocol=2)
+        client.set("{w}k", 1)
+        client.execute_command("WATCH", "{w}k")
+        other.set("{w}k", 2)
+        out = transaction(client, [("SET", "{w}k", "3")])
+        assert out[-1] is None          # EXEC's null reply: the transaction did not run
+        assert client.get("{w}k") == b"2"
+
+
+def test_discard_and_unwatch_forget_the_watch(db, r):
+    c = db.client()
+    c.set("{w}x", 1)
+    c.execute_command("WATCH", "{w}x")
+    c.execute_command("MULTI")
+    c.execute_command("DISCARD")
+    r.set("{w}x", 2)                    # after DISCARD: no longer watched
+    assert transaction(c, [("INCR", "{w}x")])[-1] == [3]
+    c.execute_command("WATCH", "{w}x")
+    c.execute_command("UNWATCH")
+    r.set("{w}x", 10)
+    assert transaction(c, [("INCR", "{w}x")])[-1] == [11]
+
+
+def test_redis_py_transaction_helper_retries_on_conflict(db, r):
+    r.set("{t}counter", 0)
+    calls = []
+
+    def bump(pipe):
+        value = int(pipe.get("{t}counter"))
+        if not calls:
+            r.incr("{t}counter")        # a concurrent write: the first EXEC must abort
+        calls.append(value)
+        pipe.multi()
+        pipe.set("{t}counter", value + 10)
+
+    db.client().transaction(bump, "{t}counter")
+    assert calls == [0, 1]
+    assert r.get("{t}counter") == b"11"
+
+
+def test_watch_errors(db, r):
+    with pytest.raises(redis.exceptions.ClusterCrossSlotError):
+        r.execute_command("WATCH", "alpha", "beta")
+    c = db.client()
+    c.execute_command("MULTI")
+    with pytest.raises(redis.ResponseError, match="WATCH inside MULTI is not allowed"):
+        c.execute_command("WATCH", "{w}k")
+    c.execute_command("DISCARD")

@@ -54,6 +54,8 @@ cdef enum Local:
     LOCAL_MULTI = 6
     LOCAL_EXEC = 7
     LOCAL_DISCARD = 8
+    LOCAL_WATCH = 9
+    LOCAL_UNWATCH = 10
 
 
 cdef struct KeySpec:

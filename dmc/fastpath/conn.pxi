@@ -20,6 +20,7 @@ cdef enum:
     CF_MULTI_DIRTY = 128    # a command was refused while queueing: EXEC answers EXECABORT
     CF_PUBSUB = 256         # subscribed: its pub/sub commands go to `dedicated`, whose frames pass through
     CF_WAIT_DRAIN = 512     # a SUBSCRIBE waits until the replies owed before it are written
+    CF_WATCH = 1024         # WATCHing keys of `watch_shard` on `dedicated`, until EXEC/DISCARD/UNWATCH
 
 # Backend states
 cdef enum:
@@ -49,6 +50,7 @@ cdef struct Client:
     Backend *dedicated      # its own backend connection, for blocking commands
     int proto               # RESP version chosen with HELLO (2 until then)
     int multi_shard         # CF_MULTI: the shard the transaction's keys live on, or -1
+    int watch_shard         # CF_WATCH: the shard of the watched keys
     int multi_count         # CF_MULTI: commands queued
     Buf multi_cmds          # CF_MULTI: their bytes, sent as MULTI ... EXEC in one write
     Client *next_dirty

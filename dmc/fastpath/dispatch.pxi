@@ -292,7 +292,8 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
         return
     if kl.n > 0:
         s = core.key_shard[0]
-        if not same_shard(core, kl.n) or (c.multi_shard >= 0 and s != c.multi_shard):
+        if not same_shard(core, kl.n) or (c.multi_shard >= 0 and s != c.multi_shard) or \
+                (c.flags & CF_WATCH and s != c.watch_shard):
             c.flags |= CF_MULTI_DIRTY
             request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
             return
@@ -305,22 +306,73 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
     request_answer_str(core, r, b"+QUEUED\r\n")
 
 
+cdef void send_unanswered(Core *core, Backend *b, const char *cmd) noexcept nogil:
+    """A command of the proxy's own whose reply nobody reads (an UNWATCH, say)."""
+    cdef Request *r = <Request *>calloc(1, sizeof(Request))
+    if r == NULL:
+        return
+    r.frags = &r.frag0
+    r.nfrags = 1
+    r.frag0.req = r
+    r.pending = 1
+    send_fragment_on(core, b, &r.frag0, cmd, strlen(cmd))
+
+
+cdef void watch_end(Core *core, Client *c, bint tell_shard) noexcept nogil:
+    if c.flags & CF_WATCH:
+        c.flags &= ~CF_WATCH
+        if tell_shard and c.dedicated != NULL:
+            send_unanswered(core, c.dedicated, b"*1\r\n$7\r\nUNWATCH\r\n")
+
+
 cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
     cdef Buf *sub = &core.subcommand
     cdef int shard
     if c.flags & CF_MULTI_DIRTY:
         multi_reset(c)
+        watch_end(core, c, True)
         request_answer_str(core, r, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
         return
     buf_clear(sub)
     buf_append_str(sub, b"*1\r\n$5\r\nMULTI\r\n")
     buf_append(sub, buf_head(&c.multi_cmds), buf_len(&c.multi_cmds))
     buf_append_str(sub, b"*1\r\n$4\r\nEXEC\r\n")
-    shard = c.multi_shard if c.multi_shard >= 0 else default_shard(core)
     r.frag0.skip = c.multi_count + 1
     r.pending = 1
     multi_reset(c)
+    if c.flags & CF_WATCH:
+        # Checked against the watched keys, on the connection that watches them; EXEC unwatches.
+        c.flags &= ~CF_WATCH
+        send_fragment_on(core, c.dedicated, &r.frag0, buf_head(sub), buf_len(sub))
+        return
+    shard = c.multi_shard if c.multi_shard >= 0 else default_shard(core)
     send_fragment(core, shard, &r.frag0, buf_head(sub), buf_len(sub))
+
+
+cdef void watch_keys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    """WATCH on a connection of the client's own to the keys' shard."""
+    cdef KeyList *kl = &core.keys
+    cdef Backend *b
+    cdef int shard
+    if c.flags & CF_MULTI:
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_str(core, r, b"-ERR WATCH inside MULTI is not allowed\r\n")
+        return
+    if command_keys(r.cmd, av, kl) < 0 or key_shards(core, av, kl) < 0 or kl.n == 0:
+        request_answer_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", r.cmd.name)
+        return
+    shard = core.key_shard[0]
+    if not same_shard(core, kl.n) or (c.flags & CF_WATCH and shard != c.watch_shard):
+        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        return
+    b = client_dedicated(core, c, shard)
+    r.pending = 1
+    if b == NULL:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    c.flags |= CF_WATCH
+    c.watch_shard = shard
+    send_fragment_on(core, b, &r.frag0, av.wire, av.wire_len)
 
 
 cdef void dispatch_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
@@ -329,6 +381,9 @@ cdef void dispatch_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyLi
     cdef int shard = core.key_shard[0] if kl.n > 0 else default_shard(core)
     cdef Backend *b
     if kl.n > 0 and not same_shard(core, kl.n):
+        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        return
+    if c.flags & CF_WATCH and shard != c.watch_shard:
         request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
         return
     b = client_dedicated(core, c, shard)
@@ -398,9 +453,18 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
                 multi_exec(core, c, r)
             else:
                 multi_reset(c)
+                watch_end(core, c, True)
                 request_answer_str(core, r, b"+OK\r\n")
             return
         c.flags |= CF_MULTI_DIRTY
+    elif local == LOCAL_WATCH:
+        watch_keys(core, c, r, av)
+        return
+    elif local == LOCAL_UNWATCH:
+        if av.argc == 1:
+            watch_end(core, c, True)
+            request_answer_str(core, r, b"+OK\r\n")
+            return
     elif local == LOCAL_QUIT:
         request_answer_str(core, r, b"+OK\r\n")
         c.flags |= CF_CLOSE_AFTER_WRITE
@@ -465,7 +529,8 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
         return True
     route = cmd.route
     if c.flags & CF_MULTI and not (route == ROUTE_LOCAL and (cmd.local == LOCAL_MULTI or
-            cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT)):
+            cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT or
+            cmd.local == LOCAL_WATCH)):
         multi_queue(core, c, r, cmd, av)
         return True
     if route == ROUTE_LOCAL:
@@ -501,7 +566,11 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if kl.n == 0:
         send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
     elif same_shard(core, kl.n):
-        send_fragment(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
+        if c.flags & CF_WATCH and core.key_shard[0] == c.watch_shard:
+            # In order with the WATCH, on its connection: what it reads is what EXEC checks.
+            send_fragment_on(core, c.dedicated, &r.frag0, av.wire, av.wire_len)
+        else:
+            send_fragment(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
     elif route == ROUTE_SPLIT:
         r.merge = cmd.merge
         dispatch_split(core, r, av, kl)
