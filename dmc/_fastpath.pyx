@@ -13,6 +13,7 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     request.pxi   request and fragment lifecycle
     conn.pxi      client, backend and shard structs
     core.pxi      answers, merges, backend connections
+    client_cmd.pxi  CLIENT ... about the proxy's own clients
     dispatch.pxi  routing a parsed request; client input and output
     loop.pxi      one turn of the epoll loop
 """
@@ -41,6 +42,8 @@ cdef extern from "sys/socket.h":
     ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len) nogil
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
+    int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
+    int getpeername(int fd, sockaddr *addr, socklen_t *len) nogil
     int AF_INET, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL
 
 cdef extern from "netinet/in.h":
@@ -52,12 +55,14 @@ cdef extern from "netinet/in.h":
         in_addr sin_addr
     int IPPROTO_TCP
     unsigned short htons(unsigned short) nogil
+    unsigned short ntohs(unsigned short) nogil
 
 cdef extern from "netinet/tcp.h":
     int TCP_NODELAY
 
 cdef extern from "arpa/inet.h":
     int inet_pton(int af, const char *src, void *dst) nogil
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size) nogil
 
 cdef extern from "sys/epoll.h":
     ctypedef union epoll_data_t:
@@ -79,6 +84,7 @@ include "fastpath/commands.pxi"
 include "fastpath/request.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/core.pxi"
+include "fastpath/client_cmd.pxi"
 include "fastpath/dispatch.pxi"
 include "fastpath/loop.pxi"
 
@@ -93,7 +99,8 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
-          "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH}
+          "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
+          "client": LOCAL_CLIENT}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT

@@ -31,8 +31,7 @@ PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
 REFUSED_COMMANDS = {
-    "monitor": _STATEFUL, "reset": _STATEFUL,
-    "client": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
+    "monitor": _STATEFUL, "reset": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
     "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
     "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
     "auth": "ERR AUTH <password> called without any password configured for the default user. "
@@ -111,6 +110,9 @@ def _entry(row, container: str | None = None) -> CommandEntry:
     response = next((t.split(":", 1)[1] for t in tips if t.startswith("response_policy:")), None)
     if name in LOCAL_COMMANDS:
         entry.route, entry.local = "local", name
+    elif top == "client":
+        # About the proxy's own client connections, not the shards' (which are the proxy).
+        entry.route, entry.local = "local", "client"
     elif name == "scan":
         entry.route = "scan"
     elif name in SUBSCRIBE_COMMANDS:

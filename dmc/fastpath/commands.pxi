@@ -56,6 +56,7 @@ cdef enum Local:
     LOCAL_DISCARD = 8
     LOCAL_WATCH = 9
     LOCAL_UNWATCH = 10
+    LOCAL_CLIENT = 11
 
 
 cdef struct KeySpec:

@@ -40,6 +40,14 @@ cdef struct Client:
     unsigned int events     # what epoll watches for now
     int flags
     unsigned long long id
+    Client *prev            # every open client, for CLIENT LIST / KILL / UNBLOCK
+    Client *next
+    char addr[48]           # peer ip:port
+    char laddr[48]          # the endpoint's ip:port
+    Buf name                # CLIENT SETNAME
+    long long created_us
+    long long last_us       # last request
+    CommandInfo *last_cmd
     Buf rbuf                # a partial request carried over between reads
     Buf wbuf                # replies not yet written
     size_t need             # don't parse rbuf again before it holds this much

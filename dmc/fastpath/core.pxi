@@ -42,6 +42,7 @@ cdef struct Core:
     size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
     char server_version[32]     # the shards' redis_version, reported by HELLO
     Client *dirty_clients
+    Client *all_clients
     Client *closed_clients
     Backend *dirty_backends
     Backend *closed_backends
@@ -115,6 +116,13 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
         dedicated_close(core, c.dedicated)
         c.dedicated = NULL
     buf_free(&c.multi_cmds)
+    buf_free(&c.name)
+    if c.prev != NULL:
+        c.prev.next = c.next
+    else:
+        core.all_clients = c.next
+    if c.next != NULL:
+        c.next.prev = c.prev
     buf_free(&c.rbuf)
     buf_free(&c.wbuf)
     core.nclients -= 1

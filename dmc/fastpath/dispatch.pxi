@@ -465,6 +465,9 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
             watch_end(core, c, True)
             request_answer_str(core, r, b"+OK\r\n")
             return
+    elif local == LOCAL_CLIENT:
+        client_command(core, c, r, av)
+        return
     elif local == LOCAL_QUIT:
         request_answer_str(core, r, b"+OK\r\n")
         c.flags |= CF_CLOSE_AFTER_WRITE
@@ -512,6 +515,8 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
             (c.flags & CF_PUBSUB and c.proto == 2 and
              not (cmd != NULL and cmd.local == LOCAL_QUIT))):
         return subscriber_command(core, c, cmd, av)
+    c.last_us = core.now_us
+    c.last_cmd = cmd
     r = request_new(c, cmd, core.now_us)
     if r == NULL:
         c.flags |= CF_CLOSE_AFTER_WRITE

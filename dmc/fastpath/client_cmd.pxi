@@ -1,0 +1,225 @@
+# CLIENT ...: about the proxy's own client connections. The shards' clients are the proxy's
+# backend connections, so these are answered here, in the shapes redis-server uses.
+
+cdef bint arg_is(ArgVec *av, int i, const char *word) noexcept nogil:
+    return i < av.argc and arg_equals_ci(av.argv[i], av.argl[i], word, strlen(word))
+
+
+cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
+    cdef Client *c = core.all_clients
+    while c != NULL:
+        if <long long>c.id == id:
+            return c
+        c = c.next
+    return NULL
+
+
+cdef void client_info_line(Core *core, Client *c, Buf *out) noexcept nogil:
+    """One line of CLIENT LIST, with the fields redis-server shows (those a proxy knows)."""
+    cdef char line[512]
+    cdef char flags[8]
+    cdef int nf = 0
+    cdef const char *cmd = b"NULL"
+    if c.last_cmd != NULL:
+        cmd = c.last_cmd.name
+    if c.flags & CF_PUBSUB:
+        flags[nf] = c'P'
+        nf += 1
+    if c.flags & CF_MULTI:
+        flags[nf] = c'x'
+        nf += 1
+    if c.flags & CF_BLOCKED:
+        flags[nf] = c'b'
+        nf += 1
+    if nf == 0:
+        flags[nf] = c'N'
+        nf += 1
+    flags[nf] = 0
+    snprintf(line, sizeof(line),
+             b"id=%llu addr=%s laddr=%s fd=%d name=%.*s age=%lld idle=%lld flags=%s db=0 "
+             b"multi=%d qbuf=%zu obl=%zu oll=%d omem=%zu events=r cmd=%s user=default resp=%d\n",
+             c.id, c.addr, c.laddr, c.fd, <int>buf_len(&c.name), buf_head(&c.name),
+             (core.now_us - c.created_us) // 1000000, (core.now_us - c.last_us) // 1000000,
+             flags, c.multi_count if c.flags & CF_MULTI else -1, buf_len(&c.rbuf),
+             buf_len(&c.wbuf), c.inflight, buf_len(&c.wbuf) + c.held,
+             cmd, c.proto)
+    buf_append_str(out, line)
+
+
+cdef bint client_listed(Client *c, ArgVec *av) noexcept nogil:
+    """CLIENT LIST filters: TYPE normal|pubsub|master|replica, ID id ..."""
+    cdef int i
+    cdef long long id
+    cdef bint any_id = False, id_match = False
+    i = 2
+    while i < av.argc:
+        if arg_is(av, i, b"type") and i + 1 < av.argc:
+            if arg_is(av, i + 1, b"pubsub"):
+                if not (c.flags & CF_PUBSUB):
+                    return False
+            elif arg_is(av, i + 1, b"normal"):
+                if c.flags & CF_PUBSUB:
+                    return False
+            else:
+                return False        # master, replica: none among a proxy's clients
+            i += 2
+        elif arg_is(av, i, b"id"):
+            i += 1
+            while i < av.argc and parse_ll(av.argv[i], av.argl[i], &id) == 0:
+                any_id = True
+                id_match = id_match or <long long>c.id == id
+                i += 1
+        else:
+            i += 1
+    return id_match or not any_id
+
+
+cdef void answer_bulk_or_null(Core *core, Client *c, Request *r, const char *p, size_t n,
+                              bint null) noexcept nogil:
+    cdef Buf *out = &core.merged
+    buf_clear(out)
+    if null:
+        buf_append_str(out, b"_\r\n" if c.proto == 3 else b"$-1\r\n")
+    else:
+        buf_append_bulk(out, p, n)
+    request_answer(core, r, buf_head(out), buf_len(out))
+
+
+cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nogil:
+    """End a blocking command: the shard-side connection goes, the client gets a timeout's
+    null reply (or Redis's UNBLOCKED error)."""
+    cdef Backend *b = target.dedicated
+    cdef Fragment *f
+    cdef const char *reply
+    if b == NULL or b.qhead == NULL:
+        return
+    f = b.qhead
+    b.qhead = f.next
+    if b.qhead == NULL:
+        b.qtail = NULL
+    b.queued -= 1
+    f.next = NULL
+    target.dedicated = NULL
+    dedicated_close(core, b)
+    if as_error:
+        reply = b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
+    else:
+        reply = b"_\r\n" if target.proto == 3 else b"*-1\r\n"
+    fragment_answer(core, f, reply, strlen(reply))
+
+
+cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    cdef Buf *out = &core.merged
+    cdef Client *t
+    cdef Client *nxt
+    cdef long long id, killed = 0
+    cdef size_t i
+    cdef bint skipme = True
+    cdef int k
+    if av.argc < 2:
+        request_answer_str(core, r, b"-ERR wrong number of arguments for 'client' command\r\n")
+        return
+    if arg_is(av, 1, b"id") and av.argc == 2:
+        buf_clear(out)
+        buf_append_int(out, c':', <long long>c.id)
+        request_answer(core, r, buf_head(out), buf_len(out))
+    elif arg_is(av, 1, b"setname") and av.argc == 3:
+        for i in range(av.argl[2]):
+            if av.argv[2][i] < c'!' or av.argv[2][i] > c'~':
+                request_answer_str(core, r, b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n")
+                return
+        buf_clear(&c.name)
+        buf_append(&c.name, av.argv[2], av.argl[2])
+        request_answer_str(core, r, b"+OK\r\n")
+    elif arg_is(av, 1, b"getname") and av.argc == 2:
+        answer_bulk_or_null(core, c, r, buf_head(&c.name), buf_len(&c.name), buf_len(&c.name) == 0)
+    elif arg_is(av, 1, b"setinfo") and av.argc == 4:
+        if arg_is(av, 2, b"lib-name") or arg_is(av, 2, b"lib-ver"):
+            request_answer_str(core, r, b"+OK\r\n")
+        else:
+            request_answer_str(core, r, b"-ERR Unrecognized option\r\n")
+    elif (arg_is(av, 1, b"no-evict") or arg_is(av, 1, b"no-touch")) and av.argc == 3 and \
+            (arg_is(av, 2, b"on") or arg_is(av, 2, b"off")):
+        request_answer_str(core, r, b"+OK\r\n")
+    elif arg_is(av, 1, b"info") and av.argc == 2:
+        buf_clear(&core.subcommand)
+        client_info_line(core, c, &core.subcommand)
+        answer_bulk_or_null(core, c, r, buf_head(&core.subcommand), buf_len(&core.subcommand), False)
+    elif arg_is(av, 1, b"list"):
+        buf_clear(&core.subcommand)
+        t = core.all_clients
+        while t != NULL:
+            if client_listed(t, av):
+                client_info_line(core, t, &core.subcommand)
+            t = t.next
+        answer_bulk_or_null(core, c, r, buf_head(&core.subcommand), buf_len(&core.subcommand), False)
+    elif arg_is(av, 1, b"unblock") and (av.argc == 3 or av.argc == 4):
+        if parse_ll(av.argv[2], av.argl[2], &id) < 0:
+            request_answer_str(core, r, b"-ERR value is not an integer or out of range\r\n")
+            return
+        if av.argc == 4 and not (arg_is(av, 3, b"timeout") or arg_is(av, 3, b"error")):
+            request_answer_str(core, r, b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n")
+            return
+        t = client_by_id(core, id)
+        if t == NULL or not (t.flags & CF_BLOCKED):
+            request_answer_str(core, r, b":0\r\n")
+            return
+        client_unblock(core, t, av.argc == 4 and arg_is(av, 3, b"error"))
+        request_answer_str(core, r, b":1\r\n")
+    elif arg_is(av, 1, b"kill") and av.argc >= 3:
+        if av.argc == 3:
+            # Old form: CLIENT KILL addr:port
+            t = core.all_clients
+            while t != NULL:
+                if arg_equals_ci(av.argv[2], av.argl[2], t.addr, strlen(t.addr)):
+                    break
+                t = t.next
+            if t == NULL:
+                request_answer_str(core, r, b"-ERR No such client\r\n")
+                return
+            request_answer_str(core, r, b"+OK\r\n")
+            if t == c:
+                c.flags |= CF_CLOSE_AFTER_WRITE
+            else:
+                client_close(core, t)
+            return
+        if av.argc % 2 != 0:
+            request_answer_str(core, r, b"-ERR syntax error\r\n")
+            return
+        id = -1
+        k = 2
+        while k + 1 < av.argc:
+            if arg_is(av, k, b"id"):
+                if parse_ll(av.argv[k + 1], av.argl[k + 1], &id) < 0:
+                    request_answer_str(core, r, b"-ERR client-id should be greater than 0\r\n")
+                    return
+            elif arg_is(av, k, b"skipme"):
+                skipme = not arg_is(av, k + 1, b"no")
+            elif not arg_is(av, k, b"addr"):
+                request_answer_str(core, r, b"-ERR syntax error\r\n")
+                return
+            k += 2
+        t = core.all_clients
+        while t != NULL:
+            nxt = t.next
+            if (t != c or not skipme) and (id < 0 or <long long>t.id == id):
+                for k in range(2, av.argc - 1, 2):
+                    if arg_is(av, k, b"addr") and not arg_equals_ci(
+                            av.argv[k + 1], av.argl[k + 1], t.addr, strlen(t.addr)):
+                        break
+                else:
+                    killed += 1
+                    if t == c:
+                        c.flags |= CF_CLOSE_AFTER_WRITE
+                    else:
+                        client_close(core, t)
+            t = nxt
+        buf_clear(out)
+        buf_append_int(out, c':', killed)
+        request_answer(core, r, buf_head(out), buf_len(out))
+    else:
+        buf_clear(out)
+        buf_append_str(out, b"-ERR unknown subcommand or wrong number of arguments for '")
+        buf_append(out, av.argv[1], av.argl[1] if av.argl[1] < 64 else 64)
+        buf_append_str(out, b"'. Try CLIENT HELP.\r\n")
+        request_answer(core, r, buf_head(out), buf_len(out))
