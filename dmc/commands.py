@@ -28,6 +28,9 @@ SUBSCRIBE_COMMANDS = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "p
                       "sunsubscribe"}
 PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
 
+# Fan-out commands whose response policy Redis calls `special`, merged by the proxy.
+SPECIAL_MERGES = {"randomkey": "random", "info": "info"}
+
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
 REFUSED_COMMANDS = {
@@ -130,6 +133,8 @@ def _entry(row, container: str | None = None) -> CommandEntry:
         else:
             entry.route = "split"
             entry.merge = response or "keyed_array"
+    elif name in SPECIAL_MERGES:
+        entry.route, entry.merge = "all_shards", SPECIAL_MERGES[name]
     elif request in ("all_shards", "all_nodes") and response != "special":
         entry.route = "all_shards"
         entry.merge = response or "concat"

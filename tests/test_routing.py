@@ -283,3 +283,25 @@ def test_redis_cli_scan_lists_every_key(db, r):
     out = subprocess.run(["redis-cli", "-p", str(db.port), "--scan", "--pattern", "cli:*"],
                          capture_output=True, text=True, timeout=30)
     assert sorted(out.stdout.split()) == sorted(f"cli:{i}" for i in range(300))
+
+
+def test_randomkey_finds_a_key_on_any_shard(db, r):
+    assert r.randomkey() is None
+    lone = "lonely"
+    r.set(lone, 1)
+    # Two shards are empty: a random shard's nil must not hide the key.
+    assert all(r.randomkey() == lone.encode() for _ in range(20))
+    r.mset({f"rk{i}": i for i in range(50)})
+    assert {r.randomkey() for _ in range(30)} <= {lone.encode()} | {f"rk{i}".encode() for i in range(50)}
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_info_keyspace_is_summed_over_shards(db, r, protocol):
+    r.mset({f"i{i}": i for i in range(90)})
+    r.expire("i1", 100)
+    r.expire("i2", 100)
+    info = db.client(protocol=protocol).info()
+    assert info["db0"]["keys"] == 90
+    assert info["db0"]["expires"] == 2
+    assert info["redis_version"]
+    assert db.client(protocol=protocol).info("keyspace")["db0"]["keys"] == 90

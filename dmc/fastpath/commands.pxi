@@ -43,6 +43,8 @@ cdef enum Merge:
     MERGE_AGG_OR = 8
     MERGE_CONCAT = 9        # arrays concatenated (KEYS)
     MERGE_SCAN = 10         # a shard's SCAN reply, its cursor turned into the proxy's cursor
+    MERGE_RANDOM = 11       # RANDOMKEY: a non-nil answer, from a shard picked at random
+    MERGE_INFO = 12         # INFO: the first shard's text, its keyspace summed over all shards
 
 # Commands answered by the proxy itself.
 cdef enum Local:
