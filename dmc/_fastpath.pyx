@@ -247,6 +247,10 @@ cdef class Proxy:
         self.shard_index = {}
         self.core.listener.kind = KIND_LISTENER
         self.core.listener.fd = listen_fd
+        cdef sockaddr_in local
+        cdef socklen_t local_len = sizeof(local)
+        if getsockname(listen_fd, <sockaddr *>&local, &local_len) == 0:
+            format_address(&local, self.core.listen_addr)
         cdef epoll_event ev
         ev.events = EPOLLIN
         ev.data.ptr = &self.core.listener

@@ -14,12 +14,27 @@ cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
     return NULL
 
 
+cdef void format_address(const sockaddr_in *sa, char *out) noexcept nogil:
+    cdef char ip[20]
+    out[0] = 0
+    if inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)) != NULL:
+        snprintf(out, 48, b"%s:%d", ip, <int>ntohs(sa.sin_port))
+
+
+cdef bint has_address(Client *c, const char *text, size_t n) noexcept nogil:
+    cdef char addr[48]
+    format_address(&c.peer, addr)
+    return arg_equals_ci(text, n, addr, strlen(addr))
+
+
 cdef void client_info_line(Core *core, Client *c, Buf *out) noexcept nogil:
     """One line of CLIENT LIST, with the fields redis-server shows (those a proxy knows)."""
     cdef char line[512]
     cdef char flags[8]
     cdef int nf = 0
     cdef const char *cmd = b"NULL"
+    cdef char addr[48]
+    format_address(&c.peer, addr)
     if c.last_cmd != NULL:
         cmd = c.last_cmd.name
     if c.flags & CF_PUBSUB:
@@ -38,7 +53,7 @@ cdef void client_info_line(Core *core, Client *c, Buf *out) noexcept nogil:
     snprintf(line, sizeof(line),
              b"id=%llu addr=%s laddr=%s fd=%d name=%.*s age=%lld idle=%lld flags=%s db=0 "
              b"multi=%d qbuf=%zu obl=%zu oll=%d omem=%zu events=r cmd=%s user=default resp=%d\n",
-             c.id, c.addr, c.laddr, c.fd, <int>buf_len(&c.name), buf_head(&c.name),
+             c.id, addr, core.listen_addr, c.fd, <int>buf_len(&c.name), buf_head(&c.name),
              (core.now_us - c.created_us) // 1000000, (core.now_us - c.last_us) // 1000000,
              flags, c.multi_count if c.flags & CF_MULTI else -1, buf_len(&c.rbuf),
              buf_len(&c.wbuf), c.inflight, buf_len(&c.wbuf) + c.held,
@@ -171,7 +186,7 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
             # Old form: CLIENT KILL addr:port
             t = core.all_clients
             while t != NULL:
-                if arg_equals_ci(av.argv[2], av.argl[2], t.addr, strlen(t.addr)):
+                if has_address(t, av.argv[2], av.argl[2]):
                     break
                 t = t.next
             if t == NULL:
@@ -204,8 +219,7 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
             nxt = t.next
             if (t != c or not skipme) and (id < 0 or <long long>t.id == id):
                 for k in range(2, av.argc - 1, 2):
-                    if arg_is(av, k, b"addr") and not arg_equals_ci(
-                            av.argv[k + 1], av.argl[k + 1], t.addr, strlen(t.addr)):
+                    if arg_is(av, k, b"addr") and not has_address(t, av.argv[k + 1], av.argl[k + 1]):
                         break
                 else:
                     killed += 1

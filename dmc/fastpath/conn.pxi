@@ -42,8 +42,7 @@ cdef struct Client:
     unsigned long long id
     Client *prev            # every open client, for CLIENT LIST / KILL / UNBLOCK
     Client *next
-    char addr[48]           # peer ip:port
-    char laddr[48]          # the endpoint's ip:port
+    sockaddr_in peer        # formatted only for CLIENT LIST/INFO/KILL: idle clients stay small
     Buf name                # CLIENT SETNAME
     long long created_us
     long long last_us       # last request

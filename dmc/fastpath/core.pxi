@@ -41,6 +41,7 @@ cdef struct Core:
     long long backend_timeout_us
     size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
     char server_version[32]     # the shards' redis_version, reported by HELLO
+    char listen_addr[48]        # ip:port of the endpoint (CLIENT LIST's laddr)
     Client *dirty_clients
     Client *all_clients
     Client *closed_clients

@@ -1,23 +1,14 @@
 # One turn of the event loop: wait, read and route everything that is ready, then write every
 # connection that has output, once.
 
-cdef void format_address(int fd, char *out, bint local) noexcept nogil:
-    cdef sockaddr_in sa
-    cdef socklen_t len = sizeof(sa)
-    cdef char ip[20]
-    out[0] = 0
-    if (getsockname(fd, <sockaddr *>&sa, &len) if local else getpeername(fd, <sockaddr *>&sa, &len)) < 0:
-        return
-    if inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)) == NULL:
-        return
-    snprintf(out, 48, b"%s:%d", ip, <int>ntohs(sa.sin_port))
-
-
 cdef void accept_clients(Core *core) noexcept nogil:
     cdef int fd, i
     cdef Client *c
+    cdef sockaddr_in peer
+    cdef socklen_t peer_len
     for i in range(256):
-        fd = accept4(core.listener.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        peer_len = sizeof(peer)
+        fd = accept4(core.listener.fd, <sockaddr *>&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             return
         core.total_connections += 1
@@ -35,8 +26,7 @@ cdef void accept_clients(Core *core) noexcept nogil:
         c.fd = fd
         c.proto = 2
         c.created_us = c.last_us = core.now_us
-        format_address(fd, c.addr, False)
-        format_address(fd, c.laddr, True)
+        c.peer = peer
         c.next = core.all_clients
         if c.next != NULL:
             c.next.prev = c
