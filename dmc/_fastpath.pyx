@@ -101,7 +101,7 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
-          "client": LOCAL_CLIENT}
+          "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
@@ -223,7 +223,8 @@ cdef class Proxy:
 
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
-                 long long client_output_limit=256 * 1024 * 1024):
+                 long long client_output_limit=256 * 1024 * 1024, password=None,
+                 int idle_timeout_s=0):
         self.core.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.core.epfd < 0:
             raise OSError(errno, "epoll_create1")
@@ -233,6 +234,12 @@ cdef class Proxy:
         self.core.backend_timeout_us = <long long>backend_timeout_ms * 1000
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
+        self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        if password is not None:
+            pw = password.encode() if isinstance(password, str) else bytes(password)
+            self.core.password = <char *>malloc(len(pw) + 1)
+            memcpy(self.core.password, <char *>pw, len(pw))
+            self.core.password[len(pw)] = 0
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
@@ -271,6 +278,7 @@ cdef class Proxy:
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
             free(self.core.shards)
+        free(self.core.password)
         free(self.core.shard_frag)
         free(self.core.active)
         free(self.core.read_chunk)

@@ -20,7 +20,7 @@ from dmc import _fastpath
 
 # Answered by the proxy itself: they are about the connection, not the data.
 LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard", "watch",
-                  "unwatch"}
+                  "unwatch", "auth", "reset"}
 
 # Pub/Sub lives on one shard of the map (its first), so that every PUBLISH reaches every
 # subscriber: sharded channels (SPUBLISH/SSUBSCRIBE) included.
@@ -34,11 +34,9 @@ SPECIAL_MERGES = {"randomkey": "random", "info": "info"}
 # Connection state that a shared backend connection cannot carry.
 _STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
 REFUSED_COMMANDS = {
-    "monitor": _STATEFUL, "reset": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
+    "monitor": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
     "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
     "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
-    "auth": "ERR AUTH <password> called without any password configured for the default user. "
-            "Are you sure your configuration is correct?",
 }
 
 

@@ -35,6 +35,8 @@ class ProxyConfig:
     backend_timeout_ms: int = 5000
     conns_per_shard: int = 1
     client_output_limit_mb: int = 256
+    password: str = ""
+    timeout: int = 0
     wait_shards_s: float = 30.0
 
     def shard_map(self, version: int) -> ShardMap:
@@ -63,11 +65,13 @@ def load_config(path: str) -> ProxyConfig:
         backend_timeout_ms = 5000
         conns_per_shard = 1
         client_output_limit_mb = 256
+        password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
+        timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
-             "conns_per_shard", "client_output_limit_mb", "wait_shards_s"}
+             "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -118,7 +122,8 @@ class ProxyService:
                                      backend_timeout_ms=cfg.backend_timeout_ms,
                                      conns_per_shard=cfg.conns_per_shard,
                                      server_version=version,
-                                     client_output_limit=cfg.client_output_limit_mb << 20)
+                                     client_output_limit=cfg.client_output_limit_mb << 20,
+                                     password=cfg.password or None, idle_timeout_s=cfg.timeout)
         self.apply(cfg.shard_map(version=1))
 
     def apply(self, shard_map: ShardMap) -> bool:
@@ -161,15 +166,18 @@ def log(msg: str) -> None:
 @click.option("--conns-per-shard", type=int, help="Pipelined connections per shard. [1]")
 @click.option("--client-output-limit-mb", type=int,
               help="A client owed more reply bytes than this is disconnected (0: no limit). [256]")
+@click.option("--password", help="Database password: clients must AUTH (user `default`).")
+@click.option("--timeout", type=int, help="Close clients idle this many seconds (0: never). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
-         client_output_limit_mb):
+         client_output_limit_mb, password, timeout):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
         for name, value in (("port", port), ("bind", bind), ("max_clients", max_clients),
                             ("backend_timeout_ms", backend_timeout_ms),
                             ("conns_per_shard", conns_per_shard),
-                            ("client_output_limit_mb", client_output_limit_mb)):
+                            ("client_output_limit_mb", client_output_limit_mb),
+                            ("password", password), ("timeout", timeout)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

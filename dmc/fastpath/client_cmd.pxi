@@ -231,6 +231,14 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
         buf_clear(out)
         buf_append_int(out, c':', killed)
         request_answer(core, r, buf_head(out), buf_len(out))
+    elif arg_is(av, 1, b"tracking") or arg_is(av, 1, b"caching") or arg_is(av, 1, b"getredir") \
+            or arg_is(av, 1, b"trackinginfo") or arg_is(av, 1, b"reply") or arg_is(av, 1, b"pause") \
+            or arg_is(av, 1, b"unpause"):
+        buf_clear(out)
+        buf_append_str(out, b"-ERR CLIENT ")
+        buf_append(out, av.argv[1], av.argl[1] if av.argl[1] < 32 else 32)
+        buf_append_str(out, b" is not supported by this proxy yet\r\n")
+        request_answer(core, r, buf_head(out), buf_len(out))
     else:
         buf_clear(out)
         buf_append_str(out, b"-ERR unknown subcommand or wrong number of arguments for '")

@@ -59,6 +59,8 @@ cdef enum Local:
     LOCAL_WATCH = 9
     LOCAL_UNWATCH = 10
     LOCAL_CLIENT = 11
+    LOCAL_AUTH = 12
+    LOCAL_RESET = 13
 
 
 cdef struct KeySpec:

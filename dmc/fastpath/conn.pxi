@@ -21,6 +21,7 @@ cdef enum:
     CF_PUBSUB = 256         # subscribed: its pub/sub commands go to `dedicated`, whose frames pass through
     CF_WAIT_DRAIN = 512     # a SUBSCRIBE waits until the replies owed before it are written
     CF_WATCH = 1024         # WATCHing keys of `watch_shard` on `dedicated`, until EXEC/DISCARD/UNWATCH
+    CF_AUTHED = 2048        # authenticated (or the database has no password)
 
 # Backend states
 cdef enum:

@@ -42,6 +42,9 @@ cdef struct Core:
     size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
     char server_version[32]     # the shards' redis_version, reported by HELLO
     char listen_addr[48]        # ip:port of the endpoint (CLIENT LIST's laddr)
+    char *password              # the database password (the `default` user's), or NULL
+    long long idle_timeout_us   # clients idle longer are closed (0: never), as Redis's `timeout`
+    long long next_idle_check_us
     Client *dirty_clients
     Client *all_clients
     Client *closed_clients

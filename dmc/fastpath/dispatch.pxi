@@ -396,8 +396,36 @@ cdef void dispatch_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyLi
     send_fragment_on(core, b, &r.frag0, av.wire, av.wire_len)
 
 
+cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
+                           const char *pw, size_t plen) noexcept nogil:
+    """AUTH [user] password, for the database's `default` user: 0 accepted, -1 refused."""
+    if user != NULL and not arg_equals_ci(user, ulen, b"default", 7):
+        return -1
+    if core.password == NULL:
+        c.flags |= CF_AUTHED        # nopass: any password is accepted for `default`
+        return 0
+    if plen == strlen(core.password) and memcmp(pw, core.password, plen) == 0:
+        c.flags |= CF_AUTHED
+        return 0
+    return -1
+
+
+cdef void client_reset(Core *core, Client *c) noexcept nogil:
+    """RESET: back to a fresh connection's state (the shard-side state goes with `dedicated`)."""
+    multi_reset(c)
+    c.flags &= ~(CF_WATCH | CF_PUBSUB)
+    if c.dedicated != NULL:
+        dedicated_close(core, c.dedicated)
+        c.dedicated = NULL
+    c.proto = 2
+    buf_free(&c.name)
+    if core.password != NULL:
+        c.flags &= ~CF_AUTHED
+
+
 cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     cdef long long db
+    cdef int k
     cdef Buf *out = &core.merged
     cdef int local = r.cmd.local
     buf_clear(out)
@@ -414,7 +442,35 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
             buf_append_bulk(out, av.argv[1], av.argl[1])
             request_answer(core, r, buf_head(out), buf_len(out))
             return
+    elif local == LOCAL_AUTH:
+        if av.argc == 2 or av.argc == 3:
+            if av.argc == 2 and core.password == NULL:
+                request_answer_str(core, r, b"-ERR AUTH <password> called without any password "
+                                   b"configured for the default user. Are you sure your configuration is correct?\r\n")
+            elif check_credentials(core, c, av.argv[1] if av.argc == 3 else NULL, av.argl[1],
+                                   av.argv[av.argc - 1], av.argl[av.argc - 1]) == 0:
+                request_answer_str(core, r, b"+OK\r\n")
+            else:
+                request_answer_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+            return
+    elif local == LOCAL_RESET:
+        if av.argc == 1:
+            client_reset(core, c)
+            request_answer_str(core, r, b"+RESET\r\n")
+            return
     elif local == LOCAL_HELLO:
+        for k in range(2, av.argc - 2):
+            if arg_is(av, k, b"auth"):
+                if check_credentials(core, c, av.argv[k + 1], av.argl[k + 1], av.argv[k + 2],
+                                     av.argl[k + 2]) < 0:
+                    request_answer_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+                    return
+                break
+        if not (c.flags & CF_AUTHED):
+            request_answer_str(core, r, b"-NOAUTH HELLO must be called with the client already "
+                               b"authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be "
+                               b"used to authenticate the client and select the RESP protocol version at the same time\r\n")
+            return
         if av.argc >= 2:
             if parse_ll(av.argv[1], av.argl[1], &db) < 0:
                 request_answer_str(core, r, b"-ERR Protocol version is not an integer or out of range\r\n")
@@ -511,7 +567,7 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     cdef Request *r
     cdef KeyList *kl = &core.keys
     cdef int route
-    if core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
+    if c.flags & CF_AUTHED and core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
             (c.flags & CF_PUBSUB and c.proto == 2 and
              not (cmd != NULL and cmd.local == LOCAL_QUIT))):
         return subscriber_command(core, c, cmd, av)
@@ -520,6 +576,10 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     r = request_new(c, cmd, core.now_us)
     if r == NULL:
         c.flags |= CF_CLOSE_AFTER_WRITE
+        return True
+    if not (c.flags & CF_AUTHED) and not (cmd != NULL and (cmd.local == LOCAL_AUTH or
+            cmd.local == LOCAL_HELLO or cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)):
+        request_answer_str(core, r, b"-NOAUTH Authentication required.\r\n")
         return True
     if core.nactive == 0:
         request_answer_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
@@ -535,7 +595,7 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     route = cmd.route
     if c.flags & CF_MULTI and not (route == ROUTE_LOCAL and (cmd.local == LOCAL_MULTI or
             cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT or
-            cmd.local == LOCAL_WATCH)):
+            cmd.local == LOCAL_WATCH or cmd.local == LOCAL_RESET)):
         multi_queue(core, c, r, cmd, av)
         return True
     if route == ROUTE_LOCAL:

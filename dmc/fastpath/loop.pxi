@@ -25,6 +25,8 @@ cdef void accept_clients(Core *core) noexcept nogil:
         c.kind = KIND_CLIENT
         c.fd = fd
         c.proto = 2
+        if core.password == NULL:
+            c.flags |= CF_AUTHED
         c.created_us = c.last_us = core.now_us
         c.peer = peer
         c.next = core.all_clients
@@ -35,6 +37,20 @@ cdef void accept_clients(Core *core) noexcept nogil:
         c.id = core.next_client_id
         core.nclients += 1
         watch(core, fd, c, &c.events, EPOLLIN)
+
+
+cdef void close_idle_clients(Core *core) noexcept nogil:
+    """As Redis's `timeout`: a client idle that long is closed, unless it is blocked or
+    subscribed (those wait on purpose)."""
+    cdef Client *c = core.all_clients
+    cdef Client *nxt
+    core.next_idle_check_us = core.now_us + 1000000
+    while c != NULL:
+        nxt = c.next
+        if not (c.flags & (CF_BLOCKED | CF_PUBSUB)) and c.head == NULL \
+                and core.now_us - c.last_us > core.idle_timeout_us:
+            client_close(core, c)
+        c = nxt
 
 
 cdef void flush_all(Core *core) noexcept nogil:
@@ -114,6 +130,8 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
             accept_clients(core)
     flush_all(core)
     backends_tick(core)
+    if core.idle_timeout_us > 0 and core.now_us >= core.next_idle_check_us:
+        close_idle_clients(core)
     flush_all(core)
     free_closed(core)
     return n
