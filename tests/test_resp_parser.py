@@ -235,6 +235,13 @@ hiredis_values = resp3_values.filter(hiredis_reads)
 
 # ==== replies: framing ========================================================================
 
+def feed_in_chunks(parser, wire: bytes, size: int) -> list:
+    out = []
+    for i in range(0, len(wire), size):
+        out += parser.feed(wire[i:i + size])
+    return out
+
+
 def _split_points(n: int, rng: random.Random):
     if n <= 300:
         return range(n + 1)
@@ -288,12 +295,7 @@ def test_reply_frames_in_random_chunks(values, data):
 def test_large_bulk_reply_in_chunks():
     big = random.Random(1).randbytes(1 << 20) + b"\r\n$5\r\n"
     encoded = [b"+OK\r\n", encode(("$", big)), encode((">", [("+", b"x")])), b":1\r\n"]
-    wire = b"".join(encoded)
-    p = ReplyParser()
-    frames = []
-    for i in range(0, len(wire), 4096):
-        frames += p.feed(wire[i:i + 4096])
-    assert frames == encoded
+    assert feed_in_chunks(ReplyParser(), b"".join(encoded), 4096) == encoded
 
 
 def test_reply_parser_accepts_bytearray_and_memoryview():
@@ -355,11 +357,7 @@ def test_huge_aggregate_counts_are_never_complete_frames(data):
 def _check_against_hiredis(values):
     encoded = [encode(v) for v in values]
     wire = b"".join(encoded)
-    p = ReplyParser()
-    frames = []
-    for i in range(0, len(wire), 7):
-        frames += p.feed(wire[i:i + 7])
-    assert frames == encoded
+    assert feed_in_chunks(ReplyParser(), wire, 7) == encoded
     expected = [norm(to_python(v)) for v in values]
     assert [norm(x) for x in hiredis_all(wire)] == expected
     for frame, want in zip(frames, expected):
