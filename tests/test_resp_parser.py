@@ -357,7 +357,8 @@ def test_huge_aggregate_counts_are_never_complete_frames(data):
 def _check_against_hiredis(values):
     encoded = [encode(v) for v in values]
     wire = b"".join(encoded)
-    assert feed_in_chunks(ReplyParser(), wire, 7) == encoded
+    frames = feed_in_chunks(ReplyParser(), wire, 7)
+    assert frames == encoded
     expected = [norm(to_python(v)) for v in values]
     assert [norm(x) for x in hiredis_all(wire)] == expected
     for frame, want in zip(frames, expected):
