@@ -13,6 +13,7 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     request.pxi   request and fragment lifecycle
     conn.pxi      client, backend and shard structs
     core.pxi      answers, merges, backend connections
+    setalgebra.pxi  SUNION/SINTER/SDIFF/SINTERCARD across shards
     client_cmd.pxi  CLIENT ... about the proxy's own clients
     dispatch.pxi  routing a parsed request; client input and output
     loop.pxi      one turn of the epoll loop
@@ -84,6 +85,7 @@ include "fastpath/commands.pxi"
 include "fastpath/request.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/core.pxi"
+include "fastpath/setalgebra.pxi"
 include "fastpath/client_cmd.pxi"
 include "fastpath/dispatch.pxi"
 include "fastpath/loop.pxi"
@@ -97,7 +99,8 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
           "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT,
-          "random": MERGE_RANDOM, "info": MERGE_INFO}
+          "random": MERGE_RANDOM, "info": MERGE_INFO, "sunion": MERGE_SUNION,
+          "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,

@@ -28,6 +28,8 @@ SUBSCRIBE_COMMANDS = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "p
                       "sunsubscribe"}
 PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
 
+SET_ALGEBRA = {"sunion", "sinter", "sdiff", "sintercard"}
+
 # Fan-out commands whose response policy Redis calls `special`, merged by the proxy.
 SPECIAL_MERGES = {"randomkey": "random", "info": "info"}
 
@@ -131,6 +133,10 @@ def _entry(row, container: str | None = None) -> CommandEntry:
         else:
             entry.route = "split"
             entry.merge = response or "keyed_array"
+    elif name in SET_ALGEBRA:
+        # Keys on one shard: sent whole. Across shards: the proxy computes it (read-only only;
+        # the *STORE forms stay single-shard, CROSSSLOT otherwise).
+        entry.merge = name
     elif name in SPECIAL_MERGES:
         entry.route, entry.merge = "all_shards", SPECIAL_MERGES[name]
     elif request in ("all_shards", "all_nodes") and response != "special":
