@@ -19,7 +19,8 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     loop.pxi      one turn of the epoll loop
 """
 
-from libc.stdlib cimport malloc, calloc, realloc, free, rand
+from libc.stdlib cimport malloc, calloc, realloc, free, rand, qsort, strtod
+from libc.math cimport isnan, isinf
 from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
 from libc.stdio cimport snprintf
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
@@ -100,7 +101,9 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
           "agg_logical_and": MERGE_AGG_AND, "agg_logical_or": MERGE_AGG_OR, "concat": MERGE_CONCAT,
           "random": MERGE_RANDOM, "info": MERGE_INFO, "sunion": MERGE_SUNION,
-          "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD}
+          "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD,
+          "zunion": MERGE_ZUNION, "zinter": MERGE_ZINTER, "zdiff": MERGE_ZDIFF,
+          "zintercard": MERGE_ZINTERCARD}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,

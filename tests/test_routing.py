@@ -336,3 +336,29 @@ def test_set_algebra_across_shards_matches_a_single_redis(db, r, ref, protocol):
             mine.sunionstore("alpha", "beta", "delta")
     finally:
         theirs.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_sorted_set_algebra_across_shards_matches_a_single_redis(db, r, ref, protocol):
+    keys = ["alpha", "beta", "delta"]
+    mine = db.client(protocol=protocol)
+    port = ref.connection_pool.connection_kwargs["port"]
+    theirs = redis.Redis(host="127.0.0.1", port=port, protocol=protocol)
+    try:
+        for c in (mine, theirs):
+            c.zadd("alpha", {f"m{i}": i * 0.5 for i in range(0, 40)})
+            c.zadd("beta", {f"m{i}": 100 - i for i in range(20, 60)})
+            c.zadd("delta", {"m25": 1.25, "m30": -3, "solo": float("inf"), "m1": 7})
+        for cmd in (("ZUNION", 3, *keys), ("ZUNION", 3, *keys, "WITHSCORES"),
+                    ("ZINTER", 2, "alpha", "beta", "WITHSCORES"),
+                    ("ZINTER", 3, *keys, "AGGREGATE", "MAX", "WITHSCORES"),
+                    ("ZUNION", 2, "alpha", "delta", "WEIGHTS", 2, 0.5, "AGGREGATE", "MIN", "WITHSCORES"),
+                    ("ZDIFF", 3, *keys), ("ZDIFF", 2, "beta", "alpha", "WITHSCORES"),
+                    ("ZINTERCARD", 2, "alpha", "beta"), ("ZINTERCARD", 2, "alpha", "beta", "LIMIT", 5),
+                    ("ZUNION", 2, "alpha", "missing", "WITHSCORES")):
+            assert mine.execute_command(*cmd) == theirs.execute_command(*cmd), cmd
+        for c in (mine, theirs):
+            with pytest.raises(redis.ResponseError, match="weight value is not a float"):
+                c.execute_command("ZUNION", 2, "alpha", "beta", "WEIGHTS", 1, "x")
+    finally:
+        theirs.close()

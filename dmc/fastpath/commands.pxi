@@ -49,6 +49,10 @@ cdef enum Merge:
     MERGE_SINTER = 14       #   from each key's SMEMBERS
     MERGE_SDIFF = 15
     MERGE_SINTERCARD = 16
+    MERGE_ZUNION = 17       # sorted-set algebra across shards, from each key's ZRANGE WITHSCORES
+    MERGE_ZINTER = 18
+    MERGE_ZDIFF = 19
+    MERGE_ZINTERCARD = 20
 
 # Commands answered by the proxy itself.
 cdef enum Local:

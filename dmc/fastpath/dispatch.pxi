@@ -641,6 +641,8 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
         dispatch_split(core, r, av, kl)
     elif MERGE_SUNION <= cmd.merge <= MERGE_SINTERCARD:
         dispatch_set_algebra(core, r, av, kl)
+    elif MERGE_ZUNION <= cmd.merge <= MERGE_ZINTERCARD:
+        dispatch_zset_algebra(core, r, av, kl)
     else:
         request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
     return True

@@ -32,6 +32,9 @@ cdef struct Request:
     bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
     int scan_position       # SCAN: index in the map's shard list of the shard asked
     bint blocking           # holds its client's later requests until answered
+    double *weights         # ZUNION/ZINTER across shards: WEIGHTS, one per key (NULL: all 1)
+    int aggregate           #   AGGREGATE: 0 sum, 1 min, 2 max
+    bint withscores
     Buf command             # while resolving: the request's own bytes, sent once routed
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
@@ -79,4 +82,5 @@ cdef void request_free(Request *r) noexcept nogil:
     buf_free(&r.reply)
     buf_free(&r.command)
     free(r.key_frag)
+    free(r.weights)
     free(r)
