@@ -13,14 +13,15 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     request.pxi   request and fragment lifecycle
     conn.pxi      client, backend and shard structs
     core.pxi      answers, merges, backend connections
-    setalgebra.pxi  SUNION/SINTER/SDIFF/SINTERCARD across shards
+    setalgebra.pxi  SUNION/SINTER/SDIFF/SINTERCARD, ZUNION/ZINTER/ZDIFF/ZINTERCARD across shards
+    hyperloglog.pxi PFCOUNT across shards
     client_cmd.pxi  CLIENT ... about the proxy's own clients
     dispatch.pxi  routing a parsed request; client input and output
     loop.pxi      one turn of the epoll loop
 """
 
 from libc.stdlib cimport malloc, calloc, realloc, free, rand, qsort, strtod
-from libc.math cimport isnan, isinf
+from libc.math cimport isnan, isinf, sqrt, pow, llroundl
 from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
 from libc.stdio cimport snprintf
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
@@ -87,6 +88,7 @@ include "fastpath/request.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/core.pxi"
 include "fastpath/setalgebra.pxi"
+include "fastpath/hyperloglog.pxi"
 include "fastpath/client_cmd.pxi"
 include "fastpath/dispatch.pxi"
 include "fastpath/loop.pxi"
@@ -103,7 +105,7 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "random": MERGE_RANDOM, "info": MERGE_INFO, "sunion": MERGE_SUNION,
           "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD,
           "zunion": MERGE_ZUNION, "zinter": MERGE_ZINTER, "zdiff": MERGE_ZDIFF,
-          "zintercard": MERGE_ZINTERCARD}
+          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,

@@ -28,7 +28,8 @@ SUBSCRIBE_COMMANDS = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "p
                       "sunsubscribe"}
 PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
 
-SET_ALGEBRA = {"sunion", "sinter", "sdiff", "sintercard", "zunion", "zinter", "zdiff", "zintercard"}
+SET_ALGEBRA = {"sunion", "sinter", "sdiff", "sintercard", "zunion", "zinter", "zdiff", "zintercard",
+               "pfcount"}
 
 # Fan-out commands whose response policy Redis calls `special`, merged by the proxy.
 SPECIAL_MERGES = {"randomkey": "random", "info": "info"}

@@ -362,3 +362,22 @@ def test_sorted_set_algebra_across_shards_matches_a_single_redis(db, r, ref, pro
                 c.execute_command("ZUNION", 2, "alpha", "beta", "WEIGHTS", 1, "x")
     finally:
         theirs.close()
+
+
+def test_pfcount_across_shards_matches_a_single_redis(db, r, ref):
+    port = ref.connection_pool.connection_kwargs["port"]
+    theirs = redis.Redis(host="127.0.0.1", port=port, protocol=2)
+    try:
+        for c in (r, theirs):
+            c.pfadd("alpha", *[f"e{i}" for i in range(10)])              # sparse
+            c.pfadd("beta", *[f"e{i}" for i in range(5, 30000)])         # dense
+            c.pfadd("delta", *[f"x{i}" for i in range(300)])
+            c.set("text", "not an hll")
+        for keys in (("alpha", "beta"), ("alpha", "delta"), ("alpha", "beta", "delta"),
+                     ("alpha", "missing"), ("beta",)):
+            assert r.pfcount(*keys) == theirs.pfcount(*keys), keys
+        assert len({db.shard_index_of(k) for k in ("alpha", "beta", "delta")}) == 3
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            r.pfcount("alpha", "text")
+    finally:
+        theirs.close()

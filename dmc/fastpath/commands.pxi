@@ -53,6 +53,7 @@ cdef enum Merge:
     MERGE_ZINTER = 18
     MERGE_ZDIFF = 19
     MERGE_ZINTERCARD = 20
+    MERGE_PFCOUNT = 21      # PFCOUNT across shards: the HyperLogLogs' registers merged by the proxy
 
 # Commands answered by the proxy itself.
 cdef enum Local:

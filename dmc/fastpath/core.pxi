@@ -314,6 +314,8 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
         return merge_set_algebra(core, r, out)
     if MERGE_ZUNION <= r.merge <= MERGE_ZINTERCARD:
         return merge_zset_algebra(core, r, out)
+    if r.merge == MERGE_PFCOUNT:
+        return merge_pfcount(r, out)
     if r.merge == MERGE_ALL_SUCCEEDED or r.merge == MERGE_NONE:
         return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     if r.merge == MERGE_KEYED_ARRAY:

@@ -643,6 +643,8 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
         dispatch_set_algebra(core, r, av, kl)
     elif MERGE_ZUNION <= cmd.merge <= MERGE_ZINTERCARD:
         dispatch_zset_algebra(core, r, av, kl)
+    elif cmd.merge == MERGE_PFCOUNT:
+        dispatch_pfcount(core, r, av, kl)
     else:
         request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
     return True
