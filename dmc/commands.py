@@ -140,6 +140,10 @@ def _entry(row, container: str | None = None) -> CommandEntry:
         entry.merge = name
     elif name in SPECIAL_MERGES:
         entry.route, entry.merge = "all_shards", SPECIAL_MERGES[name]
+    elif top == "latency" and response == "special":
+        # One shard's latency report would read as the database's: refused until merged.
+        entry.route = "refused"
+        entry.refusal = f"ERR '{name}' is not supported by this proxy yet: it reports one shard only"
     elif request in ("all_shards", "all_nodes") and response != "special":
         entry.route = "all_shards"
         entry.merge = response or "concat"

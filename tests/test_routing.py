@@ -381,3 +381,12 @@ def test_pfcount_across_shards_matches_a_single_redis(db, r, ref):
             r.pfcount("alpha", "text")
     finally:
         theirs.close()
+
+
+def test_latency_reports_are_refused_clearly_and_slowlog_is_merged(r):
+    with pytest.raises(redis.ResponseError, match="latency\\|latest' is not supported by this proxy yet"):
+        r.execute_command("LATENCY", "LATEST")
+    assert r.execute_command("LATENCY", "RESET") == 0
+    assert r.slowlog_reset()
+    assert r.slowlog_len() == 0
+    assert r.slowlog_get() == []
