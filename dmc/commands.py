@@ -2,9 +2,9 @@
 
 Key positions come from Redis's key specs, and routing comes from Redis's command tips
 (`request_policy:*`, `response_policy:*`), the hints Redis publishes for cluster proxies and
-clients. Only what no tip can say is decided here: which commands the proxy answers itself, and
-which carry connection state that a shared, pipelined backend connection cannot hold (they are
-refused with a clear error until the proxy pins such clients to connections of their own).
+clients. Only what no tip can say is decided here: which commands the proxy answers itself
+(connection state, transactions, CLIENT), which need a connection of the client's own (blocking,
+pub/sub), which it computes across shards (set algebra, PFCOUNT) and which it refuses.
 
 This module runs once at start-up (and when shards are upgraded); it never sees user traffic.
 """
@@ -34,12 +34,16 @@ SET_ALGEBRA = {"sunion", "sinter", "sdiff", "sintercard", "zunion", "zinter", "z
 # Fan-out commands whose response policy Redis calls `special`, merged by the proxy.
 SPECIAL_MERGES = {"randomkey": "random", "info": "info"}
 
-# Connection state that a shared backend connection cannot carry.
-_STATEFUL = "ERR '{name}' is not supported by this proxy yet: it needs a dedicated backend connection"
+# Not (yet) served through the proxy, with the reason given to the client.
+_NOT_YET = "ERR '{name}' is not supported by this proxy yet"
+# Replication and server life-cycle belong to the cluster manager, not to a database's clients:
+# through the proxy they would act on one shard behind the database's back.
+_MANAGED = "ERR '{name}' is not allowed through the database endpoint: the cluster manages its shards"
 REFUSED_COMMANDS = {
-    "monitor": _STATEFUL, "wait": _STATEFUL, "readonly": _STATEFUL, "readwrite": _STATEFUL,
-    "sync": _STATEFUL, "psync": _STATEFUL, "replconf": _STATEFUL, "failover": _STATEFUL,
-    "replicaof": _STATEFUL, "slaveof": _STATEFUL, "shutdown": _STATEFUL,
+    "monitor": _NOT_YET, "wait": _NOT_YET,
+    "readonly": _MANAGED, "readwrite": _MANAGED, "sync": _MANAGED, "psync": _MANAGED,
+    "replconf": _MANAGED, "failover": _MANAGED, "replicaof": _MANAGED, "slaveof": _MANAGED,
+    "shutdown": _MANAGED,
 }
 
 

@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-import redis
 
 
 def next_message(ps, timeout=5.0):
