@@ -64,35 +64,8 @@ def multibulk(argv: list[bytes]) -> bytes:
 
 
 def walk_frame(frame: bytes) -> None:
-    """Visit the lines of a frame by type byte: coverage feedback on the shape of what the
-    (uninstrumented) parser accepted. Every line of a frame must end in CRLF."""
+    """Every frame the parser accepted ends in CRLF."""
     assert frame.endswith(b"\r\n"), frame
-    for line in frame.split(b"\r\n")[:-1]:
-        if not line:
-            continue
-        t = line[:1]
-        if t == b"*":
-            if line == b"*?":
-                pass
-            elif line.startswith(b"*-"):
-                pass
-        elif t == b"$":
-            if line == b"$?":
-                pass
-        elif t == b"%":
-            pass
-        elif t == b"|":
-            pass
-        elif t == b">":
-            pass
-        elif t == b"~":
-            pass
-        elif t == b";":
-            pass
-        elif t == b".":
-            pass
-        elif t in (b"+", b"-", b":", b",", b"#", b"(", b"_", b"!", b"="):
-            pass
 
 
 def check_replies(pieces: list[bytes], payload: bytes) -> None:

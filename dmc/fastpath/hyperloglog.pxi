@@ -119,17 +119,5 @@ cdef int merge_pfcount(Request *r, Buf *out) noexcept nogil:
 
 
 cdef void dispatch_pfcount(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
-    cdef Buf *sub = &core.subcommand
-    cdef int i, k
-    if request_fragments(r, kl.n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
-        return
     r.merge = MERGE_PFCOUNT
-    r.pending = kl.n
-    for i in range(kl.n):
-        k = kl.pos[i]
-        buf_clear(sub)
-        buf_append_str(sub, b"*2\r\n$3\r\nGET\r\n")
-        buf_append_bulk(sub, av.argv[k], av.argl[k])
-        # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
+    fetch_each_key(core, r, av, kl, b"*2\r\n$3\r\nGET\r\n", b"")

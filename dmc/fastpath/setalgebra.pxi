@@ -62,23 +62,52 @@ cdef const char *next_bulk(const char *p, const char *end, const char **data, si
     return eol + 1 + len + 2
 
 
+cdef void fetch_each_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,
+                         const char *tail) noexcept nogil:
+    """One fragment per key: `head <key> tail` sent to the key's shard (SMEMBERS, ZRANGE ...,
+    GET); r's merge combines the replies when all are in."""
+    cdef Buf *sub = &core.subcommand
+    cdef int i, k
+    if request_fragments(r, kl.n) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.pending = kl.n
+    for i in range(kl.n):
+        k = kl.pos[i]
+        buf_clear(sub)
+        buf_append_str(sub, head)
+        buf_append_bulk(sub, av.argv[k], av.argl[k])
+        buf_append_str(sub, tail)
+        # r may be freed by the last send (a shard that is down answers at once).
+        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
+
+
+cdef int members_for_replies(Request *r, MemberSet *set) noexcept nogil:
+    """An empty set sized for every element of the fragments' array replies; -1 if one of
+    them is not an array (or memory is short)."""
+    cdef int i
+    cdef long long count, total = 0
+    cdef const char *body
+    for i in range(r.nfrags):
+        count = array_header(buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply), &body)
+        if count < 0:
+            return -1
+        total += count
+    return members_init(set, <size_t>total)
+
+
 cdef int merge_set_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
     cdef MemberSet set
     cdef Member *m
     cdef int i, last = r.nfrags - 1
-    cdef long long count, k, total = 0, result = 0, limit = r.nkeys
+    cdef long long count, k, result = 0, limit = r.nkeys
     cdef const char *body
     cdef const char *end
     cdef const char *data
     cdef size_t n
     cdef size_t j
-    for i in range(r.nfrags):
-        count = array_header(buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply), &body)
-        if count < 0:
-            return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
-        total += count
-    if members_init(&set, <size_t>total) < 0:
-        return -1
+    if members_for_replies(r, &set) < 0:
+        return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
     for i in range(r.nfrags):
         count = array_header(buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply), &body)
         end = buf_head(&r.frags[i].reply) + buf_len(&r.frags[i].reply)
@@ -124,8 +153,7 @@ cdef int merge_set_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
 
 cdef void dispatch_set_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """One SMEMBERS per key, each to the key's shard; merged when all are in."""
-    cdef Buf *sub = &core.subcommand
-    cdef int i, k
+    cdef int k
     cdef long long limit = 0
     if r.cmd.merge == MERGE_SINTERCARD:
         k = kl.pos[kl.n - 1] + 1
@@ -136,19 +164,9 @@ cdef void dispatch_set_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) 
         elif k < av.argc:
             request_answer_str(core, r, b"-ERR syntax error\r\n")
             return
-    if request_fragments(r, kl.n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
-        return
     r.merge = r.cmd.merge
     r.nkeys = <int>limit        # SINTERCARD's LIMIT (0: none)
-    r.pending = kl.n
-    for i in range(kl.n):
-        k = kl.pos[i]
-        buf_clear(sub)
-        buf_append_str(sub, b"*2\r\n$8\r\nSMEMBERS\r\n")
-        buf_append_bulk(sub, av.argv[k], av.argl[k])
-        # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
+    fetch_each_key(core, r, av, kl, b"*2\r\n$8\r\nSMEMBERS\r\n", b"")
 
 
 # ---- sorted sets ------------------------------------------------------------------------------
@@ -234,20 +252,15 @@ cdef int merge_zset_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
     cdef Member *m
     cdef Member **order
     cdef int i, pair_items
-    cdef long long count, k, total = 0, result = 0
+    cdef long long count, k, result = 0
     cdef const char *body
     cdef const char *end
     cdef const char *data
     cdef size_t n, j
     cdef double score, w
     cdef bint resp3 = r.client != NULL and r.client.proto == 3
-    for i in range(r.nfrags):
-        count = array_header(buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply), &body)
-        if count < 0:
-            return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
-        total += count
-    if members_init(&set, <size_t>total) < 0:
-        return -1
+    if members_for_replies(r, &set) < 0:
+        return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
     for i in range(r.nfrags):
         count = array_header(buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply), &body)
         end = buf_head(&r.frags[i].reply) + buf_len(&r.frags[i].reply)
@@ -310,7 +323,6 @@ cdef int merge_zset_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
 
 cdef void dispatch_zset_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """One ZRANGE key 0 -1 WITHSCORES per key, each to the key's shard; merged when all are in."""
-    cdef Buf *sub = &core.subcommand
     cdef int i, k = kl.pos[kl.n - 1] + 1, merge = r.cmd.merge
     cdef long long limit = 0
     cdef char tmp[64]
@@ -357,17 +369,7 @@ cdef void dispatch_zset_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl)
         else:
             request_answer_str(core, r, b"-ERR syntax error\r\n")
             return
-    if request_fragments(r, kl.n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
-        return
     r.merge = merge
     r.nkeys = <int>limit        # ZINTERCARD's LIMIT (0: none)
-    r.pending = kl.n
-    for i in range(kl.n):
-        k = kl.pos[i]
-        buf_clear(sub)
-        buf_append_str(sub, b"*5\r\n$6\r\nZRANGE\r\n")
-        buf_append_bulk(sub, av.argv[k], av.argl[k])
-        buf_append_str(sub, b"$1\r\n0\r\n$2\r\n-1\r\n$10\r\nWITHSCORES\r\n")
-        # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
+    fetch_each_key(core, r, av, kl, b"*5\r\n$6\r\nZRANGE\r\n",
+                   b"$1\r\n0\r\n$2\r\n-1\r\n$10\r\nWITHSCORES\r\n")
