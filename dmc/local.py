@@ -53,7 +53,8 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0,
         try:
             with socket.create_connection((host, port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
+                # -NOAUTH: up, with a password set
+                if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                     return
         except OSError:
             pass
@@ -70,7 +71,11 @@ def start_redis(port: int, workdir: Path, *extra: str) -> subprocess.Popen:
          "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no", *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
-    wait_for_port(port, proc=proc)
+    try:
+        wait_for_port(port, proc=proc)
+    except (RuntimeError, TimeoutError):
+        stop_process(proc)
+        raise
     return proc
 
 

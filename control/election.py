@@ -1,0 +1,352 @@
+"""Master election of cluster_wd: one node's side of a Raft-style leader election with leases.
+
+This module owns the decision "is this node the master, for which term, until when". It does no
+I/O of its own: messages come in through `Election.receive`, go out through the `send` callable
+it is given, and its term and vote are kept by a `VoteStore`. `run()` drives its timers on Trio's
+clock, so tests can run whole clusters of it under `trio.testing.MockClock`.
+
+Rules (Raft's leader election, section 5.2 and 9.6 of the dissertation, plus leases):
+- A term only grows. A node votes at most once per term, and its (term, vote) is stored durably
+  before the vote leaves the node.
+- A candidate first runs a pre-vote at term+1 without raising its own term, so a node cut off in a
+  minority never inflates the cluster's term and does not unseat the master when it returns.
+- Votes go only to a candidate whose CCS replication offset is at least the voter's own, so the
+  new master's CCS copy holds everything a majority had.
+- **Lease.** A node that heard a master within `leader_window` neither votes nor campaigns. A
+  master's lease runs to `ts + lease_fraction * leader_window`, where `ts` is the send time of the
+  newest heartbeat a majority has acknowledged: every member of that majority refuses to vote
+  until at least `ts + leader_window`, so no other master can be elected before the lease is long
+  over. A master steps down `stepdown_margin` before its lease ends unless a majority renews it.
+
+It must never: grant two votes in one term, act as master without a majority's acknowledgement
+inside the lease, or take back a term.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+MASTER = "master"
+REPLICA = "replica"      # a follower: knows (or waits for) a master
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class Timings:
+    heartbeat: float = 0.15        # a master sends heartbeats this often
+    leader_window: float = 1.0     # after hearing a master, no vote and no campaign for this long
+    election_jitter: float = 0.5   # election timeout: leader_window + uniform(0, jitter)
+    retry_min: float = 0.2         # a candidate that got no majority tries again after
+    retry_max: float = 0.5         #   uniform(retry_min, retry_max)
+    lease_fraction: float = 0.6    # lease = ack'd heartbeat's send time + fraction * window
+    stepdown_margin: float = 0.1   # a master steps down this long before its lease ends
+
+
+class VoteStore(Protocol):
+    """Durable (term, voted_for). `save` returns only once the pair is safe from a crash."""
+    def load(self) -> tuple[int, int | None]: ...
+    def save(self, term: int, voted_for: int | None) -> None: ...
+
+
+class MemoryVoteStore:
+    def __init__(self, term: int = 0, voted_for: int | None = None):
+        self.term, self.voted_for = term, voted_for
+
+    def load(self):
+        return self.term, self.voted_for
+
+    def save(self, term, voted_for):
+        self.term, self.voted_for = term, voted_for
+
+
+@dataclass
+class Observation:
+    """What the node believes at one instant; recorded on every change and lease renewal."""
+    time: float
+    node: int
+    term: int
+    role: str
+    master: int | None
+    lease_until: float | None   # for a master: until when it may act as one
+    started: bool = False       # the first observation of a (re)started process
+
+
+@dataclass
+class Election:
+    uid: int
+    members: dict[int, dict]                  # uid -> node info (address, ports, ...)
+    send: Callable[[int, dict], None]         # (peer uid, message); never blocks, may drop
+    store: VoteStore
+    timings: Timings = field(default_factory=Timings)
+    ccs_offset: Callable[[], int] = lambda: 0
+    members_version: int = 0
+    master_info: dict | None = None           # what a master announces about itself
+    on_change: Callable[[Observation], None] = lambda obs: None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self):
+        self.term, self.voted_for = self.store.load()
+        self.role = REPLICA
+        self.master: int | None = None
+        self.lease_until: float | None = None
+        now = trio.current_time()
+        # A (re)started node behaves as if it had just heard a master: it may have acknowledged
+        # one just before it went down, and its refusal to vote is what that master's lease
+        # relies on.
+        self.last_heard = now
+        self.deadline = now + self._election_timeout()
+        self.next_heartbeat = now
+        self.acks: dict[int, float] = {}
+        self.votes: set[int] = set()
+        self.prevoting = False
+        self.announced_master: dict | None = None   # the master's own announcement
+        self._wake = trio.Event()
+        obs = self.observation()
+        obs.started = True
+        self.on_change(obs)
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @property
+    def majority(self) -> int:
+        return len(self.members) // 2 + 1
+
+    def is_master(self) -> bool:
+        return self.role == MASTER and self.lease_until is not None \
+            and trio.current_time() < self.lease_until
+
+    def observation(self) -> Observation:
+        return Observation(trio.current_time(), self.uid, self.term, self.role, self.master,
+                           self.lease_until if self.role == MASTER else None)
+
+    # ---- timers --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            with trio.move_on_at(self._next_deadline()):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self.tick()
+
+    def _next_deadline(self) -> float:
+        if self.role == MASTER:
+            stepdown = (self.lease_until - self.timings.stepdown_margin
+                        if self.lease_until is not None else float("inf"))
+            return min(self.next_heartbeat, stepdown)
+        return self.deadline
+
+    def tick(self) -> None:
+        now = trio.current_time()
+        if self.role == MASTER:
+            if self.lease_until is not None and now >= self.lease_until - self.timings.stepdown_margin:
+                self._step_down(self.term)
+                return
+            if now >= self.next_heartbeat:
+                self._send_heartbeats(now)
+            return
+        if now >= self.deadline and self.uid in self.members:
+            self._start_prevote(now)
+
+    def _election_timeout(self) -> float:
+        return self.timings.leader_window + self.rng.uniform(0, self.timings.election_jitter)
+
+    def _retry_timeout(self) -> float:
+        return self.rng.uniform(self.timings.retry_min, self.timings.retry_max)
+
+    def _leader_alive(self, now: float) -> bool:
+        return self.role == MASTER or now - self.last_heard < self.timings.leader_window
+
+    # ---- transitions ---------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self.on_change(self.observation())
+
+    def _set_term(self, term: int, voted_for: int | None) -> None:
+        self.store.save(term, voted_for)
+        self.term, self.voted_for = term, voted_for
+
+    def _step_down(self, term: int, master: int | None = None) -> None:
+        """Become a replica in `term` (>= ours), following `master` if known."""
+        now = trio.current_time()
+        was = (self.role, self.term, self.master)
+        if term > self.term:
+            self._set_term(term, None)
+        if was[0] == MASTER:
+            # Keep refusing votes for a full window, as if a master had just been heard: the
+            # fencing of this node's CCS copy must be done before anyone else can be elected.
+            self.last_heard = now
+        self.role = REPLICA
+        self.master = master
+        self.lease_until = None
+        self.prevoting = False
+        if master is None and was[0] != REPLICA:
+            self.deadline = now + self._election_timeout()
+        if was != (self.role, self.term, self.master):
+            self._notify()
+        self._wake.set()
+
+    def _start_prevote(self, now: float) -> None:
+        self.role = CANDIDATE
+        self.master = None
+        self.prevoting = True
+        self.votes = {self.uid}
+        self.deadline = now + self._retry_timeout()
+        self._notify()
+        self._broadcast({"type": "vote_request", "term": self.term + 1, "prevote": True,
+                         "ccs_offset": self.ccs_offset()})
+        self._check_votes()
+
+    def _start_election(self) -> None:
+        self._set_term(self.term + 1, self.uid)
+        self.prevoting = False
+        self.votes = {self.uid}
+        self.deadline = trio.current_time() + self._retry_timeout()
+        self._notify()
+        self._broadcast({"type": "vote_request", "term": self.term, "prevote": False,
+                         "ccs_offset": self.ccs_offset()})
+        self._check_votes()
+
+    def _check_votes(self) -> None:
+        if len(self.votes & self.members.keys()) < self.majority:
+            return
+        if self.prevoting:
+            self._start_election()
+            return
+        self.role = MASTER
+        self.master = self.uid
+        self.acks = {}
+        self.lease_until = None     # not writable until a majority acknowledges a heartbeat
+        self._notify()
+        self._send_heartbeats(trio.current_time())
+
+    def _send_heartbeats(self, now: float) -> None:
+        self.next_heartbeat = now + self.timings.heartbeat
+        self.acks[self.uid] = now
+        self._broadcast({"type": "heartbeat", "term": self.term, "ts": now,
+                         "members": self.members, "members_version": self.members_version,
+                         "master_info": self.master_info})
+        self._renew_lease()
+        self._wake.set()
+
+    def _renew_lease(self) -> None:
+        acked = sorted((ts for uid, ts in self.acks.items() if uid in self.members), reverse=True)
+        if len(acked) < self.majority:
+            return
+        lease = acked[self.majority - 1] + self.timings.lease_fraction * self.timings.leader_window
+        if self.lease_until is None or lease > self.lease_until:
+            self.lease_until = lease
+            self._notify()
+
+    def _broadcast(self, msg: dict) -> None:
+        msg["from"] = self.uid
+        for uid in self.members:
+            if uid != self.uid:
+                self.send(uid, msg)
+
+    def _reply(self, to: int, msg: dict) -> None:
+        msg["from"] = self.uid
+        self.send(to, msg)
+
+    # ---- membership ----------------------------------------------------------------------
+
+    def set_members(self, members: dict[int, dict], version: int) -> None:
+        """Adopt a membership (from the master's heartbeat, or this node as master)."""
+        if version <= self.members_version and self.members:
+            return
+        self.members = dict(members)
+        self.members_version = version
+        if self.role == MASTER:
+            if self.uid not in self.members:
+                self._step_down(self.term)
+                return
+            self._renew_lease()
+        self._notify()
+        self._wake.set()
+
+    # ---- messages ------------------------------------------------------------------------
+
+    def receive(self, msg: dict) -> None:
+        kind, term, sender = msg.get("type"), msg.get("term"), msg.get("from")
+        if not isinstance(term, int) or not isinstance(sender, int) or sender == self.uid:
+            return
+        now = trio.current_time()
+        if kind == "vote_request":
+            self._on_vote_request(msg, term, sender, now)
+            return
+        # A pre-vote reply carries the candidate's prospective term, not the voter's.
+        if term > self.term and not (kind == "vote_reply" and msg.get("prevote")):
+            self._step_down(term)
+        if kind == "heartbeat":
+            self._on_heartbeat(msg, term, sender, now)
+        elif kind == "heartbeat_ack":
+            if self.role == MASTER and term == self.term and msg.get("ok"):
+                ts = msg.get("ts")
+                if isinstance(ts, (int, float)) and ts > self.acks.get(sender, float("-inf")):
+                    self.acks[sender] = ts
+                    self._renew_lease()
+        elif kind == "vote_reply":
+            if self.role != CANDIDATE or not msg.get("granted"):
+                return
+            if bool(msg.get("prevote")) != self.prevoting:
+                return
+            if term == (self.term + 1 if self.prevoting else self.term):
+                self.votes.add(sender)
+                self._check_votes()
+
+    def _on_heartbeat(self, msg: dict, term: int, sender: int, now: float) -> None:
+        if term < self.term:
+            self._reply(sender, {"type": "heartbeat_ack", "term": self.term, "ok": False,
+                                 "ts": msg.get("ts")})
+            return
+        if self.role == MASTER:
+            # Same term, another master: impossible while votes are kept durably. Refuse it
+            # rather than follow it, so the conflict shows up in the histories.
+            return
+        members, version = msg.get("members"), msg.get("members_version")
+        if isinstance(members, dict) and isinstance(version, int) and version > self.members_version:
+            self.set_members({int(k): v for k, v in members.items()}, version)
+        self.last_heard = now
+        self.deadline = now + self._election_timeout()
+        self.announced_master = msg.get("master_info")
+        if self.role != REPLICA or self.master != sender:
+            self.role = REPLICA
+            self.master = sender
+            self.prevoting = False
+            self._notify()
+            self._wake.set()
+        self._reply(sender, {"type": "heartbeat_ack", "term": self.term, "ok": True,
+                             "ts": msg.get("ts")})
+
+    def _on_vote_request(self, msg: dict, term: int, sender: int, now: float) -> None:
+        prevote = bool(msg.get("prevote"))
+        offset = msg.get("ccs_offset")
+        if sender not in self.members:
+            return
+        # While a master is alive (or this node is one) vote requests are ignored outright,
+        # without adopting their term: this is what keeps a master's lease valid, and keeps a
+        # returning node from unseating a healthy master.
+        if self._leader_alive(now):
+            self._reply(sender, {"type": "vote_reply", "term": term if prevote else self.term,
+                                 "prevote": prevote, "granted": False})
+            return
+        if not prevote and term > self.term:
+            self._step_down(term)
+        up_to_date = isinstance(offset, int) and offset >= self.ccs_offset()
+        if prevote:
+            granted = up_to_date and (term > self.term or (
+                term == self.term and self.voted_for in (None, sender)))
+            self._reply(sender, {"type": "vote_reply", "term": term, "prevote": True,
+                                 "granted": granted})
+            return
+        granted = (term == self.term and up_to_date and self.voted_for in (None, sender))
+        if granted:
+            if self.voted_for != sender:
+                self._set_term(self.term, sender)
+            self.deadline = now + self._election_timeout()
+        self._reply(sender, {"type": "vote_reply", "term": self.term, "prevote": False,
+                             "granted": granted})
