@@ -1,7 +1,8 @@
 """`dmc`: the operator's command line.
 
-For now it runs the embedded local default (`dmc local start|stop|status`); the cluster
-commands (`dmc cluster`, `dmc status`, `dmc db ...`) arrive with the control plane.
+`dmc local start|stop|status` runs the embedded local default (shards and a proxy, no control
+plane); the cluster commands (`dmc cluster`, `dmc node`, `dmc status`, `dmc services`,
+`dmc ccs-cli`) come from `control.cli`.
 Errors are one line and a non-zero exit, never a traceback.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from control.cli import COMMANDS as CLUSTER_COMMANDS
 from dmc.local import LocalDatabase, start_local
 
 DEFAULT_WORKDIR = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "local"
@@ -80,6 +82,10 @@ def local_status(workdir, as_json):
         click.echo(f"  {name:<16} {'up' if up else 'DOWN'}")
     if not all(alive.values()):
         raise SystemExit(1)
+
+
+for _command in CLUSTER_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,278 @@
+"""The operator's cluster commands, registered on `dmc` (see dmc/cli.py): `dmc cluster
+create|stop`, `dmc node add|remove`, `dmc status`, `dmc services`, `dmc ccs-cli`.
+
+They read the cluster from CCS (any node's copy answers reads) and control processes through
+each node's supervisord; errors are one line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import click
+import trio
+
+from control import ccs
+from control.heartbeatd import supervisor_rpc
+from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
+from control.node import SERVICES
+from control.redis_client import RedisUnavailable, ReplyError, connect
+
+DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"
+
+home_option = click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_HOME,
+    show_default=True, help="Folder of the local cluster (env DMC_HOME/cluster).")
+
+
+def _load(home: Path) -> LocalCluster:
+    try:
+        return LocalCluster.load(home)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# ---- dmc cluster ---------------------------------------------------------------------------
+
+@click.group()
+def cluster():
+    """Create and stop a cluster of nodes on this machine."""
+
+
+@cluster.command("create")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
+@click.option("--first-address", default="127.0.0.1", show_default=True,
+              help="Loopback address of node 1; node N gets the N-th address from it.")
+@click.option("--record-history", is_flag=True, hidden=True)
+@home_option
+def cluster_create(nodes, first_address, record_history, home):
+    """Start NODES nodes in the background (each with its own supervisord) and wait until
+    they have elected a master."""
+    try:
+        addresses = loopback_addresses(nodes, first_address)
+        started = time.monotonic()
+        c = LocalCluster.create(home, addresses, record_history=record_history)
+        master = c.wait_for_master()
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"cluster of {nodes} nodes up in {time.monotonic() - started:.1f}s; "
+               f"master is node {master}")
+    click.echo(f"dmc status --home {home}")
+
+
+@cluster.command("start")
+@home_option
+def cluster_start(home):
+    """Start the nodes of a stopped cluster again, with their data."""
+    c = _load(home)
+    try:
+        master = c.start()
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"cluster of {len(c.nodes)} nodes up; master is node {master}")
+
+
+@cluster.command("stop")
+@home_option
+def cluster_stop(home):
+    """Stop every node of the cluster; its folders stay for `dmc cluster start`."""
+    c = _load(home)
+    c.stop()
+    click.echo(f"stopped {len(c.nodes)} nodes")
+
+
+@cluster.command("delete")
+@home_option
+def cluster_delete(home):
+    """Stop every node and remove the cluster's folders."""
+    c = _load(home)
+    c.delete()
+    click.echo(f"deleted the cluster of {len(c.nodes)} nodes in {home}")
+
+
+# ---- dmc node ------------------------------------------------------------------------------
+
+@click.group()
+def node():
+    """Grow and shrink the cluster."""
+
+
+@node.command("add")
+@click.option("--address", help="The new node's address (default: the next loopback one).")
+@home_option
+def node_add(address, home):
+    """Start a new node and have the master take it in."""
+    c = _load(home)
+    try:
+        config = c.add_node(address)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"node {config.uid} joined at {config.address}")
+
+
+@node.command("remove")
+@click.argument("uid", type=int)
+@home_option
+def node_remove(uid, home):
+    """Take node UID out of the cluster and stop it."""
+    c = _load(home)
+    try:
+        c.remove_node(uid)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"node {uid} removed")
+
+
+# ---- dmc status ----------------------------------------------------------------------------
+
+async def read_cluster(c: LocalCluster) -> dict:
+    """The cluster as CCS tells it, read from the first node copy that answers."""
+    errors = []
+    for uid, config in sorted(c.nodes.items()):
+        try:
+            async with await connect(config.address, config.ccs_port, timeout=1.0) as r:
+                master = await ccs.read(r, ccs.MASTER)
+                nodes = await ccs.read_hash(r, ccs.NODES)
+                keys = [ccs.heartbeat_key(u) for u in sorted(set(nodes) | set(c.nodes))]
+                beats = dict(zip(sorted(set(nodes) | set(c.nodes)),
+                                 map(ccs.unpack, await r.execute("MGET", *keys))))
+        except (RedisUnavailable, ReplyError) as exc:
+            errors.append(f"node {uid}: {exc}")
+            continue
+        return {"read_from": uid, "master": master, "nodes": nodes, "heartbeats": beats}
+    raise ClusterError("the cluster is not running (no CCS copy answered: "
+                       + "; ".join(errors) + ")")
+
+
+def _uptime(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def status_rows(view: dict) -> list[dict]:
+    master = view["master"] or {}
+    now = time.time()
+    rows = []
+    for uid in sorted(set(view["nodes"]) | set(view["heartbeats"])):
+        info = view["nodes"].get(uid) or {}
+        beat = view["heartbeats"].get(uid)
+        services = beat["services"] if beat else []
+        rows.append({
+            "node": uid,
+            "role": "master" if uid == master.get("uid") else "replica",
+            "address": info.get("address") or (beat or {}).get("address"),
+            "state": "OK" if beat else "DOWN",
+            "uptime": now - beat["started"] if beat else None,
+            "term": master.get("term") if uid == master.get("uid") else None,
+            "member": uid in view["nodes"],
+            "services": {s["name"]: s["state"] for s in services},
+        })
+    return rows
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+def status(as_json, home):
+    """Every node: address, role, state, uptime and services (like `rladmin status`)."""
+    c = _load(home)
+    try:
+        view = trio.run(read_cluster, c)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = status_rows(view)
+    if as_json:
+        click.echo(json.dumps({"master": view["master"], "nodes": rows}))
+        return
+    master = view["master"] or {}
+    click.echo(f"CLUSTER: master node:{master.get('uid', '?')} term {master.get('term', '?')}")
+    click.echo("CLUSTER NODES:")
+    click.echo(f"{'NODE:ID':<10}{'ROLE':<9}{'ADDRESS':<16}{'STATE':<7}{'UPTIME':<10}SERVICES")
+    for r in rows:
+        down = [n for n, s in r["services"].items() if s != "RUNNING"]
+        services = ("all running" if r["services"] and not down else
+                    ", ".join(f"{n}:{r['services'][n]}" for n in down) or "-")
+        name = ("*" if r["role"] == "master" else "") + f"node:{r['node']}"
+        click.echo(f"{name:<10}{r['role']:<9}{r['address'] or '?':<16}{r['state']:<7}"
+                   f"{_uptime(r['uptime']) if r['uptime'] is not None else '-':<10}{services}")
+
+
+# ---- dmc services --------------------------------------------------------------------------
+
+@click.command()
+@click.option("--node", "uid", type=int, help="The node (default: every node for status, "
+              "node 1 otherwise).")
+@click.argument("action", type=click.Choice(["status", "start", "stop", "restart"]))
+@click.argument("names", nargs=-1)
+@home_option
+def services(uid, action, names, home):
+    """Show or control a node's services through its supervisord; `all` names them all."""
+    c = _load(home)
+    try:
+        uids = [c.node(uid).uid] if uid is not None else (
+            sorted(c.nodes) if action == "status" else [min(c.nodes)])
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    unknown = [n for n in names if n != "all" and n not in SERVICES]
+    if unknown:
+        raise click.ClickException(f"no such service: {', '.join(unknown)} "
+                                   f"(services: {', '.join(SERVICES)}, all)")
+    if action != "status" and not names:
+        raise click.ClickException(f"name the services to {action} (or all)")
+    chosen = list(SERVICES) if not names or "all" in names else list(names)
+    for u in uids:
+        rpc = supervisor_rpc(c.node(u).supervisor_sock).supervisor
+        try:
+            if action in ("stop", "restart"):
+                for name in chosen:
+                    _ignore_state_errors(rpc.stopProcess, name)
+            if action in ("start", "restart"):
+                for name in chosen:
+                    _ignore_state_errors(rpc.startProcess, name)
+            infos = {p["name"]: p for p in rpc.getAllProcessInfo()}
+        except (OSError, xmlrpc.client.Error) as exc:
+            raise click.ClickException(f"node {u}: supervisor not reachable ({exc})") from None
+        if len(uids) > 1 or action == "status":
+            click.echo(f"node:{u}")
+        for name in chosen:
+            p = infos[name]
+            detail = (f"pid {p['pid']}, uptime {_uptime(p['now'] - p['start'])}"
+                      if p["statename"] == "RUNNING" else p["description"])
+            click.echo(f"  {name:<14}{p['statename']:<10}{detail}")
+
+
+def _ignore_state_errors(call, name):
+    """Starting a running service or stopping a stopped one is not an error here."""
+    try:
+        call(name)
+    except xmlrpc.client.Fault as fault:
+        if "ALREADY_STARTED" not in fault.faultString and "NOT_RUNNING" not in fault.faultString:
+            raise
+
+
+# ---- dmc ccs-cli ---------------------------------------------------------------------------
+
+@click.command("ccs-cli", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@home_option
+def ccs_cli(args, home):
+    """redis-cli on the current CCS master (ARGS go to redis-cli)."""
+    c = _load(home)
+    try:
+        master = trio.run(read_cluster, c)["master"]
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not master:
+        raise click.ClickException("no CCS master has been elected yet")
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise click.ClickException("redis-cli is not installed (apt-get install redis-tools)")
+    os.execv(cli, [cli, "-h", master["address"], "-p", str(master["ccs_port"]), *args])
+
+
+COMMANDS = (cluster, node, status, services, ccs_cli)

@@ -1,0 +1,345 @@
+"""cluster_wd: the node's member of the cluster. It gossips with the other nodes over TCP
+(msgpack frames), takes part in the master election (`control.election`), keeps the cluster's
+membership, and makes the node's CCS copy follow the election:
+
+- master holding its lease: the copy is promoted (REPLICAOF NO ONE) and made writable, then the
+  master record and the member list are written to it;
+- anything else: the copy is fenced (it refuses writes) first, then pointed at the master's copy.
+
+It never makes its CCS copy writable unless this node is master for the current term with a
+lease a majority renewed, and it fences the copy before the lease ends.
+
+Run by supervisord as `python -m control.cluster_wd --node-dir DIR`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from pathlib import Path
+
+import click
+import msgpack
+import trio
+
+from control import ccs
+from control.election import MASTER, Election, Observation, Timings
+from control.node import FENCED_MIN_REPLICAS, NodeConfig, atomic_write
+from control.redis_client import RedisUnavailable, ReplyError, connect
+
+log = logging.getLogger("cluster_wd")
+
+MAX_FRAME = 1 << 20
+RECONCILE_EVERY = 0.3
+
+
+def monotonic_of(trio_time: float | None) -> float | None:
+    """Trio's clock has an offset of its own; other processes compare time.monotonic()."""
+    if trio_time is None:
+        return None
+    return trio_time - trio.current_time() + time.monotonic()
+
+
+class FileVoteStore:
+    """state.json: the durable (term, voted_for) and the last membership this node adopted."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def load(self) -> tuple[int, int | None]:
+        return self.data.get("term", 0), self.data.get("voted_for")
+
+    def save(self, term: int, voted_for: int | None) -> None:
+        self.data.update(term=term, voted_for=voted_for)
+        atomic_write(self.path, json.dumps(self.data))
+
+    def members(self) -> tuple[dict[int, dict], int] | None:
+        if "members" not in self.data:
+            return None
+        return {int(k): v for k, v in self.data["members"].items()}, self.data["members_version"]
+
+    def save_members(self, members: dict[int, dict], version: int) -> None:
+        self.data.update(members={str(k): v for k, v in members.items()}, members_version=version)
+        atomic_write(self.path, json.dumps(self.data))
+
+
+class Gossip:
+    """One outgoing connection per peer, messages one way; replies travel on the replier's own
+    connection. Sending never blocks: a message that cannot go now is dropped, as the election
+    expects of a network."""
+
+    def __init__(self, nursery: trio.Nursery, me: int):
+        self.nursery = nursery
+        self.me = me
+        self.outboxes: dict[int, trio.MemorySendChannel] = {}
+        self.addresses: dict[int, tuple[str, int]] = {}
+
+    def set_peers(self, members: dict[int, dict]) -> None:
+        for uid, info in members.items():
+            if uid == self.me:
+                continue
+            self.addresses[uid] = (info["address"], info["gossip_port"])
+            if uid not in self.outboxes:
+                send, receive = trio.open_memory_channel(64)
+                self.outboxes[uid] = send
+                self.nursery.start_soon(self._outbox, uid, receive)
+        for uid in set(self.outboxes) - set(members):
+            self.outboxes.pop(uid).close()
+
+    def send(self, uid: int, msg: dict) -> None:
+        outbox = self.outboxes.get(uid)
+        if outbox is not None:
+            try:
+                outbox.send_nowait(msg)
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
+
+    async def _outbox(self, uid: int, receive: trio.MemoryReceiveChannel) -> None:
+        packer = msgpack.Packer(use_bin_type=True)
+        stream = None
+        retry_at = 0.0
+        async with receive:
+            async for msg in receive:
+                if stream is None:
+                    if trio.current_time() < retry_at:
+                        continue
+                    with trio.move_on_after(0.3):
+                        try:
+                            stream = await trio.open_tcp_stream(*self.addresses[uid])
+                        except OSError:
+                            pass
+                    if stream is None:
+                        retry_at = trio.current_time() + 0.2
+                        continue
+                try:
+                    with trio.fail_after(0.5):
+                        await stream.send_all(packer.pack(msg))
+                except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+                    await trio.aclose_forcefully(stream)
+                    stream = None
+                    retry_at = trio.current_time() + 0.1
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+
+
+async def read_frames(stream: trio.abc.Stream):
+    """Yield the msgpack maps arriving on a stream; stops at EOF or at a malformed frame."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=MAX_FRAME)
+    async for data in stream:
+        unpacker.feed(data)
+        for msg in unpacker:
+            if not isinstance(msg, dict):
+                return
+            yield msg
+
+
+async def request(address: str, port: int, msg: dict, timeout: float = 2.0) -> dict:
+    """One admin request to a node's cluster_wd (the CLI and joining nodes use this)."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(address, port)
+        async with stream:
+            await stream.send_all(msgpack.packb({"type": "admin", **msg}, use_bin_type=True))
+            async for reply in read_frames(stream):
+                return reply
+    raise ConnectionError(f"cluster_wd {address}:{port} closed the connection")
+
+
+class ClusterWatchdog:
+    def __init__(self, config: NodeConfig, timings: Timings | None = None):
+        self.config = config
+        self.timings = timings or Timings()
+        self.store = FileVoteStore(config.dir / "state.json")
+        self.ccs_writable = False
+        self._ccs = None
+        self._ccs_offset = 0
+        self._published = (None, None)   # (term, members version) written to CCS as master
+        self._changed = trio.Event()
+
+    # ---- wiring --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        members, version = self.store.members() or (dict(self.config.peers), 0)
+        async with trio.open_nursery() as nursery:
+            self.gossip = Gossip(nursery, self.config.uid)
+            self.election = Election(self.config.uid, members, self.gossip.send, self.store,
+                                     self.timings, ccs_offset=lambda: self._ccs_offset,
+                                     members_version=version, on_change=self._on_change)
+            self.gossip.set_peers(members)
+            await nursery.start(partial(trio.serve_tcp, self._serve, self.config.gossip_port,
+                                        host=self.config.address))
+            nursery.start_soon(self.election.run)
+            nursery.start_soon(self._reconcile_loop)
+            nursery.start_soon(self._join_loop)
+            log.info("node %d: cluster_wd up on %s:%d, term %d, %d members", self.config.uid,
+                     self.config.address, self.config.gossip_port, self.election.term,
+                     len(members))
+
+    def _on_change(self, obs: Observation) -> None:
+        election = getattr(self, "election", None)   # None while Election starts
+        if election is not None and self.store.data.get("members_version") != \
+                election.members_version:
+            self.store.save_members(election.members, election.members_version)
+            self.gossip.set_peers(election.members)
+        self._record(obs)
+        self._write_lease(obs)
+        self._changed.set()
+
+    def _record(self, obs: Observation) -> None:
+        if not self.config.record_history:
+            return
+        line = {"time": time.monotonic(), "wall": time.time(), "node": obs.node,
+                "term": obs.term, "role": obs.role, "master": obs.master,
+                "lease_until": monotonic_of(obs.lease_until), "started": obs.started,
+                "ccs_writable": self.ccs_writable}
+        with open(self.config.history_file, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _write_lease(self, obs: Observation) -> None:
+        """run/lease.json: heartbeatd fences the CCS copy itself if this lease runs out while
+        the copy is still writable (cluster_wd gone or stuck)."""
+        lease = monotonic_of(obs.lease_until) if obs.role == MASTER else None
+        tmp = self.config.lease_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"term": obs.term, "role": obs.role, "master": obs.master,
+                                   "lease_until": lease}))
+        tmp.replace(self.config.lease_file)
+
+    # ---- gossip in -----------------------------------------------------------------------
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        try:
+            async for msg in read_frames(stream):
+                if msg.get("type") == "admin":
+                    reply = self._admin(msg)
+                    await stream.send_all(msgpack.packb(reply, use_bin_type=True))
+                else:
+                    self.election.receive(msg)
+        except (OSError, trio.BrokenResourceError, ValueError, msgpack.ExtraData,
+                msgpack.FormatError, msgpack.StackError):
+            pass
+
+    def _admin(self, msg: dict) -> dict:
+        e = self.election
+        op = msg.get("op")
+        if op == "status":
+            return {"ok": True, "uid": e.uid, "term": e.term, "role": e.role,
+                    "master": e.master, "is_master": e.is_master(),
+                    "members": e.members, "members_version": e.members_version,
+                    "ccs_writable": self.ccs_writable}
+        if op not in ("join", "leave"):
+            return {"ok": False, "error": f"unknown op {op!r}"}
+        if not e.is_master():
+            return {"ok": False, "error": "not the master", "master": e.master}
+        members = dict(e.members)
+        if op == "join":
+            info = msg.get("member")
+            if not isinstance(info, dict) or not isinstance(info.get("uid"), int):
+                return {"ok": False, "error": "join needs a member with a uid"}
+            if members.get(info["uid"]) == info:
+                return {"ok": True, "members_version": e.members_version}
+            members[info["uid"]] = info
+        else:
+            uid = msg.get("uid")
+            if uid not in members:
+                return {"ok": False, "error": f"node {uid} is not a member"}
+            if len(members) == 1:
+                return {"ok": False, "error": "cannot remove the last node"}
+            del members[uid]
+        e.set_members(members, e.members_version + 1)
+        log.info("members now %s (version %d)", sorted(members), e.members_version)
+        return {"ok": True, "members_version": e.members_version}
+
+    async def _join_loop(self) -> None:
+        """A node not yet a member asks the nodes it knows until the master takes it in."""
+        me = self.config.member_info()
+        while True:
+            if self.config.uid in self.election.members:
+                await trio.sleep(1)
+                continue
+            for uid, info in list(self.election.members.items()):
+                try:
+                    reply = await request(info["address"], info["gossip_port"],
+                                          {"op": "join", "member": me}, timeout=1.0)
+                except (OSError, trio.TooSlowError, ConnectionError):
+                    continue
+                if reply.get("ok"):
+                    log.info("joined through node %d", uid)
+                    break
+            await trio.sleep(0.5)
+
+    # ---- CCS follows the election ----------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with trio.move_on_after(RECONCILE_EVERY):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            try:
+                await self._reconcile()
+            except (RedisUnavailable, ReplyError) as exc:
+                log.warning("ccs: %s", exc)
+                if self._ccs is not None:
+                    await self._ccs.aclose()
+                    self._ccs = None
+                await trio.sleep(0.1)
+
+    async def _reconcile(self) -> None:
+        if self._ccs is None or self._ccs.closed:
+            self._ccs = await connect(self.config.address, self.config.ccs_port, timeout=1.0)
+        r = self._ccs
+        role = await r.execute("ROLE")
+        is_replica = role[0] == b"slave"
+        self._ccs_offset = role[4] if is_replica else role[1]
+        fenced = int((await r.execute("CONFIG", "GET", "min-replicas-to-write"))[1]) != 0
+        e = self.election
+        if e.is_master():
+            if is_replica:
+                await r.execute("REPLICAOF", "NO", "ONE")
+            if fenced:
+                await r.execute("CONFIG", "SET", "min-replicas-to-write", 0)
+                self._set_writable(True)
+            if self._published != (e.term, e.members_version):
+                await self._publish_as_master(r)
+            return
+        if not fenced and not is_replica:
+            await r.execute("CONFIG", "SET", "min-replicas-to-write", FENCED_MIN_REPLICAS)
+            self._set_writable(False)
+        self._published = (None, None)
+        master = e.members.get(e.master) if e.master != self.config.uid else None
+        if master is not None:
+            target = (master["address"].encode(), master["ccs_port"])
+            if not is_replica or (role[1], role[2]) != target:
+                await r.execute("REPLICAOF", master["address"], master["ccs_port"])
+                log.info("ccs: replicating node %d at %s:%d", e.master, *target)
+
+    def _set_writable(self, writable: bool) -> None:
+        self.ccs_writable = writable
+        log.info("ccs: %s in term %d", "writable" if writable else "fenced", self.election.term)
+        self._on_change(self.election.observation())
+
+    async def _publish_as_master(self, r) -> None:
+        e = self.election
+        me = self.config
+        await ccs.write(r, ccs.MASTER, {"uid": me.uid, "term": e.term, "address": me.address,
+                                        "ccs_port": me.ccs_port, "since": time.time()})
+        replies = await r.pipeline([("MULTI",), ("DEL", ccs.NODES)] + [
+            ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
+        ] + [("EXEC",)])
+        if isinstance(replies[-1], ReplyError):
+            raise replies[-1]
+        await ccs.write(r, ccs.NODES_VERSION, e.members_version)
+        self._published = (e.term, e.members_version)
+
+
+@click.command()
+@click.option("--node-dir", required=True, type=click.Path(exists=True, file_okay=False))
+def main(node_dir):
+    """Run cluster_wd for the node whose folder is NODE_DIR."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    trio.run(ClusterWatchdog(NodeConfig.load(node_dir)).run)
+
+
+if __name__ == "__main__":
+    main()

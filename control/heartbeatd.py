@@ -1,0 +1,196 @@
+"""heartbeatd: proves the node alive and gives local services one fixed address for CCS.
+
+- Every second it writes `node_heartbeat:<uid>` to the CCS master with a TTL
+  (`ccs.HEARTBEAT_TTL_MS`): when the key has expired, the node is shown as down. The value says
+  when the node started and the state of each of its services, as its supervisord reports them.
+- It listens on the node's `ccs_forward_port` and forwards every connection to the current CCS
+  master, which it learns from the `cluster:master` record in the node's own CCS copy (re-read
+  on every change notice, and every half second). When the master changes, forwarded
+  connections are closed, so that clients reconnect to the new master.
+- Second line of defence for the one-master rule: if cluster_wd's lease (`run/lease.json`) has
+  run out while the node's CCS copy is still writable, it fences the copy itself.
+
+It never writes CCS except its own heartbeat key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import xmlrpc.client
+from functools import partial
+
+import click
+import trio
+from supervisor.xmlrpc import SupervisorTransport
+
+from control import ccs
+from control.node import FENCED_MIN_REPLICAS, NodeConfig
+from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
+
+log = logging.getLogger("heartbeatd")
+
+BEAT_EVERY = 1.0
+FOLLOW_EVERY = 0.5
+GUARD_EVERY = 0.05
+
+
+def supervisor_rpc(sock_path) -> xmlrpc.client.ServerProxy:
+    """The XML-RPC interface of a node's supervisord, over its unix socket."""
+    return xmlrpc.client.ServerProxy(
+        "http://supervisor", transport=SupervisorTransport(None, None, f"unix://{sock_path}"))
+
+
+def services_of(sock_path) -> list[dict]:
+    """[{name, state, pid, start}] as supervisord reports them (blocking call)."""
+    return [{"name": p["name"], "state": p["statename"], "pid": p["pid"], "start": p["start"]}
+            for p in supervisor_rpc(sock_path).supervisor.getAllProcessInfo()]
+
+
+class Heartbeatd:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.started = time.time()
+        self.master: tuple[str, int] | None = None
+        self.forwarded: set[trio.CancelScope] = set()
+        self._notice = trio.Event()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_master)
+            nursery.start_soon(self._listen_for_changes)
+            nursery.start_soon(self._beat)
+            nursery.start_soon(self._guard_lease)
+            await nursery.start(partial(trio.serve_tcp, self._forward,
+                                        self.config.ccs_forward_port, host=self.config.address))
+            log.info("node %d: heartbeatd up, CCS forwarded on %s:%d", self.config.uid,
+                     self.config.address, self.config.ccs_forward_port)
+
+    # ---- where is the CCS master ---------------------------------------------------------
+
+    async def _follow_master(self) -> None:
+        local = None
+        while True:
+            with trio.move_on_after(FOLLOW_EVERY):
+                await self._notice.wait()
+            self._notice = trio.Event()
+            try:
+                if local is None or local.closed:
+                    local = await connect(self.config.address, self.config.ccs_port)
+                record = await ccs.read(local, ccs.MASTER)
+            except (RedisUnavailable, ReplyError):
+                continue
+            master = (record["address"], record["ccs_port"]) if record else None
+            if master != self.master:
+                log.info("CCS master is now %s", master)
+                self.master = master
+                for scope in list(self.forwarded):
+                    scope.cancel()
+
+    async def _listen_for_changes(self) -> None:
+        while True:
+            try:
+                async with subscribe(self.config.address, self.config.ccs_port,
+                                     [ccs.CHANGES]) as sub:
+                    async for _channel, key in sub:
+                        if key == ccs.MASTER.encode():
+                            self._notice.set()
+            except (RedisUnavailable, ReplyError):
+                await trio.sleep(0.5)
+
+    # ---- the heartbeat -------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        conn = None
+        while True:
+            try:
+                services = await trio.to_thread.run_sync(services_of, self.config.supervisor_sock)
+            except (OSError, xmlrpc.client.Error) as exc:
+                services = [{"name": "supervisor", "state": f"UNREACHABLE ({exc})", "pid": 0,
+                             "start": 0}]
+            value = {"time": time.time(), "started": self.started,
+                     "address": self.config.address, "services": services}
+            master = self.master
+            try:
+                if master is not None:
+                    if conn is None or conn.closed or (conn.host, conn.port) != master:
+                        if conn is not None:
+                            await conn.aclose()
+                        conn = await connect(*master)
+                    await conn.execute("SET", ccs.heartbeat_key(self.config.uid),
+                                       ccs.pack(value), "PX", ccs.HEARTBEAT_TTL_MS)
+            except (RedisUnavailable, ReplyError) as exc:
+                log.debug("heartbeat not written: %s", exc)
+                if conn is not None:
+                    await conn.aclose()
+                conn = None
+            await trio.sleep(BEAT_EVERY)
+
+    # ---- the forwarder -------------------------------------------------------------------
+
+    async def _forward(self, client: trio.SocketStream) -> None:
+        master = self.master
+        if master is None:
+            await client.aclose()
+            return
+        with trio.CancelScope() as scope:
+            self.forwarded.add(scope)
+            try:
+                with trio.fail_after(1.0):
+                    upstream = await trio.open_tcp_stream(*master)
+                async with upstream, client, trio.open_nursery() as nursery:
+                    nursery.start_soon(_pipe, client, upstream, nursery.cancel_scope)
+                    nursery.start_soon(_pipe, upstream, client, nursery.cancel_scope)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+                pass
+            finally:
+                self.forwarded.discard(scope)
+        await trio.aclose_forcefully(client)
+
+    # ---- lease guard ---------------------------------------------------------------------
+
+    async def _guard_lease(self) -> None:
+        local = None
+        while True:
+            await trio.sleep(GUARD_EVERY)
+            try:
+                lease = json.loads(self.config.lease_file.read_text())
+            except (OSError, ValueError):
+                continue
+            until = lease.get("lease_until")
+            if lease.get("role") != "master" or until is None or time.monotonic() < until:
+                continue
+            try:
+                if local is None or local.closed:
+                    local = await connect(self.config.address, self.config.ccs_port)
+                fence = await local.execute("CONFIG", "GET", "min-replicas-to-write")
+                role = await local.execute("ROLE")
+                if role[0] == b"master" and int(fence[1]) == 0:
+                    await local.execute("CONFIG", "SET", "min-replicas-to-write",
+                                        FENCED_MIN_REPLICAS)
+                    log.warning("lease of term %s ran out with CCS writable: fenced it",
+                                lease.get("term"))
+            except (RedisUnavailable, ReplyError):
+                pass
+
+
+async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, done: trio.CancelScope) -> None:
+    try:
+        async for data in src:
+            await dst.send_all(data)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    done.cancel()
+
+
+@click.command()
+@click.option("--node-dir", required=True, type=click.Path(exists=True, file_okay=False))
+def main(node_dir):
+    """Run heartbeatd for the node whose folder is NODE_DIR."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    trio.run(Heartbeatd(NodeConfig.load(node_dir)).run)
+
+
+if __name__ == "__main__":
+    main()

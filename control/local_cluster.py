@@ -1,0 +1,276 @@
+"""Several nodes on one machine: what `dmc cluster create|stop` and `dmc node add|remove` do, and
+what the tests use. Each node has its own address (127.0.0.N by default, or a network
+namespace's), its own ports chosen free at run time, its own folder and its own supervisord;
+everything else is the same code as one node per machine.
+
+The cluster's folder holds `cluster.json`, the list of node folders, so that the CLI finds the
+nodes' supervisor sockets and addresses; what the cluster *is* (members, master) lives in CCS and
+in each node's cluster_wd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import xmlrpc.client
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from control.cluster_wd import request
+from control.heartbeatd import supervisor_rpc
+from control.node import NodeConfig, atomic_write
+from dmc.local import free_port, pid_alive
+
+
+class ClusterError(RuntimeError):
+    """Something an operator should read as one line."""
+
+
+def loopback_addresses(n: int, first: str = "127.0.0.1") -> list[str]:
+    a, b, c, d = (int(x) for x in first.split("."))
+    if a != 127 or d + n - 1 > 254:
+        raise ClusterError(f"cannot give {n} nodes loopback addresses from {first}")
+    return [f"{a}.{b}.{c}.{d + i}" for i in range(n)]
+
+
+@dataclass
+class LocalCluster:
+    home: Path
+    nodes: dict[int, NodeConfig] = field(default_factory=dict)
+
+    # ---- the registry --------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Path:
+        return self.home / "cluster.json"
+
+    def save(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.registry, json.dumps(
+            {"nodes": {str(uid): c.home for uid, c in sorted(self.nodes.items())}}, indent=2))
+
+    @classmethod
+    def load(cls, home: Path) -> LocalCluster:
+        home = Path(home)
+        try:
+            data = json.loads((home / "cluster.json").read_text())
+        except FileNotFoundError:
+            raise ClusterError(f"no cluster in {home} (create one with `dmc cluster create`)") \
+                from None
+        return cls(home, {int(uid): NodeConfig.load(d) for uid, d in data["nodes"].items()})
+
+    def node(self, uid: int) -> NodeConfig:
+        if uid not in self.nodes:
+            raise ClusterError(f"no node {uid} in this cluster (nodes: "
+                               f"{', '.join(map(str, sorted(self.nodes)))})")
+        return self.nodes[uid]
+
+    # ---- create, add -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, home: Path, addresses: list[str], *, record_history: bool = False,
+               netns: list[str] | None = None, timeout: float = 30.0) -> LocalCluster:
+        home = Path(home)
+        if (home / "cluster.json").exists():
+            raise ClusterError(f"a cluster already exists in {home} "
+                               "(`dmc cluster start` starts it again, `dmc cluster delete` removes it)")
+        cluster = cls(home)
+        for i, address in enumerate(addresses):
+            cluster.nodes[i + 1] = cluster._new_node(
+                i + 1, address, record_history, netns[i] if netns else None)
+        members = {uid: c.member_info() for uid, c in cluster.nodes.items()}
+        for c in cluster.nodes.values():
+            c.peers = members
+            c.save()
+        cluster.save()
+        try:
+            for uid in cluster.nodes:
+                cluster.start_node(uid)
+            if not netns:
+                cluster.wait_for_master(timeout)
+        except BaseException:
+            cluster.delete()
+            raise
+        return cluster
+
+    def _new_node(self, uid: int, address: str, record_history: bool,
+                  netns: str | None) -> NodeConfig:
+        # In a namespace every port is free; they are still chosen at run time, never fixed.
+        port_host = "127.0.0.1" if netns else address
+        ports = set()
+        while len(ports) < 3:
+            ports.add(free_port(port_host))
+        ccs_port, gossip_port, forward_port = sorted(ports)
+        return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
+                          ccs_port=ccs_port, gossip_port=gossip_port,
+                          ccs_forward_port=forward_port, record_history=record_history,
+                          netns=netns)
+
+    def add_node(self, address: str | None = None, *, netns: str | None = None,
+                 timeout: float = 30.0) -> NodeConfig:
+        uid = max(self.nodes, default=0) + 1
+        if address is None:
+            first = self.nodes[min(self.nodes)].address
+            address = loopback_addresses(uid, first)[-1] if first.startswith("127.") else None
+            if address is None:
+                raise ClusterError("give the new node's address")
+        some = next(iter(self.nodes.values()))
+        config = self._new_node(uid, address, some.record_history, netns)
+        config.peers = {u: c.member_info() for u, c in self.nodes.items()}
+        config.save()
+        self.nodes[uid] = config
+        self.save()
+        self.start_node(uid)
+        if not netns:
+            deadline = time.monotonic() + timeout
+            while uid not in self.status(uid).get("members", {}):
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {uid} did not join within {timeout}s")
+                time.sleep(0.1)
+        return config
+
+    def remove_node(self, uid: int, timeout: float = 30.0) -> None:
+        self.node(uid)
+        reply = self._ask_master({"op": "leave", "uid": uid}, timeout)
+        if not reply.get("ok"):
+            raise ClusterError(f"node {uid} not removed: {reply.get('error')}")
+        self.stop_node(uid)
+        shutil.rmtree(self.nodes.pop(uid).home, ignore_errors=True)
+        self.save()
+
+    # ---- processes -----------------------------------------------------------------------
+
+    def start_node(self, uid: int, timeout: float = 15.0) -> None:
+        config = self.node(uid)
+        config.write_configs()
+        with open(config.dir / "logs" / "supervisord.out", "ab") as log:
+            result = subprocess.run(config.supervisord_argv(), stdout=log, check=False,
+                                    stderr=subprocess.STDOUT, cwd=config.dir)
+        if result.returncode != 0:
+            raise ClusterError(f"supervisord of node {uid} did not start "
+                               f"(see {config.dir / 'logs'})")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if supervisor_rpc(config.supervisor_sock).supervisor.getState()["statename"] \
+                        == "RUNNING":
+                    return
+            except (OSError, xmlrpc.client.Error):
+                pass
+            if time.monotonic() > deadline:
+                raise ClusterError(f"supervisord of node {uid} is not answering")
+            time.sleep(0.05)
+
+    def supervisor_pid(self, uid: int) -> int | None:
+        try:
+            return int(self.node(uid).supervisor_pidfile.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def node_pids(self, uid: int) -> dict[str, int]:
+        """{service or 'supervisor': pid} of the node's live processes."""
+        pids = {}
+        sup = self.supervisor_pid(uid)
+        if sup and pid_alive(sup):
+            pids["supervisor"] = sup
+            try:
+                for p in supervisor_rpc(self.node(uid).supervisor_sock) \
+                        .supervisor.getAllProcessInfo():
+                    if p["pid"]:
+                        pids[p["name"]] = p["pid"]
+            except (OSError, xmlrpc.client.Error):
+                pass
+        return pids
+
+    def kill_node(self, uid: int) -> dict[str, int]:
+        """kill -9 of every process of the node, supervisord first so nothing is restarted."""
+        pids = self.node_pids(uid)
+        for pid in pids.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(pids.values(), 5.0)
+        return pids
+
+    def stop_node(self, uid: int, timeout: float = 15.0) -> None:
+        pids = self.node_pids(uid)
+        if not pids:
+            return
+        try:
+            supervisor_rpc(self.node(uid).supervisor_sock).supervisor.shutdown()
+        except (OSError, xmlrpc.client.Error):
+            pass
+        if not _wait_gone(pids.values(), timeout):
+            self.kill_node(uid)
+
+    def start(self, timeout: float = 30.0) -> int:
+        """Start every node again from its folder (its term, vote, members and CCS data)."""
+        for uid in self.nodes:
+            if not self.node_pids(uid):
+                self.start_node(uid)
+        return self.wait_for_master(timeout)
+
+    def stop(self) -> None:
+        for uid in list(self.nodes):
+            self.stop_node(uid)
+
+    def delete(self) -> None:
+        self.stop()
+        for config in self.nodes.values():
+            shutil.rmtree(config.home, ignore_errors=True)
+        self.registry.unlink(missing_ok=True)
+
+    # ---- asking cluster_wd -----------------------------------------------------------------
+
+    def status(self, uid: int, timeout: float = 1.0) -> dict:
+        """The node's cluster_wd view ({} if it does not answer)."""
+        config = self.node(uid)
+        try:
+            return trio.run(request, config.address, config.gossip_port, {"op": "status"},
+                            timeout)
+        except (OSError, trio.TooSlowError, ConnectionError):
+            return {}
+
+    def masters(self) -> list[int]:
+        return [uid for uid in self.nodes if self.status(uid).get("is_master")]
+
+    def wait_for_master(self, timeout: float = 30.0, among=None) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            masters = [m for m in self.masters() if among is None or m in among]
+            if len(masters) == 1:
+                return masters[0]
+            if time.monotonic() > deadline:
+                raise ClusterError(f"no single master within {timeout}s (masters: {masters})")
+            time.sleep(0.1)
+
+    def _ask_master(self, msg: dict, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for uid in self.masters():
+                c = self.node(uid)
+                try:
+                    reply = trio.run(request, c.address, c.gossip_port, msg, 2.0)
+                except (OSError, trio.TooSlowError, ConnectionError):
+                    continue
+                if reply.get("error") != "not the master":
+                    return reply
+            if time.monotonic() > deadline:
+                raise ClusterError("no master answered")
+            time.sleep(0.2)
+
+
+def _wait_gone(pids, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

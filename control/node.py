@@ -1,0 +1,171 @@
+"""A node on disk: its identity and ports (`node.json`), the folders of its services, and the
+configuration files it writes for itself: `supervisord.conf` (one program per service) and
+`ccs/ccs.conf` (its copy of the cluster configuration store).
+
+A node's folder:
+    node.json            who the node is: uid, address, ports, first peers
+    supervisord.conf     written by `write_configs`; `supervisorctl -c supervisord.conf` works
+    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`
+    supervisord.pid
+    logs/                one log per service, and supervisord's own
+    ccs/                 ccs.conf, and the CCS copy's append-only file
+    state.json           cluster_wd's durable election state: term, vote, members
+    run/                 what services tell each other on this node: lease.json, history.jsonl
+
+This module never starts anything; `control.local_cluster` and the services do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dmc.local import REDIS_SERVER
+
+SERVICES = ("ccs", "cluster_wd", "heartbeatd")
+
+# A CCS copy that nobody has made writable refuses writes: min-replicas-to-write set this high
+# makes a master-role redis-server answer every write with -NOREPLICAS. cluster_wd lowers it to 0
+# only while this node is the elected master and holds its lease.
+FENCED_MIN_REPLICAS = 2_147_483_647
+
+
+@dataclass
+class NodeConfig:
+    uid: int
+    address: str
+    home: str
+    ccs_port: int
+    gossip_port: int
+    ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
+    peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
+    record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
+    netns: str | None = None       # run the node's processes inside this network namespace
+    python: str = sys.executable
+
+    # ---- paths ---------------------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.home)
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.dir / "supervisord.conf"
+
+    @property
+    def supervisor_sock(self) -> Path:
+        return self.dir / "supervisor.sock"
+
+    @property
+    def supervisor_pidfile(self) -> Path:
+        return self.dir / "supervisord.pid"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def history_file(self) -> Path:
+        return self.run_dir / "history.jsonl"
+
+    @property
+    def lease_file(self) -> Path:
+        return self.run_dir / "lease.json"
+
+    def member_info(self) -> dict:
+        """What the other nodes know of this one (gossiped, and kept in CCS)."""
+        return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
+                "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port}
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = asdict(self)
+        data["peers"] = {str(k): v for k, v in self.peers.items()}
+        atomic_write(self.dir / "node.json", json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, home: str | Path) -> NodeConfig:
+        data = json.loads((Path(home) / "node.json").read_text())
+        data["peers"] = {int(k): v for k, v in data["peers"].items()}
+        return cls(**data)
+
+    # ---- generated configuration ---------------------------------------------------------
+
+    def write_configs(self) -> None:
+        for sub in ("logs", "ccs", "run"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write(self.dir / "ccs" / "ccs.conf", self._ccs_conf())
+        atomic_write(self.supervisor_conf, self._supervisor_conf())
+
+    def _ccs_conf(self) -> str:
+        return "\n".join([
+            f"bind {self.address}",
+            f"port {self.ccs_port}",
+            f"dir {self.dir / 'ccs'}",
+            "daemonize no",
+            "protected-mode no",
+            'save ""',
+            "appendonly yes",
+            "appendfsync everysec",
+            "replica-read-only yes",
+            "repl-diskless-sync yes",
+            "repl-diskless-sync-delay 0",
+            f"min-replicas-to-write {FENCED_MIN_REPLICAS}",
+            "min-replicas-max-lag 10",
+            "",
+        ])
+
+    def _supervisor_conf(self) -> str:
+        d, logs = self.dir, self.dir / "logs"
+        service = f"{self.python} -m control.%s --node-dir {d}"
+        commands = {
+            "ccs": f"{REDIS_SERVER} {d / 'ccs' / 'ccs.conf'}",
+            "cluster_wd": service % "cluster_wd",
+            "heartbeatd": service % "heartbeatd",
+        }
+        sections = [
+            f"[unix_http_server]\nfile={self.supervisor_sock}\nchmod=0700\n",
+            (f"[supervisord]\nlogfile={logs / 'supervisord.log'}\npidfile={self.supervisor_pidfile}\n"
+            f"childlogdir={logs}\nidentifier=dmc-node-{self.uid}\ndirectory={d}\n"
+            f"environment=PYTHONPATH=\"{_project_root()}\",PYTHONUNBUFFERED=\"1\"\n"),
+            ("[rpcinterface:supervisor]\n"
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"),
+            f"[supervisorctl]\nserverurl=unix://{self.supervisor_sock}\n",
+        ]
+        for priority, name in enumerate(SERVICES, start=1):
+            sections.append(
+                f"[program:{name}]\ncommand={commands[name]}\npriority={priority * 10}\n"
+                # supervisord's own back-off: a service that dies within startsecs is retried
+                # after 1, 2, 3... seconds, startretries times, then marked FATAL.
+                "autostart=true\nautorestart=true\nstartsecs=1\nstartretries=10\n"
+                "stopsignal=TERM\nstopwaitsecs=5\nstopasgroup=true\nkillasgroup=true\n"
+                f"redirect_stderr=true\nstdout_logfile={logs / (name + '.log')}\n"
+                "stdout_logfile_maxbytes=10MB\nstdout_logfile_backups=2\n")
+        return "\n".join(sections)
+
+    def supervisord_argv(self) -> list[str]:
+        argv = [self.python, "-m", "supervisor.supervisord", "-c", str(self.supervisor_conf)]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        return argv
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write by rename, with the data synced first: readers never see half a file, and after a
+    crash the file is either the old one or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
