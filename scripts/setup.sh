@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dmc needs on a fresh Debian machine (run as root): redis-server and redis-tools
-# (and iproute2 for the tests) from apt when absent, then the dmc package itself, editable, with its compiled extension.
+# (and iproute2 for the tests) from apt when absent, then the dmc package itself, editable,
+# with its compiled extension.
 # Usage: scripts/setup.sh [pip extras, e.g. "test"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # `ip netns` puts the nodes of the partition tests in network namespaces of their own
-[ "${1:-}" = test ] && ! command -v ip >/dev/null 2>&1 && missing+=(iproute2)
+if [ "${1:-}" = test ] && ! command -v ip >/dev/null 2>&1; then missing+=(iproute2); fi
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} from apt" >&2
   export DEBIAN_FRONTEND=noninteractive
