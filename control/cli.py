@@ -115,6 +115,24 @@ def node_add(address, home):
     click.echo(f"node {config.uid} joined at {config.address}")
 
 
+@node.command("join")
+@click.argument("peer")
+@click.option("--address", required=True, help="This node's address, reachable by the others.")
+@home_option
+def node_join(peer, address, home):
+    """Start a node here and join the cluster that PEER (ADDRESS:GOSSIP_PORT of any of its
+    nodes) belongs to: one node per machine."""
+    host, _, port = peer.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.ClickException(f"PEER must be ADDRESS:GOSSIP_PORT, not {peer!r}")
+    try:
+        c = LocalCluster.load(home) if (home / "cluster.json").exists() else LocalCluster(home)
+        config = c.add_node(address, peer=(host, int(port)))
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"node {config.uid} joined at {config.address}")
+
+
 @node.command("remove")
 @click.argument("uid", type=int)
 @home_option
@@ -166,6 +184,7 @@ def status_rows(view: dict) -> list[dict]:
             "node": uid,
             "role": "master" if uid == master.get("uid") else "replica",
             "address": info.get("address") or (beat or {}).get("address"),
+            "gossip_port": info.get("gossip_port"),
             "state": "OK" if beat else "DOWN",
             "uptime": now - beat["started"] if beat else None,
             "term": master.get("term") if uid == master.get("uid") else None,

@@ -237,8 +237,12 @@ class ClusterWatchdog:
             info = msg.get("member")
             if not isinstance(info, dict) or not isinstance(info.get("uid"), int):
                 return {"ok": False, "error": "join needs a member with a uid"}
-            if members.get(info["uid"]) == info:
+            known = members.get(info["uid"])
+            if known == info:
                 return {"ok": True, "members_version": e.members_version}
+            if known is not None and known.get("address") != info.get("address"):
+                return {"ok": False, "error": f"node id {info['uid']} is taken by "
+                                              f"{known.get('address')}"}
             members[info["uid"]] = info
         else:
             uid = msg.get("uid")

@@ -55,6 +55,7 @@ class Heartbeatd:
         self.master: tuple[str, int] | None = None
         self.forwarded: set[trio.CancelScope] = set()
         self._notice = trio.Event()
+        self._beat_now = trio.Event()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -85,6 +86,7 @@ class Heartbeatd:
             if master != self.master:
                 log.info("CCS master is now %s", master)
                 self.master = master
+                self._beat_now.set()   # the new master has only replicated, aging heartbeats
                 for scope in list(self.forwarded):
                     scope.cancel()
 
@@ -125,7 +127,9 @@ class Heartbeatd:
                 if conn is not None:
                     await conn.aclose()
                 conn = None
-            await trio.sleep(BEAT_EVERY)
+            with trio.move_on_after(BEAT_EVERY):
+                await self._beat_now.wait()
+            self._beat_now = trio.Event()
 
     # ---- the forwarder -------------------------------------------------------------------
 

@@ -112,17 +112,20 @@ class LocalCluster:
                           ccs_forward_port=forward_port, record_history=record_history,
                           netns=netns)
 
-    def add_node(self, address: str | None = None, *, netns: str | None = None,
-                 timeout: float = 30.0) -> NodeConfig:
-        uid = max(self.nodes, default=0) + 1
+    def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
+                 netns: str | None = None, timeout: float = 30.0) -> NodeConfig:
+        """Start a new node in this folder and wait until the master has taken it in. `peer`
+        (address, gossip port) is any node of the cluster; by default one of this folder's."""
+        members = self._members(peer)
+        uid = max(members) + 1
         if address is None:
-            first = self.nodes[min(self.nodes)].address
-            address = loopback_addresses(uid, first)[-1] if first.startswith("127.") else None
-            if address is None:
-                raise ClusterError("give the new node's address")
-        some = next(iter(self.nodes.values()))
-        config = self._new_node(uid, address, some.record_history, netns)
-        config.peers = {u: c.member_info() for u, c in self.nodes.items()}
+            first = members[min(members)]["address"]
+            if not first.startswith("127."):
+                raise ClusterError("give the new node's address (--address)")
+            address = loopback_addresses(uid, first)[-1]
+        config = self._new_node(uid, address, any(c.record_history for c in self.nodes.values()),
+                                netns)
+        config.peers = members
         config.save()
         self.nodes[uid] = config
         self.save()
@@ -135,8 +138,22 @@ class LocalCluster:
                 time.sleep(0.1)
         return config
 
+    def _members(self, peer: tuple[str, int] | None = None) -> dict[int, dict]:
+        """The cluster's members as a live cluster_wd tells them."""
+        asked = [peer] if peer else [(c.address, c.gossip_port) for c in self.nodes.values()]
+        for address, port in asked:
+            try:
+                reply = trio.run(request, address, port, {"op": "status"}, 2.0)
+            except (OSError, trio.TooSlowError, ConnectionError):
+                continue
+            if reply.get("members"):
+                return {int(k): v for k, v in reply["members"].items()}
+        where = f"{peer[0]}:{peer[1]}" if peer else "any node of this cluster"
+        raise ClusterError(f"no cluster_wd answered at {where}")
+
     def remove_node(self, uid: int, timeout: float = 30.0) -> None:
-        self.node(uid)
+        if uid not in self.nodes:
+            raise ClusterError(f"no node {uid} on this machine's cluster folder")
         reply = self._ask_master({"op": "leave", "uid": uid}, timeout)
         if not reply.get("ok"):
             raise ClusterError(f"node {uid} not removed: {reply.get('error')}")
@@ -254,10 +271,13 @@ class LocalCluster:
     def _ask_master(self, msg: dict, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            for uid in self.masters():
-                c = self.node(uid)
+            for config in self.nodes.values():
+                view = self.status(config.uid)
+                master = view.get("members", {}).get(view.get("master"))
+                if master is None:
+                    continue
                 try:
-                    reply = trio.run(request, c.address, c.gossip_port, msg, 2.0)
+                    reply = trio.run(request, master["address"], master["gossip_port"], msg, 2.0)
                 except (OSError, trio.TooSlowError, ConnectionError):
                     continue
                 if reply.get("error") != "not the master":

@@ -104,13 +104,14 @@ def test_one_master_the_others_replicas_and_ccs_replicated_to_every_node(make_cl
         u: ("master" if u == master else "replica") for u in cluster.nodes}
 
 
-def _all_ok(cluster):
+def _all_ok(cluster, expect: int | None = None):
+    """dmc status --json once every node (`expect` of them) is OK with all services running."""
     proc = run_dmc(cluster.home, "status", "--json", check=False)
     if proc.returncode != 0:
         return None
     status = json.loads(proc.stdout)
     rows = status["nodes"]
-    if len(rows) == len(cluster.nodes) and all(
+    if len(rows) == (expect or len(cluster.nodes)) and all(
             r["state"] == "OK" and r["services"] and
             set(r["services"].values()) == {"RUNNING"} for r in rows):
         return status
@@ -142,12 +143,34 @@ def test_kill_9_of_the_master_node_elects_a_new_master_and_the_old_one_rejoins(m
     assert cluster.wait_for_master() == new
     assert ccs_client(cluster.nodes[new]).get("before") == b"1"
 
+    # heartbeatd's forwarded port on the surviving replica now leads to the new master
+    survivor = cluster.nodes[next(u for u in others if u != new)]
+    forwarded = redis.Redis(survivor.address, survivor.ccs_forward_port, socket_timeout=2,
+                            protocol=2)
+    wait_until(lambda: _set_through(forwarded), what="a write through the forwarded port")
+    assert ccs_client(cluster.nodes[new]).get("through-forward") == b"1"
+    # the dead node's heartbeat key expires: dmc status shows it down
+    def shown_down():
+        rows = json.loads(run_dmc(cluster.home, "status", "--json").stdout)["nodes"]
+        return {r["node"]: r["state"] for r in rows}
+    expected = {u: ("DOWN" if u == old else "OK") for u in cluster.nodes}
+    wait_until(lambda: shown_down() == expected, timeout=10, interval=0.3,
+               what="the killed node shown DOWN, the others OK")
+
     cluster.start_node(old)
     wait_until(lambda: cluster.status(old).get("master") == new, what="old master following")
     assert cluster.status(old)["role"] == "replica"
     wait_until(lambda: ccs_client(cluster.nodes[old]).get("after") == b"1",
                what="the old master's CCS copy replicating the new master")
     assert masters(cluster) == [new]
+
+
+def _set_through(client) -> bool:
+    try:
+        return client.set("through-forward", "1") and client.execute_command("ROLE")[0] in (
+            b"master", "master")
+    except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError):
+        return False
 
 
 def test_supervisor_restarts_a_killed_service_and_dmc_services_shows_it(make_cluster):
@@ -263,3 +286,24 @@ def test_partition_minority_loses_the_master_majority_has_one_and_heal_converges
         assert lease_view(cluster.nodes[new])["term"] == max(v["term"] for v in views)
         assert max(minority_terms) <= lease_view(cluster.nodes[new])["term"]
         cluster.stop()
+
+
+def test_a_node_in_a_folder_of_its_own_joins_through_a_peer(make_cluster, tmp_path):
+    """What one node per machine does: the new node knows nothing but one peer's address."""
+    cluster = make_cluster(1)
+    cluster.wait_for_master()
+    peer = cluster.nodes[1]
+    elsewhere = tmp_path / "other-machine"
+    out = run_dmc(elsewhere, "node", "join", f"{peer.address}:{peer.gossip_port}",
+                  "--address", "127.0.0.2").stdout
+    assert "node 2 joined at 127.0.0.2" in out
+    other = LocalCluster.load(elsewhere)
+    try:
+        status = wait_until(lambda: _all_ok(other, expect=2),
+                            what="both nodes OK, seen from the new node's folder")
+        assert {r["node"]: r["role"] for r in status["nodes"]} == {1: "master", 2: "replica"}
+        bad = run_dmc(elsewhere, "node", "join", "127.0.0.1:1", "--address", "127.0.0.3",
+                      check=False)
+        assert bad.returncode == 1 and "no cluster_wd answered" in bad.stderr
+    finally:
+        other.stop()
