@@ -390,3 +390,14 @@ def test_latency_reports_are_refused_clearly_and_slowlog_is_merged(r):
     assert r.slowlog_reset()
     assert r.slowlog_len() == 0
     assert r.slowlog_get() == []
+
+
+def test_transaction_runs_on_the_shard_of_its_keys(db, r):
+    """EXEC goes where the queued commands' keys live, whichever shard that is."""
+    for shard in range(len(db.shard_ports)):
+        key = next(f"tx{i}" for i in range(1000) if db.shard_index_of(f"tx{i}") == shard)
+        pipe = r.pipeline(transaction=True)
+        pipe.set(key, "v").incr("{%s}:n" % key).get(key)
+        assert pipe.execute() == [True, 1, b"v"]
+        assert r.get(key) == b"v" and r.get("{%s}:n" % key) == b"1"
+        assert db.shard(shard).get(key) == b"v"

@@ -339,13 +339,13 @@ cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
     buf_append_str(sub, b"*1\r\n$4\r\nEXEC\r\n")
     r.frag0.skip = c.multi_count + 1
     r.pending = 1
+    shard = c.multi_shard if c.multi_shard >= 0 else default_shard(core)
     multi_reset(c)
     if c.flags & CF_WATCH:
         # Checked against the watched keys, on the connection that watches them; EXEC unwatches.
         c.flags &= ~CF_WATCH
         send_fragment_on(core, c.dedicated, &r.frag0, buf_head(sub), buf_len(sub))
         return
-    shard = c.multi_shard if c.multi_shard >= 0 else default_shard(core)
     send_fragment(core, shard, &r.frag0, buf_head(sub), buf_len(sub))
 
 
