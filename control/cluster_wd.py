@@ -20,13 +20,12 @@ import time
 from functools import partial
 from pathlib import Path
 
-import click
 import msgpack
 import trio
 
 from control import ccs
 from control.election import MASTER, Election, Observation, Timings
-from control.node import FENCED_MIN_REPLICAS, NodeConfig, atomic_write
+from control.node import FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
 
 log = logging.getLogger("cluster_wd")
@@ -337,13 +336,7 @@ class ClusterWatchdog:
         self._published = (e.term, e.members_version)
 
 
-@click.command()
-@click.option("--node-dir", required=True, type=click.Path(exists=True, file_okay=False))
-def main(node_dir):
-    """Run cluster_wd for the node whose folder is NODE_DIR."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(ClusterWatchdog(NodeConfig.load(node_dir)).run)
-
+main = service_command("cluster_wd", ClusterWatchdog)
 
 if __name__ == "__main__":
     main()

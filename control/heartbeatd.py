@@ -21,12 +21,11 @@ import time
 import xmlrpc.client
 from functools import partial
 
-import click
 import trio
 from supervisor.xmlrpc import SupervisorTransport
 
 from control import ccs
-from control.node import FENCED_MIN_REPLICAS, NodeConfig
+from control.node import FENCED_MIN_REPLICAS, NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
 
 log = logging.getLogger("heartbeatd")
@@ -188,13 +187,7 @@ async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, done: trio.CancelSco
     done.cancel()
 
 
-@click.command()
-@click.option("--node-dir", required=True, type=click.Path(exists=True, file_okay=False))
-def main(node_dir):
-    """Run heartbeatd for the node whose folder is NODE_DIR."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    trio.run(Heartbeatd(NodeConfig.load(node_dir)).run)
-
+main = service_command("heartbeatd", Heartbeatd)
 
 if __name__ == "__main__":
     main()

@@ -18,10 +18,15 @@ This module never starts anything; `control.local_cluster` and the services do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import click
+import trio
 
 from dmc.local import REDIS_SERVER
 
@@ -169,3 +174,14 @@ def atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def service_command(name: str, service: Callable[[NodeConfig], object]) -> click.Command:
+    """The `python -m control.<name> --node-dir DIR` entry point that supervisord runs: the
+    service object, built from the node's configuration, has an async `run`."""
+    @click.command(name=name, help=f"Run {name} for the node whose folder is NODE_DIR.")
+    @click.option("--node-dir", required=True, type=click.Path(exists=True, file_okay=False))
+    def main(node_dir):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        trio.run(service(NodeConfig.load(node_dir)).run)
+    return main
