@@ -1,12 +1,16 @@
 """Pub/Sub through the proxy: every message published on any proxy connection reaches every
-subscriber exactly once, RESP2 and RESP3; a subscriber may PING; one that leaves is forgotten."""
+subscriber exactly once, RESP2 and RESP3; a subscriber may PING; one that leaves is forgotten;
+one that unsubscribes from everything is an ordinary client again, its subscriber connection to
+the shard closed."""
 
 from __future__ import annotations
 
 import socket
 import time
 
+import hiredis
 import pytest
+import redis
 
 
 def next_message(ps, timeout=5.0):
@@ -86,3 +90,186 @@ def test_subscriber_that_leaves_is_forgotten_by_the_shard(db, r):
     while r.pubsub_numsub("gone") != [(b"gone", 0)]:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+class Raw:
+    """One client connection speaking raw RESP: what is sent is exactly what the test wrote."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.reader = hiredis.Reader()
+
+    def send(self, *commands):
+        out = b""
+        for cmd in commands:
+            args = [a.encode() if isinstance(a, str) else a for a in cmd]
+            out += b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+        self.sock.sendall(out)
+
+    def read(self, n=1):
+        replies = []
+        while len(replies) < n:
+            reply = self.reader.gets()
+            if reply is False:
+                data = self.sock.recv(65536)
+                assert data, "connection closed"
+                self.reader.feed(data)
+                continue
+            replies.append(reply.args[0] if isinstance(reply, hiredis.ReplyError) else reply)
+        return replies
+
+    def call(self, *commands):
+        self.send(*commands)
+        return self.read(len(commands))
+
+    def close(self):
+        self.sock.close()
+
+
+def keys_on_every_shard(db, n=None):
+    keys, seen = [], set()
+    i = 0
+    while len(seen) < len(db.shard_ports):
+        shard = db.shard_index_of(f"key{i}")
+        if shard not in seen:
+            seen.add(shard)
+            keys.append(f"key{i}")
+        i += 1
+    return keys
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def shard_subscribers(db):
+    """Connections of the pub/sub shard (the first of the map) in a subscribed context."""
+    with redis.Redis(host="127.0.0.1", port=db.shard_ports[0], protocol=2) as shard:
+        return shard.client_list(_type="pubsub")
+
+
+def session_after_unsubscribing(port, publish, keys):
+    """A RESP2 connection subscribes to two channels and a pattern, gets a message on each,
+    unsubscribes from everything and, in the same write, runs data commands: what it reads."""
+    c = Raw(port)
+    got = c.call(["SUBSCRIBE", "news", "sport"], ["PSUBSCRIBE", "w*"])
+    got += c.read()         # the pattern's confirmation
+    publish("news", "n1")
+    publish("weather", "w1")
+    got += c.read(2)
+    data = []
+    for i, k in enumerate(keys):
+        data += [["SET", k, f"v{i}"], ["GET", k]]
+    data += [["MULTI"], ["INCR", "{%s}n" % keys[0]], ["GET", keys[0]], ["EXEC"], ["PING"],
+             ["ECHO", "x"]]
+    c.send(["UNSUBSCRIBE"], ["PUNSUBSCRIBE"], *data)
+    unsub = c.read(3)
+    got += c.read(len(data))
+    c.close()
+    # The channels' order is the shard's hash table's: compare them, and the counts, apart.
+    return (sorted(u[:2] for u in unsub), [u[2] for u in unsub]), got
+
+
+def test_resp2_subscriber_that_unsubscribes_from_everything_is_an_ordinary_client(db, r, ref):
+    keys = keys_on_every_shard(db)
+    shard0 = db.shard(0)
+    before = len(shard0.client_list())
+    unsub, got = session_after_unsubscribing(db.port, r.publish, keys)
+    ref_unsub, expected = session_after_unsubscribing(ref.connection_pool.connection_kwargs["port"],
+                                                      ref.publish, keys)
+    assert unsub == ref_unsub
+    assert got == expected
+    assert [r.get(k) for k in keys] == [f"v{i}".encode() for i in range(len(keys))]
+    # The shard-side subscriber connection is gone, not merely unsubscribed.
+    assert shard_subscribers(db) == []
+    wait_for(lambda: len(shard0.client_list()) <= before)
+
+
+def test_unsubscribed_client_subscribes_again(db, r):
+    c = Raw(db.port)
+    assert c.call(["SUBSCRIBE", "a"]) == [[b"subscribe", b"a", 1]]
+    assert c.call(["UNSUBSCRIBE", "a"], ["SET", "k", "1"]) == [[b"unsubscribe", b"a", 0], b"OK"]
+    wait_for(lambda: shard_subscribers(db) == [])
+    assert c.call(["SUBSCRIBE", "b"]) == [[b"subscribe", b"b", 1]]
+    assert r.pubsub_numsub("a", "b") == [(b"a", 0), (b"b", 1)]
+    assert r.publish("b", "again") == 1
+    assert c.read() == [[b"message", b"b", b"again"]]
+    # Still subscribed: Redis's subscribed context, from the shard.
+    assert c.call(["GET", "k"])[0].startswith("ERR Can't execute 'get'")
+    assert c.call(["UNSUBSCRIBE"], ["GET", "k"]) == [[b"unsubscribe", b"b", 0], b"1"]
+    wait_for(lambda: shard_subscribers(db) == [])
+    c.close()
+
+
+SEQUENCES = {
+    # A sharded channel keeps the client subscribed after UNSUBSCRIBE (Redis counts them apart).
+    "sharded_channel_left": [["SUBSCRIBE", "a"], ["SSUBSCRIBE", "{x}1"], ["UNSUBSCRIBE"],
+                             ["GET", "k"], ["SUNSUBSCRIBE"], ["GET", "k"]],
+    "unsubscribe_some": [["SUBSCRIBE", "a", "b"], ["UNSUBSCRIBE", "a", "zz"], ["PING"], ["GET", "k"],
+                         ["UNSUBSCRIBE", "b", "a"], ["GET", "k"]],
+    "never_subscribed": [["UNSUBSCRIBE"], ["PUNSUBSCRIBE"], ["SUNSUBSCRIBE"], ["GET", "k"]],
+    "failed_subscribe": [["SUBSCRIBE"], ["GET", "k"]],
+    "reset_while_subscribed": [["SUBSCRIBE", "a"], ["PING", "p"], ["RESET"], ["GET", "k"]],
+    "quit_while_subscribed": [["PSUBSCRIBE", "x*"], ["PING"], ["QUIT"]],
+}
+
+
+def replies_of(port, sequence, preload):
+    """Send the whole sequence in one write; read until the connection has answered it all."""
+    preload.set("k", "v")
+    c = Raw(port)
+    c.send(*sequence)
+    out = []
+    c.sock.settimeout(0.3)
+    try:
+        while True:
+            data = c.sock.recv(65536)
+            if not data:
+                break
+            c.reader.feed(data)
+    except socket.timeout:
+        pass
+    while (reply := c.reader.gets()) is not False:
+        out.append(reply.args[0] if isinstance(reply, hiredis.ReplyError) else reply)
+    c.close()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCES))
+def test_subscribed_context_as_redis(db, r, ref, name):
+    got = replies_of(db.port, SEQUENCES[name], r)
+    expected = replies_of(ref.connection_pool.connection_kwargs["port"], SEQUENCES[name], ref)
+    assert got == expected
+    wait_for(lambda: shard_subscribers(db) == [])
+
+
+def test_resp3_subscriber_runs_commands_and_is_released_when_unsubscribed(db, r):
+    keys = keys_on_every_shard(db)
+    c = Raw(db.port)
+    assert c.call(["HELLO", "3"])[0][b"proto"] == 3
+    assert c.call(["SUBSCRIBE", "a"], ["SET", keys[1], "x"], ["GET", keys[1]]) == \
+        [[b"subscribe", b"a", 1], b"OK", b"x"]
+    assert r.publish("a", "m") == 1
+    assert c.read() == [[b"message", b"a", b"m"]]
+    assert "P" in c.call(["CLIENT", "INFO"])[0].decode().split("flags=")[1].split()[0]
+    assert c.call(["WATCH", keys[0]])[0].startswith("ERR WATCH is not available")
+    assert c.call(["UNSUBSCRIBE"], ["GET", keys[2]]) == [[b"unsubscribe", b"a", 0], None]
+    wait_for(lambda: shard_subscribers(db) == [])
+    assert "flags=N" in c.call(["CLIENT", "INFO"])[0].decode()
+    assert c.call(["WATCH", keys[0]], ["MULTI"], ["SET", keys[0], "y"], ["EXEC"]) == \
+        [b"OK", b"OK", b"QUEUED", [b"OK"]]
+    assert c.call(["SUBSCRIBE", "b"]) == [[b"subscribe", b"b", 1]]
+    assert r.publish("b", "again") == 1
+    assert c.read() == [[b"message", b"b", b"again"]]
+    c.close()
+
+
+def test_subscribe_while_watching_is_refused(db, r):
+    c = Raw(db.port)
+    assert c.call(["WATCH", "k"]) == [b"OK"]
+    assert c.call(["SUBSCRIBE", "a"])[0].startswith("ERR SUBSCRIBE while WATCHing")
+    assert c.call(["UNWATCH"], ["SUBSCRIBE", "a"]) == [b"OK", [b"subscribe", b"a", 1]]
+    c.close()

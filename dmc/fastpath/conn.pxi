@@ -22,6 +22,7 @@ cdef enum:
     CF_WAIT_DRAIN = 512     # a SUBSCRIBE waits until the replies owed before it are written
     CF_WATCH = 1024         # WATCHing keys of `watch_shard` on `dedicated`, until EXEC/DISCARD/UNWATCH
     CF_AUTHED = 2048        # authenticated (or the database has no password)
+    CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
 
 # Backend states
 cdef enum:
@@ -55,7 +56,7 @@ cdef struct Client:
     Request *tail
     int inflight
     size_t held             # bytes of answers kept until the requests before them are answered
-    Backend *dedicated      # its own backend connection, for blocking commands
+    Backend *dedicated      # its own backend connection: blocking commands, WATCH, subscriptions
     int proto               # RESP version chosen with HELLO (2 until then)
     int multi_shard         # CF_MULTI: the shard the transaction's keys live on, or -1
     int watch_shard         # CF_WATCH: the shard of the watched keys
@@ -86,6 +87,10 @@ cdef struct Backend:
     int skip_replies        # replies to drop before the first fragment's (the HELLO reply)
     bint used               # a RESP3 connection is opened, and kept open, once a client needs it
     bint passthrough        # a subscriber's connection: every frame goes straight to `owner`
+    bint barrier            # passthrough: the proxy's PING barrier is in flight (its reply is dropped)
+    bint synced             # passthrough: the barrier's reply is in and nothing was sent since
+    int subscriptions       # passthrough: channels + patterns left, from the last (un)subscribe frame
+    int shard_subscriptions #   and sharded channels left (Redis counts them apart)
     Backend *next_closed
 
 

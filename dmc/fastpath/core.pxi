@@ -484,6 +484,7 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
     cdef ssize_t n, flen
     cdef size_t need
     cdef int push
+    cdef bint release
     cdef Fragment *f
     if buf_reserve(&b.rbuf, READ_CHUNK) < 0:
         backend_fail(core, b, b"out of memory reading from")
@@ -516,8 +517,12 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
             buf_consume(&b.rbuf, flen)
             continue
         if b.passthrough:
-            subscriber_frame(core, b, buf_head(&b.rbuf), flen)
+            release = subscriber_frame(core, b, buf_head(&b.rbuf), flen)
             buf_consume(&b.rbuf, flen)
+            if release:
+                # Nothing more can come: the client is paused and subscribed to nothing.
+                subscriber_release(core, b.owner)
+                return
             continue
         if push:
             # Out of band on a request/reply connection: nobody asked for it.
@@ -541,12 +546,102 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
         buf_consume(&b.rbuf, flen)
 
 
-cdef void subscriber_frame(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
-    cdef Client *c = b.owner
-    if c == NULL or c.flags & CF_CLOSED:
+# ---- subscribers -------------------------------------------------------------------------------
+#
+# A subscriber's connection passes every frame straight to its client. After each
+# (P|S)(UN)SUBSCRIBE the proxy sends a barrier, `PING <marker>`, and reads no more of the client
+# until the barrier's reply is back: every frame of that command is in by then, and the counts of
+# the last (un)subscribe frames say whether the shard still holds a subscription of the client.
+# When it holds none, the connection is closed and the client is an ordinary one again, as a
+# Redis client whose subscription count reaches 0.
+
+cdef const char *PUBSUB_BARRIER = b"*2\r\n$4\r\nPING\r\n$23\r\ndmcproxy:pubsub-barrier\r\n"
+# Its reply: the bulk alone (RESP3, or no longer subscribed), or `*2 pong <bulk>` (RESP2, subscribed).
+cdef const char *BARRIER_BULK = b"$23\r\ndmcproxy:pubsub-barrier\r\n"
+DEF BARRIER_BULK_LEN = 30
+cdef const char *PONG_PREFIX = b"*2\r\n$4\r\npong\r\n"
+DEF PONG_PREFIX_LEN = 14
+
+
+cdef inline bint is_barrier_reply(const char *p, size_t n) noexcept nogil:
+    if n == BARRIER_BULK_LEN:
+        return memcmp(p, BARRIER_BULK, BARRIER_BULK_LEN) == 0
+    return n == PONG_PREFIX_LEN + BARRIER_BULK_LEN and memcmp(p, PONG_PREFIX, PONG_PREFIX_LEN) == 0 \
+        and memcmp(p + PONG_PREFIX_LEN, BARRIER_BULK, BARRIER_BULK_LEN) == 0
+
+
+cdef void subscription_count(Backend *b, const char *p, size_t n) noexcept nogil:
+    """Note the count an (un)subscribe confirmation ends with: `*3 <kind> <channel> :<count>`
+    (`>3` in RESP3), the subscriptions of the kind's family left on the connection: channels and
+    patterns, or sharded channels (ssubscribe, sunsubscribe)."""
+    cdef const char *kind
+    cdef const char *q
+    cdef const char *end = p + n - 2
+    cdef size_t klen
+    cdef long long count
+    if n < 16 or (p[0] != c'*' and p[0] != c'>') or memcmp(p + 1, b"3\r\n$", 4) != 0:
         return
+    if p[5] == c'9' and p[6] == c'\r':
+        klen = 9
+        kind = p + 8
+    elif p[5] == c'1' and c'0' <= p[6] <= c'2' and p[7] == c'\r':
+        klen = 10 + <size_t>(p[6] - c'0')
+        kind = p + 9
+    else:
+        return                      # message, pmessage, smessage, pong
+    if kind + klen + 2 > end or memcmp(kind + klen - 9, b"subscribe", 9) != 0:
+        return
+    q = end - 1
+    while q > kind + klen and c'0' <= q[0] <= c'9':
+        q -= 1
+    if q[0] != c':' or q[-1] != c'\n' or parse_ll(q + 1, end - q - 1, &count) < 0:
+        return
+    if kind[0] == c's' and klen != 9:
+        b.shard_subscriptions = <int>count
+    else:
+        b.subscriptions = <int>count
+
+
+cdef bint subscriber_frame(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
+    """A frame from a subscriber's connection: to its client, except the barrier's reply. True
+    when that reply shows the connection subscribed to nothing: the caller releases it."""
+    cdef Client *c = b.owner
+    if b.barrier and is_barrier_reply(p, n):
+        b.barrier = False
+        b.synced = True
+        if c == NULL or c.flags & CF_CLOSED:
+            return False
+        c.flags &= ~CF_PUBSUB_SYNC
+        client_mark_dirty(core, c)      # its waiting input is parsed again when it is flushed
+        return b.subscriptions == 0 and b.shard_subscriptions == 0
+    if c == NULL or c.flags & CF_CLOSED:
+        return False
+    subscription_count(b, p, n)
     buf_append(&c.wbuf, p, n)
     client_mark_dirty(core, c)
+    return False
+
+
+cdef void subscriber_send(Core *core, Backend *b, const char *data, size_t n, bint barrier) noexcept nogil:
+    """A client's command on its subscriber connection, followed by the barrier if asked."""
+    if n > 0:
+        buf_append(&b.wbuf, data, n)
+    b.synced = False
+    if barrier and b.owner != NULL:
+        buf_append_str(&b.wbuf, PUBSUB_BARRIER)
+        b.barrier = True
+        b.owner.flags |= CF_PUBSUB_SYNC
+    backend_mark_dirty(core, b)
+
+
+cdef void subscriber_release(Core *core, Client *c) noexcept nogil:
+    """The client is subscribed to nothing any more: close its subscriber connection; its
+    requests are routed as any client's again."""
+    cdef Backend *b = c.dedicated
+    c.flags &= ~(CF_PUBSUB | CF_PUBSUB_SYNC)
+    if b != NULL:
+        c.dedicated = NULL
+        dedicated_close(core, b)
 
 
 cdef void backend_writable(Core *core, Backend *b) noexcept nogil:

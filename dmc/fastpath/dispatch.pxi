@@ -358,6 +358,10 @@ cdef void watch_keys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nog
         c.flags |= CF_MULTI_DIRTY
         request_answer_str(core, r, b"-ERR WATCH inside MULTI is not allowed\r\n")
         return
+    if c.flags & CF_PUBSUB:
+        # A RESP3 subscriber (a RESP2 one gets Redis's own error from its subscriber connection).
+        request_answer_str(core, r, b"-ERR WATCH is not available to a subscribed client through this proxy\r\n")
+        return
     if command_keys(r.cmd, av, kl) < 0 or key_shards(core, av, kl) < 0 or kl.n == 0:
         request_answer_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", r.cmd.name)
         return
@@ -413,7 +417,7 @@ cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
 cdef void client_reset(Core *core, Client *c) noexcept nogil:
     """RESET: back to a fresh connection's state (the shard-side state goes with `dedicated`)."""
     multi_reset(c)
-    c.flags &= ~(CF_WATCH | CF_PUBSUB)
+    c.flags &= ~(CF_WATCH | CF_PUBSUB | CF_PUBSUB_SYNC)
     if c.dedicated != NULL:
         dedicated_close(core, c.dedicated)
         c.dedicated = NULL
@@ -542,12 +546,19 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
 
 cdef bint subscriber_command(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) noexcept nogil:
     """Send a (P|S)(UN)SUBSCRIBE, or any command of a subscribed RESP2 client, on the client's
-    own connection to the pub/sub shard, whose frames go straight back to the client. False:
-    not now, replies owed before it must be written first."""
+    own connection to the pub/sub shard, whose frames go straight back to the client; a
+    (P|S)(UN)SUBSCRIBE is followed by the barrier, and the client's next requests wait for it.
+    False: not now, replies owed before it must be written first."""
     cdef Backend *b
     if not (c.flags & CF_PUBSUB) and c.head != NULL:
         c.flags |= CF_WAIT_DRAIN
         return False
+    if c.flags & CF_WATCH:
+        # Its WATCH lives on a connection of its own to another shard, or would be mixed with
+        # the subscriber's frames: the proxy keeps the two apart.
+        buf_append_str(&c.wbuf, b"-ERR SUBSCRIBE while WATCHing keys is not supported by this proxy: UNWATCH first\r\n")
+        client_mark_dirty(core, c)
+        return True
     b = client_dedicated(core, c, core.active[0])
     if b == NULL or b.state == BK_DOWN:
         buf_append_str(&c.wbuf, b"-ERR the pub/sub shard is unavailable\r\n")
@@ -556,9 +567,20 @@ cdef bint subscriber_command(Core *core, Client *c, CommandInfo *cmd, ArgVec *av
         return True
     b.passthrough = True
     c.flags |= CF_PUBSUB
-    buf_append(&b.wbuf, av.wire, av.wire_len)
-    backend_mark_dirty(core, b)
+    subscriber_send(core, b, av.wire, av.wire_len, cmd != NULL and cmd.route == ROUTE_SUBSCRIBE)
     return True
+
+
+cdef bint subscriber_synced(Core *core, Client *c) noexcept nogil:
+    """Are all the frames of the client's subscriber connection in? If not, the barrier is sent
+    (once) and False returned: the request waits for it."""
+    cdef Backend *b = c.dedicated
+    if b == NULL or b.synced or b.state == BK_DOWN:
+        return True
+    if not b.barrier:
+        subscriber_send(core, b, NULL, 0, True)
+    c.flags |= CF_PUBSUB_SYNC
+    return False
 
 
 cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
@@ -569,8 +591,11 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     cdef int route
     if c.flags & CF_AUTHED and core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
             (c.flags & CF_PUBSUB and c.proto == 2 and
-             not (cmd != NULL and cmd.local == LOCAL_QUIT))):
+             not (cmd != NULL and (cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)))):
         return subscriber_command(core, c, cmd, av)
+    if c.flags & CF_PUBSUB and cmd != NULL and (cmd.local == LOCAL_RESET or cmd.local == LOCAL_QUIT) \
+            and not subscriber_synced(core, c):
+        return False        # answered after the frames still owed on the subscriber connection
     c.last_us = core.now_us
     c.last_cmd = cmd
     r = request_new(c, cmd, core.now_us)
@@ -669,7 +694,7 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         if c.flags & (CF_CLOSED | CF_CLOSE_AFTER_WRITE):
             buf_clear(inp)
             return
-        if c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN):
+        if c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC):
             client_pause(core, c)
             return
         if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE:
@@ -762,7 +787,7 @@ cdef void client_flush(Core *core, Client *c) noexcept nogil:
     if c.flags & CF_WAIT_DRAIN and c.head == NULL:
         c.flags &= ~CF_WAIT_DRAIN
     if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 \
-            and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN)):
+            and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC)):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED
         watch(core, c.fd, c, &c.events, c.events | EPOLLIN)
