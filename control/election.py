@@ -135,15 +135,19 @@ class Election:
 
     def _next_deadline(self) -> float:
         if self.role == MASTER:
-            stepdown = (self.lease_until - self.timings.stepdown_margin
-                        if self.lease_until is not None else float("inf"))
-            return min(self.next_heartbeat, stepdown)
+            return min(self.next_heartbeat, self._stepdown_at())
         return self.deadline
+
+    def _stepdown_at(self) -> float:
+        if self.lease_until is None:
+            # elected but never acknowledged: give up after a window, do not linger as master
+            return self.elected_at + self.timings.leader_window
+        return self.lease_until - self.timings.stepdown_margin
 
     def tick(self) -> None:
         now = trio.current_time()
         if self.role == MASTER:
-            if self.lease_until is not None and now >= self.lease_until - self.timings.stepdown_margin:
+            if now >= self._stepdown_at():
                 self._step_down(self.term)
                 return
             if now >= self.next_heartbeat:
@@ -219,6 +223,7 @@ class Election:
             return
         self.role = MASTER
         self.master = self.uid
+        self.elected_at = trio.current_time()
         self.acks = {}
         self.lease_until = None     # not writable until a majority acknowledges a heartbeat
         self._notify()

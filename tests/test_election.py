@@ -27,6 +27,7 @@ class SimCluster:
         self.scopes: dict[int, trio.CancelScope] = {}
         self.groups: dict[int, int] = {uid: 0 for uid in self.members}
         self.drop_rate = 0.0
+        self.drop_kinds: set[str] = set()
         self.observations: list[dict] = []
         for uid in self.members:
             self.start(uid)
@@ -58,7 +59,8 @@ class SimCluster:
         self.groups = {uid: 0 for uid in self.members}
 
     def _send(self, frm: int, to: int, msg: dict) -> None:
-        if self.groups[frm] != self.groups[to] or self.rng.random() < self.drop_rate:
+        if self.groups[frm] != self.groups[to] or self.rng.random() < self.drop_rate \
+                or msg["type"] in self.drop_kinds:
             return
         delay = self.rng.uniform(0.0005, 0.02)
 
@@ -133,7 +135,7 @@ def test_minority_side_has_no_master_and_majority_keeps_or_elects_one():
         sim.partition(minority, majority)
         await trio.sleep(3)
         assert [m.uid for m in sim.masters()] == [(await sim.wait_single_master(majority)).uid]
-        assert not any(sim.nodes[u].is_master() for u in minority)
+        assert not any(sim.nodes[u].role == MASTER for u in minority)
         minority_terms = {sim.nodes[u].term for u in minority}
         await trio.sleep(20)
         # pre-vote: the cut-off side does not inflate its term while it cannot win
@@ -180,6 +182,24 @@ def test_chaos_never_yields_two_masters(seed):
         await trio.sleep(3)
         assert master.term == max(node.term for node in sim.nodes.values())
     run_sim(body, 5, seed)
+
+
+def test_a_master_no_majority_acknowledges_steps_down_within_a_window():
+    async def body(sim):
+        sim.drop_kinds = {"heartbeat_ack"}
+        longest = 0.0
+        since: dict[int, float] = {}
+        for _ in range(400):
+            await trio.sleep(0.05)
+            now = trio.current_time()
+            for uid, node in sim.nodes.items():
+                assert not node.is_master()
+                if node.role == MASTER:
+                    since.setdefault((uid, node.term), now)
+                    longest = max(longest, now - since[(uid, node.term)])
+        assert since, "somebody won an election"
+        assert longest <= sim.timings.leader_window + 0.1
+    run_sim(body, 3)
 
 
 def test_the_checker_finds_two_masters_in_one_term_and_overlapping_leases():
