@@ -329,10 +329,10 @@ class ClusterWatchdog:
                                         "ccs_port": me.ccs_port, "since": time.time()})
         replies = await r.pipeline([("MULTI",), ("DEL", ccs.NODES)] + [
             ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
-        ] + [("EXEC",)])
+        ] + [("SET", ccs.NODES_VERSION, ccs.pack(e.members_version)),
+             ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)])
         if isinstance(replies[-1], ReplyError):
             raise replies[-1]
-        await ccs.write(r, ccs.NODES_VERSION, e.members_version)
         self._published = (e.term, e.members_version)
 
 

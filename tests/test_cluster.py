@@ -199,6 +199,10 @@ def test_dmc_services_stop_start_and_restart(make_cluster):
     cluster = make_cluster(1)
     cluster.wait_for_master()
     home = cluster.home
+    # ccs-cli is redis-cli on the CCS master
+    wait_until(lambda: run_dmc(home, "ccs-cli", "set", "via-cli", "yes",
+                               check=False).stdout.strip() == "OK", what="ccs-cli SET")
+    assert ccs_client(cluster.nodes[1]).get("via-cli") == b"yes"
     out = run_dmc(home, "services", "--node", "1", "stop", "heartbeatd").stdout
     assert "heartbeatd" in out and "STOPPED" in out
     out = run_dmc(home, "services", "--node", "1", "start", "all").stdout
@@ -236,8 +240,16 @@ def test_cli_errors_are_one_line_and_exit_non_zero(make_cluster, tmp_path):
 def test_node_add_and_remove_change_the_membership(make_cluster):
     cluster = make_cluster(3)
     master = cluster.wait_for_master()
+    replica = cluster.nodes[next(u for u in cluster.nodes if u != master)]
+    notices = ccs_client(replica).pubsub()
+    notices.subscribe("ccs:changes")
     out = run_dmc(cluster.home, "node", "add").stdout
     assert "node 4 joined" in out
+    # the change is announced on every node's copy: services need not poll
+    heard = set()
+    wait_until(lambda: (m := notices.get_message(timeout=0.2)) and heard.add(m["data"])
+               or b"cluster:nodes" in heard, what="a cluster:nodes notice on a replica")
+    notices.close()
     cluster = LocalCluster.load(cluster.home)
     wait_until(lambda: all(sorted(cluster.status(u).get("members", {})) == [1, 2, 3, 4]
                            for u in cluster.nodes), what="4 members everywhere")
