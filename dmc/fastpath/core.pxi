@@ -594,7 +594,7 @@ cdef void subscription_count(Backend *b, const char *p, size_t n) noexcept nogil
     q = end - 1
     while q > kind + klen and c'0' <= q[0] <= c'9':
         q -= 1
-    if q[0] != c':' or q[-1] != c'\n' or parse_ll(q + 1, end - q - 1, &count) < 0:
+    if q[0] != c':' or (q - 1)[0] != c'\n' or parse_ll(q + 1, end - q - 1, &count) < 0:
         return
     if kind[0] == c's' and klen != 9:
         b.shard_subscriptions = <int>count
