@@ -43,8 +43,38 @@ REFUSED_COMMANDS = {
     "monitor": _NOT_YET, "wait": _NOT_YET,
     "readonly": _MANAGED, "readwrite": _MANAGED, "sync": _MANAGED, "psync": _MANAGED,
     "replconf": _MANAGED, "failover": _MANAGED, "replicaof": _MANAGED, "slaveof": _MANAGED,
-    "shutdown": _MANAGED,
+    "shutdown": _MANAGED, "config|rewrite": _MANAGED,
 }
+
+# Sent to every shard though Redis gives them no request policy; replies merged as named.
+FAN_OUT_COMMANDS = {"config|resetstat": "all_succeeded"}
+
+# CONFIG SET through the database endpoint, as a managed Redis (Redis Enterprise, Redis Cloud)
+# allows it: only the parameters that shape the database's own behaviour (eviction, encodings,
+# keyspace events, slow log, script time limit), applied to every shard. The others belong to
+# the cluster: where a shard listens and keeps its files, persistence, replication, memory
+# limits, security, TLS, cluster mode, and its clients' connections (the proxy's clients are
+# closed by dmcproxy's own `--timeout`, and a shard's `timeout` would cut the proxy's
+# connections). Aliases count as their parameter. A name Redis does not know is left to the
+# shards, so the error is Redis's own.
+CONFIG_SET_ALLOWED = frozenset({
+    "maxmemory-policy", "maxmemory-samples", "maxmemory-eviction-tenacity",
+    "lfu-log-factor", "lfu-decay-time",
+    "notify-keyspace-events",
+    "slowlog-log-slower-than", "slowlog-max-len",
+    "busy-reply-threshold", "lua-time-limit",
+    "latency-tracking", "latency-tracking-info-percentiles",
+    "activerehashing", "hll-sparse-max-bytes",
+    "lazyfree-lazy-user-del", "lazyfree-lazy-user-flush",
+    "hash-max-listpack-entries", "hash-max-listpack-value",
+    "hash-max-ziplist-entries", "hash-max-ziplist-value",
+    "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth",
+    "set-max-intset-entries", "set-max-listpack-entries", "set-max-listpack-value",
+    "zset-max-listpack-entries", "zset-max-listpack-value",
+    "zset-max-ziplist-entries", "zset-max-ziplist-value",
+    "stream-node-max-bytes", "stream-node-max-entries",
+})
+CONFIG_SET_REFUSAL = "ERR CONFIG SET parameter '{param}' is managed by the cluster"
 
 
 @dataclass
@@ -58,6 +88,7 @@ class CommandEntry:
     has_subcommands: bool = False
     specs: list = field(default_factory=list)
     refusal: str | None = None
+    params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
 
 
 def _pairs(flat):
@@ -98,7 +129,15 @@ def _legacy_spec(first: int, last: int, step: int) -> tuple | None:
             lastkey, step, 0)
 
 
-def _entry(row, container: str | None = None) -> CommandEntry:
+def config_set_policy(known: list[str] | None) -> tuple:
+    """The parameter policy of CONFIG SET: the allowed names pass, the other names the shards
+    know are refused. Without the shards' names (`known` None), every other name is refused."""
+    names = {name.lower(): False for name in known or ()}
+    names.update((name, True) for name in CONFIG_SET_ALLOWED)
+    return (2, 2, not known, CONFIG_SET_REFUSAL, names)
+
+
+def _entry(row, container: str | None = None, config_params: list[str] | None = None) -> CommandEntry:
     name = row[0].decode().lower()
     arity = int(row[1])
     flags = {f.decode() for f in row[2]}
@@ -127,8 +166,11 @@ def _entry(row, container: str | None = None) -> CommandEntry:
         entry.route = "subscribe"
     elif top in PUBLISH_COMMANDS:
         entry.route = "pubsub"
-    elif top in REFUSED_COMMANDS:
-        entry.route, entry.refusal = "refused", REFUSED_COMMANDS[top].format(name=name)
+    elif top in REFUSED_COMMANDS or name in REFUSED_COMMANDS:
+        refusal = REFUSED_COMMANDS.get(top) or REFUSED_COMMANDS[name]
+        entry.route, entry.refusal = "refused", refusal.format(name=name)
+    elif name in FAN_OUT_COMMANDS:
+        entry.route, entry.merge = "all_shards", FAN_OUT_COMMANDS[name]
     elif "blocking" in flags:
         entry.route = "blocking"
     elif request == "multi_shard":
@@ -156,17 +198,22 @@ def _entry(row, container: str | None = None) -> CommandEntry:
         entry.route = "getkeys"
     # request_policy:special and response_policy:special (INFO, RANDOMKEY, SCRIPT KILL ...) go
     # to the default shard until the proxy merges them.
+    if name == "config|set":
+        entry.params = config_set_policy(config_params)
     return entry
 
 
-def compile_command_reply(reply) -> list[CommandEntry]:
-    """The table entries for a decoded `COMMAND` reply (RESP2, as hiredis returns it)."""
+def compile_command_reply(reply, config_params: list[str] | None = None) -> list[CommandEntry]:
+    """The table entries for a decoded `COMMAND` reply (RESP2, as hiredis returns it).
+    config_params: the names of `CONFIG GET *` of the shards, to tell the parameters CONFIG SET
+    refuses from names Redis does not know (None: every parameter not allowed is refused)."""
     entries = []
     for row in reply:
-        entries.append(_entry(row))
+        entries.append(_entry(row, config_params=config_params))
         if len(row) > 9:
             for sub in row[9]:
-                entries.append(_entry(sub, container=row[0].decode().lower()))
+                entries.append(_entry(sub, container=row[0].decode().lower(),
+                                      config_params=config_params))
     return entries
 
 
@@ -174,7 +221,8 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     table = _fastpath.CommandTable()
     for e in entries:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
-                  _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal)
+                  _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
+                  e.params)
     return table
 
 
@@ -206,6 +254,16 @@ def _redis_version(info: bytes) -> str:
     return "unknown"
 
 
+def _config_params(host: str, port: int, timeout: float) -> list[str] | None:
+    """The configuration parameter names a shard knows (aliases included), or None if it does
+    not tell (CONFIG renamed, say): CONFIG SET then refuses every name it does not allow."""
+    try:
+        flat = ask_shard(host, port, [b"CONFIG", b"GET", b"*"], timeout=timeout)[0]
+    except ConnectionError:
+        return None
+    return [flat[i].decode() for i in range(0, len(flat), 2)]
+
+
 def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0):
     """(command table, redis_version) from the first shard that answers; ConnectionError if
     none does."""
@@ -214,7 +272,8 @@ def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0):
         try:
             commands, info = ask_shard(host, port, [b"COMMAND"], [b"INFO", b"server"],
                                        timeout=timeout)
-            return build_table(compile_command_reply(commands)), _redis_version(info)
+            params = _config_params(host, port, timeout)
+            return build_table(compile_command_reply(commands, params)), _redis_version(info)
         except OSError as exc:
             errors.append(f"{host}:{port}: {exc}")
     raise ConnectionError("no shard answered COMMAND: " + "; ".join(errors))

@@ -83,6 +83,27 @@ cdef struct KeySpec:
     int fk_c                # RANGE: limit;    KEYNUM: keystep
 
 
+# Parameters a command may name (CONFIG SET): what the proxy lets through to the shards.
+DEF PARAM_NAME_MAX = 64
+DEF PARAM_TABLE_SIZE = 1024
+
+cdef enum:
+    PARAM_ALLOWED = 1       # passed on to the shards
+    PARAM_MANAGED = 2       # refused: the cluster sets it
+
+cdef struct ParamEntry:
+    char name[PARAM_NAME_MAX]   # lower case; name_len 0: an empty slot
+    int name_len
+    int verdict
+
+cdef struct ParamPolicy:
+    int first               # argument position of the first parameter name
+    int step                # then one every `step` arguments (CONFIG SET: name value pairs)
+    bint strict             # a name not listed is refused too (when the shards' names are unknown)
+    char *refusal           # the error line, a printf format taking the name as `%.*s`
+    ParamEntry *entries     # PARAM_TABLE_SIZE slots, open addressing on the lower-cased name
+
+
 cdef struct CommandInfo:
     char name[CMD_NAME_MAX]     # lower case, `container|sub` for subcommands
     int name_len
@@ -94,6 +115,7 @@ cdef struct CommandInfo:
     int nspecs
     KeySpec specs[MAX_KEY_SPECS]
     char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)
+    ParamPolicy *params         # parameters checked before routing (CONFIG SET), or NULL
     # Counters kept on the fast path and read by the metrics exporter.
     unsigned long long calls
     unsigned long long errors
@@ -158,6 +180,42 @@ cdef CommandInfo *command_lookup(CommandInfo **entries, ArgVec *av) noexcept nog
     return sub if sub != NULL else c
 
 
+cdef int param_verdict(ParamPolicy *p, const char *name, size_t n) noexcept nogil:
+    """PARAM_ALLOWED or PARAM_MANAGED for a listed name (any case), else 0."""
+    cdef char low[PARAM_NAME_MAX]
+    cdef size_t i
+    cdef unsigned int h, j
+    cdef ParamEntry *e
+    if n >= PARAM_NAME_MAX:
+        return 0
+    for i in range(n):
+        low[i] = lower_char(name[i])
+    h = name_hash(low, n) & (PARAM_TABLE_SIZE - 1)
+    for j in range(PARAM_TABLE_SIZE):
+        e = &p.entries[(h + j) & (PARAM_TABLE_SIZE - 1)]
+        if e.name_len == 0:
+            return 0
+        if <size_t>e.name_len == n and memcmp(e.name, low, n) == 0:
+            return e.verdict
+    return 0
+
+
+cdef int param_refused(ParamPolicy *p, ArgVec *av) noexcept nogil:
+    """The argument position of the first parameter the policy refuses, or -1. A request whose
+    arguments do not come in whole groups is left to the shard, which answers Redis's own error
+    (and applies nothing)."""
+    cdef int i, v
+    if av.argc < p.first or (av.argc - p.first) % p.step != 0:
+        return -1
+    i = p.first
+    while i < av.argc:
+        v = param_verdict(p, av.argv[i], av.argl[i])
+        if v == PARAM_MANAGED or (v == 0 and p.strict):
+            return i
+        i += p.step
+    return -1
+
+
 cdef class CommandTable:
     """The compiled command table. Filled from Python (rare), read from C (every command)."""
     cdef CommandInfo *entries[CMD_TABLE_SIZE]
@@ -168,25 +226,36 @@ cdef class CommandTable:
         for i in range(CMD_TABLE_SIZE):
             if self.entries[i] != NULL:
                 free(self.entries[i].refusal)
+                if self.entries[i].params != NULL:
+                    free(self.entries[i].params.refusal)
+                    free(self.entries[i].params.entries)
+                    free(self.entries[i].params)
                 free(self.entries[i])
 
     def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
-            list specs, refusal=None):
-        """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c)."""
+            list specs, refusal=None, params=None):
+        """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c).
+        params: None, or (first, step, strict, refusal, {name: allowed}) for a command whose
+        parameter names the proxy checks (refusal: the error text, `{param}` the name given)."""
         cdef CommandInfo *e
         cdef KeySpec *ks
         cdef unsigned int h, i
         cdef bytes kw
         cdef bytes low = name.lower()
+        cdef ParamPolicy *pp = NULL
         if len(low) >= CMD_NAME_MAX:
             raise ValueError("command name too long: %r" % name)
         if self.count >= CMD_TABLE_SIZE // 2:
             raise ValueError("command table full")
         if command_find(self.entries, low, len(low)) != NULL:
             raise ValueError("duplicate command: %r" % name)
+        if params is not None:
+            first, step, strict, text, names = params
+            pp = param_policy_new(first, step, strict, text, names)
         e = <CommandInfo *>calloc(1, sizeof(CommandInfo))
         if e == NULL:
             raise MemoryError()
+        e.params = pp
         memcpy(e.name, <char *>low, len(low))
         e.name_len = len(low)
         e.arity = arity
@@ -214,6 +283,29 @@ cdef class CommandTable:
 
     def __len__(self):
         return self.count
+
+    def param_refused(self, list argv):
+        """The position of the first parameter the proxy refuses in a request, or None (for
+        tests and tools)."""
+        cdef ArgVec av
+        cdef CommandInfo *c
+        cdef list keep = [bytes(a) for a in argv]
+        cdef int i
+        argvec_init(&av)
+        try:
+            if argvec_grow(&av, len(keep)) < 0:
+                raise MemoryError()
+            for i, a in enumerate(keep):
+                av.argv[i] = <const char *><char *>a
+                av.argl[i] = len(a)
+            av.argc = len(keep)
+            c = command_lookup(self.entries, &av)
+            if c == NULL or c.params == NULL:
+                return None
+            i = param_refused(c.params, &av)
+            return None if i < 0 else i
+        finally:
+            argvec_free(&av)
 
     def counters(self):
         """{name: (calls, errors, usec)} for every command called at least once."""
@@ -250,6 +342,43 @@ cdef class CommandTable:
         finally:
             argvec_free(&av)
             keylist_free(&kl)
+
+
+cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal, dict names) except NULL:
+    cdef ParamPolicy *p
+    cdef ParamEntry *e
+    cdef bytes low, line
+    cdef unsigned int h, j
+    if first < 1 or step < 1:
+        raise ValueError("a parameter policy needs first >= 1 and step >= 1")
+    if len(names) > PARAM_TABLE_SIZE // 2:
+        raise ValueError("too many parameters: %d" % len(names))
+    line = ("-" + refusal.replace("%", "%%").replace("{param}", "%.*s") + "\r\n").encode()
+    p = <ParamPolicy *>calloc(1, sizeof(ParamPolicy))
+    if p == NULL:
+        raise MemoryError()
+    p.first, p.step, p.strict = first, step, strict
+    p.entries = <ParamEntry *>calloc(PARAM_TABLE_SIZE, sizeof(ParamEntry))
+    p.refusal = <char *>malloc(len(line) + 1)
+    if p.entries == NULL or p.refusal == NULL:
+        free(p.entries)
+        free(p.refusal)
+        free(p)
+        raise MemoryError()
+    memcpy(p.refusal, <char *>line, len(line) + 1)
+    for name, allowed in names.items():
+        low = (name.encode() if isinstance(name, str) else bytes(name)).lower()
+        if not 0 < len(low) < PARAM_NAME_MAX:
+            continue            # never matched: such a name is treated as unknown
+        h = name_hash(low, len(low)) & (PARAM_TABLE_SIZE - 1)
+        for j in range(PARAM_TABLE_SIZE):
+            e = &p.entries[(h + j) & (PARAM_TABLE_SIZE - 1)]
+            if e.name_len == 0 or (<size_t>e.name_len == <size_t>len(low) and memcmp(e.name, <char *>low, len(low)) == 0):
+                break
+        memcpy(e.name, <char *>low, len(low))
+        e.name_len = len(low)
+        e.verdict = PARAM_ALLOWED if allowed else PARAM_MANAGED
+    return p
 
 
 # ---- key extraction ---------------------------------------------------------------------------

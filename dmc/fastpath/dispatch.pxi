@@ -261,13 +261,27 @@ cdef void answer_unknown_command(Core *core, Request *r, ArgVec *av) noexcept no
     request_answer(core, r, buf_head(out), buf_len(out))
 
 
+cdef void answer_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av, int i) noexcept nogil:
+    """The policy's error line for the parameter at position i, named as the client wrote it
+    (control characters shown as '?', so that the line stays one line)."""
+    cdef char name[PARAM_NAME_MAX]
+    cdef char line[256]
+    cdef size_t k, n = av.argl[i] if av.argl[i] < PARAM_NAME_MAX else PARAM_NAME_MAX
+    cdef unsigned char ch
+    for k in range(n):
+        ch = <unsigned char>av.argv[i][k]
+        name[k] = c'?' if ch < 32 or ch == 127 else <char>ch
+    snprintf(line, sizeof(line), p.refusal, <int>n, name)
+    request_answer(core, r, line, strlen(line))
+
+
 cdef inline bint arity_ok(CommandInfo *cmd, int argc) noexcept nogil:
     return argc == cmd.arity if cmd.arity > 0 else argc >= -cmd.arity
 
 
 cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
     cdef KeyList *kl = &core.keys
-    cdef int s
+    cdef int s, k
     if cmd == NULL:
         c.flags |= CF_MULTI_DIRTY
         answer_unknown_command(core, r, av)
@@ -279,6 +293,11 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
     if cmd.route == ROUTE_REFUSED:
         c.flags |= CF_MULTI_DIRTY
         request_answer_str(core, r, cmd.refusal)
+        return
+    k = param_refused(cmd.params, av) if cmd.params != NULL else -1
+    if k >= 0:
+        c.flags |= CF_MULTI_DIRTY
+        answer_param_refusal(core, r, cmd.params, av, k)
         return
     if (cmd.route == ROUTE_ALL_SHARDS and core.nactive > 1) or cmd.route == ROUTE_SCAN \
             or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SUBSCRIBE:
@@ -588,7 +607,7 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     cdef CommandInfo *cmd = command_lookup(core.commands, av)
     cdef Request *r
     cdef KeyList *kl = &core.keys
-    cdef int route
+    cdef int route, k
     if c.flags & CF_AUTHED and core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
             (c.flags & CF_PUBSUB and c.proto == 2 and
              not (cmd != NULL and (cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)))):
@@ -629,6 +648,11 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if route == ROUTE_REFUSED:
         request_answer_str(core, r, cmd.refusal)
         return True
+    if cmd.params != NULL:
+        k = param_refused(cmd.params, av)
+        if k >= 0:
+            answer_param_refusal(core, r, cmd.params, av, k)
+            return True
     if route == ROUTE_GETKEYS:
         dispatch_getkeys(core, c, r, av)
         return True
