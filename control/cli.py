@@ -18,9 +18,8 @@ import click
 import trio
 
 from control import ccs
-from control.heartbeatd import supervisor_rpc
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
-from control.node import SERVICES
+from control.node import SERVICES, supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
 
 DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"

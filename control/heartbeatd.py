@@ -22,10 +22,14 @@ import xmlrpc.client
 from functools import partial
 
 import trio
-from supervisor.xmlrpc import SupervisorTransport
 
 from control import ccs
-from control.node import FENCED_MIN_REPLICAS, NodeConfig, service_command
+from control.node import (
+    FENCED_MIN_REPLICAS,
+    NodeConfig,
+    service_command,
+    supervisor_rpc,
+)
 from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
 
 log = logging.getLogger("heartbeatd")
@@ -33,12 +37,6 @@ log = logging.getLogger("heartbeatd")
 BEAT_EVERY = 1.0
 FOLLOW_EVERY = 0.5
 GUARD_EVERY = 0.05
-
-
-def supervisor_rpc(sock_path) -> xmlrpc.client.ServerProxy:
-    """The XML-RPC interface of a node's supervisord, over its unix socket."""
-    return xmlrpc.client.ServerProxy(
-        "http://supervisor", transport=SupervisorTransport(None, None, f"unix://{sock_path}"))
 
 
 def services_of(sock_path) -> list[dict]:

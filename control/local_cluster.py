@@ -23,8 +23,7 @@ from pathlib import Path
 import trio
 
 from control.cluster_wd import request
-from control.heartbeatd import supervisor_rpc
-from control.node import NodeConfig, atomic_write
+from control.node import NodeConfig, atomic_write, supervisor_rpc
 from dmc.local import free_port, pid_alive
 
 

@@ -21,12 +21,14 @@ import json
 import logging
 import os
 import sys
+import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
 import trio
+from supervisor.xmlrpc import SupervisorTransport
 
 from dmc.local import REDIS_SERVER
 
@@ -159,6 +161,12 @@ class NodeConfig:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
+
+
+def supervisor_rpc(sock_path) -> xmlrpc.client.ServerProxy:
+    """The XML-RPC interface of a node's supervisord, over its unix socket."""
+    return xmlrpc.client.ServerProxy(
+        "http://supervisor", transport=SupervisorTransport(None, None, f"unix://{sock_path}"))
 
 
 def _project_root() -> str:
