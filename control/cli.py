@@ -155,9 +155,9 @@ async def read_cluster(c: LocalCluster) -> dict:
             async with await connect(config.address, config.ccs_port, timeout=1.0) as r:
                 master = await ccs.read(r, ccs.MASTER)
                 nodes = await ccs.read_hash(r, ccs.NODES)
-                keys = [ccs.heartbeat_key(u) for u in sorted(set(nodes) | set(c.nodes))]
-                beats = dict(zip(sorted(set(nodes) | set(c.nodes)),
-                                 map(ccs.unpack, await r.execute("MGET", *keys))))
+                uids = sorted(set(nodes) | set(c.nodes))
+                raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
+                beats = dict(zip(uids, map(ccs.unpack, raw)))
         except (RedisUnavailable, ReplyError) as exc:
             errors.append(f"node {uid}: {exc}")
             continue

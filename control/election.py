@@ -85,7 +85,6 @@ class Election:
     timings: Timings = field(default_factory=Timings)
     ccs_offset: Callable[[], int] = lambda: 0
     members_version: int = 0
-    master_info: dict | None = None           # what a master announces about itself
     on_change: Callable[[Observation], None] = lambda obs: None
     rng: random.Random = field(default_factory=random.Random)
 
@@ -104,7 +103,6 @@ class Election:
         self.acks: dict[int, float] = {}
         self.votes: set[int] = set()
         self.prevoting = False
-        self.announced_master: dict | None = None   # the master's own announcement
         self._wake = trio.Event()
         obs = self.observation()
         obs.started = True
@@ -233,8 +231,7 @@ class Election:
         self.next_heartbeat = now + self.timings.heartbeat
         self.acks[self.uid] = now
         self._broadcast({"type": "heartbeat", "term": self.term, "ts": now,
-                         "members": self.members, "members_version": self.members_version,
-                         "master_info": self.master_info})
+                         "members": self.members, "members_version": self.members_version})
         self._renew_lease()
         self._wake.set()
 
@@ -317,7 +314,6 @@ class Election:
             self.set_members({int(k): v for k, v in members.items()}, version)
         self.last_heard = now
         self.deadline = now + self._election_timeout()
-        self.announced_master = msg.get("master_info")
         if self.role != REPLICA or self.master != sender:
             self.role = REPLICA
             self.master = sender

@@ -53,6 +53,8 @@ class Heartbeatd:
         self.forwarded: set[trio.CancelScope] = set()
         self._notice = trio.Event()
         self._beat_now = trio.Event()
+        self._local = None
+        self._local_lock = trio.Lock()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -67,16 +69,20 @@ class Heartbeatd:
 
     # ---- where is the CCS master ---------------------------------------------------------
 
+    async def _local_ccs(self):
+        """The node's own CCS copy; one connection, shared by this process's tasks."""
+        async with self._local_lock:    # two tasks must not both connect
+            if self._local is None or self._local.closed:
+                self._local = await connect(self.config.address, self.config.ccs_port)
+            return self._local
+
     async def _follow_master(self) -> None:
-        local = None
         while True:
             with trio.move_on_after(FOLLOW_EVERY):
                 await self._notice.wait()
             self._notice = trio.Event()
             try:
-                if local is None or local.closed:
-                    local = await connect(self.config.address, self.config.ccs_port)
-                record = await ccs.read(local, ccs.MASTER)
+                record = await ccs.read(await self._local_ccs(), ccs.MASTER)
             except (RedisUnavailable, ReplyError):
                 continue
             master = (record["address"], record["ccs_port"]) if record else None
@@ -152,7 +158,6 @@ class Heartbeatd:
     # ---- lease guard ---------------------------------------------------------------------
 
     async def _guard_lease(self) -> None:
-        local = None
         while True:
             await trio.sleep(GUARD_EVERY)
             try:
@@ -163,8 +168,7 @@ class Heartbeatd:
             if lease.get("role") != "master" or until is None or time.monotonic() < until:
                 continue
             try:
-                if local is None or local.closed:
-                    local = await connect(self.config.address, self.config.ccs_port)
+                local = await self._local_ccs()
                 fence = await local.execute("CONFIG", "GET", "min-replicas-to-write")
                 role = await local.execute("ROLE")
                 if role[0] == b"master" and int(fence[1]) == 0:

@@ -275,13 +275,25 @@ cdef void answer_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *a
     request_answer(core, r, line, strlen(line))
 
 
+cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
+    """True when the command's parameter policy refuses an argument; the request is answered."""
+    cdef int k
+    if cmd.params == NULL:
+        return False
+    k = param_refused(cmd.params, av)
+    if k < 0:
+        return False
+    answer_param_refusal(core, r, cmd.params, av, k)
+    return True
+
+
 cdef inline bint arity_ok(CommandInfo *cmd, int argc) noexcept nogil:
     return argc == cmd.arity if cmd.arity > 0 else argc >= -cmd.arity
 
 
 cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
     cdef KeyList *kl = &core.keys
-    cdef int s, k
+    cdef int s
     if cmd == NULL:
         c.flags |= CF_MULTI_DIRTY
         answer_unknown_command(core, r, av)
@@ -294,10 +306,8 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
         c.flags |= CF_MULTI_DIRTY
         request_answer_str(core, r, cmd.refusal)
         return
-    k = param_refused(cmd.params, av) if cmd.params != NULL else -1
-    if k >= 0:
+    if params_refused(core, r, cmd, av):
         c.flags |= CF_MULTI_DIRTY
-        answer_param_refusal(core, r, cmd.params, av, k)
         return
     if (cmd.route == ROUTE_ALL_SHARDS and core.nactive > 1) or cmd.route == ROUTE_SCAN \
             or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SUBSCRIBE:
@@ -607,7 +617,7 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     cdef CommandInfo *cmd = command_lookup(core.commands, av)
     cdef Request *r
     cdef KeyList *kl = &core.keys
-    cdef int route, k
+    cdef int route
     if c.flags & CF_AUTHED and core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
             (c.flags & CF_PUBSUB and c.proto == 2 and
              not (cmd != NULL and (cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)))):
@@ -648,11 +658,8 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if route == ROUTE_REFUSED:
         request_answer_str(core, r, cmd.refusal)
         return True
-    if cmd.params != NULL:
-        k = param_refused(cmd.params, av)
-        if k >= 0:
-            answer_param_refusal(core, r, cmd.params, av, k)
-            return True
+    if params_refused(core, r, cmd, av):
+        return True
     if route == ROUTE_GETKEYS:
         dispatch_getkeys(core, c, r, av)
         return True
