@@ -12,8 +12,9 @@ own copy stays fenced (it refuses writes with -NOREPLICAS) unless cluster_wd mad
 from __future__ import annotations
 
 import msgpack
+import trio
 
-from control.redis_client import ReplyError
+from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
 
 CHANGES = "ccs:changes"            # pub/sub: the name of every key that changed
 
@@ -60,3 +61,77 @@ async def read(redis, key: str):
 async def read_hash(redis, key: str) -> dict:
     flat = await redis.execute("HGETALL", key) or []
     return {int(k): unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+
+
+class Session:
+    """A service's way to CCS on its node: reads from the node's own copy, writes through the
+    node's `ccs_forward_port` (heartbeatd leads it to the master), and `changed`, an event set
+    by every change notice. Connections are made lazily and dropped when they fail, so each
+    call either works or raises RedisUnavailable / ReplyError; the caller decides to retry."""
+
+    def __init__(self, address: str, ccs_port: int, forward_port: int):
+        self.address, self.ccs_port, self.forward_port = address, ccs_port, forward_port
+        self._conns: dict[int, object] = {}
+        self._locks: dict[int, object] = {}
+        self.changed = None
+        self.changed_keys: set[bytes] = set()
+
+    @classmethod
+    def of_node(cls, config) -> Session:
+        return cls(config.address, config.ccs_port, config.ccs_forward_port)
+
+    async def _conn(self, port: int):
+        lock = self._locks.setdefault(port, trio.Lock())
+        async with lock:
+            conn = self._conns.get(port)
+            if conn is None or conn.closed:
+                conn = self._conns[port] = await connect(self.address, port, timeout=2.0)
+            return conn
+
+    async def local(self):
+        """The node's own copy (read-only unless this node is the master)."""
+        return await self._conn(self.ccs_port)
+
+    async def master(self):
+        """The master's copy, through the node's forwarded port."""
+        return await self._conn(self.forward_port)
+
+    async def watch(self, *, task_status=None) -> None:
+        """Run forever: set `changed` (and remember the keys) on every change notice, and once
+        a second anyway, so that a missed notice only delays a reaction."""
+        self.changed = trio.Event()
+        started = False
+        while True:
+            try:
+                async with subscribe(self.address, self.ccs_port, [CHANGES]) as sub:
+                    if not started and task_status is not None:
+                        task_status.started()
+                        started = True
+                    while True:
+                        with trio.move_on_after(1.0):
+                            _channel, key = await sub.__anext__()
+                            self.changed_keys.add(key)
+                        self.changed.set()
+                        self.changed = trio.Event()
+            except (RedisUnavailable, ReplyError, OSError):
+                if not started and task_status is not None:
+                    task_status.started()
+                    started = True
+                self.changed.set()
+                self.changed = trio.Event()
+                await trio.sleep(0.5)
+
+    async def wait_changed(self, timeout: float = 1.0) -> set[bytes]:
+        """Wait for a change notice (at most `timeout`); the keys noticed since the last call."""
+        if self.changed is not None:
+            with trio.move_on_after(timeout):
+                await self.changed.wait()
+        else:
+            await trio.sleep(timeout)
+        keys, self.changed_keys = self.changed_keys, set()
+        return keys
+
+    async def aclose(self) -> None:
+        for conn in self._conns.values():
+            await conn.aclose()
+        self._conns.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,8 +24,10 @@ from pathlib import Path
 import trio
 
 from control.cluster_wd import request
-from control.node import NodeConfig, atomic_write, supervisor_rpc
+from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
 from dmc.local import free_port, pid_alive
+
+ADMIN_USER = "admin"
 
 
 class ClusterError(RuntimeError):
@@ -72,9 +75,19 @@ class LocalCluster:
 
     # ---- create, add -----------------------------------------------------------------------
 
+    @property
+    def admin_file(self) -> Path:
+        """admin.json (mode 0600): the REST API's admin user and password, for the CLI."""
+        return self.home / "admin.json"
+
+    def admin_login(self) -> tuple[str, str]:
+        data = json.loads(self.admin_file.read_text())
+        return data["username"], data["password"]
+
     @classmethod
     def create(cls, home: Path, addresses: list[str], *, record_history: bool = False,
-               netns: list[str] | None = None, timeout: float = 30.0) -> LocalCluster:
+               netns: list[str] | None = None, timeout: float = 30.0,
+               admin_password: str | None = None) -> LocalCluster:
         home = Path(home)
         if (home / "cluster.json").exists():
             raise ClusterError(f"a cluster already exists in {home} "
@@ -83,9 +96,16 @@ class LocalCluster:
         for i, address in enumerate(addresses):
             cluster.nodes[i + 1] = cluster._new_node(
                 i + 1, address, record_history, netns[i] if netns else None)
+        password = admin_password or secrets.token_urlsafe(12)
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cluster.admin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"username": ADMIN_USER, "password": password}, f)
+        admin = admin_credentials(ADMIN_USER, password)
         members = {uid: c.member_info() for uid, c in cluster.nodes.items()}
         for c in cluster.nodes.values():
             c.peers = members
+            c.admin = admin
             c.save()
         cluster.save()
         try:
@@ -103,13 +123,13 @@ class LocalCluster:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 3:
+        while len(ports) < 4:
             ports.add(free_port(port_host))
-        ccs_port, gossip_port, forward_port = sorted(ports)
+        ccs_port, gossip_port, forward_port, rest_port = sorted(ports)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
                           ccs_port=ccs_port, gossip_port=gossip_port,
-                          ccs_forward_port=forward_port, record_history=record_history,
-                          netns=netns)
+                          ccs_forward_port=forward_port, rest_port=rest_port,
+                          record_history=record_history, netns=netns)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
                  netns: str | None = None, timeout: float = 30.0) -> NodeConfig:
@@ -125,6 +145,7 @@ class LocalCluster:
         config = self._new_node(uid, address, any(c.record_history for c in self.nodes.values()),
                                 netns)
         config.peers = members
+        config.admin = next((c.admin for c in self.nodes.values() if c.admin), {})
         config.save()
         self.nodes[uid] = config
         self.save()
@@ -242,6 +263,7 @@ class LocalCluster:
         for config in self.nodes.values():
             shutil.rmtree(config.home, ignore_errors=True)
         self.registry.unlink(missing_ok=True)
+        self.admin_file.unlink(missing_ok=True)
 
     # ---- asking cluster_wd -----------------------------------------------------------------
 

@@ -17,9 +17,11 @@ This module never starts anything; `control.local_cluster` and the services do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 import xmlrpc.client
 from collections.abc import Callable
@@ -32,7 +34,13 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from dmc.local import REDIS_SERVER
 
-SERVICES = ("ccs", "cluster_wd", "heartbeatd")
+# supervisord program name -> the module it runs (None: the CCS redis-server)
+SERVICE_MODULES = {
+    "ccs": None,
+    "cluster_wd": "control.cluster_wd",
+    "heartbeatd": "control.heartbeatd",
+}
+SERVICES = tuple(SERVICE_MODULES)
 
 # A CCS copy that nobody has made writable refuses writes: min-replicas-to-write set this high
 # makes a master-role redis-server answer every write with -NOREPLICAS. cluster_wd lowers it to 0
@@ -48,6 +56,8 @@ class NodeConfig:
     ccs_port: int
     gossip_port: int
     ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
+    rest_port: int = 8080          # cnm_http: the REST API
+    admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
     peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
     record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
     netns: str | None = None       # run the node's processes inside this network namespace
@@ -76,6 +86,11 @@ class NodeConfig:
         return self.dir / "run"
 
     @property
+    def shards_dir(self) -> Path:
+        """redis_mgr's shards: shards/<uid>/ holds redis.conf, redis.pid and its data."""
+        return self.dir / "shards"
+
+    @property
     def history_file(self) -> Path:
         return self.run_dir / "history.jsonl"
 
@@ -86,7 +101,8 @@ class NodeConfig:
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
-                "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port}
+                "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port,
+                "rest_port": self.rest_port}
 
     # ---- persistence ---------------------------------------------------------------------
 
@@ -105,7 +121,7 @@ class NodeConfig:
     # ---- generated configuration ---------------------------------------------------------
 
     def write_configs(self) -> None:
-        for sub in ("logs", "ccs", "run"):
+        for sub in ("logs", "ccs", "run", "shards"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         atomic_write(self.dir / "ccs" / "ccs.conf", self._ccs_conf())
         atomic_write(self.supervisor_conf, self._supervisor_conf())
@@ -130,12 +146,9 @@ class NodeConfig:
 
     def _supervisor_conf(self) -> str:
         d, logs = self.dir, self.dir / "logs"
-        service = f"{self.python} -m control.%s --node-dir {d}"
-        commands = {
-            "ccs": f"{REDIS_SERVER} {d / 'ccs' / 'ccs.conf'}",
-            "cluster_wd": service % "cluster_wd",
-            "heartbeatd": service % "heartbeatd",
-        }
+        commands = {name: f"{self.python} -m {module} --node-dir {d}" if module else
+                    f"{REDIS_SERVER} {d / 'ccs' / 'ccs.conf'}"
+                    for name, module in SERVICE_MODULES.items()}
         sections = [
             f"[unix_http_server]\nfile={self.supervisor_sock}\nchmod=0700\n",
             (f"[supervisord]\nlogfile={logs / 'supervisord.log'}\npidfile={self.supervisor_pidfile}\n"
@@ -161,6 +174,21 @@ class NodeConfig:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         return argv
+
+
+def admin_credentials(username: str, password: str) -> dict:
+    """What a node keeps of the cluster admin's password: a salted scrypt hash."""
+    salt = secrets.token_hex(16)
+    return {"username": username, "salt": salt, "hash": _scrypt(password, salt)}
+
+
+def check_admin(admin: dict, username: str, password: str) -> bool:
+    return bool(admin) and secrets.compare_digest(username, admin["username"]) and \
+        secrets.compare_digest(_scrypt(password, admin["salt"]), admin["hash"])
+
+
+def _scrypt(password: str, salt: str) -> str:
+    return hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1).hex()
 
 
 def supervisor_rpc(sock_path) -> xmlrpc.client.ServerProxy:

@@ -1,0 +1,258 @@
+"""Databases in CCS: what a bdb, a shard, a shard map and an action are, how they are stored,
+and where shards are placed. cnm_http writes requests with these helpers, cnm_exec carries them
+out, redis_mgr and the node's dmcproxy read them. The schema is described for operators in
+CCS.md beside this file.
+
+Every value is a msgpack map (`ccs.pack`). Every change is announced on `ccs.CHANGES` with the
+name of the key that changed, so services react without polling.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from control import ccs
+from dmc.shard_map import SLOT_COUNT
+
+# ---- keys ----------------------------------------------------------------------------------
+
+BDBS = "bdbs"                      # hash: bdb uid -> bdb record
+SHARDS = "shards"                  # hash: shard uid -> shard record
+ACTIONS = "actions"                # hash: action uid -> action record
+COUNTERS = "cluster:counters"      # hash: "bdb", "shard" -> last uid given
+SHARD_STATE = "shard_state"        # hash: shard uid -> what redis_mgr saw of the process
+NODE_REST = "cluster:rest"         # hash: node uid -> {address, port} of its cnm_http
+
+
+def map_key(bdb_uid: int) -> str:
+    """bdb_map:<uid>: the database's shard map, {version, paused, shards: [{uid, address,
+    slots}]}; the version only grows. Every node's dmcproxy serves from it."""
+    return f"bdb_map:{bdb_uid}"
+
+
+def ack_key(bdb_uid: int) -> str:
+    """proxy_ack:<uid>: hash, node uid -> {version, paused, inflight, time}: the newest map each
+    node's dmcproxy has installed for the database (and, when paused, drained)."""
+    return f"proxy_ack:{bdb_uid}"
+
+
+def lock_key(bdb_uid: int) -> str:
+    """bdb_lock:<uid>: the action uid that is changing the database; set with NX, so a second
+    change while one runs is refused (HTTP 409)."""
+    return f"bdb_lock:{bdb_uid}"
+
+
+# ---- ranges of ports (Redis Enterprise's) ---------------------------------------------------
+
+DB_PORTS = range(10000, 20000)
+SHARD_PORTS = range(20000, 30000)
+
+EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
+                     "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+
+
+# ---- what a user asks for (validated by pydantic in cnm_http) --------------------------------
+
+class BdbSettings(BaseModel):
+    """The fields of a database a user sets; all optional, for PUT."""
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    port: int | None = Field(None, ge=1, le=65535)
+    memory_size: int | None = Field(None, ge=1 << 20, description="bytes, split over the shards")
+    shards_count: int | None = Field(None, ge=1, le=64)
+    replication: bool | None = None
+    data_persistence: Literal["disabled", "aof"] | None = None
+    aof_policy: Literal["appendfsync-every-sec", "appendfsync-always"] | None = None
+    authentication_redis_pass: str | None = Field(None, max_length=256)
+    eviction_policy: Literal[EVICTION_POLICIES] | None = None
+
+
+class BdbCreate(BdbSettings):
+    """POST /v1/bdbs: a name is required, everything else has Redis Enterprise's default."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    memory_size: int = Field(100 << 20, ge=1 << 20, description="bytes, split over the shards")
+    shards_count: int = Field(1, ge=1, le=64)
+    replication: bool = False
+    data_persistence: Literal["disabled", "aof"] = "disabled"
+    aof_policy: Literal["appendfsync-every-sec", "appendfsync-always"] = "appendfsync-every-sec"
+    authentication_redis_pass: str = Field("", max_length=256)
+    eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
+
+
+class InvalidRequest(ValueError):
+    """A request that is well-formed but cannot be carried out (HTTP 406 with the reason)."""
+
+
+class Conflict(RuntimeError):
+    """The database is being changed by another action (HTTP 409)."""
+
+
+# ---- placement (pure) -----------------------------------------------------------------------
+
+def place(count: int, replication: bool, nodes: list[int], load: dict[int, int],
+          rng: random.Random | None = None) -> list[tuple[int, int | None]]:
+    """Nodes for `count` masters and their replicas: [(master node, replica node or None)].
+    Masters are spread over the least loaded nodes; a replica is never on its master's node.
+    `load` counts the shards each node already holds and is updated."""
+    if not nodes:
+        raise InvalidRequest("no node is up to place shards on")
+    if replication and len(nodes) < 2:
+        raise InvalidRequest(f"replication needs two nodes up; the cluster has {len(nodes)}")
+    rng = rng or random.Random()
+    order = {uid: rng.random() for uid in nodes}       # ties broken at random, not by uid
+
+    def least(excluded: int | None = None) -> int:
+        return min((n for n in nodes if n != excluded), key=lambda n: (load.get(n, 0), order[n]))
+
+    out = []
+    for _ in range(count):
+        m = least()
+        load[m] = load.get(m, 0) + 1
+        r = None
+        if replication:
+            r = least(excluded=m)
+            load[r] = load.get(r, 0) + 1
+        out.append((m, r))
+    return out
+
+
+def split_slots(count: int) -> list[list[list[int]]]:
+    """The 16384 slots split evenly: one [[first, last]] per shard."""
+    return [[[i * SLOT_COUNT // count, (i + 1) * SLOT_COUNT // count - 1]] for i in range(count)]
+
+
+def halve(ranges: list[list[int]], parts: int) -> list[list[list[int]]]:
+    """One shard's slot ranges split into `parts` consecutive pieces of (nearly) equal size."""
+    slots = [s for a, b in ranges for s in range(a, b + 1)]
+    if len(slots) < parts:
+        raise InvalidRequest(f"a shard with {len(slots)} slots cannot be split in {parts}")
+    pieces = []
+    for i in range(parts):
+        part = slots[i * len(slots) // parts:(i + 1) * len(slots) // parts]
+        pieces.append(to_ranges(part))
+    return pieces
+
+
+def to_ranges(slots: list[int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for s in sorted(slots):
+        if out and out[-1][1] == s - 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
+def slot_owner_table(ranges_by_shard: dict[int, list[list[int]]]) -> dict[int, int]:
+    """slot -> shard uid, for a set of master shards."""
+    owner = {}
+    for uid, ranges in ranges_by_shard.items():
+        for a, b in ranges:
+            for s in range(a, b + 1):
+                owner[s] = uid
+    return owner
+
+
+# ---- records in CCS -------------------------------------------------------------------------
+
+async def next_uid(redis, kind: str) -> int:
+    return int(await redis.execute("HINCRBY", COUNTERS, kind, 1))
+
+
+async def bdbs(redis) -> dict[int, dict]:
+    return await ccs.read_hash(redis, BDBS)
+
+
+async def shards(redis) -> dict[int, dict]:
+    return await ccs.read_hash(redis, SHARDS)
+
+
+async def actions(redis) -> dict[str, dict]:
+    flat = await redis.execute("HGETALL", ACTIONS) or []
+    return {k.decode(): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+
+
+async def get_bdb(redis, uid: int) -> dict | None:
+    return ccs.unpack(await redis.execute("HGET", BDBS, str(uid)))
+
+
+async def get_action(redis, uid: str) -> dict | None:
+    return ccs.unpack(await redis.execute("HGET", ACTIONS, uid))
+
+
+async def put_bdb(redis, bdb: dict) -> None:
+    bdb["last_changed_time"] = time.time()
+    await ccs.write(redis, BDBS, bdb, field=bdb["uid"])
+
+
+async def put_shard(redis, shard: dict) -> None:
+    await ccs.write(redis, SHARDS, shard, field=shard["uid"])
+
+
+async def put_action(redis, action: dict) -> None:
+    action["update_time"] = time.time()
+    await ccs.write(redis, ACTIONS, action, field=action["action_uid"])
+
+
+def new_action(name: str, object_type: str, object_uid: int | None, params: dict) -> dict:
+    now = time.time()
+    return {"action_uid": str(uuid.uuid4()), "name": name, "object_type": object_type,
+            "object_uid": object_uid, "status": "pending", "progress": 0, "step": "queued",
+            "error": None, "params": params, "state": {}, "creation_time": now,
+            "update_time": now}
+
+
+async def submit(redis, action: dict, *, lock_bdb: int | None = None) -> dict:
+    """Record an action for cnm_exec (on the master) to run. With `lock_bdb`, the database is
+    locked for it first: if another action holds the lock, Conflict."""
+    if lock_bdb is not None:
+        ok = await redis.execute("SET", lock_key(lock_bdb), action["action_uid"], "NX")
+        if ok is None:
+            holder = (await redis.execute("GET", lock_key(lock_bdb)) or b"?").decode()
+            raise Conflict(f"database {lock_bdb} is being changed by action {holder}")
+    await put_action(redis, action)
+    return action
+
+
+async def release(redis, bdb_uid: int, action_uid: str) -> None:
+    """Drop the database's lock if `action_uid` holds it."""
+    await redis.execute("EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                        "return redis.call('DEL', KEYS[1]) end return 0",
+                        1, lock_key(bdb_uid), action_uid)
+
+
+def shard_address(shard: dict, nodes: dict[int, dict]) -> str:
+    return f"{nodes[shard['node_uid']]['address']}:{shard['port']}"
+
+
+def free_db_port(used: set[int]) -> int:
+    for port in DB_PORTS:
+        if port not in used:
+            return port
+    raise InvalidRequest("no free database port in 10000-19999")
+
+
+def free_shard_port(used: set[int], rng: random.Random | None = None) -> int:
+    rng = rng or random.Random()
+    for _ in range(1000):
+        port = rng.choice(SHARD_PORTS)
+        if port not in used:
+            used.add(port)
+            return port
+    raise InvalidRequest("no free shard port in 20000-29999")
+
+
+def public_bdb(bdb: dict, nodes: dict[int, dict], shard_uids: list[int]) -> dict:
+    """The database as the REST API shows it (Redis Enterprise's field names)."""
+    out = {k: v for k, v in bdb.items() if not k.startswith("_")}
+    out["shard_list"] = sorted(shard_uids)
+    out["endpoints"] = [{"uid": f"{bdb['uid']}:1", "port": bdb["port"],
+                         "addr": [n["address"] for _, n in sorted(nodes.items())],
+                         "addr_type": "external", "proxy_policy": "all-nodes"}]
+    return out
