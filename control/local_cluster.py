@@ -25,6 +25,7 @@ import trio
 
 from control.cluster_wd import request
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
+from control.redis_mgr import shard_pids, stop_all
 from dmc.local import free_port, pid_alive
 
 ADMIN_USER = "admin"
@@ -223,6 +224,7 @@ class LocalCluster:
                         pids[p["name"]] = p["pid"]
             except (OSError, xmlrpc.client.Error):
                 pass
+        pids.update(shard_pids(self.node(uid)))
         return pids
 
     def kill_node(self, uid: int) -> dict[str, int]:
@@ -244,8 +246,9 @@ class LocalCluster:
             supervisor_rpc(self.node(uid).supervisor_sock).supervisor.shutdown()
         except (OSError, xmlrpc.client.Error):
             pass
-        if not _wait_gone(pids.values(), timeout):
+        if not _wait_gone([p for n, p in pids.items() if not n.startswith("shard:")], timeout):
             self.kill_node(uid)
+        stop_all(self.node(uid))
 
     def start(self, timeout: float = 30.0) -> int:
         """Start every node again from its folder (its term, vote, members and CCS data)."""

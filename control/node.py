@@ -39,6 +39,9 @@ SERVICE_MODULES = {
     "ccs": None,
     "cluster_wd": "control.cluster_wd",
     "heartbeatd": "control.heartbeatd",
+    "redis_mgr": "control.redis_mgr",
+    "dmcproxy": "control.node_proxy",
+    "cnm_exec": "control.cnm_exec",
 }
 SERVICES = tuple(SERVICE_MODULES)
 

@@ -1,0 +1,177 @@
+"""The node's dmcproxy: every database's endpoint on this node, served from the shard maps in CCS.
+
+One process per node (the supervisord program `dmcproxy`), one dmc.endpoint.Endpoint per
+database, each with its own thread and Cython event loop, listening on the node's address and the
+database's port. A Trio task per database follows CCS:
+
+- a new map version is installed between two turns of the endpoint's loop: connections stay
+  open, requests already sent finish where they were sent, the next ones follow the new map;
+- a map marked `paused` (cnm_exec's switch during failover, migration and resharding) pauses the
+  endpoint: clients are still read, but nothing is sent to shards; once what was sent before is
+  answered, the node acknowledges. The next, unpaused map is installed and the endpoint resumed
+  in one step, so the held requests go to the new shards;
+- every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
+  database record's version, so cnm_exec knows when every node serves a change;
+- a changed password or port is applied (a new port re-opens the endpoint);
+- a database that is gone (or being deleted) has its endpoint closed.
+
+The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
+last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
+serves its databases again before CCS answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import trio
+
+from control import bdb as schema
+from control import ccs
+from control.node import NodeConfig, atomic_write, service_command
+from control.redis_client import RedisUnavailable, ReplyError
+from dmc.endpoint import Endpoint, EndpointStopped
+from dmc.proxy import install_shard_map
+from dmc.shard_map import ShardMap
+
+log = logging.getLogger("dmcproxy")
+
+FOLLOW_EVERY = 1.0          # a pass without change notices
+DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
+WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
+
+
+class NodeProxy:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.session = ccs.Session.of_node(config)
+        self.endpoints: dict[int, Endpoint] = {}
+        self.applied: dict[int, dict] = {}     # bdb uid -> {version, paused, port, password}
+        self.tasks: dict[int, trio.CancelScope] = {}
+        self.maps_dir = config.run_dir / "maps"
+
+    async def run(self) -> None:
+        self.maps_dir.mkdir(parents=True, exist_ok=True)
+        await self._serve_cached()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.session.watch)
+                while True:
+                    try:
+                        for uid in await schema.bdbs(await self.session.local()):
+                            if uid not in self.tasks:
+                                self.tasks[uid] = trio.CancelScope()
+                                nursery.start_soon(self._follow, uid)
+                    except (RedisUnavailable, ReplyError) as exc:
+                        log.debug("CCS away, serving the last maps: %s", exc)
+                    await self._changed(FOLLOW_EVERY)
+        finally:
+            for endpoint in self.endpoints.values():
+                endpoint.stop()
+
+    async def _changed(self, timeout: float) -> None:
+        event = self.session.changed
+        with trio.move_on_after(timeout):
+            if event is not None:
+                await event.wait()
+            else:
+                await trio.sleep(timeout)
+
+    async def _serve_cached(self) -> None:
+        for path in self.maps_dir.glob("*.json"):
+            try:
+                cached = json.loads(path.read_text())
+                await self._install(int(path.stem), cached["bdb"], cached["map"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("cached map %s not served: %s", path.name, exc)
+
+    # ---- one database ------------------------------------------------------------------
+
+    async def _follow(self, uid: int) -> None:
+        with self.tasks[uid]:
+            try:
+                while True:
+                    try:
+                        local = await self.session.local()
+                        bdb = await schema.get_bdb(local, uid)
+                        shard_map = await ccs.read(local, schema.map_key(uid))
+                        if bdb is None or bdb.get("status") == "deleting" or shard_map is None:
+                            if bdb is None or bdb.get("status") == "deleting":
+                                self._close(uid)
+                                if bdb is None:
+                                    return
+                        else:
+                            await self._install(uid, bdb, shard_map)
+                    except (RedisUnavailable, ReplyError) as exc:
+                        log.debug("database %d: CCS away: %s", uid, exc)
+                    except (OSError, ValueError, EndpointStopped) as exc:
+                        log.warning("database %d: not served: %s", uid, exc)
+                    await self._changed(FOLLOW_EVERY)
+            finally:
+                self.tasks.pop(uid, None)
+
+    async def _install(self, uid: int, bdb: dict, shard_map: dict) -> None:
+        applied = self.applied.get(uid, {})
+        endpoint = self.endpoints.get(uid)
+        smap = ShardMap.from_dict(shard_map)
+        password = bdb.get("authentication_redis_pass") or None
+        if endpoint is not None and applied.get("port") != bdb["port"]:
+            self._close(uid)
+            endpoint, applied = None, {}
+        if endpoint is None:
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
+            self.endpoints[uid] = endpoint
+            applied = {"version": smap.version, "paused": False, "port": bdb["port"],
+                       "password": password}
+            log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
+                     bdb["port"], smap.version)
+        paused = bool(shard_map.get("paused"))
+        if smap.version > applied.get("version", 0) or paused != applied.get("paused"):
+            def switch(proxy, smap=smap, paused=paused):
+                install_shard_map(proxy, smap)
+                proxy.pause() if paused else proxy.resume()
+            await trio.to_thread.run_sync(endpoint.call, switch)
+            if paused and not await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT):
+                log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
+                return      # no acknowledgement: cnm_exec does not switch under our feet
+            applied.update(version=smap.version, paused=paused)
+        if password != applied.get("password"):
+            await trio.to_thread.run_sync(endpoint.set_password, password)
+            applied["password"] = password
+        self.applied[uid] = applied
+        await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
+        await self._ack(uid, bdb, applied)
+
+    def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
+        return Endpoint(self.config.address, bdb["port"], password, smap,
+                        wait_shards_s=WAIT_SHARDS).start()
+
+    def _close(self, uid: int) -> None:
+        endpoint = self.endpoints.pop(uid, None)
+        self.applied.pop(uid, None)
+        (self.maps_dir / f"{uid}.json").unlink(missing_ok=True)
+        if endpoint is not None:
+            endpoint.stop()
+            log.info("database %d: endpoint closed", uid)
+
+    def _cache(self, uid: int, bdb: dict, shard_map: dict) -> None:
+        atomic_write(self.maps_dir / f"{uid}.json", json.dumps({"bdb": bdb, "map": shard_map}))
+
+    async def _ack(self, uid: int, bdb: dict, applied: dict) -> None:
+        value = {"version": applied["version"], "paused": applied["paused"],
+                 "bdb_version": bdb.get("version", 0), "time": time.time()}
+        acks = await ccs.read_hash(await self.session.local(), schema.ack_key(uid))
+        old = acks.get(self.config.uid) or {}
+        if {k: old.get(k) for k in ("version", "paused", "bdb_version")} == \
+                {k: value[k] for k in ("version", "paused", "bdb_version")}:
+            return
+        await ccs.write(await self.session.master(), schema.ack_key(uid), value,
+                        field=self.config.uid)
+
+
+main = service_command("dmcproxy", NodeProxy)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""redis_mgr: the node's shard processes, as CCS asks for them.
+
+It reconciles, on every change notice and every POLL_EVERY seconds:
+
+- every shard record in CCS placed on this node gets a `redis-server` (its folder is
+  `shards/<uid>/` in the node's folder: redis.conf, redis.pid, redis.log, data), bound to the
+  node's address on the shard's port, with `maxmemory` = the database's memory size over its
+  shard count and its eviction policy; a change of either is applied with CONFIG SET;
+- a replica is pointed at its master shard's address (REPLICAOF), a master replicates nobody;
+- a shard process that is no longer in CCS is stopped and its folder removed.
+
+It is also the node's shard watchdog (node_wd's shard part): it notices a shard process that died
+within POLL_EVERY and reports it in CCS's `shard_state` hash. A dead replica, or a dead master of
+a database without replication, is started again at once; a dead master with a replica is left
+to the master node's cnm_exec, which fails over to the replica and then asks for the old master
+back as a replica (or sets `restart_after` on the record when there is nothing to fail over to).
+
+Shard processes run in sessions of their own, so restarting redis_mgr does not stop them: a new
+redis_mgr adopts them through their pid files. `dmc cluster stop` stops them through the same
+files. Writes go to the CCS master through the node's forwarded port; a node whose CCS copy is not
+in sync with the master (or has not yet seen a shard's creation) never stops a shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import trio
+
+from control import bdb as schema
+from control import ccs
+from control.node import NodeConfig, service_command
+from control.redis_client import RedisUnavailable, ReplyError, connect
+from dmc.local import REDIS_SERVER, pid_alive
+
+log = logging.getLogger("redis_mgr")
+
+POLL_EVERY = 0.1          # how often shard processes are checked for life
+RECONCILE_EVERY = 1.0     # a full pass even without change notices
+START_TIMEOUT = 10.0
+
+
+def shard_conf(config: NodeConfig, shard: dict, bdb: dict) -> str:
+    folder = config.shards_dir / str(shard["uid"])
+    persist = bdb.get("data_persistence") == "aof"
+    always = bdb.get("aof_policy") == "appendfsync-always"
+    return "\n".join([
+        f"bind {config.address}",
+        f"port {shard['port']}",
+        f"dir {folder}",
+        f"pidfile {folder / 'redis.pid'}",
+        "daemonize no",
+        "protected-mode no",
+        'save ""',
+        f"appendonly {'yes' if persist else 'no'}",
+        f"appendfsync {'always' if always else 'everysec'}",
+        "repl-diskless-sync yes",
+        "repl-diskless-sync-delay 0",
+        "replica-read-only yes",
+        f"maxmemory {maxmemory(bdb)}",
+        f"maxmemory-policy {bdb.get('eviction_policy', 'volatile-lru')}",
+        "",
+    ])
+
+
+def maxmemory(bdb: dict) -> int:
+    return max(1 << 20, int(bdb["memory_size"]) // max(1, int(bdb["shards_count"])))
+
+
+class Shard:
+    """A shard process this node runs (started here, or adopted from its pid file)."""
+
+    def __init__(self, uid: int, folder, proc: subprocess.Popen | None = None):
+        self.uid = uid
+        self.folder = folder
+        self.proc = proc
+        self.pid = proc.pid if proc else read_pid(folder)
+        self.applied: dict = {}        # what was last applied: role, master address, config
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return bool(self.pid) and pid_alive(self.pid)
+
+    def stop(self) -> None:
+        if self.alive():
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def read_pid(folder) -> int | None:
+    try:
+        pid = int((folder / "redis.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+class RedisMgr:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.session = ccs.Session.of_node(config)
+        self.shards: dict[int, Shard] = {}
+        self.reported: dict[int, dict] = {}      # shard uid -> the state last written to CCS
+        self._wake = trio.Event()
+
+    async def run(self) -> None:
+        self.config.shards_dir.mkdir(parents=True, exist_ok=True)
+        for folder in self.config.shards_dir.iterdir():
+            if folder.name.isdigit() and read_pid(folder):
+                self.shards[int(folder.name)] = Shard(int(folder.name), folder)
+                log.info("adopted shard %s (pid %s)", folder.name, self.shards[int(folder.name)].pid)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.session.watch)
+            nursery.start_soon(self._watch_processes)
+            while True:
+                try:
+                    await self.reconcile()
+                except (RedisUnavailable, ReplyError, OSError) as exc:
+                    log.info("reconcile postponed: %s", exc)
+                with trio.move_on_after(RECONCILE_EVERY):
+                    await self._wake_or_change()
+
+    async def _wake_or_change(self) -> None:
+        async with trio.open_nursery() as n:
+            async def wake():
+                await self._wake.wait()
+                n.cancel_scope.cancel()
+            n.start_soon(wake)
+            await self.session.wait_changed(RECONCILE_EVERY)
+            n.cancel_scope.cancel()
+        self._wake = trio.Event()
+
+    async def _watch_processes(self) -> None:
+        """The watchdog: a shard process that died is noticed within POLL_EVERY."""
+        while True:
+            await trio.sleep(POLL_EVERY)
+            if any(not s.alive() for s in self.shards.values()):
+                self._wake.set()
+
+    # ---- the reconcile pass --------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        local = await self.session.local()
+        if not await in_sync(local):
+            return
+        records = await schema.shards(local)
+        bdbs = await schema.bdbs(local)
+        nodes = await ccs.read_hash(local, ccs.NODES)
+        states = await ccs.read_hash(local, schema.SHARD_STATE)
+        last_uid = int(await local.execute("HGET", schema.COUNTERS, "shard") or 0)
+        mine = {uid: s for uid, s in records.items()
+                if s["node_uid"] == self.config.uid and s["bdb_uid"] in bdbs}
+        for uid, shard in mine.items():
+            await self._ensure(shard, bdbs[shard["bdb_uid"]], records, nodes, states.get(uid))
+        for uid in list(self.shards):
+            if uid not in mine and uid <= last_uid:
+                await self._remove(uid)
+        for folder in self.config.shards_dir.iterdir():
+            if folder.name.isdigit() and int(folder.name) not in mine \
+                    and int(folder.name) not in self.shards and int(folder.name) <= last_uid:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    async def _ensure(self, shard: dict, bdb: dict, records: dict, nodes: dict,
+                      state: dict | None) -> None:
+        uid = shard["uid"]
+        running = self.shards.get(uid)
+        if running is not None and not running.alive():
+            log.warning("shard %d (pid %s) died", uid, running.pid)
+            self.shards.pop(uid)
+            running = None
+            await self._report(uid, "down", shard, since=time.time())
+            state = self.reported[uid]
+        if running is None:
+            if not self._may_start(shard, bdb, state):
+                return
+            running = await trio.to_thread.run_sync(self._start, shard, bdb, records, nodes)
+            if running is None:
+                await self._report(uid, "error", shard, error="did not start")
+                return
+            self.shards[uid] = running
+        await self._configure(running, shard, bdb, records, nodes)
+        await self._report(uid, "running", shard, pid=running.pid)
+
+    def _may_start(self, shard: dict, bdb: dict, state: dict | None) -> bool:
+        """A master that died while it had a replica waits for cnm_exec's decision."""
+        if state is None or state.get("status") != "down" or shard["role"] != "master":
+            return True
+        if not bdb.get("replication"):
+            return True
+        return shard.get("restart_after", 0) >= state.get("since", 0)
+
+    def _start(self, shard: dict, bdb: dict, records: dict, nodes: dict) -> Shard | None:
+        folder = self.config.shards_dir / str(shard["uid"])
+        folder.mkdir(parents=True, exist_ok=True)
+        conf = shard_conf(self.config, shard, bdb)
+        master = self._master_of(shard, records, nodes)
+        if master:
+            conf += f"replicaof {master[0]} {master[1]}\n"
+        (folder / "redis.conf").write_text(conf)
+        with open(folder / "redis.log", "ab") as out:
+            proc = subprocess.Popen([REDIS_SERVER, str(folder / "redis.conf")], stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        started = Shard(shard["uid"], folder, proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and started.alive():
+            try:
+                with socket.create_connection((self.config.address, shard["port"]), 0.2):
+                    log.info("started shard %d on port %d (pid %d)", shard["uid"], shard["port"],
+                             proc.pid)
+                    started.applied = {"master": master, "maxmemory": maxmemory(bdb),
+                                       "policy": bdb.get("eviction_policy")}
+                    return started
+            except OSError:
+                time.sleep(0.02)
+        started.stop()
+        return None
+
+    def _master_of(self, shard: dict, records: dict, nodes: dict) -> tuple[str, int] | None:
+        if shard["role"] != "replica":
+            return None
+        master = records.get(shard.get("master_uid"))
+        if master is None or master["node_uid"] not in nodes:
+            return None
+        return nodes[master["node_uid"]]["address"], master["port"]
+
+    async def _configure(self, running: Shard, shard: dict, bdb: dict, records: dict,
+                         nodes: dict) -> None:
+        want = {"master": self._master_of(shard, records, nodes), "maxmemory": maxmemory(bdb),
+                "policy": bdb.get("eviction_policy")}
+        if running.applied == want:
+            return
+        async with await connect(self.config.address, shard["port"]) as conn:
+            if want["master"] != running.applied.get("master"):
+                if want["master"]:
+                    await conn.execute("REPLICAOF", *map(str, want["master"]))
+                else:
+                    await conn.execute("REPLICAOF", "NO", "ONE")
+            await conn.execute("CONFIG", "SET", "maxmemory", str(want["maxmemory"]),
+                               "maxmemory-policy", want["policy"] or "volatile-lru")
+        running.applied = want
+
+    async def _remove(self, uid: int) -> None:
+        shard = self.shards.pop(uid)
+        log.info("stopping shard %d (pid %s): no longer placed here", uid, shard.pid)
+        await trio.to_thread.run_sync(shard.stop)
+        shutil.rmtree(shard.folder, ignore_errors=True)
+        master = await self.session.master()
+        await master.execute("HDEL", schema.SHARD_STATE, str(uid))
+        self.reported.pop(uid, None)
+
+    async def _report(self, uid: int, status: str, shard: dict, **extra) -> None:
+        value = {"uid": uid, "node_uid": self.config.uid, "status": status,
+                 "role": shard["role"], "port": shard["port"], **extra}
+        old = self.reported.get(uid)
+        if old is not None and old["status"] == status and \
+                {k: v for k, v in old.items() if k not in ("time", "since")} == \
+                {k: v for k, v in value.items() if k != "since"}:
+            return
+        value["time"] = time.time()
+        value.setdefault("since", value["time"])
+        await ccs.write(await self.session.master(), schema.SHARD_STATE, value, field=uid)
+        self.reported[uid] = value
+
+
+async def in_sync(local) -> bool:
+    """The node's CCS copy is the master, or a replica with its link to the master up."""
+    info = (await local.execute("INFO", "replication")).decode()
+    return "role:master" in info or "master_link_status:up" in info
+
+
+def stop_all(config: NodeConfig) -> None:
+    """Stop every shard process of the node (what `dmc cluster stop` does after supervisord)."""
+    for folder in config.shards_dir.iterdir() if config.shards_dir.exists() else ():
+        pid = read_pid(folder)
+        if pid:
+            Shard(int(folder.name), folder).stop()
+
+
+def shard_pids(config: NodeConfig) -> dict[str, int]:
+    """{'shard:<uid>': pid} of the node's live shard processes."""
+    out = {}
+    for folder in config.shards_dir.iterdir() if config.shards_dir.exists() else ():
+        pid = read_pid(folder)
+        if pid:
+            out[f"shard:{folder.name}"] = pid
+    return out
+
+
+main = service_command("redis_mgr", RedisMgr)
+
+if __name__ == "__main__":
+    main()
