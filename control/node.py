@@ -42,6 +42,7 @@ SERVICE_MODULES = {
     "redis_mgr": "control.redis_mgr",
     "dmcproxy": "control.node_proxy",
     "cnm_exec": "control.cnm_exec",
+    "cnm_http": "control.cnm_http",
 }
 SERVICES = tuple(SERVICE_MODULES)
 

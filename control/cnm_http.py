@@ -1,0 +1,798 @@
+"""cnm_http: the cluster's REST API, in Redis Enterprise's shape (`/v1/bdbs`, `/v1/nodes`,
+`/v1/cluster`, `/v1/shards`, `/v1/actions`), served by FastAPI on hypercorn's Trio worker at the
+node's `address:rest_port`. Every node runs one; any of them answers for the whole cluster.
+
+What it owns: validating requests (schema -> 400, impossible configuration -> 406, a database
+another action is changing -> 409) and turning each accepted change into an action record in
+CCS for cnm_exec, answered at once with its `action_uid`. It writes only three things, all to
+the CCS master through the node's forwarded port: a new database's record (POST /v1/bdbs), action
+records with their database lock (`bdb.submit`), and its own endpoint in `cluster:rest`. It never
+changes an existing database record and never runs an action; `?dry_run=1` writes nothing at all.
+
+Reads come from the master's copy (a GET right after a POST sees it) and, if the master cannot
+be reached, from the node's own copy. A CCS that answers nothing is a 503.
+
+Every endpoint asks for the cluster admin's basic-auth credentials (scrypt-hashed in node.json);
+accepted ones are remembered in memory by their sha256 so only the first request pays scrypt.
+Errors are JSON `{"error_code", "description"}`, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from control import bdb, ccs
+from control.node import NodeConfig, check_admin, service_command
+from control.redis_client import RedisUnavailable, ReplyError
+
+log = logging.getLogger("cnm_http")
+
+# Two changes validated at once on two nodes could both take the same name or port: the check
+# and the write happen while holding this key (SET NX PX), so they happen one after the other.
+CONFIG_LOCK = "cnm_http:config_lock"
+CONFIG_LOCK_MS = 5000
+CONFIG_LOCK_WAIT = 3.0
+
+MIN_SHARD_MEMORY = 1 << 20       # a shard smaller than 1 MB cannot hold a useful dataset
+MAX_SHARDS_PER_NODE = 32         # redis-server processes a node is given at most
+UNFINISHED = ("pending", "active")
+NODE_PORT_NAMES = {"ccs_port": "CCS", "gossip_port": "cluster_wd", "ccs_forward_port":
+                   "heartbeatd", "rest_port": "cnm_http"}
+NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
+
+
+class ApiError(Exception):
+    """An answer other than 200, with Redis Enterprise's error body."""
+
+    def __init__(self, status: int, error_code: str, description: str):
+        super().__init__(description)
+        self.status, self.error_code, self.description = status, error_code, description
+
+
+def _not_found(kind: str, uid) -> ApiError:
+    return ApiError(404, f"{kind}_not_exist", f"{kind} {uid} does not exist")
+
+
+# ---- what the API answers (OpenAPI is generated from these) ---------------------------------
+
+class ErrorReply(BaseModel):
+    error_code: str
+    description: str
+
+
+class Endpoint(BaseModel):
+    uid: str
+    port: int
+    addr: list[str]
+    addr_type: str
+    proxy_policy: str
+
+
+class Bdb(BaseModel):
+    """A database; fields cnm_exec adds later are shown too."""
+    model_config = ConfigDict(extra="allow")
+    uid: int
+    name: str
+    port: int
+    memory_size: int
+    shards_count: int
+    replication: bool
+    data_persistence: str
+    aof_policy: str
+    authentication_redis_pass: str
+    eviction_policy: str
+    status: str
+    action_uid: str | None = Field(None, description="the action that last changed it")
+    created_time: float | None = None
+    last_changed_time: float | None = None
+    shard_list: list[int] = []
+    endpoints: list[Endpoint] = []
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    uid: int
+    addr: str | None
+    status: Literal["active", "down"]
+    shard_count: int
+    shard_list: list[int]
+    master: bool = Field(description="this node holds the writable CCS copy")
+    uptime: float | None = Field(None, description="seconds since its heartbeatd started")
+    services: dict[str, str] = {}
+
+
+class Cluster(BaseModel):
+    name: str
+    master_node_uid: int | None
+    term: int | None
+    master_since: float | None
+    nodes_count: int
+    nodes_up: int
+    bdbs_count: int
+    shards_count: int
+
+
+class Shard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    uid: int
+    bdb_uid: int | None = None
+    node_uid: int | None = None
+    role: str | None = None
+    port: int | None = None
+    slots: Any = None
+    status: str = Field("unknown", description="as redis_mgr last saw the process")
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action_uid: str
+    name: str
+    status: Literal["pending", "active", "completed", "failed"] | str
+    progress: float = Field(0, description="0-100")
+    step: str | None = None
+    error: str | None = None
+    object_type: str | None = None
+    object_uid: int | None = None
+    params: dict = {}
+    creation_time: float | None = None
+    update_time: float | None = None
+
+
+class ActionStarted(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action_uid: str | None
+    object_uid: int
+
+
+class DryRun(BaseModel):
+    """What a request would do, when it carries `?dry_run=1`; nothing was written."""
+    model_config = ConfigDict(extra="allow")
+    dry_run: Literal[True] = True
+    action: str | None = Field(description="the action it would start (None: nothing to do)")
+    object_uid: int | None
+    params: dict = {}
+
+
+class MigrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target_node_uid: int = Field(ge=1)
+
+
+ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
+    400: "the body does not follow the schema", 401: "wrong or missing credentials",
+    404: "no such object", 406: "a configuration the cluster cannot have",
+    409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}
+
+
+# ---- the cluster as a request is validated against ------------------------------------------
+
+@dataclass
+class ClusterView:
+    master: dict | None
+    nodes: dict[int, dict]
+    beats: dict[int, dict | None]
+    bdbs: dict[int, dict]
+    shards: dict[int, dict]
+    actions: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def up(self) -> list[int]:
+        """Members whose heartbeat key has not expired."""
+        return sorted(u for u in self.nodes if self.beats.get(u))
+
+    def load(self) -> dict[int, int]:
+        counts = {u: 0 for u in self.up}
+        for s in self.shards.values():
+            if s.get("node_uid") in counts:
+                counts[s["node_uid"]] += 1
+        return counts
+
+    def shards_of(self, bdb_uid: int) -> list[int]:
+        return sorted(u for u, s in self.shards.items() if s.get("bdb_uid") == bdb_uid)
+
+    def unfinished_updates(self, exclude_bdb: int | None) -> list[dict]:
+        return [a for a in self.actions.values() if a.get("status") in UNFINISHED
+                and a.get("name") == "bdb_update" and a.get("object_uid") != exclude_bdb]
+
+
+async def read_view(r, *, with_actions: bool = False) -> ClusterView:
+    cmds = [("GET", ccs.MASTER), ("HGETALL", ccs.NODES), ("HGETALL", bdb.BDBS),
+            ("HGETALL", bdb.SHARDS)] + ([("HGETALL", bdb.ACTIONS)] if with_actions else [])
+    replies = await r.pipeline(cmds)
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            raise reply
+    master = ccs.unpack(replies[0])
+    nodes, bdbs, shards = (_int_hash(x) for x in replies[1:4])
+    actions = {}
+    if with_actions:
+        flat = replies[4] or []
+        actions = {k.decode(): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+    beats = {}
+    if nodes:
+        uids = sorted(nodes)
+        raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
+        beats = dict(zip(uids, map(ccs.unpack, raw)))
+    return ClusterView(master, nodes, beats, bdbs, shards, actions)
+
+
+def _int_hash(flat) -> dict[int, dict]:
+    flat = flat or []
+    return {int(k): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+
+
+# ---- validation: what the cluster can and cannot have (pure) --------------------------------
+
+def check_port(view: ClusterView, port: int, uid: int | None) -> None:
+    """406 unless `port` is free for database `uid` (None: a new one)."""
+    if port in bdb.SHARD_PORTS:
+        raise bdb.InvalidRequest(f"port {port} is in the shards' range "
+                                 f"{bdb.SHARD_PORTS.start}-{bdb.SHARD_PORTS.stop - 1}")
+    if port < 1024 and os.geteuid() != 0:
+        raise bdb.InvalidRequest(f"port {port} is privileged (below 1024)")
+    for n, info in sorted(view.nodes.items()):
+        for key, service in NODE_PORT_NAMES.items():
+            if info.get(key) == port:
+                raise bdb.InvalidRequest(f"port {port} is used by {service} of node {n}")
+    for other in view.bdbs.values():
+        if other["uid"] != uid and other.get("port") == port:
+            raise bdb.InvalidRequest(f"port {port} is used by database {other['uid']} "
+                                     f"({other.get('name')})")
+    for a in view.unfinished_updates(uid):
+        if a["params"].get("port") == port:
+            raise bdb.InvalidRequest(f"port {port} is being given to database {a['object_uid']}")
+
+
+def check_name(view: ClusterView, name: str, uid: int | None) -> None:
+    for other in view.bdbs.values():
+        if other["uid"] != uid and other.get("name") == name:
+            raise bdb.InvalidRequest(f"name {name!r} is used by database {other['uid']}")
+    for a in view.unfinished_updates(uid):
+        if a["params"].get("name") == name:
+            raise bdb.InvalidRequest(f"name {name!r} is being given to database "
+                                     f"{a['object_uid']}")
+
+
+def check_memory(memory_size: int, shards_count: int) -> None:
+    if memory_size // shards_count < MIN_SHARD_MEMORY:
+        raise bdb.InvalidRequest(f"memory_size {memory_size} gives each of {shards_count} shards "
+                                 f"less than {MIN_SHARD_MEMORY >> 20} MB")
+
+
+def check_placement(view: ClusterView, count: int, replication: bool) -> list[tuple]:
+    """Where `count` new masters (and replicas) would go among the nodes up; 406 if nowhere."""
+    load = view.load()
+    placement = bdb.place(count, replication, view.up, load)
+    crowded = {n: c for n, c in load.items() if c > MAX_SHARDS_PER_NODE}
+    if crowded:
+        raise bdb.InvalidRequest(
+            f"{count * (2 if replication else 1)} more shards do not fit on the "
+            f"{len(view.up)} nodes up (at most {MAX_SHARDS_PER_NODE} shards per node)")
+    return placement
+
+
+def plan_create(view: ClusterView, body: bdb.BdbCreate) -> tuple[dict, list[tuple]]:
+    """The new database's record (without uid/status) and its placement, or InvalidRequest."""
+    record = body.model_dump()
+    check_name(view, record["name"], None)
+    if record["port"] is None:
+        used = {b.get("port") for b in view.bdbs.values()}
+        used |= {a["params"].get("port") for a in view.unfinished_updates(None)}
+        used |= {info.get(k) for info in view.nodes.values() for k in NODE_PORT_NAMES}
+        record["port"] = bdb.free_db_port(used)
+    else:
+        check_port(view, record["port"], None)
+    check_memory(record["memory_size"], record["shards_count"])
+    placement = check_placement(view, record["shards_count"], record["replication"])
+    return record, placement
+
+
+def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | None, dict]:
+    """The action a PUT starts, (name, params), or (None, {}) if nothing changes."""
+    uid = current["uid"]
+    changes = {k: v for k, v in given.items() if current.get(k) != v}
+    if not changes:
+        return None, {}
+    if "shards_count" in changes:
+        if len(changes) > 1:
+            raise bdb.InvalidRequest("change shards_count alone, not with "
+                                     + ", ".join(sorted(k for k in changes if k != "shards_count")))
+        old, new = current["shards_count"], changes["shards_count"]
+        if new < old:
+            raise bdb.InvalidRequest(f"shards_count can only grow (it is {old}, asked {new})")
+        if new % old:
+            raise bdb.InvalidRequest(f"shards_count must be a multiple of the current {old} "
+                                     f"(asked {new})")
+        check_memory(current["memory_size"], new)
+        check_placement(view, new - old, current["replication"])
+        return "bdb_reshard", {"shards_count": new}
+    if "name" in changes:
+        check_name(view, changes["name"], uid)
+    if "port" in changes:
+        check_port(view, changes["port"], uid)
+    if "memory_size" in changes:
+        check_memory(changes["memory_size"], current["shards_count"])
+    if changes.get("replication") and not current.get("replication"):
+        load = view.load()
+        bdb.place(0, True, view.up, load)           # two nodes up, or InvalidRequest
+        if sum(load.values()) + current["shards_count"] > MAX_SHARDS_PER_NODE * len(view.up):
+            raise bdb.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
+                                     f"{len(view.up)} nodes up")
+    return "bdb_update", changes
+
+
+def pair_of(shard: dict, shards: dict[int, dict]) -> list[dict]:
+    """The shards that hold the same slots: a master's replicas, a replica's master."""
+    return [s for s in shards.values() if s["uid"] != shard["uid"] and (
+        s.get("master_uid") == shard["uid"] or s["uid"] == shard.get("master_uid"))]
+
+
+# ---- answers ---------------------------------------------------------------------------------
+
+def node_reply(view: ClusterView, uid: int) -> dict:
+    info = view.nodes.get(uid) or {}
+    beat = view.beats.get(uid)
+    shard_list = sorted(s for s, rec in view.shards.items() if rec.get("node_uid") == uid)
+    extra = {k: info[k] for k in ("gossip_port", "rest_port") if k in info}
+    return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
+            "status": "active" if beat else "down", "shard_count": len(shard_list),
+            "shard_list": shard_list, "master": uid == (view.master or {}).get("uid"),
+            "uptime": time.time() - beat["started"] if beat else None,
+            "services": {s["name"]: s["state"] for s in (beat or {}).get("services", [])},
+            **extra}
+
+
+def shard_reply(shard: dict, state: dict | None) -> dict:
+    state = state or {}
+    return {**{k: v for k, v in state.items() if k != "uid"}, **shard,
+            "status": state.get("status", "unknown")}
+
+
+def action_reply(action: dict) -> dict:
+    return {k: v for k, v in action.items() if k != "state"}   # `state`: cnm_exec's own
+
+
+# ---- the service -----------------------------------------------------------------------------
+
+class CnmHttp:
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        self.session = ccs.Session.of_node(config)
+        self._accepted: set[bytes] = set()
+        self.redis_version: str | None = None
+        self.app = build_app(self)
+
+    async def run(self) -> None:
+        hc = hypercorn.config.Config()
+        hc.bind = [f"{self.config.address}:{self.config.rest_port}"]
+        hc.graceful_timeout = 1.0
+        hc.errorlog = log
+        if not self.config.admin:
+            log.warning("node.json has no admin credentials: every request will be refused")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._announce)
+            await hypercorn.trio.serve(self.app, hc)
+            nursery.cancel_scope.cancel()
+
+    async def _announce(self) -> None:
+        """Write this node's REST endpoint to `cluster:rest`; learn the Redis version."""
+        while True:
+            try:
+                r = await self.session.master()
+                await ccs.write(r, bdb.NODE_REST, {"address": self.config.address,
+                                                   "port": self.config.rest_port},
+                                field=self.config.uid)
+                info = (await (await self.session.local()).execute("INFO", "server")).decode()
+                self.redis_version = next((line.split(":", 1)[1].strip() for line in
+                                           info.splitlines() if line.startswith("redis_version:")),
+                                          None)
+                log.info("node %d: REST API on %s:%d", self.config.uid, self.config.address,
+                         self.config.rest_port)
+                return
+            except (RedisUnavailable, ReplyError):
+                await trio.sleep(1.0)
+
+    # ---- auth ------------------------------------------------------------------------------
+
+    async def admin(self, credentials: HTTPBasicCredentials | None) -> None:
+        if credentials is None:
+            raise _unauthorized("basic authentication is required")
+        key = hashlib.sha256(f"{credentials.username}\0{credentials.password}".encode()).digest()
+        if key in self._accepted:
+            return
+        ok = await trio.to_thread.run_sync(check_admin, self.config.admin,
+                                           credentials.username, credentials.password)
+        if not ok:
+            raise _unauthorized("wrong user name or password")
+        if len(self._accepted) > 64:      # the admin's password changed many times: start over
+            self._accepted.clear()
+        self._accepted.add(key)
+
+    # ---- CCS -------------------------------------------------------------------------------
+
+    async def _master(self):
+        """The master's copy, through the forwarded port. A connection dropped because the
+        master changed is noticed by PING and made again once."""
+        try:
+            r = await self.session.master()
+            await r.execute("PING")
+        except RedisUnavailable:
+            r = await self.session.master()
+            await r.execute("PING")
+        return r
+
+    async def reader(self):
+        """The master's copy if it answers, else the node's own (possibly a little behind)."""
+        try:
+            return await self._master()
+        except (RedisUnavailable, ReplyError) as exc:
+            log.info("reading the node's own CCS copy: the master's does not answer (%s)", exc)
+            return await self.session.local()
+
+    async def writer(self):
+        return await self._master()
+
+    @asynccontextmanager
+    async def config_lock(self, r):
+        token = uuid.uuid4().hex
+        deadline = trio.current_time() + CONFIG_LOCK_WAIT
+        while await r.execute("SET", CONFIG_LOCK, token, "NX", "PX", CONFIG_LOCK_MS) is None:
+            if trio.current_time() > deadline:
+                raise ApiError(503, "busy", "another change is being validated; try again")
+            await trio.sleep(0.02)
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await r.execute("EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                                    "return redis.call('DEL', KEYS[1]) end return 0",
+                                    1, CONFIG_LOCK, token)
+                except (RedisUnavailable, ReplyError):
+                    pass            # it expires by itself
+
+    async def _unlocked(self, r, bdb_uid: int) -> None:
+        holder = await r.execute("GET", bdb.lock_key(bdb_uid))
+        if holder is not None:
+            raise bdb.Conflict(f"database {bdb_uid} is being changed by action "
+                               f"{holder.decode()}")
+
+    # ---- the requests ----------------------------------------------------------------------
+
+    async def create_bdb(self, body: bdb.BdbCreate, dry_run: bool) -> dict:
+        r = await (self.reader() if dry_run else self.writer())
+        async with nullcontext() if dry_run else self.config_lock(r):
+            view = await read_view(r, with_actions=True)
+            record, placement = plan_create(view, body)
+            if dry_run:
+                return {"dry_run": True, "action": "bdb_create", "object_uid": None,
+                        "params": {}, "bdb": record,
+                        "placement": [{"master_node_uid": m, "replica_node_uid": rep}
+                                      for m, rep in placement]}
+            uid = await bdb.next_uid(r, "bdb")
+            action = bdb.new_action("bdb_create", "bdb", uid, {})
+            record.update(uid=uid, status="pending", action_uid=action["action_uid"],
+                          created_time=time.time())
+            if self.redis_version:
+                record["redis_version"] = self.redis_version
+            await bdb.put_bdb(r, record)
+            await bdb.submit(r, action, lock_bdb=uid)
+            log.info("database %d (%s) requested: action %s", uid, record["name"],
+                     action["action_uid"])
+        return {**bdb.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
+
+    async def update_bdb(self, uid: int, body: bdb.BdbSettings, dry_run: bool) -> dict:
+        given = body.model_dump(exclude_unset=True)
+        nulls = sorted(k for k, v in given.items() if v is None)
+        if nulls:
+            raise ApiError(400, "invalid_schema", f"{', '.join(nulls)}: may not be null")
+        r = await (self.reader() if dry_run else self.writer())
+        async with nullcontext() if dry_run else self.config_lock(r):
+            view = await read_view(r, with_actions=True)
+            current = view.bdbs.get(uid)
+            if current is None:
+                raise _not_found("bdb", uid)
+            await self._unlocked(r, uid)
+            name, params = plan_update(view, current, given)
+            if dry_run or name is None:
+                reply = bdb.public_bdb(current, view.nodes, view.shards_of(uid))
+                if dry_run:
+                    return {"dry_run": True, "action": name, "object_uid": uid,
+                            "params": params, "bdb": reply}
+                return {**reply, "action_uid": None}
+            action = await bdb.submit(r, bdb.new_action(name, "bdb", uid, params), lock_bdb=uid)
+        log.info("database %d: %s %s, action %s", uid, name, params, action["action_uid"])
+        return {**bdb.public_bdb(current, view.nodes, view.shards_of(uid)),
+                "action_uid": action["action_uid"]}
+
+    async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
+        r = await (self.reader() if dry_run else self.writer())
+        current = await bdb.get_bdb(r, uid)
+        if current is None:
+            raise _not_found("bdb", uid)
+        await self._unlocked(r, uid)
+        if dry_run:
+            return {"dry_run": True, "action": "bdb_delete", "object_uid": uid, "params": {}}
+        action = await bdb.submit(r, bdb.new_action("bdb_delete", "bdb", uid, {}), lock_bdb=uid)
+        log.info("database %d: delete, action %s", uid, action["action_uid"])
+        return {"action_uid": action["action_uid"], "object_uid": uid}
+
+    async def shard_action(self, uid: int, name: str, params: dict, dry_run: bool) -> dict:
+        r = await (self.reader() if dry_run else self.writer())
+        view = await read_view(r)
+        shard = view.shards.get(uid)
+        if shard is None:
+            raise _not_found("shard", uid)
+        bdb_uid = shard.get("bdb_uid")
+        await self._unlocked(r, bdb_uid)
+        pair = pair_of(shard, view.shards)
+        if name == "shard_failover" and not pair:
+            raise bdb.InvalidRequest(f"shard {uid} has no replica to fail over to"
+                                     if shard.get("role") == "master" else
+                                     f"replica shard {uid} has no master")
+        if name == "shard_migrate":
+            target = params["target_node_uid"]
+            if target not in view.nodes:
+                raise bdb.InvalidRequest(f"node {target} is not a member of the cluster")
+            if target not in view.up:
+                raise bdb.InvalidRequest(f"node {target} is down")
+            if shard.get("node_uid") == target:
+                raise bdb.InvalidRequest(f"shard {uid} is already on node {target}")
+            for other in pair:
+                if other.get("node_uid") == target:
+                    raise bdb.InvalidRequest(f"node {target} holds shard {other['uid']}, the "
+                                             f"{other.get('role')} of shard {uid}")
+        if dry_run:
+            return {"dry_run": True, "action": name, "object_uid": uid, "params": params}
+        action = bdb.new_action(name, "shard", uid, params)
+        action["bdb_uid"] = bdb_uid           # whose lock cnm_exec releases at the end
+        await bdb.submit(r, action, lock_bdb=bdb_uid)
+        log.info("shard %d: %s %s, action %s", uid, name, params, action["action_uid"])
+        return {"action_uid": action["action_uid"], "object_uid": uid}
+
+
+def _unauthorized(description: str) -> ApiError:
+    return ApiError(401, "unauthorized", description)
+
+
+def _error(status: int, code: str, description: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error_code": code, "description": description}, status_code=status,
+                        headers=headers)
+
+
+def _describe(error: dict, request: Request) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
+    if error["type"] == "extra_forbidden":
+        return f"unknown field {loc}"
+    if error["type"] == "json_invalid":
+        return "the body is not valid JSON"
+    if loc == "body" and error["type"] == "missing":
+        return "a JSON body is required"
+    if loc == "body" and "json" not in request.headers.get("content-type", ""):
+        return "the body must be a JSON object sent as Content-Type: application/json"
+    if loc == "body":
+        return "the body must be a JSON object"
+    return f"{loc}: {error['msg']}"
+
+
+# ---- the FastAPI application ----------------------------------------------------------------
+
+BASIC = HTTPBasic(auto_error=False, realm="dmc")
+
+
+def build_app(api: CnmHttp) -> FastAPI:
+    async def admin(credentials: Annotated[HTTPBasicCredentials | None, Depends(BASIC)]) -> None:
+        await api.admin(credentials)
+
+    app = FastAPI(title="dmc cluster REST API", version="1",
+                  description="Databases, nodes, shards and actions of a dmc cluster, in the "
+                  "shape of Redis Enterprise's REST API. Basic authentication as the cluster "
+                  "admin.", dependencies=[Depends(admin)], responses={401: ERRORS[401]},
+                  openapi_url=None, docs_url=None, redoc_url=None)
+
+    # ---- errors ----
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        headers = {"WWW-Authenticate": 'Basic realm="dmc"'} if exc.status == 401 else None
+        return _error(exc.status, exc.error_code, exc.description, headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+        headers = dict(exc.headers or {})
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="dmc"'
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"),
+                      str(exc.detail), headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if errors and all(e["loc"][-1:] == ("port",) and e["type"] in (
+                "greater_than_equal", "less_than_equal") for e in errors):
+            return _error(406, "invalid_port", "port must be between 1 and 65535")
+        return _error(400, "invalid_schema", "; ".join(_describe(e, request) for e in errors))
+
+    @app.exception_handler(bdb.InvalidRequest)
+    async def _invalid_configuration(request: Request, exc: bdb.InvalidRequest):
+        return _error(406, "invalid_configuration", str(exc))
+
+    @app.exception_handler(bdb.Conflict)
+    async def _conflict(request: Request, exc: bdb.Conflict):
+        return _error(409, "bdb_locked", str(exc))
+
+    @app.exception_handler(RedisUnavailable)
+    async def _unavailable(request: Request, exc: RedisUnavailable):
+        return _error(503, "ccs_unavailable", f"the cluster configuration store does not "
+                      f"answer ({exc})")
+
+    @app.exception_handler(ReplyError)
+    async def _reply_error(request: Request, exc: ReplyError):
+        if exc.kind in NOT_WRITABLE:
+            return _error(503, "ccs_unavailable", f"no writable CCS master ({exc})")
+        log.error("CCS error on %s %s: %s", request.method, request.url.path, exc)
+        return _error(500, "internal_error", f"CCS error: {exc}")
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    # ---- the API's description ----
+
+    generated = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document, without the 422 it adds everywhere: validation errors are 400."""
+        schema = generated()
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return schema
+
+    app.openapi = openapi
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json():
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    # ---- bdbs ----
+
+    bdb_errors = {k: ERRORS[k] for k in (400, 404, 406, 409, 503)}
+
+    @app.get("/v1/bdbs", response_model=list[Bdb], tags=["bdbs"])
+    async def list_bdbs():
+        view = await read_view(await api.reader())
+        return [bdb.public_bdb(b, view.nodes, view.shards_of(u))
+                for u, b in sorted(view.bdbs.items())]
+
+    @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
+    async def get_bdb(uid: int):
+        view = await read_view(await api.reader())
+        if uid not in view.bdbs:
+            raise _not_found("bdb", uid)
+        return bdb.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid))
+
+    @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
+              summary="Create a database (answers at once; follow action_uid)")
+    async def create_bdb(body: bdb.BdbCreate, dry_run: bool = False):
+        return await api.create_bdb(body, dry_run)
+
+    @app.put("/v1/bdbs/{uid}", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
+             summary="Change a database: shards_count alone reshards, the rest updates")
+    async def update_bdb(uid: int, body: bdb.BdbSettings, dry_run: bool = False):
+        return await api.update_bdb(uid, body, dry_run)
+
+    @app.delete("/v1/bdbs/{uid}", response_model=ActionStarted | DryRun, tags=["bdbs"],
+                responses=bdb_errors)
+    async def delete_bdb(uid: int, dry_run: bool = False):
+        return await api.delete_bdb(uid, dry_run)
+
+    # ---- nodes, cluster ----
+
+    @app.get("/v1/nodes", response_model=list[Node], tags=["nodes"])
+    async def list_nodes():
+        view = await read_view(await api.reader())
+        return [node_reply(view, u) for u in sorted(view.nodes)]
+
+    @app.get("/v1/nodes/{uid}", response_model=Node, tags=["nodes"],
+             responses={404: ERRORS[404]})
+    async def get_node(uid: int):
+        view = await read_view(await api.reader())
+        if uid not in view.nodes:
+            raise _not_found("node", uid)
+        return node_reply(view, uid)
+
+    @app.get("/v1/cluster", response_model=Cluster, tags=["cluster"])
+    async def get_cluster():
+        view = await read_view(await api.reader())
+        master = view.master or {}
+        return {"name": "dmc", "master_node_uid": master.get("uid"), "term": master.get("term"),
+                "master_since": master.get("since"), "nodes_count": len(view.nodes),
+                "nodes_up": len(view.up), "bdbs_count": len(view.bdbs),
+                "shards_count": len(view.shards)}
+
+    # ---- shards ----
+
+    async def shard_states(r) -> dict[int, dict]:
+        return await ccs.read_hash(r, bdb.SHARD_STATE)
+
+    @app.get("/v1/shards", response_model=list[Shard], tags=["shards"])
+    async def list_shards():
+        r = await api.reader()
+        shards, states = await bdb.shards(r), await shard_states(r)
+        return [shard_reply(s, states.get(u)) for u, s in sorted(shards.items())]
+
+    @app.get("/v1/shards/{uid}", response_model=Shard, tags=["shards"],
+             responses={404: ERRORS[404]})
+    async def get_shard(uid: int):
+        r = await api.reader()
+        shard = ccs.unpack(await r.execute("HGET", bdb.SHARDS, str(uid)))
+        if shard is None:
+            raise _not_found("shard", uid)
+        state = ccs.unpack(await r.execute("HGET", bdb.SHARD_STATE, str(uid)))
+        return shard_reply(shard, state)
+
+    shard_errors = {k: ERRORS[k] for k in (404, 406, 409, 503)}
+
+    @app.post("/v1/shards/{uid}/actions/failover", response_model=ActionStarted | DryRun,
+              tags=["shards"], responses=shard_errors,
+              summary="Promote the master shard's replica")
+    async def failover_shard(uid: int, dry_run: bool = False):
+        return await api.shard_action(uid, "shard_failover", {}, dry_run)
+
+    @app.post("/v1/shards/{uid}/actions/migrate", response_model=ActionStarted | DryRun,
+              tags=["shards"], responses={**shard_errors, 400: ERRORS[400]},
+              summary="Move the shard to another node")
+    async def migrate_shard(uid: int, body: MigrateRequest, dry_run: bool = False):
+        return await api.shard_action(uid, "shard_migrate",
+                                      {"target_node_uid": body.target_node_uid}, dry_run)
+
+    # ---- actions ----
+
+    @app.get("/v1/actions", response_model=list[Action], tags=["actions"])
+    async def list_actions():
+        actions = await bdb.actions(await api.reader())
+        return [action_reply(a) for a in sorted(actions.values(),
+                                                key=lambda a: a.get("creation_time") or 0)]
+
+    @app.get("/v1/actions/{uid}", response_model=Action, tags=["actions"],
+             responses={404: ERRORS[404]})
+    async def get_action(uid: str):
+        action = await bdb.get_action(await api.reader(), uid)
+        if action is None:
+            raise _not_found("action", uid)
+        return action_reply(action)
+
+    return app
+
+
+main = service_command("cnm_http", CnmHttp)
+
+if __name__ == "__main__":
+    main()
