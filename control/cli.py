@@ -1,5 +1,6 @@
 """The operator's cluster commands, registered on `dmc` (see dmc/cli.py): `dmc cluster
-create|stop`, `dmc node add|remove`, `dmc status`, `dmc services`, `dmc ccs-cli`.
+create|stop`, `dmc node add|remove`, `dmc status`, `dmc services`, `dmc ccs-cli`, and the
+database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`).
 
 They read the cluster from CCS (any node's copy answers reads) and control processes through
 each node's supervisord; errors are one line and a non-zero exit, never a traceback.
@@ -17,7 +18,9 @@ from pathlib import Path
 import click
 import trio
 
-from control import ccs
+from control import bdb, ccs
+from control.db_cli import COMMANDS as DB_COMMANDS
+from control.db_cli import format_memory, format_slots
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import SERVICES, supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
@@ -158,10 +161,14 @@ async def read_cluster(c: LocalCluster) -> dict:
                 uids = sorted(set(nodes) | set(c.nodes))
                 raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
                 beats = dict(zip(uids, map(ccs.unpack, raw)))
+                bdbs = await ccs.read_hash(r, bdb.BDBS)
+                shards = await ccs.read_hash(r, bdb.SHARDS)
+                states = await ccs.read_hash(r, bdb.SHARD_STATE)
         except (RedisUnavailable, ReplyError) as exc:
             errors.append(f"node {uid}: {exc}")
             continue
-        return {"read_from": uid, "master": master, "nodes": nodes, "heartbeats": beats}
+        return {"read_from": uid, "master": master, "nodes": nodes, "heartbeats": beats,
+                "bdbs": bdbs, "shards": shards, "shard_states": states}
     raise ClusterError("the cluster is not running (no CCS copy answered: "
                        + "; ".join(errors) + ")")
 
@@ -169,6 +176,22 @@ async def read_cluster(c: LocalCluster) -> dict:
 def _uptime(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def database_rows(view: dict) -> list[dict]:
+    return [{"db": uid, "name": b.get("name"), "port": b.get("port"),
+             "shards": b.get("shards_count"), "replication": bool(b.get("replication")),
+             "status": b.get("status"), "memory": b.get("memory_size")}
+            for uid, b in sorted(view["bdbs"].items())]
+
+
+def shard_rows(view: dict) -> list[dict]:
+    """Every shard; its status is what redis_mgr of its node last reported."""
+    return [{"shard": uid, "db": s.get("bdb_uid"), "node": s.get("node_uid"),
+             "role": s.get("role"), "port": s.get("port"), "slots": s.get("slots"),
+             "status": (view["shard_states"].get(uid) or {}).get("status", "unknown")}
+            for uid, s in sorted(view["shards"].items(),
+                                 key=lambda i: (i[1].get("bdb_uid") or 0, i[0]))]
 
 
 def status_rows(view: dict) -> list[dict]:
@@ -197,7 +220,8 @@ def status_rows(view: dict) -> list[dict]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @home_option
 def status(as_json, home):
-    """Every node: address, role, state, uptime and services (like `rladmin status`)."""
+    """Every node (address, role, state, uptime, services), database and shard, like
+    `rladmin status`."""
     c = _load(home)
     try:
         view = trio.run(read_cluster, c)
@@ -205,7 +229,8 @@ def status(as_json, home):
         raise click.ClickException(str(exc)) from None
     rows = status_rows(view)
     if as_json:
-        click.echo(json.dumps({"master": view["master"], "nodes": rows}))
+        click.echo(json.dumps({"master": view["master"], "nodes": rows,
+                               "databases": database_rows(view), "shards": shard_rows(view)}))
         return
     master = view["master"] or {}
     click.echo(f"CLUSTER: master node:{master.get('uid', '?')} term {master.get('term', '?')}")
@@ -218,6 +243,19 @@ def status(as_json, home):
         name = ("*" if r["role"] == "master" else "") + f"node:{r['node']}"
         click.echo(f"{name:<10}{r['role']:<9}{r['address'] or '?':<16}{r['state']:<7}"
                    f"{_uptime(r['uptime']) if r['uptime'] is not None else '-':<10}{services}")
+    click.echo("\nDATABASES:")
+    click.echo(f"{'DB:ID':<7}{'NAME':<20}{'PORT':<7}{'SHARDS':<8}{'REPLICATION':<13}"
+               f"{'STATUS':<17}MEMORY")
+    for d in database_rows(view):
+        click.echo(f"{'db:' + str(d['db']):<7}{d['name'] or '?':<20}{d['port'] or '?':<7}"
+                   f"{d['shards'] or '?':<8}{'enabled' if d['replication'] else 'disabled':<13}"
+                   f"{d['status'] or '?':<17}{format_memory(d['memory'])}")
+    click.echo("\nSHARDS:")
+    click.echo(f"{'DB:ID':<7}{'ID':<11}{'NODE':<9}{'ROLE':<9}{'PORT':<7}{'SLOTS':<24}STATUS")
+    for s in shard_rows(view):
+        click.echo(f"{'db:' + str(s['db']):<7}{'redis:' + str(s['shard']):<11}"
+                   f"{'node:' + str(s['node']):<9}{s['role'] or '?':<9}{s['port'] or '?':<7}"
+                   f"{format_slots(s['slots']):<24}{s['status']}")
 
 
 # ---- dmc services --------------------------------------------------------------------------
@@ -293,4 +331,4 @@ def ccs_cli(args, home):
     os.execv(cli, [cli, "-h", master["address"], "-p", str(master["ccs_port"]), *args])
 
 
-COMMANDS = (cluster, node, status, services, ccs_cli)
+COMMANDS = (cluster, node, status, services, ccs_cli, *DB_COMMANDS)
