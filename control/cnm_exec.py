@@ -431,7 +431,34 @@ class BdbCreate(Machine):
                 await self.new_shard(bdb["uid"], r_node, "replica", slots, master["uid"])
 
     async def start_shards(self) -> None:
-        await self.wait_running(list(await self.shards_of(self.bdb_uid)))
+        deadline = trio.current_time() + START_TIMEOUT
+        while True:
+            await self.replace_on_down_nodes()
+            try:
+                await self.wait_running(list(await self.shards_of(self.bdb_uid)), timeout=2.0)
+                return
+            except ActionFailed:
+                if trio.current_time() > deadline:
+                    raise
+
+    async def replace_on_down_nodes(self) -> None:
+        """Shards placed on a node that went down before they ran are placed again (a master
+        node killed during the create, say), never beside their master or replica."""
+        up = await self.up()
+        every = await schema.shards(self.redis)
+        mine = {u: s for u, s in every.items() if s["bdb_uid"] == self.bdb_uid}
+        for shard in mine.values():
+            if shard["node_uid"] in up:
+                continue
+            pair = {s["node_uid"] for s in mine.values() if s["uid"] != shard["uid"] and
+                    (s["uid"] == shard.get("master_uid") or s.get("master_uid") == shard["uid"])}
+            candidates = [n for n in sorted(up) if n not in pair]
+            if not candidates:
+                continue
+            (node, _), = schema.place(1, False, candidates, node_load(every))
+            shard.update(node_uid=node, port=schema.free_shard_port(
+                {s["port"] for s in every.values()}))
+            await schema.put_shard(self.redis, shard)
 
     async def sync_replicas(self) -> None:
         for shard in (await self.shards_of(self.bdb_uid)).values():
@@ -497,9 +524,18 @@ class BdbUpdate(Machine):
                 await self.redis.execute("PUBLISH", ccs.CHANGES, schema.SHARDS)
 
     async def settle(self) -> None:
-        # The proxies pick up a new password with the database record; shards their memory
-        # limit and eviction policy through redis_mgr, within a second.
-        await trio.lowlevel.checkpoint()
+        """Until every live node's dmcproxy serves the new record (its password, say); shards
+        get their memory limit and eviction policy from redis_mgr in the same pass."""
+        version = (await self.bdb())["version"]
+        deadline = trio.current_time() + ACK_TIMEOUT
+        while trio.current_time() < deadline:
+            up = await self.up()
+            acks = await ccs.read_hash(self.redis, schema.ack_key(self.bdb_uid))
+            if all((acks.get(n) or {}).get("bdb_version", 0) >= version for n in up):
+                return
+            await self.exec.session.wait_changed(0.1)
+        log.warning("database %d: not every proxy acknowledged version %d", self.bdb_uid,
+                    version)
 
 
 class BdbDelete(Machine):

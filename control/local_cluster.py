@@ -23,8 +23,10 @@ from pathlib import Path
 
 import trio
 
+from control import ccs
 from control.cluster_wd import request
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
+from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.redis_mgr import shard_pids, stop_all
 from dmc.local import free_port, pid_alive
 
@@ -114,6 +116,7 @@ class LocalCluster:
                 cluster.start_node(uid)
             if not netns:
                 cluster.wait_for_master(timeout)
+                cluster.wait_ready(timeout)
         except BaseException:
             cluster.delete()
             raise
@@ -291,6 +294,25 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"no single master within {timeout}s (masters: {masters})")
             time.sleep(0.1)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the master's CCS holds a heartbeat of every node: databases can be placed."""
+        deadline = time.monotonic() + timeout
+        while not trio.run(self._all_beating):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"not every node's heartbeat reached CCS within {timeout}s")
+            time.sleep(0.1)
+
+    async def _all_beating(self) -> bool:
+        for config in self.nodes.values():
+            try:
+                async with await connect(config.address, config.ccs_forward_port) as conn:
+                    found = await conn.pipeline([("EXISTS", ccs.heartbeat_key(uid))
+                                                 for uid in self.nodes])
+                    return all(f == 1 for f in found)
+            except (RedisUnavailable, ReplyError):
+                continue
+        return False
 
     def _ask_master(self, msg: dict, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -1,7 +1,27 @@
 #!/usr/bin/env bash
-# Starts the local default database: 3 redis-server shards and a dmcproxy on 127.0.0.1, in the
-# background, and prints the redis-cli line to use. `dmc local stop` stops it.
+# Starts a 3-node cluster on this machine (127.0.0.1-3, each node with its own supervisord, in
+# the background) with one database, `default` (2 shards, replication on, port 12000 unless
+# DMC_DB_PORT says otherwise), and prints the redis-cli line to use. Run again, it starts the
+# stopped cluster. `dmc cluster stop` stops it, `dmc cluster delete` removes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec dmc local start "$@"
+home="${DMC_HOME:-$HOME/.dmc}/cluster"
+if [ -f "$home/cluster.json" ]; then
+    dmc cluster start
+else
+    dmc cluster create --nodes 3
+fi
+if ! dmc db show default >/dev/null 2>&1; then
+    dmc db create default --shards 2 --replication --port "${DMC_DB_PORT:-12000}"
+else
+    dmc db show default
+fi
+python3 - "$home" <<'PY'
+import json, sys
+from pathlib import Path
+home = Path(sys.argv[1])
+node = json.loads((home / "node-1" / "node.json").read_text())
+print(f"REST API: http://{node['address']}:{node['rest_port']}/v1/bdbs "
+      f"(user admin, password in {home / 'admin.json'}); status: dmc status")
+PY
