@@ -377,6 +377,7 @@ class CnmHttp:
         self.config = config
         self.session = ccs.Session.of_node(config)
         self._accepted: set[bytes] = set()
+        self._master_conn = None
         self.redis_version: str | None = None
         self.app = build_app(self)
 
@@ -429,13 +430,17 @@ class CnmHttp:
     # ---- CCS -------------------------------------------------------------------------------
 
     async def _master(self):
-        """The master's copy, through the forwarded port. A connection dropped because the
-        master changed is noticed by PING and made again once."""
+        """The master's copy, through the forwarded port. A connection heartbeatd dropped
+        because the master changed is noticed by PING and made again, once; a new connection
+        that fails is not tried twice."""
+        r = await self.session.master()
+        reused, self._master_conn = r is self._master_conn, r
         try:
-            r = await self.session.master()
             await r.execute("PING")
         except RedisUnavailable:
-            r = await self.session.master()
+            if not reused:
+                raise
+            r = self._master_conn = await self.session.master()
             await r.execute("PING")
         return r
 

@@ -41,6 +41,9 @@ home_option = click.option(
 
 POLL_EVERY = 0.2
 WAIT_TIMEOUT = 600.0
+# When every node refuses the connection (nothing listens: a cluster just started, cnm_http
+# restarting), ask again for this long: the request was never sent, so it is safe to repeat.
+CONNECT_PATIENCE = 5.0
 
 
 class Failure(click.ClickException):
@@ -123,26 +126,31 @@ class RestApi:
 
     def call(self, method: str, path: str, *, body: dict | None = None,
              params: dict | None = None):
-        problems = []
-        for i in range(len(self.endpoints)):
-            index = (self.current + i) % len(self.endpoints)
-            uid, base = self.endpoints[index]
-            try:
-                resp = self.client.request(method, base + path, json=body, params=params)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                problems.append(f"node {uid}: {exc or type(exc).__name__}")
-                continue
-            except httpx.TransportError as exc:
-                raise Failure(f"node {uid} did not answer {method} {path} "
-                              f"({exc or type(exc).__name__})") from None
-            if resp.status_code == 503 and method == "GET":
-                problems.append(f"node {uid}: {_description(resp)}")
-                continue
-            self.current = index
-            if resp.status_code >= 400:
-                raise Failure(_description(resp))
-            return resp.json()
-        raise Failure("no node's REST API answered (" + "; ".join(problems) + ")")
+        deadline = time.monotonic() + CONNECT_PATIENCE
+        while True:
+            problems, refused = [], True
+            for i in range(len(self.endpoints)):
+                index = (self.current + i) % len(self.endpoints)
+                uid, base = self.endpoints[index]
+                try:
+                    resp = self.client.request(method, base + path, json=body, params=params)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    problems.append(f"node {uid}: {exc or type(exc).__name__}")
+                    continue
+                except httpx.TransportError as exc:
+                    raise Failure(f"node {uid} did not answer {method} {path} "
+                                  f"({exc or type(exc).__name__})") from None
+                if resp.status_code == 503 and method == "GET":
+                    problems.append(f"node {uid}: {_description(resp)}")
+                    refused = False
+                    continue
+                self.current = index
+                if resp.status_code >= 400:
+                    raise Failure(_description(resp))
+                return resp.json()
+            if not refused or time.monotonic() > deadline:
+                raise Failure("no node's REST API answered (" + "; ".join(problems) + ")")
+            time.sleep(0.2)
 
     def bdb_uid(self, ref: str) -> int:
         """A database named by uid or by name."""

@@ -104,6 +104,7 @@ def quiet(api):
 def replicated(cluster, apis):
     """A database with 2 master shards and their replicas, created through node 2's API while
     node 3's API is asked for it right away: {reply, seconds, seen, action}."""
+    assert apis[2].get("/v1/cluster").status_code == 200      # credentials checked and cached
     started = time.monotonic()
     reply = apis[2].post("/v1/bdbs", json={"name": "replicated", "shards_count": 2,
                                            "replication": True, "memory_size": 64 << 20})
@@ -514,3 +515,21 @@ def test_without_a_reachable_ccs_master_reads_use_the_nodes_copy_and_writes_are_
     (read,) = _in_process(nothing, cluster.admin_login(), [("GET", "/v1/bdbs", None)])
     assert read.status_code == 503 and "does not answer" in read.json()["description"]
 
+
+
+def test_an_unexpected_failure_is_a_500_with_a_json_reason(cluster):
+    service = cnm_http.CnmHttp(cluster.nodes[1])
+
+    async def broken():
+        raise RuntimeError("the unexpected")
+    service.reader = broken
+
+    async def run():
+        transport = httpx.ASGITransport(service.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api",
+                                     auth=cluster.admin_login()) as client:
+            return await client.get("/v1/bdbs")
+    resp = trio.run(run)
+    assert resp.status_code == 500
+    assert resp.json() == {"error_code": "internal_error",
+                           "description": "RuntimeError: the unexpected"}

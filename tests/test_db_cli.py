@@ -18,7 +18,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from control import bdb, ccs, history
+from control import bdb, ccs, db_cli, history
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
 from dmc.cli import main
@@ -254,7 +254,8 @@ def test_a_node_whose_api_is_down_is_skipped(dmc, cluster, cache):
         rpc.startProcess("cnm_http")
 
 
-def test_no_node_answering_is_one_line_too(tmp_path, cluster):
+def test_no_node_answering_is_one_line_too(tmp_path, cluster, monkeypatch):
+    monkeypatch.setattr(db_cli, "CONNECT_PATIENCE", 0.5)
     runner = CliRunner()
     # the cluster's folder as another machine might have it, with REST ports nothing listens on
     copy = LocalCluster(tmp_path, {u: dataclasses.replace(c, home=str(tmp_path / f"node-{u}"),
