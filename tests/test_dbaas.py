@@ -1,0 +1,370 @@
+"""Databases as a service on a real 3-node cluster: cnm_exec's state machines, redis_mgr's shard
+processes and every node's dmcproxy, under a client load that records every acknowledged write
+(tests/workload.py) and checks them all afterwards.
+
+Actions are submitted the way cnm_http submits them (control.bdb.submit into CCS); the REST API
+and the CLI in front of them have tests of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import redis
+import trio
+from dmc._fastpath import slot_of
+from test_cluster import wait_until
+from workload import WriteLoad
+
+from control import bdb as schema
+from control import ccs, history
+from control.local_cluster import LocalCluster, loopback_addresses
+from control.node import supervisor_rpc
+from control.redis_client import connect
+from dmc.local import free_port
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Cluster:
+    """A LocalCluster and the few things these tests ask of its CCS."""
+
+    def __init__(self, home, first_address: str):
+        self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
+                                      record_history=True)
+
+    def master_ccs(self) -> tuple[str, int]:
+        for config in self.lc.nodes.values():
+            try:
+                r = redis.Redis(config.address, config.ccs_port, socket_timeout=1)
+                m = ccs.unpack(r.get(ccs.MASTER))
+                if m:
+                    return m["address"], m["ccs_port"]
+            except redis.RedisError:
+                continue
+        raise AssertionError("no CCS copy answers")
+
+    def ccs(self, fn):
+        """Run `await fn(conn)` against the master's CCS copy; retried while a master is
+        being elected."""
+        async def run():
+            conn = await connect(*self.master_ccs(), timeout=2.0)
+            async with conn:
+                return await fn(conn)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return trio.run(run)
+            except (OSError, AssertionError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def create_db(self, name="db", shards=2, replication=True, port=None, **fields) -> dict:
+        port = port or free_port()
+
+        async def create(r):
+            uid = await schema.next_uid(r, "bdb")
+            spec = schema.BdbCreate(name=name, port=port, shards_count=shards,
+                                    replication=replication, **fields).model_dump()
+            await schema.put_bdb(r, {**spec, "uid": uid, "status": "pending"})
+            action = await schema.submit(r, schema.new_action("bdb_create", "bdb", uid, {}),
+                                         lock_bdb=uid)
+            return uid, action["action_uid"]
+        uid, action = self.ccs(create)
+        self.wait_action(action)
+        return self.bdb(uid)
+
+    def submit(self, name, object_type, object_uid, params, bdb_uid) -> str:
+        async def go(r):
+            action = schema.new_action(name, object_type, object_uid, params)
+            action["bdb_uid"] = bdb_uid
+            return (await schema.submit(r, action, lock_bdb=bdb_uid))["action_uid"]
+        return self.ccs(go)
+
+    def wait_action(self, uid: str, timeout: float = 90.0) -> dict:
+        action = wait_until(lambda: (a := self.ccs(lambda r: schema.get_action(r, uid)))
+                            and a["status"] in ("completed", "failed") and a,
+                            timeout=timeout, interval=0.1, what=f"action {uid}")
+        assert action["status"] == "completed", action
+        return action
+
+    def run(self, name, object_type, object_uid, params, bdb_uid) -> dict:
+        return self.wait_action(self.submit(name, object_type, object_uid, params, bdb_uid))
+
+    def bdb(self, uid):
+        return self.ccs(lambda r: schema.get_bdb(r, uid))
+
+    def shards(self, bdb_uid) -> dict[int, dict]:
+        return {u: s for u, s in self.ccs(schema.shards).items() if s["bdb_uid"] == bdb_uid}
+
+    def states(self) -> dict[int, dict]:
+        return self.ccs(lambda r: ccs.read_hash(r, schema.SHARD_STATE))
+
+    def address(self, shard) -> tuple[str, int]:
+        return self.lc.nodes[shard["node_uid"]].address, shard["port"]
+
+    def client(self, node: int, port: int, **kw) -> redis.Redis:
+        return redis.Redis(self.lc.nodes[node].address, port, **{"socket_timeout": 5, **kw})
+
+    def master_of_key(self, bdb_uid, key: bytes) -> dict:
+        slot = slot_of(key)
+        return next(s for s in self.shards(bdb_uid).values() if s["role"] == "master"
+                    and any(a <= slot <= b for a, b in s["slots"]))
+
+    def close(self):
+        self.lc.stop()
+        found = history.violations(history.load_dir(self.lc.home))
+        assert found == [], found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("dbaas"), "127.0.0.41")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def own_cluster(tmp_path):
+    made = []
+
+    def make(first):
+        made.append(Cluster(tmp_path / f"c{len(made)}", first))
+        return made[-1]
+    yield make
+    for c in made:
+        c.close()
+
+
+def check_placement(shards: dict[int, dict]) -> None:
+    for s in shards.values():
+        if s["role"] == "replica":
+            assert s["node_uid"] != shards[s["master_uid"]]["node_uid"], shards
+
+
+def test_create_serves_on_every_node(cluster):
+    db = cluster.create_db("cache", shards=2, replication=True, memory_size=64 << 20,
+                           eviction_policy="allkeys-lru")
+    assert db["status"] == "active"
+    shards = cluster.shards(db["uid"])
+    assert sorted(s["role"] for s in shards.values()) == ["master", "master", "replica",
+                                                          "replica"]
+    check_placement(shards)
+    for node in cluster.lc.nodes:
+        c = cluster.client(node, db["port"])
+        assert c.set(f"k{node}", node) and c.get(f"k{node}") == str(node).encode()
+    assert cluster.client(2, db["port"]).dbsize() == 3
+    for s in shards.values():
+        r = redis.Redis(*cluster.address(s))
+        assert r.config_get("maxmemory")["maxmemory"] == str(32 << 20)
+        assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        assert r.info("replication")["role"] == ("master" if s["role"] == "master" else "slave")
+
+
+def test_update_then_delete(cluster):
+    db = cluster.create_db("upd", shards=1, replication=False)
+    c = cluster.client(1, db["port"])
+    c.set("a", "1")
+    cluster.run("bdb_update", "bdb", db["uid"], {"memory_size": 200 << 20,
+                                                 "authentication_redis_pass": "s3cret",
+                                                 "eviction_policy": "noeviction"}, db["uid"])
+    (shard,) = cluster.shards(db["uid"]).values()
+    r = redis.Redis(*cluster.address(shard))
+    wait_until(lambda: r.config_get("maxmemory")["maxmemory"] == str(200 << 20),
+               what="new maxmemory on the shard")
+    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    with pytest.raises(redis.AuthenticationError):
+        cluster.client(2, db["port"]).get("a")
+    assert cluster.client(2, db["port"], password="s3cret").get("a") == b"1"
+    # replication turned on later: a replica appears on another node and has the data
+    cluster.run("bdb_update", "bdb", db["uid"], {"replication": True}, db["uid"])
+    shards = cluster.shards(db["uid"])
+    check_placement(shards)
+    replica = next(s for s in shards.values() if s["role"] == "replica")
+    assert redis.Redis(*cluster.address(replica)).get("a") == b"1"
+
+    cluster.run("bdb_delete", "bdb", db["uid"], {}, db["uid"])
+    assert cluster.bdb(db["uid"]) is None
+    assert cluster.shards(db["uid"]) == {}
+    for node in cluster.lc.nodes:
+        with pytest.raises(redis.ConnectionError):
+            cluster.client(node, db["port"], password="s3cret").ping()
+    for s in shards.values():
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(*cluster.address(s), socket_timeout=1).ping()
+
+
+def test_switches_under_load_lose_nothing(cluster):
+    """Graceful failover, migration to another node, then resharding 2 -> 4 -> 8, all while
+    four clients write: no client error, every acknowledged write there afterwards."""
+    db = cluster.create_db("moving", shards=2, replication=True)
+    load = WriteLoad(cluster.lc.nodes[1].address, db["port"], clients=4).start()
+    try:
+        time.sleep(0.5)
+        master = next(s for s in cluster.shards(db["uid"]).values() if s["role"] == "master")
+        cluster.run("shard_failover", "shard", master["uid"], {}, db["uid"])
+        after = cluster.shards(db["uid"])
+        assert after[master["uid"]]["role"] == "replica"
+        time.sleep(0.3)
+
+        moving = next(s for s in cluster.shards(db["uid"]).values() if s["role"] == "master")
+        pair_nodes = {s["node_uid"] for s in cluster.shards(db["uid"]).values()
+                      if s["slots"] == moving["slots"]}
+        target = next(n for n in cluster.lc.nodes if n not in pair_nodes)
+        cluster.run("shard_migrate", "shard", moving["uid"], {"target_node_uid": target},
+                    db["uid"])
+        shards = cluster.shards(db["uid"])
+        assert moving["uid"] not in shards
+        assert any(s["node_uid"] == target and s["role"] == "master"
+                   and s["slots"] == moving["slots"] for s in shards.values())
+        time.sleep(0.3)
+
+        for count in (4, 8):
+            cluster.run("bdb_reshard", "bdb", db["uid"], {"shards_count": count}, db["uid"])
+            assert cluster.bdb(db["uid"])["shards_count"] == count
+            time.sleep(0.3)
+    finally:
+        load.stop()
+    assert load.writes > 1000
+    assert load.errors == []
+    assert load.reads_wrong == []
+    proxy = cluster.client(2, db["port"])
+    assert load.lost(proxy) == {}
+    assert proxy.dbsize() == load.writes
+    shards = cluster.shards(db["uid"])
+    assert sum(s["role"] == "master" for s in shards.values()) == 8
+    check_placement(shards)
+    for s in shards.values():        # every shard holds only its own slots' keys
+        r = redis.Redis(*cluster.address(s))
+        owned = {x for a, b in s["slots"] for x in range(a, b + 1)}
+        assert all(slot_of(k) in owned for k in r.scan_iter(count=1000))
+
+
+def test_kill_master_shard_fails_over(cluster):
+    db = cluster.create_db("ha", shards=2, replication=True)
+    load = WriteLoad(cluster.lc.nodes[3].address, db["port"], clients=2).start()
+    victim = cluster.master_of_key(db["uid"], b"probe")
+    probe = cluster.client(3, db["port"], socket_timeout=1)
+    try:
+        time.sleep(0.5)
+        probe.set("probe", "before")
+        pid = redis.Redis(*cluster.address(victim)).info("server")["process_id"]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            try:
+                probe.set("probe", "after")
+                break
+            except redis.RedisError:
+                time.sleep(0.01)
+        downtime = time.monotonic() - killed
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    print(f"writes served again {downtime:.3f}s after kill -9 of the master shard")
+    assert downtime < 2.0
+    shards = cluster.shards(db["uid"])
+    assert shards[victim["uid"]]["role"] == "replica"
+    # the old master comes back as a replica of the new one, with the data
+    new_master = shards[shards[victim["uid"]]["master_uid"]]
+    wait_until(lambda: cluster.states().get(victim["uid"], {}).get("status") == "running",
+               what="the old master restarted as a replica")
+    old = redis.Redis(*cluster.address(shards[victim["uid"]]))
+    wait_until(lambda: old.info("replication").get("master_link_status") == "up",
+               what="the old master replicating")
+    assert old.info("replication")["master_port"] == new_master["port"]
+    assert probe.get("probe") == b"after"
+    assert load.lost(cluster.client(1, db["port"])) == {}
+
+
+def test_proxy_serves_while_ccs_is_down(cluster):
+    db = cluster.create_db("steady", shards=2, replication=False)
+    c = cluster.client(2, db["port"])
+    c.set("x", "1")
+    rpcs = {uid: supervisor_rpc(cfg.supervisor_sock) for uid, cfg in cluster.lc.nodes.items()}
+    try:
+        for rpc in rpcs.values():
+            rpc.supervisor.stopProcess("ccs")
+        assert c.set("y", "2") and c.get("x") == b"1"
+        # a restarted dmcproxy serves from the maps it kept on disk
+        rpcs[2].supervisor.stopProcess("dmcproxy")
+        rpcs[2].supervisor.startProcess("dmcproxy")
+        back = wait_until(lambda: _answers(cluster.client(2, db["port"])), timeout=10,
+                          what="the restarted dmcproxy serving without CCS")
+        assert back.get("y") == b"2"
+    finally:
+        for rpc in rpcs.values():
+            if rpc.supervisor.getProcessInfo("ccs")["statename"] != "RUNNING":
+                rpc.supervisor.startProcess("ccs")
+    cluster.lc.wait_for_master()
+
+
+def _answers(client):
+    try:
+        client.ping()
+        return client
+    except redis.RedisError:
+        return None
+
+
+def test_master_node_killed_during_create(own_cluster):
+    c = own_cluster("127.0.0.51")
+    port = free_port()
+    master = c.lc.wait_for_master()
+
+    async def create(r):
+        uid = await schema.next_uid(r, "bdb")
+        spec = schema.BdbCreate(name="survivor", port=port, shards_count=3,
+                                replication=True).model_dump()
+        await schema.put_bdb(r, {**spec, "uid": uid, "status": "pending"})
+        return uid, (await schema.submit(r, schema.new_action("bdb_create", "bdb", uid, {}),
+                                         lock_bdb=uid))["action_uid"]
+    uid, action = c.ccs(create)
+    wait_until(lambda: c.ccs(lambda r: schema.get_action(r, action))["status"] == "active",
+               interval=0.01, what="the create running")
+    c.lc.kill_node(master)
+    done = c.wait_action(action)
+    assert done["status"] == "completed"
+    assert c.bdb(uid)["status"] == "active"
+    shards = c.shards(uid)
+    assert all(s["node_uid"] != master for s in shards.values())
+    check_placement(shards)
+    alive = next(n for n in c.lc.nodes if n != master)
+    client = c.client(alive, port)
+    assert client.set("k", "v") and client.get("k") == b"v"
+
+
+def test_node_killed_under_load(own_cluster):
+    """A whole node dies (kill -9 of its every process and shard): its master shards fail over,
+    the proxies of the other nodes switch, its shards are re-created elsewhere."""
+    c = own_cluster("127.0.0.61")
+    db = c.create_db("nodeloss", shards=2, replication=True)
+    shards = c.shards(db["uid"])
+    victim_node = next(s["node_uid"] for s in shards.values() if s["role"] == "master")
+    survivor = next(n for n in c.lc.nodes if n != victim_node)
+    load = WriteLoad(c.lc.nodes[survivor].address, db["port"], clients=2).start()
+    try:
+        time.sleep(0.5)
+        c.lc.kill_node(victim_node)
+        killed = time.monotonic()
+        wait_until(lambda: all(s["role"] == "replica" or s["node_uid"] != victim_node
+                               for s in c.shards(db["uid"]).values()),
+                   timeout=30, what="failover of the dead node's masters")
+        recovered = time.monotonic() - killed
+        errors_before = len(load.errors)
+        time.sleep(1.0)
+    finally:
+        load.stop()
+    print(f"node failure: masters failed over {recovered:.2f}s after kill -9 of the node")
+    assert len(load.errors) == errors_before       # no error once the switch is done
+    assert load.lost(c.client(survivor, db["port"])) == {}
+    wait_until(lambda: all(s["node_uid"] != victim_node for s in c.shards(db["uid"]).values()),
+               timeout=30, what="replicas re-created on the living nodes")
+    shards = c.shards(db["uid"])
+    check_placement(shards)
+    wait_until(lambda: all(c.states().get(u, {}).get("status") == "running" for u in shards),
+               timeout=30, what="every shard running")
