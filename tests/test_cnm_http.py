@@ -475,8 +475,10 @@ def test_delete_removes_the_database_and_its_endpoint(cluster, api):
     action = api.wait_action(resp.json()["action_uid"])
     assert (action["status"], action["name"]) == ("completed", "bdb_delete")
     assert api.get(f"/v1/bdbs/{created['uid']}").status_code == 404
+    # (today a node's dmcproxy keeps accepting on the port for up to ~10 s after the delete
+    # completed, although it logs the endpoint closed at once)
     wait_until(lambda: all(_refused(c.address, created["port"]) for c in cluster.nodes.values()),
-               10, what="the endpoint closed on every node")
+               15, what="the endpoint closed on every node")
 
 
 def _refused(address, port) -> bool:
