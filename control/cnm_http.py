@@ -87,19 +87,20 @@ class Endpoint(BaseModel):
 
 
 class Bdb(BaseModel):
-    """A database; fields cnm_exec adds later are shown too."""
+    """A database. Fields cnm_exec adds later are shown too; a record written by other means
+    than POST /v1/bdbs may lack some of these."""
     model_config = ConfigDict(extra="allow")
     uid: int
-    name: str
-    port: int
-    memory_size: int
-    shards_count: int
-    replication: bool
-    data_persistence: str
-    aof_policy: str
-    authentication_redis_pass: str
-    eviction_policy: str
-    status: str
+    name: str | None = None
+    port: int | None = None
+    memory_size: int | None = None
+    shards_count: int | None = None
+    replication: bool | None = None
+    data_persistence: str | None = None
+    aof_policy: str | None = None
+    authentication_redis_pass: str | None = None
+    eviction_policy: str | None = None
+    status: str | None = Field(None, description="pending, active, deleting, creation-failed")
     action_uid: str | None = Field(None, description="the action that last changed it")
     created_time: float | None = None
     last_changed_time: float | None = None

@@ -156,7 +156,7 @@ class RestApi:
         """A database named by uid or by name."""
         if ref.isdigit():
             return int(ref)
-        found = [b["uid"] for b in self.call("GET", "/v1/bdbs") if b["name"] == ref]
+        found = [b["uid"] for b in self.call("GET", "/v1/bdbs") if b.get("name") == ref]
         if not found:
             raise Failure(f"no database named {ref!r}")
         return found[0]
@@ -298,7 +298,7 @@ def db_create(name, shards, port, memory, replication, persistence, aof_policy, 
         click.echo(f"  port {planned.get('port')}, {format_memory(planned.get('memory_size'))}")
         return
     _started(api, reply, wait, f"database {reply['uid']} ({name}) is active on port "
-             f"{reply['port']}")
+             f"{reply.get('port')}")
     click.echo(_redis_cli_line(reply))
 
 
@@ -314,9 +314,11 @@ def db_list(as_json, home):
     click.echo(f"{'UID':<5}{'NAME':<20}{'PORT':<7}{'SHARDS':<8}{'REPLICATION':<13}"
                f"{'PERSISTENCE':<13}{'STATUS':<17}MEMORY")
     for b in bdbs:
-        click.echo(f"{b['uid']:<5}{b['name']:<20}{b['port']:<7}{b['shards_count']:<8}"
-                   f"{'enabled' if b['replication'] else 'disabled':<13}"
-                   f"{b['data_persistence']:<13}{b['status']:<17}{format_memory(b['memory_size'])}")
+        click.echo(f"{b['uid']:<5}{b.get('name') or '?':<20}{b.get('port') or '?':<7}"
+                   f"{b.get('shards_count') or '?':<8}"
+                   f"{'enabled' if b.get('replication') else 'disabled':<13}"
+                   f"{b.get('data_persistence') or '?':<13}{b.get('status') or '?':<17}"
+                   f"{format_memory(b.get('memory_size'))}")
 
 
 @db.command("show")
@@ -336,7 +338,7 @@ def db_show(ref, as_json, home):
         elif key == "authentication_redis_pass":
             value = "(set)" if value else "(none)"
         elif key == "endpoints":
-            value = ", ".join(f"{a}:{e['port']}" for e in value for a in e["addr"])
+            value = ", ".join(f"{a}:{e.get('port')}" for e in value for a in e.get("addr", []))
         elif key.endswith("_time") and isinstance(value, (int, float)):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         click.echo(f"{key + ':':<28}{value}")

@@ -260,6 +260,17 @@ def test_the_create_action_completes_and_every_node_serves_the_port(cluster, api
         assert out.stdout.split() == ["OK", f"v{i}"], out.stdout + out.stderr
 
 
+def test_a_database_record_with_few_fields_is_still_listed(cluster, api):
+    r = master_ccs(cluster)
+    r.hset(bdb.BDBS, "900", ccs.pack({"uid": 900, "name": "sparse", "port": 19999}))
+    try:
+        listed = {b["uid"]: b for b in api.get("/v1/bdbs").json()}
+        assert listed[900]["name"] == "sparse" and listed[900]["shard_list"] == []
+        assert api.get("/v1/bdbs/900").status_code == 200
+    finally:
+        r.hdel(bdb.BDBS, "900")
+
+
 def test_nodes_cluster_and_shards_describe_the_cluster(cluster, api, replicated):
     master = cluster.wait_for_master()
     info = api.get("/v1/cluster").json()
