@@ -493,14 +493,17 @@ class CnmHttp:
                         "params": {}, "bdb": record,
                         "placement": [{"master_node_uid": m, "replica_node_uid": rep}
                                       for m, rep in placement]}
-            uid = await bdb.next_uid(r, "bdb")
-            action = bdb.new_action("bdb_create", "bdb", uid, {})
-            record.update(uid=uid, status="pending", action_uid=action["action_uid"],
-                          created_time=time.time())
-            if self.redis_version:
-                record["redis_version"] = self.redis_version
-            await bdb.put_bdb(r, record)
-            await bdb.submit(r, action, lock_bdb=uid)
+            # A client that goes away must not leave half a request behind (a record without
+            # its action, a lock without an action to release it): every Redis call is bounded.
+            with trio.CancelScope(shield=True):
+                uid = await bdb.next_uid(r, "bdb")
+                action = bdb.new_action("bdb_create", "bdb", uid, {})
+                record.update(uid=uid, status="pending", action_uid=action["action_uid"],
+                              created_time=time.time())
+                if self.redis_version:
+                    record["redis_version"] = self.redis_version
+                await bdb.put_bdb(r, record)
+                await bdb.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action["action_uid"])
         return {**bdb.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
@@ -524,7 +527,9 @@ class CnmHttp:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
                 return {**reply, "action_uid": None}
-            action = await bdb.submit(r, bdb.new_action(name, "bdb", uid, params), lock_bdb=uid)
+            with trio.CancelScope(shield=True):
+                action = await bdb.submit(r, bdb.new_action(name, "bdb", uid, params),
+                                          lock_bdb=uid)
         log.info("database %d: %s %s, action %s", uid, name, params, action["action_uid"])
         return {**bdb.public_bdb(current, view.nodes, view.shards_of(uid)),
                 "action_uid": action["action_uid"]}
@@ -537,7 +542,9 @@ class CnmHttp:
         await self._unlocked(r, uid)
         if dry_run:
             return {"dry_run": True, "action": "bdb_delete", "object_uid": uid, "params": {}}
-        action = await bdb.submit(r, bdb.new_action("bdb_delete", "bdb", uid, {}), lock_bdb=uid)
+        with trio.CancelScope(shield=True):
+            action = await bdb.submit(r, bdb.new_action("bdb_delete", "bdb", uid, {}),
+                                      lock_bdb=uid)
         log.info("database %d: delete, action %s", uid, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
@@ -570,7 +577,8 @@ class CnmHttp:
             return {"dry_run": True, "action": name, "object_uid": uid, "params": params}
         action = bdb.new_action(name, "shard", uid, params)
         action["bdb_uid"] = bdb_uid           # whose lock cnm_exec releases at the end
-        await bdb.submit(r, action, lock_bdb=bdb_uid)
+        with trio.CancelScope(shield=True):
+            await bdb.submit(r, action, lock_bdb=bdb_uid)
         log.info("shard %d: %s %s, action %s", uid, name, params, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
