@@ -18,6 +18,7 @@ from netns import TestNetwork
 
 from control import history
 from control.local_cluster import LocalCluster, loopback_addresses
+from control.node import SERVICES
 
 
 def lease_view(config) -> dict:
@@ -208,7 +209,7 @@ def test_dmc_services_stop_start_and_restart(make_cluster):
     out = run_dmc(home, "services", "--node", "1", "stop", "heartbeatd").stdout
     assert "heartbeatd" in out and "STOPPED" in out
     out = run_dmc(home, "services", "--node", "1", "start", "all").stdout
-    assert out.count("RUNNING") == 3
+    assert out.count("RUNNING") == len(SERVICES)
     pid = cluster.node_pids(1)["cluster_wd"]
     run_dmc(home, "services", "--node", "1", "restart", "cluster_wd")
     assert cluster.node_pids(1)["cluster_wd"] != pid
@@ -216,7 +217,7 @@ def test_dmc_services_stop_start_and_restart(make_cluster):
     sup = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
                           str(cluster.nodes[1].supervisor_conf), "status"],
                          capture_output=True, text=True, timeout=30, check=False)
-    assert sup.stdout.count("RUNNING") == 3, sup.stdout
+    assert sup.stdout.count("RUNNING") == len(SERVICES), sup.stdout
 
 
 def test_cli_errors_are_one_line_and_exit_non_zero(make_cluster, tmp_path):
