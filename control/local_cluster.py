@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from control import ccs
+from control import bdb, ccs
 from control.cluster_wd import request
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
@@ -178,9 +178,13 @@ class LocalCluster:
     def remove_node(self, uid: int, timeout: float = 30.0) -> None:
         if uid not in self.nodes:
             raise ClusterError(f"no node {uid} on this machine's cluster folder")
-        reply = self._ask_master({"op": "leave", "uid": uid}, timeout)
-        if not reply.get("ok"):
-            raise ClusterError(f"node {uid} not removed: {reply.get('error')}")
+        if self.status(uid).get("is_master"):
+            # The master does not remove itself: stop it, let another node take over.
+            self.stop_node(uid)
+            self.wait_for_master(timeout, among=[u for u in self.nodes if u != uid])
+        action = trio.run(self._drain, uid, timeout)
+        if action["status"] != "completed":
+            raise ClusterError(f"node {uid} not removed: {action.get('error')}")
         self.stop_node(uid)
         shutil.rmtree(self.nodes.pop(uid).home, ignore_errors=True)
         self.save()
@@ -314,23 +318,30 @@ class LocalCluster:
                 continue
         return False
 
-    def _ask_master(self, msg: dict, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for config in self.nodes.values():
-                view = self.status(config.uid)
-                master = view.get("members", {}).get(view.get("master"))
-                if master is None:
-                    continue
-                try:
-                    reply = trio.run(request, master["address"], master["gossip_port"], msg, 2.0)
-                except (OSError, trio.TooSlowError, ConnectionError):
-                    continue
-                if reply.get("error") != "not the master":
-                    return reply
-            if time.monotonic() > deadline:
-                raise ClusterError("no master answered")
-            time.sleep(0.2)
+    async def _drain(self, uid: int, timeout: float) -> dict:
+        """The master's cnm_exec moves every shard off node `uid`, then the node leaves.
+        Submitted once; followed through any node's forwarded CCS port."""
+        action = bdb.new_action("node_remove", "node", uid, {})
+        submitted = False
+        others = [c for u, c in self.nodes.items() if u != uid]
+        with trio.move_on_after(timeout + 300):
+            while True:
+                for config in others:
+                    try:
+                        async with await connect(config.address,
+                                                 config.ccs_forward_port) as conn:
+                            if not submitted:
+                                await bdb.submit(conn, action)
+                                submitted = True
+                            while action["status"] not in ("completed", "failed"):
+                                await trio.sleep(0.2)
+                                action = await bdb.get_action(conn, action["action_uid"]) \
+                                    or action
+                            return action
+                    except (RedisUnavailable, ReplyError):
+                        continue
+                await trio.sleep(0.5)
+        return {**action, "status": "failed", "error": "no CCS master answered in time"}
 
 
 def _wait_gone(pids, timeout: float) -> bool:

@@ -368,3 +368,28 @@ def test_node_killed_under_load(own_cluster):
     check_placement(shards)
     wait_until(lambda: all(c.states().get(u, {}).get("status") == "running" for u in shards),
                timeout=30, what="every shard running")
+
+
+def test_node_remove_moves_its_shards_first(own_cluster):
+    """`dmc node remove` runs cnm_exec's node_remove: every shard on the node moves elsewhere
+    (a shard_migrate each, under load, losing nothing), then the node leaves."""
+    c = own_cluster("127.0.0.66")
+    c.lc.add_node()
+    db = c.create_db("drained", shards=2, replication=True)
+    leaving = next(n for n in c.lc.nodes if n != c.lc.wait_for_master()
+                   and any(s["node_uid"] == n for s in c.shards(db["uid"]).values()))
+    staying = next(n for n in c.lc.nodes if n != leaving)
+    load = WriteLoad(c.lc.nodes[staying].address, db["port"], clients=2).start()
+    try:
+        time.sleep(0.3)
+        c.lc.remove_node(leaving)
+        time.sleep(0.3)
+    finally:
+        load.stop()
+    shards = c.shards(db["uid"])
+    assert all(s["node_uid"] != leaving for s in shards.values())
+    check_placement(shards)
+    assert len(shards) == 4
+    assert load.errors == []
+    assert load.lost(c.client(staying, db["port"])) == {}
+    assert leaving not in c.ccs(lambda r: ccs.read_hash(r, ccs.NODES))
