@@ -787,6 +787,23 @@ def build_app(api: CnmHttp) -> FastAPI:
         return await api.shard_action(uid, "shard_migrate",
                                       {"target_node_uid": body.target_node_uid}, dry_run)
 
+    @app.post("/v1/nodes/{uid}/actions/remove", response_model=ActionStarted | DryRun,
+              tags=["nodes"], responses={k: ERRORS[k] for k in (404, 406, 503)},
+              summary="Move every shard off the node, then take it out of the cluster")
+    async def remove_node(uid: int, dry_run: bool = False):
+        r = await (api.reader() if dry_run else api.writer())
+        view = await read_view(r)
+        if uid not in view.nodes:
+            raise _not_found("node", uid)
+        if len(view.nodes) < 2:
+            raise bdb.InvalidRequest("the last node of a cluster cannot be removed")
+        if dry_run:
+            return {"dry_run": True, "action": "node_remove", "object_uid": uid, "params": {}}
+        action = bdb.new_action("node_remove", "node", uid, {})
+        with trio.CancelScope(shield=True):
+            await bdb.submit(r, action)
+        return {"action_uid": action["action_uid"], "object_uid": uid}
+
     # ---- actions ----
 
     @app.get("/v1/actions", response_model=list[Action], tags=["actions"])

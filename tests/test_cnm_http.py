@@ -153,7 +153,8 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
     assert set(doc["paths"]) == {
         "/v1/bdbs", "/v1/bdbs/{uid}", "/v1/nodes", "/v1/nodes/{uid}", "/v1/cluster",
         "/v1/shards", "/v1/shards/{uid}", "/v1/shards/{uid}/actions/failover",
-        "/v1/shards/{uid}/actions/migrate", "/v1/actions", "/v1/actions/{uid}"}
+        "/v1/shards/{uid}/actions/migrate", "/v1/nodes/{uid}/actions/remove", "/v1/actions",
+        "/v1/actions/{uid}"}
     assert set(doc["paths"]["/v1/bdbs/{uid}"]) == {"get", "put", "delete"}
     schemas = doc["components"]["schemas"]
     assert {"BdbCreate", "BdbSettings", "Bdb", "Action", "ErrorReply"} <= set(schemas)
@@ -208,6 +209,7 @@ def test_a_put_that_breaks_the_schema_is_a_400(api, replicated):
     ("delete", "/v1/bdbs/999", None), ("get", "/v1/nodes/99", None),
     ("get", "/v1/shards/999", None), ("post", "/v1/shards/999/actions/failover", None),
     ("post", "/v1/shards/999/actions/migrate", {"target_node_uid": 1}),
+    ("post", "/v1/nodes/99/actions/remove", None),
     ("get", "/v1/actions/no-such-action", None)])
 def test_an_unknown_uid_is_a_404(api, method, path, body):
     resp = api.request(method, path, json=body)
@@ -439,6 +441,7 @@ def test_dry_run_validates_and_answers_what_would_happen_but_writes_nothing(clus
                     ).json()["action"] == "shard_failover"
     assert api.post(f"/v1/shards/{master['uid']}/actions/migrate?dry_run=1",
                     json={"target_node_uid": free_node}).json()["action"] == "shard_migrate"
+    assert api.post("/v1/nodes/2/actions/remove?dry_run=1").json()["action"] == "node_remove"
     # a dry run still refuses what the real request would refuse
     assert api.post("/v1/bdbs?dry_run=1", json={"name": "replicated"}).status_code == 406
 
