@@ -17,7 +17,11 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     hyperloglog.pxi PFCOUNT across shards
     client_cmd.pxi  CLIENT ... about the proxy's own clients
     dispatch.pxi  routing a parsed request; client input and output
-    loop.pxi      one turn of the epoll loop
+    loop.pxi      one turn of the epoll loop; pause, resume, wake-up
+
+There is no mutable state at module level: everything a Proxy changes is in its own Core and its
+own CommandTable (CRC16_TABLE and the reply constants are read-only once the module is loaded),
+so several Proxies can run their loops in threads of one process at once, one thread each.
 """
 
 from libc.stdlib cimport malloc, calloc, realloc, free, rand, qsort, strtod
@@ -27,7 +31,7 @@ from libc.stdio cimport snprintf
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
 cdef extern from "errno.h":
     int EWOULDBLOCK
-from posix.unistd cimport close
+from posix.unistd cimport close, read, write
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cpython.exc cimport PyErr_CheckSignals
 
@@ -66,6 +70,10 @@ cdef extern from "netinet/tcp.h":
 cdef extern from "arpa/inet.h":
     int inet_pton(int af, const char *src, void *dst) nogil
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size) nogil
+
+cdef extern from "sys/eventfd.h":
+    int eventfd(unsigned int initval, int flags) nogil
+    int EFD_NONBLOCK, EFD_CLOEXEC
 
 cdef extern from "sys/epoll.h":
     ctypedef union epoll_data_t:
@@ -214,10 +222,16 @@ cdef class ReplyParser:
 cdef class Proxy:
     """One dmcproxy endpoint: a listening socket, a shard map and the epoll loop serving it.
 
-    Configure it with a command table and a shard map, then call run() (or run_once() from a
-    loop of your own). apply_shard_map() may be called between turns, or from another thread
-    while the loop waits in epoll: client connections stay open, requests already sent finish
-    on the connections they were sent on, and new requests follow the new map.
+    Configure it with a command table and a shard map, then call run() (or run_once() or
+    run_until_wakeup() from a loop of your own). A turn of the loop runs without the GIL, so
+    every other method is called between turns, by the thread that runs the loop (a signal
+    handler of the main thread in dmcproxy, Endpoint.call() in dmc.endpoint); wakeup() alone is
+    for any thread, to end a turn that waits in epoll.
+
+    apply_shard_map(): client connections stay open, requests already sent finish on the
+    connections they were sent on, and new requests follow the new map. For a live migration,
+    pause() first: requests are held (read, not sent) until resume(), when they follow the map
+    current then; inflight() says when the ones sent before the pause are all answered.
     """
     cdef Core core
     cdef CommandTable table
@@ -228,14 +242,19 @@ cdef class Proxy:
         memset(&self.core, 0, sizeof(Core))
         self.core.epfd = -1
         self.core.listener.fd = -1
+        self.core.wake.fd = -1
 
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
                  int idle_timeout_s=0):
+        if table.serving:
+            # Its per-command counters are written by the loop that serves it, without a lock.
+            raise ValueError("this command table already serves another Proxy: build one per Proxy")
         self.core.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.core.epfd < 0:
             raise OSError(errno, "epoll_create1")
+        table.serving = True
         self.table = table
         self.core.commands = table.entries
         self.core.max_clients = max_clients
@@ -243,11 +262,7 @@ cdef class Proxy:
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
-        if password is not None:
-            pw = password.encode() if isinstance(password, str) else bytes(password)
-            self.core.password = <char *>malloc(len(pw) + 1)
-            memcpy(self.core.password, <char *>pw, len(pw))
-            self.core.password[len(pw)] = 0
+        self.set_password(password)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
@@ -271,6 +286,14 @@ cdef class Proxy:
         ev.data.ptr = &self.core.listener
         if epoll_ctl(self.core.epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0:
             raise OSError(errno, "epoll_ctl on the listening socket")
+        self.core.wake.kind = KIND_WAKE
+        self.core.wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.core.wake.fd < 0:
+            raise OSError(errno, "eventfd")
+        ev.events = EPOLLIN
+        ev.data.ptr = &self.core.wake
+        if epoll_ctl(self.core.epfd, EPOLL_CTL_ADD, self.core.wake.fd, &ev) < 0:
+            raise OSError(errno, "epoll_ctl on the wake-up eventfd")
 
     def __dealloc__(self):
         cdef int i, j
@@ -295,8 +318,12 @@ cdef class Proxy:
         keylist_free(&self.core.keys)
         buf_free(&self.core.merged)
         buf_free(&self.core.subcommand)
+        if self.core.wake.fd >= 0:
+            close(self.core.wake.fd)
         if self.core.epfd >= 0:
             close(self.core.epfd)
+        if self.table is not None:
+            self.table.serving = False
 
     cdef int shard_for(self, str host, int port) except -1:
         cdef Shard *s
@@ -373,26 +400,108 @@ cdef class Proxy:
         return self.core.map_version
 
     def run_once(self, int timeout_ms=100):
-        cdef int n
+        """One turn: wait up to timeout_ms for events (less when wakeup() is called), handle
+        them. Returns the number of events."""
+        cdef int n, err = 0
         with nogil:
             n = loop_once(&self.core, timeout_ms)
-        if n < 0 and errno != EINTR:
-            raise OSError(errno, "epoll_wait")
+            if n < 0:
+                err = errno
+        if n < 0 and err != EINTR:
+            raise OSError(err, "epoll_wait")
         return n
+
+    def run_until_wakeup(self, int tick_ms=100):
+        """Turns, without taking the GIL between them, until wakeup() is called: the loop of a
+        thread that serves one endpoint and does something else only when asked to."""
+        cdef int n = 0, err = 0
+        with nogil:
+            while not self.core.woken:
+                n = loop_once(&self.core, tick_ms)
+                if n < 0:
+                    err = errno
+                    if err != EINTR:
+                        break
+            self.core.woken = False
+        if n < 0 and err != EINTR:
+            raise OSError(err, "epoll_wait")
 
     def run(self, int tick_ms=100):
         """Serve until stop() is called (for example from a signal handler)."""
-        cdef int n
+        cdef int n, err = 0
         self.stopping = False
         while not self.stopping:
             with nogil:
                 n = loop_once(&self.core, tick_ms)
-            if n < 0 and errno != EINTR:
-                raise OSError(errno, "epoll_wait")
+                if n < 0:
+                    err = errno
+            if n < 0 and err != EINTR:
+                raise OSError(err, "epoll_wait")
             PyErr_CheckSignals()
 
     def stop(self):
+        """run() returns after the turn under way."""
         self.stopping = True
+        self.wakeup()
+
+    def wakeup(self):
+        """End the turn under way if it waits in epoll (run_once() returns, run_until_wakeup()
+        returns after it). Safe from any thread."""
+        cdef unsigned long long one = 1
+        with nogil:
+            write(self.core.wake.fd, &one, sizeof(one))
+
+    def pause(self):
+        """Hold every request not yet sent: clients stay connected and are read, but from now on
+        their requests wait, in order, unparsed in their input, until resume(). Requests
+        already sent to a shard are answered as usual (see inflight())."""
+        self.core.paused = True
+
+    def resume(self):
+        """End a pause: the held requests are routed, in each client's order, by the shard map
+        current now (install the new map first, then resume), and written to the shards before
+        this returns."""
+        if self.core.paused:
+            with nogil:
+                core_resume(&self.core)
+
+    @property
+    def paused(self):
+        return bool(self.core.paused)
+
+    def inflight(self):
+        """Requests (fragments, for a split or fan-out request) sent to a shard and not yet
+        answered. Clients blocked in BLPOP & co. and subscriber connections are not counted:
+        they wait on purpose. Paused, this falls to 0 once the shards have answered."""
+        return core_inflight(&self.core)
+
+    def set_password(self, password):
+        """The database password (str or bytes; None or empty: none). New AUTH and HELLO AUTH
+        are checked against it; clients already authenticated stay so, as in Redis, and with no
+        password every client is."""
+        cdef char *pw = NULL
+        cdef char *old = self.core.password
+        cdef Client *c
+        if password:
+            b = password.encode() if isinstance(password, str) else bytes(password)
+            pw = <char *>malloc(len(b) + 1)
+            if pw == NULL:
+                raise MemoryError()
+            memcpy(pw, <char *>b, len(b))
+            pw[len(b)] = 0
+        self.core.password = pw
+        free(old)
+        if pw == NULL:
+            c = self.core.all_clients
+            while c != NULL:
+                c.flags |= CF_AUTHED
+                c = c.next
+
+    def close(self):
+        """Stop serving: the listening socket leaves the loop (its owner closes it), every
+        client connection and shard connection is closed. Call it once the loop has stopped."""
+        with nogil:
+            core_close(&self.core)
 
     def stats(self):
         cdef int i, j
@@ -408,6 +517,8 @@ cdef class Proxy:
             shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns})
         return {
             "map_version": self.core.map_version,
+            "paused": bool(self.core.paused),
+            "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,
             "total_connections": self.core.total_connections,
             "rejected_connections": self.core.rejected_connections,

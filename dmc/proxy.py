@@ -107,6 +107,32 @@ def wait_for_table(shards, deadline_s: float):
         time.sleep(0.2)
 
 
+def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _fastpath.Proxy]:
+    """The listening socket on cfg.bind:cfg.port and a Proxy serving it with cfg's limits and
+    password, its command table from the map's shards (waited for up to cfg.wait_shards_s),
+    shard_map installed. The one way a database endpoint is built: dmcproxy and
+    dmc.endpoint.Endpoint both use it. The caller owns the socket."""
+    sock = listen(cfg.bind, cfg.port)
+    try:
+        table, version = wait_for_table(list(shard_map.shards), cfg.wait_shards_s)
+        proxy = _fastpath.Proxy(sock.fileno(), table, max_clients=cfg.max_clients,
+                                backend_timeout_ms=cfg.backend_timeout_ms,
+                                conns_per_shard=cfg.conns_per_shard, server_version=version,
+                                client_output_limit=cfg.client_output_limit_mb << 20,
+                                password=cfg.password or None, idle_timeout_s=cfg.timeout)
+        install_shard_map(proxy, shard_map)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, proxy
+
+
+def install_shard_map(proxy: _fastpath.Proxy, shard_map: ShardMap) -> bool:
+    """Between two turns of proxy's loop; False when the map is not newer than the proxy's."""
+    return proxy.apply_shard_map(shard_map.version, list(shard_map.shards),
+                                 shard_map.slot_owners())
+
+
 class ProxyService:
     """The proxy process: listening socket, command table, shard map, signals."""
 
@@ -115,20 +141,11 @@ class ProxyService:
             raise ValueError("at least one shard is needed")
         self.cfg = cfg
         self.config_path = config_path
-        self.sock = listen(cfg.bind, cfg.port)
+        self.sock, self.proxy = open_proxy(cfg, cfg.shard_map(version=1))
         self.port = self.sock.getsockname()[1]
-        self.table, version = wait_for_table(cfg.shards, cfg.wait_shards_s)
-        self.proxy = _fastpath.Proxy(self.sock.fileno(), self.table, max_clients=cfg.max_clients,
-                                     backend_timeout_ms=cfg.backend_timeout_ms,
-                                     conns_per_shard=cfg.conns_per_shard,
-                                     server_version=version,
-                                     client_output_limit=cfg.client_output_limit_mb << 20,
-                                     password=cfg.password or None, idle_timeout_s=cfg.timeout)
-        self.apply(cfg.shard_map(version=1))
 
     def apply(self, shard_map: ShardMap) -> bool:
-        return self.proxy.apply_shard_map(shard_map.version, list(shard_map.shards),
-                                          shard_map.slot_owners())
+        return install_shard_map(self.proxy, shard_map)
 
     def reload(self) -> None:
         if not self.config_path:

@@ -217,9 +217,11 @@ cdef int param_refused(ParamPolicy *p, ArgVec *av) noexcept nogil:
 
 
 cdef class CommandTable:
-    """The compiled command table. Filled from Python (rare), read from C (every command)."""
+    """The compiled command table. Filled from Python (rare), read from C (every command).
+    One Proxy at a time uses it: the loop serving it counts calls in its entries."""
     cdef CommandInfo *entries[CMD_TABLE_SIZE]
     cdef int count
+    cdef bint serving
 
     def __dealloc__(self):
         cdef int i

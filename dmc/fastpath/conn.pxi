@@ -7,13 +7,14 @@ cdef enum ConnKind:
     KIND_LISTENER = 1
     KIND_CLIENT = 2
     KIND_BACKEND = 3
+    KIND_WAKE = 4           # the loop's eventfd: another thread wants a turn to end (wakeup())
 
 # Client flags
 cdef enum:
     CF_DIRTY = 1            # on the core's list of clients with output to write
     CF_CLOSE_AFTER_WRITE = 2
     CF_CLOSED = 4           # socket closed; struct freed at the end of the loop iteration
-    CF_READ_PAUSED = 8      # not reading: too much output or too many requests in flight
+    CF_READ_PAUSED = 8      # not reading: too much output, too many requests in flight, or the proxy is paused
     CF_RESOLVING = 16       # a request waits for COMMAND GETKEYS; the ones after it wait too
     CF_BLOCKED = 32         # a blocking command is in flight; the requests after it wait
     CF_MULTI = 64           # between MULTI and EXEC/DISCARD: commands are queued by the proxy
@@ -34,6 +35,11 @@ cdef enum:
 cdef struct Listener:
     int kind
     int fd
+
+
+cdef struct Wake:
+    int kind                # KIND_WAKE
+    int fd                  # eventfd: written by wakeup() from any thread, drained by the loop
 
 
 cdef struct Client:
@@ -60,6 +66,8 @@ cdef struct Client:
     int proto               # RESP version chosen with HELLO (2 until then)
     int multi_shard         # CF_MULTI: the shard the transaction's keys live on, or -1
     int watch_shard         # CF_WATCH: the shard of the watched keys
+    unsigned long long watch_map    # CF_WATCH: the shard map version watch_shard was found in
+    unsigned long long multi_map    # CF_MULTI: the shard map version multi_shard was found in
     int multi_count         # CF_MULTI: commands queued
     Buf multi_cmds          # CF_MULTI: their bytes, sent as MULTI ... EXEC in one write
     Client *next_dirty

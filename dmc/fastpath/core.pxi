@@ -21,6 +21,9 @@ DEF RETRY_MAX_US = 1000000
 cdef struct Core:
     int epfd
     Listener listener
+    Wake wake
+    bint woken                  # the loop drained a wakeup() (run_until_wakeup returns)
+    bint paused                 # no new request goes to a shard; clients wait, read-paused
     long long now_us
     CommandInfo **commands
     # shard table: only grows; the slot map points into it

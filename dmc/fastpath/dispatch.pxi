@@ -315,6 +315,10 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
         request_answer_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
                              cmd.name)
         return
+    if c.multi_shard >= 0 and c.multi_map != core.map_version and multi_reroute(core, c) < 0:
+        c.flags |= CF_MULTI_DIRTY
+        request_answer_str(core, r, b"-TRYAGAIN The transaction's keys moved to different shards while it was queued\r\n")
+        return
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         c.flags |= CF_MULTI_DIRTY
         request_answer_str(core, r, b"-ERR out of memory\r\n")
@@ -327,12 +331,44 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
             request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
             return
         c.multi_shard = s
+        c.multi_map = core.map_version
     if buf_append(&c.multi_cmds, av.wire, av.wire_len) < 0:
         c.flags |= CF_MULTI_DIRTY
         request_answer_str(core, r, b"-ERR out of memory\r\n")
         return
     c.multi_count += 1
     request_answer_str(core, r, b"+QUEUED\r\n")
+
+
+cdef int multi_reroute(Core *core, Client *c) noexcept nogil:
+    """The shard map changed while the transaction was queued (a live migration, say): find
+    the shard of its queued commands' keys in the current map. -1 when they are now on several
+    shards (or out of memory). Rare: the queued bytes are parsed again."""
+    cdef ArgVec av
+    cdef KeyList *kl = &core.keys
+    cdef const char *p = buf_head(&c.multi_cmds)
+    cdef size_t left = buf_len(&c.multi_cmds), consumed, need
+    cdef int shard = -1, i, rc = 0
+    cdef CommandInfo *cmd
+    argvec_init(&av)
+    while left > 0 and rc == 0:
+        if parse_request(p, left, &av, &consumed, &need) != PARSE_OK:
+            break               # cannot happen: these bytes were parsed when they were queued
+        cmd = command_lookup(core.commands, &av)     # known: an unknown one is not queued
+        if cmd == NULL or command_keys(cmd, &av, kl) < 0 or key_shards(core, &av, kl) < 0:
+            rc = -1
+            break
+        for i in range(kl.n):
+            if shard >= 0 and core.key_shard[i] != shard:
+                rc = -1
+                break
+            shard = core.key_shard[i]
+        p += consumed
+        left -= consumed
+    argvec_free(&av)
+    c.multi_shard = shard
+    c.multi_map = core.map_version
+    return rc
 
 
 cdef void send_unanswered(Core *core, Backend *b, const char *cmd) noexcept nogil:
@@ -361,6 +397,18 @@ cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
         multi_reset(c)
         watch_end(core, c, True)
         request_answer_str(core, r, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+        return
+    if c.flags & CF_WATCH and c.watch_map != core.map_version:
+        # The keys were watched on the shard that owned them then, which may not see their
+        # changes any more: the transaction fails as if they had changed, and the client retries.
+        multi_reset(c)
+        watch_end(core, c, True)
+        request_answer_str(core, r, b"_\r\n" if c.proto == 3 else b"*-1\r\n")
+        return
+    if c.multi_shard >= 0 and c.multi_map != core.map_version and multi_reroute(core, c) < 0:
+        multi_reset(c)
+        watch_end(core, c, True)
+        request_answer_str(core, r, b"-EXECABORT Transaction discarded because its keys moved to different shards.\r\n")
         return
     buf_clear(sub)
     buf_append_str(sub, b"*1\r\n$5\r\nMULTI\r\n")
@@ -405,6 +453,7 @@ cdef void watch_keys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nog
         return
     c.flags |= CF_WATCH
     c.watch_shard = shard
+    c.watch_map = core.map_version
     send_fragment_on(core, b, &r.frag0, av.wire, av.wire_len)
 
 
@@ -728,7 +777,9 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         if c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC):
             client_pause(core, c)
             return
-        if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE:
+        if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE or core.paused:
+            # core.paused: the proxy is paused (pause()): the request waits in the input,
+            # unparsed, and is routed by the shard map of the moment resume() is called.
             client_pause(core, c)
             return
         if buf_len(inp) < c.need:
@@ -817,7 +868,7 @@ cdef void client_flush(Core *core, Client *c) noexcept nogil:
     watch(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
     if c.flags & CF_WAIT_DRAIN and c.head == NULL:
         c.flags &= ~CF_WAIT_DRAIN
-    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 \
+    if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 and not core.paused \
             and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC)):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED

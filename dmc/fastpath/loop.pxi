@@ -76,6 +76,70 @@ cdef void flush_all(Core *core) noexcept nogil:
         backend_flush(core, b)
 
 
+cdef void wake_drain(Core *core) noexcept nogil:
+    cdef unsigned long long count
+    read(core.wake.fd, &count, sizeof(count))
+    core.woken = True
+
+
+cdef void core_resume(Core *core) noexcept nogil:
+    """The end of a pause: every client held while it lasted is parsed again from its input,
+    in order, and routed by the shard map of now; what that sends is written at once."""
+    cdef Client *c = core.all_clients
+    core.paused = False
+    core.now_us = monotonic_us()
+    while c != NULL:
+        if c.flags & CF_READ_PAUSED:
+            client_mark_dirty(core, c)      # client_flush reads it again and parses its input
+        c = c.next
+    flush_all(core)
+
+
+cdef long long core_inflight(Core *core) noexcept nogil:
+    """Fragments written (or queued to be written) to a shard and not answered yet. Blocking
+    commands wait on purpose and subscriber connections carry no fragments: not counted."""
+    cdef long long n = 0
+    cdef int i, j
+    cdef Client *c = core.all_clients
+    cdef Fragment *f
+    for i in range(core.nshards):
+        for j in range(core.shards[i].nconns):
+            n += core.shards[i].conns[j].queued
+    while c != NULL:
+        if c.dedicated != NULL:
+            f = c.dedicated.qhead
+            while f != NULL:
+                if not f.req.blocking:
+                    n += 1
+                f = f.next
+        c = c.next
+    return n
+
+
+cdef void core_close(Core *core) noexcept nogil:
+    """Stop serving: no more accepts, every client closed, every shard connection closed (what
+    was in flight is answered with an error and freed), no reconnection."""
+    cdef int i, j
+    cdef Backend *b
+    cdef epoll_event ev
+    if core.listener.fd >= 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_DEL, core.listener.fd, &ev)
+        core.listener.fd = -1       # the socket itself belongs to whoever opened it
+    while core.all_clients != NULL:
+        client_close(core, core.all_clients)
+    for i in range(core.nshards):
+        core.shards[i].active = False
+        for j in range(core.shards[i].nconns):
+            b = &core.shards[i].conns[j]
+            if b.fd >= 0:
+                backend_fail(core, b, b"proxy closed its connection to")
+            b.used = False
+    core.nactive = 0
+    core.dirty_backends = NULL
+    core.dirty_clients = NULL
+    free_closed(core)
+
+
 cdef void free_closed(Core *core) noexcept nogil:
     cdef Client *c
     cdef Backend *b
@@ -128,9 +192,12 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
                 backend_read(core, b)
         elif kind == KIND_LISTENER:
             accept_clients(core)
+        elif kind == KIND_WAKE:
+            wake_drain(core)
     flush_all(core)
     backends_tick(core)
-    if core.idle_timeout_us > 0 and core.now_us >= core.next_idle_check_us:
+    if core.idle_timeout_us > 0 and core.now_us >= core.next_idle_check_us and not core.paused:
+        # Not while paused: a held client's requests wait, it is not idle.
         close_idle_clients(core)
     flush_all(core)
     free_closed(core)
