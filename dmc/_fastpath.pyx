@@ -452,9 +452,12 @@ cdef class Proxy:
             write(self.core.wake.fd, &one, sizeof(one))
 
     def pause(self):
-        """Hold every request not yet sent: clients stay connected and are read, but from now on
-        their requests wait, in order, unparsed in their input, until resume(). Requests
-        already sent to a shard are answered as usual (see inflight())."""
+        """Hold every request not yet sent: connections are still accepted and read, but from
+        now on requests wait, in order, unparsed in their client's input, until resume(). A
+        client with a held request is not read further (what one read brought, usually up to
+        64 KiB, is held; the rest waits in its socket), but its hang-up is noticed and it is
+        closed.
+        Requests already sent to a shard are answered as usual (see inflight())."""
         self.core.paused = True
 
     def resume(self):

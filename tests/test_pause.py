@@ -375,7 +375,10 @@ def test_a_client_that_hangs_up_while_held_is_cleaned_up(shards, endpoint):
         assert c.get("gone") is None
 
 
-def test_exec_held_across_a_pause_runs_on_the_shard_of_the_new_map(shards, endpoint):
+@pytest.mark.parametrize("queued_after_the_pause", [(), (("INCR", "{t}n"),)],
+                         ids=["exec-only", "incr-and-exec"])
+def test_exec_held_across_a_pause_runs_on_the_shard_of_the_new_map(shards, endpoint,
+                                                                   queued_after_the_pause):
     old = even_map(shards, 0, 1, 2)
     ep = endpoint(old)
     slot = _fastpath.slot_of("{t}")
@@ -385,11 +388,12 @@ def test_exec_held_across_a_pause_runs_on_the_shard_of_the_new_map(shards, endpo
     assert c.replies(2) == [b"OK", b"QUEUED"]
     ep.pause()
     assert ep.apply_shard_map(moved(old, slot, (HOST, shards.ports[3])))
-    c.send(("INCR", "{t}n"), ("EXEC",))
+    c.send(*queued_after_the_pause, ("EXEC",))
     assert c.nothing_within(0.2)
     ep.resume()
-    assert c.replies(2) == [b"QUEUED", [b"OK", 1]]
-    assert shards.keys_on(3) == {b"{t}a", b"{t}n"}
+    n = len(queued_after_the_pause)
+    assert c.replies(n + 1) == [b"QUEUED"] * n + [[b"OK", 1][:n + 1]]
+    assert shards.keys_on(3) == ({b"{t}a", b"{t}n"} if n else {b"{t}a"})
     assert shards.keys_on(shards.ports.index(was)) == set()
     c.close()
 
@@ -412,7 +416,10 @@ def test_exec_after_a_map_change_aborts_when_its_keys_are_now_on_two_shards(shar
     c.close()
 
 
-def test_exec_after_a_map_change_fails_like_a_touched_watch(shards, endpoint):
+@pytest.mark.parametrize("queued_after_the_pause", [(), (("SET", "{t}b", "1"),)],
+                         ids=["exec-only", "set-and-exec"])
+def test_exec_after_a_map_change_fails_like_a_touched_watch(shards, endpoint,
+                                                            queued_after_the_pause):
     old = even_map(shards, 0, 1, 2)
     ep = endpoint(old)
     slot = _fastpath.slot_of("{t}")
@@ -421,9 +428,11 @@ def test_exec_after_a_map_change_fails_like_a_touched_watch(shards, endpoint):
     assert c.replies(3) == [b"OK", b"OK", b"QUEUED"]
     ep.pause()
     ep.apply_shard_map(moved(old, slot, (HOST, shards.ports[3])))
-    c.send(("EXEC",))
+    c.send(*queued_after_the_pause, ("EXEC",))
     ep.resume()
-    assert c.replies(1) == [None]
+    assert c.replies(len(queued_after_the_pause) + 1) == \
+        [b"QUEUED"] * len(queued_after_the_pause) + [None]
+    assert all(shards.client(i).dbsize() == 0 for i in range(4))
     # The connection is usable: the next transaction watches on the new shard and runs.
     c.send(("WATCH", "{t}a"), ("MULTI",), ("SET", "{t}a", "2"), ("EXEC",))
     assert c.replies(4) == [b"OK", b"OK", b"QUEUED", [b"OK"]]

@@ -325,8 +325,9 @@ cdef void multi_queue(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVe
         return
     if kl.n > 0:
         s = core.key_shard[0]
+        # A WATCH from an older map is not checked: EXEC fails as if its keys had changed.
         if not same_shard(core, kl.n) or (c.multi_shard >= 0 and s != c.multi_shard) or \
-                (c.flags & CF_WATCH and s != c.watch_shard):
+                (c.flags & CF_WATCH and s != c.watch_shard and c.watch_map == core.map_version):
             c.flags |= CF_MULTI_DIRTY
             request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
             return
