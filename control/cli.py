@@ -22,7 +22,7 @@ from control import bdb, ccs
 from control.db_cli import COMMANDS as DB_COMMANDS
 from control.db_cli import format_memory, format_slots
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
-from control.node import SERVICES, supervisor_rpc
+from control.node import supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
 
 DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"
@@ -274,13 +274,14 @@ def services(uid, action, names, home):
             sorted(c.nodes) if action == "status" else [min(c.nodes)])
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
-    unknown = [n for n in names if n != "all" and n not in SERVICES]
+    known = c.node(uids[0]).services
+    unknown = [n for n in names if n != "all" and n not in known]
     if unknown:
         raise click.ClickException(f"no such service: {', '.join(unknown)} "
-                                   f"(services: {', '.join(SERVICES)}, all)")
+                                   f"(services: {', '.join(known)}, all)")
     if action != "status" and not names:
         raise click.ClickException(f"name the services to {action} (or all)")
-    chosen = list(SERVICES) if not names or "all" in names else list(names)
+    chosen = list(known) if not names or "all" in names else list(names)
     for u in uids:
         rpc = supervisor_rpc(c.node(u).supervisor_sock).supervisor
         try:

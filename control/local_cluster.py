@@ -90,7 +90,8 @@ class LocalCluster:
     @classmethod
     def create(cls, home: Path, addresses: list[str], *, record_history: bool = False,
                netns: list[str] | None = None, timeout: float = 30.0,
-               admin_password: str | None = None) -> LocalCluster:
+               admin_password: str | None = None,
+               services: list[str] | None = None) -> LocalCluster:
         home = Path(home)
         if (home / "cluster.json").exists():
             raise ClusterError(f"a cluster already exists in {home} "
@@ -109,6 +110,8 @@ class LocalCluster:
         for c in cluster.nodes.values():
             c.peers = members
             c.admin = admin
+            if services is not None:
+                c.services = list(services)
             c.save()
         cluster.save()
         try:
@@ -150,6 +153,8 @@ class LocalCluster:
                                 netns)
         config.peers = members
         config.admin = next((c.admin for c in self.nodes.values() if c.admin), {})
+        if self.nodes:
+            config.services = list(next(iter(self.nodes.values())).services)
         config.save()
         self.nodes[uid] = config
         self.save()
@@ -182,9 +187,14 @@ class LocalCluster:
             # The master does not remove itself: stop it, let another node take over.
             self.stop_node(uid)
             self.wait_for_master(timeout, among=[u for u in self.nodes if u != uid])
-        action = trio.run(self._drain, uid, timeout)
-        if action["status"] != "completed":
-            raise ClusterError(f"node {uid} not removed: {action.get('error')}")
+        if "cnm_exec" in self.nodes[uid].services:
+            action = trio.run(self._drain, uid, timeout)
+            if action["status"] != "completed":
+                raise ClusterError(f"node {uid} not removed: {action.get('error')}")
+        else:       # a cluster without databases: cluster_wd alone takes it out
+            reply = self._ask_master({"op": "leave", "uid": uid}, timeout)
+            if not reply.get("ok"):
+                raise ClusterError(f"node {uid} not removed: {reply.get('error')}")
         self.stop_node(uid)
         shutil.rmtree(self.nodes.pop(uid).home, ignore_errors=True)
         self.save()
@@ -342,6 +352,25 @@ class LocalCluster:
                         continue
                 await trio.sleep(0.5)
         return {**action, "status": "failed", "error": "no CCS master answered in time"}
+
+
+    def _ask_master(self, msg: dict, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for config in self.nodes.values():
+                view = self.status(config.uid)
+                master = view.get("members", {}).get(view.get("master"))
+                if master is None:
+                    continue
+                try:
+                    reply = trio.run(request, master["address"], master["gossip_port"], msg, 2.0)
+                except (OSError, trio.TooSlowError, ConnectionError):
+                    continue
+                if reply.get("error") != "not the master":
+                    return reply
+            if time.monotonic() > deadline:
+                raise ClusterError("no master answered")
+            time.sleep(0.2)
 
 
 def _wait_gone(pids, timeout: float) -> bool:

@@ -45,6 +45,8 @@ SERVICE_MODULES = {
     "cnm_http": "control.cnm_http",
 }
 SERVICES = tuple(SERVICE_MODULES)
+# The cluster's own core, without databases: what the control-plane tests run.
+CORE_SERVICES = ("ccs", "cluster_wd", "heartbeatd")
 
 # A CCS copy that nobody has made writable refuses writes: min-replicas-to-write set this high
 # makes a master-role redis-server answer every write with -NOREPLICAS. cluster_wd lowers it to 0
@@ -62,6 +64,7 @@ class NodeConfig:
     ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
     rest_port: int = 8080          # cnm_http: the REST API
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
+    services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
     peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
     record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
     netns: str | None = None       # run the node's processes inside this network namespace
@@ -162,7 +165,7 @@ class NodeConfig:
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"),
             f"[supervisorctl]\nserverurl=unix://{self.supervisor_sock}\n",
         ]
-        for priority, name in enumerate(SERVICES, start=1):
+        for priority, name in enumerate(self.services, start=1):
             sections.append(
                 f"[program:{name}]\ncommand={commands[name]}\npriority={priority * 10}\n"
                 # supervisord's own back-off: a service that dies within startsecs is retried

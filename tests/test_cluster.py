@@ -18,7 +18,7 @@ from netns import TestNetwork
 
 from control import history
 from control.local_cluster import LocalCluster, loopback_addresses
-from control.node import SERVICES
+from control.node import CORE_SERVICES
 
 
 def lease_view(config) -> dict:
@@ -61,9 +61,11 @@ def make_cluster(tmp_path):
         home = tmp_path / f"cluster{len(made)}"
         if netns:
             c = LocalCluster.create(home, [h.address for h in netns.hosts], record_history=True,
-                                    netns=[h.name for h in netns.hosts], **kw)
+                                    netns=[h.name for h in netns.hosts],
+                                    services=CORE_SERVICES, **kw)
         else:
-            c = LocalCluster.create(home, loopback_addresses(n), record_history=True, **kw)
+            c = LocalCluster.create(home, loopback_addresses(n), record_history=True,
+                                    services=CORE_SERVICES, **kw)
         made.append(c)
         return c
 
@@ -209,7 +211,7 @@ def test_dmc_services_stop_start_and_restart(make_cluster):
     out = run_dmc(home, "services", "--node", "1", "stop", "heartbeatd").stdout
     assert "heartbeatd" in out and "STOPPED" in out
     out = run_dmc(home, "services", "--node", "1", "start", "all").stdout
-    assert out.count("RUNNING") == len(SERVICES)
+    assert out.count("RUNNING") == len(CORE_SERVICES)
     pid = cluster.node_pids(1)["cluster_wd"]
     run_dmc(home, "services", "--node", "1", "restart", "cluster_wd")
     assert cluster.node_pids(1)["cluster_wd"] != pid
@@ -217,7 +219,7 @@ def test_dmc_services_stop_start_and_restart(make_cluster):
     sup = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
                           str(cluster.nodes[1].supervisor_conf), "status"],
                          capture_output=True, text=True, timeout=30, check=False)
-    assert sup.stdout.count("RUNNING") == len(SERVICES), sup.stdout
+    assert sup.stdout.count("RUNNING") == len(CORE_SERVICES), sup.stdout
 
 
 def test_cli_errors_are_one_line_and_exit_non_zero(make_cluster, tmp_path):

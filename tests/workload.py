@@ -22,6 +22,7 @@ class WriteLoad:
     clients: int = 4
     password: str | None = None
     acked: dict[str, str] = field(default_factory=dict)
+    acked_at: dict[str, float] = field(default_factory=dict)     # key -> time.monotonic()
     errors: list[tuple[float, str]] = field(default_factory=list)
     reads_wrong: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -57,6 +58,7 @@ class WriteLoad:
                 conn.set(key, value)
                 with self._lock:
                     self.acked[key] = value
+                    self.acked_at[key] = time.monotonic()
                 if n % 10 == 0:
                     back = conn.get(key)
                     if back != value:
