@@ -19,6 +19,7 @@ The machines:
     shard_failover  promote a master's replica; graceful (pause, catch up, switch) while the
                     master lives, forced when it is dead
     shard_migrate   move a shard to another node: a new replica there, then a graceful switch
+    node_add        wait until a node that joined runs its services and serves every database
     node_remove     move every shard off a node (a shard_migrate each), then the node leaves
     bdb_reshard     more shards: split each master's slots (replicate, then split; below)
 
@@ -775,6 +776,41 @@ class BdbReshard(Machine):
         await self.wait_running([s["uid"] for s in added])
 
 
+class NodeAdd(Machine):
+    """object_uid: a node that joined through cluster_wd. Done when its heartbeat is in CCS with
+    its database services running, and its dmcproxy serves the newest map of every database;
+    from then on placement uses it."""
+    steps = (("heartbeat", 40), ("serve", 100))
+
+    async def heartbeat(self) -> None:
+        uid = self.action["object_uid"]
+        deadline = trio.current_time() + START_TIMEOUT
+        while True:
+            beat = await ccs.read(self.redis, ccs.heartbeat_key(uid))
+            states = {s["name"]: s["state"] for s in (beat or {}).get("services", [])}
+            if beat and all(states.get(n) == "RUNNING" for n in ("redis_mgr", "dmcproxy")):
+                return
+            if trio.current_time() > deadline:
+                raise ActionFailed(f"node {uid} is not up with its services ({states})")
+            await self.exec.session.wait_changed(0.2)
+
+    async def serve(self) -> None:
+        uid = self.action["object_uid"]
+        deadline = trio.current_time() + ACK_TIMEOUT
+        while True:
+            behind = []
+            for bdb_uid in await schema.bdbs(self.redis):
+                current = await self.current_map(bdb_uid)
+                ack = (await ccs.read_hash(self.redis, schema.ack_key(bdb_uid))).get(uid) or {}
+                if current and ack.get("version", 0) < current["version"]:
+                    behind.append(bdb_uid)
+            if not behind:
+                return
+            if trio.current_time() > deadline:
+                raise ActionFailed(f"node {uid} does not serve databases {behind}")
+            await self.exec.session.wait_changed(0.2)
+
+
 class NodeRemove(Machine):
     """object_uid: the node. Every shard on it moves to another node (one shard_migrate action
     each, run by this same cnm_exec, so each takes its database's lock like any change), then the
@@ -860,7 +896,8 @@ async def drop_foreign_keys(address: tuple[str, int], slots, batch: int = 500) -
 
 MACHINES = {"bdb_create": BdbCreate, "bdb_update": BdbUpdate, "bdb_delete": BdbDelete,
             "shard_failover": ShardFailover, "shard_migrate": ShardMigrate,
-            "bdb_reshard": BdbReshard, "node_remove": NodeRemove}
+            "bdb_reshard": BdbReshard, "node_add": NodeAdd,
+            "node_remove": NodeRemove}
 
 main = service_command("cnm_exec", CnmExec)
 

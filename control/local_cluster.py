@@ -165,6 +165,12 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise ClusterError(f"node {uid} did not join within {timeout}s")
                 time.sleep(0.1)
+            if "cnm_exec" in config.services:
+                action = trio.run(self._run_action, bdb.new_action("node_add", "node", uid, {}),
+                                  [c for u, c in self.nodes.items() if u != uid], timeout)
+                if action["status"] != "completed":
+                    raise ClusterError(f"node {uid} joined but is not ready: "
+                                       f"{action.get('error')}")
         return config
 
     def _members(self, peer: tuple[str, int] | None = None) -> dict[int, dict]:
@@ -329,14 +335,19 @@ class LocalCluster:
         return False
 
     async def _drain(self, uid: int, timeout: float) -> dict:
-        """The master's cnm_exec moves every shard off node `uid`, then the node leaves.
-        Submitted once; followed through any node's forwarded CCS port."""
-        action = bdb.new_action("node_remove", "node", uid, {})
+        """The master's cnm_exec moves every shard off node `uid`, then the node leaves."""
+        return await self._run_action(bdb.new_action("node_remove", "node", uid, {}),
+                                      [c for u, c in self.nodes.items() if u != uid],
+                                      timeout + 300)
+
+    async def _run_action(self, action: dict, through: list[NodeConfig],
+                          timeout: float) -> dict:
+        """Submit an action for the master's cnm_exec (once) and follow it to its end, through
+        any of `through`'s forwarded CCS ports."""
         submitted = False
-        others = [c for u, c in self.nodes.items() if u != uid]
-        with trio.move_on_after(timeout + 300):
+        with trio.move_on_after(timeout):
             while True:
-                for config in others:
+                for config in through:
                     try:
                         async with await connect(config.address,
                                                  config.ccs_forward_port) as conn:
@@ -351,8 +362,7 @@ class LocalCluster:
                     except (RedisUnavailable, ReplyError):
                         continue
                 await trio.sleep(0.5)
-        return {**action, "status": "failed", "error": "no CCS master answered in time"}
-
+        return {**action, "status": "failed", "error": f"not done within {timeout:.0f}s"}
 
     def _ask_master(self, msg: dict, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -390,12 +390,13 @@ def test_node_killed_under_load(own_cluster):
                timeout=30, what="every shard running")
 
 
-def test_node_remove_moves_its_shards_first(own_cluster):
-    """`dmc node remove` runs cnm_exec's node_remove: every shard on the node moves elsewhere
+def test_node_add_serves_and_node_remove_moves_its_shards_first(own_cluster):
+    """A node added serves every database at once. `dmc node remove` runs cnm_exec's node_remove: every shard on the node moves elsewhere
     (a shard_migrate each, under load, losing nothing), then the node leaves."""
     c = own_cluster("127.0.0.66")
-    c.lc.add_node()
     db = c.create_db("drained", shards=2, replication=True)
+    added = c.lc.add_node()          # node_add: done once its dmcproxy serves every database
+    assert c.client(added.uid, db["port"]).set("via-new-node", "1")
     leaving = next(n for n in c.lc.nodes if n != c.lc.wait_for_master()
                    and any(s["node_uid"] == n for s in c.shards(db["uid"]).values()))
     staying = next(n for n in c.lc.nodes if n != leaving)
@@ -411,5 +412,6 @@ def test_node_remove_moves_its_shards_first(own_cluster):
     check_placement(shards)
     assert len(shards) == 4
     assert load.errors == []
+    assert c.client(staying, db["port"]).get("via-new-node") == b"1"
     assert load.lost(c.client(staying, db["port"])) == {}
     assert leaving not in c.ccs(lambda r: ccs.read_hash(r, ccs.NODES))
