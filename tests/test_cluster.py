@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 from netns import TestNetwork
+from waiting import wait_until
 
 from control import history
 from control.local_cluster import LocalCluster, loopback_addresses
@@ -36,17 +37,6 @@ def lease_view(config) -> dict:
 def masters(cluster, among=None) -> list[int]:
     return [u for u, c in cluster.nodes.items()
             if (among is None or u in among) and lease_view(c).get("is_master")]
-
-
-def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def ccs_client(config) -> redis.Redis:

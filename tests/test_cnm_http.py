@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 import trio
+from waiting import wait_until
 
 from control import bdb, ccs, cnm_http, history
 from control.local_cluster import LocalCluster, loopback_addresses
@@ -23,17 +24,6 @@ from dmc.local import free_port
 pytestmark = pytest.mark.timeout(120)
 
 FIRST_ADDRESS = "127.0.0.71"      # other modules' clusters use other addresses
-
-
-def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 class Rest:

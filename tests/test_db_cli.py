@@ -11,12 +11,12 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import redis
 from click.testing import CliRunner
+from waiting import wait_until
 
 from control import bdb, ccs, db_cli, history
 from control.local_cluster import LocalCluster, loopback_addresses
@@ -26,17 +26,6 @@ from dmc.cli import main
 pytestmark = pytest.mark.timeout(120)
 
 FIRST_ADDRESS = "127.0.0.81"      # other modules' clusters use other addresses
-
-
-def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def _api_answers(config, auth) -> bool:

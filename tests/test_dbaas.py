@@ -16,7 +16,7 @@ import pytest
 import redis
 import trio
 from dmc._fastpath import slot_of
-from test_cluster import wait_until
+from waiting import wait_until
 from workload import WriteLoad
 
 from control import bdb as schema
