@@ -165,9 +165,11 @@ class LocalCluster:
                 if time.monotonic() > deadline:
                     raise ClusterError(f"node {uid} did not join within {timeout}s")
                 time.sleep(0.1)
-            if "cnm_exec" in config.services:
+            # With databases (cnm_exec on the nodes of this folder): ready once it serves them.
+            through = [c for u, c in self.nodes.items() if u != uid and "cnm_exec" in c.services]
+            if through and "cnm_exec" in config.services:
                 action = trio.run(self._run_action, bdb.new_action("node_add", "node", uid, {}),
-                                  [c for u, c in self.nodes.items() if u != uid], timeout)
+                                  through, timeout)
                 if action["status"] != "completed":
                     raise ClusterError(f"node {uid} joined but is not ready: "
                                        f"{action.get('error')}")
