@@ -149,16 +149,6 @@ def to_ranges(slots: list[int]) -> list[list[int]]:
     return out
 
 
-def slot_owner_table(ranges_by_shard: dict[int, list[list[int]]]) -> dict[int, int]:
-    """slot -> shard uid, for a set of master shards."""
-    owner = {}
-    for uid, ranges in ranges_by_shard.items():
-        for a, b in ranges:
-            for s in range(a, b + 1):
-                owner[s] = uid
-    return owner
-
-
 # ---- records in CCS -------------------------------------------------------------------------
 
 async def next_uid(redis, kind: str) -> int:

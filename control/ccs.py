@@ -54,6 +54,14 @@ async def write(redis, key: str, value, *, field=None, px: int | None = None) ->
             raise reply
 
 
+async def delete(redis, key: str, *fields) -> None:
+    """DEL the key (or HDEL its `fields`) and announce it on CHANGES, in one round trip."""
+    cmd = ("HDEL", key, *map(str, fields)) if fields else ("DEL", key)
+    for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
+        if isinstance(reply, ReplyError):
+            raise reply
+
+
 async def read(redis, key: str):
     return unpack(await redis.execute("GET", key))
 
@@ -120,6 +128,11 @@ class Session:
                 self.changed.set()
                 self.changed = trio.Event()
                 await trio.sleep(0.5)
+
+    def poke(self) -> None:
+        """Wake whoever waits in wait_changed, as a change notice would (from this process)."""
+        if self.changed is not None:
+            self.changed.set()
 
     async def wait_changed(self, timeout: float = 1.0) -> set[bytes]:
         """Wait for a change notice (at most `timeout`); the keys noticed since the last call."""

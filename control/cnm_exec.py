@@ -148,7 +148,7 @@ class CnmExec:
                 await self._master_down(redis, shard, shards, states, up)
             elif shard["role"] == "replica" and shard["node_uid"] not in up and \
                     now - self.node_down_since.get(shard["node_uid"], now) >= REPLICA_HA_AFTER:
-                await self._replace_replica(redis, shard, shards, nodes, up)
+                await self._replace_replica(redis, shard, shards, up)
 
     async def _master_down(self, redis, shard, shards, states, up) -> None:
         replica = next((r for r in shards.values() if r.get("master_uid") == shard["uid"]
@@ -171,18 +171,13 @@ class CnmExec:
         except schema.Conflict:
             pass        # a running action holds the database; it will meet the failure itself
 
-    async def _replace_replica(self, redis, shard, shards, nodes, up) -> None:
-        master = shards.get(shard.get("master_uid"))
-        candidates = [n for n in up if master is None or n != master["node_uid"]]
-        if not candidates:
+    async def _replace_replica(self, redis, shard, shards, up) -> None:
+        target = pick_node(up, pair_nodes(shard, shards), node_load(shards))
+        if target is None:
             return
-        load = node_load(shards)
-        (target, _), = schema.place(1, False, candidates, load)
-        used = {s["port"] for s in shards.values()}
         log.warning("replica shard %d: node %d is down, re-created on node %d",
                     shard["uid"], shard["node_uid"], target)
-        shard.update(node_uid=target, port=schema.free_shard_port(used))
-        await schema.put_shard(redis, shard)
+        await relocate(redis, shard, target, shards)
 
 
 # ---- helpers over CCS ------------------------------------------------------------------------
@@ -194,6 +189,28 @@ async def nodes_up(redis, nodes: dict) -> set[int]:
     keys = [ccs.heartbeat_key(uid) for uid in nodes]
     flags = await redis.pipeline([("EXISTS", k) for k in keys])
     return {uid for uid, f in zip(nodes, flags) if f == 1}
+
+
+def pick_node(up, excluded, load: dict[int, int]) -> int | None:
+    """The least loaded node of `up` outside `excluded` (its load then counted), or None."""
+    candidates = sorted(n for n in up if n not in excluded)
+    if not candidates:
+        return None
+    (node, _), = schema.place(1, False, candidates, load)
+    return node
+
+
+def pair_nodes(shard: dict, shards: dict) -> set[int]:
+    """The nodes of the shard's master and replicas: where a copy of it must not go."""
+    return {s["node_uid"] for s in shards.values() if s["uid"] != shard["uid"] and
+            (s["uid"] == shard.get("master_uid") or s.get("master_uid") == shard["uid"])}
+
+
+async def relocate(redis, shard: dict, node: int, shards: dict) -> None:
+    """Place the shard on `node`, on a free port there (redis_mgr starts it, and the old
+    node's stops it)."""
+    shard.update(node_uid=node, port=schema.free_shard_port({s["port"] for s in shards.values()}))
+    await schema.put_shard(redis, shard)
 
 
 def node_load(shards: dict) -> dict[int, int]:
@@ -392,6 +409,26 @@ class Machine:
         await schema.put_shard(self.redis, shard)
         return shard
 
+    async def add_missing_replicas(self, strict: bool) -> list[dict]:
+        """A replica, on another node, for each master of the database that has none. With
+        `strict`, a master that cannot have one fails the action; else it is left without."""
+        shards = await self.shards_of(self.bdb_uid)
+        have = {s["master_uid"] for s in shards.values() if s["role"] == "replica"}
+        up = await self.up()
+        load = node_load(await schema.shards(self.redis))
+        added = []
+        for master in [s for s in shards.values() if s["role"] == "master"]:
+            if master["uid"] in have:
+                continue
+            node = pick_node(up, {master["node_uid"]}, load)
+            if node is None:
+                if strict:
+                    raise ActionFailed("replication needs a second node up")
+                break
+            added.append(await self.new_shard(self.bdb_uid, node, "replica", master["slots"],
+                                              master["uid"]))
+        return added
+
     async def switch(self, bdb_uid: int, promote: list[tuple[dict, dict]], masters_after) -> None:
         """The paused switch: pause every proxy, wait until each (master, replica) pair in
         `promote` is caught up, promote the replicas, then publish `masters_after()` (called
@@ -453,15 +490,9 @@ class BdbCreate(Machine):
         for shard in mine.values():
             if shard["node_uid"] in up:
                 continue
-            pair = {s["node_uid"] for s in mine.values() if s["uid"] != shard["uid"] and
-                    (s["uid"] == shard.get("master_uid") or s.get("master_uid") == shard["uid"])}
-            candidates = [n for n in sorted(up) if n not in pair]
-            if not candidates:
-                continue
-            (node, _), = schema.place(1, False, candidates, node_load(every))
-            shard.update(node_uid=node, port=schema.free_shard_port(
-                {s["port"] for s in every.values()}))
-            await schema.put_shard(self.redis, shard)
+            node = pick_node(up, pair_nodes(shard, mine), node_load(every))
+            if node is not None:
+                await relocate(self.redis, shard, node, every)
 
     async def sync_replicas(self) -> None:
         for shard in (await self.shards_of(self.bdb_uid)).values():
@@ -501,30 +532,15 @@ class BdbUpdate(Machine):
 
     async def replicas(self) -> None:
         shards = await self.shards_of(self.bdb_uid)
-        masters = [s for s in shards.values() if s["role"] == "master"]
         replicas = [s for s in shards.values() if s["role"] == "replica"]
         if self.state["replication"]:
-            have = {r["master_uid"] for r in replicas}
-            up = sorted(await self.up())
-            load = node_load(await schema.shards(self.redis))
-            added = []
-            for master in masters:
-                if master["uid"] in have:
-                    continue
-                candidates = [n for n in up if n != master["node_uid"]]
-                if not candidates:
-                    raise ActionFailed("replication needs a second node up")
-                (node, _), = schema.place(1, False, candidates, load)
-                added.append(await self.new_shard(self.bdb_uid, node, "replica",
-                                                  master["slots"], master["uid"]))
+            added = await self.add_missing_replicas(strict=True)
             await self.wait_running([s["uid"] for s in added])
             for shard in added:
                 await self.wait_synced(shard)
         else:
-            for replica in replicas:
-                await self.redis.execute("HDEL", schema.SHARDS, str(replica["uid"]))
             if replicas:
-                await self.redis.execute("PUBLISH", ccs.CHANGES, schema.SHARDS)
+                await ccs.delete(self.redis, schema.SHARDS, *(r["uid"] for r in replicas))
 
     async def settle(self) -> None:
         """Until every live node's dmcproxy serves the new record (its password, say); shards
@@ -548,14 +564,12 @@ class BdbDelete(Machine):
         bdb = await self.bdb()
         bdb["status"] = "deleting"
         await schema.put_bdb(self.redis, bdb)
-        await self.redis.execute("DEL", schema.map_key(self.bdb_uid))
-        await self.redis.execute("PUBLISH", ccs.CHANGES, schema.map_key(self.bdb_uid))
+        await ccs.delete(self.redis, schema.map_key(self.bdb_uid))
 
     async def stop_shards(self) -> None:
         shards = await self.shards_of(self.bdb_uid)
         if shards:
-            await self.redis.execute("HDEL", schema.SHARDS, *map(str, shards))
-            await self.redis.execute("PUBLISH", ccs.CHANGES, schema.SHARDS)
+            await ccs.delete(self.redis, schema.SHARDS, *shards)
         deadline = trio.current_time() + START_TIMEOUT
         while trio.current_time() < deadline:
             states = await ccs.read_hash(self.redis, schema.SHARD_STATE)
@@ -568,8 +582,7 @@ class BdbDelete(Machine):
 
     async def forget(self) -> None:
         await self.redis.execute("DEL", schema.ack_key(self.bdb_uid))
-        await self.redis.execute("HDEL", schema.BDBS, str(self.bdb_uid))
-        await self.redis.execute("PUBLISH", ccs.CHANGES, schema.BDBS)
+        await ccs.delete(self.redis, schema.BDBS, self.bdb_uid)
 
 
 class ShardFailover(Machine):
@@ -622,13 +635,10 @@ class ShardFailover(Machine):
         old, new = (shards[u] for u in self.state["pair"])
         up = await self.up()
         if old["node_uid"] not in up:
-            candidates = [n for n in up if n != new["node_uid"]]
-            if not candidates:
+            node = pick_node(up, {new["node_uid"]}, node_load(shards))
+            if node is None:
                 return
-            (node, _), = schema.place(1, False, candidates, node_load(shards))
-            used = {s["port"] for s in shards.values()}
-            old.update(node_uid=node, port=schema.free_shard_port(used))
-            await schema.put_shard(self.redis, old)
+            await relocate(self.redis, old, node, shards)
         try:
             await self.wait_running([old["uid"]], timeout=10.0)
         except ActionFailed:
@@ -684,8 +694,7 @@ class ShardMigrate(Machine):
         await self.switch(old["bdb_uid"], [(old, new)], moved)
 
     async def retire(self) -> None:
-        await self.redis.execute("HDEL", schema.SHARDS, str(self.state["old"]))
-        await self.redis.execute("PUBLISH", ccs.CHANGES, schema.SHARDS)
+        await ccs.delete(self.redis, schema.SHARDS, self.state["old"])
 
 
 class BdbReshard(Machine):
@@ -707,12 +716,14 @@ class BdbReshard(Machine):
     async def copy(self) -> None:
         if "children" in self.state:
             return
-        up = sorted(await self.up())
+        up = await self.up()
         load = node_load(await schema.shards(self.redis))
         children = {}
         for m_uid, pieces in self.state["pieces"].items():
             for piece in pieces[1:]:
-                (node, _), = schema.place(1, False, up, load)
+                node = pick_node(up, set(), load)
+                if node is None:
+                    raise ActionFailed("no node is up to place shards on")
                 shard = await self.new_shard(self.bdb_uid, node, "replica", piece, int(m_uid))
                 children.setdefault(m_uid, []).append(shard["uid"])
         self.state["children"] = children
@@ -759,20 +770,7 @@ class BdbReshard(Machine):
         await schema.put_bdb(self.redis, bdb)
         if not self.state["replication"]:
             return
-        shards = await self.shards_of(self.bdb_uid)
-        have = {s["master_uid"] for s in shards.values() if s["role"] == "replica"}
-        up = sorted(await self.up())
-        load = node_load(await schema.shards(self.redis))
-        added = []
-        for master in [s for s in shards.values() if s["role"] == "master"]:
-            if master["uid"] in have:
-                continue
-            candidates = [n for n in up if n != master["node_uid"]]
-            if not candidates:
-                break
-            (node, _), = schema.place(1, False, candidates, load)
-            added.append(await self.new_shard(self.bdb_uid, node, "replica", master["slots"],
-                                              master["uid"]))
+        added = await self.add_missing_replicas(strict=False)
         await self.wait_running([s["uid"] for s in added])
 
 
@@ -858,12 +856,10 @@ class NodeRemove(Machine):
 
     async def _target(self, shard: dict) -> int:
         every = await schema.shards(self.redis)
-        pair = {s["node_uid"] for s in every.values() if s["bdb_uid"] == shard["bdb_uid"]
-                and (s["uid"] == shard.get("master_uid") or s.get("master_uid") == shard["uid"])}
-        candidates = [n for n in sorted(await self.up()) if n != self.node_uid and n not in pair]
-        if not candidates:
+        node = pick_node(await self.up(), {self.node_uid} | pair_nodes(shard, every),
+                         node_load(every))
+        if node is None:
             raise ActionFailed(f"no node can take shard {shard['uid']}")
-        (node, _), = schema.place(1, False, candidates, node_load(every))
         return node
 
     async def leave(self) -> None:

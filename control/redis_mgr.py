@@ -116,7 +116,6 @@ class RedisMgr:
         self.session = ccs.Session.of_node(config)
         self.shards: dict[int, Shard] = {}
         self.reported: dict[int, dict] = {}      # shard uid -> the state last written to CCS
-        self._wake = trio.Event()
 
     async def run(self) -> None:
         self.config.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -132,25 +131,14 @@ class RedisMgr:
                     await self.reconcile()
                 except (RedisUnavailable, ReplyError, OSError) as exc:
                     log.info("reconcile postponed: %s", exc)
-                with trio.move_on_after(RECONCILE_EVERY):
-                    await self._wake_or_change()
-
-    async def _wake_or_change(self) -> None:
-        async with trio.open_nursery() as n:
-            async def wake():
-                await self._wake.wait()
-                n.cancel_scope.cancel()
-            n.start_soon(wake)
-            await self.session.wait_changed(RECONCILE_EVERY)
-            n.cancel_scope.cancel()
-        self._wake = trio.Event()
+                await self.session.wait_changed(RECONCILE_EVERY)
 
     async def _watch_processes(self) -> None:
         """The watchdog: a shard process that died is noticed within POLL_EVERY."""
         while True:
             await trio.sleep(POLL_EVERY)
             if any(not s.alive() for s in self.shards.values()):
-                self._wake.set()
+                self.session.poke()
 
     # ---- the reconcile pass --------------------------------------------------------------
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import redis
 import trio
+from clusters import rest_cluster
 from waiting import wait_until
 
-from control import bdb, ccs, cnm_http, history
-from control.local_cluster import LocalCluster, loopback_addresses
+from control import bdb, ccs, cnm_http
 from dmc.local import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,25 +43,8 @@ class Rest:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster.create(tmp_path_factory.mktemp("rest") / "cluster",
-                            loopback_addresses(3, FIRST_ADDRESS), record_history=True)
-    try:
-        for config in c.nodes.values():
-            wait_until(lambda cfg=config: _answers(cfg, c.admin_login()), 20,
-                       what=f"cnm_http of node {config.uid}")
+    with rest_cluster(tmp_path_factory.mktemp("rest") / "cluster", FIRST_ADDRESS) as c:
         yield c
-    finally:
-        c.stop()
-    found = history.violations(history.load_dir(c.home))
-    assert found == [], found
-
-
-def _answers(config, auth) -> bool:
-    try:
-        return httpx.get(f"http://{config.address}:{config.rest_port}/v1/cluster", auth=auth,
-                         timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,13 @@ import shlex
 import subprocess
 import sys
 
-import httpx
 import pytest
 import redis
 from click.testing import CliRunner
-from waiting import wait_until
+from clusters import rest_cluster
 
-from control import bdb, ccs, db_cli, history
-from control.local_cluster import LocalCluster, loopback_addresses
+from control import bdb, ccs, db_cli
+from control.local_cluster import LocalCluster
 from control.node import supervisor_rpc
 from dmc.cli import main
 
@@ -28,27 +27,10 @@ pytestmark = pytest.mark.timeout(120)
 FIRST_ADDRESS = "127.0.0.81"      # other modules' clusters use other addresses
 
 
-def _api_answers(config, auth) -> bool:
-    try:
-        return httpx.get(f"http://{config.address}:{config.rest_port}/v1/cluster", auth=auth,
-                         timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = LocalCluster.create(tmp_path_factory.mktemp("dbcli") / "cluster",
-                            loopback_addresses(3, FIRST_ADDRESS), record_history=True)
-    try:
-        for config in c.nodes.values():
-            wait_until(lambda cfg=config: _api_answers(cfg, c.admin_login()),
-                       what=f"cnm_http of node {config.uid}")
+    with rest_cluster(tmp_path_factory.mktemp("dbcli") / "cluster", FIRST_ADDRESS) as c:
         yield c
-    finally:
-        c.stop()
-    found = history.violations(history.load_dir(c.home))
-    assert found == [], found
 
 
 @pytest.fixture(scope="module")
