@@ -456,19 +456,24 @@ class BdbCreate(Machine):
              ("serve", 95), ("activate", 100))
 
     async def place(self) -> None:
+        """Every slot range gets a master (and a replica); run again after a master change,
+        it places only what the previous run had not."""
         bdb = await self.bdb()
-        if await self.shards_of(bdb["uid"]):
-            return          # placed before a master change
-        up = sorted(await self.up())
-        load = node_load(await schema.shards(self.redis))
-        try:
-            placement = schema.place(bdb["shards_count"], bdb["replication"], up, load)
-        except schema.InvalidRequest as exc:
-            raise ActionFailed(str(exc)) from None
-        for slots, (m_node, r_node) in zip(schema.split_slots(bdb["shards_count"]), placement):
-            master = await self.new_shard(bdb["uid"], m_node, "master", slots)
-            if r_node is not None:
-                await self.new_shard(bdb["uid"], r_node, "replica", slots, master["uid"])
+        covered = [m["slots"] for m in await self.masters_of(bdb["uid"])]
+        missing = [r for r in schema.split_slots(bdb["shards_count"]) if r not in covered]
+        if missing:
+            load = node_load(await schema.shards(self.redis))
+            try:
+                placement = schema.place(len(missing), bdb["replication"],
+                                         sorted(await self.up()), load)
+            except schema.InvalidRequest as exc:
+                raise ActionFailed(str(exc)) from None
+            for slots, (m_node, r_node) in zip(missing, placement):
+                master = await self.new_shard(bdb["uid"], m_node, "master", slots)
+                if r_node is not None:
+                    await self.new_shard(bdb["uid"], r_node, "replica", slots, master["uid"])
+        if bdb["replication"]:
+            await self.add_missing_replicas(strict=True)
 
     async def start_shards(self) -> None:
         deadline = trio.current_time() + START_TIMEOUT
