@@ -52,6 +52,7 @@ from control import ccs
 from control.cluster_wd import request
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
+from dmc.shard_map import ShardMap
 
 log = logging.getLogger("cnm_exec")
 
@@ -375,6 +376,10 @@ class Machine:
                  "shards": [{"uid": s["uid"], "address": schema.shard_address(s, nodes),
                              "slots": s["slots"]} for s in sorted(masters, key=lambda s:
                                                                   s["slots"][0][0])]}
+        try:
+            ShardMap.from_dict(value)       # every slot owned once, or nothing is published
+        except ValueError as exc:
+            raise ActionFailed(f"shard map of database {bdb_uid} not published: {exc}") from None
         await ccs.write(self.redis, schema.map_key(bdb_uid), value)
         return version
 
