@@ -56,7 +56,20 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random
                      "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
 
 
+PERSISTENCE = ("disabled", "aof", "snapshot")
+AOF_POLICIES = ("appendfsync-every-sec", "appendfsync-always")
+
+
 # ---- what a user asks for (validated by pydantic in cnm_http) --------------------------------
+
+class SnapshotRule(BaseModel):
+    """One rule of a snapshot policy: an RDB is written `secs` seconds after at least `writes`
+    writes (Redis Enterprise's snapshot_policy, Redis's `save <secs> <writes>`)."""
+    model_config = ConfigDict(extra="forbid")
+
+    secs: int = Field(ge=1)
+    writes: int = Field(1, ge=1)
+
 
 class BdbSettings(BaseModel):
     """The fields of a database a user sets; all optional, for PUT."""
@@ -67,8 +80,12 @@ class BdbSettings(BaseModel):
     memory_size: int | None = Field(None, ge=1 << 20, description="bytes, split over the shards")
     shards_count: int | None = Field(None, ge=1, le=64)
     replication: bool | None = None
-    data_persistence: Literal["disabled", "aof"] | None = None
-    aof_policy: Literal["appendfsync-every-sec", "appendfsync-always"] | None = None
+    data_persistence: Literal[PERSISTENCE] | None = Field(
+        None, description="with replication only the replicas persist; without it, the master")
+    aof_policy: Literal[AOF_POLICIES] | None = None
+    snapshot_policy: list[SnapshotRule] | None = Field(
+        None, min_length=1, description="data_persistence `snapshot`: save after `secs` "
+        "seconds if at least `writes` writes were made (Redis's `save`)")
     authentication_redis_pass: str | None = Field(None, max_length=256)
     eviction_policy: Literal[EVICTION_POLICIES] | None = None
 
@@ -79,8 +96,10 @@ class BdbCreate(BdbSettings):
     memory_size: int = Field(100 << 20, ge=1 << 20, description="bytes, split over the shards")
     shards_count: int = Field(1, ge=1, le=64)
     replication: bool = False
-    data_persistence: Literal["disabled", "aof"] = "disabled"
-    aof_policy: Literal["appendfsync-every-sec", "appendfsync-always"] = "appendfsync-every-sec"
+    data_persistence: Literal[PERSISTENCE] = "disabled"
+    aof_policy: Literal[AOF_POLICIES] = "appendfsync-every-sec"
+    snapshot_policy: list[SnapshotRule] = Field(
+        default_factory=lambda: [SnapshotRule(secs=3600, writes=1)], min_length=1)
     authentication_redis_pass: str = Field("", max_length=256)
     eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
 

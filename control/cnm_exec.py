@@ -61,6 +61,7 @@ SYNC_TIMEOUT = 60.0         # a new replica has this long to catch up
 START_TIMEOUT = 30.0        # redis_mgr has this long to start a shard
 ACK_TIMEOUT = 10.0          # every live node's dmcproxy has this long to install a map
 REPLICA_HA_AFTER = 5.0      # a replica on a node down this long is re-created elsewhere
+RECOVERY_WAIT = 60.0        # a dead master waits this long for the replica holding its data
 MAX_ATTEMPTS = 5            # a step that meets an unreachable shard or CCS is retried so often
 
 
@@ -146,18 +147,39 @@ class CnmExec:
             state = states.get(shard["uid"]) or {}
             dead = shard["node_uid"] not in up or state.get("status") == "down"
             if shard["role"] == "master" and dead:
-                await self._master_down(redis, shard, shards, states, up)
+                await self._master_down(redis, shard, shards, states, up, bdb)
             elif shard["role"] == "replica" and shard["node_uid"] not in up and \
-                    now - self.node_down_since.get(shard["node_uid"], now) >= REPLICA_HA_AFTER:
+                    now - self.node_down_since.get(shard["node_uid"], now) >= REPLICA_HA_AFTER \
+                    and not self._master_dead(shard, shards, states, up):
+                # (a replica whose master is down too may hold the only copy: it is waited for)
                 await self._replace_replica(redis, shard, shards, up)
 
-    async def _master_down(self, redis, shard, shards, states, up) -> None:
+    @staticmethod
+    def _master_dead(replica, shards, states, up) -> bool:
+        master = shards.get(replica.get("master_uid"))
+        return master is None or master["node_uid"] not in up or \
+            (states.get(master["uid"]) or {}).get("status") == "down"
+
+    @staticmethod
+    def _disk_copy_on_replica(master, shards, bdb) -> bool:
+        """With replication and persistence, only the replicas write to disk: a master that
+        died has nothing to start from, its replica has it all."""
+        return bool(bdb.get("replication")) and \
+            (bdb.get("data_persistence") or "disabled") != "disabled" and \
+            any(r.get("master_uid") == master["uid"] for r in shards.values())
+
+    async def _master_down(self, redis, shard, shards, states, up, bdb) -> None:
         replica = next((r for r in shards.values() if r.get("master_uid") == shard["uid"]
                         and r["role"] == "replica" and r["node_uid"] in up
                         and (states.get(r["uid"]) or {}).get("status") == "running"), None)
         if replica is None:
-            # Nothing to fail over to: the master comes back where it is, if its node is up.
+            # Nothing to fail over to: the master comes back where it is, if its node is up;
+            # but not empty while the replica holding the database's only disk copy is on its
+            # way back (a whole-cluster restart), unless it stays away RECOVERY_WAIT.
             state = states.get(shard["uid"]) or {}
+            if self._disk_copy_on_replica(shard, shards, bdb) and \
+                    time.time() - state.get("since", time.time()) < RECOVERY_WAIT:
+                return
             if shard["node_uid"] in up and state.get("status") == "down" and \
                     shard.get("restart_after", 0) < state.get("since", 0):
                 shard["restart_after"] = time.time()

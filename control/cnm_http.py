@@ -98,6 +98,7 @@ class Bdb(BaseModel):
     replication: bool | None = None
     data_persistence: str | None = None
     aof_policy: str | None = None
+    snapshot_policy: list[dict] | None = None
     authentication_redis_pass: str | None = None
     eviction_policy: str | None = None
     status: str | None = Field(None, description="pending, active, deleting, creation-failed")

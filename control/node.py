@@ -141,8 +141,10 @@ class NodeConfig:
             "daemonize no",
             "protected-mode no",
             'save ""',
+            # Every copy of the configuration fsyncs each change: after a whole-cluster crash,
+            # the shard roles on disk must be the ones the shards' data followed.
             "appendonly yes",
-            "appendfsync everysec",
+            "appendfsync always",
             "replica-read-only yes",
             "repl-diskless-sync yes",
             "repl-diskless-sync-delay 0",

@@ -48,29 +48,50 @@ START_TIMEOUT = 10.0
 
 def shard_conf(config: NodeConfig, shard: dict, bdb: dict) -> str:
     folder = config.shards_dir / str(shard["uid"])
-    persist = bdb.get("data_persistence") == "aof"
-    always = bdb.get("aof_policy") == "appendfsync-always"
-    return "\n".join([
+    lines = [
         f"bind {config.address}",
         f"port {shard['port']}",
         f"dir {folder}",
         f"pidfile {folder / 'redis.pid'}",
         "daemonize no",
         "protected-mode no",
-        'save ""',
-        f"appendonly {'yes' if persist else 'no'}",
-        f"appendfsync {'always' if always else 'everysec'}",
+        # Replication streams the RDB over the socket, and the replica loads it from the socket
+        # while it still serves its old data (swapdb): no shard touches the disk to sync.
         "repl-diskless-sync yes",
         "repl-diskless-sync-delay 0",
+        "repl-diskless-load swapdb",
         "replica-read-only yes",
         f"maxmemory {maxmemory(bdb)}",
         f"maxmemory-policy {bdb.get('eviction_policy', 'volatile-lru')}",
-        "",
-    ])
+    ]
+    lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
+    return "\n".join(lines) + "\n"
+
+
+def persistence(shard: dict, bdb: dict) -> dict[str, str]:
+    """The persistence settings of a shard: with replication, only replicas write to disk (a
+    master does no disk I/O, so disk latency never slows the database); without it, the master
+    does. Applied with CONFIG SET when the policy or the shard's role changes."""
+    policy = bdb.get("data_persistence") or "disabled"
+    writer = shard["role"] == "replica" or not bdb.get("replication")
+    aof = writer and policy == "aof"
+    snapshot = writer and policy == "snapshot"
+    rules = bdb.get("snapshot_policy") or [{"secs": 3600, "writes": 1}]
+    return {
+        "appendonly": "yes" if aof else "no",
+        "appendfsync": "always" if bdb.get("aof_policy") == "appendfsync-always" else "everysec",
+        "save": " ".join(f"{r['secs']} {r['writes']}" for r in rules) if snapshot else "",
+    }
 
 
 def maxmemory(bdb: dict) -> int:
     return max(1 << 20, int(bdb["memory_size"]) // max(1, int(bdb["shards_count"])))
+
+
+def wanted(shard: dict, bdb: dict, master: tuple[str, int] | None) -> dict:
+    """What redis_mgr keeps applied to a running shard."""
+    return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.get("eviction_policy"),
+            "persistence": persistence(shard, bdb)}
 
 
 class Shard:
@@ -173,6 +194,11 @@ class RedisMgr:
             running = None
             await self._report(uid, "down", shard, since=time.time())
             state = self.reported[uid]
+        if running is None and state is not None and state.get("status") == "running" \
+                and state.get("node_uid") == self.config.uid:
+            # It ran here before this redis_mgr (the node restarted, or crashed): it died too.
+            await self._report(uid, "down", shard, since=time.time())
+            state = self.reported[uid]
         if running is None:
             if not self._may_start(shard, bdb, state):
                 return
@@ -210,8 +236,7 @@ class RedisMgr:
                 with socket.create_connection((self.config.address, shard["port"]), 0.2):
                     log.info("started shard %d on port %d (pid %d)", shard["uid"], shard["port"],
                              proc.pid)
-                    started.applied = {"master": master, "maxmemory": maxmemory(bdb),
-                                       "policy": bdb.get("eviction_policy")}
+                    started.applied = wanted(shard, bdb, master)
                     return started
             except OSError:
                 time.sleep(0.02)
@@ -228,8 +253,7 @@ class RedisMgr:
 
     async def _configure(self, running: Shard, shard: dict, bdb: dict, records: dict,
                          nodes: dict) -> None:
-        want = {"master": self._master_of(shard, records, nodes), "maxmemory": maxmemory(bdb),
-                "policy": bdb.get("eviction_policy")}
+        want = wanted(shard, bdb, self._master_of(shard, records, nodes))
         if running.applied == want:
             return
         async with await connect(self.config.address, shard["port"]) as conn:
@@ -240,6 +264,10 @@ class RedisMgr:
                     await conn.execute("REPLICAOF", "NO", "ONE")
             await conn.execute("CONFIG", "SET", "maxmemory", str(want["maxmemory"]),
                                "maxmemory-policy", want["policy"] or "volatile-lru")
+            if want["persistence"] != running.applied.get("persistence"):
+                # appendonly yes starts an AOF rewrite in the background; no stops the AOF.
+                await conn.execute("CONFIG", "SET",
+                                   *(x for kv in want["persistence"].items() for x in kv))
         running.applied = want
 
     async def _remove(self, uid: int) -> None:
