@@ -105,7 +105,7 @@ include "fastpath/loop.pxi"
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
           "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED, "getkeys": ROUTE_GETKEYS,
           "scan": ROUTE_SCAN, "blocking": ROUTE_BLOCKING, "pubsub": ROUTE_PUBSUB,
-          "subscribe": ROUTE_SUBSCRIBE}
+          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT}
 MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,

@@ -40,7 +40,7 @@ _NOT_YET = "ERR '{name}' is not supported by this proxy yet"
 # through the proxy they would act on one shard behind the database's back.
 _MANAGED = "ERR '{name}' is not allowed through the database endpoint: the cluster manages its shards"
 REFUSED_COMMANDS = {
-    "monitor": _NOT_YET, "wait": _NOT_YET,
+    "monitor": _NOT_YET,
     "readonly": _MANAGED, "readwrite": _MANAGED, "sync": _MANAGED, "psync": _MANAGED,
     "replconf": _MANAGED, "failover": _MANAGED, "replicaof": _MANAGED, "slaveof": _MANAGED,
     "shutdown": _MANAGED, "config|rewrite": _MANAGED,
@@ -88,6 +88,7 @@ class CommandEntry:
     has_subcommands: bool = False
     specs: list = field(default_factory=list)
     refusal: str | None = None
+    writes: bool = False
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
 
 
@@ -143,6 +144,9 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     flags = {f.decode() for f in row[2]}
     tips = [t.decode() for t in row[7]] if len(row) > 7 else []
     entry = CommandEntry(name=name.encode(), arity=arity)
+    # What WAIT waits for: commands that change data or replicate (scripts, PUBLISH...), and
+    # EXEC, whose queued commands do.
+    entry.writes = bool(flags & {"write", "may_replicate"}) or name == "exec"
     incomplete = False
     if len(row) > 8:
         entry.specs = [s for s in (_key_spec(raw) for raw in row[8]) if s is not None]
@@ -162,6 +166,8 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
         entry.route, entry.local = "local", "client"
     elif name == "scan":
         entry.route = "scan"
+    elif name == "wait":
+        entry.route = "wait"
     elif name in SUBSCRIBE_COMMANDS:
         entry.route = "subscribe"
     elif top in PUBLISH_COMMANDS:
@@ -222,7 +228,7 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     for e in entries:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
-                  e.params)
+                  e.params, e.writes)
     return table
 
 

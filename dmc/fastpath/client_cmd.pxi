@@ -176,7 +176,8 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
             request_answer_str(core, r, b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n")
             return
         t = client_by_id(core, id)
-        if t == NULL or not (t.flags & CF_BLOCKED):
+        if t == NULL or not (t.flags & CF_BLOCKED) or t.waiters != NULL:
+            # (a WAIT waits on several shards at once: not unblocked through this proxy)
             request_answer_str(core, r, b":0\r\n")
             return
         client_unblock(core, t, av.argc == 4 and arg_is(av, 3, b"error"))

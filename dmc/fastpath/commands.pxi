@@ -29,6 +29,7 @@ cdef enum Route:
     ROUTE_BLOCKING = 7      # on a connection of the client's own; its later requests wait
     ROUTE_PUBSUB = 8        # PUBLISH, SPUBLISH, PUBSUB ...: to the map's pub/sub shard
     ROUTE_SUBSCRIBE = 9     # (P|S)(UN)SUBSCRIBE: the client's own connection to the pub/sub shard
+    ROUTE_WAIT = 10         # WAIT: on every shard the client wrote to, over connections of its own
 
 # How the replies of several shards are merged into one.
 cdef enum Merge:
@@ -112,6 +113,7 @@ cdef struct CommandInfo:
     int merge
     int local
     bint has_subcommands
+    bint writes                 # may change the data set (or replicate): WAIT waits for its shard
     int nspecs
     KeySpec specs[MAX_KEY_SPECS]
     char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)
@@ -235,7 +237,7 @@ cdef class CommandTable:
                 free(self.entries[i])
 
     def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
-            list specs, refusal=None, params=None):
+            list specs, refusal=None, params=None, bint writes=False):
         """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c).
         params: None, or (first, step, strict, refusal, {name: allowed}) for a command whose
         parameter names the proxy checks (refusal: the error text, `{param}` the name given)."""
@@ -265,6 +267,7 @@ cdef class CommandTable:
         e.merge = merge
         e.local = local
         e.has_subcommands = has_subcommands
+        e.writes = writes
         for spec in specs[:MAX_KEY_SPECS]:
             ks = &e.specs[e.nspecs]
             ks.bs_type, ks.bs_index, kw, ks.fk_type, ks.fk_a, ks.fk_b, ks.fk_c = spec

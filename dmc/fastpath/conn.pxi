@@ -20,7 +20,7 @@ cdef enum:
     CF_MULTI = 64           # between MULTI and EXEC/DISCARD: commands are queued by the proxy
     CF_MULTI_DIRTY = 128    # a command was refused while queueing: EXEC answers EXECABORT
     CF_PUBSUB = 256         # subscribed: its pub/sub commands go to `dedicated`, whose frames pass through
-    CF_WAIT_DRAIN = 512     # a SUBSCRIBE waits until the replies owed before it are written
+    CF_WAIT_DRAIN = 512     # a SUBSCRIBE or WAIT waits until the replies owed before it are written
     CF_WATCH = 1024         # WATCHing keys of `watch_shard` on `dedicated`, until EXEC/DISCARD/UNWATCH
     CF_AUTHED = 2048        # authenticated (or the database has no password)
     CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
@@ -63,6 +63,10 @@ cdef struct Client:
     int inflight
     size_t held             # bytes of answers kept until the requests before them are answered
     Backend *dedicated      # its own backend connection: blocking commands, WATCH, subscriptions
+    Backend *waiters        # its own connections for the WAIT in flight, one per shard
+    unsigned long long written          # shards (by index, 0-63) written to since its last WAIT
+    unsigned long long *written_more    #   and shards 64 and up, when there are that many
+    int written_more_words
     int proto               # RESP version chosen with HELLO (2 until then)
     int multi_shard         # CF_MULTI: the shard the transaction's keys live on, or -1
     int watch_shard         # CF_WATCH: the shard of the watched keys
@@ -99,6 +103,7 @@ cdef struct Backend:
     bint synced             # passthrough: the barrier's reply is in and nothing was sent since
     int subscriptions       # passthrough: channels + patterns left, from the last (un)subscribe frame
     int shard_subscriptions #   and sharded channels left (Redis counts them apart)
+    Backend *next_waiter    # the client's next WAIT connection
     Backend *next_closed
 
 

@@ -122,6 +122,9 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     if c.dedicated != NULL:
         dedicated_close(core, c.dedicated)
         c.dedicated = NULL
+    waiters_close(core, c)
+    free(c.written_more)
+    c.written_more = NULL
     buf_free(&c.multi_cmds)
     buf_free(&c.name)
     if c.prev != NULL:
@@ -352,7 +355,10 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
             hdr = <const char *>memchr(p, c'\n', buf_len(&r.frags[i].reply)) - p + 1
             buf_append(out, p + hdr, buf_len(&r.frags[i].reply) - hdr)
         return 0
-    # Integer aggregates.
+    # Integer aggregates; a shard's error is the answer, as in Redis Cluster.
+    for i in range(r.nfrags):
+        if buf_len(&r.frags[i].reply) > 0 and buf_head(&r.frags[i].reply)[0] == c'-':
+            return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
     for i in range(r.nfrags):
         p = buf_head(&r.frags[i].reply)
         eol = <const char *>memchr(p, c'\r', buf_len(&r.frags[i].reply))
@@ -376,11 +382,13 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
 cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
     cdef Request *r = f.req
     r.pending -= 1
-    if r.blocking:
+    if r.blocking and r.pending == 0:
         r.blocking = False
         if r.client != NULL:
             r.client.flags &= ~CF_BLOCKED
             client_mark_dirty(core, r.client)     # its waiting input is parsed again
+            if r.client.waiters != NULL:
+                waiters_close(core, r.client)     # the WAIT is answered
     if r.resolving:
         route_resolved(core, r, reply, n)
         return
@@ -546,6 +554,8 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
         b.queued -= 1
         f.next = NULL
         fragment_answer(core, f, buf_head(&b.rbuf), flen)
+        if b.state == BK_DOWN:
+            return      # closed by the answer (the last reply of a WAIT closes its connections)
         buf_consume(&b.rbuf, flen)
 
 
@@ -685,6 +695,8 @@ cdef void send_fragment_on(Core *core, Backend *b, Fragment *f, const char *data
     if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
         fragment_error(core, f, core.shards[b.shard].label)
         return
+    if f.req.cmd != NULL and f.req.cmd.writes and f.req.client != NULL:
+        client_wrote(f.req.client, b.shard)
     f.sent_us = core.now_us
     f.next = NULL
     if b.qtail == NULL:
@@ -723,6 +735,73 @@ cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
     if b.state == BK_DOWN:
         backend_connect(core, b)
     return b
+
+
+cdef Backend *client_waiter(Core *core, Client *c, int shard) noexcept nogil:
+    """A new connection of the client's own to the shard, for one WAIT (see dispatch_wait)."""
+    cdef Backend *b = <Backend *>calloc(1, sizeof(Backend))
+    if b == NULL:
+        return NULL
+    b.kind = KIND_BACKEND
+    b.fd = -1
+    b.state = BK_DOWN
+    b.shard = shard
+    b.retry_delay_us = RETRY_MIN_US
+    b.owner = c
+    b.proto = 2                 # WAIT answers an integer, the same in RESP2 and RESP3
+    b.next_waiter = c.waiters
+    c.waiters = b
+    backend_connect(core, b)
+    return b
+
+
+cdef void waiters_close(Core *core, Client *c) noexcept nogil:
+    cdef Backend *b = c.waiters
+    cdef Backend *nxt
+    c.waiters = NULL
+    while b != NULL:
+        nxt = b.next_waiter
+        dedicated_close(core, b)
+        b = nxt
+
+
+# ---- what WAIT waits for: the shards a client wrote to since its last WAIT ---------------------
+
+cdef inline void client_wrote(Client *c, int shard) noexcept nogil:
+    if shard < 64:
+        c.written |= 1ULL << shard
+    else:
+        client_wrote_more(c, shard)
+
+
+cdef void client_wrote_more(Client *c, int shard) noexcept nogil:
+    cdef int word = (shard >> 6) - 1
+    cdef int want
+    cdef unsigned long long *grown
+    if word >= c.written_more_words:
+        want = word + 1
+        grown = <unsigned long long *>realloc(c.written_more, want * sizeof(unsigned long long))
+        if grown == NULL:
+            return
+        memset(grown + c.written_more_words, 0,
+               (want - c.written_more_words) * sizeof(unsigned long long))
+        c.written_more = grown
+        c.written_more_words = want
+    c.written_more[word] |= 1ULL << (shard & 63)
+
+
+cdef inline bint client_has_written(Client *c, int shard) noexcept nogil:
+    if shard < 64:
+        return (c.written >> shard) & 1
+    if (shard >> 6) - 1 >= c.written_more_words:
+        return False
+    return (c.written_more[(shard >> 6) - 1] >> (shard & 63)) & 1
+
+
+cdef void client_forget_writes(Client *c) noexcept nogil:
+    c.written = 0
+    if c.written_more != NULL:
+        memset(c.written_more, 0, c.written_more_words * sizeof(unsigned long long))
 
 
 cdef void dedicated_close(Core *core, Backend *b) noexcept nogil:

@@ -479,6 +479,78 @@ cdef void dispatch_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyLi
     send_fragment_on(core, b, &r.frag0, av.wire, av.wire_len)
 
 
+# The no-op write that gives a WAIT connection a replication offset of its own: a sharded
+# channel nobody subscribes to (SPUBLISH is replicated, has no pattern subscribers and changes no
+# key). Its reply is skipped.
+cdef const char *WAIT_MARK = b"*3\r\n$8\r\nSPUBLISH\r\n$17\r\n__dmcproxy__:wait\r\n$0\r\n\r\n"
+
+
+cdef void dispatch_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    """WAIT numreplicas timeout: the smallest number of replicas that acknowledged, on every shard
+    the client wrote to since its last WAIT, the writes made before it.
+
+    Redis counts the acknowledgements of the offset a connection's own last write reached. The
+    client's writes went over shared connections, so on each such shard the proxy opens a
+    connection of the client's own, makes it a no-op replicated write (WAIT_MARK), then sends the
+    WAIT there: the offset waited for is past every write the shard had answered, the client's
+    included (WAIT is routed only once the client's earlier requests are answered). The shards
+    wait in parallel, each with the client's timeout; no shared connection is blocked. With no
+    write to wait for, the WAIT goes bare to every shard and answers at once, as in Redis."""
+    cdef long long n, timeout
+    cdef int i, k, count = 0
+    cdef bint moved = False, bare
+    cdef Backend *b
+    cdef Buf *cmd = &core.subcommand
+    if av.argc != 3:
+        request_answer_str(core, r, b"-ERR wrong number of arguments for 'wait' command\r\n")
+        return
+    if parse_ll(av.argv[1], av.argl[1], &n) < 0:
+        request_answer_str(core, r, b"-ERR value is not an integer or out of range\r\n")
+        return
+    if parse_ll(av.argv[2], av.argl[2], &timeout) < 0:
+        request_answer_str(core, r, b"-ERR timeout is not an integer or out of range\r\n")
+        return
+    if timeout < 0:
+        request_answer_str(core, r, b"-ERR timeout is negative\r\n")
+        return
+    for i in range(core.nshards):
+        if client_has_written(c, i):
+            if core.shards[i].active:
+                count += 1
+            else:
+                moved = True
+    bare = count == 0 and not moved
+    if bare or moved:
+        # Nothing written: every shard, bare. Written to a shard the map has since dropped (its
+        # slots moved): every shard of the map, as the data may be on any of them now.
+        client_forget_writes(c)
+        for k in range(core.nactive):
+            client_wrote(c, core.active[k])
+        count = core.nactive
+    buf_clear(cmd)
+    if not bare:
+        buf_append_str(cmd, WAIT_MARK)
+    buf_append(cmd, av.wire, av.wire_len)
+    if count > 1 and request_fragments(r, count) < 0:
+        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.merge = MERGE_AGG_MIN
+    r.pending = count
+    r.blocking = True
+    c.flags |= CF_BLOCKED
+    k = 0
+    for i in range(core.nshards):
+        if k < count and client_has_written(c, i) and core.shards[i].active:
+            r.frags[k].skip = 0 if bare else 1
+            b = client_waiter(core, c, i)
+            if b == NULL:
+                fragment_answer(core, &r.frags[k], b"-ERR out of memory\r\n", 20)
+            else:
+                send_fragment_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
+            k += 1
+    client_forget_writes(c)
+
+
 cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
                            const char *pw, size_t plen) noexcept nogil:
     """AUTH [user] password, for the database's `default` user: 0 accepted, -1 refused."""
@@ -675,6 +747,11 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if c.flags & CF_PUBSUB and cmd != NULL and (cmd.local == LOCAL_RESET or cmd.local == LOCAL_QUIT) \
             and not subscriber_synced(core, c):
         return False        # answered after the frames still owed on the subscriber connection
+    if cmd != NULL and cmd.route == ROUTE_WAIT and c.head != NULL and not (c.flags & CF_MULTI):
+        # WAIT counts acknowledgements of what the shards answered before it: its client's
+        # earlier requests are answered first.
+        c.flags |= CF_WAIT_DRAIN
+        return False
     c.last_us = core.now_us
     c.last_cmd = cmd
     r = request_new(c, cmd, core.now_us)
@@ -728,6 +805,9 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
             request_answer_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
         else:
             dispatch_blocking(core, c, r, av, kl)
+        return True
+    if route == ROUTE_WAIT:
+        dispatch_wait(core, c, r, av)
         return True
     if route == ROUTE_PUBSUB:
         r.pending = 1
