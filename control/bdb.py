@@ -88,6 +88,12 @@ class BdbSettings(BaseModel):
         "seconds if at least `writes` writes were made (Redis's `save`)")
     authentication_redis_pass: str | None = Field(None, max_length=256)
     eviction_policy: Literal[EVICTION_POLICIES] | None = None
+    backup_interval: int | None = Field(
+        None, ge=0, description="seconds between scheduled backups (job_scheduler); 0: none")
+    backup_location: str | None = Field(
+        None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
+        "holds the database's backups (default: `<cluster folder>/backups`); it must be "
+        "reachable at this path from every node")
 
 
 class BdbCreate(BdbSettings):
@@ -102,6 +108,8 @@ class BdbCreate(BdbSettings):
         default_factory=lambda: [SnapshotRule(secs=3600, writes=1)], min_length=1)
     authentication_redis_pass: str = Field("", max_length=256)
     eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
+    backup_interval: int = Field(
+        0, ge=0, description="seconds between scheduled backups (job_scheduler); 0: none")
 
 
 class InvalidRequest(ValueError):

@@ -22,6 +22,8 @@ The machines:
     node_add        wait until a node that joined runs its services and serves every database
     node_remove     move every shard off a node (a shard_migrate each), then the node leaves
     bdb_reshard     more shards: split each master's slots (replicate, then split; below)
+    bdb_backup      an RDB of every slot range (from the replicas) and a manifest, in a folder
+    bdb_import      load a backup, or any RDB file, into a database through its endpoint
 
 How slots move (the choice DESIGN.md leaves open): **replicate, then split**. A new shard starts
 as a replica of the master whose slots it will take, and catches up by replication (diskless).
@@ -41,14 +43,16 @@ comes back as a replica on its node, or on another node if its node is down (rep
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from pathlib import Path
 
 import trio
 import trio.lowlevel
 from dmc._fastpath import slot_of
 
+from control import backup_mgr, ccs
 from control import bdb as schema
-from control import ccs
 from control.cluster_wd import request
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
@@ -63,6 +67,7 @@ ACK_TIMEOUT = 10.0          # every live node's dmcproxy has this long to instal
 REPLICA_HA_AFTER = 5.0      # a replica on a node down this long is re-created elsewhere
 RECOVERY_WAIT = 60.0        # a dead master waits this long for the replica holding its data
 MAX_ATTEMPTS = 5            # a step that meets an unreachable shard or CCS is retried so often
+BACKUP_CATCH_UP = 5.0       # a backup reads a replica only if it catches up this fast
 
 
 class ActionFailed(Exception):
@@ -97,11 +102,7 @@ class CnmExec:
                     log.info("tick skipped: %s", exc)
 
     async def is_master(self) -> bool:
-        local = await self.session.local()
-        master = await ccs.read(local, ccs.MASTER)
-        if not master or master["uid"] != self.config.uid:
-            return False
-        return "role:master" in (await local.execute("INFO", "replication")).decode()
+        return await master_here(await self.session.local(), self.config.uid)
 
     async def tick(self, nursery) -> None:
         redis = await self.session.local()
@@ -204,6 +205,14 @@ class CnmExec:
 
 
 # ---- helpers over CCS ------------------------------------------------------------------------
+
+async def master_here(local, node_uid: int) -> bool:
+    """This node is the elected master and its own CCS copy (`local`) is the master copy."""
+    master = await ccs.read(local, ccs.MASTER)
+    if not master or master["uid"] != node_uid:
+        return False
+    return "role:master" in (await local.execute("INFO", "replication")).decode()
+
 
 async def nodes_up(redis, nodes: dict) -> set[int]:
     """Nodes whose heartbeat key has not expired."""
@@ -904,6 +913,232 @@ class NodeRemove(Machine):
             raise ActionFailed(f"node {self.node_uid} did not leave: {reply.get('error')}")
 
 
+class BdbBackup(Machine):
+    """params.location: the folder (default: the database's backup_location); params.scheduled:
+    submitted by job_scheduler. One RDB per master shard's slots, streamed from its replica
+    when one runs and is in sync, else from the master (control/backup_mgr.py), then the
+    manifest; the backup is listed only once complete. The database record keeps the outcome:
+    last_backup_time (when the last good one was taken), last_backup_id, backup_status,
+    backup_failure_reason.
+
+    A master shard that goes down stops the backup at once: its failover waits for the
+    database's lock, and a backup must never hold it up."""
+    steps = (("plan", 5), ("fetch", 90), ("seal", 100))
+
+    async def plan(self) -> None:
+        if "backup_id" in self.state:
+            return
+        bdb = await self.bdb()
+        if bdb.get("status") != "active":
+            raise ActionFailed(f"database {self.bdb_uid} is {bdb.get('status')}, not active")
+        location = self.action["params"].get("location") or \
+            backup_mgr.location_of(bdb, self.exec.config.dir)
+        now = time.time()
+        backup_id = backup_mgr.new_backup_id(now)
+        masters = sorted(await self.masters_of(self.bdb_uid), key=lambda s: s["slots"][0][0])
+        self.state.update(backup_id=backup_id, time=now, name=bdb.get("name"), files={},
+                          folder=str(backup_mgr.bdb_folder(Path(location), bdb) / backup_id),
+                          ranges=[m["slots"] for m in masters])
+
+    async def fetch(self) -> None:
+        partial = backup_mgr.partial_folder(Path(self.state["folder"]))
+        ranges = self.state["ranges"]
+        for i, slots in enumerate(ranges, start=1):
+            if str(i) in self.state["files"]:
+                continue
+            master, source = await self._source(slots)
+            address = await self.address(source)
+            try:
+                got = await self._unless_a_master_dies(
+                    backup_mgr.fetch_rdb, *address, partial / f"shard-{i}.rdb")
+            except backup_mgr.BackupError as exc:
+                raise ActionFailed(f"shard {source['uid']}: {exc}") from None
+            self.state.setdefault("redis_version", await backup_mgr.redis_version(*address))
+            self.state["files"][str(i)] = {
+                "slots": slots, "file": f"shard-{i}.rdb", **got, "source_shard_uid":
+                source["uid"], "role": source["role"], "master_shard_uid": master["uid"]}
+            self.action["progress"] = 5 + 85 * len(self.state["files"]) // len(ranges)
+            await self.save()
+
+    async def _source(self, slots) -> tuple[dict, dict]:
+        """The master that holds `slots`, and where to read them: a replica on a live node that
+        has caught up with what the master had when asked (so the backup holds every write
+        acknowledged before it started), else the master itself."""
+        shards = await self.shards_of(self.bdb_uid)
+        master = next((s for s in shards.values() if s["role"] == "master"
+                       and s["slots"] == slots), None)
+        if master is None:
+            raise ActionFailed(f"no master shard holds slots {slots} any more")
+        states = await ccs.read_hash(self.redis, schema.SHARD_STATE)
+        up = await self.up()
+        for replica in shards.values():
+            if replica.get("master_uid") == master["uid"] and replica["role"] == "replica" \
+                    and replica["node_uid"] in up \
+                    and (states.get(replica["uid"]) or {}).get("status") == "running" \
+                    and await self._caught_up(master, replica):
+                return master, replica
+        return master, master
+
+    async def _caught_up(self, master: dict, replica: dict) -> bool:
+        """Whether the replica reaches the master's current replication offset within
+        BACKUP_CATCH_UP (a replica just synced gets its first writes only after about a
+        second)."""
+        try:
+            target = int((await replication_info(*await self.address(master)))
+                         .get("master_repl_offset", 0))
+            address = await self.address(replica)
+            deadline = trio.current_time() + BACKUP_CATCH_UP
+            while True:
+                info = await replication_info(*address)
+                if info.get("master_link_status") == "up" and \
+                        info.get("master_sync_in_progress") == "0" and \
+                        int(info.get("slave_repl_offset", -1)) >= target:
+                    return True
+                if trio.current_time() > deadline:
+                    log.warning("backup of database %d: replica shard %d is behind, reading "
+                                "master shard %d", self.bdb_uid, replica["uid"], master["uid"])
+                    return False
+                await trio.sleep(0.02)
+        except (RedisUnavailable, ReplyError):
+            return False
+
+    async def _unless_a_master_dies(self, fn, *args):
+        """fn(*args), cancelled with ActionFailed as soon as a master shard of the database is
+        reported down or its node's heartbeat expires."""
+        outcome: dict = {}
+
+        async def work(scope) -> None:
+            try:
+                outcome["result"] = await fn(*args)
+            except (OSError, ReplyError, backup_mgr.BackupError) as exc:
+                outcome["error"] = exc          # raised by the caller, not in a group
+            scope.cancel()
+
+        async def watch(scope) -> None:
+            while True:
+                try:
+                    down = await self._masters_down()
+                except (RedisUnavailable, ReplyError):
+                    down = []
+                if down:
+                    outcome["down"] = down
+                    scope.cancel()
+                    return
+                await self.exec.session.wait_changed(TICK)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+        if "down" in outcome:
+            raise ActionFailed(f"master shards {outcome['down']} went down; the backup gave "
+                               "way to their failover")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    async def _masters_down(self) -> list[int]:
+        shards = await self.shards_of(self.bdb_uid)
+        states = await ccs.read_hash(self.redis, schema.SHARD_STATE)
+        up = await self.up()
+        return sorted(u for u, s in shards.items() if s["role"] == "master" and (
+            s["node_uid"] not in up or (states.get(u) or {}).get("status") == "down"))
+
+    async def seal(self) -> None:
+        final = Path(self.state["folder"])
+        files = [self.state["files"][str(i)] for i in range(1, len(self.state["ranges"]) + 1)]
+        manifest = {"backup_id": self.state["backup_id"], "bdb_uid": self.bdb_uid,
+                    "name": self.state["name"], "time": self.state["time"],
+                    "redis_version": self.state.get("redis_version"),
+                    "keys": sum(f["keys"] for f in files), "shards": files,
+                    "scheduled": bool(self.action["params"].get("scheduled")),
+                    "action_uid": self.action["action_uid"]}
+        if not (final / backup_mgr.MANIFEST).exists():
+            await trio.to_thread.run_sync(backup_mgr.seal, backup_mgr.partial_folder(final),
+                                          final, manifest)
+        self.action["result"] = {"backup_id": manifest["backup_id"], "path": str(final),
+                                 "keys": manifest["keys"], "files": len(files)}
+
+    async def finish(self, ok: bool) -> None:
+        if not ok and "folder" in self.state:
+            shutil.rmtree(backup_mgr.partial_folder(Path(self.state["folder"])),
+                          ignore_errors=True)
+        bdb = await schema.get_bdb(self.redis, self.bdb_uid)
+        if bdb is None:
+            return
+        if ok:
+            bdb.update(last_backup_time=self.state["time"], backup_status="succeeded",
+                       last_backup_id=self.state["backup_id"], backup_failure_reason=None)
+        else:
+            bdb.update(backup_status="failed", backup_failure_reason=self.action.get("error"))
+        await schema.put_bdb(self.redis, bdb)
+
+
+class BdbImport(Machine):
+    """params: backup_path (a backup's folder) or rdb_path (an RDB file: a backup's, or a
+    plain redis-server's); flush: empty the database first. Backup files are checked against
+    their manifest's sha256 first. Every key is written through the database's endpoint on
+    this node (control/backup_mgr.py), so a backup of any shard count loads into a database of
+    any other; RESTORE ... REPLACE makes a file loaded twice (after a master change) harmless."""
+    steps = (("check", 10), ("flush", 15), ("load", 100))
+
+    async def check(self) -> None:
+        bdb = await self.bdb()
+        if bdb.get("status") != "active":
+            raise ActionFailed(f"database {self.bdb_uid} is {bdb.get('status')}, not active")
+        if "files" in self.state:
+            return
+        params = self.action["params"]
+        try:
+            if params.get("backup_path"):
+                manifest = await trio.to_thread.run_sync(backup_mgr.read_manifest,
+                                                         Path(params["backup_path"]))
+                files = await trio.to_thread.run_sync(backup_mgr.verify, manifest)
+            else:
+                await trio.to_thread.run_sync(backup_mgr.check_rdb_file,
+                                              Path(params["rdb_path"]))
+                files = [{"path": params["rdb_path"], "slots": None}]
+        except backup_mgr.BackupError as exc:
+            raise ActionFailed(str(exc)) from None
+        self.state.update(files=files, loaded=0, keys=0)
+
+    async def endpoint(self):
+        bdb = await self.bdb()
+        return await connect(self.exec.config.address, bdb["port"], timeout=30.0,
+                             password=bdb.get("authentication_redis_pass") or None)
+
+    async def flush(self) -> None:
+        if self.action["params"].get("flush"):
+            async with await self.endpoint() as conn:
+                await conn.execute("FLUSHALL")
+
+    async def load(self) -> None:
+        bdb = await self.bdb()
+        files = self.state["files"]
+        saved = trio.current_time()
+
+        async def progress(done: int, total: int) -> None:
+            nonlocal saved
+            part = (self.state["loaded"] + (done / total if total else 1)) / len(files)
+            self.action["progress"] = 15 + int(84 * part)
+            if trio.current_time() - saved > 0.5:
+                saved = trio.current_time()
+                await self.save()
+
+        for i in range(self.state["loaded"], len(files)):
+            try:
+                keys = await backup_mgr.load_rdb(
+                    Path(files[i]["path"]), (self.exec.config.address, bdb["port"]),
+                    password=bdb.get("authentication_redis_pass") or None,
+                    slots=files[i]["slots"], progress=progress,
+                    work_dir=self.exec.config.dir / "tmp" / f"import-{self.action['action_uid']}")
+            except backup_mgr.BackupError as exc:
+                raise ActionFailed(str(exc)) from None
+            self.state["loaded"] = i + 1
+            self.state["keys"] += keys
+            self.action["result"] = {"keys": self.state["keys"], "files": i + 1}
+            await self.save()
+
+
 async def drop_foreign_keys(address: tuple[str, int], slots, batch: int = 500) -> int:
     """UNLINK every key of the shard whose slot is outside `slots`; returns how many."""
     owned = bytearray(16384)
@@ -925,7 +1160,7 @@ async def drop_foreign_keys(address: tuple[str, int], slots, batch: int = 500) -
 MACHINES = {"bdb_create": BdbCreate, "bdb_update": BdbUpdate, "bdb_delete": BdbDelete,
             "shard_failover": ShardFailover, "shard_migrate": ShardMigrate,
             "bdb_reshard": BdbReshard, "node_add": NodeAdd,
-            "node_remove": NodeRemove}
+            "node_remove": NodeRemove, "bdb_backup": BdbBackup, "bdb_import": BdbImport}
 
 main = service_command("cnm_exec", CnmExec)
 

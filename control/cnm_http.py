@@ -26,6 +26,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import hypercorn.config
@@ -39,7 +40,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from control import bdb, ccs
+from control import backup_mgr, bdb, ccs
 from control.node import NodeConfig, check_admin, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 
@@ -101,6 +102,14 @@ class Bdb(BaseModel):
     snapshot_policy: list[dict] | None = None
     authentication_redis_pass: str | None = None
     eviction_policy: str | None = None
+    backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
+                                        "0: none")
+    backup_location: str | None = Field(None, description="the folder of its backups")
+    last_backup_time: float | None = Field(None, description="when the last backup that "
+                                           "succeeded was taken")
+    last_backup_id: str | None = None
+    backup_status: str | None = Field(None, description="of the last backup: succeeded, failed")
+    backup_failure_reason: str | None = None
     status: str | None = Field(None, description="pending, active, deleting, creation-failed")
     action_uid: str | None = Field(None, description="the action that last changed it")
     created_time: float | None = None
@@ -154,6 +163,7 @@ class Action(BaseModel):
     object_type: str | None = None
     object_uid: int | None = None
     params: dict = {}
+    result: dict | None = Field(None, description="what a completed backup or import made")
     creation_time: float | None = None
     update_time: float | None = None
 
@@ -176,6 +186,51 @@ class DryRun(BaseModel):
 class MigrateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target_node_uid: int = Field(ge=1)
+
+
+class BackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    location: str | None = Field(None, pattern=r"^/", max_length=4096,
+                                 description="a folder for this backup only (default: the "
+                                 "database's backup_location)")
+
+
+class ImportRequest(BaseModel):
+    """Exactly one of backup_id, backup_path, rdb_path."""
+    model_config = ConfigDict(extra="forbid")
+    backup_id: str | None = Field(None, description="a backup of from_bdb_uid, by default of "
+                                  "this database")
+    from_bdb_uid: int | None = Field(None, description="the database the backup was taken of")
+    backup_path: str | None = Field(None, description="a backup's folder (absolute path)")
+    rdb_path: str | None = Field(None, description="an RDB file, of a plain redis-server say "
+                                 "(absolute path)")
+    flush: bool = Field(False, description="empty the database before loading")
+
+
+class BackupShard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    slots: list[list[int]]
+    file: str
+    bytes: int
+    sha256: str
+    keys: int
+    source_shard_uid: int | None = None
+    role: str | None = Field(None, description="of the shard the RDB was read from")
+
+
+class Backup(BaseModel):
+    """A complete backup: one RDB per slot range, listed in its manifest."""
+    model_config = ConfigDict(extra="allow")
+    backup_id: str
+    bdb_uid: int
+    name: str | None = None
+    time: float = Field(description="when it was taken")
+    path: str = Field(description="its folder")
+    status: str
+    keys: int = Field(description="keys in all its RDB files")
+    redis_version: str | None = None
+    scheduled: bool = False
+    shards: list[BackupShard]
 
 
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
@@ -485,6 +540,7 @@ class CnmHttp:
     # ---- the requests ----------------------------------------------------------------------
 
     async def create_bdb(self, body: bdb.BdbCreate, dry_run: bool) -> dict:
+        check_backup_location(body.backup_location)
         r = await (self.reader() if dry_run else self.writer())
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
@@ -501,6 +557,9 @@ class CnmHttp:
                 action = bdb.new_action("bdb_create", "bdb", uid, {})
                 record.update(uid=uid, status="pending", action_uid=action["action_uid"],
                               created_time=time.time())
+                if not record.get("backup_location"):
+                    record["backup_location"] = str(backup_mgr.default_location(
+                        self.config.dir))
                 if self.redis_version:
                     record["redis_version"] = self.redis_version
                 await bdb.put_bdb(r, record)
@@ -514,6 +573,7 @@ class CnmHttp:
         nulls = sorted(k for k, v in given.items() if v is None)
         if nulls:
             raise ApiError(400, "invalid_schema", f"{', '.join(nulls)}: may not be null")
+        check_backup_location(given.get("backup_location"))
         r = await (self.reader() if dry_run else self.writer())
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
@@ -582,6 +642,106 @@ class CnmHttp:
             await bdb.submit(r, action, lock_bdb=bdb_uid)
         log.info("shard %d: %s %s, action %s", uid, name, params, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
+
+
+    # ---- backups ---------------------------------------------------------------------------
+
+    async def backup_bdb(self, uid: int, body: BackupRequest | None, dry_run: bool) -> dict:
+        location = body.location if body else None
+        check_backup_location(location)
+        r = await (self.reader() if dry_run else self.writer())
+        current = await self._active(r, uid)
+        params = {"location": location} if location else {}
+        if dry_run:
+            return {"dry_run": True, "action": "bdb_backup", "object_uid": uid, "params": params,
+                    "location": location or current.get("backup_location") or
+                    str(backup_mgr.default_location(self.config.dir))}
+        with trio.CancelScope(shield=True):
+            action = await bdb.submit(r, bdb.new_action("bdb_backup", "bdb", uid, params),
+                                      lock_bdb=uid)
+        log.info("database %d: backup, action %s", uid, action["action_uid"])
+        return {"action_uid": action["action_uid"], "object_uid": uid}
+
+    async def import_bdb(self, uid: int, body: ImportRequest, dry_run: bool) -> dict:
+        given = [k for k in ("backup_id", "backup_path", "rdb_path") if getattr(body, k)]
+        if len(given) != 1:
+            raise ApiError(400, "invalid_schema", "give exactly one of backup_id, backup_path, "
+                           "rdb_path" + (f" (not {' and '.join(given)})" if given else ""))
+        if body.from_bdb_uid is not None and not body.backup_id:
+            raise ApiError(400, "invalid_schema", "from_bdb_uid goes with backup_id")
+        r = await (self.reader() if dry_run else self.writer())
+        await self._active(r, uid)
+        params: dict = {"flush": body.flush}
+        if body.backup_id:
+            source_uid = body.from_bdb_uid if body.from_bdb_uid is not None else uid
+            source = await bdb.get_bdb(r, source_uid)
+            if source is None:
+                raise ApiError(404, "bdb_not_exist", f"bdb {source_uid} does not exist (the "
+                               "backups of a deleted database are imported by backup_path)")
+            location = backup_mgr.location_of(source, self.config.dir)
+            found = await trio.to_thread.run_sync(backup_mgr.find_backup, location, source_uid,
+                                                  body.backup_id)
+            if found is None:
+                raise ApiError(404, "backup_not_exist", f"backup {body.backup_id} of database "
+                               f"{source_uid} does not exist in {location}")
+            params["backup_path"] = found["path"]
+        elif body.backup_path:
+            path = _absolute(body.backup_path)
+            manifest = await _checked(backup_mgr.read_manifest, path, "invalid_backup")
+            if manifest.get("status") != "complete":
+                raise ApiError(400, "invalid_backup", f"backup {path} is not complete")
+            params["backup_path"] = str(path)
+        else:
+            path = _absolute(body.rdb_path)
+            await _checked(backup_mgr.check_rdb_file, path, "invalid_rdb")
+            params["rdb_path"] = str(path)
+        if dry_run:
+            return {"dry_run": True, "action": "bdb_import", "object_uid": uid, "params": params}
+        with trio.CancelScope(shield=True):
+            action = await bdb.submit(r, bdb.new_action("bdb_import", "bdb", uid, params),
+                                      lock_bdb=uid)
+        log.info("database %d: import %s, action %s", uid, params, action["action_uid"])
+        return {"action_uid": action["action_uid"], "object_uid": uid}
+
+    async def backups(self, uid: int) -> list[dict]:
+        current = await bdb.get_bdb(await self.reader(), uid)
+        if current is None:
+            raise _not_found("bdb", uid)
+        location = backup_mgr.location_of(current, self.config.dir)
+        return await trio.to_thread.run_sync(backup_mgr.list_backups, location, uid)
+
+    async def _active(self, r, uid: int) -> dict:
+        """The database, if it exists (404), no action holds it (409) and it is active (406)."""
+        current = await bdb.get_bdb(r, uid)
+        if current is None:
+            raise _not_found("bdb", uid)
+        await self._unlocked(r, uid)
+        if current.get("status", "active") != "active":
+            raise bdb.InvalidRequest(f"database {uid} is {current['status']}, not active")
+        return current
+
+
+def check_backup_location(location: str | None) -> None:
+    """406 if the folder for backups is a file (a folder not there yet is made when needed)."""
+    if location and os.path.exists(location) and not os.path.isdir(location):
+        raise bdb.InvalidRequest(f"backup location {location} is a file, not a folder")
+
+
+def _absolute(path: str) -> Path:
+    if not os.path.isabs(path):
+        raise ApiError(400, "invalid_schema", f"{path} is not an absolute path")
+    return Path(path)
+
+
+async def _checked(check, path: Path, error_code: str):
+    """check(path) in a thread: 404 if the path is not there, 400 if it is not what it should
+    be."""
+    try:
+        return await trio.to_thread.run_sync(check, path)
+    except backup_mgr.NotFound as exc:
+        raise ApiError(404, "file_not_exist", str(exc)) from None
+    except backup_mgr.BackupError as exc:
+        raise ApiError(400, error_code, str(exc)) from None
 
 
 def _unauthorized(description: str) -> ApiError:
@@ -727,6 +887,34 @@ def build_app(api: CnmHttp) -> FastAPI:
                 responses=bdb_errors)
     async def delete_bdb(uid: int, dry_run: bool = False):
         return await api.delete_bdb(uid, dry_run)
+
+    # ---- backups ----
+
+    @app.post("/v1/bdbs/{uid}/actions/backup", response_model=ActionStarted | DryRun,
+              tags=["backups"], responses=bdb_errors,
+              summary="Back the database up: an RDB per shard and a manifest, in a folder")
+    async def backup_bdb(uid: int, body: BackupRequest | None = None, dry_run: bool = False):
+        return await api.backup_bdb(uid, body, dry_run)
+
+    @app.get("/v1/bdbs/{uid}/backups", response_model=list[Backup], tags=["backups"],
+             responses={404: ERRORS[404]}, summary="The database's complete backups, oldest "
+             "first (those in its backup_location)")
+    async def list_backups(uid: int):
+        return await api.backups(uid)
+
+    @app.get("/v1/bdbs/{uid}/backups/{backup_id}", response_model=Backup, tags=["backups"],
+             responses={404: ERRORS[404]})
+    async def get_backup(uid: int, backup_id: str):
+        found = [b for b in await api.backups(uid) if b["backup_id"] == backup_id]
+        if not found:
+            raise _not_found("backup", backup_id)
+        return found[0]
+
+    @app.post("/v1/bdbs/{uid}/actions/import", response_model=ActionStarted | DryRun,
+              tags=["backups"], responses=bdb_errors,
+              summary="Load a backup (of any shard count) or an RDB file into the database")
+    async def import_bdb(uid: int, body: ImportRequest, dry_run: bool = False):
+        return await api.import_bdb(uid, body, dry_run)
 
     # ---- nodes, cluster ----
 

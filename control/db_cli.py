@@ -1,6 +1,6 @@
 """The operator's database commands, registered on `dmc` with the cluster commands
-(control/cli.py): `dmc db create|list|show|update|delete|reshard`, `dmc shard
-list|failover|migrate`, `dmc action list|show`.
+(control/cli.py): `dmc db create|list|show|update|delete|reshard|import|restore`, `dmc backup
+create|list|show`, `dmc shard list|failover|migrate`, `dmc action list|show`.
 
 They talk to the cluster's REST API (cnm_http) as the cluster admin, with the credentials the
 local cluster folder keeps (`admin.json`), through any node: when one does not answer, the next
@@ -251,6 +251,10 @@ def _settings_options(f, *, create: bool):
         click.option("--password", help="Password clients give with AUTH."),
         click.option("--eviction-policy", type=click.Choice(bdb.EVICTION_POLICIES),
                      default="volatile-lru" if create else None, show_default=create),
+        click.option("--backup-interval", type=click.IntRange(0), metavar="SECONDS",
+                     help="Back the database up every SECONDS (0: no scheduled backups)."),
+        click.option("--backup-location", type=click.Path(file_okay=False),
+                     help="Folder of its backups (default: the cluster folder's backups/)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -266,10 +270,12 @@ def update_settings(f):
 
 
 def _settings(port, memory, replication, persistence, aof_policy, password,
-              eviction_policy) -> dict:
+              eviction_policy, backup_interval=None, backup_location=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
              "data_persistence": persistence, "aof_policy": aof_policy,
-             "authentication_redis_pass": password, "eviction_policy": eviction_policy}
+             "authentication_redis_pass": password, "eviction_policy": eviction_policy,
+             "backup_interval": backup_interval,
+             "backup_location": os.path.abspath(backup_location) if backup_location else None}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -286,11 +292,12 @@ def db():
 @wait_option
 @home_option
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, dry_run, wait, home):
+              eviction_policy, backup_interval, backup_location, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
-        port, memory, replication, persistence, aof_policy, password, eviction_policy)}
+        port, memory, replication, persistence, aof_policy, password, eviction_policy,
+        backup_interval, backup_location)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -352,12 +359,12 @@ def db_show(ref, as_json, home):
 @wait_option
 @home_option
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, dry_run, wait, home):
+              eviction_policy, backup_interval, backup_location, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
-                     eviction_policy)
+                     eviction_policy, backup_interval, backup_location)
     if new_name is not None:
         body["name"] = new_name
     if not body:
@@ -403,6 +410,140 @@ def db_delete(ref, dry_run, wait, home):
         _dry_run(reply)
         return
     _started(api, reply, wait, f"database {uid} deleted")
+
+
+@db.command("import")
+@click.argument("ref", metavar="UID|NAME")
+@click.argument("source", metavar="RDB_FILE|BACKUP_FOLDER")
+@click.option("--flush", is_flag=True, help="Empty the database first.")
+@wait_option
+@home_option
+def db_import(ref, source, flush, wait, home):
+    """Load an RDB file (a plain redis-server's, say) or a backup's folder into a database;
+    keys it already has are replaced."""
+    api = RestApi.of(home)
+    uid = api.bdb_uid(ref)
+    path = os.path.abspath(source)
+    body = {"backup_path" if os.path.isdir(path) else "rdb_path": path, "flush": flush}
+    reply = api.call("POST", f"/v1/bdbs/{uid}/actions/import", body=body)
+    if not wait:
+        _started(api, reply, wait, "")
+        return
+    result = api.follow(reply["action_uid"]).get("result") or {}
+    click.echo(f"database {uid}: {result.get('keys', 0)} keys loaded from {path}")
+
+
+@db.command("restore")
+@click.argument("backup", metavar="BACKUP_ID|BACKUP_FOLDER")
+@click.option("--from-db", "source", metavar="UID|NAME",
+              help="The database the backup was taken of (needed for a BACKUP_ID).")
+@click.option("--name", required=True, help="The new database's name.")
+@click.option("--shards", type=click.IntRange(1, 64),
+              help="Master shards of the new database (default: as many as the backup has).")
+@create_settings
+@home_option
+def db_restore(backup, source, name, shards, port, memory, replication, persistence,
+               aof_policy, password, eviction_policy, backup_interval, backup_location, home):
+    """Create database NAME and load a backup into it (any shard count takes any backup)."""
+    api = RestApi.of(home)
+    if os.path.isdir(backup):
+        path = os.path.abspath(backup)
+        try:
+            manifest = json.loads((Path(path) / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise Failure(f"{path} is not a backup ({exc})") from None
+    elif source is None:
+        raise Failure(f"no folder {backup}: give --from-db for a backup id")
+    else:
+        manifest = api.call("GET", f"/v1/bdbs/{api.bdb_uid(source)}/backups/{backup}")
+        path = manifest["path"]
+    body = {"name": name, "shards_count": shards or len(manifest.get("shards") or [1]),
+            **_settings(port, memory, replication, persistence, aof_policy, password,
+                        eviction_policy, backup_interval, backup_location)}
+    created = api.call("POST", "/v1/bdbs", body=body)
+    api.follow(created["action_uid"])
+    reply = api.call("POST", f"/v1/bdbs/{created['uid']}/actions/import",
+                     body={"backup_path": path})
+    result = api.follow(reply["action_uid"]).get("result") or {}
+    click.echo(f"database {created['uid']} ({name}) restored from backup "
+               f"{manifest.get('backup_id')}: {result.get('keys', 0)} keys")
+    click.echo(_redis_cli_line(created))
+
+
+# ---- dmc backup ------------------------------------------------------------------------------
+
+@click.group()
+def backup():
+    """Back databases up (an RDB per shard and a manifest, in a folder) and list their
+    backups; `dmc db restore` and `dmc db import` load them."""
+
+
+@backup.command("create")
+@click.argument("ref", metavar="UID|NAME")
+@click.option("--location", type=click.Path(file_okay=False),
+              help="A folder for this backup (default: the database's backup location).")
+@wait_option
+@home_option
+def backup_create(ref, location, wait, home):
+    """Back a database up now."""
+    api = RestApi.of(home)
+    uid = api.bdb_uid(ref)
+    body = {"location": os.path.abspath(location)} if location else None
+    reply = api.call("POST", f"/v1/bdbs/{uid}/actions/backup", body=body)
+    if not wait:
+        _started(api, reply, wait, "")
+        return
+    result = api.follow(reply["action_uid"]).get("result") or {}
+    click.echo(f"backup {result.get('backup_id')} of database {uid}: {result.get('keys')} "
+               f"keys in {result.get('files')} RDB files")
+    click.echo(result.get("path") or "")
+
+
+def _backup_time(b: dict) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["time"])) if b.get("time") \
+        else "-"
+
+
+@backup.command("list")
+@click.argument("ref", metavar="UID|NAME")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+def backup_list(ref, as_json, home):
+    """A database's backups, oldest first."""
+    api = RestApi.of(home)
+    backups = api.call("GET", f"/v1/bdbs/{api.bdb_uid(ref)}/backups")
+    if as_json:
+        click.echo(json.dumps(backups))
+        return
+    click.echo(f"{'BACKUP':<22}{'TAKEN':<21}{'SHARDS':<8}{'KEYS':<10}{'SIZE':<9}KIND")
+    for b in backups:
+        size = sum(s.get("bytes") or 0 for s in b.get("shards") or [])
+        click.echo(f"{b['backup_id']:<22}{_backup_time(b):<21}{len(b.get('shards') or []):<8}"
+                   f"{b.get('keys', '?'):<10}{format_memory(size):<9}"
+                   f"{'scheduled' if b.get('scheduled') else 'on demand'}")
+
+
+@backup.command("show")
+@click.argument("ref", metavar="UID|NAME")
+@click.argument("backup_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+def backup_show(ref, backup_id, as_json, home):
+    """One backup: where it is, and each shard's RDB file."""
+    api = RestApi.of(home)
+    b = api.call("GET", f"/v1/bdbs/{api.bdb_uid(ref)}/backups/{backup_id}")
+    if as_json:
+        click.echo(json.dumps(b))
+        return
+    for key in ("backup_id", "bdb_uid", "name", "time", "status", "keys", "redis_version",
+                "scheduled", "path"):
+        value = _backup_time(b) if key == "time" else b.get(key)
+        click.echo(f"{key + ':':<16}{value}")
+    click.echo(f"{'FILE':<14}{'SLOTS':<24}{'KEYS':<10}{'BYTES':<12}{'FROM':<16}SHA256")
+    for s in b.get("shards") or []:
+        origin = f"{s.get('role')} {s.get('source_shard_uid')}"
+        click.echo(f"{s['file']:<14}{format_slots(s.get('slots')):<24}{s.get('keys'):<10}"
+                   f"{s.get('bytes'):<12}{origin:<16}{s.get('sha256')}")
 
 
 # ---- dmc shard -------------------------------------------------------------------------------
@@ -515,4 +656,4 @@ def action_show(uid, wait, as_json, home):
         click.echo(f"{key + ':':<16}{value}")
 
 
-COMMANDS = (db, shard, action)
+COMMANDS = (db, backup, shard, action)

@@ -43,6 +43,7 @@ SERVICE_MODULES = {
     "dmcproxy": "control.node_proxy",
     "cnm_exec": "control.cnm_exec",
     "cnm_http": "control.cnm_http",
+    "job_scheduler": "control.job_scheduler",
 }
 SERVICES = tuple(SERVICE_MODULES)
 # The cluster's own core, without databases: what the control-plane tests run.

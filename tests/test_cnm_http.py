@@ -127,7 +127,8 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
         "/v1/bdbs", "/v1/bdbs/{uid}", "/v1/nodes", "/v1/nodes/{uid}", "/v1/cluster",
         "/v1/shards", "/v1/shards/{uid}", "/v1/shards/{uid}/actions/failover",
         "/v1/shards/{uid}/actions/migrate", "/v1/nodes/{uid}/actions/remove", "/v1/actions",
-        "/v1/actions/{uid}"}
+        "/v1/actions/{uid}", "/v1/bdbs/{uid}/actions/backup", "/v1/bdbs/{uid}/backups",
+        "/v1/bdbs/{uid}/backups/{backup_id}", "/v1/bdbs/{uid}/actions/import"}
     assert set(doc["paths"]["/v1/bdbs/{uid}"]) == {"get", "put", "delete"}
     schemas = doc["components"]["schemas"]
     assert {"BdbCreate", "BdbSettings", "Bdb", "Action", "ErrorReply"} <= set(schemas)
