@@ -14,124 +14,20 @@ import time
 
 import pytest
 import redis
-import trio
+from clusters import Cluster
 from dmc._fastpath import slot_of
 from waiting import wait_until
 from workload import WriteLoad
 
 from control import bdb as schema
-from control import ccs, history
-from control.local_cluster import LocalCluster, loopback_addresses
+from control import ccs
 from control.node import supervisor_rpc
-from control.redis_client import connect
 from dmc.local import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
 # How far behind its master an asynchronous replica may be on this loaded 2-core machine.
 REPLICATION_WINDOW = 1.0
-
-
-class Cluster:
-    """A LocalCluster and the few things these tests ask of its CCS."""
-
-    def __init__(self, home, first_address: str):
-        self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
-                                      record_history=True)
-
-    def master_ccs(self) -> tuple[str, int]:
-        for config in self.lc.nodes.values():
-            try:
-                r = redis.Redis(config.address, config.ccs_port, socket_timeout=1)
-                m = ccs.unpack(r.get(ccs.MASTER))
-                if m:
-                    return m["address"], m["ccs_port"]
-            except redis.RedisError:
-                continue
-        raise AssertionError("no CCS copy answers")
-
-    def ccs(self, fn):
-        """Run `await fn(conn)` against the master's CCS copy; retried while a master is
-        being elected."""
-        async def run():
-            conn = await connect(*self.master_ccs(), timeout=2.0)
-            async with conn:
-                return await fn(conn)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                return trio.run(run)
-            except (OSError, AssertionError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def create_db(self, name="db", shards=2, replication=True, port=None, **fields) -> dict:
-        port = port or free_port()
-
-        async def create(r):
-            uid = await schema.next_uid(r, "bdb")
-            spec = schema.BdbCreate(name=name, port=port, shards_count=shards,
-                                    replication=replication, **fields).model_dump()
-            await schema.put_bdb(r, {**spec, "uid": uid, "status": "pending"})
-            action = await schema.submit(r, schema.new_action("bdb_create", "bdb", uid, {}),
-                                         lock_bdb=uid)
-            return uid, action["action_uid"]
-        uid, action = self.ccs(create)
-        self.wait_action(action)
-        return self.bdb(uid)
-
-    def submit(self, name, object_type, object_uid, params, bdb_uid) -> str:
-        async def go(r):
-            action = schema.new_action(name, object_type, object_uid, params)
-            action["bdb_uid"] = bdb_uid
-            return (await schema.submit(r, action, lock_bdb=bdb_uid))["action_uid"]
-        return self.ccs(go)
-
-    def wait_action(self, uid: str, timeout: float = 90.0) -> dict:
-        action = wait_until(lambda: (a := self.ccs(lambda r: schema.get_action(r, uid)))
-                            and a["status"] in ("completed", "failed") and a,
-                            timeout=timeout, interval=0.1, what=f"action {uid}")
-        assert action["status"] == "completed", action
-        return action
-
-    def run(self, name, object_type, object_uid, params, bdb_uid) -> dict:
-        return self.wait_action(self.submit(name, object_type, object_uid, params, bdb_uid))
-
-    def bdb(self, uid):
-        return self.ccs(lambda r: schema.get_bdb(r, uid))
-
-    def shards(self, bdb_uid) -> dict[int, dict]:
-        return {u: s for u, s in self.ccs(schema.shards).items() if s["bdb_uid"] == bdb_uid}
-
-    def states(self) -> dict[int, dict]:
-        return self.ccs(lambda r: ccs.read_hash(r, schema.SHARD_STATE))
-
-    def address(self, shard) -> tuple[str, int]:
-        return self.lc.nodes[shard["node_uid"]].address, shard["port"]
-
-    def client(self, node: int, port: int, **kw) -> redis.Redis:
-        return redis.Redis(self.lc.nodes[node].address, port, **{"socket_timeout": 5, **kw})
-
-    def master_of_key(self, bdb_uid, key: bytes) -> dict:
-        slot = slot_of(key)
-        return next(s for s in self.shards(bdb_uid).values() if s["role"] == "master"
-                    and any(a <= slot <= b for a, b in s["slots"]))
-
-    def wait_proxies_current(self, bdb_uid) -> None:
-        """Until the dmcproxy of every node whose heartbeat is alive serves the newest map."""
-        async def current(r):
-            shard_map = await ccs.read(r, schema.map_key(bdb_uid))
-            acks = await ccs.read_hash(r, schema.ack_key(bdb_uid))
-            up = [u for u in self.lc.nodes if await r.execute("EXISTS", ccs.heartbeat_key(u))]
-            return shard_map and all((acks.get(u) or {}).get("version") == shard_map["version"]
-                                     for u in up)
-        wait_until(lambda: self.ccs(current), timeout=20, what="every proxy on the newest map")
-
-    def close(self):
-        self.lc.stop()
-        found = history.violations(history.load_dir(self.lc.home))
-        assert found == [], found
 
 
 @pytest.fixture(scope="module")

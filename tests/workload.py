@@ -3,7 +3,8 @@ none was lost and none came back wrong (failover, migration and resharding tests
 
 Each of `clients` threads has its own connection to the endpoint and writes its own keys in
 order (`load:<client>:<n>` = n, a few keys per hash slot range), reading one back now and then;
-every acknowledged SET is recorded, and every error, with its time.
+every acknowledged SET is recorded, and every error, with its time. With `wait_replicas`, a SET
+counts as acknowledged only once `WAIT wait_replicas 1000` after it answers that many.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class WriteLoad:
     port: int
     clients: int = 4
     password: str | None = None
+    wait_replicas: int = 0
     acked: dict[str, str] = field(default_factory=dict)
     acked_at: dict[str, float] = field(default_factory=dict)     # key -> time.monotonic()
     errors: list[tuple[float, str]] = field(default_factory=list)
@@ -56,6 +58,8 @@ class WriteLoad:
             key, value = f"load:{i}:{n}", str(n)
             try:
                 conn.set(key, value)
+                if self.wait_replicas and conn.wait(self.wait_replicas, 1000) < self.wait_replicas:
+                    continue
                 with self._lock:
                     self.acked[key] = value
                     self.acked_at[key] = time.monotonic()

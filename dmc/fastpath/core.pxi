@@ -381,14 +381,14 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
 
 cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
     cdef Request *r = f.req
+    cdef Client *waited = NULL
     r.pending -= 1
     if r.blocking and r.pending == 0:
         r.blocking = False
         if r.client != NULL:
             r.client.flags &= ~CF_BLOCKED
             client_mark_dirty(core, r.client)     # its waiting input is parsed again
-            if r.client.waiters != NULL:
-                waiters_close(core, r.client)     # the WAIT is answered
+            waited = r.client if r.client.waiters != NULL else NULL
     if r.resolving:
         route_resolved(core, r, reply, n)
         return
@@ -397,14 +397,17 @@ cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) 
         return
     if r.nfrags == 1:
         request_answer(core, r, reply, n)
-        return
-    buf_append(&f.reply, reply, n)
-    if r.pending > 0:
-        return
-    if merge_replies(core, r) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
     else:
-        request_answer(core, r, buf_head(&core.merged), buf_len(&core.merged))
+        buf_append(&f.reply, reply, n)
+        if r.pending > 0:
+            return
+        if merge_replies(core, r) < 0:
+            request_answer_str(core, r, b"-ERR out of memory\r\n")
+        else:
+            request_answer(core, r, buf_head(&core.merged), buf_len(&core.merged))
+    if waited != NULL:
+        # The WAIT is answered: its connections go (only now: `reply` may be in one's buffer).
+        waiters_close(core, waited)
 
 
 # ---- backends ---------------------------------------------------------------------------------
