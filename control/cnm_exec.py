@@ -916,7 +916,7 @@ class NodeRemove(Machine):
 class BdbBackup(Machine):
     """params.location: the folder (default: the database's backup_location); params.scheduled:
     submitted by job_scheduler. One RDB per master shard's slots, streamed from its replica
-    when one runs and is in sync, else from the master (control/backup_mgr.py), then the
+    when one runs and has caught up, else from the master (control/backup_mgr.py), then the
     manifest; the backup is listed only once complete. The database record keeps the outcome:
     last_backup_time (when the last good one was taken), last_backup_id, backup_status,
     backup_failure_reason.
@@ -941,24 +941,27 @@ class BdbBackup(Machine):
                           ranges=[m["slots"] for m in masters])
 
     async def fetch(self) -> None:
-        partial = backup_mgr.partial_folder(Path(self.state["folder"]))
         ranges = self.state["ranges"]
         for i, slots in enumerate(ranges, start=1):
             if str(i) in self.state["files"]:
                 continue
-            master, source = await self._source(slots)
-            address = await self.address(source)
-            try:
-                got = await self._unless_a_master_dies(
-                    backup_mgr.fetch_rdb, *address, partial / f"shard-{i}.rdb")
-            except backup_mgr.BackupError as exc:
-                raise ActionFailed(f"shard {source['uid']}: {exc}") from None
-            self.state.setdefault("redis_version", await backup_mgr.redis_version(*address))
-            self.state["files"][str(i)] = {
-                "slots": slots, "file": f"shard-{i}.rdb", **got, "source_shard_uid":
-                source["uid"], "role": source["role"], "master_shard_uid": master["uid"]}
+            self.state["files"][str(i)] = await self._unless_a_master_dies(
+                self._fetch_one, i, slots)
             self.action["progress"] = 5 + 85 * len(self.state["files"]) // len(ranges)
             await self.save()
+
+    async def _fetch_one(self, i: int, slots) -> dict:
+        """shard-<i>.rdb, the RDB of `slots`, in the partial folder: its manifest entry."""
+        master, source = await self._source(slots)
+        address = await self.address(source)
+        dest = backup_mgr.partial_folder(Path(self.state["folder"])) / f"shard-{i}.rdb"
+        try:
+            got = await backup_mgr.fetch_rdb(*address, dest)
+        except backup_mgr.BackupError as exc:
+            raise ActionFailed(f"shard {source['uid']}: {exc}") from None
+        self.state.setdefault("redis_version", await backup_mgr.redis_version(*address))
+        return {"slots": slots, "file": dest.name, **got, "source_shard_uid": source["uid"],
+                "role": source["role"], "master_shard_uid": master["uid"]}
 
     async def _source(self, slots) -> tuple[dict, dict]:
         """The master that holds `slots`, and where to read them: a replica on a live node that
@@ -1010,7 +1013,7 @@ class BdbBackup(Machine):
         async def work(scope) -> None:
             try:
                 outcome["result"] = await fn(*args)
-            except (OSError, ReplyError, backup_mgr.BackupError) as exc:
+            except (OSError, ReplyError, ActionFailed) as exc:
                 outcome["error"] = exc          # raised by the caller, not in a group
             scope.cancel()
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -223,6 +224,47 @@ def test_an_rdb_of_a_plain_redis_server_imports_into_a_database(cluster, api, pl
     now = contents(r)
     assert b"there-before" not in now and b"expired-soon" not in now
     assert_same(now, held)
+
+
+def test_a_backup_gives_way_to_the_failover_of_a_master_shard_that_dies(cluster, api):
+    bdb = api.create(name="fragile", replication=True)
+    client(cluster, bdb).set("survives", "yes")
+    shards = [s for s in api.get("/v1/shards").json() if s["bdb_uid"] == bdb["uid"]]
+    master = next(s for s in shards if s["role"] == "master")
+    replica = next(s for s in shards if s["role"] == "replica")
+    on_replica = redis.Redis(cluster.nodes[replica["node_uid"]].address, replica["port"])
+    wait_until(lambda: on_replica.get("survives"), 10, what="the write on the replica")
+    # A stopped master answers nothing: the backup does not trust the replica it cannot compare
+    # with it, and waits on the master itself, as it would on a big one.
+    os.kill(master["pid"], signal.SIGSTOP)
+    try:
+        resp = api.post(f"/v1/bdbs/{bdb['uid']}/actions/backup")
+        assert resp.status_code == 200, resp.text
+        wait_until(lambda: any(b"--rdb" in c and str(master["port"]).encode() in c
+                               for c in map(_cmdline, os.listdir("/proc"))), 10, 0.05,
+                   "redis-cli reading the master shard")
+    finally:
+        os.kill(master["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    action = api.wait_action(resp.json()["action_uid"], 10)
+    assert action["status"] == "failed"
+    assert f"master shards [{master['uid']}] went down" in action["error"]
+    wait_until(lambda: api.get(f"/v1/shards/{replica['uid']}").json()["role"] == "master", 10,
+               0.05, "the failover")
+    assert time.monotonic() - killed < 5
+    assert wait_until(lambda: _get(client(cluster, bdb), "survives"), 10) == b"yes"
+    record = api.get(f"/v1/bdbs/{bdb['uid']}").json()
+    assert record["backup_status"] == "failed" and "went down" in record["backup_failure_reason"]
+    assert api.get(f"/v1/bdbs/{bdb['uid']}/backups").json() == []
+    folder = Path(record["backup_location"]) / f"fragile-{bdb['uid']}"
+    assert not folder.exists() or not list(folder.iterdir())      # nothing half-made left
+
+
+def _get(r: redis.Redis, key: str):
+    try:
+        return r.get(key)
+    except redis.RedisError:
+        return None
 
 
 # ---- scheduled backups -----------------------------------------------------------------------
