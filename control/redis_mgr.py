@@ -61,6 +61,7 @@ def shard_conf(config: NodeConfig, shard: dict, bdb: dict) -> str:
         "repl-diskless-sync-delay 0",
         "repl-diskless-load swapdb",
         "replica-read-only yes",
+        f"replica-announce-ip {config.address}",
         f"maxmemory {maxmemory(bdb)}",
         f"maxmemory-policy {bdb.get('eviction_policy', 'volatile-lru')}",
     ]
