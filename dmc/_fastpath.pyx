@@ -16,6 +16,7 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     setalgebra.pxi  SUNION/SINTER/SDIFF/SINTERCARD, ZUNION/ZINTER/ZDIFF/ZINTERCARD across shards
     hyperloglog.pxi PFCOUNT across shards
     client_cmd.pxi  CLIENT ... about the proxy's own clients
+    monitor.pxi   MONITOR: every command the proxy receives, streamed to its monitors
     dispatch.pxi  routing a parsed request; client input and output
     loop.pxi      one turn of the epoll loop; pause, resume, wake-up
 
@@ -32,7 +33,7 @@ from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
 cdef extern from "errno.h":
     int EWOULDBLOCK
 from posix.unistd cimport close, read, write
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.exc cimport PyErr_CheckSignals
 
 cdef extern from "sys/types.h":
@@ -98,6 +99,7 @@ include "fastpath/core.pxi"
 include "fastpath/setalgebra.pxi"
 include "fastpath/hyperloglog.pxi"
 include "fastpath/client_cmd.pxi"
+include "fastpath/monitor.pxi"
 include "fastpath/dispatch.pxi"
 include "fastpath/loop.pxi"
 
@@ -117,7 +119,8 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
-          "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET}
+          "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
+          "monitor": LOCAL_MONITOR}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
@@ -318,6 +321,7 @@ cdef class Proxy:
         keylist_free(&self.core.keys)
         buf_free(&self.core.merged)
         buf_free(&self.core.subcommand)
+        buf_free(&self.core.monitor_line)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:

@@ -20,7 +20,7 @@ from dmc import _fastpath
 
 # Answered by the proxy itself: they are about the connection, not the data.
 LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard", "watch",
-                  "unwatch", "auth", "reset"}
+                  "unwatch", "auth", "reset", "monitor"}
 
 # Pub/Sub lives on one shard of the map (its first), so that every PUBLISH reaches every
 # subscriber: sharded channels (SPUBLISH/SSUBSCRIBE) included.
@@ -35,12 +35,10 @@ SET_ALGEBRA = {"sunion", "sinter", "sdiff", "sintercard", "zunion", "zinter", "z
 SPECIAL_MERGES = {"randomkey": "random", "info": "info"}
 
 # Not (yet) served through the proxy, with the reason given to the client.
-_NOT_YET = "ERR '{name}' is not supported by this proxy yet"
 # Replication and server life-cycle belong to the cluster manager, not to a database's clients:
 # through the proxy they would act on one shard behind the database's back.
 _MANAGED = "ERR '{name}' is not allowed through the database endpoint: the cluster manages its shards"
 REFUSED_COMMANDS = {
-    "monitor": _NOT_YET,
     "readonly": _MANAGED, "readwrite": _MANAGED, "sync": _MANAGED, "psync": _MANAGED,
     "replconf": _MANAGED, "failover": _MANAGED, "replicaof": _MANAGED, "slaveof": _MANAGED,
     "shutdown": _MANAGED, "config|rewrite": _MANAGED,
@@ -89,6 +87,7 @@ class CommandEntry:
     specs: list = field(default_factory=list)
     refusal: str | None = None
     writes: bool = False
+    unmonitored: bool = False
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
 
 
@@ -147,6 +146,8 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     # What WAIT waits for: commands that change data or replicate (scripts, PUBLISH...), and
     # EXEC, whose queued commands do.
     entry.writes = bool(flags & {"write", "may_replicate"}) or name == "exec"
+    # Redis shows MONITOR every command but the administrative ones.
+    entry.unmonitored = bool(flags & {"admin", "skip_monitor"})
     incomplete = False
     if len(row) > 8:
         entry.specs = [s for s in (_key_spec(raw) for raw in row[8]) if s is not None]
@@ -228,7 +229,7 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     for e in entries:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
-                  e.params, e.writes)
+                  e.params, e.writes, e.unmonitored)
     return table
 
 

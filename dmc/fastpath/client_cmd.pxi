@@ -46,6 +46,9 @@ cdef void client_info_line(Core *core, Client *c, Buf *out) noexcept nogil:
     if c.flags & CF_BLOCKED:
         flags[nf] = c'b'
         nf += 1
+    if c.flags & CF_MONITOR:
+        flags[nf] = c'O'
+        nf += 1
     if nf == 0:
         flags[nf] = c'N'
         nf += 1

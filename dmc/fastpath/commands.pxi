@@ -71,6 +71,7 @@ cdef enum Local:
     LOCAL_CLIENT = 11
     LOCAL_AUTH = 12
     LOCAL_RESET = 13
+    LOCAL_MONITOR = 14
 
 
 cdef struct KeySpec:
@@ -114,6 +115,7 @@ cdef struct CommandInfo:
     int local
     bint has_subcommands
     bint writes                 # may change the data set (or replicate): WAIT waits for its shard
+    bint unmonitored            # not shown to MONITOR (admin commands, as Redis does)
     int nspecs
     KeySpec specs[MAX_KEY_SPECS]
     char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)
@@ -237,7 +239,8 @@ cdef class CommandTable:
                 free(self.entries[i])
 
     def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
-            list specs, refusal=None, params=None, bint writes=False):
+            list specs, refusal=None, params=None, bint writes=False,
+            bint unmonitored=False):
         """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c).
         params: None, or (first, step, strict, refusal, {name: allowed}) for a command whose
         parameter names the proxy checks (refusal: the error text, `{param}` the name given)."""
@@ -268,6 +271,7 @@ cdef class CommandTable:
         e.local = local
         e.has_subcommands = has_subcommands
         e.writes = writes
+        e.unmonitored = unmonitored
         for spec in specs[:MAX_KEY_SPECS]:
             ks = &e.specs[e.nspecs]
             ks.bs_type, ks.bs_index, kw, ks.fk_type, ks.fk_a, ks.fk_b, ks.fk_c = spec

@@ -24,6 +24,7 @@ cdef enum:
     CF_WATCH = 1024         # WATCHing keys of `watch_shard` on `dedicated`, until EXEC/DISCARD/UNWATCH
     CF_AUTHED = 2048        # authenticated (or the database has no password)
     CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
+    CF_MONITOR = 8192       # MONITOR: on the core's list of monitors
 
 # Backend states
 cdef enum:
@@ -76,6 +77,7 @@ cdef struct Client:
     Buf multi_cmds          # CF_MULTI: their bytes, sent as MULTI ... EXEC in one write
     Client *next_dirty
     Client *next_closed
+    Client *next_monitor
 
 
 cdef struct Backend:

@@ -50,6 +50,7 @@ cdef struct Core:
     long long next_idle_check_us
     Client *dirty_clients
     Client *all_clients
+    Client *monitors            # clients in MONITOR mode
     Client *closed_clients
     Backend *dirty_backends
     Backend *closed_backends
@@ -58,6 +59,7 @@ cdef struct Core:
     KeyList keys
     Buf merged
     Buf subcommand
+    Buf monitor_line
     char *read_chunk
     unsigned short *key_shard
     int key_shard_cap
@@ -123,6 +125,8 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
         dedicated_close(core, c.dedicated)
         c.dedicated = NULL
     waiters_close(core, c)
+    if c.flags & CF_MONITOR:
+        monitor_remove(core, c)
     free(c.written_more)
     c.written_more = NULL
     buf_free(&c.multi_cmds)

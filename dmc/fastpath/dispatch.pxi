@@ -679,6 +679,10 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
     elif local == LOCAL_CLIENT:
         client_command(core, c, r, av)
         return
+    elif local == LOCAL_MONITOR:
+        if av.argc == 1:
+            monitor_start(core, c, r)
+            return
     elif local == LOCAL_QUIT:
         request_answer_str(core, r, b"+OK\r\n")
         c.flags |= CF_CLOSE_AFTER_WRITE
@@ -762,6 +766,8 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
             cmd.local == LOCAL_HELLO or cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)):
         request_answer_str(core, r, b"-NOAUTH Authentication required.\r\n")
         return True
+    if core.monitors != NULL and cmd != NULL and not cmd.unmonitored:
+        monitor_feed(core, c, cmd, av)
     if core.nactive == 0:
         request_answer_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
         return True

@@ -47,7 +47,7 @@ cdef void close_idle_clients(Core *core) noexcept nogil:
     core.next_idle_check_us = core.now_us + 1000000
     while c != NULL:
         nxt = c.next
-        if not (c.flags & (CF_BLOCKED | CF_PUBSUB)) and c.head == NULL \
+        if not (c.flags & (CF_BLOCKED | CF_PUBSUB | CF_MONITOR)) and c.head == NULL \
                 and core.now_us - c.last_us > core.idle_timeout_us:
             client_close(core, c)
         c = nxt
