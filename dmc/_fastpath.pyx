@@ -17,6 +17,7 @@ command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file 
     hyperloglog.pxi PFCOUNT across shards
     client_cmd.pxi  CLIENT ... about the proxy's own clients
     monitor.pxi   MONITOR: every command the proxy receives, streamed to its monitors
+    keyspace.pxi  keyspace notifications of every shard, re-published on the pub/sub shard
     dispatch.pxi  routing a parsed request; client input and output
     loop.pxi      one turn of the epoll loop; pause, resume, wake-up
 
@@ -100,6 +101,7 @@ include "fastpath/setalgebra.pxi"
 include "fastpath/hyperloglog.pxi"
 include "fastpath/client_cmd.pxi"
 include "fastpath/monitor.pxi"
+include "fastpath/keyspace.pxi"
 include "fastpath/dispatch.pxi"
 include "fastpath/loop.pxi"
 
@@ -275,6 +277,7 @@ cdef class Proxy:
         if not (self.core.shards and self.core.shard_frag and self.core.active and self.core.read_chunk):
             raise MemoryError()
         argvec_init(&self.core.av)
+        argvec_init(&self.core.relay_av)
         keylist_init(&self.core.keys)
         self.core.now_us = monotonic_us()
         self.shard_index = {}
@@ -322,6 +325,8 @@ cdef class Proxy:
         buf_free(&self.core.merged)
         buf_free(&self.core.subcommand)
         buf_free(&self.core.monitor_line)
+        buf_free(&self.core.relay_cmd)
+        argvec_free(&self.core.relay_av)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -397,6 +402,7 @@ cdef class Proxy:
         self.core.nactive = n
         memcpy(self.core.slot_map, table, sizeof(table))
         self.core.map_version = version
+        relays_sync(&self.core)
         return True
 
     @property

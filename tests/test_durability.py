@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("durability"), "127.0.0.121")
+    c = Cluster(tmp_path_factory.mktemp("durability"), "127.0.0.141")
     yield c
     c.close()
 
@@ -104,7 +104,7 @@ def test_without_replication_the_master_persists(cluster):
 
 
 def test_whole_cluster_killed_brings_back_every_write_acknowledged_with_wait(tmp_path):
-    cluster = Cluster(tmp_path, "127.0.0.126")
+    cluster = Cluster(tmp_path, "127.0.0.146")
     try:
         db = cluster.create_db("durable", shards=2, replication=True, data_persistence="aof",
                                aof_policy="appendfsync-always")

@@ -273,3 +273,40 @@ def test_subscribe_while_watching_is_refused(db, r):
     assert c.call(["SUBSCRIBE", "a"])[0].startswith("ERR SUBSCRIBE while WATCHing")
     assert c.call(["UNWATCH"], ["SUBSCRIBE", "a"]) == [b"OK", [b"subscribe", b"a", 1]]
     c.close()
+
+
+def keyspace_events(client, writer, keys) -> list[tuple[bytes, bytes]]:
+    """(channel, data) of every notification a subscriber of both families receives while the
+    keys are set, expired and deleted, sorted (the shards' notifications interleave)."""
+    ps = client.pubsub()
+    ps.psubscribe("__keyspace@0__:*", "__keyevent@0__:*")
+    for _ in range(2):
+        assert ps.get_message(timeout=2)["type"] == "psubscribe"
+    for k in keys:
+        writer.set(k, "v")
+        writer.expire(k, 100)
+    writer.delete(*keys)
+    got = []
+    expected = 3 * len(keys) * 2
+    while len(got) < expected:
+        m = next_message(ps)
+        got.append((m["channel"], m["data"]))
+    assert ps.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+    ps.close()
+    return sorted(got)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_keyspace_notifications_of_every_shard_reach_subscribers_once(db, r, ref, protocol):
+    keys = [f"note{i}" for i in range(12)]
+    assert len({db.shard_index_of(k) for k in keys}) == 3
+    for c in (r, ref):
+        c.config_set("notify-keyspace-events", "KEA")
+    try:
+        ours = keyspace_events(db.client(protocol=protocol), r, keys)
+        theirs = keyspace_events(ref, ref, keys)
+        assert ours == theirs
+        assert (b"__keyspace@0__:note11", b"expire") in ours
+    finally:
+        for c in (r, ref):
+            c.config_set("notify-keyspace-events", "")

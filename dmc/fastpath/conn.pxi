@@ -106,6 +106,7 @@ cdef struct Backend:
     int subscriptions       # passthrough: channels + patterns left, from the last (un)subscribe frame
     int shard_subscriptions #   and sharded channels left (Redis counts them apart)
     Backend *next_waiter    # the client's next WAIT connection
+    bint relay              # the shard's keyspace-notification relay (see keyspace.pxi)
     Backend *next_closed
 
 
@@ -117,3 +118,4 @@ cdef struct Shard:
     int rr[2]               # round-robin position among each protocol's connections
     Backend *conns
     bint active             # part of the current shard map
+    Backend *relay          # its keyspace notifications, re-published on the pub/sub shard

@@ -60,6 +60,8 @@ cdef struct Core:
     Buf merged
     Buf subcommand
     Buf monitor_line
+    ArgVec relay_av             # a relayed notification, parsed
+    Buf relay_cmd               #   and re-published
     char *read_chunk
     unsigned short *key_shard
     int key_shard_cap
@@ -534,6 +536,10 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
             b.skip_replies -= 1
             buf_consume(&b.rbuf, flen)
             continue
+        if b.relay:
+            relay_frame(core, buf_head(&b.rbuf), flen)
+            buf_consume(&b.rbuf, flen)
+            continue
         if b.passthrough:
             release = subscriber_frame(core, b, buf_head(&b.rbuf), flen)
             buf_consume(&b.rbuf, flen)
@@ -825,6 +831,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
     """Timers: reconnect shards that are down, fail connections whose oldest request is late."""
     cdef int i, j
     cdef Backend *b
+    relays_tick(core)
     for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]

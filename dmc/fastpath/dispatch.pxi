@@ -372,7 +372,7 @@ cdef int multi_reroute(Core *core, Client *c) noexcept nogil:
     return rc
 
 
-cdef void send_unanswered(Core *core, Backend *b, const char *cmd) noexcept nogil:
+cdef void send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil:
     """A command of the proxy's own whose reply nobody reads (an UNWATCH, say)."""
     cdef Request *r = <Request *>calloc(1, sizeof(Request))
     if r == NULL:
@@ -381,14 +381,14 @@ cdef void send_unanswered(Core *core, Backend *b, const char *cmd) noexcept nogi
     r.nfrags = 1
     r.frag0.req = r
     r.pending = 1
-    send_fragment_on(core, b, &r.frag0, cmd, strlen(cmd))
+    send_fragment_on(core, b, &r.frag0, cmd, n)
 
 
 cdef void watch_end(Core *core, Client *c, bint tell_shard) noexcept nogil:
     if c.flags & CF_WATCH:
         c.flags &= ~CF_WATCH
         if tell_shard and c.dedicated != NULL:
-            send_unanswered(core, c.dedicated, b"*1\r\n$7\r\nUNWATCH\r\n")
+            send_unanswered(core, c.dedicated, b"*1\r\n$7\r\nUNWATCH\r\n", 17)
 
 
 cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:

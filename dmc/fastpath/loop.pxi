@@ -129,6 +129,7 @@ cdef void core_close(Core *core) noexcept nogil:
         client_close(core, core.all_clients)
     for i in range(core.nshards):
         core.shards[i].active = False
+        relay_close(core, i)
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.fd >= 0:
