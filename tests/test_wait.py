@@ -167,9 +167,16 @@ def test_client_gone_while_waiting(replicated):
         replicated.resume_replica(0)
 
 
-def test_wait_in_a_transaction(replicated):
+def test_wait_in_a_transaction_answers_at_once(replicated):
+    """As Redis: inside MULTI, WAIT does not block; it answers the count already reached."""
     c = replicated.db.client()
     key = replicated.key_on(1, "tx")
-    pipe = c.pipeline(transaction=True)
-    pipe.set(key, "1").wait(0, 0)
-    assert pipe.execute() == [True, 1]
+    replicated.pause_replica(1)
+    try:
+        started = time.monotonic()
+        pipe = c.pipeline(transaction=True)
+        pipe.set(key, "1").wait(1, 5000)
+        assert pipe.execute() == [True, 0]
+        assert time.monotonic() - started < 2.0
+    finally:
+        replicated.resume_replica(1)
