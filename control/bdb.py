@@ -120,6 +120,14 @@ class Conflict(RuntimeError):
     """The database is being changed by another action (HTTP 409)."""
 
 
+def persists(bdb: dict, role: str) -> bool:
+    """Does a shard of this role write the database to disk? With replication only the replicas
+    do (a master does no disk I/O); without it, the master."""
+    if (bdb.get("data_persistence") or "disabled") == "disabled":
+        return False
+    return role == "replica" or not bdb.get("replication")
+
+
 # ---- placement (pure) -----------------------------------------------------------------------
 
 def place(count: int, replication: bool, nodes: list[int], load: dict[int, int],

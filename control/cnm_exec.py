@@ -163,10 +163,9 @@ class CnmExec:
 
     @staticmethod
     def _disk_copy_on_replica(master, shards, bdb) -> bool:
-        """With replication and persistence, only the replicas write to disk: a master that
-        died has nothing to start from, its replica has it all."""
-        return bool(bdb.get("replication")) and \
-            (bdb.get("data_persistence") or "disabled") != "disabled" and \
+        """Only the replicas write to disk: a master that died has nothing to start from, its
+        replica has it all."""
+        return schema.persists(bdb, "replica") and not schema.persists(bdb, "master") and \
             any(r.get("master_uid") == master["uid"] for r in shards.values())
 
     async def _master_down(self, redis, shard, shards, states, up, bdb) -> None:

@@ -73,10 +73,9 @@ def persistence(shard: dict, bdb: dict) -> dict[str, str]:
     """The persistence settings of a shard: with replication, only replicas write to disk (a
     master does no disk I/O, so disk latency never slows the database); without it, the master
     does. Applied with CONFIG SET when the policy or the shard's role changes."""
-    policy = bdb.get("data_persistence") or "disabled"
-    writer = shard["role"] == "replica" or not bdb.get("replication")
-    aof = writer and policy == "aof"
-    snapshot = writer and policy == "snapshot"
+    writer = schema.persists(bdb, shard["role"])
+    aof = writer and bdb["data_persistence"] == "aof"
+    snapshot = writer and bdb["data_persistence"] == "snapshot"
     rules = bdb.get("snapshot_policy") or [{"secs": 3600, "writes": 1}]
     return {
         "appendonly": "yes" if aof else "no",

@@ -727,31 +727,9 @@ cdef void fragment_error(Core *core, Fragment *f, const char *label) noexcept no
     fragment_answer(core, f, line, strlen(line))
 
 
-cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
-    """The client's own connection to the shard, opened on first use."""
-    cdef Backend *b = c.dedicated
-    if b != NULL and (b.shard != shard or b.proto != c.proto):
-        dedicated_close(core, b)
-        b = c.dedicated = NULL
-    if b == NULL:
-        b = <Backend *>calloc(1, sizeof(Backend))
-        if b == NULL:
-            return NULL
-        b.kind = KIND_BACKEND
-        b.fd = -1
-        b.state = BK_DOWN
-        b.shard = shard
-        b.retry_delay_us = RETRY_MIN_US
-        b.owner = c
-        b.proto = c.proto
-        c.dedicated = b
-    if b.state == BK_DOWN:
-        backend_connect(core, b)
-    return b
-
-
-cdef Backend *client_waiter(Core *core, Client *c, int shard) noexcept nogil:
-    """A new connection of the client's own to the shard, for one WAIT (see dispatch_wait)."""
+cdef Backend *backend_new(int shard, Client *owner, int proto) noexcept nogil:
+    """A connection outside the shard's shared ones (a client's own, a relay), not yet open;
+    freed through core.closed_backends."""
     cdef Backend *b = <Backend *>calloc(1, sizeof(Backend))
     if b == NULL:
         return NULL
@@ -760,8 +738,32 @@ cdef Backend *client_waiter(Core *core, Client *c, int shard) noexcept nogil:
     b.state = BK_DOWN
     b.shard = shard
     b.retry_delay_us = RETRY_MIN_US
-    b.owner = c
-    b.proto = 2                 # WAIT answers an integer, the same in RESP2 and RESP3
+    b.owner = owner
+    b.proto = proto
+    return b
+
+
+cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
+    """The client's own connection to the shard, opened on first use."""
+    cdef Backend *b = c.dedicated
+    if b != NULL and (b.shard != shard or b.proto != c.proto):
+        dedicated_close(core, b)
+        b = c.dedicated = NULL
+    if b == NULL:
+        b = backend_new(shard, c, c.proto)
+        if b == NULL:
+            return NULL
+        c.dedicated = b
+    if b.state == BK_DOWN:
+        backend_connect(core, b)
+    return b
+
+
+cdef Backend *client_waiter(Core *core, Client *c, int shard) noexcept nogil:
+    """A new connection of the client's own to the shard, for one WAIT (see dispatch_wait)."""
+    cdef Backend *b = backend_new(shard, c, 2)   # WAIT answers an integer, the same in RESP2 and 3
+    if b == NULL:
+        return NULL
     b.next_waiter = c.waiters
     c.waiters = b
     backend_connect(core, b)

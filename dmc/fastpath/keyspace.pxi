@@ -14,15 +14,9 @@ cdef const char *RELAY_SUBSCRIBE = b"*3\r\n$10\r\nPSUBSCRIBE\r\n$16\r\n__keyspac
 cdef void relay_open(Core *core, int shard) noexcept nogil:
     cdef Backend *b = core.shards[shard].relay
     if b == NULL:
-        b = <Backend *>calloc(1, sizeof(Backend))
+        b = backend_new(shard, NULL, 2)
         if b == NULL:
             return
-        b.kind = KIND_BACKEND
-        b.fd = -1
-        b.state = BK_DOWN
-        b.shard = shard
-        b.retry_delay_us = RETRY_MIN_US
-        b.proto = 2
         b.relay = True
         core.shards[shard].relay = b
     if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
