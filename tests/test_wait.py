@@ -184,3 +184,33 @@ def test_wait_in_a_transaction_answers_at_once(replicated):
             assert answer[0] is True and answer[1] in (0, 1)
     finally:
         replicated.resume_replica(1)
+
+
+@pytest.mark.parametrize("reason", ["TIMEOUT", "ERROR"])
+def test_client_unblock_ends_a_wait(replicated, reason):
+    waiter, admin = replicated.db.client(), replicated.db.client()
+    key = replicated.key_on(2, "unblock")
+    replicated.pause_replica(2)
+    result = {}
+
+    def wait_forever():
+        try:
+            result["n"] = waiter.wait(1, 0)
+        except redis.ResponseError as exc:
+            result["error"] = str(exc)
+    try:
+        waiter.set(key, "1")
+        t = threading.Thread(target=wait_forever)
+        t.start()
+        wait_until(lambda: any("b" in c["flags"] for c in admin.client_list()), 5,
+                   what="the WAIT blocked")
+        wid = next(c["id"] for c in admin.client_list() if "b" in c["flags"])
+        assert admin.execute_command("CLIENT", "UNBLOCK", wid, reason) == 1
+        t.join(5)
+        if reason == "TIMEOUT":
+            assert result == {"n": 0}          # what the shard had reached: its replica stopped
+        else:
+            assert result == {"error": "UNBLOCKED client unblocked via CLIENT UNBLOCK"}
+        assert waiter.get(key) == b"1"         # the client goes on as usual
+    finally:
+        replicated.resume_replica(2)

@@ -109,6 +109,22 @@ cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nog
     cdef Backend *b = target.dedicated
     cdef Fragment *f
     cdef const char *reply
+    cdef char line[96]
+    cdef Backend *shared
+    if target.waiters != NULL:
+        # A WAIT: each shard unblocks its own, and answers what it reached (or UNBLOCKED).
+        b = target.waiters
+        while b != NULL:
+            if b.shard_client_id > 0:
+                snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
+                         <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
+                         5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
+                shared = shard_backend(core, b.shard, 2)
+                if shared.state == BK_DOWN and shared.retry_at_us <= core.now_us:
+                    backend_connect(core, shared)
+                send_unanswered(core, shared, line, strlen(line))
+            b = b.next_waiter
+        return
     if b == NULL or b.qhead == NULL:
         return
     f = b.qhead
@@ -179,8 +195,7 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
             request_answer_str(core, r, b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n")
             return
         t = client_by_id(core, id)
-        if t == NULL or not (t.flags & CF_BLOCKED) or t.waiters != NULL:
-            # (a WAIT waits on several shards at once: not unblocked through this proxy)
+        if t == NULL or not (t.flags & CF_BLOCKED):
             request_answer_str(core, r, b":0\r\n")
             return
         client_unblock(core, t, av.argc == 4 and arg_is(av, 3, b"error"))

@@ -106,6 +106,8 @@ cdef struct Backend:
     int subscriptions       # passthrough: channels + patterns left, from the last (un)subscribe frame
     int shard_subscriptions #   and sharded channels left (Redis counts them apart)
     Backend *next_waiter    # the client's next WAIT connection
+    bint wants_id           # a WAIT connection: its first reply is its CLIENT ID on the shard
+    long long shard_client_id   # that id, for CLIENT UNBLOCK (0 until known)
     bint relay              # the shard's keyspace-notification relay (see keyspace.pxi)
     Backend *next_closed
 

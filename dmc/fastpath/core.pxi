@@ -536,6 +536,11 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
             b.skip_replies -= 1
             buf_consume(&b.rbuf, flen)
             continue
+        if b.wants_id:
+            b.wants_id = False
+            parse_ll(buf_head(&b.rbuf) + 1, flen - 3, &b.shard_client_id)
+            buf_consume(&b.rbuf, flen)
+            continue
         if b.relay:
             relay_frame(core, buf_head(&b.rbuf), flen)
             buf_consume(&b.rbuf, flen)

@@ -546,6 +546,9 @@ cdef void dispatch_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept 
             if b == NULL:
                 fragment_answer(core, &r.frags[k], b"-ERR out of memory\r\n", 20)
             else:
+                # Its id on the shard first, for CLIENT UNBLOCK (client_unblock).
+                buf_append_str(&b.wbuf, b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
+                b.wants_id = True
                 send_fragment_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
             k += 1
     client_forget_writes(c)
