@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import hiredis
 import pytest
 import redis
+from replies import plain
 
 from dmc import _fastpath
 from dmc.commands import table_from_shards
@@ -157,14 +158,6 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def plain(reply):
-    if isinstance(reply, Exception):
-        return ("error", str(reply))
-    if isinstance(reply, list):
-        return [plain(x) for x in reply]
-    return reply
 
 
 def mixed_commands(n: int, count: int = 1000) -> list[tuple]:

@@ -9,17 +9,11 @@ import time
 
 import pytest
 import redis
+from replies import plain
 
 
 def transaction(client: redis.Redis, commands):
     """MULTI, the commands, EXEC, one by one; every reply (errors as ('error', text))."""
-    def plain(reply):
-        if isinstance(reply, Exception):
-            return ("error", str(reply))
-        if isinstance(reply, list):
-            return [plain(x) for x in reply]
-        return reply
-
     out = []
     for cmd in [("MULTI",), *commands, ("EXEC",)]:
         try:

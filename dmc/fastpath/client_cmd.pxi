@@ -110,7 +110,6 @@ cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nog
     cdef Fragment *f
     cdef const char *reply
     cdef char line[96]
-    cdef Backend *shared
     if target.waiters != NULL:
         # A WAIT: each shard unblocks its own, and answers what it reached (or UNBLOCKED).
         b = target.waiters
@@ -119,10 +118,7 @@ cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nog
                 snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
                          <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
                          5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
-                shared = shard_backend(core, b.shard, 2)
-                if shared.state == BK_DOWN and shared.retry_at_us <= core.now_us:
-                    backend_connect(core, shared)
-                send_unanswered(core, shared, line, strlen(line))
+                send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
             b = b.next_waiter
         return
     if b == NULL or b.qhead == NULL:

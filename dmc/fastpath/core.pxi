@@ -689,6 +689,8 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
 
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
+    """The next shared connection of the shard for clients of `proto` (round robin); one that
+    is down is reconnected here once its back-off is over."""
     cdef Shard *s = &core.shards[shard]
     cdef int p = 1 if proto == 3 else 0
     cdef Backend *b = &s.conns[p * s.per_proto + s.rr[p]]
@@ -696,6 +698,8 @@ cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
     if s.rr[p] >= s.per_proto:
         s.rr[p] = 0
     b.used = True
+    if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
+        backend_connect(core, b)
     return b
 
 
@@ -703,10 +707,7 @@ cdef void send_fragment(Core *core, int shard, Fragment *f, const char *data, si
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
     that is down answers the fragment with an error at once."""
     cdef Client *c = f.req.client
-    cdef Backend *b = shard_backend(core, shard, c.proto if c != NULL else 2)
-    if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
-        backend_connect(core, b)
-    send_fragment_on(core, b, f, data, n)
+    send_fragment_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
 
 
 cdef void send_fragment_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:

@@ -60,7 +60,6 @@ cdef void relay_frame(Core *core, const char *p, size_t n) noexcept nogil:
     cdef ArgVec *av = &core.relay_av
     cdef Buf *cmd = &core.relay_cmd
     cdef size_t consumed, need
-    cdef Backend *b
     if core.nactive == 0 or parse_request(p, n, av, &consumed, &need) != PARSE_OK or av.argc != 4 \
             or not arg_equals_ci(av.argv[0], av.argl[0], b"pmessage", 8):
         return
@@ -68,7 +67,4 @@ cdef void relay_frame(Core *core, const char *p, size_t n) noexcept nogil:
     buf_append_str(cmd, b"*3\r\n$7\r\nPUBLISH\r\n")
     buf_append_bulk(cmd, av.argv[2], av.argl[2])
     buf_append_bulk(cmd, av.argv[3], av.argl[3])
-    b = shard_backend(core, core.active[0], 2)
-    if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
-        backend_connect(core, b)
-    send_unanswered(core, b, buf_head(cmd), buf_len(cmd))
+    send_unanswered(core, shard_backend(core, core.active[0], 2), buf_head(cmd), buf_len(cmd))
