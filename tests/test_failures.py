@@ -13,7 +13,10 @@ import time
 
 import pytest
 import redis
+from raw_resp import RawClient
+from waiting import wait_until
 
+from dmc._fastpath import slot_of
 from dmc.local import free_port, start_redis, stop_process
 
 
@@ -45,18 +48,6 @@ def raw_exchange(port, data: bytes, wait=0.5) -> tuple[bytes, bool]:
             return out, False
 
 
-def until_accepted(write, timeout=5.0):
-    """Retry a write while the proxy still answers with a shard error (a shard coming back)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return write()
-        except redis.ResponseError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def proxy_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -83,7 +74,8 @@ def test_killed_shard_fails_only_its_commands_and_is_used_again_when_back(make_d
         c.mget(by_shard[0][0], by_shard[1][0])
     assert c.mget(by_shard[0][0], by_shard[2][0]) == [by_shard[0][0].encode(), by_shard[2][0].encode()]
     db.restart_shard(1)
-    assert until_accepted(lambda: c.set(by_shard[1][0], "again"))
+    assert wait_until(lambda: c.set(by_shard[1][0], "again"), 5, ignoring=redis.ResponseError,
+                      what="the shard back")
     assert c.get(by_shard[1][0]) == b"again"
     assert db.shard(1).get(by_shard[1][0]) == b"again"
     assert db.proxy.poll() is None
@@ -94,6 +86,7 @@ def test_slow_shard_times_out_its_commands_without_blocking_the_others(make_db):
     c = db.client()
     other = db.client()
     by_shard = keys_by_shard(db)
+    stalled_id = str(c.client_id())
     os.kill(db.shard_procs[2].pid, signal.SIGSTOP)
     outcome = {}
 
@@ -108,7 +101,8 @@ def test_slow_shard_times_out_its_commands_without_blocking_the_others(make_db):
     try:
         stalled = threading.Thread(target=stalled_get)
         stalled.start()
-        time.sleep(0.1)
+        wait_until(lambda: any(e["id"] == stalled_id and e["cmd"] == "get"
+                               for e in other.client_list()), 2, 0.01, "the GET sent")
         # While that command waits on the stopped shard, the healthy shards answer at once.
         t0 = time.monotonic()
         for k in by_shard[0][:20] + by_shard[1][:20]:
@@ -120,7 +114,8 @@ def test_slow_shard_times_out_its_commands_without_blocking_the_others(make_db):
         os.kill(db.shard_procs[2].pid, signal.SIGCONT)
     assert "timeout waiting for shard" in outcome["error"]
     assert 0.4 < outcome["waited"] < 3, outcome
-    assert until_accepted(lambda: c.set(by_shard[2][0], "v"))
+    assert wait_until(lambda: c.set(by_shard[2][0], "v"), 5, ignoring=redis.ResponseError,
+                      what="the shard back")
     assert c.get(by_shard[2][0]) == b"v"
 
 
@@ -168,7 +163,7 @@ def test_client_that_does_not_read_cannot_grow_proxy_memory(make_db):
             time.sleep(0.01)
         except (ConnectionResetError, BrokenPipeError):
             disconnected = True
-    time.sleep(0.5)
+    time.sleep(0.5)     # what the proxy read is processed: its memory is at its height now
     growth_mb = (proxy_rss_kb(db.proxy.pid) - rss_before) / 1024
     # Other clients are served meanwhile.
     assert r.get("big") == value
@@ -201,8 +196,9 @@ def test_max_clients_refuses_the_one_too_many_with_redis_error(make_db):
     finally:
         for s in held:
             s.close()
-    time.sleep(0.2)
-    assert raw_exchange(db.port, b"PING\r\n")[0] == b"+PONG\r\n"
+    # Accepted again once the proxy has seen the held clients go.
+    wait_until(lambda: raw_exchange(db.port, b"PING\r\n")[0] == b"+PONG\r\n", 5,
+               ignoring=ConnectionResetError, what="a client accepted again")
 
 
 def test_shard_map_replaced_on_sighup_without_dropping_clients(tmp_path):
@@ -214,31 +210,26 @@ def test_shard_map_replaced_on_sighup_without_dropping_clients(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         port = int(proxy.stdout.readline().split()[3].rsplit(b":", 1)[1])
-        c = redis.Redis(port=port, protocol=2, socket_timeout=5)
-        c.set("before", 1)
+        c = RawClient(port, timeout=5)
+        [client_id] = c.call(["CLIENT", "ID"])
+        assert c.call(["SET", "before", 1]) == [b"OK"]
         # Three shards now, slots given explicitly: the third takes the upper half.
         config.write_text(
             'port = 0\nshards = ["127.0.0.1:%d", "127.0.0.1:%d", "127.0.0.1:%d"]\n'
             'slots = [[[0, 4095]], [[4096, 8191]], [[8192, 16383]]]\n' % tuple(ports))
-        conn = c.connection_pool.get_connection()
-        c.connection_pool.release(conn)
         proxy.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        from dmc._fastpath import slot_of
         high = [k for k in (f"k{i}" for i in range(200)) if slot_of(k) >= 8192][:20]
-        while True:
-            c.set(high[0], "probe")
-            if redis.Redis(port=ports[2], protocol=2).get(high[0]) == b"probe":
-                break
-            assert time.monotonic() < deadline, "new map not applied"
-            time.sleep(0.05)
-        for k in high:
-            c.set(k, "v")
-        assert {k.decode() for k in redis.Redis(port=ports[2], protocol=2).keys("*")} == set(high)
-        # The same client connection served before and after the switch.
-        again = c.connection_pool.get_connection()
-        assert again is conn
-        c.connection_pool.release(again)
+        third = redis.Redis(port=ports[2], protocol=2)
+        wait_until(lambda: c.call(["SET", high[0], "probe"]) == [b"OK"]
+                   and third.get(high[0]) == b"probe", 5, what="the new map applied")
+        assert c.call(*(["SET", k, "v"] for k in high)) == [b"OK"] * len(high)
+        assert {k.decode() for k in third.keys("*")} == set(high)
+        # The same client connection served before and after the switch: the proxy knows it
+        # by the same CLIENT ID, and it was never closed (a closed one raises ConnectionError).
+        assert c.call(["CLIENT", "ID"]) == [client_id]
+        assert c.call(["PING"]) == [b"PONG"]
+        c.close()
+        third.close()
         assert proxy.poll() is None
     finally:
         stop_process(proxy)

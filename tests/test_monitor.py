@@ -4,55 +4,35 @@ redis-server's own line format (compared with a real redis-server's monitor outp
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import pytest
+from raw_resp import RawClient
 from waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-LINE = re.compile(rb"^\+(\d+)\.(\d{6}) \[0 127\.0\.0\.1:(\d+)\] (.*)$")
+LINE = re.compile(rb"^(\d+)\.(\d{6}) \[0 127\.0\.0\.1:(\d+)\] (.*)$")
 
 
-class Monitor:
-    """A raw connection in MONITOR mode, read line by line."""
+class Monitor(RawClient):
+    """A raw connection in MONITOR mode: each line it is sent is one RESP simple string."""
 
     def __init__(self, port: int, password: str | None = None):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.buf = b""
+        super().__init__(port, timeout=5)
         if password:
-            self.sock.sendall(b"AUTH %s\r\n" % password.encode())
-            assert self.line() == b"+OK"
-        self.sock.sendall(b"MONITOR\r\n")
-        assert self.line() == b"+OK"
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("monitor closed")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+            assert self.call(["AUTH", password]) == [b"OK"]
+        assert self.call(["MONITOR"]) == [b"OK"]
 
     def commands(self, n: int) -> list[bytes]:
         """The next n lines, without their time and client (checked for shape)."""
         out = []
-        for _ in range(n):
-            line = self.line()
+        for line in self.replies(n):
             m = LINE.match(line)
             assert m, line
             assert abs(int(m.group(1)) - time.time()) < 60
             out.append(m.group(4))
         return out
-
-    def close(self):
-        self.sock.close()
-
-
-def resp(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
 
 COMMANDS = [
@@ -67,10 +47,9 @@ COMMANDS = [
 
 
 def drive(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with RawClient(port, timeout=5) as c:
         for cmd in COMMANDS:
-            s.sendall(resp(*cmd))
-            assert s.recv(65536)
+            c.call(cmd)
 
 
 EXPECTED = [

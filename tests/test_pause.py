@@ -12,10 +12,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import hiredis
 import pytest
 import redis
-from replies import plain
+from raw_resp import RawClient
+from waiting import wait_until
 
 from dmc import _fastpath
 from dmc.commands import table_from_shards
@@ -117,49 +117,6 @@ def key_on(shard_map: ShardMap, port: int, prefix: str) -> str:
     raise AssertionError(f"no key on port {port}")
 
 
-class RawClient:
-    """A client socket that sends whole pipelines at once and parses replies with hiredis, so
-    a test can tell "no reply yet" from "no reply ever"."""
-
-    def __init__(self, port: int):
-        self.sock = socket.create_connection((HOST, port), timeout=10)
-        self.reader = hiredis.Reader()
-
-    def send(self, *commands) -> None:
-        out = bytearray()
-        for cmd in commands:
-            out += b"*%d\r\n" % len(cmd)
-            for arg in cmd:
-                arg = arg if isinstance(arg, bytes) else str(arg).encode()
-                out += b"$%d\r\n%s\r\n" % (len(arg), arg)
-        self.sock.sendall(out)
-
-    def replies(self, n: int, timeout: float = 10.0) -> list:
-        out = []
-        self.sock.settimeout(timeout)
-        while len(out) < n:
-            reply = self.reader.gets()
-            if reply is not False:
-                out.append(plain(reply))
-                continue
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"closed after {len(out)} of {n} replies")
-            self.reader.feed(data)
-        return out
-
-    def nothing_within(self, seconds: float) -> bool:
-        self.sock.settimeout(seconds)
-        try:
-            data = self.sock.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
-            return True
-        return not data
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def mixed_commands(n: int, count: int = 1000) -> list[tuple]:
     """Client n's pipeline: writes and reads on keys of its own spread over every shard,
     multi-key commands split across shards, and commands the proxy answers itself."""
@@ -193,20 +150,8 @@ def mixed_commands(n: int, count: int = 1000) -> list[tuple]:
 def reference_replies(ref: redis.Redis, commands) -> list:
     """The same commands on one plain redis-server, as raw replies."""
     port = ref.connection_pool.connection_kwargs["port"]
-    c = RawClient(port)
-    try:
-        c.send(*commands)
-        return c.replies(len(commands))
-    finally:
-        c.close()
-
-
-def wait_until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    with RawClient(port) as c:
+        return c.call(*commands)
 
 
 # ---- pause and resume ------------------------------------------------------------------------
@@ -275,6 +220,7 @@ def test_pipelines_answer_in_order_while_the_proxy_is_paused_and_resumed_again_a
         t.start()
     toggles = 0
     while any(t.is_alive() for t in threads):
+        # The sleeps are the behaviour under test: paused for a few ms, then serving for a few.
         ep.pause()
         time.sleep(0.003)
         ep.resume()
@@ -435,6 +381,12 @@ def test_exec_after_a_map_change_fails_like_a_touched_watch(shards, endpoint,
 
 # ---- wake-up, endpoints, passwords -----------------------------------------------------------
 
+def _in_epoll_wait(thread: threading.Thread) -> bool:
+    """The thread is blocked in the kernel's epoll wait (Linux names it in /proc)."""
+    with open(f"/proc/self/task/{thread.native_id}/wchan") as f:
+        return f.read() == "do_epoll_wait"
+
+
 def test_wakeup_from_another_thread_ends_a_turn_waiting_in_epoll(shards):
     sock, proxy = open_proxy(ProxyConfig(port=0), even_map(shards, 0))
     try:
@@ -442,7 +394,7 @@ def test_wakeup_from_another_thread_ends_a_turn_waiting_in_epoll(shards):
         t = threading.Thread(target=lambda: ended.append((proxy.run_once(10000),
                                                           time.monotonic())))
         t.start()
-        time.sleep(0.2)
+        wait_until(lambda: _in_epoll_wait(t), 5, 0.01, "the loop thread in epoll_wait")
         woken_at = time.monotonic()
         proxy.wakeup()
         t.join(5)
@@ -516,11 +468,12 @@ def test_two_endpoints_serve_two_databases_from_threads_of_one_process(shards, e
                for db, ep in ((1, ep1), (2, ep2)) for n in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    wait_until(lambda: all(e.stats()["commands"].get("set", [0])[0] >= 1000 for e in (ep1, ep2)),
+               what="both databases under write load")
     loaded = call_latency(ep1, 500)
     for _ in range(5):      # the other database pauses and resumes; this one keeps serving
         ep2.pause()
-        time.sleep(0.02)
+        time.sleep(0.02)    # paused for a while: the behaviour under test
         ep2.resume()
     stop.set()
     for t in threads:

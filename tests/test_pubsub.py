@@ -6,20 +6,20 @@ the shard closed."""
 from __future__ import annotations
 
 import socket
-import time
 
-import hiredis
 import pytest
 import redis
+from raw_resp import RawClient
+from waiting import wait_until
+
+
+SUBSCRIBED_CONTEXT = ("only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed "
+                      "in this context")
 
 
 def next_message(ps, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = ps.get_message(ignore_subscribe_messages=True, timeout=0.2)
-        if m is not None:
-            return m
-    raise AssertionError("no message")
+    return wait_until(lambda: ps.get_message(ignore_subscribe_messages=True, timeout=0.2),
+                      timeout, interval=0, what="a message")
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
@@ -68,8 +68,7 @@ def test_subscribed_resp2_client_may_ping_and_gets_redis_errors_for_other_comman
     expected = (b"+OK\r\n"
                 b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
                 b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"
-                b"-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / "
-                b"RESET are allowed in this context\r\n"
+                b"-ERR Can't execute 'get': " + SUBSCRIBED_CONTEXT.encode() + b"\r\n"
                 b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n")
     got = b""
     while len(got) < len(expected):
@@ -81,49 +80,11 @@ def test_subscribed_resp2_client_may_ping_and_gets_redis_errors_for_other_comman
 
 
 def test_subscriber_that_leaves_is_forgotten_by_the_shard(db, r):
-    s = socket.create_connection(("127.0.0.1", db.port), timeout=5)
-    s.sendall(b"SUBSCRIBE gone\r\n")
-    assert s.recv(4096).startswith(b"*3\r\n$9\r\nsubscribe")
+    c = RawClient(db.port)
+    assert c.call(["SUBSCRIBE", "gone"]) == [[b"subscribe", b"gone", 1]]
     assert r.pubsub_numsub("gone") == [(b"gone", 1)]
-    s.close()
-    deadline = time.monotonic() + 5
-    while r.pubsub_numsub("gone") != [(b"gone", 0)]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
-class Raw:
-    """One client connection speaking raw RESP: what is sent is exactly what the test wrote."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.reader = hiredis.Reader()
-
-    def send(self, *commands):
-        out = b""
-        for cmd in commands:
-            args = [a.encode() if isinstance(a, str) else a for a in cmd]
-            out += b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-        self.sock.sendall(out)
-
-    def read(self, n=1):
-        replies = []
-        while len(replies) < n:
-            reply = self.reader.gets()
-            if reply is False:
-                data = self.sock.recv(65536)
-                assert data, "connection closed"
-                self.reader.feed(data)
-                continue
-            replies.append(reply.args[0] if isinstance(reply, hiredis.ReplyError) else reply)
-        return replies
-
-    def call(self, *commands):
-        self.send(*commands)
-        return self.read(len(commands))
-
-    def close(self):
-        self.sock.close()
+    c.close()
+    wait_until(lambda: r.pubsub_numsub("gone") == [(b"gone", 0)], what="the shard forgetting it")
 
 
 def keys_on_every_shard(db, n=None):
@@ -138,13 +99,6 @@ def keys_on_every_shard(db, n=None):
     return keys
 
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def shard_subscribers(db):
     """Connections of the pub/sub shard (the first of the map) in a subscribed context."""
     with redis.Redis(host="127.0.0.1", port=db.shard_ports[0], protocol=2) as shard:
@@ -154,20 +108,20 @@ def shard_subscribers(db):
 def session_after_unsubscribing(port, publish, keys):
     """A RESP2 connection subscribes to two channels and a pattern, gets a message on each,
     unsubscribes from everything and, in the same write, runs data commands: what it reads."""
-    c = Raw(port)
+    c = RawClient(port)
     got = c.call(["SUBSCRIBE", "news", "sport"], ["PSUBSCRIBE", "w*"])
-    got += c.read()         # the pattern's confirmation
+    got += c.replies(1)         # the pattern's confirmation
     publish("news", "n1")
     publish("weather", "w1")
-    got += c.read(2)
+    got += c.replies(2)
     data = []
     for i, k in enumerate(keys):
         data += [["SET", k, f"v{i}"], ["GET", k]]
     data += [["MULTI"], ["INCR", "{%s}n" % keys[0]], ["GET", keys[0]], ["EXEC"], ["PING"],
              ["ECHO", "x"]]
     c.send(["UNSUBSCRIBE"], ["PUNSUBSCRIBE"], *data)
-    unsub = c.read(3)
-    got += c.read(len(data))
+    unsub = c.replies(3)
+    got += c.replies(len(data))
     c.close()
     # The channels' order is the shard's hash table's: compare them, and the counts, apart.
     return (sorted(u[:2] for u in unsub), [u[2] for u in unsub]), got
@@ -185,22 +139,22 @@ def test_resp2_subscriber_that_unsubscribes_from_everything_is_an_ordinary_clien
     assert [r.get(k) for k in keys] == [f"v{i}".encode() for i in range(len(keys))]
     # The shard-side subscriber connection is gone, not merely unsubscribed.
     assert shard_subscribers(db) == []
-    wait_for(lambda: len(shard0.client_list()) <= before)
+    wait_until(lambda: len(shard0.client_list()) <= before)
 
 
 def test_unsubscribed_client_subscribes_again(db, r):
-    c = Raw(db.port)
+    c = RawClient(db.port)
     assert c.call(["SUBSCRIBE", "a"]) == [[b"subscribe", b"a", 1]]
     assert c.call(["UNSUBSCRIBE", "a"], ["SET", "k", "1"]) == [[b"unsubscribe", b"a", 0], b"OK"]
-    wait_for(lambda: shard_subscribers(db) == [])
+    wait_until(lambda: shard_subscribers(db) == [])
     assert c.call(["SUBSCRIBE", "b"]) == [[b"subscribe", b"b", 1]]
     assert r.pubsub_numsub("a", "b") == [(b"a", 0), (b"b", 1)]
     assert r.publish("b", "again") == 1
-    assert c.read() == [[b"message", b"b", b"again"]]
+    assert c.replies(1) == [[b"message", b"b", b"again"]]
     # Still subscribed: Redis's subscribed context, from the shard.
-    assert c.call(["GET", "k"])[0].startswith("ERR Can't execute 'get'")
+    assert c.call(["GET", "k"])[0] == ("error", "ERR Can't execute 'get': " + SUBSCRIBED_CONTEXT)
     assert c.call(["UNSUBSCRIBE"], ["GET", "k"]) == [[b"unsubscribe", b"b", 0], b"1"]
-    wait_for(lambda: shard_subscribers(db) == [])
+    wait_until(lambda: shard_subscribers(db) == [])
     c.close()
 
 
@@ -218,24 +172,12 @@ SEQUENCES = {
 
 
 def replies_of(port, sequence, preload):
-    """Send the whole sequence in one write; read until the connection has answered it all."""
+    """Send the whole sequence in one write; (every reply, closed by the server), read until the
+    connection closes or stays quiet."""
     preload.set("k", "v")
-    c = Raw(port)
-    c.send(*sequence)
-    out = []
-    c.sock.settimeout(0.3)
-    try:
-        while True:
-            data = c.sock.recv(65536)
-            if not data:
-                break
-            c.reader.feed(data)
-    except socket.timeout:
-        pass
-    while (reply := c.reader.gets()) is not False:
-        out.append(reply.args[0] if isinstance(reply, hiredis.ReplyError) else reply)
-    c.close()
-    return out
+    with RawClient(port) as c:
+        c.send(*sequence)
+        return c.replies_until_quiet(0.3)
 
 
 @pytest.mark.parametrize("name", sorted(SEQUENCES))
@@ -243,34 +185,34 @@ def test_subscribed_context_as_redis(db, r, ref, name):
     got = replies_of(db.port, SEQUENCES[name], r)
     expected = replies_of(ref.connection_pool.connection_kwargs["port"], SEQUENCES[name], ref)
     assert got == expected
-    wait_for(lambda: shard_subscribers(db) == [])
+    wait_until(lambda: shard_subscribers(db) == [])
 
 
 def test_resp3_subscriber_runs_commands_and_is_released_when_unsubscribed(db, r):
     keys = keys_on_every_shard(db)
-    c = Raw(db.port)
+    c = RawClient(db.port)
     assert c.call(["HELLO", "3"])[0][b"proto"] == 3
     assert c.call(["SUBSCRIBE", "a"], ["SET", keys[1], "x"], ["GET", keys[1]]) == \
         [[b"subscribe", b"a", 1], b"OK", b"x"]
     assert r.publish("a", "m") == 1
-    assert c.read() == [[b"message", b"a", b"m"]]
+    assert c.replies(1) == [[b"message", b"a", b"m"]]
     assert "P" in c.call(["CLIENT", "INFO"])[0].decode().split("flags=")[1].split()[0]
-    assert c.call(["WATCH", keys[0]])[0].startswith("ERR WATCH is not available")
+    assert c.call(["WATCH", keys[0]])[0][1].startswith("ERR WATCH is not available")
     assert c.call(["UNSUBSCRIBE"], ["GET", keys[2]]) == [[b"unsubscribe", b"a", 0], None]
-    wait_for(lambda: shard_subscribers(db) == [])
+    wait_until(lambda: shard_subscribers(db) == [])
     assert "flags=N" in c.call(["CLIENT", "INFO"])[0].decode()
     assert c.call(["WATCH", keys[0]], ["MULTI"], ["SET", keys[0], "y"], ["EXEC"]) == \
         [b"OK", b"OK", b"QUEUED", [b"OK"]]
     assert c.call(["SUBSCRIBE", "b"]) == [[b"subscribe", b"b", 1]]
     assert r.publish("b", "again") == 1
-    assert c.read() == [[b"message", b"b", b"again"]]
+    assert c.replies(1) == [[b"message", b"b", b"again"]]
     c.close()
 
 
 def test_subscribe_while_watching_is_refused(db, r):
-    c = Raw(db.port)
+    c = RawClient(db.port)
     assert c.call(["WATCH", "k"]) == [b"OK"]
-    assert c.call(["SUBSCRIBE", "a"])[0].startswith("ERR SUBSCRIBE while WATCHing")
+    assert c.call(["SUBSCRIBE", "a"])[0][1].startswith("ERR SUBSCRIBE while WATCHing")
     assert c.call(["UNWATCH"], ["SUBSCRIBE", "a"]) == [b"OK", [b"subscribe", b"a", 1]]
     c.close()
 

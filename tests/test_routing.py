@@ -383,13 +383,33 @@ def test_pfcount_across_shards_matches_a_single_redis(db, r, ref):
         theirs.close()
 
 
-def test_latency_reports_are_refused_clearly_and_slowlog_is_merged(r):
+def test_latency_reports_are_refused_clearly_and_slowlog_is_merged(db, r):
     with pytest.raises(redis.ResponseError, match="latency\\|latest' is not supported by this proxy yet"):
         r.execute_command("LATENCY", "LATEST")
     assert r.execute_command("LATENCY", "RESET") == 0
-    assert r.slowlog_reset()
-    assert r.slowlog_len() == 0
-    assert r.slowlog_get() == []
+    keys = {}                           # one key per shard
+    for k in (f"slow{i}" for i in range(100)):
+        keys.setdefault(db.shard_index_of(k), k)
+    assert len(keys) == len(db.shard_ports)
+    r.config_set("slowlog-log-slower-than", 0)      # every command is slow (through the proxy)
+    try:
+        assert r.slowlog_reset()
+        for k in keys.values():
+            r.set(k, "v")
+        r.config_set("slowlog-log-slower-than", -1)     # nothing more is logged
+        per_shard = [db.shard(i).slowlog_len() for i in range(len(db.shard_ports))]
+        assert all(n >= 1 for n in per_shard), per_shard
+        # SLOWLOG LEN sums the shards' lengths; SLOWLOG GET has every shard's entries.
+        assert r.slowlog_len() == sum(per_shard)
+        logged = [e["command"] for e in r.slowlog_get(-1)]
+        assert len(logged) == sum(per_shard)
+        assert {f"SET {k} v".encode() for k in keys.values()} <= set(logged)
+        assert r.slowlog_reset()
+        assert r.slowlog_len() == 0
+        assert r.slowlog_get() == []
+        assert all(db.shard(i).slowlog_len() == 0 for i in range(len(db.shard_ports)))
+    finally:
+        r.config_set("slowlog-log-slower-than", 10000)
 
 
 def test_transaction_runs_on_the_shard_of_its_keys(db, r):

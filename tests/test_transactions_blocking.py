@@ -3,13 +3,14 @@ the reference where both must answer alike."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import pytest
 import redis
+from raw_resp import RawClient, multibulk
 from replies import plain
+from waiting import wait_until
 
 
 def transaction(client: redis.Redis, commands):
@@ -112,7 +113,8 @@ def test_blpop_blocks_only_its_client_and_is_woken_by_a_push(db, r):
 
     t = threading.Thread(target=wait)
     t.start()
-    time.sleep(0.2)
+    shard = db.shard(db.shard_index_of("queue"))
+    wait_until(lambda: shard.info("clients")["blocked_clients"] == 1, 5, 0.01, "BLPOP blocked")
     # The shared connections keep serving everyone else without delay.
     t0 = time.monotonic()
     for i in range(50):
@@ -150,16 +152,12 @@ def test_requests_after_a_blocking_command_wait_for_it(db, r):
 def test_client_leaving_while_blocked_frees_the_shard_side(db, r, then):
     shard = db.shard(db.shard_index_of("gone"))
     # A raw socket: redis-py would reconnect and block again after a disconnect.
-    sock = socket.create_connection(("127.0.0.1", db.port))
-    sock.sendall(b"*3\r\n$5\r\nBLPOP\r\n$4\r\ngone\r\n$1\r\n0\r\n" + then)
-    deadline = time.monotonic() + 5
-    while shard.info("clients")["blocked_clients"] != 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    sock.close()
-    while shard.info("clients")["blocked_clients"] != 0:
-        assert time.monotonic() < deadline, "the shard still holds the blocked client"
-        time.sleep(0.05)
+    c = RawClient(db.port)
+    c.send_bytes(multibulk(["BLPOP", "gone", 0]) + then)
+    wait_until(lambda: shard.info("clients")["blocked_clients"] == 1, 5, what="BLPOP blocked")
+    c.close()
+    wait_until(lambda: shard.info("clients")["blocked_clients"] == 0, 5,
+               what="the shard to let go of the blocked client")
 
 
 def test_blocking_command_across_shards_is_crossslot(db, r):
