@@ -48,7 +48,7 @@ import trio
 from dmc._fastpath import slot_of
 
 from control.redis_client import RedisUnavailable, ReplyError, connect
-from dmc.local import REDIS_SERVER, free_port
+from dmc.processes import REDIS_SERVER, free_port
 
 log = logging.getLogger("backup_mgr")
 

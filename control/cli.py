@@ -1,6 +1,7 @@
-"""The operator's cluster commands, registered on `dmc` (see dmc/cli.py): `dmc cluster
-create|stop`, `dmc node add|remove`, `dmc status`, `dmc services`, `dmc ccs-cli`, and the
-database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`).
+"""`dmc`, the operator's command line (the console script): the cluster commands `dmc cluster
+create|start|stop|delete`, `dmc node add|join|remove`, `dmc status`, `dmc services`, `dmc
+ccs-cli`, the database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`), and
+the data path's `dmc local ...` (dmc/cli.py, which knows nothing of the control plane).
 
 They read the cluster from CCS (any node's copy answers reads) and control processes through
 each node's supervisord; errors are one line and a non-zero exit, never a traceback.
@@ -24,6 +25,7 @@ from control.db_cli import format_memory, format_slots
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
+from dmc.cli import local
 
 DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"
 
@@ -332,4 +334,14 @@ def ccs_cli(args, home):
     os.execv(cli, [cli, "-h", master["address"], "-p", str(master["ccs_port"]), *args])
 
 
-COMMANDS = (cluster, node, status, services, ccs_cli, *DB_COMMANDS)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """dmc: a sharded Redis database behind one endpoint."""
+
+
+for _command in (local, cluster, node, status, services, ccs_cli, *DB_COMMANDS):
+    main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()

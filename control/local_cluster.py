@@ -28,7 +28,7 @@ from control.cluster_wd import request
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.redis_mgr import shard_pids, stop_all
-from dmc.local import free_port, pid_alive
+from dmc.processes import free_port, pid_alive
 
 ADMIN_USER = "admin"
 

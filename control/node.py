@@ -32,7 +32,7 @@ import click
 import trio
 from supervisor.xmlrpc import SupervisorTransport
 
-from dmc.local import REDIS_SERVER
+from dmc.processes import REDIS_SERVER
 
 # supervisord program name -> the module it runs (None: the CCS redis-server)
 SERVICE_MODULES = {

@@ -37,7 +37,7 @@ from control import bdb as schema
 from control import ccs
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
-from dmc.local import REDIS_SERVER, pid_alive
+from dmc.processes import REDIS_SERVER, pid_alive
 
 log = logging.getLogger("redis_mgr")
 

@@ -17,7 +17,7 @@ from control import bdb as schema
 from control import ccs, history
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.redis_client import connect
-from dmc.local import free_port
+from dmc.processes import free_port
 
 
 def api_answers(config, auth) -> bool:

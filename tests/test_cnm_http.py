@@ -19,7 +19,7 @@ from clusters import rest_cluster
 from waiting import wait_until
 
 from control import bdb, ccs, cnm_http
-from dmc.local import free_port
+from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,7 +2,7 @@
 real 3-node cluster shared by the module: changes follow their action to the end (exit 0, or 1
 with the action's error), errors are one line `error: ...` with exit 1, a node whose API is down
 is skipped. Most commands run in-process (click's runner); those that check what a real process
-prints run `python -m dmc.cli`."""
+prints run `python -m control.cli`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from clusters import rest_cluster
 from control import bdb, ccs, db_cli
 from control.local_cluster import LocalCluster
 from control.node import supervisor_rpc
-from dmc.cli import main
+from control.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +44,7 @@ def dmc(cluster):
 
 
 def dmc_process(cluster, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dmc.cli", *args, "--home", str(cluster.home)],
+    return subprocess.run([sys.executable, "-m", "control.cli", *args, "--home", str(cluster.home)],
                           capture_output=True, text=True, timeout=60, check=False)
 
 

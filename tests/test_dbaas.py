@@ -22,7 +22,7 @@ from workload import WriteLoad
 from control import bdb as schema
 from control import ccs
 from control.node import supervisor_rpc
-from dmc.local import free_port
+from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
