@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 import trio
 
-from control import bdb, ccs
+from control import ccs, schema
 from control.db_cli import COMMANDS as DB_COMMANDS
 from control.db_cli import format_memory, format_slots
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
@@ -163,9 +163,9 @@ async def read_cluster(c: LocalCluster) -> dict:
                 uids = sorted(set(nodes) | set(c.nodes))
                 raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
                 beats = dict(zip(uids, map(ccs.unpack, raw)))
-                bdbs = await ccs.read_hash(r, bdb.BDBS)
-                shards = await ccs.read_hash(r, bdb.SHARDS)
-                states = await ccs.read_hash(r, bdb.SHARD_STATE)
+                bdbs = await ccs.read_hash(r, schema.BDBS)
+                shards = await ccs.read_hash(r, schema.SHARDS)
+                states = await ccs.read_hash(r, schema.SHARD_STATE)
         except (RedisUnavailable, ReplyError) as exc:
             errors.append(f"node {uid}: {exc}")
             continue

@@ -51,8 +51,7 @@ import trio
 import trio.lowlevel
 from dmc._fastpath import slot_of
 
-from control import backup_mgr, ccs
-from control import bdb as schema
+from control import backup_mgr, ccs, schema
 from control.cluster_wd import request
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect

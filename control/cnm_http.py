@@ -6,7 +6,7 @@ What it owns: validating requests (schema -> 400, impossible configuration -> 40
 another action is changing -> 409) and turning each accepted change into an action record in
 CCS for cnm_exec, answered at once with its `action_uid`. It writes only three things, all to
 the CCS master through the node's forwarded port: a new database's record (POST /v1/bdbs), action
-records with their database lock (`bdb.submit`), and its own endpoint in `cluster:rest`. It never
+records with their database lock (`schema.submit`), and its own endpoint in `cluster:rest`. It never
 changes an existing database record and never runs an action; `?dry_run=1` writes nothing at all.
 
 Reads come from the master's copy (a GET right after a POST sees it) and, if the master cannot
@@ -40,7 +40,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from control import backup_mgr, bdb, ccs
+from control import backup_mgr, ccs, schema
 from control.node import NodeConfig, check_admin, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 
@@ -271,8 +271,8 @@ class ClusterView:
 
 
 async def read_view(r, *, with_actions: bool = False) -> ClusterView:
-    cmds = [("GET", ccs.MASTER), ("HGETALL", ccs.NODES), ("HGETALL", bdb.BDBS),
-            ("HGETALL", bdb.SHARDS)] + ([("HGETALL", bdb.ACTIONS)] if with_actions else [])
+    cmds = [("GET", ccs.MASTER), ("HGETALL", ccs.NODES), ("HGETALL", schema.BDBS),
+            ("HGETALL", schema.SHARDS)] + ([("HGETALL", schema.ACTIONS)] if with_actions else [])
     replies = await r.pipeline(cmds)
     for reply in replies:
         if isinstance(reply, ReplyError):
@@ -300,53 +300,53 @@ def _int_hash(flat) -> dict[int, dict]:
 
 def check_port(view: ClusterView, port: int, uid: int | None) -> None:
     """406 unless `port` is free for database `uid` (None: a new one)."""
-    if port in bdb.SHARD_PORTS:
-        raise bdb.InvalidRequest(f"port {port} is in the shards' range "
-                                 f"{bdb.SHARD_PORTS.start}-{bdb.SHARD_PORTS.stop - 1}")
+    if port in schema.SHARD_PORTS:
+        raise schema.InvalidRequest(f"port {port} is in the shards' range "
+                                 f"{schema.SHARD_PORTS.start}-{schema.SHARD_PORTS.stop - 1}")
     if port < 1024 and os.geteuid() != 0:
-        raise bdb.InvalidRequest(f"port {port} is privileged (below 1024)")
+        raise schema.InvalidRequest(f"port {port} is privileged (below 1024)")
     for n, info in sorted(view.nodes.items()):
         for key, service in NODE_PORT_NAMES.items():
             if info.get(key) == port:
-                raise bdb.InvalidRequest(f"port {port} is used by {service} of node {n}")
+                raise schema.InvalidRequest(f"port {port} is used by {service} of node {n}")
     for other in view.bdbs.values():
         if other["uid"] != uid and other.get("port") == port:
-            raise bdb.InvalidRequest(f"port {port} is used by database {other['uid']} "
+            raise schema.InvalidRequest(f"port {port} is used by database {other['uid']} "
                                      f"({other.get('name')})")
     for a in view.unfinished_updates(uid):
         if a["params"].get("port") == port:
-            raise bdb.InvalidRequest(f"port {port} is being given to database {a['object_uid']}")
+            raise schema.InvalidRequest(f"port {port} is being given to database {a['object_uid']}")
 
 
 def check_name(view: ClusterView, name: str, uid: int | None) -> None:
     for other in view.bdbs.values():
         if other["uid"] != uid and other.get("name") == name:
-            raise bdb.InvalidRequest(f"name {name!r} is used by database {other['uid']}")
+            raise schema.InvalidRequest(f"name {name!r} is used by database {other['uid']}")
     for a in view.unfinished_updates(uid):
         if a["params"].get("name") == name:
-            raise bdb.InvalidRequest(f"name {name!r} is being given to database "
+            raise schema.InvalidRequest(f"name {name!r} is being given to database "
                                      f"{a['object_uid']}")
 
 
 def check_memory(memory_size: int, shards_count: int) -> None:
     if memory_size // shards_count < MIN_SHARD_MEMORY:
-        raise bdb.InvalidRequest(f"memory_size {memory_size} gives each of {shards_count} shards "
+        raise schema.InvalidRequest(f"memory_size {memory_size} gives each of {shards_count} shards "
                                  f"less than {MIN_SHARD_MEMORY >> 20} MB")
 
 
 def check_placement(view: ClusterView, count: int, replication: bool) -> list[tuple]:
     """Where `count` new masters (and replicas) would go among the nodes up; 406 if nowhere."""
     load = view.load()
-    placement = bdb.place(count, replication, view.up, load)
+    placement = schema.place(count, replication, view.up, load)
     crowded = {n: c for n, c in load.items() if c > MAX_SHARDS_PER_NODE}
     if crowded:
-        raise bdb.InvalidRequest(
+        raise schema.InvalidRequest(
             f"{count * (2 if replication else 1)} more shards do not fit on the "
             f"{len(view.up)} nodes up (at most {MAX_SHARDS_PER_NODE} shards per node)")
     return placement
 
 
-def plan_create(view: ClusterView, body: bdb.BdbCreate) -> tuple[dict, list[tuple]]:
+def plan_create(view: ClusterView, body: schema.BdbCreate) -> tuple[dict, list[tuple]]:
     """The new database's record (without uid/status) and its placement, or InvalidRequest."""
     record = body.model_dump()
     check_name(view, record["name"], None)
@@ -354,7 +354,7 @@ def plan_create(view: ClusterView, body: bdb.BdbCreate) -> tuple[dict, list[tupl
         used = {b.get("port") for b in view.bdbs.values()}
         used |= {a["params"].get("port") for a in view.unfinished_updates(None)}
         used |= {info.get(k) for info in view.nodes.values() for k in NODE_PORT_NAMES}
-        record["port"] = bdb.free_db_port(used)
+        record["port"] = schema.free_db_port(used)
     else:
         check_port(view, record["port"], None)
     check_memory(record["memory_size"], record["shards_count"])
@@ -370,13 +370,13 @@ def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | No
         return None, {}
     if "shards_count" in changes:
         if len(changes) > 1:
-            raise bdb.InvalidRequest("change shards_count alone, not with "
+            raise schema.InvalidRequest("change shards_count alone, not with "
                                      + ", ".join(sorted(k for k in changes if k != "shards_count")))
         old, new = current["shards_count"], changes["shards_count"]
         if new < old:
-            raise bdb.InvalidRequest(f"shards_count can only grow (it is {old}, asked {new})")
+            raise schema.InvalidRequest(f"shards_count can only grow (it is {old}, asked {new})")
         if new % old:
-            raise bdb.InvalidRequest(f"shards_count must be a multiple of the current {old} "
+            raise schema.InvalidRequest(f"shards_count must be a multiple of the current {old} "
                                      f"(asked {new})")
         check_memory(current["memory_size"], new)
         check_placement(view, new - old, current["replication"])
@@ -389,9 +389,9 @@ def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | No
         check_memory(changes["memory_size"], current["shards_count"])
     if changes.get("replication") and not current.get("replication"):
         load = view.load()
-        bdb.place(0, True, view.up, load)           # two nodes up, or InvalidRequest
+        schema.place(0, True, view.up, load)           # two nodes up, or InvalidRequest
         if sum(load.values()) + current["shards_count"] > MAX_SHARDS_PER_NODE * len(view.up):
-            raise bdb.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
+            raise schema.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
                                      f"{len(view.up)} nodes up")
     return "bdb_update", changes
 
@@ -455,7 +455,7 @@ class CnmHttp:
         while True:
             try:
                 r = await self.session.master()
-                await ccs.write(r, bdb.NODE_REST, {"address": self.config.address,
+                await ccs.write(r, schema.NODE_REST, {"address": self.config.address,
                                                    "port": self.config.rest_port},
                                 field=self.config.uid)
                 info = (await (await self.session.local()).execute("INFO", "server")).decode()
@@ -532,14 +532,14 @@ class CnmHttp:
                     pass            # it expires by itself
 
     async def _unlocked(self, r, bdb_uid: int) -> None:
-        holder = await r.execute("GET", bdb.lock_key(bdb_uid))
+        holder = await r.execute("GET", schema.lock_key(bdb_uid))
         if holder is not None:
-            raise bdb.Conflict(f"database {bdb_uid} is being changed by action "
+            raise schema.Conflict(f"database {bdb_uid} is being changed by action "
                                f"{holder.decode()}")
 
     # ---- the requests ----------------------------------------------------------------------
 
-    async def create_bdb(self, body: bdb.BdbCreate, dry_run: bool) -> dict:
+    async def create_bdb(self, body: schema.BdbCreate, dry_run: bool) -> dict:
         check_backup_location(body.backup_location)
         r = await (self.reader() if dry_run else self.writer())
         async with nullcontext() if dry_run else self.config_lock(r):
@@ -553,8 +553,8 @@ class CnmHttp:
             # A client that goes away must not leave half a request behind (a record without
             # its action, a lock without an action to release it): every Redis call is bounded.
             with trio.CancelScope(shield=True):
-                uid = await bdb.next_uid(r, "bdb")
-                action = bdb.new_action("bdb_create", "bdb", uid, {})
+                uid = await schema.next_uid(r, "bdb")
+                action = schema.new_action("bdb_create", "bdb", uid, {})
                 record.update(uid=uid, status="pending", action_uid=action["action_uid"],
                               created_time=time.time())
                 if not record.get("backup_location"):
@@ -562,13 +562,13 @@ class CnmHttp:
                         self.config.dir))
                 if self.redis_version:
                     record["redis_version"] = self.redis_version
-                await bdb.put_bdb(r, record)
-                await bdb.submit(r, action, lock_bdb=uid)
+                await schema.put_bdb(r, record)
+                await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action["action_uid"])
-        return {**bdb.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
+        return {**schema.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
 
-    async def update_bdb(self, uid: int, body: bdb.BdbSettings, dry_run: bool) -> dict:
+    async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
         nulls = sorted(k for k, v in given.items() if v is None)
         if nulls:
@@ -583,28 +583,28 @@ class CnmHttp:
             await self._unlocked(r, uid)
             name, params = plan_update(view, current, given)
             if dry_run or name is None:
-                reply = bdb.public_bdb(current, view.nodes, view.shards_of(uid))
+                reply = schema.public_bdb(current, view.nodes, view.shards_of(uid))
                 if dry_run:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
                 return {**reply, "action_uid": None}
             with trio.CancelScope(shield=True):
-                action = await bdb.submit(r, bdb.new_action(name, "bdb", uid, params),
+                action = await schema.submit(r, schema.new_action(name, "bdb", uid, params),
                                           lock_bdb=uid)
         log.info("database %d: %s %s, action %s", uid, name, params, action["action_uid"])
-        return {**bdb.public_bdb(current, view.nodes, view.shards_of(uid)),
+        return {**schema.public_bdb(current, view.nodes, view.shards_of(uid)),
                 "action_uid": action["action_uid"]}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
         r = await (self.reader() if dry_run else self.writer())
-        current = await bdb.get_bdb(r, uid)
+        current = await schema.get_bdb(r, uid)
         if current is None:
             raise _not_found("bdb", uid)
         await self._unlocked(r, uid)
         if dry_run:
             return {"dry_run": True, "action": "bdb_delete", "object_uid": uid, "params": {}}
         with trio.CancelScope(shield=True):
-            action = await bdb.submit(r, bdb.new_action("bdb_delete", "bdb", uid, {}),
+            action = await schema.submit(r, schema.new_action("bdb_delete", "bdb", uid, {}),
                                       lock_bdb=uid)
         log.info("database %d: delete, action %s", uid, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
@@ -619,27 +619,27 @@ class CnmHttp:
         await self._unlocked(r, bdb_uid)
         pair = pair_of(shard, view.shards)
         if name == "shard_failover" and not pair:
-            raise bdb.InvalidRequest(f"shard {uid} has no replica to fail over to"
+            raise schema.InvalidRequest(f"shard {uid} has no replica to fail over to"
                                      if shard.get("role") == "master" else
                                      f"replica shard {uid} has no master")
         if name == "shard_migrate":
             target = params["target_node_uid"]
             if target not in view.nodes:
-                raise bdb.InvalidRequest(f"node {target} is not a member of the cluster")
+                raise schema.InvalidRequest(f"node {target} is not a member of the cluster")
             if target not in view.up:
-                raise bdb.InvalidRequest(f"node {target} is down")
+                raise schema.InvalidRequest(f"node {target} is down")
             if shard.get("node_uid") == target:
-                raise bdb.InvalidRequest(f"shard {uid} is already on node {target}")
+                raise schema.InvalidRequest(f"shard {uid} is already on node {target}")
             for other in pair:
                 if other.get("node_uid") == target:
-                    raise bdb.InvalidRequest(f"node {target} holds shard {other['uid']}, the "
+                    raise schema.InvalidRequest(f"node {target} holds shard {other['uid']}, the "
                                              f"{other.get('role')} of shard {uid}")
         if dry_run:
             return {"dry_run": True, "action": name, "object_uid": uid, "params": params}
-        action = bdb.new_action(name, "shard", uid, params)
+        action = schema.new_action(name, "shard", uid, params)
         action["bdb_uid"] = bdb_uid           # whose lock cnm_exec releases at the end
         with trio.CancelScope(shield=True):
-            await bdb.submit(r, action, lock_bdb=bdb_uid)
+            await schema.submit(r, action, lock_bdb=bdb_uid)
         log.info("shard %d: %s %s, action %s", uid, name, params, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
@@ -657,7 +657,7 @@ class CnmHttp:
                     "location": location or current.get("backup_location") or
                     str(backup_mgr.default_location(self.config.dir))}
         with trio.CancelScope(shield=True):
-            action = await bdb.submit(r, bdb.new_action("bdb_backup", "bdb", uid, params),
+            action = await schema.submit(r, schema.new_action("bdb_backup", "bdb", uid, params),
                                       lock_bdb=uid)
         log.info("database %d: backup, action %s", uid, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
@@ -674,7 +674,7 @@ class CnmHttp:
         params: dict = {"flush": body.flush}
         if body.backup_id:
             source_uid = body.from_bdb_uid if body.from_bdb_uid is not None else uid
-            source = await bdb.get_bdb(r, source_uid)
+            source = await schema.get_bdb(r, source_uid)
             if source is None:
                 raise ApiError(404, "bdb_not_exist", f"bdb {source_uid} does not exist (the "
                                "backups of a deleted database are imported by backup_path)")
@@ -698,13 +698,13 @@ class CnmHttp:
         if dry_run:
             return {"dry_run": True, "action": "bdb_import", "object_uid": uid, "params": params}
         with trio.CancelScope(shield=True):
-            action = await bdb.submit(r, bdb.new_action("bdb_import", "bdb", uid, params),
+            action = await schema.submit(r, schema.new_action("bdb_import", "bdb", uid, params),
                                       lock_bdb=uid)
         log.info("database %d: import %s, action %s", uid, params, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
     async def backups(self, uid: int) -> list[dict]:
-        current = await bdb.get_bdb(await self.reader(), uid)
+        current = await schema.get_bdb(await self.reader(), uid)
         if current is None:
             raise _not_found("bdb", uid)
         location = backup_mgr.location_of(current, self.config.dir)
@@ -712,19 +712,19 @@ class CnmHttp:
 
     async def _active(self, r, uid: int) -> dict:
         """The database, if it exists (404), no action holds it (409) and it is active (406)."""
-        current = await bdb.get_bdb(r, uid)
+        current = await schema.get_bdb(r, uid)
         if current is None:
             raise _not_found("bdb", uid)
         await self._unlocked(r, uid)
         if current.get("status", "active") != "active":
-            raise bdb.InvalidRequest(f"database {uid} is {current['status']}, not active")
+            raise schema.InvalidRequest(f"database {uid} is {current['status']}, not active")
         return current
 
 
 def check_backup_location(location: str | None) -> None:
     """406 if the folder for backups is a file (a folder not there yet is made when needed)."""
     if location and os.path.exists(location) and not os.path.isdir(location):
-        raise bdb.InvalidRequest(f"backup location {location} is a file, not a folder")
+        raise schema.InvalidRequest(f"backup location {location} is a file, not a folder")
 
 
 def _absolute(path: str) -> Path:
@@ -807,12 +807,12 @@ def build_app(api: CnmHttp) -> FastAPI:
             return _error(406, "invalid_port", "port must be between 1 and 65535")
         return _error(400, "invalid_schema", "; ".join(_describe(e, request) for e in errors))
 
-    @app.exception_handler(bdb.InvalidRequest)
-    async def _invalid_configuration(request: Request, exc: bdb.InvalidRequest):
+    @app.exception_handler(schema.InvalidRequest)
+    async def _invalid_configuration(request: Request, exc: schema.InvalidRequest):
         return _error(406, "invalid_configuration", str(exc))
 
-    @app.exception_handler(bdb.Conflict)
-    async def _conflict(request: Request, exc: bdb.Conflict):
+    @app.exception_handler(schema.Conflict)
+    async def _conflict(request: Request, exc: schema.Conflict):
         return _error(409, "bdb_locked", str(exc))
 
     @app.exception_handler(RedisUnavailable)
@@ -838,13 +838,13 @@ def build_app(api: CnmHttp) -> FastAPI:
 
     def openapi() -> dict:
         """FastAPI's document, without the 422 it adds everywhere: validation errors are 400."""
-        schema = generated()
-        for path in schema["paths"].values():
+        document = generated()
+        for path in document["paths"].values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
         for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        return schema
+            document.get("components", {}).get("schemas", {}).pop(name, None)
+        return document
 
     app.openapi = openapi
 
@@ -863,7 +863,7 @@ def build_app(api: CnmHttp) -> FastAPI:
     @app.get("/v1/bdbs", response_model=list[Bdb], tags=["bdbs"])
     async def list_bdbs():
         view = await read_view(await api.reader())
-        return [bdb.public_bdb(b, view.nodes, view.shards_of(u))
+        return [schema.public_bdb(b, view.nodes, view.shards_of(u))
                 for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
@@ -871,16 +871,16 @@ def build_app(api: CnmHttp) -> FastAPI:
         view = await read_view(await api.reader())
         if uid not in view.bdbs:
             raise _not_found("bdb", uid)
-        return bdb.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid))
+        return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid))
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")
-    async def create_bdb(body: bdb.BdbCreate, dry_run: bool = False):
+    async def create_bdb(body: schema.BdbCreate, dry_run: bool = False):
         return await api.create_bdb(body, dry_run)
 
     @app.put("/v1/bdbs/{uid}", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
              summary="Change a database: shards_count alone reshards, the rest updates")
-    async def update_bdb(uid: int, body: bdb.BdbSettings, dry_run: bool = False):
+    async def update_bdb(uid: int, body: schema.BdbSettings, dry_run: bool = False):
         return await api.update_bdb(uid, body, dry_run)
 
     @app.delete("/v1/bdbs/{uid}", response_model=ActionStarted | DryRun, tags=["bdbs"],
@@ -943,22 +943,22 @@ def build_app(api: CnmHttp) -> FastAPI:
     # ---- shards ----
 
     async def shard_states(r) -> dict[int, dict]:
-        return await ccs.read_hash(r, bdb.SHARD_STATE)
+        return await ccs.read_hash(r, schema.SHARD_STATE)
 
     @app.get("/v1/shards", response_model=list[Shard], tags=["shards"])
     async def list_shards():
         r = await api.reader()
-        shards, states = await bdb.shards(r), await shard_states(r)
+        shards, states = await schema.shards(r), await shard_states(r)
         return [shard_reply(s, states.get(u)) for u, s in sorted(shards.items())]
 
     @app.get("/v1/shards/{uid}", response_model=Shard, tags=["shards"],
              responses={404: ERRORS[404]})
     async def get_shard(uid: int):
         r = await api.reader()
-        shard = ccs.unpack(await r.execute("HGET", bdb.SHARDS, str(uid)))
+        shard = ccs.unpack(await r.execute("HGET", schema.SHARDS, str(uid)))
         if shard is None:
             raise _not_found("shard", uid)
-        state = ccs.unpack(await r.execute("HGET", bdb.SHARD_STATE, str(uid)))
+        state = ccs.unpack(await r.execute("HGET", schema.SHARD_STATE, str(uid)))
         return shard_reply(shard, state)
 
     shard_errors = {k: ERRORS[k] for k in (404, 406, 409, 503)}
@@ -985,26 +985,26 @@ def build_app(api: CnmHttp) -> FastAPI:
         if uid not in view.nodes:
             raise _not_found("node", uid)
         if len(view.nodes) < 2:
-            raise bdb.InvalidRequest("the last node of a cluster cannot be removed")
+            raise schema.InvalidRequest("the last node of a cluster cannot be removed")
         if dry_run:
             return {"dry_run": True, "action": "node_remove", "object_uid": uid, "params": {}}
-        action = bdb.new_action("node_remove", "node", uid, {})
+        action = schema.new_action("node_remove", "node", uid, {})
         with trio.CancelScope(shield=True):
-            await bdb.submit(r, action)
+            await schema.submit(r, action)
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
     # ---- actions ----
 
     @app.get("/v1/actions", response_model=list[Action], tags=["actions"])
     async def list_actions():
-        actions = await bdb.actions(await api.reader())
+        actions = await schema.actions(await api.reader())
         return [action_reply(a) for a in sorted(actions.values(),
                                                 key=lambda a: a.get("creation_time") or 0)]
 
     @app.get("/v1/actions/{uid}", response_model=Action, tags=["actions"],
              responses={404: ERRORS[404]})
     async def get_action(uid: str):
-        action = await bdb.get_action(await api.reader(), uid)
+        action = await schema.get_action(await api.reader(), uid)
         if action is None:
             raise _not_found("action", uid)
         return action_reply(action)

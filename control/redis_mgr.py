@@ -33,8 +33,7 @@ import time
 
 import trio
 
-from control import bdb as schema
-from control import ccs
+from control import ccs, schema
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from dmc.processes import REDIS_SERVER, pid_alive

@@ -17,7 +17,7 @@ import redis
 from click.testing import CliRunner
 from clusters import rest_cluster
 
-from control import bdb, ccs, db_cli
+from control import ccs, db_cli, schema
 from control.local_cluster import LocalCluster
 from control.node import supervisor_rpc
 from control.cli import main
@@ -55,7 +55,7 @@ def ccs_master(cluster) -> redis.Redis:
 
 def bdbs_by_name(cluster) -> dict[str, dict]:
     return {b["name"]: b for b in (ccs.unpack(v) for v in
-                                   ccs_master(cluster).hgetall(bdb.BDBS).values())}
+                                   ccs_master(cluster).hgetall(schema.BDBS).values())}
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +206,8 @@ def test_api_errors_are_one_line_and_exit_1(dmc, cluster, cache):
 
 def test_a_failed_action_exits_1_with_its_error(dmc, cluster):
     # an action cnm_exec cannot run (unknown name) is marked failed with a reason
-    action = bdb.new_action("bogus_machine", "bdb", None, {})
-    ccs_master(cluster).hset(bdb.ACTIONS, action["action_uid"], ccs.pack(action))
+    action = schema.new_action("bogus_machine", "bdb", None, {})
+    ccs_master(cluster).hset(schema.ACTIONS, action["action_uid"], ccs.pack(action))
     result = dmc("action", "show", action["action_uid"], "--wait")
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == \

@@ -19,8 +19,7 @@ from dmc._fastpath import slot_of
 from waiting import wait_until
 from workload import WriteLoad
 
-from control import bdb as schema
-from control import ccs
+from control import ccs, schema
 from control.node import supervisor_rpc
 from dmc.processes import free_port
 

@@ -36,8 +36,9 @@ def map_key(bdb_uid: int) -> str:
 
 
 def ack_key(bdb_uid: int) -> str:
-    """proxy_ack:<uid>: hash, node uid -> {version, paused, inflight, time}: the newest map each
-    node's dmcproxy has installed for the database (and, when paused, drained)."""
+    """proxy_ack:<uid>: hash, node uid -> {version, paused, bdb_version, time}: the newest map
+    (and database record version) each node's dmcproxy has installed for the database; for a
+    paused map, written once nothing the proxy had sent is unanswered."""
     return f"proxy_ack:{bdb_uid}"
 
 
