@@ -25,7 +25,6 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,8 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from control import backup_mgr, ccs, schema
+from control.cluster_view import ClusterView, pair_of, place, read_view
 from control.node import NodeConfig, check_admin, service_command
-from control.redis_client import RedisUnavailable, ReplyError
+from control.redis_client import RedisUnavailable, ReplyError, info
 
 log = logging.getLogger("cnm_http")
 
@@ -54,7 +54,6 @@ CONFIG_LOCK_WAIT = 3.0
 
 MIN_SHARD_MEMORY = 1 << 20       # a shard smaller than 1 MB cannot hold a useful dataset
 MAX_SHARDS_PER_NODE = 32         # redis-server processes a node is given at most
-UNFINISHED = ("pending", "active")
 NODE_PORT_NAMES = {"ccs_port": "CCS", "gossip_port": "cluster_wd", "ccs_forward_port":
                    "heartbeatd", "rest_port": "cnm_http"}
 NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
@@ -239,63 +238,6 @@ ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
     409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}
 
 
-# ---- the cluster as a request is validated against ------------------------------------------
-
-@dataclass
-class ClusterView:
-    master: dict | None
-    nodes: dict[int, dict]
-    beats: dict[int, dict | None]
-    bdbs: dict[int, dict]
-    shards: dict[int, dict]
-    actions: dict[str, dict] = field(default_factory=dict)
-
-    @property
-    def up(self) -> list[int]:
-        """Members whose heartbeat key has not expired."""
-        return sorted(u for u in self.nodes if self.beats.get(u))
-
-    def load(self) -> dict[int, int]:
-        counts = {u: 0 for u in self.up}
-        for s in self.shards.values():
-            if s.get("node_uid") in counts:
-                counts[s["node_uid"]] += 1
-        return counts
-
-    def shards_of(self, bdb_uid: int) -> list[int]:
-        return sorted(u for u, s in self.shards.items() if s.get("bdb_uid") == bdb_uid)
-
-    def unfinished_updates(self, exclude_bdb: int | None) -> list[dict]:
-        return [a for a in self.actions.values() if a.get("status") in UNFINISHED
-                and a.get("name") == "bdb_update" and a.get("object_uid") != exclude_bdb]
-
-
-async def read_view(r, *, with_actions: bool = False) -> ClusterView:
-    cmds = [("GET", ccs.MASTER), ("HGETALL", ccs.NODES), ("HGETALL", schema.BDBS),
-            ("HGETALL", schema.SHARDS)] + ([("HGETALL", schema.ACTIONS)] if with_actions else [])
-    replies = await r.pipeline(cmds)
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            raise reply
-    master = ccs.unpack(replies[0])
-    nodes, bdbs, shards = (_int_hash(x) for x in replies[1:4])
-    actions = {}
-    if with_actions:
-        flat = replies[4] or []
-        actions = {k.decode(): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
-    beats = {}
-    if nodes:
-        uids = sorted(nodes)
-        raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
-        beats = dict(zip(uids, map(ccs.unpack, raw)))
-    return ClusterView(master, nodes, beats, bdbs, shards, actions)
-
-
-def _int_hash(flat) -> dict[int, dict]:
-    flat = flat or []
-    return {int(k): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
-
-
 # ---- validation: what the cluster can and cannot have (pure) --------------------------------
 
 def check_port(view: ClusterView, port: int, uid: int | None) -> None:
@@ -305,9 +247,9 @@ def check_port(view: ClusterView, port: int, uid: int | None) -> None:
                                  f"{schema.SHARD_PORTS.start}-{schema.SHARD_PORTS.stop - 1}")
     if port < 1024 and os.geteuid() != 0:
         raise schema.InvalidRequest(f"port {port} is privileged (below 1024)")
-    for n, info in sorted(view.nodes.items()):
+    for n, member in sorted(view.nodes.items()):
         for key, service in NODE_PORT_NAMES.items():
-            if info.get(key) == port:
+            if member.get(key) == port:
                 raise schema.InvalidRequest(f"port {port} is used by {service} of node {n}")
     for other in view.bdbs.values():
         if other["uid"] != uid and other.get("port") == port:
@@ -337,7 +279,7 @@ def check_memory(memory_size: int, shards_count: int) -> None:
 def check_placement(view: ClusterView, count: int, replication: bool) -> list[tuple]:
     """Where `count` new masters (and replicas) would go among the nodes up; 406 if nowhere."""
     load = view.load()
-    placement = schema.place(count, replication, view.up, load)
+    placement = place(count, replication, view.up, load)
     crowded = {n: c for n, c in load.items() if c > MAX_SHARDS_PER_NODE}
     if crowded:
         raise schema.InvalidRequest(
@@ -353,7 +295,7 @@ def plan_create(view: ClusterView, body: schema.BdbCreate) -> tuple[dict, list[t
     if record["port"] is None:
         used = {b.get("port") for b in view.bdbs.values()}
         used |= {a["params"].get("port") for a in view.unfinished_updates(None)}
-        used |= {info.get(k) for info in view.nodes.values() for k in NODE_PORT_NAMES}
+        used |= {member.get(k) for member in view.nodes.values() for k in NODE_PORT_NAMES}
         record["port"] = schema.free_db_port(used)
     else:
         check_port(view, record["port"], None)
@@ -389,17 +331,11 @@ def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | No
         check_memory(changes["memory_size"], current["shards_count"])
     if changes.get("replication") and not current.get("replication"):
         load = view.load()
-        schema.place(0, True, view.up, load)           # two nodes up, or InvalidRequest
+        place(0, True, view.up, load)           # two nodes up, or InvalidRequest
         if sum(load.values()) + current["shards_count"] > MAX_SHARDS_PER_NODE * len(view.up):
             raise schema.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
                                      f"{len(view.up)} nodes up")
     return "bdb_update", changes
-
-
-def pair_of(shard: dict, shards: dict[int, dict]) -> list[dict]:
-    """The shards that hold the same slots: a master's replicas, a replica's master."""
-    return [s for s in shards.values() if s["uid"] != shard["uid"] and (
-        s.get("master_uid") == shard["uid"] or s["uid"] == shard.get("master_uid"))]
 
 
 # ---- answers ---------------------------------------------------------------------------------
@@ -458,10 +394,8 @@ class CnmHttp:
                 await ccs.write(r, schema.NODE_REST, {"address": self.config.address,
                                                    "port": self.config.rest_port},
                                 field=self.config.uid)
-                info = (await (await self.session.local()).execute("INFO", "server")).decode()
-                self.redis_version = next((line.split(":", 1)[1].strip() for line in
-                                           info.splitlines() if line.startswith("redis_version:")),
-                                          None)
+                server = await info(await self.session.local(), "server")
+                self.redis_version = server.get("redis_version", "").strip() or None
                 log.info("node %d: REST API on %s:%d", self.config.uid, self.config.address,
                          self.config.rest_port)
                 return

@@ -21,7 +21,7 @@ import time
 import trio
 
 from control import ccs, schema
-from control.cnm_exec import master_here
+from control.cluster_view import master_here
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 
