@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 import trio
 
-from control import ccs, schema
+from control import ccs
+from control.cluster_view import read_view
 from control.db_cli import COMMANDS as DB_COMMANDS
 from control.db_cli import format_memory, format_slots
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
@@ -158,19 +159,18 @@ async def read_cluster(c: LocalCluster) -> dict:
     for uid, config in sorted(c.nodes.items()):
         try:
             async with await connect(config.address, config.ccs_port, timeout=1.0) as r:
-                master = await ccs.read(r, ccs.MASTER)
-                nodes = await ccs.read_hash(r, ccs.NODES)
-                uids = sorted(set(nodes) | set(c.nodes))
-                raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
-                beats = dict(zip(uids, map(ccs.unpack, raw)))
-                bdbs = await ccs.read_hash(r, schema.BDBS)
-                shards = await ccs.read_hash(r, schema.SHARDS)
-                states = await ccs.read_hash(r, schema.SHARD_STATE)
+                view = await read_view(r)
+                # nodes of this folder that CCS does not list (yet, or any more) are shown too
+                extra = sorted(set(c.nodes) - set(view.nodes))
+                if extra:
+                    raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in extra))
+                    view.beats.update(zip(extra, map(ccs.unpack, raw)))
         except (RedisUnavailable, ReplyError) as exc:
             errors.append(f"node {uid}: {exc}")
             continue
-        return {"read_from": uid, "master": master, "nodes": nodes, "heartbeats": beats,
-                "bdbs": bdbs, "shards": shards, "shard_states": states}
+        return {"read_from": uid, "master": view.master, "nodes": view.nodes,
+                "heartbeats": view.beats, "bdbs": view.bdbs, "shards": view.shards,
+                "shard_states": view.states}
     raise ClusterError("the cluster is not running (no CCS copy answered: "
                        + "; ".join(errors) + ")")
 

@@ -1,10 +1,11 @@
-"""Databases in CCS: what a bdb, a shard, a shard map and an action are, how they are stored,
-and where shards are placed. cnm_http writes requests with these helpers, cnm_exec carries them
-out, redis_mgr and the node's dmcproxy read them. The schema is described for operators in
-CCS.md beside this file.
+"""The CCS schema of databases: the keys, what a bdb, a shard, a shard map and an action record
+hold, how they are written (each write announced on `ccs.CHANGES`), and what a user may ask for
+(the pydantic models cnm_http validates with). cnm_http writes requests with these helpers,
+cnm_exec's machines carry them out, redis_mgr, node_wd and the node's dmcproxy read them. The
+schema is described for operators in CCS.md beside this file; where shards go and which have
+failed is control/cluster_view.py.
 
-Every value is a msgpack map (`ccs.pack`). Every change is announced on `ccs.CHANGES` with the
-name of the key that changed, so services react without polling.
+Every value is a msgpack map (`ccs.pack`).
 """
 
 from __future__ import annotations
