@@ -2,6 +2,9 @@
 `/v1/cluster`, `/v1/shards`, `/v1/actions`), served by FastAPI on hypercorn's Trio worker at the
 node's `address:rest_port`. Every node runs one; any of them answers for the whole cluster.
 
+Models are control/rest_models.py, the checks of a request against the cluster
+control/rest_checks.py; this module is the service, its routes and its error answers.
+
 What it owns: validating requests (schema -> 400, impossible configuration -> 406, a database
 another action is changing -> 409) and turning each accepted change into an action record in
 CCS for cnm_exec, answered at once with its `action_uid`. It writes only three things, all to
@@ -26,7 +29,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import hypercorn.config
 import hypercorn.trio
@@ -36,13 +39,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from control import backup_mgr, ccs, schema
-from control.cluster_view import ClusterView, pair_of, place, read_view
+from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, check_admin, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info
+from control.rest_checks import check_backup_location, plan_create, plan_update
+from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
+                                 Cluster, DryRun, ImportRequest, MigrateRequest, Node, Shard)
 
 log = logging.getLogger("cnm_http")
 
@@ -52,10 +57,6 @@ CONFIG_LOCK = "cnm_http:config_lock"
 CONFIG_LOCK_MS = 5000
 CONFIG_LOCK_WAIT = 3.0
 
-MIN_SHARD_MEMORY = 1 << 20       # a shard smaller than 1 MB cannot hold a useful dataset
-MAX_SHARDS_PER_NODE = 32         # redis-server processes a node is given at most
-NODE_PORT_NAMES = {"ccs_port": "CCS", "gossip_port": "cluster_wd", "ccs_forward_port":
-                   "heartbeatd", "rest_port": "cnm_http"}
 NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 
 
@@ -69,273 +70,6 @@ class ApiError(Exception):
 
 def _not_found(kind: str, uid) -> ApiError:
     return ApiError(404, f"{kind}_not_exist", f"{kind} {uid} does not exist")
-
-
-# ---- what the API answers (OpenAPI is generated from these) ---------------------------------
-
-class ErrorReply(BaseModel):
-    error_code: str
-    description: str
-
-
-class Endpoint(BaseModel):
-    uid: str
-    port: int
-    addr: list[str]
-    addr_type: str
-    proxy_policy: str
-
-
-class Bdb(BaseModel):
-    """A database. Fields cnm_exec adds later are shown too; a record written by other means
-    than POST /v1/bdbs may lack some of these."""
-    model_config = ConfigDict(extra="allow")
-    uid: int
-    name: str | None = None
-    port: int | None = None
-    memory_size: int | None = None
-    shards_count: int | None = None
-    replication: bool | None = None
-    data_persistence: str | None = None
-    aof_policy: str | None = None
-    snapshot_policy: list[dict] | None = None
-    authentication_redis_pass: str | None = None
-    eviction_policy: str | None = None
-    backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
-                                        "0: none")
-    backup_location: str | None = Field(None, description="the folder of its backups")
-    last_backup_time: float | None = Field(None, description="when the last backup that "
-                                           "succeeded was taken")
-    last_backup_id: str | None = None
-    backup_status: str | None = Field(None, description="of the last backup: succeeded, failed")
-    backup_failure_reason: str | None = None
-    status: str | None = Field(None, description="pending, active, deleting, creation-failed")
-    action_uid: str | None = Field(None, description="the action that last changed it")
-    created_time: float | None = None
-    last_changed_time: float | None = None
-    shard_list: list[int] = []
-    endpoints: list[Endpoint] = []
-
-
-class Node(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    uid: int
-    addr: str | None
-    status: Literal["active", "down"]
-    shard_count: int
-    shard_list: list[int]
-    master: bool = Field(description="this node holds the writable CCS copy")
-    uptime: float | None = Field(None, description="seconds since its heartbeatd started")
-    services: dict[str, str] = {}
-
-
-class Cluster(BaseModel):
-    name: str
-    master_node_uid: int | None
-    term: int | None
-    master_since: float | None
-    nodes_count: int
-    nodes_up: int
-    bdbs_count: int
-    shards_count: int
-
-
-class Shard(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    uid: int
-    bdb_uid: int | None = None
-    node_uid: int | None = None
-    role: str | None = None
-    port: int | None = None
-    slots: Any = None
-    status: str = Field("unknown", description="as redis_mgr last saw the process")
-
-
-class Action(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    action_uid: str
-    name: str
-    status: Literal["pending", "active", "completed", "failed"] | str
-    progress: float = Field(0, description="0-100")
-    step: str | None = None
-    error: str | None = None
-    object_type: str | None = None
-    object_uid: int | None = None
-    params: dict = {}
-    result: dict | None = Field(None, description="what a completed backup or import made")
-    creation_time: float | None = None
-    update_time: float | None = None
-
-
-class ActionStarted(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    action_uid: str | None
-    object_uid: int
-
-
-class DryRun(BaseModel):
-    """What a request would do, when it carries `?dry_run=1`; nothing was written."""
-    model_config = ConfigDict(extra="allow")
-    dry_run: Literal[True] = True
-    action: str | None = Field(description="the action it would start (None: nothing to do)")
-    object_uid: int | None
-    params: dict = {}
-
-
-class MigrateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target_node_uid: int = Field(ge=1)
-
-
-class BackupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    location: str | None = Field(None, pattern=r"^/", max_length=4096,
-                                 description="a folder for this backup only (default: the "
-                                 "database's backup_location)")
-
-
-class ImportRequest(BaseModel):
-    """Exactly one of backup_id, backup_path, rdb_path."""
-    model_config = ConfigDict(extra="forbid")
-    backup_id: str | None = Field(None, description="a backup of from_bdb_uid, by default of "
-                                  "this database")
-    from_bdb_uid: int | None = Field(None, description="the database the backup was taken of")
-    backup_path: str | None = Field(None, description="a backup's folder (absolute path)")
-    rdb_path: str | None = Field(None, description="an RDB file, of a plain redis-server say "
-                                 "(absolute path)")
-    flush: bool = Field(False, description="empty the database before loading")
-
-
-class BackupShard(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    slots: list[list[int]]
-    file: str
-    bytes: int
-    sha256: str
-    keys: int
-    source_shard_uid: int | None = None
-    role: str | None = Field(None, description="of the shard the RDB was read from")
-
-
-class Backup(BaseModel):
-    """A complete backup: one RDB per slot range, listed in its manifest."""
-    model_config = ConfigDict(extra="allow")
-    backup_id: str
-    bdb_uid: int
-    name: str | None = None
-    time: float = Field(description="when it was taken")
-    path: str = Field(description="its folder")
-    status: str
-    keys: int = Field(description="keys in all its RDB files")
-    redis_version: str | None = None
-    scheduled: bool = False
-    shards: list[BackupShard]
-
-
-ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
-    400: "the body does not follow the schema", 401: "wrong or missing credentials",
-    404: "no such object", 406: "a configuration the cluster cannot have",
-    409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}
-
-
-# ---- validation: what the cluster can and cannot have (pure) --------------------------------
-
-def check_port(view: ClusterView, port: int, uid: int | None) -> None:
-    """406 unless `port` is free for database `uid` (None: a new one)."""
-    if port in schema.SHARD_PORTS:
-        raise schema.InvalidRequest(f"port {port} is in the shards' range "
-                                 f"{schema.SHARD_PORTS.start}-{schema.SHARD_PORTS.stop - 1}")
-    if port < 1024 and os.geteuid() != 0:
-        raise schema.InvalidRequest(f"port {port} is privileged (below 1024)")
-    for n, member in sorted(view.nodes.items()):
-        for key, service in NODE_PORT_NAMES.items():
-            if member.get(key) == port:
-                raise schema.InvalidRequest(f"port {port} is used by {service} of node {n}")
-    for other in view.bdbs.values():
-        if other["uid"] != uid and other.get("port") == port:
-            raise schema.InvalidRequest(f"port {port} is used by database {other['uid']} "
-                                     f"({other.get('name')})")
-    for a in view.unfinished_updates(uid):
-        if a["params"].get("port") == port:
-            raise schema.InvalidRequest(f"port {port} is being given to database {a['object_uid']}")
-
-
-def check_name(view: ClusterView, name: str, uid: int | None) -> None:
-    for other in view.bdbs.values():
-        if other["uid"] != uid and other.get("name") == name:
-            raise schema.InvalidRequest(f"name {name!r} is used by database {other['uid']}")
-    for a in view.unfinished_updates(uid):
-        if a["params"].get("name") == name:
-            raise schema.InvalidRequest(f"name {name!r} is being given to database "
-                                     f"{a['object_uid']}")
-
-
-def check_memory(memory_size: int, shards_count: int) -> None:
-    if memory_size // shards_count < MIN_SHARD_MEMORY:
-        raise schema.InvalidRequest(f"memory_size {memory_size} gives each of {shards_count} shards "
-                                 f"less than {MIN_SHARD_MEMORY >> 20} MB")
-
-
-def check_placement(view: ClusterView, count: int, replication: bool) -> list[tuple]:
-    """Where `count` new masters (and replicas) would go among the nodes up; 406 if nowhere."""
-    load = view.load()
-    placement = place(count, replication, view.up, load)
-    crowded = {n: c for n, c in load.items() if c > MAX_SHARDS_PER_NODE}
-    if crowded:
-        raise schema.InvalidRequest(
-            f"{count * (2 if replication else 1)} more shards do not fit on the "
-            f"{len(view.up)} nodes up (at most {MAX_SHARDS_PER_NODE} shards per node)")
-    return placement
-
-
-def plan_create(view: ClusterView, body: schema.BdbCreate) -> tuple[dict, list[tuple]]:
-    """The new database's record (without uid/status) and its placement, or InvalidRequest."""
-    record = body.model_dump()
-    check_name(view, record["name"], None)
-    if record["port"] is None:
-        used = {b.get("port") for b in view.bdbs.values()}
-        used |= {a["params"].get("port") for a in view.unfinished_updates(None)}
-        used |= {member.get(k) for member in view.nodes.values() for k in NODE_PORT_NAMES}
-        record["port"] = schema.free_db_port(used)
-    else:
-        check_port(view, record["port"], None)
-    check_memory(record["memory_size"], record["shards_count"])
-    placement = check_placement(view, record["shards_count"], record["replication"])
-    return record, placement
-
-
-def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | None, dict]:
-    """The action a PUT starts, (name, params), or (None, {}) if nothing changes."""
-    uid = current["uid"]
-    changes = {k: v for k, v in given.items() if current.get(k) != v}
-    if not changes:
-        return None, {}
-    if "shards_count" in changes:
-        if len(changes) > 1:
-            raise schema.InvalidRequest("change shards_count alone, not with "
-                                     + ", ".join(sorted(k for k in changes if k != "shards_count")))
-        old, new = current["shards_count"], changes["shards_count"]
-        if new < old:
-            raise schema.InvalidRequest(f"shards_count can only grow (it is {old}, asked {new})")
-        if new % old:
-            raise schema.InvalidRequest(f"shards_count must be a multiple of the current {old} "
-                                     f"(asked {new})")
-        check_memory(current["memory_size"], new)
-        check_placement(view, new - old, current["replication"])
-        return "bdb_reshard", {"shards_count": new}
-    if "name" in changes:
-        check_name(view, changes["name"], uid)
-    if "port" in changes:
-        check_port(view, changes["port"], uid)
-    if "memory_size" in changes:
-        check_memory(changes["memory_size"], current["shards_count"])
-    if changes.get("replication") and not current.get("replication"):
-        load = view.load()
-        place(0, True, view.up, load)           # two nodes up, or InvalidRequest
-        if sum(load.values()) + current["shards_count"] > MAX_SHARDS_PER_NODE * len(view.up):
-            raise schema.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
-                                     f"{len(view.up)} nodes up")
-    return "bdb_update", changes
 
 
 # ---- answers ---------------------------------------------------------------------------------
@@ -653,12 +387,6 @@ class CnmHttp:
         if current.get("status", "active") != "active":
             raise schema.InvalidRequest(f"database {uid} is {current['status']}, not active")
         return current
-
-
-def check_backup_location(location: str | None) -> None:
-    """406 if the folder for backups is a file (a folder not there yet is made when needed)."""
-    if location and os.path.exists(location) and not os.path.isdir(location):
-        raise schema.InvalidRequest(f"backup location {location} is a file, not a folder")
 
 
 def _absolute(path: str) -> Path:
