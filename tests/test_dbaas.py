@@ -163,13 +163,7 @@ def test_kill_master_shard_fails_over(cluster):
         pid = redis.Redis(*cluster.address(victim)).info("server")["process_id"]
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        while True:
-            try:
-                probe.set("probe", "after")
-                break
-            except redis.RedisError:
-                time.sleep(0.01)
-        downtime = time.monotonic() - killed
+        downtime = _written_after(probe, killed)
         time.sleep(0.5)
     finally:
         load.stop()
@@ -208,13 +202,7 @@ def test_a_paused_master_shard_is_failed_over_and_rejoins_as_a_replica(cluster):
         os.kill(pid, signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            while True:
-                try:
-                    probe.set("probe", "after")
-                    break
-                except redis.RedisError:
-                    time.sleep(0.01)
-            downtime = time.monotonic() - stopped
+            downtime = _written_after(probe, stopped)
             acked_while_stopped = load.writes
             time.sleep(max(0.0, 5.0 - (time.monotonic() - stopped)))
         finally:
@@ -259,6 +247,16 @@ def test_proxy_serves_while_ccs_is_down(cluster):
             if rpc.supervisor.getProcessInfo("ccs")["statename"] != "RUNNING":
                 rpc.supervisor.startProcess("ccs")
     cluster.lc.wait_for_master()
+
+
+def _written_after(probe, since: float) -> float:
+    """Seconds from `since` until SET probe=after is acknowledged (tried until it is)."""
+    while True:
+        try:
+            probe.set("probe", "after")
+            return time.monotonic() - since
+        except redis.RedisError:
+            time.sleep(0.01)
 
 
 def _replication(client) -> dict:
