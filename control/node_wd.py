@@ -13,7 +13,8 @@ On the master node it is also the cluster's high-availability policy, over the c
 (control/cluster_view.py) of heartbeats, `shard_state` and `shard_health`:
 
 - a master shard that failed (node down, process down, or unresponsive) with a replica that
-  serves gets a forced `shard_failover` action, which cnm_exec runs; the old master comes back
+  serves (reported running and answering PING now: a report from before a restart of its node
+  may be stale) gets a forced `shard_failover` action, which cnm_exec runs; the old master comes back
   as a replica, on its node or on another if its node is down;
 - a failed master without such a replica is started again where it is (`restart_after` on its
   record, for redis_mgr), unless the database's only disk copy is on a replica on its way back
@@ -213,6 +214,8 @@ class NodeWd:
                 shard["restart_after"] = time.time()
                 await schema.put_shard(redis, shard)
             return
+        if not await self._answers(view.nodes[replica["node_uid"]]["address"], replica["port"]):
+            return      # its state is from before a restart of its node: not yet back
         action = schema.new_action("shard_failover", "shard", shard["uid"],
                                    {"forced": True, "reason": "master shard down"})
         action["bdb_uid"] = shard["bdb_uid"]
@@ -222,6 +225,14 @@ class NodeWd:
                         replica["uid"])
         except schema.Conflict:
             pass        # a running action holds the database; it will meet the failure itself
+
+    async def _answers(self, address: str, port: int) -> bool:
+        """The shard answers PING within the deadline, now."""
+        try:
+            async with await connect(address, port, timeout=self.deadline) as conn:
+                return await conn.execute("PING") == b"PONG"
+        except (RedisUnavailable, ReplyError):
+            return False
 
     async def _replace_replica(self, redis, shard: dict, view: ClusterView) -> None:
         target = pick_node(view.up, pair_nodes(shard, view.shards), node_load(view.shards))
