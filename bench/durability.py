@@ -66,7 +66,7 @@ sys.path.insert(0, str(HERE))
 from setup_peers import ping, raise_nofile_limit
 
 from control.local_cluster import LocalCluster, loopback_addresses
-from dmc.local import free_port
+from dmc.processes import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_BENCHMARK = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"

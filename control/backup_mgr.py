@@ -47,8 +47,8 @@ from pathlib import Path
 import trio
 from dmc._fastpath import slot_of
 
-from control.redis_client import RedisUnavailable, ReplyError, connect
-from dmc.local import REDIS_SERVER, free_port
+from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from dmc.processes import REDIS_SERVER, free_port
 
 log = logging.getLogger("backup_mgr")
 
@@ -230,9 +230,7 @@ async def count_keys(path: Path) -> int:
 
 async def redis_version(host: str, port: int) -> str | None:
     async with await connect(host, port, timeout=5.0) as conn:
-        info = (await conn.execute("INFO", "server")).decode()
-    return next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                 if line.startswith("redis_version:")), None)
+        return (await info(conn, "server")).get("redis_version", "").strip() or None
 
 
 def seal(partial: Path, final: Path, manifest: dict) -> None:
@@ -305,8 +303,7 @@ async def _loaded(port: int, proc, work_dir: Path):
         try:
             conn = await connect("127.0.0.1", port, timeout=30.0)
             try:
-                info = (await conn.execute("INFO", "persistence")).decode()
-                if "loading:0" in info:
+                if (await info(conn, "persistence")).get("loading") == "0":
                     return conn
             except (RedisUnavailable, ReplyError):
                 pass

@@ -67,8 +67,20 @@ async def read(redis, key: str):
 
 
 async def read_hash(redis, key: str) -> dict:
-    flat = await redis.execute("HGETALL", key) or []
+    """A hash whose fields are uids (nodes, databases, shards): {int uid: value}."""
+    return int_hash(await redis.execute("HGETALL", key))
+
+
+def int_hash(flat) -> dict:
+    """HGETALL's flat reply of a hash keyed by uid, as {int uid: value}."""
+    flat = flat or []
     return {int(k): unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+
+
+def str_hash(flat) -> dict:
+    """HGETALL's flat reply of a hash keyed by strings (actions), as {str: value}."""
+    flat = flat or []
+    return {k.decode(): unpack(v) for k, v in zip(flat[::2], flat[1::2])}
 
 
 class Session:

@@ -1,6 +1,7 @@
-"""The operator's cluster commands, registered on `dmc` (see dmc/cli.py): `dmc cluster
-create|stop`, `dmc node add|remove`, `dmc status`, `dmc services`, `dmc ccs-cli`, and the
-database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`).
+"""`dmc`, the operator's command line (the console script): the cluster commands `dmc cluster
+create|start|stop|delete`, `dmc node add|join|remove`, `dmc status`, `dmc services`, `dmc
+ccs-cli`, the database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`), and
+the data path's `dmc local ...` (dmc/cli.py, which knows nothing of the control plane).
 
 They read the cluster from CCS (any node's copy answers reads) and control processes through
 each node's supervisord; errors are one line and a non-zero exit, never a traceback.
@@ -18,12 +19,14 @@ from pathlib import Path
 import click
 import trio
 
-from control import bdb, ccs
+from control import ccs
+from control.cluster_view import read_view
 from control.db_cli import COMMANDS as DB_COMMANDS
 from control.db_cli import format_memory, format_slots
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
+from dmc.cli import local
 
 DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"
 
@@ -156,19 +159,18 @@ async def read_cluster(c: LocalCluster) -> dict:
     for uid, config in sorted(c.nodes.items()):
         try:
             async with await connect(config.address, config.ccs_port, timeout=1.0) as r:
-                master = await ccs.read(r, ccs.MASTER)
-                nodes = await ccs.read_hash(r, ccs.NODES)
-                uids = sorted(set(nodes) | set(c.nodes))
-                raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
-                beats = dict(zip(uids, map(ccs.unpack, raw)))
-                bdbs = await ccs.read_hash(r, bdb.BDBS)
-                shards = await ccs.read_hash(r, bdb.SHARDS)
-                states = await ccs.read_hash(r, bdb.SHARD_STATE)
+                view = await read_view(r)
+                # nodes of this folder that CCS does not list (yet, or any more) are shown too
+                extra = sorted(set(c.nodes) - set(view.nodes))
+                if extra:
+                    raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in extra))
+                    view.beats.update(zip(extra, map(ccs.unpack, raw)))
         except (RedisUnavailable, ReplyError) as exc:
             errors.append(f"node {uid}: {exc}")
             continue
-        return {"read_from": uid, "master": master, "nodes": nodes, "heartbeats": beats,
-                "bdbs": bdbs, "shards": shards, "shard_states": states}
+        return {"read_from": uid, "master": view.master, "nodes": view.nodes,
+                "heartbeats": view.beats, "bdbs": view.bdbs, "shards": view.shards,
+                "shard_states": view.states}
     raise ClusterError("the cluster is not running (no CCS copy answered: "
                        + "; ".join(errors) + ")")
 
@@ -332,4 +334,14 @@ def ccs_cli(args, home):
     os.execv(cli, [cli, "-h", master["address"], "-p", str(master["ccs_port"]), *args])
 
 
-COMMANDS = (cluster, node, status, services, ccs_cli, *DB_COMMANDS)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """dmc: a sharded Redis database behind one endpoint."""
+
+
+for _command in (local, cluster, node, status, services, ccs_cli, *DB_COMMANDS):
+    main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()

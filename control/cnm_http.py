@@ -2,11 +2,14 @@
 `/v1/cluster`, `/v1/shards`, `/v1/actions`), served by FastAPI on hypercorn's Trio worker at the
 node's `address:rest_port`. Every node runs one; any of them answers for the whole cluster.
 
+Models are control/rest_models.py, the checks of a request against the cluster
+control/rest_checks.py; this module is the service, its routes and its error answers.
+
 What it owns: validating requests (schema -> 400, impossible configuration -> 406, a database
 another action is changing -> 409) and turning each accepted change into an action record in
 CCS for cnm_exec, answered at once with its `action_uid`. It writes only three things, all to
 the CCS master through the node's forwarded port: a new database's record (POST /v1/bdbs), action
-records with their database lock (`bdb.submit`), and its own endpoint in `cluster:rest`. It never
+records with their database lock (`schema.submit`), and its own endpoint in `cluster:rest`. It never
 changes an existing database record and never runs an action; `?dry_run=1` writes nothing at all.
 
 Reads come from the master's copy (a GET right after a POST sees it) and, if the master cannot
@@ -25,9 +28,8 @@ import os
 import time
 import uuid
 from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 import hypercorn.config
 import hypercorn.trio
@@ -37,12 +39,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from control import backup_mgr, bdb, ccs
+from control import backup_mgr, ccs, schema
+from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, check_admin, service_command
-from control.redis_client import RedisUnavailable, ReplyError
+from control.redis_client import RedisUnavailable, ReplyError, info
+from control.rest_checks import check_backup_location, plan_create, plan_update
+from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
+                                 Cluster, DryRun, ImportRequest, MigrateRequest, Node, Shard)
 
 log = logging.getLogger("cnm_http")
 
@@ -52,11 +57,6 @@ CONFIG_LOCK = "cnm_http:config_lock"
 CONFIG_LOCK_MS = 5000
 CONFIG_LOCK_WAIT = 3.0
 
-MIN_SHARD_MEMORY = 1 << 20       # a shard smaller than 1 MB cannot hold a useful dataset
-MAX_SHARDS_PER_NODE = 32         # redis-server processes a node is given at most
-UNFINISHED = ("pending", "active")
-NODE_PORT_NAMES = {"ccs_port": "CCS", "gossip_port": "cluster_wd", "ccs_forward_port":
-                   "heartbeatd", "rest_port": "cnm_http"}
 NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 
 
@@ -70,336 +70,6 @@ class ApiError(Exception):
 
 def _not_found(kind: str, uid) -> ApiError:
     return ApiError(404, f"{kind}_not_exist", f"{kind} {uid} does not exist")
-
-
-# ---- what the API answers (OpenAPI is generated from these) ---------------------------------
-
-class ErrorReply(BaseModel):
-    error_code: str
-    description: str
-
-
-class Endpoint(BaseModel):
-    uid: str
-    port: int
-    addr: list[str]
-    addr_type: str
-    proxy_policy: str
-
-
-class Bdb(BaseModel):
-    """A database. Fields cnm_exec adds later are shown too; a record written by other means
-    than POST /v1/bdbs may lack some of these."""
-    model_config = ConfigDict(extra="allow")
-    uid: int
-    name: str | None = None
-    port: int | None = None
-    memory_size: int | None = None
-    shards_count: int | None = None
-    replication: bool | None = None
-    data_persistence: str | None = None
-    aof_policy: str | None = None
-    snapshot_policy: list[dict] | None = None
-    authentication_redis_pass: str | None = None
-    eviction_policy: str | None = None
-    backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
-                                        "0: none")
-    backup_location: str | None = Field(None, description="the folder of its backups")
-    last_backup_time: float | None = Field(None, description="when the last backup that "
-                                           "succeeded was taken")
-    last_backup_id: str | None = None
-    backup_status: str | None = Field(None, description="of the last backup: succeeded, failed")
-    backup_failure_reason: str | None = None
-    status: str | None = Field(None, description="pending, active, deleting, creation-failed")
-    action_uid: str | None = Field(None, description="the action that last changed it")
-    created_time: float | None = None
-    last_changed_time: float | None = None
-    shard_list: list[int] = []
-    endpoints: list[Endpoint] = []
-
-
-class Node(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    uid: int
-    addr: str | None
-    status: Literal["active", "down"]
-    shard_count: int
-    shard_list: list[int]
-    master: bool = Field(description="this node holds the writable CCS copy")
-    uptime: float | None = Field(None, description="seconds since its heartbeatd started")
-    services: dict[str, str] = {}
-
-
-class Cluster(BaseModel):
-    name: str
-    master_node_uid: int | None
-    term: int | None
-    master_since: float | None
-    nodes_count: int
-    nodes_up: int
-    bdbs_count: int
-    shards_count: int
-
-
-class Shard(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    uid: int
-    bdb_uid: int | None = None
-    node_uid: int | None = None
-    role: str | None = None
-    port: int | None = None
-    slots: Any = None
-    status: str = Field("unknown", description="as redis_mgr last saw the process")
-
-
-class Action(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    action_uid: str
-    name: str
-    status: Literal["pending", "active", "completed", "failed"] | str
-    progress: float = Field(0, description="0-100")
-    step: str | None = None
-    error: str | None = None
-    object_type: str | None = None
-    object_uid: int | None = None
-    params: dict = {}
-    result: dict | None = Field(None, description="what a completed backup or import made")
-    creation_time: float | None = None
-    update_time: float | None = None
-
-
-class ActionStarted(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    action_uid: str | None
-    object_uid: int
-
-
-class DryRun(BaseModel):
-    """What a request would do, when it carries `?dry_run=1`; nothing was written."""
-    model_config = ConfigDict(extra="allow")
-    dry_run: Literal[True] = True
-    action: str | None = Field(description="the action it would start (None: nothing to do)")
-    object_uid: int | None
-    params: dict = {}
-
-
-class MigrateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target_node_uid: int = Field(ge=1)
-
-
-class BackupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    location: str | None = Field(None, pattern=r"^/", max_length=4096,
-                                 description="a folder for this backup only (default: the "
-                                 "database's backup_location)")
-
-
-class ImportRequest(BaseModel):
-    """Exactly one of backup_id, backup_path, rdb_path."""
-    model_config = ConfigDict(extra="forbid")
-    backup_id: str | None = Field(None, description="a backup of from_bdb_uid, by default of "
-                                  "this database")
-    from_bdb_uid: int | None = Field(None, description="the database the backup was taken of")
-    backup_path: str | None = Field(None, description="a backup's folder (absolute path)")
-    rdb_path: str | None = Field(None, description="an RDB file, of a plain redis-server say "
-                                 "(absolute path)")
-    flush: bool = Field(False, description="empty the database before loading")
-
-
-class BackupShard(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    slots: list[list[int]]
-    file: str
-    bytes: int
-    sha256: str
-    keys: int
-    source_shard_uid: int | None = None
-    role: str | None = Field(None, description="of the shard the RDB was read from")
-
-
-class Backup(BaseModel):
-    """A complete backup: one RDB per slot range, listed in its manifest."""
-    model_config = ConfigDict(extra="allow")
-    backup_id: str
-    bdb_uid: int
-    name: str | None = None
-    time: float = Field(description="when it was taken")
-    path: str = Field(description="its folder")
-    status: str
-    keys: int = Field(description="keys in all its RDB files")
-    redis_version: str | None = None
-    scheduled: bool = False
-    shards: list[BackupShard]
-
-
-ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
-    400: "the body does not follow the schema", 401: "wrong or missing credentials",
-    404: "no such object", 406: "a configuration the cluster cannot have",
-    409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}
-
-
-# ---- the cluster as a request is validated against ------------------------------------------
-
-@dataclass
-class ClusterView:
-    master: dict | None
-    nodes: dict[int, dict]
-    beats: dict[int, dict | None]
-    bdbs: dict[int, dict]
-    shards: dict[int, dict]
-    actions: dict[str, dict] = field(default_factory=dict)
-
-    @property
-    def up(self) -> list[int]:
-        """Members whose heartbeat key has not expired."""
-        return sorted(u for u in self.nodes if self.beats.get(u))
-
-    def load(self) -> dict[int, int]:
-        counts = {u: 0 for u in self.up}
-        for s in self.shards.values():
-            if s.get("node_uid") in counts:
-                counts[s["node_uid"]] += 1
-        return counts
-
-    def shards_of(self, bdb_uid: int) -> list[int]:
-        return sorted(u for u, s in self.shards.items() if s.get("bdb_uid") == bdb_uid)
-
-    def unfinished_updates(self, exclude_bdb: int | None) -> list[dict]:
-        return [a for a in self.actions.values() if a.get("status") in UNFINISHED
-                and a.get("name") == "bdb_update" and a.get("object_uid") != exclude_bdb]
-
-
-async def read_view(r, *, with_actions: bool = False) -> ClusterView:
-    cmds = [("GET", ccs.MASTER), ("HGETALL", ccs.NODES), ("HGETALL", bdb.BDBS),
-            ("HGETALL", bdb.SHARDS)] + ([("HGETALL", bdb.ACTIONS)] if with_actions else [])
-    replies = await r.pipeline(cmds)
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            raise reply
-    master = ccs.unpack(replies[0])
-    nodes, bdbs, shards = (_int_hash(x) for x in replies[1:4])
-    actions = {}
-    if with_actions:
-        flat = replies[4] or []
-        actions = {k.decode(): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
-    beats = {}
-    if nodes:
-        uids = sorted(nodes)
-        raw = await r.execute("MGET", *(ccs.heartbeat_key(u) for u in uids))
-        beats = dict(zip(uids, map(ccs.unpack, raw)))
-    return ClusterView(master, nodes, beats, bdbs, shards, actions)
-
-
-def _int_hash(flat) -> dict[int, dict]:
-    flat = flat or []
-    return {int(k): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
-
-
-# ---- validation: what the cluster can and cannot have (pure) --------------------------------
-
-def check_port(view: ClusterView, port: int, uid: int | None) -> None:
-    """406 unless `port` is free for database `uid` (None: a new one)."""
-    if port in bdb.SHARD_PORTS:
-        raise bdb.InvalidRequest(f"port {port} is in the shards' range "
-                                 f"{bdb.SHARD_PORTS.start}-{bdb.SHARD_PORTS.stop - 1}")
-    if port < 1024 and os.geteuid() != 0:
-        raise bdb.InvalidRequest(f"port {port} is privileged (below 1024)")
-    for n, info in sorted(view.nodes.items()):
-        for key, service in NODE_PORT_NAMES.items():
-            if info.get(key) == port:
-                raise bdb.InvalidRequest(f"port {port} is used by {service} of node {n}")
-    for other in view.bdbs.values():
-        if other["uid"] != uid and other.get("port") == port:
-            raise bdb.InvalidRequest(f"port {port} is used by database {other['uid']} "
-                                     f"({other.get('name')})")
-    for a in view.unfinished_updates(uid):
-        if a["params"].get("port") == port:
-            raise bdb.InvalidRequest(f"port {port} is being given to database {a['object_uid']}")
-
-
-def check_name(view: ClusterView, name: str, uid: int | None) -> None:
-    for other in view.bdbs.values():
-        if other["uid"] != uid and other.get("name") == name:
-            raise bdb.InvalidRequest(f"name {name!r} is used by database {other['uid']}")
-    for a in view.unfinished_updates(uid):
-        if a["params"].get("name") == name:
-            raise bdb.InvalidRequest(f"name {name!r} is being given to database "
-                                     f"{a['object_uid']}")
-
-
-def check_memory(memory_size: int, shards_count: int) -> None:
-    if memory_size // shards_count < MIN_SHARD_MEMORY:
-        raise bdb.InvalidRequest(f"memory_size {memory_size} gives each of {shards_count} shards "
-                                 f"less than {MIN_SHARD_MEMORY >> 20} MB")
-
-
-def check_placement(view: ClusterView, count: int, replication: bool) -> list[tuple]:
-    """Where `count` new masters (and replicas) would go among the nodes up; 406 if nowhere."""
-    load = view.load()
-    placement = bdb.place(count, replication, view.up, load)
-    crowded = {n: c for n, c in load.items() if c > MAX_SHARDS_PER_NODE}
-    if crowded:
-        raise bdb.InvalidRequest(
-            f"{count * (2 if replication else 1)} more shards do not fit on the "
-            f"{len(view.up)} nodes up (at most {MAX_SHARDS_PER_NODE} shards per node)")
-    return placement
-
-
-def plan_create(view: ClusterView, body: bdb.BdbCreate) -> tuple[dict, list[tuple]]:
-    """The new database's record (without uid/status) and its placement, or InvalidRequest."""
-    record = body.model_dump()
-    check_name(view, record["name"], None)
-    if record["port"] is None:
-        used = {b.get("port") for b in view.bdbs.values()}
-        used |= {a["params"].get("port") for a in view.unfinished_updates(None)}
-        used |= {info.get(k) for info in view.nodes.values() for k in NODE_PORT_NAMES}
-        record["port"] = bdb.free_db_port(used)
-    else:
-        check_port(view, record["port"], None)
-    check_memory(record["memory_size"], record["shards_count"])
-    placement = check_placement(view, record["shards_count"], record["replication"])
-    return record, placement
-
-
-def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | None, dict]:
-    """The action a PUT starts, (name, params), or (None, {}) if nothing changes."""
-    uid = current["uid"]
-    changes = {k: v for k, v in given.items() if current.get(k) != v}
-    if not changes:
-        return None, {}
-    if "shards_count" in changes:
-        if len(changes) > 1:
-            raise bdb.InvalidRequest("change shards_count alone, not with "
-                                     + ", ".join(sorted(k for k in changes if k != "shards_count")))
-        old, new = current["shards_count"], changes["shards_count"]
-        if new < old:
-            raise bdb.InvalidRequest(f"shards_count can only grow (it is {old}, asked {new})")
-        if new % old:
-            raise bdb.InvalidRequest(f"shards_count must be a multiple of the current {old} "
-                                     f"(asked {new})")
-        check_memory(current["memory_size"], new)
-        check_placement(view, new - old, current["replication"])
-        return "bdb_reshard", {"shards_count": new}
-    if "name" in changes:
-        check_name(view, changes["name"], uid)
-    if "port" in changes:
-        check_port(view, changes["port"], uid)
-    if "memory_size" in changes:
-        check_memory(changes["memory_size"], current["shards_count"])
-    if changes.get("replication") and not current.get("replication"):
-        load = view.load()
-        bdb.place(0, True, view.up, load)           # two nodes up, or InvalidRequest
-        if sum(load.values()) + current["shards_count"] > MAX_SHARDS_PER_NODE * len(view.up):
-            raise bdb.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
-                                     f"{len(view.up)} nodes up")
-    return "bdb_update", changes
-
-
-def pair_of(shard: dict, shards: dict[int, dict]) -> list[dict]:
-    """The shards that hold the same slots: a master's replicas, a replica's master."""
-    return [s for s in shards.values() if s["uid"] != shard["uid"] and (
-        s.get("master_uid") == shard["uid"] or s["uid"] == shard.get("master_uid"))]
 
 
 # ---- answers ---------------------------------------------------------------------------------
@@ -455,13 +125,11 @@ class CnmHttp:
         while True:
             try:
                 r = await self.session.master()
-                await ccs.write(r, bdb.NODE_REST, {"address": self.config.address,
+                await ccs.write(r, schema.NODE_REST, {"address": self.config.address,
                                                    "port": self.config.rest_port},
                                 field=self.config.uid)
-                info = (await (await self.session.local()).execute("INFO", "server")).decode()
-                self.redis_version = next((line.split(":", 1)[1].strip() for line in
-                                           info.splitlines() if line.startswith("redis_version:")),
-                                          None)
+                server = await info(await self.session.local(), "server")
+                self.redis_version = server.get("redis_version", "").strip() or None
                 log.info("node %d: REST API on %s:%d", self.config.uid, self.config.address,
                          self.config.rest_port)
                 return
@@ -532,14 +200,14 @@ class CnmHttp:
                     pass            # it expires by itself
 
     async def _unlocked(self, r, bdb_uid: int) -> None:
-        holder = await r.execute("GET", bdb.lock_key(bdb_uid))
+        holder = await r.execute("GET", schema.lock_key(bdb_uid))
         if holder is not None:
-            raise bdb.Conflict(f"database {bdb_uid} is being changed by action "
+            raise schema.Conflict(f"database {bdb_uid} is being changed by action "
                                f"{holder.decode()}")
 
     # ---- the requests ----------------------------------------------------------------------
 
-    async def create_bdb(self, body: bdb.BdbCreate, dry_run: bool) -> dict:
+    async def create_bdb(self, body: schema.BdbCreate, dry_run: bool) -> dict:
         check_backup_location(body.backup_location)
         r = await (self.reader() if dry_run else self.writer())
         async with nullcontext() if dry_run else self.config_lock(r):
@@ -553,8 +221,8 @@ class CnmHttp:
             # A client that goes away must not leave half a request behind (a record without
             # its action, a lock without an action to release it): every Redis call is bounded.
             with trio.CancelScope(shield=True):
-                uid = await bdb.next_uid(r, "bdb")
-                action = bdb.new_action("bdb_create", "bdb", uid, {})
+                uid = await schema.next_uid(r, "bdb")
+                action = schema.new_action("bdb_create", "bdb", uid, {})
                 record.update(uid=uid, status="pending", action_uid=action["action_uid"],
                               created_time=time.time())
                 if not record.get("backup_location"):
@@ -562,13 +230,13 @@ class CnmHttp:
                         self.config.dir))
                 if self.redis_version:
                     record["redis_version"] = self.redis_version
-                await bdb.put_bdb(r, record)
-                await bdb.submit(r, action, lock_bdb=uid)
+                await schema.put_bdb(r, record)
+                await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action["action_uid"])
-        return {**bdb.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
+        return {**schema.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
 
-    async def update_bdb(self, uid: int, body: bdb.BdbSettings, dry_run: bool) -> dict:
+    async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
         nulls = sorted(k for k, v in given.items() if v is None)
         if nulls:
@@ -583,28 +251,28 @@ class CnmHttp:
             await self._unlocked(r, uid)
             name, params = plan_update(view, current, given)
             if dry_run or name is None:
-                reply = bdb.public_bdb(current, view.nodes, view.shards_of(uid))
+                reply = schema.public_bdb(current, view.nodes, view.shards_of(uid))
                 if dry_run:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
                 return {**reply, "action_uid": None}
             with trio.CancelScope(shield=True):
-                action = await bdb.submit(r, bdb.new_action(name, "bdb", uid, params),
+                action = await schema.submit(r, schema.new_action(name, "bdb", uid, params),
                                           lock_bdb=uid)
         log.info("database %d: %s %s, action %s", uid, name, params, action["action_uid"])
-        return {**bdb.public_bdb(current, view.nodes, view.shards_of(uid)),
+        return {**schema.public_bdb(current, view.nodes, view.shards_of(uid)),
                 "action_uid": action["action_uid"]}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
         r = await (self.reader() if dry_run else self.writer())
-        current = await bdb.get_bdb(r, uid)
+        current = await schema.get_bdb(r, uid)
         if current is None:
             raise _not_found("bdb", uid)
         await self._unlocked(r, uid)
         if dry_run:
             return {"dry_run": True, "action": "bdb_delete", "object_uid": uid, "params": {}}
         with trio.CancelScope(shield=True):
-            action = await bdb.submit(r, bdb.new_action("bdb_delete", "bdb", uid, {}),
+            action = await schema.submit(r, schema.new_action("bdb_delete", "bdb", uid, {}),
                                       lock_bdb=uid)
         log.info("database %d: delete, action %s", uid, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
@@ -619,27 +287,27 @@ class CnmHttp:
         await self._unlocked(r, bdb_uid)
         pair = pair_of(shard, view.shards)
         if name == "shard_failover" and not pair:
-            raise bdb.InvalidRequest(f"shard {uid} has no replica to fail over to"
+            raise schema.InvalidRequest(f"shard {uid} has no replica to fail over to"
                                      if shard.get("role") == "master" else
                                      f"replica shard {uid} has no master")
         if name == "shard_migrate":
             target = params["target_node_uid"]
             if target not in view.nodes:
-                raise bdb.InvalidRequest(f"node {target} is not a member of the cluster")
+                raise schema.InvalidRequest(f"node {target} is not a member of the cluster")
             if target not in view.up:
-                raise bdb.InvalidRequest(f"node {target} is down")
+                raise schema.InvalidRequest(f"node {target} is down")
             if shard.get("node_uid") == target:
-                raise bdb.InvalidRequest(f"shard {uid} is already on node {target}")
+                raise schema.InvalidRequest(f"shard {uid} is already on node {target}")
             for other in pair:
                 if other.get("node_uid") == target:
-                    raise bdb.InvalidRequest(f"node {target} holds shard {other['uid']}, the "
+                    raise schema.InvalidRequest(f"node {target} holds shard {other['uid']}, the "
                                              f"{other.get('role')} of shard {uid}")
         if dry_run:
             return {"dry_run": True, "action": name, "object_uid": uid, "params": params}
-        action = bdb.new_action(name, "shard", uid, params)
+        action = schema.new_action(name, "shard", uid, params)
         action["bdb_uid"] = bdb_uid           # whose lock cnm_exec releases at the end
         with trio.CancelScope(shield=True):
-            await bdb.submit(r, action, lock_bdb=bdb_uid)
+            await schema.submit(r, action, lock_bdb=bdb_uid)
         log.info("shard %d: %s %s, action %s", uid, name, params, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
@@ -657,7 +325,7 @@ class CnmHttp:
                     "location": location or current.get("backup_location") or
                     str(backup_mgr.default_location(self.config.dir))}
         with trio.CancelScope(shield=True):
-            action = await bdb.submit(r, bdb.new_action("bdb_backup", "bdb", uid, params),
+            action = await schema.submit(r, schema.new_action("bdb_backup", "bdb", uid, params),
                                       lock_bdb=uid)
         log.info("database %d: backup, action %s", uid, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
@@ -674,7 +342,7 @@ class CnmHttp:
         params: dict = {"flush": body.flush}
         if body.backup_id:
             source_uid = body.from_bdb_uid if body.from_bdb_uid is not None else uid
-            source = await bdb.get_bdb(r, source_uid)
+            source = await schema.get_bdb(r, source_uid)
             if source is None:
                 raise ApiError(404, "bdb_not_exist", f"bdb {source_uid} does not exist (the "
                                "backups of a deleted database are imported by backup_path)")
@@ -698,13 +366,13 @@ class CnmHttp:
         if dry_run:
             return {"dry_run": True, "action": "bdb_import", "object_uid": uid, "params": params}
         with trio.CancelScope(shield=True):
-            action = await bdb.submit(r, bdb.new_action("bdb_import", "bdb", uid, params),
+            action = await schema.submit(r, schema.new_action("bdb_import", "bdb", uid, params),
                                       lock_bdb=uid)
         log.info("database %d: import %s, action %s", uid, params, action["action_uid"])
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
     async def backups(self, uid: int) -> list[dict]:
-        current = await bdb.get_bdb(await self.reader(), uid)
+        current = await schema.get_bdb(await self.reader(), uid)
         if current is None:
             raise _not_found("bdb", uid)
         location = backup_mgr.location_of(current, self.config.dir)
@@ -712,19 +380,13 @@ class CnmHttp:
 
     async def _active(self, r, uid: int) -> dict:
         """The database, if it exists (404), no action holds it (409) and it is active (406)."""
-        current = await bdb.get_bdb(r, uid)
+        current = await schema.get_bdb(r, uid)
         if current is None:
             raise _not_found("bdb", uid)
         await self._unlocked(r, uid)
         if current.get("status", "active") != "active":
-            raise bdb.InvalidRequest(f"database {uid} is {current['status']}, not active")
+            raise schema.InvalidRequest(f"database {uid} is {current['status']}, not active")
         return current
-
-
-def check_backup_location(location: str | None) -> None:
-    """406 if the folder for backups is a file (a folder not there yet is made when needed)."""
-    if location and os.path.exists(location) and not os.path.isdir(location):
-        raise bdb.InvalidRequest(f"backup location {location} is a file, not a folder")
 
 
 def _absolute(path: str) -> Path:
@@ -807,12 +469,12 @@ def build_app(api: CnmHttp) -> FastAPI:
             return _error(406, "invalid_port", "port must be between 1 and 65535")
         return _error(400, "invalid_schema", "; ".join(_describe(e, request) for e in errors))
 
-    @app.exception_handler(bdb.InvalidRequest)
-    async def _invalid_configuration(request: Request, exc: bdb.InvalidRequest):
+    @app.exception_handler(schema.InvalidRequest)
+    async def _invalid_configuration(request: Request, exc: schema.InvalidRequest):
         return _error(406, "invalid_configuration", str(exc))
 
-    @app.exception_handler(bdb.Conflict)
-    async def _conflict(request: Request, exc: bdb.Conflict):
+    @app.exception_handler(schema.Conflict)
+    async def _conflict(request: Request, exc: schema.Conflict):
         return _error(409, "bdb_locked", str(exc))
 
     @app.exception_handler(RedisUnavailable)
@@ -838,13 +500,13 @@ def build_app(api: CnmHttp) -> FastAPI:
 
     def openapi() -> dict:
         """FastAPI's document, without the 422 it adds everywhere: validation errors are 400."""
-        schema = generated()
-        for path in schema["paths"].values():
+        document = generated()
+        for path in document["paths"].values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)
         for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        return schema
+            document.get("components", {}).get("schemas", {}).pop(name, None)
+        return document
 
     app.openapi = openapi
 
@@ -863,7 +525,7 @@ def build_app(api: CnmHttp) -> FastAPI:
     @app.get("/v1/bdbs", response_model=list[Bdb], tags=["bdbs"])
     async def list_bdbs():
         view = await read_view(await api.reader())
-        return [bdb.public_bdb(b, view.nodes, view.shards_of(u))
+        return [schema.public_bdb(b, view.nodes, view.shards_of(u))
                 for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
@@ -871,16 +533,16 @@ def build_app(api: CnmHttp) -> FastAPI:
         view = await read_view(await api.reader())
         if uid not in view.bdbs:
             raise _not_found("bdb", uid)
-        return bdb.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid))
+        return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid))
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")
-    async def create_bdb(body: bdb.BdbCreate, dry_run: bool = False):
+    async def create_bdb(body: schema.BdbCreate, dry_run: bool = False):
         return await api.create_bdb(body, dry_run)
 
     @app.put("/v1/bdbs/{uid}", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
              summary="Change a database: shards_count alone reshards, the rest updates")
-    async def update_bdb(uid: int, body: bdb.BdbSettings, dry_run: bool = False):
+    async def update_bdb(uid: int, body: schema.BdbSettings, dry_run: bool = False):
         return await api.update_bdb(uid, body, dry_run)
 
     @app.delete("/v1/bdbs/{uid}", response_model=ActionStarted | DryRun, tags=["bdbs"],
@@ -943,22 +605,22 @@ def build_app(api: CnmHttp) -> FastAPI:
     # ---- shards ----
 
     async def shard_states(r) -> dict[int, dict]:
-        return await ccs.read_hash(r, bdb.SHARD_STATE)
+        return await ccs.read_hash(r, schema.SHARD_STATE)
 
     @app.get("/v1/shards", response_model=list[Shard], tags=["shards"])
     async def list_shards():
         r = await api.reader()
-        shards, states = await bdb.shards(r), await shard_states(r)
+        shards, states = await schema.shards(r), await shard_states(r)
         return [shard_reply(s, states.get(u)) for u, s in sorted(shards.items())]
 
     @app.get("/v1/shards/{uid}", response_model=Shard, tags=["shards"],
              responses={404: ERRORS[404]})
     async def get_shard(uid: int):
         r = await api.reader()
-        shard = ccs.unpack(await r.execute("HGET", bdb.SHARDS, str(uid)))
+        shard = ccs.unpack(await r.execute("HGET", schema.SHARDS, str(uid)))
         if shard is None:
             raise _not_found("shard", uid)
-        state = ccs.unpack(await r.execute("HGET", bdb.SHARD_STATE, str(uid)))
+        state = ccs.unpack(await r.execute("HGET", schema.SHARD_STATE, str(uid)))
         return shard_reply(shard, state)
 
     shard_errors = {k: ERRORS[k] for k in (404, 406, 409, 503)}
@@ -985,26 +647,26 @@ def build_app(api: CnmHttp) -> FastAPI:
         if uid not in view.nodes:
             raise _not_found("node", uid)
         if len(view.nodes) < 2:
-            raise bdb.InvalidRequest("the last node of a cluster cannot be removed")
+            raise schema.InvalidRequest("the last node of a cluster cannot be removed")
         if dry_run:
             return {"dry_run": True, "action": "node_remove", "object_uid": uid, "params": {}}
-        action = bdb.new_action("node_remove", "node", uid, {})
+        action = schema.new_action("node_remove", "node", uid, {})
         with trio.CancelScope(shield=True):
-            await bdb.submit(r, action)
+            await schema.submit(r, action)
         return {"action_uid": action["action_uid"], "object_uid": uid}
 
     # ---- actions ----
 
     @app.get("/v1/actions", response_model=list[Action], tags=["actions"])
     async def list_actions():
-        actions = await bdb.actions(await api.reader())
+        actions = await schema.actions(await api.reader())
         return [action_reply(a) for a in sorted(actions.values(),
                                                 key=lambda a: a.get("creation_time") or 0)]
 
     @app.get("/v1/actions/{uid}", response_model=Action, tags=["actions"],
              responses={404: ERRORS[404]})
     async def get_action(uid: str):
-        action = await bdb.get_action(await api.reader(), uid)
+        action = await schema.get_action(await api.reader(), uid)
         if action is None:
             raise _not_found("action", uid)
         return action_reply(action)

@@ -28,7 +28,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from control import bdb
+from control import schema
 from control.local_cluster import ClusterError, LocalCluster
 
 # The same --home as the cluster commands (control/cli.py imports this module, so it cannot
@@ -243,13 +243,13 @@ def _settings_options(f, *, create: bool):
                      show_default=create, help="Memory limit, split over the shards (1GB, ...)."),
         click.option("--replication/--no-replication", default=False if create else None,
                      show_default=create, help="A replica for every master shard."),
-        click.option("--persistence", type=click.Choice(bdb.PERSISTENCE),
+        click.option("--persistence", type=click.Choice(schema.PERSISTENCE),
                      default="disabled" if create else None, show_default=create,
                      help="Written to disk by the replicas with --replication, else the master."),
-        click.option("--aof-policy", type=click.Choice(bdb.AOF_POLICIES),
+        click.option("--aof-policy", type=click.Choice(schema.AOF_POLICIES),
                      default="appendfsync-every-sec" if create else None, show_default=create),
         click.option("--password", help="Password clients give with AUTH."),
-        click.option("--eviction-policy", type=click.Choice(bdb.EVICTION_POLICIES),
+        click.option("--eviction-policy", type=click.Choice(schema.EVICTION_POLICIES),
                      default="volatile-lru" if create else None, show_default=create),
         click.option("--backup-interval", type=click.IntRange(0), metavar="SECONDS",
                      help="Back the database up every SECONDS (0: no scheduled backups)."),

@@ -20,9 +20,8 @@ import time
 
 import trio
 
-from control import bdb as schema
-from control import ccs
-from control.cnm_exec import master_here
+from control import ccs, schema
+from control.cluster_view import master_here
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import trio
 
-from control import bdb, ccs
+from control import ccs, schema
 from control.cluster_wd import request
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.redis_mgr import shard_pids, stop_all
-from dmc.local import free_port, pid_alive
+from dmc.processes import free_port, pid_alive
 
 ADMIN_USER = "admin"
 
@@ -168,7 +168,7 @@ class LocalCluster:
             # With databases (cnm_exec on the nodes of this folder): ready once it serves them.
             through = [c for u, c in self.nodes.items() if u != uid and "cnm_exec" in c.services]
             if through and "cnm_exec" in config.services:
-                action = trio.run(self._run_action, bdb.new_action("node_add", "node", uid, {}),
+                action = trio.run(self._run_action, schema.new_action("node_add", "node", uid, {}),
                                   through, timeout)
                 if action["status"] != "completed":
                     raise ClusterError(f"node {uid} joined but is not ready: "
@@ -338,7 +338,7 @@ class LocalCluster:
 
     async def _drain(self, uid: int, timeout: float) -> dict:
         """The master's cnm_exec moves every shard off node `uid`, then the node leaves."""
-        return await self._run_action(bdb.new_action("node_remove", "node", uid, {}),
+        return await self._run_action(schema.new_action("node_remove", "node", uid, {}),
                                       [c for u, c in self.nodes.items() if u != uid],
                                       timeout + 300)
 
@@ -354,11 +354,11 @@ class LocalCluster:
                         async with await connect(config.address,
                                                  config.ccs_forward_port) as conn:
                             if not submitted:
-                                await bdb.submit(conn, action)
+                                await schema.submit(conn, action)
                                 submitted = True
                             while action["status"] not in ("completed", "failed"):
                                 await trio.sleep(0.2)
-                                action = await bdb.get_action(conn, action["action_uid"]) \
+                                action = await schema.get_action(conn, action["action_uid"]) \
                                     or action
                             return action
                     except (RedisUnavailable, ReplyError):

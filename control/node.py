@@ -32,7 +32,7 @@ import click
 import trio
 from supervisor.xmlrpc import SupervisorTransport
 
-from dmc.local import REDIS_SERVER
+from dmc.processes import REDIS_SERVER
 
 # supervisord program name -> the module it runs (None: the CCS redis-server)
 SERVICE_MODULES = {
@@ -42,6 +42,7 @@ SERVICE_MODULES = {
     "redis_mgr": "control.redis_mgr",
     "dmcproxy": "control.node_proxy",
     "cnm_exec": "control.cnm_exec",
+    "node_wd": "control.node_wd",
     "cnm_http": "control.cnm_http",
     "job_scheduler": "control.job_scheduler",
 }
@@ -68,6 +69,7 @@ class NodeConfig:
     services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
     peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
     record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
+    shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 

@@ -28,8 +28,7 @@ import time
 
 import trio
 
-from control import bdb as schema
-from control import ccs
+from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 from dmc.endpoint import Endpoint, EndpointStopped

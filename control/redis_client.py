@@ -17,7 +17,8 @@ from typing import Self
 import hiredis
 import trio
 
-__all__ = ["Redis", "RedisUnavailable", "ReplyError", "Subscription", "connect", "subscribe"]
+__all__ = ["Redis", "RedisUnavailable", "ReplyError", "Subscription", "connect", "info",
+           "parse_info", "subscribe"]
 
 
 class ReplyError(Exception):
@@ -134,6 +135,19 @@ class Redis:
                 raise self._unavailable("connection closed by the server")
             self._reader.feed(data)
         return _convert(reply)
+
+
+def parse_info(text: bytes | str) -> dict[str, str]:
+    """INFO's reply as {field: value} (section headers and blank lines dropped)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    return dict(line.split(":", 1) for line in text.splitlines()
+                if ":" in line and not line.startswith("#"))
+
+
+async def info(conn: Redis, section: str) -> dict[str, str]:
+    """INFO `section` of the server behind `conn`, parsed."""
+    return parse_info(await conn.execute("INFO", section))
 
 
 async def connect(host: str, port: int, *, timeout: float = 1.0,

@@ -9,11 +9,12 @@ It reconciles, on every change notice and every POLL_EVERY seconds:
 - a replica is pointed at its master shard's address (REPLICAOF), a master replicates nobody;
 - a shard process that is no longer in CCS is stopped and its folder removed.
 
-It is also the node's shard watchdog (node_wd's shard part): it notices a shard process that died
-within POLL_EVERY and reports it in CCS's `shard_state` hash. A dead replica, or a dead master of
-a database without replication, is started again at once; a dead master with a replica is left
-to the master node's cnm_exec, which fails over to the replica and then asks for the old master
-back as a replica (or sets `restart_after` on the record when there is nothing to fail over to).
+It notices a shard process that died within POLL_EVERY (it has to, to start it again) and
+reports it in CCS's `shard_state` hash. A dead replica, or a dead master of a database without
+replication, is started again at once; a dead master with a replica is left to the master
+node's node_wd, which has cnm_exec fail over to the replica and then asks for the old master back
+as a replica (or sets `restart_after` on the record when there is nothing to fail over to).
+Whether a running shard answers is node_wd's probe, not redis_mgr's (control/node_wd.py).
 
 Shard processes run in sessions of their own, so restarting redis_mgr does not stop them: a new
 redis_mgr adopts them through their pid files. `dmc cluster stop` stops them through the same
@@ -33,11 +34,10 @@ import time
 
 import trio
 
-from control import bdb as schema
-from control import ccs
+from control import ccs, schema
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect
-from dmc.local import REDIS_SERVER, pid_alive
+from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from dmc.processes import REDIS_SERVER, pid_alive
 
 log = logging.getLogger("redis_mgr")
 
@@ -295,8 +295,8 @@ class RedisMgr:
 
 async def in_sync(local) -> bool:
     """The node's CCS copy is the master, or a replica with its link to the master up."""
-    info = (await local.execute("INFO", "replication")).decode()
-    return "role:master" in info or "master_link_status:up" in info
+    replication = await info(local, "replication")
+    return replication.get("role") == "master" or replication.get("master_link_status") == "up"
 
 
 def stop_all(config: NodeConfig) -> None:

@@ -1,8 +1,8 @@
-"""`dmc`: the operator's command line.
+"""`dmc local start|stop|status`: the embedded local default (shards and a proxy, no control
+plane), the data path's own commands.
 
-`dmc local start|stop|status` runs the embedded local default (shards and a proxy, no control
-plane); the cluster commands (`dmc cluster`, `dmc node`, `dmc status`, `dmc services`,
-`dmc ccs-cli`) come from `control.cli`.
+The `dmc` console script is `control.cli:main`, which adds these to the cluster commands; this
+module imports nothing from the control plane, so `python -m dmc.cli local ...` runs without it.
 Errors are one line and a non-zero exit, never a traceback.
 """
 
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from control.cli import COMMANDS as CLUSTER_COMMANDS
 from dmc.local import LocalDatabase, start_local
 
 DEFAULT_WORKDIR = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "local"
@@ -82,10 +81,6 @@ def local_status(workdir, as_json):
         click.echo(f"  {name:<16} {'up' if up else 'DOWN'}")
     if not all(alive.values()):
         raise SystemExit(1)
-
-
-for _command in CLUSTER_COMMANDS:
-    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import trio
 from dmc._fastpath import slot_of
 from waiting import wait_until
 
-from control import bdb as schema
-from control import ccs, history
+from control import ccs, history, schema
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.redis_client import connect
-from dmc.local import free_port
+from dmc.processes import free_port
 
 
 def api_answers(config, auth) -> bool:

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from clusters import rest_cluster
 from waiting import wait_until
 
-from dmc.cli import main
+from control.cli import main
 from dmc.local import start_redis_on_free_port, stop_process
 
 pytestmark = pytest.mark.timeout(120)

@@ -69,7 +69,7 @@ def make_cluster(tmp_path):
 
 
 def run_dmc(home: Path, *args, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dmc.cli", *args, "--home", str(home)],
+    proc = subprocess.run([sys.executable, "-m", "control.cli", *args, "--home", str(home)],
                           capture_output=True, text=True, timeout=60, check=False)
     if check:
         assert proc.returncode == 0, proc.stderr

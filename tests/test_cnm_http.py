@@ -18,8 +18,8 @@ import trio
 from clusters import rest_cluster
 from waiting import wait_until
 
-from control import bdb, ccs, cnm_http
-from dmc.local import free_port
+from control import ccs, cnm_http, schema
+from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,7 +111,7 @@ def test_every_endpoint_refuses_a_request_without_the_admins_credentials(cluster
         assert resp.status_code == 401, (method, path, resp.text)
         assert resp.headers["www-authenticate"].lower().startswith("basic")
         assert resp.json()["error_code"] == "unauthorized"
-    assert "intruder" not in str(ccs_hash(cluster, bdb.BDBS))
+    assert "intruder" not in str(ccs_hash(cluster, schema.BDBS))
 
 
 def test_the_admins_credentials_open_every_node(apis):
@@ -156,7 +156,7 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
 ], ids=["unknown-field", "bad-type", "bad-bool", "bad-name", "bad-policy", "tiny-memory",
         "no-name", "not-an-object", "not-json"])
 def test_a_body_that_breaks_the_schema_is_a_400_with_the_reason(cluster, api, body, says):
-    before = ccs_hash(cluster, bdb.BDBS)
+    before = ccs_hash(cluster, schema.BDBS)
     if isinstance(body, str):
         resp = api.post("/v1/bdbs", content=body, headers={"content-type": "application/json"})
     else:
@@ -164,7 +164,7 @@ def test_a_body_that_breaks_the_schema_is_a_400_with_the_reason(cluster, api, bo
     assert resp.status_code == 400, resp.text
     assert resp.json()["error_code"] == "invalid_schema"
     assert says in resp.json()["description"]
-    assert ccs_hash(cluster, bdb.BDBS) == before
+    assert ccs_hash(cluster, schema.BDBS) == before
 
 
 def test_a_put_that_breaks_the_schema_is_a_400(api, replicated):
@@ -198,7 +198,7 @@ def test_create_answers_at_once_with_a_pending_database_and_its_action(cluster, 
     body = replicated["reply"]
     assert replicated["seconds"] < 1.0
     assert body["status"] == "pending" and body["action_uid"]
-    assert body["name"] == "replicated" and body["port"] in bdb.DB_PORTS
+    assert body["name"] == "replicated" and body["port"] in schema.DB_PORTS
     assert body["endpoints"][0]["port"] == body["port"]
     assert sorted(body["endpoints"][0]["addr"]) == sorted(c.address
                                                            for c in cluster.nodes.values())
@@ -206,14 +206,14 @@ def test_create_answers_at_once_with_a_pending_database_and_its_action(cluster, 
     assert replicated["seen"].status_code == 200
     assert replicated["seen"].json()["name"] == "replicated"
 
-    record = ccs_hash(cluster, bdb.BDBS)[str(body["uid"])]
+    record = ccs_hash(cluster, schema.BDBS)[str(body["uid"])]
     assert {"uid", "name", "port", "memory_size", "shards_count", "replication",
             "data_persistence", "aof_policy", "authentication_redis_pass", "eviction_policy",
             "status", "action_uid", "created_time"} <= set(record)
     assert record["action_uid"] == body["action_uid"]
     assert (record["shards_count"], record["replication"], record["memory_size"]) == \
         (2, True, 64 << 20)
-    action = ccs_hash(cluster, bdb.ACTIONS)[body["action_uid"]]
+    action = ccs_hash(cluster, schema.ACTIONS)[body["action_uid"]]
     assert (action["name"], action["object_type"], action["object_uid"]) == \
         ("bdb_create", "bdb", body["uid"])
 
@@ -228,7 +228,7 @@ def test_the_create_action_completes_and_every_node_serves_the_port(cluster, api
     uid, port = replicated["reply"]["uid"], replicated["reply"]["port"]
     got = api.get(f"/v1/bdbs/{uid}").json()
     assert got["status"] == "active" and len(got["shard_list"]) == 4
-    assert master_ccs(cluster).get(bdb.lock_key(uid)) is None
+    assert master_ccs(cluster).get(schema.lock_key(uid)) is None
     for i, config in enumerate(cluster.nodes.values()):
         out = subprocess.run(["redis-cli", "-h", config.address, "-p", str(port)],
                              input=f"SET key{i} v{i}\nGET key{i}\n", capture_output=True,
@@ -238,13 +238,13 @@ def test_the_create_action_completes_and_every_node_serves_the_port(cluster, api
 
 def test_a_database_record_with_few_fields_is_still_listed(cluster, api):
     r = master_ccs(cluster)
-    r.hset(bdb.BDBS, "900", ccs.pack({"uid": 900, "name": "sparse", "port": 19999}))
+    r.hset(schema.BDBS, "900", ccs.pack({"uid": 900, "name": "sparse", "port": 19999}))
     try:
         listed = {b["uid"]: b for b in api.get("/v1/bdbs").json()}
         assert listed[900]["name"] == "sparse" and listed[900]["shard_list"] == []
         assert api.get("/v1/bdbs/900").status_code == 200
     finally:
-        r.hdel(bdb.BDBS, "900")
+        r.hdel(schema.BDBS, "900")
 
 
 def test_nodes_cluster_and_shards_describe_the_cluster(cluster, api, replicated):
@@ -263,7 +263,7 @@ def test_nodes_cluster_and_shards_describe_the_cluster(cluster, api, replicated)
     shards = [s for s in api.get("/v1/shards").json()
               if s["bdb_uid"] == replicated["reply"]["uid"]]
     assert sorted(s["role"] for s in shards) == ["master", "master", "replica", "replica"]
-    assert all(s["status"] == "running" and s["port"] in bdb.SHARD_PORTS for s in shards)
+    assert all(s["status"] == "running" and s["port"] in schema.SHARD_PORTS for s in shards)
     for s in shards:
         if s["role"] == "replica":
             m = api.get(f"/v1/shards/{s['master_uid']}").json()
@@ -289,12 +289,12 @@ def test_a_configuration_the_cluster_cannot_have_is_a_406_with_the_reason(cluste
          "do not fit"),
         ({"name": "other", "shards_count": 8, "memory_size": 4 << 20}, "less than 1 MB"),
     ]
-    before = ccs_hash(cluster, bdb.BDBS)
+    before = ccs_hash(cluster, schema.BDBS)
     for body, says in cases:
         resp = api.post("/v1/bdbs", json=body)
         assert resp.status_code == 406, (body, resp.text)
         assert says in resp.json()["description"], (body, resp.text)
-    assert ccs_hash(cluster, bdb.BDBS) == before
+    assert ccs_hash(cluster, schema.BDBS) == before
 
 
 def test_a_change_the_database_cannot_take_is_a_406(cluster, api, replicated):
@@ -320,11 +320,11 @@ def test_a_change_the_database_cannot_take_is_a_406(cluster, api, replicated):
 def test_placement_needs_two_nodes_up_for_replication():
     view = cnm_http.ClusterView(master=None, nodes={1: {"uid": 1}, 2: {"uid": 2}},
                                 beats={1: {"started": 0}, 2: None}, bdbs={}, shards={})
-    with pytest.raises(bdb.InvalidRequest, match="replication needs two nodes up"):
-        cnm_http.plan_create(view, bdb.BdbCreate(name="x", replication=True))
-    record, placement = cnm_http.plan_create(view, bdb.BdbCreate(name="x", shards_count=2))
+    with pytest.raises(schema.InvalidRequest, match="replication needs two nodes up"):
+        cnm_http.plan_create(view, schema.BdbCreate(name="x", replication=True))
+    record, placement = cnm_http.plan_create(view, schema.BdbCreate(name="x", shards_count=2))
     assert placement == [(1, None), (1, None)] and record["port"] == 10000
-    with pytest.raises(bdb.InvalidRequest, match="two nodes up"):
+    with pytest.raises(schema.InvalidRequest, match="two nodes up"):
         cnm_http.plan_update(view, {"uid": 7, "shards_count": 1, "replication": False,
                                     "memory_size": 1 << 30}, {"replication": True})
 
@@ -379,7 +379,7 @@ def ccs_snapshot(cluster) -> dict:
     out = {}
     for key in r.scan_iter(count=1000):
         name = key.decode()
-        if name.startswith(("node_heartbeat:", "proxy_ack:")) or name == bdb.SHARD_STATE:
+        if name.startswith(("node_heartbeat:", "proxy_ack:")) or name == schema.SHARD_STATE:
             continue
         kind = r.type(key).decode()
         out[name] = r.hgetall(key) if kind == "hash" else r.dump(key)
@@ -446,7 +446,7 @@ def test_shard_failover_starts_an_action_that_swaps_the_roles(cluster, api, repl
                   if s["bdb_uid"] == uid and s["role"] == "master")
     resp = api.post(f"/v1/shards/{master['uid']}/actions/failover")
     assert resp.status_code == 200
-    recorded = ccs_hash(cluster, bdb.ACTIONS)[resp.json()["action_uid"]]
+    recorded = ccs_hash(cluster, schema.ACTIONS)[resp.json()["action_uid"]]
     assert (recorded["name"], recorded["object_type"], recorded["object_uid"],
             recorded["bdb_uid"]) == ("shard_failover", "shard", master["uid"], uid)
     action = api.wait_action(resp.json()["action_uid"])

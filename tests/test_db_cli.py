@@ -2,7 +2,7 @@
 real 3-node cluster shared by the module: changes follow their action to the end (exit 0, or 1
 with the action's error), errors are one line `error: ...` with exit 1, a node whose API is down
 is skipped. Most commands run in-process (click's runner); those that check what a real process
-prints run `python -m dmc.cli`."""
+prints run `python -m control.cli`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import redis
 from click.testing import CliRunner
 from clusters import rest_cluster
 
-from control import bdb, ccs, db_cli
+from control import ccs, db_cli, schema
 from control.local_cluster import LocalCluster
 from control.node import supervisor_rpc
-from dmc.cli import main
+from control.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,7 +44,7 @@ def dmc(cluster):
 
 
 def dmc_process(cluster, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dmc.cli", *args, "--home", str(cluster.home)],
+    return subprocess.run([sys.executable, "-m", "control.cli", *args, "--home", str(cluster.home)],
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -55,7 +55,7 @@ def ccs_master(cluster) -> redis.Redis:
 
 def bdbs_by_name(cluster) -> dict[str, dict]:
     return {b["name"]: b for b in (ccs.unpack(v) for v in
-                                   ccs_master(cluster).hgetall(bdb.BDBS).values())}
+                                   ccs_master(cluster).hgetall(schema.BDBS).values())}
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +206,8 @@ def test_api_errors_are_one_line_and_exit_1(dmc, cluster, cache):
 
 def test_a_failed_action_exits_1_with_its_error(dmc, cluster):
     # an action cnm_exec cannot run (unknown name) is marked failed with a reason
-    action = bdb.new_action("bogus_machine", "bdb", None, {})
-    ccs_master(cluster).hset(bdb.ACTIONS, action["action_uid"], ccs.pack(action))
+    action = schema.new_action("bogus_machine", "bdb", None, {})
+    ccs_master(cluster).hset(schema.ACTIONS, action["action_uid"], ccs.pack(action))
     result = dmc("action", "show", action["action_uid"], "--wait")
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == \

@@ -19,10 +19,9 @@ from dmc._fastpath import slot_of
 from waiting import wait_until
 from workload import WriteLoad
 
-from control import bdb as schema
-from control import ccs
+from control import ccs, schema
 from control.node import supervisor_rpc
-from dmc.local import free_port
+from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -164,13 +163,7 @@ def test_kill_master_shard_fails_over(cluster):
         pid = redis.Redis(*cluster.address(victim)).info("server")["process_id"]
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        while True:
-            try:
-                probe.set("probe", "after")
-                break
-            except redis.RedisError:
-                time.sleep(0.01)
-        downtime = time.monotonic() - killed
+        downtime = _written_after(probe, killed)
         time.sleep(0.5)
     finally:
         load.stop()
@@ -194,6 +187,46 @@ def test_kill_master_shard_fails_over(cluster):
     assert [k for k in lost if load.acked_at[k] < killed - REPLICATION_WINDOW] == []
 
 
+def test_a_paused_master_shard_is_failed_over_and_rejoins_as_a_replica(cluster):
+    """SIGSTOP: the process exists but answers nothing. node_wd's PING deadline (1.5 s) finds
+    it, its replica is promoted and writes are served again long before it is resumed (5 s);
+    resumed, it is a replica of the new master, and no acknowledged write is lost."""
+    db = cluster.create_db("paused", shards=2, replication=True)
+    load = WriteLoad(cluster.lc.nodes[3].address, db["port"], clients=2).start()
+    victim = cluster.master_of_key(db["uid"], b"probe")
+    probe = cluster.client(3, db["port"], socket_timeout=0.5)
+    pid = redis.Redis(*cluster.address(victim)).info("server")["process_id"]
+    try:
+        wait_until(lambda: load.writes > 100, what="the load writing")
+        probe.set("probe", "before")
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            downtime = _written_after(probe, stopped)
+            acked_while_stopped = load.writes
+            time.sleep(max(0.0, 5.0 - (time.monotonic() - stopped)))
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass            # node_wd fenced it (it was failed over): redis_mgr restarted it
+        wait_until(lambda: load.writes > acked_while_stopped + 100, what="the load writing on")
+    finally:
+        load.stop()
+    print(f"writes served again {downtime:.3f}s after SIGSTOP of the master shard")
+    assert downtime < 3.5
+    shards = cluster.shards(db["uid"])
+    assert shards[victim["uid"]]["role"] == "replica"
+    new_master = shards[shards[victim["uid"]]["master_uid"]]
+    assert new_master["role"] == "master" and new_master["slots"] == victim["slots"]
+    old = redis.Redis(*cluster.address(shards[victim["uid"]]))
+    wait_until(lambda: _replication(old).get("master_link_status") == "up",
+               what="the old master replicating the new one")
+    assert old.info("replication")["master_port"] == new_master["port"]
+    assert probe.get("probe") == b"after"
+    assert load.lost(cluster.client(1, db["port"])) == {}
+
+
 def test_proxy_serves_while_ccs_is_down(cluster):
     db = cluster.create_db("steady", shards=2, replication=False)
     c = cluster.client(2, db["port"])
@@ -214,6 +247,23 @@ def test_proxy_serves_while_ccs_is_down(cluster):
             if rpc.supervisor.getProcessInfo("ccs")["statename"] != "RUNNING":
                 rpc.supervisor.startProcess("ccs")
     cluster.lc.wait_for_master()
+
+
+def _written_after(probe, since: float) -> float:
+    """Seconds from `since` until SET probe=after is acknowledged (tried until it is)."""
+    while True:
+        try:
+            probe.set("probe", "after")
+            return time.monotonic() - since
+        except redis.RedisError:
+            time.sleep(0.01)
+
+
+def _replication(client) -> dict:
+    try:
+        return client.info("replication")
+    except redis.RedisError:
+        return {}           # restarting
 
 
 def _answers(client):

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from dmc.local import pid_alive
+from dmc.processes import pid_alive
 
 
 def dmc(*args, workdir):

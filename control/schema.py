@@ -1,10 +1,11 @@
-"""Databases in CCS: what a bdb, a shard, a shard map and an action are, how they are stored,
-and where shards are placed. cnm_http writes requests with these helpers, cnm_exec carries them
-out, redis_mgr and the node's dmcproxy read them. The schema is described for operators in
-CCS.md beside this file.
+"""The CCS schema of databases: the keys, what a bdb, a shard, a shard map and an action record
+hold, how they are written (each write announced on `ccs.CHANGES`), and what a user may ask for
+(the pydantic models cnm_http validates with). cnm_http writes requests with these helpers,
+cnm_exec's machines carry them out, redis_mgr, node_wd and the node's dmcproxy read them. The
+schema is described for operators in CCS.md beside this file; where shards go and which have
+failed is control/cluster_view.py.
 
-Every value is a msgpack map (`ccs.pack`). Every change is announced on `ccs.CHANGES` with the
-name of the key that changed, so services react without polling.
+Every value is a msgpack map (`ccs.pack`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ SHARDS = "shards"                  # hash: shard uid -> shard record
 ACTIONS = "actions"                # hash: action uid -> action record
 COUNTERS = "cluster:counters"      # hash: "bdb", "shard" -> last uid given
 SHARD_STATE = "shard_state"        # hash: shard uid -> what redis_mgr saw of the process
+SHARD_HEALTH = "shard_health"      # hash: shard uid -> what node_wd's PING probe saw
 NODE_REST = "cluster:rest"         # hash: node uid -> {address, port} of its cnm_http
 
 
@@ -36,8 +38,9 @@ def map_key(bdb_uid: int) -> str:
 
 
 def ack_key(bdb_uid: int) -> str:
-    """proxy_ack:<uid>: hash, node uid -> {version, paused, inflight, time}: the newest map each
-    node's dmcproxy has installed for the database (and, when paused, drained)."""
+    """proxy_ack:<uid>: hash, node uid -> {version, paused, bdb_version, time}: the newest map
+    (and database record version) each node's dmcproxy has installed for the database; for a
+    paused map, written once nothing the proxy had sent is unanswered."""
     return f"proxy_ack:{bdb_uid}"
 
 
@@ -128,34 +131,7 @@ def persists(bdb: dict, role: str) -> bool:
     return role == "replica" or not bdb.get("replication")
 
 
-# ---- placement (pure) -----------------------------------------------------------------------
-
-def place(count: int, replication: bool, nodes: list[int], load: dict[int, int],
-          rng: random.Random | None = None) -> list[tuple[int, int | None]]:
-    """Nodes for `count` masters and their replicas: [(master node, replica node or None)].
-    Masters are spread over the least loaded nodes; a replica is never on its master's node.
-    `load` counts the shards each node already holds and is updated."""
-    if not nodes:
-        raise InvalidRequest("no node is up to place shards on")
-    if replication and len(nodes) < 2:
-        raise InvalidRequest(f"replication needs two nodes up; the cluster has {len(nodes)}")
-    rng = rng or random.Random()
-    order = {uid: rng.random() for uid in nodes}       # ties broken at random, not by uid
-
-    def least(excluded: int | None = None) -> int:
-        return min((n for n in nodes if n != excluded), key=lambda n: (load.get(n, 0), order[n]))
-
-    out = []
-    for _ in range(count):
-        m = least()
-        load[m] = load.get(m, 0) + 1
-        r = None
-        if replication:
-            r = least(excluded=m)
-            load[r] = load.get(r, 0) + 1
-        out.append((m, r))
-    return out
-
+# ---- slots (pure) ----------------------------------------------------------------------------
 
 def split_slots(count: int) -> list[list[list[int]]]:
     """The 16384 slots split evenly: one [[first, last]] per shard."""
@@ -199,8 +175,7 @@ async def shards(redis) -> dict[int, dict]:
 
 
 async def actions(redis) -> dict[str, dict]:
-    flat = await redis.execute("HGETALL", ACTIONS) or []
-    return {k.decode(): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+    return ccs.str_hash(await redis.execute("HGETALL", ACTIONS))
 
 
 async def get_bdb(redis, uid: int) -> dict | None:
@@ -250,6 +225,13 @@ async def release(redis, bdb_uid: int, action_uid: str) -> None:
     await redis.execute("EVAL", "if redis.call('GET', KEYS[1]) == ARGV[1] then "
                         "return redis.call('DEL', KEYS[1]) end return 0",
                         1, lock_key(bdb_uid), action_uid)
+
+
+async def relocate(redis, shard: dict, node: int, shards: dict) -> None:
+    """Place the shard on `node`, on a free port there (redis_mgr starts it, and the old
+    node's stops it)."""
+    shard.update(node_uid=node, port=free_shard_port({s["port"] for s in shards.values()}))
+    await put_shard(redis, shard)
 
 
 def shard_address(shard: dict, nodes: dict[int, dict]) -> str:

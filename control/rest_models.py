@@ -1,0 +1,173 @@
+"""The REST API's models: what cnm_http answers and the bodies of its action requests (the
+database's own fields are control/schema.py's BdbCreate and BdbSettings). FastAPI generates the
+OpenAPI document from these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+class ErrorReply(BaseModel):
+    error_code: str
+    description: str
+
+
+class Endpoint(BaseModel):
+    uid: str
+    port: int
+    addr: list[str]
+    addr_type: str
+    proxy_policy: str
+
+
+class Bdb(BaseModel):
+    """A database. Fields cnm_exec adds later are shown too; a record written by other means
+    than POST /v1/bdbs may lack some of these."""
+    model_config = ConfigDict(extra="allow")
+    uid: int
+    name: str | None = None
+    port: int | None = None
+    memory_size: int | None = None
+    shards_count: int | None = None
+    replication: bool | None = None
+    data_persistence: str | None = None
+    aof_policy: str | None = None
+    snapshot_policy: list[dict] | None = None
+    authentication_redis_pass: str | None = None
+    eviction_policy: str | None = None
+    backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
+                                        "0: none")
+    backup_location: str | None = Field(None, description="the folder of its backups")
+    last_backup_time: float | None = Field(None, description="when the last backup that "
+                                           "succeeded was taken")
+    last_backup_id: str | None = None
+    backup_status: str | None = Field(None, description="of the last backup: succeeded, failed")
+    backup_failure_reason: str | None = None
+    status: str | None = Field(None, description="pending, active, deleting, creation-failed")
+    action_uid: str | None = Field(None, description="the action that last changed it")
+    created_time: float | None = None
+    last_changed_time: float | None = None
+    shard_list: list[int] = []
+    endpoints: list[Endpoint] = []
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    uid: int
+    addr: str | None
+    status: Literal["active", "down"]
+    shard_count: int
+    shard_list: list[int]
+    master: bool = Field(description="this node holds the writable CCS copy")
+    uptime: float | None = Field(None, description="seconds since its heartbeatd started")
+    services: dict[str, str] = {}
+
+
+class Cluster(BaseModel):
+    name: str
+    master_node_uid: int | None
+    term: int | None
+    master_since: float | None
+    nodes_count: int
+    nodes_up: int
+    bdbs_count: int
+    shards_count: int
+
+
+class Shard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    uid: int
+    bdb_uid: int | None = None
+    node_uid: int | None = None
+    role: str | None = None
+    port: int | None = None
+    slots: Any = None
+    status: str = Field("unknown", description="as redis_mgr last saw the process")
+
+
+class Action(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action_uid: str
+    name: str
+    status: Literal["pending", "active", "completed", "failed"] | str
+    progress: float = Field(0, description="0-100")
+    step: str | None = None
+    error: str | None = None
+    object_type: str | None = None
+    object_uid: int | None = None
+    params: dict = {}
+    result: dict | None = Field(None, description="what a completed backup or import made")
+    creation_time: float | None = None
+    update_time: float | None = None
+
+
+class ActionStarted(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    action_uid: str | None
+    object_uid: int
+
+
+class DryRun(BaseModel):
+    """What a request would do, when it carries `?dry_run=1`; nothing was written."""
+    model_config = ConfigDict(extra="allow")
+    dry_run: Literal[True] = True
+    action: str | None = Field(description="the action it would start (None: nothing to do)")
+    object_uid: int | None
+    params: dict = {}
+
+
+class MigrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target_node_uid: int = Field(ge=1)
+
+
+class BackupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    location: str | None = Field(None, pattern=r"^/", max_length=4096,
+                                 description="a folder for this backup only (default: the "
+                                 "database's backup_location)")
+
+
+class ImportRequest(BaseModel):
+    """Exactly one of backup_id, backup_path, rdb_path."""
+    model_config = ConfigDict(extra="forbid")
+    backup_id: str | None = Field(None, description="a backup of from_bdb_uid, by default of "
+                                  "this database")
+    from_bdb_uid: int | None = Field(None, description="the database the backup was taken of")
+    backup_path: str | None = Field(None, description="a backup's folder (absolute path)")
+    rdb_path: str | None = Field(None, description="an RDB file, of a plain redis-server say "
+                                 "(absolute path)")
+    flush: bool = Field(False, description="empty the database before loading")
+
+
+class BackupShard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    slots: list[list[int]]
+    file: str
+    bytes: int
+    sha256: str
+    keys: int
+    source_shard_uid: int | None = None
+    role: str | None = Field(None, description="of the shard the RDB was read from")
+
+
+class Backup(BaseModel):
+    """A complete backup: one RDB per slot range, listed in its manifest."""
+    model_config = ConfigDict(extra="allow")
+    backup_id: str
+    bdb_uid: int
+    name: str | None = None
+    time: float = Field(description="when it was taken")
+    path: str = Field(description="its folder")
+    status: str
+    keys: int = Field(description="keys in all its RDB files")
+    redis_version: str | None = None
+    scheduled: bool = False
+    shards: list[BackupShard]
+
+
+ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
+    400: "the body does not follow the schema", 401: "wrong or missing credentials",
+    404: "no such object", 406: "a configuration the cluster cannot have",
+    409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}

@@ -1,0 +1,93 @@
+"""Processes and ports on this machine: where `redis-server` is, a port free right now,
+whether a process still runs, how to stop one. Shared by the embedded local default
+(dmc/local.py), the control plane's node services and the tests; no knowledge of databases.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port(host: str = "127.0.0.1", below: int = 65536) -> int:
+    """A port free right now (below `below`: a cluster-enabled redis-server also binds its
+    port + 10000 for the cluster bus)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port < below:
+            return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                  proc: subprocess.Popen | None = None) -> None:
+    """Until something answers PING on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                # -NOAUTH: up, with a password set
+                if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing answered on {host}:{port} within {timeout}s")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after timeout; quiet if it is already gone."""
+    if isinstance(proc_or_pid, subprocess.Popen):
+        if proc_or_pid.poll() is None:
+            proc_or_pid.terminate()
+            try:
+                proc_or_pid.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc_or_pid.kill()
+                proc_or_pid.wait()
+        if proc_or_pid.stdout:
+            proc_or_pid.stdout.close()
+        return
+    pid = int(proc_or_pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
