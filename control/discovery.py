@@ -20,33 +20,19 @@ DNS names (under the cluster's FQDN, `dmc cluster create --name`, default DEFAUL
 `redis-<port>.<fqdn>` (the external name) and `redis-<port>.internal.<fqdn>` (RE's internal
 name) for each database; `node<uid>.<fqdn>` for each node (the zone's name servers).
 
-`ViewFollower` keeps the last view read from the node's own CCS copy and refreshes it on every
-change notice; reading is bounded by READ_TIMEOUT, so the services never block on CCS and keep
-serving their last view while it is away.
+This module is pure (no I/O, importable by the schema); control/discovery_follower.py reads
+the view from CCS and keeps it current.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import trio
-
-from control import bdb as schema
-from control import ccs
-from control.redis_client import RedisUnavailable, ReplyError
-
-log = logging.getLogger("discovery")
 
 DEFAULT_FQDN = "cluster.dmc.local"
 PROXY_POLICIES = ("single", "all-master-shards", "all-nodes")
 DEFAULT_PROXY_POLICY = "all-nodes"
 DNS_TTL = 5                 # seconds: a moved endpoint is followed within a heartbeat's TTL + this
-READ_TIMEOUT = 2.0          # one read of the view from the node's CCS copy, at most
-REFRESH_EVERY = 1.0         # a refresh without change notices
 
 
 def dns_name(port: int, fqdn: str) -> str:
@@ -159,71 +145,3 @@ def build_view(fqdn: str, nodes: dict[int, dict], beats: dict[int, dict | None],
                                    record.get("proxy_policy") or DEFAULT_PROXY_POLICY,
                                    tuple(nodes[u]["address"] for u in chosen))
     return view
-
-
-async def read_view(conn, fqdn: str) -> DiscoveryView:
-    """The view from one CCS copy, in two round trips."""
-    nodes_raw, bdbs_raw, shards_raw = await conn.pipeline(
-        [("HGETALL", ccs.NODES), ("HGETALL", schema.BDBS), ("HGETALL", schema.SHARDS)])
-    for reply in (nodes_raw, bdbs_raw, shards_raw):
-        if isinstance(reply, ReplyError):
-            raise reply
-    nodes, bdbs, shards = (_int_hash(x) for x in (nodes_raw, bdbs_raw, shards_raw))
-    uids, dbs = sorted(nodes), sorted(bdbs)
-    cmds = [("MGET", *(ccs.heartbeat_key(u) for u in uids))] if uids else []
-    cmds += [("HGETALL", schema.ack_key(u)) for u in dbs]
-    replies = await conn.pipeline(cmds) if cmds else []
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            raise reply
-    beats = dict(zip(uids, map(ccs.unpack, replies[0]))) if uids else {}
-    acks = {u: _int_hash(r) for u, r in zip(dbs, replies[1 if uids else 0:])}
-    return build_view(fqdn, nodes, beats, bdbs, shards, acks, read_at=time.time())
-
-
-def _int_hash(flat) -> dict[int, dict]:
-    flat = flat or []
-    return {int(k): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
-
-
-# ---- following CCS ---------------------------------------------------------------------------
-
-class ViewFollower:
-    """The last view of the node's CCS copy; `on_change(old, new)` is called (synchronously)
-    after each read that changed it."""
-
-    def __init__(self, session: ccs.Session, fqdn: str,
-                 on_change: Callable[[DiscoveryView, DiscoveryView], None] | None = None):
-        self.session = session
-        self.view = DiscoveryView(fqdn)
-        self.on_change = on_change
-        self.changes = 0          # how many reads changed the view (the DNS zone's serial)
-        self.serial = int(time.time())
-
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.session.watch)
-            task_status.started()
-            while True:
-                await self.refresh()
-                await self.session.wait_changed(REFRESH_EVERY)
-
-    async def refresh(self) -> bool:
-        """One read; False (and the last view kept) if CCS did not answer in time."""
-        try:
-            with trio.fail_after(READ_TIMEOUT):
-                new = await read_view(await self.session.local(), self.view.fqdn)
-        except (RedisUnavailable, ReplyError, OSError, trio.TooSlowError) as exc:
-            # (a read cut short closes its connection: control.redis_client's rule)
-            log.debug("CCS not read, serving the last view: %s", exc)
-            return False
-        old = self.view
-        if (old.nodes, old.dbs) != (new.nodes, new.dbs):
-            self.serial = max(self.serial + 1, int(time.time()))
-            self.changes += 1
-            self.view = new
-            if self.on_change is not None:
-                self.on_change(old, new)
-        else:
-            old.read_at = new.read_at
-        return True

@@ -41,7 +41,8 @@ from dnslib import (
 )
 
 from control import ccs
-from control.discovery import DNS_TTL, DiscoveryView, ViewFollower, node_dns_name
+from control.discovery import DNS_TTL, DiscoveryView, node_dns_name
+from control.discovery_follower import ViewFollower
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("pdns_server")

@@ -32,7 +32,8 @@ import hiredis
 import trio
 
 from control import ccs
-from control.discovery import DbEndpoint, DiscoveryView, ViewFollower, run_id
+from control.discovery import DbEndpoint, DiscoveryView, run_id
+from control.discovery_follower import ViewFollower
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("sentinel_service")
