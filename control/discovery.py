@@ -27,9 +27,12 @@ the view from CCS and keeps it current.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 DEFAULT_FQDN = "cluster.dmc.local"
+FQDN = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                  r"[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")   # a cluster's name
 PROXY_POLICIES = ("single", "all-master-shards", "all-nodes")
 DEFAULT_PROXY_POLICY = "all-nodes"
 DNS_TTL = 5                 # seconds: a moved endpoint is followed within a heartbeat's TTL + this
