@@ -23,6 +23,7 @@ from control import ccs
 from control.cluster_view import read_view
 from control.db_cli import COMMANDS as DB_COMMANDS
 from control.db_cli import format_memory, format_slots
+from control.discovery import DEFAULT_FQDN, FQDN
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
 from control.redis_client import RedisUnavailable, ReplyError, connect
@@ -53,15 +54,21 @@ def cluster():
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 9))
 @click.option("--first-address", default="127.0.0.1", show_default=True,
               help="Loopback address of node 1; node N gets the N-th address from it.")
+@click.option("--name", "fqdn", default=DEFAULT_FQDN, show_default=True,
+              help="The cluster's FQDN: the DNS zone its pdns_server answers for.")
 @click.option("--record-history", is_flag=True, hidden=True)
 @home_option
-def cluster_create(nodes, first_address, record_history, home):
+def cluster_create(nodes, first_address, fqdn, record_history, home):
     """Start NODES nodes in the background (each with its own supervisord) and wait until
     they have elected a master."""
+    if not FQDN.fullmatch(fqdn):
+        raise click.ClickException(f"--name {fqdn!r} is not a DNS name (example: "
+                                   f"{DEFAULT_FQDN})")
     try:
         addresses = loopback_addresses(nodes, first_address)
         started = time.monotonic()
-        c = LocalCluster.create(home, addresses, record_history=record_history)
+        c = LocalCluster.create(home, addresses, record_history=record_history,
+                                name=fqdn.lower().rstrip("."))
         master = c.wait_for_master()
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
@@ -196,6 +203,11 @@ def shard_rows(view: dict) -> list[dict]:
                                  key=lambda i: (i[1].get("bdb_uid") or 0, i[0]))]
 
 
+def _address(info: dict, port_field: str) -> str | None:
+    """host:port of one of a node's services, from its member record."""
+    return f"{info['address']}:{info[port_field]}" if info.get(port_field) else None
+
+
 def status_rows(view: dict) -> list[dict]:
     master = view["master"] or {}
     now = time.time()
@@ -213,6 +225,8 @@ def status_rows(view: dict) -> list[dict]:
             "uptime": now - beat["started"] if beat else None,
             "term": master.get("term") if uid == master.get("uid") else None,
             "member": uid in view["nodes"],
+            "sentinel_address": _address(info, "sentinel_port"),
+            "dns_address": _address(info, "dns_port"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows
@@ -231,7 +245,8 @@ def status(as_json, home):
         raise click.ClickException(str(exc)) from None
     rows = status_rows(view)
     if as_json:
-        click.echo(json.dumps({"master": view["master"], "nodes": rows,
+        fqdn = next(iter(c.nodes.values())).cluster_fqdn if c.nodes else None
+        click.echo(json.dumps({"cluster_fqdn": fqdn, "master": view["master"], "nodes": rows,
                                "databases": database_rows(view), "shards": shard_rows(view)}))
         return
     master = view["master"] or {}

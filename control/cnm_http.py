@@ -78,7 +78,8 @@ def node_reply(view: ClusterView, uid: int) -> dict:
     info = view.nodes.get(uid) or {}
     beat = view.beats.get(uid)
     shard_list = sorted(s for s, rec in view.shards.items() if rec.get("node_uid") == uid)
-    extra = {k: info[k] for k in ("gossip_port", "rest_port") if k in info}
+    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port")
+             if k in info}
     return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
             "status": "active" if beat else "down", "shard_count": len(shard_list),
             "shard_list": shard_list, "master": uid == (view.master or {}).get("uid"),
@@ -234,7 +235,8 @@ class CnmHttp:
                 await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action["action_uid"])
-        return {**schema.public_bdb(record, view.nodes, []), "action_uid": action["action_uid"]}
+        return {**schema.public_bdb(record, view.nodes, [], self.config.cluster_fqdn),
+                "action_uid": action["action_uid"]}
 
     async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
@@ -251,7 +253,8 @@ class CnmHttp:
             await self._unlocked(r, uid)
             name, params = plan_update(view, current, given)
             if dry_run or name is None:
-                reply = schema.public_bdb(current, view.nodes, view.shards_of(uid))
+                reply = schema.public_bdb(current, view.nodes, view.shards_of(uid),
+                                          self.config.cluster_fqdn)
                 if dry_run:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
@@ -260,7 +263,8 @@ class CnmHttp:
                 action = await schema.submit(r, schema.new_action(name, "bdb", uid, params),
                                           lock_bdb=uid)
         log.info("database %d: %s %s, action %s", uid, name, params, action["action_uid"])
-        return {**schema.public_bdb(current, view.nodes, view.shards_of(uid)),
+        return {**schema.public_bdb(current, view.nodes, view.shards_of(uid),
+                                   self.config.cluster_fqdn),
                 "action_uid": action["action_uid"]}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
@@ -525,7 +529,7 @@ def build_app(api: CnmHttp) -> FastAPI:
     @app.get("/v1/bdbs", response_model=list[Bdb], tags=["bdbs"])
     async def list_bdbs():
         view = await read_view(await api.reader())
-        return [schema.public_bdb(b, view.nodes, view.shards_of(u))
+        return [schema.public_bdb(b, view.nodes, view.shards_of(u), api.config.cluster_fqdn)
                 for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
@@ -533,7 +537,8 @@ def build_app(api: CnmHttp) -> FastAPI:
         view = await read_view(await api.reader())
         if uid not in view.bdbs:
             raise _not_found("bdb", uid)
-        return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid))
+        return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
+                                  api.config.cluster_fqdn)
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")

@@ -349,6 +349,21 @@ def db_show(ref, as_json, home):
         elif key.endswith("_time") and isinstance(value, (int, float)):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         click.echo(f"{key + ':':<28}{value}")
+        if key == "endpoints":
+            for name, where in _discovery_lines(api, b):
+                click.echo(f"{name + ':':<28}{where}")
+
+
+def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
+    """Where clients find the database by name: its DNS name (pdns_server) and the Sentinel
+    addresses (sentinel_service, the database's name as the master's name)."""
+    lines = [("dns_address", f"{e['dns_address_master']}:{e.get('port')}")
+             for e in b.get("endpoints") or [] if e.get("dns_address_master")]
+    sentinels = [f"{n['addr']}:{n['sentinel_port']}" for n in api.call("GET", "/v1/nodes")
+                 if n.get("sentinel_port") and n.get("status") == "active"]
+    if sentinels:
+        lines.append(("sentinel", f"{', '.join(sentinels)} (master name {b.get('name')})"))
+    return lines
 
 
 @db.command("update")

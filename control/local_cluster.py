@@ -25,7 +25,9 @@ import trio
 
 from control import ccs, schema
 from control.cluster_wd import request
+from control.discovery import DEFAULT_FQDN
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
+from control.pdns_server import free_dns_port
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.redis_mgr import shard_pids, stop_all
 from dmc.processes import free_port, pid_alive
@@ -91,7 +93,8 @@ class LocalCluster:
     def create(cls, home: Path, addresses: list[str], *, record_history: bool = False,
                netns: list[str] | None = None, timeout: float = 30.0,
                admin_password: str | None = None,
-               services: list[str] | None = None) -> LocalCluster:
+               services: list[str] | None = None,
+               name: str = DEFAULT_FQDN) -> LocalCluster:
         home = Path(home)
         if (home / "cluster.json").exists():
             raise ClusterError(f"a cluster already exists in {home} "
@@ -110,6 +113,7 @@ class LocalCluster:
         for c in cluster.nodes.values():
             c.peers = members
             c.admin = admin
+            c.cluster_fqdn = name
             if services is not None:
                 c.services = list(services)
             c.save()
@@ -130,12 +134,14 @@ class LocalCluster:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 4:
+        while len(ports) < 5:
             ports.add(free_port(port_host))
-        ccs_port, gossip_port, forward_port, rest_port = sorted(ports)
+        ccs_port, gossip_port, forward_port, rest_port, sentinel_port = sorted(ports)
+        dns_port = free_dns_port(port_host, exclude=ports)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
                           ccs_port=ccs_port, gossip_port=gossip_port,
                           ccs_forward_port=forward_port, rest_port=rest_port,
+                          sentinel_port=sentinel_port, dns_port=dns_port,
                           record_history=record_history, netns=netns)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
@@ -153,6 +159,8 @@ class LocalCluster:
                                 netns)
         config.peers = members
         config.admin = next((c.admin for c in self.nodes.values() if c.admin), {})
+        config.cluster_fqdn = next((c.cluster_fqdn for c in self.nodes.values()),
+                                   config.cluster_fqdn)
         if self.nodes:
             config.services = list(next(iter(self.nodes.values())).services)
         config.save()

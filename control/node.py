@@ -32,6 +32,7 @@ import click
 import trio
 from supervisor.xmlrpc import SupervisorTransport
 
+from control.discovery import DEFAULT_FQDN
 from dmc.processes import REDIS_SERVER
 
 # supervisord program name -> the module it runs (None: the CCS redis-server)
@@ -45,6 +46,8 @@ SERVICE_MODULES = {
     "node_wd": "control.node_wd",
     "cnm_http": "control.cnm_http",
     "job_scheduler": "control.job_scheduler",
+    "sentinel_service": "control.sentinel_service",
+    "pdns_server": "control.pdns_server",
 }
 SERVICES = tuple(SERVICE_MODULES)
 # The cluster's own core, without databases: what the control-plane tests run.
@@ -65,6 +68,9 @@ class NodeConfig:
     gossip_port: int
     ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
     rest_port: int = 8080          # cnm_http: the REST API
+    sentinel_port: int = 8001      # sentinel_service: the discovery service (RE's port)
+    dns_port: int = 53             # pdns_server: the cluster's DNS zone, UDP and TCP
+    cluster_fqdn: str = DEFAULT_FQDN   # the cluster's name: its DNS zone
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
     services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
     peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
@@ -112,7 +118,8 @@ class NodeConfig:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
                 "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port,
-                "rest_port": self.rest_port}
+                "rest_port": self.rest_port, "sentinel_port": self.sentinel_port,
+                "dns_port": self.dns_port}
 
     # ---- persistence ---------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ class ErrorReply(BaseModel):
 class Endpoint(BaseModel):
     uid: str
     port: int
+    dns_address_master: str | None = Field(None, description="the endpoint's DNS name "
+                                           "(pdns_server)")
     addr: list[str]
     addr_type: str
     proxy_policy: str

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from control import ccs
+from control.discovery import DEFAULT_FQDN, DEFAULT_PROXY_POLICY, PROXY_POLICIES, dns_name
 from dmc.shard_map import SLOT_COUNT
 
 # ---- keys ----------------------------------------------------------------------------------
@@ -97,6 +98,9 @@ class BdbSettings(BaseModel):
         None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
         "holds the database's backups (default: `<cluster folder>/backups`); it must be "
         "reachable at this path from every node")
+    proxy_policy: Literal[PROXY_POLICIES] | None = Field(
+        None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
+        "see control/discovery.py)")
 
 
 class BdbCreate(BdbSettings):
@@ -255,11 +259,14 @@ def free_shard_port(used: set[int], rng: random.Random | None = None) -> int:
     raise InvalidRequest("no free shard port in 20000-29999")
 
 
-def public_bdb(bdb: dict, nodes: dict[int, dict], shard_uids: list[int]) -> dict:
+def public_bdb(bdb: dict, nodes: dict[int, dict], shard_uids: list[int],
+               fqdn: str = DEFAULT_FQDN) -> dict:
     """The database as the REST API shows it (Redis Enterprise's field names)."""
     out = {k: v for k, v in bdb.items() if not k.startswith("_")}
     out["shard_list"] = sorted(shard_uids)
     out["endpoints"] = [{"uid": f"{bdb['uid']}:1", "port": bdb["port"],
+                         "dns_address_master": dns_name(bdb["port"], fqdn),
                          "addr": [n["address"] for _, n in sorted(nodes.items())],
-                         "addr_type": "external", "proxy_policy": "all-nodes"}]
+                         "addr_type": "external",
+                         "proxy_policy": bdb.get("proxy_policy") or DEFAULT_PROXY_POLICY}]
     return out

@@ -11,6 +11,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # `ip netns` puts the nodes of the partition tests in network namespaces of their own
 if [ "${1:-}" = test ] && ! command -v ip >/dev/null 2>&1; then missing+=(iproute2); fi
+# the discovery tests compare sentinel_service with a real redis-sentinel, and ask pdns_server with dig
+if [ "${1:-}" = test ] && ! command -v redis-sentinel >/dev/null 2>&1; then missing+=(redis-sentinel); fi
+if [ "${1:-}" = test ] && ! command -v dig >/dev/null 2>&1; then missing+=(bind9-dnsutils); fi
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} from apt" >&2
   export DEBIAN_FRONTEND=noninteractive

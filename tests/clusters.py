@@ -46,9 +46,9 @@ def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalClus
 class Cluster:
     """A LocalCluster and the few things these tests ask of its CCS."""
 
-    def __init__(self, home, first_address: str):
+    def __init__(self, home, first_address: str, **create_options):
         self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
-                                      record_history=True)
+                                      record_history=True, **create_options)
 
     def master_ccs(self) -> tuple[str, int]:
         for config in self.lc.nodes.values():

@@ -2,7 +2,7 @@
 processes and every node's dmcproxy, under a client load that records every acknowledged write
 (tests/workload.py) and checks them all afterwards.
 
-Actions are submitted the way cnm_http submits them (control.bdb.submit into CCS); the REST API
+Actions are submitted the way cnm_http submits them (control.schema.submit into CCS); the REST API
 and the CLI in front of them have tests of their own.
 """
 
