@@ -2,7 +2,7 @@
 
 `dmc local start|stop|status` runs the embedded local default (shards and a proxy, no control
 plane); the cluster commands (`dmc cluster`, `dmc node`, `dmc status`, `dmc services`,
-`dmc ccs-cli`) come from `control.cli`.
+`dmc ccs-cli`) come from `control.cli`, `dmc chaos` (the fault-injection suite) from `chaos.cli`.
 Errors are one line and a non-zero exit, never a traceback.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from chaos.cli import chaos as chaos_command
 from control.cli import COMMANDS as CLUSTER_COMMANDS
 from dmc.local import LocalDatabase, start_local
 
@@ -86,6 +87,7 @@ def local_status(workdir, as_json):
 
 for _command in CLUSTER_COMMANDS:
     main.add_command(_command)
+main.add_command(chaos_command)
 
 
 if __name__ == "__main__":
