@@ -17,7 +17,7 @@ A history is JSON lines, each a record with a `type`:
   and `key`+":b" of one slot, EXEC) and `txn_get` (MULTI, GET both, EXEC; `result` the pair):
   the pair is checked as one register whose value is the pair.
 - `fault`: `kind`, `target`, `start`, `end` (the nemesis injected it, and undid it at `end`).
-- `shard_map`: `time`, `bdb`, `version`, `masters` ([{uid, slots: [[a, b], ...]}]): the map the
+- `shard_map`: `time`, `bdb`, `version`, `paused`, `masters` ([{uid, slots: [[a, b], ...]}]): the map the
   proxies serve (polled from CCS), and `shard_roles` (same shape) the shards CCS says are
   masters.
 
@@ -37,7 +37,8 @@ What is reported (`check`):
 - `two_masters`: the election history's violations (control/history.py) plus shard maps with a
   slot owned by two masters, or two different maps published under one version.
 - `availability`: fraction of operations that succeeded, the longest time without a successful
-  completion, and both per fault kind (operations invoked while a fault of that kind was on).
+  completion, and both per fault kind (operations invoked while a fault of that kind was on,
+  or in the `AFTERMATH` seconds after it ended: a kill is an instant, its effect is not).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from pathlib import Path
 from chaos.linearizable import Operation, check_register
 
 ASYNC_WINDOW = 1.0      # s before a fault in which an unreplicated plain write may be lost
+AFTERMATH = 3.0         # s after a fault ends that count as its time for availability
 WRITES = ("write", "set", "incr", "rpush", "txn_set")
 
 
@@ -229,14 +231,16 @@ def _slot_conflicts(masters: list[dict]) -> list[str]:
 
 
 def shard_masters(records: Iterable[dict]) -> list[str]:
-    """A slot with two masters in one map (or in CCS's shard roles at one moment), or one map
-    version published with two contents."""
+    """A slot with two masters in one map (or in CCS's shard roles at one moment, unless the
+    map is paused), or one map version published with two contents."""
     found = []
     seen: dict[tuple[int, int], list] = {}
     for r in records:
         if r.get("type") != "shard_map":
             continue
-        for what in ("masters", "shard_roles"):
+        # While the map is paused the proxies send nothing: a switch may have promoted the new
+        # master in CCS before the map that names it is published.
+        for what in ("masters",) if r.get("paused") else ("masters", "shard_roles"):
             for conflict in _slot_conflicts(r.get(what) or []):
                 found.append(f"bdb {r['bdb']} at {r['time']:.3f}: {conflict} both master "
                              f"of a slot ({'map' if what == 'masters' else 'CCS roles'} "
@@ -277,7 +281,8 @@ def availability(ops: list[dict], faults: list[dict]) -> dict:
         by_kind[f["kind"]].append(f)
     by_fault = {}
     for kind, fs in sorted(by_kind.items()):
-        windows = [(f["start"], max(f.get("end") or f["start"], f["start"])) for f in fs]
+        windows = [(f["start"], max(f.get("end") or f["start"], f["start"]) + AFTERMATH)
+                   for f in fs]
         chosen = [o for o in ops if any(a <= o["invoke"] <= b for a, b in windows)]
         by_fault[kind] = {"faults": len(fs), **summary(chosen, windows)}
     return {**summary(ops, [(start, end)]), "by_fault": by_fault}

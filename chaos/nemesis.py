@@ -19,8 +19,9 @@ from collections.abc import Callable
 from control.db_cli import Failure, RestApi
 from control.local_cluster import LocalCluster
 
-FAULTS = ("kill_shard", "kill_proxy", "kill_service", "kill_node", "pause_shard", "failover",
-          "migrate")
+# kind -> how often it is drawn, relative to the others
+FAULTS = {"kill_shard": 3, "kill_proxy": 2, "kill_service": 2, "kill_node": 2, "pause_shard": 2,
+          "failover": 1, "migrate": 1}
 # Partitions (network namespaces) and a full-cluster restart are not injected yet.
 SERVICES = ("cluster_wd", "heartbeatd", "redis_mgr", "cnm_exec", "cnm_http", "ccs")
 
@@ -77,7 +78,7 @@ class Nemesis:
 
     def step(self) -> None:
         """Inject one fault, chosen from the seed, and undo it before returning."""
-        kind = self.rng.choice(self.faults)
+        kind = self.rng.choices(self.faults, weights=[FAULTS[f] for f in self.faults])[0]
         getattr(self, kind)()
 
     def kill_shard(self) -> None:

@@ -56,7 +56,7 @@ class Run:
         self.s = settings
         self.log = log
         self.progress = progress or (lambda elapsed, counts, faults: None)
-        self.dir = Path(settings.workdir)
+        self.dir = Path(settings.workdir).resolve()   # the nodes run in folders of their own
         self.records: list[dict] = []
         self.cluster: LocalCluster | None = None
         self._stop_polling = threading.Event()
@@ -118,11 +118,14 @@ class Run:
                              if s.get("bdb_uid") == uid and s.get("role") == "master"]
                     masters = [{"uid": s.get("uid"), "slots": s.get("slots") or []}
                                for s in shard_map.get("shards", [])]
-                    seen = (shard_map.get("version"), json.dumps(masters), json.dumps(roles))
+                    paused = bool(shard_map.get("paused"))
+                    seen = (shard_map.get("version"), paused, json.dumps(masters),
+                            json.dumps(roles))
                     if last.get(uid) != seen:
                         last[uid] = seen
                         self.records.append({"type": "shard_map", "time": now, "bdb": uid,
                                              "version": shard_map.get("version"),
+                                             "paused": paused,
                                              "masters": masters, "shard_roles": roles})
                 break
         for conn in conns:

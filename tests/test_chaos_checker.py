@@ -206,6 +206,16 @@ def test_slot_with_two_master_shards_is_reported():
     assert checker.check(records)["two_masters"] == 1
 
 
+def test_ccs_roles_promoting_the_new_master_of_a_paused_map_are_not_two_masters():
+    def shard_map(paused):
+        return {"type": "shard_map", "time": 1.0, "bdb": 1, "version": 4, "paused": paused,
+                "masters": [{"uid": 1, "slots": [[0, 16383]]}],
+                "shard_roles": [{"uid": 1, "slots": [[0, 16383]]},
+                                {"uid": 2, "slots": [[0, 16383]]}]}
+    assert checker.check([shard_map(paused=True)])["two_masters"] == 0
+    assert checker.check([shard_map(paused=False)])["two_masters"] == 1
+
+
 def test_one_map_version_with_two_contents_is_reported():
     def shard_map(uid):
         return {"type": "shard_map", "time": 1.0, "bdb": 1, "version": 4,
@@ -217,11 +227,13 @@ def test_one_map_version_with_two_contents_is_reported():
 def test_availability_counts_successes_and_the_longest_gap_per_fault():
     records = [op("get", "r", t, t + 0.1, result=None) for t in (0, 1, 2, 6, 7)]
     records += [op("get", "r", t, t + 0.1, outcome="fail") for t in (3, 4, 5)]
-    records.append({"type": "fault", "kind": "sigstop_shard", "target": "s", "start": 2.5,
+    records.append({"type": "fault", "kind": "pause_shard", "target": "s", "start": 2.5,
                     "end": 5.5})
     a = checker.check(records)["availability"]
     assert a["fraction_ok"] == 5 / 8
     assert math.isclose(a["longest_gap"], 4.0, abs_tol=1e-6)
-    stop = a["by_fault"]["sigstop_shard"]
-    assert stop["operations"] == 3 and stop["fraction_ok"] == 0.0
-    assert math.isclose(stop["longest_gap"], 3.0, abs_tol=1e-6)
+    # the fault's time is [2.5, 5.5] and the AFTERMATH (3 s) after it
+    assert checker.AFTERMATH == 3.0
+    stop = a["by_fault"]["pause_shard"]
+    assert stop["operations"] == 5 and stop["fraction_ok"] == 2 / 5
+    assert math.isclose(stop["longest_gap"], 6.1 - 2.5, abs_tol=1e-6)
