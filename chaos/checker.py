@@ -163,14 +163,18 @@ def linearizability(ops: list[dict], budget: int | None = None) -> dict:
 
 # ---- counters and lists -----------------------------------------------------------------------
 
-def counters(ops: list[dict]) -> list[dict]:
-    final = _final(ops, "get")
+def _by_key(ops: list[dict], op: str) -> list[tuple[tuple[str, str], list[dict]]]:
     by_key: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for o in ops:
-        if o["op"] == "incr":
+        if o["op"] == op:
             by_key[(o["db"], o["key"])].append(o)
+    return sorted(by_key.items())
+
+
+def counters(ops: list[dict]) -> list[dict]:
+    final = _final(ops, "get")
     found = []
-    for (db, key), incrs in sorted(by_key.items()):
+    for (db, key), incrs in _by_key(ops, "incr"):
         acked = sum(o["outcome"] == "ok" for o in incrs)
         tried = sum(o["outcome"] != "fail" for o in incrs)
         durable = incrs[0]["durable"]
@@ -193,12 +197,8 @@ def counters(ops: list[dict]) -> list[dict]:
 
 def lists(ops: list[dict]) -> list[dict]:
     final = _final(ops, "lrange")
-    by_key: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for o in ops:
-        if o["op"] == "rpush":
-            by_key[(o["db"], o["key"])].append(o)
     found = []
-    for (db, key), pushes in sorted(by_key.items()):
+    for (db, key), pushes in _by_key(ops, "rpush"):
         elements = final.get((db, key))
         if elements is None:
             continue
