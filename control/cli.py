@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import trio
 
+from chaos.cli import chaos
 from control import ccs
 from control.cluster_view import read_view
 from control.db_cli import COMMANDS as DB_COMMANDS
@@ -354,7 +355,7 @@ def main():
     """dmc: a sharded Redis database behind one endpoint."""
 
 
-for _command in (local, cluster, node, status, services, ccs_cli, *DB_COMMANDS):
+for _command in (local, cluster, node, status, services, ccs_cli, chaos, *DB_COMMANDS):
     main.add_command(_command)
 
 

@@ -1,0 +1,189 @@
+"""The nemesis: faults injected into a running LocalCluster on a schedule drawn from a seed, each
+recorded (kind, target, start, end: time.monotonic()) for the checker and the plot.
+
+It keeps a majority alive: at most one node is down or paused at a time, and every fault is
+undone (a stopped shard continued, a killed node started again) before the next begins, so
+that a run always ends healed. Killed processes other than a whole node come back by
+themselves: supervisord restarts a service, redis_mgr a shard. Failovers and migrations are
+started through the REST API, on their own or in the middle of another fault.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+
+from control.db_cli import Failure, RestApi
+from control.local_cluster import LocalCluster
+
+# kind -> how often it is drawn, relative to the others
+FAULTS = {"kill_shard": 3, "kill_proxy": 2, "kill_service": 2, "kill_node": 2, "pause_shard": 2,
+          "failover": 1, "migrate": 1}
+# Partitions (network namespaces) and a full-cluster restart are not injected yet.
+SERVICES = ("cluster_wd", "heartbeatd", "redis_mgr", "cnm_exec", "cnm_http", "ccs")
+
+
+class Nemesis:
+    def __init__(self, cluster: LocalCluster, api: RestApi, bdb_uids: list[int], seed: int,
+                 faults: list[str], log: Callable[[str], None] = lambda line: None):
+        unknown = sorted(set(faults) - set(FAULTS))
+        if unknown:
+            raise ValueError(f"unknown fault {', '.join(unknown)} (known: {', '.join(FAULTS)})")
+        self.cluster, self.api, self.bdb_uids = cluster, api, bdb_uids
+        self.rng = random.Random(seed)
+        self.faults = list(faults)
+        self.log = log
+        self.injected: list[dict] = []
+
+    # ---- targets -----------------------------------------------------------------------------
+
+    def _shards(self, role: str | None = None) -> list[dict]:
+        try:
+            shards = self.api.call("GET", "/v1/shards")
+        except Failure:
+            return []
+        return [s for s in shards if s.get("bdb_uid") in self.bdb_uids
+                and (role is None or s.get("role") == role)]
+
+    def _shard_pid(self, shard: dict) -> int | None:
+        return self.cluster.node_pids(shard["node_uid"]).get(f"shard:{shard['uid']}")
+
+    def _pick_shard(self) -> tuple[dict, int] | None:
+        role = "master" if self.rng.random() < 0.7 else None
+        shards = self._shards(role)
+        self.rng.shuffle(shards)
+        for shard in shards:
+            pid = self._shard_pid(shard)
+            if pid:
+                return shard, pid
+        return None
+
+    def _node(self) -> int:
+        return self.rng.choice(sorted(self.cluster.nodes))
+
+    # ---- recording ---------------------------------------------------------------------------
+
+    def _record(self, kind: str, target: str, start: float, end: float | None = None,
+                **extra) -> dict:
+        fault = {"type": "fault", "kind": kind, "target": target, "start": start,
+                 "end": end if end is not None else start, **extra}
+        self.injected.append(fault)
+        self.log(f"{kind}: {target}" + (f" ({extra['note']})" if extra.get("note") else ""))
+        return fault
+
+    # ---- faults ------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Inject one fault, chosen from the seed, and undo it before returning."""
+        kind = self.rng.choices(self.faults, weights=[FAULTS[f] for f in self.faults])[0]
+        getattr(self, kind)()
+
+    def kill_shard(self) -> None:
+        picked = self._pick_shard()
+        if picked is None:
+            return
+        shard, pid = picked
+        _kill(pid, signal.SIGKILL)
+        self._record("kill_shard", f"{shard['role']} shard {shard['uid']} on node "
+                     f"{shard['node_uid']}", time.monotonic())
+
+    def _kill_service(self, kind: str, service: str) -> None:
+        uid = self._node()
+        pid = self.cluster.node_pids(uid).get(service)
+        if pid:
+            _kill(pid, signal.SIGKILL)
+            self._record(kind, f"{service} on node {uid}", time.monotonic())
+
+    def kill_proxy(self) -> None:
+        self._kill_service("kill_proxy", "dmcproxy")
+
+    def kill_service(self) -> None:
+        self._kill_service("kill_service", self.rng.choice(SERVICES))
+
+    def kill_node(self) -> None:
+        uid = self._node()
+        start = time.monotonic()
+        self.cluster.kill_node(uid)
+        self.log(f"kill_node: node {uid} (all its processes, kill -9)")
+        self._during(self.rng.uniform(4, 8))
+        self.cluster.start_node(uid)
+        self._record("kill_node", f"node {uid}", start, time.monotonic())
+
+    def pause_shard(self) -> None:
+        picked = self._pick_shard()
+        if picked is None:
+            return
+        shard, pid = picked
+        start = time.monotonic()
+        _kill(pid, signal.SIGSTOP)
+        self.log(f"pause_shard: SIGSTOP {shard['role']} shard {shard['uid']}")
+        try:
+            self._during(self.rng.uniform(2, 5))
+        finally:
+            _kill(pid, signal.SIGCONT)
+        self._record("pause_shard", f"{shard['role']} shard {shard['uid']} on node "
+                     f"{shard['node_uid']}", start, time.monotonic())
+
+    def _during(self, seconds: float) -> None:
+        """Wait out a fault; half the time a failover or a migration starts in the middle."""
+        deadline = time.monotonic() + seconds
+        time.sleep(seconds * self.rng.uniform(0.2, 0.6))
+        if self.rng.random() < 0.5:
+            self.rng.choice((self.failover, self.migrate))()
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def failover(self) -> None:
+        masters = self._shards("master")
+        if not masters:
+            return
+        shard = self.rng.choice(masters)
+        self._action("failover", f"shard {shard['uid']}",
+                     f"/v1/shards/{shard['uid']}/actions/failover", None)
+
+    def migrate(self) -> None:
+        shards = self._shards()
+        if not shards:
+            return
+        shard = self.rng.choice(shards)
+        nodes = [u for u in sorted(self.cluster.nodes) if u != shard["node_uid"]]
+        to = self.rng.choice(nodes)
+        self._action("migrate", f"shard {shard['uid']} to node {to}",
+                     f"/v1/shards/{shard['uid']}/actions/migrate", {"target_node_uid": to})
+
+    def _action(self, kind: str, target: str, path: str, body: dict | None) -> None:
+        start = time.monotonic()
+        try:
+            reply = self.api.call("POST", path, body=body)
+        except Failure as exc:
+            self._record(kind, target, start, note=f"refused: {exc.message}")
+            return
+        self._record(kind, target, start, action_uid=reply.get("action_uid"))
+
+    # ---- the end -----------------------------------------------------------------------------
+
+    def settle_actions(self, timeout: float) -> None:
+        """Wait for the actions started to end; note how each ended (end = when seen ended)."""
+        deadline = time.monotonic() + timeout
+        for fault in self.injected:
+            uid = fault.get("action_uid")
+            while uid:
+                try:
+                    action = self.api.call("GET", f"/v1/actions/{uid}")
+                except Failure:
+                    action = {"status": "unknown"}
+                if action["status"] in ("completed", "failed") or time.monotonic() > deadline:
+                    fault["status"] = action["status"]
+                    if action.get("error"):
+                        fault["note"] = action["error"]
+                    break
+                time.sleep(0.3)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,262 @@
+"""One chaos run: a real 3-node LocalCluster (with election history on), a replicated database
+and a durable one (replicated, `appendfsync-always`, every write followed by `WAIT 1`), client
+processes recording every operation, the nemesis injecting faults, then -- faults undone, the
+cluster healed -- a final read of every key, and the checker's report of the whole history.
+
+The run owns its folder: the cluster's nodes, each client's history, the merged `history.jsonl`
+(the checker's input: `python -m chaos check history.jsonl` checks it again), and it deletes the
+cluster (keeping the history) unless asked to keep it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from chaos import checker
+from chaos.nemesis import FAULTS, Nemesis
+from chaos.workload import COUNTERS, LISTS, PAIRS, REGISTERS, Database, read_final, run_client
+from control import bdb as schema
+from control import ccs, history
+from control.db_cli import Failure, RestApi
+from control.local_cluster import LocalCluster, loopback_addresses
+
+SHARDS = 2
+MAP_POLL = 0.3          # s between two readings of the shard maps
+HEAL_TIMEOUT = 60.0     # s for the cluster to serve every endpoint again after the faults
+FIRST_FAULT_AFTER = 3.0
+
+
+@dataclass
+class Settings:
+    seconds: float = 60.0
+    seed: int = field(default_factory=lambda: random.randrange(1 << 31))
+    faults: list[str] = field(default_factory=lambda: list(FAULTS))
+    clients: int = 4
+    workdir: Path = Path("chaos-run")
+    keep: bool = False
+
+
+def first_address() -> str:
+    """A loopback /24 of this run's own (by pid), so parallel runs never share addresses."""
+    pid = os.getpid()
+    return f"127.{100 + pid % 150}.{(pid // 150) % 250}.1"
+
+
+class Run:
+    def __init__(self, settings: Settings, log=lambda line: None, progress=None):
+        self.s = settings
+        self.log = log
+        self.progress = progress or (lambda elapsed, counts, faults: None)
+        self.dir = Path(settings.workdir).resolve()   # the nodes run in folders of their own
+        self.records: list[dict] = []
+        self.cluster: LocalCluster | None = None
+        self._stop_polling = threading.Event()
+
+    # ---- the cluster and its databases ----------------------------------------------------------
+
+    def _create_cluster(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log("starting a 3-node cluster")
+        self.cluster = LocalCluster.create(self.dir / "cluster", loopback_addresses(
+            3, first_address()), record_history=True)
+        self.api = RestApi(self.cluster)
+
+    def _create_db(self, name: str, durable: bool) -> tuple[int, Database]:
+        body = {"name": name, "shards_count": SHARDS, "replication": True,
+                "memory_size": 64 << 20}
+        if durable:
+            body |= {"data_persistence": "aof", "aof_policy": "appendfsync-always"}
+        reply = self.api.call("POST", "/v1/bdbs", body=body)
+        self._follow(reply["action_uid"], 90)
+        endpoints = [(c.address, reply["port"]) for _, c in sorted(self.cluster.nodes.items())]
+        db = Database(name, durable, endpoints)
+        for host, port in endpoints:      # every node's proxy serves it
+            _until(lambda h=host, p=port: _answers(h, p), 30, f"{name} on {host}:{port}")
+        return reply["uid"], db
+
+    def _follow(self, action_uid: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            action = self.api.call("GET", f"/v1/actions/{action_uid}")
+            if action["status"] == "completed":
+                return
+            if action["status"] == "failed" or time.monotonic() > deadline:
+                raise Failure(f"{action['name']} {action['status']}: {action.get('error')}")
+            time.sleep(0.2)
+
+    # ---- shard maps ---------------------------------------------------------------------------
+
+    def _poll_maps(self, bdb_uids: list[int]) -> None:
+        """Record every database's shard map and CCS's master shards, read through any node's
+        forwarded CCS port, until told to stop."""
+        conns = [redis.Redis(c.address, c.ccs_forward_port, socket_timeout=1)
+                 for c in self.cluster.nodes.values()]
+        last: dict[int, object] = {}
+        while not self._stop_polling.wait(MAP_POLL):
+            for conn in conns:
+                try:
+                    shards = {int(k): ccs.unpack(v)
+                              for k, v in conn.hgetall(schema.SHARDS).items()}
+                    maps = {u: ccs.unpack(conn.get(schema.map_key(u))) for u in bdb_uids}
+                except redis.RedisError:
+                    continue
+                now = time.monotonic()
+                for uid, shard_map in maps.items():
+                    if not shard_map:
+                        continue
+                    roles = [{"uid": s_uid, "slots": s.get("slots") or []}
+                             for s_uid, s in sorted(shards.items())
+                             if s.get("bdb_uid") == uid and s.get("role") == "master"]
+                    masters = [{"uid": s.get("uid"), "slots": s.get("slots") or []}
+                               for s in shard_map.get("shards", [])]
+                    paused = bool(shard_map.get("paused"))
+                    seen = (shard_map.get("version"), paused, json.dumps(masters),
+                            json.dumps(roles))
+                    if last.get(uid) != seen:
+                        last[uid] = seen
+                        self.records.append({"type": "shard_map", "time": now, "bdb": uid,
+                                             "version": shard_map.get("version"),
+                                             "paused": paused,
+                                             "masters": masters, "shard_roles": roles})
+                break
+        for conn in conns:
+            conn.close()
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self._stop_polling.set()
+            if self.cluster is not None:
+                if self.s.keep:
+                    self.cluster.stop()
+                else:
+                    self.cluster.delete()
+
+    def _run(self) -> dict:
+        s = self.s
+        self._create_cluster()
+        uid_a, replicated = self._create_db("replicated", durable=False)
+        uid_b, durable = self._create_db("durable", durable=True)
+        databases = [replicated, durable]
+        poller = threading.Thread(target=self._poll_maps, args=([uid_a, uid_b],), daemon=True)
+        poller.start()
+
+        ctx = multiprocessing.get_context("spawn")
+        counts = ctx.Array("l", 3)
+        start = time.monotonic()
+        deadline = start + s.seconds
+        files = [self.dir / f"client-{i}.jsonl" for i in range(s.clients)]
+        for f in files:
+            f.unlink(missing_ok=True)
+        procs = [ctx.Process(target=run_client, args=(i, databases, s.seed, deadline, str(f),
+                                                      counts), daemon=True)
+                 for i, f in enumerate(files)]
+        for p in procs:
+            p.start()
+        self.log(f"{s.clients} clients running for {s.seconds:.0f}s, seed {s.seed}")
+
+        nemesis = Nemesis(self.cluster, self.api, [uid_a, uid_b], s.seed, s.faults, self.log)
+        next_fault = start + FIRST_FAULT_AFTER
+        while time.monotonic() < deadline:
+            self.progress(time.monotonic() - start, list(counts), len(nemesis.injected))
+            if s.faults and time.monotonic() >= next_fault and deadline - time.monotonic() > 8:
+                nemesis.step()
+                next_fault = time.monotonic() + nemesis.rng.uniform(1.0, 4.0)
+            time.sleep(0.2)
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+        self.progress(s.seconds, list(counts), len(nemesis.injected))
+
+        self.log("faults over: waiting for the cluster to heal")
+        nemesis.settle_actions(30)
+        healed = self._heal(databases)
+        self.log("final reads")
+        final_file = self.dir / "final.jsonl"
+        final_file.unlink(missing_ok=True)
+        unread = 0
+        for db in databases:
+            unread += read_final(db, _final_keys(db, files), str(final_file),
+                                 time.monotonic() + 30)
+        self._stop_polling.set()
+        poller.join(5)
+        self.cluster.stop()
+        election = history.load_dir(self.cluster.home)
+
+        for f in [*files, final_file]:
+            if f.exists():
+                self.records += checker.load(f)
+        self.records += nemesis.injected
+        self.records.sort(key=lambda r: r.get("invoke", r.get("time", r.get("start", 0))))
+        with open(self.dir / "history.jsonl", "w") as out:
+            out.writelines(json.dumps(r) + "\n" for r in self.records)
+        with open(self.dir / "election.jsonl", "w") as out:
+            out.writelines(json.dumps(o) + "\n" for o in election)
+        report = checker.check(self.records, election)
+        report.update(seed=s.seed, seconds=s.seconds, clients=s.clients, start=start,
+                      healed=healed, final_reads_missing=unread,
+                      history=str(self.dir / "history.jsonl"))
+        return report
+
+    def _heal(self, databases: list[Database]) -> bool:
+        """Every node running, and every endpoint of every database answering a write."""
+        deadline = time.monotonic() + HEAL_TIMEOUT
+        for uid in self.cluster.nodes:
+            if not self.cluster.node_pids(uid):
+                self.cluster.start_node(uid)
+        try:
+            for db in databases:
+                for host, port in db.endpoints:
+                    _until(lambda h=host, p=port: _answers(h, p),
+                           max(1.0, deadline - time.monotonic()), f"{db.name} on {host}:{port}")
+        except TimeoutError as exc:
+            self.log(f"not healed: {exc}")
+            return False
+        return True
+
+
+def _final_keys(db: Database, files: list[Path]) -> list[tuple[str, str]]:
+    """What to read back at the end: every key written once (by any client, whatever its
+    outcome), every counter and list, and on the durable database every register and pair."""
+    written = set()
+    for f in files:
+        if f.exists():
+            for r in checker.load(f):
+                if r["db"] == db.name and r["op"] == "write":
+                    written.add(r["key"])
+    keys = [("get", k) for k in sorted(written)]
+    keys += [("get", f"c:{i}") for i in range(COUNTERS)]
+    keys += [("lrange", f"l:{i}") for i in range(LISTS)]
+    if db.durable:
+        keys += [("get", f"r:{i}") for i in range(REGISTERS)]
+        keys += [("txn_get", f"{{t:{i}}}") for i in range(PAIRS)]
+    return keys
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with redis.Redis(host, port, socket_timeout=1, socket_connect_timeout=1) as r:
+            return bool(r.set("chaos:probe", "1"))
+    except redis.RedisError:
+        return False
+
+
+def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
+        time.sleep(0.2)
