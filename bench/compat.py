@@ -2,8 +2,8 @@
 """Redis 7.0.15's own TCL suite against one plain redis-server and a 3-shard dmcproxy, side by
 side in one run, and the comparison written to bench/COMPAT.md (issue 12).
 
-    python3 bench/compat.py                          # all 27 units, both targets at once
-    python3 bench/compat.py --units "type/list multi" --sequential
+    python3 bench/compat.py                          # all 27 units, one target after the other
+    python3 bench/compat.py --units "type/list multi" --isolate   # fresh targets per unit
     python3 bench/compat.py --cluster-port 12000     # also a cluster database's endpoint
     python3 bench/compat.py --from-logs bench/out/compat-20261201-1200   # re-render only
 
@@ -117,6 +117,10 @@ def parse_log(unit: str, text: str, timed_out: bool = False) -> Unit:
                     break
                 body.append(nxt.strip())
             u.aborted = " / ".join(b for b in body if b)[:600]
+        elif line.startswith("[TIMEOUT]"):
+            stuck = next((m.group(1) for nxt in lines[i + 1:i + 4]
+                          if (m := re.search(r"\(IN PROGRESS\) (.*)", nxt))), "?")
+            u.aborted = f"suite timeout: test '{stuck}' made no progress for 30 s"
         elif re.match(r"^\[\d+/\d+ done\]", line):
             u.finished = True
         i += 1
@@ -203,7 +207,7 @@ def run_suite(procs: Processes, name: str, host: str, port: int, outdir: Path,
     unpack_suite(suite, baseport)
     env = dict(os.environ, UNITS=" ".join(units), SUITE=str(suite), UNIT_S=str(unit_s))
     start = time.monotonic()
-    with open(outdir / f"{name}.table", "wb") as table:
+    with open(outdir / f"{name}.table", "ab") as table:
         proc = procs.add(subprocess.Popen(["bash", str(RUNNER), host, str(port), str(logs)],
                                           stdout=table, stderr=subprocess.STDOUT, env=env,
                                           stdin=subprocess.DEVNULL, start_new_session=True))
@@ -214,7 +218,7 @@ def run_suite(procs: Processes, name: str, host: str, port: int, outdir: Path,
 
 def start_targets(procs: Processes, workdir: Path) -> dict[str, tuple[str, int]]:
     """One redis-server, and a dmcproxy over 3 more: {name: (host, port)}."""
-    port, proc = start_redis_on_free_port(workdir / "redis")
+    port, proc = start_redis_on_free_port(workdir / "redis-server")
     procs.add(proc)
     targets = {"redis": ("127.0.0.1", port)}
     shards = []
@@ -374,8 +378,11 @@ def write_report(outdir: Path, report: Path) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--units", help="space-separated units (default: all 27)")
-    ap.add_argument("--sequential", action="store_true",
-                    help="one target after the other (default: all at once)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="all targets at once (default: one after the other; on 2 cores the "
+                         "suite's fuzz tests then time out, see bench/README.md)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="fresh targets for each unit: each unit's own failures, no cascades")
     ap.add_argument("--cluster-port", type=int, help="also run against this database endpoint")
     ap.add_argument("--cluster-host", default="127.0.0.1")
     ap.add_argument("--unit-timeout", type=int, default=120, help="seconds per unit [120]")
@@ -405,43 +412,48 @@ def main(argv=None) -> int:
                 "date": datetime.datetime.now().isoformat(timespec="minutes"),
                 "commit": git_commit(), "names": list(targets), "units": units,
                 "targets": {n: f"{h}:{p}" for n, (h, p) in targets.items()},
-                "mode": "sequential" if args.sequential else "concurrent",
-                "unit_s": args.unit_timeout, "seconds": {},
+                "mode": ("concurrent" if args.concurrent else "sequential")
+                + (", fresh targets for each unit" if args.isolate else ""),
+                "unit_s": args.unit_timeout, "seconds": collections.Counter(),
                 "logs": str(outdir.relative_to(REPO))}
         meta["targets"]["dmc"] += " (dmcproxy over 3 redis-server shards)"
         print(f"compat: {meta['mode']} run of {len(units)} units against "
               + ", ".join(f"{n} {a}" for n, a in meta["targets"].items()) + f"; logs {outdir}",
               flush=True)
-
         # Each target's suite gets test-server ports of its own (32 of them), away from the
         # suite's default 21079-21110 that another user's plain run takes.
         base = 23000 + 64 * (os.getpid() % 100)
+        batches = [[u] for u in units] if args.isolate else [units]
+        for n, batch in enumerate(batches):
+            if n:
+                procs.stop_all()
+                targets.update(start_targets(procs, outdir))
 
-        def one(name: str) -> None:
-            host, port = targets[name]
-            meta["seconds"][name] = run_suite(procs, name, host, port, outdir, units,
-                                              args.unit_timeout,
-                                              base + 32 * (1 + list(targets).index(name)))
-            print(f"compat: {name} done in {meta['seconds'][name]:.0f} s", flush=True)
+            def one(name: str) -> None:
+                host, port = targets[name]
+                meta["seconds"][name] += run_suite(procs, name, host, port, outdir, batch,
+                                                   args.unit_timeout,
+                                                   base + 32 * (1 + list(targets).index(name)))
 
-        if args.sequential:
-            for name in targets:
-                one(name)
-        else:
-            threads = [threading.Thread(target=one, args=(n,), daemon=True) for n in targets]
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.5)
+            if not args.concurrent:
+                for name in targets:
+                    one(name)
+            else:
+                threads = [threading.Thread(target=one, args=(n,), daemon=True)
+                           for n in targets]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.5)
+            print(f"compat: {' '.join(batch) if args.isolate else 'all units'} done: "
+                  + ", ".join(f"{n} {s:.0f} s" for n, s in meta["seconds"].items()), flush=True)
     except KeyboardInterrupt:
         return 130
     finally:
         procs.stop_all()
     (outdir / "meta.json").write_text(json.dumps(meta, indent=1))
     write_report(outdir, args.report)
-    for name in targets:
-        print((outdir / f"{name}.table").read_text().splitlines()[-1].replace("total", name))
     print(f"wrote {args.report}")
     return 0
 
