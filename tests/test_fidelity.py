@@ -189,15 +189,21 @@ def test_client_reply_off_on_skip_in_one_pipeline(db, ports, conns):
 
 # --------------------------------------------------------------------------- CLIENT TRACKING
 
+def tracking_client(port, conns, on: tuple = (), reads=()):
+    """(a RESP3 client that turned tracking on with `on` and then ran `reads`, another client
+    to write with)."""
+    t, w = conns(port, resp3=True), conns(port)
+    assert t.call("CLIENT", "TRACKING", "ON", *on) == b"OK"
+    for cmd in reads:
+        assert not isinstance(t.call(*cmd), Error)
+    return t, w
+
+
 def tracking_session(port, conns, on: tuple, reads, writes, own_writes=()):
     """A RESP3 client turns tracking on with `on`, reads `reads` (lists of commands), writes
     `own_writes` itself; another client writes `writes`: the frames the tracking client is sent
     (pushes), as a sorted list of invalidated key lists (None: everything)."""
-    t = conns(port, resp3=True)
-    w = conns(port)
-    assert t.call("CLIENT", "TRACKING", "ON", *on) == b"OK"
-    for cmd in reads:
-        assert not isinstance(t.call(*cmd), Error)
+    t, w = tracking_client(port, conns, on, reads)
     for cmd in own_writes:
         t.call(*cmd)
     for cmd in writes:
@@ -224,10 +230,7 @@ def test_tracking_invalidates_once_then_only_after_a_new_read(db, ports, conns):
     keys = db.keys_on_every_shard("once")
 
     def run(port):
-        t, w = conns(port, resp3=True), conns(port)
-        t.call("CLIENT", "TRACKING", "ON")
-        for k in keys:
-            t.call("GET", k)
+        t, w = tracking_client(port, conns, reads=[("GET", k) for k in keys])
         for k in keys:
             w.call("SET", k, "1")
             w.call("SET", k, "2")           # not read again: no second invalidation
@@ -266,23 +269,19 @@ def test_tracking_resp2_redirect_to_a_subscribed_connection(db, ports, conns):
 
 
 @NOT_YET
-def test_tracking_optin_caching_yes_tracks_only_the_next_read(db, ports, conns):
-    a, b, c = db.keys_on_every_shard("optin")
+@pytest.mark.parametrize("mode, caching, invalidated", [
+    ("OPTIN", "YES", "b"),          # only the read after CACHING YES is tracked
+    ("OPTOUT", "NO", "ac"),         # every read but the one after CACHING NO
+])
+def test_tracking_optin_optout_caching_decides_the_next_read(db, ports, conns, mode, caching,
+                                                             invalidated):
+    keys = dict(zip("abc", db.keys_on_every_shard(mode.lower())))
     want, got = on_both(ports, lambda port: tracking_session(
-        port, conns, ("OPTIN",),
-        [("GET", a), ("CLIENT", "CACHING", "YES"), ("GET", b), ("GET", c)],
-        [("SET", a, "1"), ("SET", b, "1"), ("SET", c, "1")]))
-    assert got == want == [[b.encode()]]
-
-
-@NOT_YET
-def test_tracking_optout_caching_no_skips_only_the_next_read(db, ports, conns):
-    a, b, c = db.keys_on_every_shard("optout")
-    want, got = on_both(ports, lambda port: tracking_session(
-        port, conns, ("OPTOUT",),
-        [("GET", a), ("CLIENT", "CACHING", "NO"), ("GET", b), ("GET", c)],
-        [("SET", a, "1"), ("SET", b, "1"), ("SET", c, "1")]))
-    assert got == want == sorted([[a.encode()], [c.encode()]], key=repr)
+        port, conns, (mode,),
+        [("GET", keys["a"]), ("CLIENT", "CACHING", caching), ("GET", keys["b"]),
+         ("GET", keys["c"])],
+        [("SET", k, "1") for k in keys.values()]))
+    assert got == want == sorted(([keys[n].encode()] for n in invalidated), key=repr)
 
 
 @NOT_YET
@@ -330,10 +329,7 @@ def test_flush_invalidates_everything_once(db, ports, conns, flush):
     keys = db.keys_on_every_shard("flush")
 
     def run(port):
-        t, w = conns(port, resp3=True), conns(port)
-        t.call("CLIENT", "TRACKING", "ON")
-        for k in keys:
-            t.call("GET", k)
+        t, w = tracking_client(port, conns, reads=[("GET", k) for k in keys])
         w.call(flush)
         w.call("DBSIZE")
         return t.frames_until(b"sync")
