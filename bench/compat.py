@@ -377,12 +377,16 @@ def render_aborts(results: dict[str, list[Unit]]) -> list[str]:
 
 
 def git_commit() -> str:
+    """HEAD, and the last commit of the code under test (dmc/, setup.py), whose uncommitted
+    changes are flagged: bench/ and tests/ changes do not change what runs."""
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
     try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "-uno"],
-                               capture_output=True, text=True).stdout.strip()
-        return rev + (" (with uncommitted changes)" if dirty else "")
+        code = git("log", "-1", "--format=%h", "--", "dmc", "setup.py")
+        dirty = git("status", "--porcelain", "-uno", "--", "dmc", "setup.py")
+        return (f"HEAD {git('rev-parse', '--short', 'HEAD')}, dmc/ as of {code}"
+                + (" with uncommitted changes" if dirty else ""))
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
