@@ -361,8 +361,17 @@ def render_lost(name: str, ref: list[Unit], got: list[Unit]) -> list[str]:
     out.append("")
     for k in order:
         out += [f"### {titles[k][1]} ({len(by_cause[k])})", ""]
+        # Failed tests one a line with their error; those never run, per unit on one line
+        # (the exception that ended the unit is under "Aborted units").
+        not_run: dict[str, list[str]] = collections.defaultdict(list)
         for unit, test, why in by_cause[k]:
-            out.append(f"- `{unit}` {_md(test)}: {_md(why[:300])}")
+            if why.startswith("not run: "):
+                not_run[unit].append(test)
+            else:
+                out.append(f"- `{unit}` {_md(test)}: {_md(why[:240])}")
+        for unit, tests in not_run.items():
+            out.append(f"- `{unit}`, not run ({len(tests)}, the unit ended early): "
+                       + "; ".join(_md(t) for t in tests))
         out.append("")
     return out
 
