@@ -46,6 +46,18 @@ class Database:
         host_port = self.shard_map.shard_of_slot(slot_of(key))
         return self.shard_ports.index(host_port[1])
 
+    def keys_on_every_shard(self, prefix: str = "key") -> list[str]:
+        """One key name on each shard, in shard order of discovery: prefix0, prefix5, ..."""
+        keys, seen = [], set()
+        i = 0
+        while len(seen) < len(self.shard_ports):
+            shard = self.shard_index_of(f"{prefix}{i}")
+            if shard not in seen:
+                seen.add(shard)
+                keys.append(f"{prefix}{i}")
+            i += 1
+        return keys
+
     def kill_shard(self, i: int) -> None:
         self.shard_procs[i].send_signal(signal.SIGKILL)
         self.shard_procs[i].wait()

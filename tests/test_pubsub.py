@@ -87,16 +87,6 @@ def test_subscriber_that_leaves_is_forgotten_by_the_shard(db, r):
     wait_until(lambda: r.pubsub_numsub("gone") == [(b"gone", 0)], what="the shard forgetting it")
 
 
-def keys_on_every_shard(db, n=None):
-    keys, seen = [], set()
-    i = 0
-    while len(seen) < len(db.shard_ports):
-        shard = db.shard_index_of(f"key{i}")
-        if shard not in seen:
-            seen.add(shard)
-            keys.append(f"key{i}")
-        i += 1
-    return keys
 
 
 def shard_subscribers(db):
@@ -128,7 +118,7 @@ def session_after_unsubscribing(port, publish, keys):
 
 
 def test_resp2_subscriber_that_unsubscribes_from_everything_is_an_ordinary_client(db, r, ref):
-    keys = keys_on_every_shard(db)
+    keys = db.keys_on_every_shard()
     shard0 = db.shard(0)
     before = len(shard0.client_list())
     unsub, got = session_after_unsubscribing(db.port, r.publish, keys)
@@ -189,7 +179,7 @@ def test_subscribed_context_as_redis(db, r, ref, name):
 
 
 def test_resp3_subscriber_runs_commands_and_is_released_when_unsubscribed(db, r):
-    keys = keys_on_every_shard(db)
+    keys = db.keys_on_every_shard()
     c = RawClient(db.port)
     assert c.call(["HELLO", "3"])[0][b"proto"] == 3
     assert c.call(["SUBSCRIBE", "a"], ["SET", keys[1], "x"], ["GET", keys[1]]) == \
