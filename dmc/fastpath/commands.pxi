@@ -439,6 +439,10 @@ cdef inline bint arg_equals_ci(const char *a, size_t an, const char *b, size_t b
     return True
 
 
+cdef bint arg_is(ArgVec *av, int i, const char *word) noexcept nogil:
+    return i < av.argc and arg_equals_ci(av.argv[i], av.argl[i], word, strlen(word))
+
+
 cdef int command_keys(CommandInfo *c, ArgVec *av, KeyList *kl) noexcept nogil:
     """Append to kl the argument positions of the keys of a request, following the key specs
     as redis-server does (getKeysUsingKeySpecs). -1 when out of memory."""

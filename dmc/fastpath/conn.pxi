@@ -3,6 +3,14 @@
 # Every connection struct starts with `kind`, so that the pointer epoll hands back tells what it
 # is. Client state is plain C: an idle client owns no buffer memory at all.
 
+DEF MAX_EVENTS = 512
+DEF READ_CHUNK = 65536
+DEF MAX_INFLIGHT = 1024         # per client; past it the client is not read until replies drain
+DEF OUTPUT_PAUSE = 1048576      # per client; past it the client is not read until output drains
+DEF MAX_SHARDS = 4096
+DEF RETRY_MIN_US = 50000
+DEF RETRY_MAX_US = 1000000
+
 cdef enum ConnKind:
     KIND_LISTENER = 1
     KIND_CLIENT = 2

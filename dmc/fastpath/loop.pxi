@@ -1,56 +1,80 @@
 # One turn of the event loop: wait, read and route everything that is ready, then write every
 # connection that has output, once.
 
-cdef void accept_clients(Core *core) noexcept nogil:
-    cdef int fd, i
-    cdef Client *c
-    cdef sockaddr_in peer
-    cdef socklen_t peer_len
-    for i in range(256):
-        peer_len = sizeof(peer)
-        fd = accept4(core.listener.fd, <sockaddr *>&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC)
-        if fd < 0:
-            return
-        core.total_connections += 1
-        if core.nclients >= core.max_clients:
-            core.rejected_connections += 1
-            send(fd, b"-ERR max number of clients reached\r\n", 36, MSG_NOSIGNAL)
-            close(fd)
-            continue
-        c = <Client *>calloc(1, sizeof(Client))
-        if c == NULL:
-            close(fd)
-            continue
-        set_nodelay(fd)
-        c.kind = KIND_CLIENT
-        c.fd = fd
-        c.proto = 2
-        if core.password == NULL:
-            c.flags |= CF_AUTHED
-        c.created_us = c.last_us = core.now_us
-        c.peer = peer
-        c.next = core.all_clients
-        if c.next != NULL:
-            c.next.prev = c
-        core.all_clients = c
-        core.next_client_id += 1
-        c.id = core.next_client_id
-        core.nclients += 1
-        watch(core, fd, c, &c.events, EPOLLIN)
+cdef struct Core:
+    int epfd
+    Listener listener
+    Wake wake
+    bint woken                  # the loop drained a wakeup() (run_until_wakeup returns)
+    bint paused                 # no new request goes to a shard; clients wait, read-paused
+    long long now_us
+    CommandInfo **commands
+    # shard table: only grows; the slot map points into it
+    Shard *shards
+    int nshards
+    int conns_per_shard
+    unsigned short slot_map[SLOT_COUNT]
+    unsigned long long map_version
+    int default_shard
+    int *active                 # shard indices of the current map, in map order
+    int nactive
+    # clients
+    int nclients
+    int max_clients
+    unsigned long long next_client_id
+    unsigned long long total_connections
+    unsigned long long rejected_connections
+    long long backend_timeout_us
+    size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
+    char server_version[32]     # the shards' redis_version, reported by HELLO
+    char listen_addr[48]        # ip:port of the endpoint (CLIENT LIST's laddr)
+    char *password              # the database password (the `default` user's), or NULL
+    long long idle_timeout_us   # clients idle longer are closed (0: never), as Redis's `timeout`
+    long long next_idle_check_us
+    Client *dirty_clients
+    Client *all_clients
+    Client *monitors            # clients in MONITOR mode
+    Client *closed_clients
+    Backend *dirty_backends
+    Backend *closed_backends
+    # scratch, reused by every command
+    ArgVec av
+    KeyList keys
+    Buf merged
+    Buf subcommand
+    Buf monitor_line
+    ArgVec relay_av             # a relayed notification, parsed
+    Buf relay_cmd               #   and re-published
+    char *read_chunk
+    unsigned short *key_shard
+    int key_shard_cap
+    int *shard_frag             # shard index -> fragment index, while splitting a command
 
 
-cdef void close_idle_clients(Core *core) noexcept nogil:
-    """As Redis's `timeout`: a client idle that long is closed, unless it is blocked or
-    subscribed (those wait on purpose)."""
-    cdef Client *c = core.all_clients
-    cdef Client *nxt
-    core.next_idle_check_us = core.now_us + 1000000
-    while c != NULL:
-        nxt = c.next
-        if not (c.flags & (CF_BLOCKED | CF_PUBSUB | CF_MONITOR)) and c.head == NULL \
-                and core.now_us - c.last_us > core.idle_timeout_us:
-            client_close(core, c)
-        c = nxt
+cdef inline long long monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
+
+
+cdef void watch(Core *core, int fd, void *conn, unsigned int *current, unsigned int wanted) noexcept nogil:
+    cdef epoll_event ev
+    if current[0] == wanted:
+        return
+    ev.events = wanted
+    ev.data.ptr = conn
+    if current[0] == 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_ADD, fd, &ev)
+    elif wanted == 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_DEL, fd, &ev)
+    else:
+        epoll_ctl(core.epfd, EPOLL_CTL_MOD, fd, &ev)
+    current[0] = wanted
+
+
+cdef inline void set_nodelay(int fd) noexcept nogil:
+    cdef int one = 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
 
 
 cdef void flush_all(Core *core) noexcept nogil:

@@ -84,3 +84,103 @@ cdef void request_free(Request *r) noexcept nogil:
     free(r.key_frag)
     free(r.weights)
     free(r)
+
+
+cdef void fragment_error(Core *core, Fragment *f, const char *label) noexcept nogil:
+    cdef char line[160]
+    snprintf(line, sizeof(line), b"-ERR shard %s is unavailable\r\n", label)
+    fragment_answer(core, f, line, strlen(line))
+
+
+cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
+    cdef Request *r = f.req
+    cdef Client *waited = NULL
+    r.pending -= 1
+    if r.blocking and r.pending == 0:
+        r.blocking = False
+        if r.client != NULL:
+            r.client.flags &= ~CF_BLOCKED
+            client_mark_dirty(core, r.client)     # its waiting input is parsed again
+            waited = r.client if r.client.waiters != NULL else NULL
+    if r.resolving:
+        route_resolved(core, r, reply, n)
+        return
+    if r.merge == MERGE_SCAN:
+        scan_answer(core, r, reply, n)
+        return
+    if r.nfrags == 1:
+        request_answer(core, r, reply, n)
+    else:
+        buf_append(&f.reply, reply, n)
+        if r.pending > 0:
+            return
+        if merge_replies(core, r) < 0:
+            request_answer_str(core, r, b"-ERR out of memory\r\n")
+        else:
+            request_answer(core, r, buf_head(&core.merged), buf_len(&core.merged))
+    if waited != NULL:
+        # The WAIT is answered: its connections go (only now: `reply` may be in one's buffer).
+        waiters_close(core, waited)
+
+
+cdef void account(Request *r, const char *reply, long long now_us) noexcept nogil:
+    cdef CommandInfo *cmd = r.cmd
+    if cmd != NULL:
+        cmd.calls += 1
+        cmd.usec += <unsigned long long>(now_us - r.started_us)
+        if reply_is_error(reply):
+            cmd.errors += 1
+
+
+cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """The whole answer of r is known: write it now if r heads its client's queue, else keep it
+    until the requests before it are answered."""
+    cdef Client *c = r.client
+    account(r, reply, core.now_us)
+    if c == NULL:
+        request_free(r)
+        return
+    if c.head != r:
+        if buf_append(&r.reply, reply, n) < 0:
+            client_close(core, c)
+            return
+        r.done = True
+        c.held += n
+        if over_output_limit(core, c):
+            client_close(core, c)
+        return
+    if buf_append(&c.wbuf, reply, n) < 0:
+        client_close(core, c)
+        return
+    c.head = r.next
+    if c.head == NULL:
+        c.tail = NULL
+    c.inflight -= 1
+    request_free(r)
+    # Answers that were waiting behind r can go now, in order.
+    while c.head != NULL and c.head.done:
+        r = c.head
+        c.held -= buf_len(&r.reply)
+        if buf_append(&c.wbuf, buf_head(&r.reply), buf_len(&r.reply)) < 0:
+            client_close(core, c)
+            return
+        c.head = r.next
+        if c.head == NULL:
+            c.tail = NULL
+        c.inflight -= 1
+        request_free(r)
+    if over_output_limit(core, c):
+        # A client that does not read its replies must not grow the proxy without bound.
+        client_close(core, c)
+        return
+    client_mark_dirty(core, c)
+
+
+cdef inline void request_answer_str(Core *core, Request *r, const char *line) noexcept nogil:
+    request_answer(core, r, line, strlen(line))
+
+
+cdef void request_answer_error(Core *core, Request *r, const char *fmt, const char *arg) noexcept nogil:
+    cdef char line[256]
+    snprintf(line, sizeof(line), fmt, arg)
+    request_answer(core, r, line, strlen(line))

@@ -2,6 +2,7 @@
 # shards. Each key's members are fetched with SMEMBERS from its own shard; the proxy combines
 # them with a small open-addressing hash set over the reply bytes (no copies of members).
 
+
 cdef struct Member:
     const char *p           # the member's bytes, inside a fragment's reply (NULL: empty slot)
     size_t n
@@ -60,26 +61,6 @@ cdef const char *next_bulk(const char *p, const char *end, const char **data, si
     data[0] = eol + 1
     n[0] = <size_t>len
     return eol + 1 + len + 2
-
-
-cdef void fetch_each_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,
-                         const char *tail) noexcept nogil:
-    """One fragment per key: `head <key> tail` sent to the key's shard (SMEMBERS, ZRANGE ...,
-    GET); r's merge combines the replies when all are in."""
-    cdef Buf *sub = &core.subcommand
-    cdef int i, k
-    if request_fragments(r, kl.n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
-        return
-    r.pending = kl.n
-    for i in range(kl.n):
-        k = kl.pos[i]
-        buf_clear(sub)
-        buf_append_str(sub, head)
-        buf_append_bulk(sub, av.argv[k], av.argl[k])
-        buf_append_str(sub, tail)
-        # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
 
 
 cdef int members_for_replies(Request *r, MemberSet *set) noexcept nogil:
@@ -170,6 +151,7 @@ cdef void dispatch_set_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) 
 
 
 # ---- sorted sets ------------------------------------------------------------------------------
+
 
 cdef const char *next_scored(const char *p, const char *end, const char **data, size_t *n,
                              double *score) noexcept nogil:

@@ -1,10 +1,6 @@
 # CLIENT ...: about the proxy's own client connections. The shards' clients are the proxy's
 # backend connections, so these are answered here, in the shapes redis-server uses.
 
-cdef bint arg_is(ArgVec *av, int i, const char *word) noexcept nogil:
-    return i < av.argc and arg_equals_ci(av.argv[i], av.argl[i], word, strlen(word))
-
-
 cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
     cdef Client *c = core.all_clients
     while c != NULL:
@@ -12,13 +8,6 @@ cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
             return c
         c = c.next
     return NULL
-
-
-cdef void format_address(const sockaddr_in *sa, char *out) noexcept nogil:
-    cdef char ip[20]
-    out[0] = 0
-    if inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)) != NULL:
-        snprintf(out, 48, b"%s:%d", ip, <int>ntohs(sa.sin_port))
 
 
 cdef bint has_address(Client *c, const char *text, size_t n) noexcept nogil:
@@ -101,41 +90,6 @@ cdef void answer_bulk_or_null(Core *core, Client *c, Request *r, const char *p, 
     else:
         buf_append_bulk(out, p, n)
     request_answer(core, r, buf_head(out), buf_len(out))
-
-
-cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nogil:
-    """End a blocking command: the shard-side connection goes, the client gets a timeout's
-    null reply (or Redis's UNBLOCKED error)."""
-    cdef Backend *b = target.dedicated
-    cdef Fragment *f
-    cdef const char *reply
-    cdef char line[96]
-    if target.waiters != NULL:
-        # A WAIT: each shard unblocks its own, and answers what it reached (or UNBLOCKED).
-        b = target.waiters
-        while b != NULL:
-            if b.shard_client_id > 0:
-                snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
-                         <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
-                         5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
-                send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
-            b = b.next_waiter
-        return
-    if b == NULL or b.qhead == NULL:
-        return
-    f = b.qhead
-    b.qhead = f.next
-    if b.qhead == NULL:
-        b.qtail = NULL
-    b.queued -= 1
-    f.next = NULL
-    target.dedicated = NULL
-    dedicated_close(core, b)
-    if as_error:
-        reply = b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
-    else:
-        reply = b"_\r\n" if target.proto == 3 else b"*-1\r\n"
-    fragment_answer(core, f, reply, strlen(reply))
 
 
 cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
