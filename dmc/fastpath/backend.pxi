@@ -20,16 +20,16 @@ cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
     return b
 
 
-cdef void send_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
+cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
     that is down answers the fragment with an error at once."""
     cdef Client *c = f.req.client
-    send_fragment_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
+    frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
 
 
-cdef void send_fragment_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
+cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
     if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
-        fragment_error(core, f, core.shards[b.shard].label)
+        frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
     if f.req.cmd != NULL and f.req.cmd.writes and f.req.client != NULL:
         client_wrote(f.req.client, b.shard)
@@ -44,7 +44,7 @@ cdef void send_fragment_on(Core *core, Backend *b, Fragment *f, const char *data
     backend_mark_dirty(core, b)
 
 
-cdef void send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil:
+cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil:
     """A command of the proxy's own whose reply nobody reads (an UNWATCH, say)."""
     cdef Request *r = <Request *>calloc(1, sizeof(Request))
     if r == NULL:
@@ -53,7 +53,7 @@ cdef void send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noe
     r.nfrags = 1
     r.frag0.req = r
     r.pending = 1
-    send_fragment_on(core, b, &r.frag0, cmd, n)
+    frag_send_on(core, b, &r.frag0, cmd, n)
 
 
 cdef Backend *backend_new(int shard, Client *owner, int proto) noexcept nogil:
@@ -119,7 +119,7 @@ cdef void backend_connect(Core *core, Backend *b) noexcept nogil:
         # Sent before any request: the connection then answers in RESP3, as its clients expect.
         buf_append_str(&b.wbuf, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
         b.skip_replies = 1
-    watch(core, fd, b, &b.events, EPOLLIN | EPOLLOUT)
+    epoll_want(core, fd, b, &b.events, EPOLLIN | EPOLLOUT)
 
 
 cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
@@ -132,7 +132,7 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
             return
         b.state = BK_UP
         b.retry_delay_us = RETRY_MIN_US
-    backend_flush(core, b)
+    backend_send(core, b)
 
 
 cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil:
@@ -142,7 +142,7 @@ cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil:
         core.dirty_backends = b
 
 
-cdef void backend_flush(Core *core, Backend *b) noexcept nogil:
+cdef void backend_send(Core *core, Backend *b) noexcept nogil:
     cdef ssize_t n
     if b.state != BK_UP:
         return
@@ -156,10 +156,10 @@ cdef void backend_flush(Core *core, Backend *b) noexcept nogil:
             backend_fail(core, b, b"connection lost to")
             return
         buf_consume(&b.wbuf, <size_t>n)
-    watch(core, b.fd, b, &b.events, EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) else 0))
+    epoll_want(core, b.fd, b, &b.events, EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) else 0))
 
 
-cdef void backend_read(Core *core, Backend *b) noexcept nogil:
+cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
     cdef ssize_t n, flen
     cdef size_t need
     cdef int push
@@ -230,7 +230,7 @@ cdef void backend_read(Core *core, Backend *b) noexcept nogil:
             b.qtail = NULL
         b.queued -= 1
         f.next = NULL
-        fragment_answer(core, f, buf_head(&b.rbuf), flen)
+        frag_answered(core, f, buf_head(&b.rbuf), flen)
         if b.state == BK_DOWN:
             return      # closed by the answer (the last reply of a WAIT closes its connections)
         buf_consume(&b.rbuf, flen)
@@ -249,7 +249,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
         b.owner.flags |= CF_CLOSE_AFTER_WRITE
         client_mark_dirty(core, b.owner)
     if b.fd >= 0:
-        watch(core, b.fd, b, &b.events, 0)
+        epoll_want(core, b.fd, b, &b.events, 0)
         close(b.fd)
         b.fd = -1
     b.state = BK_DOWN
@@ -265,7 +265,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
         b.qhead = f.next
         f.next = NULL
         b.queued -= 1
-        fragment_answer(core, f, line, strlen(line))
+        frag_answered(core, f, line, strlen(line))
     b.qtail = NULL
     b.queued = 0
 
@@ -286,7 +286,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
                 backend_fail(core, b, b"timeout waiting for")
             elif not core.shards[i].active and b.qhead == NULL and b.state == BK_UP:
                 # No longer in the map and nothing in flight: let it go.
-                watch(core, b.fd, b, &b.events, 0)
+                epoll_want(core, b.fd, b, &b.events, 0)
                 close(b.fd)
                 b.fd = -1
                 b.state = BK_DOWN

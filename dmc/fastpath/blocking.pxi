@@ -1,25 +1,25 @@
 # Blocking commands (BLPOP & co.): each waits on a connection of its client's own, and the
 # client's later requests wait behind it; CLIENT UNBLOCK ends the wait.
 
-cdef void dispatch_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+cdef void route_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """BLPOP & co. wait on a connection of the client's own, so that no other client sharing a
     connection waits with it; the client's next requests wait behind it, as on one Redis."""
     cdef int shard = core.key_shard[0] if kl.n > 0 else default_shard(core)
     cdef Backend *b
     if kl.n > 0 and not same_shard(core, kl.n):
-        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
         return
     if c.flags & CF_WATCH and shard != c.watch_shard:
-        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
         return
     b = client_dedicated(core, c, shard)
     r.pending = 1
     if b == NULL:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.blocking = True
     c.flags |= CF_BLOCKED
-    send_fragment_on(core, b, &r.frag0, av.wire, av.wire_len)
+    frag_send_on(core, b, &r.frag0, av.wire, av.wire_len)
 
 
 cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nogil:
@@ -37,7 +37,7 @@ cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nog
                 snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
                          <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
                          5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
-                send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
+                req_send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
             b = b.next_waiter
         return
     if b == NULL or b.qhead == NULL:
@@ -54,4 +54,4 @@ cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nog
         reply = b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
     else:
         reply = b"_\r\n" if target.proto == 3 else b"*-1\r\n"
-    fragment_answer(core, f, reply, strlen(reply))
+    frag_answered(core, f, reply, strlen(reply))

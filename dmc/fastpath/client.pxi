@@ -1,8 +1,8 @@
 # Client connections: accepted, read (input), parsed into requests, written (output), closed.
 #
-# Input: client_read brings bytes and client_parse cuts them into requests, each handed to
+# Input: client_recv brings bytes and req_parse cuts them into requests, each handed to
 # dispatch (route.pxi). Output: answers are appended to the client's wbuf in request order
-# (request.pxi), and client_flush writes it once per loop turn. Limits: a client with too many
+# (request.pxi), and client_send writes it once per loop turn. Limits: a client with too many
 # requests in flight or too much unwritten output is not read until it catches up; one owed
 # more than client_output_limit bytes is disconnected.
 
@@ -52,7 +52,7 @@ cdef void accept_clients(Core *core) noexcept nogil:
         core.next_client_id += 1
         c.id = core.next_client_id
         core.nclients += 1
-        watch(core, fd, c, &c.events, EPOLLIN)
+        epoll_want(core, fd, c, &c.events, EPOLLIN)
 
 
 cdef void client_close(Core *core, Client *c) noexcept nogil:
@@ -60,7 +60,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     cdef Request *nxt
     if c.flags & CF_CLOSED:
         return
-    watch(core, c.fd, c, &c.events, 0)
+    epoll_want(core, c.fd, c, &c.events, 0)
     close(c.fd)
     c.fd = -1
     c.flags |= CF_CLOSED
@@ -69,7 +69,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     while r != NULL:
         nxt = r.next
         if r.pending == 0:
-            request_free(r)
+            req_put(r)
         else:
             r.client = NULL
         r = nxt
@@ -116,10 +116,10 @@ cdef void client_pause(Core *core, Client *c) noexcept nogil:
     if not (c.flags & CF_READ_PAUSED):
         c.flags |= CF_READ_PAUSED
         # Still told when it hangs up, so that a blocked client that leaves is cleaned up.
-        watch(core, c.fd, c, &c.events, (c.events & ~EPOLLIN) | EPOLLRDHUP)
+        epoll_want(core, c.fd, c, &c.events, (c.events & ~EPOLLIN) | EPOLLRDHUP)
 
 
-cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
+cdef void req_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
     """Route every complete request in inp; leave a partial one there."""
     cdef size_t consumed, need
     cdef int rc
@@ -146,24 +146,24 @@ cdef void client_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         c.need = 0
         if rc < 0:
             # The error is answered after the replies the client is still owed, then it is closed.
-            r = request_new(c, NULL, core.now_us)
+            r = req_get(c, NULL, core.now_us)
             if r != NULL:
                 if rc == PARSE_ERR_EXPECTED_DOLLAR:
                     snprintf(line, sizeof(line), b"-ERR Protocol error: expected '$', got '%c'\r\n",
                              core.av.bad_byte)
-                    request_answer_str(core, r, line)
+                    req_write_str(core, r, line)
                 else:
-                    request_answer_str(core, r, parse_error_text(rc))
+                    req_write_str(core, r, parse_error_text(rc))
             c.flags |= CF_CLOSE_AFTER_WRITE
             buf_clear(inp)
             return
-        if core.av.argc > 0 and not dispatch(core, c, &core.av):
+        if core.av.argc > 0 and not req_route(core, c, &core.av):
             client_pause(core, c)
             return
         buf_consume(inp, consumed)
 
 
-cdef void client_read(Core *core, Client *c) noexcept nogil:
+cdef void client_recv(Core *core, Client *c) noexcept nogil:
     cdef ssize_t n
     cdef Buf chunk
     cdef size_t want
@@ -179,7 +179,7 @@ cdef void client_read(Core *core, Client *c) noexcept nogil:
         chunk.pos = 0
         chunk.end = n
         chunk.cap = READ_CHUNK
-        client_parse(core, c, &chunk)
+        req_parse(core, c, &chunk)
         if buf_len(&chunk) > 0 and not (c.flags & CF_CLOSED):
             if buf_append(&c.rbuf, buf_head(&chunk), buf_len(&chunk)) < 0:
                 client_close(core, c)
@@ -197,12 +197,12 @@ cdef void client_read(Core *core, Client *c) noexcept nogil:
         client_close(core, c)
         return
     c.rbuf.end += n
-    client_parse(core, c, &c.rbuf)
+    req_parse(core, c, &c.rbuf)
     if not (c.flags & CF_CLOSED) and buf_len(&c.rbuf) == 0:
         buf_free(&c.rbuf)
 
 
-cdef void client_flush(Core *core, Client *c) noexcept nogil:
+cdef void client_send(Core *core, Client *c) noexcept nogil:
     cdef ssize_t n
     while buf_len(&c.wbuf) > 0:
         n = send(c.fd, buf_head(&c.wbuf), buf_len(&c.wbuf), MSG_NOSIGNAL)
@@ -215,21 +215,21 @@ cdef void client_flush(Core *core, Client *c) noexcept nogil:
             return
         buf_consume(&c.wbuf, <size_t>n)
     if buf_len(&c.wbuf) > 0:
-        watch(core, c.fd, c, &c.events, c.events | EPOLLOUT)
+        epoll_want(core, c.fd, c, &c.events, c.events | EPOLLOUT)
         return
     if c.flags & CF_CLOSE_AFTER_WRITE and c.head == NULL:
         client_close(core, c)
         return
-    watch(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
+    epoll_want(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
     if c.flags & CF_WAIT_DRAIN and c.head == NULL:
         c.flags &= ~CF_WAIT_DRAIN
     if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 and not core.paused \
             and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC)):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED
-        watch(core, c.fd, c, &c.events, c.events | EPOLLIN)
+        epoll_want(core, c.fd, c, &c.events, c.events | EPOLLIN)
         if buf_len(&c.rbuf) > 0:
-            client_parse(core, c, &c.rbuf)
+            req_parse(core, c, &c.rbuf)
 
 
 cdef void format_address(const sockaddr_in *sa, char *out) noexcept nogil:

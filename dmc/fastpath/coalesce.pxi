@@ -18,7 +18,7 @@ cdef long long info_field(const char *p, const char *end, const char *name) noex
     return 0
 
 
-cdef int merge_info(Request *r, Buf *out) noexcept nogil:
+cdef int coalesce_info(Request *r, Buf *out) noexcept nogil:
     """INFO from every shard: the first shard's text, with `db0:keys=...,expires=...` summed
     over all shards (the keyspace a client sees through the proxy)."""
     cdef long long keys = 0, expires = 0
@@ -79,7 +79,7 @@ cdef int merge_info(Request *r, Buf *out) noexcept nogil:
     return 0
 
 
-cdef int merge_replies(Core *core, Request *r) noexcept nogil:
+cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
     """Coalesce the fragments' replies of r into core.merged according to r.merge."""
     cdef Buf *out = &core.merged
     cdef Fragment *f
@@ -109,13 +109,13 @@ cdef int merge_replies(Core *core, Request *r) noexcept nogil:
                 return buf_append(out, p, buf_len(&f.reply))
         return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     if r.merge == MERGE_INFO:
-        return merge_info(r, out)
+        return coalesce_info(r, out)
     if MERGE_SUNION <= r.merge <= MERGE_SINTERCARD:
-        return merge_set_algebra(core, r, out)
+        return coalesce_set_algebra(core, r, out)
     if MERGE_ZUNION <= r.merge <= MERGE_ZINTERCARD:
-        return merge_zset_algebra(core, r, out)
+        return coalesce_zset_algebra(core, r, out)
     if r.merge == MERGE_PFCOUNT:
-        return merge_pfcount(r, out)
+        return coalesce_pfcount(r, out)
     if r.merge == MERGE_ALL_SUCCEEDED or r.merge == MERGE_NONE:
         return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     if r.merge == MERGE_KEYED_ARRAY:

@@ -97,7 +97,7 @@ cdef long long hll_estimate(const unsigned char *regs) noexcept nogil:
     return llroundl(0.721347520444481703680 * m * m / z)
 
 
-cdef int merge_pfcount(Request *r, Buf *out) noexcept nogil:
+cdef int coalesce_pfcount(Request *r, Buf *out) noexcept nogil:
     cdef unsigned char *regs = <unsigned char *>calloc(HLL_REGISTERS, 1)
     cdef const char *p
     cdef const char *data
@@ -118,6 +118,6 @@ cdef int merge_pfcount(Request *r, Buf *out) noexcept nogil:
     return 0
 
 
-cdef void dispatch_pfcount(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+cdef void route_pfcount(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     r.merge = MERGE_PFCOUNT
-    fetch_each_key(core, r, av, kl, b"*2\r\n$3\r\nGET\r\n", b"")
+    route_per_key(core, r, av, kl, b"*2\r\n$3\r\nGET\r\n", b"")

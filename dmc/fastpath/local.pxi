@@ -29,7 +29,7 @@ cdef void client_reset(Core *core, Client *c) noexcept nogil:
         c.flags &= ~CF_AUTHED
 
 
-cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     cdef long long db
     cdef int k
     cdef Buf *out = &core.merged
@@ -37,52 +37,52 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
     buf_clear(out)
     if local == LOCAL_PING:
         if av.argc == 1:
-            request_answer_str(core, r, b"+PONG\r\n")
+            req_write_str(core, r, b"+PONG\r\n")
             return
         if av.argc == 2:
             buf_append_bulk(out, av.argv[1], av.argl[1])
-            request_answer(core, r, buf_head(out), buf_len(out))
+            req_write(core, r, buf_head(out), buf_len(out))
             return
     elif local == LOCAL_ECHO:
         if av.argc == 2:
             buf_append_bulk(out, av.argv[1], av.argl[1])
-            request_answer(core, r, buf_head(out), buf_len(out))
+            req_write(core, r, buf_head(out), buf_len(out))
             return
     elif local == LOCAL_AUTH:
         if av.argc == 2 or av.argc == 3:
             if av.argc == 2 and core.password == NULL:
-                request_answer_str(core, r, b"-ERR AUTH <password> called without any password "
+                req_write_str(core, r, b"-ERR AUTH <password> called without any password "
                                    b"configured for the default user. Are you sure your configuration is correct?\r\n")
             elif check_credentials(core, c, av.argv[1] if av.argc == 3 else NULL, av.argl[1],
                                    av.argv[av.argc - 1], av.argl[av.argc - 1]) == 0:
-                request_answer_str(core, r, b"+OK\r\n")
+                req_write_str(core, r, b"+OK\r\n")
             else:
-                request_answer_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+                req_write_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
             return
     elif local == LOCAL_RESET:
         if av.argc == 1:
             client_reset(core, c)
-            request_answer_str(core, r, b"+RESET\r\n")
+            req_write_str(core, r, b"+RESET\r\n")
             return
     elif local == LOCAL_HELLO:
         for k in range(2, av.argc - 2):
             if arg_is(av, k, b"auth"):
                 if check_credentials(core, c, av.argv[k + 1], av.argl[k + 1], av.argv[k + 2],
                                      av.argl[k + 2]) < 0:
-                    request_answer_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+                    req_write_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
                     return
                 break
         if not (c.flags & CF_AUTHED):
-            request_answer_str(core, r, b"-NOAUTH HELLO must be called with the client already "
+            req_write_str(core, r, b"-NOAUTH HELLO must be called with the client already "
                                b"authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be "
                                b"used to authenticate the client and select the RESP protocol version at the same time\r\n")
             return
         if av.argc >= 2:
             if parse_ll(av.argv[1], av.argl[1], &db) < 0:
-                request_answer_str(core, r, b"-ERR Protocol version is not an integer or out of range\r\n")
+                req_write_str(core, r, b"-ERR Protocol version is not an integer or out of range\r\n")
                 return
             if db != 2 and db != 3:
-                request_answer_str(core, r, b"-NOPROTO sorry, this protocol version is not supported.\r\n")
+                req_write_str(core, r, b"-NOPROTO sorry, this protocol version is not supported.\r\n")
                 return
             # From now on the client's requests go to connections speaking its protocol.
             c.proto = <int>db
@@ -94,20 +94,20 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
         buf_append_int(out, c':', <long long>c.id)
         buf_append_str(out, b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
                        b"$7\r\nmodules\r\n*0\r\n")
-        request_answer(core, r, buf_head(out), buf_len(out))
+        req_write(core, r, buf_head(out), buf_len(out))
         return
     elif local == LOCAL_MULTI:
         if av.argc == 1:
             if c.flags & CF_MULTI:
-                request_answer_str(core, r, b"-ERR MULTI calls can not be nested\r\n")
+                req_write_str(core, r, b"-ERR MULTI calls can not be nested\r\n")
                 return
             multi_reset(c)
             c.flags |= CF_MULTI
-            request_answer_str(core, r, b"+OK\r\n")
+            req_write_str(core, r, b"+OK\r\n")
             return
     elif local == LOCAL_EXEC or local == LOCAL_DISCARD:
         if not (c.flags & CF_MULTI):
-            request_answer_str(core, r, b"-ERR EXEC without MULTI\r\n" if local == LOCAL_EXEC
+            req_write_str(core, r, b"-ERR EXEC without MULTI\r\n" if local == LOCAL_EXEC
                                else b"-ERR DISCARD without MULTI\r\n")
             return
         if av.argc == 1:
@@ -116,35 +116,35 @@ cdef void answer_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept n
             else:
                 multi_reset(c)
                 watch_end(core, c, True)
-                request_answer_str(core, r, b"+OK\r\n")
+                req_write_str(core, r, b"+OK\r\n")
             return
         c.flags |= CF_MULTI_DIRTY
     elif local == LOCAL_WATCH:
-        watch_keys(core, c, r, av)
+        route_watch(core, c, r, av)
         return
     elif local == LOCAL_UNWATCH:
         if av.argc == 1:
             watch_end(core, c, True)
-            request_answer_str(core, r, b"+OK\r\n")
+            req_write_str(core, r, b"+OK\r\n")
             return
     elif local == LOCAL_CLIENT:
-        client_command(core, c, r, av)
+        route_local_client(core, c, r, av)
         return
     elif local == LOCAL_MONITOR:
         if av.argc == 1:
             monitor_start(core, c, r)
             return
     elif local == LOCAL_QUIT:
-        request_answer_str(core, r, b"+OK\r\n")
+        req_write_str(core, r, b"+OK\r\n")
         c.flags |= CF_CLOSE_AFTER_WRITE
         return
     elif local == LOCAL_SELECT:
         if av.argc == 2:
             if parse_ll(av.argv[1], av.argl[1], &db) < 0:
-                request_answer_str(core, r, b"-ERR value is not an integer or out of range\r\n")
+                req_write_str(core, r, b"-ERR value is not an integer or out of range\r\n")
             elif db != 0:
-                request_answer_str(core, r, b"-ERR DB index is out of range\r\n")
+                req_write_str(core, r, b"-ERR DB index is out of range\r\n")
             else:
-                request_answer_str(core, r, b"+OK\r\n")
+                req_write_str(core, r, b"+OK\r\n")
             return
-    request_answer_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", r.cmd.name)
+    req_write_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", r.cmd.name)

@@ -57,7 +57,7 @@ cdef inline long long monotonic_us() noexcept nogil:
     return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
-cdef void watch(Core *core, int fd, void *conn, unsigned int *current, unsigned int wanted) noexcept nogil:
+cdef void epoll_want(Core *core, int fd, void *conn, unsigned int *current, unsigned int wanted) noexcept nogil:
     cdef epoll_event ev
     if current[0] == wanted:
         return
@@ -85,19 +85,19 @@ cdef void flush_all(Core *core) noexcept nogil:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
         b.dirty = False
-        backend_flush(core, b)
+        backend_send(core, b)
     while core.dirty_clients != NULL:
         c = core.dirty_clients
         core.dirty_clients = c.next_dirty
         c.flags &= ~CF_DIRTY
         if not (c.flags & CF_CLOSED):
-            client_flush(core, c)
+            client_send(core, c)
     # Resuming a paused client may have routed more requests.
     while core.dirty_backends != NULL:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
         b.dirty = False
-        backend_flush(core, b)
+        backend_send(core, b)
 
 
 cdef void wake_drain(Core *core) noexcept nogil:
@@ -114,7 +114,7 @@ cdef void core_resume(Core *core) noexcept nogil:
     core.now_us = monotonic_us()
     while c != NULL:
         if c.flags & CF_READ_PAUSED:
-            client_mark_dirty(core, c)      # client_flush reads it again and parses its input
+            client_mark_dirty(core, c)      # client_send reads it again and parses its input
         c = c.next
     flush_all(core)
 
@@ -204,7 +204,7 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
                 client_close(core, c)
                 continue
             if ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP):
-                client_read(core, c)
+                client_recv(core, c)
             if ev & EPOLLOUT and not (c.flags & CF_CLOSED):
                 client_mark_dirty(core, c)
         elif kind == KIND_BACKEND:
@@ -214,7 +214,7 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
             if ev & EPOLLOUT or (b.state == BK_CONNECTING and ev & (EPOLLERR | EPOLLHUP)):
                 backend_writable(core, b)
             if b.state == BK_UP and ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                backend_read(core, b)
+                backend_recv(core, b)
         elif kind == KIND_LISTENER:
             accept_clients(core)
         elif kind == KIND_WAKE:

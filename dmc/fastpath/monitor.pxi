@@ -10,12 +10,12 @@
 
 cdef void monitor_start(Core *core, Client *c, Request *r) noexcept nogil:
     if c.flags & CF_MONITOR:
-        request_answer(core, r, b"", 0)       # Redis ignores a second MONITOR, without a reply
+        req_write(core, r, b"", 0)       # Redis ignores a second MONITOR, without a reply
         return
     c.flags |= CF_MONITOR
     c.next_monitor = core.monitors
     core.monitors = c
-    request_answer_str(core, r, b"+OK\r\n")
+    req_write_str(core, r, b"+OK\r\n")
 
 
 cdef void monitor_remove(Core *core, Client *c) noexcept nogil:

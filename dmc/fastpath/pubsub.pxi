@@ -54,7 +54,7 @@ cdef void subscription_count(Backend *b, const char *p, size_t n) noexcept nogil
         b.subscriptions = <int>count
 
 
-cdef bint subscriber_command(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) noexcept nogil:
+cdef bint route_subscriber(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) noexcept nogil:
     """Send a (P|S)(UN)SUBSCRIBE, or any command of a subscribed RESP2 client, on the client's
     own connection to the pub/sub shard, whose frames go straight back to the client; a
     (P|S)(UN)SUBSCRIBE is followed by the barrier, and the client's next requests wait for it.
@@ -205,4 +205,4 @@ cdef void relay_frame(Core *core, const char *p, size_t n) noexcept nogil:
     buf_append_str(cmd, b"*3\r\n$7\r\nPUBLISH\r\n")
     buf_append_bulk(cmd, av.argv[2], av.argl[2])
     buf_append_bulk(cmd, av.argv[3], av.argl[3])
-    send_unanswered(core, shard_backend(core, core.active[0], 2), buf_head(cmd), buf_len(cmd))
+    req_send_unanswered(core, shard_backend(core, core.active[0], 2), buf_head(cmd), buf_len(cmd))

@@ -40,7 +40,7 @@ cdef struct Request:
     unsigned short *key_frag
 
 
-cdef Request *request_new(Client *c, CommandInfo *cmd, long long now_us) noexcept nogil:
+cdef Request *req_get(Client *c, CommandInfo *cmd, long long now_us) noexcept nogil:
     cdef Request *r = <Request *>calloc(1, sizeof(Request))
     if r == NULL:
         return NULL
@@ -59,7 +59,7 @@ cdef Request *request_new(Client *c, CommandInfo *cmd, long long now_us) noexcep
     return r
 
 
-cdef int request_fragments(Request *r, int n) noexcept nogil:
+cdef int req_fragment(Request *r, int n) noexcept nogil:
     """Give r n fragments (n > 1) for a split or fan-out command."""
     cdef int i
     r.frags = <Fragment *>calloc(n, sizeof(Fragment))
@@ -72,7 +72,7 @@ cdef int request_fragments(Request *r, int n) noexcept nogil:
     return 0
 
 
-cdef void request_free(Request *r) noexcept nogil:
+cdef void req_put(Request *r) noexcept nogil:
     cdef int i
     if r.frags != &r.frag0:
         for i in range(r.nfrags):
@@ -86,13 +86,13 @@ cdef void request_free(Request *r) noexcept nogil:
     free(r)
 
 
-cdef void fragment_error(Core *core, Fragment *f, const char *label) noexcept nogil:
+cdef void frag_answer_unavailable(Core *core, Fragment *f, const char *label) noexcept nogil:
     cdef char line[160]
     snprintf(line, sizeof(line), b"-ERR shard %s is unavailable\r\n", label)
-    fragment_answer(core, f, line, strlen(line))
+    frag_answered(core, f, line, strlen(line))
 
 
-cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
+cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
     cdef Request *r = f.req
     cdef Client *waited = NULL
     r.pending -= 1
@@ -103,27 +103,27 @@ cdef void fragment_answer(Core *core, Fragment *f, const char *reply, size_t n) 
             client_mark_dirty(core, r.client)     # its waiting input is parsed again
             waited = r.client if r.client.waiters != NULL else NULL
     if r.resolving:
-        route_resolved(core, r, reply, n)
+        route_getkeys_answered(core, r, reply, n)
         return
     if r.merge == MERGE_SCAN:
-        scan_answer(core, r, reply, n)
+        route_scan_answered(core, r, reply, n)
         return
     if r.nfrags == 1:
-        request_answer(core, r, reply, n)
+        req_write(core, r, reply, n)
     else:
         buf_append(&f.reply, reply, n)
         if r.pending > 0:
             return
-        if merge_replies(core, r) < 0:
-            request_answer_str(core, r, b"-ERR out of memory\r\n")
+        if req_coalesce(core, r) < 0:
+            req_write_str(core, r, b"-ERR out of memory\r\n")
         else:
-            request_answer(core, r, buf_head(&core.merged), buf_len(&core.merged))
+            req_write(core, r, buf_head(&core.merged), buf_len(&core.merged))
     if waited != NULL:
         # The WAIT is answered: its connections go (only now: `reply` may be in one's buffer).
         waiters_close(core, waited)
 
 
-cdef void account(Request *r, const char *reply, long long now_us) noexcept nogil:
+cdef void req_account(Request *r, const char *reply, long long now_us) noexcept nogil:
     cdef CommandInfo *cmd = r.cmd
     if cmd != NULL:
         cmd.calls += 1
@@ -132,13 +132,13 @@ cdef void account(Request *r, const char *reply, long long now_us) noexcept nogi
             cmd.errors += 1
 
 
-cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """The whole answer of r is known: write it now if r heads its client's queue, else keep it
     until the requests before it are answered."""
     cdef Client *c = r.client
-    account(r, reply, core.now_us)
+    req_account(r, reply, core.now_us)
     if c == NULL:
-        request_free(r)
+        req_put(r)
         return
     if c.head != r:
         if buf_append(&r.reply, reply, n) < 0:
@@ -156,7 +156,7 @@ cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) no
     if c.head == NULL:
         c.tail = NULL
     c.inflight -= 1
-    request_free(r)
+    req_put(r)
     # Answers that were waiting behind r can go now, in order.
     while c.head != NULL and c.head.done:
         r = c.head
@@ -168,7 +168,7 @@ cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) no
         if c.head == NULL:
             c.tail = NULL
         c.inflight -= 1
-        request_free(r)
+        req_put(r)
     if over_output_limit(core, c):
         # A client that does not read its replies must not grow the proxy without bound.
         client_close(core, c)
@@ -176,11 +176,11 @@ cdef void request_answer(Core *core, Request *r, const char *reply, size_t n) no
     client_mark_dirty(core, c)
 
 
-cdef inline void request_answer_str(Core *core, Request *r, const char *line) noexcept nogil:
-    request_answer(core, r, line, strlen(line))
+cdef inline void req_write_str(Core *core, Request *r, const char *line) noexcept nogil:
+    req_write(core, r, line, strlen(line))
 
 
-cdef void request_answer_error(Core *core, Request *r, const char *fmt, const char *arg) noexcept nogil:
+cdef void req_write_error(Core *core, Request *r, const char *fmt, const char *arg) noexcept nogil:
     cdef char line[256]
     snprintf(line, sizeof(line), fmt, arg)
-    request_answer(core, r, line, strlen(line))
+    req_write(core, r, line, strlen(line))

@@ -40,7 +40,7 @@ cdef inline bint arity_ok(CommandInfo *cmd, int argc) noexcept nogil:
     return argc == cmd.arity if cmd.arity > 0 else argc >= -cmd.arity
 
 
-cdef void answer_unknown_command(Core *core, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_unknown_command(Core *core, Request *r, ArgVec *av) noexcept nogil:
     """Redis's own text: unknown command 'x', with args beginning with: 'a' 'b' """
     cdef Buf *out = &core.merged
     cdef int i
@@ -58,10 +58,10 @@ cdef void answer_unknown_command(Core *core, Request *r, ArgVec *av) noexcept no
         buf_append_str(out, b"' ")
         args_len += take + 3
     buf_append_str(out, b"\r\n")
-    request_answer(core, r, buf_head(out), buf_len(out))
+    req_write(core, r, buf_head(out), buf_len(out))
 
 
-cdef void answer_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av, int i) noexcept nogil:
+cdef void route_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av, int i) noexcept nogil:
     """The policy's error line for the parameter at position i, named as the client wrote it
     (control characters shown as '?', so that the line stays one line)."""
     cdef char name[PARAM_NAME_MAX]
@@ -72,7 +72,7 @@ cdef void answer_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *a
         ch = <unsigned char>av.argv[i][k]
         name[k] = c'?' if ch < 32 or ch == 127 else <char>ch
     snprintf(line, sizeof(line), p.refusal, <int>n, name)
-    request_answer(core, r, line, strlen(line))
+    req_write(core, r, line, strlen(line))
 
 
 cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
@@ -83,11 +83,11 @@ cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec
     k = param_refused(cmd.params, av)
     if k < 0:
         return False
-    answer_param_refusal(core, r, cmd.params, av, k)
+    route_param_refusal(core, r, cmd.params, av, k)
     return True
 
 
-cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
+cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     """Route one request. False when it must wait (its bytes stay in the input)."""
     cdef CommandInfo *cmd = command_lookup(core.commands, av)
     cdef Request *r
@@ -96,7 +96,7 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if c.flags & CF_AUTHED and core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
             (c.flags & CF_PUBSUB and c.proto == 2 and
              not (cmd != NULL and (cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)))):
-        return subscriber_command(core, c, cmd, av)
+        return route_subscriber(core, c, cmd, av)
     if c.flags & CF_PUBSUB and cmd != NULL and (cmd.local == LOCAL_RESET or cmd.local == LOCAL_QUIT) \
             and not subscriber_synced(core, c):
         return False        # answered after the frames still owed on the subscriber connection
@@ -107,91 +107,91 @@ cdef bint dispatch(Core *core, Client *c, ArgVec *av) noexcept nogil:
         return False
     c.last_us = core.now_us
     c.last_cmd = cmd
-    r = request_new(c, cmd, core.now_us)
+    r = req_get(c, cmd, core.now_us)
     if r == NULL:
         c.flags |= CF_CLOSE_AFTER_WRITE
         return True
     if not (c.flags & CF_AUTHED) and not (cmd != NULL and (cmd.local == LOCAL_AUTH or
             cmd.local == LOCAL_HELLO or cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)):
-        request_answer_str(core, r, b"-NOAUTH Authentication required.\r\n")
+        req_write_str(core, r, b"-NOAUTH Authentication required.\r\n")
         return True
     if core.monitors != NULL and cmd != NULL and not cmd.unmonitored:
         monitor_feed(core, c, cmd, av)
     if core.nactive == 0:
-        request_answer_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
+        req_write_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
         return True
     if cmd == NULL and c.flags & CF_MULTI:
-        multi_queue(core, c, r, cmd, av)
+        route_multi_queued(core, c, r, cmd, av)
         return True
     if cmd == NULL:
         # Unknown to the table: the shard answers with Redis's own error text.
         r.pending = 1
-        send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
         return True
     route = cmd.route
     if c.flags & CF_MULTI and not (route == ROUTE_LOCAL and (cmd.local == LOCAL_MULTI or
             cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT or
             cmd.local == LOCAL_WATCH or cmd.local == LOCAL_RESET)):
-        multi_queue(core, c, r, cmd, av)
+        route_multi_queued(core, c, r, cmd, av)
         return True
     if route == ROUTE_LOCAL:
-        answer_local(core, c, r, av)
+        route_local(core, c, r, av)
         return True
     if route == ROUTE_REFUSED:
-        request_answer_str(core, r, cmd.refusal)
+        req_write_str(core, r, cmd.refusal)
         return True
     if params_refused(core, r, cmd, av):
         return True
     if route == ROUTE_GETKEYS:
-        dispatch_getkeys(core, c, r, av)
+        route_getkeys(core, c, r, av)
         return True
     if route == ROUTE_SCAN:
-        dispatch_scan(core, r, av)
+        route_scan(core, r, av)
         return True
     if route == ROUTE_ALL_SHARDS:
         r.merge = cmd.merge
-        dispatch_all_shards(core, r, av)
+        route_all_shards(core, r, av)
         return True
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return True
     if route == ROUTE_BLOCKING:
         if c.flags & CF_PUBSUB:
-            request_answer_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
+            req_write_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
         else:
-            dispatch_blocking(core, c, r, av, kl)
+            route_blocking(core, c, r, av, kl)
         return True
     if route == ROUTE_WAIT:
-        dispatch_wait(core, c, r, av)
+        route_wait(core, c, r, av)
         return True
     if route == ROUTE_PUBSUB:
         r.pending = 1
-        send_fragment(core, core.active[0], &r.frag0, av.wire, av.wire_len)
+        frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
         return True
     r.pending = 1
     if kl.n == 0:
-        send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
     elif same_shard(core, kl.n):
         if c.flags & CF_WATCH and core.key_shard[0] == c.watch_shard:
             # In order with the WATCH, on its connection: what it reads is what EXEC checks.
-            send_fragment_on(core, c.dedicated, &r.frag0, av.wire, av.wire_len)
+            frag_send_on(core, c.dedicated, &r.frag0, av.wire, av.wire_len)
         else:
-            send_fragment(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
+            frag_send(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
     elif route == ROUTE_SPLIT:
         r.merge = cmd.merge
-        dispatch_split(core, r, av, kl)
+        route_split(core, r, av, kl)
     elif MERGE_SUNION <= cmd.merge <= MERGE_SINTERCARD:
-        dispatch_set_algebra(core, r, av, kl)
+        route_set_algebra(core, r, av, kl)
     elif MERGE_ZUNION <= cmd.merge <= MERGE_ZINTERCARD:
-        dispatch_zset_algebra(core, r, av, kl)
+        route_zset_algebra(core, r, av, kl)
     elif cmd.merge == MERGE_PFCOUNT:
-        dispatch_pfcount(core, r, av, kl)
+        route_pfcount(core, r, av, kl)
     else:
-        request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+        req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
     return True
 
 
-cdef void dispatch_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+cdef void route_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """MGET/MSET/DEL/...: one sub-command per shard holding some of the keys; a key's group
     is the key and the arguments up to the next key (MSET: key value)."""
     cdef int i, j, k, nfr = 0, s, prefix = kl.pos[0], nargs, group_end
@@ -203,14 +203,14 @@ cdef void dispatch_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexce
         if core.shard_frag[s] < 0:
             core.shard_frag[s] = nfr
             nfr += 1
-    if request_fragments(r, nfr) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+    if req_fragment(r, nfr) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     if r.merge == MERGE_KEYED_ARRAY:
         r.key_frag = <unsigned short *>malloc(kl.n * sizeof(unsigned short))
         if r.key_frag == NULL:
             r.nfrags = nfr
-            request_answer_str(core, r, b"-ERR out of memory\r\n")
+            req_write_str(core, r, b"-ERR out of memory\r\n")
             return
         r.nkeys = kl.n
         for i in range(kl.n):
@@ -235,17 +235,17 @@ cdef void dispatch_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexce
                 for k in range(kl.pos[i], group_end):
                     buf_append_bulk(sub, av.argv[k], av.argl[k])
         # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, s, &r.frags[j], buf_head(sub), buf_len(sub))
+        frag_send(core, s, &r.frags[j], buf_head(sub), buf_len(sub))
 
 
-cdef void fetch_each_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,
+cdef void route_per_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,
                          const char *tail) noexcept nogil:
     """One fragment per key: `head <key> tail` sent to the key's shard (SMEMBERS, ZRANGE ...,
     GET); r's merge combines the replies when all are in."""
     cdef Buf *sub = &core.subcommand
     cdef int i, k
-    if request_fragments(r, kl.n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+    if req_fragment(r, kl.n) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.pending = kl.n
     for i in range(kl.n):
@@ -255,30 +255,30 @@ cdef void fetch_each_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const 
         buf_append_bulk(sub, av.argv[k], av.argl[k])
         buf_append_str(sub, tail)
         # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
+        frag_send(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
 
 
-cdef void dispatch_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
     cdef int i, n = core.nactive
     if n == 1:
         r.pending = 1
-        send_fragment(core, core.active[0], &r.frag0, av.wire, av.wire_len)
+        frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
         return
-    if request_fragments(r, n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+    if req_fragment(r, n) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.pending = n
     for i in range(n):
-        send_fragment(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+        frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
 
 
-cdef void dispatch_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     """Ask the default shard which arguments are keys; the client's later requests wait, so
     that none of them overtakes this one on another shard."""
     cdef Buf *sub = &core.subcommand
     cdef int i
     if buf_append(&r.command, av.wire, av.wire_len) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     buf_clear(sub)
     buf_append_int(sub, c'*', av.argc + 2)
@@ -288,10 +288,10 @@ cdef void dispatch_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexce
     r.resolving = True
     r.pending = 1
     c.flags |= CF_RESOLVING
-    send_fragment(core, default_shard(core), &r.frag0, buf_head(sub), buf_len(sub))
+    frag_send(core, default_shard(core), &r.frag0, buf_head(sub), buf_len(sub))
 
 
-cdef void route_resolved(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+cdef void route_getkeys_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """The COMMAND GETKEYS answer for r is in: send r where its keys live."""
     cdef Client *c = r.client
     cdef long long count = 0, i, klen
@@ -301,7 +301,7 @@ cdef void route_resolved(Core *core, Request *r, const char *reply, size_t n) no
     cdef int shard = -1, s
     r.resolving = False
     if c == NULL:
-        request_free(r)
+        req_put(r)
         return
     c.flags &= ~CF_RESOLVING
     client_mark_dirty(core, c)      # its waiting input is parsed again when it is flushed
@@ -319,14 +319,14 @@ cdef void route_resolved(Core *core, Request *r, const char *reply, size_t n) no
                     break
                 s = core.slot_map[key_slot(eol + 1, <size_t>klen)]
                 if shard >= 0 and s != shard:
-                    request_answer_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+                    req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
                     return
                 shard = s
                 p = eol + 1 + klen + 2
     if shard < 0:
         shard = default_shard(core)
     r.pending = 1
-    send_fragment(core, shard, &r.frag0, buf_head(&r.command), buf_len(&r.command))
+    frag_send(core, shard, &r.frag0, buf_head(&r.command), buf_len(&r.command))
 
 
 # SCAN: the proxy's cursor is (shard cursor) * N + (position of the shard in the map), N the
@@ -334,7 +334,7 @@ cdef void route_resolved(Core *core, Request *r, const char *reply, size_t n) no
 # product stays far below 2^64. When one shard's scan ends, the cursor moves to the next shard.
 
 
-cdef void dispatch_scan(Core *core, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_scan(Core *core, Request *r, ArgVec *av) noexcept nogil:
     cdef unsigned long long cursor = 0, shard_cursor
     cdef int position, i
     cdef size_t k
@@ -343,14 +343,14 @@ cdef void dispatch_scan(Core *core, Request *r, ArgVec *av) noexcept nogil:
     if av.argc < 2:
         # The shard answers with Redis's arity error.
         r.pending = 1
-        send_fragment(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
         return
     if av.argl[1] == 0 or av.argl[1] > 20:
-        request_answer_str(core, r, b"-ERR invalid cursor\r\n")
+        req_write_str(core, r, b"-ERR invalid cursor\r\n")
         return
     for k in range(av.argl[1]):
         if av.argv[1][k] < c'0' or av.argv[1][k] > c'9':
-            request_answer_str(core, r, b"-ERR invalid cursor\r\n")
+            req_write_str(core, r, b"-ERR invalid cursor\r\n")
             return
         cursor = cursor * 10 + <unsigned long long>(av.argv[1][k] - c'0')
     position = <int>(cursor % <unsigned long long>core.nactive)
@@ -365,10 +365,10 @@ cdef void dispatch_scan(Core *core, Request *r, ArgVec *av) noexcept nogil:
     r.merge = MERGE_SCAN
     r.scan_position = position
     r.pending = 1
-    send_fragment(core, core.active[position], &r.frag0, buf_head(sub), buf_len(sub))
+    frag_send(core, core.active[position], &r.frag0, buf_head(sub), buf_len(sub))
 
 
-cdef void scan_answer(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+cdef void route_scan_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """Rewrite `*2 $len <shard cursor> *K keys...` with the proxy's cursor."""
     cdef const char *eol
     cdef const char *p
@@ -379,12 +379,12 @@ cdef void scan_answer(Core *core, Request *r, const char *reply, size_t n) noexc
     cdef char digits[24]
     cdef Buf *out = &core.merged
     if reply_is_error(reply) or n < 4 or memcmp(reply, b"*2\r\n$", 5) != 0:
-        request_answer(core, r, reply, n)
+        req_write(core, r, reply, n)
         return
     p = reply + 4
     eol = <const char *>memchr(p, c'\n', n - 4)
     if eol == NULL or parse_ll(p + 1, eol - p - 2, &blen) < 0 or blen <= 0 or blen > 20:
-        request_answer_str(core, r, b"-ERR unexpected reply from shard\r\n")
+        req_write_str(core, r, b"-ERR unexpected reply from shard\r\n")
         return
     for i in range(blen):
         shard_cursor = shard_cursor * 10 + <unsigned long long>(eol[1 + i] - c'0')
@@ -399,4 +399,4 @@ cdef void scan_answer(Core *core, Request *r, const char *reply, size_t n) noexc
     buf_append_bulk(out, digits, strlen(digits))
     p = eol + 1 + blen + 2
     buf_append(out, p, n - (p - reply))
-    request_answer(core, r, buf_head(out), buf_len(out))
+    req_write(core, r, buf_head(out), buf_len(out))

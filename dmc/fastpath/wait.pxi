@@ -39,7 +39,7 @@ cdef void client_forget_writes(Client *c) noexcept nogil:
 
 
 cdef Backend *client_waiter(Core *core, Client *c, int shard) noexcept nogil:
-    """A new connection of the client's own to the shard, for one WAIT (see dispatch_wait)."""
+    """A new connection of the client's own to the shard, for one WAIT (see route_wait)."""
     cdef Backend *b = backend_new(shard, c, 2)   # WAIT answers an integer, the same in RESP2 and 3
     if b == NULL:
         return NULL
@@ -65,7 +65,7 @@ cdef void waiters_close(Core *core, Client *c) noexcept nogil:
 cdef const char *WAIT_MARK = b"*3\r\n$8\r\nSPUBLISH\r\n$17\r\n__dmcproxy__:wait\r\n$0\r\n\r\n"
 
 
-cdef void dispatch_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     """WAIT numreplicas timeout: the smallest number of replicas that acknowledged, on every shard
     the client wrote to since its last WAIT, the writes made before it.
 
@@ -82,16 +82,16 @@ cdef void dispatch_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept 
     cdef Backend *b
     cdef Buf *cmd = &core.subcommand
     if av.argc != 3:
-        request_answer_str(core, r, b"-ERR wrong number of arguments for 'wait' command\r\n")
+        req_write_str(core, r, b"-ERR wrong number of arguments for 'wait' command\r\n")
         return
     if parse_ll(av.argv[1], av.argl[1], &n) < 0:
-        request_answer_str(core, r, b"-ERR value is not an integer or out of range\r\n")
+        req_write_str(core, r, b"-ERR value is not an integer or out of range\r\n")
         return
     if parse_ll(av.argv[2], av.argl[2], &timeout) < 0:
-        request_answer_str(core, r, b"-ERR timeout is not an integer or out of range\r\n")
+        req_write_str(core, r, b"-ERR timeout is not an integer or out of range\r\n")
         return
     if timeout < 0:
-        request_answer_str(core, r, b"-ERR timeout is negative\r\n")
+        req_write_str(core, r, b"-ERR timeout is negative\r\n")
         return
     for i in range(core.nshards):
         if client_has_written(c, i):
@@ -111,8 +111,8 @@ cdef void dispatch_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept 
     if not bare:
         buf_append_str(cmd, WAIT_MARK)
     buf_append(cmd, av.wire, av.wire_len)
-    if count > 1 and request_fragments(r, count) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
+    if count > 1 and req_fragment(r, count) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.merge = MERGE_AGG_MIN
     r.pending = count
@@ -124,11 +124,11 @@ cdef void dispatch_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept 
             r.frags[k].skip = 0 if bare else 1
             b = client_waiter(core, c, i)
             if b == NULL:
-                fragment_answer(core, &r.frags[k], b"-ERR out of memory\r\n", 20)
+                frag_answered(core, &r.frags[k], b"-ERR out of memory\r\n", 20)
             else:
                 # Its id on the shard first, for CLIENT UNBLOCK (client_unblock).
                 buf_append_str(&b.wbuf, b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
                 b.wants_id = True
-                send_fragment_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
+                frag_send_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
             k += 1
     client_forget_writes(c)
