@@ -369,6 +369,7 @@ cdef class Proxy:
             b.kind = KIND_BACKEND
             b.fd = -1
             b.state = BK_DOWN
+            b.role = ROLE_SHARED
             b.shard = idx
             b.retry_delay_us = RETRY_MIN_US
             b.retry_at_us = 0

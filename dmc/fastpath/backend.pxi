@@ -56,7 +56,7 @@ cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n)
     frag_send_on(core, b, &r.frag0, cmd, n)
 
 
-cdef Backend *backend_new(int shard, Client *owner, int proto) noexcept nogil:
+cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcept nogil:
     """A connection outside the shard's shared ones (a client's own, a relay), not yet open;
     freed through core.closed_backends."""
     cdef Backend *b = <Backend *>calloc(1, sizeof(Backend))
@@ -69,6 +69,7 @@ cdef Backend *backend_new(int shard, Client *owner, int proto) noexcept nogil:
     b.retry_delay_us = RETRY_MIN_US
     b.owner = owner
     b.proto = proto
+    b.role = role
     return b
 
 
@@ -79,7 +80,7 @@ cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
         dedicated_close(core, b)
         b = c.dedicated = NULL
     if b == NULL:
-        b = backend_new(shard, c, c.proto)
+        b = backend_new(shard, c, c.proto, ROLE_DEDICATED)
         if b == NULL:
             return NULL
         c.dedicated = b
@@ -92,7 +93,8 @@ cdef void dedicated_close(Core *core, Backend *b) noexcept nogil:
     """Close a client's own connection (the shard forgets a blocked client with it); what still
     waits on it is answered with an error; the struct is freed at the end of the loop turn."""
     b.owner = NULL
-    b.passthrough = False
+    if b.role == ROLE_SUBSCRIBER:
+        b.role = ROLE_DEDICATED
     backend_fail(core, b, b"closed dedicated connection to")
     b.next_closed = core.closed_backends
     core.closed_backends = b
@@ -160,11 +162,11 @@ cdef void backend_send(Core *core, Backend *b) noexcept nogil:
 
 
 cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
+    """Read what the shard sent and hand each complete reply frame to the handler of the
+    connection's role."""
     cdef ssize_t n, flen
     cdef size_t need
-    cdef int push
-    cdef bint release
-    cdef Fragment *f
+    cdef int push, rc
     if buf_reserve(&b.rbuf, READ_CHUNK) < 0:
         backend_fail(core, b, b"out of memory reading from")
         return
@@ -177,7 +179,7 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
     b.rbuf.end += n
     if buf_len(&b.rbuf) < b.need:
         return
-    if b.passthrough and b.owner != NULL and over_output_limit(core, b.owner):
+    if b.role == ROLE_SUBSCRIBER and b.owner != NULL and over_output_limit(core, b.owner):
         # A subscriber that does not read its messages: cut it off (never inside the loop
         # below, which reads from this connection's buffer).
         client_close(core, b.owner)
@@ -192,48 +194,44 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             backend_fail(core, b, b"protocol error from")
             return
         if b.skip_replies > 0:
-            b.skip_replies -= 1
+            b.skip_replies -= 1     # the HELLO 3 sent when it connected
             buf_consume(&b.rbuf, flen)
             continue
-        if b.wants_id:
-            b.wants_id = False
-            parse_ll(buf_head(&b.rbuf) + 1, flen - 3, &b.shard_client_id)
-            buf_consume(&b.rbuf, flen)
-            continue
-        if b.relay:
-            relay_frame(core, buf_head(&b.rbuf), flen)
-            buf_consume(&b.rbuf, flen)
-            continue
-        if b.passthrough:
-            release = subscriber_frame(core, b, buf_head(&b.rbuf), flen)
-            buf_consume(&b.rbuf, flen)
-            if release:
-                # Nothing more can come: the client is paused and subscribed to nothing.
-                subscriber_release(core, b.owner)
-                return
-            continue
-        if push:
-            # Out of band on a request/reply connection: nobody asked for it.
-            buf_consume(&b.rbuf, flen)
-            continue
-        f = b.qhead
-        if f == NULL:
-            backend_fail(core, b, b"unexpected reply from")
-            return
-        if f.skip > 0:
-            # A reply the client already had from the proxy (MULTI's OK, a QUEUED).
-            f.skip -= 1
-            buf_consume(&b.rbuf, flen)
-            continue
-        b.qhead = f.next
-        if b.qhead == NULL:
-            b.qtail = NULL
-        b.queued -= 1
-        f.next = NULL
-        frag_answered(core, f, buf_head(&b.rbuf), flen)
-        if b.state == BK_DOWN:
-            return      # closed by the answer (the last reply of a WAIT closes its connections)
+        if b.role <= ROLE_DEDICATED:
+            rc = rsp_fragment(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_SUBSCRIBER:
+            rc = rsp_subscriber(core, b, buf_head(&b.rbuf), flen)
+        elif b.role == ROLE_WAITER:
+            rc = rsp_waiter(core, b, buf_head(&b.rbuf), flen, push)
+        else:
+            rc = rsp_relay(core, b, buf_head(&b.rbuf), flen)
+        if rc < 0:
+            return      # the connection is closed (its buffer with it)
         buf_consume(&b.rbuf, flen)
+
+
+cdef inline int rsp_fragment(Core *core, Backend *b, const char *p, size_t n, int push) noexcept nogil:
+    """A reply on a request/reply connection (shared or dedicated): the answer of the fragment
+    at the head of its queue. -1 when the connection was closed meanwhile."""
+    cdef Fragment *f
+    if push:
+        return 0        # out of band on a request/reply connection: nobody asked for it
+    f = b.qhead
+    if f == NULL:
+        backend_fail(core, b, b"unexpected reply from")
+        return -1
+    if f.skip > 0:
+        # A reply the client already had from the proxy (MULTI's OK, a QUEUED).
+        f.skip -= 1
+        return 0
+    b.qhead = f.next
+    if b.qhead == NULL:
+        b.qtail = NULL
+    b.queued -= 1
+    f.next = NULL
+    frag_answered(core, f, p, n)
+    # Closed by the answer (the last reply of a WAIT closes its connections).
+    return -1 if b.state == BK_DOWN else 0
 
 
 cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
@@ -243,7 +241,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
     snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
-    if b.passthrough and b.owner != NULL:
+    if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
         # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
         buf_append_str(&b.owner.wbuf, line)
         b.owner.flags |= CF_CLOSE_AFTER_WRITE

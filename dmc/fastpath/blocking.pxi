@@ -23,22 +23,14 @@ cdef void route_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList 
 
 
 cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nogil:
-    """End a blocking command: the shard-side connection goes, the client gets a timeout's
-    null reply (or Redis's UNBLOCKED error)."""
+    """CLIENT UNBLOCK of a blocked client: a WAIT is ended by its shards (wait_unblock); a
+    blocking command's shard-side connection goes, and the client gets a timeout's null reply
+    (or Redis's UNBLOCKED error)."""
     cdef Backend *b = target.dedicated
     cdef Fragment *f
     cdef const char *reply
-    cdef char line[96]
     if target.waiters != NULL:
-        # A WAIT: each shard unblocks its own, and answers what it reached (or UNBLOCKED).
-        b = target.waiters
-        while b != NULL:
-            if b.shard_client_id > 0:
-                snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
-                         <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
-                         5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
-                req_send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
-            b = b.next_waiter
+        wait_unblock(core, target, as_error)
         return
     if b == NULL or b.qhead == NULL:
         return

@@ -34,6 +34,15 @@ cdef enum:
     CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
     CF_MONITOR = 8192       # MONITOR: on the core's list of monitors
 
+# What a backend connection is for; its reader hands each reply frame to the role's handler
+# (backend.pxi: rsp_fragment, rsp_waiter; pubsub.pxi: rsp_subscriber, rsp_relay).
+cdef enum BackendRole:
+    ROLE_SHARED = 0         # one of a shard's shared connections: fragments of every client, in order
+    ROLE_DEDICATED = 1      # a client's own: blocking commands, WATCH ... EXEC
+    ROLE_SUBSCRIBER = 2     # a client's own, subscribed: every frame goes straight to `owner`
+    ROLE_WAITER = 3         # a client's own for one WAIT: its CLIENT ID, then the WAIT's reply
+    ROLE_RELAY = 4          # the shard's keyspace-notification relay (pubsub.pxi)
+
 # Backend states
 cdef enum:
     BK_DOWN = 0
@@ -93,6 +102,7 @@ cdef struct Backend:
     int fd
     unsigned int events
     int state
+    int role                # BackendRole
     int shard               # index into the core's shard table
     Buf rbuf
     Buf wbuf
@@ -108,15 +118,13 @@ cdef struct Backend:
     int proto               # RESP version it speaks (HELLO 3 is sent first when 3)
     int skip_replies        # replies to drop before the first fragment's (the HELLO reply)
     bint used               # a RESP3 connection is opened, and kept open, once a client needs it
-    bint passthrough        # a subscriber's connection: every frame goes straight to `owner`
-    bint barrier            # passthrough: the proxy's PING barrier is in flight (its reply is dropped)
-    bint synced             # passthrough: the barrier's reply is in and nothing was sent since
-    int subscriptions       # passthrough: channels + patterns left, from the last (un)subscribe frame
+    bint barrier            # ROLE_SUBSCRIBER: the proxy's PING barrier is in flight (its reply is dropped)
+    bint synced             #   the barrier's reply is in and nothing was sent since
+    int subscriptions       #   channels + patterns left, from the last (un)subscribe frame
     int shard_subscriptions #   and sharded channels left (Redis counts them apart)
-    Backend *next_waiter    # the client's next WAIT connection
-    bint wants_id           # a WAIT connection: its first reply is its CLIENT ID on the shard
-    long long shard_client_id   # that id, for CLIENT UNBLOCK (0 until known)
-    bint relay              # the shard's keyspace-notification relay (see keyspace.pxi)
+    Backend *next_waiter    # ROLE_WAITER: the client's next WAIT connection
+    bint wants_id           #   its next reply is its CLIENT ID on the shard
+    long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known)
     Backend *next_closed
 
 

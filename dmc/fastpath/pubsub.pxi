@@ -75,7 +75,7 @@ cdef bint route_subscriber(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) 
         c.flags |= CF_CLOSE_AFTER_WRITE
         client_mark_dirty(core, c)
         return True
-    b.passthrough = True
+    b.role = ROLE_SUBSCRIBER
     c.flags |= CF_PUBSUB
     subscriber_send(core, b, av.wire, av.wire_len, cmd != NULL and cmd.route == ROUTE_SUBSCRIBE)
     return True
@@ -105,24 +105,28 @@ cdef void subscriber_send(Core *core, Backend *b, const char *data, size_t n, bi
     backend_mark_dirty(core, b)
 
 
-cdef bint subscriber_frame(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
-    """A frame from a subscriber's connection: to its client, except the barrier's reply. True
-    when that reply shows the connection subscribed to nothing: the caller releases it."""
+cdef int rsp_subscriber(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
+    """A frame from a subscriber's connection: to its client, except the barrier's reply. When
+    that reply shows the connection subscribed to nothing, the connection is released (closed)
+    and -1 returned: nothing more can come, the client is paused and subscribed to nothing."""
     cdef Client *c = b.owner
     if b.barrier and is_barrier_reply(p, n):
         b.barrier = False
         b.synced = True
         if c == NULL or c.flags & CF_CLOSED:
-            return False
+            return 0
         c.flags &= ~CF_PUBSUB_SYNC
         client_mark_dirty(core, c)      # its waiting input is parsed again when it is flushed
-        return b.subscriptions == 0 and b.shard_subscriptions == 0
+        if b.subscriptions == 0 and b.shard_subscriptions == 0:
+            subscriber_release(core, c)
+            return -1
+        return 0
     if c == NULL or c.flags & CF_CLOSED:
-        return False
+        return 0
     subscription_count(b, p, n)
     buf_append(&c.wbuf, p, n)
     client_mark_dirty(core, c)
-    return False
+    return 0
 
 
 cdef void subscriber_release(Core *core, Client *c) noexcept nogil:
@@ -152,10 +156,9 @@ cdef const char *RELAY_SUBSCRIBE = b"*3\r\n$10\r\nPSUBSCRIBE\r\n$16\r\n__keyspac
 cdef void relay_open(Core *core, int shard) noexcept nogil:
     cdef Backend *b = core.shards[shard].relay
     if b == NULL:
-        b = backend_new(shard, NULL, 2)
+        b = backend_new(shard, NULL, 2, ROLE_RELAY)
         if b == NULL:
             return
-        b.relay = True
         core.shards[shard].relay = b
     if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
         backend_connect(core, b)
@@ -192,7 +195,7 @@ cdef void relays_tick(Core *core) noexcept nogil:
             relay_open(core, i)
 
 
-cdef void relay_frame(Core *core, const char *p, size_t n) noexcept nogil:
+cdef int rsp_relay(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
     """A frame from a relay: a notification is re-published on the pub/sub shard; the
     subscription confirmations are dropped."""
     cdef ArgVec *av = &core.relay_av
@@ -200,9 +203,10 @@ cdef void relay_frame(Core *core, const char *p, size_t n) noexcept nogil:
     cdef size_t consumed, need
     if core.nactive == 0 or parse_request(p, n, av, &consumed, &need) != PARSE_OK or av.argc != 4 \
             or not arg_equals_ci(av.argv[0], av.argl[0], b"pmessage", 8):
-        return
+        return 0
     buf_clear(cmd)
     buf_append_str(cmd, b"*3\r\n$7\r\nPUBLISH\r\n")
     buf_append_bulk(cmd, av.argv[2], av.argl[2])
     buf_append_bulk(cmd, av.argv[3], av.argl[3])
     req_send_unanswered(core, shard_backend(core, core.active[0], 2), buf_head(cmd), buf_len(cmd))
+    return 0

@@ -40,13 +40,22 @@ cdef void client_forget_writes(Client *c) noexcept nogil:
 
 cdef Backend *client_waiter(Core *core, Client *c, int shard) noexcept nogil:
     """A new connection of the client's own to the shard, for one WAIT (see route_wait)."""
-    cdef Backend *b = backend_new(shard, c, 2)   # WAIT answers an integer, the same in RESP2 and 3
+    cdef Backend *b = backend_new(shard, c, 2, ROLE_WAITER)   # WAIT answers an integer, the same in RESP2 and 3
     if b == NULL:
         return NULL
     b.next_waiter = c.waiters
     c.waiters = b
     backend_connect(core, b)
     return b
+
+
+cdef int rsp_waiter(Core *core, Backend *b, const char *p, size_t n, int push) noexcept nogil:
+    """A reply on a WAIT connection: first its CLIENT ID on the shard, then the WAIT's own."""
+    if b.wants_id:
+        b.wants_id = False
+        parse_ll(p + 1, n - 3, &b.shard_client_id)
+        return 0
+    return rsp_fragment(core, b, p, n, push)
 
 
 cdef void waiters_close(Core *core, Client *c) noexcept nogil:
@@ -126,9 +135,23 @@ cdef void route_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept nog
             if b == NULL:
                 frag_answered(core, &r.frags[k], b"-ERR out of memory\r\n", 20)
             else:
-                # Its id on the shard first, for CLIENT UNBLOCK (client_unblock).
+                # Its id on the shard first, for CLIENT UNBLOCK (wait_unblock).
                 buf_append_str(&b.wbuf, b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
                 b.wants_id = True
                 frag_send_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
             k += 1
     client_forget_writes(c)
+
+
+cdef void wait_unblock(Core *core, Client *c, bint as_error) noexcept nogil:
+    """CLIENT UNBLOCK of a client in WAIT: each shard is told to unblock the client's connection
+    there, and answers the count it reached (TIMEOUT) or UNBLOCKED (ERROR)."""
+    cdef Backend *b = c.waiters
+    cdef char line[96]
+    while b != NULL:
+        if b.shard_client_id > 0:
+            snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
+                     <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
+                     5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
+            req_send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
+        b = b.next_waiter
