@@ -5,6 +5,7 @@
 # round robin); a client's own connections (dedicated: blocking commands, WATCH, a subscriber;
 # WAIT) and the keyspace relay are made with backend_new.
 
+
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
     """The next shared connection of the shard for clients of `proto` (round robin); one that
     is down is reconnected here once its back-off is over."""

@@ -1,6 +1,7 @@
 # Blocking commands (BLPOP & co.): each waits on a connection of its client's own, and the
 # client's later requests wait behind it; CLIENT UNBLOCK ends the wait.
 
+
 cdef void route_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """BLPOP & co. wait on a connection of the client's own, so that no other client sharing a
     connection waits with it; the client's next requests wait behind it, as on one Redis."""

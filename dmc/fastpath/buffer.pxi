@@ -5,15 +5,6 @@
 # without the GIL one day. An empty buffer whose capacity grew past BUF_KEEP gives its memory
 # back, so that 10,000 idle clients cost only their structs.
 
-DEF BUF_MIN = 512
-DEF BUF_KEEP = 65536
-
-cdef struct Buf:
-    char *data
-    size_t pos      # first byte not yet consumed
-    size_t end      # one past the last byte written
-    size_t cap
-
 
 cdef inline size_t buf_len(const Buf *b) noexcept nogil:
     return b.end - b.pos

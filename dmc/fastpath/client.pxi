@@ -6,6 +6,7 @@
 # requests in flight or too much unwritten output is not read until it catches up; one owed
 # more than client_output_limit bytes is disconnected.
 
+
 cdef inline void client_mark_dirty(Core *core, Client *c) noexcept nogil:
     if not (c.flags & CF_DIRTY):
         c.flags |= CF_DIRTY

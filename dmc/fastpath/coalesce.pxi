@@ -3,6 +3,7 @@
 # MGET's keyed array, RANDOMKEY, INFO; set algebra (coalesce_sets.pxi) and PFCOUNT
 # (coalesce_pfcount.pxi) have files of their own.
 
+
 cdef long long info_field(const char *p, const char *end, const char *name) noexcept nogil:
     """The integer after `name=` in p[0:end] (a keyspace line); 0 when absent."""
     cdef size_t n = strlen(name)

@@ -3,12 +3,6 @@
 # encoding, as Redis stores them) and estimates the cardinality as redis-server does
 # (hllCount with the improved estimator of Ertl).
 
-DEF HLL_P = 14
-DEF HLL_REGISTERS = 16384
-DEF HLL_Q = 50                  # 64 - HLL_P
-DEF HLL_HEADER = 16             # "HYLL", encoding, 3 unused bytes, 8 bytes of cached cardinality
-DEF HLL_DENSE_SIZE = 12304      # HLL_HEADER + 16384 * 6 / 8
-
 
 cdef int hll_merge(unsigned char *regs, const unsigned char *p, size_t n) noexcept nogil:
     """Max each register of regs with the HLL in p[0:n]; -1 if it is not a HyperLogLog."""

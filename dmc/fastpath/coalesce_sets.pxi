@@ -3,20 +3,6 @@
 # them with a small open-addressing hash set over the reply bytes (no copies of members).
 
 
-cdef struct Member:
-    const char *p           # the member's bytes, inside a fragment's reply (NULL: empty slot)
-    size_t n
-    unsigned int hash
-    int count               # SINTER: sets seen in; SDIFF: < 0 once removed
-    double score            # sorted sets: the aggregated score
-
-
-cdef struct MemberSet:
-    Member *slots
-    size_t cap              # a power of two, at least twice the members
-    size_t used
-
-
 cdef int members_init(MemberSet *s, size_t expected) noexcept nogil:
     s.cap = 16
     while s.cap < 2 * expected + 2:

@@ -2,6 +2,7 @@
 # half of MULTI/EXEC/DISCARD, WATCH, CLIENT and MONITOR (transaction.pxi, local_client.pxi,
 # monitor.pxi).
 
+
 cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
                            const char *pw, size_t plen) noexcept nogil:
     """AUTH [user] password, for the database's `default` user: 0 accepted, -1 refused."""

@@ -1,6 +1,7 @@
 # CLIENT ...: about the proxy's own client connections. The shards' clients are the proxy's
 # backend connections, so these are answered here, in the shapes redis-server uses.
 
+
 cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
     cdef Client *c = core.all_clients
     while c != NULL:

@@ -1,55 +1,6 @@
 # One turn of the event loop: wait, read and route everything that is ready, then write every
 # connection that has output, once.
 
-cdef struct Core:
-    int epfd
-    Listener listener
-    Wake wake
-    bint woken                  # the loop drained a wakeup() (run_until_wakeup returns)
-    bint paused                 # no new request goes to a shard; clients wait, read-paused
-    long long now_us
-    CommandInfo **commands
-    # shard table: only grows; the slot map points into it
-    Shard *shards
-    int nshards
-    int conns_per_shard
-    unsigned short slot_map[SLOT_COUNT]
-    unsigned long long map_version
-    int default_shard
-    int *active                 # shard indices of the current map, in map order
-    int nactive
-    # clients
-    int nclients
-    int max_clients
-    unsigned long long next_client_id
-    unsigned long long total_connections
-    unsigned long long rejected_connections
-    long long backend_timeout_us
-    size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
-    char server_version[32]     # the shards' redis_version, reported by HELLO
-    char listen_addr[48]        # ip:port of the endpoint (CLIENT LIST's laddr)
-    char *password              # the database password (the `default` user's), or NULL
-    long long idle_timeout_us   # clients idle longer are closed (0: never), as Redis's `timeout`
-    long long next_idle_check_us
-    Client *dirty_clients
-    Client *all_clients
-    Client *monitors            # clients in MONITOR mode
-    Client *closed_clients
-    Backend *dirty_backends
-    Backend *closed_backends
-    # scratch, reused by every command
-    ArgVec av
-    KeyList keys
-    Buf merged
-    Buf subcommand
-    Buf monitor_line
-    ArgVec relay_av             # a relayed notification, parsed
-    Buf relay_cmd               #   and re-published
-    char *read_chunk
-    unsigned short *key_shard
-    int key_shard_cap
-    int *shard_frag             # shard index -> fragment index, while splitting a command
-
 
 cdef inline long long monotonic_us() noexcept nogil:
     cdef timespec ts

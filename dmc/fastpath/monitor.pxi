@@ -8,6 +8,7 @@
 # when the proxy routes a command, so the commands of every shard come interleaved in the order
 # the proxy saw them. With no monitor, this costs one pointer test per command.
 
+
 cdef void monitor_start(Core *core, Client *c, Request *r) noexcept nogil:
     if c.flags & CF_MONITOR:
         req_write(core, r, b"", 0)       # Redis ignores a second MONITOR, without a reply

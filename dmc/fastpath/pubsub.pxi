@@ -7,12 +7,11 @@
 # When it holds none, the connection is closed and the client is an ordinary one again, as a
 # Redis client whose subscription count reaches 0.
 
+
 cdef const char *PUBSUB_BARRIER = b"*2\r\n$4\r\nPING\r\n$23\r\ndmcproxy:pubsub-barrier\r\n"
 # Its reply: the bulk alone (RESP3, or no longer subscribed), or `*2 pong <bulk>` (RESP2, subscribed).
 cdef const char *BARRIER_BULK = b"$23\r\ndmcproxy:pubsub-barrier\r\n"
-DEF BARRIER_BULK_LEN = 30
 cdef const char *PONG_PREFIX = b"*2\r\n$4\r\npong\r\n"
-DEF PONG_PREFIX_LEN = 14
 
 
 cdef inline bint is_barrier_reply(const char *p, size_t n) noexcept nogil:

@@ -8,37 +8,6 @@
 # A client that goes away leaves its unanswered requests orphaned (client = NULL): they are
 # freed when their last reply arrives, so no backend queue ever points at freed memory.
 
-cdef struct Fragment:
-    Fragment *next          # next in the backend connection's queue
-    Request *req
-    long long sent_us       # when it was queued on the backend connection
-    Buf reply               # the reply, kept only when several fragments are merged
-    size_t cursor           # MERGE_KEYED_ARRAY: read position in `reply`
-    int skip                # replies to drop before this fragment's own (MULTI, QUEUED ...)
-
-
-cdef struct Request:
-    Request *next           # next in the client's queue
-    Client *client          # NULL once the client is gone
-    CommandInfo *cmd        # NULL for a command the table does not know
-    int pending             # fragments still waiting for their reply
-    int nfrags
-    Fragment *frags         # nfrags fragments: &frag0, or an array for split / fan-out
-    Fragment frag0
-    int merge
-    bint done               # answered; `reply` holds the answer until it can be written
-    Buf reply
-    long long started_us
-    bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
-    int scan_position       # SCAN: index in the map's shard list of the shard asked
-    bint blocking           # holds its client's later requests until answered
-    double *weights         # ZUNION/ZINTER across shards: WEIGHTS, one per key (NULL: all 1)
-    int aggregate           #   AGGREGATE: 0 sum, 1 min, 2 max
-    bint withscores
-    Buf command             # while resolving: the request's own bytes, sent once routed
-    int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
-    unsigned short *key_frag
-
 
 cdef Request *req_get(Client *c, CommandInfo *cmd, long long now_us) noexcept nogil:
     cdef Request *r = <Request *>calloc(1, sizeof(Request))

@@ -1,6 +1,7 @@
 # Routing: from a parsed request to the shard(s) that answer it, and the fragments it is cut
 # into when its keys live on several shards (split, one per key, every shard).
 
+
 cdef int key_shards(Core *core, ArgVec *av, KeyList *kl) noexcept nogil:
     """Fill core.key_shard with the shard of every key in kl. -1 when out of memory."""
     cdef int i, k

@@ -6,6 +6,7 @@
 # shard runs it atomically, and only the EXEC reply comes back to the client. A command refused
 # while queueing makes EXEC answer EXECABORT, as in Redis.
 
+
 cdef inline void multi_reset(Client *c) noexcept nogil:
     c.flags &= ~(CF_MULTI | CF_MULTI_DIRTY)
     c.multi_count = 0

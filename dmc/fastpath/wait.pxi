@@ -1,6 +1,7 @@
 # WAIT: what it waits for (the shards a client wrote to since its last WAIT), and the
 # connections of the client's own that wait on those shards, one each.
 
+
 cdef inline void client_wrote(Client *c, int shard) noexcept nogil:
     if shard < 64:
         c.written |= 1ULL << shard
