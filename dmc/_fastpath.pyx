@@ -221,6 +221,9 @@ cdef class Proxy:
         argvec_init(&self.core.relay_av)
         keylist_init(&self.core.keys)
         self.core.now_us = monotonic_us()
+        self.core.default_shard = -1
+        # Seeded apart for every Proxy (time, and where its Core lives).
+        self.core.random_state = <unsigned long long>self.core.now_us ^ <unsigned long long><size_t>&self.core
         self.shard_index = {}
         self.core.listener.kind = KIND_LISTENER
         self.core.listener.fd = listen_fd
@@ -245,6 +248,7 @@ cdef class Proxy:
     def __dealloc__(self):
         cdef int i, j
         cdef Backend *b
+        cdef Request *r
         # Client structs and in-flight requests are reclaimed with the process; close sockets.
         if self.core.shards != NULL:
             for i in range(self.core.nshards):
@@ -256,6 +260,10 @@ cdef class Proxy:
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
             free(self.core.shards)
+        while self.core.free_requests != NULL:
+            r = self.core.free_requests
+            self.core.free_requests = r.next
+            free(r)
         free(self.core.password)
         free(self.core.shard_frag)
         free(self.core.active)
@@ -344,6 +352,7 @@ cdef class Proxy:
         self.core.nactive = n
         memcpy(self.core.slot_map, table, sizeof(table))
         self.core.map_version = version
+        default_shard_changed(&self.core)
         relays_sync(&self.core)
         return True
 

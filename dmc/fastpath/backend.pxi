@@ -47,12 +47,9 @@ cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, si
 
 cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil:
     """A command of the proxy's own whose reply nobody reads (an UNWATCH, say)."""
-    cdef Request *r = <Request *>calloc(1, sizeof(Request))
+    cdef Request *r = req_alloc(core)
     if r == NULL:
         return
-    r.frags = &r.frag0
-    r.nfrags = 1
-    r.frag0.req = r
     r.pending = 1
     frag_send_on(core, b, &r.frag0, cmd, n)
 
@@ -135,6 +132,8 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
             return
         b.state = BK_UP
         b.retry_delay_us = RETRY_MIN_US
+        if b.role == ROLE_SHARED:
+            default_shard_changed(core)
     backend_send(core, b)
 
 
@@ -251,6 +250,8 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
         epoll_want(core, b.fd, b, &b.events, 0)
         close(b.fd)
         b.fd = -1
+    if b.state == BK_UP and b.role == ROLE_SHARED:
+        default_shard_changed(core)
     b.state = BK_DOWN
     buf_free(&b.rbuf)
     buf_free(&b.wbuf)
@@ -289,3 +290,4 @@ cdef void backends_tick(Core *core) noexcept nogil:
                 close(b.fd)
                 b.fd = -1
                 b.state = BK_DOWN
+                default_shard_changed(core)

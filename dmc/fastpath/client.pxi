@@ -70,7 +70,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     while r != NULL:
         nxt = r.next
         if r.pending == 0:
-            req_put(r)
+            req_put(core, r)
         else:
             r.client = NULL
         r = nxt
@@ -147,7 +147,7 @@ cdef void req_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         c.need = 0
         if rc < 0:
             # The error is answered after the replies the client is still owed, then it is closed.
-            r = req_get(c, NULL, core.now_us)
+            r = req_get(core, c, NULL)
             if r != NULL:
                 if rc == PARSE_ERR_EXPECTED_DOLLAR:
                     snprintf(line, sizeof(line), b"-ERR Protocol error: expected '$', got '%c'\r\n",

@@ -102,7 +102,7 @@ cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
         if reply_is_error(buf_head(&r.frags[i].reply)):
             return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
     if r.merge == MERGE_RANDOM:
-        start = rand() % r.nfrags
+        start = <int>(core_random(core) % <unsigned long long>r.nfrags)
         for i in range(r.nfrags):
             f = &r.frags[(start + i) % r.nfrags]
             p = buf_head(&f.reply)

@@ -8,6 +8,7 @@ cdef enum:
     MAX_INFLIGHT = 1024         # per client; past it the client is not read until replies drain
     OUTPUT_PAUSE = 1048576      # per client; past it the client is not read until output drains
     MAX_SHARDS = 4096
+    FREE_REQUESTS_MAX = 4096    # requests kept for reuse; more are freed
     RETRY_MIN_US = 50000
     RETRY_MAX_US = 1000000
 
@@ -43,7 +44,7 @@ cdef struct Core:
     int conns_per_shard
     unsigned short slot_map[SLOT_COUNT]
     unsigned long long map_version
-    int default_shard
+    int default_shard           # where keyless commands go; -1: to be found again (default_shard())
     int *active                 # shard indices of the current map, in map order
     int nactive
     # clients
@@ -77,3 +78,6 @@ cdef struct Core:
     unsigned short *key_shard
     int key_shard_cap
     int *shard_frag             # shard index -> fragment index, while splitting a command
+    Request *free_requests      # requests to reuse (req_get), linked by `next`
+    int nfree_requests
+    unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies

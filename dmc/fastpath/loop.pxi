@@ -8,6 +8,17 @@ cdef inline long long monotonic_us() noexcept nogil:
     return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
+cdef inline unsigned long long core_random(Core *core) noexcept nogil:
+    """The next number of the core's own PRNG (splitmix64): nothing is shared with the other
+    proxies of the process, as libc's rand() would be."""
+    cdef unsigned long long z
+    core.random_state += 0x9e3779b97f4a7c15ULL
+    z = core.random_state
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
+    return z ^ (z >> 31)
+
+
 cdef void epoll_want(Core *core, int fd, void *conn, unsigned int *current, unsigned int wanted) noexcept nogil:
     cdef epoll_event ev
     if current[0] == wanted:
@@ -111,6 +122,7 @@ cdef void core_close(Core *core) noexcept nogil:
                 backend_fail(core, b, b"proxy closed its connection to")
             b.used = False
     core.nactive = 0
+    default_shard_changed(core)
     core.dirty_backends = NULL
     core.dirty_clients = NULL
     free_closed(core)

@@ -33,9 +33,10 @@ cdef struct Request:
     unsigned short *key_frag
 
 
-cdef Request *req_get(Client *c, CommandInfo *cmd, long long now_us) noexcept nogil
+cdef Request *req_alloc(Core *core) noexcept nogil
+cdef Request *req_get(Core *core, Client *c, CommandInfo *cmd) noexcept nogil
 cdef int req_fragment(Request *r, int n) noexcept nogil
-cdef void req_put(Request *r) noexcept nogil
+cdef void req_put(Core *core, Request *r) noexcept nogil
 cdef void frag_answer_unavailable(Core *core, Fragment *f, const char *label) noexcept nogil
 cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil
 cdef void req_account(Request *r, const char *reply, long long now_us) noexcept nogil

@@ -9,16 +9,32 @@
 # freed when their last reply arrives, so no backend queue ever points at freed memory.
 
 
-cdef Request *req_get(Client *c, CommandInfo *cmd, long long now_us) noexcept nogil:
-    cdef Request *r = <Request *>calloc(1, sizeof(Request))
+cdef Request *req_alloc(Core *core) noexcept nogil:
+    """A blank request with one fragment, from the core's free list (calloc when it is empty),
+    as twemproxy's msg_get."""
+    cdef Request *r = core.free_requests
+    if r != NULL:
+        core.free_requests = r.next
+        core.nfree_requests -= 1
+        memset(r, 0, sizeof(Request))
+    else:
+        r = <Request *>calloc(1, sizeof(Request))
+        if r == NULL:
+            return NULL
+    r.frags = &r.frag0
+    r.nfrags = 1
+    r.frag0.req = r
+    return r
+
+
+cdef Request *req_get(Core *core, Client *c, CommandInfo *cmd) noexcept nogil:
+    """A new request of c, at the tail of its queue."""
+    cdef Request *r = req_alloc(core)
     if r == NULL:
         return NULL
     r.client = c
     r.cmd = cmd
-    r.started_us = now_us
-    r.frags = &r.frag0
-    r.nfrags = 1
-    r.frag0.req = r
+    r.started_us = core.now_us
     if c.tail == NULL:
         c.head = r
     else:
@@ -41,7 +57,9 @@ cdef int req_fragment(Request *r, int n) noexcept nogil:
     return 0
 
 
-cdef void req_put(Request *r) noexcept nogil:
+cdef void req_put(Core *core, Request *r) noexcept nogil:
+    """r is done with: what it allocated is freed, the struct goes back to the free list (up to
+    FREE_REQUESTS_MAX of them; twemproxy's msg_put)."""
     cdef int i
     if r.frags != &r.frag0:
         for i in range(r.nfrags):
@@ -52,7 +70,12 @@ cdef void req_put(Request *r) noexcept nogil:
     buf_free(&r.command)
     free(r.key_frag)
     free(r.weights)
-    free(r)
+    if core.nfree_requests >= FREE_REQUESTS_MAX:
+        free(r)
+        return
+    r.next = core.free_requests
+    core.free_requests = r
+    core.nfree_requests += 1
 
 
 cdef void frag_answer_unavailable(Core *core, Fragment *f, const char *label) noexcept nogil:
@@ -107,7 +130,7 @@ cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcep
     cdef Client *c = r.client
     req_account(r, reply, core.now_us)
     if c == NULL:
-        req_put(r)
+        req_put(core, r)
         return
     if c.head != r:
         if buf_append(&r.reply, reply, n) < 0:
@@ -125,7 +148,7 @@ cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcep
     if c.head == NULL:
         c.tail = NULL
     c.inflight -= 1
-    req_put(r)
+    req_put(core, r)
     # Answers that were waiting behind r can go now, in order.
     while c.head != NULL and c.head.done:
         r = c.head
@@ -137,7 +160,7 @@ cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcep
         if c.head == NULL:
             c.tail = NULL
         c.inflight -= 1
-        req_put(r)
+        req_put(core, r)
     if over_output_limit(core, c):
         # A client that does not read its replies must not grow the proxy without bound.
         client_close(core, c)

@@ -26,8 +26,19 @@ cdef inline bint same_shard(Core *core, int nkeys) noexcept nogil:
     return True
 
 
-cdef int default_shard(Core *core) noexcept nogil:
-    """Where keyless commands go: the first shard of the map that is up."""
+cdef inline int default_shard(Core *core) noexcept nogil:
+    """Where keyless commands go: the first shard of the map that is up. Found again only after
+    a shared connection went up or down or the map changed (default_shard_changed)."""
+    if core.default_shard < 0:
+        core.default_shard = default_shard_find(core)
+    return core.default_shard
+
+
+cdef inline void default_shard_changed(Core *core) noexcept nogil:
+    core.default_shard = -1
+
+
+cdef int default_shard_find(Core *core) noexcept nogil:
     cdef int i, j, s
     for i in range(core.nactive):
         s = core.active[i]
@@ -108,7 +119,7 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         return False
     c.last_us = core.now_us
     c.last_cmd = cmd
-    r = req_get(c, cmd, core.now_us)
+    r = req_get(core, c, cmd)
     if r == NULL:
         c.flags |= CF_CLOSE_AFTER_WRITE
         return True
@@ -302,7 +313,7 @@ cdef void route_getkeys_answered(Core *core, Request *r, const char *reply, size
     cdef int shard = -1, s
     r.resolving = False
     if c == NULL:
-        req_put(r)
+        req_put(core, r)
         return
     c.flags &= ~CF_RESOLVING
     client_mark_dirty(core, c)      # its waiting input is parsed again when it is flushed

@@ -1,6 +1,6 @@
 # The C library and system calls the data path uses (declarations only).
 
-from libc.stdlib cimport malloc, calloc, realloc, free, rand, qsort, strtod
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort, strtod
 from libc.math cimport isnan, isinf, sqrt, pow, llroundl
 from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
 from libc.stdio cimport snprintf
