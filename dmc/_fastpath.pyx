@@ -4,26 +4,32 @@
 It owns the bytes: RESP parsing to positions, hash slots, the command table compiled from the
 shards' `COMMAND` reply, request routing, reply merging and the epoll loop that moves it all.
 Python configures it (listening socket, shard map, command table) and reads its counters; per
-command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file each:
+command, no Python code runs. One extension module: its parts are dmc/fastpath/<part>.pxi (the
+code, included below) and <part>.pxd (constants, structs and functions, included by
+_fastpath.pxd), so that calls between parts are plain C calls. In the order a request meets them:
 
-    buffer.pxi    byte buffers owned by connections
-    resp.pxi      request parser and reply frame parser
-    slot.pxi      CRC16 hash slots and hash tags
-    commands.pxi  command table, key specs, routing policy
-    request.pxi   request and fragment lifecycle
-    conn.pxi      client, backend and shard structs
-    core.pxi      answers, merges, backend connections
-    setalgebra.pxi  SUNION/SINTER/SDIFF/SINTERCARD, ZUNION/ZINTER/ZDIFF/ZINTERCARD across shards
-    hyperloglog.pxi PFCOUNT across shards
-    client_cmd.pxi  CLIENT ... about the proxy's own clients
-    monitor.pxi   MONITOR: every command the proxy receives, streamed to its monitors
-    keyspace.pxi  keyspace notifications of every shard, re-published on the pub/sub shard
-    dispatch.pxi  routing a parsed request; client input and output
-    loop.pxi      one turn of the epoll loop; pause, resume, wake-up
+    loop          one turn of the epoll loop (loop_once); pause, resume, close
+    client        accepted, read (client_recv), cut into requests (req_parse)
+    resp          the parser (parse_request; reply_frame for replies)
+    commands      the command table: lookup, key positions, routing policy
+    slot          CRC16 hash slots
+    route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
+      local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
+      transaction   MULTI ... EXEC, WATCH
+      blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
+      wait          WAIT on every shard the client wrote to
+      pubsub        subscribers, and the keyspace-notification relay
+    request       a request and its fragments (req_get, req_fragment); a fragment answered
+                  (frag_answered); the answer written in request order (req_write)
+    backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
+    coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
+    client        written to the socket (client_send)
+    buffer        the byte buffers all of them use
 
-There is no mutable state at module level: everything a Proxy changes is in its own Core and its
-own CommandTable (CRC16_TABLE and the reply constants are read-only once the module is loaded),
-so several Proxies can run their loops in threads of one process at once, one thread each.
+There is no mutable state at module level: everything a Proxy changes is in its own Core (its
+PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
+the module is loaded), so several Proxies can run their loops in threads of one process at once,
+one thread each.
 """
 
 include "fastpath/buffer.pxi"

@@ -1,8 +1,8 @@
 # Byte buffers owned by connections and requests.
 #
 # A Buf is a growable byte array with a read position: producers append at `end`, consumers
-# advance `pos`. Memory is malloc'ed, never a Python object, so that the event loop can run
-# without the GIL one day. An empty buffer whose capacity grew past BUF_KEEP gives its memory
+# advance `pos`. Memory is malloc'ed, never a Python object, so that the event loop runs
+# without the GIL. An empty buffer whose capacity grew past BUF_KEEP gives its memory
 # back, so that 10,000 idle clients cost only their structs.
 
 

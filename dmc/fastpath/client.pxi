@@ -1,7 +1,7 @@
 # Client connections: accepted, read (input), parsed into requests, written (output), closed.
 #
 # Input: client_recv brings bytes and req_parse cuts them into requests, each handed to
-# dispatch (route.pxi). Output: answers are appended to the client's wbuf in request order
+# req_route (route.pxi). Output: answers are appended to the client's wbuf in request order
 # (request.pxi), and client_send writes it once per loop turn. Limits: a client with too many
 # requests in flight or too much unwritten output is not read until it catches up; one owed
 # more than client_output_limit bytes is disconnected.
