@@ -1,4 +1,5 @@
-"""Builds dmc._fastpath, the compiled data path, from dmc/_fastpath.pyx (and its .pxi parts)."""
+"""Builds dmc._fastpath, the compiled data path: dmc/_fastpath.pyx and its parts,
+dmc/fastpath/*.pxi (code) and dmc/fastpath/*.pxd (declarations, included by dmc/_fastpath.pxd)."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 

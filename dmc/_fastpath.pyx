@@ -4,106 +4,53 @@
 It owns the bytes: RESP parsing to positions, hash slots, the command table compiled from the
 shards' `COMMAND` reply, request routing, reply merging and the epoll loop that moves it all.
 Python configures it (listening socket, shard map, command table) and reads its counters; per
-command, no Python code runs. The concepts live in dmc/fastpath/*.pxi, one file each:
+command, no Python code runs. One extension module: its parts are dmc/fastpath/<part>.pxi (the
+code, included below) and <part>.pxd (constants, structs and functions, included by
+_fastpath.pxd), so that calls between parts are plain C calls. In the order a request meets them:
 
-    buffer.pxi    byte buffers owned by connections
-    resp.pxi      request parser and reply frame parser
-    slot.pxi      CRC16 hash slots and hash tags
-    commands.pxi  command table, key specs, routing policy
-    request.pxi   request and fragment lifecycle
-    conn.pxi      client, backend and shard structs
-    core.pxi      answers, merges, backend connections
-    setalgebra.pxi  SUNION/SINTER/SDIFF/SINTERCARD, ZUNION/ZINTER/ZDIFF/ZINTERCARD across shards
-    hyperloglog.pxi PFCOUNT across shards
-    client_cmd.pxi  CLIENT ... about the proxy's own clients
-    monitor.pxi   MONITOR: every command the proxy receives, streamed to its monitors
-    keyspace.pxi  keyspace notifications of every shard, re-published on the pub/sub shard
-    dispatch.pxi  routing a parsed request; client input and output
-    loop.pxi      one turn of the epoll loop; pause, resume, wake-up
+    loop          one turn of the epoll loop (loop_once); pause, resume, close
+    client        accepted, read (client_recv), cut into requests (req_parse)
+    resp          the parser (parse_request; reply_frame for replies)
+    commands      the command table: lookup, key positions, routing policy
+    slot          CRC16 hash slots
+    route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
+      local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
+      transaction   MULTI ... EXEC, WATCH
+      blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
+      wait          WAIT on every shard the client wrote to
+      pubsub        subscribers, and the keyspace-notification relay
+    request       a request and its fragments (req_get, req_fragment); a fragment answered
+                  (frag_answered); the answer written in request order (req_write)
+    backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
+    coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
+    client        written to the socket (client_send)
+    buffer        the byte buffers all of them use
 
-There is no mutable state at module level: everything a Proxy changes is in its own Core and its
-own CommandTable (CRC16_TABLE and the reply constants are read-only once the module is loaded),
-so several Proxies can run their loops in threads of one process at once, one thread each.
+There is no mutable state at module level: everything a Proxy changes is in its own Core (its
+PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
+the module is loaded), so several Proxies can run their loops in threads of one process at once,
+one thread each.
 """
-
-from libc.stdlib cimport malloc, calloc, realloc, free, rand, qsort, strtod
-from libc.math cimport isnan, isinf, sqrt, pow, llroundl
-from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
-from libc.stdio cimport snprintf
-from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
-cdef extern from "errno.h":
-    int EWOULDBLOCK
-from posix.unistd cimport close, read, write
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
-from cpython.exc cimport PyErr_CheckSignals
-
-cdef extern from "sys/types.h":
-    ctypedef long ssize_t
-
-cdef extern from "sys/socket.h":
-    ctypedef unsigned int socklen_t
-    struct sockaddr:
-        pass
-    int socket(int domain, int type, int protocol) nogil
-    int connect(int fd, const sockaddr *addr, socklen_t len) nogil
-    int accept4(int fd, sockaddr *addr, socklen_t *len, int flags) nogil
-    ssize_t recv(int fd, void *buf, size_t n, int flags) nogil
-    ssize_t send(int fd, const void *buf, size_t n, int flags) nogil
-    int setsockopt(int fd, int level, int name, const void *val, socklen_t len) nogil
-    int getsockopt(int fd, int level, int name, void *val, socklen_t *len) nogil
-    int getsockname(int fd, sockaddr *addr, socklen_t *len) nogil
-    int getpeername(int fd, sockaddr *addr, socklen_t *len) nogil
-    int AF_INET, SOCK_STREAM, SOCK_NONBLOCK, SOCK_CLOEXEC, SOL_SOCKET, SO_ERROR, MSG_NOSIGNAL
-
-cdef extern from "netinet/in.h":
-    struct in_addr:
-        unsigned int s_addr
-    struct sockaddr_in:
-        unsigned short sin_family
-        unsigned short sin_port
-        in_addr sin_addr
-    int IPPROTO_TCP
-    unsigned short htons(unsigned short) nogil
-    unsigned short ntohs(unsigned short) nogil
-
-cdef extern from "netinet/tcp.h":
-    int TCP_NODELAY
-
-cdef extern from "arpa/inet.h":
-    int inet_pton(int af, const char *src, void *dst) nogil
-    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size) nogil
-
-cdef extern from "sys/eventfd.h":
-    int eventfd(unsigned int initval, int flags) nogil
-    int EFD_NONBLOCK, EFD_CLOEXEC
-
-cdef extern from "sys/epoll.h":
-    ctypedef union epoll_data_t:
-        void *ptr
-        int fd
-    struct epoll_event:
-        unsigned int events
-        epoll_data_t data
-    int epoll_create1(int flags) nogil
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *ev) nogil
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout) nogil
-    int EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLL_CLOEXEC
-    unsigned int EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLRDHUP
 
 include "fastpath/buffer.pxi"
 include "fastpath/resp.pxi"
 include "fastpath/slot.pxi"
 include "fastpath/commands.pxi"
-include "fastpath/request.pxi"
-include "fastpath/conn.pxi"
-include "fastpath/core.pxi"
-include "fastpath/setalgebra.pxi"
-include "fastpath/hyperloglog.pxi"
-include "fastpath/client_cmd.pxi"
-include "fastpath/monitor.pxi"
-include "fastpath/keyspace.pxi"
-include "fastpath/dispatch.pxi"
 include "fastpath/loop.pxi"
+include "fastpath/client.pxi"
+include "fastpath/route.pxi"
+include "fastpath/local.pxi"
+include "fastpath/local_client.pxi"
+include "fastpath/monitor.pxi"
+include "fastpath/transaction.pxi"
+include "fastpath/blocking.pxi"
+include "fastpath/wait.pxi"
+include "fastpath/pubsub.pxi"
+include "fastpath/request.pxi"
+include "fastpath/backend.pxi"
+include "fastpath/coalesce.pxi"
+include "fastpath/coalesce_sets.pxi"
+include "fastpath/coalesce_pfcount.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -280,6 +227,9 @@ cdef class Proxy:
         argvec_init(&self.core.relay_av)
         keylist_init(&self.core.keys)
         self.core.now_us = monotonic_us()
+        self.core.default_shard = -1
+        # Seeded apart for every Proxy (time, and where its Core lives).
+        self.core.random_state = <unsigned long long>self.core.now_us ^ <unsigned long long><size_t>&self.core
         self.shard_index = {}
         self.core.listener.kind = KIND_LISTENER
         self.core.listener.fd = listen_fd
@@ -304,6 +254,7 @@ cdef class Proxy:
     def __dealloc__(self):
         cdef int i, j
         cdef Backend *b
+        cdef Request *r
         # Client structs and in-flight requests are reclaimed with the process; close sockets.
         if self.core.shards != NULL:
             for i in range(self.core.nshards):
@@ -315,6 +266,10 @@ cdef class Proxy:
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
             free(self.core.shards)
+        while self.core.free_requests != NULL:
+            r = self.core.free_requests
+            self.core.free_requests = r.next
+            free(r)
         free(self.core.password)
         free(self.core.shard_frag)
         free(self.core.active)
@@ -363,6 +318,7 @@ cdef class Proxy:
             b.kind = KIND_BACKEND
             b.fd = -1
             b.state = BK_DOWN
+            b.role = ROLE_SHARED
             b.shard = idx
             b.retry_delay_us = RETRY_MIN_US
             b.retry_at_us = 0
@@ -402,6 +358,7 @@ cdef class Proxy:
         self.core.nactive = n
         memcpy(self.core.slot_map, table, sizeof(table))
         self.core.map_version = version
+        default_shard_changed(&self.core)
         relays_sync(&self.core)
         return True
 

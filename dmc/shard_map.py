@@ -1,7 +1,9 @@
 """The shard map of one database: which shard owns which of the 16384 hash slots.
 
 A ShardMap is an immutable value with a version that only grows. The proxy installs a map
-atomically between two turns of its loop; the control plane will publish maps through CCS.
+atomically between two turns of its loop. Maps come from dmcproxy's config file (re-read on
+SIGHUP) or, in a cluster, from CCS, where the control plane writes each database's map and
+node_proxy installs it (ShardMap.from_dict).
 """
 
 from __future__ import annotations

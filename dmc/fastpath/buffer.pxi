@@ -1,18 +1,9 @@
 # Byte buffers owned by connections and requests.
 #
 # A Buf is a growable byte array with a read position: producers append at `end`, consumers
-# advance `pos`. Memory is malloc'ed, never a Python object, so that the event loop can run
-# without the GIL one day. An empty buffer whose capacity grew past BUF_KEEP gives its memory
+# advance `pos`. Memory is malloc'ed, never a Python object, so that the event loop runs
+# without the GIL. An empty buffer whose capacity grew past BUF_KEEP gives its memory
 # back, so that 10,000 idle clients cost only their structs.
-
-DEF BUF_MIN = 512
-DEF BUF_KEEP = 65536
-
-cdef struct Buf:
-    char *data
-    size_t pos      # first byte not yet consumed
-    size_t end      # one past the last byte written
-    size_t cap
 
 
 cdef inline size_t buf_len(const Buf *b) noexcept nogil:

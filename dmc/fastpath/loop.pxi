@@ -1,56 +1,42 @@
 # One turn of the event loop: wait, read and route everything that is ready, then write every
 # connection that has output, once.
 
-cdef void accept_clients(Core *core) noexcept nogil:
-    cdef int fd, i
-    cdef Client *c
-    cdef sockaddr_in peer
-    cdef socklen_t peer_len
-    for i in range(256):
-        peer_len = sizeof(peer)
-        fd = accept4(core.listener.fd, <sockaddr *>&peer, &peer_len, SOCK_NONBLOCK | SOCK_CLOEXEC)
-        if fd < 0:
-            return
-        core.total_connections += 1
-        if core.nclients >= core.max_clients:
-            core.rejected_connections += 1
-            send(fd, b"-ERR max number of clients reached\r\n", 36, MSG_NOSIGNAL)
-            close(fd)
-            continue
-        c = <Client *>calloc(1, sizeof(Client))
-        if c == NULL:
-            close(fd)
-            continue
-        set_nodelay(fd)
-        c.kind = KIND_CLIENT
-        c.fd = fd
-        c.proto = 2
-        if core.password == NULL:
-            c.flags |= CF_AUTHED
-        c.created_us = c.last_us = core.now_us
-        c.peer = peer
-        c.next = core.all_clients
-        if c.next != NULL:
-            c.next.prev = c
-        core.all_clients = c
-        core.next_client_id += 1
-        c.id = core.next_client_id
-        core.nclients += 1
-        watch(core, fd, c, &c.events, EPOLLIN)
+
+cdef inline long long monotonic_us() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000 + ts.tv_nsec // 1000
 
 
-cdef void close_idle_clients(Core *core) noexcept nogil:
-    """As Redis's `timeout`: a client idle that long is closed, unless it is blocked or
-    subscribed (those wait on purpose)."""
-    cdef Client *c = core.all_clients
-    cdef Client *nxt
-    core.next_idle_check_us = core.now_us + 1000000
-    while c != NULL:
-        nxt = c.next
-        if not (c.flags & (CF_BLOCKED | CF_PUBSUB | CF_MONITOR)) and c.head == NULL \
-                and core.now_us - c.last_us > core.idle_timeout_us:
-            client_close(core, c)
-        c = nxt
+cdef inline unsigned long long core_random(Core *core) noexcept nogil:
+    """The next number of the core's own PRNG (splitmix64): nothing is shared with the other
+    proxies of the process, as libc's rand() would be."""
+    cdef unsigned long long z
+    core.random_state += 0x9e3779b97f4a7c15ULL
+    z = core.random_state
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
+    return z ^ (z >> 31)
+
+
+cdef void epoll_want(Core *core, int fd, void *conn, unsigned int *current, unsigned int wanted) noexcept nogil:
+    cdef epoll_event ev
+    if current[0] == wanted:
+        return
+    ev.events = wanted
+    ev.data.ptr = conn
+    if current[0] == 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_ADD, fd, &ev)
+    elif wanted == 0:
+        epoll_ctl(core.epfd, EPOLL_CTL_DEL, fd, &ev)
+    else:
+        epoll_ctl(core.epfd, EPOLL_CTL_MOD, fd, &ev)
+    current[0] = wanted
+
+
+cdef inline void set_nodelay(int fd) noexcept nogil:
+    cdef int one = 1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
 
 
 cdef void flush_all(Core *core) noexcept nogil:
@@ -61,19 +47,19 @@ cdef void flush_all(Core *core) noexcept nogil:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
         b.dirty = False
-        backend_flush(core, b)
+        backend_send(core, b)
     while core.dirty_clients != NULL:
         c = core.dirty_clients
         core.dirty_clients = c.next_dirty
         c.flags &= ~CF_DIRTY
         if not (c.flags & CF_CLOSED):
-            client_flush(core, c)
+            client_send(core, c)
     # Resuming a paused client may have routed more requests.
     while core.dirty_backends != NULL:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
         b.dirty = False
-        backend_flush(core, b)
+        backend_send(core, b)
 
 
 cdef void wake_drain(Core *core) noexcept nogil:
@@ -90,7 +76,7 @@ cdef void core_resume(Core *core) noexcept nogil:
     core.now_us = monotonic_us()
     while c != NULL:
         if c.flags & CF_READ_PAUSED:
-            client_mark_dirty(core, c)      # client_flush reads it again and parses its input
+            client_mark_dirty(core, c)      # client_send reads it again and parses its input
         c = c.next
     flush_all(core)
 
@@ -136,6 +122,7 @@ cdef void core_close(Core *core) noexcept nogil:
                 backend_fail(core, b, b"proxy closed its connection to")
             b.used = False
     core.nactive = 0
+    default_shard_changed(core)
     core.dirty_backends = NULL
     core.dirty_clients = NULL
     free_closed(core)
@@ -180,7 +167,7 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
                 client_close(core, c)
                 continue
             if ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP):
-                client_read(core, c)
+                client_recv(core, c)
             if ev & EPOLLOUT and not (c.flags & CF_CLOSED):
                 client_mark_dirty(core, c)
         elif kind == KIND_BACKEND:
@@ -190,7 +177,7 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
             if ev & EPOLLOUT or (b.state == BK_CONNECTING and ev & (EPOLLERR | EPOLLHUP)):
                 backend_writable(core, b)
             if b.state == BK_UP and ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                backend_read(core, b)
+                backend_recv(core, b)
         elif kind == KIND_LISTENER:
             accept_clients(core)
         elif kind == KIND_WAKE:

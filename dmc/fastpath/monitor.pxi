@@ -8,14 +8,15 @@
 # when the proxy routes a command, so the commands of every shard come interleaved in the order
 # the proxy saw them. With no monitor, this costs one pointer test per command.
 
+
 cdef void monitor_start(Core *core, Client *c, Request *r) noexcept nogil:
     if c.flags & CF_MONITOR:
-        request_answer(core, r, b"", 0)       # Redis ignores a second MONITOR, without a reply
+        req_write(core, r, b"", 0)       # Redis ignores a second MONITOR, without a reply
         return
     c.flags |= CF_MONITOR
     c.next_monitor = core.monitors
     core.monitors = c
-    request_answer_str(core, r, b"+OK\r\n")
+    req_write_str(core, r, b"+OK\r\n")
 
 
 cdef void monitor_remove(Core *core, Client *c) noexcept nogil:

@@ -8,48 +8,33 @@
 # A client that goes away leaves its unanswered requests orphaned (client = NULL): they are
 # freed when their last reply arrives, so no backend queue ever points at freed memory.
 
-cdef struct Fragment:
-    Fragment *next          # next in the backend connection's queue
-    Request *req
-    long long sent_us       # when it was queued on the backend connection
-    Buf reply               # the reply, kept only when several fragments are merged
-    size_t cursor           # MERGE_KEYED_ARRAY: read position in `reply`
-    int skip                # replies to drop before this fragment's own (MULTI, QUEUED ...)
+
+cdef Request *req_alloc(Core *core) noexcept nogil:
+    """A blank request with one fragment, from the core's free list (calloc when it is empty),
+    as twemproxy's msg_get."""
+    cdef Request *r = core.free_requests
+    if r != NULL:
+        core.free_requests = r.next
+        core.nfree_requests -= 1
+        memset(r, 0, sizeof(Request))
+    else:
+        r = <Request *>calloc(1, sizeof(Request))
+        if r == NULL:
+            return NULL
+    r.frags = &r.frag0
+    r.nfrags = 1
+    r.frag0.req = r
+    return r
 
 
-cdef struct Request:
-    Request *next           # next in the client's queue
-    Client *client          # NULL once the client is gone
-    CommandInfo *cmd        # NULL for a command the table does not know
-    int pending             # fragments still waiting for their reply
-    int nfrags
-    Fragment *frags         # nfrags fragments: &frag0, or an array for split / fan-out
-    Fragment frag0
-    int merge
-    bint done               # answered; `reply` holds the answer until it can be written
-    Buf reply
-    long long started_us
-    bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
-    int scan_position       # SCAN: index in the map's shard list of the shard asked
-    bint blocking           # holds its client's later requests until answered
-    double *weights         # ZUNION/ZINTER across shards: WEIGHTS, one per key (NULL: all 1)
-    int aggregate           #   AGGREGATE: 0 sum, 1 min, 2 max
-    bint withscores
-    Buf command             # while resolving: the request's own bytes, sent once routed
-    int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
-    unsigned short *key_frag
-
-
-cdef Request *request_new(Client *c, CommandInfo *cmd, long long now_us) noexcept nogil:
-    cdef Request *r = <Request *>calloc(1, sizeof(Request))
+cdef Request *req_get(Core *core, Client *c, CommandInfo *cmd) noexcept nogil:
+    """A new request of c, at the tail of its queue."""
+    cdef Request *r = req_alloc(core)
     if r == NULL:
         return NULL
     r.client = c
     r.cmd = cmd
-    r.started_us = now_us
-    r.frags = &r.frag0
-    r.nfrags = 1
-    r.frag0.req = r
+    r.started_us = core.now_us
     if c.tail == NULL:
         c.head = r
     else:
@@ -59,7 +44,7 @@ cdef Request *request_new(Client *c, CommandInfo *cmd, long long now_us) noexcep
     return r
 
 
-cdef int request_fragments(Request *r, int n) noexcept nogil:
+cdef int req_fragment(Request *r, int n) noexcept nogil:
     """Give r n fragments (n > 1) for a split or fan-out command."""
     cdef int i
     r.frags = <Fragment *>calloc(n, sizeof(Fragment))
@@ -72,7 +57,9 @@ cdef int request_fragments(Request *r, int n) noexcept nogil:
     return 0
 
 
-cdef void request_free(Request *r) noexcept nogil:
+cdef void req_put(Core *core, Request *r) noexcept nogil:
+    """r is done with: what it allocated is freed, the struct goes back to the free list (up to
+    FREE_REQUESTS_MAX of them; twemproxy's msg_put)."""
     cdef int i
     if r.frags != &r.frag0:
         for i in range(r.nfrags):
@@ -83,4 +70,109 @@ cdef void request_free(Request *r) noexcept nogil:
     buf_free(&r.command)
     free(r.key_frag)
     free(r.weights)
-    free(r)
+    if core.nfree_requests >= FREE_REQUESTS_MAX:
+        free(r)
+        return
+    r.next = core.free_requests
+    core.free_requests = r
+    core.nfree_requests += 1
+
+
+cdef void frag_answer_unavailable(Core *core, Fragment *f, const char *label) noexcept nogil:
+    cdef char line[160]
+    snprintf(line, sizeof(line), b"-ERR shard %s is unavailable\r\n", label)
+    frag_answered(core, f, line, strlen(line))
+
+
+cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil:
+    cdef Request *r = f.req
+    cdef Client *waited = NULL
+    r.pending -= 1
+    if r.blocking and r.pending == 0:
+        r.blocking = False
+        if r.client != NULL:
+            r.client.flags &= ~CF_BLOCKED
+            client_mark_dirty(core, r.client)     # its waiting input is parsed again
+            waited = r.client if r.client.waiters != NULL else NULL
+    if r.resolving:
+        route_getkeys_answered(core, r, reply, n)
+        return
+    if r.merge == MERGE_SCAN:
+        route_scan_answered(core, r, reply, n)
+        return
+    if r.nfrags == 1:
+        req_write(core, r, reply, n)
+    else:
+        buf_append(&f.reply, reply, n)
+        if r.pending > 0:
+            return
+        if req_coalesce(core, r) < 0:
+            req_write_str(core, r, b"-ERR out of memory\r\n")
+        else:
+            req_write(core, r, buf_head(&core.merged), buf_len(&core.merged))
+    if waited != NULL:
+        # The WAIT is answered: its connections go (only now: `reply` may be in one's buffer).
+        waiters_close(core, waited)
+
+
+cdef void req_account(Request *r, const char *reply, long long now_us) noexcept nogil:
+    cdef CommandInfo *cmd = r.cmd
+    if cmd != NULL:
+        cmd.calls += 1
+        cmd.usec += <unsigned long long>(now_us - r.started_us)
+        if reply_is_error(reply):
+            cmd.errors += 1
+
+
+cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """The whole answer of r is known: write it now if r heads its client's queue, else keep it
+    until the requests before it are answered."""
+    cdef Client *c = r.client
+    req_account(r, reply, core.now_us)
+    if c == NULL:
+        req_put(core, r)
+        return
+    if c.head != r:
+        if buf_append(&r.reply, reply, n) < 0:
+            client_close(core, c)
+            return
+        r.done = True
+        c.held += n
+        if over_output_limit(core, c):
+            client_close(core, c)
+        return
+    if buf_append(&c.wbuf, reply, n) < 0:
+        client_close(core, c)
+        return
+    c.head = r.next
+    if c.head == NULL:
+        c.tail = NULL
+    c.inflight -= 1
+    req_put(core, r)
+    # Answers that were waiting behind r can go now, in order.
+    while c.head != NULL and c.head.done:
+        r = c.head
+        c.held -= buf_len(&r.reply)
+        if buf_append(&c.wbuf, buf_head(&r.reply), buf_len(&r.reply)) < 0:
+            client_close(core, c)
+            return
+        c.head = r.next
+        if c.head == NULL:
+            c.tail = NULL
+        c.inflight -= 1
+        req_put(core, r)
+    if over_output_limit(core, c):
+        # A client that does not read its replies must not grow the proxy without bound.
+        client_close(core, c)
+        return
+    client_mark_dirty(core, c)
+
+
+cdef inline void req_write_str(Core *core, Request *r, const char *line) noexcept nogil:
+    req_write(core, r, line, strlen(line))
+
+
+cdef void req_write_error(Core *core, Request *r, const char *fmt, const char *arg) noexcept nogil:
+    cdef char line[256]
+    snprintf(line, sizeof(line), fmt, arg)
+    req_write(core, r, line, strlen(line))

@@ -9,37 +9,6 @@
 # strings and aggregates). The proxy forwards reply bytes untouched; it only needs to know where
 # each reply ends, and whether it is an out-of-band push.
 
-DEF PROTO_INLINE_MAX = 65536
-DEF PROTO_MAX_ARGS = 1048576
-DEF PROTO_MAX_BULK = 536870912
-DEF ARGV_STATIC = 16
-
-cdef enum ParseResult:
-    PARSE_INCOMPLETE = 0
-    PARSE_OK = 1
-    PARSE_ERR_MBULK_LEN = -1
-    PARSE_ERR_BULK_LEN = -2
-    PARSE_ERR_EXPECTED_DOLLAR = -3
-    PARSE_ERR_INLINE_TOO_BIG = -4
-    PARSE_ERR_UNBALANCED = -5
-    PARSE_ERR_MBULK_TOO_BIG = -6
-    PARSE_ERR_BULK_TOO_BIG = -7
-    PARSE_ERR_NOMEM = -8
-
-
-cdef struct ArgVec:
-    int argc
-    int cap
-    const char **argv
-    size_t *argl
-    const char *argv_static[ARGV_STATIC]
-    size_t argl_static[ARGV_STATIC]
-    const char *wire        # the request as multibulk bytes (into the input, or `inline_wire`)
-    size_t wire_len
-    char bad_byte           # for PARSE_ERR_EXPECTED_DOLLAR
-    Buf inline_args         # decoded inline arguments
-    Buf inline_wire         # their multibulk encoding
-
 
 cdef void argvec_init(ArgVec *av) noexcept nogil:
     memset(av, 0, sizeof(ArgVec))
@@ -340,8 +309,6 @@ cdef int parse_request(const char *p, size_t n, ArgVec *av, size_t *consumed,
 
 # ---- replies ----------------------------------------------------------------------------------
 
-DEF STREAM_DEPTH = 64
-DEF MAX_AGGREGATE = 2147483647   # elements of one aggregate; more is not a reply from Redis
 
 cdef inline ssize_t find_crlf(const char *p, size_t pos, size_t n) noexcept nogil:
     """Offset of the '\\r' of the CRLF ending the line at pos; -1 incomplete; -2 malformed."""

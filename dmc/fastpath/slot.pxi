@@ -1,7 +1,6 @@
 # Hash slots as Redis Cluster computes them: CRC16 (XMODEM) of the key, or of the first
 # non-empty `{...}` hash tag in it, modulo 16384.
 
-DEF SLOT_COUNT = 16384
 
 cdef unsigned short CRC16_TABLE[256]
 CRC16_TABLE[:] = [

@@ -1,13 +1,5 @@
-# Connections: clients of the proxy, and backend connections to the shards.
-#
-# Every connection struct starts with `kind`, so that the pointer epoll hands back tells what it
-# is. Client state is plain C: an idle client owns no buffer memory at all.
-
-cdef enum ConnKind:
-    KIND_LISTENER = 1
-    KIND_CLIENT = 2
-    KIND_BACKEND = 3
-    KIND_WAKE = 4           # the loop's eventfd: another thread wants a turn to end (wakeup())
+# Client connections: flags, state, input, output and limits.
+# Declarations; the code is in client.pxi.
 
 # Client flags
 cdef enum:
@@ -25,22 +17,6 @@ cdef enum:
     CF_AUTHED = 2048        # authenticated (or the database has no password)
     CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
     CF_MONITOR = 8192       # MONITOR: on the core's list of monitors
-
-# Backend states
-cdef enum:
-    BK_DOWN = 0
-    BK_CONNECTING = 1
-    BK_UP = 2
-
-
-cdef struct Listener:
-    int kind
-    int fd
-
-
-cdef struct Wake:
-    int kind                # KIND_WAKE
-    int fd                  # eventfd: written by wakeup() from any thread, drained by the loop
 
 
 cdef struct Client:
@@ -80,44 +56,11 @@ cdef struct Client:
     Client *next_monitor
 
 
-cdef struct Backend:
-    int kind
-    int fd
-    unsigned int events
-    int state
-    int shard               # index into the core's shard table
-    Buf rbuf
-    Buf wbuf
-    size_t need
-    Fragment *qhead         # fragments awaiting replies, in the order they were written
-    Fragment *qtail
-    int queued
-    bint dirty
-    Backend *next_dirty
-    long long retry_at_us
-    long long retry_delay_us
-    Client *owner           # a client's dedicated connection; NULL for the shared ones
-    int proto               # RESP version it speaks (HELLO 3 is sent first when 3)
-    int skip_replies        # replies to drop before the first fragment's (the HELLO reply)
-    bint used               # a RESP3 connection is opened, and kept open, once a client needs it
-    bint passthrough        # a subscriber's connection: every frame goes straight to `owner`
-    bint barrier            # passthrough: the proxy's PING barrier is in flight (its reply is dropped)
-    bint synced             # passthrough: the barrier's reply is in and nothing was sent since
-    int subscriptions       # passthrough: channels + patterns left, from the last (un)subscribe frame
-    int shard_subscriptions #   and sharded channels left (Redis counts them apart)
-    Backend *next_waiter    # the client's next WAIT connection
-    bint wants_id           # a WAIT connection: its first reply is its CLIENT ID on the shard
-    long long shard_client_id   # that id, for CLIENT UNBLOCK (0 until known)
-    bint relay              # the shard's keyspace-notification relay (see keyspace.pxi)
-    Backend *next_closed
-
-
-cdef struct Shard:
-    char label[64]          # host:port, as shown in errors
-    sockaddr_in addr
-    int nconns              # 2 * per_proto
-    int per_proto           # shared connections for RESP2 clients, then as many for RESP3 ones
-    int rr[2]               # round-robin position among each protocol's connections
-    Backend *conns
-    bint active             # part of the current shard map
-    Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
+cdef void accept_clients(Core *core) noexcept nogil
+cdef void client_close(Core *core, Client *c) noexcept nogil
+cdef void close_idle_clients(Core *core) noexcept nogil
+cdef void client_pause(Core *core, Client *c) noexcept nogil
+cdef void req_parse(Core *core, Client *c, Buf *inp) noexcept nogil
+cdef void client_recv(Core *core, Client *c) noexcept nogil
+cdef void client_send(Core *core, Client *c) noexcept nogil
+cdef void format_address(const sockaddr_in *sa, char *out) noexcept nogil

@@ -1,9 +1,6 @@
 # CLIENT ...: about the proxy's own client connections. The shards' clients are the proxy's
 # backend connections, so these are answered here, in the shapes redis-server uses.
 
-cdef bint arg_is(ArgVec *av, int i, const char *word) noexcept nogil:
-    return i < av.argc and arg_equals_ci(av.argv[i], av.argl[i], word, strlen(word))
-
 
 cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
     cdef Client *c = core.all_clients
@@ -12,13 +9,6 @@ cdef Client *client_by_id(Core *core, long long id) noexcept nogil:
             return c
         c = c.next
     return NULL
-
-
-cdef void format_address(const sockaddr_in *sa, char *out) noexcept nogil:
-    cdef char ip[20]
-    out[0] = 0
-    if inet_ntop(AF_INET, &sa.sin_addr, ip, sizeof(ip)) != NULL:
-        snprintf(out, 48, b"%s:%d", ip, <int>ntohs(sa.sin_port))
 
 
 cdef bint has_address(Client *c, const char *text, size_t n) noexcept nogil:
@@ -100,45 +90,10 @@ cdef void answer_bulk_or_null(Core *core, Client *c, Request *r, const char *p, 
         buf_append_str(out, b"_\r\n" if c.proto == 3 else b"$-1\r\n")
     else:
         buf_append_bulk(out, p, n)
-    request_answer(core, r, buf_head(out), buf_len(out))
+    req_write(core, r, buf_head(out), buf_len(out))
 
 
-cdef void client_unblock(Core *core, Client *target, bint as_error) noexcept nogil:
-    """End a blocking command: the shard-side connection goes, the client gets a timeout's
-    null reply (or Redis's UNBLOCKED error)."""
-    cdef Backend *b = target.dedicated
-    cdef Fragment *f
-    cdef const char *reply
-    cdef char line[96]
-    if target.waiters != NULL:
-        # A WAIT: each shard unblocks its own, and answers what it reached (or UNBLOCKED).
-        b = target.waiters
-        while b != NULL:
-            if b.shard_client_id > 0:
-                snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
-                         <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
-                         5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
-                send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
-            b = b.next_waiter
-        return
-    if b == NULL or b.qhead == NULL:
-        return
-    f = b.qhead
-    b.qhead = f.next
-    if b.qhead == NULL:
-        b.qtail = NULL
-    b.queued -= 1
-    f.next = NULL
-    target.dedicated = NULL
-    dedicated_close(core, b)
-    if as_error:
-        reply = b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n"
-    else:
-        reply = b"_\r\n" if target.proto == 3 else b"*-1\r\n"
-    fragment_answer(core, f, reply, strlen(reply))
-
-
-cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
     cdef Buf *out = &core.merged
     cdef Client *t
     cdef Client *nxt
@@ -147,30 +102,30 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
     cdef bint skipme = True
     cdef int k
     if av.argc < 2:
-        request_answer_str(core, r, b"-ERR wrong number of arguments for 'client' command\r\n")
+        req_write_str(core, r, b"-ERR wrong number of arguments for 'client' command\r\n")
         return
     if arg_is(av, 1, b"id") and av.argc == 2:
         buf_clear(out)
         buf_append_int(out, c':', <long long>c.id)
-        request_answer(core, r, buf_head(out), buf_len(out))
+        req_write(core, r, buf_head(out), buf_len(out))
     elif arg_is(av, 1, b"setname") and av.argc == 3:
         for i in range(av.argl[2]):
             if av.argv[2][i] < c'!' or av.argv[2][i] > c'~':
-                request_answer_str(core, r, b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n")
+                req_write_str(core, r, b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n")
                 return
         buf_clear(&c.name)
         buf_append(&c.name, av.argv[2], av.argl[2])
-        request_answer_str(core, r, b"+OK\r\n")
+        req_write_str(core, r, b"+OK\r\n")
     elif arg_is(av, 1, b"getname") and av.argc == 2:
         answer_bulk_or_null(core, c, r, buf_head(&c.name), buf_len(&c.name), buf_len(&c.name) == 0)
     elif arg_is(av, 1, b"setinfo") and av.argc == 4:
         if arg_is(av, 2, b"lib-name") or arg_is(av, 2, b"lib-ver"):
-            request_answer_str(core, r, b"+OK\r\n")
+            req_write_str(core, r, b"+OK\r\n")
         else:
-            request_answer_str(core, r, b"-ERR Unrecognized option\r\n")
+            req_write_str(core, r, b"-ERR Unrecognized option\r\n")
     elif (arg_is(av, 1, b"no-evict") or arg_is(av, 1, b"no-touch")) and av.argc == 3 and \
             (arg_is(av, 2, b"on") or arg_is(av, 2, b"off")):
-        request_answer_str(core, r, b"+OK\r\n")
+        req_write_str(core, r, b"+OK\r\n")
     elif arg_is(av, 1, b"info") and av.argc == 2:
         buf_clear(&core.subcommand)
         client_info_line(core, c, &core.subcommand)
@@ -185,17 +140,17 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
         answer_bulk_or_null(core, c, r, buf_head(&core.subcommand), buf_len(&core.subcommand), False)
     elif arg_is(av, 1, b"unblock") and (av.argc == 3 or av.argc == 4):
         if parse_ll(av.argv[2], av.argl[2], &id) < 0:
-            request_answer_str(core, r, b"-ERR value is not an integer or out of range\r\n")
+            req_write_str(core, r, b"-ERR value is not an integer or out of range\r\n")
             return
         if av.argc == 4 and not (arg_is(av, 3, b"timeout") or arg_is(av, 3, b"error")):
-            request_answer_str(core, r, b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n")
+            req_write_str(core, r, b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n")
             return
         t = client_by_id(core, id)
         if t == NULL or not (t.flags & CF_BLOCKED):
-            request_answer_str(core, r, b":0\r\n")
+            req_write_str(core, r, b":0\r\n")
             return
         client_unblock(core, t, av.argc == 4 and arg_is(av, 3, b"error"))
-        request_answer_str(core, r, b":1\r\n")
+        req_write_str(core, r, b":1\r\n")
     elif arg_is(av, 1, b"kill") and av.argc >= 3:
         if av.argc == 3:
             # Old form: CLIENT KILL addr:port
@@ -205,28 +160,28 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
                     break
                 t = t.next
             if t == NULL:
-                request_answer_str(core, r, b"-ERR No such client\r\n")
+                req_write_str(core, r, b"-ERR No such client\r\n")
                 return
-            request_answer_str(core, r, b"+OK\r\n")
+            req_write_str(core, r, b"+OK\r\n")
             if t == c:
                 c.flags |= CF_CLOSE_AFTER_WRITE
             else:
                 client_close(core, t)
             return
         if av.argc % 2 != 0:
-            request_answer_str(core, r, b"-ERR syntax error\r\n")
+            req_write_str(core, r, b"-ERR syntax error\r\n")
             return
         id = -1
         k = 2
         while k + 1 < av.argc:
             if arg_is(av, k, b"id"):
                 if parse_ll(av.argv[k + 1], av.argl[k + 1], &id) < 0:
-                    request_answer_str(core, r, b"-ERR client-id should be greater than 0\r\n")
+                    req_write_str(core, r, b"-ERR client-id should be greater than 0\r\n")
                     return
             elif arg_is(av, k, b"skipme"):
                 skipme = not arg_is(av, k + 1, b"no")
             elif not arg_is(av, k, b"addr"):
-                request_answer_str(core, r, b"-ERR syntax error\r\n")
+                req_write_str(core, r, b"-ERR syntax error\r\n")
                 return
             k += 2
         t = core.all_clients
@@ -245,7 +200,7 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
             t = nxt
         buf_clear(out)
         buf_append_int(out, c':', killed)
-        request_answer(core, r, buf_head(out), buf_len(out))
+        req_write(core, r, buf_head(out), buf_len(out))
     elif arg_is(av, 1, b"tracking") or arg_is(av, 1, b"caching") or arg_is(av, 1, b"getredir") \
             or arg_is(av, 1, b"trackinginfo") or arg_is(av, 1, b"reply") or arg_is(av, 1, b"pause") \
             or arg_is(av, 1, b"unpause"):
@@ -253,10 +208,10 @@ cdef void client_command(Core *core, Client *c, Request *r, ArgVec *av) noexcept
         buf_append_str(out, b"-ERR CLIENT ")
         buf_append(out, av.argv[1], av.argl[1] if av.argl[1] < 32 else 32)
         buf_append_str(out, b" is not supported by this proxy yet\r\n")
-        request_answer(core, r, buf_head(out), buf_len(out))
+        req_write(core, r, buf_head(out), buf_len(out))
     else:
         buf_clear(out)
         buf_append_str(out, b"-ERR unknown subcommand or wrong number of arguments for '")
         buf_append(out, av.argv[1], av.argl[1] if av.argl[1] < 64 else 64)
         buf_append_str(out, b"'. Try CLIENT HELP.\r\n")
-        request_answer(core, r, buf_head(out), buf_len(out))
+        req_write(core, r, buf_head(out), buf_len(out))

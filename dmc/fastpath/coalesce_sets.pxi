@@ -2,19 +2,6 @@
 # shards. Each key's members are fetched with SMEMBERS from its own shard; the proxy combines
 # them with a small open-addressing hash set over the reply bytes (no copies of members).
 
-cdef struct Member:
-    const char *p           # the member's bytes, inside a fragment's reply (NULL: empty slot)
-    size_t n
-    unsigned int hash
-    int count               # SINTER: sets seen in; SDIFF: < 0 once removed
-    double score            # sorted sets: the aggregated score
-
-
-cdef struct MemberSet:
-    Member *slots
-    size_t cap              # a power of two, at least twice the members
-    size_t used
-
 
 cdef int members_init(MemberSet *s, size_t expected) noexcept nogil:
     s.cap = 16
@@ -62,26 +49,6 @@ cdef const char *next_bulk(const char *p, const char *end, const char **data, si
     return eol + 1 + len + 2
 
 
-cdef void fetch_each_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,
-                         const char *tail) noexcept nogil:
-    """One fragment per key: `head <key> tail` sent to the key's shard (SMEMBERS, ZRANGE ...,
-    GET); r's merge combines the replies when all are in."""
-    cdef Buf *sub = &core.subcommand
-    cdef int i, k
-    if request_fragments(r, kl.n) < 0:
-        request_answer_str(core, r, b"-ERR out of memory\r\n")
-        return
-    r.pending = kl.n
-    for i in range(kl.n):
-        k = kl.pos[i]
-        buf_clear(sub)
-        buf_append_str(sub, head)
-        buf_append_bulk(sub, av.argv[k], av.argl[k])
-        buf_append_str(sub, tail)
-        # r may be freed by the last send (a shard that is down answers at once).
-        send_fragment(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
-
-
 cdef int members_for_replies(Request *r, MemberSet *set) noexcept nogil:
     """An empty set sized for every element of the fragments' array replies; -1 if one of
     them is not an array (or memory is short)."""
@@ -96,7 +63,7 @@ cdef int members_for_replies(Request *r, MemberSet *set) noexcept nogil:
     return members_init(set, <size_t>total)
 
 
-cdef int merge_set_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
+cdef int coalesce_set_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
     cdef MemberSet set
     cdef Member *m
     cdef int i, last = r.nfrags - 1
@@ -151,7 +118,7 @@ cdef int merge_set_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
     return 0
 
 
-cdef void dispatch_set_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+cdef void route_set_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """One SMEMBERS per key, each to the key's shard; merged when all are in."""
     cdef int k
     cdef long long limit = 0
@@ -159,17 +126,18 @@ cdef void dispatch_set_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) 
         k = kl.pos[kl.n - 1] + 1
         if k + 1 < av.argc and arg_equals_ci(av.argv[k], av.argl[k], b"limit", 5):
             if parse_ll(av.argv[k + 1], av.argl[k + 1], &limit) < 0 or limit < 0:
-                request_answer_str(core, r, b"-ERR LIMIT can't be negative\r\n")
+                req_write_str(core, r, b"-ERR LIMIT can't be negative\r\n")
                 return
         elif k < av.argc:
-            request_answer_str(core, r, b"-ERR syntax error\r\n")
+            req_write_str(core, r, b"-ERR syntax error\r\n")
             return
     r.merge = r.cmd.merge
     r.nkeys = <int>limit        # SINTERCARD's LIMIT (0: none)
-    fetch_each_key(core, r, av, kl, b"*2\r\n$8\r\nSMEMBERS\r\n", b"")
+    route_per_key(core, r, av, kl, b"*2\r\n$8\r\nSMEMBERS\r\n", b"")
 
 
 # ---- sorted sets ------------------------------------------------------------------------------
+
 
 cdef const char *next_scored(const char *p, const char *end, const char **data, size_t *n,
                              double *score) noexcept nogil:
@@ -247,7 +215,7 @@ cdef inline double aggregate(double acc, double v, int how) noexcept nogil:
     return 0.0 if isnan(r) else r        # inf + -inf: Redis answers 0
 
 
-cdef int merge_zset_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
+cdef int coalesce_zset_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
     cdef MemberSet set
     cdef Member *m
     cdef Member **order
@@ -321,7 +289,7 @@ cdef int merge_zset_algebra(Core *core, Request *r, Buf *out) noexcept nogil:
     return 0
 
 
-cdef void dispatch_zset_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+cdef void route_zset_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     """One ZRANGE key 0 -1 WITHSCORES per key, each to the key's shard; merged when all are in."""
     cdef int i, k = kl.pos[kl.n - 1] + 1, merge = r.cmd.merge
     cdef long long limit = 0
@@ -331,7 +299,7 @@ cdef void dispatch_zset_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl)
         if merge == MERGE_ZINTERCARD and arg_equals_ci(av.argv[k], av.argl[k], b"limit", 5) \
                 and k + 1 < av.argc:
             if parse_ll(av.argv[k + 1], av.argl[k + 1], &limit) < 0 or limit < 0:
-                request_answer_str(core, r, b"-ERR LIMIT can't be negative\r\n")
+                req_write_str(core, r, b"-ERR LIMIT can't be negative\r\n")
                 return
             k += 2
         elif merge != MERGE_ZINTERCARD and arg_equals_ci(av.argv[k], av.argl[k], b"withscores", 10):
@@ -346,30 +314,30 @@ cdef void dispatch_zset_algebra(Core *core, Request *r, ArgVec *av, KeyList *kl)
             elif arg_equals_ci(av.argv[k + 1], av.argl[k + 1], b"max", 3):
                 r.aggregate = 2
             else:
-                request_answer_str(core, r, b"-ERR syntax error\r\n")
+                req_write_str(core, r, b"-ERR syntax error\r\n")
                 return
             k += 2
         elif (merge == MERGE_ZUNION or merge == MERGE_ZINTER) and \
                 arg_equals_ci(av.argv[k], av.argl[k], b"weights", 7) and k + kl.n < av.argc:
             r.weights = <double *>malloc(kl.n * sizeof(double))
             if r.weights == NULL:
-                request_answer_str(core, r, b"-ERR out of memory\r\n")
+                req_write_str(core, r, b"-ERR out of memory\r\n")
                 return
             for i in range(kl.n):
                 if av.argl[k + 1 + i] == 0 or av.argl[k + 1 + i] >= sizeof(tmp):
-                    request_answer_str(core, r, b"-ERR weight value is not a float\r\n")
+                    req_write_str(core, r, b"-ERR weight value is not a float\r\n")
                     return
                 memcpy(tmp, av.argv[k + 1 + i], av.argl[k + 1 + i])
                 tmp[av.argl[k + 1 + i]] = 0
                 r.weights[i] = strtod(tmp, &endp)
                 if endp[0] != 0 or isnan(r.weights[i]):
-                    request_answer_str(core, r, b"-ERR weight value is not a float\r\n")
+                    req_write_str(core, r, b"-ERR weight value is not a float\r\n")
                     return
             k += 1 + kl.n
         else:
-            request_answer_str(core, r, b"-ERR syntax error\r\n")
+            req_write_str(core, r, b"-ERR syntax error\r\n")
             return
     r.merge = merge
     r.nkeys = <int>limit        # ZINTERCARD's LIMIT (0: none)
-    fetch_each_key(core, r, av, kl, b"*5\r\n$6\r\nZRANGE\r\n",
+    route_per_key(core, r, av, kl, b"*5\r\n$6\r\nZRANGE\r\n",
                    b"$1\r\n0\r\n$2\r\n-1\r\n$10\r\nWITHSCORES\r\n")

@@ -3,12 +3,6 @@
 # encoding, as Redis stores them) and estimates the cardinality as redis-server does
 # (hllCount with the improved estimator of Ertl).
 
-DEF HLL_P = 14
-DEF HLL_REGISTERS = 16384
-DEF HLL_Q = 50                  # 64 - HLL_P
-DEF HLL_HEADER = 16             # "HYLL", encoding, 3 unused bytes, 8 bytes of cached cardinality
-DEF HLL_DENSE_SIZE = 12304      # HLL_HEADER + 16384 * 6 / 8
-
 
 cdef int hll_merge(unsigned char *regs, const unsigned char *p, size_t n) noexcept nogil:
     """Max each register of regs with the HLL in p[0:n]; -1 if it is not a HyperLogLog."""
@@ -97,7 +91,7 @@ cdef long long hll_estimate(const unsigned char *regs) noexcept nogil:
     return llroundl(0.721347520444481703680 * m * m / z)
 
 
-cdef int merge_pfcount(Request *r, Buf *out) noexcept nogil:
+cdef int coalesce_pfcount(Request *r, Buf *out) noexcept nogil:
     cdef unsigned char *regs = <unsigned char *>calloc(HLL_REGISTERS, 1)
     cdef const char *p
     cdef const char *data
@@ -118,6 +112,6 @@ cdef int merge_pfcount(Request *r, Buf *out) noexcept nogil:
     return 0
 
 
-cdef void dispatch_pfcount(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+cdef void route_pfcount(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
     r.merge = MERGE_PFCOUNT
-    fetch_each_key(core, r, av, kl, b"*2\r\n$3\r\nGET\r\n", b"")
+    route_per_key(core, r, av, kl, b"*2\r\n$3\r\nGET\r\n", b"")

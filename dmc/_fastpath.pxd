@@ -1,0 +1,25 @@
+# Declarations of dmc._fastpath: each part of the data path declares its constants, structs and
+# functions in dmc/fastpath/<part>.pxd; the code is in dmc/fastpath/<part>.pxi, included by
+# _fastpath.pyx. One module, so that calls between parts are plain C calls.
+
+include "fastpath/system.pxd"
+include "fastpath/buffer.pxd"
+include "fastpath/resp.pxd"
+include "fastpath/slot.pxd"
+include "fastpath/commands.pxd"
+include "fastpath/core.pxd"
+include "fastpath/client.pxd"
+include "fastpath/request.pxd"
+include "fastpath/route.pxd"
+include "fastpath/local.pxd"
+include "fastpath/local_client.pxd"
+include "fastpath/monitor.pxd"
+include "fastpath/transaction.pxd"
+include "fastpath/blocking.pxd"
+include "fastpath/wait.pxd"
+include "fastpath/pubsub.pxd"
+include "fastpath/backend.pxd"
+include "fastpath/coalesce.pxd"
+include "fastpath/coalesce_sets.pxd"
+include "fastpath/coalesce_pfcount.pxd"
+include "fastpath/loop.pxd"

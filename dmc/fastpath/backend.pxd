@@ -1,0 +1,76 @@
+# Backend connections to the shards: their roles, states and the shard table.
+# Declarations; the code is in backend.pxi.
+
+# What a backend connection is for; its reader hands each reply frame to the role's handler
+# (backend.pxi: rsp_fragment, rsp_waiter; pubsub.pxi: rsp_subscriber, rsp_relay).
+cdef enum BackendRole:
+    ROLE_SHARED = 0         # one of a shard's shared connections: fragments of every client, in order
+    ROLE_DEDICATED = 1      # a client's own: blocking commands, WATCH ... EXEC
+    ROLE_SUBSCRIBER = 2     # a client's own, subscribed: every frame goes straight to `owner`
+    ROLE_WAITER = 3         # a client's own for one WAIT: its CLIENT ID, then the WAIT's reply
+    ROLE_RELAY = 4          # the shard's keyspace-notification relay (pubsub.pxi)
+
+
+# Backend states
+cdef enum:
+    BK_DOWN = 0
+    BK_CONNECTING = 1
+    BK_UP = 2
+
+
+cdef struct Backend:
+    int kind
+    int fd
+    unsigned int events
+    int state
+    int role                # BackendRole
+    int shard               # index into the core's shard table
+    Buf rbuf
+    Buf wbuf
+    size_t need
+    Fragment *qhead         # fragments awaiting replies, in the order they were written
+    Fragment *qtail
+    int queued
+    bint dirty
+    Backend *next_dirty
+    long long retry_at_us
+    long long retry_delay_us
+    Client *owner           # a client's dedicated connection; NULL for the shared ones
+    int proto               # RESP version it speaks (HELLO 3 is sent first when 3)
+    int skip_replies        # replies to drop before the first fragment's (the HELLO reply)
+    bint used               # a RESP3 connection is opened, and kept open, once a client needs it
+    bint barrier            # ROLE_SUBSCRIBER: the proxy's PING barrier is in flight (its reply is dropped)
+    bint synced             #   the barrier's reply is in and nothing was sent since
+    int subscriptions       #   channels + patterns left, from the last (un)subscribe frame
+    int shard_subscriptions #   and sharded channels left (Redis counts them apart)
+    Backend *next_waiter    # ROLE_WAITER: the client's next WAIT connection
+    bint wants_id           #   its next reply is its CLIENT ID on the shard
+    long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known)
+    Backend *next_closed
+
+
+cdef struct Shard:
+    char label[64]          # host:port, as shown in errors
+    sockaddr_in addr
+    int nconns              # 2 * per_proto
+    int per_proto           # shared connections for RESP2 clients, then as many for RESP3 ones
+    int rr[2]               # round-robin position among each protocol's connections
+    Backend *conns
+    bint active             # part of the current shard map
+    Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
+
+
+cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil
+cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
+cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil
+cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil
+cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcept nogil
+cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil
+cdef void dedicated_close(Core *core, Backend *b) noexcept nogil
+cdef void backend_connect(Core *core, Backend *b) noexcept nogil
+cdef void backend_writable(Core *core, Backend *b) noexcept nogil
+cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil
+cdef void backend_send(Core *core, Backend *b) noexcept nogil
+cdef void backend_recv(Core *core, Backend *b) noexcept nogil
+cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil
+cdef void backends_tick(Core *core) noexcept nogil

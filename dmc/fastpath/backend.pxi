@@ -1,0 +1,293 @@
+# Backend connections to the shards: opened, written (the fragments sent on them), read (their
+# replies handed back in order), failed and retried.
+#
+# Each shard has its shared connections (per_proto for RESP2 clients, as many for RESP3 ones,
+# round robin); a client's own connections (dedicated: blocking commands, WATCH, a subscriber;
+# WAIT) and the keyspace relay are made with backend_new.
+
+
+cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
+    """The next shared connection of the shard for clients of `proto` (round robin); one that
+    is down is reconnected here once its back-off is over."""
+    cdef Shard *s = &core.shards[shard]
+    cdef int p = 1 if proto == 3 else 0
+    cdef Backend *b = &s.conns[p * s.per_proto + s.rr[p]]
+    s.rr[p] += 1
+    if s.rr[p] >= s.per_proto:
+        s.rr[p] = 0
+    b.used = True
+    if b.state == BK_DOWN and b.retry_at_us <= core.now_us:
+        backend_connect(core, b)
+    return b
+
+
+cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
+    """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
+    that is down answers the fragment with an error at once."""
+    cdef Client *c = f.req.client
+    frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
+
+
+cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
+    if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
+        frag_answer_unavailable(core, f, core.shards[b.shard].label)
+        return
+    if f.req.cmd != NULL and f.req.cmd.writes and f.req.client != NULL:
+        client_wrote(f.req.client, b.shard)
+    f.sent_us = core.now_us
+    f.next = NULL
+    if b.qtail == NULL:
+        b.qhead = f
+    else:
+        b.qtail.next = f
+    b.qtail = f
+    b.queued += 1
+    backend_mark_dirty(core, b)
+
+
+cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil:
+    """A command of the proxy's own whose reply nobody reads (an UNWATCH, say)."""
+    cdef Request *r = req_alloc(core)
+    if r == NULL:
+        return
+    r.pending = 1
+    frag_send_on(core, b, &r.frag0, cmd, n)
+
+
+cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcept nogil:
+    """A connection outside the shard's shared ones (a client's own, a relay), not yet open;
+    freed through core.closed_backends."""
+    cdef Backend *b = <Backend *>calloc(1, sizeof(Backend))
+    if b == NULL:
+        return NULL
+    b.kind = KIND_BACKEND
+    b.fd = -1
+    b.state = BK_DOWN
+    b.shard = shard
+    b.retry_delay_us = RETRY_MIN_US
+    b.owner = owner
+    b.proto = proto
+    b.role = role
+    return b
+
+
+cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
+    """The client's own connection to the shard, opened on first use."""
+    cdef Backend *b = c.dedicated
+    if b != NULL and (b.shard != shard or b.proto != c.proto):
+        dedicated_close(core, b)
+        b = c.dedicated = NULL
+    if b == NULL:
+        b = backend_new(shard, c, c.proto, ROLE_DEDICATED)
+        if b == NULL:
+            return NULL
+        c.dedicated = b
+    if b.state == BK_DOWN:
+        backend_connect(core, b)
+    return b
+
+
+cdef void dedicated_close(Core *core, Backend *b) noexcept nogil:
+    """Close a client's own connection (the shard forgets a blocked client with it); what still
+    waits on it is answered with an error; the struct is freed at the end of the loop turn."""
+    b.owner = NULL
+    if b.role == ROLE_SUBSCRIBER:
+        b.role = ROLE_DEDICATED
+    backend_fail(core, b, b"closed dedicated connection to")
+    b.next_closed = core.closed_backends
+    core.closed_backends = b
+
+
+cdef void backend_connect(Core *core, Backend *b) noexcept nogil:
+    cdef Shard *s = &core.shards[b.shard]
+    cdef int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    cdef int rc
+    if fd < 0:
+        b.retry_at_us = core.now_us + b.retry_delay_us
+        return
+    set_nodelay(fd)
+    rc = connect(fd, <sockaddr *>&s.addr, sizeof(sockaddr_in))
+    if rc < 0 and errno != EINPROGRESS:
+        close(fd)
+        b.fd = -1
+        backend_fail(core, b, b"cannot connect to")
+        return
+    b.fd = fd
+    b.state = BK_CONNECTING
+    b.events = 0
+    if b.proto == 3:
+        # Sent before any request: the connection then answers in RESP3, as its clients expect.
+        buf_append_str(&b.wbuf, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        b.skip_replies = 1
+    epoll_want(core, fd, b, &b.events, EPOLLIN | EPOLLOUT)
+
+
+cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
+    cdef int err = 0
+    cdef socklen_t len = sizeof(err)
+    if b.state == BK_CONNECTING:
+        getsockopt(b.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+        if err != 0:
+            backend_fail(core, b, b"cannot connect to")
+            return
+        b.state = BK_UP
+        b.retry_delay_us = RETRY_MIN_US
+        if b.role == ROLE_SHARED:
+            default_shard_changed(core)
+    backend_send(core, b)
+
+
+cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil:
+    if not b.dirty:
+        b.dirty = True
+        b.next_dirty = core.dirty_backends
+        core.dirty_backends = b
+
+
+cdef void backend_send(Core *core, Backend *b) noexcept nogil:
+    cdef ssize_t n
+    if b.state != BK_UP:
+        return
+    while buf_len(&b.wbuf) > 0:
+        n = send(b.fd, buf_head(&b.wbuf), buf_len(&b.wbuf), MSG_NOSIGNAL)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN or errno == EWOULDBLOCK:
+                break
+            backend_fail(core, b, b"connection lost to")
+            return
+        buf_consume(&b.wbuf, <size_t>n)
+    epoll_want(core, b.fd, b, &b.events, EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) else 0))
+
+
+cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
+    """Read what the shard sent and hand each complete reply frame to the handler of the
+    connection's role."""
+    cdef ssize_t n, flen
+    cdef size_t need
+    cdef int push, rc
+    if buf_reserve(&b.rbuf, READ_CHUNK) < 0:
+        backend_fail(core, b, b"out of memory reading from")
+        return
+    n = recv(b.fd, b.rbuf.data + b.rbuf.end, b.rbuf.cap - b.rbuf.end, 0)
+    if n <= 0:
+        if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
+            return
+        backend_fail(core, b, b"connection lost to")
+        return
+    b.rbuf.end += n
+    if buf_len(&b.rbuf) < b.need:
+        return
+    if b.role == ROLE_SUBSCRIBER and b.owner != NULL and over_output_limit(core, b.owner):
+        # A subscriber that does not read its messages: cut it off (never inside the loop
+        # below, which reads from this connection's buffer).
+        client_close(core, b.owner)
+        return
+    b.need = 0
+    while buf_len(&b.rbuf) > 0:
+        flen = reply_frame(buf_head(&b.rbuf), buf_len(&b.rbuf), &need, &push)
+        if flen == 0:
+            b.need = need
+            break
+        if flen < 0:
+            backend_fail(core, b, b"protocol error from")
+            return
+        if b.skip_replies > 0:
+            b.skip_replies -= 1     # the HELLO 3 sent when it connected
+            buf_consume(&b.rbuf, flen)
+            continue
+        if b.role <= ROLE_DEDICATED:
+            rc = rsp_fragment(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_SUBSCRIBER:
+            rc = rsp_subscriber(core, b, buf_head(&b.rbuf), flen)
+        elif b.role == ROLE_WAITER:
+            rc = rsp_waiter(core, b, buf_head(&b.rbuf), flen, push)
+        else:
+            rc = rsp_relay(core, b, buf_head(&b.rbuf), flen)
+        if rc < 0:
+            return      # the connection is closed (its buffer with it)
+        buf_consume(&b.rbuf, flen)
+
+
+cdef inline int rsp_fragment(Core *core, Backend *b, const char *p, size_t n, int push) noexcept nogil:
+    """A reply on a request/reply connection (shared or dedicated): the answer of the fragment
+    at the head of its queue. -1 when the connection was closed meanwhile."""
+    cdef Fragment *f
+    if push:
+        return 0        # out of band on a request/reply connection: nobody asked for it
+    f = b.qhead
+    if f == NULL:
+        backend_fail(core, b, b"unexpected reply from")
+        return -1
+    if f.skip > 0:
+        # A reply the client already had from the proxy (MULTI's OK, a QUEUED).
+        f.skip -= 1
+        return 0
+    b.qhead = f.next
+    if b.qhead == NULL:
+        b.qtail = NULL
+    b.queued -= 1
+    f.next = NULL
+    frag_answered(core, f, p, n)
+    # Closed by the answer (the last reply of a WAIT closes its connections).
+    return -1 if b.state == BK_DOWN else 0
+
+
+cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
+    """Drop the connection: every fragment waiting on it is answered with an error, and the
+    connection is retried after a back-off."""
+    cdef char line[160]
+    cdef Fragment *f
+    cdef Shard *s = &core.shards[b.shard]
+    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
+    if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
+        # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
+        buf_append_str(&b.owner.wbuf, line)
+        b.owner.flags |= CF_CLOSE_AFTER_WRITE
+        client_mark_dirty(core, b.owner)
+    if b.fd >= 0:
+        epoll_want(core, b.fd, b, &b.events, 0)
+        close(b.fd)
+        b.fd = -1
+    if b.state == BK_UP and b.role == ROLE_SHARED:
+        default_shard_changed(core)
+    b.state = BK_DOWN
+    buf_free(&b.rbuf)
+    buf_free(&b.wbuf)
+    b.need = 0
+    b.skip_replies = 0
+    b.retry_at_us = core.now_us + b.retry_delay_us
+    b.retry_delay_us = b.retry_delay_us * 2 if b.retry_delay_us * 2 < RETRY_MAX_US else RETRY_MAX_US
+    # Answer in queue order; answering may touch other clients but never this backend.
+    while b.qhead != NULL:
+        f = b.qhead
+        b.qhead = f.next
+        f.next = NULL
+        b.queued -= 1
+        frag_answered(core, f, line, strlen(line))
+    b.qtail = NULL
+    b.queued = 0
+
+
+cdef void backends_tick(Core *core) noexcept nogil:
+    """Timers: reconnect shards that are down, fail connections whose oldest request is late."""
+    cdef int i, j
+    cdef Backend *b
+    relays_tick(core)
+    for i in range(core.nshards):
+        for j in range(core.shards[i].nconns):
+            b = &core.shards[i].conns[j]
+            if b.state == BK_DOWN:
+                if core.shards[i].active and b.used and b.retry_at_us <= core.now_us:
+                    backend_connect(core, b)
+            elif b.qhead != NULL and core.backend_timeout_us > 0 \
+                    and core.now_us - b.qhead.sent_us > core.backend_timeout_us:
+                backend_fail(core, b, b"timeout waiting for")
+            elif not core.shards[i].active and b.qhead == NULL and b.state == BK_UP:
+                # No longer in the map and nothing in flight: let it go.
+                epoll_want(core, b.fd, b, &b.events, 0)
+                close(b.fd)
+                b.fd = -1
+                b.state = BK_DOWN
+                default_shard_changed(core)

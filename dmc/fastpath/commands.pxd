@@ -1,0 +1,150 @@
+# The command table: name -> arity, key specs and routing policy.
+# Declarations; the code is in commands.pxi.
+
+cdef enum:
+    CMD_NAME_MAX = 48
+    CMD_TABLE_SIZE = 2048
+    MAX_KEY_SPECS = 6
+
+
+# begin_search / find_keys types of a key spec
+cdef enum:
+    BS_INDEX = 1
+    BS_KEYWORD = 2
+    FK_RANGE = 1
+    FK_KEYNUM = 2
+
+
+# How the proxy routes a command.
+cdef enum Route:
+    ROUTE_KEYED = 0         # to the shard of its keys (all on one shard, else CROSSSLOT); keyless: default shard
+    ROUTE_SPLIT = 1         # keys split per shard into sub-commands, replies merged (MGET, MSET, DEL ...)
+    ROUTE_ALL_SHARDS = 2    # sent to every shard, replies merged (DBSIZE, FLUSHALL, KEYS ...)
+    ROUTE_LOCAL = 3         # answered by the proxy (PING, QUIT, SELECT ...)
+    ROUTE_REFUSED = 4       # not available through this proxy; the entry's error text says why
+    ROUTE_GETKEYS = 5       # key specs Redis marks unknown/incomplete: ask a shard COMMAND GETKEYS first
+    ROUTE_SCAN = 6          # SCAN: one cursor that walks the shards of the map one after the other
+    ROUTE_BLOCKING = 7      # on a connection of the client's own; its later requests wait
+    ROUTE_PUBSUB = 8        # PUBLISH, SPUBLISH, PUBSUB ...: to the map's pub/sub shard
+    ROUTE_SUBSCRIBE = 9     # (P|S)(UN)SUBSCRIBE: the client's own connection to the pub/sub shard
+    ROUTE_WAIT = 10         # WAIT: on every shard the client wrote to, over connections of its own
+
+
+# How the replies of several shards are merged into one.
+cdef enum Merge:
+    MERGE_NONE = 0          # a single reply is passed through
+    MERGE_KEYED_ARRAY = 1   # MGET: one array element per key, back in the client's key order
+    MERGE_ALL_SUCCEEDED = 2 # the first error, else the first reply
+    MERGE_ONE_SUCCEEDED = 3 # the first non-error reply, else the first error
+    MERGE_AGG_SUM = 4       # integers summed
+    MERGE_AGG_MIN = 5
+    MERGE_AGG_MAX = 6
+    MERGE_AGG_AND = 7
+    MERGE_AGG_OR = 8
+    MERGE_CONCAT = 9        # arrays concatenated (KEYS)
+    MERGE_SCAN = 10         # a shard's SCAN reply, its cursor turned into the proxy's cursor
+    MERGE_RANDOM = 11       # RANDOMKEY: a non-nil answer, from a shard picked at random
+    MERGE_INFO = 12         # INFO: the first shard's text, its keyspace summed over all shards
+    MERGE_SUNION = 13       # set algebra over keys on several shards: computed by the proxy
+    MERGE_SINTER = 14       #   from each key's SMEMBERS
+    MERGE_SDIFF = 15
+    MERGE_SINTERCARD = 16
+    MERGE_ZUNION = 17       # sorted-set algebra across shards, from each key's ZRANGE WITHSCORES
+    MERGE_ZINTER = 18
+    MERGE_ZDIFF = 19
+    MERGE_ZINTERCARD = 20
+    MERGE_PFCOUNT = 21      # PFCOUNT across shards: the HyperLogLogs' registers merged by the proxy
+
+
+# Commands answered by the proxy itself.
+cdef enum Local:
+    LOCAL_PING = 1
+    LOCAL_QUIT = 2
+    LOCAL_SELECT = 3
+    LOCAL_ECHO = 4
+    LOCAL_HELLO = 5
+    LOCAL_MULTI = 6
+    LOCAL_EXEC = 7
+    LOCAL_DISCARD = 8
+    LOCAL_WATCH = 9
+    LOCAL_UNWATCH = 10
+    LOCAL_CLIENT = 11
+    LOCAL_AUTH = 12
+    LOCAL_RESET = 13
+    LOCAL_MONITOR = 14
+
+
+cdef struct KeySpec:
+    int bs_type
+    int bs_index            # BS_INDEX: position; BS_KEYWORD: startfrom
+    char bs_keyword[16]
+    int bs_keyword_len
+    int fk_type
+    int fk_a                # RANGE: lastkey;  KEYNUM: keynumidx
+    int fk_b                # RANGE: keystep;  KEYNUM: firstkey
+    int fk_c                # RANGE: limit;    KEYNUM: keystep
+
+
+# Parameters a command may name (CONFIG SET): what the proxy lets through to the shards.
+cdef enum:
+    PARAM_NAME_MAX = 64
+    PARAM_TABLE_SIZE = 1024
+
+
+cdef enum:
+    PARAM_ALLOWED = 1       # passed on to the shards
+    PARAM_MANAGED = 2       # refused: the cluster sets it
+
+
+cdef struct ParamEntry:
+    char name[PARAM_NAME_MAX]   # lower case; name_len 0: an empty slot
+    int name_len
+    int verdict
+
+
+cdef struct ParamPolicy:
+    int first               # argument position of the first parameter name
+    int step                # then one every `step` arguments (CONFIG SET: name value pairs)
+    bint strict             # a name not listed is refused too (when the shards' names are unknown)
+    char *refusal           # the error line, a printf format taking the name as `%.*s`
+    ParamEntry *entries     # PARAM_TABLE_SIZE slots, open addressing on the lower-cased name
+
+
+cdef struct CommandInfo:
+    char name[CMD_NAME_MAX]     # lower case, `container|sub` for subcommands
+    int name_len
+    int arity
+    int route
+    int merge
+    int local
+    bint has_subcommands
+    bint writes                 # may change the data set (or replicate): WAIT waits for its shard
+    bint unmonitored            # not shown to MONITOR (admin commands, as Redis does)
+    int nspecs
+    KeySpec specs[MAX_KEY_SPECS]
+    char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)
+    ParamPolicy *params         # parameters checked before routing (CONFIG SET), or NULL
+    # Counters kept on the fast path and read by the metrics exporter.
+    unsigned long long calls
+    unsigned long long errors
+    unsigned long long usec
+
+
+cdef enum:
+    KEYLIST_STATIC = 32
+
+
+cdef struct KeyList:
+    int n
+    int cap
+    int *pos
+    int pos_static[KEYLIST_STATIC]
+
+
+cdef CommandInfo *command_find(CommandInfo **entries, const char *name, size_t n) noexcept nogil
+cdef CommandInfo *command_lookup(CommandInfo **entries, ArgVec *av) noexcept nogil
+cdef int param_verdict(ParamPolicy *p, const char *name, size_t n) noexcept nogil
+cdef int param_refused(ParamPolicy *p, ArgVec *av) noexcept nogil
+cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal, dict names) except NULL
+cdef bint arg_is(ArgVec *av, int i, const char *word) noexcept nogil
+cdef int command_keys(CommandInfo *c, ArgVec *av, KeyList *kl) noexcept nogil

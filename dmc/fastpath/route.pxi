@@ -1,0 +1,414 @@
+# Routing: from a parsed request to the shard(s) that answer it, and the fragments it is cut
+# into when its keys live on several shards (split, one per key, every shard).
+
+
+cdef int key_shards(Core *core, ArgVec *av, KeyList *kl) noexcept nogil:
+    """Fill core.key_shard with the shard of every key in kl. -1 when out of memory."""
+    cdef int i, k
+    cdef unsigned short *ks
+    if kl.n > core.key_shard_cap:
+        ks = <unsigned short *>realloc(core.key_shard, kl.n * sizeof(unsigned short))
+        if ks == NULL:
+            return -1
+        core.key_shard = ks
+        core.key_shard_cap = kl.n
+    for i in range(kl.n):
+        k = kl.pos[i]
+        core.key_shard[i] = core.slot_map[key_slot(av.argv[k], av.argl[k])]
+    return 0
+
+
+cdef inline bint same_shard(Core *core, int nkeys) noexcept nogil:
+    cdef int i
+    for i in range(1, nkeys):
+        if core.key_shard[i] != core.key_shard[0]:
+            return False
+    return True
+
+
+cdef inline int default_shard(Core *core) noexcept nogil:
+    """Where keyless commands go: the first shard of the map that is up. Found again only after
+    a shared connection went up or down or the map changed (default_shard_changed)."""
+    if core.default_shard < 0:
+        core.default_shard = default_shard_find(core)
+    return core.default_shard
+
+
+cdef inline void default_shard_changed(Core *core) noexcept nogil:
+    core.default_shard = -1
+
+
+cdef int default_shard_find(Core *core) noexcept nogil:
+    cdef int i, j, s
+    for i in range(core.nactive):
+        s = core.active[i]
+        for j in range(core.shards[s].nconns):
+            if core.shards[s].conns[j].state == BK_UP:
+                return s
+    return core.active[0] if core.nactive else 0
+
+
+cdef inline bint arity_ok(CommandInfo *cmd, int argc) noexcept nogil:
+    return argc == cmd.arity if cmd.arity > 0 else argc >= -cmd.arity
+
+
+cdef void route_unknown_command(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """Redis's own text: unknown command 'x', with args beginning with: 'a' 'b' """
+    cdef Buf *out = &core.merged
+    cdef int i
+    cdef size_t args_len = 0, take
+    buf_clear(out)
+    buf_append_str(out, b"-ERR unknown command '")
+    buf_append(out, av.argv[0], av.argl[0] if av.argl[0] < 128 else 128)
+    buf_append_str(out, b"', with args beginning with: ")
+    for i in range(1, av.argc):
+        if args_len >= 128:
+            break
+        take = av.argl[i] if av.argl[i] < 128 - args_len else 128 - args_len
+        buf_append_str(out, b"'")
+        buf_append(out, av.argv[i], take)
+        buf_append_str(out, b"' ")
+        args_len += take + 3
+    buf_append_str(out, b"\r\n")
+    req_write(core, r, buf_head(out), buf_len(out))
+
+
+cdef void route_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av, int i) noexcept nogil:
+    """The policy's error line for the parameter at position i, named as the client wrote it
+    (control characters shown as '?', so that the line stays one line)."""
+    cdef char name[PARAM_NAME_MAX]
+    cdef char line[256]
+    cdef size_t k, n = av.argl[i] if av.argl[i] < PARAM_NAME_MAX else PARAM_NAME_MAX
+    cdef unsigned char ch
+    for k in range(n):
+        ch = <unsigned char>av.argv[i][k]
+        name[k] = c'?' if ch < 32 or ch == 127 else <char>ch
+    snprintf(line, sizeof(line), p.refusal, <int>n, name)
+    req_write(core, r, line, strlen(line))
+
+
+cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
+    """True when the command's parameter policy refuses an argument; the request is answered."""
+    cdef int k
+    if cmd.params == NULL:
+        return False
+    k = param_refused(cmd.params, av)
+    if k < 0:
+        return False
+    route_param_refusal(core, r, cmd.params, av, k)
+    return True
+
+
+cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
+    """Route one request. False when it must wait (its bytes stay in the input)."""
+    cdef CommandInfo *cmd = command_lookup(core.commands, av)
+    cdef Request *r
+    cdef KeyList *kl = &core.keys
+    cdef int route
+    if c.flags & CF_AUTHED and core.nactive > 0 and not (c.flags & CF_MULTI) and ((cmd != NULL and cmd.route == ROUTE_SUBSCRIBE) or
+            (c.flags & CF_PUBSUB and c.proto == 2 and
+             not (cmd != NULL and (cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)))):
+        return route_subscriber(core, c, cmd, av)
+    if c.flags & CF_PUBSUB and cmd != NULL and (cmd.local == LOCAL_RESET or cmd.local == LOCAL_QUIT) \
+            and not subscriber_synced(core, c):
+        return False        # answered after the frames still owed on the subscriber connection
+    if cmd != NULL and cmd.route == ROUTE_WAIT and c.head != NULL and not (c.flags & CF_MULTI):
+        # WAIT counts acknowledgements of what the shards answered before it: its client's
+        # earlier requests are answered first.
+        c.flags |= CF_WAIT_DRAIN
+        return False
+    c.last_us = core.now_us
+    c.last_cmd = cmd
+    r = req_get(core, c, cmd)
+    if r == NULL:
+        c.flags |= CF_CLOSE_AFTER_WRITE
+        return True
+    if not (c.flags & CF_AUTHED) and not (cmd != NULL and (cmd.local == LOCAL_AUTH or
+            cmd.local == LOCAL_HELLO or cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)):
+        req_write_str(core, r, b"-NOAUTH Authentication required.\r\n")
+        return True
+    if core.monitors != NULL and cmd != NULL and not cmd.unmonitored:
+        monitor_feed(core, c, cmd, av)
+    if core.nactive == 0:
+        req_write_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
+        return True
+    if cmd == NULL and c.flags & CF_MULTI:
+        route_multi_queued(core, c, r, cmd, av)
+        return True
+    if cmd == NULL:
+        # Unknown to the table: the shard answers with Redis's own error text.
+        r.pending = 1
+        frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        return True
+    route = cmd.route
+    if c.flags & CF_MULTI and not (route == ROUTE_LOCAL and (cmd.local == LOCAL_MULTI or
+            cmd.local == LOCAL_EXEC or cmd.local == LOCAL_DISCARD or cmd.local == LOCAL_QUIT or
+            cmd.local == LOCAL_WATCH or cmd.local == LOCAL_RESET)):
+        route_multi_queued(core, c, r, cmd, av)
+        return True
+    if route == ROUTE_LOCAL:
+        route_local(core, c, r, av)
+        return True
+    if route == ROUTE_REFUSED:
+        req_write_str(core, r, cmd.refusal)
+        return True
+    if params_refused(core, r, cmd, av):
+        return True
+    if route == ROUTE_GETKEYS:
+        route_getkeys(core, c, r, av)
+        return True
+    if route == ROUTE_SCAN:
+        route_scan(core, r, av)
+        return True
+    if route == ROUTE_ALL_SHARDS:
+        r.merge = cmd.merge
+        route_all_shards(core, r, av)
+        return True
+    if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return True
+    if route == ROUTE_BLOCKING:
+        if c.flags & CF_PUBSUB:
+            req_write_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
+        else:
+            route_blocking(core, c, r, av, kl)
+        return True
+    if route == ROUTE_WAIT:
+        route_wait(core, c, r, av)
+        return True
+    if route == ROUTE_PUBSUB:
+        r.pending = 1
+        frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
+        return True
+    r.pending = 1
+    if kl.n == 0:
+        frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+    elif same_shard(core, kl.n):
+        if c.flags & CF_WATCH and core.key_shard[0] == c.watch_shard:
+            # In order with the WATCH, on its connection: what it reads is what EXEC checks.
+            frag_send_on(core, c.dedicated, &r.frag0, av.wire, av.wire_len)
+        else:
+            frag_send(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
+    elif route == ROUTE_SPLIT:
+        r.merge = cmd.merge
+        route_split(core, r, av, kl)
+    elif MERGE_SUNION <= cmd.merge <= MERGE_SINTERCARD:
+        route_set_algebra(core, r, av, kl)
+    elif MERGE_ZUNION <= cmd.merge <= MERGE_ZINTERCARD:
+        route_zset_algebra(core, r, av, kl)
+    elif cmd.merge == MERGE_PFCOUNT:
+        route_pfcount(core, r, av, kl)
+    else:
+        req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+    return True
+
+
+cdef void route_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+    """MGET/MSET/DEL/...: one sub-command per shard holding some of the keys; a key's group
+    is the key and the arguments up to the next key (MSET: key value)."""
+    cdef int i, j, k, nfr = 0, s, prefix = kl.pos[0], nargs, group_end
+    cdef Buf *sub = &core.subcommand
+    for i in range(core.nshards):
+        core.shard_frag[i] = -1
+    for i in range(kl.n):
+        s = core.key_shard[i]
+        if core.shard_frag[s] < 0:
+            core.shard_frag[s] = nfr
+            nfr += 1
+    if req_fragment(r, nfr) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return
+    if r.merge == MERGE_KEYED_ARRAY:
+        r.key_frag = <unsigned short *>malloc(kl.n * sizeof(unsigned short))
+        if r.key_frag == NULL:
+            r.nfrags = nfr
+            req_write_str(core, r, b"-ERR out of memory\r\n")
+            return
+        r.nkeys = kl.n
+        for i in range(kl.n):
+            r.key_frag[i] = core.shard_frag[core.key_shard[i]]
+    r.pending = nfr
+    # Build and send the sub-command of each fragment, in order of first appearance.
+    for j in range(nfr):
+        nargs = prefix
+        for i in range(kl.n):
+            if core.shard_frag[core.key_shard[i]] == j:
+                group_end = kl.pos[i + 1] if i + 1 < kl.n else av.argc
+                nargs += group_end - kl.pos[i]
+        buf_clear(sub)
+        buf_append_int(sub, c'*', nargs)
+        for k in range(prefix):
+            buf_append_bulk(sub, av.argv[k], av.argl[k])
+        s = -1
+        for i in range(kl.n):
+            if core.shard_frag[core.key_shard[i]] == j:
+                s = core.key_shard[i]
+                group_end = kl.pos[i + 1] if i + 1 < kl.n else av.argc
+                for k in range(kl.pos[i], group_end):
+                    buf_append_bulk(sub, av.argv[k], av.argl[k])
+        # r may be freed by the last send (a shard that is down answers at once).
+        frag_send(core, s, &r.frags[j], buf_head(sub), buf_len(sub))
+
+
+cdef void route_per_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,
+                         const char *tail) noexcept nogil:
+    """One fragment per key: `head <key> tail` sent to the key's shard (SMEMBERS, ZRANGE ...,
+    GET); r's merge combines the replies when all are in."""
+    cdef Buf *sub = &core.subcommand
+    cdef int i, k
+    if req_fragment(r, kl.n) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.pending = kl.n
+    for i in range(kl.n):
+        k = kl.pos[i]
+        buf_clear(sub)
+        buf_append_str(sub, head)
+        buf_append_bulk(sub, av.argv[k], av.argl[k])
+        buf_append_str(sub, tail)
+        # r may be freed by the last send (a shard that is down answers at once).
+        frag_send(core, core.key_shard[i], &r.frags[i], buf_head(sub), buf_len(sub))
+
+
+cdef void route_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    cdef int i, n = core.nactive
+    if n == 1:
+        r.pending = 1
+        frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
+        return
+    if req_fragment(r, n) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.pending = n
+    for i in range(n):
+        frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+
+
+cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    """Ask the default shard which arguments are keys; the client's later requests wait, so
+    that none of them overtakes this one on another shard."""
+    cdef Buf *sub = &core.subcommand
+    cdef int i
+    if buf_append(&r.command, av.wire, av.wire_len) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return
+    buf_clear(sub)
+    buf_append_int(sub, c'*', av.argc + 2)
+    buf_append_str(sub, b"$7\r\nCOMMAND\r\n$7\r\nGETKEYS\r\n")
+    for i in range(av.argc):
+        buf_append_bulk(sub, av.argv[i], av.argl[i])
+    r.resolving = True
+    r.pending = 1
+    c.flags |= CF_RESOLVING
+    frag_send(core, default_shard(core), &r.frag0, buf_head(sub), buf_len(sub))
+
+
+cdef void route_getkeys_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """The COMMAND GETKEYS answer for r is in: send r where its keys live."""
+    cdef Client *c = r.client
+    cdef long long count = 0, i, klen
+    cdef const char *p = reply
+    cdef const char *end = reply + n
+    cdef const char *eol
+    cdef int shard = -1, s
+    r.resolving = False
+    if c == NULL:
+        req_put(core, r)
+        return
+    c.flags &= ~CF_RESOLVING
+    client_mark_dirty(core, c)      # its waiting input is parsed again when it is flushed
+    # A `*N` of bulk keys; anything else (an error for bad arguments, say) goes to the default
+    # shard with the command itself, which then answers with Redis's own error.
+    if p[0] == c'*':
+        eol = <const char *>memchr(p, c'\n', n)
+        if eol != NULL and parse_ll(p + 1, eol - p - 2, &count) == 0:
+            p = eol + 1
+            for i in range(count):
+                eol = <const char *>memchr(p, c'\n', end - p)
+                if p[0] != c'$' or eol == NULL or parse_ll(p + 1, eol - p - 2, &klen) < 0 \
+                        or klen < 0 or eol + 1 + klen + 2 > end:
+                    shard = -1
+                    break
+                s = core.slot_map[key_slot(eol + 1, <size_t>klen)]
+                if shard >= 0 and s != shard:
+                    req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
+                    return
+                shard = s
+                p = eol + 1 + klen + 2
+    if shard < 0:
+        shard = default_shard(core)
+    r.pending = 1
+    frag_send(core, shard, &r.frag0, buf_head(&r.command), buf_len(&r.command))
+
+
+# SCAN: the proxy's cursor is (shard cursor) * N + (position of the shard in the map), N the
+# number of shards in the map. A shard's SCAN cursor is below its hash table size, so the
+# product stays far below 2^64. When one shard's scan ends, the cursor moves to the next shard.
+
+
+cdef void route_scan(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    cdef unsigned long long cursor = 0, shard_cursor
+    cdef int position, i
+    cdef size_t k
+    cdef char digits[24]
+    cdef Buf *sub = &core.subcommand
+    if av.argc < 2:
+        # The shard answers with Redis's arity error.
+        r.pending = 1
+        frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)
+        return
+    if av.argl[1] == 0 or av.argl[1] > 20:
+        req_write_str(core, r, b"-ERR invalid cursor\r\n")
+        return
+    for k in range(av.argl[1]):
+        if av.argv[1][k] < c'0' or av.argv[1][k] > c'9':
+            req_write_str(core, r, b"-ERR invalid cursor\r\n")
+            return
+        cursor = cursor * 10 + <unsigned long long>(av.argv[1][k] - c'0')
+    position = <int>(cursor % <unsigned long long>core.nactive)
+    shard_cursor = cursor // <unsigned long long>core.nactive
+    buf_clear(sub)
+    buf_append_int(sub, c'*', av.argc)
+    buf_append_bulk(sub, av.argv[0], av.argl[0])
+    snprintf(digits, sizeof(digits), b"%llu", shard_cursor)
+    buf_append_bulk(sub, digits, strlen(digits))
+    for i in range(2, av.argc):
+        buf_append_bulk(sub, av.argv[i], av.argl[i])
+    r.merge = MERGE_SCAN
+    r.scan_position = position
+    r.pending = 1
+    frag_send(core, core.active[position], &r.frag0, buf_head(sub), buf_len(sub))
+
+
+cdef void route_scan_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """Rewrite `*2 $len <shard cursor> *K keys...` with the proxy's cursor."""
+    cdef const char *eol
+    cdef const char *p
+    cdef long long blen
+    cdef unsigned long long shard_cursor = 0, cursor
+    cdef int position = r.scan_position
+    cdef long long i
+    cdef char digits[24]
+    cdef Buf *out = &core.merged
+    if reply_is_error(reply) or n < 4 or memcmp(reply, b"*2\r\n$", 5) != 0:
+        req_write(core, r, reply, n)
+        return
+    p = reply + 4
+    eol = <const char *>memchr(p, c'\n', n - 4)
+    if eol == NULL or parse_ll(p + 1, eol - p - 2, &blen) < 0 or blen <= 0 or blen > 20:
+        req_write_str(core, r, b"-ERR unexpected reply from shard\r\n")
+        return
+    for i in range(blen):
+        shard_cursor = shard_cursor * 10 + <unsigned long long>(eol[1 + i] - c'0')
+    if shard_cursor == 0:
+        # This shard is done: the next one starts from its beginning, or the scan is over.
+        cursor = <unsigned long long>(position + 1) if position + 1 < core.nactive else 0
+    else:
+        cursor = shard_cursor * <unsigned long long>core.nactive + <unsigned long long>position
+    buf_clear(out)
+    buf_append_str(out, b"*2\r\n")
+    snprintf(digits, sizeof(digits), b"%llu", cursor)
+    buf_append_bulk(out, digits, strlen(digits))
+    p = eol + 1 + blen + 2
+    buf_append(out, p, n - (p - reply))
+    req_write(core, r, buf_head(out), buf_len(out))
