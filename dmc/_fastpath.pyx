@@ -22,6 +22,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
+      busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
@@ -48,6 +49,7 @@ include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
+include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
@@ -56,7 +58,7 @@ include "fastpath/coalesce_pfcount.pxi"
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
           "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED, "getkeys": ROUTE_GETKEYS,
           "scan": ROUTE_SCAN, "blocking": ROUTE_BLOCKING, "pubsub": ROUTE_PUBSUB,
-          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT}
+          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT, "control": ROUTE_CONTROL}
 MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
@@ -64,7 +66,8 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "random": MERGE_RANDOM, "info": MERGE_INFO, "sunion": MERGE_SUNION,
           "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD,
           "zunion": MERGE_ZUNION, "zinter": MERGE_ZINTER, "zdiff": MERGE_ZDIFF,
-          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT}
+          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT,
+          "function_stats": MERGE_FUNCTION_STATS}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
@@ -265,6 +268,14 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
+                for j in range(2):
+                    b = self.core.shards[i].control[j]
+                    if b != NULL:
+                        if b.fd >= 0:
+                            close(b.fd)
+                        buf_free(&b.rbuf)
+                        buf_free(&b.wbuf)
+                        free(b)
             free(self.core.shards)
         while self.core.free_requests != NULL:
             r = self.core.free_requests
@@ -484,7 +495,8 @@ cdef class Proxy:
                 b = &s.conns[j]
                 conns.append({"state": ("down", "connecting", "up")[b.state], "queued": b.queued,
                               "proto": b.proto})
-            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns})
+            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns,
+                           "busy": bool(s.busy)})
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),

@@ -44,6 +44,12 @@ REFUSED_COMMANDS = {
     "shutdown": _MANAGED, "config|rewrite": _MANAGED,
 }
 
+# What Redis serves while a script runs (flag `allow_busy`) and the proxy does not answer itself:
+# SCRIPT KILL, FUNCTION KILL, FUNCTION STATS. Sent to every shard on its control connection, past
+# the script that holds the shared one; merged by their response policy, FUNCTION STATS (policy
+# `special`) as named here.
+BUSY_MERGES = {"function|stats": "function_stats"}
+
 # Sent to every shard though Redis gives them no request policy; replies merged as named.
 FAN_OUT_COMMANDS = {"config|resetstat": "all_succeeded"}
 
@@ -176,6 +182,9 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     elif top in REFUSED_COMMANDS or name in REFUSED_COMMANDS:
         refusal = REFUSED_COMMANDS.get(top) or REFUSED_COMMANDS[name]
         entry.route, entry.refusal = "refused", refusal.format(name=name)
+    elif "allow_busy" in flags:
+        entry.route = "control"
+        entry.merge = BUSY_MERGES.get(name) or response or "all_succeeded"
     elif name in FAN_OUT_COMMANDS:
         entry.route, entry.merge = "all_shards", FAN_OUT_COMMANDS[name]
     elif "blocking" in flags:

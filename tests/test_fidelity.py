@@ -104,7 +104,6 @@ def kill_scripts_on_shards(db) -> None:
                 pass
 
 
-@NOT_YET
 @pytest.mark.parametrize("kind", ["script", "function"])
 def test_kill_of_a_busy_script_reaches_its_shard_and_the_others_stay_available(
         make_db, single_redis, kind):
@@ -167,7 +166,6 @@ def test_config_set_that_would_change_persistence_is_still_refused(db, r):
 
 # --------------------------------------------------------------------------- CLIENT REPLY
 
-@NOT_YET
 def test_client_reply_off_on_skip_in_one_pipeline(db, ports, conns):
     """Replies withheld exactly where Redis withholds them, the others in order, with the keys
     of the pipeline on different shards."""

@@ -28,6 +28,7 @@ cdef enum Route:
     ROUTE_PUBSUB = 8        # PUBLISH, SPUBLISH, PUBSUB ...: to the map's pub/sub shard
     ROUTE_SUBSCRIBE = 9     # (P|S)(UN)SUBSCRIBE: the client's own connection to the pub/sub shard
     ROUTE_WAIT = 10         # WAIT: on every shard the client wrote to, over connections of its own
+    ROUTE_CONTROL = 11      # served by Redis while a script runs (allow_busy): every shard, on its control connection
 
 
 # How the replies of several shards are merged into one.
@@ -35,7 +36,7 @@ cdef enum Merge:
     MERGE_NONE = 0          # a single reply is passed through
     MERGE_KEYED_ARRAY = 1   # MGET: one array element per key, back in the client's key order
     MERGE_ALL_SUCCEEDED = 2 # the first error, else the first reply
-    MERGE_ONE_SUCCEEDED = 3 # the first non-error reply, else the first error
+    MERGE_ONE_SUCCEEDED = 3 # the first non-error reply, else the first error (NOTBUSY last: SCRIPT KILL)
     MERGE_AGG_SUM = 4       # integers summed
     MERGE_AGG_MIN = 5
     MERGE_AGG_MAX = 6
@@ -54,6 +55,7 @@ cdef enum Merge:
     MERGE_ZDIFF = 19
     MERGE_ZINTERCARD = 20
     MERGE_PFCOUNT = 21      # PFCOUNT across shards: the HyperLogLogs' registers merged by the proxy
+    MERGE_FUNCTION_STATS = 22   # FUNCTION STATS: the shard's that runs a script, else the first
 
 
 # Commands answered by the proxy itself.

@@ -160,7 +160,7 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if route == ROUTE_SCAN:
         route_scan(core, r, av)
         return True
-    if route == ROUTE_ALL_SHARDS:
+    if route == ROUTE_ALL_SHARDS or route == ROUTE_CONTROL:
         r.merge = cmd.merge
         route_all_shards(core, r, av)
         return True
@@ -271,17 +271,20 @@ cdef void route_per_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const c
 
 
 cdef void route_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """To every shard of the map; ROUTE_CONTROL commands on the shards' control connections
+    (busy.pxi), past a script that holds a shared one."""
     cdef int i, n = core.nactive
-    if n == 1:
-        r.pending = 1
-        frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
-        return
-    if req_fragment(r, n) < 0:
+    cdef bint control = r.cmd.route == ROUTE_CONTROL
+    if n > 1 and req_fragment(r, n) < 0:
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.pending = n
     for i in range(n):
-        frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+        # r may be freed by the last send (a shard that is down answers at once).
+        if control:
+            frag_send_control(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+        else:
+            frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
 
 
 cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
