@@ -126,6 +126,44 @@ def test_kill_of_a_busy_script_reaches_its_shard_and_the_others_stay_available(
         kill_scripts_on_shards(d)
 
 
+def busy_function_session(port: int) -> list:
+    """The suite's `FUNCTION - test function kill` and `... script kill not working on
+    function`: a keyless function spins; what PING, FUNCTION STATS, SCRIPT KILL, FUNCTION KILL
+    and then PING answer (durations left out)."""
+    admin, runner = RespConn(port), RespConn(port)
+    try:
+        assert admin.call("CONFIG", "SET", "busy-reply-threshold", "10") == b"OK"
+        admin.call("FUNCTION", "LOAD", "REPLACE",
+                   "#!lua name=test\nredis.register_function('test', function(keys, args) "
+                   "local a = 1 while true do a = a + 1 end end)")
+        runner.send(["FCALL", "test", "0"])
+        time.sleep(0.3)
+        out = [admin.call("PING")]
+        stats = admin.call("FUNCTION", "STATS")
+        running = dict(zip(stats[1][::2], stats[1][1::2]))
+        out.append((stats[0], running[b"name"], running[b"command"], stats[2], stats[3]))
+        out.append(admin.call("SCRIPT", "KILL"))
+        out.append(admin.call("FUNCTION", "KILL"))
+        out.append(runner.read(timeout=5))
+        wait_until(lambda: admin.call("PING") == b"PONG", timeout=5, what="the endpoint to serve")
+        out.append(admin.call("FUNCTION", "STATS")[:2])
+        admin.call("FUNCTION", "DELETE", "test")
+        return out
+    finally:
+        admin.close()
+        runner.close()
+
+
+def test_busy_function_is_seen_and_killed_through_the_endpoint_as_on_one_redis(db, ports):
+    try:
+        want, got = on_both(ports, busy_function_session)
+    finally:
+        kill_scripts_on_shards(db)
+    assert got == want
+    assert want[0].startswith(b"BUSY") and want[2].startswith(b"BUSY") and want[3] == b"OK"
+    assert want[5] == [b"running_script", None]
+
+
 def test_kill_with_no_script_running_answers_notbusy(ports, conns):
     for kill in (("SCRIPT", "KILL"), ("FUNCTION", "KILL")):
         want, got = on_both(ports, lambda p: conns(p).call(*kill))
