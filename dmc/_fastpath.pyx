@@ -16,6 +16,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
       transaction   MULTI ... EXEC, WATCH
+      sort          SORT's BY / GET patterns: allowed only within the sorted key's slot
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
@@ -44,6 +45,7 @@ include "fastpath/local.pxi"
 include "fastpath/local_client.pxi"
 include "fastpath/monitor.pxi"
 include "fastpath/transaction.pxi"
+include "fastpath/sort.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
@@ -58,7 +60,8 @@ include "fastpath/coalesce_pfcount.pxi"
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
           "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED, "getkeys": ROUTE_GETKEYS,
           "scan": ROUTE_SCAN, "blocking": ROUTE_BLOCKING, "pubsub": ROUTE_PUBSUB,
-          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT, "control": ROUTE_CONTROL}
+          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT, "control": ROUTE_CONTROL,
+          "sort": ROUTE_SORT}
 MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,

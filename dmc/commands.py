@@ -209,8 +209,12 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     elif request in ("all_shards", "all_nodes") and response != "special":
         entry.route = "all_shards"
         entry.merge = response or "concat"
+    elif name in ("sort", "sort_ro"):
+        # Where its keys are (STORE's too) is asked of a shard; BY / GET patterns are checked
+        # by the proxy first: only within the sorted key's slot (fastpath/sort.pxi).
+        entry.route = "sort"
     elif incomplete:
-        # SORT ... STORE, MIGRATE ... KEYS: Redis cannot say from the spec where all keys are.
+        # MIGRATE ... KEYS: Redis cannot say from the spec where all keys are.
         entry.route = "getkeys"
     # request_policy:special and response_policy:special (INFO, RANDOMKEY, SCRIPT KILL ...) go
     # to the default shard until the proxy merges them.

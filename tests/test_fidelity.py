@@ -223,6 +223,64 @@ def test_client_reply_off_on_skip_in_one_pipeline(db, ports, conns):
     assert want[:4] == [b"OK", b"OK", b"OK", b"3"]
 
 
+# --------------------------------------------------------------------------- MULTI / WATCH
+
+def test_watch_inside_multi_is_refused_and_the_transaction_runs(ports, conns):
+    def run(port):
+        c = conns(port)
+        c.call("DEL", "{w}a", "{w}b")
+        return [c.call(*cmd) for cmd in (("MULTI",), ("SET", "{w}a", "1"), ("WATCH", "{w}a"),
+                                          ("SET", "{w}b", "2"), ("EXEC",), ("MGET", "{w}a", "{w}b"))]
+
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[2] == b"ERR WATCH inside MULTI is not allowed" and want[4] == [b"OK", b"OK"]
+
+
+# --------------------------------------------------------------------------- SORT patterns
+
+SORT_DATA = [("RPUSH", "{s}list", "3", "1", "2"), ("MSET", "{s}w_1", "30", "{s}w_2", "10",
+                                                   "{s}w_3", "20", "{s}o_1", "one", "{s}o_3", "three"),
+             ("HSET", "{s}h_2", "f", "two")]
+
+
+@pytest.mark.parametrize("sort", [
+    ("SORT", "{s}list", "BY", "{s}w_*"),
+    ("SORT", "{s}list", "BY", "{s}w_*", "GET", "#", "GET", "{s}o_*", "GET", "{s}h_*->f"),
+    ("SORT", "{s}list", "BY", "nosort", "GET", "{s}o_*"),
+    ("SORT_RO", "{s}list", "BY", "{s}w_*", "DESC", "GET", "{s}o_*"),
+    ("SORT", "{s}list", "LIMIT", "0", "2", "GET", "#", "ALPHA"),
+    ("SORT", "{s}list", "BY", "{s}w_*", "STORE", "{s}out"),
+])
+def test_sort_patterns_within_the_sorted_keys_slot_answer_as_redis(ports, conns, sort):
+    def run(port):
+        c = conns(port)
+        c.call("DEL", "{s}list", "{s}out")
+        for cmd in SORT_DATA:
+            c.call(*cmd)
+        return c.call(*sort), c.call("LRANGE", "{s}out", "0", "-1")
+
+    want, got = on_both(ports, run)
+    assert got == want and not isinstance(want[0], Error)
+
+
+@pytest.mark.skipif(SELF_CHECK, reason="one redis-server sorts by any pattern")
+@pytest.mark.parametrize("sort, option", [
+    (("SORT", "list", "BY", "w_*"), "BY"),
+    (("SORT", "{s}list", "BY", "w_*{s}"), "BY"),
+    (("SORT", "{s}list", "GET", "{s}o_*", "GET", "o_*"), "GET"),
+    (("SORT_RO", "list", "GET", "constant"), "GET"),
+    (("SORT", "list", "LIMIT", "0", "1", "BY", "*->f", "STORE", "out"), "BY"),
+])
+def test_sort_patterns_that_may_leave_the_slot_are_refused_as_redis_cluster(r, sort, option):
+    """Redis Cluster's own refusal (7.2's text, whose rule the proxy applies), not an answer
+    that reads the other shards' keys as missing."""
+    with pytest.raises(redis.ResponseError) as err:
+        r.execute_command(*sort)
+    assert str(err.value) == (f"{option} option of SORT denied in Cluster mode when keys formed "
+                              "by the pattern may be in different slots.")
+
+
 # --------------------------------------------------------------------------- CLIENT TRACKING
 
 def tracking_client(port, conns, on: tuple = (), reads=()):

@@ -29,6 +29,7 @@ cdef enum Route:
     ROUTE_SUBSCRIBE = 9     # (P|S)(UN)SUBSCRIBE: the client's own connection to the pub/sub shard
     ROUTE_WAIT = 10         # WAIT: on every shard the client wrote to, over connections of its own
     ROUTE_CONTROL = 11      # served by Redis while a script runs (allow_busy): every shard, on its control connection
+    ROUTE_SORT = 12         # SORT, SORT_RO: BY/GET patterns checked (sort.pxi), then as ROUTE_GETKEYS
 
 
 # How the replies of several shards are merged into one.

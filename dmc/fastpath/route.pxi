@@ -154,7 +154,9 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         return True
     if params_refused(core, r, cmd, av):
         return True
-    if route == ROUTE_GETKEYS:
+    if route == ROUTE_SORT and sort_patterns_refused(core, r, av):
+        return True
+    if route == ROUTE_GETKEYS or route == ROUTE_SORT:
         route_getkeys(core, c, r, av)
         return True
     if route == ROUTE_SCAN:

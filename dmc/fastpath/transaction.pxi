@@ -34,7 +34,7 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         return
     if ((cmd.route == ROUTE_ALL_SHARDS or cmd.route == ROUTE_CONTROL) and core.nactive > 1) \
             or cmd.route == ROUTE_SCAN \
-            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SUBSCRIBE:
+            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SORT or cmd.route == ROUTE_SUBSCRIBE:
         c.flags |= CF_MULTI_DIRTY
         req_write_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
                              cmd.name)
