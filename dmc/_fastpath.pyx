@@ -76,6 +76,7 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
           "monitor": LOCAL_MONITOR}
+PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT

@@ -172,7 +172,6 @@ def test_kill_with_no_script_running_answers_notbusy(ports, conns):
 
 # --------------------------------------------------------------------------- CONFIG SET
 
-@NOT_YET
 @pytest.mark.parametrize("pairs", [("save", ""), ("appendonly", "no"),
                                    ("save", "", "appendonly", "no")])
 def test_config_set_of_what_the_database_already_applies_is_a_no_op(ports, conns, pairs):

@@ -87,16 +87,52 @@ cdef void route_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av
     req_write(core, r, line, strlen(line))
 
 
-cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
-    """True when the command's parameter policy refuses an argument; the request is answered."""
-    cdef int k
+cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av,
+                                bint queued=False) noexcept nogil:
+    """True when the command's parameter policy refuses an argument, or every parameter asks for
+    what the shards apply; the request is answered. When only some do, they are left out of av
+    (the rest is sent). queued (inside MULTI): refusals only, the command is queued whole (an
+    equal value is a no-op on the shard too)."""
+    cdef int k, noops
     if cmd.params == NULL:
         return False
-    k = param_refused(cmd.params, av)
-    if k < 0:
+    k = param_refused(cmd.params, av, &noops)
+    if k >= 0:
+        route_param_refusal(core, r, cmd.params, av, k)
+        return True
+    if noops == 0 or queued:
         return False
-    route_param_refusal(core, r, cmd.params, av, k)
-    return True
+    if noops == (av.argc - cmd.params.first) // cmd.params.step:
+        req_write_str(core, r, b"+OK\r\n")       # a no-op, as on a Redis that has these values
+        return True
+    return params_drop_applied(core, r, cmd.params, av)
+
+
+cdef bint params_drop_applied(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noexcept nogil:
+    """Rewrite av without its parameters that ask for what the shards apply: av.wire then points
+    at core.subcommand (rare: CONFIG SET). True when out of memory (r answered)."""
+    cdef Buf *sub = &core.subcommand
+    cdef int i = p.first, k, n = p.first
+    cdef ParamEntry *e
+    while i < av.argc:
+        e = param_entry(p, av.argv[i], av.argl[i])
+        if not (e != NULL and e.verdict == PARAM_APPLIED
+                and param_is_applied(e, av.argv[i + 1], av.argl[i + 1])):
+            for k in range(p.step):
+                av.argv[n + k] = av.argv[i + k]
+                av.argl[n + k] = av.argl[i + k]
+            n += p.step
+        i += p.step
+    av.argc = n
+    buf_clear(sub)
+    buf_append_int(sub, c'*', n)
+    for i in range(n):
+        if buf_append_bulk(sub, av.argv[i], av.argl[i]) < 0:
+            req_write_str(core, r, b"-ERR out of memory\r\n")
+            return True
+    av.wire = buf_head(sub)
+    av.wire_len = buf_len(sub)
+    return False
 
 
 cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:

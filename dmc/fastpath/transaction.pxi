@@ -29,7 +29,7 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, cmd.refusal)
         return
-    if params_refused(core, r, cmd, av):
+    if params_refused(core, r, cmd, av, True):
         c.flags |= CF_MULTI_DIRTY
         return
     if ((cmd.route == ROUTE_ALL_SHARDS or cmd.route == ROUTE_CONTROL) and core.nactive > 1) \
