@@ -84,12 +84,16 @@ CONFIG_SET_REFUSAL = "ERR CONFIG SET parameter '{param}' is managed by the clust
 # `save ""`, `appendonly no`, `maxmemory 0` ...) is a no-op: the proxy answers +OK and sends
 # nothing (a client that turns persistence off for a cache, the Redis suite's set-up). Other
 # values are refused. These are refused whatever the value: each shard's own identity (where it
-# listens and keeps its files: equal to one shard's is not the database's) and secrets (an
-# answer would tell whether a guess is right).
+# listens and keeps its files: equal to one shard's is not the database's), secrets (an
+# answer would tell whether a guess is right), and what Redis itself never sets at run time
+# (immutable: one Redis refuses them too).
 CONFIG_SET_NEVER = frozenset({
     "port", "bind", "bind-source-addr", "unixsocket", "unixsocketperm", "dir", "dbfilename",
     "appendfilename", "appenddirname", "logfile", "pidfile", "syslog-ident",
     "cluster-config-file", "requirepass", "masterauth", "masteruser", "replicaof", "slaveof",
+    "daemonize", "supervised", "databases", "cluster-enabled", "io-threads", "io-threads-do-reads",
+    "syslog-enabled", "syslog-facility", "always-show-logo", "set-proc-title", "disable-thp",
+    "aclfile", "enable-protected-configs", "enable-debug-command", "enable-module-command",
 })
 CONFIG_SET_NEVER_PREFIXES = ("tls-", "cluster-announce-")
 # Compared as sizes (`1gb` is 1073741824); every other value as words (case and blanks aside).

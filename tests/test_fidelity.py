@@ -133,6 +133,7 @@ def busy_function_session(port: int) -> list:
     admin, runner = RespConn(port), RespConn(port)
     try:
         assert admin.call("CONFIG", "SET", "busy-reply-threshold", "10") == b"OK"
+        assert admin.call("FUNCTION", "FLUSH") == b"OK"
         admin.call("FUNCTION", "LOAD", "REPLACE",
                    "#!lua name=test\nredis.register_function('test', function(keys, args) "
                    "local a = 1 while true do a = a + 1 end end)")
