@@ -19,6 +19,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
+      tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
@@ -46,6 +47,7 @@ include "fastpath/transaction.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
+include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/coalesce.pxi"
@@ -282,6 +284,7 @@ cdef class Proxy:
         buf_free(&self.core.monitor_line)
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
+        tracking_free(&self.core)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -360,6 +363,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        tracking_map_changed(&self.core)
         return True
 
     @property

@@ -116,6 +116,8 @@ cdef void core_close(Core *core) noexcept nogil:
     for i in range(core.nshards):
         core.shards[i].active = False
         relay_close(core, i)
+    tracking_close(core)
+    for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.fd >= 0:
