@@ -216,7 +216,6 @@ def tracking_session(port, conns, on: tuple, reads, writes, own_writes=()):
     return sorted((f[1] for f in frames), key=repr)
 
 
-@NOT_YET
 def test_tracking_default_mode_invalidates_keys_read_on_every_shard(db, ports, conns):
     keys = db.keys_on_every_shard("trk")
 
@@ -225,7 +224,6 @@ def test_tracking_default_mode_invalidates_keys_read_on_every_shard(db, ports, c
     assert got == want == sorted(([k.encode()] for k in keys), key=repr)
 
 
-@NOT_YET
 def test_tracking_invalidates_once_then_only_after_a_new_read(db, ports, conns):
     keys = db.keys_on_every_shard("once")
 
@@ -245,7 +243,6 @@ def test_tracking_invalidates_once_then_only_after_a_new_read(db, ports, conns):
     assert got[1] == want[1] == [Push([b"invalidate", [keys[0].encode()]])]
 
 
-@NOT_YET
 def test_tracking_resp2_redirect_to_a_subscribed_connection(db, ports, conns):
     keys = db.keys_on_every_shard("redir")
 
@@ -268,7 +265,6 @@ def test_tracking_resp2_redirect_to_a_subscribed_connection(db, ports, conns):
     assert want[0] is True and want[1][0][:2] == [b"message", b"__redis__:invalidate"]
 
 
-@NOT_YET
 @pytest.mark.parametrize("mode, caching, invalidated", [
     ("OPTIN", "YES", "b"),          # only the read after CACHING YES is tracked
     ("OPTOUT", "NO", "ac"),         # every read but the one after CACHING NO
@@ -284,7 +280,6 @@ def test_tracking_optin_optout_caching_decides_the_next_read(db, ports, conns, m
     assert got == want == sorted(([keys[n].encode()] for n in invalidated), key=repr)
 
 
-@NOT_YET
 def test_tracking_bcast_prefix_invalidates_every_matching_write(db, ports, conns):
     """BCAST: no read needed; writes on any shard to keys of the prefixes are announced."""
     keys = db.keys_on_every_shard("user:") + db.keys_on_every_shard("other:")
@@ -297,7 +292,6 @@ def test_tracking_bcast_prefix_invalidates_every_matching_write(db, ports, conns
     assert flat(got) == flat(want) == sorted(k.encode() for k in keys if k.startswith("user:"))
 
 
-@NOT_YET
 def test_tracking_noloop_leaves_out_the_clients_own_writes(db, ports, conns):
     a, b, c = db.keys_on_every_shard("noloop")
     want, got = on_both(ports, lambda port: tracking_session(
@@ -306,7 +300,6 @@ def test_tracking_noloop_leaves_out_the_clients_own_writes(db, ports, conns):
     assert got == want == [[c.encode()]]
 
 
-@NOT_YET
 def test_getredir_and_trackinginfo_in_each_mode(ports, conns):
     def run(port):
         out = []
@@ -323,7 +316,6 @@ def test_getredir_and_trackinginfo_in_each_mode(ports, conns):
     assert got == want
 
 
-@NOT_YET
 @pytest.mark.parametrize("flush", ["FLUSHALL", "FLUSHDB"])
 def test_flush_invalidates_everything_once(db, ports, conns, flush):
     keys = db.keys_on_every_shard("flush")
