@@ -316,6 +316,23 @@ def test_getredir_and_trackinginfo_in_each_mode(ports, conns):
     assert got == want
 
 
+def test_tracking_noloop_script_write_is_not_announced_to_its_client(db, ports, conns):
+    (k,) = db.keys_on_every_shard("nlscript")[:1]
+
+    def run(port):
+        t = conns(port)
+        assert t.call("CLIENT", "TRACKING", "ON", "NOLOOP") == b"OK"
+        conns_hello = t.call("HELLO", "3")
+        assert isinstance(conns_hello, dict)
+        t.call("SET", k, "1")
+        first = t.call("GET", k)
+        script = t.call("EVAL", "return redis.call('set', KEYS[1], '2')", "1", k)
+        return first, script, t.call("GET", k), t.frames_until(b"sync")
+
+    want, got = on_both(ports, run)
+    assert got == want == (b"1", b"OK", b"2", [])
+
+
 @pytest.mark.parametrize("flush", ["FLUSHALL", "FLUSHDB"])
 def test_flush_invalidates_everything_once(db, ports, conns, flush):
     keys = db.keys_on_every_shard("flush")

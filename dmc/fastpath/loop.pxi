@@ -156,6 +156,8 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
     core.now_us = monotonic_us()
     if n < 0:
         return -1
+    if core.tracking != NULL:
+        tracking_read_first(core, events, n)
     for i in range(n):
         ptr = events[i].data.ptr
         ev = events[i].events

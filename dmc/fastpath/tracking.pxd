@@ -65,11 +65,13 @@ cdef int rsp_tracked(Core *core, Backend *b, const char *p, size_t n, int push) 
 cdef int rsp_bcast(Core *core, Backend *b, const char *p, size_t n, int push) noexcept nogil
 cdef void tracking_conn_lost(Core *core, Backend *b) noexcept nogil
 cdef void tracking_tick(Core *core) noexcept nogil
+cdef void tracking_read_first(Core *core, epoll_event *events, int n) noexcept nogil
 cdef void tracking_close(Core *core) noexcept nogil
 cdef void conn_drop(Core *core, Backend *b, const char *why) noexcept nogil
 cdef bint prefix_next(Buf *prefixes, size_t *pos, const char **p, size_t *n) noexcept nogil
 cdef bint prefix_arg_is_keyword(ArgVec *av, int j) noexcept nogil
 cdef void bcast_sync(Core *core) noexcept nogil
+cdef void bcast_confirm(Core *core, Request *r) noexcept nogil
 cdef void tracking_map_changed(Core *core) noexcept nogil
 cdef void route_client_tracking(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil
 cdef void route_client_caching(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil

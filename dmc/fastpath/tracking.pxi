@@ -372,12 +372,15 @@ cdef void tracking_command(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) 
     cdef TrackEntry *e
     cdef TrackEntry **at
     cdef int tf = c.tflags, i, k
-    cdef bint remember
+    cdef bint remember, nolooped
     if cmd.local == LOCAL_CLIENT or tr == NULL:
         return          # CLIENT ... keeps CACHING's flag (CLIENT TRACKINGINFO shows it)
-    remember = cmd.tracks_reads and not (tf & TF_BCAST) and not (tf & TF_OPTIN and not (tf & TF_CACHING)) \
-        and not (tf & TF_OPTOUT and tf & TF_CACHING)
-    if (remember or (cmd.writes and tf & TF_NOLOOP)) and command_keys(cmd, av, kl) == 0:
+    # A NOLOOP client's script that writes is not remembered: its own write would be announced
+    # to it (Redis tracks such a script's keys only if it also reads them).
+    nolooped = cmd.writes and tf & TF_NOLOOP
+    remember = cmd.tracks_reads and not nolooped and not (tf & TF_BCAST) and \
+        not (tf & TF_OPTIN and not (tf & TF_CACHING)) and not (tf & TF_OPTOUT and tf & TF_CACHING)
+    if (remember or nolooped) and command_keys(cmd, av, kl) == 0:
         for i in range(kl.n):
             k = kl.pos[i]
             if remember:
@@ -582,7 +585,10 @@ cdef void bcast_dispatch(Core *core, ArgVec *keys) noexcept nogil:
 cdef int rsp_bcast(Core *core, Backend *b, const char *p, size_t n, int push) noexcept nogil:
     cdef Tracking *tr = core.tracking
     cdef size_t consumed, need
-    if not push or tr == NULL or n <= INVALIDATE_PUSH_LEN or memcmp(p, INVALIDATE_PUSH, INVALIDATE_PUSH_LEN) != 0:
+    if not push:
+        # The answer to a client's CLIENT TRACKING on BCAST (bcast_confirm); nothing else is asked.
+        return rsp_fragment(core, b, p, n, 0) if b.qhead != NULL else 0
+    if tr == NULL or n <= INVALIDATE_PUSH_LEN or memcmp(p, INVALIDATE_PUSH, INVALIDATE_PUSH_LEN) != 0:
         return 0
     p += INVALIDATE_PUSH_LEN
     n -= INVALIDATE_PUSH_LEN
@@ -657,6 +663,22 @@ cdef void tracking_tick(Core *core) noexcept nogil:
             if j == 0 and b.hold and s.tracked[1] != NULL and s.tracked[1].shard_client_id > 0 \
                     and s.tracked[1].state == BK_UP:
                 tracked2_connect(core, b, s.tracked[1].shard_client_id)
+
+
+cdef void tracking_read_first(Core *core, epoll_event *events, int n) noexcept nogil:
+    """Before the clients of a loop turn are read: the invalidations that came in, so that a
+    client's request answered by the proxy itself (a PING) is answered after them, as on one
+    Redis, when the write that caused them was answered before."""
+    cdef int i
+    cdef Backend *b
+    for i in range(n):
+        if (<int *>events[i].data.ptr)[0] != KIND_BACKEND or not (events[i].events & EPOLLIN):
+            continue
+        b = <Backend *>events[i].data.ptr
+        if (b.role == ROLE_BCAST or (b.role == ROLE_TRACKED and b.proto == 3)) and b.state == BK_UP \
+                and b.fd >= 0:
+            backend_recv(core, b)
+            events[i].events &= ~EPOLLIN
 
 
 cdef void tracking_map_changed(Core *core) noexcept nogil:
@@ -859,7 +881,35 @@ cdef void route_client_tracking(Core *core, Client *c, Request *r, ArgVec *av) n
         for j in range(3, av.argc - 1):
             if arg_is(av, j, b"prefix") and prefix_arg_is_keyword(av, j):
                 prefix_add(&c.track_prefixes, av.argv[j + 1], av.argl[j + 1])
+        bcast_confirm(core, r)
+        return
     req_write_str(core, r, b"+OK\r\n")
+
+
+cdef void bcast_confirm(Core *core, Request *r) noexcept nogil:
+    """Answer a CLIENT TRACKING on BCAST once every shard's BCAST connection tracks (it may be
+    opening): its OK is the shards' own answer to one more `CLIENT TRACKING on BCAST` on each,
+    so no write that follows the OK goes unannounced."""
+    cdef int i, n = 0
+    cdef Shard *s
+    for i in range(core.nactive):
+        if core.shards[core.active[i]].bcast != NULL:
+            n += 1
+    if n == 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return
+    if n > 1 and req_fragment(r, n) < 0:
+        req_write_str(core, r, b"-ERR out of memory\r\n")
+        return
+    r.merge = MERGE_ALL_SUCCEEDED
+    r.pending = n
+    n = 0
+    for i in range(core.nactive):
+        s = &core.shards[core.active[i]]
+        if s.bcast != NULL:
+            # r may be answered by the last send (a shard that is down answers at once).
+            frag_send_on(core, s.bcast, &r.frags[n], TRACKING_BCAST, strlen(TRACKING_BCAST))
+            n += 1
 
 
 cdef bint prefix_arg_is_keyword(ArgVec *av, int j) noexcept nogil:
