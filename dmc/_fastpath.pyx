@@ -201,7 +201,7 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0):
+                 int idle_timeout_s=0, long long tracking_max_keys=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -216,6 +216,7 @@ cdef class Proxy:
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))

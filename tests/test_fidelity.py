@@ -333,6 +333,45 @@ def test_tracking_noloop_script_write_is_not_announced_to_its_client(db, ports, 
     assert got == want == (b"1", b"OK", b"2", [])
 
 
+def test_tracking_table_is_bounded_keys_evicted_with_an_invalidation(make_db, conns):
+    """Past --tracking-max-keys the proxy forgets keys, as Redis past tracking-table-max-keys:
+    each one evicted is invalidated then, so no client keeps a value it will not hear of."""
+    d = make_db(proxy_args=("--tracking-max-keys", "2"))
+    keys = [f"bound:{i}" for i in range(5)]
+    t, w = tracking_client(d.port, conns)
+    t.send(*(["GET", k] for k in keys))
+    frames = t.frames_until(b"evicted")
+    evicted = [f for f in frames if isinstance(f, Push)]
+    assert len(frames) - len(evicted) == len(keys)
+    assert len(evicted) == 3 and all(f[0] == b"invalidate" for f in evicted), evicted
+    for k in keys:
+        w.call("SET", k, "1")
+    w.call("DBSIZE")
+    later = t.frames_until(b"written")
+    assert sorted(k for f in evicted + later for k in f[1]) == [k.encode() for k in keys]
+
+
+def test_tracking_redirect_to_a_client_that_went_away_is_broken(db, ports, conns):
+    (k,) = db.keys_on_every_shard("broken")[:1]
+
+    def run(port):
+        target, t, w = conns(port), conns(port, resp3=True), conns(port)
+        target_id = target.call("CLIENT", "ID")
+        assert t.call("CLIENT", "TRACKING", "ON", "REDIRECT", target_id) == b"OK"
+        t.call("GET", k)
+        target.close()
+        wait_until(lambda: b"id=%d " % target_id not in w.call("CLIENT", "LIST"))
+        w.call("SET", k, "1")
+        w.call("DBSIZE")
+        frames = t.frames_until(b"sync")
+        info = t.call("CLIENT", "TRACKINGINFO")
+        return [(f[0], f[1] == target_id) for f in frames], info[b"flags"], info[b"redirect"] == target_id
+
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[0] == [(b"tracking-redir-broken", True)]
+
+
 @pytest.mark.parametrize("flush", ["FLUSHALL", "FLUSHDB"])
 def test_flush_invalidates_everything_once(db, ports, conns, flush):
     keys = db.keys_on_every_shard("flush")
