@@ -82,3 +82,5 @@ cdef struct Core:
     Request *free_requests      # requests to reuse (req_get), linked by `next`
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
+    Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
+    size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
