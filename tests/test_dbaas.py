@@ -19,7 +19,7 @@ from dmc._fastpath import slot_of
 from waiting import wait_until
 from workload import WriteLoad
 
-from control import ccs, schema
+from control import ccs
 from control.node import supervisor_rpc
 from dmc.processes import free_port
 
@@ -278,16 +278,8 @@ def test_master_node_killed_during_create(own_cluster):
     c = own_cluster("127.0.0.51")
     port = free_port()
     master = c.lc.wait_for_master()
-
-    async def create(r):
-        uid = await schema.next_uid(r, "bdb")
-        spec = schema.BdbCreate(name="survivor", port=port, shards_count=3,
-                                replication=True).model_dump()
-        await schema.put_bdb(r, {**spec, "uid": uid, "status": "pending"})
-        return uid, (await schema.submit(r, schema.new_action("bdb_create", "bdb", uid, {}),
-                                         lock_bdb=uid))["action_uid"]
-    uid, action = c.ccs(create)
-    wait_until(lambda: c.ccs(lambda r: schema.get_action(r, action))["status"] == "active",
+    uid, action = c.submit_create("survivor", shards=3, replication=True, port=port)
+    wait_until(lambda: c.action(action)["status"] == "active",
                interval=0.01, what="the create running")
     c.lc.kill_node(master)
     done = c.wait_action(action)
