@@ -169,16 +169,8 @@ def test_kill_master_shard_fails_over(cluster):
         load.stop()
     print(f"writes served again {downtime:.3f}s after kill -9 of the master shard")
     assert downtime < 2.0
-    shards = cluster.shards(db["uid"])
-    assert shards[victim["uid"]]["role"] == "replica"
     # the old master comes back as a replica of the new one, with the data
-    new_master = shards[shards[victim["uid"]]["master_uid"]]
-    wait_until(lambda: cluster.states().get(victim["uid"], {}).get("status") == "running",
-               what="the old master restarted as a replica")
-    old = redis.Redis(*cluster.address(shards[victim["uid"]]))
-    wait_until(lambda: old.info("replication").get("master_link_status") == "up",
-               what="the old master replicating")
-    assert old.info("replication")["master_port"] == new_master["port"]
+    _rejoined_as_replica(cluster, db["uid"], victim)
     assert probe.get("probe") == b"after"
     # Replication is asynchronous: a write the dead master acknowledged but had not yet sent to
     # its replica is gone (issue 6's WAIT closes that window). Anything older must be there.
@@ -216,14 +208,7 @@ def test_a_paused_master_shard_is_failed_over_and_rejoins_as_a_replica(cluster):
         load.stop()
     print(f"writes served again {downtime:.3f}s after SIGSTOP of the master shard")
     assert downtime < 3.5
-    shards = cluster.shards(db["uid"])
-    assert shards[victim["uid"]]["role"] == "replica"
-    new_master = shards[shards[victim["uid"]]["master_uid"]]
-    assert new_master["role"] == "master" and new_master["slots"] == victim["slots"]
-    old = redis.Redis(*cluster.address(shards[victim["uid"]]))
-    wait_until(lambda: _replication(old).get("master_link_status") == "up",
-               what="the old master replicating the new one")
-    assert old.info("replication")["master_port"] == new_master["port"]
+    _rejoined_as_replica(cluster, db["uid"], victim)
     assert probe.get("probe") == b"after"
     assert load.lost(cluster.client(1, db["port"])) == {}
 
@@ -258,6 +243,19 @@ def _written_after(probe, since: float) -> float:
             return time.monotonic() - since
         except redis.RedisError:
             time.sleep(0.01)
+
+
+def _rejoined_as_replica(cluster, bdb_uid: int, victim: dict) -> None:
+    """The failed master shard `victim` is a replica of the new master of its slots, and
+    replicates it."""
+    shards = cluster.shards(bdb_uid)
+    assert shards[victim["uid"]]["role"] == "replica"
+    new_master = shards[shards[victim["uid"]]["master_uid"]]
+    assert new_master["role"] == "master" and new_master["slots"] == victim["slots"]
+    old = redis.Redis(*cluster.address(shards[victim["uid"]]))
+    wait_until(lambda: _replication(old).get("master_link_status") == "up",
+               what="the old master replicating the new one")
+    assert old.info("replication")["master_port"] == new_master["port"]
 
 
 def _replication(client) -> dict:
