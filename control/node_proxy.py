@@ -13,7 +13,10 @@ database's port. A Trio task per database follows CCS:
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
 - a changed password or port is applied (a new port re-opens the endpoint);
-- a database that is gone (or being deleted) has its endpoint closed.
+- a database that is gone (or being deleted) has its endpoint closed;
+- an endpoint that cannot be opened because its port cannot be bound (a foreign process holds
+  it) is reported in `endpoint_status:<bdb>` (field: this node) with the reason, and tried again
+  every pass; the field is deleted once it is served.
 
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
@@ -32,7 +35,7 @@ from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 from dmc.endpoint import Endpoint, EndpointStopped
-from dmc.proxy import install_shard_map
+from dmc.proxy import bind_failure, install_shard_map
 from dmc.shard_map import ShardMap
 
 log = logging.getLogger("dmcproxy")
@@ -50,6 +53,7 @@ class NodeProxy:
         self.applied: dict[int, dict] = {}     # bdb uid -> {version, paused, port, password}
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
+        self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
 
     async def run(self) -> None:
         self.maps_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +124,13 @@ class NodeProxy:
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
+            reason = bind_failure(self.config.address, bdb["port"])
+            if reason is not None:
+                await self._report(uid, reason)
+                raise OSError(f"port {bdb['port']} cannot be bound: {reason}")
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
             self.endpoints[uid] = endpoint
+            await self._report(uid, None)
             applied = {"version": smap.version, "paused": False, "port": bdb["port"],
                        "password": password}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
@@ -142,6 +151,24 @@ class NodeProxy:
         self.applied[uid] = applied
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
+
+    async def _report(self, uid: int, reason: str | None) -> None:
+        """Write (or clear) this node's failure to serve the database, when it changes."""
+        if reason is not None and self.failures.get(uid) == reason:
+            return
+        key = schema.endpoint_status_key(uid)
+        try:
+            if reason is None:
+                await ccs.delete(await self.session.master(), key, self.config.uid)
+                self.failures.pop(uid, None)
+            else:
+                log.warning("database %d: endpoint failed: %s", uid, reason)
+                await ccs.write(await self.session.master(), key, {
+                    "status": "failed", "reason": reason, "time": time.time()},
+                    field=self.config.uid)
+                self.failures[uid] = reason
+        except (RedisUnavailable, ReplyError) as exc:
+            log.debug("database %d: endpoint status not written: %s", uid, exc)
 
     def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
         return Endpoint(self.config.address, bdb["port"], password, smap,

@@ -94,6 +94,15 @@ def listen(bind: str, port: int) -> socket.socket:
     return sock
 
 
+def bind_failure(bind: str, port: int) -> str | None:
+    """Why `listen(bind, port)` fails here now (None: it works); the socket is closed again."""
+    try:
+        listen(bind, port).close()
+        return None
+    except OSError as exc:
+        return f"{bind}:{port}: {exc.strerror or exc}"
+
+
 def wait_for_table(shards, deadline_s: float):
     """(command table, redis_version) from the first shard that answers; shards may still be
     starting."""
