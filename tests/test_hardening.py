@@ -5,19 +5,27 @@ that cannot bind it later), and a database bigger than the nodes' memory (with o
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
+import redis
 from clusters import rest_cluster
 from waiting import wait_until
 
 from control import ccs, schema
 from control.heartbeatd import MEMORY_TOTAL
+from control.local_cluster import ClusterError
 from control.node import supervisor_rpc
-from dmc.processes import free_port
+from dmc.local import start_redis_on_free_port
+from dmc.processes import (KILL_GRACE, TERM_WAIT, free_port, pid_alive, processes_under,
+                           stop_redis)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,7 +54,6 @@ def wait_action(api, uid: str, timeout=60.0) -> dict:
 
 
 def bdbs_in_ccs(cluster) -> dict:
-    import redis
     for config in cluster.nodes.values():
         r = redis.Redis(config.address, config.ccs_port, socket_timeout=2, protocol=2)
         return {k: ccs.unpack(v) for k, v in r.hgetall(schema.BDBS).items()}
@@ -228,3 +235,73 @@ def test_a_node_that_cannot_bind_the_port_later_shows_the_endpoint_failed(cluste
         if rpc.supervisor.getProcessInfo("dmcproxy")["statename"] != "RUNNING":
             rpc.supervisor.startProcess("dmcproxy")
     wait_action(api, api.delete(f"/v1/bdbs/{uid}").json()["action_uid"])
+
+
+# ---- a busy shard is stopped all the same ------------------------------------------------------
+
+def busy(host: str, port: int, script: str = "while true do end") -> None:
+    """A client runs a script that never ends on the redis-server at host:port."""
+    def run():
+        try:
+            redis.Redis(host, port, socket_timeout=60).eval(script, 0)
+        except redis.RedisError:
+            pass            # the server went away under it
+    threading.Thread(target=run, daemon=True).start()
+    wait_until(lambda: _busy_at(host, port), 10, 0.05, "the script running")
+
+
+@pytest.mark.parametrize("script, how", [
+    ("while true do end", "SCRIPT KILL"),
+    ("redis.call('SET', 'k', 'v') while true do end", "SHUTDOWN NOSAVE"),
+], ids=["read-only-script", "script-that-wrote"])
+def test_a_redis_server_running_a_script_that_never_ends_is_stopped(tmp_path, script, how):
+    port, proc = start_redis_on_free_port(tmp_path, "--busy-reply-threshold", "100")
+    try:
+        busy("127.0.0.1", port, script)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(TERM_WAIT)
+        assert proc.poll() is None          # SIGTERM alone: it keeps running the script
+        started = time.monotonic()
+        stop_redis(proc.pid, "127.0.0.1", port, proc=proc)
+        took = time.monotonic() - started
+        assert proc.poll() is not None and took < KILL_GRACE, took
+        log = (tmp_path / f"redis-{port}.log").read_text()
+        if how == "SCRIPT KILL":
+            assert "Script killed by user with SCRIPT KILL" in log or "killed" in log.lower()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cluster_delete_stops_a_busy_shard_and_refuses_while_a_process_of_it_runs(cluster, api):
+    """Last: it stops the module's cluster."""
+    created = api.post("/v1/bdbs", json={"name": "busy", "memory_size": 8 << 20})
+    assert created.status_code == 200, created.text
+    wait_action(api, created.json()["action_uid"])
+    shards = [s for s in api.get("/v1/shards").json() if s["bdb_uid"] == created.json()["uid"]]
+    node = cluster.nodes[shards[0]["node_uid"]]
+    shard_pid = int((node.shards_dir / str(shards[0]["uid"]) / "redis.pid").read_text())
+    with redis.Redis(node.address, shards[0]["port"]) as r:
+        r.config_set("busy-reply-threshold", 100)
+    busy(node.address, shards[0]["port"])
+    stray = subprocess.Popen(["sleep", "60"], cwd=node.home)     # a process of the node's folder
+    try:
+        with pytest.raises(ClusterError, match=f"pids {stray.pid}"):
+            cluster.delete()
+        assert not pid_alive(shard_pid)            # the busy shard was stopped all the same
+        assert (cluster.home / "cluster.json").exists()   # and nothing was deleted
+    finally:
+        stray.kill()
+        stray.wait()
+    assert processes_under(cluster.home) == []
+
+
+def _busy_at(host: str, port: int) -> bool:
+    try:
+        redis.Redis(host, port, socket_timeout=1).ping()
+        return False
+    except redis.ResponseError as exc:
+        return "BUSY" in str(exc)
+    except redis.RedisError:
+        return False
