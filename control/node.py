@@ -76,6 +76,7 @@ class NodeConfig:
     peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
     record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
     shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
+    proxy_input_budget: int = 1 << 30  # dmcproxy: unparsed input of all its clients (0: none)
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 

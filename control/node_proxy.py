@@ -12,7 +12,10 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password or port is applied (a new port re-opens the endpoint);
+- a changed password, client_query_buffer_limit or port is applied (a new port re-opens the
+  endpoint);
+- the clients of every endpoint share one input budget (node.json's proxy_input_budget, Redis's
+  maxmemory-clients for input; dmc/fastpath/input_limit.pxi);
 - a database that is gone (or being deleted) has its endpoint closed;
 - an endpoint that cannot be opened because its port cannot be bound (a foreign process holds
   it) is reported in `endpoint_status:<bdb>` (field: this node) with the reason, and tried again
@@ -34,6 +37,7 @@ import trio
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
+from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
 from dmc.proxy import bind_failure, install_shard_map
 from dmc.shard_map import ShardMap
@@ -56,6 +60,7 @@ class NodeProxy:
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
 
     async def run(self) -> None:
+        set_input_budget(self.config.proxy_input_budget)
         self.maps_dir.mkdir(parents=True, exist_ok=True)
         await self._serve_cached()
         try:
@@ -148,6 +153,12 @@ class NodeProxy:
         if password != applied.get("password"):
             await trio.to_thread.run_sync(endpoint.set_password, password)
             applied["password"] = password
+        if query_buffer_limit(bdb) != applied.setdefault("query_buffer_limit",
+                                                         query_buffer_limit(bdb)):
+            limit = query_buffer_limit(bdb)
+            await trio.to_thread.run_sync(endpoint.call,
+                                          lambda proxy: proxy.set_client_query_limit(limit))
+            applied["query_buffer_limit"] = limit
         self.applied[uid] = applied
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
@@ -172,7 +183,8 @@ class NodeProxy:
 
     def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
         return Endpoint(self.config.address, bdb["port"], password, smap,
-                        wait_shards_s=WAIT_SHARDS).start()
+                        wait_shards_s=WAIT_SHARDS,
+                        client_query_buffer_limit=query_buffer_limit(bdb)).start()
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)
@@ -195,6 +207,10 @@ class NodeProxy:
             return
         await ccs.write(await self.session.master(), schema.ack_key(uid), value,
                         field=self.config.uid)
+
+
+def query_buffer_limit(bdb: dict) -> int:
+    return bdb.get("client_query_buffer_limit") or schema.DEFAULT_QUERY_BUFFER
 
 
 main = service_command("dmcproxy", NodeProxy)

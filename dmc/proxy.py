@@ -35,6 +35,8 @@ class ProxyConfig:
     backend_timeout_ms: int = 5000
     conns_per_shard: int = 1
     client_output_limit_mb: int = 256
+    client_query_buffer_limit: int = 1 << 30   # Redis's default: a client's unparsed input
+    maxmemory_clients: int = 0      # the process's input budget, every client's (0: none)
     password: str = ""
     timeout: int = 0
     wait_shards_s: float = 30.0
@@ -65,13 +67,16 @@ def load_config(path: str) -> ProxyConfig:
         backend_timeout_ms = 5000
         conns_per_shard = 1
         client_output_limit_mb = 256
+        client_query_buffer_limit = 1073741824   # bytes of unparsed input a client may hold
+        maxmemory_clients = 0   # bytes of unparsed input of all clients together (0: no limit)
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
-             "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s"}
+             "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
+             "maxmemory_clients", "password", "timeout", "wait_shards_s"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -128,7 +133,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 backend_timeout_ms=cfg.backend_timeout_ms,
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
-                                password=cfg.password or None, idle_timeout_s=cfg.timeout)
+                                password=cfg.password or None, idle_timeout_s=cfg.timeout,
+                                client_query_limit=cfg.client_query_buffer_limit)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()
@@ -150,6 +156,7 @@ class ProxyService:
             raise ValueError("at least one shard is needed")
         self.cfg = cfg
         self.config_path = config_path
+        _fastpath.set_input_budget(cfg.maxmemory_clients)
         self.sock, self.proxy = open_proxy(cfg, cfg.shard_map(version=1))
         self.port = self.sock.getsockname()[1]
 
@@ -192,10 +199,17 @@ def log(msg: str) -> None:
 @click.option("--conns-per-shard", type=int, help="Pipelined connections per shard. [1]")
 @click.option("--client-output-limit-mb", type=int,
               help="A client owed more reply bytes than this is disconnected (0: no limit). [256]")
+@click.option("--client-query-buffer-limit", type=int,
+              help="A client holding more unparsed input (bytes) is disconnected, as Redis's "
+                   "client-query-buffer-limit (0: no limit). [1073741824]")
+@click.option("--maxmemory-clients", type=int,
+              help="Budget of unparsed input of all clients (bytes): past it the clients with "
+                   "the most are disconnected, as Redis's client eviction (0: none). [0]")
 @click.option("--password", help="Database password: clients must AUTH (user `default`).")
 @click.option("--timeout", type=int, help="Close clients idle this many seconds (0: never). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
-         client_output_limit_mb, password, timeout):
+         client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
+         timeout):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -203,6 +217,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("backend_timeout_ms", backend_timeout_ms),
                             ("conns_per_shard", conns_per_shard),
                             ("client_output_limit_mb", client_output_limit_mb),
+                            ("client_query_buffer_limit", client_query_buffer_limit),
+                            ("maxmemory_clients", maxmemory_clients),
                             ("password", password), ("timeout", timeout)):
             if value is not None:
                 setattr(cfg, name, value)
