@@ -237,6 +237,30 @@ def test_a_node_that_cannot_bind_the_port_later_shows_the_endpoint_failed(cluste
     wait_action(api, api.delete(f"/v1/bdbs/{uid}").json()["action_uid"])
 
 
+# ---- a removed node -----------------------------------------------------------------------------
+
+def test_a_removed_node_stops_every_service_and_does_not_join_again(cluster, api):
+    master = cluster.wait_for_master()
+    uid = next(u for u in (3, 2) if u != master)
+    node = cluster.nodes[uid]
+    created = api.post("/v1/bdbs", json={"name": "moves", "memory_size": 8 << 20,
+                                         "shards_count": 3})
+    assert created.status_code == 200, created.text
+    wait_action(api, created.json()["action_uid"])
+    removal = api.post(f"/v1/nodes/{uid}/actions/remove")
+    assert removal.status_code == 200, removal.text
+    wait_action(api, removal.json()["action_uid"], timeout=120)
+    wait_until(lambda: processes_under(node.home) == [], 30, 0.2,
+               f"every process of node {uid} gone")
+    assert node.removed_file.exists()
+    assert uid not in {n["uid"] for n in api.get("/v1/nodes").json()}
+    time.sleep(3)                       # a node that asked to join again would be back by now
+    assert uid not in {n["uid"] for n in api.get("/v1/nodes").json()}
+    assert all(s["node_uid"] != uid for s in api.get("/v1/shards").json())
+    uid_db = created.json()["uid"]
+    wait_action(api, api.delete(f"/v1/bdbs/{uid_db}").json()["action_uid"])
+
+
 # ---- a busy shard is stopped all the same ------------------------------------------------------
 
 def busy(host: str, port: int, script: str = "while true do end") -> None:
