@@ -165,6 +165,10 @@ class ClusterWatchdog:
     async def run(self) -> None:
         members, version = self.store.members() or (dict(self.config.peers), 0)
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.config.removed_file.exists():       # started again after its removal
+                log.warning("node %d was removed from the cluster: stopping", self.config.uid)
+                nursery.start_soon(self._stop_node)
             self.gossip = Gossip(nursery, self.config.uid)
             self.election = Election(self.config.uid, members, self.gossip.send, self.store,
                                      self.timings, ccs_offset=lambda: self._ccs_offset,
