@@ -64,11 +64,11 @@ NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 # Can every node bind a database's port? The node that validates a request asks all nodes up
 # through CCS (a CCS request answered by each node's own cnm_http, which binds the port on its
 # node's address as dmcproxy would): it PUBLISHes {token, port} on PORT_PROBE (replicated to
-# every node's copy), each node answers in the hash port_probe:<token> (field: its uid), and a
-# node up that has not answered within PORT_PROBE_DEADLINE makes the request a 503.
+# every node's copy), each node PUBLISHes its answer on the master's PORT_PROBE:<token>, and a
+# node up that has not answered within PORT_PROBE_DEADLINE makes the request a 503. Only
+# messages: no key is written (a dry run asks too).
 PORT_PROBE = "cnm_http:port_probe"
 PORT_PROBE_DEADLINE = 3.0
-PORT_PROBE_TTL_MS = 30_000
 
 
 class ApiError(Exception):
@@ -160,27 +160,28 @@ class CnmHttp:
                     async for _channel, message in sub:
                         probe = ccs.unpack(message)
                         reason = bind_failure(self.config.address, probe["port"])
-                        await ccs.write(await self.session.master(),
-                                        port_probe_key(probe["token"]),
-                                        {"ok": reason is None, "reason": reason},
-                                        field=self.config.uid)
+                        await (await self.session.master()).execute(
+                            "PUBLISH", port_probe_channel(probe["token"]), ccs.pack(
+                                {"node_uid": self.config.uid, "ok": reason is None,
+                                 "reason": reason}))
             except (RedisUnavailable, ReplyError, OSError, KeyError, TypeError) as exc:
                 log.debug("port probes not answered for now: %s", exc)
                 await trio.sleep(0.5)
 
     async def check_port_bindable(self, r, view: ClusterView, port: int) -> None:
-        """406 unless every node up can bind `port` now (each answers for itself)."""
+        """406 unless every node up can bind `port` now (each answers for itself). Nothing is
+        written: the question and the answers are messages (a dry run makes it too)."""
         token = uuid.uuid4().hex
-        key = port_probe_key(token)
-        await r.pipeline([("PUBLISH", PORT_PROBE, ccs.pack({"token": token, "port": port}))])
-        deadline = trio.current_time() + PORT_PROBE_DEADLINE
         answers: dict[int, dict] = {}
-        while True:
-            answers = await ccs.read_hash(r, key)
-            if set(view.up) <= set(answers) or trio.current_time() > deadline:
-                break
-            await trio.sleep(0.02)
-        await r.pipeline([("PEXPIRE", key, PORT_PROBE_TTL_MS)])
+        async with subscribe(self.config.address, self.config.ccs_forward_port,
+                             [port_probe_channel(token)]) as replies:
+            await r.execute("PUBLISH", PORT_PROBE, ccs.pack({"token": token, "port": port}))
+            with trio.move_on_after(PORT_PROBE_DEADLINE):
+                async for _channel, message in replies:
+                    answer = ccs.unpack(message)
+                    answers[answer["node_uid"]] = answer
+                    if set(view.up) <= set(answers):
+                        break
         failed = {n: a["reason"] for n, a in sorted(answers.items()) if not a.get("ok")}
         if failed:
             raise schema.InvalidRequest(f"port {port} cannot be bound on " + "; ".join(
@@ -449,8 +450,8 @@ class CnmHttp:
         return current
 
 
-def port_probe_key(token: str) -> str:
-    return f"port_probe:{token}"
+def port_probe_channel(token: str) -> str:
+    return f"{PORT_PROBE}:{token}"
 
 
 def _absolute(path: str) -> Path:
