@@ -255,6 +255,11 @@ def _settings_options(f, *, create: bool):
                      help="Back the database up every SECONDS (0: no scheduled backups)."),
         click.option("--backup-location", type=click.Path(file_okay=False),
                      help="Folder of its backups (default: the cluster folder's backups/)."),
+        click.option("--query-buffer-limit", type=MEMORY, default=None,
+                     help="A client's unparsed input on the proxy at most (Redis's "
+                     "client-query-buffer-limit; default 1GB)."),
+        click.option("--allow-privileged-port", is_flag=True, default=None,
+                     help="Accept a --port below 1024."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -270,8 +275,11 @@ def update_settings(f):
 
 
 def _settings(port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, backup_interval=None, backup_location=None) -> dict:
+              eviction_policy, backup_interval=None, backup_location=None,
+              query_buffer_limit=None, allow_privileged_port=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
+             "client_query_buffer_limit": query_buffer_limit,
+             "allow_privileged_port": allow_privileged_port or None,
              "data_persistence": persistence, "aof_policy": aof_policy,
              "authentication_redis_pass": password, "eviction_policy": eviction_policy,
              "backup_interval": backup_interval,
@@ -292,12 +300,13 @@ def db():
 @wait_option
 @home_option
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, backup_interval, backup_location, dry_run, wait, home):
+              eviction_policy, backup_interval, backup_location, query_buffer_limit,
+              allow_privileged_port, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
-        backup_interval, backup_location)}
+        backup_interval, backup_location, query_buffer_limit, allow_privileged_port)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -345,7 +354,10 @@ def db_show(ref, as_json, home):
         elif key == "authentication_redis_pass":
             value = "(set)" if value else "(none)"
         elif key == "endpoints":
+            failed = [f for e in value for f in e.get("failed_nodes") or []]
             value = ", ".join(f"{a}:{e.get('port')}" for e in value for a in e.get("addr", []))
+            for f in failed:
+                value += f"\n{'':<28}FAILED on node {f['node_uid']}: {f.get('reason')}"
         elif key.endswith("_time") and isinstance(value, (int, float)):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         click.echo(f"{key + ':':<28}{value}")
@@ -374,12 +386,14 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 @wait_option
 @home_option
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, backup_interval, backup_location, dry_run, wait, home):
+              eviction_policy, backup_interval, backup_location, query_buffer_limit,
+              allow_privileged_port, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
-                     eviction_policy, backup_interval, backup_location)
+                     eviction_policy, backup_interval, backup_location, query_buffer_limit,
+                     allow_privileged_port)
     if new_name is not None:
         body["name"] = new_name
     if not body:

@@ -10,6 +10,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
 
     loop          one turn of the epoll loop (loop_once); pause, resume, close
     client        accepted, read (client_recv), cut into requests (req_parse)
+      input_limit   client-query-buffer-limit, and the process's input budget
     resp          the parser (parse_request; reply_frame for replies)
     commands      the command table: lookup, key positions, routing policy
     slot          CRC16 hash slots
@@ -32,7 +33,9 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
 Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
 runs on: its clients, backends, request free list, counters).
 
-There is no mutable state at module level: everything a Proxy changes is in its own Core (its
+There is one mutable state at module level, the process's input budget and the input every
+client holds (input_limit, two atomic counters shared by every Proxy on purpose); otherwise
+everything a Proxy changes is in its own Core (its
 PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
 the module is loaded), so several Proxies can run their loops in threads of one process at once,
 one thread each.
@@ -44,6 +47,7 @@ include "fastpath/slot.pxi"
 include "fastpath/commands.pxi"
 include "fastpath/loop.pxi"
 include "fastpath/client.pxi"
+include "fastpath/input_limit.pxi"
 include "fastpath/route.pxi"
 include "fastpath/local.pxi"
 include "fastpath/local_client.pxi"
@@ -91,6 +95,17 @@ def slot_of(key):
     """The hash slot of a key (bytes or str), as Redis Cluster computes it."""
     cdef bytes k = key.encode() if isinstance(key, str) else bytes(key)
     return key_slot(k, len(k))
+
+
+def set_input_budget(long long budget):
+    """The process's input budget (bytes of unparsed input of every client of every Proxy of
+    the process; 0: none): past it, the clients with the largest input are disconnected."""
+    dmc_input_set_budget(<size_t>max(0, budget))
+
+
+def input_bytes():
+    """Bytes of unparsed client input the process holds now (every Proxy)."""
+    return dmc_input_total()
 
 
 class ProtocolError(Exception):
@@ -211,7 +226,8 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0, long long tracking_max_keys=0):
+                 int idle_timeout_s=0, long long tracking_max_keys=0,
+                 long long client_query_limit=1024 * 1024 * 1024):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -225,6 +241,7 @@ cdef class Proxy:
         self.core.backend_timeout_us = <long long>backend_timeout_ms * 1000
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
+        self.core.client_query_limit = max(0, client_query_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
@@ -468,6 +485,11 @@ cdef class Proxy:
         they wait on purpose. Paused, this falls to 0 once the shards have answered."""
         return core_inflight(&self.core)
 
+    def set_client_query_limit(self, long long limit):
+        """Redis's client-query-buffer-limit: bytes of unparsed input a client may hold (0: no
+        limit); applies from the client's next read."""
+        self.core.client_query_limit = max(0, limit)
+
     def set_password(self, password):
         """The database password (str or bytes; None or empty: none). New AUTH and HELLO AUTH
         are checked against it; clients already authenticated stay so, as in Redis, and with no
@@ -516,6 +538,8 @@ cdef class Proxy:
             "clients": self.core.nclients,
             "total_connections": self.core.total_connections,
             "rejected_connections": self.core.rejected_connections,
+            "client_query_buffer_limit_disconnections": self.core.qbuf_limit_disconnections,
+            "evicted_clients": self.core.evicted_clients,
             "shards": shards,
             "commands": self.table.counters(),
         }

@@ -35,6 +35,8 @@ class ProxyConfig:
     backend_timeout_ms: int = 5000
     conns_per_shard: int = 1
     client_output_limit_mb: int = 256
+    client_query_buffer_limit: int = 1 << 30   # Redis's default: a client's unparsed input
+    maxmemory_clients: int = 0      # the process's input budget, every client's (0: none)
     password: str = ""
     timeout: int = 0
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
@@ -66,6 +68,8 @@ def load_config(path: str) -> ProxyConfig:
         backend_timeout_ms = 5000
         conns_per_shard = 1
         client_output_limit_mb = 256
+        client_query_buffer_limit = 1073741824   # bytes of unparsed input a client may hold
+        maxmemory_clients = 0   # bytes of unparsed input of all clients together (0: no limit)
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
@@ -73,8 +77,8 @@ def load_config(path: str) -> ProxyConfig:
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
-             "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s",
-             "tracking_max_keys"}
+             "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
+             "maxmemory_clients", "password", "timeout", "wait_shards_s", "tracking_max_keys"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -95,6 +99,15 @@ def listen(bind: str, port: int) -> socket.socket:
     sock.listen(4096)
     sock.setblocking(False)
     return sock
+
+
+def bind_failure(bind: str, port: int) -> str | None:
+    """Why `listen(bind, port)` fails here now (None: it works); the socket is closed again."""
+    try:
+        listen(bind, port).close()
+        return None
+    except OSError as exc:
+        return f"{bind}:{port}: {exc.strerror or exc}"
 
 
 def wait_for_table(shards, deadline_s: float):
@@ -123,7 +136,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
                                 password=cfg.password or None, idle_timeout_s=cfg.timeout,
-                                tracking_max_keys=cfg.tracking_max_keys)
+                                tracking_max_keys=cfg.tracking_max_keys,
+                                client_query_limit=cfg.client_query_buffer_limit)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()
@@ -145,6 +159,7 @@ class ProxyService:
             raise ValueError("at least one shard is needed")
         self.cfg = cfg
         self.config_path = config_path
+        _fastpath.set_input_budget(cfg.maxmemory_clients)
         self.sock, self.proxy = open_proxy(cfg, cfg.shard_map(version=1))
         self.port = self.sock.getsockname()[1]
 
@@ -187,13 +202,20 @@ def log(msg: str) -> None:
 @click.option("--conns-per-shard", type=int, help="Pipelined connections per shard. [1]")
 @click.option("--client-output-limit-mb", type=int,
               help="A client owed more reply bytes than this is disconnected (0: no limit). [256]")
+@click.option("--client-query-buffer-limit", type=int,
+              help="A client holding more unparsed input (bytes) is disconnected, as Redis's "
+                   "client-query-buffer-limit (0: no limit). [1073741824]")
+@click.option("--maxmemory-clients", type=int,
+              help="Budget of unparsed input of all clients (bytes): past it the clients with "
+                   "the most are disconnected, as Redis's client eviction (0: none). [0]")
 @click.option("--password", help="Database password: clients must AUTH (user `default`).")
 @click.option("--timeout", type=int, help="Close clients idle this many seconds (0: never). [0]")
 @click.option("--tracking-max-keys", type=int,
               help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
                    "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
-         client_output_limit_mb, password, timeout, tracking_max_keys):
+         client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
+         timeout, tracking_max_keys):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -201,6 +223,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("backend_timeout_ms", backend_timeout_ms),
                             ("conns_per_shard", conns_per_shard),
                             ("client_output_limit_mb", client_output_limit_mb),
+                            ("client_query_buffer_limit", client_query_buffer_limit),
+                            ("maxmemory_clients", maxmemory_clients),
                             ("password", password), ("timeout", timeout),
                             ("tracking_max_keys", tracking_max_keys)):
             if value is not None:

@@ -37,6 +37,7 @@ cdef struct Client:
     Buf rbuf                # a partial request carried over between reads
     Buf wbuf                # replies not yet written
     size_t need             # don't parse rbuf again before it holds this much
+    size_t input_counted    # buf_len(rbuf) as counted in the process's input total (input_limit)
     Request *head           # requests in arrival order
     Request *tail
     int inflight

@@ -56,6 +56,9 @@ cdef struct Core:
     unsigned long long rejected_connections
     long long backend_timeout_us
     size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
+    size_t client_query_limit   # a client with more unparsed input is disconnected (0: no limit)
+    unsigned long long qbuf_limit_disconnections    # clients closed for client_query_limit
+    unsigned long long evicted_clients              # clients closed for the process's input budget
     char server_version[32]     # the shards' redis_version, reported by HELLO
     char listen_addr[48]        # ip:port of the endpoint (CLIENT LIST's laddr)
     char *password              # the database password (the `default` user's), or NULL
