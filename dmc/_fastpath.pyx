@@ -55,6 +55,7 @@ include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
+include "fastpath/sequential.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -80,6 +81,7 @@ PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
+MULTI_SLOT_POLICIES = {"refuse": MULTI_SLOT_REFUSE, "sequential": MULTI_SLOT_SEQUENTIAL}
 
 
 def slot_of(key):
@@ -206,7 +208,7 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0):
+                 int idle_timeout_s=0, str multi_slot_commands="refuse"):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -222,6 +224,7 @@ cdef class Proxy:
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
         self.set_password(password)
+        self.set_multi_slot_commands(multi_slot_commands)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
@@ -286,6 +289,7 @@ cdef class Proxy:
             self.core.free_requests = r.next
             free(r)
         free(self.core.password)
+        free(self.core.seq_locks)
         free(self.core.shard_frag)
         free(self.core.active)
         free(self.core.read_chunk)
@@ -481,6 +485,14 @@ cdef class Proxy:
             while c != NULL:
                 c.flags |= CF_AUTHED
                 c = c.next
+
+    def set_multi_slot_commands(self, str policy):
+        """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,
+        as Redis Cluster) or `sequential` (carried out in single-shard steps, sequential.pxi).
+        Sequences already running finish as they started."""
+        if policy not in MULTI_SLOT_POLICIES:
+            raise ValueError(f"multi_slot_commands must be one of {', '.join(MULTI_SLOT_POLICIES)}, not {policy!r}")
+        self.core.multi_slot = MULTI_SLOT_POLICIES[policy]
 
     def close(self):
         """Stop serving: the listening socket leaves the loop (its owner closes it), every
