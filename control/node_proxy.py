@@ -12,7 +12,7 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password or port is applied (a new port re-opens the endpoint);
+- a changed password, multi_slot_commands or port is applied (a new port re-opens the endpoint);
 - a database that is gone (or being deleted) has its endpoint closed.
 
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
@@ -116,14 +116,15 @@ class NodeProxy:
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(shard_map)
         password = bdb.get("authentication_redis_pass") or None
+        multi_slot = bdb.get("multi_slot_commands") or "refuse"
         if endpoint is not None and applied.get("port") != bdb["port"]:
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
-            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
             self.endpoints[uid] = endpoint
             applied = {"version": smap.version, "paused": False, "port": bdb["port"],
-                       "password": password}
+                       "password": password, "multi_slot_commands": multi_slot}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb["port"], smap.version)
         paused = bool(shard_map.get("paused"))
@@ -139,13 +140,18 @@ class NodeProxy:
         if password != applied.get("password"):
             await trio.to_thread.run_sync(endpoint.set_password, password)
             applied["password"] = password
+        if multi_slot != applied.get("multi_slot_commands"):
+            await trio.to_thread.run_sync(
+                endpoint.call, lambda proxy: proxy.set_multi_slot_commands(multi_slot))
+            applied["multi_slot_commands"] = multi_slot
         self.applied[uid] = applied
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
 
-    def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
+    def _open(self, bdb: dict, password: str | None, smap: ShardMap,
+              multi_slot: str = "refuse") -> Endpoint:
         return Endpoint(self.config.address, bdb["port"], password, smap,
-                        wait_shards_s=WAIT_SHARDS).start()
+                        wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot).start()
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)

@@ -62,6 +62,7 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random
 
 PERSISTENCE = ("disabled", "aof", "snapshot")
 AOF_POLICIES = ("appendfsync-every-sec", "appendfsync-always")
+MULTI_SLOT_POLICIES = ("refuse", "sequential")     # dmc/fastpath/sequential.pxi
 
 
 # ---- what a user asks for (validated by pydantic in cnm_http) --------------------------------
@@ -98,6 +99,10 @@ class BdbSettings(BaseModel):
         None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
         "holds the database's backups (default: `<cluster folder>/backups`); it must be "
         "reachable at this path from every node")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] | None = Field(
+        None, description="multi-key commands over keys of several shards: `refuse` "
+        "(CROSSSLOT, as Redis Enterprise) or `sequential` (the proxy carries them out in "
+        "single-shard steps, dmc/fastpath/sequential.pxi)")
     proxy_policy: Literal[PROXY_POLICIES] | None = Field(
         None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
         "see control/discovery.py)")
@@ -117,6 +122,7 @@ class BdbCreate(BdbSettings):
     eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
     backup_interval: int = Field(
         0, ge=0, description="seconds between scheduled backups (job_scheduler); 0: none")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
 
 
 class InvalidRequest(ValueError):
