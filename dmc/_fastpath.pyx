@@ -20,6 +20,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
+      sequential    multi-key commands over several shards, as single-shard steps
+                    (multi_slot_commands = sequential; else CROSSSLOT)
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
