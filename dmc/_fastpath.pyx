@@ -22,6 +22,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       pubsub        subscribers, and the keyspace-notification relay
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
+      tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
@@ -29,6 +30,9 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
+
+Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
+runs on: its clients, backends, request free list, counters).
 
 There is no mutable state at module level: everything a Proxy changes is in its own Core (its
 PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
@@ -51,6 +55,7 @@ include "fastpath/sort.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
+include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/busy.pxi"
@@ -210,7 +215,8 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0, str multi_slot_commands="refuse"):
+                 int idle_timeout_s=0, long long tracking_max_keys=0,
+                 str multi_slot_commands="refuse"):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -225,6 +231,7 @@ cdef class Proxy:
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         self.set_multi_slot_commands(multi_slot_commands)
         version = server_version.encode()[:31]
@@ -303,6 +310,7 @@ cdef class Proxy:
         buf_free(&self.core.monitor_line)
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
+        tracking_free(&self.core)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -381,6 +389,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        tracking_map_changed(&self.core)
         return True
 
     @property

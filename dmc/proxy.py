@@ -38,6 +38,7 @@ class ProxyConfig:
     password: str = ""
     timeout: int = 0
     multi_slot_commands: str = "refuse"
+    tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
 
     def shard_map(self, version: int) -> ShardMap:
@@ -69,12 +70,13 @@ def load_config(path: str) -> ProxyConfig:
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
         multi_slot_commands = "refuse"   # or "sequential": keys of several shards in steps
+        tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s",
-             "multi_slot_commands"}
+             "multi_slot_commands", "tracking_max_keys"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -123,7 +125,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
                                 password=cfg.password or None, idle_timeout_s=cfg.timeout,
-                                multi_slot_commands=cfg.multi_slot_commands)
+                                multi_slot_commands=cfg.multi_slot_commands,
+                                tracking_max_keys=cfg.tracking_max_keys)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()
@@ -192,8 +195,11 @@ def log(msg: str) -> None:
 @click.option("--multi-slot-commands", type=click.Choice(["refuse", "sequential"]),
               help="Multi-key commands over keys of several shards: refuse (CROSSSLOT) or "
                    "sequential (carried out in single-shard steps). [refuse]")
+@click.option("--tracking-max-keys", type=int,
+              help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
+                   "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
-         client_output_limit_mb, password, timeout, multi_slot_commands):
+         client_output_limit_mb, password, timeout, multi_slot_commands, tracking_max_keys):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -202,7 +208,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("conns_per_shard", conns_per_shard),
                             ("client_output_limit_mb", client_output_limit_mb),
                             ("password", password), ("timeout", timeout),
-                            ("multi_slot_commands", multi_slot_commands)):
+                            ("multi_slot_commands", multi_slot_commands),
+                            ("tracking_max_keys", tracking_max_keys)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

@@ -29,11 +29,15 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
         # Running a script: Redis answers every command but the allow_busy ones so.
         frag_answered(core, f, core.shards[shard].busy_reply, strlen(core.shards[shard].busy_reply))
         return
+    if c != NULL and c.flags & CF_TRACKING and not (c.tflags & TF_BCAST):
+        # The shard remembers what it reads for the proxy (tracking.pxi).
+        frag_send_on(core, tracked_backend(core, shard, c.proto), f, data, n)
+        return
     frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
-    if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
+    if (b.state == BK_DOWN and not b.hold) or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
     if f.req.cmd != NULL and f.req.cmd.writes and f.req.client != NULL:
@@ -209,6 +213,10 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             rc = rsp_waiter(core, b, buf_head(&b.rbuf), flen, push)
         elif b.role == ROLE_CONTROL:
             rc = rsp_control(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_TRACKED:
+            rc = rsp_tracked(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_BCAST:
+            rc = rsp_bcast(core, b, buf_head(&b.rbuf), flen, push)
         else:
             rc = rsp_relay(core, b, buf_head(&b.rbuf), flen)
         if rc < 0:
@@ -249,6 +257,9 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
     snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
+    if b.role == ROLE_TRACKED or b.role == ROLE_BCAST:
+        tracking_conn_lost(core, b)
+    b.hold = False
     if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
         # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
         buf_append_str(&b.owner.wbuf, line)
@@ -287,6 +298,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
     cdef Backend *b
     cdef bint late
     relays_tick(core)
+    tracking_tick(core)
     for i in range(core.nshards):
         late = False
         for j in range(core.shards[i].nconns):

@@ -20,6 +20,7 @@ cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
 cdef void client_reset(Core *core, Client *c) noexcept nogil:
     """RESET: back to a fresh connection's state (the shard-side state goes with `dedicated`)."""
     multi_reset(c)
+    tracking_off(core, c)
     c.flags &= ~(CF_WATCH | CF_PUBSUB | CF_PUBSUB_SYNC | CF_REPLY_OFF | CF_REPLY_SKIP)
     if c.dedicated != NULL:
         dedicated_close(core, c.dedicated)
