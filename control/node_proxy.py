@@ -12,8 +12,8 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password, client_query_buffer_limit or port is applied (a new port re-opens the
-  endpoint);
+- a changed password, client_query_buffer_limit, multi_slot_commands or port is applied (a new
+  port re-opens the endpoint);
 - the clients of every endpoint share one input budget (node.json's proxy_input_budget, Redis's
   maxmemory-clients for input; dmc/fastpath/input_limit.pxi);
 - a database that is gone (or being deleted) has its endpoint closed;
@@ -127,6 +127,7 @@ class NodeProxy:
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
         password = bdb.authentication_redis_pass or None
+        multi_slot = bdb.multi_slot_commands or "refuse"
         if endpoint is not None and applied.get("port") != bdb.port:
             self._close(uid)
             endpoint, applied = None, {}
@@ -135,11 +136,11 @@ class NodeProxy:
             if reason is not None:
                 await self._report(uid, reason)
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
-            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
-                       "password": password}
+                       "password": password, "multi_slot_commands": multi_slot}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
@@ -161,6 +162,10 @@ class NodeProxy:
             await trio.to_thread.run_sync(endpoint.call,
                                           lambda proxy: proxy.set_client_query_limit(limit))
             applied["query_buffer_limit"] = limit
+        if multi_slot != applied.get("multi_slot_commands"):
+            await trio.to_thread.run_sync(
+                endpoint.call, lambda proxy: proxy.set_multi_slot_commands(multi_slot))
+            applied["multi_slot_commands"] = multi_slot
         self.applied[uid] = applied
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
@@ -183,9 +188,10 @@ class NodeProxy:
         except (RedisUnavailable, ReplyError) as exc:
             log.debug("database %d: endpoint status not written: %s", uid, exc)
 
-    def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap) -> Endpoint:
+    def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap,
+              multi_slot: str = "refuse") -> Endpoint:
         return Endpoint(self.config.address, bdb.port, password, smap,
-                        wait_shards_s=WAIT_SHARDS,
+                        wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
                         client_query_buffer_limit=query_buffer_limit(bdb)).start()
 
     def _close(self, uid: int) -> None:

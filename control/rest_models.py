@@ -49,6 +49,7 @@ class Bdb(BaseModel):
     snapshot_policy: list[dict] | None = None
     authentication_redis_pass: str | None = None
     eviction_policy: str | None = None
+    multi_slot_commands: str | None = Field(None, description="refuse (CROSSSLOT) or sequential")
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
                                         "0: none")
     backup_location: str | None = Field(None, description="the folder of its backups")

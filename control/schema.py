@@ -75,6 +75,7 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random
 
 PERSISTENCE = ("disabled", "aof", "snapshot")
 AOF_POLICIES = ("appendfsync-every-sec", "appendfsync-always")
+MULTI_SLOT_POLICIES = ("refuse", "sequential")     # dmc/fastpath/sequential.pxi
 
 
 # ---- what a user asks for (validated by pydantic in cnm_http) --------------------------------
@@ -128,6 +129,10 @@ class BdbSettings(BaseModel):
         None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
         "holds the database's backups (default, or null: `<cluster folder>/backups`); it must "
         "be reachable at this path from every node")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = Field(
+        None, description="multi-key commands over keys of several shards: `refuse` "
+        "(CROSSSLOT, as Redis Enterprise) or `sequential` (the proxy carries them out in "
+        "single-shard steps, dmc/fastpath/sequential.pxi)")
     proxy_policy: Literal[PROXY_POLICIES] = Field(
         None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
         "see control/discovery.py)")
@@ -181,6 +186,7 @@ class BdbCreate(BdbSettings):
     client_query_buffer_limit: int = Field(
         DEFAULT_QUERY_BUFFER, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's "
         "unparsed input may hold on the proxy (Redis's client-query-buffer-limit)")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
 
 
 class InvalidRequest(ValueError):
@@ -247,6 +253,7 @@ class Bdb(msgspec.Struct, kw_only=True):
     eviction_policy: str = "volatile-lru"
     proxy_policy: str | None = None               # None: all-nodes (control/discovery.py)
     client_query_buffer_limit: int | None = None  # None: DEFAULT_QUERY_BUFFER (dmcproxy)
+    multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
     backup_interval: int = 0
     backup_location: str | None = None
     status: str = "active"                        # pending, active, deleting, creation-failed

@@ -21,6 +21,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
+      sequential    multi-key commands over several shards, as single-shard steps
+                    (multi_slot_commands = sequential; else CROSSSLOT)
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
@@ -64,6 +66,7 @@ include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
+include "fastpath/sequential.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -89,6 +92,7 @@ PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
+MULTI_SLOT_POLICIES = {"refuse": MULTI_SLOT_REFUSE, "sequential": MULTI_SLOT_SEQUENTIAL}
 
 
 def slot_of(key):
@@ -227,7 +231,8 @@ cdef class Proxy:
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
                  int idle_timeout_s=0, long long tracking_max_keys=0,
-                 long long client_query_limit=1024 * 1024 * 1024):
+                 long long client_query_limit=1024 * 1024 * 1024,
+                 str multi_slot_commands="refuse"):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -245,6 +250,7 @@ cdef class Proxy:
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
+        self.set_multi_slot_commands(multi_slot_commands)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
@@ -309,6 +315,7 @@ cdef class Proxy:
             self.core.free_requests = r.next
             free(r)
         free(self.core.password)
+        free(self.core.seq_locks)
         free(self.core.shard_frag)
         free(self.core.active)
         free(self.core.read_chunk)
@@ -511,6 +518,14 @@ cdef class Proxy:
             while c != NULL:
                 c.flags |= CF_AUTHED
                 c = c.next
+
+    def set_multi_slot_commands(self, str policy):
+        """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,
+        as Redis Cluster) or `sequential` (carried out in single-shard steps, sequential.pxi).
+        Sequences already running finish as they started."""
+        if policy not in MULTI_SLOT_POLICIES:
+            raise ValueError(f"multi_slot_commands must be one of {', '.join(MULTI_SLOT_POLICIES)}, not {policy!r}")
+        self.core.multi_slot = MULTI_SLOT_POLICIES[policy]
 
     def close(self):
         """Stop serving: the listening socket leaves the loop (its owner closes it), every

@@ -39,6 +39,7 @@ class ProxyConfig:
     maxmemory_clients: int = 0      # the process's input budget, every client's (0: none)
     password: str = ""
     timeout: int = 0
+    multi_slot_commands: str = "refuse"
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
 
@@ -72,13 +73,15 @@ def load_config(path: str) -> ProxyConfig:
         maxmemory_clients = 0   # bytes of unparsed input of all clients together (0: no limit)
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
+        multi_slot_commands = "refuse"   # or "sequential": keys of several shards in steps
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
-             "maxmemory_clients", "password", "timeout", "wait_shards_s", "tracking_max_keys"}
+             "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
+             "tracking_max_keys"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -136,6 +139,7 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
                                 password=cfg.password or None, idle_timeout_s=cfg.timeout,
+                                multi_slot_commands=cfg.multi_slot_commands,
                                 tracking_max_keys=cfg.tracking_max_keys,
                                 client_query_limit=cfg.client_query_buffer_limit)
         install_shard_map(proxy, shard_map)
@@ -210,12 +214,15 @@ def log(msg: str) -> None:
                    "the most are disconnected, as Redis's client eviction (0: none). [0]")
 @click.option("--password", help="Database password: clients must AUTH (user `default`).")
 @click.option("--timeout", type=int, help="Close clients idle this many seconds (0: never). [0]")
+@click.option("--multi-slot-commands", type=click.Choice(["refuse", "sequential"]),
+              help="Multi-key commands over keys of several shards: refuse (CROSSSLOT) or "
+                   "sequential (carried out in single-shard steps). [refuse]")
 @click.option("--tracking-max-keys", type=int,
               help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
                    "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
          client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
-         timeout, tracking_max_keys):
+         timeout, multi_slot_commands, tracking_max_keys):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -226,6 +233,7 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("client_query_buffer_limit", client_query_buffer_limit),
                             ("maxmemory_clients", maxmemory_clients),
                             ("password", password), ("timeout", timeout),
+                            ("multi_slot_commands", multi_slot_commands),
                             ("tracking_max_keys", tracking_max_keys)):
             if value is not None:
                 setattr(cfg, name, value)

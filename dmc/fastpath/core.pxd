@@ -85,5 +85,11 @@ cdef struct Core:
     Request *free_requests      # requests to reuse (req_get), linked by `next`
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
+    # multi-key commands over several shards (sequential.pxi)
+    int multi_slot              # MULTI_SLOT_REFUSE (CROSSSLOT) or MULTI_SLOT_SEQUENTIAL
+    unsigned char *seq_locks    # per slot: held by a running sequence (SLOT_COUNT bytes, or NULL)
+    Request *seq_waiting        # sequences waiting for a slot another one holds, in arrival order
+    bint seq_waking             # seq_wake() runs: a sequence that ends meanwhile asks it again
+    bint seq_wake_again
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
