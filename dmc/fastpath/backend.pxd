@@ -47,6 +47,10 @@ cdef struct Backend:
     bint wants_id           #   its next reply is its CLIENT ID on the shard
     long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known)
     Backend *next_closed
+    User *user              # the ACL user it runs as (acl.pxi); NULL: `default`, the proxy's own
+    bint authing            #   its HELLO ... AUTH is not answered yet: nothing after it is sent
+    size_t hold             #   bytes that may still be sent before that answer
+    int auth_before         #   replies due before the AUTH's own (a WAIT connection's CLIENT ID)
 
 
 cdef struct Shard:
@@ -58,6 +62,7 @@ cdef struct Shard:
     Backend *conns
     bint active             # part of the current shard map
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
+    Backend *auth_checker   # where AUTH user pass of clients is checked (acl.pxi); NULL until used
 
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil

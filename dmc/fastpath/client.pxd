@@ -54,6 +54,7 @@ cdef struct Client:
     Client *next_dirty
     Client *next_closed
     Client *next_monitor
+    User *user              # the ACL user it authenticated as (acl.pxi); NULL: `default`
 
 
 cdef void accept_clients(Core *core) noexcept nogil

@@ -81,3 +81,4 @@ cdef struct Core:
     Request *free_requests      # requests to reuse (req_get), linked by `next`
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
+    User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)

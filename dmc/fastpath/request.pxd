@@ -31,6 +31,8 @@ cdef struct Request:
     Buf command             # while resolving: the request's own bytes, sent once routed
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
+    int acl_name_len        # AUTH user pass being checked: the user name's length in `command`
+    long long acl_arg       #   HELLO's protocol (0: none asked); ACL LOG: its count
 
 
 cdef Request *req_alloc(Core *core) noexcept nogil
