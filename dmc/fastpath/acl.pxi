@@ -347,7 +347,7 @@ cdef double log_entry_age(const char *p, size_t n) noexcept nogil:
         vlen = reply_frame(v, end - v, &need, &push)
         if vlen <= 0:
             return 0
-        if klen == 17 and memcmp(q, b"$11\r\nage-seconds\r\n", 17) == 0:
+        if klen == 18 and memcmp(q, b"$11\r\nage-seconds\r\n", 18) == 0:
             if v[0] == c'$':
                 v = <const char *>memchr(v, c'\n', vlen)
                 if v == NULL:
