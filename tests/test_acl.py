@@ -186,13 +186,18 @@ def test_acl_log_has_the_denials_of_every_shard(ports, conns, db):
         assert c.call("AUTH", "carol", "pw") == b"OK"
         for k in keys:
             assert c.call("GET", k).startswith(b"NOPERM")
+        setuser(conns(port), "bob", "on", ">pw", "~*", "+@read")
+        b = conns(port)
+        assert b.call("AUTH", "bob", "pw") == b"OK"
+        for k in keys:      # one denial of SET on each shard: one entry of count 3 in Redis
+            assert b.call("SET", k, "v").startswith(b"NOPERM")
         c.call("AUTH", "carol", "wrong")
         entries = [dict(zip(e[::2], e[1::2])) for e in conns(port).call("ACL", "LOG")]
         return [(e[b"reason"], e[b"object"], e[b"username"], e[b"count"]) for e in entries]
 
     want, got = on_both(ports, run)
     assert sorted(got) == sorted(want)
-    assert len(want) == len(keys) + 1
+    assert len(want) == len(keys) + 2 and (b"command", b"set", b"bob", 3) in want
     # Newest first, as Redis: the failed AUTH came last.
     assert got[0][0] == want[0][0] == b"auth"
 
@@ -244,3 +249,18 @@ def test_user_connections_go_once_no_client_is_that_user(db, ports, conns):
     assert alice_conns() == 3
     c.close()
     wait_until(lambda: alice_conns() == 0, timeout=5)
+
+
+def test_auth_inside_multi_is_refused_and_changes_no_shared_connection(db, ports, conns):
+    """A documented difference: Redis runs AUTH queued in a transaction at EXEC; through the
+    proxy the transaction runs on a connection other clients share, so it is refused."""
+    admin = conns(db.port)
+    setuser(admin, "alice", "on", ">pw", "~nothing", "+@all")
+    c = conns(db.port)
+    assert c.call("MULTI") == b"OK"
+    refused = c.call("AUTH", "alice", "pw")
+    assert isinstance(refused, Error) and b"inside MULTI" in refused
+    assert c.call("EXEC").startswith(b"EXECABORT")
+    for k in db.keys_on_every_shard("shared"):
+        assert c.call("SET", k, "v") == b"OK"
+    assert c.call("ACL", "WHOAMI") == b"default"

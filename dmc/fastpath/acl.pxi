@@ -316,10 +316,19 @@ cdef void acl_deleted(Core *core, Request *r) noexcept nogil:
             t = nxt
 
 
+cdef enum:
+    LOG_KEYS = 4                # the fields that make two ACL LOG entries similar (Redis's ACLLogMatchEntry)
+    LOG_GROUPING_S = 60         # ... when they are this close in time (ACL_LOG_GROUPING_MAX_TIME_DELTA)
+
+
 cdef struct LogEntry:
     const char *p
     size_t n
     double age
+    long long count
+    const char *key[LOG_KEYS]   # reason, context, object, username: their value frames
+    size_t key_len[LOG_KEYS]
+    bint folded                 # counted in a newer similar entry of another shard
 
 
 cdef int log_entry_newer(const void *a, const void *b) noexcept nogil:
@@ -328,39 +337,79 @@ cdef int log_entry_newer(const void *a, const void *b) noexcept nogil:
     return -1 if x < y else (1 if x > y else 0)
 
 
-cdef double log_entry_age(const char *p, size_t n) noexcept nogil:
-    """The age-seconds of one ACL LOG entry (a RESP2 array or RESP3 map of name, value)."""
-    cdef const char *end = p + n
-    cdef const char *q = <const char *>memchr(p, c'\n', n)
+cdef void log_entry_read(LogEntry *e) noexcept nogil:
+    """age-seconds, count and the similarity fields of one ACL LOG entry (a RESP2 array or RESP3
+    map of name, value)."""
+    cdef const char *end = e.p + e.n
+    cdef const char *q = <const char *>memchr(e.p, c'\n', e.n)
     cdef const char *v
     cdef ssize_t klen, vlen
     cdef size_t need
-    cdef int push
+    cdef int push, i
+    cdef const char *fields[LOG_KEYS]
+    fields[0] = b"$6\r\nreason\r\n"
+    fields[1] = b"$7\r\ncontext\r\n"
+    fields[2] = b"$6\r\nobject\r\n"
+    fields[3] = b"$8\r\nusername\r\n"
+    e.age = 0
+    e.count = 1
     if q == NULL:
-        return 0
+        return
     q += 1
     while q < end:
         klen = reply_frame(q, end - q, &need, &push)
         if klen <= 0:
-            return 0
+            return
         v = q + klen
         vlen = reply_frame(v, end - v, &need, &push)
         if vlen <= 0:
-            return 0
+            return
         if klen == 18 and memcmp(q, b"$11\r\nage-seconds\r\n", 18) == 0:
-            if v[0] == c'$':
-                v = <const char *>memchr(v, c'\n', vlen)
-                if v == NULL:
-                    return 0
-            return strtod(v + 1, NULL)
+            e.age = strtod((<const char *>memchr(v, c'\n', vlen) + 1) if v[0] == c'$' else v + 1, NULL)
+        elif klen == 11 and memcmp(q, b"$5\r\ncount\r\n", 11) == 0 and v[0] == c':':
+            parse_ll(v + 1, <size_t>vlen - 3, &e.count)
+        else:
+            for i in range(LOG_KEYS):
+                if <size_t>klen == strlen(fields[i]) and memcmp(q, fields[i], klen) == 0:
+                    e.key[i] = v
+                    e.key_len[i] = <size_t>vlen
         q = v + vlen
-    return 0
+
+
+cdef bint log_entries_similar(LogEntry *a, LogEntry *b) noexcept nogil:
+    cdef int i
+    if b.age - a.age >= LOG_GROUPING_S or a.age - b.age >= LOG_GROUPING_S:
+        return False
+    for i in range(LOG_KEYS):
+        if a.key[i] == NULL or b.key[i] == NULL or a.key_len[i] != b.key_len[i] or \
+                memcmp(a.key[i], b.key[i], a.key_len[i]) != 0:
+            return False
+    return True
+
+
+cdef void log_entry_write(Buf *out, LogEntry *e) noexcept nogil:
+    """The entry, its count replaced by e.count (the similar entries of every shard)."""
+    cdef const char *end = e.p + e.n
+    cdef const char *q = <const char *>memchr(e.p, c'\n', e.n) + 1
+    cdef ssize_t klen, vlen
+    cdef size_t need
+    cdef int push
+    buf_append(out, e.p, q - e.p)
+    while q < end:
+        klen = reply_frame(q, end - q, &need, &push)
+        vlen = reply_frame(q + klen, end - q - klen, &need, &push)
+        buf_append(out, q, klen)
+        if klen == 11 and memcmp(q, b"$5\r\ncount\r\n", 11) == 0:
+            buf_append_int(out, c':', e.count)
+        else:
+            buf_append(out, q + klen, vlen)
+        q += klen + vlen
 
 
 cdef void acl_log_answer(Core *core, Request *r) noexcept nogil:
     """ACL LOG [count] from every shard: their entries, newest first, count of them (10 by
     default, as Redis). An error of any shard is the answer."""
-    cdef int i, total = 0, k
+    cdef int i, j, total = 0, k, kept
     cdef long long count
     cdef const char *p
     cdef const char *end
@@ -392,17 +441,31 @@ cdef void acl_log_answer(Core *core, Request *r) noexcept nogil:
             flen = reply_frame(p, end - p, &need, &push)
             if flen <= 0:
                 break
+            memset(&entries[k], 0, sizeof(LogEntry))
             entries[k].p = p
             entries[k].n = <size_t>flen
-            entries[k].age = log_entry_age(p, <size_t>flen)
+            log_entry_read(&entries[k])
             k += 1
             p += flen
     qsort(entries, k, sizeof(LogEntry), log_entry_newer)
-    count = r.acl_arg if r.acl_arg < k else k
+    # Similar entries of different shards are one entry of Redis's, counted together.
+    kept = 0
+    for i in range(k):
+        for j in range(i):
+            if not entries[j].folded and log_entries_similar(&entries[j], &entries[i]):
+                entries[j].count += entries[i].count
+                entries[i].folded = True
+                break
+        if not entries[i].folded:
+            kept += 1
+    count = r.acl_arg if r.acl_arg < kept else kept
     buf_clear(out)
     buf_append_int(out, c'*', count)
-    for i in range(<int>count):
-        buf_append(out, entries[i].p, entries[i].n)
+    j = 0
+    for i in range(k):
+        if j < count and not entries[i].folded:
+            log_entry_write(out, &entries[i])
+            j += 1
     free(entries)
     req_write(core, r, buf_head(out), buf_len(out))
 
