@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from replies import Error, RespConn
+from replies import Error, RespConn, on_both
 from waiting import wait_until
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
@@ -27,25 +27,6 @@ def ports(db, ref):
         admin.call("ACL", "DELUSER", *USERS)
         admin.call("ACL", "LOG", "RESET")
         admin.close()
-
-
-@pytest.fixture
-def conns():
-    made = []
-
-    def conn(port: int) -> RespConn:
-        c = RespConn(port)
-        made.append(c)
-        return c
-
-    yield conn
-    for c in made:
-        c.close()
-
-
-def on_both(ports, run):
-    """run(port) against the plain redis-server, then through dmc: (redis's, dmc's)."""
-    return run(ports["redis"]), run(ports["dmc"])
 
 
 def setuser(conn, name, *rules):
