@@ -542,9 +542,14 @@ cdef void route_local_acl(Core *core, Client *c, Request *r, ArgVec *av) noexcep
 
 
 cdef inline void backend_expire(Core *core, Backend *b) noexcept nogil:
+    """As backends_tick does for the shards' shared connections: a late one has its shard
+    probed (busy.pxi), and fails past the backend timeout unless the shard runs a script."""
     if b != NULL and b.qhead != NULL and core.backend_timeout_us > 0 \
-            and core.now_us - b.qhead.sent_us > core.backend_timeout_us:
-        backend_fail(core, b, b"timeout waiting for")
+            and core.now_us - b.qhead.sent_us > PROBE_AFTER_US:
+        busy_tick(core, b.shard, True)
+        if core.now_us - b.qhead.sent_us > core.backend_timeout_us \
+                and not shard_keeps_waiting(core, b.shard):
+            backend_fail(core, b, b"timeout waiting for")
 
 
 cdef void acl_tick(Core *core) noexcept nogil:
