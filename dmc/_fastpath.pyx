@@ -22,6 +22,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
+      tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
@@ -52,6 +53,7 @@ include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
 include "fastpath/acl.pxi"
+include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/busy.pxi"
@@ -209,7 +211,7 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0):
+                 int idle_timeout_s=0, long long tracking_max_keys=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -224,6 +226,7 @@ cdef class Proxy:
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
@@ -301,6 +304,7 @@ cdef class Proxy:
         buf_free(&self.core.monitor_line)
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
+        tracking_free(&self.core)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -379,6 +383,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        tracking_map_changed(&self.core)
         return True
 
     @property

@@ -24,6 +24,8 @@ LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "d
 
 # Pub/Sub lives on one shard of the map (its first), so that every PUBLISH reaches every
 # subscriber: sharded channels (SPUBLISH/SSUBSCRIBE) included.
+# Scripts whose declared keys CLIENT TRACKING remembers (as Redis, when the script reads).
+TRACKED_SCRIPTS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
 SUBSCRIBE_COMMANDS = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
                       "sunsubscribe"}
 PUBLISH_COMMANDS = {"publish", "spublish", "pubsub"}
@@ -116,6 +118,7 @@ class CommandEntry:
     refusal: str | None = None
     writes: bool = False
     unmonitored: bool = False
+    tracks_reads: bool = False      # a tracking client's read: its keys are remembered (CLIENT TRACKING)
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
 
 
@@ -190,6 +193,9 @@ def _entry(row, container: str | None = None,
     entry.writes = bool(flags & {"write", "may_replicate"}) or name == "exec"
     # Redis shows MONITOR every command but the administrative ones.
     entry.unmonitored = bool(flags & {"admin", "skip_monitor"})
+    # What CLIENT TRACKING remembers for a client: read-only commands' keys, and scripts' (the
+    # shard tracks a script's keys only when it reads; the proxy's table follows the shard).
+    entry.tracks_reads = "readonly" in flags or name in TRACKED_SCRIPTS
     incomplete = False
     if len(row) > 8:
         entry.specs = [s for s in (_key_spec(raw) for raw in row[8]) if s is not None]
@@ -285,7 +291,7 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     for e in entries:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
-                  e.params, e.writes, e.unmonitored)
+                  e.params, e.writes, e.unmonitored, e.tracks_reads)
     return table
 
 

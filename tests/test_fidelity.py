@@ -287,7 +287,6 @@ def tracking_session(port, conns, on: tuple, reads, writes, own_writes=()):
     return sorted((f[1] for f in frames), key=repr)
 
 
-@NOT_YET
 def test_tracking_default_mode_invalidates_keys_read_on_every_shard(db, ports, conns):
     keys = db.keys_on_every_shard("trk")
 
@@ -296,7 +295,6 @@ def test_tracking_default_mode_invalidates_keys_read_on_every_shard(db, ports, c
     assert got == want == sorted(([k.encode()] for k in keys), key=repr)
 
 
-@NOT_YET
 def test_tracking_invalidates_once_then_only_after_a_new_read(db, ports, conns):
     keys = db.keys_on_every_shard("once")
 
@@ -316,7 +314,6 @@ def test_tracking_invalidates_once_then_only_after_a_new_read(db, ports, conns):
     assert got[1] == want[1] == [Push([b"invalidate", [keys[0].encode()]])]
 
 
-@NOT_YET
 def test_tracking_resp2_redirect_to_a_subscribed_connection(db, ports, conns):
     keys = db.keys_on_every_shard("redir")
 
@@ -339,7 +336,6 @@ def test_tracking_resp2_redirect_to_a_subscribed_connection(db, ports, conns):
     assert want[0] is True and want[1][0][:2] == [b"message", b"__redis__:invalidate"]
 
 
-@NOT_YET
 @pytest.mark.parametrize("mode, caching, invalidated", [
     ("OPTIN", "YES", "b"),          # only the read after CACHING YES is tracked
     ("OPTOUT", "NO", "ac"),         # every read but the one after CACHING NO
@@ -355,7 +351,6 @@ def test_tracking_optin_optout_caching_decides_the_next_read(db, ports, conns, m
     assert got == want == sorted(([keys[n].encode()] for n in invalidated), key=repr)
 
 
-@NOT_YET
 def test_tracking_bcast_prefix_invalidates_every_matching_write(db, ports, conns):
     """BCAST: no read needed; writes on any shard to keys of the prefixes are announced."""
     keys = db.keys_on_every_shard("user:") + db.keys_on_every_shard("other:")
@@ -368,7 +363,6 @@ def test_tracking_bcast_prefix_invalidates_every_matching_write(db, ports, conns
     assert flat(got) == flat(want) == sorted(k.encode() for k in keys if k.startswith("user:"))
 
 
-@NOT_YET
 def test_tracking_noloop_leaves_out_the_clients_own_writes(db, ports, conns):
     a, b, c = db.keys_on_every_shard("noloop")
     want, got = on_both(ports, lambda port: tracking_session(
@@ -377,7 +371,6 @@ def test_tracking_noloop_leaves_out_the_clients_own_writes(db, ports, conns):
     assert got == want == [[c.encode()]]
 
 
-@NOT_YET
 def test_getredir_and_trackinginfo_in_each_mode(ports, conns):
     def run(port):
         out = []
@@ -394,7 +387,62 @@ def test_getredir_and_trackinginfo_in_each_mode(ports, conns):
     assert got == want
 
 
-@NOT_YET
+def test_tracking_noloop_script_write_is_not_announced_to_its_client(db, ports, conns):
+    (k,) = db.keys_on_every_shard("nlscript")[:1]
+
+    def run(port):
+        t = conns(port)
+        assert t.call("CLIENT", "TRACKING", "ON", "NOLOOP") == b"OK"
+        conns_hello = t.call("HELLO", "3")
+        assert isinstance(conns_hello, dict)
+        t.call("SET", k, "1")
+        first = t.call("GET", k)
+        script = t.call("EVAL", "return redis.call('set', KEYS[1], '2')", "1", k)
+        return first, script, t.call("GET", k), t.frames_until(b"sync")
+
+    want, got = on_both(ports, run)
+    assert got == want == (b"1", b"OK", b"2", [])
+
+
+def test_tracking_table_is_bounded_keys_evicted_with_an_invalidation(make_db, conns):
+    """Past --tracking-max-keys the proxy forgets keys, as Redis past tracking-table-max-keys:
+    each one evicted is invalidated then, so no client keeps a value it will not hear of."""
+    d = make_db(proxy_args=("--tracking-max-keys", "2"))
+    keys = [f"bound:{i}" for i in range(5)]
+    t, w = tracking_client(d.port, conns)
+    t.send(*(["GET", k] for k in keys))
+    frames = t.frames_until(b"evicted")
+    evicted = [f for f in frames if isinstance(f, Push)]
+    assert len(frames) - len(evicted) == len(keys)
+    assert len(evicted) == 3 and all(f[0] == b"invalidate" for f in evicted), evicted
+    for k in keys:
+        w.call("SET", k, "1")
+    w.call("DBSIZE")
+    later = t.frames_until(b"written")
+    assert sorted(k for f in evicted + later for k in f[1]) == [k.encode() for k in keys]
+
+
+def test_tracking_redirect_to_a_client_that_went_away_is_broken(db, ports, conns):
+    (k,) = db.keys_on_every_shard("broken")[:1]
+
+    def run(port):
+        target, t, w = conns(port), conns(port, resp3=True), conns(port)
+        target_id = target.call("CLIENT", "ID")
+        assert t.call("CLIENT", "TRACKING", "ON", "REDIRECT", target_id) == b"OK"
+        t.call("GET", k)
+        target.close()
+        wait_until(lambda: b"id=%d " % target_id not in w.call("CLIENT", "LIST"))
+        w.call("SET", k, "1")
+        w.call("DBSIZE")
+        frames = t.frames_until(b"sync")
+        info = t.call("CLIENT", "TRACKINGINFO")
+        return [(f[0], f[1] == target_id) for f in frames], info[b"flags"], info[b"redirect"] == target_id
+
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[0] == [(b"tracking-redir-broken", True)]
+
+
 @pytest.mark.parametrize("flush", ["FLUSHALL", "FLUSHDB"])
 def test_flush_invalidates_everything_once(db, ports, conns, flush):
     keys = db.keys_on_every_shard("flush")

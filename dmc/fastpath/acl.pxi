@@ -13,7 +13,7 @@
 # - A client of user U sends its commands on U's shared connections to each shard (opened on
 #   first use, per protocol, authenticated with HELLO p AUTH U pass), its dedicated ones
 #   (blocking, WATCH/MULTI, subscriber, WAIT) are authenticated as U too. Nothing is sent on a
-#   connection after its AUTH until the shard accepted it (Backend.authing/hold): a refused AUTH
+#   connection after its AUTH until the shard accepted it (Backend.authing/auth_hold): a refused AUTH
 #   never lets a command run as the `default` user. Clients of `default` keep the shards' shared
 #   connections: for them nothing changes (one test of Client.user when a fragment is sent).
 # - ACL DELUSER closes the deleted users' clients, as Redis does (the issuing client after its
@@ -187,7 +187,7 @@ cdef void backend_hold_for_auth(Backend *b, size_t hold, int replies_before) noe
     """Only the first `hold` bytes of b's output (up to its AUTH) go out until the shard
     answers that AUTH, the reply after `replies_before` others."""
     b.authing = True
-    b.hold = hold
+    b.auth_hold = hold
     b.auth_before = replies_before
 
 
@@ -199,7 +199,7 @@ cdef int acl_auth_reply(Core *core, Backend *b, const char *p, size_t n) noexcep
         backend_fail(core, b, b"cannot authenticate as the client's user to")
         return -1
     b.authing = False
-    b.hold = 0
+    b.auth_hold = 0
     backend_mark_dirty(core, b)
     return 0
 

@@ -38,11 +38,15 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
             return
         frag_send_on(core, b, f, data, n)
         return
+    if c != NULL and c.flags & CF_TRACKING and not (c.tflags & TF_BCAST):
+        # The shard remembers what it reads for the proxy (tracking.pxi).
+        frag_send_on(core, tracked_backend(core, shard, c.proto), f, data, n)
+        return
     frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
-    if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
+    if (b.state == BK_DOWN and not b.hold) or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
     if f.req.cmd != NULL and f.req.cmd.writes and f.req.client != NULL:
@@ -171,10 +175,10 @@ cdef void backend_send(Core *core, Backend *b) noexcept nogil:
         len = buf_len(&b.wbuf)
         if b.authing:
             # Up to its AUTH only, until the shard accepted it (acl.pxi).
-            if b.hold == 0:
+            if b.auth_hold == 0:
                 break
-            if len > b.hold:
-                len = b.hold
+            if len > b.auth_hold:
+                len = b.auth_hold
         n = send(b.fd, buf_head(&b.wbuf), len, MSG_NOSIGNAL)
         if n < 0:
             if errno == EINTR:
@@ -185,9 +189,9 @@ cdef void backend_send(Core *core, Backend *b) noexcept nogil:
             return
         buf_consume(&b.wbuf, <size_t>n)
         if b.authing:
-            b.hold -= <size_t>n
+            b.auth_hold -= <size_t>n
     epoll_want(core, b.fd, b, &b.events,
-               EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) and not (b.authing and b.hold == 0) else 0))
+               EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) and not (b.authing and b.auth_hold == 0) else 0))
 
 
 cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
@@ -241,6 +245,10 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             rc = rsp_waiter(core, b, buf_head(&b.rbuf), flen, push)
         elif b.role == ROLE_CONTROL:
             rc = rsp_control(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_TRACKED:
+            rc = rsp_tracked(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_BCAST:
+            rc = rsp_bcast(core, b, buf_head(&b.rbuf), flen, push)
         else:
             rc = rsp_relay(core, b, buf_head(&b.rbuf), flen)
         if rc < 0:
@@ -281,6 +289,9 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
     snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
+    if b.role == ROLE_TRACKED or b.role == ROLE_BCAST:
+        tracking_conn_lost(core, b)
+    b.hold = False
     if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
         # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
         buf_append_str(&b.owner.wbuf, line)
@@ -300,7 +311,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     b.need = 0
     b.skip_replies = 0
     b.authing = False
-    b.hold = 0
+    b.auth_hold = 0
     b.auth_before = 0
     b.retry_at_us = core.now_us + b.retry_delay_us
     b.retry_delay_us = b.retry_delay_us * 2 if b.retry_delay_us * 2 < RETRY_MAX_US else RETRY_MAX_US
@@ -323,6 +334,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
     cdef bint late
     relays_tick(core)
     acl_tick(core)
+    tracking_tick(core)
     for i in range(core.nshards):
         late = False
         for j in range(core.shards[i].nconns):

@@ -140,6 +140,7 @@ cdef struct CommandInfo:
     bint has_subcommands
     bint writes                 # may change the data set (or replicate): WAIT waits for its shard
     bint unmonitored            # not shown to MONITOR (admin commands, as Redis does)
+    bint tracks_reads           # its keys are remembered for a tracking client (read-only commands, scripts)
     int nspecs
     KeySpec specs[MAX_KEY_SPECS]
     char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)

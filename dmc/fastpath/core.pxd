@@ -83,3 +83,5 @@ cdef struct Core:
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
     User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)
+    Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
+    size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)

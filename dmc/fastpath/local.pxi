@@ -39,6 +39,7 @@ cdef void hello_answer(Core *core, Client *c, Request *r, int proto) noexcept no
 cdef void client_reset(Core *core, Client *c) noexcept nogil:
     """RESET: back to a fresh connection's state (the shard-side state goes with `dedicated`)."""
     multi_reset(c)
+    tracking_off(core, c)
     c.flags &= ~(CF_WATCH | CF_PUBSUB | CF_PUBSUB_SYNC | CF_REPLY_OFF | CF_REPLY_SKIP)
     if c.dedicated != NULL:
         dedicated_close(core, c.dedicated)

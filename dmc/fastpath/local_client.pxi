@@ -208,9 +208,22 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
         req_write(core, r, buf_head(out), buf_len(out))
     elif arg_is(av, 1, b"reply") and av.argc == 3:
         client_reply(core, c, r, av)
+    elif arg_is(av, 1, b"tracking") and av.argc >= 3:
+        route_client_tracking(core, c, r, av)
+    elif arg_is(av, 1, b"caching") and av.argc == 3:
+        route_client_caching(core, c, r, av)
+    elif arg_is(av, 1, b"getredir") and av.argc == 2:
+        route_client_getredir(core, c, r)
+    elif arg_is(av, 1, b"trackinginfo") and av.argc == 2:
+        route_client_trackinginfo(core, c, r)
     elif arg_is(av, 1, b"tracking") or arg_is(av, 1, b"caching") or arg_is(av, 1, b"getredir") \
-            or arg_is(av, 1, b"trackinginfo") or arg_is(av, 1, b"pause") \
-            or arg_is(av, 1, b"unpause"):
+            or arg_is(av, 1, b"trackinginfo") or arg_is(av, 1, b"reply"):
+        buf_clear(out)
+        buf_append_str(out, b"-ERR wrong number of arguments for 'client|")
+        buf_append(out, av.argv[1], av.argl[1])
+        buf_append_str(out, b"' command\r\n")
+        req_write(core, r, buf_head(out), buf_len(out))
+    elif arg_is(av, 1, b"pause") or arg_is(av, 1, b"unpause"):
         buf_clear(out)
         buf_append_str(out, b"-ERR CLIENT ")
         buf_append(out, av.argv[1], av.argl[1] if av.argl[1] < 32 else 32)

@@ -148,6 +148,11 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if c.flags & CF_PUBSUB and cmd != NULL and (cmd.local == LOCAL_RESET or cmd.local == LOCAL_QUIT) \
             and not subscriber_synced(core, c):
         return False        # answered after the frames still owed on the subscriber connection
+    if cmd != NULL and cmd.local == LOCAL_CLIENT and c.head != NULL and av.argc > 2 \
+            and not (c.flags & CF_MULTI) and arg_is(av, 1, b"tracking"):
+        # Its later requests take other shard connections: the ones before it are answered first.
+        c.flags |= CF_WAIT_DRAIN
+        return False
     if cmd != NULL and cmd.route == ROUTE_WAIT and c.head != NULL and not (c.flags & CF_MULTI):
         # WAIT counts acknowledgements of what the shards answered before it: its client's
         # earlier requests are answered first.
@@ -168,6 +173,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if core.nactive == 0:
         req_write_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
         return True
+    if c.flags & CF_TRACKING and cmd != NULL:
+        tracking_command(core, c, cmd, av)
     if cmd == NULL and c.flags & CF_MULTI:
         route_multi_queued(core, c, r, cmd, av)
         return True
