@@ -245,3 +245,14 @@ def test_auth_inside_multi_is_refused_and_changes_no_shared_connection(db, ports
     for k in db.keys_on_every_shard("shared"):
         assert c.call("SET", k, "v") == b"OK"
     assert c.call("ACL", "WHOAMI") == b"default"
+
+
+def test_default_mode_tracking_is_refused_to_a_user_bcast_is_not(db, ports, conns):
+    """A documented difference: a user's reads run on its own connections, which the shards do
+    not track for the proxy."""
+    setuser(conns(db.port), "alice", "on", ">pw", "~*", "&*", "+@all")
+    c = conns(db.port)
+    assert c.call("HELLO", "3", "AUTH", "alice", "pw")[b"proto"] == 3
+    refused = c.call("CLIENT", "TRACKING", "on")
+    assert isinstance(refused, Error) and b"BCAST" in refused
+    assert c.call("CLIENT", "TRACKING", "on", "BCAST") == b"OK"
