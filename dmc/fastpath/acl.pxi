@@ -189,6 +189,7 @@ cdef void backend_hold_for_auth(Backend *b, size_t hold, int replies_before) noe
     b.authing = True
     b.auth_hold = hold
     b.auth_before = replies_before
+    b.skip_replies = 1      # so that backend_recv looks at `authing` (only then)
 
 
 cdef int acl_auth_reply(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:

@@ -227,11 +227,14 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             backend_fail(core, b, b"protocol error from")
             return
         if b.skip_replies > 0:
-            b.skip_replies -= 1     # the HELLO 3 sent when it connected
-            buf_consume(&b.rbuf, flen)
-            continue
-        if b.authing:
+            if not b.authing:
+                b.skip_replies -= 1     # the HELLO 3 sent when it connected
+                buf_consume(&b.rbuf, flen)
+                continue
+            # Authenticating as an ACL user (acl.pxi): its HELLO ... AUTH's reply, or one due
+            # before it (handled as any reply).
             if b.auth_before == 0:
+                b.skip_replies = 0
                 if acl_auth_reply(core, b, buf_head(&b.rbuf), flen) < 0:
                     return
                 buf_consume(&b.rbuf, flen)
