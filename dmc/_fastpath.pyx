@@ -31,6 +31,9 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
 
+Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
+runs on: its clients, backends, request free list, counters).
+
 There is no mutable state at module level: everything a Proxy changes is in its own Core (its
 PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
 the module is loaded), so several Proxies can run their loops in threads of one process at once,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import hiredis
 
 from dmc import _fastpath
+from dmc.resp import encode_commands
 
 # Answered by the proxy itself: they are about the connection, not the data.
 LOCAL_COMMANDS = {"ping", "echo", "quit", "select", "hello", "multi", "exec", "discard", "watch",
@@ -300,9 +301,7 @@ def ask_shard(host: str, port: int, *commands: list[bytes], timeout: float = 2.0
     reader = hiredis.Reader()
     replies = []
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(b"".join(
-            b"*%d\r\n" % len(cmd) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in cmd)
-            for cmd in commands))
+        sock.sendall(encode_commands(commands))
         while len(replies) < len(commands):
             data = sock.recv(1 << 20)
             if not data:
