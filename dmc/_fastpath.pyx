@@ -16,6 +16,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     slot          CRC16 hash slots
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
+      acl           ACL users: AUTH user pass checked on a shard, each user's own shard
+                    connections (its rights enforced by Redis), ACL ... to every shard
       transaction   MULTI ... EXEC, WATCH
       sort          SORT's BY / GET patterns: allowed only within the sorted key's slot
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
@@ -59,6 +61,7 @@ include "fastpath/sort.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
+include "fastpath/acl.pxi"
 include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
@@ -87,7 +90,7 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
-          "monitor": LOCAL_MONITOR}
+          "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL}
 PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
@@ -293,6 +296,7 @@ cdef class Proxy:
         cdef Request *r
         # Client structs and in-flight requests are reclaimed with the process; close sockets.
         if self.core.shards != NULL:
+            acl_close(&self.core, False)
             for i in range(self.core.nshards):
                 for j in range(self.core.shards[i].nconns):
                     b = &self.core.shards[i].conns[j]

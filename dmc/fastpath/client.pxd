@@ -57,6 +57,7 @@ cdef struct Client:
     Client *next_dirty
     Client *next_closed
     Client *next_monitor
+    User *user              # the ACL user it authenticated as (acl.pxi); NULL: `default`
     int tflags              # CF_TRACKING: TF_* (tracking.pxd)
     int track_slot          # its slot in the tracking registry (0: none)
     unsigned long long track_redirect   # CLIENT TRACKING ... REDIRECT: that client's id (0: none)

@@ -88,6 +88,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     c.written_more = NULL
     buf_free(&c.multi_cmds)
     buf_free(&c.name)
+    client_set_user(core, c, NULL)
     if c.prev != NULL:
         c.prev.next = c.next
     else:

@@ -34,6 +34,8 @@ cdef struct Request:
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
     Sequence *seq           # a multi-key command carried out in single-shard steps (sequential.pxi)
+    int acl_name_len        # AUTH user pass being checked: the user name's length in `command`
+    long long acl_arg       #   HELLO's protocol (0: none asked); ACL LOG: its count
 
 
 cdef Request *req_alloc(Core *core) noexcept nogil

@@ -350,7 +350,9 @@ cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept 
     r.resolving = True
     r.pending = 1
     c.flags |= CF_RESOLVING
-    frag_send(core, default_shard(core), &r.frag0, buf_head(sub), buf_len(sub))
+    # The proxy's own question: on its own connections, whatever the client's ACL user.
+    frag_send_on(core, shard_backend(core, default_shard(core), c.proto), &r.frag0, buf_head(sub),
+                 buf_len(sub))
 
 
 cdef void route_getkeys_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
