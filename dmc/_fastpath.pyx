@@ -11,7 +11,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     loop          one turn of the epoll loop (loop_once); pause, resume, close
     client        accepted, read (client_recv), cut into requests (req_parse)
     resp          the parser (parse_request; reply_frame for replies)
-    commands      the command table: lookup, key positions, routing policy
+    commands      the command table: lookup, key positions, routing policy, command class
+    counters      the endpoint's counters (requests, latency, bytes ...), read by stats()
     slot          CRC16 hash slots
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
@@ -36,6 +37,7 @@ include "fastpath/buffer.pxi"
 include "fastpath/resp.pxi"
 include "fastpath/slot.pxi"
 include "fastpath/commands.pxi"
+include "fastpath/counters.pxi"
 include "fastpath/loop.pxi"
 include "fastpath/client.pxi"
 include "fastpath/route.pxi"
@@ -70,6 +72,7 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
           "monitor": LOCAL_MONITOR}
+COMMAND_CLASSES = {"read": CLASS_READ, "write": CLASS_WRITE, "other": CLASS_OTHER}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
@@ -237,6 +240,7 @@ cdef class Proxy:
         cdef socklen_t local_len = sizeof(local)
         if getsockname(listen_fd, <sockaddr *>&local, &local_len) == 0:
             format_address(&local, self.core.listen_addr)
+        counters_init(&self.core, ntohs(local.sin_port))
         cdef epoll_event ev
         ev.events = EPOLLIN
         ev.data.ptr = &self.core.listener
@@ -494,4 +498,5 @@ cdef class Proxy:
             "rejected_connections": self.core.rejected_connections,
             "shards": shards,
             "commands": self.table.counters(),
+            "counters": counters_dict(&self.core),
         }

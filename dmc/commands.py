@@ -89,6 +89,7 @@ class CommandEntry:
     writes: bool = False
     unmonitored: bool = False
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
+    cls: str = "other"              # counted as: "read", "write" or "other" (command_class)
 
 
 def _pairs(flat):
@@ -137,6 +138,17 @@ def config_set_policy(known: list[str] | None) -> tuple:
     return (2, 2, not known, CONFIG_SET_REFUSAL, names)
 
 
+def command_class(flags: set[str]) -> str:
+    """The class the endpoint's counters count a command in, from its COMMAND flags: `write`
+    (SET, DEL, EVAL ...) before `readonly` (GET, EVAL_RO ...), everything else `other`
+    (PING, INFO, SUBSCRIBE ...), as Redis Enterprise's read/write/other requests."""
+    if "write" in flags:
+        return "write"
+    if "readonly" in flags:
+        return "read"
+    return "other"
+
+
 def _entry(row, container: str | None = None, config_params: list[str] | None = None) -> CommandEntry:
     name = row[0].decode().lower()
     arity = int(row[1])
@@ -146,6 +158,7 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     # What WAIT waits for: commands that change data or replicate (scripts, PUBLISH...), and
     # EXEC, whose queued commands do.
     entry.writes = bool(flags & {"write", "may_replicate"}) or name == "exec"
+    entry.cls = command_class(flags)
     # Redis shows MONITOR every command but the administrative ones.
     entry.unmonitored = bool(flags & {"admin", "skip_monitor"})
     incomplete = False
@@ -229,7 +242,7 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     for e in entries:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
-                  e.params, e.writes, e.unmonitored)
+                  e.params, e.writes, e.unmonitored, _fastpath.COMMAND_CLASSES[e.cls])
     return table
 
 

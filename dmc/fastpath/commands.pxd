@@ -128,6 +128,7 @@ cdef struct CommandInfo:
     unsigned long long calls
     unsigned long long errors
     unsigned long long usec
+    int cls                     # CLASS_READ, CLASS_WRITE or CLASS_OTHER (counters.pxd)
 
 
 cdef enum:

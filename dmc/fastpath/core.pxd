@@ -81,3 +81,4 @@ cdef struct Core:
     Request *free_requests      # requests to reuse (req_get), linked by `next`
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
+    Counters counters           # what the endpoint was asked and answered (counters.pxd)

@@ -35,6 +35,7 @@ cdef Request *req_get(Core *core, Client *c, CommandInfo *cmd) noexcept nogil:
     r.client = c
     r.cmd = cmd
     r.started_us = core.now_us
+    count_request(core, cmd)
     if c.tail == NULL:
         c.head = r
     else:
@@ -115,20 +116,24 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
         waiters_close(core, waited)
 
 
-cdef void req_account(Request *r, const char *reply, long long now_us) noexcept nogil:
+cdef void req_account(Core *core, Request *r, const char *reply, long long now_us) noexcept nogil:
     cdef CommandInfo *cmd = r.cmd
+    cdef long long us = now_us - r.started_us
     if cmd != NULL:
         cmd.calls += 1
-        cmd.usec += <unsigned long long>(now_us - r.started_us)
+        cmd.usec += <unsigned long long>us
         if reply_is_error(reply):
             cmd.errors += 1
+        count_answer(core, cmd, reply, us, cmd.route != ROUTE_BLOCKING and cmd.route != ROUTE_WAIT)
+    else:
+        count_answer(core, cmd, reply, us, True)
 
 
 cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """The whole answer of r is known: write it now if r heads its client's queue, else keep it
     until the requests before it are answered."""
     cdef Client *c = r.client
-    req_account(r, reply, core.now_us)
+    req_account(core, r, reply, core.now_us)
     if c == NULL:
         req_put(core, r)
         return
