@@ -23,7 +23,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
-    coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
+    coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
 
@@ -51,6 +51,7 @@ include "fastpath/pubsub.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/coalesce.pxi"
+include "fastpath/info.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 

@@ -349,7 +349,6 @@ def info_fields(text: bytes) -> dict[str, str]:
     return out
 
 
-@NOT_YET
 def test_info_keyspace_has_one_db0_line_with_the_summed_keys(db, ports, conns):
     keys = db.keys_on_every_shard("ks") + db.keys_on_every_shard("ks2")
 
@@ -364,7 +363,6 @@ def test_info_keyspace_has_one_db0_line_with_the_summed_keys(db, ports, conns):
     assert got == want == [f"db0:keys={len(keys)},expires={len(keys) // 2}"]
 
 
-@NOT_YET
 def test_info_clients_counts_the_endpoints_clients(ports, conns):
     def run(port):
         first = conns(port)
@@ -379,7 +377,6 @@ def test_info_clients_counts_the_endpoints_clients(ports, conns):
     assert got == want == (4, True)
 
 
-@NOT_YET
 def test_info_stats_count_the_endpoints_commands_and_connections(db, ports, conns):
     keys = db.keys_on_every_shard("st")
 

@@ -163,6 +163,11 @@ cdef int pubsub_clients(Core *core) noexcept nogil:
     return n
 
 
+cdef int tracking_clients(Core *core) noexcept nogil:
+    """Clients with CLIENT TRACKING on: none until the proxy serves CLIENT TRACKING."""
+    return 0
+
+
 LATENCY_BUCKETS_US = [DMC_LATENCY_BOUNDS_US[i] for i in range(LATENCY_BUCKETS - 1)]
 CLASSES = ("read", "write", "other")
 

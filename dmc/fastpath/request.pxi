@@ -101,7 +101,7 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
     if r.merge == MERGE_SCAN:
         route_scan_answered(core, r, reply, n)
         return
-    if r.nfrags == 1:
+    if r.nfrags == 1 and r.merge != MERGE_INFO:     # INFO of one shard: its own fields too
         req_write(core, r, reply, n)
     else:
         buf_append(&f.reply, reply, n)
