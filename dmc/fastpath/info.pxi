@@ -357,7 +357,9 @@ cdef void merge_subfields(Buf *out, int section, InfoLine **match, int n) noexce
             if section == S_LATENCYSTATS:
                 acc = d if d > acc else acc             # percentiles: the slowest shard's
             elif section == S_KEYSPACE and name_is(key, klen, b"avg_ttl"):
-                weight = subfield_number(match[i], b"expires")
+                # Weighted by the keys it is the average of; a shard that has not estimated
+                # it yet (0) does not count.
+                weight = subfield_number(match[i], b"expires") if d > 0 else 0
                 acc += d * weight
                 total_weight += weight
             else:
