@@ -10,7 +10,8 @@
     node_wd        PINGs the node's shards: shard_health; on the master, the HA policy:
                    shard_failover actions, replica moves and restart_after in `shards`
     dmcproxy       every database's endpoint on the node (control/node_proxy.py, dmc/):
-                   proxy_ack:<bdb>
+                   proxy_ack:<bdb>; the endpoints' stats on run/dmcproxy.sock, for the node's
+                   own services (control/proxy_stats.py reads them)
     cnm_exec       on the master, runs `actions` with control/machines/: bdbs, shards,
                    bdb_map:<bdb>, actions, bdb_lock:<bdb> (released), cluster:counters
     cnm_http       the REST API: a new bdbs record, actions with their bdb_lock:<bdb>,
