@@ -6,6 +6,7 @@ talks to it in raw RESP (tests/replies.py), so that nothing is sent but what the
 
 from __future__ import annotations
 
+import bisect
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from waiting import wait_until
 from control.node import NodeConfig
 from control.node_proxy import NodeProxy
 from control.proxy_stats import read_proxy_stats
-from dmc._fastpath import slot_of
+from dmc._fastpath import LATENCY_BUCKETS_US, latency_bucket, slot_of
 from dmc.endpoint import Endpoint
 from dmc.local import start_redis_on_free_port, stop_process
 from dmc.shard_map import ShardMap
@@ -128,6 +129,13 @@ def test_stats_counters_keep_the_contract_every_value_an_int(endpoint):
     for key in CONTRACT - {"latency_buckets_us", "latency_histogram", "uptime_s"}:
         assert type(c[key]) is int, key
     assert isinstance(c["uptime_s"], float) and c["uptime_s"] >= 0
+
+
+def test_latency_bucket_is_the_first_bound_not_below_the_latency():
+    bounds = LATENCY_BUCKETS_US
+    values = {0, 1, 2**62} | {b + d for b in bounds for d in (-1, 0, 1)} | set(range(0, 3000, 7))
+    for us in values:
+        assert latency_bucket(us) == bisect.bisect_left(bounds, us), us
 
 
 # --------------------------------------------------------------------------- requests, latency

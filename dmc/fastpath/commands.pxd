@@ -129,6 +129,7 @@ cdef struct CommandInfo:
     unsigned long long errors
     unsigned long long usec
     int cls                     # CLASS_READ, CLASS_WRITE or CLASS_OTHER (counters.pxd)
+    bint timed                  # its latency is counted (not for BLPOP & co., WAIT: counters.pxi)
 
 
 cdef enum:

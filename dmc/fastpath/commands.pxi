@@ -157,6 +157,7 @@ cdef class CommandTable:
         if not 0 <= cls < NCLASSES:
             raise ValueError("not a command class: %d" % cls)
         e.cls = cls
+        e.timed = route != ROUTE_BLOCKING and route != ROUTE_WAIT
         for spec in specs[:MAX_KEY_SPECS]:
             ks = &e.specs[e.nspecs]
             ks.bs_type, ks.bs_index, kw, ks.fk_type, ks.fk_a, ks.fk_b, ks.fk_c = spec

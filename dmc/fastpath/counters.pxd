@@ -21,6 +21,7 @@ cdef struct RateSampler:
 
 cdef struct Counters:
     unsigned long long req[NCLASSES]        # requests parsed, by class
+    unsigned long long requests             #   and in all
     unsigned long long res[NCLASSES]        # answers written, by class
     unsigned long long latency_us[NCLASSES] # sum of the timed answers' latencies
     unsigned long long histogram[NCLASSES * LATENCY_BUCKETS]   # timed answers by latency bucket

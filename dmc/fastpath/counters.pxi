@@ -18,13 +18,27 @@
 
 cdef extern from *:
     """
+    #include <limits.h>
     /* Upper bounds (inclusive, microseconds) of the latency buckets, log-spaced 1-2-5; the
        last bucket, past 1 s, is +Inf. */
-    static const long long DMC_LATENCY_BOUNDS_US[14] = {
+    static const long long DMC_LATENCY_BOUNDS_US[15] = {
         50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000,
-        1000000};
+        1000000, LLONG_MAX};
+    /* The bucket of the smallest value of each bit length: bounds are at least 2x apart, so
+       the values of one bit length span at most two buckets, and one comparison decides. */
+    static const unsigned char DMC_LATENCY_BUCKET_OF_BITS[65] = {
+        0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 11, 12, 13, 14, 14, 14, 14, 14,
+        14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14,
+        14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14, 14};
+    static inline int dmc_latency_bucket(long long us) {
+        int b;
+        if (us <= 0) return 0;
+        b = DMC_LATENCY_BUCKET_OF_BITS[64 - __builtin_clzll((unsigned long long)us)];
+        return b + (us > DMC_LATENCY_BOUNDS_US[b]);
+    }
     """
-    const long long DMC_LATENCY_BOUNDS_US[14]
+    const long long DMC_LATENCY_BOUNDS_US[15]
+    int dmc_latency_bucket(long long us) nogil
 
 cdef extern from "unistd.h":
     int getpid() nogil
@@ -45,11 +59,9 @@ cdef extern from "sys/resource.h":
     int getrusage(int who, rusage *usage) nogil
 
 
-cdef inline int latency_bucket(long long us) noexcept nogil:
-    cdef int i = 0
-    while i < LATENCY_BUCKETS - 1 and us > DMC_LATENCY_BOUNDS_US[i]:
-        i += 1
-    return i
+def latency_bucket(long long us):
+    """The histogram bucket of a latency in microseconds (for tests and tools)."""
+    return dmc_latency_bucket(us)
 
 
 cdef inline int command_class(CommandInfo *cmd) noexcept nogil:
@@ -58,23 +70,24 @@ cdef inline int command_class(CommandInfo *cmd) noexcept nogil:
 
 cdef inline void count_request(Core *core, CommandInfo *cmd) noexcept nogil:
     core.counters.req[command_class(cmd)] += 1
+    core.counters.requests += 1
 
 
-cdef inline void count_answer(Core *core, CommandInfo *cmd, const char *reply, long long us,
+cdef inline void count_answer(Core *core, int k, bint error, const char *reply, long long us,
                               bint timed) noexcept nogil:
-    cdef int k = command_class(cmd)
+    """An answer of class k written; error: reply_is_error(reply)."""
     core.counters.res[k] += 1
-    if reply_is_error(reply):
+    if error:
         core.counters.errors += 1
         if memcmp(reply, b"-WRONGPASS", 10) == 0:
             core.counters.auth_failures += 1     # AUTH or HELLO AUTH refused, whoever refused it
     if timed:
         core.counters.latency_us[k] += <unsigned long long>us
-        core.counters.histogram[k * LATENCY_BUCKETS + latency_bucket(us)] += 1
+        core.counters.histogram[k * LATENCY_BUCKETS + dmc_latency_bucket(us)] += 1
 
 
 cdef inline unsigned long long requests_total(Core *core) noexcept nogil:
-    return core.counters.req[0] + core.counters.req[1] + core.counters.req[2]
+    return core.counters.requests
 
 
 cdef inline void count_pipeline(Core *core, unsigned long long before) noexcept nogil:

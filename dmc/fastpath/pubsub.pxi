@@ -84,7 +84,7 @@ cdef bint route_subscriber(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) 
     c.flags |= CF_PUBSUB
     # Counted, not timed: its answer is among the frames the connection passes through.
     count_request(core, cmd)
-    count_answer(core, cmd, b"", 0, False)
+    count_answer(core, command_class(cmd), False, b"", 0, False)
     subscriber_send(core, b, av.wire, av.wire_len, cmd != NULL and cmd.route == ROUTE_SUBSCRIBE)
     return True
 

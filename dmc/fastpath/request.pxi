@@ -119,14 +119,14 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
 cdef void req_account(Core *core, Request *r, const char *reply, long long now_us) noexcept nogil:
     cdef CommandInfo *cmd = r.cmd
     cdef long long us = now_us - r.started_us
+    cdef bint error = reply_is_error(reply)
     if cmd != NULL:
         cmd.calls += 1
         cmd.usec += <unsigned long long>us
-        if reply_is_error(reply):
-            cmd.errors += 1
-        count_answer(core, cmd, reply, us, cmd.route != ROUTE_BLOCKING and cmd.route != ROUTE_WAIT)
+        cmd.errors += error
+        count_answer(core, cmd.cls, error, reply, us, cmd.timed)
     else:
-        count_answer(core, cmd, reply, us, True)
+        count_answer(core, CLASS_OTHER, error, reply, us, True)
 
 
 cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
