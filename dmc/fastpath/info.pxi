@@ -94,7 +94,8 @@ cdef int field_policy(int s, const char *p, int n) noexcept nogil:
     if s == S_CLIENTS:
         if name_is(p, n, b"blocked_clients") or name_is(p, n, b"clients_in_timeout_table"):
             # Counted where the wait is: a client is blocked once its shard holds it, so a
-            # test that waits on blocked_clients and then pushes is never early.
+            # test that waits on blocked_clients and then pushes is never early
+            # (blocked_clients: at most the endpoint's own, see merge_field).
             return P_SUM
         return P_MAX
     if s == S_REPLICATION:
@@ -444,7 +445,12 @@ cdef void merge_field(Core *core, Buf *out, InfoText *texts, int ntexts, InfoLin
         elif best < 0 or (policy == P_MAX and d > best_v) or (policy == P_MIN and d < best_v):
             best = i
             best_v = d
-    if policy == P_SUM and numeric:
+    if policy == P_SUM and numeric and section == S_CLIENTS and name_is(name, nlen, b"blocked_clients"):
+        # The endpoint's clients the shards hold blocked: no more than the proxy has waiting
+        # (a shard may not have seen yet that a client left), none the shard does not hold yet.
+        n = blocked_clients(core)
+        append_number(out, acc if acc < n else n, True)
+    elif policy == P_SUM and numeric:
         append_number(out, acc, all_integral)
     elif best >= 0:
         buf_append(out, match[best].value, match[best].value_len)
