@@ -395,3 +395,17 @@ def test_info_stats_count_the_endpoints_commands_and_connections(db, ports, conn
     want, got = on_both(ports, run)
     # the first INFO, the GETs, the PINGs; the second connection's PING; one connection
     assert got == want == (1 + len(keys) * 5 + 10 + 1, 1)
+
+
+@pytest.mark.parametrize("args", [(), ("default",), ("all",), ("everything",), ("server",),
+                                  ("clients", "keyspace"), ("CPU", "stats"), ("commandstats",),
+                                  ("nosuchsection",)])
+def test_info_selects_the_sections_redis_does(ports, conns, args):
+    def run(port):
+        c = conns(port)
+        c.call("SET", "k", "v")
+        text = c.call("INFO", *args).decode()
+        return [line for line in text.splitlines() if line.startswith("#")]
+
+    want, got = on_both(ports, run)
+    assert got == want
