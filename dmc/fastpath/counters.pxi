@@ -177,8 +177,14 @@ cdef int pubsub_clients(Core *core) noexcept nogil:
 
 
 cdef int tracking_clients(Core *core) noexcept nogil:
-    """Clients with CLIENT TRACKING on: none until the proxy serves CLIENT TRACKING."""
-    return 0
+    """Clients with CLIENT TRACKING on."""
+    cdef int n = 0
+    cdef Client *c = core.all_clients
+    while c != NULL:
+        if c.flags & CF_TRACKING:
+            n += 1
+        c = c.next
+    return n
 
 
 LATENCY_BUCKETS_US = [DMC_LATENCY_BOUNDS_US[i] for i in range(LATENCY_BUCKETS - 1)]

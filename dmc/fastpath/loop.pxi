@@ -116,6 +116,9 @@ cdef void core_close(Core *core) noexcept nogil:
     for i in range(core.nshards):
         core.shards[i].active = False
         relay_close(core, i)
+        control_close(core, i)
+    tracking_close(core)
+    for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.fd >= 0:
@@ -156,6 +159,8 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
         counters_sample(core)
     if n < 0:
         return -1
+    if core.tracking != NULL:
+        tracking_read_first(core, events, n)
     for i in range(n):
         ptr = events[i].data.ptr
         ev = events[i].events
