@@ -551,3 +551,15 @@ def test_info_selects_the_sections_redis_does(ports, conns, args):
 
     want, got = on_both(ports, run)
     assert got == want
+
+
+def test_info_tracking_clients_counts_the_clients_tracking(ports, conns):
+    def run(port):
+        c = conns(port, resp3=True)
+        before = int(info_fields(c.call("INFO", "clients"))["tracking_clients"])
+        assert c.call("CLIENT", "TRACKING", "on") == b"OK"
+        after = int(info_fields(c.call("INFO", "clients"))["tracking_clients"])
+        return after - before
+
+    want, got = on_both(ports, run)
+    assert got == want == 1
