@@ -11,7 +11,8 @@ writes (control/CCS.md has the values; only the master node's copy is writable).
                       shard_failover actions (with their bdb_lock:<bdb>), replica moves and
                       restart_after in `shards`
     dmcproxy          every database's endpoint on the node (control/node_proxy.py, dmc/):
-                      proxy_ack:<bdb>
+                      proxy_ack:<bdb>; the endpoints' stats on run/dmcproxy.sock, for the
+                      node's own services (control/proxy_stats.py reads them)
     cnm_exec          on the master, runs `actions` with control/machines/: bdbs, shards,
                       bdb_map:<bdb>, actions, bdb_lock:<bdb>, cluster:counters; a deleted
                       database's proxy_ack:<bdb>, shard_state and shard_health fields

@@ -121,6 +121,11 @@ class NodeConfig:
     def lease_file(self) -> Path:
         return self.run_dir / "lease.json"
 
+    @property
+    def proxy_stats_sock(self) -> Path:
+        """The node's dmcproxy serves its endpoints' stats here (control/proxy_stats.py)."""
+        return self.run_dir / "dmcproxy.sock"
+
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,

@@ -24,6 +24,12 @@ database's port. A Trio task per database follows CCS:
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
 serves its databases again before CCS answers.
+
+Local interfaces: `run/dmcproxy.sock` (NodeConfig.proxy_stats_sock), a unix socket for the
+node's own services (metrics_exporter, stats_archiver, alert_mgr). A client sends one line,
+`STATS\n`; the reply is one JSON object, `{"<bdb uid>": Endpoint.stats(), ...}` for every
+endpoint served now (its "counters" as README's "Counters" describes them), then the socket is
+closed. Anything else is answered `{"error": "..."}`. control/proxy_stats.py is its client.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
+STATS_REQUEST = b"STATS\n"
+STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
 
 
@@ -67,6 +75,7 @@ class NodeProxy:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.session.watch)
+                await nursery.start(self._serve_stats)
                 while True:
                     try:
                         for uid in await schema.bdbs(await self.session.local()):
@@ -96,6 +105,50 @@ class NodeProxy:
                                     msgspec.convert(cached["map"], schema.BdbMap))
             except (OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
                 log.warning("cached map %s not served: %s", path.name, exc)
+
+    # ---- local interfaces ----------------------------------------------------------------
+
+    async def _serve_stats(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        path = self.config.proxy_stats_sock
+        path.unlink(missing_ok=True)
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        try:
+            task_status.started()
+            await trio.serve_listeners(self._answer_stats, [listener])
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _answer_stats(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            with trio.move_on_after(STATS_TIMEOUT):
+                while b"\n" not in request and len(request) < 64:
+                    chunk = await stream.receive_some(64)
+                    if not chunk:
+                        break
+                    request += chunk
+            if request.strip().upper() != STATS_REQUEST.strip():
+                reply = {"error": f"unknown request {request[:32]!r}: send STATS"}
+            else:
+                reply = await self.endpoint_stats()
+            try:
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+            except trio.BrokenResourceError:
+                pass
+
+    async def endpoint_stats(self) -> dict[str, dict]:
+        """{bdb uid (str): Endpoint.stats()} of the endpoints served now; each is read on its
+        endpoint's own thread between two turns of its loop."""
+        out = {}
+        for uid, endpoint in list(self.endpoints.items()):
+            try:
+                out[str(uid)] = await trio.to_thread.run_sync(endpoint.stats, STATS_TIMEOUT)
+            except (EndpointStopped, TimeoutError):
+                continue        # closed or re-opened meanwhile: not served now
+        return out
 
     # ---- one database ------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     client        accepted, read (client_recv), cut into requests (req_parse)
       input_limit   client-query-buffer-limit, and the process's input budget
     resp          the parser (parse_request; reply_frame for replies)
-    commands      the command table: lookup, key positions, routing policy
+    commands      the command table: lookup, key positions, routing policy, command class
+    counters      the endpoint's counters (requests, latency, bytes ...), read by stats()
     slot          CRC16 hash slots
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
@@ -30,7 +31,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
       busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
-    coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
+    coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
 
@@ -49,6 +50,7 @@ include "fastpath/buffer.pxi"
 include "fastpath/resp.pxi"
 include "fastpath/slot.pxi"
 include "fastpath/commands.pxi"
+include "fastpath/counters.pxi"
 include "fastpath/loop.pxi"
 include "fastpath/client.pxi"
 include "fastpath/input_limit.pxi"
@@ -67,6 +69,7 @@ include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
+include "fastpath/info.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
@@ -91,6 +94,7 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
           "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL}
+COMMAND_CLASSES = {"read": CLASS_READ, "write": CLASS_WRITE, "other": CLASS_OTHER}
 PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
@@ -276,6 +280,7 @@ cdef class Proxy:
         cdef socklen_t local_len = sizeof(local)
         if getsockname(listen_fd, <sockaddr *>&local, &local_len) == 0:
             format_address(&local, self.core.listen_addr)
+        counters_init(&self.core, ntohs(local.sin_port))
         cdef epoll_event ev
         ev.events = EPOLLIN
         ev.data.ptr = &self.core.listener
@@ -561,4 +566,5 @@ cdef class Proxy:
             "evicted_clients": self.core.evicted_clients,
             "shards": shards,
             "commands": self.table.counters(),
+            "counters": counters_dict(&self.core),
         }

@@ -121,6 +121,7 @@ class CommandEntry:
     unmonitored: bool = False
     tracks_reads: bool = False      # a tracking client's read: its keys are remembered (CLIENT TRACKING)
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
+    cls: str = "other"              # counted as: "read", "write" or "other" (command_class)
 
 
 def _pairs(flat):
@@ -182,6 +183,17 @@ def config_set_policy(known: list[str] | dict[str, str] | None) -> tuple:
     return (2, 2, not known, CONFIG_SET_REFUSAL, names)
 
 
+def command_class(flags: set[str]) -> str:
+    """The class the endpoint's counters count a command in, from its COMMAND flags: `write`
+    (SET, DEL, EVAL ...) before `readonly` (GET, EVAL_RO ...), everything else `other`
+    (PING, INFO, SUBSCRIBE ...), as Redis Enterprise's read/write/other requests."""
+    if "write" in flags:
+        return "write"
+    if "readonly" in flags:
+        return "read"
+    return "other"
+
+
 def _entry(row, container: str | None = None,
            config_params: list[str] | dict[str, str] | None = None) -> CommandEntry:
     name = row[0].decode().lower()
@@ -192,6 +204,7 @@ def _entry(row, container: str | None = None,
     # What WAIT waits for: commands that change data or replicate (scripts, PUBLISH...), and
     # EXEC, whose queued commands do.
     entry.writes = bool(flags & {"write", "may_replicate"}) or name == "exec"
+    entry.cls = command_class(flags)
     # Redis shows MONITOR every command but the administrative ones.
     entry.unmonitored = bool(flags & {"admin", "skip_monitor"})
     # What CLIENT TRACKING remembers for a client: read-only commands' keys, and scripts' (the
@@ -292,7 +305,8 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     for e in entries:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
-                  e.params, e.writes, e.unmonitored, e.tracks_reads)
+                  e.params, e.writes, e.unmonitored, e.tracks_reads,
+                  _fastpath.COMMAND_CLASSES[e.cls])
     return table
 
 

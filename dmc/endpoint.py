@@ -149,5 +149,7 @@ class Endpoint:
             time.sleep(0.001)
         return True
 
-    def stats(self) -> dict:
-        return self.call(lambda p: p.stats())
+    def stats(self, timeout: float | None = None) -> dict:
+        """The proxy's stats (dmc._fastpath.Proxy.stats), read between two turns of its loop;
+        its "counters" are the endpoint's (README's "Counters")."""
+        return self.call(lambda p: p.stats(), timeout)

@@ -468,7 +468,6 @@ def info_fields(text: bytes) -> dict[str, str]:
     return out
 
 
-@NOT_YET
 def test_info_keyspace_has_one_db0_line_with_the_summed_keys(db, ports, conns):
     keys = db.keys_on_every_shard("ks") + db.keys_on_every_shard("ks2")
 
@@ -483,7 +482,6 @@ def test_info_keyspace_has_one_db0_line_with_the_summed_keys(db, ports, conns):
     assert got == want == [f"db0:keys={len(keys)},expires={len(keys) // 2}"]
 
 
-@NOT_YET
 def test_info_clients_counts_the_endpoints_clients(ports, conns):
     def run(port):
         first = conns(port)
@@ -498,7 +496,6 @@ def test_info_clients_counts_the_endpoints_clients(ports, conns):
     assert got == want == (4, True)
 
 
-@NOT_YET
 def test_info_stats_count_the_endpoints_commands_and_connections(db, ports, conns):
     keys = db.keys_on_every_shard("st")
 
@@ -517,3 +514,29 @@ def test_info_stats_count_the_endpoints_commands_and_connections(db, ports, conn
     want, got = on_both(ports, run)
     # the first INFO, the GETs, the PINGs; the second connection's PING; one connection
     assert got == want == (1 + len(keys) * 5 + 10 + 1, 1)
+
+
+@pytest.mark.parametrize("args", [(), ("default",), ("all",), ("everything",), ("server",),
+                                  ("clients", "keyspace"), ("CPU", "stats"), ("commandstats",),
+                                  ("nosuchsection",)])
+def test_info_selects_the_sections_redis_does(ports, conns, args):
+    def run(port):
+        c = conns(port)
+        c.call("SET", "k", "v")
+        text = c.call("INFO", *args).decode()
+        return [line for line in text.splitlines() if line.startswith("#")]
+
+    want, got = on_both(ports, run)
+    assert got == want
+
+
+def test_info_tracking_clients_counts_the_clients_tracking(ports, conns):
+    def run(port):
+        c = conns(port, resp3=True)
+        before = int(info_fields(c.call("INFO", "clients"))["tracking_clients"])
+        assert c.call("CLIENT", "TRACKING", "on") == b"OK"
+        after = int(info_fields(c.call("INFO", "clients"))["tracking_clients"])
+        return after - before
+
+    want, got = on_both(ports, run)
+    assert got == want == 1

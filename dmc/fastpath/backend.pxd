@@ -46,6 +46,9 @@ cdef struct Backend:
     bint synced             #   the barrier's reply is in and nothing was sent since
     int subscriptions       #   channels + patterns left, from the last (un)subscribe frame
     int shard_subscriptions #   and sharded channels left (Redis counts them apart)
+    int channels            #   of which channels, patterns and sharded channels (counters.pxi:
+    int patterns            #   count_subscriptions keeps the endpoint's sums)
+    int shard_channels
     Backend *next_waiter    # ROLE_WAITER: the client's next WAIT connection
     bint wants_id           #   its next reply is its CLIENT ID on the shard
     long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known); ROLE_TRACKED: for REDIRECT

@@ -304,6 +304,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
         epoll_want(core, b.fd, b, &b.events, 0)
         close(b.fd)
         b.fd = -1
+    count_subscriptions(core, b, 0, 0, 0)     # the shard forgets them with the connection
     if b.state == BK_UP and b.role == ROLE_SHARED:
         default_shard_changed(core)
     if b.role == ROLE_CONTROL:

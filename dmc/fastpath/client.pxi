@@ -172,6 +172,7 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
     cdef ssize_t n
     cdef Buf chunk
     cdef size_t want
+    cdef unsigned long long before = requests_total(core)
     if buf_len(&c.rbuf) == 0:
         # The common case: read into the shared chunk, keep only a partial request.
         n = recv(c.fd, core.read_chunk, READ_CHUNK, 0)
@@ -184,7 +185,10 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
         chunk.pos = 0
         chunk.end = n
         chunk.cap = READ_CHUNK
+        core.counters.ingress_bytes += <unsigned long long>n
+        core.counters.reads += 1
         req_parse(core, c, &chunk)
+        count_pipeline(core, before)
         if buf_len(&chunk) > 0 and not (c.flags & CF_CLOSED):
             if buf_append(&c.rbuf, buf_head(&chunk), buf_len(&chunk)) < 0:
                 client_close(core, c)
@@ -204,9 +208,12 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
         client_close(core, c)
         return
     c.rbuf.end += n
+    core.counters.ingress_bytes += <unsigned long long>n
+    core.counters.reads += 1
     if not input_account(core, c):      # over its client-query-buffer-limit, or evicted
         return
     req_parse(core, c, &c.rbuf)
+    count_pipeline(core, before)
     if not (c.flags & CF_CLOSED) and buf_len(&c.rbuf) == 0:
         buf_free(&c.rbuf)
     input_account(core, c)
@@ -223,6 +230,7 @@ cdef void client_send(Core *core, Client *c) noexcept nogil:
                 break
             client_close(core, c)
             return
+        core.counters.egress_bytes += <unsigned long long>n
         buf_consume(&c.wbuf, <size_t>n)
     if buf_len(&c.wbuf) > 0:
         epoll_want(core, c.fd, c, &c.events, c.events | EPOLLOUT)

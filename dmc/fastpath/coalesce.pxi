@@ -1,83 +1,7 @@
 # Coalescing: the replies of a request's fragments merged into one answer, by the request's
 # merge (commands.pxi's Merge): the first error, sums and other aggregates, concatenations,
-# MGET's keyed array, RANDOMKEY, INFO; set algebra (coalesce_sets.pxi) and PFCOUNT
+# MGET's keyed array, RANDOMKEY; INFO (info.pxi), set algebra (coalesce_sets.pxi) and PFCOUNT
 # (coalesce_pfcount.pxi) have files of their own.
-
-
-cdef long long info_field(const char *p, const char *end, const char *name) noexcept nogil:
-    """The integer after `name=` in p[0:end] (a keyspace line); 0 when absent."""
-    cdef size_t n = strlen(name)
-    cdef long long v = 0
-    while p + n < end:
-        if memcmp(p, name, n) == 0 and p[n] == c'=':
-            p += n + 1
-            while p < end and c'0' <= p[0] <= c'9':
-                v = v * 10 + (p[0] - c'0')
-                p += 1
-            return v
-        p += 1
-    return 0
-
-
-cdef int coalesce_info(Request *r, Buf *out) noexcept nogil:
-    """INFO from every shard: the first shard's text, with `db0:keys=...,expires=...` summed
-    over all shards (the keyspace a client sees through the proxy)."""
-    cdef long long keys = 0, expires = 0
-    cdef const char *p
-    cdef const char *end
-    cdef const char *line
-    cdef const char *eol
-    cdef const char *body
-    cdef int i
-    cdef char text[128]
-    cdef Buf merged
-    cdef bint have_db0 = False
-    for i in range(r.nfrags):
-        p = buf_head(&r.frags[i].reply)
-        end = p + buf_len(&r.frags[i].reply)
-        line = p
-        while line < end:
-            eol = <const char *>memchr(line, c'\n', end - line)
-            if eol == NULL:
-                break
-            if eol - line > 4 and memcmp(line, b"db0:", 4) == 0:
-                keys += info_field(line, eol, b"keys")
-                expires += info_field(line, eol, b"expires")
-            line = eol + 1
-    # Rebuild the first shard's text, its db0 line replaced (or added under # Keyspace).
-    memset(&merged, 0, sizeof(Buf))
-    p = buf_head(&r.frags[0].reply)
-    end = p + buf_len(&r.frags[0].reply)
-    if p[0] != c'$' and p[0] != c'=':
-        return buf_append(out, p, end - p)
-    body = <const char *>memchr(p, c'\n', end - p) + 1
-    if p[0] == c'=':
-        body += 4                   # verbatim string: skip the `txt:` format
-    line = body
-    end -= 2                        # the bulk's closing CRLF
-    snprintf(text, sizeof(text), b"db0:keys=%lld,expires=%lld,avg_ttl=0\r\n", keys, expires)
-    while line < end:
-        eol = <const char *>memchr(line, c'\n', end - line)
-        eol = end - 1 if eol == NULL else eol
-        if eol - line > 4 and memcmp(line, b"db0:", 4) == 0:
-            have_db0 = True
-            if keys > 0:
-                buf_append_str(&merged, text)
-        else:
-            buf_append(&merged, line, eol + 1 - line)
-            if keys > 0 and not have_db0 and eol - line >= 10 and memcmp(line, b"# Keyspace", 10) == 0:
-                have_db0 = True
-                buf_append_str(&merged, text)
-        line = eol + 1
-    if p[0] == c'=':
-        buf_append_int(out, c'=', <long long>(buf_len(&merged) + 4))
-        buf_append_str(out, b"txt:")
-        buf_append(out, buf_head(&merged), buf_len(&merged))
-        buf_append_str(out, b"\r\n")
-    else:
-        buf_append_bulk(out, buf_head(&merged), buf_len(&merged))
-    buf_free(&merged)
-    return 0
 
 
 cdef inline long long agg_step(int merge, long long acc, long long v) noexcept nogil:
@@ -158,7 +82,7 @@ cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
                 return buf_append(out, p, buf_len(&f.reply))
         return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     if r.merge == MERGE_INFO:
-        return coalesce_info(r, out)
+        return info_merge(core, r, out)
     if r.merge == MERGE_FUNCTION_STATS:
         return coalesce_function_stats(r, out)
     if MERGE_SUNION <= r.merge <= MERGE_SINTERCARD:

@@ -46,7 +46,7 @@ cdef enum Merge:
     MERGE_CONCAT = 9        # arrays concatenated (KEYS)
     MERGE_SCAN = 10         # a shard's SCAN reply, its cursor turned into the proxy's cursor
     MERGE_RANDOM = 11       # RANDOMKEY: a non-nil answer, from a shard picked at random
-    MERGE_INFO = 12         # INFO: the first shard's text, its keyspace summed over all shards
+    MERGE_INFO = 12         # INFO: every shard's merged with the endpoint's counters (info.pxi)
     MERGE_SUNION = 13       # set algebra over keys on several shards: computed by the proxy
     MERGE_SINTER = 14       #   from each key's SMEMBERS
     MERGE_SDIFF = 15
@@ -149,6 +149,8 @@ cdef struct CommandInfo:
     unsigned long long calls
     unsigned long long errors
     unsigned long long usec
+    int cls                     # CLASS_READ, CLASS_WRITE or CLASS_OTHER (counters.pxd)
+    bint timed                  # its latency is counted (not for BLPOP & co., WAIT: counters.pxi)
 
 
 cdef enum:

@@ -191,10 +191,11 @@ cdef class CommandTable:
 
     def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
             list specs, refusal=None, params=None, bint writes=False,
-            bint unmonitored=False, bint tracks_reads=False):
+            bint unmonitored=False, bint tracks_reads=False, int cls=CLASS_OTHER):
         """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c).
         params: None, or (first, step, strict, refusal, {name: allowed}) for a command whose
-        parameter names the proxy checks (refusal: the error text, `{param}` the name given)."""
+        parameter names the proxy checks (refusal: the error text, `{param}` the name given).
+        cls: the class the endpoint's counters count it in (CLASSES: read, write, other)."""
         cdef CommandInfo *e
         cdef KeySpec *ks
         cdef unsigned int h, i
@@ -224,6 +225,10 @@ cdef class CommandTable:
         e.writes = writes
         e.unmonitored = unmonitored
         e.tracks_reads = tracks_reads
+        if not 0 <= cls < NCLASSES:
+            raise ValueError("not a command class: %d" % cls)
+        e.cls = cls
+        e.timed = route != ROUTE_BLOCKING and route != ROUTE_WAIT
         for spec in specs[:MAX_KEY_SPECS]:
             ks = &e.specs[e.nspecs]
             ks.bs_type, ks.bs_index, kw, ks.fk_type, ks.fk_a, ks.fk_b, ks.fk_c = spec

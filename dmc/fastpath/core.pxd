@@ -94,3 +94,4 @@ cdef struct Core:
     User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
+    Counters counters           # what the endpoint was asked and answered (counters.pxd)

@@ -156,6 +156,8 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
     cdef int kind
     n = epoll_wait(core.epfd, events, MAX_EVENTS, timeout_ms)
     core.now_us = monotonic_us()
+    if core.now_us >= core.counters.next_sample_us:
+        counters_sample(core)
     if n < 0:
         return -1
     if core.tracking != NULL:

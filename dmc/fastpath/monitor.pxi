@@ -16,6 +16,7 @@ cdef void monitor_start(Core *core, Client *c, Request *r) noexcept nogil:
     c.flags |= CF_MONITOR
     c.next_monitor = core.monitors
     core.monitors = c
+    core.counters.monitors += 1
     req_write_str(core, r, b"+OK\r\n")
 
 
@@ -24,6 +25,7 @@ cdef void monitor_remove(Core *core, Client *c) noexcept nogil:
     while p[0] != NULL:
         if p[0] == c:
             p[0] = c.next_monitor
+            core.counters.monitors -= 1
             break
         p = &p[0].next_monitor
     c.flags &= ~CF_MONITOR

@@ -6,7 +6,7 @@ cdef enum:
     PONG_PREFIX_LEN = 14        # strlen(PONG_PREFIX)
 
 
-cdef void subscription_count(Backend *b, const char *p, size_t n) noexcept nogil
+cdef void subscription_count(Core *core, Backend *b, const char *p, size_t n) noexcept nogil
 cdef bint route_subscriber(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) noexcept nogil
 cdef bint subscriber_synced(Core *core, Client *c) noexcept nogil
 cdef void subscriber_send(Core *core, Backend *b, const char *data, size_t n, bint barrier) noexcept nogil

@@ -21,7 +21,7 @@ cdef inline bint is_barrier_reply(const char *p, size_t n) noexcept nogil:
         and memcmp(p + PONG_PREFIX_LEN, BARRIER_BULK, BARRIER_BULK_LEN) == 0
 
 
-cdef void subscription_count(Backend *b, const char *p, size_t n) noexcept nogil:
+cdef void subscription_count(Core *core, Backend *b, const char *p, size_t n) noexcept nogil:
     """Note the count an (un)subscribe confirmation ends with: `*3 <kind> <channel> :<count>`
     (`>3` in RESP3), the subscriptions of the kind's family left on the connection: channels and
     patterns, or sharded channels (ssubscribe, sunsubscribe)."""
@@ -49,7 +49,13 @@ cdef void subscription_count(Backend *b, const char *p, size_t n) noexcept nogil
         return
     if kind[0] == c's' and klen != 9:
         b.shard_subscriptions = <int>count
+        count_subscriptions(core, b, -1, -1, <int>count)
     else:
+        # The count is channels + patterns: the change is the family of this frame's kind.
+        if kind[0] == c'p':
+            count_subscriptions(core, b, -1, b.patterns + <int>count - b.subscriptions, -1)
+        else:
+            count_subscriptions(core, b, b.channels + <int>count - b.subscriptions, -1, -1)
         b.subscriptions = <int>count
 
 
@@ -76,6 +82,9 @@ cdef bint route_subscriber(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) 
         return True
     b.role = ROLE_SUBSCRIBER
     c.flags |= CF_PUBSUB
+    # Counted, not timed: its answer is among the frames the connection passes through.
+    count_request(core, cmd)
+    count_answer(core, command_class(cmd), False, b"", 0, False)
     subscriber_send(core, b, av.wire, av.wire_len, cmd != NULL and cmd.route == ROUTE_SUBSCRIBE)
     return True
 
@@ -122,7 +131,7 @@ cdef int rsp_subscriber(Core *core, Backend *b, const char *p, size_t n) noexcep
         return 0
     if c == NULL or c.flags & CF_CLOSED:
         return 0
-    subscription_count(b, p, n)
+    subscription_count(core, b, p, n)
     buf_append(&c.wbuf, p, n)
     client_mark_dirty(core, c)
     return 0

@@ -44,6 +44,6 @@ cdef int req_fragment(Request *r, int n) noexcept nogil
 cdef void req_put(Core *core, Request *r) noexcept nogil
 cdef void frag_answer_unavailable(Core *core, Fragment *f, const char *label) noexcept nogil
 cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) noexcept nogil
-cdef void req_account(Request *r, const char *reply, long long now_us) noexcept nogil
+cdef void req_account(Core *core, Request *r, const char *reply, long long now_us) noexcept nogil
 cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcept nogil
 cdef void req_write_error(Core *core, Request *r, const char *fmt, const char *arg) noexcept nogil

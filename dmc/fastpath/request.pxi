@@ -35,6 +35,7 @@ cdef Request *req_get(Core *core, Client *c, CommandInfo *cmd) noexcept nogil:
     r.client = c
     r.cmd = cmd
     r.started_us = core.now_us
+    count_request(core, cmd)
     if c.flags & (CF_REPLY_OFF | CF_REPLY_SKIP):
         # Decided here, in the client's order, whichever shard answers first.
         r.silent = True
@@ -111,7 +112,7 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
     if r.merge == MERGE_SCAN:
         route_scan_answered(core, r, reply, n)
         return
-    if r.nfrags == 1:
+    if r.nfrags == 1 and r.merge != MERGE_INFO:     # INFO of one shard: its own fields too
         req_write(core, r, reply, n)
     else:
         buf_append(&f.reply, reply, n)
@@ -126,20 +127,24 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
         waiters_close(core, waited)
 
 
-cdef void req_account(Request *r, const char *reply, long long now_us) noexcept nogil:
+cdef void req_account(Core *core, Request *r, const char *reply, long long now_us) noexcept nogil:
     cdef CommandInfo *cmd = r.cmd
+    cdef long long us = now_us - r.started_us
+    cdef bint error = reply_is_error(reply)
     if cmd != NULL:
         cmd.calls += 1
-        cmd.usec += <unsigned long long>(now_us - r.started_us)
-        if reply_is_error(reply):
-            cmd.errors += 1
+        cmd.usec += <unsigned long long>us
+        cmd.errors += error
+        count_answer(core, cmd.cls, error, reply, us, cmd.timed)
+    else:
+        count_answer(core, CLASS_OTHER, error, reply, us, True)
 
 
 cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """The whole answer of r is known: write it now if r heads its client's queue, else keep it
     until the requests before it are answered."""
     cdef Client *c = r.client
-    req_account(r, reply, core.now_us)
+    req_account(core, r, reply, core.now_us)
     if r.silent:
         n = 0           # CLIENT REPLY OFF / SKIP: kept in order, written as nothing
     if c == NULL:

@@ -75,7 +75,7 @@ cdef enum:
     HOME_LAST = 2       # the last (SORT ... STORE dst, GEORADIUS ... STORE dst)
 
 
-cdef inline bint name_is(CommandInfo *cmd, const char *name) noexcept nogil:
+cdef inline bint cmd_name_is(CommandInfo *cmd, const char *name) noexcept nogil:
     return <size_t>cmd.name_len == strlen(name) and memcmp(cmd.name, name, cmd.name_len) == 0
 
 
@@ -83,32 +83,32 @@ cdef int seq_kind_of(CommandInfo *cmd, int *writeback, int *home) noexcept nogil
     """How a command over several shards is carried out (SEQ_NONE: it is not, CROSSSLOT)."""
     writeback[0] = WB_NONE
     home[0] = HOME_FIRST
-    if name_is(cmd, b"rename") or name_is(cmd, b"renamenx"):
+    if cmd_name_is(cmd, b"rename") or cmd_name_is(cmd, b"renamenx"):
         writeback[0] = WB_RENAME
         home[0] = HOME_SECOND
         return SEQ_STAGE
-    if name_is(cmd, b"smove"):
+    if cmd_name_is(cmd, b"smove"):
         writeback[0] = WB_SMOVE
         home[0] = HOME_SECOND
         return SEQ_STAGE
-    if name_is(cmd, b"lmove") or name_is(cmd, b"rpoplpush"):
+    if cmd_name_is(cmd, b"lmove") or cmd_name_is(cmd, b"rpoplpush"):
         writeback[0] = WB_LMOVE
         home[0] = HOME_SECOND
         return SEQ_STAGE
-    if name_is(cmd, b"copy"):
+    if cmd_name_is(cmd, b"copy"):
         home[0] = HOME_SECOND
         return SEQ_STAGE
-    if (name_is(cmd, b"sunionstore") or name_is(cmd, b"sinterstore") or name_is(cmd, b"sdiffstore")
-            or name_is(cmd, b"zunionstore") or name_is(cmd, b"zinterstore")
-            or name_is(cmd, b"zdiffstore") or name_is(cmd, b"zrangestore")
-            or name_is(cmd, b"pfmerge") or name_is(cmd, b"bitop") or name_is(cmd, b"geosearchstore")):
+    if (cmd_name_is(cmd, b"sunionstore") or cmd_name_is(cmd, b"sinterstore") or cmd_name_is(cmd, b"sdiffstore")
+            or cmd_name_is(cmd, b"zunionstore") or cmd_name_is(cmd, b"zinterstore")
+            or cmd_name_is(cmd, b"zdiffstore") or cmd_name_is(cmd, b"zrangestore")
+            or cmd_name_is(cmd, b"pfmerge") or cmd_name_is(cmd, b"bitop") or cmd_name_is(cmd, b"geosearchstore")):
         return SEQ_STAGE
-    if name_is(cmd, b"sort") or name_is(cmd, b"georadius") or name_is(cmd, b"georadiusbymember"):
+    if cmd_name_is(cmd, b"sort") or cmd_name_is(cmd, b"georadius") or cmd_name_is(cmd, b"georadiusbymember"):
         home[0] = HOME_LAST
         return SEQ_STAGE
-    if name_is(cmd, b"lmpop") or name_is(cmd, b"zmpop"):
+    if cmd_name_is(cmd, b"lmpop") or cmd_name_is(cmd, b"zmpop"):
         return SEQ_MPOP
-    if name_is(cmd, b"msetnx"):
+    if cmd_name_is(cmd, b"msetnx"):
         return SEQ_MSETNX
     return SEQ_NONE
 
@@ -454,7 +454,7 @@ cdef bint seq_begin_resolved(Core *core, Request *r, const char *reply, size_t n
     if parse_request(buf_head(&r.command), buf_len(&r.command), &av, &consumed, &need) != PARSE_OK:
         argvec_free(&av)
         return False
-    if name_is(r.cmd, b"sort"):
+    if cmd_name_is(r.cmd, b"sort"):
         # BY / GET patterns name keys of any shard, read by the shard that sorts: not staged.
         for j in range(2, av.argc):
             if arg_is(&av, j, b"by") or arg_is(&av, j, b"get"):
