@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from control import ccs, schema
+from control import ccs, discovery, schema
 from control.redis_client import ReplyError, info
 
 UNFINISHED = ("pending", "active")
@@ -38,6 +38,20 @@ class ClusterView:
     def up(self) -> list[int]:
         """Members whose heartbeat key has not expired."""
         return sorted(u for u in self.nodes if self.beats.get(u))
+
+    def endpoint_addresses(self, bdb: schema.Bdb) -> list[str]:
+        """Where the database's endpoint is served now, as its proxy_policy advertises it:
+        the members up whose dmcproxy runs (control/discovery.py's rule, which DNS and
+        Sentinel answer with); every member while none does yet (a database being made)."""
+        serving = [u for u in self.up
+                   if any(s.get("name") == "dmcproxy" and s.get("state") == "RUNNING"
+                          for s in (self.beats.get(u) or {}).get("services", []))]
+        masters = {s.node_uid for s in self.shards.values()
+                   if s.bdb_uid == bdb.uid and s.role == "master"}
+        chosen = discovery.advertised(bdb.proxy_policy or discovery.DEFAULT_PROXY_POLICY,
+                                      serving, masters)
+        return [self.nodes[u]["address"] for u in chosen] or \
+            [n["address"] for _, n in sorted(self.nodes.items())]
 
     def load(self) -> dict[int, int]:
         """Shards per node up (0 for a node up without any)."""

@@ -292,7 +292,8 @@ class CnmHttp:
                 await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action.action_uid)
-        return {**schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn),
+        return {**schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn,
+                                   addresses=view.endpoint_addresses(bdb)),
                 "action_uid": action.action_uid}
 
     async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
@@ -312,7 +313,8 @@ class CnmHttp:
                 await self.check_port_bindable(r, view, params["port"])
             if dry_run or name is None:
                 reply = schema.public_bdb(current, view.nodes, view.shards_of(uid),
-                                          self.config.cluster_fqdn)
+                                          self.config.cluster_fqdn,
+                                          addresses=view.endpoint_addresses(current))
                 if dry_run:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
@@ -322,7 +324,8 @@ class CnmHttp:
                                           lock_bdb=uid)
         log.info("database %d: %s %s, action %s", uid, name, params, action.action_uid)
         return {**schema.public_bdb(current, view.nodes, view.shards_of(uid),
-                                   self.config.cluster_fqdn),
+                                   self.config.cluster_fqdn,
+                                   addresses=view.endpoint_addresses(current)),
                 "action_uid": action.action_uid}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
@@ -609,7 +612,8 @@ def build_app(api: CnmHttp) -> FastAPI:
         view = await read_view(r)
         failures = await schema.endpoint_failures(r, view.bdbs)
         return [schema.public_bdb(b, view.nodes, view.shards_of(u), api.config.cluster_fqdn,
-                                  failures.get(u)) for u, b in sorted(view.bdbs.items())]
+                                  failures.get(u), view.endpoint_addresses(b))
+                for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
     async def get_bdb(uid: int):
@@ -619,7 +623,8 @@ def build_app(api: CnmHttp) -> FastAPI:
             raise _not_found("bdb", uid)
         failures = await schema.endpoint_failures(r, [uid])
         return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
-                                  api.config.cluster_fqdn, failures.get(uid))
+                                  api.config.cluster_fqdn, failures.get(uid),
+                                  view.endpoint_addresses(view.bdbs[uid]))
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")

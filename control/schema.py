@@ -428,9 +428,12 @@ def free_shard_port(used: set[int], rng: random.Random | None = None) -> int:
 
 
 def public_bdb(bdb: Bdb, nodes: dict[int, dict], shard_uids: list[int],
-               fqdn: str = DEFAULT_FQDN, failures: dict[int, dict] | None = None) -> dict:
+               fqdn: str = DEFAULT_FQDN, failures: dict[int, dict] | None = None,
+               addresses: list[str] | None = None) -> dict:
     """The database as the REST API shows it (Redis Enterprise's field names); `failures`:
-    its endpoint_status hash, the nodes that cannot serve its endpoint."""
+    its endpoint_status hash, the nodes that cannot serve its endpoint; `addresses`: where
+    its endpoint is served now, as its proxy_policy advertises it (ClusterView.
+    endpoint_addresses; default: every member)."""
     out = as_dict(bdb)
     out["shard_list"] = sorted(shard_uids)
     failed = [{"node_uid": n, "addr": (nodes.get(n) or {}).get("address"),
@@ -438,7 +441,8 @@ def public_bdb(bdb: Bdb, nodes: dict[int, dict], shard_uids: list[int],
               for n, f in sorted((failures or {}).items()) if n in nodes]
     out["endpoints"] = [{"uid": f"{bdb.uid}:1", "port": bdb.port,
                          "dns_address_master": dns_name(bdb.port, fqdn),
-                         "addr": [n["address"] for _, n in sorted(nodes.items())],
+                         "addr": addresses if addresses is not None
+                         else [n["address"] for _, n in sorted(nodes.items())],
                          "addr_type": "external",
                          "proxy_policy": bdb.proxy_policy or DEFAULT_PROXY_POLICY,
                          "status": "failed" if failed else "active", "failed_nodes": failed}]

@@ -91,7 +91,8 @@ class Cluster:
         async def create(r):
             uid = await schema.next_uid(r, "bdb")
             spec = schema.BdbCreate(name=name, port=port, shards_count=shards,
-                                    replication=replication, **fields).model_dump()
+                                    replication=replication, **fields).model_dump(
+                                        exclude=set(schema.REQUEST_FLAGS))
             await schema.put_bdb(r, schema.Bdb(**spec, uid=uid, status="pending"))
             action = await schema.submit(r, schema.new_action("bdb_create", "bdb", uid, {}),
                                          lock_bdb=uid)

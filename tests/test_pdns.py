@@ -99,6 +99,22 @@ def test_proxy_policies_choose_the_advertised_nodes(cluster):
         node_addresses(cluster, masters, "master")
 
 
+def test_rest_endpoint_addresses_follow_the_proxy_policy(cluster):
+    """The REST bdb's endpoints[].addr are the addresses DNS answers with, policy by policy."""
+    node = cluster.lc.nodes[1]
+    for name in ("all", "single", "masters"):
+        db = cluster.dbs[name]
+        endpoint = cluster_rest_bdb(cluster, db["uid"])["endpoints"][0]
+        assert set(endpoint["addr"]) == addresses(node, dns_name(db["port"], FQDN)), name
+    assert len(cluster_rest_bdb(cluster, cluster.dbs["single"]["uid"])["endpoints"][0]["addr"]) == 1
+
+
+def cluster_rest_bdb(cluster, uid: int) -> dict:
+    result = CliRunner().invoke(main, ["db", "show", str(uid), "--json",
+                                       "--home", str(cluster.lc.home)])
+    return json.loads(result.stdout)
+
+
 def test_policies_order_and_fallback():
     assert advertised("all-nodes", [1, 2, 3], {3}) == [3, 1, 2]
     assert advertised("all-master-shards", [1, 2, 3], {2, 3}) == [2, 3]
