@@ -22,6 +22,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
+      fence         a map change fails what is in flight on shards that lost slots (-TRYAGAIN);
+                    the write fence of a node cut off from the majority (-READONLY)
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
@@ -48,6 +50,7 @@ include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
+include "fastpath/fence.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
@@ -181,9 +184,12 @@ cdef class Proxy:
     for any thread, to end a turn that waits in epoll.
 
     apply_shard_map(): client connections stay open, requests already sent finish on the
-    connections they were sent on, and new requests follow the new map. For a live migration,
-    pause() first: requests are held (read, not sent) until resume(), when they follow the map
-    current then; inflight() says when the ones sent before the pause are all answered.
+    connections they were sent on, and new requests follow the new map; but requests in flight
+    to a shard that loses slots (or leaves the map) are answered -TRYAGAIN and its connections
+    closed, never read (a demoted master's +OK would be a write it loses; see fence.pxi). For a
+    live migration, pause() first: requests are held (read, not sent) until resume(), when they
+    follow the map current then; inflight() says when the ones sent before the pause are all
+    answered. fence(True): writes are answered -READONLY until fence(False).
     """
     cdef Core core
     cdef CommandTable table
@@ -335,6 +341,7 @@ cdef class Proxy:
         cdef int i, n = len(shards)
         cdef unsigned short table[SLOT_COUNT]
         cdef int idx[MAX_SHARDS]
+        cdef unsigned char lost[MAX_SHARDS]
         if self.core.nactive and version <= self.core.map_version:
             return False
         if n == 0 or n > MAX_SHARDS:
@@ -350,16 +357,28 @@ cdef class Proxy:
                 raise ValueError("slot %d is owned by shard %r, not in the map" % (i, owner))
             table[i] = idx[owner]
         # From here on nothing can fail: switch atomically with respect to the loop.
+        # lost: the shards that lose slots, or their place in the map (see fence.pxi).
+        memset(lost, 0, sizeof(lost))
+        if self.core.nactive:
+            for i in range(SLOT_COUNT):
+                if self.core.slot_map[i] != table[i]:
+                    lost[self.core.slot_map[i]] = 1
         for i in range(self.core.nshards):
+            if self.core.shards[i].active:
+                lost[i] = lost[i] | 2
             self.core.shards[i].active = False
         for i in range(n):
             self.core.shards[idx[i]].active = True
             self.core.active[i] = idx[i]
+            lost[idx[i]] &= 1
         self.core.nactive = n
         memcpy(self.core.slot_map, table, sizeof(table))
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        # After the switch: a request answered -TRYAGAIN may let its client's next ones be
+        # routed, by the new map.
+        fence_map_change(&self.core, lost)
         return True
 
     @property
@@ -439,6 +458,17 @@ cdef class Proxy:
     def paused(self):
         return bool(self.core.paused)
 
+    def fence(self, bint on):
+        """The write fence: while on, every command that writes (the table's `writes`: write
+        or may_replicate, EXEC) is answered -READONLY instead of being sent; reads are served.
+        For a node cut off from the cluster's majority, whose shards may be failed over on the
+        other side (control/node_proxy.py decides)."""
+        self.core.fenced = on
+
+    @property
+    def fenced(self):
+        return bool(self.core.fenced)
+
     def inflight(self):
         """Requests (fragments, for a split or fan-out request) sent to a shard and not yet
         answered. Clients blocked in BLPOP & co. and subscriber connections are not counted:
@@ -488,6 +518,7 @@ cdef class Proxy:
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),
+            "fenced": bool(self.core.fenced),
             "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,
             "total_connections": self.core.total_connections,

@@ -73,4 +73,5 @@ cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil
 cdef void backend_send(Core *core, Backend *b) noexcept nogil
 cdef void backend_recv(Core *core, Backend *b) noexcept nogil
 cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil
+cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil
 cdef void backends_tick(Core *core) noexcept nogil

@@ -29,6 +29,8 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
+    if core.fenced and fence_refuses(core, f):
+        return
     if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
@@ -238,9 +240,13 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     """Drop the connection: every fragment waiting on it is answered with an error, and the
     connection is retried after a back-off."""
     cdef char line[160]
+    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, core.shards[b.shard].label)
+    backend_fail_line(core, b, line)
+
+
+cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil:
+    """backend_fail, answering with `line` (a whole error line)."""
     cdef Fragment *f
-    cdef Shard *s = &core.shards[b.shard]
-    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
     if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
         # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
         buf_append_str(&b.owner.wbuf, line)
