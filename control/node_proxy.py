@@ -18,6 +18,15 @@ database's port. A Trio task per database follows CCS:
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
 serves its databases again before CCS answers.
+
+The write fence: a node cut off from the cluster's majority may have its master shards failed
+over on the other side, so its endpoints must not acknowledge writes any more. cluster_wd's
+`run/lease.json` says until when the node knows it is on the majority's side (`majority_until`:
+a master's lease, or a replica's last heartbeat of its master + leader_window, 1 s); once that
+has passed (or the file says nothing), every endpoint answers writes -READONLY and serves reads
+(Proxy.fence), until the node hears a master again. The majority fails a node's shards over
+only once its heartbeat key has expired (3 s after its last heartbeat), so the fence is up well
+before a replica on the other side is promoted.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from dmc.shard_map import ShardMap
 log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
+FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
 
@@ -50,6 +60,7 @@ class NodeProxy:
         self.applied: dict[int, dict] = {}     # bdb uid -> {version, paused, port, password}
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
+        self.fenced = True          # until lease.json says the node is on the majority's side
 
     async def run(self) -> None:
         self.maps_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +68,7 @@ class NodeProxy:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.session.watch)
+                nursery.start_soon(self._guard_majority)
                 while True:
                     try:
                         for uid in await schema.bdbs(await self.session.local()):
@@ -77,6 +89,37 @@ class NodeProxy:
                 await event.wait()
             else:
                 await trio.sleep(timeout)
+
+    def _on_majority_side(self) -> bool:
+        try:
+            until = json.loads(self.config.lease_file.read_text()).get("majority_until")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(until, (int, float)) and time.monotonic() < until
+
+    async def _guard_majority(self) -> None:
+        """The write fence of every endpoint follows the node's majority lease."""
+        while True:
+            fenced = not self._on_majority_side()
+            if fenced != self.fenced:
+                self.fenced = fenced
+                if fenced:
+                    log.warning("node cut off from the cluster's majority: writes refused")
+                else:
+                    log.info("node on the majority's side: writes served")
+                for endpoint in list(self.endpoints.values()):
+                    await self._apply_fence(endpoint)
+            await trio.sleep(FENCE_CHECK_EVERY)
+
+    async def _apply_fence(self, endpoint: Endpoint) -> None:
+        while True:     # again if the fence moved meanwhile: the last call made wins
+            fenced = self.fenced
+            try:
+                await trio.to_thread.run_sync(endpoint.call, lambda proxy: proxy.fence(fenced))
+            except EndpointStopped:
+                return
+            if fenced == self.fenced:
+                return
 
     async def _serve_cached(self) -> None:
         for path in self.maps_dir.glob("*.json"):
@@ -122,6 +165,7 @@ class NodeProxy:
         if endpoint is None:
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
             self.endpoints[uid] = endpoint
+            await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb["port"],
                        "password": password}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,

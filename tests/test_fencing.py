@@ -1,17 +1,25 @@
 """The fenced data path (dmc/fastpath/fence.pxi): no reply of a shard that is no longer the
 master of a request's slots reaches a client, and a fenced proxy refuses writes. Real
-redis-server shards (a master and its replica), proxies in this process."""
+redis-server shards (a master and its replica) with proxies in this process; then a real
+3-node cluster in network namespaces (tests/netns.py), cut in two."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
+from dataclasses import dataclass, field
 
 import pytest
 import redis
+from clusters import Cluster
+from netns import TestNetwork, _in_netns
 from raw_resp import RawClient
 from waiting import wait_until
 
+from control.local_cluster import LocalCluster
+from dmc._fastpath import slot_of
 from dmc.endpoint import Endpoint
 from dmc.local import start_redis_on_free_port, stop_process
 from dmc.shard_map import ShardMap
@@ -129,3 +137,136 @@ def test_a_fenced_proxy_refuses_writes_and_serves_reads(pair, endpoint):
     ep.call(lambda p: p.fence(False))
     assert c.call(("SET", "k", "w")) == [b"OK"]
     c.close()
+
+
+# ---- a network partition: the minority side acknowledges no write once its lease is out -------
+
+needs_netns = pytest.mark.skipif(not TestNetwork.available(),
+                                 reason=f"no network namespaces: {TestNetwork.unavailable_reason()}")
+
+# From the partition to the last write the minority may acknowledge: its replica's lease
+# (leader_window, 1 s after the master's last heartbeat), run/lease.json's refresh and
+# dmcproxy's check (0.1 s each), and a write already sent when the fence went up.
+FENCE_BOUND = 1.6
+
+
+class NetnsCluster(Cluster):
+    """A Cluster whose nodes run in the hosts of a TestNetwork: the test reaches them from a
+    host's namespace (with _in_netns)."""
+
+    def __init__(self, home, net: TestNetwork):
+        self.lc = LocalCluster.create(home, [h.address for h in net.hosts], record_history=True,
+                                      netns=[h.name for h in net.hosts])
+
+
+@dataclass
+class Writer:
+    """SETs of unique values, one at a time, from a host's namespace through one node's proxy;
+    every acknowledgement and error recorded with its time."""
+    netns: str
+    address: str
+    port: int
+    keys: list[str]
+    acked: dict[str, tuple[str, float]] = field(default_factory=dict)
+    errors: list[tuple[float, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Writer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        with _in_netns(self.netns):
+            conn = redis.Redis(self.address, self.port, socket_timeout=1, socket_connect_timeout=1)
+            n = 0
+            while not self._stop.is_set():
+                key, value = self.keys[n % len(self.keys)], f"{self.netns}:{n}"
+                n += 1
+                try:
+                    conn.set(key, value)
+                    self.acked[key] = (value, time.monotonic())
+                except redis.RedisError as exc:
+                    self.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
+                    time.sleep(0.02)
+            conn.close()
+
+
+@needs_netns
+@pytest.mark.timeout(300)
+def test_the_minority_side_of_a_partition_acknowledges_no_write_once_its_lease_is_out(tmp_path):
+    with TestNetwork(3) as net:
+        cluster = NetnsCluster(tmp_path / "cluster", net)
+        writers = []
+        try:
+            with _in_netns(net.hosts[0].name):
+                cluster.lc.wait_for_master(60)
+                cluster.lc.wait_ready(60)
+                db = cluster.create_db("fenced", shards=2, replication=True)
+                masters = [s for s in cluster.shards(db["uid"]).values() if s["role"] == "master"]
+            cut_off = masters[0]["node_uid"]            # the node of a master shard
+            other = next(u for u in cluster.lc.nodes if u != cut_off)
+            keys = [k for k in (f"k{i}" for i in range(2000))
+                    if any(a <= slot_of(k) <= b for a, b in masters[0]["slots"])][:50]
+            node = {u: cluster.lc.nodes[u] for u in cluster.lc.nodes}
+            minority = Writer(net.hosts[cut_off - 1].name, node[cut_off].address, db["port"],
+                              keys).start()
+            majority = Writer(net.hosts[other - 1].name, node[other].address, db["port"],
+                              [f"{k}:m" for k in keys]).start()
+            writers = [minority, majority]
+            wait_until(lambda: len(minority.acked) >= 20 and len(majority.acked) >= 20,
+                       what="both sides writing")
+            net.partition([cut_off - 1], [u - 1 for u in cluster.lc.nodes if u != cut_off])
+            cut = time.monotonic()
+            with _in_netns(net.hosts[other - 1].name):
+                wait_until(lambda: cluster.shards(db["uid"])[masters[0]["uid"]]["role"]
+                           == "replica", timeout=60, what="the majority failing the shard over")
+                failed_over = time.monotonic()
+                majority_acks = len(majority.acked)
+                wait_until(lambda: len(majority.acked) > majority_acks, timeout=30,
+                           what="the majority writing to the new master")
+            time.sleep(1.0)
+            last_minority_ack = max(t for _, t in minority.acked.values())
+            refused = [e for t, e in minority.errors if t > cut and "READONLY" in e]
+            print(f"partition at 0; minority's last acknowledgement at {last_minority_ack - cut:.2f}s, "
+                  f"failover done at {failed_over - cut:.2f}s; {len(refused)} writes refused "
+                  f"-READONLY on the minority side")
+            assert last_minority_ack < cut + FENCE_BOUND
+            assert last_minority_ack < failed_over
+            assert refused, minority.errors[-5:]
+            net.heal()
+            minority.stop()
+            majority.stop()
+            with _in_netns(net.hosts[other - 1].name):
+                old = cluster.shards(db["uid"])[masters[0]["uid"]]
+                wait_until(lambda: _replicating(cluster, old), timeout=60,
+                           what="the old master replicating the new one")
+                reader = cluster.client(other, db["port"])
+                found = dict(zip(keys, reader.mget(keys)))
+                found_m = dict(zip(majority.keys, reader.mget(majority.keys)))
+            # What the minority acknowledged before its fence went up may be lost (the
+            # partition cut its replication): only that.
+            lost = {k: t for k, (v, t) in minority.acked.items() if found[k] != v.encode()}
+            assert all(cut <= t < cut + FENCE_BOUND for t in lost.values()), lost
+            assert {k: v for k, (v, _) in majority.acked.items()
+                    if found_m[k] != v.encode()} == {}
+            print(f"{len(lost)} writes the minority acknowledged in its lease's last "
+                  f"{FENCE_BOUND}s were lost")
+        finally:
+            for w in writers:
+                w.stop()
+            cluster.lc.stop()
+
+
+def _replicating(cluster, shard) -> bool:
+    try:
+        info = redis.Redis(*cluster.address(shard), socket_timeout=1).info("replication")
+    except redis.RedisError:
+        return False
+    return info.get("role") == "slave" and info.get("master_link_status") == "up"
