@@ -13,7 +13,9 @@ database's port. A Trio task per database follows CCS:
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
 - a changed password or port is applied (a new port re-opens the endpoint);
-- a database that is gone (or being deleted) has its endpoint closed.
+- a database that is gone (or being deleted) has its endpoint closed;
+- a request for a master shard that is down is held up to HOLD_MS (dmc/fastpath/hold.pxi) and
+  sent to its successor when the failover's map is installed: clients see latency, not errors.
 
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
@@ -50,6 +52,7 @@ FOLLOW_EVERY = 1.0          # a pass without change notices
 FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
+HOLD_MS = 5000              # a request for a dead master shard waits this long for its failover
 
 
 class NodeProxy:
@@ -189,7 +192,7 @@ class NodeProxy:
 
     def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
         return Endpoint(self.config.address, bdb["port"], password, smap,
-                        wait_shards_s=WAIT_SHARDS).start()
+                        wait_shards_s=WAIT_SHARDS, hold_ms=HOLD_MS).start()
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)

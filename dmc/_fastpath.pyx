@@ -24,6 +24,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
       fence         a map change fails what is in flight on shards that lost slots (-TRYAGAIN);
                     the write fence of a node cut off from the majority (-READONLY)
+      hold          requests for a shard that is down wait for a new map or the shard (hold_ms)
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
@@ -51,6 +52,7 @@ include "fastpath/pubsub.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/fence.pxi"
+include "fastpath/hold.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
@@ -189,7 +191,9 @@ cdef class Proxy:
     closed, never read (a demoted master's +OK would be a write it loses; see fence.pxi). For a
     live migration, pause() first: requests are held (read, not sent) until resume(), when they
     follow the map current then; inflight() says when the ones sent before the pause are all
-    answered. fence(True): writes are answered -READONLY until fence(False).
+    answered. fence(True): writes are answered -READONLY until fence(False). hold_ms: a
+    request for a shard that is down waits up to that long for a new map (or the shard) instead
+    of being answered "unavailable" (hold.pxi).
     """
     cdef Core core
     cdef CommandTable table
@@ -205,7 +209,7 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0):
+                 int idle_timeout_s=0, int hold_ms=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -220,6 +224,7 @@ cdef class Proxy:
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        self.core.hold_us = <long long>max(0, hold_ms) * 1000
         self.set_password(password)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
@@ -261,6 +266,12 @@ cdef class Proxy:
         cdef int i, j
         cdef Backend *b
         cdef Request *r
+        cdef Held *h
+        while self.core.held_head != NULL:     # (their requests go with the process, as clients')
+            h = self.core.held_head
+            self.core.held_head = h.next
+            buf_free(&h.cmd)
+            free(h)
         # Client structs and in-flight requests are reclaimed with the process; close sockets.
         if self.core.shards != NULL:
             for i in range(self.core.nshards):
@@ -342,6 +353,7 @@ cdef class Proxy:
         cdef unsigned short table[SLOT_COUNT]
         cdef int idx[MAX_SHARDS]
         cdef unsigned char lost[MAX_SHARDS]
+        cdef unsigned short old_map[SLOT_COUNT]
         if self.core.nactive and version <= self.core.map_version:
             return False
         if n == 0 or n > MAX_SHARDS:
@@ -359,6 +371,7 @@ cdef class Proxy:
         # From here on nothing can fail: switch atomically with respect to the loop.
         # lost: the shards that lose slots, or their place in the map (see fence.pxi).
         memset(lost, 0, sizeof(lost))
+        memcpy(old_map, self.core.slot_map, sizeof(old_map))
         if self.core.nactive:
             for i in range(SLOT_COUNT):
                 if self.core.slot_map[i] != table[i]:
@@ -379,6 +392,8 @@ cdef class Proxy:
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.
         fence_map_change(&self.core, lost)
+        if self.core.held_head != NULL:
+            held_remap(&self.core, old_map)     # what waited for a dead shard goes to its successor
         return True
 
     @property
@@ -519,6 +534,7 @@ cdef class Proxy:
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),
             "fenced": bool(self.core.fenced),
+            "held_bytes": self.core.held_bytes,
             "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,
             "total_connections": self.core.total_connections,

@@ -38,6 +38,7 @@ class ProxyConfig:
     password: str = ""
     timeout: int = 0
     wait_shards_s: float = 30.0
+    hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
 
     def shard_map(self, version: int) -> ShardMap:
         if self.slot_ranges:
@@ -67,11 +68,13 @@ def load_config(path: str) -> ProxyConfig:
         client_output_limit_mb = 256
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
+        hold_ms = 0          # a request for a shard that is down waits this long for a new map
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
-             "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s"}
+             "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s",
+             "hold_ms"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -119,7 +122,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 backend_timeout_ms=cfg.backend_timeout_ms,
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
-                                password=cfg.password or None, idle_timeout_s=cfg.timeout)
+                                password=cfg.password or None, idle_timeout_s=cfg.timeout,
+                                hold_ms=cfg.hold_ms)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()

@@ -52,8 +52,8 @@ def pair(tmp_path):
 def endpoint():
     made = []
 
-    def make(port: int) -> Endpoint:
-        ep = Endpoint(HOST, 0, None, ShardMap.even([(HOST, port)], 1)).start()
+    def make(port: int, **settings) -> Endpoint:
+        ep = Endpoint(HOST, 0, None, ShardMap.even([(HOST, port)], 1), **settings).start()
         made.append(ep)
         return ep
     yield make
@@ -138,6 +138,55 @@ def test_a_fenced_proxy_refuses_writes_and_serves_reads(pair, endpoint):
     assert c.call(("SET", "k", "w")) == [b"OK"]
     c.close()
 
+
+def _killed(ep: Endpoint, pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: ep.stats()["shards"][0]["conns"][0]["state"] != "up",
+               what="the proxy noticing the shard is gone")
+
+
+def test_requests_for_a_dead_master_wait_for_its_failover_instead_of_failing(pair, endpoint):
+    """hold_ms: what is sent after the master died waits, unsent, for the map that promotes
+    its replica, and is answered by the new master: latency, not errors."""
+    master_port, replica_port, master, replica = pair
+    ep = endpoint(master_port, hold_ms=3000)
+    c = RawClient(ep.port)
+    assert c.call(("SET", "a", "1")) == [b"OK"]
+    wait_until(lambda: replica.get("a") == b"1", what="the replica having a")
+    _killed(ep, _pid(master))
+    c.send(("SET", "b", "2"), ("GET", "a"), ("INCR", "n"), ("MGET", "a", "b"))
+    wait_until(lambda: ep.stats()["held_bytes"] > 0, what="the requests held")
+    assert c.nothing_within(0.3)
+    replica.replicaof("NO", "ONE")
+    ep.apply_shard_map(ShardMap.even([(HOST, replica_port)], 2))
+    assert c.replies(4) == [b"OK", b"1", 1, [b"1", b"2"]]
+    assert replica.get("b") == b"2" and ep.stats()["held_bytes"] == 0
+    c.close()
+
+
+def test_a_held_request_is_answered_unavailable_once_its_hold_time_is_out(pair, endpoint):
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, hold_ms=400)
+    c = RawClient(ep.port)
+    _killed(ep, _pid(master))
+    sent = time.monotonic()
+    c.send(("SET", "b", "2"))
+    (reply,) = c.replies(1, timeout=5)
+    waited = time.monotonic() - sent
+    assert reply[0] == "error" and "unavailable" in reply[1], reply
+    assert 0.35 <= waited < 2.0, waited
+    assert ep.stats()["held_bytes"] == 0
+    c.close()
+
+
+def test_without_hold_time_a_request_for_a_dead_shard_fails_at_once(pair, endpoint):
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port)
+    c = RawClient(ep.port)
+    _killed(ep, _pid(master))
+    sent = time.monotonic()
+    (reply,) = c.call(("SET", "b", "2"))
+    assert reply[0] == "error" and time.monotonic() - sent < 0.3, reply
 
 # ---- a network partition: the minority side acknowledges no write once its lease is out -------
 

@@ -31,6 +31,10 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
     if core.fenced and fence_refuses(core, f):
         return
+    if b.state != BK_UP and b.role == ROLE_SHARED and core.hold_us > 0 and \
+            (b.state == BK_DOWN or b.retry_delay_us > RETRY_MIN_US) and \
+            hold_fragment(core, b.shard, f, data, n):
+        return          # the shard is down (or reconnecting after it failed): held, not failed
     if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
@@ -136,6 +140,8 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
         b.retry_delay_us = RETRY_MIN_US
         if b.role == ROLE_SHARED:
             default_shard_changed(core)
+            if core.held_head != NULL:
+                held_release_shard(core, b.shard)
     backend_send(core, b)
 
 
@@ -281,6 +287,8 @@ cdef void backends_tick(Core *core) noexcept nogil:
     cdef int i, j
     cdef Backend *b
     relays_tick(core)
+    if core.held_head != NULL:
+        held_tick(core, False)
     for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
