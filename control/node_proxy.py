@@ -14,8 +14,10 @@ database's port. A Trio task per database follows CCS:
   database record's version, so cnm_exec knows when every node serves a change;
 - a changed password or port is applied (a new port re-opens the endpoint);
 - a database that is gone (or being deleted) has its endpoint closed;
-- a request for a master shard that is down is held up to HOLD_MS (dmc/fastpath/hold.pxi) and
-  sent to its successor when the failover's map is installed: clients see latency, not errors.
+- with replication, a request for a master shard that is down is held up to HOLD_MS
+  (dmc/fastpath/hold.pxi) and sent to its successor when the failover's map is installed:
+  clients see latency, not errors (without replication there is no successor: it fails at once,
+  as before, while the shard is restarted).
 
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
@@ -183,6 +185,12 @@ class NodeProxy:
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
             applied.update(version=smap.version, paused=paused)
+        hold = HOLD_MS if bdb.get("replication") else 0
+        if hold != applied.get("hold_ms"):
+            def set_hold(proxy, hold=hold):
+                proxy.hold_ms = hold
+            await trio.to_thread.run_sync(endpoint.call, set_hold)
+            applied["hold_ms"] = hold
         if password != applied.get("password"):
             await trio.to_thread.run_sync(endpoint.set_password, password)
             applied["password"] = password
@@ -192,7 +200,7 @@ class NodeProxy:
 
     def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
         return Endpoint(self.config.address, bdb["port"], password, smap,
-                        wait_shards_s=WAIT_SHARDS, hold_ms=HOLD_MS).start()
+                        wait_shards_s=WAIT_SHARDS).start()
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)

@@ -392,6 +392,8 @@ cdef class Proxy:
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.
         fence_map_change(&self.core, lost)
+        for i in range(self.core.nshards):
+            self.core.shards[i].suspect_until_us = 0    # the new map says who the masters are
         if self.core.held_head != NULL:
             held_remap(&self.core, old_map)     # what waited for a dead shard goes to its successor
         return True
@@ -483,6 +485,16 @@ cdef class Proxy:
     @property
     def fenced(self):
         return bool(self.core.fenced)
+
+    @property
+    def hold_ms(self):
+        """How long a request for a shard that is down waits for a new map (hold.pxi; 0: it
+        is answered "unavailable" at once)."""
+        return self.core.hold_us // 1000
+
+    @hold_ms.setter
+    def hold_ms(self, int ms):
+        self.core.hold_us = <long long>max(0, ms) * 1000
 
     def inflight(self):
         """Requests (fragments, for a split or fan-out request) sent to a shard and not yet

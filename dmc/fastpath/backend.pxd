@@ -57,6 +57,8 @@ cdef struct Shard:
     int rr[2]               # round-robin position among each protocol's connections
     Backend *conns
     bint active             # part of the current shard map
+    long long suspect_until_us  # its connection failed: requests for it are held till then,
+                                # or till the next map (hold.pxi)
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
 
 

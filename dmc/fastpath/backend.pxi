@@ -31,10 +31,9 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
     if core.fenced and fence_refuses(core, f):
         return
-    if b.state != BK_UP and b.role == ROLE_SHARED and core.hold_us > 0 and \
-            (b.state == BK_DOWN or b.retry_delay_us > RETRY_MIN_US) and \
+    if core.hold_us > 0 and b.role == ROLE_SHARED and shard_held(core, b) and \
             hold_fragment(core, b.shard, f, data, n):
-        return          # the shard is down (or reconnecting after it failed): held, not failed
+        return          # the shard is down, or failed since the last map: held, not failed
     if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
@@ -140,7 +139,7 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
         b.retry_delay_us = RETRY_MIN_US
         if b.role == ROLE_SHARED:
             default_shard_changed(core)
-            if core.held_head != NULL:
+            if core.held_head != NULL and core.shards[b.shard].suspect_until_us <= core.now_us:
                 held_release_shard(core, b.shard)
     backend_send(core, b)
 
@@ -253,6 +252,7 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
 cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil:
     """backend_fail, answering with `line` (a whole error line)."""
     cdef Fragment *f
+    cdef Shard *s = &core.shards[b.shard]
     if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
         # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
         buf_append_str(&b.owner.wbuf, line)
@@ -262,8 +262,11 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
         epoll_want(core, b.fd, b, &b.events, 0)
         close(b.fd)
         b.fd = -1
-    if b.state == BK_UP and b.role == ROLE_SHARED:
-        default_shard_changed(core)
+    if b.role == ROLE_SHARED and b.state != BK_DOWN:
+        if b.state == BK_UP:
+            default_shard_changed(core)
+        if core.hold_us > 0 and s.suspect_until_us <= core.now_us:
+            s.suspect_until_us = core.now_us + core.hold_us
     b.state = BK_DOWN
     buf_free(&b.rbuf)
     buf_free(&b.wbuf)

@@ -13,6 +13,21 @@
 # is answered with an error as before. Held fragments keep their order per shard.
 
 
+cdef bint shard_held(Core *core, Backend *b) noexcept nogil:
+    """Requests for b's shard are held: its connection is down, or it failed since the last
+    map (a master that died may come back at its address as a replica before the map that
+    promotes its replica is here: nothing is sent to it meanwhile)."""
+    return b.state == BK_DOWN or core.shards[b.shard].suspect_until_us > core.now_us
+
+
+cdef bint shard_up(Core *core, int shard) noexcept nogil:
+    cdef int j
+    for j in range(core.shards[shard].nconns):
+        if core.shards[shard].conns[j].state == BK_UP:
+            return True
+    return False
+
+
 cdef int shard_any_slot(Core *core, int shard) noexcept nogil:
     cdef int i
     for i in range(SLOT_COUNT):
@@ -129,6 +144,8 @@ cdef void held_tick(Core *core, bint every) noexcept nogil:
         if every or h.until_us <= core.now_us:
             frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
             held_free(core, h)
+        elif core.shards[h.shard].suspect_until_us <= core.now_us and shard_up(core, h.shard):
+            held_send(core, h, h.shard)         # no new map came, but the shard is back
         else:
             core.held_bytes -= buf_len(&h.cmd)
             held_append(core, h)
