@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + os.environ["PYTHONPATH"]
                                         if os.environ.get("PYTHONPATH") else "")
 
-from dmc.local import start_proxy, start_redis_on_free_port, stop_process  # noqa: E402
+from dmc.local import start_proxy, start_redis_on_free_port  # noqa: E402
+from dmc.processes import stop_process  # noqa: E402
 
 # The shared suite (../shared/compat beside the checkout, or beside the worktrees' parent).
 SHARED = next((d / "shared" / "compat" for d in REPO.parents if (d / "shared" / "compat").is_dir()),

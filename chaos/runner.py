@@ -24,7 +24,7 @@ import redis
 from chaos import checker
 from chaos.nemesis import FAULTS, Nemesis
 from chaos.workload import COUNTERS, LISTS, PAIRS, REGISTERS, Database, read_final, run_client
-from control import bdb as schema
+from control import schema
 from control import ccs, history
 from control.db_cli import Failure, RestApi
 from control.local_cluster import LocalCluster, loopback_addresses
@@ -104,27 +104,27 @@ class Run:
         while not self._stop_polling.wait(MAP_POLL):
             for conn in conns:
                 try:
-                    shards = {int(k): ccs.unpack(v)
+                    shards = {int(k): ccs.unpack(v, schema.Shard)
                               for k, v in conn.hgetall(schema.SHARDS).items()}
-                    maps = {u: ccs.unpack(conn.get(schema.map_key(u))) for u in bdb_uids}
+                    maps = {u: ccs.unpack(conn.get(schema.map_key(u)), schema.BdbMap)
+                            for u in bdb_uids}
                 except redis.RedisError:
                     continue
                 now = time.monotonic()
                 for uid, shard_map in maps.items():
                     if not shard_map:
                         continue
-                    roles = [{"uid": s_uid, "slots": s.get("slots") or []}
+                    roles = [{"uid": s_uid, "slots": s.slots}
                              for s_uid, s in sorted(shards.items())
-                             if s.get("bdb_uid") == uid and s.get("role") == "master"]
-                    masters = [{"uid": s.get("uid"), "slots": s.get("slots") or []}
-                               for s in shard_map.get("shards", [])]
-                    paused = bool(shard_map.get("paused"))
-                    seen = (shard_map.get("version"), paused, json.dumps(masters),
+                             if s.bdb_uid == uid and s.role == "master"]
+                    masters = [{"uid": s.uid, "slots": s.slots} for s in shard_map.shards]
+                    paused = shard_map.paused
+                    seen = (shard_map.version, paused, json.dumps(masters),
                             json.dumps(roles))
                     if last.get(uid) != seen:
                         last[uid] = seen
                         self.records.append({"type": "shard_map", "time": now, "bdb": uid,
-                                             "version": shard_map.get("version"),
+                                             "version": shard_map.version,
                                              "paused": paused,
                                              "masters": masters, "shard_roles": roles})
                 break

@@ -1,23 +1,30 @@
 """The control plane: the services of a node, each a program under the node's supervisord
-(its configuration is written by control/node.py), and the CCS keys each one writes
-(control/CCS.md has the values; only the master node's copy is writable).
+(its configuration is written by control/node.py, SERVICE_MODULES), and the CCS keys each one
+writes (control/CCS.md has the values; only the master node's copy is writable).
 
-    ccs            the node's copy of the cluster configuration store (redis-server)
-    cluster_wd     membership and election (control/election.py): cluster:master,
-                   cluster:nodes, cluster:nodes_version; run/state.json on disk
-    heartbeatd     node_heartbeat:<uid> every second; forwards ccs_forward_port to the master
-    redis_mgr      the node's shard processes, as `shards` asks: shard_state
-    node_wd        PINGs the node's shards: shard_health; on the master, the HA policy:
-                   shard_failover actions, replica moves and restart_after in `shards`
-    dmcproxy       every database's endpoint on the node (control/node_proxy.py, dmc/):
-                   proxy_ack:<bdb>
-    cnm_exec       on the master, runs `actions` with control/machines/: bdbs, shards,
-                   bdb_map:<bdb>, actions, bdb_lock:<bdb> (released), cluster:counters
-    cnm_http       the REST API: a new bdbs record, actions with their bdb_lock:<bdb>,
-                   cluster:rest, cluster:counters
-    job_scheduler  on the master, scheduled backups: actions (bdb_backup), jobs:bdb_backup
+    ccs               the node's copy of the cluster configuration store (redis-server)
+    cluster_wd        membership and election (control/election.py): cluster:master,
+                      cluster:nodes, cluster:nodes_version; run/state.json on disk
+    heartbeatd        node_heartbeat:<uid> every second; forwards ccs_forward_port to the master
+    redis_mgr         the node's shard processes, as `shards` asks: shard_state
+    node_wd           PINGs the node's shards: shard_health; on the master, the HA policy:
+                      shard_failover actions (with their bdb_lock:<bdb>), replica moves and
+                      restart_after in `shards`
+    dmcproxy          every database's endpoint on the node (control/node_proxy.py, dmc/):
+                      proxy_ack:<bdb>
+    cnm_exec          on the master, runs `actions` with control/machines/: bdbs, shards,
+                      bdb_map:<bdb>, actions, bdb_lock:<bdb>, cluster:counters; a deleted
+                      database's proxy_ack:<bdb>, shard_state and shard_health fields
+    cnm_http          the REST API: a new bdbs record, actions with their bdb_lock:<bdb>,
+                      cluster:rest, cluster:counters, cnm_http:config_lock (while it checks)
+    job_scheduler     on the master, scheduled backups: actions (bdb_backup), jobs:bdb_backup
+    sentinel_service  the Sentinel protocol for clients (control/discovery.py): writes nothing
+    pdns_server       the cluster's DNS zone (control/discovery.py): writes nothing
 
-Shared by them: control/schema.py (keys, records, the requests users make), control/ccs.py (the
+`dmc node add|remove` (control/local_cluster.py) writes node_add and node_remove actions.
+
+Shared by them: control/schema.py (keys, the typed
+records Bdb, Shard, Action and BdbMap, the requests users make), control/ccs.py (the
 store's encoding, change notices and a service's session), control/cluster_view.py (nodes up,
 load, pairs, failed shards, placement), control/redis_client.py (Redis on Trio).
 The operator's `dmc` command is control/cli.py (with control/db_cli.py and dmc/cli.py's `local`).

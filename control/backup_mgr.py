@@ -47,6 +47,7 @@ from pathlib import Path
 import trio
 from dmc._fastpath import slot_of
 
+from control import schema
 from control.redis_client import RedisUnavailable, ReplyError, connect, info
 from dmc.processes import REDIS_SERVER, free_port
 
@@ -77,12 +78,12 @@ def default_location(node_dir: str | Path) -> Path:
     return Path(node_dir).resolve().parent / "backups"
 
 
-def location_of(bdb: dict, node_dir: str | Path) -> Path:
-    return Path(bdb.get("backup_location") or default_location(node_dir))
+def location_of(bdb: schema.Bdb, node_dir: str | Path) -> Path:
+    return Path(bdb.backup_location or default_location(node_dir))
 
 
-def bdb_folder(location: Path, bdb: dict) -> Path:
-    return Path(location) / f"{bdb.get('name') or 'bdb'}-{bdb['uid']}"
+def bdb_folder(location: Path, bdb: schema.Bdb) -> Path:
+    return Path(location) / f"{bdb.name or 'bdb'}-{bdb.uid}"
 
 
 def new_backup_id(now: float) -> str:

@@ -1,7 +1,8 @@
 """The cluster configuration store's schema: key names, value encoding, change notices.
 The full description, for operators, is CCS.md beside this file.
 
-Values are msgpack maps. Every write a service makes goes through `write`, which also publishes
+Values are msgpack maps, encoded with msgspec; a reader given a type (control/schema.py's records)
+decodes straight into it. Every write a service makes goes through `write`, which also publishes
 the changed key's name on CHANGES so that services on every node react without polling (PUBLISH
 on the master reaches subscribers of every replica through replication).
 
@@ -11,7 +12,7 @@ own copy stays fenced (it refuses writes with -NOREPLICAS) unless cluster_wd mad
 
 from __future__ import annotations
 
-import msgpack
+import msgspec
 import trio
 
 from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
@@ -32,13 +33,18 @@ HEARTBEAT_TTL_MS = 3000
 
 
 def pack(value) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    """A value (plain, or a msgspec Struct: a map of its fields) as msgpack; str as str, bytes
+    as bin."""
+    return msgspec.msgpack.encode(value)
 
 
-def unpack(raw: bytes | None):
+def unpack(raw: bytes | None, type=None):
+    """The msgpack value, as plain Python objects or, given a `type`, as that (a record)."""
     if raw is None:
         return None
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if type is None:
+        return msgspec.msgpack.decode(raw)
+    return msgspec.msgpack.decode(raw, type=type)
 
 
 async def write(redis, key: str, value, *, field=None, px: int | None = None) -> None:
@@ -62,25 +68,25 @@ async def delete(redis, key: str, *fields) -> None:
             raise reply
 
 
-async def read(redis, key: str):
-    return unpack(await redis.execute("GET", key))
+async def read(redis, key: str, type=None):
+    return unpack(await redis.execute("GET", key), type)
 
 
-async def read_hash(redis, key: str) -> dict:
+async def read_hash(redis, key: str, type=None) -> dict:
     """A hash whose fields are uids (nodes, databases, shards): {int uid: value}."""
-    return int_hash(await redis.execute("HGETALL", key))
+    return int_hash(await redis.execute("HGETALL", key), type)
 
 
-def int_hash(flat) -> dict:
+def int_hash(flat, type=None) -> dict:
     """HGETALL's flat reply of a hash keyed by uid, as {int uid: value}."""
     flat = flat or []
-    return {int(k): unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+    return {int(k): unpack(v, type) for k, v in zip(flat[::2], flat[1::2])}
 
 
-def str_hash(flat) -> dict:
+def str_hash(flat, type=None) -> dict:
     """HGETALL's flat reply of a hash keyed by strings (actions), as {str: value}."""
     flat = flat or []
-    return {k.decode(): unpack(v) for k, v in zip(flat[::2], flat[1::2])}
+    return {k.decode(): unpack(v, type) for k, v in zip(flat[::2], flat[1::2])}
 
 
 class Session:

@@ -189,19 +189,17 @@ def _uptime(seconds: float) -> str:
 
 
 def database_rows(view: dict) -> list[dict]:
-    return [{"db": uid, "name": b.get("name"), "port": b.get("port"),
-             "shards": b.get("shards_count"), "replication": bool(b.get("replication")),
-             "status": b.get("status"), "memory": b.get("memory_size")}
+    return [{"db": uid, "name": b.name, "port": b.port, "shards": b.shards_count,
+             "replication": b.replication, "status": b.status, "memory": b.memory_size}
             for uid, b in sorted(view["bdbs"].items())]
 
 
 def shard_rows(view: dict) -> list[dict]:
     """Every shard; its status is what redis_mgr of its node last reported."""
-    return [{"shard": uid, "db": s.get("bdb_uid"), "node": s.get("node_uid"),
-             "role": s.get("role"), "port": s.get("port"), "slots": s.get("slots"),
+    return [{"shard": uid, "db": s.bdb_uid, "node": s.node_uid, "role": s.role,
+             "port": s.port, "slots": s.slots,
              "status": (view["shard_states"].get(uid) or {}).get("status", "unknown")}
-            for uid, s in sorted(view["shards"].items(),
-                                 key=lambda i: (i[1].get("bdb_uid") or 0, i[0]))]
+            for uid, s in sorted(view["shards"].items(), key=lambda i: (i[1].bdb_uid, i[0]))]
 
 
 def _address(info: dict, port_field: str) -> str | None:

@@ -28,9 +28,9 @@ class ClusterView:
     master: dict | None
     nodes: dict[int, dict]
     beats: dict[int, dict | None]
-    bdbs: dict[int, dict]
-    shards: dict[int, dict]
-    actions: dict[str, dict] = field(default_factory=dict)
+    bdbs: dict[int, schema.Bdb]
+    shards: dict[int, schema.Shard]
+    actions: dict[str, schema.Action] = field(default_factory=dict)
     states: dict[int, dict] = field(default_factory=dict)     # redis_mgr: the processes
     health: dict[int, dict] = field(default_factory=dict)     # node_wd: the PING probes
 
@@ -44,14 +44,14 @@ class ClusterView:
         return node_load(self.shards, self.up)
 
     def shards_of(self, bdb_uid: int) -> list[int]:
-        return sorted(u for u, s in self.shards.items() if s.get("bdb_uid") == bdb_uid)
+        return sorted(u for u, s in self.shards.items() if s.bdb_uid == bdb_uid)
 
-    def failed(self, shard: dict) -> bool:
+    def failed(self, shard: schema.Shard) -> bool:
         return shard_failed(shard, self.states, self.health, set(self.up))
 
-    def unfinished_updates(self, exclude_bdb: int | None) -> list[dict]:
-        return [a for a in self.actions.values() if a.get("status") in UNFINISHED
-                and a.get("name") == "bdb_update" and a.get("object_uid") != exclude_bdb]
+    def unfinished_updates(self, exclude_bdb: int | None) -> list[schema.Action]:
+        return [a for a in self.actions.values() if a.status in UNFINISHED
+                and a.name == "bdb_update" and a.object_uid != exclude_bdb]
 
 
 async def read_view(r, *, with_actions: bool = False) -> ClusterView:
@@ -64,8 +64,10 @@ async def read_view(r, *, with_actions: bool = False) -> ClusterView:
         if isinstance(reply, ReplyError):
             raise reply
     master = ccs.unpack(replies[0])
-    nodes, bdbs, shards, states, health = (ccs.int_hash(x) for x in replies[1:6])
-    actions = ccs.str_hash(replies[6]) if with_actions else {}
+    nodes, states, health = (ccs.int_hash(replies[i]) for i in (1, 4, 5))
+    bdbs = ccs.int_hash(replies[2], schema.Bdb)
+    shards = ccs.int_hash(replies[3], schema.Shard)
+    actions = ccs.str_hash(replies[6], schema.Action) if with_actions else {}
     beats = {}
     if nodes:
         uids = sorted(nodes)
@@ -93,44 +95,45 @@ async def master_here(local, node_uid: int) -> bool:
 
 # ---- shards --------------------------------------------------------------------------------
 
-def shard_failed(shard: dict, states: dict, health: dict, up) -> bool:
+def shard_failed(shard: schema.Shard, states: dict, health: dict, up) -> bool:
     """Its node is down, its process is down, or it did not answer PING in time. A report about
     another placement of the shard (before a move) does not count."""
-    if shard["node_uid"] not in up:
+    if shard.node_uid not in up:
         return True
-    if (states.get(shard["uid"]) or {}).get("status") == "down":
+    if (states.get(shard.uid) or {}).get("status") == "down":
         return True
-    probe = health.get(shard["uid"]) or {}
+    probe = health.get(shard.uid) or {}
     return probe.get("status") == "unresponsive" and \
-        (probe.get("node_uid"), probe.get("port")) == (shard["node_uid"], shard["port"])
+        (probe.get("node_uid"), probe.get("port")) == (shard.node_uid, shard.port)
 
 
-def serving_replica(master: dict, shards: dict, states: dict, health: dict, up) -> dict | None:
+def serving_replica(master: schema.Shard, shards: dict[int, schema.Shard], states: dict,
+                    health: dict, up) -> schema.Shard | None:
     """A replica of `master` that runs and answers: what a failover promotes."""
-    return next((r for r in shards.values() if r.get("master_uid") == master["uid"]
-                 and r["role"] == "replica"
-                 and (states.get(r["uid"]) or {}).get("status") == "running"
+    return next((r for r in shards.values() if r.master_uid == master.uid
+                 and r.role == "replica"
+                 and (states.get(r.uid) or {}).get("status") == "running"
                  and not shard_failed(r, states, health, up)), None)
 
 
-def pair_of(shard: dict, shards: dict[int, dict]) -> list[dict]:
+def pair_of(shard: schema.Shard, shards: dict[int, schema.Shard]) -> list[schema.Shard]:
     """The shards that hold the same slots: a master's replicas, a replica's master."""
-    return [s for s in shards.values() if s["uid"] != shard["uid"] and (
-        s.get("master_uid") == shard["uid"] or s["uid"] == shard.get("master_uid"))]
+    return [s for s in shards.values() if s.uid != shard.uid and (
+        s.master_uid == shard.uid or s.uid == shard.master_uid)]
 
 
-def pair_nodes(shard: dict, shards: dict) -> set[int]:
+def pair_nodes(shard: schema.Shard, shards: dict[int, schema.Shard]) -> set[int]:
     """The nodes of the shard's master and replicas: where a copy of it must not go."""
-    return {s["node_uid"] for s in pair_of(shard, shards)}
+    return {s.node_uid for s in pair_of(shard, shards)}
 
 
 # ---- placement (pure) ----------------------------------------------------------------------
 
-def node_load(shards: dict, nodes=None) -> dict[int, int]:
+def node_load(shards: dict[int, schema.Shard], nodes=None) -> dict[int, int]:
     """Shards per node; with `nodes`, only those (each counted, 0 if it holds none)."""
     load: dict[int, int] = {n: 0 for n in nodes} if nodes is not None else {}
     for s in shards.values():
-        n = s.get("node_uid")
+        n = s.node_uid
         if nodes is None or n in load:
             load[n] = load.get(n, 0) + 1
     return load

@@ -52,22 +52,23 @@ class CnmExec:
         """Start every unfinished action that is not running yet."""
         redis = await self.session.local()
         for uid, action in (await schema.actions(redis)).items():
-            if action["status"] in ("pending", "active") and uid not in self.running:
-                machine = MACHINES.get(action["name"])
+            if action.status in ("pending", "active") and uid not in self.running:
+                machine = MACHINES.get(action.name)
                 if machine is None:
-                    action.update(status="failed", error=f"unknown action {action['name']}")
+                    schema.set_fields(action, status="failed",
+                                      error=f"unknown action {action.name}")
                     await schema.put_action(redis, action)
                     continue
                 self.running[uid] = trio.CancelScope()
                 nursery.start_soon(self._run_action, machine, action)
 
-    async def _run_action(self, machine, action: dict) -> None:
-        uid = action["action_uid"]
+    async def _run_action(self, machine, action: schema.Action) -> None:
+        uid = action.action_uid
         with self.running[uid]:
             try:
                 await machine(self, await self.session.local(), action).run()
             except (RedisUnavailable, ReplyError, NotMaster) as exc:
-                log.warning("action %s (%s) left for the next master: %s", uid, action["name"], exc)
+                log.warning("action %s (%s) left for the next master: %s", uid, action.name, exc)
             finally:
                 self.running.pop(uid, None)
 

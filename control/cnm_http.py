@@ -77,7 +77,7 @@ def _not_found(kind: str, uid) -> ApiError:
 def node_reply(view: ClusterView, uid: int) -> dict:
     info = view.nodes.get(uid) or {}
     beat = view.beats.get(uid)
-    shard_list = sorted(s for s, rec in view.shards.items() if rec.get("node_uid") == uid)
+    shard_list = sorted(s for s, rec in view.shards.items() if rec.node_uid == uid)
     extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port")
              if k in info}
     return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
@@ -88,14 +88,14 @@ def node_reply(view: ClusterView, uid: int) -> dict:
             **extra}
 
 
-def shard_reply(shard: dict, state: dict | None) -> dict:
+def shard_reply(shard: schema.Shard, state: dict | None) -> dict:
     state = state or {}
-    return {**{k: v for k, v in state.items() if k != "uid"}, **shard,
+    return {**{k: v for k, v in state.items() if k != "uid"}, **schema.as_dict(shard),
             "status": state.get("status", "unknown")}
 
 
-def action_reply(action: dict) -> dict:
-    return {k: v for k, v in action.items() if k != "state"}   # `state`: cnm_exec's own
+def action_reply(action: schema.Action) -> dict:
+    return {k: v for k, v in schema.as_dict(action).items() if k != "state"}   # cnm_exec's own
 
 
 # ---- the service -----------------------------------------------------------------------------
@@ -224,19 +224,20 @@ class CnmHttp:
             with trio.CancelScope(shield=True):
                 uid = await schema.next_uid(r, "bdb")
                 action = schema.new_action("bdb_create", "bdb", uid, {})
-                record.update(uid=uid, status="pending", action_uid=action["action_uid"],
+                record.update(uid=uid, status="pending", action_uid=action.action_uid,
                               created_time=time.time())
                 if not record.get("backup_location"):
                     record["backup_location"] = str(backup_mgr.default_location(
                         self.config.dir))
                 if self.redis_version:
                     record["redis_version"] = self.redis_version
-                await schema.put_bdb(r, record)
+                bdb = schema.Bdb(**record)
+                await schema.put_bdb(r, bdb)
                 await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
-                     action["action_uid"])
-        return {**schema.public_bdb(record, view.nodes, [], self.config.cluster_fqdn),
-                "action_uid": action["action_uid"]}
+                     action.action_uid)
+        return {**schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn),
+                "action_uid": action.action_uid}
 
     async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
@@ -262,10 +263,10 @@ class CnmHttp:
             with trio.CancelScope(shield=True):
                 action = await schema.submit(r, schema.new_action(name, "bdb", uid, params),
                                           lock_bdb=uid)
-        log.info("database %d: %s %s, action %s", uid, name, params, action["action_uid"])
+        log.info("database %d: %s %s, action %s", uid, name, params, action.action_uid)
         return {**schema.public_bdb(current, view.nodes, view.shards_of(uid),
                                    self.config.cluster_fqdn),
-                "action_uid": action["action_uid"]}
+                "action_uid": action.action_uid}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
         r = await (self.reader() if dry_run else self.writer())
@@ -278,8 +279,8 @@ class CnmHttp:
         with trio.CancelScope(shield=True):
             action = await schema.submit(r, schema.new_action("bdb_delete", "bdb", uid, {}),
                                       lock_bdb=uid)
-        log.info("database %d: delete, action %s", uid, action["action_uid"])
-        return {"action_uid": action["action_uid"], "object_uid": uid}
+        log.info("database %d: delete, action %s", uid, action.action_uid)
+        return {"action_uid": action.action_uid, "object_uid": uid}
 
     async def shard_action(self, uid: int, name: str, params: dict, dry_run: bool) -> dict:
         r = await (self.reader() if dry_run else self.writer())
@@ -287,12 +288,12 @@ class CnmHttp:
         shard = view.shards.get(uid)
         if shard is None:
             raise _not_found("shard", uid)
-        bdb_uid = shard.get("bdb_uid")
+        bdb_uid = shard.bdb_uid
         await self._unlocked(r, bdb_uid)
         pair = pair_of(shard, view.shards)
         if name == "shard_failover" and not pair:
             raise schema.InvalidRequest(f"shard {uid} has no replica to fail over to"
-                                     if shard.get("role") == "master" else
+                                     if shard.role == "master" else
                                      f"replica shard {uid} has no master")
         if name == "shard_migrate":
             target = params["target_node_uid"]
@@ -300,20 +301,20 @@ class CnmHttp:
                 raise schema.InvalidRequest(f"node {target} is not a member of the cluster")
             if target not in view.up:
                 raise schema.InvalidRequest(f"node {target} is down")
-            if shard.get("node_uid") == target:
+            if shard.node_uid == target:
                 raise schema.InvalidRequest(f"shard {uid} is already on node {target}")
             for other in pair:
-                if other.get("node_uid") == target:
-                    raise schema.InvalidRequest(f"node {target} holds shard {other['uid']}, the "
-                                             f"{other.get('role')} of shard {uid}")
+                if other.node_uid == target:
+                    raise schema.InvalidRequest(f"node {target} holds shard {other.uid}, the "
+                                             f"{other.role} of shard {uid}")
         if dry_run:
             return {"dry_run": True, "action": name, "object_uid": uid, "params": params}
         action = schema.new_action(name, "shard", uid, params)
-        action["bdb_uid"] = bdb_uid           # whose lock cnm_exec releases at the end
+        action.bdb_uid = bdb_uid           # whose lock cnm_exec releases at the end
         with trio.CancelScope(shield=True):
             await schema.submit(r, action, lock_bdb=bdb_uid)
-        log.info("shard %d: %s %s, action %s", uid, name, params, action["action_uid"])
-        return {"action_uid": action["action_uid"], "object_uid": uid}
+        log.info("shard %d: %s %s, action %s", uid, name, params, action.action_uid)
+        return {"action_uid": action.action_uid, "object_uid": uid}
 
 
     # ---- backups ---------------------------------------------------------------------------
@@ -326,13 +327,13 @@ class CnmHttp:
         params = {"location": location} if location else {}
         if dry_run:
             return {"dry_run": True, "action": "bdb_backup", "object_uid": uid, "params": params,
-                    "location": location or current.get("backup_location") or
+                    "location": location or current.backup_location or
                     str(backup_mgr.default_location(self.config.dir))}
         with trio.CancelScope(shield=True):
             action = await schema.submit(r, schema.new_action("bdb_backup", "bdb", uid, params),
                                       lock_bdb=uid)
-        log.info("database %d: backup, action %s", uid, action["action_uid"])
-        return {"action_uid": action["action_uid"], "object_uid": uid}
+        log.info("database %d: backup, action %s", uid, action.action_uid)
+        return {"action_uid": action.action_uid, "object_uid": uid}
 
     async def import_bdb(self, uid: int, body: ImportRequest, dry_run: bool) -> dict:
         given = [k for k in ("backup_id", "backup_path", "rdb_path") if getattr(body, k)]
@@ -372,8 +373,8 @@ class CnmHttp:
         with trio.CancelScope(shield=True):
             action = await schema.submit(r, schema.new_action("bdb_import", "bdb", uid, params),
                                       lock_bdb=uid)
-        log.info("database %d: import %s, action %s", uid, params, action["action_uid"])
-        return {"action_uid": action["action_uid"], "object_uid": uid}
+        log.info("database %d: import %s, action %s", uid, params, action.action_uid)
+        return {"action_uid": action.action_uid, "object_uid": uid}
 
     async def backups(self, uid: int) -> list[dict]:
         current = await schema.get_bdb(await self.reader(), uid)
@@ -382,14 +383,14 @@ class CnmHttp:
         location = backup_mgr.location_of(current, self.config.dir)
         return await trio.to_thread.run_sync(backup_mgr.list_backups, location, uid)
 
-    async def _active(self, r, uid: int) -> dict:
+    async def _active(self, r, uid: int) -> schema.Bdb:
         """The database, if it exists (404), no action holds it (409) and it is active (406)."""
         current = await schema.get_bdb(r, uid)
         if current is None:
             raise _not_found("bdb", uid)
         await self._unlocked(r, uid)
-        if current.get("status", "active") != "active":
-            raise schema.InvalidRequest(f"database {uid} is {current['status']}, not active")
+        if current.status != "active":
+            raise schema.InvalidRequest(f"database {uid} is {current.status}, not active")
         return current
 
 
@@ -622,7 +623,7 @@ def build_app(api: CnmHttp) -> FastAPI:
              responses={404: ERRORS[404]})
     async def get_shard(uid: int):
         r = await api.reader()
-        shard = ccs.unpack(await r.execute("HGET", schema.SHARDS, str(uid)))
+        shard = await schema.get_shard(r, uid)
         if shard is None:
             raise _not_found("shard", uid)
         state = ccs.unpack(await r.execute("HGET", schema.SHARD_STATE, str(uid)))
@@ -658,7 +659,7 @@ def build_app(api: CnmHttp) -> FastAPI:
         action = schema.new_action("node_remove", "node", uid, {})
         with trio.CancelScope(shield=True):
             await schema.submit(r, action)
-        return {"action_uid": action["action_uid"], "object_uid": uid}
+        return {"action_uid": action.action_uid, "object_uid": uid}
 
     # ---- actions ----
 
@@ -666,7 +667,7 @@ def build_app(api: CnmHttp) -> FastAPI:
     async def list_actions():
         actions = await schema.actions(await api.reader())
         return [action_reply(a) for a in sorted(actions.values(),
-                                                key=lambda a: a.get("creation_time") or 0)]
+                                                key=lambda a: a.creation_time or 0)]
 
     @app.get("/v1/actions/{uid}", response_model=Action, tags=["actions"],
              responses={404: ERRORS[404]})

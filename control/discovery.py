@@ -29,6 +29,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from control import schema
 
 DEFAULT_FQDN = "cluster.dmc.local"
 FQDN = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
@@ -131,20 +135,19 @@ def advertised(policy: str, serving: list[int], master_nodes: set[int]) -> list[
 
 
 def build_view(fqdn: str, nodes: dict[int, dict], beats: dict[int, dict | None],
-               bdbs: dict[int, dict], shards: dict[int, dict],
+               bdbs: dict[int, schema.Bdb], shards: dict[int, schema.Shard],
                acks: dict[int, dict[int, dict]], read_at: float = 0.0) -> DiscoveryView:
     view = DiscoveryView(fqdn, read_at=read_at)
     for uid, info in nodes.items():
         view.nodes[uid] = NodeView(uid, info["address"], info.get("sentinel_port"),
                                    info.get("dns_port"), bool(beats.get(uid)))
     for uid, record in bdbs.items():
-        if record.get("status") != "active":
+        if record.status != "active":
             continue
-        masters = {s["node_uid"] for s in shards.values()
-                   if s.get("bdb_uid") == uid and s.get("role") == "master"}
+        masters = {s.node_uid for s in shards.values() if s.bdb_uid == uid and s.role == "master"}
         serving = serving_nodes(uid, nodes, beats, acks.get(uid) or {})
-        chosen = advertised(record.get("proxy_policy") or DEFAULT_PROXY_POLICY, serving, masters)
-        view.dbs[uid] = DbEndpoint(uid, record["name"], record["port"],
-                                   record.get("proxy_policy") or DEFAULT_PROXY_POLICY,
+        policy = record.proxy_policy or DEFAULT_PROXY_POLICY
+        chosen = advertised(policy, serving, masters)
+        view.dbs[uid] = DbEndpoint(uid, record.name, record.port, policy,
                                    tuple(nodes[u]["address"] for u in chosen))
     return view

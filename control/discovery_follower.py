@@ -30,7 +30,8 @@ async def read_view(conn, fqdn: str) -> DiscoveryView:
     for reply in (nodes_raw, bdbs_raw, shards_raw):
         if isinstance(reply, ReplyError):
             raise reply
-    nodes, bdbs, shards = (_int_hash(x) for x in (nodes_raw, bdbs_raw, shards_raw))
+    nodes = ccs.int_hash(nodes_raw)
+    bdbs, shards = ccs.int_hash(bdbs_raw, schema.Bdb), ccs.int_hash(shards_raw, schema.Shard)
     uids, dbs = sorted(nodes), sorted(bdbs)
     cmds = [("MGET", *(ccs.heartbeat_key(u) for u in uids))] if uids else []
     cmds += [("HGETALL", schema.ack_key(u)) for u in dbs]
@@ -39,13 +40,8 @@ async def read_view(conn, fqdn: str) -> DiscoveryView:
         if isinstance(reply, ReplyError):
             raise reply
     beats = dict(zip(uids, map(ccs.unpack, replies[0]))) if uids else {}
-    acks = {u: _int_hash(r) for u, r in zip(dbs, replies[1 if uids else 0:])}
+    acks = {u: ccs.int_hash(r) for u, r in zip(dbs, replies[1 if uids else 0:])}
     return build_view(fqdn, nodes, beats, bdbs, shards, acks, read_at=time.time())
-
-
-def _int_hash(flat) -> dict[int, dict]:
-    flat = flat or []
-    return {int(k): ccs.unpack(v) for k, v in zip(flat[::2], flat[1::2])}
 
 
 # ---- following CCS ---------------------------------------------------------------------------

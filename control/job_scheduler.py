@@ -31,13 +31,13 @@ TICK = 1.0                         # how often due jobs are looked for
 BACKUP_JOBS = "jobs:bdb_backup"    # hash: bdb uid -> {action_uid, time} of the last submission
 
 
-def backup_due(bdb: dict, submitted: dict | None, now: float) -> bool:
+def backup_due(bdb: schema.Bdb, submitted: dict | None, now: float) -> bool:
     """Whether the database's next scheduled backup should start now."""
-    interval = bdb.get("backup_interval") or 0
-    if interval <= 0 or bdb.get("status") != "active":
+    interval = bdb.backup_interval
+    if interval <= 0 or bdb.status != "active":
         return False
-    since = max(bdb.get("last_backup_time") or 0, (submitted or {}).get("time") or 0,
-                bdb.get("created_time") or 0)
+    since = max(bdb.last_backup_time or 0, (submitted or {}).get("time") or 0,
+                bdb.created_time or 0)
     return now >= since + interval
 
 
@@ -71,9 +71,9 @@ class JobScheduler:
                 await schema.submit(redis, action, lock_bdb=uid)
             except schema.Conflict:
                 continue                # another action holds it: next tick
-            await ccs.write(redis, BACKUP_JOBS, {"action_uid": action["action_uid"],
+            await ccs.write(redis, BACKUP_JOBS, {"action_uid": action.action_uid,
                                                  "time": now}, field=uid)
-            log.info("database %d: scheduled backup, action %s", uid, action["action_uid"])
+            log.info("database %d: scheduled backup, action %s", uid, action.action_uid)
 
 
 main = service_command("job_scheduler", JobScheduler)

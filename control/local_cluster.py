@@ -178,9 +178,9 @@ class LocalCluster:
             if through and "cnm_exec" in config.services:
                 action = trio.run(self._run_action, schema.new_action("node_add", "node", uid, {}),
                                   through, timeout)
-                if action["status"] != "completed":
+                if action.status != "completed":
                     raise ClusterError(f"node {uid} joined but is not ready: "
-                                       f"{action.get('error')}")
+                                       f"{action.error}")
         return config
 
     def _members(self, peer: tuple[str, int] | None = None) -> dict[int, dict]:
@@ -205,8 +205,8 @@ class LocalCluster:
             self.wait_for_master(timeout, among=[u for u in self.nodes if u != uid])
         if "cnm_exec" in self.nodes[uid].services:
             action = trio.run(self._drain, uid, timeout)
-            if action["status"] != "completed":
-                raise ClusterError(f"node {uid} not removed: {action.get('error')}")
+            if action.status != "completed":
+                raise ClusterError(f"node {uid} not removed: {action.error}")
         else:       # a cluster without databases: cluster_wd alone takes it out
             reply = self._ask_master({"op": "leave", "uid": uid}, timeout)
             if not reply.get("ok"):
@@ -364,15 +364,16 @@ class LocalCluster:
                             if not submitted:
                                 await schema.submit(conn, action)
                                 submitted = True
-                            while action["status"] not in ("completed", "failed"):
+                            while action.status not in ("completed", "failed"):
                                 await trio.sleep(0.2)
-                                action = await schema.get_action(conn, action["action_uid"]) \
+                                action = await schema.get_action(conn, action.action_uid) \
                                     or action
                             return action
                     except (RedisUnavailable, ReplyError):
                         continue
                 await trio.sleep(0.5)
-        return {**action, "status": "failed", "error": f"not done within {timeout:.0f}s"}
+        schema.set_fields(action, status="failed", error=f"not done within {timeout:.0f}s")
+        return action
 
     def _ask_master(self, msg: dict, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

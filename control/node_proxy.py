@@ -39,6 +39,7 @@ import json
 import logging
 import time
 
+import msgspec
 import trio
 
 from control import ccs, schema
@@ -130,8 +131,9 @@ class NodeProxy:
         for path in self.maps_dir.glob("*.json"):
             try:
                 cached = json.loads(path.read_text())
-                await self._install(int(path.stem), cached["bdb"], cached["map"])
-            except (OSError, ValueError, KeyError) as exc:
+                await self._install(int(path.stem), msgspec.convert(cached["bdb"], schema.Bdb),
+                                    msgspec.convert(cached["map"], schema.BdbMap))
+            except (OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
                 log.warning("cached map %s not served: %s", path.name, exc)
 
     # ---- one database ------------------------------------------------------------------
@@ -143,9 +145,9 @@ class NodeProxy:
                     try:
                         local = await self.session.local()
                         bdb = await schema.get_bdb(local, uid)
-                        shard_map = await ccs.read(local, schema.map_key(uid))
-                        if bdb is None or bdb.get("status") == "deleting" or shard_map is None:
-                            if bdb is None or bdb.get("status") == "deleting":
+                        shard_map = await schema.get_map(local, uid)
+                        if bdb is None or bdb.status == "deleting" or shard_map is None:
+                            if bdb is None or bdb.status == "deleting":
                                 self._close(uid)
                                 if bdb is None:
                                     return
@@ -159,23 +161,23 @@ class NodeProxy:
             finally:
                 self.tasks.pop(uid, None)
 
-    async def _install(self, uid: int, bdb: dict, shard_map: dict) -> None:
+    async def _install(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
-        smap = ShardMap.from_dict(shard_map)
-        password = bdb.get("authentication_redis_pass") or None
-        if endpoint is not None and applied.get("port") != bdb["port"]:
+        smap = ShardMap.from_dict(schema.as_dict(shard_map))
+        password = bdb.authentication_redis_pass or None
+        if endpoint is not None and applied.get("port") != bdb.port:
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
             self.endpoints[uid] = endpoint
             await self._apply_fence(endpoint)
-            applied = {"version": smap.version, "paused": False, "port": bdb["port"],
+            applied = {"version": smap.version, "paused": False, "port": bdb.port,
                        "password": password}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
-                     bdb["port"], smap.version)
-        paused = bool(shard_map.get("paused"))
+                     bdb.port, smap.version)
+        paused = shard_map.paused
         if smap.version > applied.get("version", 0) or paused != applied.get("paused"):
             def switch(proxy, smap=smap, paused=paused):
                 install_shard_map(proxy, smap)
@@ -185,7 +187,7 @@ class NodeProxy:
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
             applied.update(version=smap.version, paused=paused)
-        hold = HOLD_MS if bdb.get("replication") else 0
+        hold = HOLD_MS if bdb.replication else 0
         if hold != applied.get("hold_ms"):
             def set_hold(proxy, hold=hold):
                 proxy.hold_ms = hold
@@ -198,8 +200,8 @@ class NodeProxy:
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
 
-    def _open(self, bdb: dict, password: str | None, smap: ShardMap) -> Endpoint:
-        return Endpoint(self.config.address, bdb["port"], password, smap,
+    def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap) -> Endpoint:
+        return Endpoint(self.config.address, bdb.port, password, smap,
                         wait_shards_s=WAIT_SHARDS).start()
 
     def _close(self, uid: int) -> None:
@@ -210,12 +212,13 @@ class NodeProxy:
             endpoint.stop()
             log.info("database %d: endpoint closed", uid)
 
-    def _cache(self, uid: int, bdb: dict, shard_map: dict) -> None:
-        atomic_write(self.maps_dir / f"{uid}.json", json.dumps({"bdb": bdb, "map": shard_map}))
+    def _cache(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
+        atomic_write(self.maps_dir / f"{uid}.json",
+                     json.dumps({"bdb": schema.as_dict(bdb), "map": schema.as_dict(shard_map)}))
 
-    async def _ack(self, uid: int, bdb: dict, applied: dict) -> None:
+    async def _ack(self, uid: int, bdb: schema.Bdb, applied: dict) -> None:
         value = {"version": applied["version"], "paused": applied["paused"],
-                 "bdb_version": bdb.get("version", 0), "time": time.time()}
+                 "bdb_version": bdb.version, "time": time.time()}
         acks = await ccs.read_hash(await self.session.local(), schema.ack_key(uid))
         old = acks.get(self.config.uid) or {}
         if {k: old.get(k) for k in ("version", "paused", "bdb_version")} == \

@@ -86,19 +86,19 @@ class NodeWd:
         local = await self.session.local()
         shards = await schema.shards(local)
         states = await ccs.read_hash(local, schema.SHARD_STATE)
-        mine = {u: s for u, s in shards.items() if s["node_uid"] == self.config.uid
+        mine = {u: s for u, s in shards.items() if s.node_uid == self.config.uid
                 and (states.get(u) or {}).get("status") == "running"
                 and states[u].get("node_uid") == self.config.uid
-                and states[u].get("port") == s["port"]}
+                and states[u].get("port") == s.port}
         for uid, shard in mine.items():
             prober = self.probers.get(uid)
-            if prober is None or prober[0] != shard["port"]:
+            if prober is None or prober[0] != shard.port:
                 if prober is not None:
                     prober[1].cancel()
                 self.answers.pop(uid, None)
                 scope = trio.CancelScope()
-                self.probers[uid] = (shard["port"], scope)
-                nursery.start_soon(self._probe, uid, shard["port"], scope)
+                self.probers[uid] = (shard.port, scope)
+                nursery.start_soon(self._probe, uid, shard.port, scope)
         for uid in [u for u in self.probers if u not in mine]:
             self.probers.pop(uid)[1].cancel()
             self.answers.pop(uid, None)
@@ -136,13 +136,13 @@ class NodeWd:
                     with trio.CancelScope(shield=True):
                         await conn.aclose()
 
-    def _fence(self, uid: int, shard: dict, state: dict) -> None:
+    def _fence(self, uid: int, shard: schema.Shard, state: dict) -> None:
         """A master that stopped answering and has since been failed over (its record now says
         replica) is killed: were it to resume, it would answer as a master the writes a proxy
         had sent it meanwhile, and lose them when it resyncs as a replica. redis_mgr starts it
         again, as the replica its record asks for."""
         stopped_as = (self.reported.get(uid) or {}).get("role")
-        if stopped_as != "master" or shard["role"] != "replica":
+        if stopped_as != "master" or shard.role != "replica":
             return
         pid = redis_mgr.read_pid(self.config.shards_dir / str(uid))
         if pid is None or pid != state.get("pid"):
@@ -153,18 +153,18 @@ class NodeWd:
         except ProcessLookupError:
             pass
 
-    async def _report(self, uid: int, shard: dict, error: str | None) -> None:
+    async def _report(self, uid: int, shard: schema.Shard, error: str | None) -> None:
         status = "ok" if error is None else "unresponsive"
         old = self.reported.get(uid)
-        if old is not None and (old["status"], old["port"]) == (status, shard["port"]):
+        if old is not None and (old["status"], old["port"]) == (status, shard.port):
             return          # (its role is the one it had when it stopped answering)
         if error is not None:
             log.warning("shard %d (port %d) did not answer PING within %.1fs: %s", uid,
-                        shard["port"], self.deadline, error)
+                        shard.port, self.deadline, error)
         elif old is not None:
             log.info("shard %d answers PING again", uid)
-        value = {"uid": uid, "node_uid": self.config.uid, "port": shard["port"],
-                 "status": status, "role": shard["role"], "since": time.time(),
+        value = {"uid": uid, "node_uid": self.config.uid, "port": shard.port,
+                 "status": status, "role": shard.role, "since": time.time(),
                  "error": error, "deadline": self.deadline}
         await ccs.write(await self.session.master(), schema.SHARD_HEALTH, value, field=uid)
         self.reported[uid] = value
@@ -181,48 +181,49 @@ class NodeWd:
             else:
                 self.node_down_since.setdefault(uid, now)
         for shard in view.shards.values():
-            bdb = view.bdbs.get(shard["bdb_uid"])
-            if bdb is None or bdb.get("status") in ("pending", "deleting"):
+            bdb = view.bdbs.get(shard.bdb_uid)
+            if bdb is None or bdb.status in ("pending", "deleting"):
                 continue
-            if shard["role"] == "master" and view.failed(shard):
+            if shard.role == "master" and view.failed(shard):
                 await self._master_failed(redis, shard, view, bdb)
-            elif shard["role"] == "replica" and shard["node_uid"] not in up and \
-                    now - self.node_down_since.get(shard["node_uid"], now) >= REPLICA_HA_AFTER:
-                master = view.shards.get(shard.get("master_uid"))
+            elif shard.role == "replica" and shard.node_uid not in up and \
+                    now - self.node_down_since.get(shard.node_uid, now) >= REPLICA_HA_AFTER:
+                master = view.shards.get(shard.master_uid)
                 if master is not None and not view.failed(master):
                     await self._replace_replica(redis, shard, view)
 
     @staticmethod
-    def _disk_copy_on_replica(master: dict, view: ClusterView, bdb: dict) -> bool:
+    def _disk_copy_on_replica(master: schema.Shard, view: ClusterView, bdb: schema.Bdb) -> bool:
         """Only the replicas write to disk: a master that died has nothing to start from, its
         replica has it all."""
         return schema.persists(bdb, "replica") and not schema.persists(bdb, "master") and \
-            any(r.get("master_uid") == master["uid"] for r in view.shards.values())
+            any(r.master_uid == master.uid for r in view.shards.values())
 
-    async def _master_failed(self, redis, shard: dict, view: ClusterView, bdb: dict) -> None:
+    async def _master_failed(self, redis, shard: schema.Shard, view: ClusterView,
+                             bdb: schema.Bdb) -> None:
         replica = serving_replica(shard, view.shards, view.states, view.health, set(view.up))
         if replica is None:
             # Nothing to fail over to: the master comes back where it is, if its node is up;
             # but not empty while the replica holding the database's only disk copy is on its
             # way back (a whole-cluster restart), unless it stays away RECOVERY_WAIT.
-            state = view.states.get(shard["uid"]) or {}
+            state = view.states.get(shard.uid) or {}
             if self._disk_copy_on_replica(shard, view, bdb) and \
                     time.time() - state.get("since", time.time()) < RECOVERY_WAIT:
                 return
-            if shard["node_uid"] in view.up and state.get("status") == "down" and \
-                    shard.get("restart_after", 0) < state.get("since", 0):
-                shard["restart_after"] = time.time()
+            if shard.node_uid in view.up and state.get("status") == "down" and \
+                    (shard.restart_after or 0) < state.get("since", 0):
+                shard.restart_after = time.time()
                 await schema.put_shard(redis, shard)
             return
-        if not await self._answers(view.nodes[replica["node_uid"]]["address"], replica["port"]):
+        if not await self._answers(view.nodes[replica.node_uid]["address"], replica.port):
             return      # its state is from before a restart of its node: not yet back
-        action = schema.new_action("shard_failover", "shard", shard["uid"],
+        action = schema.new_action("shard_failover", "shard", shard.uid,
                                    {"forced": True, "reason": "master shard down"})
-        action["bdb_uid"] = shard["bdb_uid"]
+        action.bdb_uid = shard.bdb_uid
         try:
-            await schema.submit(redis, action, lock_bdb=shard["bdb_uid"])
-            log.warning("shard %d failed: failing over to shard %d", shard["uid"],
-                        replica["uid"])
+            await schema.submit(redis, action, lock_bdb=shard.bdb_uid)
+            log.warning("shard %d failed: failing over to shard %d", shard.uid,
+                        replica.uid)
         except schema.Conflict:
             pass        # a running action holds the database; it will meet the failure itself
 
@@ -234,12 +235,12 @@ class NodeWd:
         except (RedisUnavailable, ReplyError):
             return False
 
-    async def _replace_replica(self, redis, shard: dict, view: ClusterView) -> None:
+    async def _replace_replica(self, redis, shard: schema.Shard, view: ClusterView) -> None:
         target = pick_node(view.up, pair_nodes(shard, view.shards), node_load(view.shards))
         if target is None:
             return
         log.warning("replica shard %d: node %d is down, re-created on node %d",
-                    shard["uid"], shard["node_uid"], target)
+                    shard.uid, shard.node_uid, target)
         await schema.relocate(redis, shard, target, view.shards)
 
 

@@ -17,6 +17,8 @@ from typing import Self
 import hiredis
 import trio
 
+from dmc.resp import encode_command, encode_commands
+
 __all__ = ["Redis", "RedisUnavailable", "ReplyError", "Subscription", "connect", "info",
            "parse_info", "subscribe"]
 
@@ -31,20 +33,6 @@ class ReplyError(Exception):
 
 class RedisUnavailable(OSError):
     """Could not connect, the connection was lost, or no reply came within the timeout."""
-
-
-def _encode(args) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            arg = str(arg).encode()
-        elif not isinstance(arg, (bytes, bytearray)):
-            # bool (and None) would otherwise be sent as "True"/"None", silently
-            raise TypeError(f"cannot send {type(arg).__name__} {arg!r} to Redis")
-        out += (b"$%d\r\n" % len(arg), arg, b"\r\n")
-    return b"".join(out)
 
 
 def _convert(reply):
@@ -75,7 +63,7 @@ class Redis:
         return self._closed
 
     async def execute(self, *args) -> object:
-        (reply,) = await self._exchange(_encode(args), 1, self._timeout)
+        (reply,) = await self._exchange(encode_command(args), 1, self._timeout)
         if isinstance(reply, ReplyError):
             raise reply
         return reply
@@ -84,7 +72,7 @@ class Redis:
         """Replies in order; an error reply is a ReplyError in the list, not raised."""
         if not commands:
             return []
-        return await self._exchange(b"".join(_encode(c) for c in commands), len(commands),
+        return await self._exchange(encode_commands(commands), len(commands),
                                     self._timeout)
 
     async def aclose(self) -> None:
@@ -195,7 +183,7 @@ async def subscribe(host: str, port: int, channels: list[str], *, timeout: float
     if not channels:
         raise ValueError("subscribe needs at least one channel")
     async with await connect(host, port, timeout=timeout, password=password) as conn:
-        payload = _encode(("SUBSCRIBE", *channels))
+        payload = encode_command(("SUBSCRIBE", *channels))
         # one confirmation per channel; read one at a time so that a single error reply
         # (NOAUTH, ...) for the whole command is raised rather than waited past
         for _ in channels:

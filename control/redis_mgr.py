@@ -46,11 +46,11 @@ RECONCILE_EVERY = 1.0     # a full pass even without change notices
 START_TIMEOUT = 10.0
 
 
-def shard_conf(config: NodeConfig, shard: dict, bdb: dict) -> str:
-    folder = config.shards_dir / str(shard["uid"])
+def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
+    folder = config.shards_dir / str(shard.uid)
     lines = [
         f"bind {config.address}",
-        f"port {shard['port']}",
+        f"port {shard.port}",
         f"dir {folder}",
         f"pidfile {folder / 'redis.pid'}",
         "daemonize no",
@@ -63,34 +63,34 @@ def shard_conf(config: NodeConfig, shard: dict, bdb: dict) -> str:
         "replica-read-only yes",
         f"replica-announce-ip {config.address}",
         f"maxmemory {maxmemory(bdb)}",
-        f"maxmemory-policy {bdb.get('eviction_policy', 'volatile-lru')}",
+        f"maxmemory-policy {bdb.eviction_policy}",
     ]
     lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
     return "\n".join(lines) + "\n"
 
 
-def persistence(shard: dict, bdb: dict) -> dict[str, str]:
+def persistence(shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
     """The persistence settings of a shard: with replication, only replicas write to disk (a
     master does no disk I/O, so disk latency never slows the database); without it, the master
     does. Applied with CONFIG SET when the policy or the shard's role changes."""
-    writer = schema.persists(bdb, shard["role"])
-    aof = writer and bdb["data_persistence"] == "aof"
-    snapshot = writer and bdb["data_persistence"] == "snapshot"
-    rules = bdb.get("snapshot_policy") or [{"secs": 3600, "writes": 1}]
+    writer = schema.persists(bdb, shard.role)
+    aof = writer and bdb.data_persistence == "aof"
+    snapshot = writer and bdb.data_persistence == "snapshot"
+    rules = bdb.snapshot_policy
     return {
         "appendonly": "yes" if aof else "no",
-        "appendfsync": "always" if bdb.get("aof_policy") == "appendfsync-always" else "everysec",
+        "appendfsync": "always" if bdb.aof_policy == "appendfsync-always" else "everysec",
         "save": " ".join(f"{r['secs']} {r['writes']}" for r in rules) if snapshot else "",
     }
 
 
-def maxmemory(bdb: dict) -> int:
-    return max(1 << 20, int(bdb["memory_size"]) // max(1, int(bdb["shards_count"])))
+def maxmemory(bdb: schema.Bdb) -> int:
+    return max(1 << 20, int(bdb.memory_size) // max(1, int(bdb.shards_count)))
 
 
-def wanted(shard: dict, bdb: dict, master: tuple[str, int] | None) -> dict:
+def wanted(shard: schema.Shard, bdb: schema.Bdb, master: tuple[str, int] | None) -> dict:
     """What redis_mgr keeps applied to a running shard."""
-    return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.get("eviction_policy"),
+    return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
             "persistence": persistence(shard, bdb)}
 
 
@@ -173,9 +173,9 @@ class RedisMgr:
         states = await ccs.read_hash(local, schema.SHARD_STATE)
         last_uid = int(await local.execute("HGET", schema.COUNTERS, "shard") or 0)
         mine = {uid: s for uid, s in records.items()
-                if s["node_uid"] == self.config.uid and s["bdb_uid"] in bdbs}
+                if s.node_uid == self.config.uid and s.bdb_uid in bdbs}
         for uid, shard in mine.items():
-            await self._ensure(shard, bdbs[shard["bdb_uid"]], records, nodes, states.get(uid))
+            await self._ensure(shard, bdbs[shard.bdb_uid], records, nodes, states.get(uid))
         for uid in list(self.shards):
             if uid not in mine and uid <= last_uid:
                 await self._remove(uid)
@@ -184,9 +184,10 @@ class RedisMgr:
                     and int(folder.name) not in self.shards and int(folder.name) <= last_uid:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    async def _ensure(self, shard: dict, bdb: dict, records: dict, nodes: dict,
+    async def _ensure(self, shard: schema.Shard, bdb: schema.Bdb,
+                      records: dict[int, schema.Shard], nodes: dict,
                       state: dict | None) -> None:
-        uid = shard["uid"]
+        uid = shard.uid
         running = self.shards.get(uid)
         if running is not None and not running.alive():
             log.warning("shard %d (pid %s) died", uid, running.pid)
@@ -210,16 +211,17 @@ class RedisMgr:
         await self._configure(running, shard, bdb, records, nodes)
         await self._report(uid, "running", shard, pid=running.pid)
 
-    def _may_start(self, shard: dict, bdb: dict, state: dict | None) -> bool:
+    def _may_start(self, shard: schema.Shard, bdb: schema.Bdb, state: dict | None) -> bool:
         """A master that died while it had a replica waits for cnm_exec's decision."""
-        if state is None or state.get("status") != "down" or shard["role"] != "master":
+        if state is None or state.get("status") != "down" or shard.role != "master":
             return True
-        if not bdb.get("replication"):
+        if not bdb.replication:
             return True
-        return shard.get("restart_after", 0) >= state.get("since", 0)
+        return (shard.restart_after or 0) >= state.get("since", 0)
 
-    def _start(self, shard: dict, bdb: dict, records: dict, nodes: dict) -> Shard | None:
-        folder = self.config.shards_dir / str(shard["uid"])
+    def _start(self, shard: schema.Shard, bdb: schema.Bdb, records: dict[int, schema.Shard],
+               nodes: dict) -> Shard | None:
+        folder = self.config.shards_dir / str(shard.uid)
         folder.mkdir(parents=True, exist_ok=True)
         conf = shard_conf(self.config, shard, bdb)
         master = self._master_of(shard, records, nodes)
@@ -229,12 +231,12 @@ class RedisMgr:
         with open(folder / "redis.log", "ab") as out:
             proc = subprocess.Popen([REDIS_SERVER, str(folder / "redis.conf")], stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        started = Shard(shard["uid"], folder, proc)
+        started = Shard(shard.uid, folder, proc)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and started.alive():
             try:
-                with socket.create_connection((self.config.address, shard["port"]), 0.2):
-                    log.info("started shard %d on port %d (pid %d)", shard["uid"], shard["port"],
+                with socket.create_connection((self.config.address, shard.port), 0.2):
+                    log.info("started shard %d on port %d (pid %d)", shard.uid, shard.port,
                              proc.pid)
                     started.applied = wanted(shard, bdb, master)
                     return started
@@ -243,27 +245,28 @@ class RedisMgr:
         started.stop()
         return None
 
-    def _master_of(self, shard: dict, records: dict, nodes: dict) -> tuple[str, int] | None:
-        if shard["role"] != "replica":
+    def _master_of(self, shard: schema.Shard, records: dict[int, schema.Shard],
+                   nodes: dict) -> tuple[str, int] | None:
+        if shard.role != "replica":
             return None
-        master = records.get(shard.get("master_uid"))
-        if master is None or master["node_uid"] not in nodes:
+        master = records.get(shard.master_uid)
+        if master is None or master.node_uid not in nodes:
             return None
-        return nodes[master["node_uid"]]["address"], master["port"]
+        return nodes[master.node_uid]["address"], master.port
 
-    async def _configure(self, running: Shard, shard: dict, bdb: dict, records: dict,
-                         nodes: dict) -> None:
+    async def _configure(self, running: Shard, shard: schema.Shard, bdb: schema.Bdb,
+                         records: dict[int, schema.Shard], nodes: dict) -> None:
         want = wanted(shard, bdb, self._master_of(shard, records, nodes))
         if running.applied == want:
             return
-        async with await connect(self.config.address, shard["port"]) as conn:
+        async with await connect(self.config.address, shard.port) as conn:
             if want["master"] != running.applied.get("master"):
                 if want["master"]:
                     await conn.execute("REPLICAOF", *map(str, want["master"]))
                 else:
                     await conn.execute("REPLICAOF", "NO", "ONE")
             await conn.execute("CONFIG", "SET", "maxmemory", str(want["maxmemory"]),
-                               "maxmemory-policy", want["policy"] or "volatile-lru")
+                               "maxmemory-policy", want["policy"])
             if want["persistence"] != running.applied.get("persistence"):
                 # appendonly yes starts an AOF rewrite in the background; no stops the AOF.
                 await conn.execute("CONFIG", "SET",
@@ -279,9 +282,9 @@ class RedisMgr:
         await master.execute("HDEL", schema.SHARD_STATE, str(uid))
         self.reported.pop(uid, None)
 
-    async def _report(self, uid: int, status: str, shard: dict, **extra) -> None:
+    async def _report(self, uid: int, status: str, shard: schema.Shard, **extra) -> None:
         value = {"uid": uid, "node_uid": self.config.uid, "status": status,
-                 "role": shard["role"], "port": shard["port"], **extra}
+                 "role": shard.role, "port": shard.port, **extra}
         old = self.reported.get(uid)
         if old is not None and old["status"] == status and \
                 {k: v for k, v in old.items() if k not in ("time", "since")} == \

@@ -27,22 +27,22 @@ def check_port(view: ClusterView, port: int, uid: int | None) -> None:
             if member.get(key) == port:
                 raise schema.InvalidRequest(f"port {port} is used by {service} of node {n}")
     for other in view.bdbs.values():
-        if other["uid"] != uid and other.get("port") == port:
-            raise schema.InvalidRequest(f"port {port} is used by database {other['uid']} "
-                                     f"({other.get('name')})")
+        if other.uid != uid and other.port == port:
+            raise schema.InvalidRequest(f"port {port} is used by database {other.uid} "
+                                     f"({other.name})")
     for a in view.unfinished_updates(uid):
-        if a["params"].get("port") == port:
-            raise schema.InvalidRequest(f"port {port} is being given to database {a['object_uid']}")
+        if a.params.get("port") == port:
+            raise schema.InvalidRequest(f"port {port} is being given to database {a.object_uid}")
 
 
 def check_name(view: ClusterView, name: str, uid: int | None) -> None:
     for other in view.bdbs.values():
-        if other["uid"] != uid and other.get("name") == name:
-            raise schema.InvalidRequest(f"name {name!r} is used by database {other['uid']}")
+        if other.uid != uid and other.name == name:
+            raise schema.InvalidRequest(f"name {name!r} is used by database {other.uid}")
     for a in view.unfinished_updates(uid):
-        if a["params"].get("name") == name:
+        if a.params.get("name") == name:
             raise schema.InvalidRequest(f"name {name!r} is being given to database "
-                                     f"{a['object_uid']}")
+                                     f"{a.object_uid}")
 
 
 def check_memory(memory_size: int, shards_count: int) -> None:
@@ -68,8 +68,8 @@ def plan_create(view: ClusterView, body: schema.BdbCreate) -> tuple[dict, list[t
     record = body.model_dump()
     check_name(view, record["name"], None)
     if record["port"] is None:
-        used = {b.get("port") for b in view.bdbs.values()}
-        used |= {a["params"].get("port") for a in view.unfinished_updates(None)}
+        used = {b.port for b in view.bdbs.values()}
+        used |= {a.params.get("port") for a in view.unfinished_updates(None)}
         used |= {member.get(k) for member in view.nodes.values() for k in NODE_PORT_NAMES}
         record["port"] = schema.free_db_port(used)
     else:
@@ -79,36 +79,36 @@ def plan_create(view: ClusterView, body: schema.BdbCreate) -> tuple[dict, list[t
     return record, placement
 
 
-def plan_update(view: ClusterView, current: dict, given: dict) -> tuple[str | None, dict]:
+def plan_update(view: ClusterView, current: schema.Bdb, given: dict) -> tuple[str | None, dict]:
     """The action a PUT starts, (name, params), or (None, {}) if nothing changes."""
-    uid = current["uid"]
-    changes = {k: v for k, v in given.items() if current.get(k) != v}
+    uid = current.uid
+    changes = {k: v for k, v in given.items() if getattr(current, k) != v}
     if not changes:
         return None, {}
     if "shards_count" in changes:
         if len(changes) > 1:
             raise schema.InvalidRequest("change shards_count alone, not with "
                                      + ", ".join(sorted(k for k in changes if k != "shards_count")))
-        old, new = current["shards_count"], changes["shards_count"]
+        old, new = current.shards_count, changes["shards_count"]
         if new < old:
             raise schema.InvalidRequest(f"shards_count can only grow (it is {old}, asked {new})")
         if new % old:
             raise schema.InvalidRequest(f"shards_count must be a multiple of the current {old} "
                                      f"(asked {new})")
-        check_memory(current["memory_size"], new)
-        check_placement(view, new - old, current["replication"])
+        check_memory(current.memory_size, new)
+        check_placement(view, new - old, current.replication)
         return "bdb_reshard", {"shards_count": new}
     if "name" in changes:
         check_name(view, changes["name"], uid)
     if "port" in changes:
         check_port(view, changes["port"], uid)
     if "memory_size" in changes:
-        check_memory(changes["memory_size"], current["shards_count"])
-    if changes.get("replication") and not current.get("replication"):
+        check_memory(changes["memory_size"], current.shards_count)
+    if changes.get("replication") and not current.replication:
         load = view.load()
         place(0, True, view.up, load)           # two nodes up, or InvalidRequest
-        if sum(load.values()) + current["shards_count"] > MAX_SHARDS_PER_NODE * len(view.up):
-            raise schema.InvalidRequest(f"{current['shards_count']} replicas do not fit on the "
+        if sum(load.values()) + current.shards_count > MAX_SHARDS_PER_NODE * len(view.up):
+            raise schema.InvalidRequest(f"{current.shards_count} replicas do not fit on the "
                                      f"{len(view.up)} nodes up")
     return "bdb_update", changes
 

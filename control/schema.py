@@ -5,7 +5,11 @@ cnm_exec's machines carry them out, redis_mgr, node_wd and the node's dmcproxy r
 schema is described for operators in CCS.md beside this file; where shards go and which have
 failed is control/cluster_view.py.
 
-Every value is a msgpack map (`ccs.pack`).
+Every value is a msgpack map (`ccs.pack`). The four records services change, Bdb, Shard, Action
+and BdbMap, are msgspec Structs encoded as those same maps (field name -> value, every field
+written, None as nil): `ccs.read(redis, key, Bdb)` and the readers below decode them. Decoding
+gives a field the record lacks its default (a record written by hand or by an older version),
+and ignores a field the Struct does not name: it is not kept, so the next write drops it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 import uuid
 from typing import Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from control import ccs
@@ -127,12 +132,12 @@ class Conflict(RuntimeError):
     """The database is being changed by another action (HTTP 409)."""
 
 
-def persists(bdb: dict, role: str) -> bool:
+def persists(bdb: Bdb, role: str) -> bool:
     """Does a shard of this role write the database to disk? With replication only the replicas
     do (a master does no disk I/O); without it, the master."""
-    if (bdb.get("data_persistence") or "disabled") == "disabled":
+    if bdb.data_persistence == "disabled":
         return False
-    return role == "replica" or not bdb.get("replication")
+    return role == "replica" or not bdb.replication
 
 
 # ---- slots (pure) ----------------------------------------------------------------------------
@@ -164,59 +169,154 @@ def to_ranges(slots: list[int]) -> list[list[int]]:
     return out
 
 
+# ---- the records (msgspec Structs, encoded as the msgpack maps CCS.md describes) ------------
+
+class Bdb(msgspec.Struct, kw_only=True):
+    """bdbs:<uid>, a database. The settings are BdbCreate's (same names, same defaults); the
+    rest is written by cnm_http at creation and by cnm_exec after."""
+    uid: int
+    name: str = ""
+    port: int = 0
+    memory_size: int = 100 << 20
+    shards_count: int = 1
+    replication: bool = False
+    data_persistence: str = "disabled"
+    aof_policy: str = "appendfsync-every-sec"
+    snapshot_policy: list[dict] = msgspec.field(
+        default_factory=lambda: [{"secs": 3600, "writes": 1}])
+    authentication_redis_pass: str = ""
+    eviction_policy: str = "volatile-lru"
+    proxy_policy: str | None = None               # None: all-nodes (control/discovery.py)
+    backup_interval: int = 0
+    backup_location: str | None = None
+    status: str = "active"                        # pending, active, deleting, creation-failed
+    version: int = 0                              # + 1 per bdb_update (proxy_ack's bdb_version)
+    action_uid: str | None = None                 # the bdb_create that made it
+    redis_version: str | None = None
+    created_time: float | None = None
+    last_changed_time: float | None = None
+    last_backup_time: float | None = None
+    last_backup_id: str | None = None
+    backup_status: str | None = None              # succeeded, failed
+    backup_failure_reason: str | None = None
+
+
+class Shard(msgspec.Struct, kw_only=True):
+    """shards:<uid>, one redis-server of a database, placed on a node."""
+    uid: int
+    bdb_uid: int
+    node_uid: int
+    role: str                                     # master, replica
+    port: int
+    slots: list[list[int]]                        # [[first, last], ...]
+    master_uid: int | None = None                 # a replica's master
+    restart_after: float | None = None            # node_wd: start a failed master again
+
+
+class Action(msgspec.Struct, kw_only=True):
+    """actions:<uid>, a change cnm_exec carries out (control/machines/)."""
+    action_uid: str
+    name: str
+    object_type: str
+    object_uid: int | None
+    status: str = "pending"                       # pending, active, completed, failed
+    progress: float = 0
+    step: str = "queued"
+    error: str | None = None
+    params: dict = {}
+    state: dict = {}                              # the machine's, saved after each step
+    bdb_uid: int | None = None                    # whose lock is released at the end
+    result: dict | None = None                    # what a bdb_backup or bdb_import made
+    creation_time: float = 0
+    update_time: float = 0
+
+
+class MapShard(msgspec.Struct, kw_only=True):
+    uid: int
+    address: str                                  # host:port
+    slots: list[list[int]]
+
+
+class BdbMap(msgspec.Struct, kw_only=True):
+    """bdb_map:<uid>, what every dmcproxy serves (dmc.shard_map.ShardMap.from_dict reads it)."""
+    version: int
+    paused: bool = False
+    shards: list[MapShard] = []
+
+
+def set_fields(record: msgspec.Struct, **fields) -> None:
+    """Change fields of a record in place (a name the record does not have is AttributeError,
+    not a new key)."""
+    for name, value in fields.items():
+        setattr(record, name, value)
+
+
+def as_dict(record: msgspec.Struct) -> dict:
+    """The record as the plain map CCS holds (for JSON, REST replies, tests)."""
+    return msgspec.to_builtins(record)
+
+
 # ---- records in CCS -------------------------------------------------------------------------
 
 async def next_uid(redis, kind: str) -> int:
     return int(await redis.execute("HINCRBY", COUNTERS, kind, 1))
 
 
-async def bdbs(redis) -> dict[int, dict]:
-    return await ccs.read_hash(redis, BDBS)
+async def bdbs(redis) -> dict[int, Bdb]:
+    return await ccs.read_hash(redis, BDBS, Bdb)
 
 
-async def shards(redis) -> dict[int, dict]:
-    return await ccs.read_hash(redis, SHARDS)
+async def shards(redis) -> dict[int, Shard]:
+    return await ccs.read_hash(redis, SHARDS, Shard)
 
 
-async def actions(redis) -> dict[str, dict]:
-    return ccs.str_hash(await redis.execute("HGETALL", ACTIONS))
+async def actions(redis) -> dict[str, Action]:
+    return ccs.str_hash(await redis.execute("HGETALL", ACTIONS), Action)
 
 
-async def get_bdb(redis, uid: int) -> dict | None:
-    return ccs.unpack(await redis.execute("HGET", BDBS, str(uid)))
+async def get_bdb(redis, uid: int) -> Bdb | None:
+    return ccs.unpack(await redis.execute("HGET", BDBS, str(uid)), Bdb)
 
 
-async def get_action(redis, uid: str) -> dict | None:
-    return ccs.unpack(await redis.execute("HGET", ACTIONS, uid))
+async def get_shard(redis, uid: int) -> Shard | None:
+    return ccs.unpack(await redis.execute("HGET", SHARDS, str(uid)), Shard)
 
 
-async def put_bdb(redis, bdb: dict) -> None:
-    bdb["last_changed_time"] = time.time()
-    await ccs.write(redis, BDBS, bdb, field=bdb["uid"])
+async def get_action(redis, uid: str) -> Action | None:
+    return ccs.unpack(await redis.execute("HGET", ACTIONS, uid), Action)
 
 
-async def put_shard(redis, shard: dict) -> None:
-    await ccs.write(redis, SHARDS, shard, field=shard["uid"])
+async def get_map(redis, bdb_uid: int) -> BdbMap | None:
+    return await ccs.read(redis, map_key(bdb_uid), BdbMap)
 
 
-async def put_action(redis, action: dict) -> None:
-    action["update_time"] = time.time()
-    await ccs.write(redis, ACTIONS, action, field=action["action_uid"])
+async def put_bdb(redis, bdb: Bdb) -> None:
+    bdb.last_changed_time = time.time()
+    await ccs.write(redis, BDBS, bdb, field=bdb.uid)
 
 
-def new_action(name: str, object_type: str, object_uid: int | None, params: dict) -> dict:
+async def put_shard(redis, shard: Shard) -> None:
+    await ccs.write(redis, SHARDS, shard, field=shard.uid)
+
+
+async def put_action(redis, action: Action) -> None:
+    action.update_time = time.time()
+    await ccs.write(redis, ACTIONS, action, field=action.action_uid)
+
+
+def new_action(name: str, object_type: str, object_uid: int | None, params: dict, *,
+               bdb_uid: int | None = None) -> Action:
     now = time.time()
-    return {"action_uid": str(uuid.uuid4()), "name": name, "object_type": object_type,
-            "object_uid": object_uid, "status": "pending", "progress": 0, "step": "queued",
-            "error": None, "params": params, "state": {}, "creation_time": now,
-            "update_time": now}
+    return Action(action_uid=str(uuid.uuid4()), name=name, object_type=object_type,
+                  object_uid=object_uid, params=params, bdb_uid=bdb_uid, creation_time=now,
+                  update_time=now)
 
 
-async def submit(redis, action: dict, *, lock_bdb: int | None = None) -> dict:
+async def submit(redis, action: Action, *, lock_bdb: int | None = None) -> Action:
     """Record an action for cnm_exec (on the master) to run. With `lock_bdb`, the database is
     locked for it first: if another action holds the lock, Conflict."""
     if lock_bdb is not None:
-        ok = await redis.execute("SET", lock_key(lock_bdb), action["action_uid"], "NX")
+        ok = await redis.execute("SET", lock_key(lock_bdb), action.action_uid, "NX")
         if ok is None:
             holder = (await redis.execute("GET", lock_key(lock_bdb)) or b"?").decode()
             raise Conflict(f"database {lock_bdb} is being changed by action {holder}")
@@ -231,15 +331,16 @@ async def release(redis, bdb_uid: int, action_uid: str) -> None:
                         1, lock_key(bdb_uid), action_uid)
 
 
-async def relocate(redis, shard: dict, node: int, shards: dict) -> None:
+async def relocate(redis, shard: Shard, node: int, shards: dict[int, Shard]) -> None:
     """Place the shard on `node`, on a free port there (redis_mgr starts it, and the old
     node's stops it)."""
-    shard.update(node_uid=node, port=free_shard_port({s["port"] for s in shards.values()}))
+    shard.node_uid = node
+    shard.port = free_shard_port({s.port for s in shards.values()})
     await put_shard(redis, shard)
 
 
-def shard_address(shard: dict, nodes: dict[int, dict]) -> str:
-    return f"{nodes[shard['node_uid']]['address']}:{shard['port']}"
+def shard_address(shard: Shard, nodes: dict[int, dict]) -> str:
+    return f"{nodes[shard.node_uid]['address']}:{shard.port}"
 
 
 def free_db_port(used: set[int]) -> int:
@@ -259,14 +360,14 @@ def free_shard_port(used: set[int], rng: random.Random | None = None) -> int:
     raise InvalidRequest("no free shard port in 20000-29999")
 
 
-def public_bdb(bdb: dict, nodes: dict[int, dict], shard_uids: list[int],
+def public_bdb(bdb: Bdb, nodes: dict[int, dict], shard_uids: list[int],
                fqdn: str = DEFAULT_FQDN) -> dict:
     """The database as the REST API shows it (Redis Enterprise's field names)."""
-    out = {k: v for k, v in bdb.items() if not k.startswith("_")}
+    out = as_dict(bdb)
     out["shard_list"] = sorted(shard_uids)
-    out["endpoints"] = [{"uid": f"{bdb['uid']}:1", "port": bdb["port"],
-                         "dns_address_master": dns_name(bdb["port"], fqdn),
+    out["endpoints"] = [{"uid": f"{bdb.uid}:1", "port": bdb.port,
+                         "dns_address_master": dns_name(bdb.port, fqdn),
                          "addr": [n["address"] for _, n in sorted(nodes.items())],
                          "addr_type": "external",
-                         "proxy_policy": bdb.get("proxy_policy") or DEFAULT_PROXY_POLICY}]
+                         "proxy_policy": bdb.proxy_policy or DEFAULT_PROXY_POLICY}]
     return out

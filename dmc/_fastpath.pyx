@@ -16,18 +16,24 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
       transaction   MULTI ... EXEC, WATCH
+      sort          SORT's BY / GET patterns: allowed only within the sorted key's slot
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
+      tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
       fence         a map change fails what is in flight on shards that lost slots (-TRYAGAIN);
                     the write fence of a node cut off from the majority (-READONLY)
       hold          requests for a shard that is down wait for a new map or the shard (hold_ms)
+      busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
+
+Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
+runs on: its clients, backends, request free list, counters).
 
 There is no mutable state at module level: everything a Proxy changes is in its own Core (its
 PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
@@ -46,13 +52,16 @@ include "fastpath/local.pxi"
 include "fastpath/local_client.pxi"
 include "fastpath/monitor.pxi"
 include "fastpath/transaction.pxi"
+include "fastpath/sort.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
+include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
 include "fastpath/fence.pxi"
 include "fastpath/hold.pxi"
+include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
@@ -61,7 +70,8 @@ include "fastpath/coalesce_pfcount.pxi"
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
           "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED, "getkeys": ROUTE_GETKEYS,
           "scan": ROUTE_SCAN, "blocking": ROUTE_BLOCKING, "pubsub": ROUTE_PUBSUB,
-          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT}
+          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT, "control": ROUTE_CONTROL,
+          "sort": ROUTE_SORT}
 MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
@@ -69,12 +79,14 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "random": MERGE_RANDOM, "info": MERGE_INFO, "sunion": MERGE_SUNION,
           "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD,
           "zunion": MERGE_ZUNION, "zinter": MERGE_ZINTER, "zdiff": MERGE_ZDIFF,
-          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT}
+          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT,
+          "function_stats": MERGE_FUNCTION_STATS}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
           "monitor": LOCAL_MONITOR}
+PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
@@ -209,7 +221,7 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0, int hold_ms=0):
+                 int idle_timeout_s=0, long long tracking_max_keys=0, int hold_ms=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -225,6 +237,7 @@ cdef class Proxy:
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
         self.core.hold_us = <long long>max(0, hold_ms) * 1000
+        self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
@@ -282,6 +295,14 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
+                for j in range(2):
+                    b = self.core.shards[i].control[j]
+                    if b != NULL:
+                        if b.fd >= 0:
+                            close(b.fd)
+                        buf_free(&b.rbuf)
+                        buf_free(&b.wbuf)
+                        free(b)
             free(self.core.shards)
         while self.core.free_requests != NULL:
             r = self.core.free_requests
@@ -299,6 +320,7 @@ cdef class Proxy:
         buf_free(&self.core.monitor_line)
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
+        tracking_free(&self.core)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -389,6 +411,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        tracking_map_changed(&self.core)
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.
         fence_map_change(&self.core, lost)
@@ -541,7 +564,8 @@ cdef class Proxy:
                 b = &s.conns[j]
                 conns.append({"state": ("down", "connecting", "up")[b.state], "queued": b.queued,
                               "proto": b.proto})
-            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns})
+            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns,
+                           "busy": bool(s.busy)})
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),

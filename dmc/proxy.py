@@ -37,6 +37,7 @@ class ProxyConfig:
     client_output_limit_mb: int = 256
     password: str = ""
     timeout: int = 0
+    tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
     hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
 
@@ -69,12 +70,13 @@ def load_config(path: str) -> ProxyConfig:
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
         hold_ms = 0          # a request for a shard that is down waits this long for a new map
+        tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s",
-             "hold_ms"}
+             "hold_ms", "tracking_max_keys"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -123,7 +125,7 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
                                 password=cfg.password or None, idle_timeout_s=cfg.timeout,
-                                hold_ms=cfg.hold_ms)
+                                hold_ms=cfg.hold_ms, tracking_max_keys=cfg.tracking_max_keys)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()
@@ -189,8 +191,11 @@ def log(msg: str) -> None:
               help="A client owed more reply bytes than this is disconnected (0: no limit). [256]")
 @click.option("--password", help="Database password: clients must AUTH (user `default`).")
 @click.option("--timeout", type=int, help="Close clients idle this many seconds (0: never). [0]")
+@click.option("--tracking-max-keys", type=int,
+              help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
+                   "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
-         client_output_limit_mb, password, timeout):
+         client_output_limit_mb, password, timeout, tracking_max_keys):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -198,7 +203,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("backend_timeout_ms", backend_timeout_ms),
                             ("conns_per_shard", conns_per_shard),
                             ("client_output_limit_mb", client_output_limit_mb),
-                            ("password", password), ("timeout", timeout)):
+                            ("password", password), ("timeout", timeout),
+                            ("tracking_max_keys", tracking_max_keys)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

@@ -43,8 +43,13 @@ def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalClus
     assert found == [], found
 
 
+def plain(record) -> dict | None:
+    """A CCS record as the msgpack map CCS holds: tests read what the wire carries."""
+    return None if record is None else schema.as_dict(record)
+
+
 class Cluster:
-    """A LocalCluster and the few things these tests ask of its CCS."""
+    """A LocalCluster and the few things these tests ask of its CCS (records as plain maps)."""
 
     def __init__(self, home, first_address: str, **create_options):
         self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
@@ -78,30 +83,38 @@ class Cluster:
                     raise
                 time.sleep(0.2)
 
-    def create_db(self, name="db", shards=2, replication=True, port=None, **fields) -> dict:
+    def submit_create(self, name="db", shards=2, replication=True, port=None,
+                      **fields) -> tuple[int, str]:
+        """A new database record and its bdb_create action, as cnm_http writes them: (database
+        uid, action uid)."""
         port = port or free_port()
 
         async def create(r):
             uid = await schema.next_uid(r, "bdb")
             spec = schema.BdbCreate(name=name, port=port, shards_count=shards,
                                     replication=replication, **fields).model_dump()
-            await schema.put_bdb(r, {**spec, "uid": uid, "status": "pending"})
+            await schema.put_bdb(r, schema.Bdb(**spec, uid=uid, status="pending"))
             action = await schema.submit(r, schema.new_action("bdb_create", "bdb", uid, {}),
                                          lock_bdb=uid)
-            return uid, action["action_uid"]
-        uid, action = self.ccs(create)
+            return uid, action.action_uid
+        return self.ccs(create)
+
+    def create_db(self, name="db", shards=2, replication=True, port=None, **fields) -> dict:
+        uid, action = self.submit_create(name, shards, replication, port, **fields)
         self.wait_action(action)
         return self.bdb(uid)
 
     def submit(self, name, object_type, object_uid, params, bdb_uid) -> str:
         async def go(r):
-            action = schema.new_action(name, object_type, object_uid, params)
-            action["bdb_uid"] = bdb_uid
-            return (await schema.submit(r, action, lock_bdb=bdb_uid))["action_uid"]
+            action = schema.new_action(name, object_type, object_uid, params, bdb_uid=bdb_uid)
+            return (await schema.submit(r, action, lock_bdb=bdb_uid)).action_uid
         return self.ccs(go)
 
+    def action(self, uid: str) -> dict | None:
+        return plain(self.ccs(lambda r: schema.get_action(r, uid)))
+
     def wait_action(self, uid: str, timeout: float = 90.0) -> dict:
-        action = wait_until(lambda: (a := self.ccs(lambda r: schema.get_action(r, uid)))
+        action = wait_until(lambda: (a := self.action(uid))
                             and a["status"] in ("completed", "failed") and a,
                             timeout=timeout, interval=0.1, what=f"action {uid}")
         assert action["status"] == "completed", action
@@ -111,10 +124,10 @@ class Cluster:
         return self.wait_action(self.submit(name, object_type, object_uid, params, bdb_uid))
 
     def bdb(self, uid):
-        return self.ccs(lambda r: schema.get_bdb(r, uid))
+        return plain(self.ccs(lambda r: schema.get_bdb(r, uid)))
 
     def shards(self, bdb_uid) -> dict[int, dict]:
-        return {u: s for u, s in self.ccs(schema.shards).items() if s["bdb_uid"] == bdb_uid}
+        return {u: plain(s) for u, s in self.ccs(schema.shards).items() if s.bdb_uid == bdb_uid}
 
     def states(self) -> dict[int, dict]:
         return self.ccs(lambda r: ccs.read_hash(r, schema.SHARD_STATE))

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from dmc.local import start_proxy, start_redis, start_redis_on_free_port, stop_process
+from dmc.local import start_proxy, start_redis, start_redis_on_free_port
+from dmc.processes import stop_process
 from dmc.shard_map import ShardMap
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dmc.resp import encode_commands
+
 
 def plain(reply):
     if isinstance(reply, Exception):
@@ -76,12 +78,7 @@ class RespConn:
         self.buf = b""
 
     def send(self, *commands) -> None:
-        out = b""
-        for cmd in commands:
-            args = [a.encode() if isinstance(a, str) else b"%d" % a if isinstance(a, int) else a
-                    for a in cmd]
-            out += b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-        self.sock.sendall(out)
+        self.sock.sendall(encode_commands(commands))
 
     def read(self, timeout: float | None = None):
         """The next frame; socket.timeout (TimeoutError) if none comes within timeout."""

@@ -21,7 +21,8 @@ from clusters import rest_cluster
 from waiting import wait_until
 
 from control.cli import main
-from dmc.local import start_redis_on_free_port, stop_process
+from dmc.local import start_redis_on_free_port
+from dmc.processes import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -151,7 +152,7 @@ def plain_rdb(tmp_path_factory) -> tuple[Path, dict]:
         r = redis.Redis("127.0.0.1", port, protocol=2)
         fill(r, 500)
         r.set("expired-soon", "x", px=1)
-        time.sleep(0.01)
+        wait_until(lambda: not r.exists("expired-soon"), what="the key expired")
         held = contents(r)
         r.save()
         r.close()
@@ -285,7 +286,7 @@ def test_backups_happen_by_themselves_every_backup_interval(cluster, api):
     wait_until(lambda: all(a["status"] in ("completed", "failed")
                            for a in api.get("/v1/actions").json()), 20, what="no running action")
     count = len(api.get(f"/v1/bdbs/{bdb['uid']}/backups").json())
-    time.sleep(3.5)
+    time.sleep(3.5)         # the behaviour under test: longer than the old interval, no backup
     assert len(api.get(f"/v1/bdbs/{bdb['uid']}/backups").json()) == count
 
 

@@ -325,8 +325,8 @@ def test_placement_needs_two_nodes_up_for_replication():
     record, placement = cnm_http.plan_create(view, schema.BdbCreate(name="x", shards_count=2))
     assert placement == [(1, None), (1, None)] and record["port"] == 10000
     with pytest.raises(schema.InvalidRequest, match="two nodes up"):
-        cnm_http.plan_update(view, {"uid": 7, "shards_count": 1, "replication": False,
-                                    "memory_size": 1 << 30}, {"replication": True})
+        cnm_http.plan_update(view, schema.Bdb(uid=7, shards_count=1, replication=False,
+                                              memory_size=1 << 30), {"replication": True})
 
 
 def test_shard_actions_that_cannot_be_carried_out_are_406(cluster, api, replicated):

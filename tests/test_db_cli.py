@@ -207,8 +207,8 @@ def test_api_errors_are_one_line_and_exit_1(dmc, cluster, cache):
 def test_a_failed_action_exits_1_with_its_error(dmc, cluster):
     # an action cnm_exec cannot run (unknown name) is marked failed with a reason
     action = schema.new_action("bogus_machine", "bdb", None, {})
-    ccs_master(cluster).hset(schema.ACTIONS, action["action_uid"], ccs.pack(action))
-    result = dmc("action", "show", action["action_uid"], "--wait")
+    ccs_master(cluster).hset(schema.ACTIONS, action.action_uid, ccs.pack(action))
+    result = dmc("action", "show", action.action_uid, "--wait")
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == \
         "error: bogus_machine failed: unknown action bogus_machine"

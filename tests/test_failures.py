@@ -17,7 +17,8 @@ from raw_resp import RawClient
 from waiting import wait_until
 
 from dmc._fastpath import slot_of
-from dmc.local import free_port, start_redis, stop_process
+from dmc.local import start_redis
+from dmc.processes import free_port, stop_process
 
 
 def keys_by_shard(db, count=60):

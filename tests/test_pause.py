@@ -20,7 +20,8 @@ from waiting import wait_until
 from dmc import _fastpath
 from dmc.commands import table_from_shards
 from dmc.endpoint import Endpoint, EndpointStopped
-from dmc.local import start_redis_on_free_port, stop_process
+from dmc.local import start_redis_on_free_port
+from dmc.processes import stop_process
 from dmc.proxy import ProxyConfig, open_proxy
 from dmc.shard_map import SLOT_COUNT, ShardMap
 
@@ -314,19 +315,29 @@ def test_a_client_that_hangs_up_while_held_is_cleaned_up(shards, endpoint):
         assert c.get("gone") is None
 
 
+def _over_three_shards(shards, endpoint):
+    """An endpoint over shards 0-2, and the slot of `{t}`, the one these tests move to shard 3:
+    (map, endpoint, slot)."""
+    old = even_map(shards, 0, 1, 2)
+    return old, endpoint(old), _fastpath.slot_of("{t}")
+
+
+def _move_to_shard_3_while_paused(ep, old, slot, shards) -> bool:
+    """Pause the endpoint and install the map with `slot` on shard 3 (True: installed)."""
+    ep.pause()
+    return ep.apply_shard_map(moved(old, slot, (HOST, shards.ports[3])))
+
+
 @pytest.mark.parametrize("queued_after_the_pause", [(), (("INCR", "{t}n"),)],
                          ids=["exec-only", "incr-and-exec"])
 def test_exec_held_across_a_pause_runs_on_the_shard_of_the_new_map(shards, endpoint,
                                                                    queued_after_the_pause):
-    old = even_map(shards, 0, 1, 2)
-    ep = endpoint(old)
-    slot = _fastpath.slot_of("{t}")
+    old, ep, slot = _over_three_shards(shards, endpoint)
     was = old.shard_of_slot(slot)[1]
     c = RawClient(ep.port)
     c.send(("MULTI",), ("SET", "{t}a", "1"))
     assert c.replies(2) == [b"OK", b"QUEUED"]
-    ep.pause()
-    assert ep.apply_shard_map(moved(old, slot, (HOST, shards.ports[3])))
+    assert _move_to_shard_3_while_paused(ep, old, slot, shards)
     c.send(*queued_after_the_pause, ("EXEC",))
     assert c.nothing_within(0.2)
     ep.resume()
@@ -338,16 +349,13 @@ def test_exec_held_across_a_pause_runs_on_the_shard_of_the_new_map(shards, endpo
 
 
 def test_exec_after_a_map_change_aborts_when_its_keys_are_now_on_two_shards(shards, endpoint):
-    old = even_map(shards, 0, 1, 2)
-    ep = endpoint(old)
-    slot = _fastpath.slot_of("{t}")
+    old, ep, slot = _over_three_shards(shards, endpoint)
     other = key_on(old, old.shard_of_slot(slot)[1], "same-shard-other-slot")
     assert _fastpath.slot_of(other) != slot
     c = RawClient(ep.port)
     c.send(("MULTI",), ("SET", "{t}a", "1"), ("SET", other, "1"))
     assert c.replies(3) == [b"OK", b"QUEUED", b"QUEUED"]
-    ep.pause()
-    ep.apply_shard_map(moved(old, slot, (HOST, shards.ports[3])))
+    assert _move_to_shard_3_while_paused(ep, old, slot, shards)
     ep.resume()
     c.send(("EXEC",))
     assert c.replies(1)[0][1].startswith("EXECABORT")
@@ -359,14 +367,11 @@ def test_exec_after_a_map_change_aborts_when_its_keys_are_now_on_two_shards(shar
                          ids=["exec-only", "set-and-exec"])
 def test_exec_after_a_map_change_fails_like_a_touched_watch(shards, endpoint,
                                                             queued_after_the_pause):
-    old = even_map(shards, 0, 1, 2)
-    ep = endpoint(old)
-    slot = _fastpath.slot_of("{t}")
+    old, ep, slot = _over_three_shards(shards, endpoint)
     c = RawClient(ep.port)
     c.send(("WATCH", "{t}a"), ("MULTI",), ("SET", "{t}a", "1"))
     assert c.replies(3) == [b"OK", b"OK", b"QUEUED"]
-    ep.pause()
-    ep.apply_shard_map(moved(old, slot, (HOST, shards.ports[3])))
+    assert _move_to_shard_3_while_paused(ep, old, slot, shards)
     c.send(*queued_after_the_pause, ("EXEC",))
     ep.resume()
     assert c.replies(len(queued_after_the_pause) + 1) == \

@@ -22,7 +22,7 @@ from waiting import wait_until
 
 from control.discovery import advertised, dns_name, internal_dns_name
 from control.node import supervisor_rpc
-from dmc.cli import main
+from control.cli import main
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -12,7 +12,8 @@ import trio
 import trio.lowlevel
 
 from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
-from dmc.local import free_port, start_redis_on_free_port, stop_process
+from dmc.local import start_redis_on_free_port
+from dmc.processes import free_port, stop_process
 
 HOST = "127.0.0.1"
 

@@ -17,7 +17,7 @@ from redis.sentinel import Sentinel
 from waiting import wait_until
 
 from control.sentinel_service import NullArray, Push, encode
-from dmc.local import free_port
+from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -12,7 +12,8 @@ import redis
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dmc.local import start_redis_on_free_port, stop_process
+from dmc.local import start_redis_on_free_port
+from dmc.processes import stop_process
 
 from dmc._fastpath import slot_of
 

@@ -15,7 +15,8 @@ import redis
 from conftest import Database, start_database
 from waiting import wait_until
 
-from dmc.local import start_redis_on_free_port, stop_process
+from dmc.local import start_redis_on_free_port
+from dmc.processes import stop_process
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
+from waiting import wait_until
 
 
 @dataclass
@@ -49,6 +50,12 @@ class WriteLoad:
     @property
     def writes(self) -> int:
         return len(self.acked)
+
+    def wait_writes(self, more: int = 100, timeout: float = 20.0) -> None:
+        """Until `more` writes after now are acknowledged: the load runs across what the test
+        just did (or is about to do)."""
+        target = self.writes + more
+        wait_until(lambda: self.writes >= target, timeout, what=f"{more} more writes")
 
     def _client(self, i: int) -> None:
         conn = redis.Redis(host=self.host, port=self.port, password=self.password,

@@ -42,22 +42,22 @@ class Machine:
 
     steps: tuple[tuple[str, int], ...] = ()      # (method name, progress when done)
 
-    def __init__(self, exec_, redis, action: dict):
+    def __init__(self, exec_, redis, action: schema.Action):
         # exec_: the cnm_exec service running it (its node's `config`, its CCS `session`)
         self.exec = exec_
         self.redis = redis
         self.action = action
-        self.state = action.setdefault("state", {})
+        self.state = action.state
 
     async def run(self) -> None:
         action = self.action
         done = self.state.get("done", 0)
-        action["status"] = "active"
+        action.status = "active"
         try:
             for i, (name, progress) in enumerate(self.steps):
                 if i < done:
                     continue
-                action["step"] = name
+                action.step = name
                 await self.save()
                 try:
                     await getattr(self, name)()
@@ -70,13 +70,13 @@ class Machine:
                     await self.save()
                     raise
                 self.state["done"] = i + 1
-                action["progress"] = progress
+                action.progress = progress
                 await self.save()
-            action.update(status="completed", step="done", progress=100)
+            schema.set_fields(action, status="completed", step="done", progress=100)
             await self.finish(ok=True)
         except ActionFailed as exc:
-            log.warning("action %s (%s) failed: %s", action["action_uid"], action["name"], exc)
-            action.update(status="failed", error=str(exc))
+            log.warning("action %s (%s) failed: %s", action.action_uid, action.name, exc)
+            schema.set_fields(action, status="failed", error=str(exc))
             await self.finish(ok=False)
         await self.save()
         await self.release()
@@ -93,14 +93,14 @@ class Machine:
         """What the machine does at the end (both ways); the lock is released after."""
 
     async def release(self) -> None:
-        bdb_uid = self.action.get("bdb_uid") or (
-            self.action["object_uid"] if self.action["object_type"] == "bdb" else None)
+        bdb_uid = self.action.bdb_uid or (
+            self.action.object_uid if self.action.object_type == "bdb" else None)
         if bdb_uid is not None:
-            await schema.release(self.redis, bdb_uid, self.action["action_uid"])
+            await schema.release(self.redis, bdb_uid, self.action.action_uid)
 
     # ---- reading the world -------------------------------------------------------------
 
-    async def bdb(self, uid: int | None = None) -> dict:
+    async def bdb(self, uid: int | None = None) -> schema.Bdb:
         found = await schema.get_bdb(self.redis, uid if uid is not None else self.bdb_uid)
         if found is None:
             raise ActionFailed(f"database {uid or self.bdb_uid} does not exist")
@@ -108,7 +108,7 @@ class Machine:
 
     @property
     def bdb_uid(self) -> int:
-        return self.action["object_uid"]
+        return self.action.object_uid
 
     async def nodes(self) -> dict[int, dict]:
         return await ccs.read_hash(self.redis, ccs.NODES)
@@ -119,13 +119,13 @@ class Machine:
     async def up(self) -> set[int]:
         return await nodes_up(self.redis, await self.nodes())
 
-    async def shards_of(self, bdb_uid: int) -> dict[int, dict]:
+    async def shards_of(self, bdb_uid: int) -> dict[int, schema.Shard]:
         return {u: s for u, s in (await schema.shards(self.redis)).items()
-                if s["bdb_uid"] == bdb_uid}
+                if s.bdb_uid == bdb_uid}
 
-    async def address(self, shard: dict) -> tuple[str, int]:
+    async def address(self, shard: schema.Shard) -> tuple[str, int]:
         nodes = await self.nodes()
-        return nodes[shard["node_uid"]]["address"], shard["port"]
+        return nodes[shard.node_uid]["address"], shard.port
 
     # ---- waiting for the nodes ---------------------------------------------------------
 
@@ -136,8 +136,8 @@ class Machine:
             states = await ccs.read_hash(self.redis, schema.SHARD_STATE)
             shards = await schema.shards(self.redis)
             waiting = [u for u in uids if (states.get(u) or {}).get("status") != "running"
-                       or states[u]["node_uid"] != shards[u]["node_uid"]
-                       or states[u]["port"] != shards[u]["port"]]
+                       or states[u]["node_uid"] != shards[u].node_uid
+                       or states[u]["port"] != shards[u].port]
             if not waiting:
                 return
             failed = [u for u in waiting if (states.get(u) or {}).get("status") == "error"]
@@ -145,7 +145,7 @@ class Machine:
                 raise ActionFailed(f"shards {waiting} did not start")
             await self.exec.session.wait_changed(0.2)
 
-    async def wait_synced(self, replica: dict, timeout: float = SYNC_TIMEOUT) -> None:
+    async def wait_synced(self, replica: schema.Shard, timeout: float = SYNC_TIMEOUT) -> None:
         """Until the replica has loaded its master's data, its link is up and its master's
         writes reach it (see _wait_streaming)."""
         deadline = trio.current_time() + timeout
@@ -159,13 +159,14 @@ class Machine:
             except (RedisUnavailable, ReplyError):
                 pass
             if trio.current_time() > deadline:
-                raise ActionFailed(f"replica shard {replica['uid']} did not sync in {timeout}s")
+                raise ActionFailed(f"replica shard {replica.uid} did not sync in {timeout}s")
             await trio.sleep(0.05)
-        master = (await schema.shards(self.redis)).get(replica.get("master_uid"))
+        master = (await schema.shards(self.redis)).get(replica.master_uid)
         if master is not None:
             await self._wait_streaming(master, replica, deadline)
 
-    async def _wait_streaming(self, master: dict, replica: dict, deadline: float) -> None:
+    async def _wait_streaming(self, master: schema.Shard, replica: schema.Shard,
+                              deadline: float) -> None:
         """Until a write made on the master now has reached the replica. A link that is up is
         not enough: after a diskless sync the master streams its writes to the replica only
         from the replica's next REPLCONF ACK (Redis sends one a second), so for up to a second
@@ -186,11 +187,12 @@ class Machine:
             except (RedisUnavailable, ReplyError, KeyError, ValueError):
                 pass
             if trio.current_time() > deadline:
-                raise ActionFailed(f"replica shard {replica['uid']} does not receive its "
+                raise ActionFailed(f"replica shard {replica.uid} does not receive its "
                                    f"master's writes")
             await trio.sleep(0.05)
 
-    async def wait_caught_up(self, master: dict, replica: dict, timeout: float = 10.0) -> None:
+    async def wait_caught_up(self, master: schema.Shard, replica: schema.Shard,
+                             timeout: float = 10.0) -> None:
         """Until the replica has applied everything its master has (writes are paused)."""
         deadline = trio.current_time() + timeout
         m_addr, r_addr = await self.address(master), await self.address(replica)
@@ -200,25 +202,25 @@ class Machine:
                     r.get("slave_repl_offset") == m.get("master_repl_offset"):
                 return
             if trio.current_time() > deadline:
-                raise ActionFailed(f"replica shard {replica['uid']} did not catch up "
+                raise ActionFailed(f"replica shard {replica.uid} did not catch up "
                                    f"(master offset {m.get('master_repl_offset')}, replica "
                                    f"{r.get('slave_repl_offset')})")
             await trio.sleep(0.005)
 
-    async def current_map(self, bdb_uid: int) -> dict | None:
-        return await ccs.read(self.redis, schema.map_key(bdb_uid))
+    async def current_map(self, bdb_uid: int) -> schema.BdbMap | None:
+        return await schema.get_map(self.redis, bdb_uid)
 
-    async def publish_map(self, bdb_uid: int, masters: list[dict], *, paused: bool) -> int:
+    async def publish_map(self, bdb_uid: int, masters: list[schema.Shard], *,
+                          paused: bool) -> int:
         """Write the next version of the database's map; returns it."""
         old = await self.current_map(bdb_uid)
-        version = (old["version"] if old else 0) + 1
+        version = (old.version if old else 0) + 1
         nodes = await self.nodes()
-        value = {"version": version, "paused": paused,
-                 "shards": [{"uid": s["uid"], "address": schema.shard_address(s, nodes),
-                             "slots": s["slots"]} for s in sorted(masters, key=lambda s:
-                                                                  s["slots"][0][0])]}
+        value = schema.BdbMap(version=version, paused=paused, shards=[
+            schema.MapShard(uid=s.uid, address=schema.shard_address(s, nodes), slots=s.slots)
+            for s in sorted(masters, key=lambda s: s.slots[0][0])])
         try:
-            ShardMap.from_dict(value)       # every slot owned once, or nothing is published
+            ShardMap.from_dict(schema.as_dict(value))   # every slot owned once, or not published
         except ValueError as exc:
             raise ActionFailed(f"shard map of database {bdb_uid} not published: {exc}") from None
         await ccs.write(self.redis, schema.map_key(bdb_uid), value)
@@ -243,39 +245,40 @@ class Machine:
                 return
             await self.exec.session.wait_changed(0.05)
 
-    async def masters_of(self, bdb_uid: int) -> list[dict]:
-        return [s for s in (await self.shards_of(bdb_uid)).values() if s["role"] == "master"]
+    async def masters_of(self, bdb_uid: int) -> list[schema.Shard]:
+        return [s for s in (await self.shards_of(bdb_uid)).values() if s.role == "master"]
 
     async def new_shard(self, bdb_uid: int, node_uid: int, role: str, slots,
-                        master_uid: int | None = None) -> dict:
-        used = {s["port"] for s in (await schema.shards(self.redis)).values()}
-        shard = {"uid": await schema.next_uid(self.redis, "shard"), "bdb_uid": bdb_uid,
-                 "node_uid": node_uid, "role": role, "port": schema.free_shard_port(used),
-                 "slots": slots, "master_uid": master_uid}
+                        master_uid: int | None = None) -> schema.Shard:
+        used = {s.port for s in (await schema.shards(self.redis)).values()}
+        shard = schema.Shard(uid=await schema.next_uid(self.redis, "shard"), bdb_uid=bdb_uid,
+                             node_uid=node_uid, role=role, port=schema.free_shard_port(used),
+                             slots=slots, master_uid=master_uid)
         await schema.put_shard(self.redis, shard)
         return shard
 
-    async def add_missing_replicas(self, strict: bool) -> list[dict]:
+    async def add_missing_replicas(self, strict: bool) -> list[schema.Shard]:
         """A replica, on another node, for each master of the database that has none. With
         `strict`, a master that cannot have one fails the action; else it is left without."""
         shards = await self.shards_of(self.bdb_uid)
-        have = {s["master_uid"] for s in shards.values() if s["role"] == "replica"}
+        have = {s.master_uid for s in shards.values() if s.role == "replica"}
         up = await self.up()
         load = node_load(await schema.shards(self.redis))
         added = []
-        for master in [s for s in shards.values() if s["role"] == "master"]:
-            if master["uid"] in have:
+        for master in [s for s in shards.values() if s.role == "master"]:
+            if master.uid in have:
                 continue
-            node = pick_node(up, {master["node_uid"]}, load)
+            node = pick_node(up, {master.node_uid}, load)
             if node is None:
                 if strict:
                     raise ActionFailed("replication needs a second node up")
                 break
-            added.append(await self.new_shard(self.bdb_uid, node, "replica", master["slots"],
-                                              master["uid"]))
+            added.append(await self.new_shard(self.bdb_uid, node, "replica", master.slots,
+                                              master.uid))
         return added
 
-    async def switch(self, bdb_uid: int, promote: list[tuple[dict, dict]], masters_after) -> None:
+    async def switch(self, bdb_uid: int, promote: list[tuple[schema.Shard, schema.Shard]],
+                     masters_after) -> None:
         """The paused switch: pause every proxy, wait until each (master, replica) pair in
         `promote` is caught up, promote the replicas, then publish `masters_after()` (called
         once the promotions are done) unpaused."""

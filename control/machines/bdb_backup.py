@@ -34,16 +34,16 @@ class BdbBackup(Machine):
         if "backup_id" in self.state:
             return
         bdb = await self.bdb()
-        if bdb.get("status") != "active":
-            raise ActionFailed(f"database {self.bdb_uid} is {bdb.get('status')}, not active")
-        location = self.action["params"].get("location") or \
+        if bdb.status != "active":
+            raise ActionFailed(f"database {self.bdb_uid} is {bdb.status}, not active")
+        location = self.action.params.get("location") or \
             backup_mgr.location_of(bdb, self.exec.config.dir)
         now = time.time()
         backup_id = backup_mgr.new_backup_id(now)
-        masters = sorted(await self.masters_of(self.bdb_uid), key=lambda s: s["slots"][0][0])
-        self.state.update(backup_id=backup_id, time=now, name=bdb.get("name"), files={},
+        masters = sorted(await self.masters_of(self.bdb_uid), key=lambda s: s.slots[0][0])
+        self.state.update(backup_id=backup_id, time=now, name=bdb.name, files={},
                           folder=str(backup_mgr.bdb_folder(Path(location), bdb) / backup_id),
-                          ranges=[m["slots"] for m in masters])
+                          ranges=[m.slots for m in masters])
 
     async def fetch(self) -> None:
         ranges = self.state["ranges"]
@@ -52,7 +52,7 @@ class BdbBackup(Machine):
                 continue
             self.state["files"][str(i)] = await self._unless_a_master_dies(
                 self._fetch_one, i, slots)
-            self.action["progress"] = 5 + 85 * len(self.state["files"]) // len(ranges)
+            self.action.progress = 5 + 85 * len(self.state["files"]) // len(ranges)
             await self.save()
 
     async def _fetch_one(self, i: int, slots) -> dict:
@@ -63,29 +63,29 @@ class BdbBackup(Machine):
         try:
             got = await backup_mgr.fetch_rdb(*address, dest)
         except backup_mgr.BackupError as exc:
-            raise ActionFailed(f"shard {source['uid']}: {exc}") from None
+            raise ActionFailed(f"shard {source.uid}: {exc}") from None
         self.state.setdefault("redis_version", await backup_mgr.redis_version(*address))
-        return {"slots": slots, "file": dest.name, **got, "source_shard_uid": source["uid"],
-                "role": source["role"], "master_shard_uid": master["uid"]}
+        return {"slots": slots, "file": dest.name, **got, "source_shard_uid": source.uid,
+                "role": source.role, "master_shard_uid": master.uid}
 
-    async def _source(self, slots) -> tuple[dict, dict]:
+    async def _source(self, slots) -> tuple[schema.Shard, schema.Shard]:
         """The master that holds `slots`, and where to read them: a replica on a live node that
         has caught up with what the master had when asked (so the backup holds every write
         acknowledged before it started), else the master itself."""
         shards = await self.shards_of(self.bdb_uid)
-        master = next((s for s in shards.values() if s["role"] == "master"
-                       and s["slots"] == slots), None)
+        master = next((s for s in shards.values() if s.role == "master"
+                       and s.slots == slots), None)
         if master is None:
             raise ActionFailed(f"no master shard holds slots {slots} any more")
         view = await self.view()
         for replica in shards.values():
-            if replica.get("master_uid") == master["uid"] and replica["role"] == "replica" \
-                    and (view.states.get(replica["uid"]) or {}).get("status") == "running" \
+            if replica.master_uid == master.uid and replica.role == "replica" \
+                    and (view.states.get(replica.uid) or {}).get("status") == "running" \
                     and not view.failed(replica) and await self._caught_up(master, replica):
                 return master, replica
         return master, master
 
-    async def _caught_up(self, master: dict, replica: dict) -> bool:
+    async def _caught_up(self, master: schema.Shard, replica: schema.Shard) -> bool:
         """Whether the replica reaches the master's current replication offset within
         BACKUP_CATCH_UP (a replica just synced gets its first writes only after about a
         second)."""
@@ -102,7 +102,7 @@ class BdbBackup(Machine):
                     return True
                 if trio.current_time() > deadline:
                     log.warning("backup of database %d: replica shard %d is behind, reading "
-                                "master shard %d", self.bdb_uid, replica["uid"], master["uid"])
+                                "master shard %d", self.bdb_uid, replica.uid, master.uid)
                     return False
                 await trio.sleep(0.02)
         except (RedisUnavailable, ReplyError):
@@ -144,8 +144,8 @@ class BdbBackup(Machine):
 
     async def _masters_down(self) -> list[int]:
         view = await self.view()
-        return sorted(u for u, s in view.shards.items() if s["bdb_uid"] == self.bdb_uid
-                      and s["role"] == "master" and view.failed(s))
+        return sorted(u for u, s in view.shards.items() if s.bdb_uid == self.bdb_uid
+                      and s.role == "master" and view.failed(s))
 
     async def seal(self) -> None:
         final = Path(self.state["folder"])
@@ -154,13 +154,13 @@ class BdbBackup(Machine):
                     "name": self.state["name"], "time": self.state["time"],
                     "redis_version": self.state.get("redis_version"),
                     "keys": sum(f["keys"] for f in files), "shards": files,
-                    "scheduled": bool(self.action["params"].get("scheduled")),
-                    "action_uid": self.action["action_uid"]}
+                    "scheduled": bool(self.action.params.get("scheduled")),
+                    "action_uid": self.action.action_uid}
         if not (final / backup_mgr.MANIFEST).exists():
             await trio.to_thread.run_sync(backup_mgr.seal, backup_mgr.partial_folder(final),
                                           final, manifest)
-        self.action["result"] = {"backup_id": manifest["backup_id"], "path": str(final),
-                                 "keys": manifest["keys"], "files": len(files)}
+        self.action.result = {"backup_id": manifest["backup_id"], "path": str(final),
+                              "keys": manifest["keys"], "files": len(files)}
 
     async def finish(self, ok: bool) -> None:
         if not ok and "folder" in self.state:
@@ -170,8 +170,8 @@ class BdbBackup(Machine):
         if bdb is None:
             return
         if ok:
-            bdb.update(last_backup_time=self.state["time"], backup_status="succeeded",
-                       last_backup_id=self.state["backup_id"], backup_failure_reason=None)
+            schema.set_fields(bdb, last_backup_time=self.state["time"], backup_status="succeeded",
+                              last_backup_id=self.state["backup_id"], backup_failure_reason=None)
         else:
-            bdb.update(backup_status="failed", backup_failure_reason=self.action.get("error"))
+            schema.set_fields(bdb, backup_status="failed", backup_failure_reason=self.action.error)
         await schema.put_bdb(self.redis, bdb)

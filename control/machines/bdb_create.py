@@ -19,20 +19,20 @@ class BdbCreate(Machine):
         """Every slot range gets a master (and a replica); run again after a master change,
         it places only what the previous run had not."""
         bdb = await self.bdb()
-        covered = [m["slots"] for m in await self.masters_of(bdb["uid"])]
-        missing = [r for r in schema.split_slots(bdb["shards_count"]) if r not in covered]
+        covered = [m.slots for m in await self.masters_of(bdb.uid)]
+        missing = [r for r in schema.split_slots(bdb.shards_count) if r not in covered]
         if missing:
             load = node_load(await schema.shards(self.redis))
             try:
-                placement = place(len(missing), bdb["replication"],
+                placement = place(len(missing), bdb.replication,
                                          sorted(await self.up()), load)
             except schema.InvalidRequest as exc:
                 raise ActionFailed(str(exc)) from None
             for slots, (m_node, r_node) in zip(missing, placement):
-                master = await self.new_shard(bdb["uid"], m_node, "master", slots)
+                master = await self.new_shard(bdb.uid, m_node, "master", slots)
                 if r_node is not None:
-                    await self.new_shard(bdb["uid"], r_node, "replica", slots, master["uid"])
-        if bdb["replication"]:
+                    await self.new_shard(bdb.uid, r_node, "replica", slots, master.uid)
+        if bdb.replication:
             await self.add_missing_replicas(strict=True)
 
     async def start_shards(self) -> None:
@@ -51,9 +51,9 @@ class BdbCreate(Machine):
         node killed during the create, say), never beside their master or replica."""
         up = await self.up()
         every = await schema.shards(self.redis)
-        mine = {u: s for u, s in every.items() if s["bdb_uid"] == self.bdb_uid}
+        mine = {u: s for u, s in every.items() if s.bdb_uid == self.bdb_uid}
         for shard in mine.values():
-            if shard["node_uid"] in up:
+            if shard.node_uid in up:
                 continue
             node = pick_node(up, pair_nodes(shard, mine), node_load(every))
             if node is not None:
@@ -61,7 +61,7 @@ class BdbCreate(Machine):
 
     async def sync_replicas(self) -> None:
         for shard in (await self.shards_of(self.bdb_uid)).values():
-            if shard["role"] == "replica":
+            if shard.role == "replica":
                 await self.wait_synced(shard)
 
     async def publish(self) -> None:
@@ -73,12 +73,12 @@ class BdbCreate(Machine):
 
     async def activate(self) -> None:
         bdb = await self.bdb()
-        bdb["status"] = "active"
+        bdb.status = "active"
         await schema.put_bdb(self.redis, bdb)
 
     async def finish(self, ok: bool) -> None:
         if not ok:
             bdb = await schema.get_bdb(self.redis, self.bdb_uid)
             if bdb is not None:
-                bdb["status"] = "creation-failed"
+                bdb.status = "creation-failed"
                 await schema.put_bdb(self.redis, bdb)

@@ -13,7 +13,7 @@ class BdbDelete(Machine):
 
     async def withdraw(self) -> None:
         bdb = await self.bdb()
-        bdb["status"] = "deleting"
+        bdb.status = "deleting"
         await schema.put_bdb(self.redis, bdb)
         await ccs.delete(self.redis, schema.map_key(self.bdb_uid))
 

@@ -21,11 +21,11 @@ class BdbImport(Machine):
 
     async def check(self) -> None:
         bdb = await self.bdb()
-        if bdb.get("status") != "active":
-            raise ActionFailed(f"database {self.bdb_uid} is {bdb.get('status')}, not active")
+        if bdb.status != "active":
+            raise ActionFailed(f"database {self.bdb_uid} is {bdb.status}, not active")
         if "files" in self.state:
             return
-        params = self.action["params"]
+        params = self.action.params
         try:
             if params.get("backup_path"):
                 manifest = await trio.to_thread.run_sync(backup_mgr.read_manifest,
@@ -41,11 +41,11 @@ class BdbImport(Machine):
 
     async def endpoint(self):
         bdb = await self.bdb()
-        return await connect(self.exec.config.address, bdb["port"], timeout=30.0,
-                             password=bdb.get("authentication_redis_pass") or None)
+        return await connect(self.exec.config.address, bdb.port, timeout=30.0,
+                             password=bdb.authentication_redis_pass or None)
 
     async def flush(self) -> None:
-        if self.action["params"].get("flush"):
+        if self.action.params.get("flush"):
             async with await self.endpoint() as conn:
                 await conn.execute("FLUSHALL")
 
@@ -57,7 +57,7 @@ class BdbImport(Machine):
         async def progress(done: int, total: int) -> None:
             nonlocal saved
             part = (self.state["loaded"] + (done / total if total else 1)) / len(files)
-            self.action["progress"] = 15 + int(84 * part)
+            self.action.progress = 15 + int(84 * part)
             if trio.current_time() - saved > 0.5:
                 saved = trio.current_time()
                 await self.save()
@@ -65,13 +65,13 @@ class BdbImport(Machine):
         for i in range(self.state["loaded"], len(files)):
             try:
                 keys = await backup_mgr.load_rdb(
-                    Path(files[i]["path"]), (self.exec.config.address, bdb["port"]),
-                    password=bdb.get("authentication_redis_pass") or None,
+                    Path(files[i]["path"]), (self.exec.config.address, bdb.port),
+                    password=bdb.authentication_redis_pass or None,
                     slots=files[i]["slots"], progress=progress,
-                    work_dir=self.exec.config.dir / "tmp" / f"import-{self.action['action_uid']}")
+                    work_dir=self.exec.config.dir / "tmp" / f"import-{self.action.action_uid}")
             except backup_mgr.BackupError as exc:
                 raise ActionFailed(str(exc)) from None
             self.state["loaded"] = i + 1
             self.state["keys"] += keys
-            self.action["result"] = {"keys": self.state["keys"], "files": i + 1}
+            self.action.result = {"keys": self.state["keys"], "files": i + 1}
             await self.save()

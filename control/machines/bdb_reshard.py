@@ -17,15 +17,15 @@ class BdbReshard(Machine):
 
     async def plan(self) -> None:
         bdb = await self.bdb()
-        new_count = int(self.action["params"]["shards_count"])
-        masters = sorted(await self.masters_of(self.bdb_uid), key=lambda s: s["slots"][0][0])
+        new_count = int(self.action.params["shards_count"])
+        masters = sorted(await self.masters_of(self.bdb_uid), key=lambda s: s.slots[0][0])
         if "pieces" in self.state:
             return
         if new_count % len(masters):
             raise ActionFailed(f"{new_count} shards is not a multiple of {len(masters)}")
         parts = new_count // len(masters)
-        self.state["pieces"] = {str(m["uid"]): schema.halve(m["slots"], parts) for m in masters}
-        self.state["replication"] = bool(bdb["replication"])
+        self.state["pieces"] = {str(m.uid): schema.halve(m.slots, parts) for m in masters}
+        self.state["replication"] = bool(bdb.replication)
 
     async def copy(self) -> None:
         if "children" in self.state:
@@ -39,7 +39,7 @@ class BdbReshard(Machine):
                 if node is None:
                     raise ActionFailed("no node is up to place shards on")
                 shard = await self.new_shard(self.bdb_uid, node, "replica", piece, int(m_uid))
-                children.setdefault(m_uid, []).append(shard["uid"])
+                children.setdefault(m_uid, []).append(shard.uid)
         self.state["children"] = children
         await self.save()
         all_children = [u for us in children.values() for u in us]
@@ -51,41 +51,41 @@ class BdbReshard(Machine):
     async def split(self) -> None:
         shards = await schema.shards(self.redis)
         children = self.state["children"]
-        if all(shards[u]["role"] == "master" for us in children.values() for u in us):
+        if all(shards[u].role == "master" for us in children.values() for u in us):
             return
         pairs = [(shards[int(m)], shards[u]) for m, us in children.items() for u in us]
 
-        async def split_masters() -> list[dict]:
+        async def split_masters() -> list[schema.Shard]:
             for m_uid, pieces in self.state["pieces"].items():
                 master = shards[int(m_uid)]
-                master["slots"] = pieces[0]
+                master.slots = pieces[0]
                 await schema.put_shard(self.redis, master)
                 for uid in children[m_uid]:
-                    shards[uid].update(role="master", master_uid=None)
+                    schema.set_fields(shards[uid], role="master", master_uid=None)
                     await schema.put_shard(self.redis, shards[uid])
             return await self.masters_of(self.bdb_uid)
 
         await self.switch(self.bdb_uid, pairs, split_masters)
         # The replicas of a split master keep only its remaining slots.
         for s in (await self.shards_of(self.bdb_uid)).values():
-            if s["role"] == "replica" and s.get("master_uid") is not None:
-                m = shards.get(s["master_uid"])
-                if m and s["slots"] != m["slots"]:
-                    s["slots"] = m["slots"]
+            if s.role == "replica" and s.master_uid is not None:
+                m = shards.get(s.master_uid)
+                if m and s.slots != m.slots:
+                    s.slots = m.slots
                     await schema.put_shard(self.redis, s)
 
     async def clean(self) -> None:
         for shard in await self.masters_of(self.bdb_uid):
-            await drop_foreign_keys(await self.address(shard), shard["slots"])
+            await drop_foreign_keys(await self.address(shard), shard.slots)
 
     async def replicate(self) -> None:
         bdb = await self.bdb()
-        bdb["shards_count"] = len(await self.masters_of(self.bdb_uid))
+        bdb.shards_count = len(await self.masters_of(self.bdb_uid))
         await schema.put_bdb(self.redis, bdb)
         if not self.state["replication"]:
             return
         added = await self.add_missing_replicas(strict=False)
-        await self.wait_running([s["uid"] for s in added])
+        await self.wait_running([s.uid for s in added])
 
 
 async def drop_foreign_keys(address: tuple[str, int], slots, batch: int = 500) -> int:

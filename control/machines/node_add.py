@@ -15,7 +15,7 @@ class NodeAdd(Machine):
     steps = (("heartbeat", 40), ("serve", 100))
 
     async def heartbeat(self) -> None:
-        uid = self.action["object_uid"]
+        uid = self.action.object_uid
         deadline = trio.current_time() + START_TIMEOUT
         while True:
             beat = await ccs.read(self.redis, ccs.heartbeat_key(uid))
@@ -27,14 +27,14 @@ class NodeAdd(Machine):
             await self.exec.session.wait_changed(0.2)
 
     async def serve(self) -> None:
-        uid = self.action["object_uid"]
+        uid = self.action.object_uid
         deadline = trio.current_time() + ACK_TIMEOUT
         while True:
             behind = []
             for bdb_uid in await schema.bdbs(self.redis):
                 current = await self.current_map(bdb_uid)
                 ack = (await ccs.read_hash(self.redis, schema.ack_key(bdb_uid))).get(uid) or {}
-                if current and ack.get("version", 0) < current["version"]:
+                if current and ack.get("version", 0) < current.version:
                     behind.append(bdb_uid)
             if not behind:
                 return

@@ -19,7 +19,7 @@ class NodeRemove(Machine):
 
     @property
     def node_uid(self) -> int:
-        return self.action["object_uid"]
+        return self.action.object_uid
 
     async def drain(self) -> None:
         if self.node_uid == self.exec.config.uid:
@@ -29,7 +29,7 @@ class NodeRemove(Machine):
         deadline = trio.current_time() + 600
         while True:
             shards = {u: s for u, s in (await schema.shards(self.redis)).items()
-                      if s["node_uid"] == self.node_uid}
+                      if s.node_uid == self.node_uid}
             if not shards:
                 return
             if trio.current_time() > deadline:
@@ -38,30 +38,30 @@ class NodeRemove(Machine):
                 child = children.get(str(uid))
                 if child is not None:
                     found = await schema.get_action(self.redis, child)
-                    if found and found["status"] in ("pending", "active"):
+                    if found and found.status in ("pending", "active"):
                         continue
-                    if found and found["status"] == "failed":
-                        raise ActionFailed(f"moving shard {uid}: {found['error']}")
+                    if found and found.status == "failed":
+                        raise ActionFailed(f"moving shard {uid}: {found.error}")
                 target = await self._target(shard)
                 action = schema.new_action("shard_migrate", "shard", uid,
                                            {"target_node_uid": target})
-                action["bdb_uid"] = shard["bdb_uid"]
+                action.bdb_uid = shard.bdb_uid
                 try:
-                    await schema.submit(self.redis, action, lock_bdb=shard["bdb_uid"])
+                    await schema.submit(self.redis, action, lock_bdb=shard.bdb_uid)
                 except schema.Conflict:
                     continue            # its database is busy: tried again below
-                children[str(uid)] = action["action_uid"]
+                children[str(uid)] = action.action_uid
                 await self.save()
-            self.action["progress"] = max(self.action["progress"], 90 - 9 * len(shards))
+            self.action.progress = max(self.action.progress, 90 - 9 * len(shards))
             await self.save()
             await self.exec.session.wait_changed(0.2)
 
-    async def _target(self, shard: dict) -> int:
+    async def _target(self, shard: schema.Shard) -> int:
         every = await schema.shards(self.redis)
         node = pick_node(await self.up(), {self.node_uid} | pair_nodes(shard, every),
                          node_load(every))
         if node is None:
-            raise ActionFailed(f"no node can take shard {shard['uid']}")
+            raise ActionFailed(f"no node can take shard {shard.uid}")
         return node
 
     async def leave(self) -> None:

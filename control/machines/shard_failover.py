@@ -17,38 +17,37 @@ class ShardFailover(Machine):
     """object_uid: the master shard (or its replica). params.forced: the master is dead."""
     steps = (("failover", 80), ("reattach", 100))
 
-    async def _pair(self) -> tuple[dict, dict]:
+    async def _pair(self) -> tuple[schema.Shard, schema.Shard]:
         shards = await schema.shards(self.redis)
-        shard = shards.get(self.action["object_uid"])
+        shard = shards.get(self.action.object_uid)
         if shard is None:
-            raise ActionFailed(f"shard {self.action['object_uid']} does not exist")
-        self.action["bdb_uid"] = shard["bdb_uid"]
+            raise ActionFailed(f"shard {self.action.object_uid} does not exist")
+        self.action.bdb_uid = shard.bdb_uid
         if "pair" in self.state:
             m, r = self.state["pair"]
             return shards[m], shards[r]
-        master = shard if shard["role"] == "master" else shards.get(shard["master_uid"])
-        replica = next((s for s in shards.values() if s.get("master_uid") == master["uid"]
-                        and s["role"] == "replica"), None)
+        master = shard if shard.role == "master" else shards.get(shard.master_uid)
+        replica = next((s for s in shards.values() if s.master_uid == master.uid
+                        and s.role == "replica"), None)
         if replica is None:
-            raise ActionFailed(f"shard {master['uid']} has no replica to fail over to")
-        self.state["pair"] = [master["uid"], replica["uid"]]
+            raise ActionFailed(f"shard {master.uid} has no replica to fail over to")
+        self.state["pair"] = [master.uid, replica.uid]
         return master, replica
 
     async def failover(self) -> None:
         master, replica = await self._pair()
-        if master["role"] == "replica" and replica["role"] == "master":
+        if master.role == "replica" and replica.role == "master":
             return          # done before a master change
-        bdb_uid = master["bdb_uid"]
+        bdb_uid = master.bdb_uid
 
-        async def swapped() -> list[dict]:
-            replica.update(role="master", master_uid=None)
-            master.update(role="replica", master_uid=replica["uid"])
-            master.pop("restart_after", None)
+        async def swapped() -> list[schema.Shard]:
+            schema.set_fields(replica, role="master", master_uid=None)
+            schema.set_fields(master, role="replica", master_uid=replica.uid, restart_after=None)
             await schema.put_shard(self.redis, replica)
             await schema.put_shard(self.redis, master)
             return await self.masters_of(bdb_uid)
 
-        if self.action["params"].get("forced"):
+        if self.action.params.get("forced"):
             async with await connect(*await self.address(replica)) as conn:
                 await conn.execute("REPLICAOF", "NO", "ONE")
             version = await self.publish_map(bdb_uid, await swapped(), paused=False)
@@ -62,12 +61,12 @@ class ShardFailover(Machine):
         shards = await schema.shards(self.redis)
         old, new = (shards[u] for u in self.state["pair"])
         up = await self.up()
-        if old["node_uid"] not in up:
-            node = pick_node(up, {new["node_uid"]}, node_load(shards))
+        if old.node_uid not in up:
+            node = pick_node(up, {new.node_uid}, node_load(shards))
             if node is None:
                 return
             await schema.relocate(self.redis, old, node, shards)
         try:
-            await self.wait_running([old["uid"]], timeout=10.0)
+            await self.wait_running([old.uid], timeout=10.0)
         except ActionFailed:
-            log.warning("old master shard %d not back yet as a replica", old["uid"])
+            log.warning("old master shard %d not back yet as a replica", old.uid)

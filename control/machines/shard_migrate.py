@@ -13,24 +13,24 @@ class ShardMigrate(Machine):
 
     async def copy(self) -> None:
         shards = await schema.shards(self.redis)
-        shard = shards.get(self.action["object_uid"])
+        shard = shards.get(self.action.object_uid)
         if shard is None:
-            raise ActionFailed(f"shard {self.action['object_uid']} does not exist")
-        self.action["bdb_uid"] = shard["bdb_uid"]
-        target = int(self.action["params"]["target_node_uid"])
+            raise ActionFailed(f"shard {self.action.object_uid} does not exist")
+        self.action.bdb_uid = shard.bdb_uid
+        target = int(self.action.params["target_node_uid"])
         if target not in await self.up():
             raise ActionFailed(f"node {target} is not up")
         if "new" in self.state:
             return
-        master_uid = shard["uid"] if shard["role"] == "master" else shard["master_uid"]
-        new = await self.new_shard(shard["bdb_uid"], target, "replica", shard["slots"],
+        master_uid = shard.uid if shard.role == "master" else shard.master_uid
+        new = await self.new_shard(shard.bdb_uid, target, "replica", shard.slots,
                                    master_uid)
-        self.state.update(new=new["uid"], old=shard["uid"], was_master=shard["role"] == "master")
+        self.state.update(new=new.uid, old=shard.uid, was_master=shard.role == "master")
 
     async def sync(self) -> None:
         shards = await schema.shards(self.redis)
         new = shards[self.state["new"]]
-        await self.wait_running([new["uid"]])
+        await self.wait_running([new.uid])
         await self.wait_synced(new)
 
     async def switch_over(self) -> None:
@@ -38,21 +38,21 @@ class ShardMigrate(Machine):
             return
         shards = await schema.shards(self.redis)
         old, new = shards[self.state["old"]], shards[self.state["new"]]
-        if new["role"] == "master":
+        if new.role == "master":
             return
 
-        async def moved() -> list[dict]:
-            new.update(role="master", master_uid=None)
+        async def moved() -> list[schema.Shard]:
+            schema.set_fields(new, role="master", master_uid=None)
             await schema.put_shard(self.redis, new)
             for s in shards.values():       # the other replicas follow the new master
-                if s.get("master_uid") == old["uid"] and s["uid"] != new["uid"]:
-                    s["master_uid"] = new["uid"]
+                if s.master_uid == old.uid and s.uid != new.uid:
+                    s.master_uid = new.uid
                     await schema.put_shard(self.redis, s)
-            old.update(role="replica", master_uid=new["uid"])
+            schema.set_fields(old, role="replica", master_uid=new.uid)
             await schema.put_shard(self.redis, old)
-            return await self.masters_of(old["bdb_uid"])
+            return await self.masters_of(old.bdb_uid)
 
-        await self.switch(old["bdb_uid"], [(old, new)], moved)
+        await self.switch(old.bdb_uid, [(old, new)], moved)
 
     async def retire(self) -> None:
         await ccs.delete(self.redis, schema.SHARDS, self.state["old"])

@@ -9,6 +9,9 @@ cdef enum BackendRole:
     ROLE_SUBSCRIBER = 2     # a client's own, subscribed: every frame goes straight to `owner`
     ROLE_WAITER = 3         # a client's own for one WAIT: its CLIENT ID, then the WAIT's reply
     ROLE_RELAY = 4          # the shard's keyspace-notification relay (pubsub.pxi)
+    ROLE_CONTROL = 5        # the shard's out-of-band one: SCRIPT KILL & co. and the busy probe (busy.pxi)
+    ROLE_TRACKED = 6        # a shard's connection for tracking clients; its pushes are invalidations (tracking.pxi)
+    ROLE_BCAST = 7          # the shard's BCAST tracking connection: every write's invalidation (tracking.pxi)
 
 
 # Backend states
@@ -45,7 +48,8 @@ cdef struct Backend:
     int shard_subscriptions #   and sharded channels left (Redis counts them apart)
     Backend *next_waiter    # ROLE_WAITER: the client's next WAIT connection
     bint wants_id           #   its next reply is its CLIENT ID on the shard
-    long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known)
+    long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known); ROLE_TRACKED: for REDIRECT
+    bint hold               # ROLE_TRACKED (RESP2): requests queued, not sent, until its REDIRECT id is known
     Backend *next_closed
 
 
@@ -60,6 +64,16 @@ cdef struct Shard:
     long long suspect_until_us  # its connection failed: requests for it are held till then,
                                 # or till the next map (hold.pxi)
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
+    Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)
+    bint busy               # its last probe was answered -BUSY: a script runs
+    char busy_reply[192]    #   that -BUSY line, answered for it meanwhile
+    long long busy_seen_us  #   when it was last seen
+    long long probe_sent_us     # a probe in flight since then (0: none)
+    long long probe_answered_us
+    Backend *tracked[2]     # tracking clients' connections, RESP2 and RESP3 (tracking.pxi)
+    Backend *bcast          # while some client is in BCAST mode: every write's invalidation
+    int null_pending        # flush invalidations still to come from it for the flush announced
+    bint tracking_lost      # a tracked connection was lost: a null invalidation when it is back
 
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil

@@ -3,7 +3,7 @@
 #
 # Each shard has its shared connections (per_proto for RESP2 clients, as many for RESP3 ones,
 # round robin); a client's own connections (dedicated: blocking commands, WATCH, a subscriber;
-# WAIT) and the keyspace relay are made with backend_new.
+# WAIT), the keyspace relay and the control connections (busy.pxi) are made with backend_new.
 
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
@@ -25,6 +25,14 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
     that is down answers the fragment with an error at once."""
     cdef Client *c = f.req.client
+    if core.shards[shard].busy:
+        # Running a script: Redis answers every command but the allow_busy ones so.
+        frag_answered(core, f, core.shards[shard].busy_reply, strlen(core.shards[shard].busy_reply))
+        return
+    if c != NULL and c.flags & CF_TRACKING and not (c.tflags & TF_BCAST):
+        # The shard remembers what it reads for the proxy (tracking.pxi).
+        frag_send_on(core, tracked_backend(core, shard, c.proto), f, data, n)
+        return
     frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
 
 
@@ -34,7 +42,7 @@ cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, si
     if core.hold_us > 0 and b.role == ROLE_SHARED and shard_held(core, b) and \
             hold_fragment(core, b.shard, f, data, n):
         return          # the shard is down, or failed since the last map: held, not failed
-    if b.state == BK_DOWN or buf_append(&b.wbuf, data, n) < 0:
+    if (b.state == BK_DOWN and not b.hold) or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
     if f.req.cmd != NULL and f.req.cmd.writes and f.req.client != NULL:
@@ -210,6 +218,12 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             rc = rsp_subscriber(core, b, buf_head(&b.rbuf), flen)
         elif b.role == ROLE_WAITER:
             rc = rsp_waiter(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_CONTROL:
+            rc = rsp_control(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_TRACKED:
+            rc = rsp_tracked(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_BCAST:
+            rc = rsp_bcast(core, b, buf_head(&b.rbuf), flen, push)
         else:
             rc = rsp_relay(core, b, buf_head(&b.rbuf), flen)
         if rc < 0:
@@ -223,6 +237,8 @@ cdef inline int rsp_fragment(Core *core, Backend *b, const char *p, size_t n, in
     cdef Fragment *f
     if push:
         return 0        # out of band on a request/reply connection: nobody asked for it
+    if core.shards[b.shard].busy and b.role == ROLE_SHARED and not is_busy_reply(p, n):
+        shard_not_busy(core, b.shard)     # the script ended: the shard serves again
     f = b.qhead
     if f == NULL:
         backend_fail(core, b, b"unexpected reply from")
@@ -253,6 +269,9 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
     """backend_fail, answering with `line` (a whole error line)."""
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
+    if b.role == ROLE_TRACKED or b.role == ROLE_BCAST:
+        tracking_conn_lost(core, b)
+    b.hold = False
     if b.role == ROLE_SUBSCRIBER and b.owner != NULL:
         # A subscriber lost its subscriptions: tell it and close it, as Redis Cluster would.
         buf_append_str(&b.owner.wbuf, line)
@@ -267,6 +286,8 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
             default_shard_changed(core)
         if core.hold_us > 0 and s.suspect_until_us <= core.now_us:
             s.suspect_until_us = core.now_us + core.hold_us
+    if b.role == ROLE_CONTROL:
+        control_failed(core, b.shard)
     b.state = BK_DOWN
     buf_free(&b.rbuf)
     buf_free(&b.wbuf)
@@ -286,21 +307,28 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
 
 
 cdef void backends_tick(Core *core) noexcept nogil:
-    """Timers: reconnect shards that are down, fail connections whose oldest request is late."""
+    """Timers: reconnect shards that are down, fail connections whose oldest request is late
+    (unless the shard is busy running a script: busy.pxi), probe shards that are slow to answer."""
     cdef int i, j
     cdef Backend *b
+    cdef bint late
     relays_tick(core)
+    tracking_tick(core)
     if core.held_head != NULL:
         held_tick(core, False)
     for i in range(core.nshards):
+        late = False
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.state == BK_DOWN:
                 if core.shards[i].active and b.used and b.retry_at_us <= core.now_us:
                     backend_connect(core, b)
             elif b.qhead != NULL and core.backend_timeout_us > 0 \
-                    and core.now_us - b.qhead.sent_us > core.backend_timeout_us:
-                backend_fail(core, b, b"timeout waiting for")
+                    and core.now_us - b.qhead.sent_us > PROBE_AFTER_US:
+                late = True
+                if core.now_us - b.qhead.sent_us > core.backend_timeout_us \
+                        and not shard_keeps_waiting(core, i):
+                    backend_fail(core, b, b"timeout waiting for")
             elif not core.shards[i].active and b.qhead == NULL and b.state == BK_UP:
                 # No longer in the map and nothing in flight: let it go.
                 epoll_want(core, b.fd, b, &b.events, 0)
@@ -308,3 +336,4 @@ cdef void backends_tick(Core *core) noexcept nogil:
                 b.fd = -1
                 b.state = BK_DOWN
                 default_shard_changed(core)
+        busy_tick(core, i, late)

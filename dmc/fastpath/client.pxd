@@ -17,6 +17,8 @@ cdef enum:
     CF_AUTHED = 2048        # authenticated (or the database has no password)
     CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
     CF_MONITOR = 8192       # MONITOR: on the core's list of monitors
+    CF_REPLY_OFF = 16384    # CLIENT REPLY OFF: its requests' replies are dropped (pushes are not)
+    CF_REPLY_SKIP = 32768   # CLIENT REPLY SKIP: the next request's reply is dropped
 
 
 cdef struct Client:
@@ -54,6 +56,11 @@ cdef struct Client:
     Client *next_dirty
     Client *next_closed
     Client *next_monitor
+    int tflags              # CF_TRACKING: TF_* (tracking.pxd)
+    int track_slot          # its slot in the tracking registry (0: none)
+    unsigned long long track_redirect   # CLIENT TRACKING ... REDIRECT: that client's id (0: none)
+    int track_redirect_slot
+    Buf track_prefixes      # BCAST prefixes (tracking.pxi: prefix_next)
 
 
 cdef void accept_clients(Core *core) noexcept nogil

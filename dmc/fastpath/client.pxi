@@ -82,6 +82,8 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     waiters_close(core, c)
     if c.flags & CF_MONITOR:
         monitor_remove(core, c)
+    if c.track_slot:
+        tracking_client_closed(core, c)
     free(c.written_more)
     c.written_more = NULL
     buf_free(&c.multi_cmds)

@@ -50,6 +50,7 @@ cdef struct Core:
     unsigned short slot_map[SLOT_COUNT]
     unsigned long long map_version
     int default_shard           # where keyless commands go; -1: to be found again (default_shard())
+    int nbusy                   # shards known busy running a script (busy.pxi)
     int *active                 # shard indices of the current map, in map order
     int nactive
     # clients
@@ -86,3 +87,5 @@ cdef struct Core:
     Request *free_requests      # requests to reuse (req_get), linked by `next`
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
+    Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
+    size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)

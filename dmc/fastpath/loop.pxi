@@ -117,6 +117,9 @@ cdef void core_close(Core *core) noexcept nogil:
     for i in range(core.nshards):
         core.shards[i].active = False
         relay_close(core, i)
+        control_close(core, i)
+    tracking_close(core)
+    for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.fd >= 0:
@@ -155,6 +158,8 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
     core.now_us = monotonic_us()
     if n < 0:
         return -1
+    if core.tracking != NULL:
+        tracking_read_first(core, events, n)
     for i in range(n):
         ptr = events[i].data.ptr
         ev = events[i].events
