@@ -39,9 +39,12 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
     if core.fenced and fence_refuses(core, f):
         return
-    if core.hold_us > 0 and b.role == ROLE_SHARED and shard_held(core, b) and \
+    if core.hold_us > 0 and b.role == ROLE_SHARED and (b.state == BK_DOWN or
+            core.shards[b.shard].suspect_until_us > core.now_us) and \
             hold_fragment(core, b.shard, f, data, n):
-        return          # the shard is down, or failed since the last map: held, not failed
+        # The shard is down, or failed since the last map (a master that died may be back at
+        # its address as a replica before the map that promotes its replica is here): held.
+        return
     if (b.state == BK_DOWN and not b.hold) or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return

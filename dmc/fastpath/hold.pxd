@@ -14,7 +14,6 @@ cdef struct Held:
     Buf cmd                 # the fragment's command bytes, never sent
 
 
-cdef bint shard_held(Core *core, Backend *b) noexcept nogil
 cdef bint shard_up(Core *core, int shard) noexcept nogil
 cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
 cdef void held_release_shard(Core *core, int shard) noexcept nogil

@@ -1,23 +1,19 @@
 # Holding instead of failing: a request for a shard whose connection is down (its master died
-# and is being failed over, or is being restarted) is not answered "unavailable" at once; its
-# fragment is kept, with its command bytes, never sent, for up to core.hold_us (Proxy's
-# hold_ms; 0: no holding) and HOLD_MAX_BYTES in all. It is sent
+# and is being failed over) is not answered "unavailable" at once; its fragment is kept, with
+# its command bytes, never sent, for up to core.hold_us (Proxy's hold_ms; 0: no holding) and
+# HOLD_MAX_BYTES in all. A shard whose connection failed stays "suspect" (Shard.suspect_until_us)
+# until the next map or for the hold time, even if its address answers again: a master that
+# died may be back there as a replica before the map that promotes its replica is here, and
+# would answer -READONLY. What is held is sent
 #
-# - when a new map takes the shard's slots to one shard (a failover): to that shard;
-# - when the shard's connection is up again (a shard restarted where it was): to it;
+# - when a new map takes the shard's slots to one shard (a failover): to that shard, in order;
+# - when the shard is no longer suspect and its connection is up (no new map came): to it;
 #
 # and answered "-ERR shard ... is unavailable" when its time is out, or -TRYAGAIN when a new map
 # splits the shard's slots between several shards (it was never sent: retrying is safe). So a
 # client sees latency, not errors, for a failover that ends within the hold time. Only what was
 # never sent is held: what was in flight when the connection broke may have been applied, and
-# is answered with an error as before. Held fragments keep their order per shard.
-
-
-cdef bint shard_held(Core *core, Backend *b) noexcept nogil:
-    """Requests for b's shard are held: its connection is down, or it failed since the last
-    map (a master that died may come back at its address as a replica before the map that
-    promotes its replica is here: nothing is sent to it meanwhile)."""
-    return b.state == BK_DOWN or core.shards[b.shard].suspect_until_us > core.now_us
+# is answered with an error as before.
 
 
 cdef bint shard_up(Core *core, int shard) noexcept nogil:
