@@ -190,8 +190,9 @@ def test_without_hold_time_a_request_for_a_dead_shard_fails_at_once(pair, endpoi
 
 # ---- a network partition: the minority side acknowledges no write once its lease is out -------
 
-needs_netns = pytest.mark.skipif(not TestNetwork.available(),
-                                 reason=f"no network namespaces: {TestNetwork.unavailable_reason()}")
+needs_netns = pytest.mark.skipif(
+    not TestNetwork.available(),
+    reason=f"no network namespaces: {TestNetwork.unavailable_reason()}")
 
 # From the partition to the last write the minority may acknowledge: its replica's lease
 # (leader_window, 1 s after the master's last heartbeat), run/lease.json's refresh and

@@ -25,7 +25,8 @@ cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil
         if not lost[i]:
             continue
         snprintf(line, sizeof(line), b"-TRYAGAIN the shard map changed while the command was in "
-                 b"flight to shard %s: it may or may not have been applied\r\n", core.shards[i].label)
+                 b"flight to shard %s: it may or may not have been applied\r\n",
+                 core.shards[i].label)
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.state != BK_DOWN and b.qhead != NULL:
@@ -56,6 +57,7 @@ cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil:
     """The write fence is up and f writes: answered -READONLY, not sent."""
     if f.req.cmd == NULL or not f.req.cmd.writes:
         return False
-    cdef const char *line = b"-READONLY this proxy's node is cut off from the cluster's majority: writes are refused until it is back\r\n"
+    cdef const char *line = (b"-READONLY this proxy's node is cut off from the cluster's "
+                             b"majority: writes are refused until it is back\r\n")
     frag_answered(core, f, line, strlen(line))
     return True

@@ -2,14 +2,14 @@
 # Declarations; the code is in hold.pxi.
 
 cdef enum:
-    HOLD_MAX_BYTES = 64 * 1024 * 1024   # per proxy; past it, a request for a down shard fails at once
+    HOLD_MAX_BYTES = 64 * 1024 * 1024   # per proxy; past it a request for a down shard fails at once
 
 
 cdef struct Held:
     Held *next
     Fragment *f             # its request stays pending (and alive) while the fragment is held
     int shard               # where it was to go
-    int slot                # a slot that shard owned then (-1: none): where it goes after a map change
+    int slot                # a slot that shard owned then (-1: none)
     long long until_us      # answered "unavailable" then
     Buf cmd                 # the fragment's command bytes, never sent
 
