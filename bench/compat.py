@@ -234,19 +234,22 @@ def run_suite(procs: Processes, name: str, host: str, port: int, outdir: Path,
     return time.monotonic() - start
 
 
-def start_targets(procs: Processes, workdir: Path) -> dict[str, tuple[str, int]]:
-    """One redis-server, and a dmcproxy over 3 more: {name: (host, port)}."""
+def start_targets(procs: Processes, workdir: Path,
+                  sequential: bool = False) -> dict[str, tuple[str, int]]:
+    """One redis-server, and a dmcproxy over 3 more: {name: (host, port)}; sequential: also
+    "dmc-seq", a dmcproxy with --multi-slot-commands sequential over 3 shards of its own."""
     port, proc = start_redis_on_free_port(workdir / "redis-server")
     procs.add(proc)
     targets = {"redis": ("127.0.0.1", port)}
-    shards = []
-    for _ in range(3):
-        p, proc = start_redis_on_free_port(workdir / "shards")
-        procs.add(proc)
-        shards.append(("127.0.0.1", p))
-    proxy, served = start_proxy(shards, 0, workdir)
-    procs.add(proxy)
-    targets["dmc"] = ("127.0.0.1", served)
+    for name, args in [("dmc", ())] + [("dmc-seq", ("--multi-slot-commands", "sequential"))] * sequential:
+        shards = []
+        for _ in range(3):
+            p, proc = start_redis_on_free_port(workdir / f"shards-{name}")
+            procs.add(proc)
+            shards.append(("127.0.0.1", p))
+        proxy, served = start_proxy(shards, 0, workdir, *args)
+        procs.add(proxy)
+        targets[name] = ("127.0.0.1", served)
     return targets
 
 
@@ -418,6 +421,9 @@ def main(argv=None) -> int:
                          "suite's fuzz tests then time out, see bench/README.md)")
     ap.add_argument("--isolate", action="store_true",
                     help="fresh targets for each unit: each unit's own failures, no cascades")
+    ap.add_argument("--sequential", action="store_true",
+                    help="also run against a 3-shard dmcproxy with --multi-slot-commands "
+                         "sequential (column dmc-seq)")
     ap.add_argument("--cluster-port", type=int, help="also run against this database endpoint")
     ap.add_argument("--cluster-host", default="127.0.0.1")
     ap.add_argument("--unit-timeout", type=int, default=120, help="seconds per unit [120]")
@@ -439,7 +445,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(1))        # through the finally below
     try:
-        targets = start_targets(procs, outdir)
+        targets = start_targets(procs, outdir, args.sequential)
         if args.cluster_port:
             targets["cluster"] = (args.cluster_host, args.cluster_port)
         meta = {"command": "python3 bench/compat.py " + " ".join(map(shlex.quote, argv or
@@ -452,6 +458,8 @@ def main(argv=None) -> int:
                 "unit_s": args.unit_timeout, "seconds": collections.Counter(),
                 "logs": str(outdir.relative_to(REPO))}
         meta["targets"]["dmc"] += " (dmcproxy over 3 redis-server shards)"
+        if "dmc-seq" in meta["targets"]:
+            meta["targets"]["dmc-seq"] += " (the same, --multi-slot-commands sequential)"
         print(f"compat: {meta['mode']} run of {len(units)} units against "
               + ", ".join(f"{n} {a}" for n, a in meta["targets"].items()) + f"; logs {outdir}",
               flush=True)
@@ -462,7 +470,7 @@ def main(argv=None) -> int:
         for n, batch in enumerate(batches):
             if n:
                 procs.stop_all()
-                targets.update(start_targets(procs, outdir))
+                targets.update(start_targets(procs, outdir, args.sequential))
 
             def one(name: str) -> None:
                 host, port = targets[name]

@@ -102,9 +102,13 @@ def cluster_stop(home):
 @cluster.command("delete")
 @home_option
 def cluster_delete(home):
-    """Stop every node and remove the cluster's folders."""
+    """Stop every node (shards busy in a script too), then remove the cluster's folders;
+    refused while any process of the cluster still runs."""
     c = _load(home)
-    c.delete()
+    try:
+        c.delete()
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"deleted the cluster of {len(c.nodes)} nodes in {home}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import xmlrpc.client
 from functools import partial
 from pathlib import Path
 
@@ -25,8 +26,10 @@ import trio
 
 from control import ccs
 from control.election import MASTER, Election, Observation, Timings
-from control.node import FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command
+from control.node import (FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command,
+                          supervisor_rpc)
 from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_mgr import stop_all
 
 log = logging.getLogger("cluster_wd")
 
@@ -164,6 +167,10 @@ class ClusterWatchdog:
     async def run(self) -> None:
         members, version = self.store.members() or (dict(self.config.peers), 0)
         async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            if self.config.removed_file.exists():       # started again after its removal
+                log.warning("node %d was removed from the cluster: stopping", self.config.uid)
+                nursery.start_soon(self._stop_node)
             self.gossip = Gossip(nursery, self.config.uid)
             self.election = Election(self.config.uid, members, self.gossip.send, self.store,
                                      self.timings, ccs_offset=lambda: self._ccs_offset,
@@ -245,6 +252,15 @@ class ClusterWatchdog:
                     "master": e.master, "is_master": e.is_master(),
                     "members": e.members, "members_version": e.members_version,
                     "ccs_writable": self.ccs_writable}
+        if op == "removed":
+            # This node was taken out of the cluster (node_remove's last step): it remembers
+            # it (run/removed.json: it does not ask to join again) and stops its supervisord,
+            # so every service of it stops; its shards were moved off before.
+            atomic_write(self.config.removed_file, json.dumps({"time": time.time()}))
+            log.warning("node %d was removed from the cluster: stopping its services",
+                        self.config.uid)
+            self.nursery.start_soon(self._stop_node)
+            return {"ok": True}
         if op not in ("join", "leave"):
             return {"ok": False, "error": f"unknown op {op!r}"}
         if not e.is_master():
@@ -272,11 +288,16 @@ class ClusterWatchdog:
         log.info("members now %s (version %d)", sorted(members), e.members_version)
         return {"ok": True, "members_version": e.members_version}
 
+    async def _stop_node(self) -> None:
+        await trio.sleep(0.2)           # the answer to node_remove goes out first
+        await trio.to_thread.run_sync(stop_removed_node, self.config)
+
     async def _join_loop(self) -> None:
-        """A node not yet a member asks the nodes it knows until the master takes it in."""
+        """A node not yet a member asks the nodes it knows until the master takes it in; a node
+        that was removed never asks (`dmc node add` makes a new one)."""
         me = self.config.member_info()
         while True:
-            if self.config.uid in self.election.members:
+            if self.config.uid in self.election.members or self.config.removed_file.exists():
                 await trio.sleep(1)
                 continue
             for uid, info in list(self.election.members.items()):
@@ -352,6 +373,15 @@ class ClusterWatchdog:
         if isinstance(replies[-1], ReplyError):
             raise replies[-1]
         self._published = (e.term, e.members_version)
+
+
+def stop_removed_node(config: NodeConfig) -> None:
+    """Stop every shard process left on the node, then its supervisord (and so this service)."""
+    stop_all(config)
+    try:
+        supervisor_rpc(config.supervisor_sock).supervisor.shutdown()
+    except (OSError, xmlrpc.client.Error) as exc:
+        log.warning("supervisord not stopped: %s", exc)
 
 
 main = service_command("cluster_wd", ClusterWatchdog)

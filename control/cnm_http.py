@@ -40,14 +40,16 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from control import backup_mgr, ccs, schema
 from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, check_admin, service_command
-from control.redis_client import RedisUnavailable, ReplyError, info
-from control.rest_checks import check_backup_location, plan_create, plan_update
+from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
+from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
                                  Cluster, DryRun, ImportRequest, MigrateRequest, Node, Shard)
+from dmc.proxy import bind_failure
 
 log = logging.getLogger("cnm_http")
 
@@ -58,6 +60,15 @@ CONFIG_LOCK_MS = 5000
 CONFIG_LOCK_WAIT = 3.0
 
 NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
+
+# Can every node bind a database's port? The node that validates a request asks all nodes up
+# through CCS (a CCS request answered by each node's own cnm_http, which binds the port on its
+# node's address as dmcproxy would): it PUBLISHes {token, port} on PORT_PROBE (replicated to
+# every node's copy), each node PUBLISHes its answer on the master's PORT_PROBE:<token>, and a
+# node up that has not answered within PORT_PROBE_DEADLINE makes the request a 503. Only
+# messages: no key is written (a dry run asks too).
+PORT_PROBE = "cnm_http:port_probe"
+PORT_PROBE_DEADLINE = 3.0
 
 
 class ApiError(Exception):
@@ -118,6 +129,7 @@ class CnmHttp:
             log.warning("node.json has no admin credentials: every request will be refused")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce)
+            nursery.start_soon(self._answer_port_probes)
             await hypercorn.trio.serve(self.app, hc)
             nursery.cancel_scope.cancel()
 
@@ -136,6 +148,49 @@ class CnmHttp:
                 return
             except (RedisUnavailable, ReplyError):
                 await trio.sleep(1.0)
+
+    # ---- can the nodes bind a port? ----------------------------------------------------------
+
+    async def _answer_port_probes(self) -> None:
+        """Answer every node's question "can you bind this port?" for this node."""
+        while True:
+            try:
+                async with subscribe(self.config.address, self.config.ccs_port,
+                                     [PORT_PROBE]) as sub:
+                    async for _channel, message in sub:
+                        probe = ccs.unpack(message)
+                        reason = bind_failure(self.config.address, probe["port"])
+                        await (await self.session.master()).execute(
+                            "PUBLISH", port_probe_channel(probe["token"]), ccs.pack(
+                                {"node_uid": self.config.uid, "ok": reason is None,
+                                 "reason": reason}))
+            except (RedisUnavailable, ReplyError, OSError, KeyError, TypeError) as exc:
+                log.debug("port probes not answered for now: %s", exc)
+                await trio.sleep(0.5)
+
+    async def check_port_bindable(self, r, view: ClusterView, port: int) -> None:
+        """406 unless every node up can bind `port` now (each answers for itself). Nothing is
+        written: the question and the answers are messages (a dry run makes it too)."""
+        token = uuid.uuid4().hex
+        answers: dict[int, dict] = {}
+        async with subscribe(self.config.address, self.config.ccs_forward_port,
+                             [port_probe_channel(token)]) as replies:
+            await r.execute("PUBLISH", PORT_PROBE, ccs.pack({"token": token, "port": port}))
+            with trio.move_on_after(PORT_PROBE_DEADLINE):
+                async for _channel, message in replies:
+                    answer = ccs.unpack(message)
+                    answers[answer["node_uid"]] = answer
+                    if set(view.up) <= set(answers):
+                        break
+        failed = {n: a["reason"] for n, a in sorted(answers.items()) if not a.get("ok")}
+        if failed:
+            raise schema.InvalidRequest(f"port {port} cannot be bound on " + "; ".join(
+                f"node {n}: {reason}" for n, reason in failed.items()))
+        silent = sorted(set(view.up) - set(answers))
+        if silent:
+            raise ApiError(503, "port_check_timeout", f"node(s) {', '.join(map(str, silent))} "
+                           f"did not say within {PORT_PROBE_DEADLINE}s whether they can bind "
+                           f"port {port}; try again")
 
     # ---- auth ------------------------------------------------------------------------------
 
@@ -213,7 +268,8 @@ class CnmHttp:
         r = await (self.reader() if dry_run else self.writer())
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
-            record, placement = plan_create(view, body)
+            record, placement = plan_create(view, body, await schema.cluster_policy(r))
+            await self.check_port_bindable(r, view, record["port"])
             if dry_run:
                 return {"dry_run": True, "action": "bdb_create", "object_uid": None,
                         "params": {}, "bdb": record,
@@ -241,9 +297,8 @@ class CnmHttp:
 
     async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
-        nulls = sorted(k for k, v in given.items() if v is None)
-        if nulls:
-            raise ApiError(400, "invalid_schema", f"{', '.join(nulls)}: may not be null")
+        if "backup_location" in given and given["backup_location"] is None:
+            given["backup_location"] = str(backup_mgr.default_location(self.config.dir))
         check_backup_location(given.get("backup_location"))
         r = await (self.reader() if dry_run else self.writer())
         async with nullcontext() if dry_run else self.config_lock(r):
@@ -252,7 +307,9 @@ class CnmHttp:
             if current is None:
                 raise _not_found("bdb", uid)
             await self._unlocked(r, uid)
-            name, params = plan_update(view, current, given)
+            name, params = plan_update(view, current, given, await schema.cluster_policy(r))
+            if "port" in params:
+                await self.check_port_bindable(r, view, params["port"])
             if dry_run or name is None:
                 reply = schema.public_bdb(current, view.nodes, view.shards_of(uid),
                                           self.config.cluster_fqdn)
@@ -394,6 +451,10 @@ class CnmHttp:
         return current
 
 
+def port_probe_channel(token: str) -> str:
+    return f"{PORT_PROBE}:{token}"
+
+
 def _absolute(path: str) -> Path:
     if not os.path.isabs(path):
         raise ApiError(400, "invalid_schema", f"{path} is not an absolute path")
@@ -435,6 +496,16 @@ def _describe(error: dict, request: Request) -> str:
     return f"{loc}: {error['msg']}"
 
 
+def allowed_methods(app: FastAPI, scope) -> list[str]:
+    """Every method some route of the request's path answers (for a 405's Allow)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= route.methods
+    return sorted(methods)
+
+
 # ---- the FastAPI application ----------------------------------------------------------------
 
 BASIC = HTTPBasic(auto_error=False, realm="dmc")
@@ -463,15 +534,14 @@ def build_app(api: CnmHttp) -> FastAPI:
         headers = dict(exc.headers or {})
         if exc.status_code == 401:
             headers["WWW-Authenticate"] = 'Basic realm="dmc"'
+        if exc.status_code == 405:       # Starlette names the methods of one route of the path
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"),
                       str(exc.detail), headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        if errors and all(e["loc"][-1:] == ("port",) and e["type"] in (
-                "greater_than_equal", "less_than_equal") for e in errors):
-            return _error(406, "invalid_port", "port must be between 1 and 65535")
         return _error(400, "invalid_schema", "; ".join(_describe(e, request) for e in errors))
 
     @app.exception_handler(schema.InvalidRequest)
@@ -504,11 +574,17 @@ def build_app(api: CnmHttp) -> FastAPI:
     generated = app.openapi
 
     def openapi() -> dict:
-        """FastAPI's document, without the 422 it adds everywhere: validation errors are 400."""
+        """FastAPI's document, without the 422 it adds everywhere: validation errors are 400,
+        declared on every operation that has a path or query parameter or a body."""
         document = generated()
         for path in document["paths"].values():
             for operation in path.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.setdefault("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", {
+                        "description": ERRORS[400]["description"],
+                        "content": {"application/json": {"schema": {
+                            "$ref": "#/components/schemas/ErrorReply"}}}})
         for name in ("HTTPValidationError", "ValidationError"):
             document.get("components", {}).get("schemas", {}).pop(name, None)
         return document
@@ -529,17 +605,21 @@ def build_app(api: CnmHttp) -> FastAPI:
 
     @app.get("/v1/bdbs", response_model=list[Bdb], tags=["bdbs"])
     async def list_bdbs():
-        view = await read_view(await api.reader())
-        return [schema.public_bdb(b, view.nodes, view.shards_of(u), api.config.cluster_fqdn)
-                for u, b in sorted(view.bdbs.items())]
+        r = await api.reader()
+        view = await read_view(r)
+        failures = await schema.endpoint_failures(r, view.bdbs)
+        return [schema.public_bdb(b, view.nodes, view.shards_of(u), api.config.cluster_fqdn,
+                                  failures.get(u)) for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
     async def get_bdb(uid: int):
-        view = await read_view(await api.reader())
+        r = await api.reader()
+        view = await read_view(r)
         if uid not in view.bdbs:
             raise _not_found("bdb", uid)
+        failures = await schema.endpoint_failures(r, [uid])
         return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
-                                  api.config.cluster_fqdn)
+                                  api.config.cluster_fqdn, failures.get(uid))
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")
@@ -599,14 +679,31 @@ def build_app(api: CnmHttp) -> FastAPI:
             raise _not_found("node", uid)
         return node_reply(view, uid)
 
-    @app.get("/v1/cluster", response_model=Cluster, tags=["cluster"])
-    async def get_cluster():
-        view = await read_view(await api.reader())
+    def cluster_reply(view: ClusterView, policy: dict) -> dict:
         master = view.master or {}
         return {"name": "dmc", "master_node_uid": master.get("uid"), "term": master.get("term"),
                 "master_since": master.get("since"), "nodes_count": len(view.nodes),
                 "nodes_up": len(view.up), "bdbs_count": len(view.bdbs),
-                "shards_count": len(view.shards)}
+                "shards_count": len(view.shards), **policy,
+                "memory_size": sum((view.beats.get(n) or {}).get("memory_total") or 0
+                                   for n in view.up),
+                "memory_booked": sum(booked_memory(view).values())}
+
+    @app.get("/v1/cluster", response_model=Cluster, tags=["cluster"])
+    async def get_cluster():
+        r = await api.reader()
+        return cluster_reply(await read_view(r), await schema.cluster_policy(r))
+
+    @app.put("/v1/cluster", response_model=Cluster, tags=["cluster"],
+             responses={k: ERRORS[k] for k in (400, 503)},
+             summary="Change the cluster's settings (memory overbooking)")
+    async def update_cluster(body: schema.ClusterPolicy):
+        r = await api.writer()
+        policy = {**await schema.cluster_policy(r), **body.model_dump(exclude_unset=True)}
+        with trio.CancelScope(shield=True):
+            await ccs.write(r, schema.CLUSTER_POLICY, policy)
+        log.info("cluster settings: %s", policy)
+        return cluster_reply(await read_view(r), policy)
 
     # ---- shards ----
 

@@ -251,10 +251,18 @@ def _settings_options(f, *, create: bool):
         click.option("--password", help="Password clients give with AUTH."),
         click.option("--eviction-policy", type=click.Choice(schema.EVICTION_POLICIES),
                      default="volatile-lru" if create else None, show_default=create),
+        click.option("--multi-slot-commands", type=click.Choice(schema.MULTI_SLOT_POLICIES),
+                     help="Multi-key commands over keys of several shards: refuse (CROSSSLOT, "
+                          "the default) or sequential (carried out in single-shard steps)."),
         click.option("--backup-interval", type=click.IntRange(0), metavar="SECONDS",
                      help="Back the database up every SECONDS (0: no scheduled backups)."),
         click.option("--backup-location", type=click.Path(file_okay=False),
                      help="Folder of its backups (default: the cluster folder's backups/)."),
+        click.option("--query-buffer-limit", type=MEMORY, default=None,
+                     help="A client's unparsed input on the proxy at most (Redis's "
+                     "client-query-buffer-limit; default 1GB)."),
+        click.option("--allow-privileged-port", is_flag=True, default=None,
+                     help="Accept a --port below 1024."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -270,11 +278,14 @@ def update_settings(f):
 
 
 def _settings(port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, backup_interval=None, backup_location=None) -> dict:
+              eviction_policy, multi_slot_commands=None, backup_interval=None,
+              backup_location=None, query_buffer_limit=None, allow_privileged_port=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
+             "client_query_buffer_limit": query_buffer_limit,
+             "allow_privileged_port": allow_privileged_port or None,
              "data_persistence": persistence, "aof_policy": aof_policy,
              "authentication_redis_pass": password, "eviction_policy": eviction_policy,
-             "backup_interval": backup_interval,
+             "backup_interval": backup_interval, "multi_slot_commands": multi_slot_commands,
              "backup_location": os.path.abspath(backup_location) if backup_location else None}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -292,12 +303,14 @@ def db():
 @wait_option
 @home_option
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, backup_interval, backup_location, dry_run, wait, home):
+              eviction_policy, multi_slot_commands, backup_interval, backup_location,
+              query_buffer_limit, allow_privileged_port, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
-        backup_interval, backup_location)}
+        multi_slot_commands, backup_interval, backup_location, query_buffer_limit,
+        allow_privileged_port)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -345,7 +358,10 @@ def db_show(ref, as_json, home):
         elif key == "authentication_redis_pass":
             value = "(set)" if value else "(none)"
         elif key == "endpoints":
+            failed = [f for e in value for f in e.get("failed_nodes") or []]
             value = ", ".join(f"{a}:{e.get('port')}" for e in value for a in e.get("addr", []))
+            for f in failed:
+                value += f"\n{'':<28}FAILED on node {f['node_uid']}: {f.get('reason')}"
         elif key.endswith("_time") and isinstance(value, (int, float)):
             value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
         click.echo(f"{key + ':':<28}{value}")
@@ -374,12 +390,14 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 @wait_option
 @home_option
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, backup_interval, backup_location, dry_run, wait, home):
+              eviction_policy, multi_slot_commands, backup_interval, backup_location,
+              query_buffer_limit, allow_privileged_port, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
-                     eviction_policy, backup_interval, backup_location)
+                     eviction_policy, multi_slot_commands, backup_interval, backup_location,
+                     query_buffer_limit, allow_privileged_port)
     if new_name is not None:
         body["name"] = new_name
     if not body:
@@ -458,7 +476,8 @@ def db_import(ref, source, flush, wait, home):
 @create_settings
 @home_option
 def db_restore(backup, source, name, shards, port, memory, replication, persistence,
-               aof_policy, password, eviction_policy, backup_interval, backup_location, home):
+               aof_policy, password, eviction_policy, multi_slot_commands, backup_interval,
+               backup_location, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
     if os.path.isdir(backup):
@@ -474,7 +493,8 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
         path = manifest["path"]
     body = {"name": name, "shards_count": shards or len(manifest.get("shards") or [1]),
             **_settings(port, memory, replication, persistence, aof_policy, password,
-                        eviction_policy, backup_interval, backup_location)}
+                        eviction_policy, multi_slot_commands, backup_interval,
+                        backup_location)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])
     reply = api.call("POST", f"/v1/bdbs/{created['uid']}/actions/import",

@@ -2,7 +2,8 @@
 
 - Every second it writes `node_heartbeat:<uid>` to the CCS master with a TTL
   (`ccs.HEARTBEAT_TTL_MS`): when the key has expired, the node is shown as down. The value says
-  when the node started and the state of each of its services, as its supervisord reports them.
+  when the node started, the state of each of its services, as its supervisord reports them,
+  and the machine's memory (`memory_total`, bytes: what cnm_http books databases against).
 - It listens on the node's `ccs_forward_port` and forwards every connection to the current CCS
   master, which it learns from the `cluster:master` record in the node's own CCS copy (re-read
   on every change notice, and every half second). When the master changes, forwarded
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import xmlrpc.client
 from functools import partial
@@ -35,6 +37,7 @@ from control.redis_client import RedisUnavailable, ReplyError, connect, subscrib
 log = logging.getLogger("heartbeatd")
 
 BEAT_EVERY = 1.0
+MEMORY_TOTAL = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 FOLLOW_EVERY = 0.5
 GUARD_EVERY = 0.05
 
@@ -115,7 +118,8 @@ class Heartbeatd:
                 services = [{"name": "supervisor", "state": f"UNREACHABLE ({exc})", "pid": 0,
                              "start": 0}]
             value = {"time": time.time(), "started": self.started,
-                     "address": self.config.address, "services": services}
+                     "address": self.config.address, "services": services,
+                     "memory_total": MEMORY_TOTAL}
             master = self.master
             try:
                 if master is not None:

@@ -30,7 +30,7 @@ from control.node import NodeConfig, admin_credentials, atomic_write, supervisor
 from control.pdns_server import free_dns_port
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.redis_mgr import shard_pids, stop_all
-from dmc.processes import free_port, pid_alive
+from dmc.processes import free_port, pid_alive, processes_under
 
 ADMIN_USER = "admin"
 
@@ -295,7 +295,15 @@ class LocalCluster:
             self.stop_node(uid)
 
     def delete(self) -> None:
+        """Stop every node (a busy shard too: redis_mgr.stop_all), then remove the folders;
+        refused, with nothing removed, while any process still runs from a node's folder."""
         self.stop()
+        left = {uid: processes_under(config.home) for uid, config in self.nodes.items()}
+        left = {uid: pids for uid, pids in left.items() if pids}
+        if left:
+            raise ClusterError("not deleted: processes of the cluster still run (" + "; ".join(
+                f"node {uid}: pids {', '.join(map(str, pids))}" for uid, pids in
+                sorted(left.items())) + ")")
         for config in self.nodes.values():
             shutil.rmtree(config.home, ignore_errors=True)
         self.registry.unlink(missing_ok=True)

@@ -10,7 +10,8 @@ A node's folder:
     logs/                one log per service, and supervisord's own
     ccs/                 ccs.conf, and the CCS copy's append-only file
     state.json           cluster_wd's durable election state: term, vote, members
-    run/                 what services tell each other on this node: lease.json, history.jsonl
+    run/                 what services tell each other on this node: lease.json, history.jsonl,
+                         removed.json (the node was removed from the cluster)
 
 This module never starts anything; `control.local_cluster` and the services do.
 """
@@ -76,6 +77,7 @@ class NodeConfig:
     peers: dict[int, dict] = field(default_factory=dict)   # first members, uid -> member info
     record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
     shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
+    proxy_input_budget: int = 1 << 30  # dmcproxy: unparsed input of all its clients (0: none)
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 
@@ -109,6 +111,11 @@ class NodeConfig:
     @property
     def history_file(self) -> Path:
         return self.run_dir / "history.jsonl"
+
+    @property
+    def removed_file(self) -> Path:
+        """Written when the node was removed from the cluster: it stays out."""
+        return self.run_dir / "removed.json"
 
     @property
     def lease_file(self) -> Path:

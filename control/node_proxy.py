@@ -12,8 +12,14 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password or port is applied (a new port re-opens the endpoint);
+- a changed password, client_query_buffer_limit, multi_slot_commands or port is applied (a new
+  port re-opens the endpoint);
+- the clients of every endpoint share one input budget (node.json's proxy_input_budget, Redis's
+  maxmemory-clients for input; dmc/fastpath/input_limit.pxi);
 - a database that is gone (or being deleted) has its endpoint closed;
+- an endpoint that cannot be opened because its port cannot be bound (a foreign process holds
+  it) is reported in `endpoint_status:<bdb>` (field: this node) with the reason, and tried again
+  every pass; the field is deleted once it is served.
 - with replication, a request for a master shard that is down is held up to HOLD_MS
   (dmc/fastpath/hold.pxi) and sent to its successor when the failover's map is installed:
   clients see latency, not errors (without replication there is no successor: it fails at once,
@@ -45,8 +51,9 @@ import trio
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
+from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
-from dmc.proxy import install_shard_map
+from dmc.proxy import bind_failure, install_shard_map
 from dmc.shard_map import ShardMap
 
 log = logging.getLogger("dmcproxy")
@@ -67,8 +74,10 @@ class NodeProxy:
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
         self.fenced = True          # until lease.json says the node is on the majority's side
+        self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
 
     async def run(self) -> None:
+        set_input_budget(self.config.proxy_input_budget)
         self.maps_dir.mkdir(parents=True, exist_ok=True)
         await self._serve_cached()
         try:
@@ -166,15 +175,21 @@ class NodeProxy:
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
         password = bdb.authentication_redis_pass or None
+        multi_slot = bdb.multi_slot_commands or "refuse"
         if endpoint is not None and applied.get("port") != bdb.port:
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
-            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap)
+            reason = bind_failure(self.config.address, bdb.port)
+            if reason is not None:
+                await self._report(uid, reason)
+                raise OSError(f"port {bdb.port} cannot be bound: {reason}")
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
             self.endpoints[uid] = endpoint
             await self._apply_fence(endpoint)
+            await self._report(uid, None)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
-                       "password": password}
+                       "password": password, "multi_slot_commands": multi_slot}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
@@ -196,13 +211,43 @@ class NodeProxy:
         if password != applied.get("password"):
             await trio.to_thread.run_sync(endpoint.set_password, password)
             applied["password"] = password
+        if query_buffer_limit(bdb) != applied.setdefault("query_buffer_limit",
+                                                         query_buffer_limit(bdb)):
+            limit = query_buffer_limit(bdb)
+            await trio.to_thread.run_sync(endpoint.call,
+                                          lambda proxy: proxy.set_client_query_limit(limit))
+            applied["query_buffer_limit"] = limit
+        if multi_slot != applied.get("multi_slot_commands"):
+            await trio.to_thread.run_sync(
+                endpoint.call, lambda proxy: proxy.set_multi_slot_commands(multi_slot))
+            applied["multi_slot_commands"] = multi_slot
         self.applied[uid] = applied
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
 
-    def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap) -> Endpoint:
+    async def _report(self, uid: int, reason: str | None) -> None:
+        """Write (or clear) this node's failure to serve the database, when it changes."""
+        if reason is not None and self.failures.get(uid) == reason:
+            return
+        key = schema.endpoint_status_key(uid)
+        try:
+            if reason is None:
+                await ccs.delete(await self.session.master(), key, self.config.uid)
+                self.failures.pop(uid, None)
+            else:
+                log.warning("database %d: endpoint failed: %s", uid, reason)
+                await ccs.write(await self.session.master(), key, {
+                    "status": "failed", "reason": reason, "time": time.time()},
+                    field=self.config.uid)
+                self.failures[uid] = reason
+        except (RedisUnavailable, ReplyError) as exc:
+            log.debug("database %d: endpoint status not written: %s", uid, exc)
+
+    def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap,
+              multi_slot: str = "refuse") -> Endpoint:
         return Endpoint(self.config.address, bdb.port, password, smap,
-                        wait_shards_s=WAIT_SHARDS).start()
+                        wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
+                        client_query_buffer_limit=query_buffer_limit(bdb)).start()
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)
@@ -226,6 +271,10 @@ class NodeProxy:
             return
         await ccs.write(await self.session.master(), schema.ack_key(uid), value,
                         field=self.config.uid)
+
+
+def query_buffer_limit(bdb: schema.Bdb) -> int:
+    return bdb.client_query_buffer_limit or schema.DEFAULT_QUERY_BUFFER
 
 
 main = service_command("dmcproxy", NodeProxy)

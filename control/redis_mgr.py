@@ -25,9 +25,7 @@ in sync with the master (or has not yet seen a shard's creation) never stops a s
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -37,7 +35,7 @@ import trio
 from control import ccs, schema
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect, info
-from dmc.processes import REDIS_SERVER, pid_alive
+from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
 log = logging.getLogger("redis_mgr")
 
@@ -110,17 +108,28 @@ class Shard:
         return bool(self.pid) and pid_alive(self.pid)
 
     def stop(self) -> None:
+        """Stopped and gone, busy or not (dmc.processes.stop_redis: SIGTERM, SCRIPT KILL /
+        FUNCTION KILL, SHUTDOWN NOSAVE, SIGKILL after a grace period)."""
         if self.alive():
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            host, port = conf_endpoint(self.folder)
+            stop_redis(self.pid, host, port, proc=self.proc)
+        elif self.proc is not None:
+            self.proc.wait()
+
+
+def conf_endpoint(folder) -> tuple[str | None, int | None]:
+    """The bind address and port in the shard's redis.conf."""
+    host = port = None
+    try:
+        for line in (folder / "redis.conf").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "bind":
+                host = value.split()[0]
+            elif key == "port":
+                port = int(value)
+    except (OSError, ValueError, IndexError):
+        pass
+    return host, port
 
 
 def read_pid(folder) -> int | None:

@@ -8,9 +8,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from control.schema import MAX_UID
+
 class ErrorReply(BaseModel):
     error_code: str
     description: str
+
+
+class FailedNode(BaseModel):
+    node_uid: int
+    addr: str | None = None
+    reason: str | None = Field(None, description="why its dmcproxy cannot serve the endpoint")
+    time: float | None = None
 
 
 class Endpoint(BaseModel):
@@ -21,6 +30,8 @@ class Endpoint(BaseModel):
     addr: list[str]
     addr_type: str
     proxy_policy: str
+    status: str = Field("active", description="failed: a node cannot serve it (failed_nodes)")
+    failed_nodes: list[FailedNode] = []
 
 
 class Bdb(BaseModel):
@@ -38,6 +49,7 @@ class Bdb(BaseModel):
     snapshot_policy: list[dict] | None = None
     authentication_redis_pass: str | None = None
     eviction_policy: str | None = None
+    multi_slot_commands: str | None = Field(None, description="refuse (CROSSSLOT) or sequential")
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
                                         "0: none")
     backup_location: str | None = Field(None, description="the folder of its backups")
@@ -75,6 +87,12 @@ class Cluster(BaseModel):
     nodes_up: int
     bdbs_count: int
     shards_count: int
+    shards_overbooking: bool = Field(False, description="memory_size is not checked against "
+                                     "the nodes' memory")
+    overbooking_percent: int = Field(0, description="how much more than a node's memory its "
+                                     "shards may book")
+    memory_size: int = Field(0, description="the memory of the nodes up (bytes)")
+    memory_booked: int = Field(0, description="what the databases' shards book (bytes)")
 
 
 class Shard(BaseModel):
@@ -121,7 +139,7 @@ class DryRun(BaseModel):
 
 class MigrateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target_node_uid: int = Field(ge=1)
+    target_node_uid: int = Field(ge=1, le=MAX_UID)
 
 
 class BackupRequest(BaseModel):
@@ -136,7 +154,7 @@ class ImportRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     backup_id: str | None = Field(None, description="a backup of from_bdb_uid, by default of "
                                   "this database")
-    from_bdb_uid: int | None = Field(None, description="the database the backup was taken of")
+    from_bdb_uid: int | None = Field(None, ge=1, le=MAX_UID, description="the database the backup was taken of")
     backup_path: str | None = Field(None, description="a backup's folder (absolute path)")
     rdb_path: str | None = Field(None, description="an RDB file, of a plain redis-server say "
                                  "(absolute path)")

@@ -35,6 +35,7 @@ COUNTERS = "cluster:counters"      # hash: "bdb", "shard" -> last uid given
 SHARD_STATE = "shard_state"        # hash: shard uid -> what redis_mgr saw of the process
 SHARD_HEALTH = "shard_health"      # hash: shard uid -> what node_wd's PING probe saw
 NODE_REST = "cluster:rest"         # hash: node uid -> {address, port} of its cnm_http
+CLUSTER_POLICY = "cluster:policy"  # the cluster's settings (PUT /v1/cluster): ClusterPolicy
 
 
 def map_key(bdb_uid: int) -> str:
@@ -48,6 +49,13 @@ def ack_key(bdb_uid: int) -> str:
     (and database record version) each node's dmcproxy has installed for the database; for a
     paused map, written once nothing the proxy had sent is unanswered."""
     return f"proxy_ack:{bdb_uid}"
+
+
+def endpoint_status_key(bdb_uid: int) -> str:
+    """endpoint_status:<uid>: hash, node uid -> {status: "failed", reason, time}: a node whose
+    dmcproxy cannot serve the database's endpoint (its port is taken, say); the field is
+    deleted once it serves it."""
+    return f"endpoint_status:{bdb_uid}"
 
 
 def lock_key(bdb_uid: int) -> str:
@@ -67,61 +75,118 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random
 
 PERSISTENCE = ("disabled", "aof", "snapshot")
 AOF_POLICIES = ("appendfsync-every-sec", "appendfsync-always")
+MULTI_SLOT_POLICIES = ("refuse", "sequential")     # dmc/fastpath/sequential.pxi
 
 
 # ---- what a user asks for (validated by pydantic in cnm_http) --------------------------------
+
+# Every number a user gives has an upper bound in the schema (a 400 naming the field), so nothing
+# larger than CCS's msgpack (64 bits) or Redis's `save` (a C long) can take reaches them.
+MAX_MEMORY_SIZE = 1 << 50          # 1 PiB
+MAX_SECONDS = 10 * 366 * 86400     # ten years
+MAX_COUNT = (1 << 31) - 1
+MAX_UID = (1 << 31) - 1
+MAX_QUERY_BUFFER = 1 << 40
+DEFAULT_QUERY_BUFFER = 1 << 30     # Redis's client-query-buffer-limit default
 
 class SnapshotRule(BaseModel):
     """One rule of a snapshot policy: an RDB is written `secs` seconds after at least `writes`
     writes (Redis Enterprise's snapshot_policy, Redis's `save <secs> <writes>`)."""
     model_config = ConfigDict(extra="forbid")
 
-    secs: int = Field(ge=1)
-    writes: int = Field(1, ge=1)
+    secs: int = Field(ge=1, le=MAX_SECONDS)
+    writes: int = Field(1, ge=1, le=MAX_COUNT)
 
 
 class BdbSettings(BaseModel):
-    """The fields of a database a user sets; all optional, for PUT."""
+    """The fields of a database a user sets; all optional, for PUT. A field left out is not
+    changed; none may be null (the types say so in the OpenAPI document: pydantic does not
+    validate a default) except `backup_location`, whose null means the default folder."""
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-    port: int | None = Field(None, ge=1, le=65535)
-    memory_size: int | None = Field(None, ge=1 << 20, description="bytes, split over the shards")
-    shards_count: int | None = Field(None, ge=1, le=64)
-    replication: bool | None = None
-    data_persistence: Literal[PERSISTENCE] | None = Field(
+    name: str = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    port: int = Field(None, ge=1, le=65535, description="below 1024 only with "
+                      "allow_privileged_port; the default is a free port in 10000-19999")
+    allow_privileged_port: bool = Field(
+        False, description="accept a port below 1024 (the shards' node services must be "
+        "allowed to bind it)")
+    memory_size: int = Field(None, ge=1 << 20, le=MAX_MEMORY_SIZE,
+                             description="bytes, split over the shards")
+    shards_count: int = Field(None, ge=1, le=64)
+    replication: bool = None
+    data_persistence: Literal[PERSISTENCE] = Field(
         None, description="with replication only the replicas persist; without it, the master")
-    aof_policy: Literal[AOF_POLICIES] | None = None
-    snapshot_policy: list[SnapshotRule] | None = Field(
-        None, min_length=1, description="data_persistence `snapshot`: save after `secs` "
-        "seconds if at least `writes` writes were made (Redis's `save`)")
-    authentication_redis_pass: str | None = Field(None, max_length=256)
-    eviction_policy: Literal[EVICTION_POLICIES] | None = None
-    backup_interval: int | None = Field(
-        None, ge=0, description="seconds between scheduled backups (job_scheduler); 0: none")
+    aof_policy: Literal[AOF_POLICIES] = None
+    snapshot_policy: list[SnapshotRule] = Field(
+        None, min_length=1, max_length=16, description="data_persistence `snapshot`: save "
+        "after `secs` seconds if at least `writes` writes were made (Redis's `save`)")
+    authentication_redis_pass: str = Field(None, max_length=256)
+    eviction_policy: Literal[EVICTION_POLICIES] = None
+    backup_interval: int = Field(
+        None, ge=0, le=MAX_SECONDS, description="seconds between scheduled backups "
+        "(job_scheduler); 0: none")
     backup_location: str | None = Field(
         None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
-        "holds the database's backups (default: `<cluster folder>/backups`); it must be "
-        "reachable at this path from every node")
-    proxy_policy: Literal[PROXY_POLICIES] | None = Field(
+        "holds the database's backups (default, or null: `<cluster folder>/backups`); it must "
+        "be reachable at this path from every node")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = Field(
+        None, description="multi-key commands over keys of several shards: `refuse` "
+        "(CROSSSLOT, as Redis Enterprise) or `sequential` (the proxy carries them out in "
+        "single-shard steps, dmc/fastpath/sequential.pxi)")
+    proxy_policy: Literal[PROXY_POLICIES] = Field(
         None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
         "see control/discovery.py)")
+    client_query_buffer_limit: int = Field(
+        None, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's unparsed input "
+        "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
+        "default 1 GB)")
+
+
+class ClusterPolicy(BaseModel):
+    """PUT /v1/cluster: the cluster's settings (all optional; a field left out is unchanged)."""
+    model_config = ConfigDict(extra="forbid")
+
+    shards_overbooking: bool = Field(
+        None, description="Redis Enterprise's policy: true ignores the databases' memory_size "
+        "when placing shards (default false: a database whose shards do not fit in the nodes' "
+        "memory is refused, 406)")
+    overbooking_percent: int = Field(
+        None, ge=0, le=1000, description="how much more than a node's memory its shards may "
+        "book, in percent (default 0)")
+
+
+CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0}
+
+
+async def cluster_policy(redis) -> dict:
+    return {**CLUSTER_POLICY_DEFAULTS, **(ccs.unpack(await redis.execute("GET", CLUSTER_POLICY))
+                                          or {})}
+
+
+REQUEST_FLAGS = ("allow_privileged_port",)   # in a request, not fields of the database
 
 
 class BdbCreate(BdbSettings):
     """POST /v1/bdbs: a name is required, everything else has Redis Enterprise's default."""
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-    memory_size: int = Field(100 << 20, ge=1 << 20, description="bytes, split over the shards")
+    memory_size: int = Field(100 << 20, ge=1 << 20, le=MAX_MEMORY_SIZE,
+                             description="bytes, split over the shards")
     shards_count: int = Field(1, ge=1, le=64)
     replication: bool = False
     data_persistence: Literal[PERSISTENCE] = "disabled"
     aof_policy: Literal[AOF_POLICIES] = "appendfsync-every-sec"
     snapshot_policy: list[SnapshotRule] = Field(
-        default_factory=lambda: [SnapshotRule(secs=3600, writes=1)], min_length=1)
+        default_factory=lambda: [SnapshotRule(secs=3600, writes=1)], min_length=1,
+        max_length=16)
     authentication_redis_pass: str = Field("", max_length=256)
     eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
     backup_interval: int = Field(
-        0, ge=0, description="seconds between scheduled backups (job_scheduler); 0: none")
+        0, ge=0, le=MAX_SECONDS, description="seconds between scheduled backups "
+        "(job_scheduler); 0: none")
+    client_query_buffer_limit: int = Field(
+        DEFAULT_QUERY_BUFFER, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's "
+        "unparsed input may hold on the proxy (Redis's client-query-buffer-limit)")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
 
 
 class InvalidRequest(ValueError):
@@ -187,6 +252,8 @@ class Bdb(msgspec.Struct, kw_only=True):
     authentication_redis_pass: str = ""
     eviction_policy: str = "volatile-lru"
     proxy_policy: str | None = None               # None: all-nodes (control/discovery.py)
+    client_query_buffer_limit: int | None = None  # None: DEFAULT_QUERY_BUFFER (dmcproxy)
+    multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
     backup_interval: int = 0
     backup_location: str | None = None
     status: str = "active"                        # pending, active, deleting, creation-failed
@@ -361,13 +428,28 @@ def free_shard_port(used: set[int], rng: random.Random | None = None) -> int:
 
 
 def public_bdb(bdb: Bdb, nodes: dict[int, dict], shard_uids: list[int],
-               fqdn: str = DEFAULT_FQDN) -> dict:
-    """The database as the REST API shows it (Redis Enterprise's field names)."""
+               fqdn: str = DEFAULT_FQDN, failures: dict[int, dict] | None = None) -> dict:
+    """The database as the REST API shows it (Redis Enterprise's field names); `failures`:
+    its endpoint_status hash, the nodes that cannot serve its endpoint."""
     out = as_dict(bdb)
     out["shard_list"] = sorted(shard_uids)
+    failed = [{"node_uid": n, "addr": (nodes.get(n) or {}).get("address"),
+               "reason": f.get("reason"), "time": f.get("time")}
+              for n, f in sorted((failures or {}).items()) if n in nodes]
     out["endpoints"] = [{"uid": f"{bdb.uid}:1", "port": bdb.port,
                          "dns_address_master": dns_name(bdb.port, fqdn),
                          "addr": [n["address"] for _, n in sorted(nodes.items())],
                          "addr_type": "external",
-                         "proxy_policy": bdb.proxy_policy or DEFAULT_PROXY_POLICY}]
+                         "proxy_policy": bdb.proxy_policy or DEFAULT_PROXY_POLICY,
+                         "status": "failed" if failed else "active", "failed_nodes": failed}]
     return out
+
+
+async def endpoint_failures(redis, uids) -> dict[int, dict[int, dict]]:
+    """The endpoint_status hash of each database in `uids` (one round trip)."""
+    uids = list(uids)
+    if not uids:
+        return {}
+    replies = await redis.pipeline([("HGETALL", endpoint_status_key(u)) for u in uids])
+    return {u: ccs.int_hash(reply) for u, reply in zip(uids, replies)
+            if isinstance(reply, list) and reply}

@@ -10,16 +10,21 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
 
     loop          one turn of the epoll loop (loop_once); pause, resume, close
     client        accepted, read (client_recv), cut into requests (req_parse)
+      input_limit   client-query-buffer-limit, and the process's input budget
     resp          the parser (parse_request; reply_frame for replies)
     commands      the command table: lookup, key positions, routing policy
     slot          CRC16 hash slots
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
+      acl           ACL users: AUTH user pass checked on a shard, each user's own shard
+                    connections (its rights enforced by Redis), ACL ... to every shard
       transaction   MULTI ... EXEC, WATCH
       sort          SORT's BY / GET patterns: allowed only within the sorted key's slot
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
+      sequential    multi-key commands over several shards, as single-shard steps
+                    (multi_slot_commands = sequential; else CROSSSLOT)
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
@@ -35,7 +40,9 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
 Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
 runs on: its clients, backends, request free list, counters).
 
-There is no mutable state at module level: everything a Proxy changes is in its own Core (its
+There is one mutable state at module level, the process's input budget and the input every
+client holds (input_limit, two atomic counters shared by every Proxy on purpose); otherwise
+everything a Proxy changes is in its own Core (its
 PRNG included) and its own CommandTable (CRC16_TABLE and the reply constants are read-only once
 the module is loaded), so several Proxies can run their loops in threads of one process at once,
 one thread each.
@@ -47,6 +54,7 @@ include "fastpath/slot.pxi"
 include "fastpath/commands.pxi"
 include "fastpath/loop.pxi"
 include "fastpath/client.pxi"
+include "fastpath/input_limit.pxi"
 include "fastpath/route.pxi"
 include "fastpath/local.pxi"
 include "fastpath/local_client.pxi"
@@ -56,6 +64,7 @@ include "fastpath/sort.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
+include "fastpath/acl.pxi"
 include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
@@ -65,6 +74,7 @@ include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
+include "fastpath/sequential.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -85,17 +95,29 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
-          "monitor": LOCAL_MONITOR}
+          "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL}
 PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
+MULTI_SLOT_POLICIES = {"refuse": MULTI_SLOT_REFUSE, "sequential": MULTI_SLOT_SEQUENTIAL}
 
 
 def slot_of(key):
     """The hash slot of a key (bytes or str), as Redis Cluster computes it."""
     cdef bytes k = key.encode() if isinstance(key, str) else bytes(key)
     return key_slot(k, len(k))
+
+
+def set_input_budget(long long budget):
+    """The process's input budget (bytes of unparsed input of every client of every Proxy of
+    the process; 0: none): past it, the clients with the largest input are disconnected."""
+    dmc_input_set_budget(<size_t>max(0, budget))
+
+
+def input_bytes():
+    """Bytes of unparsed client input the process holds now (every Proxy)."""
+    return dmc_input_total()
 
 
 class ProtocolError(Exception):
@@ -221,7 +243,9 @@ cdef class Proxy:
     def __init__(self, int listen_fd, CommandTable table, int max_clients=10000,
                  int backend_timeout_ms=5000, int conns_per_shard=1, str server_version="7.0.0",
                  long long client_output_limit=256 * 1024 * 1024, password=None,
-                 int idle_timeout_s=0, long long tracking_max_keys=0, int hold_ms=0):
+                 int idle_timeout_s=0, long long tracking_max_keys=0,
+                 long long client_query_limit=1024 * 1024 * 1024,
+                 str multi_slot_commands="refuse", int hold_ms=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -235,10 +259,12 @@ cdef class Proxy:
         self.core.backend_timeout_us = <long long>backend_timeout_ms * 1000
         self.core.conns_per_shard = max(1, conns_per_shard)
         self.core.client_output_limit = max(0, client_output_limit)
+        self.core.client_query_limit = max(0, client_query_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
         self.core.hold_us = <long long>max(0, hold_ms) * 1000
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
+        self.set_multi_slot_commands(multi_slot_commands)
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))
@@ -287,6 +313,7 @@ cdef class Proxy:
             free(h)
         # Client structs and in-flight requests are reclaimed with the process; close sockets.
         if self.core.shards != NULL:
+            acl_close(&self.core, False)
             for i in range(self.core.nshards):
                 for j in range(self.core.shards[i].nconns):
                     b = &self.core.shards[i].conns[j]
@@ -309,6 +336,7 @@ cdef class Proxy:
             self.core.free_requests = r.next
             free(r)
         free(self.core.password)
+        free(self.core.seq_locks)
         free(self.core.shard_frag)
         free(self.core.active)
         free(self.core.read_chunk)
@@ -525,6 +553,11 @@ cdef class Proxy:
         they wait on purpose. Paused, this falls to 0 once the shards have answered."""
         return core_inflight(&self.core)
 
+    def set_client_query_limit(self, long long limit):
+        """Redis's client-query-buffer-limit: bytes of unparsed input a client may hold (0: no
+        limit); applies from the client's next read."""
+        self.core.client_query_limit = max(0, limit)
+
     def set_password(self, password):
         """The database password (str or bytes; None or empty: none). New AUTH and HELLO AUTH
         are checked against it; clients already authenticated stay so, as in Redis, and with no
@@ -546,6 +579,14 @@ cdef class Proxy:
             while c != NULL:
                 c.flags |= CF_AUTHED
                 c = c.next
+
+    def set_multi_slot_commands(self, str policy):
+        """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,
+        as Redis Cluster) or `sequential` (carried out in single-shard steps, sequential.pxi).
+        Sequences already running finish as they started."""
+        if policy not in MULTI_SLOT_POLICIES:
+            raise ValueError(f"multi_slot_commands must be one of {', '.join(MULTI_SLOT_POLICIES)}, not {policy!r}")
+        self.core.multi_slot = MULTI_SLOT_POLICIES[policy]
 
     def close(self):
         """Stop serving: the listening socket leaves the loop (its owner closes it), every
@@ -575,6 +616,8 @@ cdef class Proxy:
             "clients": self.core.nclients,
             "total_connections": self.core.total_connections,
             "rejected_connections": self.core.rejected_connections,
+            "client_query_buffer_limit_disconnections": self.core.qbuf_limit_disconnections,
+            "evicted_clients": self.core.evicted_clients,
             "shards": shards,
             "commands": self.table.counters(),
         }

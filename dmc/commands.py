@@ -217,6 +217,11 @@ def _entry(row, container: str | None = None,
     elif top == "client":
         # About the proxy's own client connections, not the shards' (which are the proxy).
         entry.route, entry.local = "local", "client"
+    elif top == "acl":
+        # The shards hold the ACL: changes go to every shard, the rest is answered by one, on
+        # the connections of the client's own user (acl.pxi); DELUSER closes the proxy's
+        # clients of the deleted users.
+        entry.route, entry.local = "local", "acl"
     elif name == "scan":
         entry.route = "scan"
     elif name == "wait":

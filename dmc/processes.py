@@ -91,3 +91,76 @@ def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+TERM_WAIT = 1.0       # a redis-server that SIGTERM has not ended by then is busy (a script)
+KILL_GRACE = 5.0      # SIGKILL once this long has passed since SIGTERM, whatever it does
+
+
+def stop_redis(pid: int, host: str | None, port: int | None, grace: float = KILL_GRACE,
+               proc: subprocess.Popen | None = None) -> None:
+    """Stop a redis-server and wait until it is gone. SIGTERM first (it writes what it persists
+    and exits); one still there after TERM_WAIT is busy — a script or function that never ends
+    ignores SIGTERM — so it is sent SCRIPT KILL and FUNCTION KILL (its pending shutdown then
+    happens) and, if it is still there (a script that wrote cannot be killed), SHUTDOWN
+    NOSAVE, as Redis's own busy-script reply advises; SIGKILL `grace` seconds after SIGTERM."""
+    def alive() -> bool:
+        return proc.poll() is None if proc is not None else pid_alive(pid)
+
+    def wait(until: float) -> bool:
+        while time.monotonic() < until:
+            if not alive():
+                return True
+            time.sleep(0.02)
+        return not alive()
+
+    start = time.monotonic()
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if wait(start + min(TERM_WAIT, grace)):
+        return
+    if host and port:
+        for commands in ((b"SCRIPT KILL", b"FUNCTION KILL"), (b"SHUTDOWN NOSAVE",)):
+            _send(host, port, commands)
+            if wait(min(time.monotonic() + 0.5, start + grace)):
+                return
+    if not wait(start + grace):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        wait(time.monotonic() + 5.0)
+    if proc is not None:
+        proc.wait()
+
+
+def _send(host: str, port: int, commands) -> None:
+    """Inline commands to a redis-server, their replies read and dropped; it may be gone."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"".join(c + b"\r\n" for c in commands))
+            s.recv(4096)
+    except OSError:
+        pass
+
+
+def processes_under(folder) -> list[int]:
+    """Live processes whose command line names something in `folder` (or that run in it):
+    what is left of a cluster's or a node's processes."""
+    folder = os.path.realpath(folder)
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+        if (any(a.startswith(folder + os.sep) or a == folder for a in argv) or
+                cwd == folder or cwd.startswith(folder + os.sep)) and pid_alive(int(name)):
+            found.append(int(name))
+    return sorted(found)

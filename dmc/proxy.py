@@ -35,8 +35,11 @@ class ProxyConfig:
     backend_timeout_ms: int = 5000
     conns_per_shard: int = 1
     client_output_limit_mb: int = 256
+    client_query_buffer_limit: int = 1 << 30   # Redis's default: a client's unparsed input
+    maxmemory_clients: int = 0      # the process's input budget, every client's (0: none)
     password: str = ""
     timeout: int = 0
+    multi_slot_commands: str = "refuse"
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
     hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
@@ -67,16 +70,20 @@ def load_config(path: str) -> ProxyConfig:
         backend_timeout_ms = 5000
         conns_per_shard = 1
         client_output_limit_mb = 256
+        client_query_buffer_limit = 1073741824   # bytes of unparsed input a client may hold
+        maxmemory_clients = 0   # bytes of unparsed input of all clients together (0: no limit)
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
         hold_ms = 0          # a request for a shard that is down waits this long for a new map
+        multi_slot_commands = "refuse"   # or "sequential": keys of several shards in steps
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
-             "conns_per_shard", "client_output_limit_mb", "password", "timeout", "wait_shards_s",
-             "hold_ms", "tracking_max_keys"}
+             "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
+             "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
+             "tracking_max_keys", "hold_ms"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -97,6 +104,15 @@ def listen(bind: str, port: int) -> socket.socket:
     sock.listen(4096)
     sock.setblocking(False)
     return sock
+
+
+def bind_failure(bind: str, port: int) -> str | None:
+    """Why `listen(bind, port)` fails here now (None: it works); the socket is closed again."""
+    try:
+        listen(bind, port).close()
+        return None
+    except OSError as exc:
+        return f"{bind}:{port}: {exc.strerror or exc}"
 
 
 def wait_for_table(shards, deadline_s: float):
@@ -125,7 +141,10 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
                                 client_output_limit=cfg.client_output_limit_mb << 20,
                                 password=cfg.password or None, idle_timeout_s=cfg.timeout,
-                                hold_ms=cfg.hold_ms, tracking_max_keys=cfg.tracking_max_keys)
+                                multi_slot_commands=cfg.multi_slot_commands,
+                                tracking_max_keys=cfg.tracking_max_keys,
+                                client_query_limit=cfg.client_query_buffer_limit,
+                                hold_ms=cfg.hold_ms)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()
@@ -147,6 +166,7 @@ class ProxyService:
             raise ValueError("at least one shard is needed")
         self.cfg = cfg
         self.config_path = config_path
+        _fastpath.set_input_budget(cfg.maxmemory_clients)
         self.sock, self.proxy = open_proxy(cfg, cfg.shard_map(version=1))
         self.port = self.sock.getsockname()[1]
 
@@ -189,13 +209,23 @@ def log(msg: str) -> None:
 @click.option("--conns-per-shard", type=int, help="Pipelined connections per shard. [1]")
 @click.option("--client-output-limit-mb", type=int,
               help="A client owed more reply bytes than this is disconnected (0: no limit). [256]")
+@click.option("--client-query-buffer-limit", type=int,
+              help="A client holding more unparsed input (bytes) is disconnected, as Redis's "
+                   "client-query-buffer-limit (0: no limit). [1073741824]")
+@click.option("--maxmemory-clients", type=int,
+              help="Budget of unparsed input of all clients (bytes): past it the clients with "
+                   "the most are disconnected, as Redis's client eviction (0: none). [0]")
 @click.option("--password", help="Database password: clients must AUTH (user `default`).")
 @click.option("--timeout", type=int, help="Close clients idle this many seconds (0: never). [0]")
+@click.option("--multi-slot-commands", type=click.Choice(["refuse", "sequential"]),
+              help="Multi-key commands over keys of several shards: refuse (CROSSSLOT) or "
+                   "sequential (carried out in single-shard steps). [refuse]")
 @click.option("--tracking-max-keys", type=int,
               help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
                    "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
-         client_output_limit_mb, password, timeout, tracking_max_keys):
+         client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
+         timeout, multi_slot_commands, tracking_max_keys):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -203,7 +233,10 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("backend_timeout_ms", backend_timeout_ms),
                             ("conns_per_shard", conns_per_shard),
                             ("client_output_limit_mb", client_output_limit_mb),
+                            ("client_query_buffer_limit", client_query_buffer_limit),
+                            ("maxmemory_clients", maxmemory_clients),
                             ("password", password), ("timeout", timeout),
+                            ("multi_slot_commands", multi_slot_commands),
                             ("tracking_max_keys", tracking_max_keys)):
             if value is not None:
                 setattr(cfg, name, value)

@@ -15,6 +15,7 @@ import redis
 from dmc.local import start_proxy, start_redis, start_redis_on_free_port
 from dmc.processes import stop_process
 from dmc.shard_map import ShardMap
+from replies import RespConn
 
 
 @dataclass
@@ -130,6 +131,24 @@ def single_redis(tmp_path_factory):
     yield c
     c.close()
     stop_process(proc)
+
+
+@pytest.fixture
+def conns():
+    """RespConn factory; every connection made is closed at the end."""
+    made = []
+
+    def conn(port: int, resp3: bool = False) -> RespConn:
+        c = RespConn(port)
+        made.append(c)
+        if resp3:
+            hello = c.call("HELLO", "3")
+            assert isinstance(hello, dict), hello
+        return c
+
+    yield conn
+    for c in made:
+        c.close()
 
 
 @pytest.fixture

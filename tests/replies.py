@@ -113,3 +113,9 @@ class RespConn:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def on_both(ports, run):
+    """run(port) on the plain redis-server and through dmc ({"redis": port, "dmc": port}):
+    (redis's answer, dmc's), to compare."""
+    return run(ports["redis"]), run(ports["dmc"])

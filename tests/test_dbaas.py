@@ -352,3 +352,28 @@ def test_node_add_serves_and_node_remove_moves_its_shards_first(own_cluster):
     assert c.client(staying, db["port"]).get("via-new-node") == b"1"
     assert load.lost(c.client(staying, db["port"])) == {}
     assert leaving not in c.ccs(lambda r: ccs.read_hash(r, ccs.NODES))
+
+
+def test_multi_slot_commands_policy_reaches_every_proxy(cluster):
+    """multi_slot_commands (issue 15): refuse by default; `sequential` set by bdb_update is
+    applied by every node's proxy, whose cross-shard RENAME then works."""
+    db = cluster.create_db("multislot", shards=2, replication=False)
+    assert db["multi_slot_commands"] == "refuse"
+    src, dst = "a", next(f"b{i}" for i in range(100) if slot_of(f"b{i}") // 8192 != slot_of("a") // 8192)
+    c = cluster.client(1, db["port"])
+    c.set(src, "v")
+    with pytest.raises(redis.ResponseError, match="same slot"):
+        c.rename(src, dst)
+    cluster.run("bdb_update", "bdb", db["uid"], {"multi_slot_commands": "sequential"}, db["uid"])
+    for node in cluster.lc.nodes:
+        client = cluster.client(node, db["port"])
+
+        def renamed(client=client):
+            try:
+                return client.rename(src, dst) and client.rename(dst, src)
+            except redis.ResponseError as exc:
+                assert "same slot" in str(exc)
+                return False
+        wait_until(renamed, what=f"sequential RENAME through node {node}'s proxy")
+    assert c.get(src) == b"v"
+    cluster.run("bdb_delete", "bdb", db["uid"], {}, db["uid"])

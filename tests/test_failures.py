@@ -17,7 +17,7 @@ from raw_resp import RawClient
 from waiting import wait_until
 
 from dmc._fastpath import slot_of
-from dmc.local import start_redis
+from dmc.local import start_redis, start_redis_on_free_port
 from dmc.processes import free_port, stop_process
 
 
@@ -237,3 +237,75 @@ def test_shard_map_replaced_on_sighup_without_dropping_clients(tmp_path):
         proxy.stderr.close()
         for s in shards:
             stop_process(s)
+
+
+# ---- input limits: client-query-buffer-limit and the process's input budget (issue 21) --------
+
+def send_declared_bulk(port: int, declared: int, send: int, out: dict, name) -> None:
+    """SET k <a bulk string declared `declared` bytes long>, of which `send` bytes are sent;
+    out[name] = (bytes sent, closed by the server, bytes answered)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sent, closed, answer = 0, False, b""
+    try:
+        s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % declared)
+        piece = b"x" * (1 << 20)
+        while sent < send:
+            s.sendall(piece)
+            sent += len(piece)
+        s.settimeout(2)
+        answer = s.recv(4096)
+        closed = answer == b""
+    except (ConnectionResetError, BrokenPipeError):
+        closed = True
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    out[name] = (sent, closed, answer)
+
+
+def test_a_client_past_its_query_buffer_limit_is_closed_without_a_reply_as_redis_does(
+        make_db, tmp_path):
+    db = make_db(nshards=1, proxy_args=("--client-query-buffer-limit", str(4 << 20)))
+    port, plain = start_redis_on_free_port(tmp_path / "plain", "--client-query-buffer-limit",
+                                           "4mb")
+    try:
+        seen = {}
+        for name, p in (("proxy", db.port), ("redis", port)):
+            send_declared_bulk(p, 100 << 20, 16 << 20, seen, name)
+        assert seen["proxy"][1:] == seen["redis"][1:] == (True, b""), seen
+        assert db.client().ping() and redis.Redis(port=port).ping()
+        assert "Closing client that reached max query buffer length" in \
+            (tmp_path / "plain" / f"redis-{port}.log").read_text()
+    finally:
+        stop_process(plain)
+
+
+def test_clients_sending_huge_bulks_are_evicted_past_the_budget_and_a_small_one_is_served(
+        make_db):
+    budget = 32 << 20
+    db = make_db(nshards=1, proxy_args=("--maxmemory-clients", str(budget)))
+    small = db.client()
+    small.set("small", "1")
+    rss_before = proxy_rss_kb(db.proxy.pid)
+    seen: dict = {}
+    senders = [threading.Thread(target=send_declared_bulk,
+                                args=(db.port, 500 << 20, 24 << 20, seen, i)) for i in range(4)]
+    peak = 0
+    answered = 0
+    for t in senders:
+        t.start()
+    while any(t.is_alive() for t in senders):
+        assert small.get("small") == b"1"       # served all along
+        answered += 1
+        peak = max(peak, proxy_rss_kb(db.proxy.pid) - rss_before)
+        time.sleep(0.01)
+    for t in senders:
+        t.join()
+    evicted = [i for i, (_sent, closed, answer) in seen.items() if closed and answer == b""]
+    # 4 x 24 MB were sent; the proxy held at most its budget and a read more per client
+    print(f"peak RSS growth {peak / 1024:.1f} MB, evicted {len(evicted)} of 4, small client "
+          f"answered {answered} times")
+    assert len(evicted) >= 2, seen
+    assert peak / 1024 < budget / (1 << 20) + 32, peak
+    assert answered > 0 and small.get("small") == b"1"

@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 
-from replies import Error, Push, RespConn
+from replies import Error, Push, RespConn, on_both
 from waiting import wait_until
 
 NOT_YET = pytest.mark.xfail(strict=True, reason="issue 12: not implemented yet")
@@ -32,29 +32,6 @@ def ports(db, r, ref):
     """{"redis": port of the plain redis-server, "dmc": port of the 3-shard endpoint}, both
     empty."""
     return {"redis": port_of(ref), "dmc": port_of(ref) if SELF_CHECK else db.port}
-
-
-@pytest.fixture
-def conns():
-    """RespConn factory; every connection made is closed at the end."""
-    made = []
-
-    def conn(port: int, resp3: bool = False) -> RespConn:
-        c = RespConn(port)
-        made.append(c)
-        if resp3:
-            hello = c.call("HELLO", "3")
-            assert isinstance(hello, dict), hello
-        return c
-
-    yield conn
-    for c in made:
-        c.close()
-
-
-def on_both(ports, run):
-    """run(port) on the plain redis-server and through dmc: (redis's answer, dmc's)."""
-    return run(ports["redis"]), run(ports["dmc"])
 
 
 # --------------------------------------------------------------------------- SCRIPT/FUNCTION KILL

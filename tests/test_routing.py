@@ -421,3 +421,17 @@ def test_transaction_runs_on_the_shard_of_its_keys(db, r):
         assert pipe.execute() == [True, 1, b"v"]
         assert r.get(key) == b"v" and r.get("{%s}:n" % key) == b"1"
         assert db.shard(shard).get(key) == b"v"
+
+
+def test_script_exists_is_each_script_anded_over_every_shard(db, r, ref):
+    """SCRIPT EXISTS (request_policy:all_shards, response_policy:agg_logical_and) answers an
+    array: each element ANDed over the shards, as Redis's policy says for array replies."""
+    loaded = r.script_load("return 'loaded'")
+    assert ref.script_load("return 'loaded'") == loaded
+    missing = "a27e7e8a43702b7046d4f6a7ccf5b60cef6b9bda"
+    assert r.script_exists(loaded, missing, loaded) == ref.script_exists(loaded, missing, loaded) \
+        == [True, False, True]
+    # A script only one shard knows does not exist for the database.
+    db.shard(0).script_load("return 'one shard'")
+    sha = ref.script_load("return 'one shard'")
+    assert r.script_exists(sha) == [len(db.shard_ports) == 1]

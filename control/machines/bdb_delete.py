@@ -33,5 +33,6 @@ class BdbDelete(Machine):
             await self.redis.execute("HDEL", schema.SHARD_HEALTH, *map(str, shards))
 
     async def forget(self) -> None:
-        await self.redis.execute("DEL", schema.ack_key(self.bdb_uid))
+        await self.redis.execute("DEL", schema.ack_key(self.bdb_uid),
+                                 schema.endpoint_status_key(self.bdb_uid))
         await ccs.delete(self.redis, schema.BDBS, self.bdb_uid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from control import schema
+from control import ccs, schema
 from control.cluster_view import node_load, pair_nodes, pick_node
 from control.cluster_wd import request
 from control.machines.base import ActionFailed, Machine
@@ -65,10 +65,22 @@ class NodeRemove(Machine):
         return node
 
     async def leave(self) -> None:
+        if "member" not in self.state:
+            self.state["member"] = (await ccs.read_hash(self.redis, ccs.NODES)).get(
+                self.node_uid) or {}
         try:
             reply = await request(self.exec.config.address, self.exec.config.gossip_port,
                                   {"op": "leave", "uid": self.node_uid}, 5.0)
         except (OSError, trio.TooSlowError, ValueError) as exc:
             raise RedisUnavailable(f"cluster_wd did not answer: {exc!r}") from exc
-        if not reply.get("ok"):
+        if not reply.get("ok") and "is not a member" not in str(reply.get("error")):
             raise ActionFailed(f"node {self.node_uid} did not leave: {reply.get('error')}")
+        # The node itself is told, if it answers, and stops its services (cluster_wd's
+        # "removed"); one that is down learns nothing but is no member: it is refused as one.
+        member = self.state.get("member") or {}
+        if member:
+            try:
+                await request(member["address"], member["gossip_port"],
+                              {"op": "removed"}, 5.0)
+            except (OSError, trio.TooSlowError, ValueError, ConnectionError):
+                pass

@@ -51,6 +51,10 @@ cdef struct Backend:
     long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known); ROLE_TRACKED: for REDIRECT
     bint hold               # ROLE_TRACKED (RESP2): requests queued, not sent, until its REDIRECT id is known
     Backend *next_closed
+    User *user              # the ACL user it runs as (acl.pxi); NULL: `default`, the proxy's own
+    bint authing            #   its HELLO ... AUTH is not answered yet: nothing after it is sent (auth_hold)
+    size_t auth_hold        #   bytes that may still be sent before that answer
+    int auth_before         #   replies due before the AUTH's own (a WAIT connection's CLIENT ID)
 
 
 cdef struct Shard:
@@ -64,6 +68,7 @@ cdef struct Shard:
     long long suspect_until_us  # its connection failed: requests for it are held till then,
                                 # or till the next map (hold.pxi)
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
+    Backend *auth_checker   # where AUTH user pass of clients is checked (acl.pxi); NULL until used
     Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)
     bint busy               # its last probe was answered -BUSY: a script runs
     char busy_reply[192]    #   that -BUSY line, answered for it meanwhile

@@ -23,11 +23,20 @@ cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
 
 cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
-    that is down answers the fragment with an error at once."""
+    that is down answers the fragment with an error at once. A client of an ACL user other than
+    `default` has shared connections of its user's (acl.pxi)."""
     cdef Client *c = f.req.client
+    cdef Backend *b
     if core.shards[shard].busy:
         # Running a script: Redis answers every command but the allow_busy ones so.
         frag_answered(core, f, core.shards[shard].busy_reply, strlen(core.shards[shard].busy_reply))
+        return
+    if c != NULL and c.user != NULL:
+        b = user_backend(core, c.user, shard, c.proto)
+        if b == NULL:
+            frag_answered(core, f, b"-ERR out of memory\r\n", 20)
+            return
+        frag_send_on(core, b, f, data, n)
         return
     if c != NULL and c.flags & CF_TRACKING and not (c.tflags & TF_BCAST):
         # The shard remembers what it reads for the proxy (tracking.pxi).
@@ -90,13 +99,14 @@ cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcep
 cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
     """The client's own connection to the shard, opened on first use."""
     cdef Backend *b = c.dedicated
-    if b != NULL and (b.shard != shard or b.proto != c.proto):
+    if b != NULL and (b.shard != shard or b.proto != c.proto or b.user != c.user):
         dedicated_close(core, b)
         b = c.dedicated = NULL
     if b == NULL:
         b = backend_new(shard, c, c.proto, ROLE_DEDICATED)
         if b == NULL:
             return NULL
+        b.user = c.user     # authenticated as the client's user when it connects
         c.dedicated = b
     if b.state == BK_DOWN:
         backend_connect(core, b)
@@ -131,7 +141,11 @@ cdef void backend_connect(Core *core, Backend *b) noexcept nogil:
     b.fd = fd
     b.state = BK_CONNECTING
     b.events = 0
-    if b.proto == 3:
+    if b.user != NULL:
+        # As the client's ACL user (acl.pxi), in its protocol; nothing else goes out before the
+        # shard accepts it.
+        backend_hold_for_auth(b, acl_append_auth(&b.wbuf, b.user, b.proto), 0)
+    elif b.proto == 3:
         # Sent before any request: the connection then answers in RESP3, as its clients expect.
         buf_append_str(&b.wbuf, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
         b.skip_replies = 1
@@ -164,10 +178,18 @@ cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil:
 
 cdef void backend_send(Core *core, Backend *b) noexcept nogil:
     cdef ssize_t n
+    cdef size_t len
     if b.state != BK_UP:
         return
     while buf_len(&b.wbuf) > 0:
-        n = send(b.fd, buf_head(&b.wbuf), buf_len(&b.wbuf), MSG_NOSIGNAL)
+        len = buf_len(&b.wbuf)
+        if b.authing:
+            # Up to its AUTH only, until the shard accepted it (acl.pxi).
+            if b.auth_hold == 0:
+                break
+            if len > b.auth_hold:
+                len = b.auth_hold
+        n = send(b.fd, buf_head(&b.wbuf), len, MSG_NOSIGNAL)
         if n < 0:
             if errno == EINTR:
                 continue
@@ -176,7 +198,10 @@ cdef void backend_send(Core *core, Backend *b) noexcept nogil:
             backend_fail(core, b, b"connection lost to")
             return
         buf_consume(&b.wbuf, <size_t>n)
-    epoll_want(core, b.fd, b, &b.events, EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) else 0))
+        if b.authing:
+            b.auth_hold -= <size_t>n
+    epoll_want(core, b.fd, b, &b.events,
+               EPOLLIN | (EPOLLOUT if buf_len(&b.wbuf) and not (b.authing and b.auth_hold == 0) else 0))
 
 
 cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
@@ -212,9 +237,19 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             backend_fail(core, b, b"protocol error from")
             return
         if b.skip_replies > 0:
-            b.skip_replies -= 1     # the HELLO 3 sent when it connected
-            buf_consume(&b.rbuf, flen)
-            continue
+            if not b.authing:
+                b.skip_replies -= 1     # the HELLO 3 sent when it connected
+                buf_consume(&b.rbuf, flen)
+                continue
+            # Authenticating as an ACL user (acl.pxi): its HELLO ... AUTH's reply, or one due
+            # before it (handled as any reply).
+            if b.auth_before == 0:
+                b.skip_replies = 0
+                if acl_auth_reply(core, b, buf_head(&b.rbuf), flen) < 0:
+                    return
+                buf_consume(&b.rbuf, flen)
+                continue
+            b.auth_before -= 1
         if b.role <= ROLE_DEDICATED:
             rc = rsp_fragment(core, b, buf_head(&b.rbuf), flen, push)
         elif b.role == ROLE_SUBSCRIBER:
@@ -296,6 +331,9 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
     buf_free(&b.wbuf)
     b.need = 0
     b.skip_replies = 0
+    b.authing = False
+    b.auth_hold = 0
+    b.auth_before = 0
     b.retry_at_us = core.now_us + b.retry_delay_us
     b.retry_delay_us = b.retry_delay_us * 2 if b.retry_delay_us * 2 < RETRY_MAX_US else RETRY_MAX_US
     # Answer in queue order; answering may touch other clients but never this backend.
@@ -316,6 +354,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
     cdef Backend *b
     cdef bint late
     relays_tick(core)
+    acl_tick(core)
     tracking_tick(core)
     if core.held_head != NULL:
         held_tick(core, False)

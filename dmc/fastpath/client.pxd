@@ -37,6 +37,7 @@ cdef struct Client:
     Buf rbuf                # a partial request carried over between reads
     Buf wbuf                # replies not yet written
     size_t need             # don't parse rbuf again before it holds this much
+    size_t input_counted    # buf_len(rbuf) as counted in the process's input total (input_limit)
     Request *head           # requests in arrival order
     Request *tail
     int inflight
@@ -56,6 +57,7 @@ cdef struct Client:
     Client *next_dirty
     Client *next_closed
     Client *next_monitor
+    User *user              # the ACL user it authenticated as (acl.pxi); NULL: `default`
     int tflags              # CF_TRACKING: TF_* (tracking.pxd)
     int track_slot          # its slot in the tracking registry (0: none)
     unsigned long long track_redirect   # CLIENT TRACKING ... REDIRECT: that client's id (0: none)

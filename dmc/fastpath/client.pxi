@@ -4,7 +4,7 @@
 # req_route (route.pxi). Output: answers are appended to the client's wbuf in request order
 # (request.pxi), and client_send writes it once per loop turn. Limits: a client with too many
 # requests in flight or too much unwritten output is not read until it catches up; one owed
-# more than client_output_limit bytes is disconnected.
+# more than client_output_limit bytes is disconnected; the input limits are input_limit.pxi.
 
 
 cdef inline void client_mark_dirty(Core *core, Client *c) noexcept nogil:
@@ -88,6 +88,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     c.written_more = NULL
     buf_free(&c.multi_cmds)
     buf_free(&c.name)
+    client_set_user(core, c, NULL)
     if c.prev != NULL:
         c.prev.next = c.next
     else:
@@ -95,6 +96,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     if c.next != NULL:
         c.next.prev = c.prev
     buf_free(&c.rbuf)
+    input_release(c)
     buf_free(&c.wbuf)
     core.nclients -= 1
     c.next_closed = core.closed_clients
@@ -186,6 +188,8 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
         if buf_len(&chunk) > 0 and not (c.flags & CF_CLOSED):
             if buf_append(&c.rbuf, buf_head(&chunk), buf_len(&chunk)) < 0:
                 client_close(core, c)
+                return
+            input_account(core, c)
         return
     want = READ_CHUNK
     if c.need > buf_len(&c.rbuf) + want:
@@ -200,9 +204,12 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
         client_close(core, c)
         return
     c.rbuf.end += n
+    if not input_account(core, c):      # over its client-query-buffer-limit, or evicted
+        return
     req_parse(core, c, &c.rbuf)
     if not (c.flags & CF_CLOSED) and buf_len(&c.rbuf) == 0:
         buf_free(&c.rbuf)
+    input_account(core, c)
 
 
 cdef void client_send(Core *core, Client *c) noexcept nogil:
@@ -233,6 +240,7 @@ cdef void client_send(Core *core, Client *c) noexcept nogil:
         epoll_want(core, c.fd, c, &c.events, c.events | EPOLLIN)
         if buf_len(&c.rbuf) > 0:
             req_parse(core, c, &c.rbuf)
+            input_account(core, c)
 
 
 cdef void format_address(const sockaddr_in *sa, char *out) noexcept nogil:

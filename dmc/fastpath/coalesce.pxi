@@ -80,6 +80,49 @@ cdef int coalesce_info(Request *r, Buf *out) noexcept nogil:
     return 0
 
 
+cdef inline long long agg_step(int merge, long long acc, long long v) noexcept nogil:
+    if merge == MERGE_AGG_SUM:
+        return acc + v
+    if merge == MERGE_AGG_MIN:
+        return v if v < acc else acc
+    if merge == MERGE_AGG_MAX:
+        return v if v > acc else acc
+    if merge == MERGE_AGG_AND:
+        return 1 if (acc and v) else 0
+    return 1 if (acc or v) else 0
+
+
+cdef int coalesce_agg_arrays(Request *r, Buf *out) noexcept nogil:
+    """An agg_* merge of arrays of integers (SCRIPT EXISTS: agg_logical_and), element by
+    element, as Redis's response policy defines it for array replies."""
+    cdef long long n = -1, m, v, acc = 0, k
+    cdef int i
+    cdef Fragment *f
+    cdef const char *p
+    cdef const char *eol
+    for i in range(r.nfrags):
+        f = &r.frags[i]
+        p = buf_head(&f.reply)
+        eol = <const char *>memchr(p, c'\n', buf_len(&f.reply))
+        if p[0] != c'*' or eol == NULL or parse_ll(p + 1, eol - p - 2, &m) < 0 or (n >= 0 and m != n):
+            return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
+        n = m
+        f.cursor = eol - p + 1
+    buf_append_int(out, c'*', n)
+    for k in range(n):
+        for i in range(r.nfrags):
+            f = &r.frags[i]
+            p = buf_head(&f.reply) + f.cursor
+            eol = <const char *>memchr(p, c'\n', buf_len(&f.reply) - f.cursor)
+            if p[0] != c':' or eol == NULL or parse_ll(p + 1, eol - p - 2, &v) < 0:
+                buf_clear(out)
+                return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
+            f.cursor += eol - p + 1
+            acc = v if i == 0 else agg_step(r.merge, acc, v)
+        buf_append_int(out, c':', acc)
+    return 0
+
+
 cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
     """Coalesce the fragments' replies of r into core.merged according to r.merge."""
     cdef Buf *out = &core.merged
@@ -161,21 +204,12 @@ cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
     for i in range(r.nfrags):
         if buf_len(&r.frags[i].reply) > 0 and buf_head(&r.frags[i].reply)[0] == c'-':
             return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
+    if buf_len(&r.frags[0].reply) > 0 and buf_head(&r.frags[0].reply)[0] == c'*':
+        return coalesce_agg_arrays(r, out)
     for i in range(r.nfrags):
         p = buf_head(&r.frags[i].reply)
         eol = <const char *>memchr(p, c'\r', buf_len(&r.frags[i].reply))
         if p[0] != c':' or eol == NULL or parse_ll(p + 1, eol - p - 1, &v) < 0:
             return buf_append_str(out, b"-ERR unexpected reply from shard\r\n")
-        if i == 0:
-            acc = v
-        elif r.merge == MERGE_AGG_SUM:
-            acc += v
-        elif r.merge == MERGE_AGG_MIN:
-            acc = v if v < acc else acc
-        elif r.merge == MERGE_AGG_MAX:
-            acc = v if v > acc else acc
-        elif r.merge == MERGE_AGG_AND:
-            acc = 1 if (acc and v) else 0
-        elif r.merge == MERGE_AGG_OR:
-            acc = 1 if (acc or v) else 0
+        acc = v if i == 0 else agg_step(r.merge, acc, v)
     return buf_append_int(out, c':', acc)

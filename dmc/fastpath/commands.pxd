@@ -57,6 +57,11 @@ cdef enum Merge:
     MERGE_ZINTERCARD = 20
     MERGE_PFCOUNT = 21      # PFCOUNT across shards: the HyperLogLogs' registers merged by the proxy
     MERGE_FUNCTION_STATS = 22   # FUNCTION STATS: the shard's that runs a script, else the first
+    # Answered by acl.pxi's acl_answered (requests marked `resolving`, as COMMAND GETKEYS's):
+    MERGE_ACL_FIRST = 40
+    MERGE_AUTH = 40         # AUTH user pass checked on a shard: the client is that user from now on
+    MERGE_ACL_DELUSER = 41  # ACL DELUSER on every shard: the deleted users' clients are closed
+    MERGE_ACL_LOG = 42      # ACL LOG from every shard: the entries merged, newest first
 
 
 # Commands answered by the proxy itself.
@@ -75,6 +80,7 @@ cdef enum Local:
     LOCAL_AUTH = 12
     LOCAL_RESET = 13
     LOCAL_MONITOR = 14
+    LOCAL_ACL = 40          # ACL ...: acl.pxi
 
 
 cdef struct KeySpec:

@@ -61,6 +61,9 @@ cdef struct Core:
     unsigned long long rejected_connections
     long long backend_timeout_us
     size_t client_output_limit  # a client owed more reply bytes than this is disconnected (0: no limit)
+    size_t client_query_limit   # a client with more unparsed input is disconnected (0: no limit)
+    unsigned long long qbuf_limit_disconnections    # clients closed for client_query_limit
+    unsigned long long evicted_clients              # clients closed for the process's input budget
     char server_version[32]     # the shards' redis_version, reported by HELLO
     char listen_addr[48]        # ip:port of the endpoint (CLIENT LIST's laddr)
     char *password              # the database password (the `default` user's), or NULL
@@ -87,5 +90,12 @@ cdef struct Core:
     Request *free_requests      # requests to reuse (req_get), linked by `next`
     int nfree_requests
     unsigned long long random_state     # this core's PRNG (core_random): no state shared between proxies
+    # multi-key commands over several shards (sequential.pxi)
+    int multi_slot              # MULTI_SLOT_REFUSE (CROSSSLOT) or MULTI_SLOT_SEQUENTIAL
+    unsigned char *seq_locks    # per slot: held by a running sequence (SLOT_COUNT bytes, or NULL)
+    Request *seq_waiting        # sequences waiting for a slot another one holds, in arrival order
+    bint seq_waking             # seq_wake() runs: a sequence that ends meanwhile asks it again
+    bint seq_wake_again
+    User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)

@@ -1,20 +1,39 @@
 # What the proxy answers itself: PING, ECHO, AUTH, HELLO, SELECT, QUIT, RESET, and the local
-# half of MULTI/EXEC/DISCARD, WATCH, CLIENT and MONITOR (transaction.pxi, local_client.pxi,
-# monitor.pxi).
+# half of MULTI/EXEC/DISCARD, WATCH, CLIENT, MONITOR and ACL (transaction.pxi, local_client.pxi,
+# monitor.pxi, acl.pxi).
 
 
 cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
                            const char *pw, size_t plen) noexcept nogil:
-    """AUTH [user] password, for the database's `default` user: 0 accepted, -1 refused."""
-    if user != NULL and not arg_equals_ci(user, ulen, b"default", 7):
+    """AUTH [default] password, for the database's `default` user: 0 accepted (the client is
+    `default` from now on), -1 refused. Other users are the shards' to check (acl.pxi)."""
+    if user != NULL and not is_default_user(user, ulen):
         return -1
-    if core.password == NULL:
-        c.flags |= CF_AUTHED        # nopass: any password is accepted for `default`
-        return 0
-    if plen == strlen(core.password) and memcmp(pw, core.password, plen) == 0:
-        c.flags |= CF_AUTHED
-        return 0
-    return -1
+    if core.password != NULL and not (plen == strlen(core.password) and
+                                      memcmp(pw, core.password, plen) == 0):
+        return -1
+    # No password: nopass, any password is accepted for `default`.
+    c.flags |= CF_AUTHED
+    client_set_user(core, c, NULL)
+    return 0
+
+
+cdef void hello_answer(Core *core, Client *c, Request *r, int proto) noexcept nogil:
+    """HELLO's reply, the client switched to `proto` first (0: the one it speaks)."""
+    cdef Buf *out = &core.merged
+    if proto:
+        # From now on the client's requests go to connections speaking its protocol.
+        c.proto = proto
+    buf_clear(out)
+    buf_append_str(out, b"%7\r\n" if c.proto == 3 else b"*14\r\n")
+    buf_append_str(out, b"$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n")
+    buf_append_bulk(out, core.server_version, strlen(core.server_version))
+    buf_append_str(out, b"$5\r\nproto\r\n:3\r\n$2\r\nid\r\n" if c.proto == 3
+                   else b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n")
+    buf_append_int(out, c':', <long long>c.id)
+    buf_append_str(out, b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+                   b"$7\r\nmodules\r\n*0\r\n")
+    req_write(core, r, buf_head(out), buf_len(out))
 
 
 cdef void client_reset(Core *core, Client *c) noexcept nogil:
@@ -27,6 +46,7 @@ cdef void client_reset(Core *core, Client *c) noexcept nogil:
         c.dedicated = NULL
     c.proto = 2
     buf_free(&c.name)
+    client_set_user(core, c, NULL)
     if core.password != NULL:
         c.flags &= ~CF_AUTHED
 
@@ -59,6 +79,8 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
             if av.argc == 2 and core.password == NULL:
                 req_write_str(core, r, b"-ERR AUTH <password> called without any password "
                                    b"configured for the default user. Are you sure your configuration is correct?\r\n")
+            elif av.argc == 3 and not is_default_user(av.argv[1], av.argl[1]):
+                route_auth_check(core, c, r, av.argv[1], av.argl[1], av.argv[2], av.argl[2], 0)
             elif check_credentials(core, c, av.argv[1] if av.argc == 3 else NULL, av.argl[1],
                                    av.argv[av.argc - 1], av.argl[av.argc - 1]) == 0:
                 req_write_str(core, r, b"+OK\r\n")
@@ -72,8 +94,21 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
             req_write_str(core, r, b"+RESET\r\n")
             return
     elif local == LOCAL_HELLO:
+        # In Redis's order: the protocol version, then AUTH, then the NOAUTH check.
+        db = 0
+        if av.argc >= 2:
+            if parse_ll(av.argv[1], av.argl[1], &db) < 0:
+                req_write_str(core, r, b"-ERR Protocol version is not an integer or out of range\r\n")
+                return
+            if db != 2 and db != 3:
+                req_write_str(core, r, b"-NOPROTO sorry, this protocol version is not supported.\r\n")
+                return
         for k in range(2, av.argc - 2):
             if arg_is(av, k, b"auth"):
+                if not is_default_user(av.argv[k + 1], av.argl[k + 1]):
+                    route_auth_check(core, c, r, av.argv[k + 1], av.argl[k + 1], av.argv[k + 2],
+                                     av.argl[k + 2], <int>db)
+                    return
                 if check_credentials(core, c, av.argv[k + 1], av.argl[k + 1], av.argv[k + 2],
                                      av.argl[k + 2]) < 0:
                     req_write_str(core, r, b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
@@ -84,24 +119,7 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
                                b"authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be "
                                b"used to authenticate the client and select the RESP protocol version at the same time\r\n")
             return
-        if av.argc >= 2:
-            if parse_ll(av.argv[1], av.argl[1], &db) < 0:
-                req_write_str(core, r, b"-ERR Protocol version is not an integer or out of range\r\n")
-                return
-            if db != 2 and db != 3:
-                req_write_str(core, r, b"-NOPROTO sorry, this protocol version is not supported.\r\n")
-                return
-            # From now on the client's requests go to connections speaking its protocol.
-            c.proto = <int>db
-        buf_append_str(out, b"%7\r\n" if c.proto == 3 else b"*14\r\n")
-        buf_append_str(out, b"$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n")
-        buf_append_bulk(out, core.server_version, strlen(core.server_version))
-        buf_append_str(out, b"$5\r\nproto\r\n:3\r\n$2\r\nid\r\n" if c.proto == 3
-                       else b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n")
-        buf_append_int(out, c':', <long long>c.id)
-        buf_append_str(out, b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
-                       b"$7\r\nmodules\r\n*0\r\n")
-        req_write(core, r, buf_head(out), buf_len(out))
+        hello_answer(core, c, r, <int>db)
         return
     elif local == LOCAL_MULTI:
         if av.argc == 1:
@@ -136,6 +154,9 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
             return
     elif local == LOCAL_CLIENT:
         route_local_client(core, c, r, av)
+        return
+    elif local == LOCAL_ACL:
+        route_local_acl(core, c, r, av)
         return
     elif local == LOCAL_MONITOR:
         if av.argc == 1:

@@ -24,7 +24,12 @@ cdef void client_info_line(Core *core, Client *c, Buf *out) noexcept nogil:
     cdef int nf = 0
     cdef const char *cmd = b"NULL"
     cdef char addr[48]
+    cdef const char *uname = b"default"
+    cdef int uname_len = 7
     format_address(&c.peer, addr)
+    if c.user != NULL:
+        uname = c.user.name
+        uname_len = <int>c.user.name_len
     if c.last_cmd != NULL:
         cmd = c.last_cmd.name
     if c.flags & CF_PUBSUB:
@@ -45,12 +50,12 @@ cdef void client_info_line(Core *core, Client *c, Buf *out) noexcept nogil:
     flags[nf] = 0
     snprintf(line, sizeof(line),
              b"id=%llu addr=%s laddr=%s fd=%d name=%.*s age=%lld idle=%lld flags=%s db=0 "
-             b"multi=%d qbuf=%zu obl=%zu oll=%d omem=%zu events=r cmd=%s user=default resp=%d\n",
+             b"multi=%d qbuf=%zu obl=%zu oll=%d omem=%zu events=r cmd=%s user=%.*s resp=%d\n",
              c.id, addr, core.listen_addr, c.fd, <int>buf_len(&c.name), buf_head(&c.name),
              (core.now_us - c.created_us) // 1000000, (core.now_us - c.last_us) // 1000000,
              flags, c.multi_count if c.flags & CF_MULTI else -1, buf_len(&c.rbuf),
              buf_len(&c.wbuf), c.inflight, buf_len(&c.wbuf) + c.held,
-             cmd, c.proto)
+             cmd, uname_len, uname, c.proto)
     buf_append_str(out, line)
 
 

@@ -125,6 +125,7 @@ cdef void core_close(Core *core) noexcept nogil:
             if b.fd >= 0:
                 backend_fail(core, b, b"proxy closed its connection to")
             b.used = False
+    acl_close(core, True)
     core.nactive = 0
     default_shard_changed(core)
     core.dirty_backends = NULL

@@ -22,7 +22,7 @@ cdef struct Request:
     bint done               # answered; `reply` holds the answer until it can be written
     Buf reply
     long long started_us
-    bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
+    bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS), or `seq` runs
     int scan_position       # SCAN: index in the map's shard list of the shard asked
     bint blocking           # holds its client's later requests until answered
     bint silent             # CLIENT REPLY OFF / SKIP when it was made: its reply is not written
@@ -33,6 +33,9 @@ cdef struct Request:
     Buf command             # while resolving: the request's own bytes, sent once routed
     int nkeys               # MERGE_KEYED_ARRAY: fragment index of each key, in key order
     unsigned short *key_frag
+    Sequence *seq           # a multi-key command carried out in single-shard steps (sequential.pxi)
+    int acl_name_len        # AUTH user pass being checked: the user name's length in `command`
+    long long acl_arg       #   HELLO's protocol (0: none asked); ACL LOG: its count
 
 
 cdef Request *req_alloc(Core *core) noexcept nogil

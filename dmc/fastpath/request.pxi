@@ -99,7 +99,14 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
             client_mark_dirty(core, r.client)     # its waiting input is parsed again
             waited = r.client if r.client.waiters != NULL else NULL
     if r.resolving:
-        route_getkeys_answered(core, r, reply, n)
+        # Off the common path: keys asked of a shard, an AUTH/ACL check, or a multi-key
+        # command's steps.
+        if r.seq != NULL:
+            seq_answered(core, r, reply, n)
+        elif r.merge >= MERGE_ACL_FIRST:
+            acl_answered(core, r, f, reply, n)
+        else:
+            route_getkeys_answered(core, r, reply, n)
         return
     if r.merge == MERGE_SCAN:
         route_scan_answered(core, r, reply, n)

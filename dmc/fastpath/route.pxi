@@ -243,6 +243,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         route_zset_algebra(core, r, av, kl)
     elif cmd.merge == MERGE_PFCOUNT:
         route_pfcount(core, r, av, kl)
+    elif core.multi_slot == MULTI_SLOT_SEQUENTIAL and seq_begin(core, c, r, cmd, av, kl):
+        pass                # carried out as single-shard steps (sequential.pxi)
     else:
         req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
     return True
@@ -348,7 +350,9 @@ cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept 
     r.resolving = True
     r.pending = 1
     c.flags |= CF_RESOLVING
-    frag_send(core, default_shard(core), &r.frag0, buf_head(sub), buf_len(sub))
+    # The proxy's own question: on its own connections, whatever the client's ACL user.
+    frag_send_on(core, shard_backend(core, default_shard(core), c.proto), &r.frag0, buf_head(sub),
+                 buf_len(sub))
 
 
 cdef void route_getkeys_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
@@ -379,6 +383,8 @@ cdef void route_getkeys_answered(Core *core, Request *r, const char *reply, size
                     break
                 s = core.slot_map[key_slot(eol + 1, <size_t>klen)]
                 if shard >= 0 and s != shard:
+                    if core.multi_slot == MULTI_SLOT_SEQUENTIAL and seq_begin_resolved(core, r, reply, n):
+                        return      # carried out as single-shard steps (sequential.pxi)
                     req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
                     return
                 shard = s

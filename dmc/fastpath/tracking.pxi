@@ -858,6 +858,12 @@ cdef void route_client_tracking(Core *core, Client *c, Request *r, ArgVec *av) n
                                    b"Prefixes for a single client must not overlap.\r\n",
                                    av.argv[j + 1], av.argl[j + 1], av.argv[i + 1], av.argl[i + 1])
                     return
+    if c.user != NULL and not (options & TF_BCAST):
+        # Its reads run on its ACL user's connections (acl.pxi), which the shards do not track
+        # for the proxy: no invalidation would reach it.
+        req_write_str(core, r, b"-ERR CLIENT TRACKING without BCAST is not supported through this "
+                               b"proxy for a user other than 'default' yet\r\n")
+        return
     tr = tracking_get(core)
     if tr == NULL or track_register(core, tr, c) < 0 or (target != NULL and track_register(core, tr, target) < 0):
         req_write_str(core, r, b"-ERR out of memory\r\n")

@@ -39,6 +39,14 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         req_write_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
                              cmd.name)
         return
+    if cmd.route == ROUTE_LOCAL and (cmd.local == LOCAL_AUTH or cmd.local == LOCAL_HELLO or
+                                     cmd.local == LOCAL_ACL):
+        # Run by a shard in the transaction, they would change the user (or protocol) of a
+        # connection other clients share, or the ACL of one shard only.
+        c.flags |= CF_MULTI_DIRTY
+        req_write_error(core, r, b"-ERR '%s' cannot run inside MULTI through this proxy\r\n",
+                        cmd.name)
+        return
     if c.multi_shard >= 0 and c.multi_map != core.map_version and multi_reroute(core, c) < 0:
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, b"-TRYAGAIN The transaction's keys moved to different shards while it was queued\r\n")

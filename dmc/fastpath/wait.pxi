@@ -139,7 +139,13 @@ cdef void route_wait(Core *core, Client *c, Request *r, ArgVec *av) noexcept nog
                 # Its id on the shard first, for CLIENT UNBLOCK (wait_unblock).
                 buf_append_str(&b.wbuf, b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
                 b.wants_id = True
-                frag_send_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
+                if c.user != NULL:
+                    # The WAIT runs as the client's ACL user, its CLIENT ID and mark before it
+                    # as the proxy's.
+                    acl_wait_prefix(core, b, c.user, not bare)
+                    frag_send_on(core, b, &r.frags[k], av.wire, av.wire_len)
+                else:
+                    frag_send_on(core, b, &r.frags[k], buf_head(cmd), buf_len(cmd))
             k += 1
     client_forget_writes(c)
 
