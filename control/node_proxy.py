@@ -186,8 +186,8 @@ class NodeProxy:
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
             self.endpoints[uid] = endpoint
-            await self._apply_fence(endpoint)
             await self._report(uid, None)
+            await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
                        "password": password, "multi_slot_commands": multi_slot}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
