@@ -35,6 +35,7 @@ log = logging.getLogger("cluster_wd")
 
 MAX_FRAME = 1 << 20
 RECONCILE_EVERY = 0.3
+LEASE_FILE_EVERY = 0.1      # run/lease.json's majority_until is rewritten this often
 
 
 def monotonic_of(trio_time: float | None) -> float | None:
@@ -158,6 +159,7 @@ class ClusterWatchdog:
         self._ccs = None
         self._ccs_offset = 0
         self._published = (None, None)   # (term, members version) written to CCS as master
+        self._lease_written: float | None = None    # the majority_until in run/lease.json
         self._changed = trio.Event()
 
     # ---- wiring --------------------------------------------------------------------------
@@ -178,6 +180,7 @@ class ClusterWatchdog:
                                         host=self.config.address))
             nursery.start_soon(self.election.run)
             nursery.start_soon(self._reconcile_loop)
+            nursery.start_soon(self._lease_file_loop)
             nursery.start_soon(self._join_loop)
             log.info("node %d: cluster_wd up on %s:%d, term %d, %d members", self.config.uid,
                      self.config.address, self.config.gossip_port, self.election.term,
@@ -205,12 +208,27 @@ class ClusterWatchdog:
 
     def _write_lease(self, obs: Observation) -> None:
         """run/lease.json: heartbeatd fences the CCS copy itself if this lease runs out while
-        the copy is still writable (cluster_wd gone or stuck)."""
+        the copy is still writable (cluster_wd gone or stuck); dmcproxy refuses writes once
+        `majority_until` (Election.majority_until) has passed, or the file is not renewed."""
         lease = monotonic_of(obs.lease_until) if obs.role == MASTER else None
+        election = getattr(self, "election", None)
+        majority = monotonic_of(election.majority_until()) if election is not None else None
+        self._lease_written = majority
         tmp = self.config.lease_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"term": obs.term, "role": obs.role, "master": obs.master,
-                                   "lease_until": lease}))
+                                   "lease_until": lease, "majority_until": majority}))
         tmp.replace(self.config.lease_file)
+
+    async def _lease_file_loop(self) -> None:
+        """A replica's majority_until moves on with every heartbeat of its master, which is
+        no change for on_change: written here, when it moved."""
+        while True:
+            await trio.sleep(LEASE_FILE_EVERY)
+            majority = monotonic_of(self.election.majority_until())
+            written = self._lease_written
+            if majority != written and (majority is None or written is None
+                                        or abs(majority - written) >= LEASE_FILE_EVERY / 2):
+                self._write_lease(self.election.observation())
 
     # ---- gossip in -----------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class Election:
         # one just before it went down, and its refusal to vote is what that master's lease
         # relies on.
         self.last_heard = now
+        self.heard_master: float | None = None      # the last heartbeat of a master, accepted
         self.deadline = now + self._election_timeout()
         self.next_heartbeat = now
         self.acks: dict[int, float] = {}
@@ -117,6 +118,18 @@ class Election:
     def is_master(self) -> bool:
         return self.role == MASTER and self.lease_until is not None \
             and trio.current_time() < self.lease_until
+
+    def majority_until(self) -> float | None:
+        """Until when this node knows it is on the majority's side: a master for its lease; a
+        replica for leader_window after the last heartbeat of its master (a master sends them
+        only while it holds a lease a majority renews, so an isolated replica, or one with an
+        isolated master, runs out at most that long after it last heard it). The data path
+        refuses writes when it has run out (control/node_proxy.py)."""
+        if self.role == MASTER:
+            return self.lease_until
+        if self.role == REPLICA and self.master is not None and self.heard_master is not None:
+            return self.heard_master + self.timings.leader_window
+        return None
 
     def observation(self) -> Observation:
         return Observation(trio.current_time(), self.uid, self.term, self.role, self.master,
@@ -313,6 +326,7 @@ class Election:
         if isinstance(members, dict) and isinstance(version, int) and version > self.members_version:
             self.set_members({int(k): v for k, v in members.items()}, version)
         self.last_heard = now
+        self.heard_master = now
         self.deadline = now + self._election_timeout()
         if self.role != REPLICA or self.master != sender:
             self.role = REPLICA

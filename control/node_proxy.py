@@ -20,10 +20,23 @@ database's port. A Trio task per database follows CCS:
 - an endpoint that cannot be opened because its port cannot be bound (a foreign process holds
   it) is reported in `endpoint_status:<bdb>` (field: this node) with the reason, and tried again
   every pass; the field is deleted once it is served.
+- with replication, a request for a master shard that is down is held up to HOLD_MS
+  (dmc/fastpath/hold.pxi) and sent to its successor when the failover's map is installed:
+  clients see latency, not errors (without replication there is no successor: it fails at once,
+  as before, while the shard is restarted).
 
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
 serves its databases again before CCS answers.
+
+The write fence: a node cut off from the cluster's majority may have its master shards failed
+over on the other side, so its endpoints must not acknowledge writes any more. cluster_wd's
+`run/lease.json` says until when the node knows it is on the majority's side (`majority_until`:
+a master's lease, or a replica's last heartbeat of its master + leader_window, 1 s); once that
+has passed (or the file says nothing), every endpoint answers writes -READONLY and serves reads
+(Proxy.fence), until the node hears a master again. The majority fails a node's shards over
+only once its heartbeat key has expired (3 s after its last heartbeat), so the fence is up well
+before a replica on the other side is promoted.
 
 Local interfaces: `run/dmcproxy.sock` (NodeConfig.proxy_stats_sock), a unix socket for the
 node's own services (metrics_exporter, stats_archiver, alert_mgr). A client sends one line,
@@ -52,10 +65,12 @@ from dmc.shard_map import ShardMap
 log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
+FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
+HOLD_MS = 5000              # a request for a dead master shard waits this long for its failover
 
 
 class NodeProxy:
@@ -66,6 +81,7 @@ class NodeProxy:
         self.applied: dict[int, dict] = {}     # bdb uid -> {version, paused, port, password}
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
+        self.fenced = True          # until lease.json says the node is on the majority's side
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
 
     async def run(self) -> None:
@@ -76,6 +92,7 @@ class NodeProxy:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.session.watch)
                 await nursery.start(self._serve_stats)
+                nursery.start_soon(self._guard_majority)
                 while True:
                     try:
                         for uid in await schema.bdbs(await self.session.local()):
@@ -96,6 +113,37 @@ class NodeProxy:
                 await event.wait()
             else:
                 await trio.sleep(timeout)
+
+    def _on_majority_side(self) -> bool:
+        try:
+            until = json.loads(self.config.lease_file.read_text()).get("majority_until")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return isinstance(until, (int, float)) and time.monotonic() < until
+
+    async def _guard_majority(self) -> None:
+        """The write fence of every endpoint follows the node's majority lease."""
+        while True:
+            fenced = not self._on_majority_side()
+            if fenced != self.fenced:
+                self.fenced = fenced
+                if fenced:
+                    log.warning("node cut off from the cluster's majority: writes refused")
+                else:
+                    log.info("node on the majority's side: writes served")
+                for endpoint in list(self.endpoints.values()):
+                    await self._apply_fence(endpoint)
+            await trio.sleep(FENCE_CHECK_EVERY)
+
+    async def _apply_fence(self, endpoint: Endpoint) -> None:
+        while True:     # again if the fence moved meanwhile: the last call made wins
+            fenced = self.fenced
+            try:
+                await trio.to_thread.run_sync(endpoint.call, lambda proxy: proxy.fence(fenced))
+            except EndpointStopped:
+                return
+            if fenced == self.fenced:
+                return
 
     async def _serve_cached(self) -> None:
         for path in self.maps_dir.glob("*.json"):
@@ -192,6 +240,7 @@ class NodeProxy:
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
+            await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
                        "password": password, "multi_slot_commands": multi_slot}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
@@ -206,6 +255,12 @@ class NodeProxy:
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
             applied.update(version=smap.version, paused=paused)
+        hold = HOLD_MS if bdb.replication else 0
+        if hold != applied.get("hold_ms"):
+            def set_hold(proxy, hold=hold):
+                proxy.hold_ms = hold
+            await trio.to_thread.run_sync(endpoint.call, set_hold)
+            applied["hold_ms"] = hold
         if password != applied.get("password"):
             await trio.to_thread.run_sync(endpoint.set_password, password)
             applied["password"] = password

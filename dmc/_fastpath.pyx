@@ -30,6 +30,9 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
+      fence         a map change fails what is in flight on shards that lost slots (-TRYAGAIN);
+                    the write fence of a node cut off from the majority (-READONLY)
+      hold          requests for a shard that is down wait for a new map or the shard (hold_ms)
       busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
     client        written to the socket (client_send)
@@ -67,6 +70,8 @@ include "fastpath/acl.pxi"
 include "fastpath/tracking.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
+include "fastpath/fence.pxi"
+include "fastpath/hold.pxi"
 include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/info.pxi"
@@ -219,9 +224,14 @@ cdef class Proxy:
     for any thread, to end a turn that waits in epoll.
 
     apply_shard_map(): client connections stay open, requests already sent finish on the
-    connections they were sent on, and new requests follow the new map. For a live migration,
-    pause() first: requests are held (read, not sent) until resume(), when they follow the map
-    current then; inflight() says when the ones sent before the pause are all answered.
+    connections they were sent on, and new requests follow the new map; but requests in flight
+    to a shard that loses slots (or leaves the map) are answered -TRYAGAIN and its connections
+    closed, never read (a demoted master's +OK would be a write it loses; see fence.pxi). For a
+    live migration, pause() first: requests are held (read, not sent) until resume(), when they
+    follow the map current then; inflight() says when the ones sent before the pause are all
+    answered. fence(True): writes are answered -READONLY until fence(False). hold_ms: a
+    request for a shard that is down waits up to that long for a new map (or the shard) instead
+    of being answered "unavailable" (hold.pxi).
     """
     cdef Core core
     cdef CommandTable table
@@ -239,7 +249,7 @@ cdef class Proxy:
                  long long client_output_limit=256 * 1024 * 1024, password=None,
                  int idle_timeout_s=0, long long tracking_max_keys=0,
                  long long client_query_limit=1024 * 1024 * 1024,
-                 str multi_slot_commands="refuse"):
+                 str multi_slot_commands="refuse", int hold_ms=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -255,6 +265,7 @@ cdef class Proxy:
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.client_query_limit = max(0, client_query_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        self.core.hold_us = <long long>max(0, hold_ms) * 1000
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         self.set_multi_slot_commands(multi_slot_commands)
@@ -299,6 +310,12 @@ cdef class Proxy:
         cdef int i, j
         cdef Backend *b
         cdef Request *r
+        cdef Held *h
+        while self.core.held_head != NULL:     # (their requests go with the process, as clients')
+            h = self.core.held_head
+            self.core.held_head = h.next
+            buf_free(&h.cmd)
+            free(h)
         # Client structs and in-flight requests are reclaimed with the process; close sockets.
         if self.core.shards != NULL:
             acl_close(&self.core, False)
@@ -390,6 +407,8 @@ cdef class Proxy:
         cdef int i, n = len(shards)
         cdef unsigned short table[SLOT_COUNT]
         cdef int idx[MAX_SHARDS]
+        cdef unsigned char lost[MAX_SHARDS]
+        cdef unsigned short old_map[SLOT_COUNT]
         if self.core.nactive and version <= self.core.map_version:
             return False
         if n == 0 or n > MAX_SHARDS:
@@ -405,17 +424,34 @@ cdef class Proxy:
                 raise ValueError("slot %d is owned by shard %r, not in the map" % (i, owner))
             table[i] = idx[owner]
         # From here on nothing can fail: switch atomically with respect to the loop.
+        # lost: the shards that lose slots, or their place in the map (see fence.pxi).
+        memset(lost, 0, sizeof(lost))
+        memcpy(old_map, self.core.slot_map, sizeof(old_map))
+        if self.core.nactive:
+            for i in range(SLOT_COUNT):
+                if self.core.slot_map[i] != table[i]:
+                    lost[self.core.slot_map[i]] = 1
         for i in range(self.core.nshards):
+            if self.core.shards[i].active:
+                lost[i] = lost[i] | 2
             self.core.shards[i].active = False
         for i in range(n):
             self.core.shards[idx[i]].active = True
             self.core.active[i] = idx[i]
+            lost[idx[i]] &= 1
         self.core.nactive = n
         memcpy(self.core.slot_map, table, sizeof(table))
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
         tracking_map_changed(&self.core)
+        # After the switch: a request answered -TRYAGAIN may let its client's next ones be
+        # routed, by the new map.
+        fence_map_change(&self.core, lost)
+        for i in range(self.core.nshards):
+            self.core.shards[i].suspect_until_us = 0    # the new map says who the masters are
+        if self.core.held_head != NULL:
+            held_remap(&self.core, old_map)     # what waited for a dead shard goes to its successor
         return True
 
     @property
@@ -495,6 +531,27 @@ cdef class Proxy:
     def paused(self):
         return bool(self.core.paused)
 
+    def fence(self, bint on):
+        """The write fence: while on, every command that writes (the table's `writes`: write
+        or may_replicate, EXEC) is answered -READONLY instead of being sent; reads are served.
+        For a node cut off from the cluster's majority, whose shards may be failed over on the
+        other side (control/node_proxy.py decides)."""
+        self.core.fenced = on
+
+    @property
+    def fenced(self):
+        return bool(self.core.fenced)
+
+    @property
+    def hold_ms(self):
+        """How long a request for a shard that is down waits for a new map (hold.pxi; 0: it
+        is answered "unavailable" at once)."""
+        return self.core.hold_us // 1000
+
+    @hold_ms.setter
+    def hold_ms(self, int ms):
+        self.core.hold_us = <long long>max(0, ms) * 1000
+
     def inflight(self):
         """Requests (fragments, for a split or fan-out request) sent to a shard and not yet
         answered. Clients blocked in BLPOP & co. and subscriber connections are not counted:
@@ -558,6 +615,8 @@ cdef class Proxy:
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),
+            "fenced": bool(self.core.fenced),
+            "held_bytes": self.core.held_bytes,
             "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,
             "total_connections": self.core.total_connections,

@@ -201,9 +201,12 @@ def _entry(row, container: str | None = None,
     flags = {f.decode() for f in row[2]}
     tips = [t.decode() for t in row[7]] if len(row) > 7 else []
     entry = CommandEntry(name=name.encode(), arity=arity)
-    # What WAIT waits for: commands that change data or replicate (scripts, PUBLISH...), and
-    # EXEC, whose queued commands do.
-    entry.writes = bool(flags & {"write", "may_replicate"}) or name == "exec"
+    # What WAIT waits for and a fenced proxy refuses: commands that change data or replicate
+    # (PUBLISH...), EXEC, whose queued commands do, and the scripts that may write (Redis 7.0
+    # flags EVAL, EVALSHA and FCALL neither write nor may_replicate; their _ro forms are
+    # read-only).
+    entry.writes = bool(flags & {"write", "may_replicate"}) or \
+        (container is None and name in ("exec", "eval", "evalsha", "fcall"))
     entry.cls = command_class(flags)
     # Redis shows MONITOR every command but the administrative ones.
     entry.unmonitored = bool(flags & {"admin", "skip_monitor"})

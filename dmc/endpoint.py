@@ -30,8 +30,8 @@ class Endpoint:
     """A database endpoint on bind:port over the shards of shard_map, served by a thread.
 
     settings: the other fields of dmc.proxy.ProxyConfig (max_clients, backend_timeout_ms,
-    conns_per_shard, client_output_limit_mb, timeout, wait_shards_s). The command table is read
-    from the map's shards here, so the constructor waits for one of them to answer.
+    conns_per_shard, client_output_limit_mb, timeout, wait_shards_s, hold_ms). The command table
+    is read from the map's shards here, so the constructor waits for one of them to answer.
     """
 
     def __init__(self, bind: str, port: int, password: str | None, shard_map: ShardMap, *,

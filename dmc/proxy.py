@@ -42,6 +42,7 @@ class ProxyConfig:
     multi_slot_commands: str = "refuse"
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
+    hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
 
     def shard_map(self, version: int) -> ShardMap:
         if self.slot_ranges:
@@ -73,6 +74,7 @@ def load_config(path: str) -> ProxyConfig:
         maxmemory_clients = 0   # bytes of unparsed input of all clients together (0: no limit)
         password = ""        # the database password (AUTH / HELLO AUTH, user `default`)
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
+        hold_ms = 0          # a request for a shard that is down waits this long for a new map
         multi_slot_commands = "refuse"   # or "sequential": keys of several shards in steps
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
@@ -81,7 +83,7 @@ def load_config(path: str) -> ProxyConfig:
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
              "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
-             "tracking_max_keys"}
+             "tracking_max_keys", "hold_ms"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -141,7 +143,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 password=cfg.password or None, idle_timeout_s=cfg.timeout,
                                 multi_slot_commands=cfg.multi_slot_commands,
                                 tracking_max_keys=cfg.tracking_max_keys,
-                                client_query_limit=cfg.client_query_buffer_limit)
+                                client_query_limit=cfg.client_query_buffer_limit,
+                                hold_ms=cfg.hold_ms)
         install_shard_map(proxy, shard_map)
     except BaseException:
         sock.close()

@@ -58,7 +58,8 @@ class Cluster:
     def master_ccs(self) -> tuple[str, int]:
         for config in self.lc.nodes.values():
             try:
-                r = redis.Redis(config.address, config.ccs_port, socket_timeout=1)
+                r = redis.Redis(config.address, config.ccs_port, socket_timeout=1,
+                                socket_connect_timeout=1)     # a partitioned node: no SYN retries
                 m = ccs.unpack(r.get(ccs.MASTER))
                 if m:
                     return m["address"], m["ccs_port"]

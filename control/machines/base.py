@@ -146,7 +146,8 @@ class Machine:
             await self.exec.session.wait_changed(0.2)
 
     async def wait_synced(self, replica: schema.Shard, timeout: float = SYNC_TIMEOUT) -> None:
-        """Until the replica has loaded its master's data and its link is up."""
+        """Until the replica has loaded its master's data, its link is up and its master's
+        writes reach it (see _wait_streaming)."""
         deadline = trio.current_time() + timeout
         address = await self.address(replica)
         while True:
@@ -154,11 +155,40 @@ class Machine:
                 info = await replication_info(*address)
                 if info.get("role") == "slave" and info.get("master_link_status") == "up" \
                         and info.get("master_sync_in_progress") == "0":
-                    return
+                    break
             except (RedisUnavailable, ReplyError):
                 pass
             if trio.current_time() > deadline:
                 raise ActionFailed(f"replica shard {replica.uid} did not sync in {timeout}s")
+            await trio.sleep(0.05)
+        master = (await schema.shards(self.redis)).get(replica.master_uid)
+        if master is not None:
+            await self._wait_streaming(master, replica, deadline)
+
+    async def _wait_streaming(self, master: schema.Shard, replica: schema.Shard,
+                              deadline: float) -> None:
+        """Until a write made on the master now has reached the replica. A link that is up is
+        not enough: after a diskless sync the master streams its writes to the replica only
+        from the replica's next REPLCONF ACK (Redis sends one a second), so for up to a second
+        a replica reported in sync has none of the writes acknowledged meanwhile, and a
+        failover then would lose them all."""
+        m_addr, r_addr = await self.address(master), await self.address(replica)
+        while True:
+            try:
+                async with await connect(*m_addr) as conn:
+                    # A replicated no-op: a sharded channel nobody subscribes to.
+                    await conn.execute("SPUBLISH", "__dmc__:synced", "")
+                    mark = int((await info(conn, "replication"))["master_repl_offset"])
+                while trio.current_time() < deadline:
+                    r = await replication_info(*r_addr)
+                    if int(r.get("slave_repl_offset") or 0) >= mark:
+                        return
+                    await trio.sleep(0.05)
+            except (RedisUnavailable, ReplyError, KeyError, ValueError):
+                pass
+            if trio.current_time() > deadline:
+                raise ActionFailed(f"replica shard {replica.uid} does not receive its "
+                                   f"master's writes")
             await trio.sleep(0.05)
 
     async def wait_caught_up(self, master: schema.Shard, replica: schema.Shard,

@@ -68,6 +68,8 @@ cdef struct Shard:
     int rr[2]               # round-robin position among each protocol's connections
     Backend *conns
     bint active             # part of the current shard map
+    long long suspect_until_us  # its connection failed: requests for it are held till then,
+                                # or till the next map (hold.pxi)
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
     Backend *auth_checker   # where AUTH user pass of clients is checked (acl.pxi); NULL until used
     Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)
@@ -95,4 +97,5 @@ cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil
 cdef void backend_send(Core *core, Backend *b) noexcept nogil
 cdef void backend_recv(Core *core, Backend *b) noexcept nogil
 cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil
+cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil
 cdef void backends_tick(Core *core) noexcept nogil

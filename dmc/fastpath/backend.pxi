@@ -46,6 +46,14 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
+    if core.fenced and fence_refuses(core, f):
+        return
+    if core.hold_us > 0 and b.role == ROLE_SHARED and (b.state == BK_DOWN or
+            core.shards[b.shard].suspect_until_us > core.now_us) and \
+            hold_fragment(core, b.shard, f, data, n):
+        # The shard is down, or failed since the last map (a master that died may be back at
+        # its address as a replica before the map that promotes its replica is here): held.
+        return
     if (b.state == BK_DOWN and not b.hold) or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
@@ -156,6 +164,8 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
         b.retry_delay_us = RETRY_MIN_US
         if b.role == ROLE_SHARED:
             default_shard_changed(core)
+            if core.held_head != NULL and core.shards[b.shard].suspect_until_us <= core.now_us:
+                held_release_shard(core, b.shard)
     backend_send(core, b)
 
 
@@ -289,9 +299,14 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
     """Drop the connection: every fragment waiting on it is answered with an error, and the
     connection is retried after a back-off."""
     cdef char line[160]
+    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, core.shards[b.shard].label)
+    backend_fail_line(core, b, line)
+
+
+cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil:
+    """backend_fail, answering with `line` (a whole error line)."""
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
-    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, s.label)
     if b.role == ROLE_TRACKED or b.role == ROLE_BCAST:
         tracking_conn_lost(core, b)
     b.hold = False
@@ -305,8 +320,11 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
         close(b.fd)
         b.fd = -1
     count_subscriptions(core, b, 0, 0, 0)     # the shard forgets them with the connection
-    if b.state == BK_UP and b.role == ROLE_SHARED:
-        default_shard_changed(core)
+    if b.role == ROLE_SHARED and b.state != BK_DOWN:
+        if b.state == BK_UP:
+            default_shard_changed(core)
+        if core.hold_us > 0 and s.suspect_until_us <= core.now_us:
+            s.suspect_until_us = core.now_us + core.hold_us
     if b.role == ROLE_CONTROL:
         control_failed(core, b.shard)
     b.state = BK_DOWN
@@ -339,6 +357,8 @@ cdef void backends_tick(Core *core) noexcept nogil:
     relays_tick(core)
     acl_tick(core)
     tracking_tick(core)
+    if core.held_head != NULL:
+        held_tick(core, False)
     for i in range(core.nshards):
         late = False
         for j in range(core.shards[i].nconns):

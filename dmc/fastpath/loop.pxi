@@ -113,6 +113,7 @@ cdef void core_close(Core *core) noexcept nogil:
         core.listener.fd = -1       # the socket itself belongs to whoever opened it
     while core.all_clients != NULL:
         client_close(core, core.all_clients)
+    held_tick(core, True)
     for i in range(core.nshards):
         core.shards[i].active = False
         relay_close(core, i)

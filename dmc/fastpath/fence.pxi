@@ -1,0 +1,63 @@
+# Fencing the data path.
+#
+# A map change that takes slots from a shard (a failover, a migration) or takes it out of the
+# map: what is in flight on that shard's connections was sent to a shard that may no longer be
+# the master of its keys. Its reply could come from a demoted master (one that was paused,
+# SIGSTOP or a long stall, while its replica was promoted), which applies a write, answers +OK
+# and loses it when it resyncs from the new master. So those replies are never read: every
+# fragment in flight there is answered -TRYAGAIN (the command may or may not have been applied,
+# as when a connection is lost) and the connections are closed. A paused switch (migration,
+# graceful failover) has nothing in flight by then: only forced switches meet it.
+#
+# The write fence (Proxy.fence()): while the node is cut off from the cluster's majority, a
+# command that writes is answered -READONLY instead of being sent; reads are still served.
+
+
+cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil:
+    """lost[i]: shard i lost slots (or its place in the map) in the map just installed."""
+    cdef char line[200]
+    cdef int i, j
+    cdef Backend *b
+    cdef Backend *nxt
+    cdef Client *c
+    cdef Client *cnext
+    for i in range(core.nshards):
+        if not lost[i]:
+            continue
+        snprintf(line, sizeof(line), b"-TRYAGAIN the shard map changed while the command was in "
+                 b"flight to shard %s: it may or may not have been applied\r\n",
+                 core.shards[i].label)
+        for j in range(core.shards[i].nconns):
+            b = &core.shards[i].conns[j]
+            if b.state != BK_DOWN and b.qhead != NULL:
+                backend_fail_line(core, b, line)
+    c = core.all_clients
+    while c != NULL:
+        cnext = c.next
+        b = c.dedicated
+        if b != NULL and b.role == ROLE_DEDICATED and lost[b.shard] and b.state != BK_DOWN \
+                and b.qhead != NULL:
+            # (The struct stays the client's: client_dedicated opens it again on next use.)
+            snprintf(line, sizeof(line), b"-TRYAGAIN the shard map changed while the command "
+                     b"was in flight to shard %s: it may or may not have been applied\r\n",
+                     core.shards[b.shard].label)
+            backend_fail_line(core, b, line)
+        b = c.waiters
+        while b != NULL and c.waiters != NULL:
+            nxt = b.next_waiter
+            if lost[b.shard] and b.state != BK_DOWN and b.qhead != NULL:
+                snprintf(line, sizeof(line), b"-TRYAGAIN the shard map changed while WAIT was "
+                         b"in flight to shard %s\r\n", core.shards[b.shard].label)
+                backend_fail_line(core, b, line)    # the last one closes them all
+            b = nxt
+        c = cnext
+
+
+cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil:
+    """The write fence is up and f writes: answered -READONLY, not sent."""
+    if f.req.cmd == NULL or not f.req.cmd.writes:
+        return False
+    cdef const char *line = (b"-READONLY this proxy's node is cut off from the cluster's "
+                             b"majority: writes are refused until it is back\r\n")
+    frag_answered(core, f, line, strlen(line))
+    return True

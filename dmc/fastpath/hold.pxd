@@ -1,0 +1,21 @@
+# Holding requests for a shard that is down, until a new map or the shard itself is back.
+# Declarations; the code is in hold.pxi.
+
+cdef enum:
+    HOLD_MAX_BYTES = 64 * 1024 * 1024   # per proxy; past it a request for a down shard fails at once
+
+
+cdef struct Held:
+    Held *next
+    Fragment *f             # its request stays pending (and alive) while the fragment is held
+    int shard               # where it was to go
+    int slot                # a slot that shard owned then (-1: none)
+    long long until_us      # answered "unavailable" then
+    Buf cmd                 # the fragment's command bytes, never sent
+
+
+cdef bint shard_up(Core *core, int shard) noexcept nogil
+cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
+cdef void held_release_shard(Core *core, int shard) noexcept nogil
+cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil
+cdef void held_tick(Core *core, bint every) noexcept nogil

@@ -1,0 +1,148 @@
+# Holding instead of failing: a request for a shard whose connection is down (its master died
+# and is being failed over) is not answered "unavailable" at once; its fragment is kept, with
+# its command bytes, never sent, for up to core.hold_us (Proxy's hold_ms; 0: no holding) and
+# HOLD_MAX_BYTES in all. A shard whose connection failed stays "suspect" (Shard.suspect_until_us)
+# until the next map or for the hold time, even if its address answers again: a master that
+# died may be back there as a replica before the map that promotes its replica is here, and
+# would answer -READONLY. What is held is sent
+#
+# - when a new map takes the shard's slots to one shard (a failover): to that shard, in order;
+# - when the shard is no longer suspect and its connection is up (no new map came): to it;
+#
+# and answered "-ERR shard ... is unavailable" when its time is out, or -TRYAGAIN when a new map
+# splits the shard's slots between several shards (it was never sent: retrying is safe). So a
+# client sees latency, not errors, for a failover that ends within the hold time. Only what was
+# never sent is held: what was in flight when the connection broke may have been applied, and
+# is answered with an error as before.
+
+
+cdef bint shard_up(Core *core, int shard) noexcept nogil:
+    cdef int j
+    for j in range(core.shards[shard].nconns):
+        if core.shards[shard].conns[j].state == BK_UP:
+            return True
+    return False
+
+
+cdef int shard_any_slot(Core *core, int shard) noexcept nogil:
+    cdef int i
+    for i in range(SLOT_COUNT):
+        if core.slot_map[i] == shard:
+            return i
+    return -1
+
+
+cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
+    """Hold f for the shard (True), or False when holding is off or full."""
+    cdef Held *h
+    if core.hold_us <= 0 or core.held_bytes + n > HOLD_MAX_BYTES:
+        return False
+    h = <Held *>calloc(1, sizeof(Held))
+    if h == NULL:
+        return False
+    if buf_append(&h.cmd, data, n) < 0:
+        free(h)
+        return False
+    h.f = f
+    h.shard = shard
+    h.slot = shard_any_slot(core, shard)
+    h.until_us = core.now_us + core.hold_us
+    held_append(core, h)
+    return True
+
+
+cdef inline void held_append(Core *core, Held *h) noexcept nogil:
+    h.next = NULL
+    if core.held_tail == NULL:
+        core.held_head = h
+    else:
+        core.held_tail.next = h
+    core.held_tail = h
+    core.held_bytes += buf_len(&h.cmd)
+
+
+cdef void held_free(Core *core, Held *h) noexcept nogil:
+    core.held_bytes -= buf_len(&h.cmd)
+    buf_free(&h.cmd)
+    free(h)
+
+
+cdef void held_send(Core *core, Held *h, int shard) noexcept nogil:
+    """Send h's fragment to the shard now (held again, with its deadline, if it is down)."""
+    cdef Fragment *f = h.f
+    cdef Client *c = f.req.client
+    cdef Backend *b = shard_backend(core, shard, c.proto if c != NULL else 2)
+    cdef long long until = h.until_us
+    if b.state == BK_DOWN and hold_fragment(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd)):
+        core.held_tail.until_us = until
+        held_free(core, h)
+        return
+    frag_send_on(core, b, f, buf_head(&h.cmd), buf_len(&h.cmd))
+    held_free(core, h)
+
+
+cdef void held_release_shard(Core *core, int shard) noexcept nogil:
+    """The shard's shared connection is up: what was held for it goes, in order."""
+    cdef Held *h = core.held_head
+    cdef Held *nxt
+    core.held_head = core.held_tail = NULL
+    while h != NULL:
+        nxt = h.next
+        if h.shard == shard:
+            held_send(core, h, shard)
+        else:
+            core.held_bytes -= buf_len(&h.cmd)     # re-added by held_append
+            held_append(core, h)
+        h = nxt
+
+
+cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
+    """A new map is installed (core.slot_map); old_map was the one before. A held fragment
+    goes where its shard's slots went, if they all went to one shard."""
+    cdef Held *h = core.held_head
+    cdef Held *nxt
+    cdef int i, to
+    cdef int *target = core.shard_frag         # scratch: shard -> where its slots went
+    cdef char line[200]
+    for i in range(core.nshards):
+        target[i] = -1
+    for i in range(SLOT_COUNT):
+        to = core.slot_map[i]
+        if target[old_map[i]] == -1:
+            target[old_map[i]] = to
+        elif target[old_map[i]] != to:
+            target[old_map[i]] = -2             # split between shards
+    core.held_head = core.held_tail = NULL
+    while h != NULL:
+        nxt = h.next
+        to = target[h.shard] if h.slot >= 0 else -1
+        if to == h.shard or (to == -1 and core.shards[h.shard].active):
+            core.held_bytes -= buf_len(&h.cmd)
+            held_append(core, h)                # same shard: still waits for it
+        elif to >= 0:
+            held_send(core, h, to)
+        else:
+            snprintf(line, sizeof(line), b"-TRYAGAIN the slots of shard %s moved to several "
+                     b"shards while the command waited for it\r\n", core.shards[h.shard].label)
+            frag_answered(core, h.f, line, strlen(line))
+            held_free(core, h)
+        h = nxt
+
+
+cdef void held_tick(Core *core, bint every) noexcept nogil:
+    """Held fragments whose time is out (every one: the proxy closes) are answered
+    "unavailable"."""
+    cdef Held *h = core.held_head
+    cdef Held *nxt
+    core.held_head = core.held_tail = NULL
+    while h != NULL:
+        nxt = h.next
+        if every or h.until_us <= core.now_us:
+            frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
+            held_free(core, h)
+        elif core.shards[h.shard].suspect_until_us <= core.now_us and shard_up(core, h.shard):
+            held_send(core, h, h.shard)         # no new map came, but the shard is back
+        else:
+            core.held_bytes -= buf_len(&h.cmd)
+            held_append(core, h)
+        h = nxt
