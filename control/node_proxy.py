@@ -15,6 +15,9 @@ database's port. A Trio task per database follows CCS:
 - a changed password or port is applied (a new port re-opens the endpoint);
 - a database that is gone (or being deleted) has its endpoint closed.
 
+Every endpoint's figures are served on `run/dmcproxy.sock` (control/proxy_stats.py) for the
+node's metrics_exporter, stats_archiver and alert_mgr.
+
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
 serves its databases again before CCS answers.
@@ -29,6 +32,7 @@ import time
 import trio
 
 from control import ccs, schema
+from control.proxy_stats import serve_proxy_stats
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 from dmc.endpoint import Endpoint, EndpointStopped
@@ -57,6 +61,7 @@ class NodeProxy:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.session.watch)
+                await nursery.start(serve_proxy_stats, self.config, self.endpoints)
                 while True:
                     try:
                         for uid in await schema.bdbs(await self.session.local()):
