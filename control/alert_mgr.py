@@ -166,7 +166,10 @@ class AlertMgr:
                         **({f"{object_type}_uid": uid} if uid is not None else {})))
             if record != old:
                 writes += [("HSET", alerts.ALERTS, field, ccs.pack(record))]
-        gone = [f for f in stored if f not in keep]
+        own = {*alerts.BDB_ALERTS, *alerts.NODE_ALERTS, *alerts.CLUSTER_ALERTS}
+        gone = [f for f in stored if f not in keep and (
+            f.rsplit(":", 1)[-1] in own or (f.startswith("bdb:") and
+                                           int(f.split(":")[1]) not in view.bdbs))]
         if gone:
             writes.append(("HDEL", alerts.ALERTS, *gone))
         events += await self.action_events(r, view)

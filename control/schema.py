@@ -75,6 +75,26 @@ class SnapshotRule(BaseModel):
     writes: int = Field(1, ge=1)
 
 
+class AlertSetting(BaseModel):
+    """One alert of a database (RE's `bdb_alert_settings_with_threshold`): on or off, and its
+    threshold in the alert's unit (control/alerts.py), a number or RE's string of one."""
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: str | float | None = None
+
+
+class BdbAlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bdb_size: AlertSetting | None = None
+    bdb_high_latency: AlertSetting | None = None
+    bdb_high_throughput: AlertSetting | None = None
+    bdb_low_throughput: AlertSetting | None = None
+    bdb_backup_delayed: AlertSetting | None = None
+    bdb_long_running_action: AlertSetting | None = None
+
+
 class BdbSettings(BaseModel):
     """The fields of a database a user sets; all optional, for PUT."""
     model_config = ConfigDict(extra="forbid")
@@ -101,6 +121,10 @@ class BdbSettings(BaseModel):
     proxy_policy: Literal[PROXY_POLICIES] | None = Field(
         None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
         "see control/discovery.py)")
+    alert_settings: BdbAlertSettings | None = Field(
+        None, description="the database's alerts and thresholds (alert_mgr): bdb_size % of "
+        "memory_size, bdb_high_latency µs, bdb_high/low_throughput ops/s, bdb_backup_delayed "
+        "and bdb_long_running_action seconds")
 
 
 class BdbCreate(BdbSettings):
