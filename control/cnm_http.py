@@ -524,7 +524,7 @@ def build_app(api: CnmHttp) -> FastAPI:
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     # statistics, alerts, the event log (before /v1/bdbs/{uid}, which would take `stats`)
-    rest_stats.add_routes(app, api)
+    rest_stats.add_routes(app, api, ApiError, _not_found)
 
     # ---- bdbs ----
 

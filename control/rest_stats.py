@@ -26,8 +26,9 @@ from control import stats_store as store
 Interval = Literal[store.NAMES]
 
 
-def add_routes(app: FastAPI, api) -> None:
-    from control.cnm_http import ApiError, _not_found
+def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
+    """`ApiError` and `_not_found` are cnm_http's (passed in: run as `python -m`, that module
+    is `__main__`, and its handlers know its own classes only)."""
 
     def span(stime: str | None, etime: str | None) -> tuple[float | None, float | None]:
         try:
