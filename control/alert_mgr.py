@@ -17,14 +17,12 @@ from __future__ import annotations
 import logging
 import time
 
-import trio
-
 from control import alerts, ccs
 from control import stats_store as store
 from control.alerts import Hysteresis, alert_field, threshold_of
-from control.cluster_view import ClusterView, master_here, read_view
+from control.cluster_view import tick_on_master, ClusterView, read_view
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError
+from control.redis_client import ReplyError
 
 log = logging.getLogger("alert_mgr")
 
@@ -100,14 +98,7 @@ class AlertMgr:
         self.hysteresis = Hysteresis()
 
     async def run(self) -> None:
-        while True:
-            try:
-                local = await self.session.local()
-                if await master_here(local, self.config.uid):
-                    await self.tick(local)
-            except (RedisUnavailable, ReplyError) as exc:
-                log.info("tick skipped: %s", exc)
-            await trio.sleep(TICK)
+        await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
 
     async def tick(self, r) -> None:
         now = time.time()

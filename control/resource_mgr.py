@@ -20,14 +20,11 @@ from __future__ import annotations
 import logging
 import time
 
-import trio
-
 from control import alerts, ccs, schema
 from control import stats_store as store
 from control.alert_mgr import FRESH, latest_bdb, newest
-from control.cluster_view import ClusterView, master_here, pair_nodes, read_view
+from control.cluster_view import tick_on_master, ClusterView, pair_nodes, read_view
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError
 
 log = logging.getLogger("resource_mgr")
 
@@ -59,14 +56,7 @@ class ResourceMgr:
         self.migrating: str | None = None      # the action uid of the migration it asked for
 
     async def run(self) -> None:
-        while True:
-            try:
-                local = await self.session.local()
-                if await master_here(local, self.config.uid):
-                    await self.tick(local)
-            except (RedisUnavailable, ReplyError) as exc:
-                log.info("tick skipped: %s", exc)
-            await trio.sleep(TICK)
+        await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
 
     async def tick(self, r) -> None:
         now = time.time()

@@ -128,7 +128,13 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
         "/v1/shards", "/v1/shards/{uid}", "/v1/shards/{uid}/actions/failover",
         "/v1/shards/{uid}/actions/migrate", "/v1/nodes/{uid}/actions/remove", "/v1/actions",
         "/v1/actions/{uid}", "/v1/bdbs/{uid}/actions/backup", "/v1/bdbs/{uid}/backups",
-        "/v1/bdbs/{uid}/backups/{backup_id}", "/v1/bdbs/{uid}/actions/import"}
+        "/v1/bdbs/{uid}/backups/{backup_id}", "/v1/bdbs/{uid}/actions/import",
+        # control/rest_stats.py
+        *(f"/v1/{kind}/stats{tail}" for kind in ("bdbs", "nodes", "shards")
+          for tail in ("", "/{uid}", "/last", "/last/{uid}")),
+        "/v1/cluster/stats", "/v1/cluster/stats/last", "/v1/bdbs/alerts",
+        "/v1/bdbs/alerts/{uid}", "/v1/nodes/alerts", "/v1/nodes/alerts/{uid}",
+        "/v1/cluster/alerts", "/v1/logs"}
     assert set(doc["paths"]["/v1/bdbs/{uid}"]) == {"get", "put", "delete"}
     schemas = doc["components"]["schemas"]
     assert {"BdbCreate", "BdbSettings", "Bdb", "Action", "ErrorReply"} <= set(schemas)

@@ -17,7 +17,7 @@ from clusters import api_answers, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
 
-from control import alerts, stats_store
+from control import alerts, ccs, stats_store
 from control.cli import main as dmc
 from control.cluster_view import ClusterView
 from control.resource_mgr import plan_migration
@@ -285,3 +285,14 @@ def test_migration_plan_moves_a_replica_to_the_freest_node():
     free = {1: 10, 2: 500, 3: 900, 4: 400}
     assert plan_migration(1, view, free, 100, {}) == (3, 2)     # not next to its master (3)
     assert plan_migration(1, view, {1: 10, 2: 50, 3: 50, 4: 50}, 100, {}) is None
+
+
+def test_node_wd_reports_disk_space_and_its_own_ccs(cluster):
+    master = cluster.nodes[cluster.wait_for_master()]
+    r = redis.Redis(master.address, master.ccs_port, socket_timeout=2)
+    health = wait_until(lambda: (h := {int(k): ccs.unpack(v) for k, v in
+                                       r.hgetall("node_health").items()}) and len(h) == 3 and h,
+                        20, 0.2, "node_health of every node")
+    for uid, report in health.items():
+        assert report["ccs"] == "ok" and report["disk"] in ("ok", "low")
+        assert 0 < report["disk_free"] <= report["disk_total"]
