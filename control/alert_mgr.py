@@ -38,10 +38,10 @@ async def newest(r, keys: list[str]) -> list[dict]:
     return [ccs.unpack(v) for v in replies if v is not None and not isinstance(v, ReplyError)]
 
 
-async def latest_bdb(r, uid: int, now: float) -> dict | None:
-    """The database's newest 1sec statistics: the sum of its parts' newest fresh points."""
-    points = [p for p in await newest(r, await store.scan(r, store.key("1sec", "bdb", uid)
-                                                          + ":*"))
+async def latest_bdb(r, uid: int, nodes, now: float) -> dict | None:
+    """The database's newest 1sec statistics: the sum of its parts' newest fresh points (the
+    parts of the member `nodes`)."""
+    points = [p for p in await newest(r, [store.key("1sec", "bdb", uid, n) for n in nodes])
               if now - p["etime"] < FRESH]
     if not points:
         return None
@@ -110,7 +110,7 @@ class AlertMgr:
         for uid, bdb in view.bdbs.items():
             if bdb.get("status") != "active":
                 continue
-            values = bdb_values(bdb, await latest_bdb(r, uid, now), view, now)
+            values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now)
             for name, value in values.items():
                 judged.append(("bdb", name, uid, alerts.BDB_ALERTS[name][0],
                                (bdb.get("alert_settings") or {}).get(name) or {}, value))

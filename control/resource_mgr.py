@@ -106,7 +106,7 @@ class ResourceMgr:
         stored = await alerts.read_alerts(r)
         writes, events = [], []
         for uid, bdb in view.bdbs.items():
-            stats = await latest_bdb(r, uid, now)
+            stats = await latest_bdb(r, uid, view.nodes, now)
             limit = bdb.get("memory_size")
             if not stats or not limit or "used_memory" not in stats:
                 continue
