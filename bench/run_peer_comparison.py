@@ -3,6 +3,9 @@
 
     python3 bench/run_peer_comparison.py                       # full run (defaults of proxybench)
     ROUNDS=1 SCALE=0.05 python3 bench/run_peer_comparison.py   # smoke run
+    python3 bench/run_peer_comparison.py --skip-rss --predixy 1,2 --tree dmc-base=../base
+        # also predixy with 1 and 2 threads, and a dmcproxy of another checkout (a tree before
+        # a change, built in place), all over the same shards, interleaved
 
 Phase 1 (throughput/CPU): starts the peers with bench/setup_peers.py and runs the shared
     $(git rev-parse --show-toplevel)/../shared/bench/proxybench.sh \
@@ -90,8 +93,10 @@ def header(out: Tee, args) -> None:
 
 # --------------------------------------------------------------------------- phase 1
 
-def run_proxybench(out: Tee, proxybench: Path, raw: Path) -> int:
-    with Peers(log=lambda m: out(f"# setup_peers: {m}")) as peers:
+def run_proxybench(out: Tee, proxybench: Path, raw: Path, trees: dict[str, str],
+                   predixy_threads: list[int]) -> int:
+    with Peers(log=lambda m: out(f"# setup_peers: {m}"), trees=trees,
+               predixy_threads=predixy_threads) as peers:
         env = dict(os.environ)
         env["SHARD_PIDS"] = ",".join(map(str, peers.shard_pids))
         env.setdefault("RAW", str(raw))
@@ -238,7 +243,14 @@ def main() -> int:
                     help="also measure RSS after one PING on every idle connection")
     ap.add_argument("--skip-bench", action="store_true", help="only the RSS phase")
     ap.add_argument("--skip-rss", action="store_true", help="only the proxybench phase")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                    help="also a dmcproxy imported from another checkout (built in place), "
+                    "e.g. --tree dmc-base=/path/to/tree-before-the-change (repeat)")
+    ap.add_argument("--predixy", default="", metavar="THREADS,...",
+                    help="also predixy with these worker-thread counts, e.g. 1,2")
     args = ap.parse_args()
+    trees = dict(t.split("=", 1) for t in args.tree)
+    predixy_threads = [int(t) for t in args.predixy.split(",") if t]
 
     # Before anything is started, so the proxies inherit the raised limit.
     raise_nofile_limit()
@@ -264,7 +276,8 @@ def main() -> int:
     try:
         header(out, args)
         if not args.skip_bench:
-            rc |= run_proxybench(out, proxybench, out_path.with_suffix(".csv"))
+            rc |= run_proxybench(out, proxybench, out_path.with_suffix(".csv"), trees,
+                                  predixy_threads)
         if not args.skip_rss:
             rc |= measure_idle_rss(out, args.idle_conns, args.ping_each)
         out(f"# output: {out_path}" + ("" if args.skip_bench else

@@ -8,6 +8,10 @@ What it starts, each on a free port chosen at run time (bind port 0, then hand t
   * nutcracker (twemproxy)      over the 3 shards: hash fnv1a_64, distribution ketama,
                                 redis: true, server_connections: 1
   * dmcproxy                    over the same 3 shards (python3 -m dmc.proxy --port 0 ...)
+  * optionally, more dmcproxies from other checkouts (`trees={"dmc-base": "/path"}`: the same
+    `python3 -m dmc.proxy`, imported from that tree, e.g. a build of the tree before a change)
+    and predixy with N worker threads (`predixy_threads=[1, 2]`, built by
+    ../shared/peers/build-predixy.sh, sharded by CRC16 with hash tags as dmcproxy shards)
 
 and waits until every one of them answers PING. Temporary files (configs, logs, pid file) go
 in a tempfile.mkdtemp() directory, removed on stop unless keep_tmp=True.
@@ -196,8 +200,12 @@ class Peers:
     """3 redis shards + direct redis + nutcracker + dmcproxy; see the module docstring."""
 
     def __init__(self, nshards: int = 3, dmc_args=(), twemproxy_extra: dict | None = None,
-                 keep_tmp: bool = False, raise_nofile: bool = True, log=None):
+                 keep_tmp: bool = False, raise_nofile: bool = True, log=None,
+                 trees: dict[str, str] | None = None, predixy_threads=()):
         self.nshards = nshards
+        self.trees = dict(trees or {})
+        self.predixy_threads = list(predixy_threads)
+        self.extra: dict[str, Endpoint] = {}
         self.dmc_args = list(dmc_args)
         self.twemproxy_extra = dict(twemproxy_extra or {})
         self.keep_tmp = keep_tmp
@@ -221,8 +229,9 @@ class Peers:
         return [p.pid for p in self.procs]
 
     def endpoints(self) -> dict[str, Endpoint]:
-        """The three endpoints a client talks to, baseline first."""
-        return {"direct": self.direct, "twemproxy": self.twemproxy, "dmcproxy": self.dmcproxy}
+        """The endpoints a client talks to, baseline first."""
+        return {"direct": self.direct, "twemproxy": self.twemproxy, **self.extra,
+                "dmcproxy": self.dmcproxy}
 
     def proxybench_targets(self) -> list[str]:
         return [e.spec for e in self.endpoints().values()]
@@ -265,6 +274,10 @@ class Peers:
                 self.shards.append(self._start_redis(f"shard{i}"))
             self.direct = self._start_redis("direct")
             self.twemproxy = self._start_twemproxy()
+            for threads in self.predixy_threads:
+                self.extra[f"predixy-{threads}t"] = self._start_predixy(threads)
+            for name, tree in self.trees.items():
+                self.extra[name] = self._start_dmcproxy(name, Path(tree))
             self.dmcproxy = self._start_dmcproxy()
             for ep in [*self.shards, *self.endpoints().values()]:
                 self._wait_ping(ep)
@@ -374,27 +387,45 @@ class Peers:
             self.log(f"nutcracker exited ({proc.returncode}); retrying: {self._tail(logname, 300)}")
         raise RuntimeError(f"could not start nutcracker: {self._tail(logname)}")
 
-    def _start_dmcproxy(self) -> Endpoint:
+    def _start_predixy(self, threads: int) -> Endpoint:
+        build = REPO.parent / "shared" / "peers" / "build-predixy.sh"
+        binary = subprocess.run(["bash", str(build)], check=True, capture_output=True,
+                                text=True).stdout.strip().splitlines()[-1]
+        template = (build.parent / "predixy.conf.in").read_text()
+        port = free_port()
+        groups = "".join(f"    Group s{i} {{\n        + {s.addr}\n    }}\n"
+                         for i, s in enumerate(self.shards, 1))
+        conf = self.tmpdir / f"predixy-{threads}t.conf"
+        conf.write_text(template.replace("@BIND@", f"{HOST}:{port}")
+                        .replace("@THREADS@", str(threads)).replace("@GROUPS@", groups))
+        logname = f"predixy-{threads}t.log"
+        proc = self._popen([binary, str(conf)], logname)
+        ep = Endpoint(f"predixy-{threads}t", HOST, port, proc.pid)
+        if not self._wait_ping(ep, proc, logname):
+            raise RuntimeError(f"predixy did not start: {self._tail(logname)}")
+        return ep
+
+    def _start_dmcproxy(self, name: str = "dmcproxy", tree: Path = REPO) -> Endpoint:
         args = [sys.executable, "-m", "dmc.proxy", "--port", "0"]
         for s in self.shards:
             args += ["--shard", s.addr]
         args += self.dmc_args
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        proc = self._popen(args, "dmcproxy.log", stdout_name="dmcproxy.stdout", cwd=REPO, env=env)
+        env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = self._popen(args, f"{name}.log", stdout_name=f"{name}.stdout", cwd=tree, env=env)
         # Its first stdout line is the contract: "dmcproxy listening on HOST:PORT over N shards"
-        out = self.tmpdir / "dmcproxy.stdout"
+        out = self.tmpdir / f"{name}.stdout"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             first = out.read_text(errors="replace").split("\n", 1)
             if len(first) == 2 and first[0].startswith("dmcproxy listening on "):
                 port = int(first[0].split()[3].rsplit(":", 1)[1])
-                return Endpoint("dmcproxy", HOST, port, proc.pid)
+                return Endpoint(name, HOST, port, proc.pid)
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise RuntimeError(f"dmcproxy did not start (rc={proc.poll()}): "
-                           f"{self._tail('dmcproxy.stdout')} {self._tail('dmcproxy.log')}")
+        raise RuntimeError(f"{name} did not start (rc={proc.poll()}): "
+                           f"{self._tail(name + '.stdout')} {self._tail(name + '.log')}")
 
 
 # --------------------------------------------------------------------------- CLI

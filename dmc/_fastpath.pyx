@@ -16,12 +16,14 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     route         req_route: to the shard(s) of the keys; split, per key, every shard; GETKEYS; SCAN
       local         what the proxy answers itself; local_client: CLIENT ...; monitor: MONITOR
       transaction   MULTI ... EXEC, WATCH
+      sort          SORT's BY / GET patterns: allowed only within the sorted key's slot
       blocking      BLPOP & co. on a connection of the client's own; CLIENT UNBLOCK
       wait          WAIT on every shard the client wrote to
       pubsub        subscribers, and the keyspace-notification relay
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
+      busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
@@ -43,11 +45,13 @@ include "fastpath/local.pxi"
 include "fastpath/local_client.pxi"
 include "fastpath/monitor.pxi"
 include "fastpath/transaction.pxi"
+include "fastpath/sort.pxi"
 include "fastpath/blocking.pxi"
 include "fastpath/wait.pxi"
 include "fastpath/pubsub.pxi"
 include "fastpath/request.pxi"
 include "fastpath/backend.pxi"
+include "fastpath/busy.pxi"
 include "fastpath/coalesce.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
@@ -56,7 +60,8 @@ include "fastpath/coalesce_pfcount.pxi"
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
           "local": ROUTE_LOCAL, "refused": ROUTE_REFUSED, "getkeys": ROUTE_GETKEYS,
           "scan": ROUTE_SCAN, "blocking": ROUTE_BLOCKING, "pubsub": ROUTE_PUBSUB,
-          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT}
+          "subscribe": ROUTE_SUBSCRIBE, "wait": ROUTE_WAIT, "control": ROUTE_CONTROL,
+          "sort": ROUTE_SORT}
 MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "all_succeeded": MERGE_ALL_SUCCEEDED, "one_succeeded": MERGE_ONE_SUCCEEDED,
           "agg_sum": MERGE_AGG_SUM, "agg_min": MERGE_AGG_MIN, "agg_max": MERGE_AGG_MAX,
@@ -64,12 +69,14 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "random": MERGE_RANDOM, "info": MERGE_INFO, "sunion": MERGE_SUNION,
           "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD,
           "zunion": MERGE_ZUNION, "zinter": MERGE_ZINTER, "zdiff": MERGE_ZDIFF,
-          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT}
+          "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT,
+          "function_stats": MERGE_FUNCTION_STATS}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
           "monitor": LOCAL_MONITOR}
+PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
 KEYSPEC_FIND = {"range": FK_RANGE, "keynum": FK_KEYNUM}
 SLOTS = SLOT_COUNT
@@ -265,6 +272,14 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
+                for j in range(2):
+                    b = self.core.shards[i].control[j]
+                    if b != NULL:
+                        if b.fd >= 0:
+                            close(b.fd)
+                        buf_free(&b.rbuf)
+                        buf_free(&b.wbuf)
+                        free(b)
             free(self.core.shards)
         while self.core.free_requests != NULL:
             r = self.core.free_requests
@@ -484,7 +499,8 @@ cdef class Proxy:
                 b = &s.conns[j]
                 conns.append({"state": ("down", "connecting", "up")[b.state], "queued": b.queued,
                               "proto": b.proto})
-            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns})
+            shards.append({"address": s.label.decode(), "active": bool(s.active), "conns": conns,
+                           "busy": bool(s.busy)})
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),

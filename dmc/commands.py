@@ -44,6 +44,12 @@ REFUSED_COMMANDS = {
     "shutdown": _MANAGED, "config|rewrite": _MANAGED,
 }
 
+# What Redis serves while a script runs (flag `allow_busy`) and the proxy does not answer itself:
+# SCRIPT KILL, FUNCTION KILL, FUNCTION STATS. Sent to every shard on its control connection, past
+# the script that holds the shared one; merged by their response policy, FUNCTION STATS (policy
+# `special`) as named here.
+BUSY_MERGES = {"function|stats": "function_stats"}
+
 # Sent to every shard though Redis gives them no request policy; replies merged as named.
 FAN_OUT_COMMANDS = {"config|resetstat": "all_succeeded"}
 
@@ -73,6 +79,28 @@ CONFIG_SET_ALLOWED = frozenset({
     "stream-node-max-bytes", "stream-node-max-entries",
 })
 CONFIG_SET_REFUSAL = "ERR CONFIG SET parameter '{param}' is managed by the cluster"
+
+# A managed parameter set to the value the shards already apply (as their CONFIG GET shows it:
+# `save ""`, `appendonly no`, `maxmemory 0` ...) is a no-op: the proxy answers +OK and sends
+# nothing (a client that turns persistence off for a cache, the Redis suite's set-up). Other
+# values are refused. These are refused whatever the value: each shard's own identity (where it
+# listens and keeps its files: equal to one shard's is not the database's), secrets (an
+# answer would tell whether a guess is right), and what Redis itself never sets at run time
+# (immutable: one Redis refuses them too).
+CONFIG_SET_NEVER = frozenset({
+    "port", "bind", "bind-source-addr", "unixsocket", "unixsocketperm", "dir", "dbfilename",
+    "appendfilename", "appenddirname", "logfile", "pidfile", "syslog-ident",
+    "cluster-config-file", "requirepass", "masterauth", "masteruser", "replicaof", "slaveof",
+    "daemonize", "supervised", "databases", "cluster-enabled", "io-threads", "io-threads-do-reads",
+    "syslog-enabled", "syslog-facility", "always-show-logo", "set-proc-title", "disable-thp",
+    "aclfile", "enable-protected-configs", "enable-debug-command", "enable-module-command",
+})
+CONFIG_SET_NEVER_PREFIXES = ("tls-", "cluster-announce-")
+# Compared as sizes (`1gb` is 1073741824); every other value as words (case and blanks aside).
+CONFIG_MEMORY_PARAMS = frozenset({
+    "maxmemory", "maxmemory-clients", "repl-backlog-size", "proto-max-bulk-len",
+    "client-query-buffer-limit", "auto-aof-rewrite-min-size", "active-defrag-ignore-bytes",
+})
 
 
 @dataclass
@@ -129,15 +157,29 @@ def _legacy_spec(first: int, last: int, step: int) -> tuple | None:
             lastkey, step, 0)
 
 
-def config_set_policy(known: list[str] | None) -> tuple:
+def applied_value(name: str, value: str) -> tuple | bool:
+    """How CONFIG SET of a managed parameter is checked: (kind, the shards' value normalised as
+    fastpath/commands.pxi::param_normalise normalises a client's), or False: always refused."""
+    if name in CONFIG_SET_NEVER or name.startswith(CONFIG_SET_NEVER_PREFIXES):
+        return False
+    if name in CONFIG_MEMORY_PARAMS:
+        return (_fastpath.PARAM_KINDS["memory"], value.strip()) if value.strip().isdigit() else False
+    return (_fastpath.PARAM_KINDS["words"], " ".join(value.lower().split()))
+
+
+def config_set_policy(known: list[str] | dict[str, str] | None) -> tuple:
     """The parameter policy of CONFIG SET: the allowed names pass, the other names the shards
-    know are refused. Without the shards' names (`known` None), every other name is refused."""
-    names = {name.lower(): False for name in known or ()}
+    know are refused, but for a no-op when `known` gives their values (CONFIG GET * of a shard:
+    {name: value}). Without the shards' names (`known` None), every other name is refused."""
+    values = known if isinstance(known, dict) else {}
+    names = {name.lower(): applied_value(name.lower(), values[name]) if name in values else False
+             for name in known or ()}
     names.update((name, True) for name in CONFIG_SET_ALLOWED)
     return (2, 2, not known, CONFIG_SET_REFUSAL, names)
 
 
-def _entry(row, container: str | None = None, config_params: list[str] | None = None) -> CommandEntry:
+def _entry(row, container: str | None = None,
+           config_params: list[str] | dict[str, str] | None = None) -> CommandEntry:
     name = row[0].decode().lower()
     arity = int(row[1])
     flags = {f.decode() for f in row[2]}
@@ -176,6 +218,9 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     elif top in REFUSED_COMMANDS or name in REFUSED_COMMANDS:
         refusal = REFUSED_COMMANDS.get(top) or REFUSED_COMMANDS[name]
         entry.route, entry.refusal = "refused", refusal.format(name=name)
+    elif "allow_busy" in flags:
+        entry.route = "control"
+        entry.merge = BUSY_MERGES.get(name) or response or "all_succeeded"
     elif name in FAN_OUT_COMMANDS:
         entry.route, entry.merge = "all_shards", FAN_OUT_COMMANDS[name]
     elif "blocking" in flags:
@@ -200,8 +245,12 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     elif request in ("all_shards", "all_nodes") and response != "special":
         entry.route = "all_shards"
         entry.merge = response or "concat"
+    elif name in ("sort", "sort_ro"):
+        # Where its keys are (STORE's too) is asked of a shard; BY / GET patterns are checked
+        # by the proxy first: only within the sorted key's slot (fastpath/sort.pxi).
+        entry.route = "sort"
     elif incomplete:
-        # SORT ... STORE, MIGRATE ... KEYS: Redis cannot say from the spec where all keys are.
+        # MIGRATE ... KEYS: Redis cannot say from the spec where all keys are.
         entry.route = "getkeys"
     # request_policy:special and response_policy:special (INFO, RANDOMKEY, SCRIPT KILL ...) go
     # to the default shard until the proxy merges them.
@@ -210,10 +259,12 @@ def _entry(row, container: str | None = None, config_params: list[str] | None = 
     return entry
 
 
-def compile_command_reply(reply, config_params: list[str] | None = None) -> list[CommandEntry]:
+def compile_command_reply(reply, config_params: list[str] | dict[str, str] | None = None
+                          ) -> list[CommandEntry]:
     """The table entries for a decoded `COMMAND` reply (RESP2, as hiredis returns it).
-    config_params: the names of `CONFIG GET *` of the shards, to tell the parameters CONFIG SET
-    refuses from names Redis does not know (None: every parameter not allowed is refused)."""
+    config_params: `CONFIG GET *` of the shards, its names (or {name: value}, which makes a
+    CONFIG SET of the applied value a no-op), to tell the parameters CONFIG SET refuses from
+    names Redis does not know (None: every parameter not allowed is refused)."""
     entries = []
     for row in reply:
         entries.append(_entry(row, config_params=config_params))
@@ -261,14 +312,15 @@ def _redis_version(info: bytes) -> str:
     return "unknown"
 
 
-def _config_params(host: str, port: int, timeout: float) -> list[str] | None:
-    """The configuration parameter names a shard knows (aliases included), or None if it does
-    not tell (CONFIG renamed, say): CONFIG SET then refuses every name it does not allow."""
+def _config_params(host: str, port: int, timeout: float) -> dict[str, str] | None:
+    """The configuration a shard applies, {name: value} (aliases included), or None if it does
+    not tell (CONFIG renamed, say): CONFIG SET then refuses every name it does not allow. Read
+    when the proxy starts: the values CONFIG SET answers as no-ops."""
     try:
         flat = ask_shard(host, port, [b"CONFIG", b"GET", b"*"], timeout=timeout)[0]
     except ConnectionError:
         return None
-    return [flat[i].decode() for i in range(0, len(flat), 2)]
+    return {flat[i].decode(): flat[i + 1].decode(errors="replace") for i in range(0, len(flat), 2)}
 
 
 def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0):

@@ -146,3 +146,35 @@ def test_without_the_shards_parameter_names_every_other_name_is_refused(db):
     assert strict.param_refused([b"CONFIG", b"SET", b"nosuchparam", b"1"]) == 2
     assert known.param_refused([b"CONFIG", b"SET", b"nosuchparam", b"1"]) is None
     assert isinstance(strict, _fastpath.CommandTable)
+
+
+@pytest.mark.parametrize("args", [
+    ["save", ""], ["SAVE", "  "], ["appendonly", "NO"], ["save", "", "appendonly", "no"],
+    ["maxmemory", "0"], ["maxmemory", "0mb"], ["timeout", "0"], ["maxclients", "10000"],
+])
+def test_a_managed_parameter_at_the_value_applied_is_a_no_op(db, r, args):
+    names = [args[i].lower() for i in range(0, len(args), 2)]
+    before = {n: shard_values(db, n) for n in names}
+    assert reply(r, "CONFIG", "SET", *args) == b"OK"
+    assert {n: shard_values(db, n) for n in names} == before
+
+
+def test_no_op_pairs_are_left_out_and_the_others_set(db, r):
+    try:
+        assert reply(r, "CONFIG", "SET", "save", "", "slowlog-max-len", "77",
+                     "appendonly", "no") == b"OK"
+        assert shard_values(db, "slowlog-max-len") == ["77"] * len(db.shard_ports)
+        assert shard_values(db, "save") == [""] * len(db.shard_ports)
+    finally:
+        r.config_set("slowlog-max-len", "128")
+
+
+@pytest.mark.parametrize("args, refused", [
+    (["save", "3600 1"], "save"), (["maxmemory", "1gb"], "maxmemory"),
+    (["appendonly", "no", "save", "900 1"], "save"), (["requirepass", ""], "requirepass"),
+    (["dir", "."], "dir"), (["port", "0"], "port"),
+])
+def test_a_managed_parameter_at_another_value_or_never_settable_is_refused(db, r, args, refused):
+    """Persistence and memory changes belong to the control plane; a shard's identity and its
+    secrets are refused whatever the value (an answer would tell a guess right)."""
+    assert reply(r, "CONFIG", "SET", *args) == managed(refused)

@@ -9,6 +9,7 @@ cdef enum BackendRole:
     ROLE_SUBSCRIBER = 2     # a client's own, subscribed: every frame goes straight to `owner`
     ROLE_WAITER = 3         # a client's own for one WAIT: its CLIENT ID, then the WAIT's reply
     ROLE_RELAY = 4          # the shard's keyspace-notification relay (pubsub.pxi)
+    ROLE_CONTROL = 5        # the shard's out-of-band one: SCRIPT KILL & co. and the busy probe (busy.pxi)
 
 
 # Backend states
@@ -58,6 +59,12 @@ cdef struct Shard:
     Backend *conns
     bint active             # part of the current shard map
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
+    Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)
+    bint busy               # its last probe was answered -BUSY: a script runs
+    char busy_reply[192]    #   that -BUSY line, answered for it meanwhile
+    long long busy_seen_us  #   when it was last seen
+    long long probe_sent_us     # a probe in flight since then (0: none)
+    long long probe_answered_us
 
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil

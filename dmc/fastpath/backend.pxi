@@ -3,7 +3,7 @@
 #
 # Each shard has its shared connections (per_proto for RESP2 clients, as many for RESP3 ones,
 # round robin); a client's own connections (dedicated: blocking commands, WATCH, a subscriber;
-# WAIT) and the keyspace relay are made with backend_new.
+# WAIT), the keyspace relay and the control connections (busy.pxi) are made with backend_new.
 
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil:
@@ -25,6 +25,10 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
     that is down answers the fragment with an error at once."""
     cdef Client *c = f.req.client
+    if core.shards[shard].busy:
+        # Running a script: Redis answers every command but the allow_busy ones so.
+        frag_answered(core, f, core.shards[shard].busy_reply, strlen(core.shards[shard].busy_reply))
+        return
     frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
 
 
@@ -203,6 +207,8 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
             rc = rsp_subscriber(core, b, buf_head(&b.rbuf), flen)
         elif b.role == ROLE_WAITER:
             rc = rsp_waiter(core, b, buf_head(&b.rbuf), flen, push)
+        elif b.role == ROLE_CONTROL:
+            rc = rsp_control(core, b, buf_head(&b.rbuf), flen, push)
         else:
             rc = rsp_relay(core, b, buf_head(&b.rbuf), flen)
         if rc < 0:
@@ -216,6 +222,8 @@ cdef inline int rsp_fragment(Core *core, Backend *b, const char *p, size_t n, in
     cdef Fragment *f
     if push:
         return 0        # out of band on a request/reply connection: nobody asked for it
+    if core.shards[b.shard].busy and b.role == ROLE_SHARED and not is_busy_reply(p, n):
+        shard_not_busy(core, b.shard)     # the script ended: the shard serves again
     f = b.qhead
     if f == NULL:
         backend_fail(core, b, b"unexpected reply from")
@@ -252,6 +260,8 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
         b.fd = -1
     if b.state == BK_UP and b.role == ROLE_SHARED:
         default_shard_changed(core)
+    if b.role == ROLE_CONTROL:
+        control_failed(core, b.shard)
     b.state = BK_DOWN
     buf_free(&b.rbuf)
     buf_free(&b.wbuf)
@@ -271,19 +281,25 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
 
 
 cdef void backends_tick(Core *core) noexcept nogil:
-    """Timers: reconnect shards that are down, fail connections whose oldest request is late."""
+    """Timers: reconnect shards that are down, fail connections whose oldest request is late
+    (unless the shard is busy running a script: busy.pxi), probe shards that are slow to answer."""
     cdef int i, j
     cdef Backend *b
+    cdef bint late
     relays_tick(core)
     for i in range(core.nshards):
+        late = False
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.state == BK_DOWN:
                 if core.shards[i].active and b.used and b.retry_at_us <= core.now_us:
                     backend_connect(core, b)
             elif b.qhead != NULL and core.backend_timeout_us > 0 \
-                    and core.now_us - b.qhead.sent_us > core.backend_timeout_us:
-                backend_fail(core, b, b"timeout waiting for")
+                    and core.now_us - b.qhead.sent_us > PROBE_AFTER_US:
+                late = True
+                if core.now_us - b.qhead.sent_us > core.backend_timeout_us \
+                        and not shard_keeps_waiting(core, i):
+                    backend_fail(core, b, b"timeout waiting for")
             elif not core.shards[i].active and b.qhead == NULL and b.state == BK_UP:
                 # No longer in the map and nothing in flight: let it go.
                 epoll_want(core, b.fd, b, &b.events, 0)
@@ -291,3 +307,4 @@ cdef void backends_tick(Core *core) noexcept nogil:
                 b.fd = -1
                 b.state = BK_DOWN
                 default_shard_changed(core)
+        busy_tick(core, i, late)

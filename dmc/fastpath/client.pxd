@@ -17,6 +17,8 @@ cdef enum:
     CF_AUTHED = 2048        # authenticated (or the database has no password)
     CF_PUBSUB_SYNC = 4096   # waits for the barrier on `dedicated`: its frames so far are all in
     CF_MONITOR = 8192       # MONITOR: on the core's list of monitors
+    CF_REPLY_OFF = 16384    # CLIENT REPLY OFF: its requests' replies are dropped (pushes are not)
+    CF_REPLY_SKIP = 32768   # CLIENT REPLY SKIP: the next request's reply is dropped
 
 
 cdef struct Client:

@@ -97,6 +97,11 @@ cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
         for i in range(r.nfrags):
             if not reply_is_error(buf_head(&r.frags[i].reply)):
                 return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
+        # All failed: a shard's real error (SCRIPT KILL while a function runs: -BUSY) before
+        # the NOTBUSY of the shards that run nothing.
+        for i in range(r.nfrags):
+            if buf_len(&r.frags[i].reply) < 8 or memcmp(buf_head(&r.frags[i].reply), b"-NOTBUSY", 8) != 0:
+                return buf_append(out, buf_head(&r.frags[i].reply), buf_len(&r.frags[i].reply))
         return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     for i in range(r.nfrags):
         if reply_is_error(buf_head(&r.frags[i].reply)):
@@ -111,6 +116,8 @@ cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
         return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     if r.merge == MERGE_INFO:
         return coalesce_info(r, out)
+    if r.merge == MERGE_FUNCTION_STATS:
+        return coalesce_function_stats(r, out)
     if MERGE_SUNION <= r.merge <= MERGE_SINTERCARD:
         return coalesce_set_algebra(core, r, out)
     if MERGE_ZUNION <= r.merge <= MERGE_ZINTERCARD:

@@ -28,6 +28,8 @@ cdef enum Route:
     ROUTE_PUBSUB = 8        # PUBLISH, SPUBLISH, PUBSUB ...: to the map's pub/sub shard
     ROUTE_SUBSCRIBE = 9     # (P|S)(UN)SUBSCRIBE: the client's own connection to the pub/sub shard
     ROUTE_WAIT = 10         # WAIT: on every shard the client wrote to, over connections of its own
+    ROUTE_CONTROL = 11      # served by Redis while a script runs (allow_busy): every shard, on its control connection
+    ROUTE_SORT = 12         # SORT, SORT_RO: BY/GET patterns checked (sort.pxi), then as ROUTE_GETKEYS
 
 
 # How the replies of several shards are merged into one.
@@ -35,7 +37,7 @@ cdef enum Merge:
     MERGE_NONE = 0          # a single reply is passed through
     MERGE_KEYED_ARRAY = 1   # MGET: one array element per key, back in the client's key order
     MERGE_ALL_SUCCEEDED = 2 # the first error, else the first reply
-    MERGE_ONE_SUCCEEDED = 3 # the first non-error reply, else the first error
+    MERGE_ONE_SUCCEEDED = 3 # the first non-error reply, else the first error (NOTBUSY last: SCRIPT KILL)
     MERGE_AGG_SUM = 4       # integers summed
     MERGE_AGG_MIN = 5
     MERGE_AGG_MAX = 6
@@ -54,6 +56,7 @@ cdef enum Merge:
     MERGE_ZDIFF = 19
     MERGE_ZINTERCARD = 20
     MERGE_PFCOUNT = 21      # PFCOUNT across shards: the HyperLogLogs' registers merged by the proxy
+    MERGE_FUNCTION_STATS = 22   # FUNCTION STATS: the shard's that runs a script, else the first
 
 
 # Commands answered by the proxy itself.
@@ -88,18 +91,29 @@ cdef struct KeySpec:
 # Parameters a command may name (CONFIG SET): what the proxy lets through to the shards.
 cdef enum:
     PARAM_NAME_MAX = 64
+    PARAM_VALUE_MAX = 128
     PARAM_TABLE_SIZE = 1024
 
 
 cdef enum:
     PARAM_ALLOWED = 1       # passed on to the shards
     PARAM_MANAGED = 2       # refused: the cluster sets it
+    PARAM_APPLIED = 3       # managed: a no-op (answered +OK, not sent) when its value is `applied`, else refused
+
+
+# How a PARAM_APPLIED value is compared (both sides normalised alike, dmc/commands.py too).
+cdef enum:
+    PARAM_WORDS = 0         # lower case, blanks collapsed to one space, trimmed (save, yes/no, enums)
+    PARAM_MEMORY = 1        # a size with Redis's units (1gb, 100mb, 10k ...), as bytes
 
 
 cdef struct ParamEntry:
     char name[PARAM_NAME_MAX]   # lower case; name_len 0: an empty slot
     int name_len
     int verdict
+    int kind                    # PARAM_APPLIED: PARAM_WORDS or PARAM_MEMORY
+    char applied[PARAM_VALUE_MAX]   # PARAM_APPLIED: the value the shards apply, normalised
+    int applied_len
 
 
 cdef struct ParamPolicy:
@@ -143,8 +157,11 @@ cdef struct KeyList:
 
 cdef CommandInfo *command_find(CommandInfo **entries, const char *name, size_t n) noexcept nogil
 cdef CommandInfo *command_lookup(CommandInfo **entries, ArgVec *av) noexcept nogil
+cdef ParamEntry *param_entry(ParamPolicy *p, const char *name, size_t n) noexcept nogil
 cdef int param_verdict(ParamPolicy *p, const char *name, size_t n) noexcept nogil
-cdef int param_refused(ParamPolicy *p, ArgVec *av) noexcept nogil
+cdef int param_normalise(int kind, const char *v, size_t n, char *out) noexcept nogil
+cdef bint param_is_applied(ParamEntry *e, const char *v, size_t n) noexcept nogil
+cdef int param_refused(ParamPolicy *p, ArgVec *av, int *noops) noexcept nogil
 cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal, dict names) except NULL
 cdef bint arg_is(ArgVec *av, int i, const char *word) noexcept nogil
 cdef int command_keys(CommandInfo *c, ArgVec *av, KeyList *kl) noexcept nogil

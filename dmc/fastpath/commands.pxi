@@ -65,37 +65,107 @@ cdef CommandInfo *command_lookup(CommandInfo **entries, ArgVec *av) noexcept nog
     return sub if sub != NULL else c
 
 
-cdef int param_verdict(ParamPolicy *p, const char *name, size_t n) noexcept nogil:
-    """PARAM_ALLOWED or PARAM_MANAGED for a listed name (any case), else 0."""
+cdef ParamEntry *param_entry(ParamPolicy *p, const char *name, size_t n) noexcept nogil:
+    """The entry of a listed name (any case), else NULL."""
     cdef char low[PARAM_NAME_MAX]
     cdef size_t i
     cdef unsigned int h, j
     cdef ParamEntry *e
     if n >= PARAM_NAME_MAX:
-        return 0
+        return NULL
     for i in range(n):
         low[i] = lower_char(name[i])
     h = name_hash(low, n) & (PARAM_TABLE_SIZE - 1)
     for j in range(PARAM_TABLE_SIZE):
         e = &p.entries[(h + j) & (PARAM_TABLE_SIZE - 1)]
         if e.name_len == 0:
-            return 0
+            return NULL
         if <size_t>e.name_len == n and memcmp(e.name, low, n) == 0:
-            return e.verdict
-    return 0
+            return e
+    return NULL
 
 
-cdef int param_refused(ParamPolicy *p, ArgVec *av) noexcept nogil:
-    """The argument position of the first parameter the policy refuses, or -1. A request whose
-    arguments do not come in whole groups is left to the shard, which answers Redis's own error
-    (and applies nothing)."""
-    cdef int i, v
+cdef int param_verdict(ParamPolicy *p, const char *name, size_t n) noexcept nogil:
+    """PARAM_ALLOWED, PARAM_MANAGED or PARAM_APPLIED for a listed name (any case), else 0."""
+    cdef ParamEntry *e = param_entry(p, name, n)
+    return e.verdict if e != NULL else 0
+
+
+cdef int param_normalise(int kind, const char *v, size_t n, char *out) noexcept nogil:
+    """v as the shards' CONFIG GET would show it, into out (PARAM_VALUE_MAX bytes): its length,
+    or -1 when it is no value of that kind (or too long), so never equal to an applied one.
+    PARAM_MEMORY: Redis's memtoull (b, k, kb, m, mb, g, gb; k is 1000, kb 1024)."""
+    cdef size_t i, k = 0
+    cdef unsigned long long num = 0, mul = 1
+    cdef char u0, u1
+    if kind == PARAM_MEMORY:
+        i = 0
+        while i < n and c'0' <= v[i] <= c'9':
+            if num > 1844674407370955161ULL:
+                return -1
+            num = num * 10 + <unsigned long long>(v[i] - c'0')
+            i += 1
+        if i == 0 or n - i > 2:
+            return -1
+        u0 = lower_char(v[i]) if i < n else 0
+        u1 = lower_char(v[i + 1]) if i + 1 < n else 0
+        if u0 == 0 or (u0 == c'b' and u1 == 0):
+            mul = 1
+        elif u0 == c'k':
+            mul = 1024 if u1 == c'b' else 1000
+        elif u0 == c'm':
+            mul = 1024 * 1024 if u1 == c'b' else 1000 * 1000
+        elif u0 == c'g':
+            mul = 1024 * 1024 * 1024 if u1 == c'b' else 1000 * 1000 * 1000
+        else:
+            return -1
+        if u1 != 0 and u1 != c'b':
+            return -1
+        return snprintf(out, PARAM_VALUE_MAX, b"%llu", num * mul)
+    for i in range(n):
+        if v[i] == c' ' or v[i] == c'\t' or v[i] == c'\r' or v[i] == c'\n':
+            if k > 0 and out[k - 1] != c' ':
+                if k >= PARAM_VALUE_MAX:
+                    return -1
+                out[k] = c' '
+                k += 1
+            continue
+        if k >= PARAM_VALUE_MAX:
+            return -1
+        out[k] = lower_char(v[i])
+        k += 1
+    if k > 0 and out[k - 1] == c' ':
+        k -= 1
+    return <int>k
+
+
+cdef bint param_is_applied(ParamEntry *e, const char *v, size_t n) noexcept nogil:
+    """Does value v ask for what the shards apply (a PARAM_APPLIED entry)?"""
+    cdef char norm[PARAM_VALUE_MAX]
+    cdef int k = param_normalise(e.kind, v, n, norm)
+    return k == e.applied_len and memcmp(norm, e.applied, <size_t>k) == 0
+
+
+cdef int param_refused(ParamPolicy *p, ArgVec *av, int *noops) noexcept nogil:
+    """The argument position of the first parameter the policy refuses, or -1. *noops: how many
+    parameters ask for the value the shards apply (PARAM_APPLIED), answered without them. A
+    request whose arguments do not come in whole groups is left to the shard, which answers
+    Redis's own error (and applies nothing)."""
+    cdef int i
+    cdef ParamEntry *e
+    noops[0] = 0
     if av.argc < p.first or (av.argc - p.first) % p.step != 0:
         return -1
     i = p.first
     while i < av.argc:
-        v = param_verdict(p, av.argv[i], av.argl[i])
-        if v == PARAM_MANAGED or (v == 0 and p.strict):
+        e = param_entry(p, av.argv[i], av.argl[i])
+        if e == NULL:
+            if p.strict:
+                return i
+        elif e.verdict == PARAM_APPLIED and i + 1 < av.argc \
+                and param_is_applied(e, av.argv[i + 1], av.argl[i + 1]):
+            noops[0] += 1
+        elif e.verdict != PARAM_ALLOWED:
             return i
         i += p.step
     return -1
@@ -180,7 +250,7 @@ cdef class CommandTable:
         cdef ArgVec av
         cdef CommandInfo *c
         cdef list keep = [bytes(a) for a in argv]
-        cdef int i
+        cdef int i, noops
         argvec_init(&av)
         try:
             if argvec_grow(&av, len(keep)) < 0:
@@ -192,7 +262,7 @@ cdef class CommandTable:
             c = command_lookup(self.entries, &av)
             if c == NULL or c.params == NULL:
                 return None
-            i = param_refused(c.params, &av)
+            i = param_refused(c.params, &av, &noops)
             return None if i < 0 else i
         finally:
             argvec_free(&av)
@@ -257,6 +327,7 @@ cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal
         raise MemoryError()
     memcpy(p.refusal, <char *>line, len(line) + 1)
     for name, allowed in names.items():
+        # allowed: True, False, or (kind, applied value) for a PARAM_APPLIED one
         low = (name.encode() if isinstance(name, str) else bytes(name)).lower()
         if not 0 < len(low) < PARAM_NAME_MAX:
             continue            # never matched: such a name is treated as unknown
@@ -267,6 +338,16 @@ cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal
                 break
         memcpy(e.name, <char *>low, len(low))
         e.name_len = len(low)
+        if isinstance(allowed, tuple):
+            kind, value = allowed
+            value = value.encode() if isinstance(value, str) else bytes(value)
+            if len(value) < PARAM_VALUE_MAX:
+                e.verdict = PARAM_APPLIED
+                e.kind = kind
+                memcpy(e.applied, <char *>value, len(value))
+                e.applied_len = len(value)
+                continue
+            allowed = False
         e.verdict = PARAM_ALLOWED if allowed else PARAM_MANAGED
     return p
 

@@ -45,6 +45,7 @@ cdef struct Core:
     unsigned short slot_map[SLOT_COUNT]
     unsigned long long map_version
     int default_shard           # where keyless commands go; -1: to be found again (default_shard())
+    int nbusy                   # shards known busy running a script (busy.pxi)
     int *active                 # shard indices of the current map, in map order
     int nactive
     # clients

@@ -20,7 +20,7 @@ cdef int check_credentials(Core *core, Client *c, const char *user, size_t ulen,
 cdef void client_reset(Core *core, Client *c) noexcept nogil:
     """RESET: back to a fresh connection's state (the shard-side state goes with `dedicated`)."""
     multi_reset(c)
-    c.flags &= ~(CF_WATCH | CF_PUBSUB | CF_PUBSUB_SYNC)
+    c.flags &= ~(CF_WATCH | CF_PUBSUB | CF_PUBSUB_SYNC | CF_REPLY_OFF | CF_REPLY_SKIP)
     if c.dedicated != NULL:
         dedicated_close(core, c.dedicated)
         c.dedicated = NULL
@@ -37,6 +37,10 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
     cdef int local = r.cmd.local
     buf_clear(out)
     if local == LOCAL_PING:
+        if core.nbusy > 0 and av.argc <= 2 and busy_reply(core) != NULL:
+            # A shard runs a script: the database is busy, as one Redis would be.
+            req_write_str(core, r, busy_reply(core))
+            return
         if av.argc == 1:
             req_write_str(core, r, b"+PONG\r\n")
             return
@@ -63,6 +67,7 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
     elif local == LOCAL_RESET:
         if av.argc == 1:
             client_reset(core, c)
+            r.silent = False        # as Redis: the flags go before RESET answers
             req_write_str(core, r, b"+RESET\r\n")
             return
     elif local == LOCAL_HELLO:

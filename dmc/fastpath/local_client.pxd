@@ -8,3 +8,4 @@ cdef bint client_listed(Client *c, ArgVec *av) noexcept nogil
 cdef void answer_bulk_or_null(Core *core, Client *c, Request *r, const char *p, size_t n,
                               bint null) noexcept nogil
 cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil
+cdef void client_reply(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil

@@ -201,8 +201,10 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
         buf_clear(out)
         buf_append_int(out, c':', killed)
         req_write(core, r, buf_head(out), buf_len(out))
+    elif arg_is(av, 1, b"reply") and av.argc == 3:
+        client_reply(core, c, r, av)
     elif arg_is(av, 1, b"tracking") or arg_is(av, 1, b"caching") or arg_is(av, 1, b"getredir") \
-            or arg_is(av, 1, b"trackinginfo") or arg_is(av, 1, b"reply") or arg_is(av, 1, b"pause") \
+            or arg_is(av, 1, b"trackinginfo") or arg_is(av, 1, b"pause") \
             or arg_is(av, 1, b"unpause"):
         buf_clear(out)
         buf_append_str(out, b"-ERR CLIENT ")
@@ -215,3 +217,23 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
         buf_append(out, av.argv[1], av.argl[1] if av.argl[1] < 64 else 64)
         buf_append_str(out, b"'. Try CLIENT HELP.\r\n")
         req_write(core, r, buf_head(out), buf_len(out))
+
+
+cdef void client_reply(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
+    """CLIENT REPLY ON|OFF|SKIP, as Redis: ON answers +OK (even when replies were off), OFF and
+    SKIP answer nothing; SKIP drops the next request's reply (req_get), and does nothing while
+    replies are off."""
+    if arg_is(av, 2, b"on"):
+        c.flags &= ~(CF_REPLY_OFF | CF_REPLY_SKIP)
+        r.silent = False
+    elif arg_is(av, 2, b"off"):
+        c.flags |= CF_REPLY_OFF
+        r.silent = True
+    elif arg_is(av, 2, b"skip"):
+        if not (c.flags & CF_REPLY_OFF):
+            c.flags |= CF_REPLY_SKIP
+        r.silent = True
+    else:
+        req_write_str(core, r, b"-ERR syntax error\r\n")
+        return
+    req_write_str(core, r, b"+OK\r\n")

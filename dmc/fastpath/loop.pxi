@@ -116,6 +116,7 @@ cdef void core_close(Core *core) noexcept nogil:
     for i in range(core.nshards):
         core.shards[i].active = False
         relay_close(core, i)
+        control_close(core, i)
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.fd >= 0:

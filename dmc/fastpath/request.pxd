@@ -25,6 +25,8 @@ cdef struct Request:
     bint resolving          # its keys are being asked of a shard (COMMAND GETKEYS)
     int scan_position       # SCAN: index in the map's shard list of the shard asked
     bint blocking           # holds its client's later requests until answered
+    bint silent             # CLIENT REPLY OFF / SKIP when it was made: its reply is not written
+    bint probe              # the proxy's busy probe of a shard (busy.pxi), no client's
     double *weights         # ZUNION/ZINTER across shards: WEIGHTS, one per key (NULL: all 1)
     int aggregate           #   AGGREGATE: 0 sum, 1 min, 2 max
     bint withscores

@@ -35,6 +35,10 @@ cdef Request *req_get(Core *core, Client *c, CommandInfo *cmd) noexcept nogil:
     r.client = c
     r.cmd = cmd
     r.started_us = core.now_us
+    if c.flags & (CF_REPLY_OFF | CF_REPLY_SKIP):
+        # Decided here, in the client's order, whichever shard answers first.
+        r.silent = True
+        c.flags &= ~CF_REPLY_SKIP
     if c.tail == NULL:
         c.head = r
     else:
@@ -129,6 +133,8 @@ cdef void req_write(Core *core, Request *r, const char *reply, size_t n) noexcep
     until the requests before it are answered."""
     cdef Client *c = r.client
     req_account(r, reply, core.now_us)
+    if r.silent:
+        n = 0           # CLIENT REPLY OFF / SKIP: kept in order, written as nothing
     if c == NULL:
         req_put(core, r)
         return

@@ -87,16 +87,52 @@ cdef void route_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av
     req_write(core, r, line, strlen(line))
 
 
-cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
-    """True when the command's parameter policy refuses an argument; the request is answered."""
-    cdef int k
+cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec *av,
+                                bint queued=False) noexcept nogil:
+    """True when the command's parameter policy refuses an argument, or every parameter asks for
+    what the shards apply; the request is answered. When only some do, they are left out of av
+    (the rest is sent). queued (inside MULTI): refusals only, the command is queued whole (an
+    equal value is a no-op on the shard too)."""
+    cdef int k, noops
     if cmd.params == NULL:
         return False
-    k = param_refused(cmd.params, av)
-    if k < 0:
+    k = param_refused(cmd.params, av, &noops)
+    if k >= 0:
+        route_param_refusal(core, r, cmd.params, av, k)
+        return True
+    if noops == 0 or queued:
         return False
-    route_param_refusal(core, r, cmd.params, av, k)
-    return True
+    if noops == (av.argc - cmd.params.first) // cmd.params.step:
+        req_write_str(core, r, b"+OK\r\n")       # a no-op, as on a Redis that has these values
+        return True
+    return params_drop_applied(core, r, cmd.params, av)
+
+
+cdef bint params_drop_applied(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noexcept nogil:
+    """Rewrite av without its parameters that ask for what the shards apply: av.wire then points
+    at core.subcommand (rare: CONFIG SET). True when out of memory (r answered)."""
+    cdef Buf *sub = &core.subcommand
+    cdef int i = p.first, k, n = p.first
+    cdef ParamEntry *e
+    while i < av.argc:
+        e = param_entry(p, av.argv[i], av.argl[i])
+        if not (e != NULL and e.verdict == PARAM_APPLIED
+                and param_is_applied(e, av.argv[i + 1], av.argl[i + 1])):
+            for k in range(p.step):
+                av.argv[n + k] = av.argv[i + k]
+                av.argl[n + k] = av.argl[i + k]
+            n += p.step
+        i += p.step
+    av.argc = n
+    buf_clear(sub)
+    buf_append_int(sub, c'*', n)
+    for i in range(n):
+        if buf_append_bulk(sub, av.argv[i], av.argl[i]) < 0:
+            req_write_str(core, r, b"-ERR out of memory\r\n")
+            return True
+    av.wire = buf_head(sub)
+    av.wire_len = buf_len(sub)
+    return False
 
 
 cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
@@ -154,13 +190,15 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         return True
     if params_refused(core, r, cmd, av):
         return True
-    if route == ROUTE_GETKEYS:
+    if route == ROUTE_SORT and sort_patterns_refused(core, r, av):
+        return True
+    if route == ROUTE_GETKEYS or route == ROUTE_SORT:
         route_getkeys(core, c, r, av)
         return True
     if route == ROUTE_SCAN:
         route_scan(core, r, av)
         return True
-    if route == ROUTE_ALL_SHARDS:
+    if route == ROUTE_ALL_SHARDS or route == ROUTE_CONTROL:
         r.merge = cmd.merge
         route_all_shards(core, r, av)
         return True
@@ -271,17 +309,20 @@ cdef void route_per_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const c
 
 
 cdef void route_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """To every shard of the map; ROUTE_CONTROL commands on the shards' control connections
+    (busy.pxi), past a script that holds a shared one."""
     cdef int i, n = core.nactive
-    if n == 1:
-        r.pending = 1
-        frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
-        return
-    if req_fragment(r, n) < 0:
+    cdef bint control = r.cmd.route == ROUTE_CONTROL
+    if n > 1 and req_fragment(r, n) < 0:
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.pending = n
     for i in range(n):
-        frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+        # r may be freed by the last send (a shard that is down answers at once).
+        if control:
+            frag_send_control(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+        else:
+            frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
 
 
 cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:

@@ -29,11 +29,12 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, cmd.refusal)
         return
-    if params_refused(core, r, cmd, av):
+    if params_refused(core, r, cmd, av, True):
         c.flags |= CF_MULTI_DIRTY
         return
-    if (cmd.route == ROUTE_ALL_SHARDS and core.nactive > 1) or cmd.route == ROUTE_SCAN \
-            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SUBSCRIBE:
+    if ((cmd.route == ROUTE_ALL_SHARDS or cmd.route == ROUTE_CONTROL) and core.nactive > 1) \
+            or cmd.route == ROUTE_SCAN \
+            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SORT or cmd.route == ROUTE_SUBSCRIBE:
         c.flags |= CF_MULTI_DIRTY
         req_write_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
                              cmd.name)
@@ -137,7 +138,8 @@ cdef void route_watch(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
     cdef Backend *b
     cdef int shard
     if c.flags & CF_MULTI:
-        c.flags |= CF_MULTI_DIRTY
+        # Refused, and the transaction goes on, as in Redis (it is not queued, nor counted
+        # as a queueing error).
         req_write_str(core, r, b"-ERR WATCH inside MULTI is not allowed\r\n")
         return
     if c.flags & CF_PUBSUB:

@@ -1,0 +1,54 @@
+# SORT / SORT_RO with BY or GET patterns: the keys the patterns form are read by the shard that
+# sorts, the sorted key's. The proxy lets a pattern through only when its keys provably hash to
+# the sorted key's slot (Redis Cluster 7.2's rule: a hash tag before any wildcard, `GET #`, or a
+# BY without `*`, which does not sort), and refuses the others with Redis Cluster's own errors,
+# rather than answer as if the other shards' keys did not exist.
+
+
+cdef int pattern_slot(const char *p, size_t n) noexcept nogil:
+    """The slot of every key a pattern can form, or -1 when they may be in different slots
+    (Redis's patternHashSlot: a wildcard or an escape before a non-empty hash tag)."""
+    cdef ssize_t s = -1, i
+    for i in range(<ssize_t>n):
+        if p[i] == c'*' or p[i] == c'?' or p[i] == c'[' or p[i] == c'\\':
+            return -1
+        elif s == -1 and p[i] == c'{':
+            s = i
+        elif s >= 0 and p[i] == c'}' and i == s + 1:
+            s = -2                  # `{}`: the whole key is hashed
+        elif s >= 0 and p[i] == c'}':
+            return crc16(p + s + 1, <size_t>(i - s - 1)) & (SLOT_COUNT - 1)
+    return crc16(p, n) & (SLOT_COUNT - 1)
+
+
+cdef bint sort_patterns_refused(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """True when a BY or GET pattern may form keys outside the sorted key's slot; r is then
+    answered with Redis Cluster's error. The options are read as SORT reads them; at the first
+    it would not accept, checking stops (the shard answers the syntax error)."""
+    cdef int j = 2, left
+    cdef int slot
+    if av.argc < 2:
+        return False
+    slot = <int>key_slot(av.argv[1], av.argl[1])
+    while j < av.argc:
+        left = av.argc - j - 1
+        if arg_is(av, j, b"asc") or arg_is(av, j, b"desc") or arg_is(av, j, b"alpha"):
+            pass
+        elif arg_is(av, j, b"limit") and left >= 2:
+            j += 2
+        elif arg_is(av, j, b"store") and left >= 1:
+            j += 1
+        elif arg_is(av, j, b"by") and left >= 1:
+            j += 1
+            if memchr(av.argv[j], c'*', av.argl[j]) != NULL and pattern_slot(av.argv[j], av.argl[j]) != slot:
+                req_write_str(core, r, b"-ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n")
+                return True
+        elif arg_is(av, j, b"get") and left >= 1:
+            j += 1
+            if not (av.argl[j] == 1 and av.argv[j][0] == c'#') and pattern_slot(av.argv[j], av.argl[j]) != slot:
+                req_write_str(core, r, b"-ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n")
+                return True
+        else:
+            return False
+        j += 1
+    return False
