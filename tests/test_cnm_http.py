@@ -18,7 +18,7 @@ import trio
 from clusters import rest_cluster
 from waiting import wait_until
 
-from control import ccs, cnm_http, schema
+from control import alerts, ccs, cnm_http, node_wd, schema
 from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -380,12 +380,15 @@ def test_a_second_change_while_an_action_holds_the_database_is_409(cluster, api)
 
 def ccs_snapshot(cluster) -> dict:
     """Every CCS key but those that change by themselves (heartbeats, shard reports, proxy
-    acknowledgements), with its value."""
+    acknowledgements, statistics, alerts and events, node health), with its value."""
     r = master_ccs(cluster)
     out = {}
+    by_themselves = (schema.SHARD_STATE, alerts.ALERTS, alerts.LOGS, alerts.LOGGED_ACTIONS,
+                     node_wd.NODE_HEALTH)
     for key in r.scan_iter(count=1000):
         name = key.decode()
-        if name.startswith(("node_heartbeat:", "proxy_ack:")) or name == schema.SHARD_STATE:
+        if name.startswith(("node_heartbeat:", "proxy_ack:", "stats:")) or \
+                name in by_themselves:
             continue
         kind = r.type(key).decode()
         out[name] = r.hgetall(key) if kind == "hash" else r.dump(key)
