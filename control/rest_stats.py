@@ -132,23 +132,18 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
                     alerts.public_alert(alert)
         return out
 
-    @app.get("/v1/bdbs/alerts", tags=["alerts"], summary="Every database's alerts")
-    async def bdb_alerts():
-        return await alerts_of("bdb")
+    for kind, path in (("bdb", "bdbs"), ("node", "nodes")):
+        def alert_routes(kind=kind, path=path):
+            @app.get(f"/v1/{path}/alerts", tags=["alerts"], summary=f"Every {kind}'s alerts")
+            async def every_alert():
+                return await alerts_of(kind)
 
-    @app.get("/v1/bdbs/alerts/{uid}", tags=["alerts"], summary="One database's alerts")
-    async def bdb_alerts_one(uid: int):
-        await objects("bdb", uid)
-        return (await alerts_of("bdb")).get(str(uid), {})
-
-    @app.get("/v1/nodes/alerts", tags=["alerts"], summary="Every node's alerts")
-    async def node_alerts():
-        return await alerts_of("node")
-
-    @app.get("/v1/nodes/alerts/{uid}", tags=["alerts"], summary="One node's alerts")
-    async def node_alerts_one(uid: int):
-        await objects("node", uid)
-        return (await alerts_of("node")).get(str(uid), {})
+            @app.get(f"/v1/{path}/alerts/{{uid}}", tags=["alerts"],
+                     summary=f"One {kind}'s alerts")
+            async def one_alerts(uid: int):
+                await objects(kind, uid)
+                return (await alerts_of(kind)).get(str(uid), {})
+        alert_routes()
 
     @app.get("/v1/cluster/alerts", tags=["alerts"], summary="The cluster's alerts")
     async def cluster_alerts():
