@@ -21,6 +21,9 @@ database's port. A Trio task per database follows CCS:
   it) is reported in `endpoint_status:<bdb>` (field: this node) with the reason, and tried again
   every pass; the field is deleted once it is served.
 
+Every endpoint's figures are served on `run/dmcproxy.sock` (control/proxy_stats.py) for the
+node's metrics_exporter, stats_archiver and alert_mgr.
+
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
 serves its databases again before CCS answers.
@@ -36,6 +39,7 @@ import msgspec
 import trio
 
 from control import ccs, schema
+from control.proxy_stats import serve_proxy_stats
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
 from dmc._fastpath import set_input_budget
@@ -67,6 +71,7 @@ class NodeProxy:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.session.watch)
+                await nursery.start(serve_proxy_stats, self.config, self.endpoints)
                 while True:
                     try:
                         for uid in await schema.bdbs(await self.session.local()):

@@ -1,0 +1,89 @@
+"""The node's dmcproxy figures, as the management services read them: every endpoint's
+`Endpoint.stats()`, served by the node's dmcproxy on the unix socket `<run_dir>/dmcproxy.sock`.
+
+The protocol is one line in, `STATS\\n`, and one JSON object out, `{"<bdb uid>": stats}`, then
+the connection is closed. The stats of an endpoint are what its compiled core counts (see
+dmc/_fastpath.pyx); once the data path's counters are there, `stats["counters"]` holds
+read/write/other requests and responses, accumulated latencies (µs), a latency histogram,
+connections, bytes in and out, errors, auth failures, monitors and pub/sub figures. A reader
+must treat any of these as possibly absent (an older dmcproxy): a figure missing is a metric not
+exported, never a crash.
+
+Reading costs the data path one call on each endpoint's loop thread between two turns (as a map
+install does), never work per command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import trio
+
+log = logging.getLogger("proxy_stats")
+
+SOCKET_NAME = "dmcproxy.sock"
+REQUEST = b"STATS\n"
+READ_TIMEOUT = 1.0
+MAX_REPLY = 16 << 20
+
+
+def socket_path(config) -> Path:
+    return Path(config.run_dir) / SOCKET_NAME
+
+
+async def read_proxy_stats(config, timeout: float = READ_TIMEOUT) -> dict[int, dict]:
+    """{bdb uid: stats} of every endpoint of the node's dmcproxy. OSError if the dmcproxy does
+    not answer within `timeout` (not running, or its loop stuck), ValueError if the answer is
+    not the JSON object the protocol says."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_unix_socket(str(socket_path(config)))
+            async with stream:
+                await stream.send_all(REQUEST)
+                chunks, size = [], 0
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_REPLY:
+                        raise ValueError("dmcproxy's stats answer is too large")
+    except trio.TooSlowError:
+        raise OSError(f"dmcproxy did not answer STATS within {timeout}s") from None
+    except trio.BrokenResourceError as exc:
+        raise OSError(f"dmcproxy closed the stats socket: {exc}") from None
+    data = json.loads(b"".join(chunks) or b"null")
+    if not isinstance(data, dict):
+        raise ValueError("dmcproxy's stats answer is not a JSON object")
+    return {int(uid): stats for uid, stats in data.items()}
+
+
+async def serve_proxy_stats(config, endpoints: dict, *, task_status=trio.TASK_STATUS_IGNORED):
+    """The dmcproxy's side: answer STATS on the socket with the stats of `endpoints` (bdb uid
+    -> dmc.endpoint.Endpoint, the live dict the dmcproxy keeps), until cancelled."""
+    path = socket_path(config)
+    path.unlink(missing_ok=True)
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def answer(stream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(READ_TIMEOUT):
+                    line = await stream.receive_some(64)
+                if line.strip() != REQUEST.strip():
+                    return
+                out = {}
+                for uid, endpoint in list(endpoints.items()):
+                    try:
+                        out[str(uid)] = await trio.to_thread.run_sync(endpoint.stats)
+                    except Exception as exc:        # noqa: BLE001 - a stopped endpoint
+                        log.debug("database %s: no stats: %s", uid, exc)
+                await stream.send_all(json.dumps(out, default=list).encode())
+            except (trio.TooSlowError, trio.BrokenResourceError, OSError):
+                pass
+
+    task_status.started()
+    await trio.serve_listeners(answer, [listener])
