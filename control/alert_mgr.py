@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 import time
 
-from control import alerts, ccs
+from control import alerts, ccs, schema
 from control import stats_store as store
 from control.alerts import Hysteresis, alert_field, threshold_of
-from control.cluster_view import tick_on_master, ClusterView, read_view
+from control.cluster_view import UNFINISHED, ClusterView, read_view, tick_on_master
 from control.node import NodeConfig, service_command
 from control.redis_client import ReplyError
 
@@ -48,21 +48,21 @@ async def latest_bdb(r, uid: int, nodes, now: float) -> dict | None:
     return store.merged([[{**p, "stime": 0}] for p in points], bdb=True)[0]
 
 
-def bdb_values(bdb: dict, stats: dict | None, view: ClusterView, now: float) -> dict:
+def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: float) -> dict:
     """Each database alert's value now (None: not known)."""
     stats = stats or {}
-    limit = bdb.get("memory_size")
+    limit = bdb.memory_size
     throughput = stats.get("total_req", stats.get("instantaneous_ops_per_sec"))
     latency = stats.get("avg_latency")
-    interval = bdb.get("backup_interval") or 0
+    interval = bdb.backup_interval or 0
     delay = None
     if interval > 0:
-        since = max(bdb.get("last_backup_time") or 0, bdb.get("created_time") or 0)
+        since = max(bdb.last_backup_time or 0, bdb.created_time or 0)
         delay = max(now - since - interval, 0.0)
-    running = [now - (a.get("creation_time") or now) for a in view.actions.values()
-               if a.get("status") in ("pending", "active")
-               and bdb["uid"] in (a.get("bdb_uid"), a.get("object_uid"))
-               and a.get("object_type") in ("bdb", "shard")]
+    running = [now - (a.creation_time or now) for a in view.actions.values()
+               if a.status in UNFINISHED
+               and bdb.uid in (a.bdb_uid, a.object_uid)
+               and a.object_type in ("bdb", "shard")]
     return {"bdb_size": 100.0 * stats["used_memory"] / limit
             if limit and "used_memory" in stats else None,
             "bdb_high_latency": latency * 1e6 if latency is not None else None,
@@ -86,7 +86,7 @@ def node_values(uid: int, view: ClusterView, stats: dict | None) -> dict:
 
 def cluster_values(view: ClusterView) -> dict:
     down = len(view.nodes) - len(view.up)
-    replicated = any(b.get("replication") for b in view.bdbs.values())
+    replicated = any(b.replication for b in view.bdbs.values())
     return {"cluster_multiple_nodes_down": down > 1,
             "cluster_too_few_nodes_for_replication": replicated and len(view.up) < 2}
 
@@ -108,12 +108,12 @@ class AlertMgr:
         cluster_settings = {**alerts.CLUSTER_DEFAULTS, **settings}
         judged: list[tuple[str, str, int | None, str, dict, object]] = []
         for uid, bdb in view.bdbs.items():
-            if bdb.get("status") != "active":
+            if bdb.status != "active":
                 continue
             values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now)
             for name, value in values.items():
                 judged.append(("bdb", name, uid, alerts.BDB_ALERTS[name][0],
-                               (bdb.get("alert_settings") or {}).get(name) or {}, value))
+                               (bdb.alert_settings or {}).get(name) or {}, value))
         node_points = dict(zip(view.nodes, await newest(r, [store.key("1sec", "node", u)
                                                             for u in view.nodes])))
         for uid in view.nodes:
@@ -175,20 +175,18 @@ class AlertMgr:
         logged = ccs.str_hash(await r.execute("HGETALL", alerts.LOGGED_ACTIONS))
         events, marks = [], []
         for uid, action in view.actions.items():
-            status = action.get("status")
+            status = action.status
             if status not in ("completed", "failed") or logged.get(uid) == status:
                 continue
             done, failed = alerts.ACTION_EVENTS.get(
-                action.get("name"), (f"{action.get('name')}_completed",
-                                     f"{action.get('name')}_failed"))
+                action.name, (f"{action.name}_completed", f"{action.name}_failed"))
             kind = done if status == "completed" else failed
-            about = {f"{action.get('object_type')}_uid": action.get("object_uid"),
-                     "bdb_uid": action.get("bdb_uid")}
+            about = {f"{action.object_type}_uid": action.object_uid,
+                     "bdb_uid": action.bdb_uid}
             events.append(alerts.event(
                 kind, "INFO" if status == "completed" else "ERROR",
-                f"{action.get('name')} of {action.get('object_type')} "
-                f"{action.get('object_uid')} {status}"
-                + (f": {action.get('error')}" if action.get("error") else ""),
+                f"{action.name} of {action.object_type} {action.object_uid} {status}"
+                + (f": {action.error}" if action.error else ""),
                 action_uid=uid, **about))
             marks += [uid, ccs.pack(status)]
         stale = [u for u in logged if u not in view.actions]

@@ -155,12 +155,12 @@ def metric_families(config: NodeConfig, before: Reading, now: Reading) -> list:
                            "answers)", labels=["cluster", "bdb"])
     for uid, bdb in sorted(now.bdbs.items()):
         masters = sorted(u for u, s in now.shard_records.items()
-                         if s.get("bdb_uid") == uid and s.get("role") == "master")
-        if not masters or now.shard_records[masters[0]].get("node_uid") != config.uid:
+                         if s.bdb_uid == uid and s.role == "master")
+        if not masters or now.shard_records[masters[0]].node_uid != config.uid:
             continue
-        if bdb.get("memory_size"):
-            limit.add_metric([cluster, str(uid)], float(bdb["memory_size"]))
-        up.add_metric([cluster, str(uid)], float(bdb.get("status") == "active"))
+        if bdb.memory_size:
+            limit.add_metric([cluster, str(uid)], float(bdb.memory_size))
+        up.add_metric([cluster, str(uid)], float(bdb.status == "active"))
     out += [limit, up]
 
     listener_rows = [([cluster, str(u), node, f"{u}:1"], finish(part))
@@ -198,9 +198,9 @@ def metric_families(config: NodeConfig, before: Reading, now: Reading) -> list:
     shard_labels = ["cluster", "bdb", "node", "shard", "role"]
     shard_rows = []
     for uid, s in sorted(now.shards.items()):
-        record = now.shard_records.get(uid) or {}
-        shard_rows.append(([cluster, str(record.get("bdb_uid")), node, str(uid),
-                            s.get("role") or record.get("role") or ""], s))
+        record = now.shard_records.get(uid)
+        shard_rows.append(([cluster, str(now.bdb_of(uid)), node, str(uid),
+                            s.get("role") or (record.role if record else "")], s))
     gauges(SHARD_GAUGES, shard_labels, shard_rows)
     redis_up = GaugeMetricFamily("redis_up", "Shard is up and running (answers INFO)",
                                  labels=shard_labels)

@@ -95,8 +95,13 @@ class Reading:
     node: dict = field(default_factory=dict)
     proxies: dict[int, dict] = field(default_factory=dict)     # bdb uid -> proxy_counters
     shards: dict[int, dict] = field(default_factory=dict)      # shard uid -> shard_figures
-    bdbs: dict[int, dict] = field(default_factory=dict)        # bdb uid -> its record
-    shard_records: dict[int, dict] = field(default_factory=dict)
+    bdbs: dict[int, schema.Bdb] = field(default_factory=dict)
+    shard_records: dict[int, schema.Shard] = field(default_factory=dict)
+
+    def bdb_of(self, shard_uid: int) -> int | None:
+        """The database of a shard (None: CCS did not answer this reading)."""
+        record = self.shard_records.get(shard_uid)
+        return record.bdb_uid if record is not None else None
 
 
 def machine_figures(path) -> dict:
@@ -128,12 +133,12 @@ class NodeReader:
         except (RedisUnavailable, ReplyError) as exc:
             log.info("CCS away: no database figures (%s)", exc)
         mine = {u: s for u, s in reading.shard_records.items()
-                if s.get("node_uid") == self.config.uid}
+                if s.node_uid == self.config.uid}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_proxy, reading, deadline)
             for uid, shard in mine.items():
                 nursery.start_soon(self._read_shard, reading, uid, shard, deadline)
-        for port in [p for p in self.conns if p not in {s["port"] for s in mine.values()}]:
+        for port in [p for p in self.conns if p not in {s.port for s in mine.values()}]:
             await self.conns.pop(port).aclose()
         return reading
 
@@ -145,8 +150,9 @@ class NodeReader:
             return
         reading.proxies = {uid: proxy_counters(s) for uid, s in stats.items()}
 
-    async def _read_shard(self, reading: Reading, uid: int, shard: dict, deadline) -> None:
-        port = shard["port"]
+    async def _read_shard(self, reading: Reading, uid: int, shard: schema.Shard,
+                          deadline) -> None:
+        port = shard.port
         with trio.move_on_after(deadline):
             try:
                 conn = self.conns.get(port)
@@ -161,7 +167,7 @@ class NodeReader:
         if conn is not None:
             with trio.CancelScope(shield=True):
                 await conn.aclose()
-        reading.shards[uid] = {"up": 0, "role": shard.get("role")}
+        reading.shards[uid] = {"up": 0, "role": shard.role}
 
     async def aclose(self) -> None:
         for conn in self.conns.values():
@@ -201,7 +207,7 @@ def bdb_part(before: Reading, now: Reading, uid: int) -> dict:
             if value is not None:
                 out["acc_latency"] = value / 1e6
     masters = [(u, s) for u, s in now.shards.items() if s.get("role") == "master"
-               and (now.shard_records.get(u) or {}).get("bdb_uid") == uid and s.get("up")]
+               and now.bdb_of(u) == uid and s.get("up")]
     if masters:
         out["used_memory"] = sum(s.get("used_memory", 0) for _, s in masters)
         out["no_of_keys"] = sum(s.get("db0_keys", 0) for _, s in masters)
@@ -254,9 +260,9 @@ def node_stats(before: Reading, now: Reading) -> dict:
 
 def shard_stats(before: Reading, now: Reading, uid: int) -> dict:
     s = now.shards.get(uid) or {}
-    record = now.shard_records.get(uid) or {}
-    out = {"up": s.get("up", 0), "role": s.get("role") or record.get("role"),
-           "bdb_uid": record.get("bdb_uid")}
+    record = now.shard_records.get(uid)
+    out = {"up": s.get("up", 0), "role": s.get("role") or (record.role if record else None),
+           "bdb_uid": now.bdb_of(uid)}
     for name in ("used_memory", "connected_clients", "master_repl_offset", "master_link_status",
                  "instantaneous_ops_per_sec"):
         if name in s:
@@ -275,6 +281,6 @@ def shard_stats(before: Reading, now: Reading, uid: int) -> dict:
 def figures(before: Reading, now: Reading) -> dict:
     """RE's statistics of this node over the span from `before` to `now`."""
     bdbs = {u: bdb_part(before, now, u) for u in set(now.proxies) |
-            {(now.shard_records.get(s) or {}).get("bdb_uid") for s in now.shards} if u in now.bdbs}
+            {now.bdb_of(s) for s in now.shards} if u in now.bdbs}
     return {"node": node_stats(before, now), "bdbs": bdbs,
             "shards": {u: shard_stats(before, now, u) for u in now.shards}}

@@ -23,7 +23,7 @@ import time
 from control import alerts, ccs, schema
 from control import stats_store as store
 from control.alert_mgr import FRESH, latest_bdb, newest
-from control.cluster_view import tick_on_master, ClusterView, pair_nodes, read_view
+from control.cluster_view import UNFINISHED, ClusterView, pair_nodes, read_view, tick_on_master
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("resource_mgr")
@@ -38,13 +38,13 @@ RESOURCE_SETTINGS = "cluster:resource_settings"
 def plan_migration(low_node: int, view: ClusterView, free: dict[int, float], threshold: float,
                    used: dict[int, int]) -> tuple[int, int] | None:
     """(shard uid, target node) to move off `low_node`, or None (pure)."""
-    on_node = [s for s in view.shards.values() if s.get("node_uid") == low_node]
-    on_node.sort(key=lambda s: (s.get("role") != "replica", -used.get(s["uid"], 0), s["uid"]))
+    on_node = [s for s in view.shards.values() if s.node_uid == low_node]
+    on_node.sort(key=lambda s: (s.role != "replica", -used.get(s.uid, 0), s.uid))
     for shard in on_node:
         excluded = pair_nodes(shard, view.shards) | {low_node}
         targets = [n for n in view.up if n not in excluded and free.get(n, 0) > threshold]
         if targets:
-            return shard["uid"], max(targets, key=lambda n: (free[n], -n))
+            return shard.uid, max(targets, key=lambda n: (free[n], -n))
     return None
 
 
@@ -77,8 +77,8 @@ class ResourceMgr:
             else:
                 self.low_since.pop(uid, None)
         if self.migrating is not None:
-            action = view.actions.get(self.migrating) or {}
-            if action.get("status") in ("pending", "active"):
+            running = view.actions.get(self.migrating)
+            if running is not None and running.status in UNFINISHED:
                 return
             self.migrating = None
         for uid, since in sorted(self.low_since.items(), key=lambda i: i[1]):
@@ -90,14 +90,15 @@ class ResourceMgr:
             if plan is None:
                 continue
             shard_uid, target = plan
+            bdb_uid = view.shards[shard_uid].bdb_uid
             action = schema.new_action("shard_migrate", "shard", shard_uid,
-                                       {"target_node_uid": target, "reason": "node memory"})
-            action["bdb_uid"] = view.shards[shard_uid]["bdb_uid"]
+                                       {"target_node_uid": target, "reason": "node memory"},
+                                       bdb_uid=bdb_uid)
             try:
-                await schema.submit(r, action, lock_bdb=action["bdb_uid"])
+                await schema.submit(r, action, lock_bdb=bdb_uid)
             except schema.Conflict:
                 continue
-            self.migrating = action["action_uid"]
+            self.migrating = action.action_uid
             log.warning("node %d has %.0f bytes free (< %.0f): shard %d moves to node %d",
                         uid, free[uid], threshold, shard_uid, target)
             return
@@ -107,7 +108,7 @@ class ResourceMgr:
         writes, events = [], []
         for uid, bdb in view.bdbs.items():
             stats = await latest_bdb(r, uid, view.nodes, now)
-            limit = bdb.get("memory_size")
+            limit = bdb.memory_size
             if not stats or not limit or "used_memory" not in stats:
                 continue
             ratio = stats["used_memory"] / limit
@@ -126,7 +127,7 @@ class ResourceMgr:
                     "bdb_memory_limit", "WARNING" if state else "INFO",
                     f"database {uid} {'reached' if state else 'is back under'} its memory "
                     f"limit ({ratio:.0%} of {limit} bytes; eviction policy "
-                    f"{bdb.get('eviction_policy')})", bdb_uid=uid, state=state))
+                    f"{bdb.eviction_policy})", bdb_uid=uid, state=state))
         if writes:
             await r.pipeline(writes)
         await alerts.log_events(r, events)

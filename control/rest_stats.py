@@ -84,7 +84,7 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
                 uids = await objects(kind, None)
                 if kind == "shard" and parent_uid is not None:
                     shards = await schema.shards(await api.reader())
-                    uids = [u for u in uids if shards[u].get("bdb_uid") == parent_uid]
+                    uids = [u for u in uids if u in shards and shards[u].bdb_uid == parent_uid]
                 found = await histories(kind, uids, interval)
                 return [await describe(kind, u, intervals(interval, p, stime, etime))
                         for u, p in found.items()]
@@ -98,13 +98,15 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
         routes()
 
     async def describe(kind: str, uid: int, points: list[dict]) -> dict:
-        out = {"uid": str(uid), "intervals": points}
+        out: dict = {"uid": str(uid), "intervals": points}
         if kind == "shard":
             r = await api.reader()
-            shard = ccs.unpack(await r.execute("HGET", schema.SHARDS, str(uid))) or {}
+            shard = await schema.get_shard(r, uid)
             state = ccs.unpack(await r.execute("HGET", schema.SHARD_STATE, str(uid))) or {}
-            out.update(node_uid=str(shard.get("node_uid")), role=shard.get("role"),
-                       bdb_uid=shard.get("bdb_uid"), status=state.get("status", "unknown"))
+            if shard is not None:
+                out.update(node_uid=str(shard.node_uid), role=shard.role,
+                           bdb_uid=shard.bdb_uid)
+            out["status"] = state.get("status", "unknown")
         return out
 
     async def cluster_points(interval: str) -> list[dict]:

@@ -17,7 +17,7 @@ from clusters import api_answers, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
 
-from control import alerts, ccs, stats_store
+from control import alerts, ccs, schema, stats_store
 from control.cli import main as dmc
 from control.cluster_view import ClusterView
 from control.resource_mgr import plan_migration
@@ -275,10 +275,11 @@ def test_buckets_and_merges():
 
 
 def test_migration_plan_moves_a_replica_to_the_freest_node():
-    shards = {1: {"uid": 1, "node_uid": 1, "role": "master", "bdb_uid": 1},
-              2: {"uid": 2, "node_uid": 2, "role": "replica", "master_uid": 1, "bdb_uid": 1},
-              3: {"uid": 3, "node_uid": 1, "role": "replica", "master_uid": 4, "bdb_uid": 1},
-              4: {"uid": 4, "node_uid": 3, "role": "master", "bdb_uid": 1}}
+    def shard(uid, node, role, master=None):
+        return schema.Shard(uid=uid, bdb_uid=1, node_uid=node, role=role, port=20000 + uid,
+                            slots=[], master_uid=master)
+    shards = {1: shard(1, 1, "master"), 2: shard(2, 2, "replica", 1),
+              3: shard(3, 1, "replica", 4), 4: shard(4, 3, "master")}
     beat = {"time": 1}
     view = ClusterView(None, {1: {}, 2: {}, 3: {}, 4: {}}, dict.fromkeys((1, 2, 3, 4), beat), {},
                        shards)
