@@ -161,7 +161,7 @@ class BdbSettings(BaseModel):
         "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
         "default 1 GB)")
 
-    alert_settings: BdbAlertSettings | None = Field(
+    alert_settings: BdbAlertSettings = Field(
         None, description="the database's alerts and thresholds (alert_mgr): bdb_size % of "
         "memory_size, bdb_high_latency µs, bdb_high/low_throughput ops/s, bdb_backup_delayed "
         "and bdb_long_running_action seconds")
