@@ -7,7 +7,8 @@ writes (control/CCS.md has the values; only the master node's copy is writable).
                       cluster:nodes, cluster:nodes_version; run/state.json on disk
     heartbeatd        node_heartbeat:<uid> every second; forwards ccs_forward_port to the master
     redis_mgr         the node's shard processes, as `shards` asks: shard_state
-    node_wd           PINGs the node's shards: shard_health; on the master, the HA policy:
+    node_wd           PINGs the node's shards: shard_health; the node's disk and own CCS copy:
+                      node_health; on the master, the HA policy:
                       shard_failover actions (with their bdb_lock:<bdb>), replica moves and
                       restart_after in `shards`
     dmcproxy          every database's endpoint on the node (control/node_proxy.py, dmc/):
@@ -21,6 +22,12 @@ writes (control/CCS.md has the values; only the master node's copy is writable).
     job_scheduler     on the master, scheduled backups: actions (bdb_backup), jobs:bdb_backup
     sentinel_service  the Sentinel protocol for clients (control/discovery.py): writes nothing
     pdns_server       the cluster's DNS zone (control/discovery.py): writes nothing
+    metrics_exporter  Prometheus /metrics of the node's own figures (control/node_figures.py,
+                      control/proxy_stats.py); writes nothing
+    stats_archiver    the node's statistics history: stats:<interval>:<series> (stats_store.py)
+    alert_mgr         on the master, alerts and the event log (control/alerts.py): alerts, logs,
+                      logs:actions
+    resource_mgr      on the master, memory: alerts (bdb_memory_limit), actions (shard_migrate)
 
 `dmc node add|remove` (control/local_cluster.py) writes node_add and node_remove actions.
 
@@ -28,5 +35,7 @@ Shared by them: control/schema.py (keys, the typed
 records Bdb, Shard, Action and BdbMap, the requests users make), control/ccs.py (the
 store's encoding, change notices and a service's session), control/cluster_view.py (nodes up,
 load, pairs, failed shards, placement), control/redis_client.py (Redis on Trio).
-The operator's `dmc` command is control/cli.py (with control/db_cli.py and dmc/cli.py's `local`).
+The REST API's statistics, alerts and logs are control/rest_stats.py.
+The operator's `dmc` command is control/cli.py (with control/db_cli.py, control/obs_cli.py and
+dmc/cli.py's `local`).
 """

@@ -1,6 +1,7 @@
 """`dmc`, the operator's command line (the console script): the cluster commands `dmc cluster
 create|start|stop|delete`, `dmc node add|join|remove`, `dmc status`, `dmc services`, `dmc
-ccs-cli`, the database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`), and
+ccs-cli`, the database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`), the
+observability ones of control/obs_cli.py (`dmc db stats`, `dmc alerts`, `dmc logs`), and
 the data path's `dmc local ...` (dmc/cli.py, which knows nothing of the control plane).
 
 They read the cluster from CCS (any node's copy answers reads) and control processes through
@@ -27,6 +28,7 @@ from control.db_cli import format_memory, format_slots
 from control.discovery import DEFAULT_FQDN, FQDN
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
+from control.obs_cli import COMMANDS as OBS_COMMANDS
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from dmc.cli import local
 
@@ -211,6 +213,11 @@ def _address(info: dict, port_field: str) -> str | None:
     return f"{info['address']}:{info[port_field]}" if info.get(port_field) else None
 
 
+def _url(info: dict, port_field: str, path: str) -> str | None:
+    where = _address(info, port_field)
+    return f"http://{where}{path}" if where else None
+
+
 def status_rows(view: dict) -> list[dict]:
     master = view["master"] or {}
     now = time.time()
@@ -230,6 +237,8 @@ def status_rows(view: dict) -> list[dict]:
             "member": uid in view["nodes"],
             "sentinel_address": _address(info, "sentinel_port"),
             "dns_address": _address(info, "dns_port"),
+            "rest_url": _url(info, "rest_port", ""),
+            "metrics_url": _url(info, "metrics_port", "/metrics"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows
@@ -357,7 +366,8 @@ def main():
     """dmc: a sharded Redis database behind one endpoint."""
 
 
-for _command in (local, cluster, node, status, services, ccs_cli, chaos, *DB_COMMANDS):
+for _command in (local, cluster, node, status, services, ccs_cli, chaos, *DB_COMMANDS,
+                 *OBS_COMMANDS):
     main.add_command(_command)
 
 

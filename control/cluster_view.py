@@ -14,8 +14,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+import trio
+
 from control import ccs, discovery, schema
-from control.redis_client import ReplyError, info
+from control.redis_client import RedisUnavailable, ReplyError, info
 
 UNFINISHED = ("pending", "active")
 
@@ -97,6 +99,20 @@ async def nodes_up(redis, nodes: dict) -> set[int]:
     keys = [ccs.heartbeat_key(uid) for uid in nodes]
     flags = await redis.pipeline([("EXISTS", k) for k in keys])
     return {uid for uid, f in zip(nodes, flags) if f == 1}
+
+
+async def tick_on_master(session, node_uid: int, tick, every: float, log) -> None:
+    """Run forever: every `every` seconds, `await tick(local)` with the node's own CCS copy if
+    this node is the master (a service of every node that only the master's acts); CCS being
+    away skips a tick, logged."""
+    while True:
+        try:
+            local = await session.local()
+            if await master_here(local, node_uid):
+                await tick(local)
+        except (RedisUnavailable, ReplyError) as exc:
+            log.info("tick skipped: %s", exc)
+        await trio.sleep(every)
 
 
 async def master_here(local, node_uid: int) -> bool:

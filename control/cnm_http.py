@@ -1,5 +1,6 @@
 """cnm_http: the cluster's REST API, in Redis Enterprise's shape (`/v1/bdbs`, `/v1/nodes`,
-`/v1/cluster`, `/v1/shards`, `/v1/actions`), served by FastAPI on hypercorn's Trio worker at the
+`/v1/cluster`, `/v1/shards`, `/v1/actions`; statistics, alerts and logs in
+control/rest_stats.py), served by FastAPI on hypercorn's Trio worker at the
 node's `address:rest_port`. Every node runs one; any of them answers for the whole cluster.
 
 Models are control/rest_models.py, the checks of a request against the cluster
@@ -42,7 +43,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from control import backup_mgr, ccs, schema
+from control import backup_mgr, ccs, rest_stats, schema
 from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, check_admin, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
@@ -601,6 +602,9 @@ def build_app(api: CnmHttp) -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     async def docs():
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    # statistics, alerts, the event log (before /v1/bdbs/{uid}, which would take `stats`)
+    rest_stats.add_routes(app, api, ApiError, _not_found)
 
     # ---- bdbs ----
 

@@ -18,12 +18,9 @@ from __future__ import annotations
 import logging
 import time
 
-import trio
-
 from control import ccs, schema
-from control.cluster_view import master_here
+from control.cluster_view import tick_on_master
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError
 
 log = logging.getLogger("job_scheduler")
 
@@ -47,14 +44,7 @@ class JobScheduler:
         self.session = ccs.Session.of_node(config)
 
     async def run(self) -> None:
-        while True:
-            try:
-                redis = await self.session.local()
-                if await master_here(redis, self.config.uid):
-                    await self.tick(redis)
-            except (RedisUnavailable, ReplyError) as exc:
-                log.info("tick skipped: %s", exc)
-            await trio.sleep(TICK)
+        await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
 
     async def tick(self, redis) -> None:
         now = time.time()

@@ -49,6 +49,10 @@ SERVICE_MODULES = {
     "job_scheduler": "control.job_scheduler",
     "sentinel_service": "control.sentinel_service",
     "pdns_server": "control.pdns_server",
+    "metrics_exporter": "control.metrics_exporter",
+    "stats_archiver": "control.stats_archiver",
+    "alert_mgr": "control.alert_mgr",
+    "resource_mgr": "control.resource_mgr",
 }
 SERVICES = tuple(SERVICE_MODULES)
 # The cluster's own core, without databases: what the control-plane tests run.
@@ -71,6 +75,7 @@ class NodeConfig:
     rest_port: int = 8080          # cnm_http: the REST API
     sentinel_port: int = 8001      # sentinel_service: the discovery service (RE's port)
     dns_port: int = 53             # pdns_server: the cluster's DNS zone, UDP and TCP
+    metrics_port: int = 8070       # metrics_exporter: Prometheus's /metrics (RE's port)
     cluster_fqdn: str = DEFAULT_FQDN   # the cluster's name: its DNS zone
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
     services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
@@ -78,6 +83,7 @@ class NodeConfig:
     record_history: bool = False   # cluster_wd appends every observation to run/history.jsonl
     shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
     proxy_input_budget: int = 1 << 30  # dmcproxy: unparsed input of all its clients (0: none)
+    min_free_disk_ratio: float = 0.05   # node_wd: less free disk than this share is `low`
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 
@@ -131,7 +137,7 @@ class NodeConfig:
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
                 "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port,
                 "rest_port": self.rest_port, "sentinel_port": self.sentinel_port,
-                "dns_port": self.dns_port}
+                "dns_port": self.dns_port, "metrics_port": self.metrics_port}
 
     # ---- persistence ---------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ database's port. A Trio task per database follows CCS:
   clients see latency, not errors (without replication there is no successor: it fails at once,
   as before, while the shard is restarted).
 
+Every endpoint's figures are served on `run/dmcproxy.sock` (control/proxy_stats.py) for the
+node's metrics_exporter, stats_archiver and alert_mgr.
+
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
 last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
 serves its databases again before CCS answers.

@@ -9,6 +9,12 @@ process has exited (redis_mgr notices those itself, to start them again). An err
 (-LOADING, -BUSY) is an answer: the shard is alive, only busy. A master that stopped answering
 and was failed over meanwhile is killed (see `_fence`); redis_mgr starts it as a replica.
 
+It also watches the node itself, every HEALTH_EVERY seconds: the free space of the disk that
+holds the node's folder (`low` under node.json's `min_free_disk_ratio` of it) and whether the
+node's own CCS copy answers PING within the deadline (a copy that does not cannot tell the
+node's services what to do). Both go to CCS's `node_health` hash (field: the node), through the
+master, when a status changes.
+
 On the master node it is also the cluster's high-availability policy, over the cluster view
 (control/cluster_view.py) of heartbeats, `shard_state` and `shard_health`:
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 
@@ -44,6 +51,8 @@ PROBE_EVERY = 0.2           # each shard of the node is PINGed this often
 POLICY_EVERY = 0.25         # the master's HA checks, without change notices
 REPLICA_HA_AFTER = 5.0      # a replica on a node down this long is re-created elsewhere
 RECOVERY_WAIT = 60.0        # a dead master waits this long for the replica holding its data
+HEALTH_EVERY = 2.0          # the node's disk and own CCS copy are checked this often
+NODE_HEALTH = "node_health"     # hash: node uid -> {uid, ccs, disk, disk_free, disk_total, ...}
 
 
 class NodeWd:
@@ -60,6 +69,7 @@ class NodeWd:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.session.watch)
             nursery.start_soon(self._probe_loop)
+            nursery.start_soon(self._health_loop)
             while True:
                 await self.session.wait_changed(POLICY_EVERY)
                 try:
@@ -68,6 +78,43 @@ class NodeWd:
                         await self.enforce(local)
                 except (RedisUnavailable, ReplyError) as exc:
                     log.info("HA check skipped: %s", exc)
+
+    # ---- the node itself (every node) ---------------------------------------------------------
+
+    async def node_health(self) -> dict:
+        """The node's disk and its own CCS copy, now."""
+        disk = await trio.to_thread.run_sync(shutil.disk_usage, self.config.dir)
+        ccs_error = None
+        try:
+            with trio.fail_after(self.deadline):
+                async with await connect(self.config.address, self.config.ccs_port,
+                                         timeout=self.deadline) as conn:
+                    await conn.execute("PING")
+        except trio.TooSlowError:
+            ccs_error = f"no answer to PING within {self.deadline}s"
+        except (RedisUnavailable, ReplyError) as exc:
+            ccs_error = str(exc)
+        low = disk.free < disk.total * self.config.min_free_disk_ratio
+        return {"uid": self.config.uid, "ccs": "unreachable" if ccs_error else "ok",
+                "ccs_error": ccs_error, "disk": "low" if low else "ok",
+                "disk_free": disk.free, "disk_total": disk.total, "time": time.time()}
+
+    async def _health_loop(self) -> None:
+        reported = None
+        while True:
+            health = await self.node_health()
+            status = (health["ccs"], health["disk"])
+            if status != reported:
+                if health["ccs"] != "ok" or health["disk"] != "ok":
+                    log.warning("node %d: CCS %s, disk %s (%d bytes free)", self.config.uid,
+                                health["ccs"], health["disk"], health["disk_free"])
+                try:
+                    await ccs.write(await self.session.master(), NODE_HEALTH, health,
+                                    field=self.config.uid)
+                    reported = status
+                except (RedisUnavailable, ReplyError) as exc:
+                    log.info("node health not reported: %s", exc)
+            await trio.sleep(HEALTH_EVERY)
 
     # ---- shard probes (every node) -----------------------------------------------------------
 

@@ -98,6 +98,26 @@ class SnapshotRule(BaseModel):
     writes: int = Field(1, ge=1, le=MAX_COUNT)
 
 
+class AlertSetting(BaseModel):
+    """One alert of a database (RE's `bdb_alert_settings_with_threshold`): on or off, and its
+    threshold in the alert's unit (control/alerts.py), a number or RE's string of one."""
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: str | float | None = None
+
+
+class BdbAlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bdb_size: AlertSetting | None = None
+    bdb_high_latency: AlertSetting | None = None
+    bdb_high_throughput: AlertSetting | None = None
+    bdb_low_throughput: AlertSetting | None = None
+    bdb_backup_delayed: AlertSetting | None = None
+    bdb_long_running_action: AlertSetting | None = None
+
+
 class BdbSettings(BaseModel):
     """The fields of a database a user sets; all optional, for PUT. A field left out is not
     changed; none may be null (the types say so in the OpenAPI document: pydantic does not
@@ -140,6 +160,11 @@ class BdbSettings(BaseModel):
         None, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's unparsed input "
         "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
         "default 1 GB)")
+
+    alert_settings: BdbAlertSettings = Field(
+        None, description="the database's alerts and thresholds (alert_mgr): bdb_size % of "
+        "memory_size, bdb_high_latency µs, bdb_high/low_throughput ops/s, bdb_backup_delayed "
+        "and bdb_long_running_action seconds")
 
 
 class ClusterPolicy(BaseModel):
@@ -253,6 +278,7 @@ class Bdb(msgspec.Struct, kw_only=True):
     eviction_policy: str = "volatile-lru"
     proxy_policy: str | None = None               # None: all-nodes (control/discovery.py)
     client_query_buffer_limit: int | None = None  # None: DEFAULT_QUERY_BUFFER (dmcproxy)
+    alert_settings: dict | None = None            # BdbAlertSettings' fields (alert_mgr)
     multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
     backup_interval: int = 0
     backup_location: str | None = None

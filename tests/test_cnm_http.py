@@ -18,7 +18,7 @@ import trio
 from clusters import rest_cluster
 from waiting import wait_until
 
-from control import ccs, cnm_http, schema
+from control import alerts, ccs, cnm_http, node_wd, schema
 from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,7 +128,13 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
         "/v1/shards", "/v1/shards/{uid}", "/v1/shards/{uid}/actions/failover",
         "/v1/shards/{uid}/actions/migrate", "/v1/nodes/{uid}/actions/remove", "/v1/actions",
         "/v1/actions/{uid}", "/v1/bdbs/{uid}/actions/backup", "/v1/bdbs/{uid}/backups",
-        "/v1/bdbs/{uid}/backups/{backup_id}", "/v1/bdbs/{uid}/actions/import"}
+        "/v1/bdbs/{uid}/backups/{backup_id}", "/v1/bdbs/{uid}/actions/import",
+        # control/rest_stats.py
+        *(f"/v1/{kind}/stats{tail}" for kind in ("bdbs", "nodes", "shards")
+          for tail in ("", "/{uid}", "/last", "/last/{uid}")),
+        "/v1/cluster/stats", "/v1/cluster/stats/last", "/v1/bdbs/alerts",
+        "/v1/bdbs/alerts/{uid}", "/v1/nodes/alerts", "/v1/nodes/alerts/{uid}",
+        "/v1/cluster/alerts", "/v1/logs"}
     assert set(doc["paths"]["/v1/bdbs/{uid}"]) == {"get", "put", "delete"}
     schemas = doc["components"]["schemas"]
     assert {"BdbCreate", "BdbSettings", "Bdb", "Action", "ErrorReply"} <= set(schemas)
@@ -375,12 +381,15 @@ def test_a_second_change_while_an_action_holds_the_database_is_409(cluster, api)
 
 def ccs_snapshot(cluster) -> dict:
     """Every CCS key but those that change by themselves (heartbeats, shard reports, proxy
-    acknowledgements), with its value."""
+    acknowledgements, statistics, alerts and events, node health), with its value."""
     r = master_ccs(cluster)
     out = {}
+    by_themselves = (schema.SHARD_STATE, alerts.ALERTS, alerts.LOGS, alerts.LOGGED_ACTIONS,
+                     node_wd.NODE_HEALTH)
     for key in r.scan_iter(count=1000):
         name = key.decode()
-        if name.startswith(("node_heartbeat:", "proxy_ack:")) or name == schema.SHARD_STATE:
+        if name.startswith(("node_heartbeat:", "proxy_ack:", "stats:")) or \
+                name in by_themselves:
             continue
         kind = r.type(key).decode()
         out[name] = r.hgetall(key) if kind == "hash" else r.dump(key)

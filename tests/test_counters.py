@@ -312,9 +312,9 @@ def test_the_node_proxy_serves_every_endpoints_stats_on_its_socket(endpoint, con
         return stats
 
     stats = trio.run(ask)
-    assert set(stats) == {"4", "9"}
-    assert CONTRACT <= set(stats["9"]["counters"])
-    assert (stats["4"]["counters"]["write_req"], stats["9"]["counters"]["write_req"]) == (0, 1)
+    assert set(stats) == {4, 9}
+    assert CONTRACT <= set(stats[9]["counters"])
+    assert (stats[4]["counters"]["write_req"], stats[9]["counters"]["write_req"]) == (0, 1)
     assert not config.proxy_stats_sock.exists()     # removed when the task ends
 
 
