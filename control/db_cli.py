@@ -477,7 +477,7 @@ def db_import(ref, source, flush, wait, home):
 @home_option
 def db_restore(backup, source, name, shards, port, memory, replication, persistence,
                aof_policy, password, eviction_policy, multi_slot_commands, backup_interval,
-               backup_location, home):
+               backup_location, query_buffer_limit, allow_privileged_port, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
     if os.path.isdir(backup):
@@ -494,7 +494,7 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
     body = {"name": name, "shards_count": shards or len(manifest.get("shards") or [1]),
             **_settings(port, memory, replication, persistence, aof_policy, password,
                         eviction_policy, multi_slot_commands, backup_interval,
-                        backup_location)}
+                        backup_location, query_buffer_limit, allow_privileged_port)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])
     reply = api.call("POST", f"/v1/bdbs/{created['uid']}/actions/import",
