@@ -41,13 +41,17 @@ class ClusterView:
         """Members whose heartbeat key has not expired."""
         return sorted(u for u in self.nodes if self.beats.get(u))
 
+    def running(self, service: str) -> list[int]:
+        """Members up whose heartbeat says `service` is RUNNING under their supervisord."""
+        return [u for u in self.up
+                if any(s.get("name") == service and s.get("state") == "RUNNING"
+                       for s in (self.beats.get(u) or {}).get("services", []))]
+
     def endpoint_addresses(self, bdb: schema.Bdb) -> list[str]:
         """Where the database's endpoint is served now, as its proxy_policy advertises it:
         the members up whose dmcproxy runs (control/discovery.py's rule, which DNS and
         Sentinel answer with); every member while none does yet (a database being made)."""
-        serving = [u for u in self.up
-                   if any(s.get("name") == "dmcproxy" and s.get("state") == "RUNNING"
-                          for s in (self.beats.get(u) or {}).get("services", []))]
+        serving = self.running("dmcproxy")
         masters = {s.node_uid for s in self.shards.values()
                    if s.bdb_uid == bdb.uid and s.role == "master"}
         chosen = discovery.advertised(bdb.proxy_policy or discovery.DEFAULT_PROXY_POLICY,

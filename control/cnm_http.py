@@ -66,10 +66,12 @@ NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 # through CCS (a CCS request answered by each node's own cnm_http, which binds the port on its
 # node's address as dmcproxy would): it PUBLISHes {token, port} on PORT_PROBE (replicated to
 # every node's copy), each node PUBLISHes its answer on the master's PORT_PROBE:<token>, and a
-# node up that has not answered within PORT_PROBE_DEADLINE makes the request a 503. Only
+# node up that has not answered within PORT_PROBE_DEADLINE makes the request a 503. Only the
+# nodes whose cnm_http runs (their heartbeat says so) are asked: a node still starting cannot
+# answer, and its dmcproxy reports a port it cannot bind in endpoint_status:<bdb> instead. Only
 # messages: no key is written (a dry run asks too).
 PORT_PROBE = "cnm_http:port_probe"
-PORT_PROBE_DEADLINE = 3.0
+PORT_PROBE_DEADLINE = 5.0
 
 
 class ApiError(Exception):
@@ -174,6 +176,7 @@ class CnmHttp:
         written: the question and the answers are messages (a dry run makes it too)."""
         token = uuid.uuid4().hex
         answers: dict[int, dict] = {}
+        asked = set(view.running("cnm_http")) | {self.config.uid}
         async with subscribe(self.config.address, self.config.ccs_forward_port,
                              [port_probe_channel(token)]) as replies:
             await r.execute("PUBLISH", PORT_PROBE, ccs.pack({"token": token, "port": port}))
@@ -181,13 +184,13 @@ class CnmHttp:
                 async for _channel, message in replies:
                     answer = ccs.unpack(message)
                     answers[answer["node_uid"]] = answer
-                    if set(view.up) <= set(answers):
+                    if asked <= set(answers):
                         break
         failed = {n: a["reason"] for n, a in sorted(answers.items()) if not a.get("ok")}
         if failed:
             raise schema.InvalidRequest(f"port {port} cannot be bound on " + "; ".join(
                 f"node {n}: {reason}" for n, reason in failed.items()))
-        silent = sorted(set(view.up) - set(answers))
+        silent = sorted(asked - set(answers))
         if silent:
             raise ApiError(503, "port_check_timeout", f"node(s) {', '.join(map(str, silent))} "
                            f"did not say within {PORT_PROBE_DEADLINE}s whether they can bind "

@@ -21,6 +21,7 @@ from typing import Literal
 from fastapi import FastAPI, Query
 
 from control import alerts, ccs, schema
+from control.rest_models import ERRORS
 from control import stats_store as store
 
 Interval = Literal[store.NAMES]
@@ -63,6 +64,8 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
 
     # ---- statistics ----
 
+    NOT_FOUND = {404: ERRORS[404]}      # a uid that names no such object
+
     for kind, path in (("bdb", "bdbs"), ("node", "nodes"), ("shard", "shards")):
         def routes(kind=kind, path=path):
             @app.get(f"/v1/{path}/stats/last", tags=["stats"],
@@ -71,7 +74,7 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
                 found = await histories(kind, await objects(kind, None), interval)
                 return {str(u): last(interval, p) for u, p in found.items()}
 
-            @app.get(f"/v1/{path}/stats/last/{{uid}}", tags=["stats"],
+            @app.get(f"/v1/{path}/stats/last/{{uid}}", tags=["stats"], responses=NOT_FOUND,
                      summary=f"The newest statistics of one {kind}")
             async def one_last(uid: int, interval: Interval = "1sec"):
                 found = await histories(kind, await objects(kind, uid), interval)
@@ -89,7 +92,7 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
                 return [await describe(kind, u, intervals(interval, p, stime, etime))
                         for u, p in found.items()]
 
-            @app.get(f"/v1/{path}/stats/{{uid}}", tags=["stats"],
+            @app.get(f"/v1/{path}/stats/{{uid}}", tags=["stats"], responses=NOT_FOUND,
                      summary=f"The statistics history of one {kind}")
             async def one_stats(uid: int, interval: Interval = "1sec",
                                 stime: str | None = None, etime: str | None = None):
@@ -140,7 +143,7 @@ def add_routes(app: FastAPI, api, ApiError, _not_found) -> None:   # noqa: N803
             async def every_alert():
                 return await alerts_of(kind)
 
-            @app.get(f"/v1/{path}/alerts/{{uid}}", tags=["alerts"],
+            @app.get(f"/v1/{path}/alerts/{{uid}}", tags=["alerts"], responses=NOT_FOUND,
                      summary=f"One {kind}'s alerts")
             async def one_alerts(uid: int):
                 await objects(kind, uid)
