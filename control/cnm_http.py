@@ -71,7 +71,8 @@ NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 # answer, and its dmcproxy reports a port it cannot bind in endpoint_status:<bdb> instead. Only
 # messages: no key is written (a dry run asks too).
 PORT_PROBE = "cnm_http:port_probe"
-PORT_PROBE_DEADLINE = 5.0
+PORT_PROBE_DEADLINE = 10.0
+PORT_PROBE_REPEAT = 1.0
 
 
 class ApiError(Exception):
@@ -179,13 +180,18 @@ class CnmHttp:
         asked = set(view.running("cnm_http")) | {self.config.uid}
         async with subscribe(self.config.address, self.config.ccs_forward_port,
                              [port_probe_channel(token)]) as replies:
-            await r.execute("PUBLISH", PORT_PROBE, ccs.pack({"token": token, "port": port}))
+            question = ccs.pack({"token": token, "port": port})
             with trio.move_on_after(PORT_PROBE_DEADLINE):
-                async for _channel, message in replies:
-                    answer = ccs.unpack(message)
-                    answers[answer["node_uid"]] = answer
-                    if asked <= set(answers):
-                        break
+                # Asked again every PORT_PROBE_REPEAT: a node whose CCS copy is still syncing
+                # (a cluster just started) misses a message published before it is in sync.
+                while not asked <= set(answers):
+                    await r.execute("PUBLISH", PORT_PROBE, question)
+                    with trio.move_on_after(PORT_PROBE_REPEAT):
+                        async for _channel, message in replies:
+                            answer = ccs.unpack(message)
+                            answers[answer["node_uid"]] = answer
+                            if asked <= set(answers):
+                                break
         failed = {n: a["reason"] for n, a in sorted(answers.items()) if not a.get("ok")}
         if failed:
             raise schema.InvalidRequest(f"port {port} cannot be bound on " + "; ".join(
