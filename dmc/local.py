@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,20 @@ def start_redis_on_free_port(workdir: Path, *extra: str, attempts: int = 3):
         except (RuntimeError, TimeoutError):
             if attempt == attempts - 1:
                 raise
+
+
+
+@contextmanager
+def redis_servers(workdir: Path, count: int, *extra: str) -> Iterator[list[tuple[int, subprocess.Popen]]]:
+    """`count` redis-servers on free ports, [(port, process)], stopped on the way out."""
+    started = []
+    try:
+        for _ in range(count):
+            started.append(start_redis_on_free_port(workdir, *extra))
+        yield started
+    finally:
+        for _, proc in started:
+            stop_process(proc)
 
 
 def start_proxy(shards: list[tuple[str, int]], port: int = 0, workdir: Path | None = None,

@@ -65,10 +65,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after timeout; quiet if it is already gone."""
+    """SIGTERM, then SIGKILL after timeout; quiet if it is already gone. A process stopped with
+    SIGSTOP (a test's or an operator's pause) is resumed, so that it can act on the SIGTERM."""
     if isinstance(proc_or_pid, subprocess.Popen):
         if proc_or_pid.poll() is None:
             proc_or_pid.terminate()
+            proc_or_pid.send_signal(signal.SIGCONT)
             try:
                 proc_or_pid.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -80,6 +82,7 @@ def stop_process(proc_or_pid, timeout: float = 5.0) -> None:
     pid = int(proc_or_pid)
     try:
         os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout

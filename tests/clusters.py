@@ -43,6 +43,13 @@ def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalClus
     assert found == [], found
 
 
+def rest_client(cluster: LocalCluster, timeout: float = 10) -> httpx.Client:
+    """An httpx client of node 1's REST API, logged in as the cluster's admin."""
+    config = cluster.nodes[1]
+    return httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
+                        auth=cluster.admin_login(), timeout=timeout)
+
+
 def plain(record) -> dict | None:
     """A CCS record as the msgpack map CCS holds: tests read what the wire carries."""
     return None if record is None else schema.as_dict(record)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import signal
 import socket
 import threading
 import time
@@ -24,7 +23,7 @@ from control.node_proxy import NodeProxy
 from control.proxy_stats import read_proxy_stats
 from dmc._fastpath import LATENCY_BUCKETS_US, latency_bucket, slot_of
 from dmc.endpoint import Endpoint
-from dmc.local import start_redis_on_free_port, stop_process
+from dmc.local import redis_servers
 from dmc.shard_map import ShardMap
 
 HOST = "127.0.0.1"
@@ -38,19 +37,8 @@ CONTRACT = {"read_req", "write_req", "other_req", "read_res", "write_res", "othe
 
 @pytest.fixture(scope="module")
 def shard_ports(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("counters")
-    procs, ports = [], []
-    try:
-        for _ in range(3):
-            port, proc = start_redis_on_free_port(workdir)
-            ports.append(port)
-            procs.append(proc)
-        yield ports
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-            stop_process(proc)
+    with redis_servers(tmp_path_factory.mktemp("counters"), 3) as started:
+        yield [port for port, _ in started]
 
 
 @pytest.fixture

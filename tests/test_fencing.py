@@ -21,7 +21,7 @@ from waiting import wait_until
 from control.local_cluster import LocalCluster
 from dmc._fastpath import slot_of
 from dmc.endpoint import Endpoint
-from dmc.local import start_redis_on_free_port, stop_process
+from dmc.local import redis_servers
 from dmc.shard_map import ShardMap
 
 HOST = "127.0.0.1"
@@ -30,22 +30,13 @@ HOST = "127.0.0.1"
 @pytest.fixture
 def pair(tmp_path):
     """(master port, replica port, clients of each): a replicating pair, stopped at the end."""
-    procs, ports = [], []
-    try:
-        for _ in range(2):
-            port, proc = start_redis_on_free_port(tmp_path)
-            ports.append(port)
-            procs.append(proc)
+    with redis_servers(tmp_path, 2) as started:
+        ports = [port for port, _ in started]
         master, replica = (redis.Redis(HOST, p, socket_timeout=10) for p in ports)
         replica.replicaof(HOST, ports[0])
         wait_until(lambda: replica.info("replication")["master_link_status"] == "up",
                    what="the replica in sync")
         yield ports[0], ports[1], master, replica
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-            stop_process(proc)
 
 
 @pytest.fixture

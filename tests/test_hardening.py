@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 import redis
-from clusters import rest_cluster
+from clusters import rest_client, rest_cluster
 from waiting import wait_until
 
 from control import ccs, schema
@@ -40,9 +40,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(cluster) -> httpx.Client:
-    config = cluster.nodes[1]
-    with httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
-                      auth=cluster.admin_login(), timeout=15) as client:
+    with rest_client(cluster, timeout=15) as client:
         yield client
 
 

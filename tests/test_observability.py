@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 from click.testing import CliRunner
-from clusters import api_answers, rest_cluster
+from clusters import api_answers, rest_client, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
 
@@ -38,11 +38,8 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def api(cluster):
-    config = cluster.nodes[1]
-    client = httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
-                          auth=cluster.admin_login(), timeout=10)
-    yield client
-    client.close()
+    with rest_client(cluster) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
