@@ -213,9 +213,9 @@ def _address(info: dict, port_field: str) -> str | None:
     return f"{info['address']}:{info[port_field]}" if info.get(port_field) else None
 
 
-def _url(info: dict, port_field: str, path: str) -> str | None:
+def _url(info: dict, port_field: str, path: str, scheme: str = "http") -> str | None:
     where = _address(info, port_field)
-    return f"http://{where}{path}" if where else None
+    return f"{scheme}://{where}{path}" if where else None
 
 
 def status_rows(view: dict) -> list[dict]:
@@ -239,6 +239,7 @@ def status_rows(view: dict) -> list[dict]:
             "dns_address": _address(info, "dns_port"),
             "rest_url": _url(info, "rest_port", ""),
             "metrics_url": _url(info, "metrics_port", "/metrics"),
+            "ui_url": _url(info, "ui_port", "/", "https" if info.get("ui_tls") else "http"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows

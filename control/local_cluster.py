@@ -134,16 +134,16 @@ class LocalCluster:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 6:
+        while len(ports) < 7:
             ports.add(free_port(port_host))
-        ccs_port, gossip_port, forward_port, rest_port, sentinel_port, metrics_port = \
+        ccs_port, gossip_port, forward_port, rest_port, sentinel_port, metrics_port, ui_port = \
             sorted(ports)
         dns_port = free_dns_port(port_host, exclude=ports)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
                           ccs_port=ccs_port, gossip_port=gossip_port,
                           ccs_forward_port=forward_port, rest_port=rest_port,
                           sentinel_port=sentinel_port, dns_port=dns_port,
-                          metrics_port=metrics_port,
+                          metrics_port=metrics_port, ui_port=ui_port,
                           record_history=record_history, netns=netns)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
