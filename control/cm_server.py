@@ -291,11 +291,19 @@ def build_app(server: CmServer) -> FastAPI:
         return {"username": session.username, "csrf_token": session.csrf,
                 "node_uid": server.config.uid, "rest_url": server.rest_url}
 
+    @app.get("/api/openapi.json")
+    async def rest_description(request: Request):
+        """The REST API's OpenAPI document: the database form's choices, defaults and help."""
+        return await rest(request, "/openapi.json")
+
     @app.api_route("/api/v1/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
-    async def rest(path: str, request: Request):
+    async def rest_v1(path: str, request: Request):
+        return await rest(request, f"/v1/{path}")
+
+    async def rest(request: Request, path: str) -> Response:
         session: Session = request.state.session
         try:
-            reply = await server.rest_call(session, request.method, f"/v1/{path}",
+            reply = await server.rest_call(session, request.method, path,
                                            request.url.query.encode(), await request.body(),
                                            request.headers.get("content-type"))
         except httpx.TransportError as exc:
