@@ -52,7 +52,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def url(cluster) -> str:
     base = ui_url(cluster.nodes[1])
-    wait_until(lambda: _answers(base), 20, what="cm_server of node 1")
+    wait_until(lambda: _answers(base), 30, what="cm_server of node 1")
     return base.rstrip("/")
 
 
