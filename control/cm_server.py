@@ -49,7 +49,7 @@ SESSION_IDLE = 3600.0                  # seconds without a request that end a se
 MAX_SESSIONS = 1000                    # the oldest go first beyond this
 REST_TIMEOUT = 15.0
 # Without a session: the log-in page and what it shows.
-PUBLIC_PATHS = {"/login", "/static/style.css"}
+PUBLIC_PATHS = {"/login", "/static/style.css", "/favicon.ico"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # What the browser may load: only this server's own files; no frames of it anywhere.
 SECURITY_HEADERS = {
@@ -58,7 +58,7 @@ SECURITY_HEADERS = {
                                "form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",   # "no-referrer" would make a form post's Origin "null"
     "Cache-Control": "no-store",
 }
 
@@ -241,10 +241,16 @@ def build_app(server: CmServer) -> FastAPI:
     async def login_form(request: Request):
         if request.state.session is not None:
             return RedirectResponse("/", status_code=303)
-        token = secrets.token_urlsafe(24)
+        # The token already given, if any: a browser that loads /login twice (another tab, a
+        # favicon redirected here) must not invalidate the form it shows.
+        token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
         response = HTMLResponse(login_page(token))
         set_cookie(response, LOGIN_COOKIE, token)
         return response
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
 
     @app.post("/login")
     async def login(request: Request):

@@ -260,14 +260,12 @@ async function clusterPage() {
     alerts.replaceChildren(table(["Object", "Alert", "Severity", "Since", "Value"],
       raised.map(([what, name, a]) => h("tr", {}, h("td", {}, what), h("td", {}, name),
         h("td", {}, badge(a.severity || "-", a.severity === "CRITICAL" ? "bad" : "warn")),
-        h("td", {}, when(a.change_time)), h("td", {}, a.change_value?.value ?? "")))),
-      "no alert raised");
+        h("td", {}, when(a.change_time)), h("td", {}, a.change_value?.value ?? ""))),
+      "no alert raised"));
     const log = await get("/v1/logs?limit=12");
     events.replaceChildren(table(["Time", "Event"], log.map((e) => h("tr", {},
       h("td", { class: "muted" }, when(e.time)),
-      h("td", {}, [e.type, e.object ?? (e.bdb_uid ? `bdb ${e.bdb_uid}` : ""),
-                   e.description ?? e.message ?? ""].filter(Boolean).join(" · ")))),
-      "no event yet"));
+      h("td", { title: e.type }, e.description || e.type))), "no event yet"));
   });
 }
 
@@ -497,7 +495,8 @@ async function deleteDatabase(bdb) {
 // The form's fields; choices, defaults and help come from the REST API's own OpenAPI document.
 const FIELDS = [
   { name: "name", label: "Name", type: "text" },
-  { name: "memory_size", label: "Memory limit (MB)", type: "number", scale: 1048576 },
+  { name: "memory_size", label: "Memory limit (MB)", type: "number", scale: 1048576,
+    help: "megabytes here (the REST API counts bytes), split over the shards" },
   { name: "shards_count", label: "Shards", type: "number" },
   { name: "replication", label: "Replication", type: "checkbox" },
   { name: "port", label: "Port", type: "number", placeholder: "a free port (10000-19999)" },
@@ -559,7 +558,7 @@ async function databaseForm({ uid }) {
     errors[f.name] = h("p", { class: "field-error", id: `error-${f.name}`, role: "alert" });
     return h("div", { class: "field", dataset: { field: f.name } },
       h("label", { for: input.id }, f.label), input, errors[f.name],
-      prop.description ? h("div", { class: "help" }, prop.description) : null);
+      f.help || prop.description ? h("div", { class: "help" }, f.help || prop.description) : null);
   });
   const formError = h("div", { class: "form-error", id: "form-error", role: "alert" });
   const submit = h("button", { type: "submit", id: "submit-db" },
@@ -570,8 +569,8 @@ async function databaseForm({ uid }) {
         "Cancel")));
   view.replaceChildren(h("div", { class: "page-head" },
     h("h1", {}, editing ? `Edit ${current.name}` : "New database")),
-    editing ? h("p", { class: "hint" }, "Shards alone, changed to a multiple of the current " +
-      "count, reshards the database; other changes are applied together.") : null, form);
+    ...(editing ? [h("p", { class: "hint" }, "Shards alone, changed to a multiple of the " +
+      "current count, reshards the database; other changes are applied together.")] : []), form);
 
   const clearErrors = () => {
     Object.values(errors).forEach((e) => { e.textContent = ""; });
