@@ -184,7 +184,7 @@ function trackAction(actionUid, what) {
     notice.className = `notice ${action.status}`;
     if (action.status === "completed" || action.status === "failed") {
       clearInterval(poll);
-      setTimeout(() => notice.remove(), action.status === "completed" ? 8000 : 30000);
+      setTimeout(() => notice.remove(), action.status === "completed" ? 20000 : 60000);
     }
   }, 1000);
 }
