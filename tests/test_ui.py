@@ -75,7 +75,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1360,1000", "--force-device-scale-factor=1"):
+                "--window-size=1360,1100", "--force-device-scale-factor=1"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
@@ -252,6 +252,7 @@ def test_fail_over_a_shard_from_the_ui(browser, created, shots):
                .get_attribute("data-role") == "replica", 10, 0.1,
                f"shard {shard} a replica", ignoring=CHANGING)
     assert text(browser, f"#shards tr[data-shard='{shard}'] td.role") == "replica"
+    browser.execute_script("document.getElementById('shards').scrollIntoView()")
     browser.save_screenshot(str(shots / "shard-failover.png"))
 
 
@@ -265,9 +266,17 @@ def test_the_actions_page_lists_what_was_done(browser, url, shots):
                        <= names(), 10, 0.1, "the actions", ignoring=CHANGING)
     assert found
     browser.save_screenshot(str(shots / "actions.png"))
+    # one action's page: its steps, progress and parameters
+    click(browser, "#action-list tr[data-action] a")
+    assert wait_text(browser, "#action-status", bool, "the action's page") == "completed"
+    browser.save_screenshot(str(shots / "action.png"))
 
 
-def test_delete_the_database(browser, url, created):
+def test_delete_the_database(browser, url, created, shots):
+    browser.get(f"{url}/#/databases")
+    wait_text(browser, f"#db-list tr[data-bdb='{created['uid']}'] td.status",
+              lambda t: t == "active", "the database listed")
+    browser.save_screenshot(str(shots / "databases.png"))
     browser.get(f"{url}/#/databases/{created['uid']}")
     wait_text(browser, "#db-status", lambda t: t == "active", "the database's page")
     click(browser, "#delete-db")

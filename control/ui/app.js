@@ -332,6 +332,9 @@ function makeChart(spec, holder) {
   charts.push({ spec, plot, holder });
 }
 
+window.addEventListener("resize", () => charts.forEach(({ plot, holder }) =>
+  plot.setSize({ width: Math.max(300, holder.clientWidth - 8), height: 180 })));
+
 function updateCharts(points) {
   const xs = points.map((p) => Date.parse(p.stime) / 1000);
   for (const { spec, plot, holder } of charts) {
@@ -357,14 +360,24 @@ async function databasePage({ uid }) {
       (i) => h("option", { value: i }, i)));
   const chartBoxes = CHARTS.map((spec) => h("div", { class: "chart", id: `chart-${spec.id}` },
     h("h3", {}, spec.title, h("span", { class: "now" })), h("div", { class: "plot" })));
-  view.replaceChildren(head, h("div", { class: "grid2" }, panel("Overview", overview),
-                                 panel("Backups", backupsBox)),
-    panel("Shards", shardsBox),
+  const backupList = h("div", { id: "backup-list" });
+  view.replaceChildren(head,
     panel(null, h("div", { class: "page-head" }, h("h2", {}, "Statistics"),
-                  h("span", { class: "spacer" }), h("label", {}, "interval "), interval),
-          h("div", { class: "charts" }, chartBoxes)));
+                  h("span", { class: "spacer" }), h("label", { for: "interval" }, "interval"),
+                  interval),
+          h("div", { class: "charts" }, chartBoxes)),
+    h("div", { class: "grid2" }, panel("Overview", overview),
+      h("div", {}, panel("Shards", shardsBox), panel("Backups", backupsBox, backupList))));
   CHARTS.forEach((spec, i) => makeChart(spec, chartBoxes[i].querySelector(".plot")));
   let bdb = null;
+
+  every(10000, async () => {
+    const backups = (await get(`/v1/bdbs/${uid}/backups`)).reverse().slice(0, 5);
+    backupList.replaceChildren(table(["Backup", "Time", "Keys", "Size"], backups.map((k) =>
+      h("tr", {}, h("td", { class: "mono" }, k.backup_id), h("td", {}, when(k.time)),
+        h("td", {}, k.keys), h("td", {}, bytes(k.shards.reduce((n, f) => n + f.bytes, 0))))),
+      "no backup yet"));
+  });
 
   const refreshStats = async () => {
     const history = await get(`/v1/bdbs/stats/${uid}?interval=${interval.value}`);
@@ -643,7 +656,9 @@ async function databaseForm({ uid }) {
 function actionRow(a) {
   return h("tr", { dataset: { action: a.action_uid, status: a.status } },
     h("td", { class: "mono" }, h("a", { href: `#/actions/${a.action_uid}` }, a.action_uid)),
-    h("td", {}, a.name), h("td", {}, `${a.object_type || ""} ${a.object_uid ?? ""}`),
+    h("td", {}, a.name), h("td", {}, a.object_type === "bdb" ?
+      h("a", { href: `#/databases/${a.object_uid}` }, `bdb ${a.object_uid}`) :
+      `${a.object_type || ""} ${a.object_uid ?? ""}`),
     h("td", { class: "status" }, badge(a.status)),
     h("td", {}, bar(a.progress, a.status)), h("td", { class: "muted" }, a.error || a.step || ""),
     h("td", { class: "muted" }, when(a.creation_time)));
