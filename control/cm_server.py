@@ -68,7 +68,7 @@ class Session:
     username: str
     password: str                       # kept in memory only: each REST call sends it
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    last_seen: float = field(default_factory=time.monotonic)
+    last_seen: float = 0.0
 
 
 class Sessions:
@@ -84,7 +84,8 @@ class Sessions:
             oldest = min(self._by_token, key=lambda t: self._by_token[t].last_seen)
             del self._by_token[oldest]
         token = secrets.token_urlsafe(32)
-        session = self._by_token[token] = Session(username, password)
+        session = self._by_token[token] = Session(username, password,
+                                                  last_seen=time.monotonic())
         return token, session
 
     def get(self, token: str | None) -> Session | None:
