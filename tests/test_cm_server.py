@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+import ssl
 import threading
 
 import httpx
@@ -121,7 +122,8 @@ def test_https_with_the_node_certificate(tmp_path, certificate):
     thread = threading.Thread(target=trio.run, args=(serve,))
     thread.start()
     try:
-        with httpx.Client(base_url=url, verify=certificate[0], timeout=5) as client:
+        with httpx.Client(base_url=url, timeout=5,
+                          verify=ssl.create_default_context(cafile=certificate[0])) as client:
             page = wait_until(lambda: client.get("/login"), 20, 0.1, "cm_server on HTTPS",
                               ignoring=(httpx.TransportError,))
             assert page.status_code == 200
