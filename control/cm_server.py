@@ -41,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("cm_server")
+logging.getLogger("httpx").setLevel(logging.WARNING)     # not a line per REST call it passes on
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 SESSION_COOKIE = "dmc_ui_session"

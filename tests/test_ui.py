@@ -234,7 +234,8 @@ def test_keys_written_show_in_the_count_and_the_ops_chart(browser, created, shot
     browser.save_screenshot(str(shots / "database.png"))
 
 
-def test_fail_over_a_shard_from_the_ui(browser, created, shots):
+def test_fail_over_a_shard_from_the_ui(browser, url, created, shots):
+    browser.get(f"{url}/#/databases/{created['uid']}")
     def master_row():
         row = browser.find_element(By.CSS_SELECTOR, "#shards tr[data-role='master']")
         return int(row.get_attribute("data-shard"))
@@ -245,7 +246,7 @@ def test_fail_over_a_shard_from_the_ui(browser, created, shots):
     # the action it started, followed in a notice until it completes
     notice = wait_text(browser, "#notices .notice", lambda t: f"fail over shard {shard}" in t,
                        "the failover's notice")
-    assert "action " in notice
+    assert "action " in notice, notice        # not refused
     wait_until(lambda: "completed" in text(browser, "#notices .notice"), 40, 0.1,
                "the failover completed")
     wait_until(lambda: browser.find_element(By.CSS_SELECTOR, f"#shards tr[data-shard='{shard}']")
