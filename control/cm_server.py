@@ -31,13 +31,12 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import hypercorn.config
 import hypercorn.trio
-import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from control.cnm_http import hypercorn_config
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("cm_server")
@@ -158,12 +157,8 @@ class CmServer:
         self.app = build_app(self)
 
     async def run(self) -> None:
-        hc = hypercorn.config.Config()
-        hc.bind = [f"{self.config.address}:{self.config.ui_port}"]
-        hc.graceful_timeout = 1.0
-        hc.errorlog = log
-        if self.tls:
-            hc.certfile, hc.keyfile = self.config.ui_certfile, self.config.ui_keyfile
+        hc = hypercorn_config(self.config.address, self.config.ui_port, log,
+                              self.config.ui_certfile, self.config.ui_keyfile)
         log.info("node %d: web UI on %s", self.config.uid, ui_url(self.config))
         async with httpx.AsyncClient(base_url=self.rest_url, timeout=REST_TIMEOUT) as client:
             self.rest = client

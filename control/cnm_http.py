@@ -83,6 +83,19 @@ class ApiError(Exception):
         self.status, self.error_code, self.description = status, error_code, description
 
 
+def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: str | None = None,
+                     keyfile: str | None = None) -> hypercorn.config.Config:
+    """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
+    to stop, errors to the service's log, HTTPS when given a certificate and its key."""
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{address}:{port}"]
+    hc.graceful_timeout = 1.0
+    hc.errorlog = logger
+    if certfile and keyfile:
+        hc.certfile, hc.keyfile = certfile, keyfile
+    return hc
+
+
 def _not_found(kind: str, uid) -> ApiError:
     return ApiError(404, f"{kind}_not_exist", f"{kind} {uid} does not exist")
 
@@ -125,10 +138,7 @@ class CnmHttp:
         self.app = build_app(self)
 
     async def run(self) -> None:
-        hc = hypercorn.config.Config()
-        hc.bind = [f"{self.config.address}:{self.config.rest_port}"]
-        hc.graceful_timeout = 1.0
-        hc.errorlog = log
+        hc = hypercorn_config(self.config.address, self.config.rest_port, log)
         if not self.config.admin:
             log.warning("node.json has no admin credentials: every request will be refused")
         async with trio.open_nursery() as nursery:
