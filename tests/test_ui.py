@@ -187,7 +187,7 @@ def test_create_a_database_through_the_form(browser, url, cluster, shots, create
     browser.get(url + "/#/databases")
     click(browser, "#new-db")
     wait_until(lambda: browser.find_elements(By.ID, "field-name"), 10, 0.1, "the form")
-    # the REST API's own reason, beside the field it is about
+    # a 400: the REST API's own reason, beside the field it is about
     fill(browser, "#field-name", "bad name!")
     browser.find_element(By.ID, "submit-db").click()
     reason = wait_text(browser, "#error-name", bool, "the name's error")
@@ -196,11 +196,17 @@ def test_create_a_database_through_the_form(browser, url, cluster, shots, create
     assert "invalid" in browser.find_element(
         By.CSS_SELECTOR, ".field[data-field='name']").get_attribute("class")
     browser.save_screenshot(str(shots / "create-database-error.png"))
+    # a 406: a configuration the cluster cannot have, its reason beside the field it names
+    fill(browser, "#field-name", "ui-db")
+    fill(browser, "#field-memory_size", "1")
+    fill(browser, "#field-shards_count", "2")
+    browser.find_element(By.ID, "submit-db").click()
+    reason = wait_text(browser, "#error-memory_size", bool, "the memory's error")
+    assert "gives each of 2 shards less than" in reason, reason
+    assert text(browser, "#error-name") == ""
 
     created["port"] = port = free_port(FIRST_ADDRESS)
-    fill(browser, "#field-name", "ui-db")
     fill(browser, "#field-memory_size", "64")
-    fill(browser, "#field-shards_count", "2")
     fill(browser, "#field-port", str(port))
     if not browser.find_element(By.ID, "field-replication").is_selected():
         browser.find_element(By.ID, "field-replication").click()
@@ -257,13 +263,30 @@ def test_fail_over_a_shard_from_the_ui(browser, url, created, shots):
     browser.save_screenshot(str(shots / "shard-failover.png"))
 
 
+def test_edit_the_database(browser, url, created):
+    browser.get(f"{url}/#/databases/{created['uid']}")
+    click(browser, "#edit-db")
+    wait_until(lambda: browser.find_elements(By.ID, "field-eviction_policy"), 10, 0.1, "the form")
+    assert browser.find_element(By.ID, "field-name").get_attribute("value") == "ui-db"
+    browser.find_element(By.CSS_SELECTOR,
+                         "#field-eviction_policy option[value='allkeys-lru']").click()
+    browser.find_element(By.ID, "submit-db").click()
+    wait_until(lambda: browser.current_url.endswith(f"#/databases/{created['uid']}"), 15, 0.1,
+               "the database's page")
+    wait_until(lambda: "allkeys-lru" in text(browser, "#db-overview"), 40, 0.2,
+               "the new eviction policy shown")
+    r = redis.Redis(FIRST_ADDRESS, created["port"], socket_timeout=5)
+    assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"}
+
+
 def test_the_actions_page_lists_what_was_done(browser, url, shots):
     browser.get(url + "/#/actions")
     def names():
         rows = browser.find_elements(By.CSS_SELECTOR, "#action-list tr[data-action]")
         return {(r.find_elements(By.TAG_NAME, "td")[1].text, r.get_attribute("data-status"))
                 for r in rows}
-    found = wait_until(lambda: {("bdb_create", "completed"), ("shard_failover", "completed")}
+    found = wait_until(lambda: {("bdb_create", "completed"), ("shard_failover", "completed"),
+                                ("bdb_update", "completed")}
                        <= names(), 10, 0.1, "the actions", ignoring=CHANGING)
     assert found
     browser.save_screenshot(str(shots / "actions.png"))
