@@ -279,6 +279,32 @@ def test_edit_the_database(browser, url, created):
     assert r.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"}
 
 
+def test_migrate_a_shard_and_back_the_database_up(browser, url, created):
+    browser.get(f"{url}/#/databases/{created['uid']}")
+    def rows():
+        return [(int(r.get_attribute("data-shard")), r.get_attribute("data-role"),
+                 *(td.text for td in r.find_elements(By.TAG_NAME, "td")[1:4:2]))
+                for r in browser.find_elements(By.CSS_SELECTOR, "#shards tr[data-shard]")]
+    # (shard, role, node, slots) of a replica
+    shard, _, node, slots = wait_until(lambda: [r for r in rows() if r[1] == "replica"][0],
+                                       10, 0.1, "a replica shard", ignoring=CHANGING + (IndexError,))
+    click(browser, f"#shards tr[data-shard='{shard}'] button.migrate")
+    target = wait_until(lambda: browser.find_element(By.ID, "migrate-target"), 5, 0.05,
+                        "the target node", ignoring=CHANGING)
+    to = target.get_attribute("value")
+    assert f"node:{to}" != node
+    confirm(browser)
+    # a new replica of those slots on the target node takes the shard's place
+    wait_until(lambda: (now := rows()) and shard not in [r[0] for r in now] and
+               any(r[1:] == ("replica", f"node:{to}", slots) for r in now), 60, 0.2,
+               f"shard {shard}'s slots on node {to}", ignoring=CHANGING)
+    click(browser, "#backup-db")
+    confirm(browser)
+    wait_until(lambda: "succeeded" in text(browser, "#backups"), 60, 0.2, "the backup listed")
+    wait_until(lambda: "500" in text(browser, "#backup-list"), 20, 0.2,
+               "the backup's 500 keys listed")
+
+
 def test_the_actions_page_lists_what_was_done(browser, url, shots):
     browser.get(url + "/#/actions")
     def names():
