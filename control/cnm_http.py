@@ -106,8 +106,8 @@ def node_reply(view: ClusterView, uid: int) -> dict:
     info = view.nodes.get(uid) or {}
     beat = view.beats.get(uid)
     shard_list = sorted(s for s, rec in view.shards.items() if rec.node_uid == uid)
-    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port")
-             if k in info}
+    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port",
+                                  "ui_port") if k in info}
     return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
             "status": "active" if beat else "down", "shard_count": len(shard_list),
             "shard_list": shard_list, "master": uid == (view.master or {}).get("uid"),

@@ -287,7 +287,7 @@ def test_migrate_a_shard_and_back_the_database_up(browser, url, created):
                 for r in browser.find_elements(By.CSS_SELECTOR, "#shards tr[data-shard]")]
     # (shard, role, node, slots) of a replica
     shard, _, node, slots = wait_until(lambda: [r for r in rows() if r[1] == "replica"][0],
-                                       10, 0.1, "a replica shard", ignoring=CHANGING + (IndexError,))
+                                       10, 0.1, "a replica", ignoring=CHANGING + (IndexError,))
     click(browser, f"#shards tr[data-shard='{shard}'] button.migrate")
     target = wait_until(lambda: browser.find_element(By.ID, "migrate-target"), 5, 0.05,
                         "the target node", ignoring=CHANGING)
