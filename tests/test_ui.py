@@ -195,6 +195,7 @@ def test_create_a_database_through_the_form(browser, url, cluster, shots, create
     assert text(browser, "#error-memory_size") == ""
     assert "invalid" in browser.find_element(
         By.CSS_SELECTOR, ".field[data-field='name']").get_attribute("class")
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(shots / "create-database-error.png"))
     # a 406: a configuration the cluster cannot have, its reason beside the field it names
     fill(browser, "#field-name", "ui-db")
