@@ -24,7 +24,7 @@ from control import cli
 from control.cm_server import ui_url
 from dmc.processes import free_port
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 FIRST_ADDRESS = "127.0.0.176"     # other modules' clusters use other addresses
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,14 +45,16 @@ CHANGING = (StaleElementReferenceException, NoSuchElementException)   # a part b
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with rest_cluster(tmp_path_factory.mktemp("ui") / "cluster", FIRST_ADDRESS) as c:
+    # the UI's tests time no start-up: a loaded machine gets longer to start the cluster
+    with rest_cluster(tmp_path_factory.mktemp("ui") / "cluster", FIRST_ADDRESS,
+                      timeout=90) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def url(cluster) -> str:
     base = ui_url(cluster.nodes[1])
-    wait_until(lambda: _answers(base), 30, what="cm_server of node 1")
+    wait_until(lambda: _answers(base), 90, what="cm_server of node 1")
     return base.rstrip("/")
 
 
