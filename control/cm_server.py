@@ -48,6 +48,7 @@ LOGIN_COOKIE = "dmc_ui_login"          # the log-in form's CSRF token (double su
 SESSION_IDLE = 3600.0                  # seconds without a request that end a session
 MAX_SESSIONS = 1000                    # the oldest go first beyond this
 REST_TIMEOUT = 15.0
+MAX_LOGIN_FORM = 8192                  # bytes: a user name and a password, not a payload
 # Without a session: the log-in page and what it shows.
 PUBLIC_PATHS = {"/login", "/static/style.css", "/favicon.ico"}
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -251,7 +252,11 @@ def build_app(server: CmServer) -> FastAPI:
 
     @app.post("/login")
     async def login(request: Request):
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode(errors="replace"),
+        body = await request.body()
+        if len(body) > MAX_LOGIN_FORM:
+            return JSONResponse({"error_code": "too_large", "description":
+                                 "the log-in form is too large"}, status_code=413)
+        form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace"),
                                               keep_blank_values=True).items()}
         username, password = form.get("username", ""), form.get("password", "")
         expected = request.cookies.get(LOGIN_COOKIE, "")
@@ -292,7 +297,7 @@ def build_app(server: CmServer) -> FastAPI:
     async def whoami(request: Request):
         session: Session = request.state.session
         return {"username": session.username, "csrf_token": session.csrf,
-                "node_uid": server.config.uid, "rest_url": server.rest_url}
+                "node_uid": server.config.uid}
 
     @app.get("/api/openapi.json")
     async def rest_description(request: Request):

@@ -140,3 +140,23 @@ def test_https_with_the_node_certificate(tmp_path, certificate):
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_log_in_form_larger_than_a_user_and_a_password_is_refused(tmp_path):
+    config = NodeConfig(uid=1, address="127.0.0.1", home=str(tmp_path), ccs_port=1,
+                        gossip_port=2, ccs_forward_port=3)
+    app = cm_server.CmServer(config).app
+
+    async def ask():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
+                                     base_url="http://127.0.0.1") as client:
+            token = (await client.get("/login")).cookies[cm_server.LOGIN_COOKIE]
+            big = await client.post("/login", content=f"csrf_token={token}&username=admin&"
+                                    "password=" + "x" * cm_server.MAX_LOGIN_FORM, headers={
+                                        "content-type": "application/x-www-form-urlencoded"})
+            forged = await client.post("/login", data={"csrf_token": "forged",
+                                                       "username": "admin", "password": "x"})
+            return big, forged
+    big, forged = trio.run(ask)
+    assert big.status_code == 413
+    assert forged.status_code == 403 and "expired" in forged.text
