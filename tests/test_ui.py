@@ -53,9 +53,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(cluster) -> str:
-    base = ui_url(cluster.nodes[1])
+    base = ui_url(cluster.nodes[1]).rstrip("/")
     wait_until(lambda: _answers(base), 90, what="cm_server of node 1")
-    return base.rstrip("/")
+    return base
 
 
 def _answers(base: str) -> bool:
