@@ -41,6 +41,7 @@ from selenium.webdriver.chrome.service import Service            # noqa: E402
 from selenium.webdriver.common.by import By                      # noqa: E402
 
 CHANGING = (StaleElementReferenceException, NoSuchElementException)   # a part being refreshed
+PAGE = 30        # seconds a page, or a part of one, may take to show on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def text(browser, css: str) -> str:
         return ""
 
 
-def wait_text(browser, css: str, predicate, what: str, timeout: float = 30) -> str:
+def wait_text(browser, css: str, predicate, what: str, timeout: float = PAGE) -> str:
     return wait_until(lambda: (t := text(browser, css)) and predicate(t) and t, timeout, 0.1,
                       what)
 
@@ -109,7 +110,7 @@ def click(browser, css: str) -> None:
     def done():
         browser.find_element(By.CSS_SELECTOR, css).click()
         return True
-    wait_until(done, 15, 0.1, f"a click on {css}", ignoring=CHANGING)
+    wait_until(done, PAGE, 0.1, f"a click on {css}", ignoring=CHANGING)
 
 
 def fill(browser, css: str, value: str) -> None:
@@ -119,7 +120,7 @@ def fill(browser, css: str, value: str) -> None:
 
 
 def confirm(browser) -> None:
-    wait_until(lambda: browser.find_element(By.ID, "confirm").is_displayed(), 5, 0.05,
+    wait_until(lambda: browser.find_element(By.ID, "confirm").is_displayed(), PAGE, 0.05,
                "the confirmation dialog")
     browser.find_element(By.ID, "confirm-ok").click()
 
@@ -158,7 +159,7 @@ def test_a_wrong_password_is_refused_and_the_admin_logs_in(browser, url, cluster
     assert wait_text(browser, "#nodes-up", lambda t: t == "3 / 3", "3 nodes up")
     master = wait_text(browser, "#master-node", lambda t: t.startswith("node "), "the master")
     roles = wait_until(lambda: [r.text for r in browser.find_elements(
-        By.CSS_SELECTOR, "#nodes td.role")], 10, 0.1, "roles", ignoring=CHANGING)
+        By.CSS_SELECTOR, "#nodes td.role")], PAGE, 0.1, "roles", ignoring=CHANGING)
     assert sorted(roles) == ["master", "replica", "replica"]
     assert wait_text(browser, f"#nodes tr[data-node='{master.split()[1]}'] td.role",
                      lambda t: t == "master", "the master's row")
@@ -188,7 +189,7 @@ def test_changes_need_the_csrf_token_and_the_same_origin(browser, url):
 def test_create_a_database_through_the_form(browser, url, cluster, shots, created):
     browser.get(url + "/#/databases")
     click(browser, "#new-db")
-    wait_until(lambda: browser.find_elements(By.ID, "field-name"), 10, 0.1, "the form")
+    wait_until(lambda: browser.find_elements(By.ID, "field-name"), PAGE, 0.1, "the form")
     # a 400: the REST API's own reason, beside the field it is about
     fill(browser, "#field-name", "bad name!")
     browser.find_element(By.ID, "submit-db").click()
@@ -215,7 +216,8 @@ def test_create_a_database_through_the_form(browser, url, cluster, shots, create
         browser.find_element(By.ID, "field-replication").click()
     browser.find_element(By.ID, "submit-db").click()
     wait_until(lambda: "#/databases/" in browser.current_url and
-               browser.current_url.split("/")[-1].isdigit(), 15, 0.1, "the database's page")
+               browser.current_url.split("/")[-1].isdigit(), PAGE, 0.1,
+               "the database's page")
     created["uid"] = int(browser.current_url.split("/")[-1])
     wait_text(browser, "#db-status", lambda t: t == "active", "the database active", 60)
     host, _, shown_port = text(browser, "#endpoint").rpartition(":")
@@ -248,7 +250,7 @@ def test_fail_over_a_shard_from_the_ui(browser, url, created, shots):
     def master_row():
         row = browser.find_element(By.CSS_SELECTOR, "#shards tr[data-role='master']")
         return int(row.get_attribute("data-shard"))
-    shard = wait_until(master_row, 10, 0.1, "a master shard", ignoring=CHANGING)
+    shard = wait_until(master_row, PAGE, 0.1, "a master shard", ignoring=CHANGING)
     click(browser, f"#shards tr[data-shard='{shard}'] button.failover")
     assert f"shard {shard}" in text(browser, "#confirm-title")
     confirm(browser)
@@ -259,7 +261,7 @@ def test_fail_over_a_shard_from_the_ui(browser, url, created, shots):
     wait_until(lambda: "completed" in text(browser, "#notices .notice"), 40, 0.1,
                "the failover completed")
     wait_until(lambda: browser.find_element(By.CSS_SELECTOR, f"#shards tr[data-shard='{shard}']")
-               .get_attribute("data-role") == "replica", 10, 0.1,
+               .get_attribute("data-role") == "replica", PAGE, 0.1,
                f"shard {shard} a replica", ignoring=CHANGING)
     assert text(browser, f"#shards tr[data-shard='{shard}'] td.role") == "replica"
     browser.execute_script("document.getElementById('shards').scrollIntoView()")
@@ -269,12 +271,13 @@ def test_fail_over_a_shard_from_the_ui(browser, url, created, shots):
 def test_edit_the_database(browser, url, created):
     browser.get(f"{url}/#/databases/{created['uid']}")
     click(browser, "#edit-db")
-    wait_until(lambda: browser.find_elements(By.ID, "field-eviction_policy"), 10, 0.1, "the form")
+    wait_until(lambda: browser.find_elements(By.ID, "field-eviction_policy"), PAGE, 0.1,
+               "the form")
     assert browser.find_element(By.ID, "field-name").get_attribute("value") == "ui-db"
     browser.find_element(By.CSS_SELECTOR,
                          "#field-eviction_policy option[value='allkeys-lru']").click()
     browser.find_element(By.ID, "submit-db").click()
-    wait_until(lambda: browser.current_url.endswith(f"#/databases/{created['uid']}"), 15, 0.1,
+    wait_until(lambda: browser.current_url.endswith(f"#/databases/{created['uid']}"), PAGE, 0.1,
                "the database's page")
     wait_until(lambda: "allkeys-lru" in text(browser, "#db-overview"), 40, 0.2,
                "the new eviction policy shown")
@@ -292,7 +295,7 @@ def test_migrate_a_shard_and_back_the_database_up(browser, url, created):
     shard, _, node, slots = wait_until(lambda: [r for r in rows() if r[1] == "replica"][0],
                                        10, 0.1, "a replica", ignoring=CHANGING + (IndexError,))
     click(browser, f"#shards tr[data-shard='{shard}'] button.migrate")
-    target = wait_until(lambda: browser.find_element(By.ID, "migrate-target"), 5, 0.05,
+    target = wait_until(lambda: browser.find_element(By.ID, "migrate-target"), PAGE, 0.05,
                         "the target node", ignoring=CHANGING)
     to = target.get_attribute("value")
     assert f"node:{to}" != node
@@ -316,7 +319,7 @@ def test_the_actions_page_lists_what_was_done(browser, url, shots):
                 for r in rows}
     found = wait_until(lambda: {("bdb_create", "completed"), ("shard_failover", "completed"),
                                 ("bdb_update", "completed")}
-                       <= names(), 10, 0.1, "the actions", ignoring=CHANGING)
+                       <= names(), PAGE, 0.1, "the actions", ignoring=CHANGING)
     assert found
     browser.save_screenshot(str(shots / "actions.png"))
     # one action's page: its steps, progress and parameters
@@ -334,7 +337,7 @@ def test_delete_the_database(browser, url, created, shots):
     wait_text(browser, "#db-status", lambda t: t == "active", "the database's page")
     click(browser, "#delete-db")
     confirm(browser)
-    wait_until(lambda: browser.current_url.endswith("#/databases"), 10, 0.1, "the list")
+    wait_until(lambda: browser.current_url.endswith("#/databases"), PAGE, 0.1, "the list")
     wait_until(lambda: not browser.find_elements(
         By.CSS_SELECTOR, f"#db-list tr[data-bdb='{created['uid']}']") and
         "no database" in text(browser, "#db-list"), 60, 0.2, "the database gone",
