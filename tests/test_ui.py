@@ -334,7 +334,7 @@ def test_delete_the_database(browser, url, created, shots):
               lambda t: t == "active", "the database listed")
     browser.save_screenshot(str(shots / "databases.png"))
     browser.get(f"{url}/#/databases/{created['uid']}")
-    wait_text(browser, "#db-status", lambda t: t == "active", "the database's page")
+    wait_text(browser, "#db-name", lambda t: t == "ui-db", "the database's page")
     click(browser, "#delete-db")
     confirm(browser)
     wait_until(lambda: browser.current_url.endswith("#/databases"), PAGE, 0.1, "the list")
