@@ -5,7 +5,8 @@ configuration files it writes for itself: `supervisord.conf` (one program per se
 A node's folder:
     node.json            who the node is: uid, address, ports, first peers
     supervisord.conf     written by `write_configs`; `supervisorctl -c supervisord.conf` works
-    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`
+    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`; in
+                         /tmp/dmc-sockets/ when this folder is too deep for a socket name
     supervisord.pid
     logs/                one log per service, and supervisord's own
     ccs/                 ccs.conf, and the CCS copy's append-only file
@@ -34,7 +35,7 @@ import trio
 from supervisor.xmlrpc import SupervisorTransport
 
 from control.discovery import DEFAULT_FQDN
-from dmc.processes import REDIS_SERVER
+from dmc.processes import REDIS_SERVER, unix_socket_path
 
 # supervisord program name -> the module it runs (None: the CCS redis-server)
 SERVICE_MODULES = {
@@ -99,7 +100,7 @@ class NodeConfig:
 
     @property
     def supervisor_sock(self) -> Path:
-        return self.dir / "supervisor.sock"
+        return Path(unix_socket_path(self.dir / "supervisor.sock"))
 
     @property
     def supervisor_pidfile(self) -> Path:
@@ -130,7 +131,7 @@ class NodeConfig:
     @property
     def proxy_stats_sock(self) -> Path:
         """The node's dmcproxy serves its endpoints' stats here (control/proxy_stats.py)."""
-        return self.run_dir / "dmcproxy.sock"
+        return Path(unix_socket_path(self.run_dir / "dmcproxy.sock"))
 
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
