@@ -48,8 +48,10 @@ async def latest_bdb(r, uid: int, nodes, now: float) -> dict | None:
     return store.merged([[{**p, "stime": 0}] for p in points], bdb=True)[0]
 
 
-def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: float) -> dict:
-    """Each database alert's value now (None: not known)."""
+def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: float,
+               failed_nodes: dict[int, dict] | None = None) -> dict:
+    """Each database alert's value now (None: not known); `failed_nodes`: the database's
+    endpoint_status hash."""
     stats = stats or {}
     limit = bdb.memory_size
     throughput = stats.get("total_req", stats.get("instantaneous_ops_per_sec"))
@@ -68,7 +70,8 @@ def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: floa
             "bdb_high_latency": latency * 1e6 if latency is not None else None,
             "bdb_high_throughput": throughput, "bdb_low_throughput": throughput,
             "bdb_backup_delayed": delay,
-            "bdb_long_running_action": max(running) if running else 0.0}
+            "bdb_long_running_action": max(running) if running else 0.0,
+            "bdb_endpoint_failed": len([n for n in failed_nodes or {} if n in view.nodes])}
 
 
 def node_values(uid: int, view: ClusterView, stats: dict | None) -> dict:
@@ -107,13 +110,17 @@ class AlertMgr:
         settings = ccs.unpack(await r.execute("GET", alerts.CLUSTER_SETTINGS)) or {}
         cluster_settings = {**alerts.CLUSTER_DEFAULTS, **settings}
         judged: list[tuple[str, str, int | None, str, dict, object]] = []
+        failures = await schema.endpoint_failures(r, view.bdbs)
         for uid, bdb in view.bdbs.items():
             if bdb.status != "active":
                 continue
-            values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now)
+            values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now,
+                                failures.get(uid))
+            settings = {**alerts.BDB_DEFAULTS,
+                        **{k: v for k, v in (bdb.alert_settings or {}).items() if v}}
             for name, value in values.items():
                 judged.append(("bdb", name, uid, alerts.BDB_ALERTS[name][0],
-                               (bdb.alert_settings or {}).get(name) or {}, value))
+                               settings.get(name) or {}, value))
         node_points = dict(zip(view.nodes, await newest(r, [store.key("1sec", "node", u)
                                                             for u in view.nodes])))
         for uid in view.nodes:

@@ -151,7 +151,7 @@ class LocalCluster:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
         (address, gossip port) is any node of the cluster; by default one of this folder's."""
         members = self._members(peer)
-        uid = max(members) + 1
+        uid = max(set(members) | set(self.nodes)) + 1    # a removed node's uid is not reused
         if address is None:
             first = members[min(members)]["address"]
             if not first.startswith("127."):

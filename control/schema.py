@@ -116,6 +116,7 @@ class BdbAlertSettings(BaseModel):
     bdb_low_throughput: AlertSetting | None = None
     bdb_backup_delayed: AlertSetting | None = None
     bdb_long_running_action: AlertSetting | None = None
+    bdb_endpoint_failed: AlertSetting | None = None     # on unless set off (control/alerts.py)
 
 
 class BdbSettings(BaseModel):

@@ -43,9 +43,10 @@ def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalClus
     assert found == [], found
 
 
-def rest_client(cluster: LocalCluster, timeout: float = 10) -> httpx.Client:
-    """An httpx client of node 1's REST API, logged in as the cluster's admin."""
-    config = cluster.nodes[1]
+def rest_client(cluster: LocalCluster, timeout: float = 10, node: int = 1) -> httpx.Client:
+    """An httpx client of a node's REST API (node 1's by default), logged in as the cluster's
+    admin."""
+    config = cluster.nodes[node]
     return httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
                         auth=cluster.admin_login(), timeout=timeout)
 
