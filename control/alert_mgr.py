@@ -9,7 +9,10 @@ Every node runs it; only the one on the master node acts (as job_scheduler), onc
 - node alerts (`node_failed` from the heartbeats; memory, CPU and disk from each node's newest
   statistics) and cluster alerts, with `cluster:alert_settings` (or the defaults);
 - every change of an alert's state is an event in the log, and so is every action that ended
-  (bdb_created, failover, backup_succeeded, ...), once.
+  (bdb_created, failover, backup_succeeded, ...), once;
+- every change of an alert's state is also delivered by webhook and e-mail if the cluster's
+  settings ask (control/alert_delivery.py), from a queue of its own: a slow receiver never
+  delays an evaluation.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from __future__ import annotations
 import logging
 import time
 
+import trio
+
 from control import alerts, ccs, schema
 from control import stats_store as store
+from control.alert_delivery import deliver
 from control.alerts import Hysteresis, alert_field, threshold_of
 from control.cluster_view import UNFINISHED, ClusterView, read_view, tick_on_master
 from control.node import NodeConfig, service_command
@@ -99,9 +105,29 @@ class AlertMgr:
         self.config = config
         self.session = ccs.Session.of_node(config)
         self.hysteresis = Hysteresis()
+        self.deliveries: trio.MemorySendChannel | None = None
 
     async def run(self) -> None:
-        await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
+        send, receive = trio.open_memory_channel(1000)
+        self.deliveries = send
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._deliver, receive)
+            await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
+
+    async def _deliver(self, receive: trio.MemoryReceiveChannel) -> None:
+        """Webhook and e-mail, one change after the other, off the tick."""
+        async for policy, alert, event in receive:
+            await deliver(policy, self.config.cluster_fqdn, alert, event)
+
+    def _queue_delivery(self, policy: dict, alert: dict, event: dict) -> None:
+        if self.deliveries is None or not (policy.get("alerts_webhook_url")
+                                           or policy.get("email_alerts")):
+            return
+        try:
+            self.deliveries.send_nowait((policy, alert, event))
+        except trio.WouldBlock:
+            log.warning("alert %s not delivered: %d deliveries are waiting", alert["name"],
+                        1000)
 
     async def tick(self, r) -> None:
         now = time.time()
@@ -134,7 +160,7 @@ class AlertMgr:
             judged.append(("cluster", name, None, alerts.CLUSTER_ALERTS[name][0],
                            cluster_settings.get(name) or {}, value))
 
-        writes, events, keep = [], [], set()
+        writes, events, keep, changed = [], [], set(), []
         for object_type, name, uid, direction, setting, value in judged:
             field = alert_field(object_type, uid, name)
             keep.add(field)
@@ -157,6 +183,7 @@ class AlertMgr:
                                           "value": value}
                 if old or state:
                     what = f"{object_type} {uid}" if uid is not None else "the cluster"
+                    changed.append((record, len(events)))
                     events.append(alerts.event(
                         name, severity if state else "INFO",
                         f"{name} {'raised' if state else 'cleared'} for {what} (value "
@@ -176,6 +203,10 @@ class AlertMgr:
         await alerts.log_events(r, events)
         for e in events:
             log.info("event %s: %s", e["type"], e["description"])
+        if changed:
+            policy = await schema.cluster_policy(r)
+            for record, index in changed:
+                self._queue_delivery(policy, record, events[index])
 
     async def action_events(self, r, view: ClusterView) -> list[dict]:
         """An event for every action that ended and has none yet."""

@@ -401,7 +401,10 @@ class ClusterWatchdog:
         me = self.config
         await ccs.write(r, ccs.MASTER, {"uid": me.uid, "term": e.term, "address": me.address,
                                         "ccs_port": me.ccs_port, "since": time.time()})
-        replies = await r.pipeline([("MULTI",), ("DEL", ccs.NODES)] + [
+        # The cluster's name is set once, by its first master; a node that joins takes it
+        # from CCS (LocalCluster.add_node), so node.json never decides it for the cluster.
+        replies = await r.pipeline([("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
+                                    ("MULTI",), ("DEL", ccs.NODES)] + [
             ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
         ] + [("SET", ccs.NODES_VERSION, ccs.pack(e.members_version)),
              ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)])

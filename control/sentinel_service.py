@@ -180,8 +180,9 @@ SUBSCRIBED_ONLY = ("SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "PI
 class SentinelService:
     def __init__(self, config: NodeConfig):
         self.config = config
-        self.follower = ViewFollower(ccs.Session.of_node(config), config.cluster_fqdn,
-                                     on_change=self._view_changed)
+        self.follower = ViewFollower(
+            ccs.Session.of_node(config), config.cluster_fqdn, on_change=self._view_changed,
+            cache=config.run_dir / "discovery_view.sentinel_service.json")
         self.clients: set[Client] = set()
         self.epochs: dict[int, int] = {}        # bdb uid -> master switches seen here
         self.started = time.time()
