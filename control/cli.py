@@ -239,7 +239,8 @@ def status_rows(view: dict) -> list[dict]:
             "sentinel_address": _address(info, "sentinel_port"),
             "dns_address": _address(info, "dns_port"),
             "rest_url": _url(info, "rest_port", ""),
-            "metrics_url": _url(info, "metrics_port", "/metrics"),
+            "metrics_url": (beat or {}).get("metrics_url") or _url(info, "metrics_port",
+                                                                     "/metrics"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows
