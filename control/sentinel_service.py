@@ -17,7 +17,7 @@ port> <new ip> <new port>` is published, as a Sentinel does after a failover. An
 Sentinel's own errors.
 
 The view comes from the node's own CCS copy (discovery.ViewFollower); answering never waits on
-CCS: while it is away, the last view is served.
+CCS: while it is away, the last view is served (after a restart, the one kept on disk).
 """
 
 from __future__ import annotations
