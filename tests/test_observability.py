@@ -288,6 +288,13 @@ def test_migration_plan_moves_a_replica_to_the_freest_node():
     assert plan_migration(1, view, {1: 10, 2: 50, 3: 50, 4: 50}, 100, {}) is None
 
 
+def test_a_nodes_own_free_memory_threshold_wins_over_the_clusters():
+    from control.resource_mgr import node_thresholds
+    settings = {"node_min_free_memory": 100, "nodes": {"2": {"node_min_free_memory": 500}}}
+    assert node_thresholds(settings, [1, 2]) == {1: 100.0, 2: 500.0}
+    assert node_thresholds({}, [1]) == {1: 0.0}
+
+
 def test_node_wd_reports_disk_space_and_its_own_ccs(cluster):
     master = cluster.nodes[cluster.wait_for_master()]
     r = redis.Redis(master.address, master.ccs_port, socket_timeout=2)

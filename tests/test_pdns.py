@@ -128,6 +128,18 @@ def test_policies_order_and_fallback():
     assert advertised("all-master-shards", [], {2}) == []
 
 
+def test_the_view_kept_on_disk_is_the_view_and_its_digest_is_the_zones():
+    from control.discovery import DbEndpoint, DiscoveryView, NodeView
+    view = DiscoveryView(FQDN, {1: NodeView(1, "127.0.0.1", 8001, 53, True)},
+                         {7: DbEndpoint(7, "db", 12000, "all-nodes", ("127.0.0.1",))}, 5.0, 3)
+    again = DiscoveryView.from_json(json.loads(json.dumps(view.to_json())))
+    assert again == view and again.digest() == view.digest()
+    again.read_at, again.serial = 9.0, 4          # when it was read is not the zone
+    assert again.digest() == view.digest()
+    moved = DiscoveryView(FQDN, view.nodes, {7: DbEndpoint(7, "db", 12000, "all-nodes", ())})
+    assert moved.digest() != view.digest()
+
+
 def test_soa_ns_and_node_names(cluster):
     node = cluster.lc.nodes[1]
     r = resolver(node)
