@@ -287,7 +287,10 @@ def test_the_master_node_removed_while_down_drains_and_does_not_come_back(cluste
         removal = wait_until(lambda: (r := api.post(f"/v1/nodes/{master}/actions/remove"))
                              .status_code == 200 and r, 30, 0.5, "the removal accepted")
         wait_action(api, removal.json()["action_uid"], timeout=120)
-        assert all(s["node_uid"] != master for s in api.get("/v1/shards").json())
+        shards = [s for s in api.get("/v1/shards").json()
+                  if s["bdb_uid"] == created.json()["uid"]]
+        assert all(s["node_uid"] != master for s in shards)
+        assert len(shards) == 4                   # no copy left behind by the move
         assert master not in {n["uid"] for n in api.get("/v1/nodes").json()}
 
         cluster.start_node(master)                # down during its removal: never told
