@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 import redis
+import trio
 from click.testing import CliRunner
 from clusters import api_answers, rest_client, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
@@ -286,6 +287,41 @@ def test_migration_plan_moves_a_replica_to_the_freest_node():
     free = {1: 10, 2: 500, 3: 900, 4: 400}
     assert plan_migration(1, view, free, 100, {}) == (3, 2)     # not next to its master (3)
     assert plan_migration(1, view, {1: 10, 2: 50, 3: 50, 4: 50}, 100, {}) is None
+
+
+def test_an_alert_change_is_delivered_by_webhook_and_by_smtp():
+    """control/alert_delivery.deliver against a real HTTP server and a real SMTP server."""
+    from aiosmtpd.controller import Controller
+
+    from control.alert_delivery import deliver
+    mails = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):
+            mails.append(envelope)
+            return "250 OK"
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    hook = Webhook()
+    try:
+        alert = {"name": "node_failed", "object_type": "node", "object_uid": 2, "state": True,
+                 "severity": "ERROR", "change_time": 1.0}
+        event = alerts.event("node_failed", "ERROR", "node_failed raised for node 2")
+        policy = {"alerts_webhook_url": hook.url, "email_alerts": True,
+                  "alerts_email_to": ["ops@example.com"], "smtp_host": "127.0.0.1",
+                  "smtp_port": smtp.port, "email_from": "dmc@example.com"}
+        trio.run(deliver, policy, "c.example.com", alert, event)
+    finally:
+        smtp.stop()
+        hook.server.shutdown()
+    (body,) = hook.received
+    assert body["cluster"] == "c.example.com" and body["alert"]["name"] == "node_failed"
+    assert body["alert"]["object_uid"] == 2 and body["event"]["type"] == "node_failed"
+    (mail,) = mails
+    assert mail.rcpt_tos == ["ops@example.com"] and mail.mail_from == "dmc@example.com"
+    text = mail.content.decode()
+    assert "Subject: [c.example.com] ERROR node_failed raised" in text
+    assert "node_failed raised for node 2" in text
 
 
 def test_a_nodes_own_free_memory_threshold_wins_over_the_clusters():
