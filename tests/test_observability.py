@@ -16,7 +16,7 @@ import pytest
 import redis
 import trio
 from click.testing import CliRunner
-from clusters import api_answers, rest_client, rest_cluster
+from clusters import START_TIMEOUT, api_answers, rest_client, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
 
@@ -236,7 +236,7 @@ def test_history_survives_a_cluster_stop_and_start(cluster, api, db):
     before = api.get(f"/v1/bdbs/stats/{uid}", params={"interval": "1sec"}).json()["intervals"]
     tens = api.get(f"/v1/bdbs/stats/{uid}", params={"interval": "10sec"}).json()["intervals"]
     cluster.stop()
-    cluster.start()
+    cluster.start(timeout=START_TIMEOUT)
     wait_until(lambda: api_answers(cluster.nodes[1], cluster.admin_login()), 30,
                what="REST after the restart")
     after = api.get(f"/v1/bdbs/stats/{uid}", params={"interval": "1sec"}).json()["intervals"]
