@@ -19,6 +19,7 @@ import dns.rcode
 import dns.resolver
 import pytest
 import redis
+import trio
 from click.testing import CliRunner
 from clusters import Cluster
 from waiting import wait_until
@@ -138,6 +139,34 @@ def test_the_view_kept_on_disk_is_the_view_and_its_digest_is_the_zones():
     assert again.digest() == view.digest()
     moved = DiscoveryView(FQDN, view.nodes, {7: DbEndpoint(7, "db", 12000, "all-nodes", ())})
     assert moved.digest() != view.digest()
+
+
+def test_the_follower_is_ready_at_once_and_keeps_its_view_when_ccs_never_answers(tmp_path):
+    """A CCS copy that takes connections and never answers (SIGSTOP): the discovery follower
+    of a service that starts is ready at once, with the view kept on disk."""
+    from control import ccs
+    from control.discovery import DiscoveryView, NodeView
+    from control.discovery_follower import ViewFollower
+    from dmc.local import start_redis_on_free_port
+    port, proc = start_redis_on_free_port(tmp_path)
+    cache = tmp_path / "view.json"
+    kept = DiscoveryView(FQDN, {1: NodeView(1, "127.0.0.1", 1, 2, True)}, serial=7)
+    cache.write_text(json.dumps(kept.to_json()))
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        follower = ViewFollower(ccs.Session("127.0.0.1", port, port), "other.name", cache=cache)
+
+        async def start():
+            with trio.fail_after(1):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(follower.run)
+                    nursery.cancel_scope.cancel()
+        trio.run(start)
+        assert follower.view == kept
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
 
 
 def test_soa_ns_and_node_names(cluster):
