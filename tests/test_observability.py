@@ -8,6 +8,7 @@ migration plans) are unit-tested at the end."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -387,7 +388,8 @@ def test_metrics_are_served_over_https_when_the_node_has_a_certificate(cluster, 
     try:
         restart(config, "metrics_exporter", "heartbeatd")
         url = f"https://{config.address}:{config.metrics_port}/metrics"
-        reply = wait_until(lambda: _get(url, verify=cert), 20, 0.2, "metrics over https")
+        trusted = ssl.create_default_context(cafile=cert)
+        reply = wait_until(lambda: _get(url, verify=trusted), 20, 0.2, "metrics over https")
         assert "node_up" in reply.text
         with pytest.raises(httpx.HTTPError):
             httpx.get(url.replace("https", "http"), timeout=5)
