@@ -9,6 +9,9 @@ membership, and makes the node's CCS copy follow the election:
 It never makes its CCS copy writable unless this node is master for the current term with a
 lease a majority renewed, and it fences the copy before the lease ends.
 
+A node removed from the cluster stops: told by node_remove, or, if it was down or cut off then,
+when it finds a membership newer than its own without it (run/removed.json keeps it out).
+
 Run by supervisord as `python -m control.cluster_wd --node-dir DIR`.
 """
 
