@@ -34,6 +34,7 @@ log = logging.getLogger("alert_mgr")
 
 TICK = 1.0
 FRESH = 5.0         # statistics older than this are no evidence (the node stopped writing)
+DELIVERY_QUEUE = 1000   # alert changes waiting for their webhook / e-mail; past it, dropped
 
 
 async def newest(r, keys: list[str]) -> list[dict]:
@@ -108,7 +109,7 @@ class AlertMgr:
         self.deliveries: trio.MemorySendChannel | None = None
 
     async def run(self) -> None:
-        send, receive = trio.open_memory_channel(1000)
+        send, receive = trio.open_memory_channel(DELIVERY_QUEUE)
         self.deliveries = send
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._deliver, receive)
@@ -127,7 +128,7 @@ class AlertMgr:
             self.deliveries.send_nowait((policy, alert, event))
         except trio.WouldBlock:
             log.warning("alert %s not delivered: %d deliveries are waiting", alert["name"],
-                        1000)
+                        DELIVERY_QUEUE)
 
     async def tick(self, r) -> None:
         now = time.time()
@@ -142,11 +143,11 @@ class AlertMgr:
                 continue
             values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now,
                                 failures.get(uid))
-            settings = {**alerts.BDB_DEFAULTS,
-                        **{k: v for k, v in (bdb.alert_settings or {}).items() if v}}
+            bdb_settings = {**alerts.BDB_DEFAULTS,
+                            **{k: v for k, v in (bdb.alert_settings or {}).items() if v}}
             for name, value in values.items():
                 judged.append(("bdb", name, uid, alerts.BDB_ALERTS[name][0],
-                               settings.get(name) or {}, value))
+                               bdb_settings.get(name) or {}, value))
         node_points = dict(zip(view.nodes, await newest(r, [store.key("1sec", "node", u)
                                                             for u in view.nodes])))
         for uid in view.nodes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from control import ccs, schema
-from control.cluster_view import node_load, pair_nodes, pick_node, read_view
+from control.cluster_view import node_load, pair_nodes, pick_node
 from control.cluster_wd import request
 from control.machines.base import ActionFailed, Machine
 from control.redis_client import RedisUnavailable
@@ -30,7 +30,7 @@ class NodeRemove(Machine):
         children = self.state.setdefault("children", {})
         deadline = trio.current_time() + 600
         while True:
-            view = await read_view(self.redis)
+            view = await self.view()
             shards = {u: s for u, s in view.shards.items() if s.node_uid == self.node_uid}
             if not shards:
                 return
