@@ -471,7 +471,9 @@ def test_node_and_cluster_alerts_with_nodes_down_are_delivered_by_webhook(cluste
     killed, silent = [u for u in sorted(cluster.nodes) if u != master]
     hook = Webhook()
     with rest_client(cluster, node=master) as api:
-        reply = api.put("/v1/cluster", json={"alerts_webhook_url": hook.url})
+        # (503 while CCS is briefly away, as after the restarts above: a client tries again)
+        reply = wait_until(lambda: (r := api.put("/v1/cluster", json={
+            "alerts_webhook_url": hook.url})).status_code != 503 and r, 30, 0.5, "the PUT")
         assert reply.status_code == 200 and reply.json()["alerts_webhook_url"] == hook.url
         assert api.put("/v1/cluster", json={"alerts_webhook_url": "ftp://x"}).status_code == 400
         cluster.kill_node(killed)
