@@ -231,14 +231,16 @@ def status_rows(view: dict) -> list[dict]:
             "role": "master" if uid == master.get("uid") else "replica",
             "address": info.get("address") or (beat or {}).get("address"),
             "gossip_port": info.get("gossip_port"),
-            "state": "OK" if beat else "DOWN",
+            # a node with a heartbeat but no membership was removed and has not stopped yet
+            "state": "REMOVED" if uid not in view["nodes"] else "OK" if beat else "DOWN",
             "uptime": now - beat["started"] if beat else None,
             "term": master.get("term") if uid == master.get("uid") else None,
             "member": uid in view["nodes"],
             "sentinel_address": _address(info, "sentinel_port"),
             "dns_address": _address(info, "dns_port"),
             "rest_url": _url(info, "rest_port", ""),
-            "metrics_url": _url(info, "metrics_port", "/metrics"),
+            "metrics_url": (beat or {}).get("metrics_url") or _url(info, "metrics_port",
+                                                                     "/metrics"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows

@@ -147,11 +147,11 @@ class LocalCluster:
                           record_history=record_history, netns=netns)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
-                 netns: str | None = None, timeout: float = 30.0) -> NodeConfig:
+                 netns: str | None = None, timeout: float = 60.0) -> NodeConfig:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
         (address, gossip port) is any node of the cluster; by default one of this folder's."""
         members = self._members(peer)
-        uid = max(members) + 1
+        uid = max(set(members) | set(self.nodes)) + 1    # a removed node's uid is not reused
         if address is None:
             first = members[min(members)]["address"]
             if not first.startswith("127."):
@@ -161,8 +161,8 @@ class LocalCluster:
                                 netns)
         config.peers = members
         config.admin = next((c.admin for c in self.nodes.values() if c.admin), {})
-        config.cluster_fqdn = next((c.cluster_fqdn for c in self.nodes.values()),
-                                   config.cluster_fqdn)
+        config.cluster_fqdn = trio.run(_cluster_fqdn, members) or next(
+            (c.cluster_fqdn for c in self.nodes.values()), config.cluster_fqdn)
         if self.nodes:
             config.services = list(next(iter(self.nodes.values())).services)
         config.save()
@@ -402,6 +402,20 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError("no master answered")
             time.sleep(0.2)
+
+
+async def _cluster_fqdn(members: dict[int, dict]) -> str | None:
+    """The cluster's name as CCS holds it (`cluster:fqdn`), from the first member's copy that
+    answers: a node joining from another machine has no sibling folder to copy it from."""
+    for info in members.values():
+        try:
+            async with await connect(info["address"], info["ccs_port"], timeout=2.0) as conn:
+                fqdn = ccs.unpack(await conn.execute("GET", ccs.FQDN))
+        except (RedisUnavailable, ReplyError, OSError, KeyError):
+            continue
+        if fqdn:
+            return fqdn
+    return None
 
 
 def _wait_gone(pids, timeout: float) -> bool:

@@ -85,6 +85,10 @@ class NodeConfig:
     shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
     proxy_input_budget: int = 1 << 30  # dmcproxy: unparsed input of all its clients (0: none)
     min_free_disk_ratio: float = 0.05   # node_wd: less free disk than this share is `low`
+    # metrics_exporter serves https with this certificate and key (PEM files) when both are
+    # set, else http: point them at the node's certificate once the cluster has one
+    metrics_tls_cert: str | None = None
+    metrics_tls_key: str | None = None
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 
@@ -132,6 +136,11 @@ class NodeConfig:
     def proxy_stats_sock(self) -> Path:
         """The node's dmcproxy serves its endpoints' stats here (control/proxy_stats.py)."""
         return Path(unix_socket_path(self.run_dir / "dmcproxy.sock"))
+
+    @property
+    def metrics_url(self) -> str:
+        scheme = "https" if self.metrics_tls_cert and self.metrics_tls_key else "http"
+        return f"{scheme}://{self.address}:{self.metrics_port}/metrics"
 
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""

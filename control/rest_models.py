@@ -93,6 +93,14 @@ class Cluster(BaseModel):
                                      "shards may book")
     memory_size: int = Field(0, description="the memory of the nodes up (bytes)")
     memory_booked: int = Field(0, description="what the databases' shards book (bytes)")
+    alerts_webhook_url: str | None = None
+    email_alerts: bool = False
+    alerts_email_to: list[str] = Field(default_factory=list)
+    email_from: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_username: str | None = None
+    smtp_use_tls: bool = False          # (smtp_password is never shown)
 
 
 class Shard(BaseModel):

@@ -116,6 +116,7 @@ class BdbAlertSettings(BaseModel):
     bdb_low_throughput: AlertSetting | None = None
     bdb_backup_delayed: AlertSetting | None = None
     bdb_long_running_action: AlertSetting | None = None
+    bdb_endpoint_failed: AlertSetting | None = None     # on unless set off (control/alerts.py)
 
 
 class BdbSettings(BaseModel):
@@ -178,6 +179,19 @@ class ClusterPolicy(BaseModel):
     overbooking_percent: int = Field(
         None, ge=0, le=1000, description="how much more than a node's memory its shards may "
         "book, in percent (default 0)")
+    # alert delivery (control/alert_delivery.py)
+    alerts_webhook_url: str = Field(
+        None, max_length=2000, pattern=r"^(https?://\S+)?$",
+        description="every alert raised or cleared is POSTed here as JSON (empty: none)")
+    email_alerts: bool = Field(None, description="e-mail every alert raised or cleared")
+    alerts_email_to: list[str] = Field(None, max_length=100,
+                                       description="the addresses alert e-mails go to")
+    email_from: str = Field(None, max_length=320)
+    smtp_host: str = Field(None, max_length=253)
+    smtp_port: int = Field(None, ge=1, le=65535)
+    smtp_username: str = Field(None, max_length=320)
+    smtp_password: str = Field(None, max_length=1000, description="never shown by GET")
+    smtp_use_tls: bool = Field(None, description="STARTTLS before logging in")
 
 
 CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0}

@@ -19,6 +19,11 @@ from control.redis_client import connect
 from dmc.processes import free_port
 
 
+# How long a new cluster may take to elect its master: on a loaded shared machine, the services'
+# Python start alone has taken 40 s (a wait on a condition: a quick start is not slowed).
+START_TIMEOUT = 90.0
+
+
 def api_answers(config, auth) -> bool:
     """The node's cnm_http answers an authenticated request."""
     try:
@@ -31,7 +36,8 @@ def api_answers(config, auth) -> bool:
 @contextmanager
 def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalCluster]:
     """A cluster whose every node's REST API answers; stopped and checked on the way out."""
-    c = LocalCluster.create(home, loopback_addresses(nodes, first_address), record_history=True)
+    c = LocalCluster.create(home, loopback_addresses(nodes, first_address), record_history=True,
+                            timeout=START_TIMEOUT)
     try:
         for config in c.nodes.values():
             wait_until(lambda cfg=config: api_answers(cfg, c.admin_login()), 20,
@@ -43,9 +49,10 @@ def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalClus
     assert found == [], found
 
 
-def rest_client(cluster: LocalCluster, timeout: float = 10) -> httpx.Client:
-    """An httpx client of node 1's REST API, logged in as the cluster's admin."""
-    config = cluster.nodes[1]
+def rest_client(cluster: LocalCluster, timeout: float = 10, node: int = 1) -> httpx.Client:
+    """An httpx client of a node's REST API (node 1's by default), logged in as the cluster's
+    admin."""
+    config = cluster.nodes[node]
     return httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
                         auth=cluster.admin_login(), timeout=timeout)
 
@@ -60,7 +67,8 @@ class Cluster:
 
     def __init__(self, home, first_address: str, **create_options):
         self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
-                                      record_history=True, **create_options)
+                                      record_history=True,
+                                      **{"timeout": START_TIMEOUT, **create_options})
 
     def master_ccs(self) -> tuple[str, int]:
         for config in self.lc.nodes.values():
