@@ -359,6 +359,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
     tracking_tick(core)
     if core.held_head != NULL:
         held_tick(core, False)
+    dedicated_tick(core)
     for i in range(core.nshards):
         late = False
         for j in range(core.shards[i].nconns):

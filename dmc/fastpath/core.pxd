@@ -51,6 +51,7 @@ cdef struct Core:
     unsigned long long map_version
     int default_shard           # where keyless commands go; -1: to be found again (default_shard())
     int nbusy                   # shards known busy running a script (busy.pxi)
+    long long next_dedicated_check_us   # clients' own connections looked at for a script (busy.pxi)
     int *active                 # shard indices of the current map, in map order
     int nactive
     # clients

@@ -32,6 +32,12 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
     if params_refused(core, r, cmd, av, True):
         c.flags |= CF_MULTI_DIRTY
         return
+    if core.nbusy > 0 and cmd.route != ROUTE_CONTROL and busy_reply(core) != NULL:
+        # A shard runs a script: the database is busy, and Redis refuses the command rather
+        # than queue it (EXEC then answers EXECABORT), as one Redis does.
+        c.flags |= CF_MULTI_DIRTY
+        req_write_str(core, r, busy_reply(core))
+        return
     if ((cmd.route == ROUTE_ALL_SHARDS or cmd.route == ROUTE_CONTROL) and core.nactive > 1) \
             or cmd.route == ROUTE_SCAN \
             or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SORT or cmd.route == ROUTE_SUBSCRIBE:
@@ -111,6 +117,16 @@ cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
         multi_reset(c)
         watch_end(core, c, True)
         req_write_str(core, r, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+        return
+    if core.nbusy > 0 and busy_reply(core) != NULL:
+        # As Redis refuses EXEC while a script runs: the transaction is discarded, not run
+        # (also on the shards that are not busy: it is one atomic step of the database).
+        multi_reset(c)
+        watch_end(core, c, True)
+        buf_clear(sub)
+        buf_append_str(sub, b"-EXECABORT Transaction discarded because of: ")
+        buf_append_str(sub, busy_reply(core) + 1)
+        req_write(core, r, buf_head(sub), buf_len(sub))
         return
     if c.flags & CF_WATCH and c.watch_map != core.map_version:
         # The keys were watched on the shard that owned them then, which may not see their
