@@ -327,8 +327,8 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
-                for j in range(2):
-                    b = self.core.shards[i].control[j]
+                for j in range(4):
+                    b = self.core.shards[i].control[j] if j < 2 else self.core.shards[i].spare[j - 2]
                     if b != NULL:
                         if b.fd >= 0:
                             close(b.fd)
@@ -444,6 +444,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        spares_sync(&self.core)
         tracking_map_changed(&self.core)
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.

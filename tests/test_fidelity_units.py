@@ -56,22 +56,25 @@ def transaction_meets_a_busy_script(port: int, multi_before: bool) -> list:
             c.close()
 
 
-def exec_meets_a_busy_script(port: int) -> list:
-    """The suite's `just EXEC and script timeout`: EXEC while a script runs is refused with
-    EXECABORT ... BUSY, and the transaction is gone."""
+def exec_meets_a_busy_script(port: int, incr_while_busy: bool) -> dict:
+    """The suite's `just EXEC and script timeout` and `EXEC and script timeout` (an INCR
+    refused while the script runs, then EXEC): EXEC while a script runs is refused with
+    EXECABORT ... BUSY (not "previous errors"), and the transaction is gone."""
     admin, runner, tx = RespConn(port), RespConn(port), RespConn(port)
     try:
         assert admin.call("CONFIG", "SET", "lua-time-limit", "10") == b"OK"
         assert admin.call("SET", "xx", "1") == b"OK"
-        out = [tx.call("MULTI"), tx.call("INCR", "xx")]
+        out = {"queued": [tx.call("MULTI"), tx.call("INCR", "xx")]}
         runner.send(["EVAL", SPIN, "0"])
         time.sleep(0.3)
-        out.append(tx.call("EXEC"))
-        out.append(admin.call("SCRIPT", "KILL"))
+        if incr_while_busy:
+            out["incr"] = tx.call("INCR", "xx")
+        out["exec"] = tx.call("EXEC")
+        out["kill"] = admin.call("SCRIPT", "KILL")
         runner.read(timeout=5)
         wait_until(lambda: admin.call("PING") == b"PONG", timeout=5, what="the script to end")
-        out.append(admin.call("GET", "xx"))
-        out.append(tx.call("EXEC"))
+        out["xx"] = admin.call("GET", "xx")
+        out["exec_again"] = tx.call("EXEC")
         return out
     finally:
         for c in (admin, runner, tx):
@@ -90,11 +93,49 @@ def test_a_command_queued_while_a_script_runs_is_refused_busy_and_exec_aborts(
     assert want[-3].startswith(b"EXECABORT") and want[-2] == b"1" and want[-1] == b"asdf"
 
 
-def test_exec_while_a_script_runs_is_aborted_busy_and_nothing_runs(db, ports):
+@pytest.mark.parametrize("incr_while_busy", [False, True])
+def test_exec_while_a_script_runs_is_aborted_busy_and_nothing_runs(db, ports, incr_while_busy):
     try:
-        want, got = on_both(ports, exec_meets_a_busy_script)
+        want, got = on_both(ports, lambda p: exec_meets_a_busy_script(p, incr_while_busy))
     finally:
         kill_scripts_on_shards(db)
     assert got == want
-    assert want[2].startswith(b"EXECABORT Transaction discarded because of: BUSY")
-    assert want[4] == b"1" and want[5].startswith(b"ERR EXEC without MULTI")
+    assert want["exec"].startswith(b"EXECABORT Transaction discarded because of: BUSY")
+    assert want["xx"] == b"1" and want["exec_again"].startswith(b"ERR EXEC without MULTI")
+
+
+# --------------------------------------------------------------------------- order across clients
+
+def blocked_reader_then_writer(port: int, change: list[str], rounds: int = 10) -> list:
+    """The suite's `Blocking XREADGROUP: key deleted` (and `... type changed with SET`,
+    `... flushed DB`): one client blocks in XREADGROUP, another changes the stream at once,
+    without waiting; the blocked client is answered that the stream is gone, every time (its
+    command reached the shard first, as it reached the server first)."""
+    admin = RespConn(port)
+    out = []
+    try:
+        for _ in range(rounds):
+            admin.call("DEL", "mystream")
+            admin.call("XADD", "mystream", "666", "f", "v")
+            admin.call("XGROUP", "CREATE", "mystream", "mygroup", "$")
+            rd = RespConn(port)
+            try:
+                assert rd.call("SELECT", "0") == b"OK"    # as the suite's deferring client
+                rd.send(["XREADGROUP", "GROUP", "mygroup", "Alice", "BLOCK", "0",
+                         "STREAMS", "mystream", ">"])
+                admin.call(*change)
+                out.append(rd.read(timeout=5))
+            finally:
+                rd.close()
+        return out
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("change", [["DEL", "mystream"], ["SET", "mystream", "val1"],
+                                    ["FLUSHALL"]], ids=["del", "set", "flushall"])
+def test_a_blocking_command_reaches_its_shard_before_a_later_command_of_another_client(
+        ports, change):
+    want, got = on_both(ports, lambda p: blocked_reader_then_writer(p, change))
+    assert got == want
+    assert all(isinstance(e, Error) and b"no longer exists" in e for e in want)

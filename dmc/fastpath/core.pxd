@@ -74,7 +74,8 @@ cdef struct Core:
     Client *all_clients
     Client *monitors            # clients in MONITOR mode
     Client *closed_clients
-    Backend *dirty_backends
+    Backend *dirty_backends     # to write at the end of the turn, in the order they were
+    Backend *dirty_backends_tail    # given something: what reached the proxy first leaves first
     Backend *closed_backends
     # scratch, reused by every command
     ArgVec av

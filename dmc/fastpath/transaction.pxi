@@ -113,13 +113,8 @@ cdef int multi_reroute(Core *core, Client *c) noexcept nogil:
 cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
     cdef Buf *sub = &core.subcommand
     cdef int shard
-    if c.flags & CF_MULTI_DIRTY:
-        multi_reset(c)
-        watch_end(core, c, True)
-        req_write_str(core, r, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
-        return
     if core.nbusy > 0 and busy_reply(core) != NULL:
-        # As Redis refuses EXEC while a script runs: the transaction is discarded, not run
+        # As Redis refuses EXEC while a script runs (before its queueing errors): the transaction is discarded, not run
         # (also on the shards that are not busy: it is one atomic step of the database).
         multi_reset(c)
         watch_end(core, c, True)
@@ -127,6 +122,11 @@ cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
         buf_append_str(sub, b"-EXECABORT Transaction discarded because of: ")
         buf_append_str(sub, busy_reply(core) + 1)
         req_write(core, r, buf_head(sub), buf_len(sub))
+        return
+    if c.flags & CF_MULTI_DIRTY:
+        multi_reset(c)
+        watch_end(core, c, True)
+        req_write_str(core, r, b"-EXECABORT Transaction discarded because of previous errors.\r\n")
         return
     if c.flags & CF_WATCH and c.watch_map != core.map_version:
         # The keys were watched on the shard that owned them then, which may not see their
