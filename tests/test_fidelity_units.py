@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from dmc.local import start_proxy, start_redis_on_free_port
+from dmc.processes import stop_process
 from replies import Error, RespConn, on_both
 from test_fidelity import SELF_CHECK, kill_scripts_on_shards, port_of
 from waiting import wait_until
@@ -106,7 +108,7 @@ def test_exec_while_a_script_runs_is_aborted_busy_and_nothing_runs(db, ports, in
 
 # --------------------------------------------------------------------------- order across clients
 
-def blocked_reader_then_writer(port: int, change: list[str], rounds: int = 10) -> list:
+def blocked_reader_then_writer(port: int, change: list[str], rounds: int = 5) -> list:
     """The suite's `Blocking XREADGROUP: key deleted` (and `... type changed with SET`,
     `... flushed DB`): one client blocks in XREADGROUP, another changes the stream at once,
     without waiting; the blocked client is answered that the stream is gone, every time (its
@@ -139,3 +141,112 @@ def test_a_blocking_command_reaches_its_shard_before_a_later_command_of_another_
     want, got = on_both(ports, lambda p: blocked_reader_then_writer(p, change))
     assert got == want
     assert all(isinstance(e, Error) and b"no longer exists" in e for e in want)
+
+
+# --------------------------------------------------------------------------- CONFIG SET, per database
+
+def oom_session(port: int) -> list:
+    """The suite's `allow-oom shebang flag` and `reject script do not cause a Lua stack leak`:
+    with `maxmemory 1` a write (and a script that may write) is refused OOM, a read is not;
+    `maxmemory 0` lifts it."""
+    c = RespConn(port)
+    try:
+        out = [c.call("SET", "x", "123"), c.call("CONFIG", "SET", "maxmemory", "1")]
+        out.append(c.call("SET", "x", "1"))
+        out.append(c.call("EVAL", "#!lua\nreturn 1", "0"))
+        out.append(c.call("GET", "x"))
+        out.append(c.call("CONFIG", "SET", "maxmemory", "0"))
+        out.append(c.call("SET", "x", "1"))
+        out.append(c.call("CONFIG", "GET", "maxmemory"))
+        return out
+    finally:
+        c.call("CONFIG", "SET", "maxmemory", "0")
+        c.close()
+
+
+def test_config_set_maxmemory_is_the_databases_limit_shared_by_its_shards(db, ports):
+    want, got = on_both(ports, oom_session)
+    assert got == want
+    assert isinstance(want[2], Error) and want[2].startswith(b"OOM")
+    assert want[4] == b"123" and want[6] == b"OK"
+    if not SELF_CHECK:
+        # Each shard got its share, rounded up (1 byte stays a limit), and its own back after.
+        for i in range(len(db.shard_ports)):
+            assert db.shard(i).config_get("maxmemory") == {"maxmemory": "0"}
+
+
+def test_config_set_maxmemory_above_the_databases_limit_is_refused(tmp_path):
+    """A database of 3 shards of 10mb each (as the control plane sets a bdb's memory_size):
+    up to 30mb is the client's to set, split over the shards; above it is refused."""
+    procs, ports = [], []
+    try:
+        for _ in range(3):
+            p, proc = start_redis_on_free_port(tmp_path / "shards")
+            procs.append(proc)
+            ports.append(p)
+            RespConn(p).call("CONFIG", "SET", "maxmemory", "10mb")
+        proxy, port = start_proxy([("127.0.0.1", p) for p in ports], 0, tmp_path)
+        procs.append(proxy)
+        c = RespConn(port)
+        assert c.call("CONFIG", "SET", "maxmemory", "3mb") == b"OK"
+        assert {RespConn(p).call("CONFIG", "GET", "maxmemory")[1] for p in ports} == {b"1048576"}
+        refused = c.call("CONFIG", "SET", "maxmemory", "31mb")
+        assert isinstance(refused, Error) and b"above the database's memory limit" in refused
+        assert c.call("CONFIG", "SET", "maxmemory", "0") == b"OK"
+        assert {RespConn(p).call("CONFIG", "GET", "maxmemory")[1] for p in ports} == {b"10485760"}
+        c.close()
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc)
+
+
+def min_replicas_session(port: int) -> list:
+    """The suite's `not enough good replicas`: with min-replicas-to-write 1 and no replica, a
+    read-only script runs, a script that may write and a write are refused NOREPLICAS."""
+    c = RespConn(port)
+    try:
+        out = [c.call("SET", "x", "some value"),
+               c.call("CONFIG", "SET", "min-replicas-to-write", "1"),
+               c.call("EVAL", "#!lua flags=no-writes\nreturn redis.call('get','x')", "1", "x"),
+               c.call("EVAL", "return redis.call('get','x')", "1", "x"),
+               c.call("EVAL", "#!lua\nreturn redis.call('get','x')", "1", "x"),
+               c.call("SET", "x", "2")]
+        return out
+    finally:
+        c.call("CONFIG", "SET", "min-replicas-to-write", "0")
+        c.close()
+
+
+def test_config_set_min_replicas_to_write_applies_to_every_shard(ports):
+    want, got = on_both(ports, min_replicas_session)
+    assert got == want
+    assert want[2] == want[3] == b"some value"
+    assert want[4].startswith(b"NOREPLICAS") and want[5].startswith(b"NOREPLICAS")
+
+
+# --------------------------------------------------------------------------- MULTI, INFO
+
+def test_a_no_multi_command_inside_multi_is_refused_and_exec_aborts(ports, conns):
+    def run(port):
+        c = conns(port)
+        return [c.call("SET", "foo", "bar"), c.call("MULTI"), c.call("SAVE"), c.call("EXEC"),
+                c.call("GET", "foo")]
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[2] == b"ERR Command not allowed inside a transaction"
+    assert want[3].startswith(b"EXECABORT")
+
+
+def test_config_resetstat_restarts_the_endpoints_info_counters(ports, conns):
+    def run(port):
+        c = conns(port)
+        c.call("LPUSH", "str", "a")
+        for _ in range(3):
+            c.call("GET", "str")                        # WRONGTYPE
+        c.call("CONFIG", "RESETSTAT")
+        c.call("GET", "str")
+        info = c.call("INFO", "stats").decode()
+        return dict(line.split(":", 1) for line in info.splitlines()
+                    if line.startswith("total_error_replies"))
+    want, got = on_both(ports, run)
+    assert got == want == {"total_error_replies": "1"}

@@ -93,6 +93,7 @@ cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcep
 cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil
 cdef void dedicated_close(Core *core, Backend *b) noexcept nogil
 cdef Backend *spare_take(Core *core, Client *c, int shard) noexcept nogil
+cdef void spare_open(Core *core, int shard, int proto) noexcept nogil
 cdef void spares_close(Core *core, int shard) noexcept nogil
 cdef void spares_sync(Core *core) noexcept nogil
 cdef void dedicated_release(Core *core, Client *c, Backend *b) noexcept nogil

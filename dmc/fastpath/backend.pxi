@@ -128,17 +128,33 @@ cdef Backend *spare_take(Core *core, Client *c, int shard) noexcept nogil:
     cdef Backend *b = s.spare[p]
     if c.user != NULL or not s.active:
         return NULL
-    if b != NULL and b.state == BK_UP and b.qhead == NULL:
+    if b != NULL and b.state == BK_UP and b.qhead == NULL and b.skip_replies == 0:
         s.spare[p] = NULL
         b.owner = c
         c.dedicated = b
     else:
         b = NULL
     if s.spare[p] == NULL:
-        s.spare[p] = backend_new(shard, NULL, c.proto, ROLE_DEDICATED)
-    if s.spare[p] != NULL and s.spare[p].state == BK_DOWN and s.spare[p].retry_at_us <= core.now_us:
+        spare_open(core, shard, c.proto)
+    elif s.spare[p].state == BK_DOWN and s.spare[p].retry_at_us <= core.now_us:
         backend_connect(core, s.spare[p])
     return b
+
+
+cdef void spare_open(Core *core, int shard, int proto) noexcept nogil:
+    """A new spare for clients of `proto`. It counts as ready once the shard answered on it
+    (the HELLO 3 of a RESP3 one, a PING for RESP2: skip_replies back at 0): the shard has then
+    accepted it and reads it, so a command sent on it is not read after a later one on another
+    connection while the shard gets round to accepting it."""
+    cdef int p = 1 if proto == 3 else 0
+    cdef Backend *b = backend_new(shard, NULL, proto, ROLE_DEDICATED)
+    core.shards[shard].spare[p] = b
+    if b == NULL:
+        return
+    backend_connect(core, b)
+    if b.state != BK_DOWN and proto != 3:
+        buf_append_str(&b.wbuf, b"*1\r\n$4\r\nPING\r\n")
+        b.skip_replies = 1
 
 
 cdef void spares_sync(Core *core) noexcept nogil:
@@ -150,9 +166,7 @@ cdef void spares_sync(Core *core) noexcept nogil:
         if not s.active:
             spares_close(core, i)
         elif s.spare[0] == NULL:
-            s.spare[0] = backend_new(i, NULL, 2, ROLE_DEDICATED)
-            if s.spare[0] != NULL:
-                backend_connect(core, s.spare[0])
+            spare_open(core, i, 2)
 
 
 cdef void dedicated_release(Core *core, Client *c, Backend *b) noexcept nogil:

@@ -82,6 +82,7 @@ cdef struct Core:
     KeyList keys
     Buf merged
     Buf subcommand
+    char split_values[PARAM_SPLIT_MAX][24]  # a CONFIG SET's per-shard values (route.pxi: params_rewrite)
     Buf monitor_line
     ArgVec relay_av             # a relayed notification, parsed
     Buf relay_cmd               #   and re-published

@@ -25,6 +25,11 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         c.flags |= CF_MULTI_DIRTY
         req_write_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", cmd.name)
         return
+    if cmd.no_multi and cmd.route != ROUTE_LOCAL:
+        # (WATCH, MULTI & co. are the proxy's own, answered as Redis answers them.)
+        c.flags |= CF_MULTI_DIRTY
+        req_write_str(core, r, b"-ERR Command not allowed inside a transaction\r\n")
+        return
     if cmd.route == ROUTE_REFUSED:
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, cmd.refusal)
