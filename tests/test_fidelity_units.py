@@ -250,3 +250,53 @@ def test_config_resetstat_restarts_the_endpoints_info_counters(ports, conns):
                     if line.startswith("total_error_replies"))
     want, got = on_both(ports, run)
     assert got == want == {"total_error_replies": "1"}
+
+
+# --------------------------------------------------------------------------- SORT BY / GET, sequential
+
+@pytest.fixture(scope="module")
+def seq_db(tmp_path_factory):
+    """A 3-shard database with multi_slot_commands = sequential."""
+    from conftest import start_database
+    d = start_database(tmp_path_factory.mktemp("seqdb"), 3,
+                       ("--multi-slot-commands", "sequential"))
+    yield d
+    d.close()
+
+
+SORTS = [["tosort", "BY", "weight_*"], ["tosort", "BY", "wobj_*->weight"],
+         ["tosort", "BY", "weight_*", "GET", "#", "GET", "wobj_*->name", "GET", "weight_*"],
+         ["tosort", "BY", "weight_*", "LIMIT", "1", "2"], ["tosort", "BY", "weight_*", "DESC"],
+         ["tosort", "BY", "weight_*", "STORE", "sort-res"], ["tosort", "GET", "nokey_*"],
+         ["tosort", "BY", "weight_*", "BADOPT"], ["weight_1", "BY", "weight_*"],
+         ["tosort", "BY", "wobj_*->name", "ALPHA", "GET", "wobj_*->"],
+         ["emptylist", "BY", "weight_*", "STORE", "sort-empty"]]
+
+
+def sort_session(port: int) -> list:
+    """The Redis suite's `sort` unit in small: BY and GET patterns (keys, hash fields, `#`,
+    missing keys), LIMIT, DESC, ALPHA, STORE, errors; what each answers, and every key after."""
+    c = RespConn(port)
+    try:
+        c.call("FLUSHALL")
+        c.call("RPUSH", "tosort", "3", "1", "2", "5", "4")
+        for i in range(1, 6):
+            c.call("SET", f"weight_{i}", str(10 - i))
+            c.call("HSET", f"wobj_{i}", "weight", str(i * 3 % 7), "name", f"n{6 - i}")
+        out = [c.call("SORT", *args) for args in SORTS]
+        out.append(c.call("SORT_RO", "tosort", "BY", "weight_*", "GET", "wobj_*->name"))
+        out.append(c.call("LRANGE", "sort-res", "0", "-1"))
+        out.append(sorted(c.call("KEYS", "*")))
+        return out
+    finally:
+        c.close()
+
+
+def test_sort_by_and_get_patterns_over_several_shards_answer_as_one_redis(seq_db, ref):
+    want, got = on_both({"redis": port_of(ref),
+                         "dmc": port_of(ref) if SELF_CHECK else seq_db.port}, sort_session)
+    assert got == want
+    assert want[0] == [b"5", b"4", b"3", b"2", b"1"] and want[-2] == want[0]
+    if not SELF_CHECK:
+        # No copy left behind on a shard that does not own the key.
+        assert sum(seq_db.shard(i).dbsize() for i in range(3)) == len(want[-1])
