@@ -26,6 +26,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       pubsub        subscribers, and the keyspace-notification relay
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
+        sort_sequential   SORT BY / GET patterns over keys of several shards (sequential)
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
@@ -78,6 +79,7 @@ include "fastpath/info.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
+include "fastpath/sort_sequential.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -327,8 +329,8 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
-                for j in range(2):
-                    b = self.core.shards[i].control[j]
+                for j in range(4):
+                    b = self.core.shards[i].control[j] if j < 2 else self.core.shards[i].spare[j - 2]
                     if b != NULL:
                         if b.fd >= 0:
                             close(b.fd)
@@ -444,6 +446,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        spares_sync(&self.core)
         tracking_map_changed(&self.core)
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.
