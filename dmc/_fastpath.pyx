@@ -27,6 +27,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
+      cluster_api   the OSS Cluster API (oss_cluster): CLUSTER SLOTS ... answered, -MOVED to
+                    the proxy of the node whose master shard holds the keys
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
@@ -78,6 +80,7 @@ include "fastpath/info.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
+include "fastpath/cluster_api.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -98,7 +101,8 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
-          "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL}
+          "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL,
+          "cluster": LOCAL_CLUSTER}
 COMMAND_CLASSES = {"read": CLASS_READ, "write": CLASS_WRITE, "other": CLASS_OTHER}
 PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
@@ -354,6 +358,7 @@ cdef class Proxy:
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
         tracking_free(&self.core)
+        cluster_api_free(self.core.cluster)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -592,6 +597,53 @@ cdef class Proxy:
         if policy not in MULTI_SLOT_POLICIES:
             raise ValueError(f"multi_slot_commands must be one of {', '.join(MULTI_SLOT_POLICIES)}, not {policy!r}")
         self.core.multi_slot = MULTI_SLOT_POLICIES[policy]
+
+    def set_cluster_api(self, replies, dict node_of=None, list node_addrs=None):
+        """The OSS Cluster API (cluster_api.pxi), None: off. replies: {(proto, name): bytes}
+        for proto 2 and 3 and name slots, shards, nodes, info, myid (dmc/cluster_api.py makes
+        them); node_of: {(host, port) of a shard: index into node_addrs, the "ip:port" of the
+        proxy serving it; -1 or absent: this one}. Call it after apply_shard_map, in the same
+        turn, with the topology of the map just installed."""
+        cdef ClusterApi *api
+        cdef int p, i
+        names = ("slots", "shards", "nodes", "info", "myid")
+        if replies is None:
+            cluster_api_free(self.core.cluster)
+            self.core.cluster = NULL
+            return
+        node_addrs = node_addrs or []
+        if len(node_addrs) > CLUSTER_MAX_NODES:
+            raise ValueError("at most %d cluster nodes" % CLUSTER_MAX_NODES)
+        for (host, port), node in (node_of or {}).items():
+            if node >= len(node_addrs):
+                raise ValueError("shard %s:%d is served by node %d, not in node_addrs" % (host, port, node))
+        api = <ClusterApi *>calloc(1, sizeof(ClusterApi))
+        if api == NULL:
+            raise MemoryError()
+        for i in range(MAX_SHARDS):
+            api.node_of[i] = -1
+        try:
+            for p in range(2):
+                for i in range(CLUSTER_REPLIES):
+                    data = bytes(replies[(p + 2, names[i])])
+                    if buf_append(&api.replies[p][i], <char *>data, len(data)) < 0:
+                        raise MemoryError()
+            for i, addr in enumerate(node_addrs):
+                label = addr.encode()[:63]
+                memcpy(api.node_addr[i], <char *>label, len(label))
+                api.node_addr[i][len(label)] = 0
+            for (host, port), node in (node_of or {}).items():
+                if node >= 0:
+                    api.node_of[self.shard_for(host, int(port))] = node
+        except BaseException:
+            cluster_api_free(api)
+            raise
+        cluster_api_free(self.core.cluster)
+        self.core.cluster = api
+
+    @property
+    def oss_cluster(self):
+        return self.core.cluster != NULL
 
     def close(self):
         """Stop serving: the listening socket leaves the loop (its owner closes it), every

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from dmc import _fastpath
+from dmc import _fastpath, cluster_api
 from dmc.commands import table_from_shards
 from dmc.shard_map import ShardMap
 
@@ -43,6 +43,7 @@ class ProxyConfig:
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
     hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
+    oss_cluster: bool = False   # the OSS Cluster API, this proxy the cluster's one node (cluster_api)
 
     def shard_map(self, version: int) -> ShardMap:
         if self.slot_ranges:
@@ -76,6 +77,7 @@ def load_config(path: str) -> ProxyConfig:
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
         hold_ms = 0          # a request for a shard that is down waits this long for a new map
         multi_slot_commands = "refuse"   # or "sequential": keys of several shards in steps
+        oss_cluster = false  # the OSS Cluster API: CLUSTER SLOTS ... with this proxy as the one node
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
     with open(path, "rb") as f:
@@ -83,7 +85,7 @@ def load_config(path: str) -> ProxyConfig:
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
              "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
-             "tracking_max_keys", "hold_ms"}
+             "tracking_max_keys", "hold_ms", "oss_cluster"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -146,6 +148,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 client_query_limit=cfg.client_query_buffer_limit,
                                 hold_ms=cfg.hold_ms)
         install_shard_map(proxy, shard_map)
+        if cfg.oss_cluster:
+            apply_standalone_cluster(proxy, shard_map, sock.getsockname()[:2])
     except BaseException:
         sock.close()
         raise
@@ -156,6 +160,14 @@ def install_shard_map(proxy: _fastpath.Proxy, shard_map: ShardMap) -> bool:
     """Between two turns of proxy's loop; False when the map is not newer than the proxy's."""
     return proxy.apply_shard_map(shard_map.version, list(shard_map.shards),
                                  shard_map.slot_owners())
+
+
+def apply_standalone_cluster(proxy: _fastpath.Proxy, shard_map: ShardMap, myself) -> None:
+    """The OSS Cluster API of a standalone dmcproxy: one node, itself, serves every slot."""
+    host, port = myself
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    cluster_api.apply(proxy, shard_map, lambda shard: (host, port), (host, port))
 
 
 class ProxyService:
@@ -171,7 +183,10 @@ class ProxyService:
         self.port = self.sock.getsockname()[1]
 
     def apply(self, shard_map: ShardMap) -> bool:
-        return install_shard_map(self.proxy, shard_map)
+        installed = install_shard_map(self.proxy, shard_map)
+        if installed and self.cfg.oss_cluster:
+            apply_standalone_cluster(self.proxy, shard_map, self.sock.getsockname()[:2])
+        return installed
 
     def reload(self) -> None:
         if not self.config_path:
@@ -223,9 +238,12 @@ def log(msg: str) -> None:
 @click.option("--tracking-max-keys", type=int,
               help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
                    "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
+@click.option("--oss-cluster", is_flag=True, default=None,
+              help="The OSS Cluster API: CLUSTER SLOTS/SHARDS/NODES ... answered with this proxy "
+                   "as the cluster's one node, for cluster clients.")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
          client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
-         timeout, multi_slot_commands, tracking_max_keys):
+         timeout, multi_slot_commands, tracking_max_keys, oss_cluster):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -237,7 +255,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("maxmemory_clients", maxmemory_clients),
                             ("password", password), ("timeout", timeout),
                             ("multi_slot_commands", multi_slot_commands),
-                            ("tracking_max_keys", tracking_max_keys)):
+                            ("tracking_max_keys", tracking_max_keys),
+                            ("oss_cluster", oss_cluster)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

@@ -100,3 +100,4 @@ cdef struct Core:
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
     Counters counters           # what the endpoint was asked and answered (counters.pxd)
+    ClusterApi *cluster         # the OSS Cluster API's topology and replies (cluster_api.pxi); NULL: off

@@ -212,6 +212,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return True
+    if core.cluster != NULL and kl.n > 0 and cluster_redirected(core, r, av, kl):
+        return True         # -MOVED: its keys are another node's (cluster_api.pxi)
     if route == ROUTE_BLOCKING:
         if c.flags & CF_PUBSUB:
             req_write_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
