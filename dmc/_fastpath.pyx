@@ -39,6 +39,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
+    workers       worker threads of one endpoint (--threads N): what stays per endpoint (client
+                  ids, CLIENT LIST/KILL, MONITOR, the relay); WorkerGroup stops them all at once
 
 Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
 runs on: its clients, backends, request free list, counters).
@@ -81,6 +83,7 @@ include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
 include "fastpath/cluster_api.pxi"
+include "fastpath/workers.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -679,3 +682,63 @@ cdef class Proxy:
             "commands": self.table.counters(),
             "counters": counters_dict(&self.core),
         }
+
+
+cdef class WorkerGroup:
+    """The worker threads of one endpoint: Proxies that serve the same port, each run by a
+    thread of its own (dmc/endpoint.py). stop() / start() stop every worker between two turns
+    of its loop, so that a change can be applied to all at once."""
+    cdef Workers *w
+    cdef list proxies
+
+    def __cinit__(self, list proxies):
+        cdef int i
+        cdef Proxy p
+        if not 2 <= len(proxies) <= MAX_WORKERS:
+            raise ValueError("2 to %d workers" % MAX_WORKERS)
+        self.w = <Workers *>calloc(1, sizeof(Workers))
+        if self.w == NULL:
+            raise MemoryError()
+        self.proxies = list(proxies)
+        self.w.n = len(proxies)
+        pthread_mutex_init(&self.w.world, NULL)
+        for i in range(self.w.n):
+            pthread_mutex_init(&self.w.turn[i], NULL)
+            pthread_mutex_init(&self.w.inbox_lock[i], NULL)
+        for i in range(self.w.n):
+            p = proxies[i]
+            if p.core.workers != NULL:
+                raise ValueError("a Proxy is a worker of one group only")
+            self.w.cores[i] = &p.core
+        for i in range(self.w.n):
+            p = proxies[i]
+            p.core.workers = self.w
+            p.core.worker = i
+            p.core.next_client_id = <unsigned long long>i
+            p.core.max_clients = max(1, (p.core.max_clients + self.w.n - 1) // self.w.n)
+            relays_sync(&p.core)        # worker 0 relays the keyspace notifications, alone
+
+    def stop(self):
+        """Every worker waits, outside its loop's turns, until start()."""
+        with nogil:
+            workers_stop(self.w)
+
+    def start(self):
+        with nogil:
+            workers_start(self.w)
+            workers_wake(self.w, NULL)
+
+    def __dealloc__(self):
+        # Once the loops have ended (Endpoint.stop): the Proxies go on alone.
+        cdef int i
+        cdef Proxy p
+        if self.w == NULL:
+            return
+        for p in self.proxies or []:
+            p.core.workers = NULL
+        for i in range(self.w.n):
+            pthread_mutex_destroy(&self.w.turn[i])
+            pthread_mutex_destroy(&self.w.inbox_lock[i])
+            buf_free(&self.w.inbox[i])
+        pthread_mutex_destroy(&self.w.world)
+        free(self.w)
