@@ -12,8 +12,8 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password, client_query_buffer_limit, multi_slot_commands or port is applied (a new
-  port re-opens the endpoint);
+- a changed password, client_query_buffer_limit, multi_slot_commands, port or proxy_threads is
+  applied (a new port or thread count re-opens the endpoint: its clients reconnect);
 - with `oss_cluster`, the OSS Cluster API's topology (dmc/cluster_api.py: the nodes of the
   map's master shards, each as its proxy, this node's address and the database's port) is set
   in the same call as each map, so CLUSTER SLOTS and -MOVED follow failovers and migrations;
@@ -236,7 +236,9 @@ class NodeProxy:
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
         password = bdb.authentication_redis_pass or None
         multi_slot = bdb.multi_slot_commands or "refuse"
-        if endpoint is not None and applied.get("port") != bdb.port:
+        threads = bdb.proxy_threads or 1
+        if endpoint is not None and (applied.get("port") != bdb.port or
+                                     applied.get("threads") != threads):
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
@@ -244,12 +246,14 @@ class NodeProxy:
             if reason is not None:
                 await self._report(uid, reason)
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
-            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot,
+                                                     threads)
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
             await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
-                       "password": password, "multi_slot_commands": multi_slot}
+                       "password": password, "multi_slot_commands": multi_slot,
+                       "threads": threads}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
@@ -318,8 +322,8 @@ class NodeProxy:
             log.debug("database %d: endpoint status not written: %s", uid, exc)
 
     def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap,
-              multi_slot: str = "refuse") -> Endpoint:
-        return Endpoint(self.config.address, bdb.port, password, smap,
+              multi_slot: str = "refuse", threads: int = 1) -> Endpoint:
+        return Endpoint(self.config.address, bdb.port, password, smap, threads=threads,
                         wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
                         client_query_buffer_limit=query_buffer_limit(bdb)).start()
 

@@ -77,7 +77,14 @@ class Database:
             stop_process(p)
 
 
+# DMC_PROXY_THREADS=2: every dmcproxy the fixtures start serves with that many worker threads
+# (dmcproxy --threads), so that a behaviour test file runs with 1 and with 2 threads.
+PROXY_THREADS = int(os.environ.get("DMC_PROXY_THREADS", "1"))
+
+
 def start_database(workdir: Path, nshards: int = 3, proxy_args=()) -> Database:
+    if PROXY_THREADS > 1 and "--threads" not in proxy_args:
+        proxy_args = (*proxy_args, "--threads", str(PROXY_THREADS))
     ports, procs = [], []
     try:
         for _ in range(nshards):
