@@ -80,7 +80,7 @@ class Endpoint:
             if self._threads or self._stopping:
                 raise RuntimeError("an endpoint is started once")
             self._threads = [threading.Thread(target=self._serve, args=(proxy,), daemon=True,
-                                              name=f"endpoint:{self.port}:{i}")
+                                              name=f"endpoint:{self.port}" + (f":{i}" if i else ""))
                              for i, (_, proxy) in enumerate(self.workers)]
         for thread in self._threads:
             thread.start()
