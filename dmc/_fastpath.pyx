@@ -715,7 +715,7 @@ cdef class WorkerGroup:
             p.core.workers = self.w
             p.core.worker = i
             p.core.next_client_id = <unsigned long long>i
-            p.core.max_clients = max(1, (p.core.max_clients + self.w.n - 1) // self.w.n)
+            dmc_atomic_add_int(&self.w.nclients, p.core.nclients)
             relays_sync(&p.core)        # worker 0 relays the keyspace notifications, alone
 
     def stop(self):

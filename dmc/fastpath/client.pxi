@@ -29,7 +29,7 @@ cdef void accept_clients(Core *core) noexcept nogil:
         if fd < 0:
             return
         core.total_connections += 1
-        if core.nclients >= core.max_clients:
+        if endpoint_clients(core) >= core.max_clients:
             core.rejected_connections += 1
             send(fd, b"-ERR max number of clients reached\r\n", 36, MSG_NOSIGNAL)
             close(fd)
@@ -54,6 +54,8 @@ cdef void accept_clients(Core *core) noexcept nogil:
         core.next_client_id += <unsigned long long>(core.workers.n if core.workers != NULL else 1)
         c.id = core.next_client_id
         core.nclients += 1
+        if core.workers != NULL:
+            dmc_atomic_add_int(&core.workers.nclients, 1)
         epoll_want(core, fd, c, &c.events, EPOLLIN)
 
 
@@ -102,6 +104,8 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     input_release(c)
     buf_free(&c.wbuf)
     core.nclients -= 1
+    if core.workers != NULL:
+        dmc_atomic_add_int(&core.workers.nclients, -1)
     c.next_closed = core.closed_clients
     core.closed_clients = c
 

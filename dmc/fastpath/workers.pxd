@@ -31,6 +31,7 @@ cdef struct Workers:
     Buf inbox[MAX_WORKERS]             # MONITOR lines of the other workers' clients, for worker i
     int inbox_full[MAX_WORKERS]        #   non-zero while inbox[i] holds some
     int monitors                       # MONITOR sessions of every worker
+    int nclients                       # clients of every worker (--max-clients is the endpoint's)
 
 
 cdef void workers_stop(Workers *w) noexcept nogil
@@ -40,3 +41,4 @@ cdef void worker_turn_begin(Core *core) noexcept nogil
 cdef void worker_turn_end(Core *core) noexcept nogil
 cdef bint worker_cross_wait(Core *core, Client *c) noexcept nogil
 cdef void worker_monitor_feed(Core *core, Buf *line) noexcept nogil
+cdef int endpoint_clients(Core *core) noexcept nogil

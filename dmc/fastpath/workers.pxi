@@ -20,9 +20,11 @@
 #   (WorkerGroup.stop) and applies it to each before any runs again;
 # - the counters: summed over the workers by dmc/endpoint.py (Endpoint.stats).
 #
-# Per worker (as between the proxies of two nodes): --max-clients is split over the workers, and
-# what a Core keeps for its own clients (CLIENT TRACKING's table and REDIRECT, sequential
-# commands' slot locks, INFO's own counters) is its worker's. With one thread there is no
+# - --max-clients and INFO's connected_clients: every worker's clients (an atomic count).
+#
+# Per worker (as between the proxies of two nodes): what a Core keeps for its own clients
+# (CLIENT TRACKING's table and REDIRECT, sequential commands' slot locks, the clients ACL
+# DELUSER closes, INFO's own counters but connected_clients) is its worker's. With one thread there is no
 # Workers struct (core.workers NULL) and none of this costs anything but that pointer test.
 
 
@@ -49,6 +51,13 @@ cdef void workers_wake(Workers *w, Core *except_core) noexcept nogil:
     for i in range(w.n):
         if w.cores[i] != except_core:
             write(w.cores[i].wake.fd, &one, sizeof(one))
+
+
+cdef int endpoint_clients(Core *core) noexcept nogil:
+    """Clients of the endpoint now (every worker's): what --max-clients and INFO count."""
+    if core.workers == NULL:
+        return core.nclients
+    return dmc_atomic_load_int(&core.workers.nclients)
 
 
 cdef void worker_inbox_drain(Core *core) noexcept nogil:
