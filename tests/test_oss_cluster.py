@@ -3,7 +3,9 @@ proxy answers CLUSTER SLOTS/SHARDS/NODES/INFO/MYID/KEYSLOT/COUNTKEYSINSLOT/GETKE
 the proxies of the nodes that hold master shards as the cluster's nodes, and -MOVED for a key
 whose master shard is another node's; redis-py's RedisCluster, `redis-cli -c` and
 `redis-benchmark --cluster` work against it, and the topology follows a failover and a
-migration under a cluster client's load without losing an acknowledged write."""
+migration under a cluster client's load without losing an acknowledged write. Also the
+database's proxy_threads (`dmc db update --proxy-threads`): every node's endpoint served by
+that many workers."""
 
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import subprocess
 
 import pytest
 import redis
+from click.testing import CliRunner
 from clusters import Cluster, api_answers, rest_client
 from redis.cluster import RedisCluster
 from waiting import wait_until
 from workload import WriteLoad
 
+from control.cli import main as cli_main
 from dmc._fastpath import slot_of
 from dmc.cluster_api import node_id
 
@@ -216,6 +220,33 @@ def test_topology_follows_failover_and_migration_under_load(cluster):
         rc.close()
     assert {k: v for k, v in zip(keys, found) if v != load.acked[k]} == {}
     assert load.writes > 200
+
+
+def test_proxy_threads_serves_every_nodes_endpoint_with_that_many_workers(cluster):
+    done = CliRunner().invoke(cli_main, ["db", "update", "oss", "--proxy-threads", "2",
+                                         "--home", str(cluster.lc.home)])
+    assert done.exit_code == 0, done.output
+    assert cluster.bdb(cluster.db["uid"])["proxy_threads"] == 2
+
+    def both_workers_serve(node) -> bool:
+        # Worker i of N gives client ids i mod N: both parities, both workers.
+        clients = [node_client(cluster, node) for _ in range(16)]
+        try:
+            return {c.client_id() % 2 for c in clients} == {0, 1}
+        finally:
+            for c in clients:
+                c.close()
+    for node in cluster.lc.nodes:
+        wait_until(lambda node=node: both_workers_serve(node), 30,
+                   what=f"node {node}'s endpoint on two workers", ignoring=(redis.RedisError,))
+    rc = cluster_client(cluster, decode_responses=True)
+    try:
+        for i in range(100):
+            assert rc.set(f"threads:{i}", i)
+        assert rc.mget_nonatomic([f"threads:{i}" for i in range(100)]) == \
+            [str(i) for i in range(100)]
+    finally:
+        rc.close()
 
 
 def test_turned_off_the_endpoint_is_a_plain_database_again(cluster):
