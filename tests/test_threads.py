@@ -16,17 +16,10 @@ from raw_resp import RawClient
 from waiting import wait_until
 
 from dmc.endpoint import Endpoint
-from dmc.local import redis_servers
 from dmc.shard_map import ShardMap
 
 HOST = "127.0.0.1"
 THREADS = 2
-
-
-@pytest.fixture(scope="module")
-def shard_ports(tmp_path_factory):
-    with redis_servers(tmp_path_factory.mktemp("threads"), 3) as started:
-        yield [port for port, _ in started]
 
 
 @pytest.fixture
