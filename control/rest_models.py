@@ -50,6 +50,8 @@ class Bdb(BaseModel):
     authentication_redis_pass: str | None = None
     eviction_policy: str | None = None
     multi_slot_commands: str | None = Field(None, description="refuse (CROSSSLOT) or sequential")
+    oss_cluster: bool | None = Field(None, description="the OSS Cluster API is on")
+    proxy_threads: int | None = Field(None, description="worker threads of each node's proxy")
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
                                         "0: none")
     backup_location: str | None = Field(None, description="the folder of its backups")

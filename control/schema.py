@@ -157,6 +157,14 @@ class BdbSettings(BaseModel):
     proxy_policy: Literal[PROXY_POLICIES] = Field(
         None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
         "see control/discovery.py)")
+    oss_cluster: bool = Field(
+        None, description="the OSS Cluster API (Redis Enterprise's name): each node's proxy "
+        "answers CLUSTER SLOTS, SHARDS, NODES ... with the proxies of the nodes that hold "
+        "master shards as the cluster's nodes, and -MOVED for keys of another node's "
+        "(dmc/fastpath/cluster_api.pxi); default false")
+    proxy_threads: int = Field(
+        None, ge=1, le=64, description="worker threads (event loops) of each node's proxy "
+        "for this database's endpoint (Redis Enterprise's proxy `threads`); default 1")
     client_query_buffer_limit: int = Field(
         None, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's unparsed input "
         "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
@@ -226,6 +234,8 @@ class BdbCreate(BdbSettings):
         DEFAULT_QUERY_BUFFER, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's "
         "unparsed input may hold on the proxy (Redis's client-query-buffer-limit)")
     multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
+    oss_cluster: bool = False
+    proxy_threads: int = Field(1, ge=1, le=64)
 
 
 class InvalidRequest(ValueError):
@@ -291,6 +301,8 @@ class Bdb(msgspec.Struct, kw_only=True):
     authentication_redis_pass: str = ""
     eviction_policy: str = "volatile-lru"
     proxy_policy: str | None = None               # None: all-nodes (control/discovery.py)
+    oss_cluster: bool = False                     # the OSS Cluster API (dmc/fastpath/cluster_api.pxi)
+    proxy_threads: int = 1                        # event loops per node for its endpoint (dmc/endpoint.py)
     client_query_buffer_limit: int | None = None  # None: DEFAULT_QUERY_BUFFER (dmcproxy)
     alert_settings: dict | None = None            # BdbAlertSettings' fields (alert_mgr)
     multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
