@@ -1,7 +1,7 @@
 """The fenced data path (dmc/fastpath/fence.pxi): no reply of a shard that is no longer the
 master of a request's slots reaches a client, and a fenced proxy refuses writes. Real
 redis-server shards (a master and its replica) with proxies in this process; then a real
-3-node cluster in network namespaces (tests/netns.py), cut in two."""
+3-node cluster in network namespaces (chaos/netns.py), cut in two."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 from clusters import Cluster
-from netns import TestNetwork, _in_netns
+from chaos.netns import TestNetwork, in_netns
 from raw_resp import RawClient
 from waiting import wait_until
 
@@ -193,7 +193,7 @@ FENCE_BOUND = 1.6
 
 class NetnsCluster(Cluster):
     """A Cluster whose nodes run in the hosts of a TestNetwork: the test reaches them from a
-    host's namespace (with _in_netns)."""
+    host's namespace (with in_netns)."""
 
     def __init__(self, home, net: TestNetwork):
         self.lc = LocalCluster.create(home, [h.address for h in net.hosts], record_history=True,
@@ -225,7 +225,7 @@ class Writer:
         self._thread.join(15)
 
     def _run(self) -> None:
-        with _in_netns(self.netns):
+        with in_netns(self.netns):
             conn = redis.Redis(self.address, self.port, socket_timeout=1, socket_connect_timeout=1)
             n = 0
             while not self._stop.is_set():
@@ -248,7 +248,7 @@ def test_the_minority_side_of_a_partition_acknowledges_no_write_once_its_lease_i
         cluster = NetnsCluster(tmp_path / "cluster", net)
         writers = []
         try:
-            with _in_netns(net.hosts[0].name):
+            with in_netns(net.hosts[0].name):
                 cluster.lc.wait_for_master(60)
                 cluster.lc.wait_ready(60)
                 db = cluster.create_db("fenced", shards=2, replication=True)
@@ -267,7 +267,7 @@ def test_the_minority_side_of_a_partition_acknowledges_no_write_once_its_lease_i
                        what="both sides writing")
             net.partition([cut_off - 1], [u - 1 for u in cluster.lc.nodes if u != cut_off])
             cut = time.monotonic()
-            with _in_netns(net.hosts[other - 1].name):
+            with in_netns(net.hosts[other - 1].name):
                 wait_until(lambda: cluster.shards(db["uid"])[masters[0]["uid"]]["role"]
                            == "replica", timeout=60, what="the majority failing the shard over")
                 failed_over = time.monotonic()
@@ -286,7 +286,7 @@ def test_the_minority_side_of_a_partition_acknowledges_no_write_once_its_lease_i
             net.heal()
             minority.stop()
             majority.stop()
-            with _in_netns(net.hosts[other - 1].name):
+            with in_netns(net.hosts[other - 1].name):
                 old = cluster.shards(db["uid"])[masters[0]["uid"]]
                 wait_until(lambda: _replicating(cluster, old), timeout=60,
                            what="the old master replicating the new one")
