@@ -197,14 +197,15 @@ class Run:
         poller.start()
 
         ctx = multiprocessing.get_context("spawn")
-        counts = ctx.Array("l", 3)
+        # ok, fail, unknown of each client (its own slots: no lock, no semaphore to track)
+        counts = ctx.Array("l", 3 * s.clients, lock=False)
         start = time.monotonic()
         deadline = start + s.seconds
         files = [self.dir / f"client-{i}.jsonl" for i in range(s.clients)]
         for f in files:
             f.unlink(missing_ok=True)
         procs = [ctx.Process(target=run_client, args=(i, databases, s.seed, deadline, str(f),
-                                                      counts), daemon=True)
+                                                      counts, 3 * i), daemon=True)
                  for i, f in enumerate(files)]
         for p in procs:
             p.start()
@@ -214,7 +215,7 @@ class Run:
                           self.net)
         next_fault = start + FIRST_FAULT_AFTER
         while time.monotonic() < deadline:
-            self.progress(time.monotonic() - start, list(counts), len(nemesis.injected))
+            self.progress(time.monotonic() - start, _totals(counts), len(nemesis.injected))
             if s.faults and time.monotonic() >= next_fault and deadline - time.monotonic() > 8:
                 nemesis.step()
                 next_fault = time.monotonic() + nemesis.rng.uniform(1.0, 4.0)
@@ -223,7 +224,7 @@ class Run:
             p.join(30)
             if p.is_alive():
                 p.kill()
-        self.progress(s.seconds, list(counts), len(nemesis.injected))
+        self.progress(s.seconds, _totals(counts), len(nemesis.injected))
 
         self.log("faults over: waiting for the cluster to heal")
         nemesis.settle_actions(30)
@@ -273,6 +274,11 @@ class Run:
             self.log(f"not healed: {exc}")
             return False
         return True
+
+
+def _totals(counts) -> list[int]:
+    """ok, fail, unknown over every client."""
+    return [sum(counts[i::3]) for i in range(3)]
 
 
 def _final_keys(db: Database, files: list[Path]) -> list[tuple[str, str]]:

@@ -181,9 +181,9 @@ def record(out, process, db: Database, node, op, key, value, invoke, complete, o
 
 
 def run_client(process: int, databases: list[Database], seed: int, deadline: float,
-               history: str, counts=None) -> None:
-    """The body of a client process. `counts` (a shared array: ok, fail, unknown) feeds the
-    runner's progress bar."""
+               history: str, counts=None, at: int = 0) -> None:
+    """The body of a client process. `counts[at:at + 3]` (a shared array: this client's ok,
+    fail, unknown) feeds the runner's progress bar."""
     rng = random.Random(seed * 1000 + process)
     clients = [Client(db, process) for db in databases]
     n = 0
@@ -204,13 +204,13 @@ def run_client(process: int, databases: list[Database], seed: int, deadline: flo
                 record(out, process, client.db, node, op, key, value, invoke, complete,
                        exc.outcome, error=str(exc)[:200])
                 if counts is not None:
-                    counts[1 if exc.outcome == "fail" else 2] += 1
+                    counts[at + (1 if exc.outcome == "fail" else 2)] += 1
                 time.sleep(0.05)        # a failing endpoint is not hammered
                 continue
             record(out, process, client.db, node, op, key, value, invoke, time.monotonic(),
                    "ok", result)
             if counts is not None:
-                counts[0] += 1
+                counts[at] += 1
     for c in clients:
         c.close()
 
