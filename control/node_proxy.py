@@ -37,7 +37,9 @@ over on the other side, so its endpoints must not acknowledge writes any more. c
 `run/lease.json` says until when the node knows it is on the majority's side (`majority_until`:
 a master's lease, or a replica's last heartbeat of its master + leader_window, 1 s); once that
 has passed (or the file says nothing), every endpoint answers writes -READONLY and serves reads
-(Proxy.fence), until the node hears a master again. The majority fails a node's shards over
+(Proxy.fence; each endpoint is also given the lease's deadline, Proxy.fence_until, so that its
+loop fences itself the moment it passes, without waiting for this process to notice), until the
+node hears a master again. The majority fails a node's shards over
 only once its heartbeat key has expired (3 s after its last heartbeat), so the fence is up well
 before a replica on the other side is promoted. Reads of data are refused too (-MASTERDOWN):
 after a failover on the other side what the node's shards hold may be stale. When the lease
@@ -91,6 +93,7 @@ class NodeProxy:
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
         self.fenced = True          # until lease.json says the node is on the majority's side
+        self.lease_until = 0.0      # the majority lease the endpoints enforce by themselves
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
         self.installing: dict[int, trio.Lock] = {}
 
@@ -124,25 +127,34 @@ class NodeProxy:
             else:
                 await trio.sleep(timeout)
 
-    def _on_majority_side(self) -> bool:
+    def _majority_until(self) -> float | None:
+        """Until when (time.monotonic()) the node knows it is on the majority's side, if now."""
         try:
             until = json.loads(self.config.lease_file.read_text()).get("majority_until")
         except (OSError, ValueError, AttributeError):
-            return False
-        return isinstance(until, (int, float)) and time.monotonic() < until
+            return None
+        if isinstance(until, (int, float)) and time.monotonic() < until:
+            return float(until)
+        return None
 
     async def _guard_majority(self) -> None:
-        """The write fence of every endpoint follows the node's majority lease."""
+        """The fence of every endpoint follows the node's majority lease: up when it is out
+        (and, in the endpoints' own loops, as soon as its deadline passes), down once the lease
+        is back and the master's maps are served."""
         while True:
-            fenced = not self._on_majority_side()
+            until = self._majority_until()
+            fenced = until is None
             if self.fenced and not fenced and not await self._caught_up():
                 fenced = True       # on the majority's side, its maps not here yet: again
-            if fenced != self.fenced:
-                self.fenced = fenced
-                if fenced:
-                    log.warning("node cut off from the cluster's majority: writes refused")
-                else:
-                    log.info("node on the majority's side: writes served")
+            lease = 0.0 if fenced else until
+            if fenced != self.fenced or lease != self.lease_until:
+                if fenced != self.fenced:
+                    if fenced:
+                        log.warning("node cut off from the cluster's majority: writes and "
+                                    "reads refused")
+                    else:
+                        log.info("node on the majority's side: writes and reads served")
+                self.fenced, self.lease_until = fenced, lease
                 for endpoint in list(self.endpoints.values()):
                     await self._apply_fence(endpoint)
             await trio.sleep(FENCE_CHECK_EVERY)
@@ -172,12 +184,16 @@ class NodeProxy:
 
     async def _apply_fence(self, endpoint: Endpoint) -> None:
         while True:     # again if the fence moved meanwhile: the last call made wins
-            fenced = self.fenced
+            fenced, lease = self.fenced, self.lease_until
+
+            def apply(proxy, fenced=fenced, lease=lease):
+                proxy.fence_until(lease)
+                proxy.fence(fenced)
             try:
-                await trio.to_thread.run_sync(endpoint.call, lambda proxy: proxy.fence(fenced))
+                await trio.to_thread.run_sync(endpoint.call, apply)
             except EndpointStopped:
                 return
-            if fenced == self.fenced:
+            if (fenced, lease) == (self.fenced, self.lease_until):
                 return
 
     async def _serve_cached(self) -> None:

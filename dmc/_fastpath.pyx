@@ -539,9 +539,15 @@ cdef class Proxy:
         (control/node_proxy.py decides; fence.pxi)."""
         self.core.fenced = on
 
+    def fence_until(self, double until):
+        """The node's majority lease: from `until` (a time.monotonic() deadline) on, the fence
+        is up by itself, checked for every command against the loop's clock (0: no lease)."""
+        self.core.lease_until_us = <long long>(until * 1e6) if until > 0 else 0
+
     @property
     def fenced(self):
-        return bool(self.core.fenced)
+        cdef long long until = self.core.lease_until_us
+        return bool(self.core.fenced or (until != 0 and monotonic_us() >= until))
 
     @property
     def hold_ms(self):
@@ -616,7 +622,7 @@ cdef class Proxy:
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),
-            "fenced": bool(self.core.fenced),
+            "fenced": self.fenced,
             "held_bytes": self.core.held_bytes,
             "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,

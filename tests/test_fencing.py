@@ -135,6 +135,26 @@ def test_a_fenced_proxy_refuses_writes_and_reads_of_data_and_serves_the_rest(pai
     c.close()
 
 
+def test_a_proxy_fences_itself_once_the_lease_it_was_given_runs_out(pair, endpoint):
+    """fence_until: the loop checks the deadline for every command, so a proxy that wakes up
+    late (its node SIGSTOPped) refuses writes before anyone tells it to."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port)
+    c = RawClient(ep.port)
+    until = time.monotonic() + 0.5
+    ep.call(lambda p: p.fence_until(until))
+    assert c.call(("SET", "k", "before")) == [b"OK"] and not ep.stats()["fenced"]
+    wait_until(lambda: time.monotonic() > until, what="the lease running out")
+    replies = c.call(("SET", "k", "after"), ("GET", "k"), ("PING",))
+    assert replies[0][0] == "error" and replies[0][1].startswith("READONLY "), replies
+    assert replies[1][0] == "error" and replies[1][1].startswith("MASTERDOWN "), replies
+    assert replies[2] == b"PONG" and ep.stats()["fenced"]
+    assert master.get("k") == b"before"
+    ep.call(lambda p: p.fence_until(0))         # no lease: served again
+    assert c.call(("SET", "k", "again")) == [b"OK"]
+    c.close()
+
+
 def _killed(ep: Endpoint, pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: ep.stats()["shards"][0]["conns"][0]["state"] != "up",

@@ -17,6 +17,13 @@
 # partition showed it: a register read on the minority side after the majority had written it).
 # As Redis Cluster's minority with cluster-allow-reads-when-down no. Everything else (PING,
 # INFO, SUBSCRIBE, the proxy's own commands) is still sent.
+#
+# The fence is up while fence(True) says so, and also, by itself, once the node's majority lease
+# (Proxy.fence_until, a time.monotonic() deadline the node's dmcproxy passes on from
+# run/lease.json) has run out -- checked against the loop's clock for every command, so that a
+# proxy that was stopped (SIGSTOP of its node) refuses what it reads on waking up, before any
+# Python code has run to notice that the lease is out (a chaos run's pause_node showed writes
+# acknowledged there and lost).
 
 
 cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil:
@@ -57,6 +64,10 @@ cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil
                 backend_fail_line(core, b, line)    # the last one closes them all
             b = nxt
         c = cnext
+
+
+cdef bint fence_up(Core *core) noexcept nogil:
+    return core.fenced or (core.lease_until_us != 0 and core.now_us >= core.lease_until_us)
 
 
 cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil:
