@@ -38,6 +38,7 @@ FAULTS = {"kill_shard": 3, "kill_proxy": 2, "kill_service": 2, "kill_node": 2, "
           "failover": 1, "migrate": 1}
 NETWORK_FAULTS = ("partition", "isolate", "bridge")     # need the nodes in a TestNetwork
 RESTART_TIMEOUT = 90.0  # s for a cluster killed whole to elect a master again
+START_TIMEOUT = 60.0    # s for a killed node's supervisord to answer again
 SERVICES = ("cluster_wd", "heartbeatd", "redis_mgr", "cnm_exec", "cnm_http", "ccs")
 
 
@@ -128,8 +129,8 @@ class Nemesis:
         self.cluster.kill_node(uid)
         self.log(f"kill_node: node {uid} (all its processes, kill -9)")
         self._during(self.rng.uniform(4, 8))
-        self.cluster.start_node(uid)
-        self._record("kill_node", f"node {uid}", start, time.monotonic())
+        self._record("kill_node", f"node {uid}", start, time.monotonic(),
+                     note=self._start(uid))
 
     def pause_shard(self) -> None:
         picked = self._pick_shard()
@@ -170,14 +171,22 @@ class Nemesis:
             self.cluster.kill_node(uid)
         self.log("restart_cluster: every node killed (kill -9)")
         time.sleep(self.rng.uniform(1, 3))
-        for uid in sorted(self.cluster.nodes):
-            self.cluster.start_node(uid)
+        notes = [self._start(uid) for uid in sorted(self.cluster.nodes)]
         try:
             self.cluster.wait_for_master(RESTART_TIMEOUT)
-            note = ""
         except ClusterError as exc:
-            note = str(exc)
-        self._record("restart_cluster", "every node", start, time.monotonic(), note=note)
+            notes.append(str(exc))
+        self._record("restart_cluster", "every node", start, time.monotonic(),
+                     note="; ".join(n for n in notes if n))
+
+    def _start(self, uid: int) -> str:
+        """Start a killed node again; what went wrong, if anything (the run's heal tries again)."""
+        try:
+            self.cluster.start_node(uid, timeout=START_TIMEOUT)
+        except ClusterError as exc:
+            self.log(f"node {uid} not started again: {exc}")
+            return str(exc)
+        return ""
 
     # ---- the network (node uid u is host u - 1) ------------------------------------------------
 

@@ -37,6 +37,7 @@ from control.db_cli import Failure, RestApi
 from control.local_cluster import LocalCluster, loopback_addresses
 
 SHARDS = 2
+START_TIMEOUT = 180.0   # s for the new cluster to elect a master, hear every node, create a db
 MAP_POLL = 0.3          # s between two readings of the shard maps
 HEAL_TIMEOUT = 60.0     # s for the cluster to serve every endpoint again after the faults
 FIRST_FAULT_AFTER = 3.0
@@ -100,12 +101,12 @@ class Run:
             self.cluster = LocalCluster.create(home, [h.address for h in nodes],
                                                record_history=True,
                                                netns=[h.name for h in nodes])
-            self.cluster.wait_for_master(60)
-            self.cluster.wait_ready(60)
+            self.cluster.wait_for_master(START_TIMEOUT)
+            self.cluster.wait_ready(START_TIMEOUT)
         else:
             self.log(f"starting a {n}-node cluster")
             self.cluster = LocalCluster.create(home, loopback_addresses(n, first_address()),
-                                               record_history=True)
+                                               record_history=True, timeout=START_TIMEOUT)
         self.api = RestApi(self.cluster)
 
     def _create_db(self, name: str, durable: bool) -> tuple[int, Database]:
@@ -114,11 +115,12 @@ class Run:
         if durable:
             body |= {"data_persistence": "aof", "aof_policy": "appendfsync-always"}
         reply = self.api.call("POST", "/v1/bdbs", body=body)
-        self._follow(reply["action_uid"], 90)
+        self._follow(reply["action_uid"], START_TIMEOUT)
         endpoints = [(c.address, reply["port"]) for _, c in sorted(self.cluster.nodes.items())]
         db = Database(name, durable, endpoints, sorted(self.cluster.nodes))
         for host, port in endpoints:      # every node's proxy serves it
-            _until(lambda h=host, p=port: _answers(h, p), 30, f"{name} on {host}:{port}")
+            _until(lambda h=host, p=port: _answers(h, p), START_TIMEOUT / 3,
+                   f"{name} on {host}:{port}")
         return reply["uid"], db
 
     def _follow(self, action_uid: str, timeout: float) -> None:
@@ -264,7 +266,7 @@ class Run:
             self.net.heal()
         for uid in self.cluster.nodes:
             if not self.cluster.node_pids(uid):
-                self.cluster.start_node(uid)
+                self.cluster.start_node(uid, timeout=START_TIMEOUT / 3)
         try:
             for db in databases:
                 for host, port in db.endpoints:
