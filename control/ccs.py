@@ -62,6 +62,15 @@ async def write(redis, key: str, value, *, field=None, px: int | None = None) ->
             raise reply
 
 
+async def write_fields(redis, key: str, values: dict) -> None:
+    """HSET of several fields at once (one command: no reader sees some of them changed and
+    not the others), announced on CHANGES."""
+    cmd = ("HSET", key, *(x for f, v in values.items() for x in (str(f), pack(v))))
+    for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
+        if isinstance(reply, ReplyError):
+            raise reply
+
+
 async def delete(redis, key: str, *fields) -> None:
     """DEL the key (or HDEL its `fields`) and announce it on CHANGES, in one round trip."""
     cmd = ("HDEL", key, *map(str, fields)) if fields else ("DEL", key)

@@ -379,12 +379,17 @@ class ClusterWatchdog:
                 await r.execute("REPLICAOF", "NO", "ONE")
             if fenced:
                 await r.execute("CONFIG", "SET", "min-replicas-to-write", 0)
+            if not self.ccs_writable:
                 self._set_writable(True)
             if self._published != (e.term, e.members_version):
                 await self._publish_as_master(r)
             return
         if not fenced and not is_replica:
             await r.execute("CONFIG", "SET", "min-replicas-to-write", FENCED_MIN_REPLICAS)
+        if self.ccs_writable:
+            # (Also when heartbeatd fenced the copy first, its lease out: the copy is not
+            # writable any more, and the election history must not say it still is -- a chaos
+            # run's partition showed a stepped-down node "writable" for 17 s.)
             self._set_writable(False)
         self._published = (None, None)
         master = e.members.get(e.master) if e.master != self.config.uid else None

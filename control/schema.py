@@ -418,6 +418,11 @@ async def put_shard(redis, shard: Shard) -> None:
     await ccs.write(redis, SHARDS, shard, field=shard.uid)
 
 
+async def put_shards(redis, *shards: Shard) -> None:
+    """Several shard records in one write (a failover's two roles swapped at once)."""
+    await ccs.write_fields(redis, SHARDS, {s.uid: s for s in shards})
+
+
 async def put_action(redis, action: Action) -> None:
     action.update_time = time.time()
     await ccs.write(redis, ACTIONS, action, field=action.action_uid)

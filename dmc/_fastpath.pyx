@@ -34,7 +34,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
       fence         a map change fails what is in flight on shards that lost slots (-TRYAGAIN);
-                    the write fence of a node cut off from the majority (-READONLY)
+                    the fence of a node cut off from the majority (-READONLY, -MASTERDOWN)
       hold          requests for a shard that is down wait for a new map or the shard (hold_ms)
       busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
@@ -238,9 +238,9 @@ cdef class Proxy:
     closed, never read (a demoted master's +OK would be a write it loses; see fence.pxi). For a
     live migration, pause() first: requests are held (read, not sent) until resume(), when they
     follow the map current then; inflight() says when the ones sent before the pause are all
-    answered. fence(True): writes are answered -READONLY until fence(False). hold_ms: a
-    request for a shard that is down waits up to that long for a new map (or the shard) instead
-    of being answered "unavailable" (hold.pxi).
+    answered. fence(True): writes are answered -READONLY, reads -MASTERDOWN, until
+    fence(False). hold_ms: a request for a shard that is down waits up to that long for a new
+    map (or the shard) instead of being answered "unavailable" (hold.pxi).
     """
     cdef Core core
     cdef CommandTable table
@@ -543,15 +543,22 @@ cdef class Proxy:
         return bool(self.core.paused)
 
     def fence(self, bint on):
-        """The write fence: while on, every command that writes (the table's `writes`: write
-        or may_replicate, EXEC) is answered -READONLY instead of being sent; reads are served.
-        For a node cut off from the cluster's majority, whose shards may be failed over on the
-        other side (control/node_proxy.py decides)."""
+        """The fence: while on, every command that writes (the table's `writes`: write or
+        may_replicate, EXEC) is answered -READONLY instead of being sent, and every one that
+        reads data (`readonly`) -MASTERDOWN; the rest is served. For a node cut off from the
+        cluster's majority, whose shards may be failed over on the other side
+        (control/node_proxy.py decides; fence.pxi)."""
         self.core.fenced = on
+
+    def fence_until(self, double until):
+        """The node's majority lease: from `until` (a time.monotonic() deadline) on, the fence
+        is up by itself, checked for every command against the loop's clock (0: no lease)."""
+        self.core.lease_until_us = <long long>(until * 1e6) if until > 0 else 0
 
     @property
     def fenced(self):
-        return bool(self.core.fenced)
+        cdef long long until = self.core.lease_until_us
+        return bool(self.core.fenced or (until != 0 and monotonic_us() >= until))
 
     @property
     def hold_ms(self):
@@ -673,7 +680,7 @@ cdef class Proxy:
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),
-            "fenced": bool(self.core.fenced),
+            "fenced": self.fenced,
             "held_bytes": self.core.held_bytes,
             "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,

@@ -43,13 +43,12 @@ class ShardMigrate(Machine):
 
         async def moved() -> list[schema.Shard]:
             schema.set_fields(new, role="master", master_uid=None)
-            await schema.put_shard(self.redis, new)
-            for s in shards.values():       # the other replicas follow the new master
-                if s.master_uid == old.uid and s.uid != new.uid:
-                    s.master_uid = new.uid
-                    await schema.put_shard(self.redis, s)
+            followers = [s for s in shards.values()     # the other replicas follow the new master
+                         if s.master_uid == old.uid and s.uid != new.uid]
+            for s in followers:
+                s.master_uid = new.uid
             schema.set_fields(old, role="replica", master_uid=new.uid)
-            await schema.put_shard(self.redis, old)
+            await schema.put_shards(self.redis, new, *followers, old)     # in one write
             return await self.masters_of(old.bdb_uid)
 
         await self.switch(old.bdb_uid, [(old, new)], moved)

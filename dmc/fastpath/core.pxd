@@ -36,7 +36,8 @@ cdef struct Core:
     Wake wake
     bint woken                  # the loop drained a wakeup() (run_until_wakeup returns)
     bint paused                 # no new request goes to a shard; clients wait, read-paused
-    bint fenced                 # the node lost the majority: writes are refused (fence.pxi)
+    bint fenced                 # the node lost the majority: writes and reads refused (fence.pxi)
+    long long lease_until_us    # the node's majority lease: fenced from then on by itself (0: none)
     long long hold_us           # a request for a down shard is held this long (hold.pxi; 0: never)
     Held *held_head             # held fragments, oldest first
     Held *held_tail
