@@ -16,14 +16,13 @@ changes an existing database record and never runs an action; `?dry_run=1` write
 Reads come from the master's copy (a GET right after a POST sees it) and, if the master cannot
 be reached, from the node's own copy. A CCS that answers nothing is a 503.
 
-Every endpoint asks for the cluster admin's basic-auth credentials (scrypt-hashed in node.json);
-accepted ones are remembered in memory by their sha256 so only the first request pays scrypt.
+Every endpoint asks for a user's basic-auth credentials and checks the user's management role
+against the route (control/rest_access.py: 401, 429 after too many failed logins, 403).
 Errors are JSON `{"error_code", "description"}`, never a stack trace.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -43,9 +42,9 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from control import backup_mgr, ccs, rest_stats, schema
+from control import access, backup_mgr, ccs, rest_access, rest_stats, schema
 from control.cluster_view import ClusterView, pair_of, read_view
-from control.node import NodeConfig, check_admin, service_command
+from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
 from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
@@ -78,9 +77,11 @@ PORT_PROBE_REPEAT = 1.0
 class ApiError(Exception):
     """An answer other than 200, with Redis Enterprise's error body."""
 
-    def __init__(self, status: int, error_code: str, description: str):
+    def __init__(self, status: int, error_code: str, description: str,
+                 headers: dict | None = None):
         super().__init__(description)
         self.status, self.error_code, self.description = status, error_code, description
+        self.headers = headers
 
 
 def _not_found(kind: str, uid) -> ApiError:
@@ -119,7 +120,7 @@ class CnmHttp:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.session = ccs.Session.of_node(config)
-        self._accepted: set[bytes] = set()
+        self.auth = rest_access.Authenticator(self, ApiError)
         self._master_conn = None
         self.redis_version: str | None = None
         self.app = build_app(self)
@@ -145,6 +146,7 @@ class CnmHttp:
                 await ccs.write(r, schema.NODE_REST, {"address": self.config.address,
                                                    "port": self.config.rest_port},
                                 field=self.config.uid)
+                await access.seed_admin(r, self.config.admin)
                 server = await info(await self.session.local(), "server")
                 self.redis_version = server.get("redis_version", "").strip() or None
                 log.info("node %d: REST API on %s:%d", self.config.uid, self.config.address,
@@ -201,22 +203,6 @@ class CnmHttp:
             raise ApiError(503, "port_check_timeout", f"node(s) {', '.join(map(str, silent))} "
                            f"did not say within {PORT_PROBE_DEADLINE}s whether they can bind "
                            f"port {port}; try again")
-
-    # ---- auth ------------------------------------------------------------------------------
-
-    async def admin(self, credentials: HTTPBasicCredentials | None) -> None:
-        if credentials is None:
-            raise _unauthorized("basic authentication is required")
-        key = hashlib.sha256(f"{credentials.username}\0{credentials.password}".encode()).digest()
-        if key in self._accepted:
-            return
-        ok = await trio.to_thread.run_sync(check_admin, self.config.admin,
-                                           credentials.username, credentials.password)
-        if not ok:
-            raise _unauthorized("wrong user name or password")
-        if len(self._accepted) > 64:      # the admin's password changed many times: start over
-            self._accepted.clear()
-        self._accepted.add(key)
 
     # ---- CCS -------------------------------------------------------------------------------
 
@@ -276,6 +262,7 @@ class CnmHttp:
     async def create_bdb(self, body: schema.BdbCreate, dry_run: bool) -> dict:
         check_backup_location(body.backup_location)
         r = await (self.reader() if dry_run else self.writer())
+        await rest_access.check_roles_permissions(r, body.model_dump()["roles_permissions"])
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
             record, placement = plan_create(view, body, await schema.cluster_policy(r))
@@ -312,6 +299,7 @@ class CnmHttp:
             given["backup_location"] = str(backup_mgr.default_location(self.config.dir))
         check_backup_location(given.get("backup_location"))
         r = await (self.reader() if dry_run else self.writer())
+        await rest_access.check_roles_permissions(r, given.get("roles_permissions"))
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
             current = view.bdbs.get(uid)
@@ -525,21 +513,29 @@ BASIC = HTTPBasic(auto_error=False, realm="dmc")
 
 
 def build_app(api: CnmHttp) -> FastAPI:
-    async def admin(credentials: Annotated[HTTPBasicCredentials | None, Depends(BASIC)]) -> None:
-        await api.admin(credentials)
+    async def authenticated(request: Request,
+                            credentials: Annotated[HTTPBasicCredentials | None,
+                                                   Depends(BASIC)]) -> None:
+        client = request.client.host if request.client else "?"
+        request.state.user = await api.auth.login(credentials, client)
+        await rest_access.authorize(api, request.state.user, request, ApiError)
 
     app = FastAPI(title="dmc cluster REST API", version="1",
                   description="Databases, nodes, shards and actions of a dmc cluster, in the "
-                  "shape of Redis Enterprise's REST API. Basic authentication as the cluster "
-                  "admin.", dependencies=[Depends(admin)], responses={401: ERRORS[401]},
+                  "shape of Redis Enterprise's REST API. Basic authentication as a user of the "
+                  "cluster; its management role decides what it may do (403).",
+                  dependencies=[Depends(authenticated)],
+                  responses={k: ERRORS[k] for k in (401, 403, 429)},
                   openapi_url=None, docs_url=None, redoc_url=None)
 
     # ---- errors ----
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": 'Basic realm="dmc"'} if exc.status == 401 else None
-        return _error(exc.status, exc.error_code, exc.description, headers)
+        headers = dict(exc.headers or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="dmc"'
+        return _error(exc.status, exc.error_code, exc.description, headers or None)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
@@ -614,6 +610,7 @@ def build_app(api: CnmHttp) -> FastAPI:
 
     # statistics, alerts, the event log (before /v1/bdbs/{uid}, which would take `stats`)
     rest_stats.add_routes(app, api, ApiError, _not_found)
+    rest_access.add_routes(app, api, ApiError, _not_found)
 
     # ---- bdbs ----
 

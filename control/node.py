@@ -240,9 +240,12 @@ def _project_root() -> str:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write by rename, with the data synced first: readers never see half a file, and after a
-    crash the file is either the old one or the new one."""
+    crash the file is either the old one or the new one. Readable by its owner only (node.json
+    holds the admin's password hash, maps the shards' addresses): nothing a node writes is
+    world-readable."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        os.fchmod(f.fileno(), 0o600)           # a .tmp left by an older version
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -93,6 +93,11 @@ class Cluster(BaseModel):
                                      "shards may book")
     memory_size: int = Field(0, description="the memory of the nodes up (bytes)")
     memory_booked: int = Field(0, description="what the databases' shards book (bytes)")
+    login_lockout_threshold: int = Field(5, description="failed logins before a user is "
+                                         "locked out (0: never)")
+    login_lockout_duration: int = Field(1800, description="seconds a user stays locked out")
+    login_lockout_counter_reset_after: int = Field(900, description="seconds after which "
+                                                   "failed logins are forgotten")
 
 
 class Shard(BaseModel):
@@ -189,5 +194,7 @@ class Backup(BaseModel):
 
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
     400: "the body does not follow the schema", 401: "wrong or missing credentials",
+    403: "the user's roles do not allow this request",
+    429: "too many failed logins as this user: locked out for a while (Retry-After)",
     404: "no such object", 406: "a configuration the cluster cannot have",
     409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}
