@@ -189,7 +189,9 @@ class NodeConfig:
         sections = [
             f"[unix_http_server]\nfile={self.supervisor_sock}\nchmod=0700\n",
             (f"[supervisord]\nlogfile={logs / 'supervisord.log'}\npidfile={self.supervisor_pidfile}\n"
-            f"childlogdir={logs}\nidentifier=dmc-node-{self.uid}\ndirectory={d}\n"
+            # umask 077: the services' logs, CCS's append-only file (users' password hashes)
+            # and the shards' data are readable by the cluster's own user only.
+            f"childlogdir={logs}\nidentifier=dmc-node-{self.uid}\ndirectory={d}\numask=077\n"
             f"environment=PYTHONPATH=\"{_project_root()}\",PYTHONUNBUFFERED=\"1\"\n"),
             ("[rpcinterface:supervisor]\n"
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"),

@@ -11,7 +11,6 @@ first request pays scrypt and a changed password is checked again at once.
 Logs name the user and the client's address of every failed login, never a password.
 """
 
-from __future__ import annotations
 
 import hashlib
 import logging
