@@ -1,7 +1,8 @@
 """`dmc`, the operator's command line (the console script): the cluster commands `dmc cluster
 create|start|stop|delete`, `dmc node add|join|remove`, `dmc status`, `dmc services`, `dmc
 ccs-cli`, the database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`), the
-observability ones of control/obs_cli.py (`dmc db stats`, `dmc alerts`, `dmc logs`), and
+observability ones of control/obs_cli.py (`dmc db stats`, `dmc alerts`, `dmc logs`), the
+access ones of control/access_cli.py (`dmc user`, `dmc role`, `dmc acl`), and
 the data path's `dmc local ...` (dmc/cli.py, which knows nothing of the control plane).
 
 They read the cluster from CCS (any node's copy answers reads) and control processes through
@@ -22,6 +23,7 @@ import trio
 
 from chaos.cli import chaos
 from control import ccs
+from control.access_cli import COMMANDS as ACCESS_COMMANDS
 from control.cluster_view import read_view
 from control.db_cli import COMMANDS as DB_COMMANDS
 from control.db_cli import format_memory, format_slots
@@ -367,7 +369,7 @@ def main():
 
 
 for _command in (local, cluster, node, status, services, ccs_cli, chaos, *DB_COMMANDS,
-                 *OBS_COMMANDS):
+                 *OBS_COMMANDS, *ACCESS_COMMANDS):
     main.add_command(_command)
 
 

@@ -7,10 +7,12 @@ others may read."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -242,6 +244,45 @@ def test_failed_logins_are_locked_out_and_logged(cluster, admin, role_users):
     assert "failed REST login as 'u-db_member' from 127.0.0.1" in log
     assert "logins as 'u-db_member' are refused for 2s" in log
     assert "not-the-password" not in log
+
+
+def dmc(cluster, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "control.cli", *args, "--home",
+                           str(cluster.home)], input=stdin, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_manages_users_roles_and_acls(cluster):
+    made = dmc(cluster, "user", "create", "carol", "--role", "db_viewer", "--password-stdin",
+               stdin=PASSWORD + "\n")
+    assert made.returncode == 0, made.stderr
+    users = json.loads(dmc(cluster, "user", "list", "--json").stdout)
+    assert any(u["name"] == "carol" and u["role"] == "db_viewer" for u in users)
+    assert as_user(cluster, "carol").get("/v1/bdbs").status_code == 200
+    assert dmc(cluster, "role", "create", "ops", "--management", "cluster_viewer"
+               ).returncode == 0
+    assert dmc(cluster, "acl", "create", "ro", "+@read ~*").returncode == 0
+    assert dmc(cluster, "user", "update", "carol", "--roles", "ops").returncode == 0
+    assert as_user(cluster, "carol").get("/v1/nodes").status_code == 200   # ops: cluster_viewer
+    refused = dmc(cluster, "acl", "create", "bad", "+nosuchcommand")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: Redis refuses") and "\n" == refused.stderr[-1]
+    assert refused.stderr.count("\n") == 1
+    assert dmc(cluster, "user", "delete", "carol").returncode == 0
+    assert dmc(cluster, "role", "delete", "ops").returncode == 0
+    assert dmc(cluster, "acl", "delete", "ro").returncode == 0
+
+
+def test_cli_changes_the_admin_password_and_keeps_working(cluster):
+    name, old = cluster.admin_login()
+    new = old + "-cli"
+    changed = dmc(cluster, "user", "password", "--password-stdin", stdin=f"{old}\n{new}\n")
+    assert changed.returncode == 0, changed.stderr
+    assert cluster.admin_login() == (name, new)
+    assert stat.S_IMODE(os.stat(cluster.admin_file).st_mode) == 0o600
+    assert dmc(cluster, "user", "list").returncode == 0         # with the new password
+    back = dmc(cluster, "user", "password", "--password-stdin", stdin=f"{new}\n{old}\n")
+    assert back.returncode == 0, back.stderr
 
 
 def test_no_secret_in_logs_ccs_command_lines_or_readable_files(cluster, admin):
