@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from control import ccs, schema
+from control import ccs, certificates, schema
 from control.cluster_wd import request
 from control.discovery import DEFAULT_FQDN
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
@@ -33,6 +33,13 @@ from control.redis_mgr import shard_pids, stop_all
 from dmc.processes import free_port, pid_alive, processes_under
 
 ADMIN_USER = "admin"
+
+# Redis Enterprise's ports, each on the node's own address (`dmc cluster create` uses them by
+# default; tests take free ones). Database endpoints are given from 10000, shards from 20000
+# (control/schema.py DB_PORTS, SHARD_PORTS) either way; CCS, gossip and the forwarded CCS port
+# are the node's own business and stay free ones.
+WELL_KNOWN_PORTS = {"rest_port": 8080, "rest_tls_port": 9443, "metrics_port": 8070,
+                    "sentinel_port": 8001, "dns_port": 53}
 
 
 class ClusterError(RuntimeError):
@@ -94,7 +101,10 @@ class LocalCluster:
                netns: list[str] | None = None, timeout: float = 30.0,
                admin_password: str | None = None,
                services: list[str] | None = None,
-               name: str = DEFAULT_FQDN) -> LocalCluster:
+               name: str = DEFAULT_FQDN, well_known_ports: bool = False) -> LocalCluster:
+        """A new cluster of nodes at `addresses`; with `well_known_ports` each node serves on
+        Redis Enterprise's ports (WELL_KNOWN_PORTS, on its own address), else on free ones
+        (what tests use)."""
         home = Path(home)
         if (home / "cluster.json").exists():
             raise ClusterError(f"a cluster already exists in {home} "
@@ -102,7 +112,8 @@ class LocalCluster:
         cluster = cls(home)
         for i, address in enumerate(addresses):
             cluster.nodes[i + 1] = cluster._new_node(
-                i + 1, address, record_history, netns[i] if netns else None)
+                i + 1, address, record_history, netns[i] if netns else None,
+                well_known_ports)
         password = admin_password or secrets.token_urlsafe(12)
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(cluster.admin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -110,10 +121,12 @@ class LocalCluster:
             json.dump({"username": ADMIN_USER, "password": password}, f)
         admin = admin_credentials(ADMIN_USER, password)
         members = {uid: c.member_info() for uid, c in cluster.nodes.items()}
+        ca = certificates.make_ca(name)
         for c in cluster.nodes.values():
             c.peers = members
             c.admin = admin
             c.cluster_fqdn = name
+            certificates.provision(c.dir, ca, c.uid, c.address, name)
             if services is not None:
                 c.services = list(services)
             c.save()
@@ -130,26 +143,30 @@ class LocalCluster:
         return cluster
 
     def _new_node(self, uid: int, address: str, record_history: bool,
-                  netns: str | None) -> NodeConfig:
+                  netns: str | None, well_known_ports: bool = False) -> NodeConfig:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 6:
+        while len(ports) < 7:
             ports.add(free_port(port_host))
-        ccs_port, gossip_port, forward_port, rest_port, sentinel_port, metrics_port = \
-            sorted(ports)
+        ccs_port, gossip_port, forward_port, rest_port, rest_tls_port, sentinel_port, \
+            metrics_port = sorted(ports)
         dns_port = free_dns_port(port_host, exclude=ports)
+        chosen = dict(ccs_port=ccs_port, gossip_port=gossip_port,
+                      ccs_forward_port=forward_port, rest_port=rest_port,
+                      rest_tls_port=rest_tls_port, sentinel_port=sentinel_port,
+                      dns_port=dns_port, metrics_port=metrics_port)
+        if well_known_ports:
+            chosen.update(WELL_KNOWN_PORTS)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
-                          ccs_port=ccs_port, gossip_port=gossip_port,
-                          ccs_forward_port=forward_port, rest_port=rest_port,
-                          sentinel_port=sentinel_port, dns_port=dns_port,
-                          metrics_port=metrics_port,
-                          record_history=record_history, netns=netns)
+                          record_history=record_history, netns=netns, **chosen)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
-                 netns: str | None = None, timeout: float = 30.0) -> NodeConfig:
+                 netns: str | None = None, timeout: float = 30.0,
+                 ca: certificates.Pair | None = None) -> NodeConfig:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
-        (address, gossip port) is any node of the cluster; by default one of this folder's."""
+        (address, gossip port) is any node of the cluster; by default one of this folder's.
+        Its certificates are signed by `ca` (default: the CA of this folder's nodes)."""
         members = self._members(peer)
         uid = max(members) + 1
         if address is None:
@@ -165,6 +182,9 @@ class LocalCluster:
                                    config.cluster_fqdn)
         if self.nodes:
             config.services = list(next(iter(self.nodes.values())).services)
+        ca = ca or self.cluster_ca()
+        if ca is not None:
+            certificates.provision(config.dir, ca, uid, address, config.cluster_fqdn)
         config.save()
         self.nodes[uid] = config
         self.save()
@@ -218,6 +238,15 @@ class LocalCluster:
         self.save()
 
     # ---- processes -----------------------------------------------------------------------
+
+    def cluster_ca(self) -> certificates.Pair | None:
+        """The cluster CA, from the certs folder of any of this folder's nodes."""
+        for config in self.nodes.values():
+            try:
+                return certificates.read_ca(config.dir)
+            except FileNotFoundError:
+                continue
+        return None
 
     def start_node(self, uid: int, timeout: float = 15.0) -> None:
         config = self.node(uid)

@@ -12,6 +12,7 @@ A node's folder:
     state.json           cluster_wd's durable election state: term, vote, members
     run/                 what services tell each other on this node: lease.json, history.jsonl,
                          removed.json (the node was removed from the cluster)
+    certs/               the cluster CA and the node's certificates (control/certificates.py)
 
 This module never starts anything; `control.local_cluster` and the services do.
 """
@@ -72,7 +73,9 @@ class NodeConfig:
     ccs_port: int
     gossip_port: int
     ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
-    rest_port: int = 8080          # cnm_http: the REST API
+    rest_port: int = 8080          # cnm_http: the REST API over HTTP (RE's port)
+    rest_tls_port: int = 9443      # cnm_http: the REST API over HTTPS (RE's port)
+    rest_http: bool = True         # serve rest_port too (False: HTTPS only)
     sentinel_port: int = 8001      # sentinel_service: the discovery service (RE's port)
     dns_port: int = 53             # pdns_server: the cluster's DNS zone, UDP and TCP
     metrics_port: int = 8070       # metrics_exporter: Prometheus's /metrics (RE's port)
@@ -136,7 +139,8 @@ class NodeConfig:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
                 "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port,
-                "rest_port": self.rest_port, "sentinel_port": self.sentinel_port,
+                "rest_port": self.rest_port, "rest_tls_port": self.rest_tls_port,
+                "rest_http": self.rest_http, "sentinel_port": self.sentinel_port,
                 "dns_port": self.dns_port, "metrics_port": self.metrics_port}
 
     # ---- persistence ---------------------------------------------------------------------
