@@ -23,7 +23,8 @@ installed is not renewed by the node (it is theirs): `renew_if_due` renews only 
 signed.
 
 Keys are written readable by their owner only (0600), certificates 0644. Nothing here logs a
-key.
+key. A secret CCS must carry to every node (an operator's private key) is sealed first
+(`seal`: AES-256-GCM under a key derived from the CA's private key, which only nodes hold).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_DAYS = 3650
@@ -280,3 +283,20 @@ class ReloadingContext:
                                      str(key_file(self.node_dir, self.plane)))
         self._loaded = stamp
         return True
+
+
+# ---- secrets in CCS --------------------------------------------------------------------------
+
+def _secret_key(ca: Pair) -> bytes:
+    """A key only the cluster's nodes can make: derived from the CA's private key."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"dmc ccs secrets").derive(ca.key)
+
+
+def seal(ca: Pair, secret: bytes) -> dict:
+    """A secret as CCS may hold it: AES-256-GCM under the cluster's key ({nonce, sealed})."""
+    nonce = os.urandom(12)
+    return {"nonce": nonce, "sealed": AESGCM(_secret_key(ca)).encrypt(nonce, secret, None)}
+
+
+def unseal(ca: Pair, value: dict) -> bytes:
+    return AESGCM(_secret_key(ca)).decrypt(value["nonce"], value["sealed"], None)

@@ -42,13 +42,14 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from control import access, backup_mgr, ccs, rest_access, rest_stats, schema
+from control import access, backup_mgr, ccs, certificates, rest_access, rest_stats, schema
 from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
 from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
-                                 Cluster, DryRun, ImportRequest, MigrateRequest, Node, Shard)
+                                 CertificateUpdate, Cluster, DryRun, ImportRequest,
+                                 MigrateRequest, Node, Shard)
 from dmc.proxy import bind_failure
 
 log = logging.getLogger("cnm_http")
@@ -70,6 +71,12 @@ NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 # answer, and its dmcproxy reports a port it cannot bind in endpoint_status:<bdb> instead. Only
 # messages: no key is written (a dry run asks too).
 PORT_PROBE = "cnm_http:port_probe"
+
+# The operator's own certificates (PUT /v1/cluster/update_cert), for every node to install:
+# hash, name -> {certificate (PEM), key (sealed: certificates.seal), time}.
+CERTIFICATES = "cluster:certificates"
+OPERATOR_CERTIFICATES = ("api",)
+CERT_CHECK_EVERY = 5.0
 PORT_PROBE_DEADLINE = 10.0
 PORT_PROBE_REPEAT = 1.0
 
@@ -116,6 +123,28 @@ def action_reply(action: schema.Action) -> dict:
 
 # ---- the service -----------------------------------------------------------------------------
 
+class RestServerConfig(hypercorn.config.Config):
+    """hypercorn's configuration, keeping the TLS context it serves with, so that a renewed
+    certificate is loaded into that same context (hypercorn makes it once)."""
+    live_context = None
+    _loaded = None
+
+    def create_ssl_context(self):
+        self.live_context = super().create_ssl_context()
+        self._loaded = self._stamp()
+        return self.live_context
+
+    def _stamp(self):
+        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile))
+
+    def reload_certificate(self) -> bool:
+        if self.live_context is None or self._stamp() == self._loaded:
+            return False
+        self.live_context.load_cert_chain(self.certfile, self.keyfile)
+        self._loaded = self._stamp()
+        return True
+
+
 class CnmHttp:
     def __init__(self, config: NodeConfig):
         self.config = config
@@ -126,17 +155,89 @@ class CnmHttp:
         self.app = build_app(self)
 
     async def run(self) -> None:
-        hc = hypercorn.config.Config()
-        hc.bind = [f"{self.config.address}:{self.config.rest_port}"]
+        hc = RestServerConfig()
+        address = self.config.address
+        http = [f"{address}:{self.config.rest_port}"] if self.config.rest_http else []
+        if certificates.cert_file(self.config.dir, "api").exists():
+            hc.certfile = str(certificates.cert_file(self.config.dir, "api"))
+            hc.keyfile = str(certificates.key_file(self.config.dir, "api"))
+            hc.bind = [f"{address}:{self.config.rest_tls_port}"]
+            hc.insecure_bind = http
+            nursery_task = self._keep_certificates
+        else:
+            log.warning("no certificate in %s: the REST API is served over HTTP only",
+                        certificates.certs_dir(self.config.dir))
+            hc.bind = http
+            nursery_task = None
         hc.graceful_timeout = 1.0
         hc.errorlog = log
+        self.server_config = hc
         if not self.config.admin:
             log.warning("node.json has no admin credentials: every request will be refused")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce)
             nursery.start_soon(self._answer_port_probes)
+            if nursery_task:
+                nursery.start_soon(nursery_task)
             await hypercorn.trio.serve(self.app, hc)
             nursery.cancel_scope.cancel()
+
+    # ---- certificates ----------------------------------------------------------------------
+
+    async def _keep_certificates(self) -> None:
+        """Every CERT_CHECK_EVERY: install the operator's certificate for the REST API when CCS
+        has a new one, renew the node's CA-signed ones that are due, and load the REST API's
+        again when its file changed (new handshakes use it; open connections keep theirs)."""
+        while True:
+            try:
+                await self._install_operator_certificate()
+            except (RedisUnavailable, ReplyError) as exc:
+                log.debug("operator certificates not read for now: %s", exc)
+            except (certificates.CertificateError, ValueError, KeyError) as exc:
+                log.warning("the operator's certificate is not installed: %s", exc)
+            renewed = await trio.to_thread.run_sync(
+                certificates.renew_if_due, self.config.dir, self.config.uid,
+                self.config.address, self.config.cluster_fqdn)
+            if renewed:
+                log.info("renewed the node's certificates: %s", ", ".join(renewed))
+            if self.server_config.reload_certificate():
+                log.info("REST API: serving certificate %s",
+                         certificates.describe(certificates.cert_file(
+                             self.config.dir, "api").read_bytes())["serial"])
+            await trio.sleep(CERT_CHECK_EVERY)
+
+    async def _install_operator_certificate(self) -> None:
+        value = ccs.unpack(await (await self.session.local()).execute(
+            "HGET", CERTIFICATES, "api"))
+        if not value:
+            return
+        pem = value["certificate"].encode()
+        if certificates.cert_file(self.config.dir, "api").read_bytes() == pem:
+            return
+        ca = certificates.read_ca(self.config.dir)
+        pair = certificates.Pair(pem, certificates.unseal(ca, value["key"]))
+        certificates.check_pair(pair)
+        certificates.install(self.config.dir, "api", pair)
+        log.info("installed the operator's certificate for the REST API")
+
+    async def update_certificate(self, name: str, pem: str, key: str) -> dict:
+        if name not in OPERATOR_CERTIFICATES:
+            raise schema.InvalidRequest(f"certificate {name!r} cannot be set: "
+                                        f"{', '.join(OPERATOR_CERTIFICATES)} can")
+        pair = certificates.Pair(pem.encode(), key.encode())
+        try:
+            cert = certificates.check_pair(pair)
+        except certificates.CertificateError as exc:
+            raise ApiError(400, "invalid_certificate", str(exc)) from None
+        sealed = certificates.seal(certificates.read_ca(self.config.dir), pair.key)
+        r = await self.writer()
+        with trio.CancelScope(shield=True):
+            await ccs.write(r, CERTIFICATES, {"certificate": pem, "key": sealed,
+                                              "time": time.time()}, field=name)
+        described = certificates.describe(pair.certificate)
+        log.info("certificate %s set by the operator: %s, valid until %s", name,
+                 described["subject"], cert.not_valid_after_utc.isoformat())
+        return {"name": name, **described}
 
     async def _announce(self) -> None:
         """Write this node's REST endpoint to `cluster:rest`; learn the Redis version."""
@@ -144,13 +245,16 @@ class CnmHttp:
             try:
                 r = await self.session.master()
                 await ccs.write(r, schema.NODE_REST, {"address": self.config.address,
-                                                   "port": self.config.rest_port},
+                                                   "port": self.config.rest_port,
+                                                   "tls_port": self.config.rest_tls_port,
+                                                   "http": self.config.rest_http},
                                 field=self.config.uid)
                 await access.seed_admin(r, self.config.admin)
                 server = await info(await self.session.local(), "server")
                 self.redis_version = server.get("redis_version", "").strip() or None
-                log.info("node %d: REST API on %s:%d", self.config.uid, self.config.address,
-                         self.config.rest_port)
+                log.info("node %d: REST API on %s, HTTPS port %d, HTTP port %s",
+                         self.config.uid, self.config.address, self.config.rest_tls_port,
+                         self.config.rest_port if self.config.rest_http else "off")
                 return
             except (RedisUnavailable, ReplyError):
                 await trio.sleep(1.0)
@@ -719,6 +823,23 @@ def build_app(api: CnmHttp) -> FastAPI:
             await ccs.write(r, schema.CLUSTER_POLICY, policy)
         log.info("cluster settings: %s", policy)
         return cluster_reply(await read_view(r), policy)
+
+    @app.get("/v1/cluster/certificates", tags=["cluster"],
+             summary="The cluster CA's certificate and this node's (PEM), no keys")
+    async def get_certificates():
+        d = api.config.dir
+        out = {"ca_cert": certificates.ca_file(d).read_text()}
+        for plane in certificates.PLANES:
+            pem = certificates.cert_file(d, plane).read_bytes()
+            out[f"{plane}_cert"] = pem.decode()
+            out[plane] = certificates.describe(pem)
+        return out
+
+    @app.put("/v1/cluster/update_cert", tags=["cluster"],
+             responses={k: ERRORS[k] for k in (400, 406, 503)},
+             summary="Install the operator's certificate and key (name: api) on every node")
+    async def update_cert(body: CertificateUpdate):
+        return await api.update_certificate(body.name, body.certificate, body.key)
 
     # ---- shards ----
 

@@ -78,6 +78,8 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/v1/nodes/alerts"): "view_cluster",
     ("GET", "/v1/nodes/alerts/{uid}"): "view_cluster",
     ("GET", "/v1/logs"): "view_logs",
+    ("GET", "/v1/cluster/certificates"): "view_cluster",
+    ("PUT", "/v1/cluster/update_cert"): "manage_certificates",
     # access
     ("GET", "/v1/users"): "manage_users",
     ("POST", "/v1/users"): "manage_users",

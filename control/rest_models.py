@@ -154,6 +154,14 @@ class BackupRequest(BaseModel):
                                  "database's backup_location)")
 
 
+class CertificateUpdate(BaseModel):
+    """PUT /v1/cluster/update_cert (RE's body): a certificate and its unencrypted key, PEM."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64, description="which certificate: api (the REST API)")
+    certificate: str = Field(max_length=65536)
+    key: str = Field(max_length=65536)
+
+
 class ImportRequest(BaseModel):
     """Exactly one of backup_id, backup_path, rdb_path."""
     model_config = ConfigDict(extra="forbid")
