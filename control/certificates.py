@@ -300,3 +300,36 @@ def seal(ca: Pair, secret: bytes) -> dict:
 
 def unseal(ca: Pair, value: dict) -> bytes:
     return AESGCM(_secret_key(ca)).decrypt(value["nonce"], value["sealed"], None)
+
+
+class ControlPlaneTLS:
+    """Mutual TLS between nodes (gossip, heartbeats, the CCS forwarder, CCS replication): both
+    sides present their `cp` certificate and accept only one the cluster CA signed. A node
+    without certificates (or with control_plane_encryption off) gets None and speaks plain
+    TCP. Contexts are refreshed from disk when asked for, so a renewed certificate is used by
+    the next connection."""
+
+    def __init__(self, node_dir: Path, enabled: bool = True):
+        self.enabled = enabled and cert_file(node_dir, "cp").exists()
+        if self.enabled:
+            self._server = ReloadingContext(node_dir, "cp", server=True, verify_peer=True)
+            self._client = ReloadingContext(node_dir, "cp", server=False, verify_peer=True)
+
+    def server(self) -> ssl.SSLContext | None:
+        if not self.enabled:
+            return None
+        self._server.refresh()
+        return self._server.context
+
+    def client(self) -> ssl.SSLContext | None:
+        if not self.enabled:
+            return None
+        self._client.refresh()
+        return self._client.context
+
+
+def handshake_error(exc: BaseException) -> str:
+    """A failed TLS handshake, in one line an operator understands."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    text = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+    return f"TLS handshake failed: {text}"

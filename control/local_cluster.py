@@ -19,6 +19,7 @@ import subprocess
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -120,13 +121,14 @@ class LocalCluster:
         with os.fdopen(fd, "w") as f:
             json.dump({"username": ADMIN_USER, "password": password}, f)
         admin = admin_credentials(ADMIN_USER, password)
-        members = {uid: c.member_info() for uid, c in cluster.nodes.items()}
         ca = certificates.make_ca(name)
+        for c in cluster.nodes.values():
+            certificates.provision(c.dir, ca, c.uid, c.address, name)
+        members = {uid: c.member_info() for uid, c in cluster.nodes.items()}
         for c in cluster.nodes.values():
             c.peers = members
             c.admin = admin
             c.cluster_fqdn = name
-            certificates.provision(c.dir, ca, c.uid, c.address, name)
             if services is not None:
                 c.services = list(services)
             c.save()
@@ -147,12 +149,12 @@ class LocalCluster:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 7:
+        while len(ports) < 8:
             ports.add(free_port(port_host))
         ccs_port, gossip_port, forward_port, rest_port, rest_tls_port, sentinel_port, \
-            metrics_port = sorted(ports)
+            metrics_port, ccs_tls_port = sorted(ports)
         dns_port = free_dns_port(port_host, exclude=ports)
-        chosen = dict(ccs_port=ccs_port, gossip_port=gossip_port,
+        chosen = dict(ccs_port=ccs_port, gossip_port=gossip_port, ccs_tls_port=ccs_tls_port,
                       ccs_forward_port=forward_port, rest_port=rest_port,
                       rest_tls_port=rest_tls_port, sentinel_port=sentinel_port,
                       dns_port=dns_port, metrics_port=metrics_port)
@@ -210,7 +212,7 @@ class LocalCluster:
         asked = [peer] if peer else [(c.address, c.gossip_port) for c in self.nodes.values()]
         for address, port in asked:
             try:
-                reply = trio.run(request, address, port, {"op": "status"}, 2.0)
+                reply = self._request(address, port, {"op": "status"}, 2.0)
             except (OSError, trio.TooSlowError, ConnectionError):
                 continue
             if reply.get("members"):
@@ -342,12 +344,20 @@ class LocalCluster:
 
     # ---- asking cluster_wd -----------------------------------------------------------------
 
+    def _request(self, address: str, port: int, msg: dict, timeout: float) -> dict:
+        """One admin request to a cluster_wd, over mutual TLS with a certificate of this
+        folder's nodes when they have one (control-plane encryption)."""
+        if not hasattr(self, "_tls"):
+            self._tls = next((c.control_plane_tls() for c in self.nodes.values() if c.cpine),
+                             None)
+        context = self._tls.client() if self._tls is not None else None
+        return trio.run(partial(request, ssl_context=context), address, port, msg, timeout)
+
     def status(self, uid: int, timeout: float = 1.0) -> dict:
         """The node's cluster_wd view ({} if it does not answer)."""
         config = self.node(uid)
         try:
-            return trio.run(request, config.address, config.gossip_port, {"op": "status"},
-                            timeout)
+            return self._request(config.address, config.gossip_port, {"op": "status"}, timeout)
         except (OSError, trio.TooSlowError, ConnectionError):
             return {}
 
@@ -423,7 +433,7 @@ class LocalCluster:
                 if master is None:
                     continue
                 try:
-                    reply = trio.run(request, master["address"], master["gossip_port"], msg, 2.0)
+                    reply = self._request(master["address"], master["gossip_port"], msg, 2.0)
                 except (OSError, trio.TooSlowError, ConnectionError):
                     continue
                 if reply.get("error") != "not the master":

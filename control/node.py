@@ -73,6 +73,9 @@ class NodeConfig:
     ccs_port: int
     gossip_port: int
     ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
+    ccs_tls_port: int = 0          # CCS over TLS: what other nodes use (replication, heartbeats,
+                                   # the forwarder); 0: none (control_plane_encryption off)
+    control_plane_encryption: bool = True   # mutual TLS between nodes (certificates.py "cp")
     rest_port: int = 8080          # cnm_http: the REST API over HTTP (RE's port)
     rest_tls_port: int = 9443      # cnm_http: the REST API over HTTPS (RE's port)
     rest_http: bool = True         # serve rest_port too (False: HTTPS only)
@@ -135,10 +138,21 @@ class NodeConfig:
         """The node's dmcproxy serves its endpoints' stats here (control/proxy_stats.py)."""
         return self.run_dir / "dmcproxy.sock"
 
+    @property
+    def cpine(self) -> bool:
+        """Control-plane encryption: on (the default) when the node has its certificates."""
+        return self.control_plane_encryption and bool(self.ccs_tls_port) and \
+            (self.dir / "certs" / "cp.pem").exists()
+
+    def control_plane_tls(self):
+        from control.certificates import ControlPlaneTLS
+        return ControlPlaneTLS(self.dir, self.cpine)
+
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
                 "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port,
+                "ccs_tls_port": self.ccs_tls_port if self.cpine else 0,
                 "rest_port": self.rest_port, "rest_tls_port": self.rest_tls_port,
                 "rest_http": self.rest_http, "sentinel_port": self.sentinel_port,
                 "dns_port": self.dns_port, "metrics_port": self.metrics_port}
@@ -182,8 +196,20 @@ class NodeConfig:
             "repl-diskless-sync-delay 0",
             f"min-replicas-to-write {FENCED_MIN_REPLICAS}",
             "min-replicas-max-lag 10",
+            *self._ccs_tls_conf(),
             "",
         ])
+
+    def _ccs_tls_conf(self) -> list[str]:
+        """Other nodes reach this CCS copy over mutual TLS only (its tls-port: a client must
+        show a certificate the cluster CA signed), and it replicates its master over TLS; the
+        plain port is for the node's own services."""
+        if not self.cpine:
+            return []
+        certs = self.dir / "certs"
+        return [f"tls-port {self.ccs_tls_port}", f"tls-cert-file {certs / 'cp.pem'}",
+                f"tls-key-file {certs / 'cp.key'}", f"tls-ca-cert-file {certs / 'ca.pem'}",
+                "tls-auth-clients yes", "tls-replication yes"]
 
     def _supervisor_conf(self) -> str:
         d, logs = self.dir, self.dir / "logs"
