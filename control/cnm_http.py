@@ -200,11 +200,24 @@ class CnmHttp:
                 self.config.address, self.config.cluster_fqdn)
             if renewed:
                 log.info("renewed the node's certificates: %s", ", ".join(renewed))
+            if "cp" in renewed and self.config.cpine:
+                await self._reload_ccs_certificate()
             if self.server_config.reload_certificate():
                 log.info("REST API: serving certificate %s",
                          certificates.describe(certificates.cert_file(
                              self.config.dir, "api").read_bytes())["serial"])
             await trio.sleep(CERT_CHECK_EVERY)
+
+    async def _reload_ccs_certificate(self) -> None:
+        """The node's CCS copy loads its renewed `cp` certificate (setting tls-cert-file makes
+        redis-server load it again; its open connections keep theirs)."""
+        d = self.config.dir
+        try:
+            await (await self.session.local()).execute(
+                "CONFIG", "SET", "tls-cert-file", str(certificates.cert_file(d, "cp")),
+                "tls-key-file", str(certificates.key_file(d, "cp")))
+        except (RedisUnavailable, ReplyError) as exc:
+            log.warning("CCS did not load the renewed certificate: %s", exc)
 
     async def _install_operator_certificate(self) -> None:
         value = ccs.unpack(await (await self.session.local()).execute(

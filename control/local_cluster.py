@@ -187,6 +187,7 @@ class LocalCluster:
         ca = ca or self.cluster_ca()
         if ca is not None:
             certificates.provision(config.dir, ca, uid, address, config.cluster_fqdn)
+        self._check_accepted(config, members)
         config.save()
         self.nodes[uid] = config
         self.save()
@@ -240,6 +241,25 @@ class LocalCluster:
         self.save()
 
     # ---- processes -----------------------------------------------------------------------
+
+    def _check_accepted(self, config: NodeConfig, members: dict[int, dict]) -> None:
+        """ClusterError, before anything starts, if the cluster refuses the new node's
+        certificate (not signed by the cluster CA): it could never join."""
+        if not config.cpine:
+            return
+        tls = config.control_plane_tls()
+        for info in members.values():
+            try:
+                trio.run(partial(request, ssl_context=tls.client()), info["address"],
+                         info["gossip_port"], {"op": "status"}, 3.0)
+                return
+            except ConnectionError as exc:
+                if "TLS" in str(exc):
+                    shutil.rmtree(config.dir, ignore_errors=True)
+                    raise ClusterError(f"node {info['uid']} refuses the new node's certificate "
+                                       f"(is it signed by the cluster CA?): {exc}") from None
+            except (OSError, trio.TooSlowError):
+                continue
 
     def cluster_ca(self) -> certificates.Pair | None:
         """The cluster CA, from the certs folder of any of this folder's nodes."""
