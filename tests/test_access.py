@@ -133,7 +133,7 @@ def reference(tmp_path_factory):
 
 
 def test_roles_permissions_give_database_logins_with_redis_own_acl(cluster, admin, reference):
-    rules = "+@read +ping -keys ~cache:*"
+    rules = "+@read +ping +acl|whoami -keys ~cache:*"
     acl = admin.post("/v1/redis_acls", json={"name": "cache-reader", "acl": rules}).json()
     role = admin.post("/v1/roles", json={"name": "app", "management": "none"}).json()
     user = admin.post("/v1/users", json={"name": "alice", "password": PASSWORD,
