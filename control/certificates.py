@@ -29,6 +29,7 @@ key. A secret CCS must carry to every node (an operator's private key) is sealed
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
@@ -333,3 +334,29 @@ def handshake_error(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__ or exc
     text = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
     return f"TLS handshake failed: {text}"
+
+
+SEALED_PREFIX = "sealed:"
+
+
+def seal_text(node_dir: Path, text: str) -> str:
+    """A secret string (a database password) as a CCS field may hold it: `sealed:<base64>`,
+    AES-256-GCM under the cluster's key; an empty string stays empty. Without a CA (a node
+    made before certificates), the text itself."""
+    if not text:
+        return text
+    try:
+        ca = read_ca(node_dir)
+    except FileNotFoundError:
+        return text
+    value = seal(ca, text.encode())
+    return SEALED_PREFIX + base64.b64encode(value["nonce"] + value["sealed"]).decode()
+
+
+def reveal_text(node_dir: Path, value: str | None) -> str | None:
+    """The secret `seal_text` sealed; a value that is not sealed (written by hand, or by an
+    older version) as it is."""
+    if not value or not value.startswith(SEALED_PREFIX):
+        return value
+    raw = base64.b64decode(value[len(SEALED_PREFIX):])
+    return unseal(read_ca(node_dir), {"nonce": raw[:12], "sealed": raw[12:]}).decode()

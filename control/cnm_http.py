@@ -394,6 +394,8 @@ class CnmHttp:
             with trio.CancelScope(shield=True):
                 uid = await schema.next_uid(r, "bdb")
                 action = schema.new_action("bdb_create", "bdb", uid, {})
+                record["authentication_redis_pass"] = self.seal(
+                    record["authentication_redis_pass"])
                 record.update(uid=uid, status="pending", action_uid=action.action_uid,
                               created_time=time.time())
                 if not record.get("backup_location"):
@@ -406,9 +408,21 @@ class CnmHttp:
                 await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action.action_uid)
-        return {**schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn,
-                                   addresses=view.endpoint_addresses(bdb)),
+        return {**self.shown(schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn,
+                                               addresses=view.endpoint_addresses(bdb))),
                 "action_uid": action.action_uid}
+
+    # ---- the database password: sealed in CCS (certificates.seal_text), shown by REST as RE's
+
+    def seal(self, password: str) -> str:
+        return certificates.seal_text(self.config.dir, password)
+
+    def reveal(self, value: str | None) -> str | None:
+        return certificates.reveal_text(self.config.dir, value)
+
+    def shown(self, reply: dict) -> dict:
+        reply["authentication_redis_pass"] = self.reveal(reply.get("authentication_redis_pass"))
+        return reply
 
     async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
@@ -423,13 +437,20 @@ class CnmHttp:
             if current is None:
                 raise _not_found("bdb", uid)
             await self._unlocked(r, uid)
+            if "authentication_redis_pass" in given:     # CCS holds it sealed
+                if given["authentication_redis_pass"] == self.reveal(
+                        current.authentication_redis_pass):
+                    del given["authentication_redis_pass"]
+                else:
+                    given["authentication_redis_pass"] = self.seal(
+                        given["authentication_redis_pass"])
             name, params = plan_update(view, current, given, await schema.cluster_policy(r))
             if "port" in params:
                 await self.check_port_bindable(r, view, params["port"])
             if dry_run or name is None:
-                reply = schema.public_bdb(current, view.nodes, view.shards_of(uid),
-                                          self.config.cluster_fqdn,
-                                          addresses=view.endpoint_addresses(current))
+                reply = self.shown(schema.public_bdb(current, view.nodes, view.shards_of(uid),
+                                                     self.config.cluster_fqdn,
+                                                     addresses=view.endpoint_addresses(current)))
                 if dry_run:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
@@ -437,10 +458,10 @@ class CnmHttp:
             with trio.CancelScope(shield=True):
                 action = await schema.submit(r, schema.new_action(name, "bdb", uid, params),
                                           lock_bdb=uid)
-        log.info("database %d: %s %s, action %s", uid, name, params, action.action_uid)
-        return {**schema.public_bdb(current, view.nodes, view.shards_of(uid),
-                                   self.config.cluster_fqdn,
-                                   addresses=view.endpoint_addresses(current)),
+        log.info("database %d: %s %s, action %s", uid, name, sorted(params), action.action_uid)
+        return {**self.shown(schema.public_bdb(current, view.nodes, view.shards_of(uid),
+                                               self.config.cluster_fqdn,
+                                               addresses=view.endpoint_addresses(current))),
                 "action_uid": action.action_uid}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
@@ -738,8 +759,9 @@ def build_app(api: CnmHttp) -> FastAPI:
         r = await api.reader()
         view = await read_view(r)
         failures = await schema.endpoint_failures(r, view.bdbs)
-        return [schema.public_bdb(b, view.nodes, view.shards_of(u), api.config.cluster_fqdn,
-                                  failures.get(u), view.endpoint_addresses(b))
+        return [api.shown(schema.public_bdb(b, view.nodes, view.shards_of(u),
+                                            api.config.cluster_fqdn, failures.get(u),
+                                            view.endpoint_addresses(b)))
                 for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
@@ -749,9 +771,9 @@ def build_app(api: CnmHttp) -> FastAPI:
         if uid not in view.bdbs:
             raise _not_found("bdb", uid)
         failures = await schema.endpoint_failures(r, [uid])
-        return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
-                                  api.config.cluster_fqdn, failures.get(uid),
-                                  view.endpoint_addresses(view.bdbs[uid]))
+        return api.shown(schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
+                                           api.config.cluster_fqdn, failures.get(uid),
+                                           view.endpoint_addresses(view.bdbs[uid])))
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")
