@@ -285,6 +285,26 @@ def test_cli_changes_the_admin_password_and_keeps_working(cluster):
     assert back.returncode == 0, back.stderr
 
 
+def test_the_database_password_is_sealed_in_ccs(cluster, admin):
+    created = admin.post("/v1/bdbs", json={"name": "sealed", "authentication_redis_pass":
+                                           PASSWORD})
+    assert created.status_code == 200, created.text
+    wait_action(admin, created.json()["action_uid"])
+    bdb = created.json()
+    assert bdb["authentication_redis_pass"] == PASSWORD             # REST shows it, as RE
+    master = cluster.nodes[cluster.wait_for_master()]
+    raw = redis.Redis(master.address, master.ccs_port, protocol=2).hget("bdbs", str(bdb["uid"]))
+    assert PASSWORD.encode() not in raw and b"sealed:" in raw
+    c = redis.Redis(FIRST_ADDRESS, bdb["port"], socket_timeout=5, protocol=2)
+    with pytest.raises(redis.AuthenticationError):
+        c.ping()
+    assert redis.Redis(FIRST_ADDRESS, bdb["port"], password=PASSWORD, socket_timeout=5,
+                       protocol=2).ping()
+    # the same password again changes nothing; another one is sealed too
+    assert admin.put(f"/v1/bdbs/{bdb['uid']}", json={"authentication_redis_pass": PASSWORD}
+                     ).json()["action_uid"] is None
+
+
 def test_no_secret_in_logs_ccs_command_lines_or_readable_files(cluster, admin):
     """After the tests above: no test password in any file of the cluster (logs, CCS's
     append-only files, node.json, shard folders) but admin.json, which only its owner reads;
