@@ -73,6 +73,34 @@ def _listing(api: RestApi, path: str, as_json: bool, columns: list[str]) -> None
         _table(rows, columns)
 
 
+def _update(home, path: str, kind: str, ref: str, fields: dict) -> None:
+    api = RestApi.of(home)
+    uid = _uid(api, path, kind, ref)
+    body = {k: v for k, v in fields.items() if v is not None}
+    if not body:
+        raise Failure("nothing to change (see --help)")
+    api.call("PUT", f"/v1/{path}/{uid}", body=body)
+    click.echo(f"{kind} {uid} updated")
+
+
+def _list_and_delete(group: click.Group, path: str, kind: str, columns: list[str]) -> None:
+    """`list` and `delete` of a group of objects: roles, redis_acls."""
+    @group.command("list", help=f"Every {kind}: {', '.join(columns)}.")
+    @json_option
+    @home_option
+    def listing(as_json, home):
+        _listing(RestApi.of(home), path, as_json, columns)
+
+    @group.command("delete", help=f"Delete a {kind} (refused while in use).")
+    @click.argument("ref", metavar="UID|NAME")
+    @home_option
+    def delete(ref, home):
+        api = RestApi.of(home)
+        uid = _uid(api, path, kind, ref)
+        api.call("DELETE", f"/v1/{path}/{uid}")
+        click.echo(f"{kind} {uid} deleted")
+
+
 # ---- dmc user --------------------------------------------------------------------------------
 
 @click.group()
@@ -184,13 +212,6 @@ def role():
     """Roles: a management role for the REST API, and what a database's roles_permissions name."""
 
 
-@role.command("list")
-@json_option
-@home_option
-def role_list(as_json, home):
-    _listing(RestApi.of(home), "roles", as_json, ["uid", "name", "management"])
-
-
 @role.command("create")
 @click.argument("name")
 @click.option("--management", type=click.Choice(MANAGEMENT_ROLES), default="none",
@@ -208,22 +229,7 @@ def role_create(name, management, home):
 @click.option("--management", type=click.Choice(MANAGEMENT_ROLES))
 @home_option
 def role_update(ref, new_name, management, home):
-    api = RestApi.of(home)
-    uid = _uid(api, "roles", "role", ref)
-    body = {k: v for k, v in {"name": new_name, "management": management}.items()
-            if v is not None}
-    api.call("PUT", f"/v1/roles/{uid}", body=body)
-    click.echo(f"role {uid} updated")
-
-
-@role.command("delete")
-@click.argument("ref", metavar="UID|NAME")
-@home_option
-def role_delete(ref, home):
-    api = RestApi.of(home)
-    uid = _uid(api, "roles", "role", ref)
-    api.call("DELETE", f"/v1/roles/{uid}")
-    click.echo(f"role {uid} deleted")
+    _update(home, "roles", "role", ref, {"name": new_name, "management": management})
 
 
 # ---- dmc acl -----------------------------------------------------------------------------------
@@ -231,13 +237,6 @@ def role_delete(ref, home):
 @click.group()
 def acl():
     """Redis ACLs (rules such as '+@read ~cache:*') and which role has which on a database."""
-
-
-@acl.command("list")
-@json_option
-@home_option
-def acl_list(as_json, home):
-    _listing(RestApi.of(home), "redis_acls", as_json, ["uid", "name", "acl"])
 
 
 @acl.command("create")
@@ -256,21 +255,7 @@ def acl_create(name, rules, home):
 @click.option("--rules")
 @home_option
 def acl_update(ref, new_name, rules, home):
-    api = RestApi.of(home)
-    uid = _uid(api, "redis_acls", "redis_acl", ref)
-    body = {k: v for k, v in {"name": new_name, "acl": rules}.items() if v is not None}
-    api.call("PUT", f"/v1/redis_acls/{uid}", body=body)
-    click.echo(f"redis_acl {uid} updated")
-
-
-@acl.command("delete")
-@click.argument("ref", metavar="UID|NAME")
-@home_option
-def acl_delete(ref, home):
-    api = RestApi.of(home)
-    uid = _uid(api, "redis_acls", "redis_acl", ref)
-    api.call("DELETE", f"/v1/redis_acls/{uid}")
-    click.echo(f"redis_acl {uid} deleted")
+    _update(home, "redis_acls", "redis_acl", ref, {"name": new_name, "acl": rules})
 
 
 def _set_grants(api: RestApi, db: str, change) -> None:
@@ -308,5 +293,8 @@ def acl_revoke(db, role_ref, home):
     _set_grants(api, db, lambda grants: [g for g in grants if g["role_uid"] != role_uid])
     click.echo(f"role {role_uid} no longer logs in to {db}")
 
+
+_list_and_delete(role, "roles", "role", ["uid", "name", "management"])
+_list_and_delete(acl, "redis_acls", "redis_acl", ["uid", "name", "acl"])
 
 COMMANDS = (user, role, acl)
