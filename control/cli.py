@@ -284,7 +284,7 @@ def _url(info: dict, port_field: str, path: str, scheme: str = "http") -> str | 
 
 
 PORT_FIELDS = ("rest_tls_port", "rest_port", "metrics_port", "sentinel_port", "dns_port",
-               "gossip_port", "ccs_port", "ccs_forward_port")
+               "gossip_port", "ccs_port", "ccs_tls_port", "ccs_forward_port")
 
 
 def status_rows(view: dict) -> list[dict]:

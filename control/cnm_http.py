@@ -170,6 +170,9 @@ class CnmHttp:
             hc.bind = http
             nursery_task = None
         hc.graceful_timeout = 1.0
+        # hypercorn's 5 s closes idle connections while a client may just be reusing one (the
+        # client then sees "disconnected without a response"); 75 s, as nginx
+        hc.keep_alive_timeout = 75.0
         hc.errorlog = log
         self.server_config = hc
         if not self.config.admin:
