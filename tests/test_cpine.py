@@ -63,11 +63,14 @@ def test_ccs_replicates_over_tls(cluster):
         assert replication["master_port"] == master.ccs_tls_port
     record = ccs.unpack(plain(master).get(ccs.MASTER))
     assert record["ccs_tls_port"] == master.ccs_tls_port
-    # every other node's connections to the master's CCS (replication, heartbeats) arrive on
-    # its tls-port
+    # the replicas' connections to the master's CCS arrive on its tls-port, and so do the
+    # other nodes' heartbeats (a SET of node_heartbeat:<uid> every second)
     clients = plain(master).client_list()
-    remote = [c for c in clients if not c["addr"].startswith(master.address + ":")]
-    assert remote and all(c["laddr"].endswith(f":{master.ccs_tls_port}") for c in remote)
+    replicas = [c for c in clients if "S" in c["flags"]]
+    assert len(replicas) == 2
+    assert all(c["laddr"].endswith(f":{master.ccs_tls_port}") for c in replicas)
+    on_tls = [c for c in clients if c["laddr"].endswith(f":{master.ccs_tls_port}")]
+    assert len(on_tls) >= 4
 
 
 def test_the_forwarder_reaches_the_master_over_tls(cluster):
