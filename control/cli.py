@@ -202,18 +202,28 @@ def node_add(address, home):
 @node.command("join")
 @click.argument("peer")
 @click.option("--address", required=True, help="This node's address, reachable by the others.")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder with the cluster CA's ca.pem and ca.key (a node's certs/ folder, "
+              "copied safely): the new node's certificates are signed with it, else the "
+              "cluster refuses the node.")
 @home_option
-def node_join(peer, address, home):
+def node_join(peer, address, ca_dir, home):
     """Start a node here and join the cluster that PEER (ADDRESS:GOSSIP_PORT of any of its
     nodes) belongs to: one node per machine."""
     host, _, port = peer.rpartition(":")
     if not host or not port.isdigit():
         raise click.ClickException(f"PEER must be ADDRESS:GOSSIP_PORT, not {peer!r}")
     try:
+        ca = None
+        if ca_dir is not None:
+            ca = certificates.Pair((ca_dir / "ca.pem").read_bytes(),
+                                   (ca_dir / "ca.key").read_bytes())
         c = LocalCluster.load(home) if (home / "cluster.json").exists() else LocalCluster(home)
-        config = c.add_node(address, peer=(host, int(port)))
+        config = c.add_node(address, peer=(host, int(port)), ca=ca)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the cluster CA in {ca_dir}: {exc}") from None
     click.echo(f"node {config.uid} joined at {config.address}")
 
 

@@ -168,7 +168,13 @@ class LocalCluster:
                  ca: certificates.Pair | None = None) -> NodeConfig:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
         (address, gossip port) is any node of the cluster; by default one of this folder's.
-        Its certificates are signed by `ca` (default: the CA of this folder's nodes)."""
+        Its certificates are signed by `ca` (default: the CA of this folder's nodes; on a
+        machine of its own, the cluster's CA as `dmc node join --ca-dir` reads it)."""
+        if ca is not None and self.cluster_ca() is None and address:
+            # nobody here to ask the members as: a client certificate of the cluster's CA
+            asker = self.home / ".join-client"
+            certificates.provision(asker, ca, 0, address, DEFAULT_FQDN)
+            self._tls = certificates.ControlPlaneTLS(asker)
         members = self._members(peer)
         uid = max(members) + 1
         if address is None:
