@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from control import access, ccs, schema
 from control.node import check_admin
-from control.redis_client import ReplyError
+from control.redis_client import RedisUnavailable, ReplyError
 from control.rest_models import ERRORS
 
 log = logging.getLogger("cnm_http")
@@ -206,21 +206,31 @@ class Authenticator:
                              {"Retry-After": str(locked)})
         ok = user is not None and await trio.to_thread.run_sync(access.check_password, user,
                                                                 password)
-        writer = await self.api.writer()
         if not ok:
             policy = await schema.cluster_policy(r)
-            count, lock = await access.count_failure(writer, name, policy)
-            log.warning("failed REST login as %r from %s (%d of %s)", name, client, count,
+            count, lock = await self._counted(access.count_failure, name, policy)
+            log.warning("failed REST login as %r from %s (%s of %s)", name, client,
+                        count if count is not None else "not counted: no CCS master",
                         policy["login_lockout_threshold"] or "unlimited")
             if lock:
                 log.warning("logins as %r are refused for %ds: %d failed in a row", name, lock,
                             count)
             raise self.error(401, "unauthorized", "wrong user name or password")
-        await access.clear_failures(writer, name)
+        await self._counted(access.clear_failures, name)
         if len(self._accepted) > 1024:
             self._accepted.clear()
         self._accepted[key] = (user.uid, hashed)
         return user
+
+
+    async def _counted(self, write, *args):
+        """A write of the failed-login count, to the master; while there is none (the node
+        reads its own copy), the login is still judged, only not counted."""
+        try:
+            return await write(await self.api.writer(), *args)
+        except (RedisUnavailable, ReplyError) as exc:
+            log.info("failed-login count not written: %s", exc)
+            return None, 0
 
 
 def route_permission(request: Request) -> str:
