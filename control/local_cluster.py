@@ -225,7 +225,10 @@ class LocalCluster:
             if reply.get("members"):
                 return {int(k): v for k, v in reply["members"].items()}
         where = f"{peer[0]}:{peer[1]}" if peer else "any node of this cluster"
-        raise ClusterError(f"no cluster_wd answered at {where}")
+        hint = "" if getattr(self, "_tls", None) is not None or self.cluster_ca() else (
+            " (a cluster with control-plane encryption answers only a certificate of its CA: "
+            "give --ca-dir)")
+        raise ClusterError(f"no cluster_wd answered at {where}{hint}")
 
     def remove_node(self, uid: int, timeout: float = 30.0) -> None:
         if uid not in self.nodes:
