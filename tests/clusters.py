@@ -29,11 +29,12 @@ def api_answers(config, auth) -> bool:
 
 
 @contextmanager
-def rest_cluster(home, first_address: str, nodes: int = 3,
-                 timeout: float = 60) -> Iterator[LocalCluster]:
-    """A cluster whose every node's REST API answers; stopped and checked on the way out."""
+def rest_cluster(home, first_address: str, nodes: int = 3, timeout: float = 60,
+                 **create_options) -> Iterator[LocalCluster]:
+    """A cluster whose every node's REST API answers; stopped and checked on the way out.
+    `create_options` go to LocalCluster.create (services=[...]: fewer services per node)."""
     c = LocalCluster.create(home, loopback_addresses(nodes, first_address), record_history=True,
-                            timeout=timeout)
+                            timeout=timeout, **create_options)
     try:
         for config in c.nodes.values():
             wait_until(lambda cfg=config: api_answers(cfg, c.admin_login()), timeout,

@@ -17,6 +17,7 @@ from clusters import rest_client, rest_cluster
 from waiting import wait_until
 
 from control import certificates
+from control.node import CORE_SERVICES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,7 +86,9 @@ def test_sealed_secrets_open_only_with_the_cluster_ca(ca):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    with rest_cluster(tmp_path_factory.mktemp("certs") / "cluster", FIRST_ADDRESS) as c:
+    # the cluster's core and cnm_http: what serves HTTPS and installs certificates
+    with rest_cluster(tmp_path_factory.mktemp("certs") / "cluster", FIRST_ADDRESS, timeout=120,
+                      services=[*CORE_SERVICES, "cnm_http"]) as c:
         yield c
 
 
