@@ -195,15 +195,16 @@ class Authenticator:
                 self._accepted[key] = (1, admin.get("hash"))
                 return access.User(uid=1, name=name, role="admin")
             raise self.error(401, "unauthorized", "wrong user name or password")
-        user = access.find_user(found, name)
-        hashed = (user.password_hash or {}).get("hash") if user else None
-        if user is not None and self._accepted.get(key) == (user.uid, hashed):
-            return user
+        # a locked-out user is refused whatever it gives, its remembered credentials too
         locked = await access.locked_for(r, name)
         if locked:
             raise self.error(429, "login_locked", f"too many failed logins as {name!r}: "
                              f"refused for {locked} more seconds",
                              {"Retry-After": str(locked)})
+        user = access.find_user(found, name)
+        hashed = (user.password_hash or {}).get("hash") if user else None
+        if user is not None and self._accepted.get(key) == (user.uid, hashed):
+            return user
         ok = user is not None and await trio.to_thread.run_sync(access.check_password, user,
                                                                 password)
         if not ok:
