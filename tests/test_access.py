@@ -45,7 +45,7 @@ def admin(cluster) -> httpx.Client:
 def as_user(cluster, name: str, password: str = PASSWORD) -> httpx.Client:
     config = cluster.nodes[1]
     return httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
-                        auth=(name, password), timeout=10)
+                        auth=(name, password), timeout=30)
 
 
 @pytest.fixture(scope="module")
