@@ -37,8 +37,8 @@ from control.redis_mgr import stop_all
 log = logging.getLogger("cluster_wd")
 
 MAX_FRAME = 1 << 20
-CONNECT_TIMEOUT = 1.0       # a gossip connection, its TLS handshake included
-HANDSHAKE_TIMEOUT = 2.0     # an incoming connection's TLS handshake
+CONNECT_TIMEOUT = 0.3       # a gossip connection's TCP connect
+HANDSHAKE_TIMEOUT = 1.0     # a TLS handshake, either side
 RECONCILE_EVERY = 0.3
 LEASE_FILE_EVERY = 0.1      # run/lease.json's majority_until is rewritten this often
 
@@ -115,11 +115,10 @@ class Gossip:
                 if stream is None:
                     if trio.current_time() < retry_at:
                         continue
-                    with trio.move_on_after(CONNECT_TIMEOUT):
-                        try:
-                            stream = await open_stream(*self.addresses[uid], self.tls)
-                        except (OSError, trio.BrokenResourceError) as exc:
-                            log.debug("gossip to node %d: %s", uid, exc)
+                    try:
+                        stream = await open_stream(*self.addresses[uid], self.tls)
+                    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                        log.debug("gossip to node %d: %s", uid, exc)
                     if stream is None:
                         retry_at = trio.current_time() + 0.2
                         continue
@@ -146,15 +145,19 @@ async def read_frames(stream: trio.abc.Stream):
 
 
 async def open_stream(address: str, port: int, tls=None) -> trio.abc.Stream:
-    """A connection to a cluster_wd: over mutual TLS when `tls` (ControlPlaneTLS) is on; a
-    refused handshake is trio.BrokenResourceError."""
-    stream = await trio.open_tcp_stream(address, port)
+    """A connection to a cluster_wd: over mutual TLS when `tls` (ControlPlaneTLS) is on. The
+    TCP connection gets CONNECT_TIMEOUT (a partitioned peer must not hold the outbox long), the
+    handshake HANDSHAKE_TIMEOUT; past either, trio.TooSlowError; a refused handshake is
+    trio.BrokenResourceError."""
+    with trio.fail_after(CONNECT_TIMEOUT):
+        stream = await trio.open_tcp_stream(address, port)
     context = tls.client() if tls is not None else None
     if context is None:
         return stream
     secure = trio.SSLStream(stream, context, server_hostname=address)
     try:
-        await secure.do_handshake()
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await secure.do_handshake()
     except BaseException:
         await trio.aclose_forcefully(secure)
         raise
@@ -270,7 +273,7 @@ class ClusterWatchdog:
             peer = stream.socket.getpeername()[0]
             stream = trio.SSLStream(stream, context, server_side=True)
             try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                with trio.fail_after(2 * HANDSHAKE_TIMEOUT):
                     await stream.do_handshake()
             except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
                 # a node (or a client) without a certificate of the cluster CA: not heard
