@@ -23,17 +23,15 @@ installed is not renewed by the node (it is theirs): `renew_if_due` renews only 
 signed.
 
 Keys are written readable by their owner only (0600), certificates 0644. Nothing here logs a
-key. A secret CCS must carry to every node (an operator's private key) is sealed first
-(`seal`: AES-256-GCM under a key derived from the CA's private key, which only nodes hold).
+key. A secret CCS must carry to every node (an operator's private key, a database password) is
+sealed first (control/sealing.py).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import os
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,14 +39,18 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from control.sealing import reveal_text, seal, seal_text, unseal
+from control.tls import ca_file, cert_file, certs_dir, key_file
 
 CA_DAYS = 3650
 CERT_DAYS = 90
 RENEW_BEFORE_DAYS = 60
 PLANES = ("api", "cp")
+# re-exported: a node's files (control/tls.py) and its sealed secrets (control/sealing.py)
+__all__ = ["ca_file", "cert_file", "certs_dir", "key_file", "reveal_text", "seal", "seal_text",
+           "unseal"]
 
 
 class CertificateError(ValueError):
@@ -171,22 +173,6 @@ def describe(pem: bytes) -> dict:
 
 # ---- a node's files --------------------------------------------------------------------------
 
-def certs_dir(node_dir: Path) -> Path:
-    return Path(node_dir) / "certs"
-
-
-def ca_file(node_dir: Path) -> Path:
-    return certs_dir(node_dir) / "ca.pem"
-
-
-def cert_file(node_dir: Path, plane: str) -> Path:
-    return certs_dir(node_dir) / f"{plane}.pem"
-
-
-def key_file(node_dir: Path, plane: str) -> Path:
-    return certs_dir(node_dir) / f"{plane}.key"
-
-
 def _write(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -248,115 +234,3 @@ def renew_if_due(node_dir: Path, node_uid: int, address: str, fqdn: str, *,
             install(node_dir, plane, issue(ca, node_uid, address, fqdn))
             renewed.append(plane)
     return renewed
-
-
-# ---- TLS contexts ------------------------------------------------------------------------------
-
-class ReloadingContext:
-    """An SSLContext for one plane of a node whose certificate is loaded again when its file
-    changes (`refresh`, cheap: one stat): handshakes after a renewal use the new certificate,
-    connections already open keep theirs."""
-
-    def __init__(self, node_dir: Path, plane: str, *, server: bool, verify_peer: bool):
-        self.node_dir, self.plane = Path(node_dir), plane
-        purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
-        self.context = ssl.create_default_context(purpose, cafile=str(ca_file(node_dir)))
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if server:
-            self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
-        else:
-            # Nodes are named by address; the certificate names it (IP SAN).
-            self.context.check_hostname = verify_peer
-            self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
-        self._loaded: tuple | None = None
-        self.refresh()
-
-    def _stamp(self) -> tuple:
-        c, k = cert_file(self.node_dir, self.plane), key_file(self.node_dir, self.plane)
-        return (c.stat().st_mtime_ns, c.stat().st_ino, k.stat().st_mtime_ns)
-
-    def refresh(self) -> bool:
-        """Load the plane's certificate again if its files changed; True if it did."""
-        stamp = self._stamp()
-        if stamp == self._loaded:
-            return False
-        self.context.load_cert_chain(str(cert_file(self.node_dir, self.plane)),
-                                     str(key_file(self.node_dir, self.plane)))
-        self._loaded = stamp
-        return True
-
-
-# ---- secrets in CCS --------------------------------------------------------------------------
-
-def _secret_key(ca: Pair) -> bytes:
-    """A key only the cluster's nodes can make: derived from the CA's private key."""
-    return HKDF(hashes.SHA256(), 32, salt=None, info=b"dmc ccs secrets").derive(ca.key)
-
-
-def seal(ca: Pair, secret: bytes) -> dict:
-    """A secret as CCS may hold it: AES-256-GCM under the cluster's key ({nonce, sealed})."""
-    nonce = os.urandom(12)
-    return {"nonce": nonce, "sealed": AESGCM(_secret_key(ca)).encrypt(nonce, secret, None)}
-
-
-def unseal(ca: Pair, value: dict) -> bytes:
-    return AESGCM(_secret_key(ca)).decrypt(value["nonce"], value["sealed"], None)
-
-
-class ControlPlaneTLS:
-    """Mutual TLS between nodes (gossip, heartbeats, the CCS forwarder, CCS replication): both
-    sides present their `cp` certificate and accept only one the cluster CA signed. A node
-    without certificates (or with control_plane_encryption off) gets None and speaks plain
-    TCP. Contexts are refreshed from disk when asked for, so a renewed certificate is used by
-    the next connection."""
-
-    def __init__(self, node_dir: Path, enabled: bool = True):
-        self.enabled = enabled and cert_file(node_dir, "cp").exists()
-        if self.enabled:
-            self._server = ReloadingContext(node_dir, "cp", server=True, verify_peer=True)
-            self._client = ReloadingContext(node_dir, "cp", server=False, verify_peer=True)
-
-    def server(self) -> ssl.SSLContext | None:
-        if not self.enabled:
-            return None
-        self._server.refresh()
-        return self._server.context
-
-    def client(self) -> ssl.SSLContext | None:
-        if not self.enabled:
-            return None
-        self._client.refresh()
-        return self._client.context
-
-
-def handshake_error(exc: BaseException) -> str:
-    """A failed TLS handshake, in one line an operator understands."""
-    cause = exc.__cause__ or exc.__context__ or exc
-    text = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
-    return f"TLS handshake failed: {text}"
-
-
-SEALED_PREFIX = "sealed:"
-
-
-def seal_text(node_dir: Path, text: str) -> str:
-    """A secret string (a database password) as a CCS field may hold it: `sealed:<base64>`,
-    AES-256-GCM under the cluster's key; an empty string stays empty. Without a CA (a node
-    made before certificates), the text itself."""
-    if not text:
-        return text
-    try:
-        ca = read_ca(node_dir)
-    except FileNotFoundError:
-        return text
-    value = seal(ca, text.encode())
-    return SEALED_PREFIX + base64.b64encode(value["nonce"] + value["sealed"]).decode()
-
-
-def reveal_text(node_dir: Path, value: str | None) -> str | None:
-    """The secret `seal_text` sealed; a value that is not sealed (written by hand, or by an
-    older version) as it is."""
-    if not value or not value.startswith(SEALED_PREFIX):
-        return value
-    raw = base64.b64decode(value[len(SEALED_PREFIX):])
-    return unseal(read_ca(node_dir), {"nonce": raw[:12], "sealed": raw[12:]}).decode()

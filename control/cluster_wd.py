@@ -27,7 +27,7 @@ import msgpack
 import trio
 
 from control import ccs
-from control.certificates import handshake_error
+from control.tls import handshake_error
 from control.election import MASTER, Election, Observation, Timings
 from control.node import (FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command,
                           supervisor_rpc)

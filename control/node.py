@@ -145,7 +145,7 @@ class NodeConfig:
             (self.dir / "certs" / "cp.pem").exists()
 
     def control_plane_tls(self):
-        from control.certificates import ControlPlaneTLS
+        from control.tls import ControlPlaneTLS
         return ControlPlaneTLS(self.dir, self.cpine)
 
     def member_info(self) -> dict:

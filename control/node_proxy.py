@@ -57,9 +57,10 @@ import time
 import msgspec
 import trio
 
-from control import ccs, certificates, schema
+from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError
+from control.sealing import reveal_text
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
 from dmc.proxy import bind_failure, install_shard_map
@@ -230,7 +231,7 @@ class NodeProxy:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
-        password = certificates.reveal_text(self.config.dir, bdb.authentication_redis_pass) \
+        password = reveal_text(self.config.dir, bdb.authentication_redis_pass) \
             or None
         multi_slot = bdb.multi_slot_commands or "refuse"
         if endpoint is not None and applied.get("port") != bdb.port:

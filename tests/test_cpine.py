@@ -18,6 +18,7 @@ from control import ccs, certificates, history
 from control.cluster_wd import request
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import CORE_SERVICES
+from control.tls import ControlPlaneTLS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -110,7 +111,7 @@ def test_the_gossip_port_refuses_plaintext_and_foreign_certificates(cluster, tmp
         trio.run(request, config.address, config.gossip_port, {"op": "status"}, 3.0)
     foreign = tmp_path / "foreign"
     certificates.provision(foreign, certificates.make_ca("foreign"), 9, "127.0.1.49", "x")
-    context = certificates.ControlPlaneTLS(foreign).client()
+    context = ControlPlaneTLS(foreign).client()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE        # it trusts any server: only its own cert is bad
     with pytest.raises(ConnectionError, match="TLS handshake failed"):

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import trio
 
-from control import backup_mgr, certificates
+from control import backup_mgr
 from control.machines.base import ActionFailed, Machine
 from control.redis_client import connect
+from control.sealing import reveal_text
 
 
 class BdbImport(Machine):
@@ -21,7 +22,7 @@ class BdbImport(Machine):
 
     def password(self, bdb) -> str | None:
         """The database password (sealed in CCS)."""
-        return certificates.reveal_text(self.exec.config.dir, bdb.authentication_redis_pass) \
+        return reveal_text(self.exec.config.dir, bdb.authentication_redis_pass) \
             or None
 
     async def check(self) -> None:
