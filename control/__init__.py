@@ -21,7 +21,10 @@ writes (control/CCS.md has the values; only the master node's copy is writable).
                       database's proxy_ack:<bdb>, shard_state and shard_health fields
     cnm_http          the REST API: a new bdbs record, actions with their bdb_lock:<bdb>,
                       cluster:rest, cluster:counters, cluster:policy (PUT /v1/cluster),
-                      cnm_http:config_lock (while it checks)
+                      cnm_http:config_lock (while it checks); users, roles, redis_acls,
+                      login_failures:<name>, login_lockout:<name> (control/rest_access.py),
+                      cluster:certificates; renews the node's certificates
+                      (control/certificates.py)
     job_scheduler     on the master, scheduled backups: actions (bdb_backup), jobs:bdb_backup
     sentinel_service  the Sentinel protocol for clients (control/discovery.py): writes nothing
     pdns_server       the cluster's DNS zone (control/discovery.py): on the master, the
@@ -40,7 +43,10 @@ Shared by them: control/schema.py (keys, the typed
 records Bdb, Shard, Action and BdbMap, the requests users make), control/ccs.py (the
 store's encoding, change notices and a service's session), control/cluster_view.py (nodes up,
 load, pairs, failed shards, placement), control/redis_client.py (Redis on Trio).
-The REST API's statistics, alerts and logs are control/rest_stats.py.
-The operator's `dmc` command is control/cli.py (with control/db_cli.py, control/obs_cli.py and
+The REST API's statistics, alerts and logs are control/rest_stats.py; its users, roles and
+ACLs control/rest_access.py (records and role matrix: control/access.py). The cluster CA, the
+nodes' certificates and the control plane's mutual TLS are control/certificates.py.
+The operator's `dmc` command is control/cli.py (with control/db_cli.py, control/obs_cli.py,
+control/access_cli.py and
 dmc/cli.py's `local`).
 """

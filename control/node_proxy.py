@@ -70,6 +70,7 @@ import trio
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.sealing import reveal_text
 from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
@@ -288,7 +289,8 @@ class NodeProxy:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
-        password = bdb.authentication_redis_pass or None
+        password = reveal_text(self.config.dir, bdb.authentication_redis_pass) \
+            or None
         multi_slot = bdb.multi_slot_commands or "refuse"
         threads = bdb.proxy_threads or 1
         if endpoint is not None and (applied.get("port") != bdb.port or

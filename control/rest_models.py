@@ -103,6 +103,11 @@ class Cluster(BaseModel):
     smtp_port: int | None = None
     smtp_username: str | None = None
     smtp_use_tls: bool = False          # (smtp_password is never shown)
+    login_lockout_threshold: int = Field(5, description="failed logins before a user is "
+                                         "locked out (0: never)")
+    login_lockout_duration: int = Field(1800, description="seconds a user stays locked out")
+    login_lockout_counter_reset_after: int = Field(900, description="seconds after which "
+                                                   "failed logins are forgotten")
 
 
 class Shard(BaseModel):
@@ -159,6 +164,14 @@ class BackupRequest(BaseModel):
                                  "database's backup_location)")
 
 
+class CertificateUpdate(BaseModel):
+    """PUT /v1/cluster/update_cert (RE's body): a certificate and its unencrypted key, PEM."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64, description="which certificate: api (the REST API)")
+    certificate: str = Field(max_length=65536)
+    key: str = Field(max_length=65536)
+
+
 class ImportRequest(BaseModel):
     """Exactly one of backup_id, backup_path, rdb_path."""
     model_config = ConfigDict(extra="forbid")
@@ -199,5 +212,7 @@ class Backup(BaseModel):
 
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
     400: "the body does not follow the schema", 401: "wrong or missing credentials",
+    403: "the user's roles do not allow this request",
+    429: "too many failed logins as this user: locked out for a while (Retry-After)",
     404: "no such object", 406: "a configuration the cluster cannot have",
     409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}

@@ -119,6 +119,15 @@ class BdbAlertSettings(BaseModel):
     bdb_endpoint_failed: AlertSetting | None = None     # on unless set off (control/alerts.py)
 
 
+class RolePermission(BaseModel):
+    """One grant of a database's roles_permissions (RE's): the users of `role_uid` log in to
+    the database with the rules of `redis_acl_uid`."""
+    model_config = ConfigDict(extra="forbid")
+
+    role_uid: int = Field(ge=1, le=MAX_UID)
+    redis_acl_uid: int = Field(ge=1, le=MAX_UID)
+
+
 class BdbSettings(BaseModel):
     """The fields of a database a user sets; all optional, for PUT. A field left out is not
     changed; none may be null (the types say so in the OpenAPI document: pydantic does not
@@ -170,6 +179,11 @@ class BdbSettings(BaseModel):
         "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
         "default 1 GB)")
 
+    roles_permissions: list[RolePermission] = Field(
+        None, max_length=256, description="which roles' users may log in to the database "
+        "(AUTH name password) and with which Redis ACL (control/access.py); applied as ACL "
+        "users on every shard")
+
     alert_settings: BdbAlertSettings = Field(
         None, description="the database's alerts and thresholds (alert_mgr): bdb_size % of "
         "memory_size, bdb_high_latency µs, bdb_high/low_throughput ops/s, bdb_backup_delayed "
@@ -200,9 +214,21 @@ class ClusterPolicy(BaseModel):
     smtp_username: str = Field(None, max_length=320)
     smtp_password: str = Field(None, max_length=1000, description="never shown by GET")
     smtp_use_tls: bool = Field(None, description="STARTTLS before logging in")
+    login_lockout_threshold: int = Field(
+        None, ge=0, le=MAX_COUNT, description="failed REST logins as one user before its "
+        "logins are refused (429) for login_lockout_duration (default 5; 0: never)")
+    login_lockout_duration: int = Field(
+        None, ge=1, le=MAX_SECONDS, description="seconds a locked-out user's logins are "
+        "refused (default 1800)")
+    login_lockout_counter_reset_after: int = Field(
+        None, ge=1, le=MAX_SECONDS, description="seconds after the first failed login the "
+        "count starts again (default 900)")
 
 
-CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0}
+CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0,
+                           # failed REST logins (control/access.py), RE's defaults
+                           "login_lockout_threshold": 5, "login_lockout_duration": 1800,
+                           "login_lockout_counter_reset_after": 900}
 
 
 async def cluster_policy(redis) -> dict:
@@ -236,6 +262,7 @@ class BdbCreate(BdbSettings):
     multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
     oss_cluster: bool = False
     proxy_threads: int = Field(1, ge=1, le=64)
+    roles_permissions: list[RolePermission] = Field(default_factory=list, max_length=256)
 
 
 class InvalidRequest(ValueError):
@@ -305,6 +332,7 @@ class Bdb(msgspec.Struct, kw_only=True):
     proxy_threads: int = 1                        # event loops per node for its endpoint (dmc/endpoint.py)
     client_query_buffer_limit: int | None = None  # None: DEFAULT_QUERY_BUFFER (dmcproxy)
     alert_settings: dict | None = None            # BdbAlertSettings' fields (alert_mgr)
+    roles_permissions: list[dict] = []            # [{role_uid, redis_acl_uid}] (access.py)
     multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
     backup_interval: int = 0
     backup_location: str | None = None

@@ -34,13 +34,15 @@ def api_answers(config, auth) -> bool:
 
 
 @contextmanager
-def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalCluster]:
-    """A cluster whose every node's REST API answers; stopped and checked on the way out."""
+def rest_cluster(home, first_address: str, nodes: int = 3, timeout: float = START_TIMEOUT,
+                 **create_options) -> Iterator[LocalCluster]:
+    """A cluster whose every node's REST API answers; stopped and checked on the way out.
+    `create_options` go to LocalCluster.create (services=[...]: fewer services per node)."""
     c = LocalCluster.create(home, loopback_addresses(nodes, first_address), record_history=True,
-                            timeout=START_TIMEOUT)
+                            timeout=timeout, **create_options)
     try:
         for config in c.nodes.values():
-            wait_until(lambda cfg=config: api_answers(cfg, c.admin_login()), 20,
+            wait_until(lambda cfg=config: api_answers(cfg, c.admin_login()), timeout,
                        what=f"cnm_http of node {config.uid}")
         yield c
     finally:

@@ -78,7 +78,8 @@ class NodeRemove(Machine):
                 self.node_uid) or {}
         try:
             reply = await request(self.exec.config.address, self.exec.config.gossip_port,
-                                  {"op": "leave", "uid": self.node_uid}, 5.0)
+                                  {"op": "leave", "uid": self.node_uid}, 5.0,
+                                  ssl_context=self.exec.tls.client())
         except (OSError, trio.TooSlowError, ValueError) as exc:
             raise RedisUnavailable(f"cluster_wd did not answer: {exc!r}") from exc
         if not reply.get("ok") and "is not a member" not in str(reply.get("error")):
@@ -89,6 +90,6 @@ class NodeRemove(Machine):
         if member:
             try:
                 await request(member["address"], member["gossip_port"],
-                              {"op": "removed"}, 5.0)
+                              {"op": "removed"}, 5.0, ssl_context=self.exec.tls.client())
             except (OSError, trio.TooSlowError, ValueError, ConnectionError):
                 pass
