@@ -36,6 +36,7 @@ writes (control/CCS.md has the values; only the master node's copy is writable).
                       logs:actions; delivers alert changes by webhook and e-mail
                       (control/alert_delivery.py)
     resource_mgr      on the master, memory: alerts (bdb_memory_limit), actions (shard_migrate)
+    cm_server         the web UI (control/ui/), a client of the node's cnm_http: writes nothing
 
 `dmc node add|remove` (control/local_cluster.py) writes node_add and node_remove actions.
 

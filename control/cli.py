@@ -293,7 +293,7 @@ def _url(info: dict, port_field: str, path: str, scheme: str = "http") -> str | 
     return f"{scheme}://{where}{path}" if where else None
 
 
-PORT_FIELDS = ("rest_tls_port", "rest_port", "metrics_port", "sentinel_port", "dns_port",
+PORT_FIELDS = ("rest_tls_port", "rest_port", "metrics_port", "sentinel_port", "dns_port", "ui_port",
                "gossip_port", "ccs_port", "ccs_tls_port", "ccs_forward_port")
 
 
@@ -322,6 +322,7 @@ def status_rows(view: dict) -> list[dict]:
             "metrics_url": (beat or {}).get("metrics_url") or _url(info, "metrics_port",
                                                                      "/metrics"),
             "ports": {k: info[k] for k in PORT_FIELDS if k in info},
+            "ui_url": _url(info, "ui_port", "/", "https" if info.get("ui_tls") else "http"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows

@@ -91,6 +91,19 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: str | None = None,
+                     keyfile: str | None = None) -> hypercorn.config.Config:
+    """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
+    to stop, errors to the service's log, HTTPS when given a certificate and its key."""
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{address}:{port}"]
+    hc.graceful_timeout = 1.0
+    hc.errorlog = logger
+    if certfile and keyfile:
+        hc.certfile, hc.keyfile = certfile, keyfile
+    return hc
+
+
 def _not_found(kind: str, uid) -> ApiError:
     return ApiError(404, f"{kind}_not_exist", f"{kind} {uid} does not exist")
 
@@ -101,8 +114,8 @@ def node_reply(view: ClusterView, uid: int) -> dict:
     info = view.nodes.get(uid) or {}
     beat = view.beats.get(uid)
     shard_list = sorted(s for s, rec in view.shards.items() if rec.node_uid == uid)
-    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port")
-             if k in info}
+    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port",
+                                  "ui_port") if k in info}
     return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
             "status": "active" if beat else "down", "shard_count": len(shard_list),
             "shard_list": shard_list, "master": uid == (view.master or {}).get("uid"),

@@ -40,7 +40,7 @@ ADMIN_USER = "admin"
 # (control/schema.py DB_PORTS, SHARD_PORTS) either way; CCS, gossip and the forwarded CCS port
 # are the node's own business and stay free ones.
 WELL_KNOWN_PORTS = {"rest_port": 8080, "rest_tls_port": 9443, "metrics_port": 8070,
-                    "sentinel_port": 8001, "dns_port": 53}
+                    "sentinel_port": 8001, "dns_port": 53, "ui_port": 8443}
 
 
 class ClusterError(RuntimeError):
@@ -149,15 +149,15 @@ class LocalCluster:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 8:
+        while len(ports) < 9:
             ports.add(free_port(port_host))
         ccs_port, gossip_port, forward_port, rest_port, rest_tls_port, sentinel_port, \
-            metrics_port, ccs_tls_port = sorted(ports)
+            metrics_port, ccs_tls_port, ui_port = sorted(ports)
         dns_port = free_dns_port(port_host, exclude=ports)
         chosen = dict(ccs_port=ccs_port, gossip_port=gossip_port, ccs_tls_port=ccs_tls_port,
                       ccs_forward_port=forward_port, rest_port=rest_port,
                       rest_tls_port=rest_tls_port, sentinel_port=sentinel_port,
-                      dns_port=dns_port, metrics_port=metrics_port)
+                      dns_port=dns_port, metrics_port=metrics_port, ui_port=ui_port)
         if well_known_ports:
             chosen.update(WELL_KNOWN_PORTS)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),

@@ -55,6 +55,7 @@ SERVICE_MODULES = {
     "stats_archiver": "control.stats_archiver",
     "alert_mgr": "control.alert_mgr",
     "resource_mgr": "control.resource_mgr",
+    "cm_server": "control.cm_server",
 }
 SERVICES = tuple(SERVICE_MODULES)
 # The cluster's own core, without databases: what the control-plane tests run.
@@ -83,6 +84,9 @@ class NodeConfig:
     sentinel_port: int = 8001      # sentinel_service: the discovery service (RE's port)
     dns_port: int = 53             # pdns_server: the cluster's DNS zone, UDP and TCP
     metrics_port: int = 8070       # metrics_exporter: Prometheus's /metrics (RE's port)
+    ui_port: int = 8443            # cm_server: the web UI (RE's port)
+    ui_certfile: str | None = None   # cm_server serves HTTPS with this certificate and key
+    ui_keyfile: str | None = None
     cluster_fqdn: str = DEFAULT_FQDN   # the cluster's name: its DNS zone
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
     services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
@@ -165,7 +169,8 @@ class NodeConfig:
                 "ccs_tls_port": self.ccs_tls_port if self.cpine else 0,
                 "rest_port": self.rest_port, "rest_tls_port": self.rest_tls_port,
                 "rest_http": self.rest_http, "sentinel_port": self.sentinel_port,
-                "dns_port": self.dns_port, "metrics_port": self.metrics_port}
+                "dns_port": self.dns_port, "metrics_port": self.metrics_port,
+                "ui_port": self.ui_port, "ui_tls": bool(self.ui_certfile and self.ui_keyfile)}
 
     # ---- persistence ---------------------------------------------------------------------
 
