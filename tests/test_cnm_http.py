@@ -134,7 +134,11 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
           for tail in ("", "/{uid}", "/last", "/last/{uid}")),
         "/v1/cluster/stats", "/v1/cluster/stats/last", "/v1/bdbs/alerts",
         "/v1/bdbs/alerts/{uid}", "/v1/nodes/alerts", "/v1/nodes/alerts/{uid}",
-        "/v1/cluster/alerts", "/v1/logs"}
+        "/v1/cluster/alerts", "/v1/logs",
+        # control/rest_access.py
+        "/v1/users", "/v1/users/{uid}", "/v1/users/password", "/v1/roles", "/v1/roles/{uid}",
+        "/v1/redis_acls", "/v1/redis_acls/{uid}", "/v1/cluster/certificates",
+        "/v1/cluster/update_cert"}
     assert set(doc["paths"]["/v1/bdbs/{uid}"]) == {"get", "put", "delete"}
     schemas = doc["components"]["schemas"]
     assert {"BdbCreate", "BdbSettings", "Bdb", "Action", "ErrorReply"} <= set(schemas)
