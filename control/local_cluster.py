@@ -164,7 +164,7 @@ class LocalCluster:
                           record_history=record_history, netns=netns, **chosen)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
-                 netns: str | None = None, timeout: float = 60.0,
+                 netns: str | None = None, timeout: float = 120.0,
                  ca: certificates.Pair | None = None) -> NodeConfig:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
         (address, gossip port) is any node of the cluster; by default one of this folder's.
