@@ -3,7 +3,7 @@
 master calls `deliver` for every alert it raises or clears; delivery is best effort, bounded by
 DELIVERY_TIMEOUT, and never holds up the evaluation of alerts (a failure is logged).
 
-Settings (schema.ClusterPolicy): `alerts_webhook_url` (http or https; empty: none);
+Settings (rest_models.ClusterPolicy): `alerts_webhook_url` (http or https; empty: none);
 `email_alerts` (RE's switch) with `alerts_email_to`, `email_from`, `smtp_host`, `smtp_port`,
 `smtp_username`, `smtp_password`, `smtp_use_tls` (STARTTLS).
 

@@ -13,7 +13,7 @@ import trio
 from dmc._fastpath import slot_of
 from waiting import wait_until
 
-from control import ccs, history, schema
+from control import ccs, history, rest_models, schema
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.redis_client import connect
 from dmc.processes import free_port
@@ -108,7 +108,7 @@ class Cluster:
 
         async def create(r):
             uid = await schema.next_uid(r, "bdb")
-            spec = schema.BdbCreate(name=name, port=port, shards_count=shards,
+            spec = rest_models.BdbCreate(name=name, port=port, shards_count=shards,
                                     replication=replication, **fields).model_dump(
                                         exclude=set(schema.REQUEST_FLAGS))
             await schema.put_bdb(r, schema.Bdb(**spec, uid=uid, status="pending"))

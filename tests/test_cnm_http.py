@@ -18,7 +18,7 @@ import trio
 from clusters import rest_cluster
 from waiting import wait_until
 
-from control import alerts, ccs, cnm_http, node_wd, schema
+from control import alerts, ccs, cnm_http, node_wd, rest_models, schema
 from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -332,8 +332,8 @@ def test_placement_needs_two_nodes_up_for_replication():
     view = cnm_http.ClusterView(master=None, nodes={1: {"uid": 1}, 2: {"uid": 2}},
                                 beats={1: {"started": 0}, 2: None}, bdbs={}, shards={})
     with pytest.raises(schema.InvalidRequest, match="replication needs two nodes up"):
-        cnm_http.plan_create(view, schema.BdbCreate(name="x", replication=True))
-    record, placement = cnm_http.plan_create(view, schema.BdbCreate(name="x", shards_count=2))
+        cnm_http.plan_create(view, rest_models.BdbCreate(name="x", replication=True))
+    record, placement = cnm_http.plan_create(view, rest_models.BdbCreate(name="x", shards_count=2))
     assert placement == [(1, None), (1, None)] and record["port"] == 10000
     with pytest.raises(schema.InvalidRequest, match="two nodes up"):
         cnm_http.plan_update(view, schema.Bdb(uid=7, shards_count=1, replication=False,
