@@ -4,9 +4,10 @@ them shows the whole cluster.
 
 What it owns: the log-in, the browser sessions and the static front end in control/ui/ (plain
 ES modules, uPlot vendored in control/ui/vendor/: no build step, nothing fetched at run time).
-It is a client of the node's own cnm_http and nothing else: it never reads or writes CCS, and
-every page's data and every operation is a REST call, passed through `/api/v1/...` with the
-session user's credentials, whose answer (status and JSON body, the 400/406 reasons included)
+It is a client of the node's own cnm_http (over HTTP; over HTTPS verified against the cluster's
+CA when the node serves its REST API over HTTPS only) and nothing else: it never reads or
+writes CCS, and every page's data and every operation is a REST call, passed through
+`/api/v1/...` with the session user's credentials, whose answer (status and JSON body, the 400/406 reasons included)
 the browser gets as cnm_http gave it. So the UI can do exactly what the REST API lets that user
 do, and says what it says.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from html import escape
@@ -36,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from control import tls
 from control.cnm_http import hypercorn_config
 from control.node import NodeConfig, service_command
 
@@ -154,14 +157,15 @@ class CmServer:
         self.config = config
         self.sessions = Sessions()
         self.tls = bool(config.ui_certfile and config.ui_keyfile)
-        self.rest_url = f"http://{config.address}:{config.rest_port}"
+        self.rest_url, self.rest_verify = rest_endpoint(config)
         self.app = build_app(self)
 
     async def run(self) -> None:
         hc = hypercorn_config(self.config.address, self.config.ui_port, log,
                               self.config.ui_certfile, self.config.ui_keyfile)
         log.info("node %d: web UI on %s", self.config.uid, ui_url(self.config))
-        async with httpx.AsyncClient(base_url=self.rest_url, timeout=REST_TIMEOUT) as client:
+        async with httpx.AsyncClient(base_url=self.rest_url, timeout=REST_TIMEOUT,
+                                     verify=self.rest_verify) as client:
             self.rest = client
             await hypercorn.trio.serve(self.app, hc)
 
@@ -183,6 +187,16 @@ class CmServer:
         if reply.status_code >= 500:
             return f"the REST API answered {reply.status_code}: " + _description(reply)
         return None
+
+
+def rest_endpoint(config: NodeConfig) -> tuple[str, ssl.SSLContext | bool]:
+    """Where this node's cnm_http answers, and how to trust it: its HTTP port on the node's own
+    address, or, with HTTP turned off (`rest_http` false), HTTPS verified against the cluster's
+    CA."""
+    if config.rest_http:
+        return f"http://{config.address}:{config.rest_port}", True
+    return (f"https://{config.address}:{config.rest_tls_port}",
+            ssl.create_default_context(cafile=str(tls.ca_file(config.dir))))
 
 
 def ui_url(config: NodeConfig) -> str:

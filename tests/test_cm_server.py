@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from starlette.requests import Request
 from waiting import wait_until
 
-from control import cm_server
+from control import cm_server, tls
 from control.node import NodeConfig
 from dmc.processes import free_port
 
@@ -160,3 +160,14 @@ def test_a_log_in_form_larger_than_a_user_and_a_password_is_refused(tmp_path):
     big, forged = trio.run(ask)
     assert big.status_code == 413
     assert forged.status_code == 403 and "expired" in forged.text
+
+
+def test_the_rest_api_is_asked_over_https_when_its_http_port_is_off(tmp_path, certificate):
+    config = NodeConfig(uid=1, address="127.0.0.1", home=str(tmp_path), ccs_port=1,
+                        gossip_port=2, ccs_forward_port=3, rest_port=8080, rest_tls_port=9443)
+    assert cm_server.rest_endpoint(config) == ("http://127.0.0.1:8080", True)
+    config.rest_http = False
+    tls.ca_file(config.dir).parent.mkdir(parents=True, exist_ok=True)
+    tls.ca_file(config.dir).write_bytes(open(certificate[0], "rb").read())
+    url, verify = cm_server.rest_endpoint(config)
+    assert url == "https://127.0.0.1:9443" and isinstance(verify, ssl.SSLContext)
