@@ -235,14 +235,17 @@ def run_suite(procs: Processes, name: str, host: str, port: int, outdir: Path,
     return time.monotonic() - start
 
 
-def start_targets(procs: Processes, workdir: Path,
-                  sequential: bool = False) -> dict[str, tuple[str, int]]:
+def start_targets(procs: Processes, workdir: Path, sequential: bool = False,
+                  proxy: bool = True) -> dict[str, tuple[str, int]]:
     """One redis-server, and a dmcproxy over 3 more: {name: (host, port)}; sequential: also
-    "dmc-seq", a dmcproxy with --multi-slot-commands sequential over 3 shards of its own."""
+    "dmc-seq", a dmcproxy with --multi-slot-commands sequential over 3 shards of its own;
+    proxy False: neither dmcproxy (the cluster's database only)."""
     port, proc = start_redis_on_free_port(workdir / "redis-server")
     procs.add(proc)
     targets = {"redis": ("127.0.0.1", port)}
-    for name, args in [("dmc", ())] + [("dmc-seq", ("--multi-slot-commands", "sequential"))] * sequential:
+    local = ([("dmc", ())] + [("dmc-seq", ("--multi-slot-commands", "sequential"))] * sequential
+             if proxy else [])
+    for name, args in local:
         shards = []
         for _ in range(3):
             p, proc = start_redis_on_free_port(workdir / f"shards-{name}")
@@ -270,7 +273,10 @@ class LocalClusterTarget:
                               timeout=timeout, stdin=subprocess.DEVNULL).stdout
 
     def start(self) -> tuple[str, int]:
-        self.cli("cluster", "create", "--nodes", "3", "--first-address", self.address)
+        # As `dmc cluster create --nodes 3`, with a longer wait for the election: the node
+        # services start slowly on a loaded 2-core machine.
+        from control.local_cluster import LocalCluster, loopback_addresses
+        LocalCluster.create(self.home, loopback_addresses(3, self.address), timeout=240)
         port = free_port(self.address)
         self.cli("db", "create", "default", "--shards", "2", "--replication", "--port",
                  str(port), "--multi-slot-commands", self.policy)
@@ -459,6 +465,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cluster", action="store_true",
                     help="also run against a database of a 3-node cluster started here "
                          "(start-local.sh's `default`: 2 shards, replication on; column cluster)")
+    ap.add_argument("--no-proxy", action="store_true",
+                    help="no local dmcproxy targets (with --cluster: redis and the cluster only)")
     ap.add_argument("--cluster-policy", choices=["refuse", "sequential"], default="refuse",
                     help="the cluster database's multi_slot_commands [refuse]")
     ap.add_argument("--cluster-port", type=int, help="also run against this database endpoint")
@@ -483,7 +491,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(1))        # through the finally below
     try:
-        targets = start_targets(procs, outdir, args.sequential)
+        targets = start_targets(procs, outdir, args.sequential, not args.no_proxy)
         if cluster is not None:
             targets["cluster"] = cluster.start()
         if args.cluster_port:
@@ -497,7 +505,8 @@ def main(argv=None) -> int:
                 + (", fresh targets for each unit" if args.isolate else ""),
                 "unit_s": args.unit_timeout, "seconds": collections.Counter(),
                 "logs": str(outdir.relative_to(REPO))}
-        meta["targets"]["dmc"] += " (dmcproxy over 3 redis-server shards)"
+        if "dmc" in meta["targets"]:
+            meta["targets"]["dmc"] += " (dmcproxy over 3 redis-server shards)"
         if "dmc-seq" in meta["targets"]:
             meta["targets"]["dmc-seq"] += " (the same, --multi-slot-commands sequential)"
         if cluster is not None:
@@ -513,7 +522,7 @@ def main(argv=None) -> int:
         for n, batch in enumerate(batches):
             if n:
                 procs.stop_all()
-                targets.update(start_targets(procs, outdir, args.sequential))
+                targets.update(start_targets(procs, outdir, args.sequential, not args.no_proxy))
 
             def one(name: str) -> None:
                 host, port = targets[name]
