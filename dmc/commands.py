@@ -242,6 +242,9 @@ def _entry(row, container: str | None = None,
     elif top == "client":
         # About the proxy's own client connections, not the shards' (which are the proxy).
         entry.route, entry.local = "local", "client"
+    elif top == "cluster":
+        # The OSS Cluster API, when the database has it (cluster_api.pxi); else to a shard.
+        entry.route, entry.local = "local", "cluster"
     elif top == "acl":
         # The shards hold the ACL: changes go to every shard, the rest is answered by one, on
         # the connections of the client's own user (acl.pxi); DELUSER closes the proxy's

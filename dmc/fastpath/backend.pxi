@@ -46,7 +46,7 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
-    if core.fenced and fence_refuses(core, f):
+    if fence_up(core) and fence_refuses(core, f):
         return
     if core.hold_us > 0 and b.role == ROLE_SHARED and (b.state == BK_DOWN or
             core.shards[b.shard].suspect_until_us > core.now_us) and \

@@ -81,6 +81,7 @@ cdef enum Local:
     LOCAL_RESET = 13
     LOCAL_MONITOR = 14
     LOCAL_ACL = 40          # ACL ...: acl.pxi
+    LOCAL_CLUSTER = 41      # CLUSTER ...: cluster_api.pxi (the OSS Cluster API; else to a shard)
 
 
 cdef struct KeySpec:

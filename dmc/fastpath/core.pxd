@@ -36,7 +36,8 @@ cdef struct Core:
     Wake wake
     bint woken                  # the loop drained a wakeup() (run_until_wakeup returns)
     bint paused                 # no new request goes to a shard; clients wait, read-paused
-    bint fenced                 # the node lost the majority: writes are refused (fence.pxi)
+    bint fenced                 # the node lost the majority: writes and reads refused (fence.pxi)
+    long long lease_until_us    # the node's majority lease: fenced from then on by itself (0: none)
     long long hold_us           # a request for a down shard is held this long (hold.pxi; 0: never)
     Held *held_head             # held fragments, oldest first
     Held *held_tail
@@ -104,3 +105,8 @@ cdef struct Core:
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
     Counters counters           # what the endpoint was asked and answered (counters.pxd)
+    ClusterApi *cluster         # the OSS Cluster API's topology and replies (cluster_api.pxi); NULL: off
+    Workers *workers            # the endpoint's worker threads (workers.pxi); NULL: one thread
+    int worker                  #   this Core's index among them
+    bint world_held             #   every worker is stopped for this one (CLIENT LIST/KILL/UNBLOCK)
+    Client *cross_waiting       #   clients whose next request waits for that (CF_CROSS)

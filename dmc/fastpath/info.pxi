@@ -137,7 +137,7 @@ cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t si
             return snprintf(out, size, b"%lld", up // 86400)
     elif s == S_CLIENTS:
         if name_is(p, n, b"connected_clients"):
-            return snprintf(out, size, b"%d", core.nclients)
+            return snprintf(out, size, b"%d", endpoint_clients(core))
         if name_is(p, n, b"maxclients"):
             return snprintf(out, size, b"%d", core.max_clients)
         if name_is(p, n, b"pubsub_clients"):

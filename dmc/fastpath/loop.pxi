@@ -162,10 +162,12 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
     cdef Backend *b
     cdef int kind
     n = epoll_wait(core.epfd, events, MAX_EVENTS, timeout_ms)
+    worker_turn_begin(core)
     core.now_us = monotonic_us()
     if core.now_us >= core.counters.next_sample_us:
         counters_sample(core)
     if n < 0:
+        worker_turn_end(core)
         return -1
     if core.tracking != NULL:
         tracking_read_first(core, events, n)
@@ -204,4 +206,5 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
         close_idle_clients(core)
     flush_all(core)
     free_closed(core)
+    worker_turn_end(core)
     return n

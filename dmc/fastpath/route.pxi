@@ -225,6 +225,10 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         # earlier requests are answered first.
         c.flags |= CF_WAIT_DRAIN
         return False
+    if core.workers != NULL and not core.world_held and cmd != NULL and cmd.local == LOCAL_CLIENT \
+            and not (c.flags & CF_MULTI) and (arg_is(av, 1, b"list") or arg_is(av, 1, b"kill")
+                                              or arg_is(av, 1, b"unblock")):
+        return worker_cross_wait(core, c)   # about every worker's clients: at the turn's end
     c.last_us = core.now_us
     c.last_cmd = cmd
     r = req_get(core, c, cmd)
@@ -235,7 +239,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
             cmd.local == LOCAL_HELLO or cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)):
         req_write_str(core, r, b"-NOAUTH Authentication required.\r\n")
         return True
-    if core.monitors != NULL and cmd != NULL and not cmd.unmonitored:
+    if (core.monitors != NULL or (core.workers != NULL and dmc_atomic_load_int(&core.workers.monitors) > 0)) \
+            and cmd != NULL and not cmd.unmonitored:
         monitor_feed(core, c, cmd, av)
     if core.nactive == 0:
         req_write_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
@@ -281,6 +286,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return True
+    if core.cluster != NULL and kl.n > 0 and cluster_redirected(core, r, av, kl):
+        return True         # -MOVED: its keys are another node's (cluster_api.pxi)
     if route == ROUTE_BLOCKING:
         if c.flags & CF_PUBSUB:
             req_write_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")
