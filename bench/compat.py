@@ -5,6 +5,7 @@ side in one run, and the comparison written to bench/COMPAT.md (issue 12).
     python3 bench/compat.py                          # all 27 units, one target after the other
     python3 bench/compat.py --units "type/list multi" --isolate   # fresh targets per unit
     python3 bench/compat.py --cluster-port 12000     # also a cluster database's endpoint
+    python3 bench/compat.py --cluster                # also a cluster of its own (column cluster)
     python3 bench/compat.py --from-logs bench/out/compat-20261201-1200   # re-render only
 
 The suite is driven by the shared `run-redis-suite.sh` (external mode, its tags and its per-unit
@@ -44,7 +45,7 @@ os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + os.environ["PYTHONPATH"]
                                         if os.environ.get("PYTHONPATH") else "")
 
 from dmc.local import start_proxy, start_redis_on_free_port  # noqa: E402
-from dmc.processes import stop_process  # noqa: E402
+from dmc.processes import free_port, stop_process  # noqa: E402
 
 # The shared suite (../shared/compat beside the checkout, or beside the worktrees' parent).
 SHARED = next((d / "shared" / "compat" for d in REPO.parents if (d / "shared" / "compat").is_dir()),
@@ -234,14 +235,17 @@ def run_suite(procs: Processes, name: str, host: str, port: int, outdir: Path,
     return time.monotonic() - start
 
 
-def start_targets(procs: Processes, workdir: Path,
-                  sequential: bool = False) -> dict[str, tuple[str, int]]:
+def start_targets(procs: Processes, workdir: Path, sequential: bool = False,
+                  proxy: bool = True) -> dict[str, tuple[str, int]]:
     """One redis-server, and a dmcproxy over 3 more: {name: (host, port)}; sequential: also
-    "dmc-seq", a dmcproxy with --multi-slot-commands sequential over 3 shards of its own."""
+    "dmc-seq", a dmcproxy with --multi-slot-commands sequential over 3 shards of its own;
+    proxy False: neither dmcproxy (the cluster's database only)."""
     port, proc = start_redis_on_free_port(workdir / "redis-server")
     procs.add(proc)
     targets = {"redis": ("127.0.0.1", port)}
-    for name, args in [("dmc", ())] + [("dmc-seq", ("--multi-slot-commands", "sequential"))] * sequential:
+    local = ([("dmc", ())] + [("dmc-seq", ("--multi-slot-commands", "sequential"))] * sequential
+             if proxy else [])
+    for name, args in local:
         shards = []
         for _ in range(3):
             p, proc = start_redis_on_free_port(workdir / f"shards-{name}")
@@ -251,6 +255,40 @@ def start_targets(procs: Processes, workdir: Path,
         procs.add(proxy)
         targets[name] = ("127.0.0.1", served)
     return targets
+
+
+class LocalClusterTarget:
+    """A 3-node cluster of this checkout's own (control/, as scripts/start-local.sh makes it,
+    on loopback addresses of its own so that it meets no other cluster on the machine) with
+    start-local.sh's `default` database: 2 shards, replication on. Deleted by stop()."""
+
+    def __init__(self, workdir: Path, policy: str = "refuse"):
+        self.home = workdir / "cluster-home"
+        self.address = f"127.0.{100 + os.getpid() % 100}.1"
+        self.policy = policy
+
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        return subprocess.run([sys.executable, "-m", "control.cli", *args, "--home",
+                               str(self.home)], check=True, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL).stdout
+
+    def start(self) -> tuple[str, int]:
+        # As `dmc cluster create --nodes 3`, with a longer wait for the election: the node
+        # services start slowly on a loaded 2-core machine.
+        from control.local_cluster import LocalCluster, loopback_addresses
+        LocalCluster.create(self.home, loopback_addresses(3, self.address), timeout=240)
+        port = free_port(self.address)
+        self.cli("db", "create", "default", "--shards", "2", "--replication", "--port",
+                 str(port), "--multi-slot-commands", self.policy)
+        return self.address, port
+
+    def stop(self) -> None:
+        if (self.home / "cluster.json").exists():
+            try:
+                self.cli("cluster", "delete", timeout=120)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                print(f"compat: deleting the cluster in {self.home} failed: {exc}",
+                      file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- report
@@ -424,6 +462,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sequential", action="store_true",
                     help="also run against a 3-shard dmcproxy with --multi-slot-commands "
                          "sequential (column dmc-seq)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="also run against a database of a 3-node cluster started here "
+                         "(start-local.sh's `default`: 2 shards, replication on; column cluster)")
+    ap.add_argument("--no-proxy", action="store_true",
+                    help="no local dmcproxy targets (with --cluster: redis and the cluster only)")
+    ap.add_argument("--cluster-policy", choices=["refuse", "sequential"], default="refuse",
+                    help="the cluster database's multi_slot_commands [refuse]")
     ap.add_argument("--cluster-port", type=int, help="also run against this database endpoint")
     ap.add_argument("--cluster-host", default="127.0.0.1")
     ap.add_argument("--unit-timeout", type=int, default=120, help="seconds per unit [120]")
@@ -442,10 +487,13 @@ def main(argv=None) -> int:
     outdir = REPO / "bench" / "out" / f"compat-{stamp}"
     outdir.mkdir(parents=True)
     procs = Processes()
+    cluster = LocalClusterTarget(outdir, args.cluster_policy) if args.cluster else None
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(1))        # through the finally below
     try:
-        targets = start_targets(procs, outdir, args.sequential)
+        targets = start_targets(procs, outdir, args.sequential, not args.no_proxy)
+        if cluster is not None:
+            targets["cluster"] = cluster.start()
         if args.cluster_port:
             targets["cluster"] = (args.cluster_host, args.cluster_port)
         meta = {"command": "python3 bench/compat.py " + " ".join(map(shlex.quote, argv or
@@ -457,9 +505,13 @@ def main(argv=None) -> int:
                 + (", fresh targets for each unit" if args.isolate else ""),
                 "unit_s": args.unit_timeout, "seconds": collections.Counter(),
                 "logs": str(outdir.relative_to(REPO))}
-        meta["targets"]["dmc"] += " (dmcproxy over 3 redis-server shards)"
+        if "dmc" in meta["targets"]:
+            meta["targets"]["dmc"] += " (dmcproxy over 3 redis-server shards)"
         if "dmc-seq" in meta["targets"]:
             meta["targets"]["dmc-seq"] += " (the same, --multi-slot-commands sequential)"
+        if cluster is not None:
+            meta["targets"]["cluster"] += (" (database `default` of a 3-node cluster: 2 shards, "
+                                           f"replication on, {args.cluster_policy})")
         print(f"compat: {meta['mode']} run of {len(units)} units against "
               + ", ".join(f"{n} {a}" for n, a in meta["targets"].items()) + f"; logs {outdir}",
               flush=True)
@@ -470,7 +522,7 @@ def main(argv=None) -> int:
         for n, batch in enumerate(batches):
             if n:
                 procs.stop_all()
-                targets.update(start_targets(procs, outdir, args.sequential))
+                targets.update(start_targets(procs, outdir, args.sequential, not args.no_proxy))
 
             def one(name: str) -> None:
                 host, port = targets[name]
@@ -495,6 +547,8 @@ def main(argv=None) -> int:
         return 130
     finally:
         procs.stop_all()
+        if cluster is not None:
+            cluster.stop()
     (outdir / "meta.json").write_text(json.dumps(meta, indent=1))
     write_report(outdir, args.report)
     print(f"wrote {args.report}")

@@ -300,3 +300,42 @@ def test_sort_by_and_get_patterns_over_several_shards_answer_as_one_redis(seq_db
     if not SELF_CHECK:
         # No copy left behind on a shard that does not own the key.
         assert sum(seq_db.shard(i).dbsize() for i in range(3)) == len(want[-1])
+
+
+def test_total_error_replies_counts_an_error_a_script_caught(ports, conns):
+    """The suite's `Consistent eval error reporting`: an OOM a script catches with redis.pcall
+    is not answered, yet counted in total_error_replies, as one Redis counts it."""
+    def run(port):
+        c = conns(port)
+        try:
+            c.call("CONFIG", "SET", "maxmemory", "1")
+            c.call("CONFIG", "RESETSTAT")
+            caught = c.call("EVAL", "local t = redis.pcall('set','x','y') "
+                            "if t['err'] then return 1 end return 0", "1", "x")
+            info = c.call("INFO", "stats").decode()
+        finally:
+            c.call("CONFIG", "SET", "maxmemory", "0")
+        return caught, [line for line in info.splitlines()
+                        if line.startswith("total_error_replies")]
+    want, got = on_both(ports, run)
+    assert got == want == (1, ["total_error_replies:1"])
+
+
+def test_config_set_maxmemory_splits_the_room_above_what_info_showed(db, r):
+    """The suite's `Tracking invalidation message of eviction keys ...`: a client reads
+    used_memory and asks for 100kb more. Each shard gets its own use plus a third of the
+    100kb, so no shard is over its limit at once (an even split would put the fullest over)."""
+    c = RespConn(db.port)
+    try:
+        used = int(dict(line.split(":", 1) for line in c.call("INFO", "memory").decode()
+                        .splitlines() if ":" in line)["used_memory"])
+        assert c.call("CONFIG", "SET", "maxmemory", str(used + 102400)) == b"OK"
+        # Writes on every shard go on (an even split leaves the fullest shard over its part).
+        for k in db.keys_on_every_shard("roomy"):
+            assert c.call("SET", k, "v") == b"OK"
+        limits = [int(db.shard(i).config_get("maxmemory")["maxmemory"])
+                  for i in range(len(db.shard_ports))]
+        assert sum(limits) >= used + 102400 and len(set(limits)) > 1
+    finally:
+        c.call("CONFIG", "SET", "maxmemory", "0")
+        c.close()

@@ -163,12 +163,15 @@ def test_refuse_keeps_crossslot(db, r, cmd):
     assert isinstance(reply, Error) and reply.startswith(b"CROSSSLOT"), reply
 
 
-def test_sort_with_patterns_stays_refused(seq):
+def test_sort_with_patterns_over_several_shards_is_carried_out(seq):
+    """(More in tests/test_fidelity_units.py, compared with one redis-server.)"""
     names = shard_keys(seq)
     c = seq.client()
     c.rpush(names["a"], 1, 2)
-    with pytest.raises(Exception, match="BY option of SORT denied"):
-        c.sort(names["a"], by="w_*", store=names["b"])
+    c.set("w_1", 2)
+    c.set("w_2", 1)
+    assert c.sort(names["a"], by="w_*", store=names["b"]) == 2
+    assert c.lrange(names["b"], 0, -1) == [b"2", b"1"]
 
 
 def test_pipeline_keeps_order(seq):

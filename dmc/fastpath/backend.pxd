@@ -74,6 +74,9 @@ cdef struct Shard:
     Backend *auth_checker   # where AUTH user pass of clients is checked (acl.pxi); NULL until used
     Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)
     Backend *spare[2]       # a connected one (RESP2, RESP3) for the next client that needs its own
+    unsigned long long used_memory  # its used_memory in the last INFO the endpoint merged
+    long long used_memory_us        #   when (0: never)
+    unsigned long long memory_share # CONFIG SET maxmemory: its share (route.pxi: param_split)
     bint busy               # its last probe was answered -BUSY: a script runs
     char busy_reply[192]    #   that -BUSY line, answered for it meanwhile
     long long busy_seen_us  #   when it was last seen

@@ -84,6 +84,7 @@ cdef struct Core:
     Buf merged
     Buf subcommand
     char split_values[PARAM_SPLIT_MAX][24]  # a CONFIG SET's per-shard values (route.pxi: params_rewrite)
+    int split_arg               # its argument that differs per shard (Shard.memory_share), 0: none
     Buf monitor_line
     ArgVec relay_av             # a relayed notification, parsed
     Buf relay_cmd               #   and re-published

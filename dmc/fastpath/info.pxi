@@ -406,6 +406,14 @@ cdef void merge_field(Core *core, Buf *out, InfoText *texts, int ntexts, InfoLin
     buf_append(out, name, nlen)
     buf_append(out, b":", 1)
     n = own_value(core, section, name, nlen, own, sizeof(own))
+    if n >= 0 and section == S_STATS and name_is(name, nlen, b"total_error_replies"):
+        # The shards also count the errors a script met and caught (redis.pcall), which the
+        # endpoint never answered: the larger of the two, as one Redis counts both.
+        for i in range(start, ntexts):
+            if match[i] != NULL and value_number(match[i].value, match[i].value_len, &d, &integral):
+                acc += d
+        if acc > <double>(core.counters.errors - core.counters.info_base.errors):
+            n = snprintf(own, sizeof(own), b"%.0f", acc)
     if n >= 0:
         buf_append(out, own, <size_t>n if <size_t>n < sizeof(own) else sizeof(own) - 1)
         buf_append(out, b"\r\n", 2)
@@ -483,6 +491,17 @@ cdef void union_rest(Core *core, Buf *out, InfoText *texts, int ntexts, InfoLine
                 merge_field(core, out, texts, ntexts, match, section, l.name, l.name_len, i)
 
 
+cdef void info_note_memory(Core *core, int shard, InfoText *t) noexcept nogil:
+    """A shard's used_memory as its INFO showed it: CONFIG SET maxmemory splits the room above
+    it (route.pxi: param_split)."""
+    cdef InfoLine *l = info_find(t, S_MEMORY, b"used_memory", 11)
+    cdef double d
+    cdef bint integral
+    if l != NULL and value_number(l.value, l.value_len, &d, &integral) and d >= 0:
+        core.shards[shard].used_memory = <unsigned long long>d
+        core.shards[shard].used_memory_us = core.now_us
+
+
 cdef int info_merge(Core *core, Request *r, Buf *out) noexcept nogil:
     """Coalesce the INFO replies of every shard (all bulk or verbatim strings: errors were
     answered before) into the endpoint's INFO."""
@@ -518,6 +537,8 @@ cdef int info_merge(Core *core, Request *r, Buf *out) noexcept nogil:
                 verbatim = True
         if info_parse(body, end - 2, &texts[i]) < 0:
             rc = -1
+        elif nt == core.nactive:
+            info_note_memory(core, core.active[i], &texts[i])
     if rc == 0:
         for j in range(texts[0].n):
             l = &texts[0].lines[j]

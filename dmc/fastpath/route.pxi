@@ -114,7 +114,7 @@ cdef bint params_rewrite(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noe
     then points at core.subcommand (rare: CONFIG SET). True when r was answered (refused, or
     out of memory)."""
     cdef Buf *sub = &core.subcommand
-    cdef int i = p.first, k, n = p.first, nsplit = 0
+    cdef int i = p.first, k, n = p.first, nsplit = 0, rc, per_shard = 0
     cdef ParamEntry *e
     while i < av.argc:
         e = param_entry(p, av.argv[i], av.argl[i])
@@ -126,10 +126,14 @@ cdef bint params_rewrite(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noe
             av.argv[n + k] = av.argv[i + k]
             av.argl[n + k] = av.argl[i + k]
         if e != NULL and e.verdict == PARAM_SPLIT:
-            if nsplit == PARAM_SPLIT_MAX or param_split(core, r, e, av, n, core.split_values[nsplit]):
-                if nsplit == PARAM_SPLIT_MAX:
-                    req_write_str(core, r, b"-ERR too many size parameters in one CONFIG SET\r\n")
+            if nsplit == PARAM_SPLIT_MAX:
+                req_write_str(core, r, b"-ERR too many size parameters in one CONFIG SET\r\n")
                 return True
+            rc = param_split(core, r, e, av, n, core.split_values[nsplit])
+            if rc < 0:
+                return True
+            if rc > 0:
+                per_shard = n + 1
             nsplit += 1
         n += p.step
         i += p.step
@@ -142,21 +146,27 @@ cdef bint params_rewrite(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noe
             return True
     av.wire = buf_head(sub)
     av.wire_len = buf_len(sub)
+    core.split_arg = per_shard     # route_all_shards gives each shard its share
     return False
 
 
-cdef bint param_split(Core *core, Request *r, ParamEntry *e, ArgVec *av, int i, char *out) noexcept nogil:
-    """CONFIG SET maxmemory of the database (av.argv[i + 1]): each shard's share (rounded up, so
-    `1` stays a limit), written into out and pointed at by av; `0` (no limit asked) gives the
-    shards their own limit back. Above the database's limit (a shard's times the shards), or
-    not a size: refused (r answered, True)."""
+cdef int param_split(Core *core, Request *r, ParamEntry *e, ArgVec *av, int i, char *out) noexcept nogil:
+    """CONFIG SET maxmemory of the database (av.argv[i + 1]): each shard's share, written into
+    out and pointed at by av (0), or one per shard in Shard.memory_share (1). The share: when
+    every shard's used_memory is known from an INFO of the last minute and the limit is above
+    their sum, each shard's use plus an even part of the room above the sum (a client that
+    reads used_memory and asks for 100kb more gets 100kb more, not a limit some shard is
+    already over); else an even part, rounded up (`1` stays a limit). `0` (no limit asked)
+    gives the shards their own limit back. Above the database's limit (a shard's times the
+    shards): refused (r answered, -1). Not a size: left to the shards (their error)."""
     cdef char norm[PARAM_VALUE_MAX]
     cdef char line[256]
     cdef int k = param_normalise(PARAM_MEMORY, av.argv[i + 1], av.argl[i + 1], norm)
-    cdef unsigned long long asked = 0, shard_limit = 0, share
+    cdef unsigned long long asked = 0, shard_limit = 0, share, used = 0, room
     cdef int j, nshards = core.nactive if core.nactive > 0 else 1
+    cdef Shard *s
     if k < 0:
-        return False            # not a size: the shards answer Redis's own error
+        return 0                # not a size: the shards answer Redis's own error
     for j in range(k):
         asked = asked * 10 + <unsigned long long>(norm[j] - c'0')
     for j in range(e.applied_len):
@@ -168,13 +178,28 @@ cdef bint param_split(Core *core, Request *r, ParamEntry *e, ArgVec *av, int i, 
                  b"(%llu bytes): the limit is the database's memory_size\r\n",
                  <int>e.name_len, e.name, shard_limit * <unsigned long long>nshards)
         req_write(core, r, line, strlen(line))
-        return True
+        return -1
     else:
         share = (asked + <unsigned long long>nshards - 1) // <unsigned long long>nshards
     k = snprintf(out, 24, b"%llu", share)
     av.argv[i + 1] = out
     av.argl[i + 1] = <size_t>k
-    return False
+    if asked == 0 or core.nactive == 0:
+        return 0
+    for j in range(core.nactive):
+        s = &core.shards[core.active[j]]
+        if s.used_memory_us == 0 or core.now_us - s.used_memory_us > 60000000:
+            return 0
+        used += s.used_memory
+    if asked <= used:
+        return 0
+    room = (asked - used + <unsigned long long>nshards - 1) // <unsigned long long>nshards
+    for j in range(core.nactive):
+        s = &core.shards[core.active[j]]
+        s.memory_share = s.used_memory + room
+        if shard_limit > 0 and s.memory_share > shard_limit:
+            s.memory_share = shard_limit
+    return 1
 
 
 cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
@@ -377,12 +402,35 @@ cdef void route_all_shards(Core *core, Request *r, ArgVec *av) noexcept nogil:
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return
     r.pending = n
+    if core.split_arg > 0:
+        route_all_shards_split(core, r, av)
+        return
     for i in range(n):
         # r may be freed by the last send (a shard that is down answers at once).
         if control:
             frag_send_control(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
         else:
             frag_send(core, core.active[i], &r.frags[i], av.wire, av.wire_len)
+
+
+cdef void route_all_shards_split(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """CONFIG SET maxmemory with a share per shard (param_split): each shard its own command,
+    argument core.split_arg its Shard.memory_share."""
+    cdef int i, j, n = core.nactive, arg = core.split_arg
+    cdef Buf *sub = &core.subcommand
+    cdef char share[24]
+    core.split_arg = 0
+    for i in range(n):
+        buf_clear(sub)
+        buf_append_int(sub, c'*', av.argc)
+        for j in range(av.argc):
+            if j == arg:
+                snprintf(share, sizeof(share), b"%llu", core.shards[core.active[i]].memory_share)
+                buf_append_bulk(sub, share, strlen(share))
+            else:
+                buf_append_bulk(sub, av.argv[j], av.argl[j])
+        # (frag_send copies the bytes: sub is free again for the next shard.)
+        frag_send(core, core.active[i], &r.frags[i], buf_head(sub), buf_len(sub))
 
 
 cdef void route_getkeys(Core *core, Client *c, Request *r, ArgVec *av) noexcept nogil:
