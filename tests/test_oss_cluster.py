@@ -36,8 +36,11 @@ def cluster(tmp_path_factory):
             wait_until(lambda cfg=config: api_answers(cfg, c.lc.admin_login()), 60,
                        what=f"cnm_http of node {config.uid}")
         with rest_client(c.lc) as api:
-            reply = api.post("/v1/bdbs", json={"name": "oss", "shards_count": 2,
-                                               "replication": True, "oss_cluster": True})
+            # 503 (nothing written) while the nodes' CCS copies are still syncing.
+            reply = wait_until(lambda: (r := api.post("/v1/bdbs", json={
+                "name": "oss", "shards_count": 2, "replication": True,
+                "oss_cluster": True})).status_code != 503 and r, 60, 0.5,
+                what="CCS to take the database")
             assert reply.status_code == 200, reply.text
         c.wait_action(reply.json()["action_uid"])
         c.db = c.bdb(reply.json()["uid"])
