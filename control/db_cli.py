@@ -2,8 +2,9 @@
 (control/cli.py): `dmc db create|list|show|update|delete|reshard|import|restore`, `dmc backup
 create|list|show`, `dmc shard list|failover|migrate`, `dmc action list|show`.
 
-They talk to the cluster's REST API (cnm_http) as the cluster admin, with the credentials the
-local cluster folder keeps (`admin.json`), through any node: when one does not answer, the next
+They talk to the cluster's REST API (cnm_http) over HTTPS, verified against the cluster CA, as
+the cluster admin, with the credentials the local cluster folder keeps (`admin.json`), through
+any node: when one does not answer, the next
 one is asked. A change answers with an action; the command follows it with a progress bar (on
 stderr) until it is completed (exit 0) or failed (exit 1 and the action's error), unless
 `--no-wait`. Every error is one line, `error: <description>`, and exit 1; never a traceback.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import time
 from pathlib import Path
 
@@ -112,9 +114,14 @@ class RestApi:
             auth = cluster.admin_login()
         except (OSError, ValueError, KeyError) as exc:
             raise Failure(f"no admin credentials in {cluster.admin_file} ({exc})") from None
-        self.endpoints = [(uid, f"http://{c.address}:{c.rest_port}")
+        ca = cluster.cluster_ca()
+        self.endpoints = [(uid, rest_base(c, ca is not None))
                           for uid, c in sorted(cluster.nodes.items())]
-        self.client = httpx.Client(auth=auth, timeout=timeout)
+        verify = True
+        if ca is not None:        # the cluster CA's, or an operator's from a CA the system trusts
+            verify = ssl.create_default_context()
+            verify.load_verify_locations(cadata=ca.certificate.decode())
+        self.client = httpx.Client(auth=auth, timeout=timeout, verify=verify)
         self.current = 0
 
     @classmethod
@@ -181,6 +188,14 @@ class RestApi:
         if action["status"] == "failed":
             raise Failure(f"{action['name']} failed: {action.get('error') or 'no reason given'}")
         return action
+
+
+def rest_base(config, tls: bool = True) -> str:
+    """A node's REST API: HTTPS, verified against the cluster CA, where the node has a
+    certificate; else HTTP."""
+    if tls:
+        return f"https://{config.address}:{config.rest_tls_port}"
+    return f"http://{config.address}:{config.rest_port}"
 
 
 def _description(resp: httpx.Response) -> str:

@@ -40,9 +40,16 @@ over on the other side, so its endpoints must not acknowledge writes any more. c
 `run/lease.json` says until when the node knows it is on the majority's side (`majority_until`:
 a master's lease, or a replica's last heartbeat of its master + leader_window, 1 s); once that
 has passed (or the file says nothing), every endpoint answers writes -READONLY and serves reads
-(Proxy.fence), until the node hears a master again. The majority fails a node's shards over
+(Proxy.fence; each endpoint is also given the lease's deadline, Proxy.fence_until, so that its
+loop fences itself the moment it passes, without waiting for this process to notice), until the
+node hears a master again. The majority fails a node's shards over
 only once its heartbeat key has expired (3 s after its last heartbeat), so the fence is up well
-before a replica on the other side is promoted.
+before a replica on the other side is promoted. Reads of data are refused too (-MASTERDOWN):
+after a failover on the other side what the node's shards hold may be stale. When the lease
+comes back the fence stays up until the endpoints serve the maps the master's CCS holds *now*
+(read through the forwarded port, `_caught_up`): the node's last maps, and its own CCS copy
+that is still catching up, may name a master that was failed over meanwhile -- writes sent there
+would be acknowledged and lost, reads stale (a chaos run's partition showed both).
 
 Local interfaces: `run/dmcproxy.sock` (NodeConfig.proxy_stats_sock), a unix socket for the
 node's own services (metrics_exporter, stats_archiver, alert_mgr). A client sends one line,
@@ -62,7 +69,8 @@ import trio
 
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
-from control.redis_client import RedisUnavailable, ReplyError
+from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.sealing import reveal_text
 from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
@@ -73,6 +81,7 @@ log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
 FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
+CATCH_UP_TIMEOUT = 1.0      # s for reading the master's maps before the fence comes down
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
@@ -89,7 +98,9 @@ class NodeProxy:
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
         self.fenced = True          # until lease.json says the node is on the majority's side
+        self.lease_until = 0.0      # the majority lease the endpoints enforce by themselves
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
+        self.installing: dict[int, trio.Lock] = {}
 
     async def run(self) -> None:
         set_input_budget(self.config.proxy_input_budget)
@@ -121,35 +132,73 @@ class NodeProxy:
             else:
                 await trio.sleep(timeout)
 
-    def _on_majority_side(self) -> bool:
+    def _majority_until(self) -> float | None:
+        """Until when (time.monotonic()) the node knows it is on the majority's side, if now."""
         try:
             until = json.loads(self.config.lease_file.read_text()).get("majority_until")
         except (OSError, ValueError, AttributeError):
-            return False
-        return isinstance(until, (int, float)) and time.monotonic() < until
+            return None
+        if isinstance(until, (int, float)) and time.monotonic() < until:
+            return float(until)
+        return None
 
     async def _guard_majority(self) -> None:
-        """The write fence of every endpoint follows the node's majority lease."""
+        """The fence of every endpoint follows the node's majority lease: up when it is out
+        (and, in the endpoints' own loops, as soon as its deadline passes), down once the lease
+        is back and the master's maps are served."""
         while True:
-            fenced = not self._on_majority_side()
-            if fenced != self.fenced:
-                self.fenced = fenced
-                if fenced:
-                    log.warning("node cut off from the cluster's majority: writes refused")
-                else:
-                    log.info("node on the majority's side: writes served")
+            until = self._majority_until()
+            fenced = until is None
+            if self.fenced and not fenced and not await self._caught_up():
+                fenced = True       # on the majority's side, its maps not here yet: again
+            lease = 0.0 if fenced else until
+            if fenced != self.fenced or lease != self.lease_until:
+                if fenced != self.fenced:
+                    if fenced:
+                        log.warning("node cut off from the cluster's majority: writes and "
+                                    "reads refused")
+                    else:
+                        log.info("node on the majority's side: writes and reads served")
+                self.fenced, self.lease_until = fenced, lease
                 for endpoint in list(self.endpoints.values()):
                     await self._apply_fence(endpoint)
             await trio.sleep(FENCE_CHECK_EVERY)
 
+    async def _caught_up(self) -> bool:
+        """Every endpoint serves the map the master's CCS holds now (on a connection of its
+        own through the forwarded port, so that one left hanging by a partition is not used)."""
+        conn = None
+        try:
+            with trio.fail_after(CATCH_UP_TIMEOUT):
+                conn = await connect(self.config.address, self.config.ccs_forward_port,
+                                     timeout=CATCH_UP_TIMEOUT)
+                for uid in list(self.endpoints):
+                    bdb, shard_map = await schema.get_bdb(conn, uid), \
+                        await schema.get_map(conn, uid)
+                    if bdb is not None and shard_map is not None:
+                        await self._install(uid, bdb, shard_map)
+            return True
+        except (RedisUnavailable, ReplyError, OSError, ValueError, EndpointStopped,
+                trio.TooSlowError) as exc:
+            log.info("back on the majority's side, the master's maps not read yet: %s", exc)
+            return False
+        finally:
+            if conn is not None:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+
     async def _apply_fence(self, endpoint: Endpoint) -> None:
         while True:     # again if the fence moved meanwhile: the last call made wins
-            fenced = self.fenced
+            fenced, lease = self.fenced, self.lease_until
+
+            def apply(proxy, fenced=fenced, lease=lease):
+                proxy.fence_until(lease)
+                proxy.fence(fenced)
             try:
-                await trio.to_thread.run_sync(endpoint.call, lambda proxy: proxy.fence(fenced))
+                await trio.to_thread.run_sync(endpoint.call, apply)
             except EndpointStopped:
                 return
-            if fenced == self.fenced:
+            if (fenced, lease) == (self.fenced, self.lease_until):
                 return
 
     async def _serve_cached(self) -> None:
@@ -231,10 +280,17 @@ class NodeProxy:
                 self.tasks.pop(uid, None)
 
     async def _install(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
+        # One at a time per database (_follow's and _caught_up's): a version is compared with
+        # the one applied and installed in one step, never an older map after a newer.
+        async with self.installing.setdefault(uid, trio.Lock()):
+            await self._install_one(uid, bdb, shard_map)
+
+    async def _install_one(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
-        password = bdb.authentication_redis_pass or None
+        password = reveal_text(self.config.dir, bdb.authentication_redis_pass) \
+            or None
         multi_slot = bdb.multi_slot_commands or "refuse"
         threads = bdb.proxy_threads or 1
         if endpoint is not None and (applied.get("port") != bdb.port or

@@ -26,6 +26,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       pubsub        subscribers, and the keyspace-notification relay
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
+        sort_sequential   SORT BY / GET patterns over keys of several shards (sequential)
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
       cluster_api   the OSS Cluster API (oss_cluster): CLUSTER SLOTS ... answered, -MOVED to
                     the proxy of the node whose master shard holds the keys
@@ -33,7 +34,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
       fence         a map change fails what is in flight on shards that lost slots (-TRYAGAIN);
-                    the write fence of a node cut off from the majority (-READONLY)
+                    the fence of a node cut off from the majority (-READONLY, -MASTERDOWN)
       hold          requests for a shard that is down wait for a new map or the shard (hold_ms)
       busy          a shard running a script: control connections (SCRIPT KILL ...), the busy probe
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
@@ -82,6 +83,7 @@ include "fastpath/info.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
+include "fastpath/sort_sequential.pxi"
 include "fastpath/cluster_api.pxi"
 include "fastpath/workers.pxi"
 
@@ -236,9 +238,9 @@ cdef class Proxy:
     closed, never read (a demoted master's +OK would be a write it loses; see fence.pxi). For a
     live migration, pause() first: requests are held (read, not sent) until resume(), when they
     follow the map current then; inflight() says when the ones sent before the pause are all
-    answered. fence(True): writes are answered -READONLY until fence(False). hold_ms: a
-    request for a shard that is down waits up to that long for a new map (or the shard) instead
-    of being answered "unavailable" (hold.pxi).
+    answered. fence(True): writes are answered -READONLY, reads -MASTERDOWN, until
+    fence(False). hold_ms: a request for a shard that is down waits up to that long for a new
+    map (or the shard) instead of being answered "unavailable" (hold.pxi).
     """
     cdef Core core
     cdef CommandTable table
@@ -334,8 +336,8 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
-                for j in range(2):
-                    b = self.core.shards[i].control[j]
+                for j in range(4):
+                    b = self.core.shards[i].control[j] if j < 2 else self.core.shards[i].spare[j - 2]
                     if b != NULL:
                         if b.fd >= 0:
                             close(b.fd)
@@ -452,6 +454,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        spares_sync(&self.core)
         tracking_map_changed(&self.core)
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.
@@ -540,15 +543,22 @@ cdef class Proxy:
         return bool(self.core.paused)
 
     def fence(self, bint on):
-        """The write fence: while on, every command that writes (the table's `writes`: write
-        or may_replicate, EXEC) is answered -READONLY instead of being sent; reads are served.
-        For a node cut off from the cluster's majority, whose shards may be failed over on the
-        other side (control/node_proxy.py decides)."""
+        """The fence: while on, every command that writes (the table's `writes`: write or
+        may_replicate, EXEC) is answered -READONLY instead of being sent, and every one that
+        reads data (`readonly`) -MASTERDOWN; the rest is served. For a node cut off from the
+        cluster's majority, whose shards may be failed over on the other side
+        (control/node_proxy.py decides; fence.pxi)."""
         self.core.fenced = on
+
+    def fence_until(self, double until):
+        """The node's majority lease: from `until` (a time.monotonic() deadline) on, the fence
+        is up by itself, checked for every command against the loop's clock (0: no lease)."""
+        self.core.lease_until_us = <long long>(until * 1e6) if until > 0 else 0
 
     @property
     def fenced(self):
-        return bool(self.core.fenced)
+        cdef long long until = self.core.lease_until_us
+        return bool(self.core.fenced or (until != 0 and monotonic_us() >= until))
 
     @property
     def hold_ms(self):
@@ -670,7 +680,7 @@ cdef class Proxy:
         return {
             "map_version": self.core.map_version,
             "paused": bool(self.core.paused),
-            "fenced": bool(self.core.fenced),
+            "fenced": self.fenced,
             "held_bytes": self.core.held_bytes,
             "inflight": core_inflight(&self.core),
             "clients": self.core.nclients,

@@ -80,7 +80,7 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     c.head = c.tail = NULL
     c.inflight = 0
     if c.dedicated != NULL:
-        dedicated_close(core, c.dedicated)
+        dedicated_release(core, c, c.dedicated)
         c.dedicated = NULL
     waiters_close(core, c)
     if c.flags & CF_MONITOR:

@@ -37,7 +37,8 @@ cdef struct Core:
     Wake wake
     bint woken                  # the loop drained a wakeup() (run_until_wakeup returns)
     bint paused                 # no new request goes to a shard; clients wait, read-paused
-    bint fenced                 # the node lost the majority: writes are refused (fence.pxi)
+    bint fenced                 # the node lost the majority: writes and reads refused (fence.pxi)
+    long long lease_until_us    # the node's majority lease: fenced from then on by itself (0: none)
     long long hold_us           # a request for a down shard is held this long (hold.pxi; 0: never)
     Held *held_head             # held fragments, oldest first
     Held *held_tail
@@ -52,6 +53,7 @@ cdef struct Core:
     unsigned long long map_version
     int default_shard           # where keyless commands go; -1: to be found again (default_shard())
     int nbusy                   # shards known busy running a script (busy.pxi)
+    long long next_dedicated_check_us   # clients' own connections looked at for a script (busy.pxi)
     int *active                 # shard indices of the current map, in map order
     int nactive
     # clients
@@ -75,13 +77,15 @@ cdef struct Core:
     Client *all_clients
     Client *monitors            # clients in MONITOR mode
     Client *closed_clients
-    Backend *dirty_backends
+    Backend *dirty_backends     # to write at the end of the turn, in the order they were
+    Backend *dirty_backends_tail    # given something: what reached the proxy first leaves first
     Backend *closed_backends
     # scratch, reused by every command
     ArgVec av
     KeyList keys
     Buf merged
     Buf subcommand
+    char split_values[PARAM_SPLIT_MAX][24]  # a CONFIG SET's per-shard values (route.pxi: params_rewrite)
     Buf monitor_line
     ArgVec relay_av             # a relayed notification, parsed
     Buf relay_cmd               #   and re-published

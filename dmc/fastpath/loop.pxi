@@ -46,6 +46,8 @@ cdef void flush_all(Core *core) noexcept nogil:
     while core.dirty_backends != NULL:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
+        if core.dirty_backends == NULL:
+            core.dirty_backends_tail = NULL
         b.dirty = False
         backend_send(core, b)
     while core.dirty_clients != NULL:
@@ -58,6 +60,8 @@ cdef void flush_all(Core *core) noexcept nogil:
     while core.dirty_backends != NULL:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
+        if core.dirty_backends == NULL:
+            core.dirty_backends_tail = NULL
         b.dirty = False
         backend_send(core, b)
 
@@ -118,6 +122,7 @@ cdef void core_close(Core *core) noexcept nogil:
         core.shards[i].active = False
         relay_close(core, i)
         control_close(core, i)
+        spares_close(core, i)
     tracking_close(core)
     for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
@@ -129,6 +134,7 @@ cdef void core_close(Core *core) noexcept nogil:
     core.nactive = 0
     default_shard_changed(core)
     core.dirty_backends = NULL
+    core.dirty_backends_tail = NULL
     core.dirty_clients = NULL
     free_closed(core)
 
