@@ -22,10 +22,13 @@ from workload import WriteLoad
 from control.cli import main as cli_main
 from dmc._fastpath import slot_of
 from dmc.cluster_api import node_id
+from dmc.local import start_redis_on_free_port
+from dmc.processes import stop_process
 
 pytestmark = pytest.mark.timeout(300)
 
 FIRST_ADDRESS = "127.0.0.181"      # other modules' clusters use other addresses
+HOST = "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,11 @@ def cluster(tmp_path_factory):
             wait_until(lambda cfg=config: api_answers(cfg, c.lc.admin_login()), 60,
                        what=f"cnm_http of node {config.uid}")
         with rest_client(c.lc) as api:
-            reply = api.post("/v1/bdbs", json={"name": "oss", "shards_count": 2,
-                                               "replication": True, "oss_cluster": True})
+            # 503 (nothing written) while the nodes' CCS copies are still syncing.
+            reply = wait_until(lambda: (r := api.post("/v1/bdbs", json={
+                "name": "oss", "shards_count": 2, "replication": True,
+                "oss_cluster": True})).status_code != 503 and r, 60, 0.5,
+                what="CCS to take the database")
             assert reply.status_code == 200, reply.text
         c.wait_action(reply.json()["action_uid"])
         c.db = c.bdb(reply.json()["uid"])
@@ -262,3 +268,43 @@ def test_turned_off_the_endpoint_is_a_plain_database_again(cluster):
                    ignoring=(redis.ResponseError,))
         with pytest.raises(redis.ResponseError, match="cluster support disabled"):
             r.execute_command("CLUSTER", "SLOTS")
+
+
+# ---- the replies' shapes, against a real Redis Cluster node -----------------------------------
+
+def shape(value):
+    """A reply without its values: types, and the keys of maps (RESP3) in order."""
+    if isinstance(value, dict):
+        return {k: shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return type(value).__name__
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_replies_have_a_redis_cluster_nodes_shapes(make_db, tmp_path, protocol):
+    """A standalone dmcproxy --oss-cluster (one node, itself) and a cluster-mode redis-server
+    owning every slot answer CLUSTER SLOTS, SHARDS, INFO, NODES and MYID alike but for values."""
+    db = make_db(1, proxy_args=("--oss-cluster",))
+    port, proc = start_redis_on_free_port(tmp_path, "--cluster-enabled", "yes",
+                                          "--cluster-config-file", str(tmp_path / "nodes.conf"))
+    try:
+        real = redis.Redis(HOST, port, protocol=protocol, socket_timeout=5)
+        real.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_until(lambda: b"cluster_state:ok" in real.execute_command("CLUSTER", "INFO"), 10,
+                   what="the real node's cluster to be ok")
+        ours = db.client(protocol=protocol)
+        for sub in ("SLOTS", "SHARDS"):
+            assert shape(ours.execute_command("CLUSTER", sub)) == \
+                shape(real.execute_command("CLUSTER", sub)), sub
+        fields = [[line.split(":")[0] for line in r.execute_command("CLUSTER", "INFO").decode()
+                   .splitlines() if line] for r in (ours, real)]
+        assert fields[0] == fields[1]
+        nodes = [r.execute_command("CLUSTER", "NODES").decode().split() for r in (ours, real)]
+        assert len(nodes[0]) == len(nodes[1]) and nodes[0][2:4] == nodes[1][2:4]
+        assert nodes[0][-1] == nodes[1][-1] == "0-16383"
+        assert len(ours.execute_command("CLUSTER", "MYID")) == 40
+        assert ours.execute_command("CLUSTER", "KEYSLOT", "{a}b") == \
+            real.execute_command("CLUSTER", "KEYSLOT", "{a}b")
+    finally:
+        stop_process(proc)

@@ -11,6 +11,7 @@ cdef enum:
     FREE_REQUESTS_MAX = 4096    # requests kept for reuse; more are freed
     RETRY_MIN_US = 50000
     RETRY_MAX_US = 1000000
+    TICK_US = 1000              # the loop's timers (backends_tick) run at most this often
 
 
 cdef enum ConnKind:
@@ -71,6 +72,7 @@ cdef struct Core:
     char *password              # the database password (the `default` user's), or NULL
     long long idle_timeout_us   # clients idle longer are closed (0: never), as Redis's `timeout`
     long long next_idle_check_us
+    long long next_tick_us      # when backends_tick runs next (TICK_US)
     Client *dirty_clients
     Client *all_clients
     Client *monitors            # clients in MONITOR mode
