@@ -306,7 +306,10 @@ def test_the_database_password_is_sealed_in_ccs(cluster, admin):
     assert redis.Redis(FIRST_ADDRESS, bdb["port"], password=PASSWORD, socket_timeout=5,
                        protocol=2).ping()
     # the same password again changes nothing; another one is sealed too
-    same = admin.put(f"/v1/bdbs/{bdb['uid']}", json={"authentication_redis_pass": PASSWORD})
+    # (409 while cnm_exec has yet to release the creation's lock, just after it completed)
+    same = wait_until(lambda: (r := admin.put(f"/v1/bdbs/{bdb['uid']}", json={
+        "authentication_redis_pass": PASSWORD})).status_code != 409 and r, 20,
+        what="the database's lock released")
     assert same.status_code == 200 and same.json().get("action_uid") is None, same.text
 
 
