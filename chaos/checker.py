@@ -4,7 +4,8 @@ did not keep. Pure functions of the records; no cluster is needed to run it.
 A history is JSON lines, each a record with a `type`:
 
 - `op`: one client operation. `process` (a client's number, or "final" for the reads made after
-  the faults ended), `db` (the database's name), `durable` (the database has
+  the faults ended), `db` (the database's name), `node` (the uid of the node whose endpoint it
+  was sent to), `durable` (the database has
   `appendfsync-always` and every write was followed by `WAIT 1`: acknowledged means on a
   replica's fsynced AOF), `op`, `key`, `value` (what it wrote), `result` (what it returned),
   `invoke` and `complete` (time.monotonic(), one clock for every process of the machine;
@@ -16,7 +17,8 @@ A history is JSON lines, each a record with a `type`:
   pushed on a list), `lrange` (a list's elements), `txn_set` (MULTI, SET of both keys `key`+":a"
   and `key`+":b" of one slot, EXEC) and `txn_get` (MULTI, GET both, EXEC; `result` the pair):
   the pair is checked as one register whose value is the pair.
-- `fault`: `kind`, `target`, `start`, `end` (the nemesis injected it, and undid it at `end`).
+- `fault`: `kind`, `target`, `start`, `end` (the nemesis injected it, and undid it at `end`);
+  a network fault also names its `minority`: the nodes cut off from the majority.
 - `shard_map`: `time`, `bdb`, `version`, `paused`, `masters` ([{uid, slots: [[a, b], ...]}]): the map the
   proxies serve (polled from CCS), and `shard_roles` (same shape) the shards CCS says are
   masters.
@@ -34,6 +36,9 @@ What is reported (`check`):
 - `counter_violations`, `list_violations`: final values that contradict the acknowledged
   operations (below the acknowledged increments or above all that were tried; two INCRs that
   returned one value; a list element lost, or present twice).
+- `minority_writes_acknowledged`: writes acknowledged through a node on the minority side of a
+  partition more than `FENCE_BOUND` seconds after the cut and before the heal -- the fence
+  (dmc/fastpath/fence.pxi) answers them -READONLY once the node's lease has run out. Must be 0.
 - `two_masters`: the election history's violations (control/history.py) plus shard maps with a
   slot owned by two masters, or two different maps published under one version.
 - `availability`: fraction of operations that succeeded, the longest time without a successful
@@ -53,6 +58,10 @@ from chaos.linearizable import Operation, check_register
 
 ASYNC_WINDOW = 1.0      # s before a fault in which an unreplicated plain write may be lost
 AFTERMATH = 3.0         # s after a fault ends that count as its time for availability
+# s from a cut to the last write a minority node may acknowledge: its lease (leader_window, 1 s
+# after the master's last heartbeat), run/lease.json's refresh and dmcproxy's check (0.1 s
+# each), and a write already sent when the fence went up (as tests/test_fencing.py bounds it)
+FENCE_BOUND = 1.6
 WRITES = ("write", "set", "incr", "rpush", "txn_set")
 
 
@@ -110,6 +119,23 @@ def lost_writes(ops: list[dict], faults: list[dict]) -> dict:
                 outside.append(lost)
     return {"durable": durable, "plain": plain, "plain_outside_window": outside,
             "not_read_back": unread}
+
+
+def minority_writes(ops: list[dict], faults: list[dict]) -> list[dict]:
+    """Writes acknowledged through a minority node after its lease ran out, before the heal."""
+    found = []
+    for f in faults:
+        minority = set(f.get("minority") or ())
+        if not minority:
+            continue
+        fenced_from = f["start"] + FENCE_BOUND
+        for o in ops:
+            if o["op"] in WRITES and o["outcome"] == "ok" and o.get("node") in minority \
+                    and fenced_from < o["complete"] < f["end"]:
+                found.append({"db": o["db"], "node": o["node"], "op": o["op"], "key": o["key"],
+                              "value": o["value"], "fault": f"{f['kind']} {f['target']}",
+                              "after_cut": round(o["complete"] - f["start"], 3)})
+    return found
 
 
 # ---- registers ----------------------------------------------------------------------------------
@@ -301,6 +327,7 @@ def check(records: list[dict], election: list[dict] | None = None,
     counter_problems, list_problems = counters(ops), lists(ops)
     masters = [f"cluster: {v}" for v in history.violations(election or [])]
     masters += shard_masters(records)
+    fenced = minority_writes(ops, faults)
     durable_lost = (len(lost["durable"])
                     + sum(c["lost"] for c in counter_problems if c["durable"])
                     + sum(len(x["lost"]) for x in list_problems if x["durable"]))
@@ -323,8 +350,11 @@ def check(records: list[dict], election: list[dict] | None = None,
         "registers_checked": lin["keys"],
         "counter_violations": len(counter_problems),
         "list_violations": len(list_problems),
+        "minority_writes_acknowledged": len(fenced),
+        "fence_bound": FENCE_BOUND,
         "two_masters": len(masters),
         "availability": availability(ops, faults),
         "details": {"lost_writes": lost, "linearizability": lin, "counters": counter_problems,
-                    "lists": list_problems, "two_masters": masters},
+                    "lists": list_problems, "two_masters": masters,
+                    "minority_writes": fenced},
     }

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from chaos.nemesis import FAULTS
 
-BROKEN = ("acknowledged_lost", "linearizability_violations", "two_masters")
+BROKEN = ("acknowledged_lost", "linearizability_violations", "two_masters",
+          "minority_writes_acknowledged")
 
 
 def broken(report: dict) -> list[str]:
@@ -45,6 +46,9 @@ def summary(report: dict) -> Table:
         ("lists with lost or duplicated elements", str(report["list_violations"])),
         ("two masters", str(report["two_masters"])),
     ]
+    if "minority_writes_acknowledged" in report:
+        rows.insert(-1, (f"writes acknowledged by a minority node {report['fence_bound']} s "
+                         "after the cut", str(report["minority_writes_acknowledged"])))
     a = report["availability"]
     if a.get("fraction_ok") is not None:
         rows.append(("availability (ok, longest gap)",
@@ -53,8 +57,8 @@ def summary(report: dict) -> Table:
         if f["fraction_ok"] is not None:
             rows.append((f"  during {kind}", f"{f['fraction_ok']:.1%}, {f['longest_gap']:.2f} s"))
     for check, result in rows:
-        bad = check.split(" (")[0] in ("acknowledged writes lost", "two masters") \
-            and result != "0"
+        bad = (check.split(" (")[0] in ("acknowledged writes lost", "two masters")
+               or check.startswith("writes acknowledged by a minority")) and result != "0"
         table.add_row(check, f"[red]{result}[/red]" if bad else result)
     return table
 
@@ -75,6 +79,11 @@ def _faults(value: str) -> list[str]:
 @click.option("--faults", default="all", show_default=True,
               help=f"Comma-separated kinds: {', '.join(FAULTS)} (or all, or none).")
 @click.option("--clients", type=click.IntRange(1, 32), default=4, show_default=True)
+@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True,
+              help="Nodes of the cluster.")
+@click.option("--netns/--no-netns", default=None,
+              help="Run the nodes in network namespaces (default: when a network fault "
+                   "(partition, isolate, bridge) is chosen and namespaces work here).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("chaos-run"), show_default=True,
               help="The run's folder: cluster, histories, report.")
@@ -86,8 +95,10 @@ def _faults(value: str) -> list[str]:
 @click.option("--check", "check_file", type=click.Path(exists=True, dir_okay=False,
                                                         path_type=Path),
               help="Do not run: check this history.jsonl again.")
-def chaos(seconds, seed, faults, clients, workdir, json_file, plot_file, keep, check_file):
-    """Faults on a real 3-node cluster under a recorded client load; then check the history."""
+def chaos(seconds, seed, faults, clients, nodes, netns, workdir, json_file, plot_file, keep,
+          check_file):
+    """Faults on a real 3- or 5-node cluster under a recorded client load; then check the
+    history."""
     from chaos import checker
     from chaos.runner import Run, Settings
 
@@ -99,7 +110,8 @@ def chaos(seconds, seed, faults, clients, workdir, json_file, plot_file, keep, c
         report = checker.check(records, election)
     else:
         settings = Settings(seconds=seconds, faults=[] if faults == "none" else _faults(faults),
-                            clients=clients, workdir=workdir, keep=keep)
+                            clients=clients, nodes=int(nodes), workdir=workdir, keep=keep,
+                            netns=netns)
         if seed is not None:
             settings.seed = seed
         with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),

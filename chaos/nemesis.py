@@ -1,11 +1,23 @@
 """The nemesis: faults injected into a running LocalCluster on a schedule drawn from a seed, each
 recorded (kind, target, start, end: time.monotonic()) for the checker and the plot.
 
-It keeps a majority alive: at most one node is down or paused at a time, and every fault is
-undone (a stopped shard continued, a killed node started again) before the next begins, so
-that a run always ends healed. Killed processes other than a whole node come back by
-themselves: supervisord restarts a service, redis_mgr a shard. Failovers and migrations are
-started through the REST API, on their own or in the middle of another fault.
+It keeps a majority alive -- at most one node is down, paused or cut off at a time, save the
+full-cluster kill, which takes every node down at once and starts them all again -- and every
+fault is undone (a stopped shard continued, a killed node started again, a partition healed)
+before the next begins, so that a run always ends healed. Killed processes other than a whole
+node come back by themselves: supervisord restarts a service, redis_mgr a shard. Failovers and
+migrations are started through the REST API, on their own or in the middle of another fault.
+
+Network faults need the nodes in a TestNetwork (chaos/netns.py): node uid u is host u - 1, and
+the clients run in one more host that no fault cuts, except `isolate`. They cut links between
+nodes only (`TestNetwork.cut`), so the clients keep reaching both sides:
+
+- `partition`: a majority | minority split (1 | 2 of 3 nodes, 2 | 3 of 5); the minority's
+  nodes are recorded (`minority`): the checker holds them to the fence;
+- `isolate`: one node cut from every other host, the clients' host too (its clients' connections
+  hang, new ones time out);
+- `bridge`: two groups that cannot see each other and one node that sees both (every node
+  still sees a majority: nobody is fenced, and the election must not make two masters).
 """
 
 from __future__ import annotations
@@ -16,23 +28,31 @@ import signal
 import time
 from collections.abc import Callable
 
+from chaos.netns import TestNetwork, links_between
 from control.db_cli import Failure, RestApi
-from control.local_cluster import LocalCluster
+from control.local_cluster import ClusterError, LocalCluster
 
 # kind -> how often it is drawn, relative to the others
 FAULTS = {"kill_shard": 3, "kill_proxy": 2, "kill_service": 2, "kill_node": 2, "pause_shard": 2,
+          "pause_node": 1, "partition": 2, "isolate": 1, "bridge": 1, "restart_cluster": 1,
           "failover": 1, "migrate": 1}
-# Partitions (network namespaces) and a full-cluster restart are not injected yet.
+NETWORK_FAULTS = ("partition", "isolate", "bridge")     # need the nodes in a TestNetwork
+RESTART_TIMEOUT = 90.0  # s for a cluster killed whole to elect a master again
+START_TIMEOUT = 60.0    # s for a killed node's supervisord to answer again
 SERVICES = ("cluster_wd", "heartbeatd", "redis_mgr", "cnm_exec", "cnm_http", "ccs")
 
 
 class Nemesis:
     def __init__(self, cluster: LocalCluster, api: RestApi, bdb_uids: list[int], seed: int,
-                 faults: list[str], log: Callable[[str], None] = lambda line: None):
+                 faults: list[str], log: Callable[[str], None] = lambda line: None,
+                 net: TestNetwork | None = None):
         unknown = sorted(set(faults) - set(FAULTS))
         if unknown:
             raise ValueError(f"unknown fault {', '.join(unknown)} (known: {', '.join(FAULTS)})")
-        self.cluster, self.api, self.bdb_uids = cluster, api, bdb_uids
+        if net is None and set(faults) & set(NETWORK_FAULTS):
+            raise ValueError(f"{', '.join(sorted(set(faults) & set(NETWORK_FAULTS)))} need the "
+                             "nodes in network namespaces")
+        self.cluster, self.api, self.bdb_uids, self.net = cluster, api, bdb_uids, net
         self.rng = random.Random(seed)
         self.faults = list(faults)
         self.log = log
@@ -109,8 +129,8 @@ class Nemesis:
         self.cluster.kill_node(uid)
         self.log(f"kill_node: node {uid} (all its processes, kill -9)")
         self._during(self.rng.uniform(4, 8))
-        self.cluster.start_node(uid)
-        self._record("kill_node", f"node {uid}", start, time.monotonic())
+        self._record("kill_node", f"node {uid}", start, time.monotonic(),
+                     note=self._start(uid))
 
     def pause_shard(self) -> None:
         picked = self._pick_shard()
@@ -126,6 +146,84 @@ class Nemesis:
             _kill(pid, signal.SIGCONT)
         self._record("pause_shard", f"{shard['role']} shard {shard['uid']} on node "
                      f"{shard['node_uid']}", start, time.monotonic())
+
+    def pause_node(self) -> None:
+        """SIGSTOP of every process of a node (supervisord first, so it sees nothing die)."""
+        uid = self._node()
+        pids = self.cluster.node_pids(uid)
+        order = [pids.pop("supervisor")] if "supervisor" in pids else []
+        order += list(pids.values())
+        start = time.monotonic()
+        for pid in order:
+            _kill(pid, signal.SIGSTOP)
+        self.log(f"pause_node: SIGSTOP node {uid} ({len(order)} processes)")
+        try:
+            self._during(self.rng.uniform(2, 6))
+        finally:
+            for pid in reversed(order):
+                _kill(pid, signal.SIGCONT)
+        self._record("pause_node", f"node {uid}", start, time.monotonic())
+
+    def restart_cluster(self) -> None:
+        """kill -9 of every process of every node, then every node started again."""
+        start = time.monotonic()
+        for uid in sorted(self.cluster.nodes):
+            self.cluster.kill_node(uid)
+        self.log("restart_cluster: every node killed (kill -9)")
+        time.sleep(self.rng.uniform(1, 3))
+        notes = [self._start(uid) for uid in sorted(self.cluster.nodes)]
+        try:
+            self.cluster.wait_for_master(RESTART_TIMEOUT)
+        except ClusterError as exc:
+            notes.append(str(exc))
+        self._record("restart_cluster", "every node", start, time.monotonic(),
+                     note="; ".join(n for n in notes if n))
+
+    def _start(self, uid: int) -> str:
+        """Start a killed node again; what went wrong, if anything (the run's heal tries again)."""
+        try:
+            self.cluster.start_node(uid, timeout=START_TIMEOUT)
+        except ClusterError as exc:
+            self.log(f"node {uid} not started again: {exc}")
+            return str(exc)
+        return ""
+
+    # ---- the network (node uid u is host u - 1) ------------------------------------------------
+
+    def _cut(self, kind: str, target: str, links: set[tuple[int, int]], minority: list[int],
+             seconds: float) -> None:
+        start = time.monotonic()
+        self.net.cut(links)
+        self.log(f"{kind}: {target}")
+        try:
+            self._during(seconds)
+        finally:
+            self.net.heal()
+        self._record(kind, target, start, time.monotonic(), minority=minority)
+
+    def partition(self) -> None:
+        nodes = sorted(self.cluster.nodes)
+        self.rng.shuffle(nodes)
+        small = (len(nodes) - 1) // 2
+        minority, majority = sorted(nodes[:small]), sorted(nodes[small:])
+        self._cut("partition", f"nodes {minority} | {majority}",
+                  links_between([u - 1 for u in minority], [u - 1 for u in majority]),
+                  minority, self.rng.uniform(5, 12))
+
+    def isolate(self) -> None:
+        uid = self._node()
+        others = [h.index for h in self.net.hosts if h.index != uid - 1]   # the clients' too
+        self._cut("isolate", f"node {uid} from every host", links_between([uid - 1], others),
+                  [uid], self.rng.uniform(5, 12))
+
+    def bridge(self) -> None:
+        nodes = sorted(self.cluster.nodes)
+        self.rng.shuffle(nodes)
+        middle, rest = nodes[0], nodes[1:]
+        left, right = sorted(rest[:len(rest) // 2]), sorted(rest[len(rest) // 2:])
+        self._cut("bridge", f"nodes {left} | {right}, node {middle} sees both",
+                  links_between([u - 1 for u in left], [u - 1 for u in right]), [],
+                  self.rng.uniform(5, 12))
 
     def _during(self, seconds: float) -> None:
         """Wait out a fault; half the time a failover or a migration starts in the middle."""

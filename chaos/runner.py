@@ -1,7 +1,12 @@
-"""One chaos run: a real 3-node LocalCluster (with election history on), a replicated database
-and a durable one (replicated, `appendfsync-always`, every write followed by `WAIT 1`), client
-processes recording every operation, the nemesis injecting faults, then -- faults undone, the
-cluster healed -- a final read of every key, and the checker's report of the whole history.
+"""One chaos run: a real 3-node (or 5-node) LocalCluster (with election history on), a replicated
+database and a durable one (replicated, `appendfsync-always`, every write followed by `WAIT 1`),
+client processes recording every operation, the nemesis injecting faults, then -- faults undone,
+the cluster healed -- a final read of every key, and the checker's report of the whole history.
+
+With network faults the nodes run in a TestNetwork (chaos/netns.py), one host each, and this
+process -- with the clients it starts, the REST calls and the shard-map polling -- in one more
+host of that network (its main thread enters that namespace for the whole run; threads and
+processes started from it inherit it): a host that reaches every node however they are cut.
 
 The run owns its folder: the cluster's nodes, each client's history, the merged `history.jsonl`
 (the checker's input: `python -m chaos check history.jsonl` checks it again), and it deletes the
@@ -10,6 +15,7 @@ cluster (keeping the history) unless asked to keep it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -22,7 +28,8 @@ from pathlib import Path
 import redis
 
 from chaos import checker
-from chaos.nemesis import FAULTS, Nemesis
+from chaos.nemesis import FAULTS, NETWORK_FAULTS, Nemesis
+from chaos.netns import TestNetwork, in_netns
 from chaos.workload import COUNTERS, LISTS, PAIRS, REGISTERS, Database, read_final, run_client
 from control import schema
 from control import ccs, history
@@ -30,6 +37,7 @@ from control.db_cli import Failure, RestApi
 from control.local_cluster import LocalCluster, loopback_addresses
 
 SHARDS = 2
+START_TIMEOUT = 180.0   # s for the new cluster to elect a master, hear every node, create a db
 MAP_POLL = 0.3          # s between two readings of the shard maps
 HEAL_TIMEOUT = 60.0     # s for the cluster to serve every endpoint again after the faults
 FIRST_FAULT_AFTER = 3.0
@@ -41,8 +49,10 @@ class Settings:
     seed: int = field(default_factory=lambda: random.randrange(1 << 31))
     faults: list[str] = field(default_factory=lambda: list(FAULTS))
     clients: int = 4
+    nodes: int = 3
     workdir: Path = Path("chaos-run")
     keep: bool = False
+    netns: bool | None = None       # nodes in network namespaces; None: if a network fault is on
 
 
 def first_address() -> str:
@@ -59,15 +69,44 @@ class Run:
         self.dir = Path(settings.workdir).resolve()   # the nodes run in folders of their own
         self.records: list[dict] = []
         self.cluster: LocalCluster | None = None
+        self.net: TestNetwork | None = None
         self._stop_polling = threading.Event()
+        self._client_host = contextlib.ExitStack()
 
     # ---- the cluster and its databases ----------------------------------------------------------
 
+    def _use_netns(self) -> bool:
+        s = self.s
+        wanted = s.netns if s.netns is not None else bool(set(s.faults) & set(NETWORK_FAULTS))
+        if not wanted:
+            return False
+        reason = TestNetwork.unavailable_reason()
+        if reason is None:
+            return True
+        if s.netns:
+            raise RuntimeError(f"no network namespaces here: {reason}")
+        dropped = sorted(set(s.faults) & set(NETWORK_FAULTS))
+        s.faults = [f for f in s.faults if f not in NETWORK_FAULTS]
+        self.log(f"no network namespaces here ({reason}): not injecting {', '.join(dropped)}")
+        return False
+
     def _create_cluster(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.log("starting a 3-node cluster")
-        self.cluster = LocalCluster.create(self.dir / "cluster", loopback_addresses(
-            3, first_address()), record_history=True)
+        home, n = self.dir / "cluster", self.s.nodes
+        if self._use_netns():
+            self.log(f"starting a {n}-node cluster in network namespaces")
+            self.net = TestNetwork(n + 1)
+            self._client_host.enter_context(in_netns(self.net.hosts[n].name))
+            nodes = self.net.hosts[:n]
+            self.cluster = LocalCluster.create(home, [h.address for h in nodes],
+                                               record_history=True,
+                                               netns=[h.name for h in nodes])
+            self.cluster.wait_for_master(START_TIMEOUT)
+            self.cluster.wait_ready(START_TIMEOUT)
+        else:
+            self.log(f"starting a {n}-node cluster")
+            self.cluster = LocalCluster.create(home, loopback_addresses(n, first_address()),
+                                               record_history=True, timeout=START_TIMEOUT)
         self.api = RestApi(self.cluster)
 
     def _create_db(self, name: str, durable: bool) -> tuple[int, Database]:
@@ -76,11 +115,12 @@ class Run:
         if durable:
             body |= {"data_persistence": "aof", "aof_policy": "appendfsync-always"}
         reply = self.api.call("POST", "/v1/bdbs", body=body)
-        self._follow(reply["action_uid"], 90)
+        self._follow(reply["action_uid"], START_TIMEOUT)
         endpoints = [(c.address, reply["port"]) for _, c in sorted(self.cluster.nodes.items())]
-        db = Database(name, durable, endpoints)
+        db = Database(name, durable, endpoints, sorted(self.cluster.nodes))
         for host, port in endpoints:      # every node's proxy serves it
-            _until(lambda h=host, p=port: _answers(h, p), 30, f"{name} on {host}:{port}")
+            _until(lambda h=host, p=port: _answers(h, p), START_TIMEOUT / 3,
+                   f"{name} on {host}:{port}")
         return reply["uid"], db
 
     def _follow(self, action_uid: str, timeout: float) -> None:
@@ -138,11 +178,16 @@ class Run:
             return self._run()
         finally:
             self._stop_polling.set()
-            if self.cluster is not None:
-                if self.s.keep:
-                    self.cluster.stop()
-                else:
-                    self.cluster.delete()
+            try:
+                if self.cluster is not None:
+                    if self.s.keep:
+                        self.cluster.stop()
+                    else:
+                        self.cluster.delete()
+            finally:
+                self._client_host.close()
+                if self.net is not None:
+                    self.net.close()
 
     def _run(self) -> dict:
         s = self.s
@@ -154,23 +199,25 @@ class Run:
         poller.start()
 
         ctx = multiprocessing.get_context("spawn")
-        counts = ctx.Array("l", 3)
+        # ok, fail, unknown of each client (its own slots: no lock, no semaphore to track)
+        counts = ctx.Array("l", 3 * s.clients, lock=False)
         start = time.monotonic()
         deadline = start + s.seconds
         files = [self.dir / f"client-{i}.jsonl" for i in range(s.clients)]
         for f in files:
             f.unlink(missing_ok=True)
         procs = [ctx.Process(target=run_client, args=(i, databases, s.seed, deadline, str(f),
-                                                      counts), daemon=True)
+                                                      counts, 3 * i), daemon=True)
                  for i, f in enumerate(files)]
         for p in procs:
             p.start()
         self.log(f"{s.clients} clients running for {s.seconds:.0f}s, seed {s.seed}")
 
-        nemesis = Nemesis(self.cluster, self.api, [uid_a, uid_b], s.seed, s.faults, self.log)
+        nemesis = Nemesis(self.cluster, self.api, [uid_a, uid_b], s.seed, s.faults, self.log,
+                          self.net)
         next_fault = start + FIRST_FAULT_AFTER
         while time.monotonic() < deadline:
-            self.progress(time.monotonic() - start, list(counts), len(nemesis.injected))
+            self.progress(time.monotonic() - start, _totals(counts), len(nemesis.injected))
             if s.faults and time.monotonic() >= next_fault and deadline - time.monotonic() > 8:
                 nemesis.step()
                 next_fault = time.monotonic() + nemesis.rng.uniform(1.0, 4.0)
@@ -179,7 +226,7 @@ class Run:
             p.join(30)
             if p.is_alive():
                 p.kill()
-        self.progress(s.seconds, list(counts), len(nemesis.injected))
+        self.progress(s.seconds, _totals(counts), len(nemesis.injected))
 
         self.log("faults over: waiting for the cluster to heal")
         nemesis.settle_actions(30)
@@ -206,7 +253,8 @@ class Run:
         with open(self.dir / "election.jsonl", "w") as out:
             out.writelines(json.dumps(o) + "\n" for o in election)
         report = checker.check(self.records, election)
-        report.update(seed=s.seed, seconds=s.seconds, clients=s.clients, start=start,
+        report.update(seed=s.seed, seconds=s.seconds, clients=s.clients, nodes=s.nodes,
+                      netns=self.net is not None, start=start,
                       healed=healed, final_reads_missing=unread,
                       history=str(self.dir / "history.jsonl"))
         return report
@@ -214,9 +262,11 @@ class Run:
     def _heal(self, databases: list[Database]) -> bool:
         """Every node running, and every endpoint of every database answering a write."""
         deadline = time.monotonic() + HEAL_TIMEOUT
+        if self.net is not None:
+            self.net.heal()
         for uid in self.cluster.nodes:
             if not self.cluster.node_pids(uid):
-                self.cluster.start_node(uid)
+                self.cluster.start_node(uid, timeout=START_TIMEOUT / 3)
         try:
             for db in databases:
                 for host, port in db.endpoints:
@@ -226,6 +276,11 @@ class Run:
             self.log(f"not healed: {exc}")
             return False
         return True
+
+
+def _totals(counts) -> list[int]:
+    """ok, fail, unknown over every client."""
+    return [sum(counts[i::3]) for i in range(3)]
 
 
 def _final_keys(db: Database, files: list[Path]) -> list[tuple[str, str]]:

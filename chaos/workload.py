@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
-REFUSED = {"READONLY", "TRYAGAIN", "EXECABORT", "CROSSSLOT", "WRONGTYPE", "LOADING",
+# (Not TRYAGAIN: dmcproxy answers it for a command in flight to a shard that lost its slots,
+# which may have been applied: dmc/fastpath/fence.pxi.)
+REFUSED = {"READONLY", "EXECABORT", "CROSSSLOT", "WRONGTYPE", "LOADING",
            "MASTERDOWN", "NOAUTH", "OOM", "NOREPLICAS"}
 TIMEOUT = 2.0           # s for one reply (a SIGSTOPped shard is `unknown` after that)
 WAIT_MS = 1000
@@ -42,6 +44,7 @@ class Database:
     name: str
     durable: bool
     endpoints: list[tuple[str, int]]      # the database's endpoint on every node
+    nodes: list[int] = field(default_factory=list)   # the node uid of each endpoint
 
 
 class Outcome(Exception):
@@ -69,6 +72,11 @@ class Client:
             self.conn = conn
         return self.conn
 
+    @property
+    def node(self) -> int:
+        """The node uid of the endpoint the next command goes to."""
+        return self.db.nodes[self.at] if self.db.nodes else self.at + 1
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.disconnect()
@@ -93,10 +101,17 @@ def _reply(conn):
         return exc
 
 
+# redis-py strips the error code from the message of the replies it has a class for
+CODES = {redis.exceptions.ReadOnlyError: "READONLY", redis.exceptions.ExecAbortError: "EXECABORT",
+         redis.exceptions.BusyLoadingError: "LOADING", redis.exceptions.OutOfMemoryError: "OOM",
+         redis.exceptions.AuthenticationError: "NOAUTH",
+         redis.exceptions.MasterDownError: "MASTERDOWN"}
+
+
 def _check(reply, writes: bool):
     """Raise the outcome an error reply means."""
     if isinstance(reply, redis.ResponseError):
-        kind = str(reply).split(" ", 1)[0]
+        kind = CODES.get(type(reply)) or str(reply).split(" ", 1)[0]
         raise Outcome("fail" if kind in REFUSED or not writes else "unknown", str(reply))
     if isinstance(reply, list):
         for r in reply:
@@ -155,19 +170,20 @@ def key_for(op: str, rng: random.Random, process: int, n: int) -> str:
     return f"{{t:{rng.randrange(PAIRS)}}}"       # both keys of a pair in one slot
 
 
-def record(out, process, db: Database, op, key, value, invoke, complete, outcome, result=None,
-           error=None) -> None:
+def record(out, process, db: Database, node, op, key, value, invoke, complete, outcome,
+           result=None, error=None) -> None:
     out.write(json.dumps({"type": "op", "process": process, "db": db.name,
-                          "durable": db.durable, "op": op, "key": key, "value": value,
+                          "durable": db.durable, "node": node, "op": op, "key": key,
+                          "value": value,
                           "result": result, "invoke": invoke, "complete": complete,
                           "outcome": outcome, "error": error}) + "\n")
     out.flush()
 
 
 def run_client(process: int, databases: list[Database], seed: int, deadline: float,
-               history: str, counts=None) -> None:
-    """The body of a client process. `counts` (a shared array: ok, fail, unknown) feeds the
-    runner's progress bar."""
+               history: str, counts=None, at: int = 0) -> None:
+    """The body of a client process. `counts[at:at + 3]` (a shared array: this client's ok,
+    fail, unknown) feeds the runner's progress bar."""
     rng = random.Random(seed * 1000 + process)
     clients = [Client(db, process) for db in databases]
     n = 0
@@ -179,21 +195,22 @@ def run_client(process: int, databases: list[Database], seed: int, deadline: flo
             key = key_for(op, rng, process, n)
             value = f"{process}-{n}" if op in ("write", "set", "rpush", "txn_set") else None
             n += 1
+            node = client.node
             invoke = time.monotonic()
             try:
                 result = perform(client, op, key, value)
             except Outcome as exc:
                 complete = time.monotonic() if exc.outcome == "fail" else None
-                record(out, process, client.db, op, key, value, invoke, complete,
+                record(out, process, client.db, node, op, key, value, invoke, complete,
                        exc.outcome, error=str(exc)[:200])
                 if counts is not None:
-                    counts[1 if exc.outcome == "fail" else 2] += 1
+                    counts[at + (1 if exc.outcome == "fail" else 2)] += 1
                 time.sleep(0.05)        # a failing endpoint is not hammered
                 continue
-            record(out, process, client.db, op, key, value, invoke, time.monotonic(), "ok",
-                   result)
+            record(out, process, client.db, node, op, key, value, invoke, time.monotonic(),
+                   "ok", result)
             if counts is not None:
-                counts[0] += 1
+                counts[at] += 1
     for c in clients:
         c.close()
 
@@ -207,6 +224,7 @@ def read_final(db: Database, keys: list[tuple[str, str]], history: str,
     with open(history, "a") as out:
         for op, key in keys:
             while True:
+                node = client.node
                 invoke = time.monotonic()
                 try:
                     result = perform(client, op, key, None)
@@ -216,7 +234,7 @@ def read_final(db: Database, keys: list[tuple[str, str]], history: str,
                         break
                     time.sleep(0.2)
                     continue
-                record(out, "final", db, op, key, None, invoke, time.monotonic(), "ok",
+                record(out, "final", db, node, op, key, None, invoke, time.monotonic(), "ok",
                        result)
                 break
     client.close()

@@ -22,6 +22,8 @@ CHANGES = "ccs:changes"            # pub/sub: the name of every key that changed
 MASTER = "cluster:master"          # {uid, term, address, ccs_port, since}
 NODES = "cluster:nodes"            # hash: uid -> {uid, address, gossip_port, ccs_port, ...}
 NODES_VERSION = "cluster:nodes_version"   # int, the members version cluster_wd gossips
+FQDN = "cluster:fqdn"              # str: the cluster's name (its DNS zone), set by its first master
+DNS_ZONE = "cluster:dns_zone"      # {serial, digest, time}: the zone's SOA serial (pdns_server)
 
 
 def heartbeat_key(uid: int) -> str:
@@ -55,6 +57,15 @@ async def write(redis, key: str, value, *, field=None, px: int | None = None) ->
         cmd = ("SET", key, pack(value), "PX", px)
     else:
         cmd = ("SET", key, pack(value))
+    for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
+        if isinstance(reply, ReplyError):
+            raise reply
+
+
+async def write_fields(redis, key: str, values: dict) -> None:
+    """HSET of several fields at once (one command: no reader sees some of them changed and
+    not the others), announced on CHANGES."""
+    cmd = ("HSET", key, *(x for f, v in values.items() for x in (str(f), pack(v))))
     for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
         if isinstance(reply, ReplyError):
             raise reply

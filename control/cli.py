@@ -293,7 +293,7 @@ def _url(info: dict, port_field: str, path: str, scheme: str = "http") -> str | 
     return f"{scheme}://{where}{path}" if where else None
 
 
-PORT_FIELDS = ("rest_tls_port", "rest_port", "metrics_port", "sentinel_port", "dns_port",
+PORT_FIELDS = ("rest_tls_port", "rest_port", "metrics_port", "sentinel_port", "dns_port", "ui_port",
                "gossip_port", "ccs_port", "ccs_tls_port", "ccs_forward_port")
 
 
@@ -310,7 +310,8 @@ def status_rows(view: dict) -> list[dict]:
             "role": "master" if uid == master.get("uid") else "replica",
             "address": info.get("address") or (beat or {}).get("address"),
             "gossip_port": info.get("gossip_port"),
-            "state": "OK" if beat else "DOWN",
+            # a node with a heartbeat but no membership was removed and has not stopped yet
+            "state": "REMOVED" if uid not in view["nodes"] else "OK" if beat else "DOWN",
             "uptime": now - beat["started"] if beat else None,
             "term": master.get("term") if uid == master.get("uid") else None,
             "member": uid in view["nodes"],
@@ -318,8 +319,10 @@ def status_rows(view: dict) -> list[dict]:
             "dns_address": _address(info, "dns_port"),
             "rest_url": _url(info, "rest_port", "") if info.get("rest_http", True) else None,
             "rest_tls_url": _url(info, "rest_tls_port", "", "https"),
-            "metrics_url": _url(info, "metrics_port", "/metrics"),
+            "metrics_url": (beat or {}).get("metrics_url") or _url(info, "metrics_port",
+                                                                     "/metrics"),
             "ports": {k: info[k] for k in PORT_FIELDS if k in info},
+            "ui_url": _url(info, "ui_port", "/", "https" if info.get("ui_tls") else "http"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows

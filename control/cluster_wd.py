@@ -11,6 +11,9 @@ membership, and makes the node's CCS copy follow the election:
 It never makes its CCS copy writable unless this node is master for the current term with a
 lease a majority renewed, and it fences the copy before the lease ends.
 
+A node removed from the cluster stops: told by node_remove, or, if it was down or cut off then,
+when it finds a membership newer than its own without it (run/removed.json keeps it out).
+
 Run by supervisord as `python -m control.cluster_wd --node-dir DIR`.
 """
 
@@ -27,8 +30,8 @@ import msgpack
 import trio
 
 from control import ccs
+from control.election import CANDIDATE, MASTER, Election, Observation, Timings
 from control.tls import handshake_error
-from control.election import MASTER, Election, Observation, Timings
 from control.node import (FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command,
                           supervisor_rpc)
 from control.redis_client import RedisUnavailable, ReplyError, connect
@@ -195,6 +198,7 @@ class ClusterWatchdog:
         self._published = (None, None)   # (term, members version) written to CCS as master
         self._lease_written: float | None = None    # the majority_until in run/lease.json
         self._changed = trio.Event()
+        self._stopping = False
 
     # ---- wiring --------------------------------------------------------------------------
 
@@ -203,8 +207,7 @@ class ClusterWatchdog:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.config.removed_file.exists():       # started again after its removal
-                log.warning("node %d was removed from the cluster: stopping", self.config.uid)
-                nursery.start_soon(self._stop_node)
+                self._removed("started again after its removal")
             self.tls = self.config.control_plane_tls()
             self.gossip = Gossip(nursery, self.config.uid, self.tls)
             self.election = Election(self.config.uid, members, self.gossip.send, self.store,
@@ -312,10 +315,7 @@ class ClusterWatchdog:
             # This node was taken out of the cluster (node_remove's last step): it remembers
             # it (run/removed.json: it does not ask to join again) and stops its supervisord,
             # so every service of it stops; its shards were moved off before.
-            atomic_write(self.config.removed_file, json.dumps({"time": time.time()}))
-            log.warning("node %d was removed from the cluster: stopping its services",
-                        self.config.uid)
-            self.nursery.start_soon(self._stop_node)
+            self._removed("told by the master")
             return {"ok": True}
         if op not in ("join", "leave"):
             return {"ok": False, "error": f"unknown op {op!r}"}
@@ -344,16 +344,34 @@ class ClusterWatchdog:
         log.info("members now %s (version %d)", sorted(members), e.members_version)
         return {"ok": True, "members_version": e.members_version}
 
+    def _removed(self, how: str) -> None:
+        """This node is no member any more: run/removed.json (it never asks to join again),
+        then its supervisord stops, and with it every service of the node."""
+        if self._stopping:
+            return
+        self._stopping = True
+        atomic_write(self.config.removed_file, json.dumps({"time": time.time(), "how": how}))
+        log.warning("node %d was removed from the cluster (%s): stopping its services",
+                    self.config.uid, how)
+        self.nursery.start_soon(self._stop_node)
+
     async def _stop_node(self) -> None:
         await trio.sleep(0.2)           # the answer to node_remove goes out first
         await trio.to_thread.run_sync(stop_removed_node, self.config)
 
     async def _join_loop(self) -> None:
         """A node not yet a member asks the nodes it knows until the master takes it in; a node
-        that was removed never asks (`dmc node add` makes a new one)."""
+        that was removed never asks (`dmc node add` makes a new one). A member that hears no
+        master asks the others for their membership: a newer one without this node means it
+        was removed while it was down or cut off (it was never told), and it stops."""
         me = self.config.member_info()
         while True:
-            if self.config.uid in self.election.members or self.config.removed_file.exists():
+            if self.config.removed_file.exists():
+                await trio.sleep(1)
+                continue
+            if self.config.uid in self.election.members:
+                if self.election.master is None or self.election.role == CANDIDATE:
+                    await self._check_still_member()
                 await trio.sleep(1)
                 continue
             for uid, info in list(self.election.members.items()):
@@ -371,6 +389,26 @@ class ClusterWatchdog:
                     log.info("joined through node %d", uid)
                     break
             await trio.sleep(0.5)
+
+    async def _check_still_member(self) -> None:
+        """Ask every other member for its membership; a newer version without this node is its
+        removal (membership versions come from masters only, and a node taken back in is a
+        new node with a new uid)."""
+        e = self.election
+        for uid, info in list(e.members.items()):
+            if uid == self.config.uid:
+                continue
+            try:
+                reply = await request(info["address"], info["gossip_port"], {"op": "status"},
+                                      timeout=1.0)
+            except (OSError, trio.TooSlowError, ConnectionError, ValueError):
+                continue
+            version, members = reply.get("members_version"), reply.get("members")
+            if isinstance(version, int) and isinstance(members, dict) and \
+                    version > e.members_version and self.config.uid not in \
+                    {int(k) for k in members}:
+                self._removed(f"node {uid}'s membership version {version} has it no more")
+                return
 
     # ---- CCS follows the election ----------------------------------------------------------
 
@@ -402,12 +440,17 @@ class ClusterWatchdog:
                 await r.execute("REPLICAOF", "NO", "ONE")
             if fenced:
                 await r.execute("CONFIG", "SET", "min-replicas-to-write", 0)
+            if not self.ccs_writable:
                 self._set_writable(True)
             if self._published != (e.term, e.members_version):
                 await self._publish_as_master(r)
             return
         if not fenced and not is_replica:
             await r.execute("CONFIG", "SET", "min-replicas-to-write", FENCED_MIN_REPLICAS)
+        if self.ccs_writable:
+            # (Also when heartbeatd fenced the copy first, its lease out: the copy is not
+            # writable any more, and the election history must not say it still is -- a chaos
+            # run's partition showed a stepped-down node "writable" for 17 s.)
             self._set_writable(False)
         self._published = (None, None)
         master = e.members.get(e.master) if e.master != self.config.uid else None
@@ -432,7 +475,10 @@ class ClusterWatchdog:
                                         "ccs_port": me.ccs_port,
                                         "ccs_tls_port": me.ccs_tls_port if me.cpine else 0,
                                         "since": time.time()})
-        replies = await r.pipeline([("MULTI",), ("DEL", ccs.NODES)] + [
+        # The cluster's name is set once, by its first master; a node that joins takes it
+        # from CCS (LocalCluster.add_node), so node.json never decides it for the cluster.
+        replies = await r.pipeline([("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
+                                    ("MULTI",), ("DEL", ccs.NODES)] + [
             ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
         ] + [("SET", ccs.NODES_VERSION, ccs.pack(e.members_version)),
              ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)])

@@ -42,7 +42,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from control import access, backup_mgr, ccs, certificates, rest_access, rest_stats, schema
+from control import (access, backup_mgr, ccs, certificates, rest_access, rest_models, rest_stats,
+                     schema)
 from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
@@ -91,6 +92,19 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: str | None = None,
+                     keyfile: str | None = None) -> hypercorn.config.Config:
+    """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
+    to stop, errors to the service's log, HTTPS when given a certificate and its key."""
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{address}:{port}"]
+    hc.graceful_timeout = 1.0
+    hc.errorlog = logger
+    if certfile and keyfile:
+        hc.certfile, hc.keyfile = certfile, keyfile
+    return hc
+
+
 def _not_found(kind: str, uid) -> ApiError:
     return ApiError(404, f"{kind}_not_exist", f"{kind} {uid} does not exist")
 
@@ -101,8 +115,8 @@ def node_reply(view: ClusterView, uid: int) -> dict:
     info = view.nodes.get(uid) or {}
     beat = view.beats.get(uid)
     shard_list = sorted(s for s, rec in view.shards.items() if rec.node_uid == uid)
-    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port")
-             if k in info}
+    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port",
+                                  "ui_port") if k in info}
     return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
             "status": "active" if beat else "down", "shard_count": len(shard_list),
             "shard_list": shard_list, "master": uid == (view.master or {}).get("uid"),
@@ -379,7 +393,7 @@ class CnmHttp:
 
     # ---- the requests ----------------------------------------------------------------------
 
-    async def create_bdb(self, body: schema.BdbCreate, dry_run: bool) -> dict:
+    async def create_bdb(self, body: rest_models.BdbCreate, dry_run: bool) -> dict:
         check_backup_location(body.backup_location)
         r = await (self.reader() if dry_run else self.writer())
         await rest_access.check_roles_permissions(r, body.model_dump()["roles_permissions"])
@@ -427,7 +441,7 @@ class CnmHttp:
         reply["authentication_redis_pass"] = self.reveal(reply.get("authentication_redis_pass"))
         return reply
 
-    async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
+    async def update_bdb(self, uid: int, body: rest_models.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
         if "backup_location" in given and given["backup_location"] is None:
             given["backup_location"] = str(backup_mgr.default_location(self.config.dir))
@@ -780,12 +794,12 @@ def build_app(api: CnmHttp) -> FastAPI:
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")
-    async def create_bdb(body: schema.BdbCreate, dry_run: bool = False):
+    async def create_bdb(body: rest_models.BdbCreate, dry_run: bool = False):
         return await api.create_bdb(body, dry_run)
 
     @app.put("/v1/bdbs/{uid}", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
              summary="Change a database: shards_count alone reshards, the rest updates")
-    async def update_bdb(uid: int, body: schema.BdbSettings, dry_run: bool = False):
+    async def update_bdb(uid: int, body: rest_models.BdbSettings, dry_run: bool = False):
         return await api.update_bdb(uid, body, dry_run)
 
     @app.delete("/v1/bdbs/{uid}", response_model=ActionStarted | DryRun, tags=["bdbs"],
@@ -854,7 +868,7 @@ def build_app(api: CnmHttp) -> FastAPI:
     @app.put("/v1/cluster", response_model=Cluster, tags=["cluster"],
              responses={k: ERRORS[k] for k in (400, 503)},
              summary="Change the cluster's settings (memory overbooking)")
-    async def update_cluster(body: schema.ClusterPolicy):
+    async def update_cluster(body: rest_models.ClusterPolicy):
         r = await api.writer()
         policy = {**await schema.cluster_policy(r), **body.model_dump(exclude_unset=True)}
         with trio.CancelScope(shield=True):

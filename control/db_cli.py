@@ -269,6 +269,11 @@ def _settings_options(f, *, create: bool):
         click.option("--multi-slot-commands", type=click.Choice(schema.MULTI_SLOT_POLICIES),
                      help="Multi-key commands over keys of several shards: refuse (CROSSSLOT, "
                           "the default) or sequential (carried out in single-shard steps)."),
+        click.option("--oss-cluster/--no-oss-cluster", default=None,
+                     help="The OSS Cluster API: cluster clients talk to the proxies of the nodes "
+                          "of the master shards (CLUSTER SLOTS, -MOVED)."),
+        click.option("--proxy-threads", type=click.IntRange(1, 64), default=None,
+                     help="Worker threads of each node's proxy for this database (default 1)."),
         click.option("--backup-interval", type=click.IntRange(0), metavar="SECONDS",
                      help="Back the database up every SECONDS (0: no scheduled backups)."),
         click.option("--backup-location", type=click.Path(file_okay=False),
@@ -293,14 +298,16 @@ def update_settings(f):
 
 
 def _settings(port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, multi_slot_commands=None, backup_interval=None,
-              backup_location=None, query_buffer_limit=None, allow_privileged_port=None) -> dict:
+              eviction_policy, multi_slot_commands=None, oss_cluster=None, proxy_threads=None,
+              backup_interval=None, backup_location=None, query_buffer_limit=None,
+              allow_privileged_port=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
              "client_query_buffer_limit": query_buffer_limit,
              "allow_privileged_port": allow_privileged_port or None,
              "data_persistence": persistence, "aof_policy": aof_policy,
              "authentication_redis_pass": password, "eviction_policy": eviction_policy,
              "backup_interval": backup_interval, "multi_slot_commands": multi_slot_commands,
+             "oss_cluster": oss_cluster, "proxy_threads": proxy_threads,
              "backup_location": os.path.abspath(backup_location) if backup_location else None}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -318,14 +325,14 @@ def db():
 @wait_option
 @home_option
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, multi_slot_commands, backup_interval, backup_location,
-              query_buffer_limit, allow_privileged_port, dry_run, wait, home):
+              eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
+              backup_location, query_buffer_limit, allow_privileged_port, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
-        multi_slot_commands, backup_interval, backup_location, query_buffer_limit,
-        allow_privileged_port)}
+        multi_slot_commands, oss_cluster, proxy_threads, backup_interval, backup_location,
+        query_buffer_limit, allow_privileged_port)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -405,14 +412,14 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 @wait_option
 @home_option
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, multi_slot_commands, backup_interval, backup_location,
-              query_buffer_limit, allow_privileged_port, dry_run, wait, home):
+              eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
+              backup_location, query_buffer_limit, allow_privileged_port, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
-                     eviction_policy, multi_slot_commands, backup_interval, backup_location,
-                     query_buffer_limit, allow_privileged_port)
+                     eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
+                     backup_interval, backup_location, query_buffer_limit, allow_privileged_port)
     if new_name is not None:
         body["name"] = new_name
     if not body:
@@ -491,7 +498,8 @@ def db_import(ref, source, flush, wait, home):
 @create_settings
 @home_option
 def db_restore(backup, source, name, shards, port, memory, replication, persistence,
-               aof_policy, password, eviction_policy, multi_slot_commands, backup_interval,
+               aof_policy, password, eviction_policy, multi_slot_commands, oss_cluster,
+               proxy_threads, backup_interval,
                backup_location, query_buffer_limit, allow_privileged_port, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
@@ -508,7 +516,8 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
         path = manifest["path"]
     body = {"name": name, "shards_count": shards or len(manifest.get("shards") or [1]),
             **_settings(port, memory, replication, persistence, aof_policy, password,
-                        eviction_policy, multi_slot_commands, backup_interval,
+                        eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
+                        backup_interval,
                         backup_location, query_buffer_limit, allow_privileged_port)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])

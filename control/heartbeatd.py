@@ -3,7 +3,8 @@
 - Every second it writes `node_heartbeat:<uid>` to the CCS master with a TTL
   (`ccs.HEARTBEAT_TTL_MS`): when the key has expired, the node is shown as down. The value says
   when the node started, the state of each of its services, as its supervisord reports them,
-  and the machine's memory (`memory_total`, bytes: what cnm_http books databases against).
+  and the machine's memory (`memory_total`, bytes: what cnm_http books databases against), and
+  where its metrics are (`metrics_url`: http or https, as node.json says).
 - It listens on the node's `ccs_forward_port` and forwards every connection to the current CCS
   master, which it learns from the `cluster:master` record in the node's own CCS copy (re-read
   on every change notice, and every half second). When the master changes, forwarded
@@ -127,7 +128,7 @@ class Heartbeatd:
                              "start": 0}]
             value = {"time": time.time(), "started": self.started,
                      "address": self.config.address, "services": services,
-                     "memory_total": MEMORY_TOTAL}
+                     "memory_total": MEMORY_TOTAL, "metrics_url": self.config.metrics_url}
             master = self.master
             try:
                 if master is not None:

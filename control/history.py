@@ -11,7 +11,10 @@ Two violations are reported:
   observation as a master holding a lease (or with a writable CCS) and ends at its next
   observation that is no longer one. A node that recorded nothing more, or whose next
   observation is that of a restarted process (`started`), was killed: the last lease it
-  recorded bounds it.
+  recorded bounds it. A lease interval never outlasts the last lease recorded in it either: a
+  master acts only while its lease runs (Election.is_master), so one that was stopped (SIGSTOP)
+  and records, on waking, that it is still master with a lease long past was not master in
+  between.
 
 cluster_wd appends observations as JSON lines (`run/history.jsonl` in the node's folder, when
 history is on); `load` reads such files.
@@ -58,7 +61,8 @@ def master_intervals(observations: list[dict]) -> list[Interval]:
 
 def _holds(obs: dict, kind: str) -> bool:
     if kind == "lease":
-        return obs["role"] == "master" and obs.get("lease_until") is not None
+        return obs["role"] == "master" and obs.get("lease_until") is not None \
+            and obs["lease_until"] > obs["time"]
     return bool(obs.get("ccs_writable"))
 
 
@@ -69,7 +73,7 @@ def _intervals_of(node: int, seq: list[dict], kind: str) -> list[Interval]:
         holding = _holds(obs, kind)
         if start is not None and (obs.get("started") or not holding or obs["term"] != term):
             end = obs["time"]
-            if obs.get("started") and lease is not None:
+            if (obs.get("started") or kind == "lease") and lease is not None:
                 end = min(end, max(lease, start))
             out.append(Interval(node, term, start, end, kind))
             start = None

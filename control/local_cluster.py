@@ -40,7 +40,7 @@ ADMIN_USER = "admin"
 # (control/schema.py DB_PORTS, SHARD_PORTS) either way; CCS, gossip and the forwarded CCS port
 # are the node's own business and stay free ones.
 WELL_KNOWN_PORTS = {"rest_port": 8080, "rest_tls_port": 9443, "metrics_port": 8070,
-                    "sentinel_port": 8001, "dns_port": 53}
+                    "sentinel_port": 8001, "dns_port": 53, "ui_port": 8443}
 
 
 class ClusterError(RuntimeError):
@@ -149,22 +149,22 @@ class LocalCluster:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 8:
+        while len(ports) < 9:
             ports.add(free_port(port_host))
         ccs_port, gossip_port, forward_port, rest_port, rest_tls_port, sentinel_port, \
-            metrics_port, ccs_tls_port = sorted(ports)
+            metrics_port, ccs_tls_port, ui_port = sorted(ports)
         dns_port = free_dns_port(port_host, exclude=ports)
         chosen = dict(ccs_port=ccs_port, gossip_port=gossip_port, ccs_tls_port=ccs_tls_port,
                       ccs_forward_port=forward_port, rest_port=rest_port,
                       rest_tls_port=rest_tls_port, sentinel_port=sentinel_port,
-                      dns_port=dns_port, metrics_port=metrics_port)
+                      dns_port=dns_port, metrics_port=metrics_port, ui_port=ui_port)
         if well_known_ports:
             chosen.update(WELL_KNOWN_PORTS)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
                           record_history=record_history, netns=netns, **chosen)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
-                 netns: str | None = None, timeout: float = 30.0,
+                 netns: str | None = None, timeout: float = 120.0,
                  ca: certificates.Pair | None = None) -> NodeConfig:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
         (address, gossip port) is any node of the cluster; by default one of this folder's.
@@ -176,7 +176,7 @@ class LocalCluster:
             certificates.provision(asker, ca, 0, address, DEFAULT_FQDN)
             self._tls = certificates.ControlPlaneTLS(asker)
         members = self._members(peer)
-        uid = max(members) + 1
+        uid = max(set(members) | set(self.nodes)) + 1    # a removed node's uid is not reused
         if address is None:
             first = members[min(members)]["address"]
             if not first.startswith("127."):
@@ -186,8 +186,8 @@ class LocalCluster:
                                 netns)
         config.peers = members
         config.admin = next((c.admin for c in self.nodes.values() if c.admin), {})
-        config.cluster_fqdn = next((c.cluster_fqdn for c in self.nodes.values()),
-                                   config.cluster_fqdn)
+        config.cluster_fqdn = trio.run(_cluster_fqdn, members) or next(
+            (c.cluster_fqdn for c in self.nodes.values()), config.cluster_fqdn)
         if self.nodes:
             config.services = list(next(iter(self.nodes.values())).services)
         ca = ca or self.cluster_ca()
@@ -470,6 +470,20 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError("no master answered")
             time.sleep(0.2)
+
+
+async def _cluster_fqdn(members: dict[int, dict]) -> str | None:
+    """The cluster's name as CCS holds it (`cluster:fqdn`), from the first member's copy that
+    answers: a node joining from another machine has no sibling folder to copy it from."""
+    for info in members.values():
+        try:
+            async with await connect(info["address"], info["ccs_port"], timeout=2.0) as conn:
+                fqdn = ccs.unpack(await conn.execute("GET", ccs.FQDN))
+        except (RedisUnavailable, ReplyError, OSError, KeyError):
+            continue
+        if fqdn:
+            return fqdn
+    return None
 
 
 def _wait_gone(pids, timeout: float) -> bool:

@@ -5,7 +5,8 @@ configuration files it writes for itself: `supervisord.conf` (one program per se
 A node's folder:
     node.json            who the node is: uid, address, ports, first peers
     supervisord.conf     written by `write_configs`; `supervisorctl -c supervisord.conf` works
-    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`
+    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`; in
+                         /tmp/dmc-sockets/ when this folder is too deep for a socket name
     supervisord.pid
     logs/                one log per service, and supervisord's own
     ccs/                 ccs.conf, and the CCS copy's append-only file
@@ -35,7 +36,7 @@ import trio
 from supervisor.xmlrpc import SupervisorTransport
 
 from control.discovery import DEFAULT_FQDN
-from dmc.processes import REDIS_SERVER
+from dmc.processes import REDIS_SERVER, unix_socket_path
 
 # supervisord program name -> the module it runs (None: the CCS redis-server)
 SERVICE_MODULES = {
@@ -54,6 +55,7 @@ SERVICE_MODULES = {
     "stats_archiver": "control.stats_archiver",
     "alert_mgr": "control.alert_mgr",
     "resource_mgr": "control.resource_mgr",
+    "cm_server": "control.cm_server",
 }
 SERVICES = tuple(SERVICE_MODULES)
 # The cluster's own core, without databases: what the control-plane tests run.
@@ -82,6 +84,9 @@ class NodeConfig:
     sentinel_port: int = 8001      # sentinel_service: the discovery service (RE's port)
     dns_port: int = 53             # pdns_server: the cluster's DNS zone, UDP and TCP
     metrics_port: int = 8070       # metrics_exporter: Prometheus's /metrics (RE's port)
+    ui_port: int = 8443            # cm_server: the web UI (RE's port)
+    ui_certfile: str | None = None   # cm_server serves HTTPS with this certificate and key
+    ui_keyfile: str | None = None
     cluster_fqdn: str = DEFAULT_FQDN   # the cluster's name: its DNS zone
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
     services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
@@ -90,6 +95,10 @@ class NodeConfig:
     shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
     proxy_input_budget: int = 1 << 30  # dmcproxy: unparsed input of all its clients (0: none)
     min_free_disk_ratio: float = 0.05   # node_wd: less free disk than this share is `low`
+    # metrics_exporter serves https with this certificate and key (PEM files) when both are
+    # set, else http: point them at the node's certificate once the cluster has one
+    metrics_tls_cert: str | None = None
+    metrics_tls_key: str | None = None
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 
@@ -105,7 +114,7 @@ class NodeConfig:
 
     @property
     def supervisor_sock(self) -> Path:
-        return self.dir / "supervisor.sock"
+        return Path(unix_socket_path(self.dir / "supervisor.sock"))
 
     @property
     def supervisor_pidfile(self) -> Path:
@@ -136,7 +145,12 @@ class NodeConfig:
     @property
     def proxy_stats_sock(self) -> Path:
         """The node's dmcproxy serves its endpoints' stats here (control/proxy_stats.py)."""
-        return self.run_dir / "dmcproxy.sock"
+        return Path(unix_socket_path(self.run_dir / "dmcproxy.sock"))
+
+    @property
+    def metrics_url(self) -> str:
+        scheme = "https" if self.metrics_tls_cert and self.metrics_tls_key else "http"
+        return f"{scheme}://{self.address}:{self.metrics_port}/metrics"
 
     @property
     def cpine(self) -> bool:
@@ -155,7 +169,8 @@ class NodeConfig:
                 "ccs_tls_port": self.ccs_tls_port if self.cpine else 0,
                 "rest_port": self.rest_port, "rest_tls_port": self.rest_tls_port,
                 "rest_http": self.rest_http, "sentinel_port": self.sentinel_port,
-                "dns_port": self.dns_port, "metrics_port": self.metrics_port}
+                "dns_port": self.dns_port, "metrics_port": self.metrics_port,
+                "ui_port": self.ui_port, "ui_tls": bool(self.ui_certfile and self.ui_keyfile)}
 
     # ---- persistence ---------------------------------------------------------------------
 

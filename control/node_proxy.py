@@ -12,8 +12,11 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password, client_query_buffer_limit, multi_slot_commands or port is applied (a new
-  port re-opens the endpoint);
+- a changed password, client_query_buffer_limit, multi_slot_commands, port or proxy_threads is
+  applied (a new port or thread count re-opens the endpoint: its clients reconnect);
+- with `oss_cluster`, the OSS Cluster API's topology (dmc/cluster_api.py: the nodes of the
+  map's master shards, each as its proxy, this node's address and the database's port) is set
+  in the same call as each map, so CLUSTER SLOTS and -MOVED follow failovers and migrations;
 - the clients of every endpoint share one input budget (node.json's proxy_input_budget, Redis's
   maxmemory-clients for input; dmc/fastpath/input_limit.pxi);
 - a database that is gone (or being deleted) has its endpoint closed;
@@ -37,9 +40,16 @@ over on the other side, so its endpoints must not acknowledge writes any more. c
 `run/lease.json` says until when the node knows it is on the majority's side (`majority_until`:
 a master's lease, or a replica's last heartbeat of its master + leader_window, 1 s); once that
 has passed (or the file says nothing), every endpoint answers writes -READONLY and serves reads
-(Proxy.fence), until the node hears a master again. The majority fails a node's shards over
+(Proxy.fence; each endpoint is also given the lease's deadline, Proxy.fence_until, so that its
+loop fences itself the moment it passes, without waiting for this process to notice), until the
+node hears a master again. The majority fails a node's shards over
 only once its heartbeat key has expired (3 s after its last heartbeat), so the fence is up well
-before a replica on the other side is promoted.
+before a replica on the other side is promoted. Reads of data are refused too (-MASTERDOWN):
+after a failover on the other side what the node's shards hold may be stale. When the lease
+comes back the fence stays up until the endpoints serve the maps the master's CCS holds *now*
+(read through the forwarded port, `_caught_up`): the node's last maps, and its own CCS copy
+that is still catching up, may name a master that was failed over meanwhile -- writes sent there
+would be acknowledged and lost, reads stale (a chaos run's partition showed both).
 
 Local interfaces: `run/dmcproxy.sock` (NodeConfig.proxy_stats_sock), a unix socket for the
 node's own services (metrics_exporter, stats_archiver, alert_mgr). A client sends one line,
@@ -59,8 +69,9 @@ import trio
 
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
-from control.redis_client import RedisUnavailable, ReplyError
+from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.sealing import reveal_text
+from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
 from dmc.proxy import bind_failure, install_shard_map
@@ -70,6 +81,7 @@ log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
 FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
+CATCH_UP_TIMEOUT = 1.0      # s for reading the master's maps before the fence comes down
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
@@ -86,7 +98,9 @@ class NodeProxy:
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
         self.fenced = True          # until lease.json says the node is on the majority's side
+        self.lease_until = 0.0      # the majority lease the endpoints enforce by themselves
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
+        self.installing: dict[int, trio.Lock] = {}
 
     async def run(self) -> None:
         set_input_budget(self.config.proxy_input_budget)
@@ -118,35 +132,73 @@ class NodeProxy:
             else:
                 await trio.sleep(timeout)
 
-    def _on_majority_side(self) -> bool:
+    def _majority_until(self) -> float | None:
+        """Until when (time.monotonic()) the node knows it is on the majority's side, if now."""
         try:
             until = json.loads(self.config.lease_file.read_text()).get("majority_until")
         except (OSError, ValueError, AttributeError):
-            return False
-        return isinstance(until, (int, float)) and time.monotonic() < until
+            return None
+        if isinstance(until, (int, float)) and time.monotonic() < until:
+            return float(until)
+        return None
 
     async def _guard_majority(self) -> None:
-        """The write fence of every endpoint follows the node's majority lease."""
+        """The fence of every endpoint follows the node's majority lease: up when it is out
+        (and, in the endpoints' own loops, as soon as its deadline passes), down once the lease
+        is back and the master's maps are served."""
         while True:
-            fenced = not self._on_majority_side()
-            if fenced != self.fenced:
-                self.fenced = fenced
-                if fenced:
-                    log.warning("node cut off from the cluster's majority: writes refused")
-                else:
-                    log.info("node on the majority's side: writes served")
+            until = self._majority_until()
+            fenced = until is None
+            if self.fenced and not fenced and not await self._caught_up():
+                fenced = True       # on the majority's side, its maps not here yet: again
+            lease = 0.0 if fenced else until
+            if fenced != self.fenced or lease != self.lease_until:
+                if fenced != self.fenced:
+                    if fenced:
+                        log.warning("node cut off from the cluster's majority: writes and "
+                                    "reads refused")
+                    else:
+                        log.info("node on the majority's side: writes and reads served")
+                self.fenced, self.lease_until = fenced, lease
                 for endpoint in list(self.endpoints.values()):
                     await self._apply_fence(endpoint)
             await trio.sleep(FENCE_CHECK_EVERY)
 
+    async def _caught_up(self) -> bool:
+        """Every endpoint serves the map the master's CCS holds now (on a connection of its
+        own through the forwarded port, so that one left hanging by a partition is not used)."""
+        conn = None
+        try:
+            with trio.fail_after(CATCH_UP_TIMEOUT):
+                conn = await connect(self.config.address, self.config.ccs_forward_port,
+                                     timeout=CATCH_UP_TIMEOUT)
+                for uid in list(self.endpoints):
+                    bdb, shard_map = await schema.get_bdb(conn, uid), \
+                        await schema.get_map(conn, uid)
+                    if bdb is not None and shard_map is not None:
+                        await self._install(uid, bdb, shard_map)
+            return True
+        except (RedisUnavailable, ReplyError, OSError, ValueError, EndpointStopped,
+                trio.TooSlowError) as exc:
+            log.info("back on the majority's side, the master's maps not read yet: %s", exc)
+            return False
+        finally:
+            if conn is not None:
+                with trio.CancelScope(shield=True):
+                    await conn.aclose()
+
     async def _apply_fence(self, endpoint: Endpoint) -> None:
         while True:     # again if the fence moved meanwhile: the last call made wins
-            fenced = self.fenced
+            fenced, lease = self.fenced, self.lease_until
+
+            def apply(proxy, fenced=fenced, lease=lease):
+                proxy.fence_until(lease)
+                proxy.fence(fenced)
             try:
-                await trio.to_thread.run_sync(endpoint.call, lambda proxy: proxy.fence(fenced))
+                await trio.to_thread.run_sync(endpoint.call, apply)
             except EndpointStopped:
                 return
-            if fenced == self.fenced:
+            if (fenced, lease) == (self.fenced, self.lease_until):
                 return
 
     async def _serve_cached(self) -> None:
@@ -228,13 +280,21 @@ class NodeProxy:
                 self.tasks.pop(uid, None)
 
     async def _install(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
+        # One at a time per database (_follow's and _caught_up's): a version is compared with
+        # the one applied and installed in one step, never an older map after a newer.
+        async with self.installing.setdefault(uid, trio.Lock()):
+            await self._install_one(uid, bdb, shard_map)
+
+    async def _install_one(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
         password = reveal_text(self.config.dir, bdb.authentication_redis_pass) \
             or None
         multi_slot = bdb.multi_slot_commands or "refuse"
-        if endpoint is not None and applied.get("port") != bdb.port:
+        threads = bdb.proxy_threads or 1
+        if endpoint is not None and (applied.get("port") != bdb.port or
+                                     applied.get("threads") != threads):
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
@@ -242,24 +302,31 @@ class NodeProxy:
             if reason is not None:
                 await self._report(uid, reason)
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
-            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot,
+                                                     threads)
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
             await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
-                       "password": password, "multi_slot_commands": multi_slot}
+                       "password": password, "multi_slot_commands": multi_slot,
+                       "threads": threads}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
         if smap.version > applied.get("version", 0) or paused != applied.get("paused"):
             def switch(proxy, smap=smap, paused=paused):
                 install_shard_map(proxy, smap)
+                self._apply_cluster_api(proxy, bdb, smap)    # the topology of that map, at once
                 proxy.pause() if paused else proxy.resume()
             await trio.to_thread.run_sync(endpoint.call, switch)
             if paused and not await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT):
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
             applied.update(version=smap.version, paused=paused)
+        if bdb.oss_cluster != applied.get("oss_cluster"):
+            await trio.to_thread.run_sync(
+                endpoint.call, lambda proxy: self._apply_cluster_api(proxy, bdb, smap))
+            applied["oss_cluster"] = bdb.oss_cluster
         hold = HOLD_MS if bdb.replication else 0
         if hold != applied.get("hold_ms"):
             def set_hold(proxy, hold=hold):
@@ -283,6 +350,15 @@ class NodeProxy:
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
 
+    def _apply_cluster_api(self, proxy, bdb: schema.Bdb, smap: ShardMap) -> None:
+        """The OSS Cluster API on (bdb.oss_cluster) or off. A shard's address is its node's, so
+        the node serving its slots is the proxy at that address and the database's port."""
+        if bdb.oss_cluster:
+            cluster_api.apply(proxy, smap, lambda shard: (shard[0], bdb.port),
+                              (self.config.address, bdb.port))
+        else:
+            cluster_api.apply(proxy, None, None, (self.config.address, bdb.port))
+
     async def _report(self, uid: int, reason: str | None) -> None:
         """Write (or clear) this node's failure to serve the database, when it changes."""
         if reason is not None and self.failures.get(uid) == reason:
@@ -302,8 +378,8 @@ class NodeProxy:
             log.debug("database %d: endpoint status not written: %s", uid, exc)
 
     def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap,
-              multi_slot: str = "refuse") -> Endpoint:
-        return Endpoint(self.config.address, bdb.port, password, smap,
+              multi_slot: str = "refuse", threads: int = 1) -> Endpoint:
+        return Endpoint(self.config.address, bdb.port, password, smap, threads=threads,
                         wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
                         client_query_buffer_limit=query_buffer_limit(bdb)).start()
 

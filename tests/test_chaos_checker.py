@@ -12,8 +12,9 @@ from chaos.linearizable import Operation, check_register
 
 
 def op(op, key, invoke, complete, outcome="ok", value=None, result=None, process=1,
-       db="durable", durable=True):
-    return {"type": "op", "process": process, "db": db, "durable": durable, "op": op,
+       db="durable", durable=True, node=1):
+    return {"type": "op", "process": process, "db": db, "durable": durable, "node": node,
+            "op": op,
             "key": key, "value": value, "result": result, "invoke": invoke,
             "complete": complete if outcome != "unknown" else None, "outcome": outcome}
 
@@ -197,6 +198,39 @@ def test_two_overlapping_cluster_masters_are_reported():
     report = checker.check([], election)
     assert report["two_masters"] >= 1
     assert any("overlap" in m for m in report["details"]["two_masters"])
+
+
+def test_a_master_woken_from_sigstop_with_its_lease_long_past_is_not_two_masters():
+    election = [
+        {"time": 0.0, "node": 1, "term": 1, "role": "master", "lease_until": 0.5},
+        {"time": 0.4, "node": 1, "term": 1, "role": "master", "lease_until": 0.9},
+        # stopped from 0.5 to 10; node 2 elected at 3; node 1 wakes at 10 and records its
+        # last (long expired) lease before it steps down
+        {"time": 3.0, "node": 2, "term": 2, "role": "master", "lease_until": 3.5},
+        {"time": 3.4, "node": 2, "term": 2, "role": "master", "lease_until": 12.0},
+        {"time": 10.0, "node": 1, "term": 1, "role": "master", "lease_until": 0.9},
+        {"time": 10.1, "node": 1, "term": 2, "role": "replica"},
+    ]
+    assert checker.check([], election)["two_masters"] == 0
+    # ... but one that acts past its lease is caught
+    election[4] = {"time": 10.0, "node": 1, "term": 1, "role": "master", "lease_until": 10.5}
+    assert checker.check([], election)["two_masters"] >= 1
+
+
+def test_a_write_acknowledged_by_a_minority_node_past_the_fence_is_reported():
+    cut = {"type": "fault", "kind": "partition", "target": "nodes [3] | [1, 2]", "start": 10.0,
+           "end": 20.0, "minority": [3]}
+    before_the_fence = op("write", "w:1", 10.5, 10.6, value="1", node=3)
+    past_the_fence = op("write", "w:2", 12.0, 12.1, value="2", node=3)
+    refused = op("write", "w:3", 13.0, 13.1, value="3", node=3, outcome="fail")
+    majority = op("write", "w:4", 14.0, 14.1, value="4", node=1)
+    after_the_heal = op("write", "w:5", 21.0, 21.1, value="5", node=3)
+    records = [cut, before_the_fence, past_the_fence, refused, majority, after_the_heal]
+    report = checker.check(records)
+    assert checker.FENCE_BOUND < 2.0
+    assert report["minority_writes_acknowledged"] == 1
+    found = report["details"]["minority_writes"][0]
+    assert found["key"] == "w:2" and found["node"] == 3 and found["after_cut"] == 2.1
 
 
 def test_slot_with_two_master_shards_is_reported():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from netns import TestNetwork
+from chaos.netns import TestNetwork
 from waiting import wait_until
 
 from control import history

@@ -1,4 +1,4 @@
-"""The namespace test network (tests/netns.py) with real traffic: hosts reach each other,
+"""The namespace test network (chaos/netns.py) with real traffic: hosts reach each other,
 partitions cut new and established TCP connections both ways, heal restores them, and nothing
 is left behind."""
 
@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from netns import IFNAMSIZ, TestNetwork
+from chaos.netns import IFNAMSIZ, TestNetwork, links_between
 
 if not TestNetwork.available():
     pytest.skip(f"network namespaces unavailable: {TestNetwork.unavailable_reason()}",
@@ -133,6 +133,23 @@ def test_partition_cuts_between_groups_and_heal_restores(net):
     assert reach(net, (2, 0), (1, 2)) == [True, True]
 
 
+def test_cut_drops_only_the_links_named_and_heal_restores(net):
+    for i in range(3):
+        serve(net, i)
+    # Hosts 0 | 1 apart; host 2 (a client host) still reaches both, and both reach it.
+    net.cut(links_between([0], [1]))
+    assert net.links_cut == {(0, 1)}
+    assert reach(net, (0, 1), (1, 0), (2, 0), (2, 1), (0, 2), (1, 2)) == \
+        [False, False, True, True, True, True]
+    # A bridge: 1 sees 0 and 2, which do not see each other (replaces the cut before).
+    net.cut([(2, 0)])
+    assert reach(net, (0, 2), (2, 0), (0, 1), (1, 0), (1, 2), (2, 1)) == \
+        [False, False, True, True, True, True]
+    net.heal()
+    assert net.links_cut == set()
+    assert reach(net, (0, 2), (2, 0), (0, 1)) == [True, True, True]
+
+
 def _received(conns: list[socket.socket], timeout: float) -> dict[int, bytes]:
     """What arrives on each connection (by index) within `timeout` seconds."""
     got: dict[int, bytes] = {}
@@ -165,6 +182,13 @@ def test_established_connection_stops_under_partition_and_resumes_after_heal(net
 
         net.heal()                                # TCP retransmits what was held back
         assert _received([server, client], 10) == {0: b"lost?", 1: b"lost too?"}
+
+        net.cut([(0, 1)])                         # a cut link stops it the same way
+        client.sendall(b"cut?")
+        server.sendall(b"cut too?")
+        assert _received([server, client], 0.6) == {}, "data crossed the cut link"
+        net.heal()
+        assert _received([server, client], 10) == {0: b"cut?", 1: b"cut too?"}
 
 
 def test_close_removes_everything_and_kills_what_it_started():
@@ -235,6 +259,10 @@ def test_bad_arguments_are_refused(net):
         net.partition([0, 1], [1, 2])
     with pytest.raises(ValueError, match="no host"):
         net.partition([0, 3])
+    with pytest.raises(ValueError, match="no host"):
+        net.cut([(0, 3)])
+    with pytest.raises(ValueError, match="two hosts"):
+        net.cut([(1, 1)])
     with pytest.raises(TypeError):
         net.hosts[0].run("true")
     with pytest.raises(ValueError, match="too long"):

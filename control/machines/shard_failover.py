@@ -43,8 +43,8 @@ class ShardFailover(Machine):
         async def swapped() -> list[schema.Shard]:
             schema.set_fields(replica, role="master", master_uid=None)
             schema.set_fields(master, role="replica", master_uid=replica.uid, restart_after=None)
-            await schema.put_shard(self.redis, replica)
-            await schema.put_shard(self.redis, master)
+            # In one write: CCS never shows both as master (a chaos run's map poll saw it).
+            await schema.put_shards(self.redis, replica, master)
             return await self.masters_of(bdb_uid)
 
         if self.action.params.get("forced"):

@@ -43,16 +43,25 @@ class ShardMigrate(Machine):
 
         async def moved() -> list[schema.Shard]:
             schema.set_fields(new, role="master", master_uid=None)
-            await schema.put_shard(self.redis, new)
-            for s in shards.values():       # the other replicas follow the new master
-                if s.master_uid == old.uid and s.uid != new.uid:
-                    s.master_uid = new.uid
-                    await schema.put_shard(self.redis, s)
+            followers = [s for s in shards.values()     # the other replicas follow the new master
+                         if s.master_uid == old.uid and s.uid != new.uid]
+            for s in followers:
+                s.master_uid = new.uid
             schema.set_fields(old, role="replica", master_uid=new.uid)
-            await schema.put_shard(self.redis, old)
+            await schema.put_shards(self.redis, new, *followers, old)     # in one write
             return await self.masters_of(old.bdb_uid)
 
         await self.switch(old.bdb_uid, [(old, new)], moved)
 
     async def retire(self) -> None:
         await ccs.delete(self.redis, schema.SHARDS, self.state["old"])
+
+    async def finish(self, ok: bool) -> None:
+        """A migration that failed before its switch leaves no copy behind: the new replica's
+        record goes (its node's redis_mgr stops it) while the old shard still serves."""
+        if ok or "new" not in self.state:
+            return
+        shards = await schema.shards(self.redis)
+        new = shards.get(self.state["new"])
+        if new is not None and new.role == "replica" and self.state["old"] in shards:
+            await ccs.delete(self.redis, schema.SHARDS, new.uid)

@@ -3,4 +3,5 @@
 # fence.pxi.
 
 cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil
+cdef bint fence_up(Core *core) noexcept nogil
 cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil

@@ -9,8 +9,21 @@
 # as when a connection is lost) and the connections are closed. A paused switch (migration,
 # graceful failover) has nothing in flight by then: only forced switches meet it.
 #
-# The write fence (Proxy.fence()): while the node is cut off from the cluster's majority, a
-# command that writes is answered -READONLY instead of being sent; reads are still served.
+# The fence (Proxy.fence()): while the node is cut off from the cluster's majority, a command
+# that writes is answered -READONLY instead of being sent, and one that reads data (the
+# `readonly` flag: GET, MGET, SCAN, EVAL_RO ...) -MASTERDOWN: once the node's lease has run out
+# the majority may fail its shards over and write to the new masters, so what a shard here holds
+# may be stale -- a read of it would answer a value that is no longer the key's (a chaos run's
+# partition showed it: a register read on the minority side after the majority had written it).
+# As Redis Cluster's minority with cluster-allow-reads-when-down no. Everything else (PING,
+# INFO, SUBSCRIBE, the proxy's own commands) is still sent.
+#
+# The fence is up while fence(True) says so, and also, by itself, once the node's majority lease
+# (Proxy.fence_until, a time.monotonic() deadline the node's dmcproxy passes on from
+# run/lease.json) has run out -- checked against the loop's clock for every command, so that a
+# proxy that was stopped (SIGSTOP of its node) refuses what it reads on waking up, before any
+# Python code has run to notice that the lease is out (a chaos run's pause_node showed writes
+# acknowledged there and lost).
 
 
 cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil:
@@ -53,11 +66,22 @@ cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil
         c = cnext
 
 
+cdef bint fence_up(Core *core) noexcept nogil:
+    return core.fenced or (core.lease_until_us != 0 and core.now_us >= core.lease_until_us)
+
+
 cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil:
-    """The write fence is up and f writes: answered -READONLY, not sent."""
-    if f.req.cmd == NULL or not f.req.cmd.writes:
+    """The fence is up and f writes or reads data: answered -READONLY or -MASTERDOWN, not sent."""
+    cdef const char *line
+    if f.req.cmd == NULL or f.req.resolving:
         return False
-    cdef const char *line = (b"-READONLY this proxy's node is cut off from the cluster's "
-                             b"majority: writes are refused until it is back\r\n")
+    if f.req.cmd.writes:
+        line = (b"-READONLY this proxy's node is cut off from the cluster's majority: writes "
+                b"are refused until it is back\r\n")
+    elif f.req.cmd.cls == CLASS_READ:
+        line = (b"-MASTERDOWN this proxy's node is cut off from the cluster's majority: reads "
+                b"are refused until it is back (its data may be stale)\r\n")
+    else:
+        return False
     frag_answered(core, f, line, strlen(line))
     return True

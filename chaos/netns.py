@@ -1,11 +1,19 @@
-"""A private test network of N "hosts" built from Linux network namespaces.
+"""A private test network of N "hosts" built from Linux network namespaces: what the cluster
+tests and `dmc chaos` run nodes in, to cut the network between them.
 
-Cluster tests run one dmc node per host and cut the network between groups of hosts::
+One dmc node per host, the network cut between groups of hosts::
 
     with TestNetwork(3) as net:
         p = net.hosts[1].popen([sys.executable, "-m", "dmc...", "--bind", net.hosts[1].address])
         net.partition([0], [1, 2])     # host 0 is cut off from hosts 1 and 2, both ways
         net.heal()                     # everyone talks to everyone again
+
+or cut only some links, so that a host named in no cut (a client host) still reaches every
+side, and so that a cut need not be transitive (a bridge: 1 sees 0 and 2, which do not see
+each other)::
+
+    net.cut(links_between([0], [1, 2]))   # nodes 0 | 1 2 apart; host 3 reaches all three
+    net.cut([(0, 2)])                      # a bridge through host 1
 
 Layout (everything lives in namespaces this module creates; the root namespace's interfaces,
 addresses and routes are never touched, nor any namespace it did not create)::
@@ -26,6 +34,13 @@ addresses and routes are never touched, nor any namespace it did not create)::
   them all back on bridge 0. Moving a bridge port takes effect for the very next frame, so
   established TCP connections stop passing data at once (and resume by retransmission after a
   heal) -- unlike route changes, which would not cut them.
+* ``cut(links)`` drops every packet between the two hosts of each link, both ways, and leaves
+  the bridges alone: each host routes the other's address (a /32) to a gateway that is nobody
+  (``VOID``, 198.18.0.254, a permanent neighbour entry with a MAC no host has), so frames are
+  sent and silently dropped -- a connect times out as across a real partition, rather than
+  failing at once as a blackhole route would. A route change invalidates the routes cached by
+  established sockets, so their next segment is dropped too; after ``heal()`` (or a ``cut``
+  without that link) they resume by retransmission. (No iptables/nft needed: only iproute2.)
 * The root namespace gets no interface into the test network. The test harness reaches hosts
   only from inside: ``Host.run`` / ``Host.popen`` run commands in a host's namespace (``ip netns
   exec``), and ``Host.socket`` / ``Host.create_connection`` give the test process itself a
@@ -64,16 +79,18 @@ import socket
 import subprocess
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar, Self
 
-__all__ = ["Host", "TestNetwork"]
+__all__ = ["Host", "TestNetwork", "in_netns", "links_between"]
 
 NETWORK = ipaddress.ip_network("198.18.0.0/15")  # the only addresses this module ever uses
 SUBNET = ipaddress.ip_network("198.18.0.0/24")   # the hosts' shared link
 FIRST_HOST_OCTET = 10                            # host i is 198.18.0.(10 + i)
-MAX_HOSTS = 254 - FIRST_HOST_OCTET + 1
+VOID = "198.18.0.254"                            # cut links are routed here: nobody has it
+VOID_MAC = "02:00:c6:12:00:fe"
+MAX_HOSTS = 254 - FIRST_HOST_OCTET
 IFNAMSIZ = 15                                    # longest Linux interface name
 DEFAULT_PREFIX_BASE = "dmc"
 
@@ -134,7 +151,7 @@ def _setns(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def _in_netns(name: str) -> Iterator[None]:
+def in_netns(name: str) -> Iterator[None]:
     """Run the body with this thread in network namespace `name`; other threads are unaffected."""
     with open("/proc/thread-self/ns/net", "rb") as home, open(_NETNS_DIR / name, "rb") as there:
         _setns(there.fileno())
@@ -142,6 +159,12 @@ def _in_netns(name: str) -> Iterator[None]:
             yield
         finally:
             _setns(home.fileno())
+
+
+def links_between(*groups: Sequence[int]) -> set[tuple[int, int]]:
+    """Every link between two hosts of different groups: what `cut` takes to split them."""
+    return {(min(a, b), max(a, b)) for i, g in enumerate(groups) for h in groups[i + 1:]
+            for a in g for b in h}
 
 
 # --- ownership locks ------------------------------------------------------------------------------
@@ -248,7 +271,7 @@ class Host:
                proto: int = 0) -> socket.socket:
         """A socket of the test process that lives in this host's network (bind, connect or
         listen on it as usual; it obeys partitions like the host's own processes)."""
-        with _in_netns(self.name):
+        with in_netns(self.name):
             return socket.socket(family, type, proto)
 
     def create_connection(self, address: tuple[str, int], timeout: float | None = None,
@@ -294,6 +317,7 @@ class TestNetwork:
         self.hosts: list[Host] = []
         self._port_bridge: list[str | None] = []          # switch-side veth i -> its bridge
         self._bridges: set[str] = set()
+        self._cut: set[tuple[int, int]] = set()           # links cut by cut(), as (low, high)
         self._procs: list[subprocess.Popen] = []
         self._procs_lock = threading.Lock()
         self._lock_path = _lock_dir() / f"{prefix}.lock"
@@ -364,6 +388,7 @@ class TestNetwork:
         batch += [f"neigh replace {SUBNET.network_address + FIRST_HOST_OCTET + j} "
                   f"lladdr {_mac(j)} dev {h.interface} nud permanent"
                   for j in range(self._n_hosts) if j != h.index]
+        batch.append(f"neigh replace {VOID} lladdr {VOID_MAC} dev {h.interface} nud permanent")
         _ip(["-n", h.name], batch)
 
     def _track(self, p: subprocess.Popen) -> None:
@@ -413,8 +438,59 @@ class TestNetwork:
             self._sync_state()
 
     def heal(self) -> None:
-        """Everyone talks to everyone again."""
+        """Everyone talks to everyone again (partition() and cut() both undone)."""
+        self.cut([])
         self.partition(list(range(len(self.hosts))))
+
+    @property
+    def links_cut(self) -> set[tuple[int, int]]:
+        return set(self._cut)
+
+    def cut(self, links: Iterable[tuple[int, int]]) -> None:
+        """Drop everything between the two hosts of each link, both ways; every other pair of
+        hosts (on one bridge) still talks. Replaces the previous cut; takes effect before this
+        returns, for established connections too."""
+        self._check_open()
+        n = len(self.hosts)
+        want = set()
+        for link in links:
+            a, b = link
+            for i in (a, b):
+                if not isinstance(i, int) or not 0 <= i < n:
+                    raise ValueError(f"no host {i!r} (hosts are 0..{n - 1})")
+            if a == b:
+                raise ValueError(f"a link joins two hosts, not {link!r}")
+            want.add((min(a, b), max(a, b)))
+        made: dict[int, list[str]] = {}
+        dropped: dict[int, list[str]] = {}
+        for a, b in want - self._cut:
+            for here, there in ((a, b), (b, a)):
+                made.setdefault(here, []).append(
+                    f"route replace {self.hosts[there].address}/32 via {VOID} "
+                    f"dev {self.hosts[here].interface}")
+        for a, b in self._cut - want:
+            for here, there in ((a, b), (b, a)):
+                dropped.setdefault(here, []).append(
+                    f"route del {self.hosts[there].address}/32")
+        try:
+            for i, batch in sorted(dropped.items()):    # a half-made cut may miss a route
+                _ip(["-force", "-n", self.hosts[i].name], batch, check=False)
+            for i, batch in sorted(made.items()):
+                _ip(["-n", self.hosts[i].name], batch)
+        finally:
+            self._cut = self._read_cut()
+
+    def _read_cut(self) -> set[tuple[int, int]]:
+        """The links cut now, read back from the hosts' routes (after a partial failure too)."""
+        index = {h.address: h.index for h in self.hosts}
+        found = set()
+        for h in self.hosts:
+            cp = _ip(["-n", h.name, "-o", "route", "show", "via", VOID], check=False)
+            for line in cp.stdout.splitlines():
+                there = index.get(line.split()[0].removesuffix("/32"))
+                if there is not None:
+                    found.add((min(h.index, there), max(h.index, there)))
+        return found
 
     def _sync_state(self) -> None:
         """Re-read which bridge each port is on (after a partial failure too)."""
