@@ -70,7 +70,7 @@ def make_cluster(tmp_path):
 
 def run_dmc(home: Path, *args, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "control.cli", *args, "--home", str(home)],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=180, check=False)   # add_node waits up to 120 s
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
