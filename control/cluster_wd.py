@@ -85,7 +85,7 @@ class Gossip:
     def __init__(self, nursery: trio.Nursery, me: int, tls=None):
         self.nursery = nursery
         self.me = me
-        self.tls = tls                    # certificates.ControlPlaneTLS, or None: plain TCP
+        self.tls = tls                    # tls.ControlPlaneTLS, or None: plain TCP
         self.outboxes: dict[int, trio.MemorySendChannel] = {}
         self.addresses: dict[int, tuple[str, int]] = {}
 

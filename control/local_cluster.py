@@ -31,6 +31,7 @@ from control.node import NodeConfig, admin_credentials, atomic_write, supervisor
 from control.pdns_server import free_dns_port
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.redis_mgr import shard_pids, stop_all
+from control.tls import ControlPlaneTLS
 from dmc.processes import free_port, pid_alive, processes_under
 
 ADMIN_USER = "admin"
@@ -174,7 +175,7 @@ class LocalCluster:
             # nobody here to ask the members as: a client certificate of the cluster's CA
             asker = self.home / ".join-client"
             certificates.provision(asker, ca, 0, address, DEFAULT_FQDN)
-            self._tls = certificates.ControlPlaneTLS(asker)
+            self._tls = ControlPlaneTLS(asker)
         members = self._members(peer)
         uid = max(set(members) | set(self.nodes)) + 1    # a removed node's uid is not reused
         if address is None:

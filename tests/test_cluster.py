@@ -69,8 +69,9 @@ def make_cluster(tmp_path):
 
 
 def run_dmc(home: Path, *args, check=True) -> subprocess.CompletedProcess:
+    # 180 s: `node add`/`join` itself waits up to 120 s for a loaded machine
     proc = subprocess.run([sys.executable, "-m", "control.cli", *args, "--home", str(home)],
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=180, check=False)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
