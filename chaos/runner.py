@@ -108,6 +108,14 @@ class Run:
             self.cluster = LocalCluster.create(home, loopback_addresses(n, first_address()),
                                                record_history=True, timeout=START_TIMEOUT)
         self.api = RestApi(self.cluster)
+        _until(self._rest_answers, START_TIMEOUT, "the REST API")
+
+    def _rest_answers(self) -> bool:
+        try:
+            self.api.call("GET", "/v1/nodes")
+        except Failure:
+            return False
+        return True
 
     def _create_db(self, name: str, durable: bool) -> tuple[int, Database]:
         body = {"name": name, "shards_count": SHARDS, "replication": True,
