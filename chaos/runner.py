@@ -107,7 +107,7 @@ class Run:
             self.log(f"starting a {n}-node cluster")
             self.cluster = LocalCluster.create(home, loopback_addresses(n, first_address()),
                                                record_history=True, timeout=START_TIMEOUT)
-        self.api = RestApi(self.cluster)
+        self.api = RestApi(self.cluster, timeout=START_TIMEOUT / 6)   # 30 s: a loaded machine
         _until(self._rest_answers, START_TIMEOUT, "the REST API")
 
     def _rest_answers(self) -> bool:
