@@ -9,7 +9,10 @@ Every node runs it; only the one on the master node acts (as job_scheduler), onc
 - node alerts (`node_failed` from the heartbeats; memory, CPU and disk from each node's newest
   statistics) and cluster alerts, with `cluster:alert_settings` (or the defaults);
 - every change of an alert's state is an event in the log, and so is every action that ended
-  (bdb_created, failover, backup_succeeded, ...), once.
+  (bdb_created, failover, backup_succeeded, ...), once;
+- every change of an alert's state is also delivered by webhook and e-mail if the cluster's
+  settings ask (control/alert_delivery.py), from a queue of its own: a slow receiver never
+  delays an evaluation.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from __future__ import annotations
 import logging
 import time
 
+import trio
+
 from control import alerts, ccs, schema
 from control import stats_store as store
+from control.alert_delivery import deliver
 from control.alerts import Hysteresis, alert_field, threshold_of
 from control.cluster_view import UNFINISHED, ClusterView, read_view, tick_on_master
 from control.node import NodeConfig, service_command
@@ -28,6 +34,7 @@ log = logging.getLogger("alert_mgr")
 
 TICK = 1.0
 FRESH = 5.0         # statistics older than this are no evidence (the node stopped writing)
+DELIVERY_QUEUE = 1000   # alert changes waiting for their webhook / e-mail; past it, dropped
 
 
 async def newest(r, keys: list[str]) -> list[dict]:
@@ -48,8 +55,10 @@ async def latest_bdb(r, uid: int, nodes, now: float) -> dict | None:
     return store.merged([[{**p, "stime": 0}] for p in points], bdb=True)[0]
 
 
-def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: float) -> dict:
-    """Each database alert's value now (None: not known)."""
+def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: float,
+               failed_nodes: dict[int, dict] | None = None) -> dict:
+    """Each database alert's value now (None: not known); `failed_nodes`: the database's
+    endpoint_status hash."""
     stats = stats or {}
     limit = bdb.memory_size
     throughput = stats.get("total_req", stats.get("instantaneous_ops_per_sec"))
@@ -68,7 +77,8 @@ def bdb_values(bdb: schema.Bdb, stats: dict | None, view: ClusterView, now: floa
             "bdb_high_latency": latency * 1e6 if latency is not None else None,
             "bdb_high_throughput": throughput, "bdb_low_throughput": throughput,
             "bdb_backup_delayed": delay,
-            "bdb_long_running_action": max(running) if running else 0.0}
+            "bdb_long_running_action": max(running) if running else 0.0,
+            "bdb_endpoint_failed": len([n for n in failed_nodes or {} if n in view.nodes])}
 
 
 def node_values(uid: int, view: ClusterView, stats: dict | None) -> dict:
@@ -96,9 +106,29 @@ class AlertMgr:
         self.config = config
         self.session = ccs.Session.of_node(config)
         self.hysteresis = Hysteresis()
+        self.deliveries: trio.MemorySendChannel | None = None
 
     async def run(self) -> None:
-        await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
+        send, receive = trio.open_memory_channel(DELIVERY_QUEUE)
+        self.deliveries = send
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._deliver, receive)
+            await tick_on_master(self.session, self.config.uid, self.tick, TICK, log)
+
+    async def _deliver(self, receive: trio.MemoryReceiveChannel) -> None:
+        """Webhook and e-mail, one change after the other, off the tick."""
+        async for policy, alert, event in receive:
+            await deliver(policy, self.config.cluster_fqdn, alert, event)
+
+    def _queue_delivery(self, policy: dict, alert: dict, event: dict) -> None:
+        if self.deliveries is None or not (policy.get("alerts_webhook_url")
+                                           or policy.get("email_alerts")):
+            return
+        try:
+            self.deliveries.send_nowait((policy, alert, event))
+        except trio.WouldBlock:
+            log.warning("alert %s not delivered: %d deliveries are waiting", alert["name"],
+                        DELIVERY_QUEUE)
 
     async def tick(self, r) -> None:
         now = time.time()
@@ -107,13 +137,17 @@ class AlertMgr:
         settings = ccs.unpack(await r.execute("GET", alerts.CLUSTER_SETTINGS)) or {}
         cluster_settings = {**alerts.CLUSTER_DEFAULTS, **settings}
         judged: list[tuple[str, str, int | None, str, dict, object]] = []
+        failures = await schema.endpoint_failures(r, view.bdbs)
         for uid, bdb in view.bdbs.items():
             if bdb.status != "active":
                 continue
-            values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now)
+            values = bdb_values(bdb, await latest_bdb(r, uid, view.nodes, now), view, now,
+                                failures.get(uid))
+            bdb_settings = {**alerts.BDB_DEFAULTS,
+                            **{k: v for k, v in (bdb.alert_settings or {}).items() if v}}
             for name, value in values.items():
                 judged.append(("bdb", name, uid, alerts.BDB_ALERTS[name][0],
-                               (bdb.alert_settings or {}).get(name) or {}, value))
+                               bdb_settings.get(name) or {}, value))
         node_points = dict(zip(view.nodes, await newest(r, [store.key("1sec", "node", u)
                                                             for u in view.nodes])))
         for uid in view.nodes:
@@ -127,7 +161,7 @@ class AlertMgr:
             judged.append(("cluster", name, None, alerts.CLUSTER_ALERTS[name][0],
                            cluster_settings.get(name) or {}, value))
 
-        writes, events, keep = [], [], set()
+        writes, events, keep, changed = [], [], set(), []
         for object_type, name, uid, direction, setting, value in judged:
             field = alert_field(object_type, uid, name)
             keep.add(field)
@@ -150,6 +184,7 @@ class AlertMgr:
                                           "value": value}
                 if old or state:
                     what = f"{object_type} {uid}" if uid is not None else "the cluster"
+                    changed.append((record, len(events)))
                     events.append(alerts.event(
                         name, severity if state else "INFO",
                         f"{name} {'raised' if state else 'cleared'} for {what} (value "
@@ -169,6 +204,10 @@ class AlertMgr:
         await alerts.log_events(r, events)
         for e in events:
             log.info("event %s: %s", e["type"], e["description"])
+        if changed:
+            policy = await schema.cluster_policy(r)
+            for record, index in changed:
+                self._queue_delivery(policy, record, events[index])
 
     async def action_events(self, r, view: ClusterView) -> list[dict]:
         """An event for every action that ended and has none yet."""

@@ -15,7 +15,10 @@ CCS keys:
 A database's settings are its record's `alert_settings` (RE's field): `{name: {enabled,
 threshold}}`, thresholds as RE gives them: `bdb_size` % of the memory limit,
 `bdb_high_latency` µs, `bdb_high_throughput` / `bdb_low_throughput` ops/s,
-`bdb_backup_delayed` and `bdb_long_running_action` seconds. A database alert is off unless set.
+`bdb_backup_delayed` and `bdb_long_running_action` seconds. A database alert is off unless set,
+but for `bdb_endpoint_failed` (BDB_DEFAULTS): raised while a node's dmcproxy cannot serve the
+database's endpoint (its `endpoint_status:<bdb>` hash names the node and the reason), its value
+the number of such nodes.
 
 Hysteresis: an alert is raised after RAISE_AFTER evaluations in a row past its threshold and
 cleared after CLEAR_AFTER evaluations in a row back past the threshold by CLEAR_MARGIN of it
@@ -47,7 +50,9 @@ BDB_ALERTS = {
     "bdb_low_throughput": ("below", "WARNING"),
     "bdb_backup_delayed": ("above", "WARNING"),
     "bdb_long_running_action": ("above", "WARNING"),
+    "bdb_endpoint_failed": ("true", "ERROR"),
 }
+BDB_DEFAULTS = {"bdb_endpoint_failed": {"enabled": True}}
 NODE_ALERTS = {
     "node_failed": ("true", "ERROR"),
     "node_memory": ("above", "WARNING"),

@@ -22,6 +22,8 @@ CHANGES = "ccs:changes"            # pub/sub: the name of every key that changed
 MASTER = "cluster:master"          # {uid, term, address, ccs_port, since}
 NODES = "cluster:nodes"            # hash: uid -> {uid, address, gossip_port, ccs_port, ...}
 NODES_VERSION = "cluster:nodes_version"   # int, the members version cluster_wd gossips
+FQDN = "cluster:fqdn"              # str: the cluster's name (its DNS zone), set by its first master
+DNS_ZONE = "cluster:dns_zone"      # {serial, digest, time}: the zone's SOA serial (pdns_server)
 
 
 def heartbeat_key(uid: int) -> str:

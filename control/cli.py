@@ -1,7 +1,8 @@
 """`dmc`, the operator's command line (the console script): the cluster commands `dmc cluster
 create|start|stop|delete`, `dmc node add|join|remove`, `dmc status`, `dmc services`, `dmc
 ccs-cli`, the database commands of control/db_cli.py (`dmc db`, `dmc shard`, `dmc action`), the
-observability ones of control/obs_cli.py (`dmc db stats`, `dmc alerts`, `dmc logs`), and
+observability ones of control/obs_cli.py (`dmc db stats`, `dmc alerts`, `dmc logs`), the
+access ones of control/access_cli.py (`dmc user`, `dmc role`, `dmc acl`), and
 the data path's `dmc local ...` (dmc/cli.py, which knows nothing of the control plane).
 
 They read the cluster from CCS (any node's copy answers reads) and control processes through
@@ -21,10 +22,11 @@ import click
 import trio
 
 from chaos.cli import chaos
-from control import ccs
+from control import ccs, certificates
+from control.access_cli import COMMANDS as ACCESS_COMMANDS
 from control.cluster_view import read_view
 from control.db_cli import COMMANDS as DB_COMMANDS
-from control.db_cli import format_memory, format_slots
+from control.db_cli import RestApi, format_memory, format_slots
 from control.discovery import DEFAULT_FQDN, FQDN
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
@@ -59,11 +61,16 @@ def cluster():
               help="Loopback address of node 1; node N gets the N-th address from it.")
 @click.option("--name", "fqdn", default=DEFAULT_FQDN, show_default=True,
               help="The cluster's FQDN: the DNS zone its pdns_server answers for.")
+@click.option("--free-ports", is_flag=True,
+              help="Free ports chosen now instead of Redis Enterprise's (REST 9443 HTTPS and "
+              "8080 HTTP, metrics 8070, Sentinel 8001, DNS 53), e.g. beside another cluster "
+              "on the same addresses.")
 @click.option("--record-history", is_flag=True, hidden=True)
 @home_option
-def cluster_create(nodes, first_address, fqdn, record_history, home):
+def cluster_create(nodes, first_address, fqdn, free_ports, record_history, home):
     """Start NODES nodes in the background (each with its own supervisord) and wait until
-    they have elected a master."""
+    they have elected a master. Each node gets a certificate signed by the cluster's own CA
+    (`dmc cluster ca` prints it)."""
     if not FQDN.fullmatch(fqdn):
         raise click.ClickException(f"--name {fqdn!r} is not a DNS name (example: "
                                    f"{DEFAULT_FQDN})")
@@ -71,13 +78,71 @@ def cluster_create(nodes, first_address, fqdn, record_history, home):
         addresses = loopback_addresses(nodes, first_address)
         started = time.monotonic()
         c = LocalCluster.create(home, addresses, record_history=record_history,
-                                name=fqdn.lower().rstrip("."))
+                                name=fqdn.lower().rstrip("."),
+                                well_known_ports=not free_ports)
         master = c.wait_for_master()
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"cluster of {nodes} nodes up in {time.monotonic() - started:.1f}s; "
                f"master is node {master}")
     click.echo(f"dmc status --home {home}")
+
+
+@cluster.command("ca")
+@home_option
+def cluster_ca(home):
+    """Print the cluster CA's certificate (PEM): what clients verify the nodes against
+    (curl --cacert, redis-cli --cacert)."""
+    ca = _load(home).cluster_ca()
+    if ca is None:
+        raise click.ClickException(f"the cluster in {home} has no CA")
+    click.echo(ca.certificate.decode(), nl=False)
+
+
+@cluster.group("certificates")
+def cluster_certificates():
+    """The nodes' certificates: show them, or install one of the operator's."""
+
+
+@cluster_certificates.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+def certificates_show(as_json, home):
+    """Each node's certificates: subject, issuer, valid until."""
+    rows = []
+    for uid, config in sorted(_load(home).nodes.items()):
+        for plane in certificates.PLANES:
+            try:
+                described = certificates.describe(
+                    certificates.cert_file(config.dir, plane).read_bytes())
+            except (OSError, certificates.CertificateError) as exc:
+                described = {"error": str(exc)}
+            rows.append({"node": uid, "name": plane, **described})
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["not_after"])) \
+            if "not_after" in row else row.get("error")
+        click.echo(f"node {row['node']}  {row['name']:<4} {row.get('subject', '-'):<40} "
+                   f"until {until}")
+
+
+@cluster_certificates.command("set")
+@click.option("--name", default="api", show_default=True, type=click.Choice(["api"]),
+              help="Which certificate: api (the REST API's HTTPS).")
+@click.option("--certificate", "cert_path", required=True, type=click.Path(exists=True,
+              dir_okay=False), help="PEM file of the certificate.")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="PEM file of its private key (unencrypted).")
+@home_option
+def certificates_set(name, cert_path, key_path, home):
+    """Install the operator's certificate on every node (PUT /v1/cluster/update_cert)."""
+    body = {"name": name, "certificate": Path(cert_path).read_text(),
+            "key": Path(key_path).read_text()}
+    reply = RestApi.of(home).call("PUT", "/v1/cluster/update_cert", body=body)
+    click.echo(f"certificate {name} set: {reply['subject']}, every node installs it within "
+               "seconds")
 
 
 @cluster.command("start")
@@ -137,18 +202,28 @@ def node_add(address, home):
 @node.command("join")
 @click.argument("peer")
 @click.option("--address", required=True, help="This node's address, reachable by the others.")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder with the cluster CA's ca.pem and ca.key (a node's certs/ folder, "
+              "copied safely): the new node's certificates are signed with it, else the "
+              "cluster refuses the node.")
 @home_option
-def node_join(peer, address, home):
+def node_join(peer, address, ca_dir, home):
     """Start a node here and join the cluster that PEER (ADDRESS:GOSSIP_PORT of any of its
     nodes) belongs to: one node per machine."""
     host, _, port = peer.rpartition(":")
     if not host or not port.isdigit():
         raise click.ClickException(f"PEER must be ADDRESS:GOSSIP_PORT, not {peer!r}")
     try:
+        ca = None
+        if ca_dir is not None:
+            ca = certificates.Pair((ca_dir / "ca.pem").read_bytes(),
+                                   (ca_dir / "ca.key").read_bytes())
         c = LocalCluster.load(home) if (home / "cluster.json").exists() else LocalCluster(home)
-        config = c.add_node(address, peer=(host, int(port)))
+        config = c.add_node(address, peer=(host, int(port)), ca=ca)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the cluster CA in {ca_dir}: {exc}") from None
     click.echo(f"node {config.uid} joined at {config.address}")
 
 
@@ -213,9 +288,13 @@ def _address(info: dict, port_field: str) -> str | None:
     return f"{info['address']}:{info[port_field]}" if info.get(port_field) else None
 
 
-def _url(info: dict, port_field: str, path: str) -> str | None:
+def _url(info: dict, port_field: str, path: str, scheme: str = "http") -> str | None:
     where = _address(info, port_field)
-    return f"http://{where}{path}" if where else None
+    return f"{scheme}://{where}{path}" if where else None
+
+
+PORT_FIELDS = ("rest_tls_port", "rest_port", "metrics_port", "sentinel_port", "dns_port", "ui_port",
+               "gossip_port", "ccs_port", "ccs_tls_port", "ccs_forward_port")
 
 
 def status_rows(view: dict) -> list[dict]:
@@ -231,14 +310,19 @@ def status_rows(view: dict) -> list[dict]:
             "role": "master" if uid == master.get("uid") else "replica",
             "address": info.get("address") or (beat or {}).get("address"),
             "gossip_port": info.get("gossip_port"),
-            "state": "OK" if beat else "DOWN",
+            # a node with a heartbeat but no membership was removed and has not stopped yet
+            "state": "REMOVED" if uid not in view["nodes"] else "OK" if beat else "DOWN",
             "uptime": now - beat["started"] if beat else None,
             "term": master.get("term") if uid == master.get("uid") else None,
             "member": uid in view["nodes"],
             "sentinel_address": _address(info, "sentinel_port"),
             "dns_address": _address(info, "dns_port"),
-            "rest_url": _url(info, "rest_port", ""),
-            "metrics_url": _url(info, "metrics_port", "/metrics"),
+            "rest_url": _url(info, "rest_port", "") if info.get("rest_http", True) else None,
+            "rest_tls_url": _url(info, "rest_tls_port", "", "https"),
+            "metrics_url": (beat or {}).get("metrics_url") or _url(info, "metrics_port",
+                                                                     "/metrics"),
+            "ports": {k: info[k] for k in PORT_FIELDS if k in info},
+            "ui_url": _url(info, "ui_port", "/", "https" if info.get("ui_tls") else "http"),
             "services": {s["name"]: s["state"] for s in services},
         })
     return rows
@@ -367,7 +451,7 @@ def main():
 
 
 for _command in (local, cluster, node, status, services, ccs_cli, chaos, *DB_COMMANDS,
-                 *OBS_COMMANDS):
+                 *OBS_COMMANDS, *ACCESS_COMMANDS):
     main.add_command(_command)
 
 

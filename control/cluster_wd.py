@@ -1,5 +1,7 @@
 """cluster_wd: the node's member of the cluster. It gossips with the other nodes over TCP
-(msgpack frames), takes part in the master election (`control.election`), keeps the cluster's
+(msgpack frames; mutual TLS with the nodes' `cp` certificates unless control-plane encryption is
+off: a node whose certificate the cluster CA did not sign is not heard, so it can neither join
+nor vote), takes part in the master election (`control.election`), keeps the cluster's
 membership, and makes the node's CCS copy follow the election:
 
 - master holding its lease: the copy is promoted (REPLICAOF NO ONE) and made writable, then the
@@ -8,6 +10,9 @@ membership, and makes the node's CCS copy follow the election:
 
 It never makes its CCS copy writable unless this node is master for the current term with a
 lease a majority renewed, and it fences the copy before the lease ends.
+
+A node removed from the cluster stops: told by node_remove, or, if it was down or cut off then,
+when it finds a membership newer than its own without it (run/removed.json keeps it out).
 
 Run by supervisord as `python -m control.cluster_wd --node-dir DIR`.
 """
@@ -25,7 +30,8 @@ import msgpack
 import trio
 
 from control import ccs
-from control.election import MASTER, Election, Observation, Timings
+from control.election import CANDIDATE, MASTER, Election, Observation, Timings
+from control.tls import handshake_error
 from control.node import (FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command,
                           supervisor_rpc)
 from control.redis_client import RedisUnavailable, ReplyError, connect
@@ -34,6 +40,8 @@ from control.redis_mgr import stop_all
 log = logging.getLogger("cluster_wd")
 
 MAX_FRAME = 1 << 20
+CONNECT_TIMEOUT = 0.3       # a gossip connection's TCP connect
+HANDSHAKE_TIMEOUT = 1.0     # a TLS handshake, either side
 RECONCILE_EVERY = 0.3
 LEASE_FILE_EVERY = 0.1      # run/lease.json's majority_until is rewritten this often
 
@@ -74,9 +82,10 @@ class Gossip:
     connection. Sending never blocks: a message that cannot go now is dropped, as the election
     expects of a network."""
 
-    def __init__(self, nursery: trio.Nursery, me: int):
+    def __init__(self, nursery: trio.Nursery, me: int, tls=None):
         self.nursery = nursery
         self.me = me
+        self.tls = tls                    # certificates.ControlPlaneTLS, or None: plain TCP
         self.outboxes: dict[int, trio.MemorySendChannel] = {}
         self.addresses: dict[int, tuple[str, int]] = {}
 
@@ -109,11 +118,10 @@ class Gossip:
                 if stream is None:
                     if trio.current_time() < retry_at:
                         continue
-                    with trio.move_on_after(0.3):
-                        try:
-                            stream = await trio.open_tcp_stream(*self.addresses[uid])
-                        except OSError:
-                            pass
+                    try:
+                        stream = await open_stream(*self.addresses[uid], self.tls)
+                    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                        log.debug("gossip to node %d: %s", uid, exc)
                     if stream is None:
                         retry_at = trio.current_time() + 0.2
                         continue
@@ -139,14 +147,43 @@ async def read_frames(stream: trio.abc.Stream):
             yield msg
 
 
-async def request(address: str, port: int, msg: dict, timeout: float = 2.0) -> dict:
-    """One admin request to a node's cluster_wd (the CLI and joining nodes use this)."""
-    with trio.fail_after(timeout):
+async def open_stream(address: str, port: int, tls=None) -> trio.abc.Stream:
+    """A connection to a cluster_wd: over mutual TLS when `tls` (ControlPlaneTLS) is on. The
+    TCP connection gets CONNECT_TIMEOUT (a partitioned peer must not hold the outbox long), the
+    handshake HANDSHAKE_TIMEOUT; past either, trio.TooSlowError; a refused handshake is
+    trio.BrokenResourceError."""
+    with trio.fail_after(CONNECT_TIMEOUT):
         stream = await trio.open_tcp_stream(address, port)
-        async with stream:
-            await stream.send_all(msgpack.packb({"type": "admin", **msg}, use_bin_type=True))
-            async for reply in read_frames(stream):
-                return reply
+    context = tls.client() if tls is not None else None
+    if context is None:
+        return stream
+    secure = trio.SSLStream(stream, context, server_hostname=address)
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await secure.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(secure)
+        raise
+    return secure
+
+
+async def request(address: str, port: int, msg: dict, timeout: float = 2.0, *,
+                  ssl_context=None) -> dict:
+    """One admin request to a node's cluster_wd (the CLI and joining nodes use this), over
+    TLS with `ssl_context` (a client certificate the cluster CA signed). A refused TLS
+    handshake is a ConnectionError that says so (with TLS 1.3 the server's refusal of the
+    client's certificate arrives with the first read)."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(address, port)
+            if ssl_context is not None:
+                stream = trio.SSLStream(stream, ssl_context, server_hostname=address)
+            async with stream:
+                await stream.send_all(msgpack.packb({"type": "admin", **msg}, use_bin_type=True))
+                async for reply in read_frames(stream):
+                    return reply
+    except trio.BrokenResourceError as exc:
+        raise ConnectionError(f"cluster_wd {address}:{port}: {handshake_error(exc)}") from None
     raise ConnectionError(f"cluster_wd {address}:{port} closed the connection")
 
 
@@ -161,6 +198,7 @@ class ClusterWatchdog:
         self._published = (None, None)   # (term, members version) written to CCS as master
         self._lease_written: float | None = None    # the majority_until in run/lease.json
         self._changed = trio.Event()
+        self._stopping = False
 
     # ---- wiring --------------------------------------------------------------------------
 
@@ -169,9 +207,9 @@ class ClusterWatchdog:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             if self.config.removed_file.exists():       # started again after its removal
-                log.warning("node %d was removed from the cluster: stopping", self.config.uid)
-                nursery.start_soon(self._stop_node)
-            self.gossip = Gossip(nursery, self.config.uid)
+                self._removed("started again after its removal")
+            self.tls = self.config.control_plane_tls()
+            self.gossip = Gossip(nursery, self.config.uid, self.tls)
             self.election = Election(self.config.uid, members, self.gossip.send, self.store,
                                      self.timings, ccs_offset=lambda: self._ccs_offset,
                                      members_version=version, on_change=self._on_change)
@@ -233,6 +271,18 @@ class ClusterWatchdog:
     # ---- gossip in -----------------------------------------------------------------------
 
     async def _serve(self, stream: trio.SocketStream) -> None:
+        context = self.tls.server()
+        if context is not None:
+            peer = stream.socket.getpeername()[0]
+            stream = trio.SSLStream(stream, context, server_side=True)
+            try:
+                with trio.fail_after(2 * HANDSHAKE_TIMEOUT):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
+                # a node (or a client) without a certificate of the cluster CA: not heard
+                self._refused(peer, exc)
+                await trio.aclose_forcefully(stream)
+                return
         try:
             async for msg in read_frames(stream):
                 if msg.get("type") == "admin":
@@ -243,6 +293,15 @@ class ClusterWatchdog:
         except (OSError, trio.BrokenResourceError, ValueError, msgpack.ExtraData,
                 msgpack.FormatError, msgpack.StackError):
             pass
+
+    def _refused(self, peer: str, exc: BaseException) -> None:
+        """Logged once a minute per address: a foreign node retries every 0.2 s."""
+        now = time.monotonic()
+        refused = self.__dict__.setdefault("_refused_at", {})
+        if now - refused.get(peer, -60) >= 60:
+            refused[peer] = now
+            log.warning("refused a control-plane connection from %s: %s", peer,
+                        handshake_error(exc))
 
     def _admin(self, msg: dict) -> dict:
         e = self.election
@@ -256,10 +315,7 @@ class ClusterWatchdog:
             # This node was taken out of the cluster (node_remove's last step): it remembers
             # it (run/removed.json: it does not ask to join again) and stops its supervisord,
             # so every service of it stops; its shards were moved off before.
-            atomic_write(self.config.removed_file, json.dumps({"time": time.time()}))
-            log.warning("node %d was removed from the cluster: stopping its services",
-                        self.config.uid)
-            self.nursery.start_soon(self._stop_node)
+            self._removed("told by the master")
             return {"ok": True}
         if op not in ("join", "leave"):
             return {"ok": False, "error": f"unknown op {op!r}"}
@@ -288,28 +344,71 @@ class ClusterWatchdog:
         log.info("members now %s (version %d)", sorted(members), e.members_version)
         return {"ok": True, "members_version": e.members_version}
 
+    def _removed(self, how: str) -> None:
+        """This node is no member any more: run/removed.json (it never asks to join again),
+        then its supervisord stops, and with it every service of the node."""
+        if self._stopping:
+            return
+        self._stopping = True
+        atomic_write(self.config.removed_file, json.dumps({"time": time.time(), "how": how}))
+        log.warning("node %d was removed from the cluster (%s): stopping its services",
+                    self.config.uid, how)
+        self.nursery.start_soon(self._stop_node)
+
     async def _stop_node(self) -> None:
         await trio.sleep(0.2)           # the answer to node_remove goes out first
         await trio.to_thread.run_sync(stop_removed_node, self.config)
 
     async def _join_loop(self) -> None:
         """A node not yet a member asks the nodes it knows until the master takes it in; a node
-        that was removed never asks (`dmc node add` makes a new one)."""
+        that was removed never asks (`dmc node add` makes a new one). A member that hears no
+        master asks the others for their membership: a newer one without this node means it
+        was removed while it was down or cut off (it was never told), and it stops."""
         me = self.config.member_info()
         while True:
-            if self.config.uid in self.election.members or self.config.removed_file.exists():
+            if self.config.removed_file.exists():
+                await trio.sleep(1)
+                continue
+            if self.config.uid in self.election.members:
+                if self.election.master is None or self.election.role == CANDIDATE:
+                    await self._check_still_member()
                 await trio.sleep(1)
                 continue
             for uid, info in list(self.election.members.items()):
                 try:
                     reply = await request(info["address"], info["gossip_port"],
-                                          {"op": "join", "member": me}, timeout=1.0)
-                except (OSError, trio.TooSlowError, ConnectionError):
+                                          {"op": "join", "member": me}, timeout=1.0,
+                                          ssl_context=self.tls.client())
+                except ConnectionError as exc:
+                    if "TLS" in str(exc):
+                        log.warning("join through node %d refused: %s", uid, exc)
+                    continue
+                except (OSError, trio.TooSlowError):
                     continue
                 if reply.get("ok"):
                     log.info("joined through node %d", uid)
                     break
             await trio.sleep(0.5)
+
+    async def _check_still_member(self) -> None:
+        """Ask every other member for its membership; a newer version without this node is its
+        removal (membership versions come from masters only, and a node taken back in is a
+        new node with a new uid)."""
+        e = self.election
+        for uid, info in list(e.members.items()):
+            if uid == self.config.uid:
+                continue
+            try:
+                reply = await request(info["address"], info["gossip_port"], {"op": "status"},
+                                      timeout=1.0)
+            except (OSError, trio.TooSlowError, ConnectionError, ValueError):
+                continue
+            version, members = reply.get("members_version"), reply.get("members")
+            if isinstance(version, int) and isinstance(members, dict) and \
+                    version > e.members_version and self.config.uid not in \
+                    {int(k) for k in members}:
+                self._removed(f"node {uid}'s membership version {version} has it no more")
+                return
 
     # ---- CCS follows the election ----------------------------------------------------------
 
@@ -356,10 +455,13 @@ class ClusterWatchdog:
         self._published = (None, None)
         master = e.members.get(e.master) if e.master != self.config.uid else None
         if master is not None:
-            target = (master["address"].encode(), master["ccs_port"])
+            # over TLS (the copy's tls-replication) to the master's tls-port, when both have one
+            port = master.get("ccs_tls_port") if self.config.cpine else None
+            target = (master["address"].encode(), port or master["ccs_port"])
             if not is_replica or (role[1], role[2]) != target:
-                await r.execute("REPLICAOF", master["address"], master["ccs_port"])
-                log.info("ccs: replicating node %d at %s:%d", e.master, *target)
+                await r.execute("REPLICAOF", master["address"], target[1])
+                log.info("ccs: replicating node %d at %s:%d%s", e.master, *target,
+                         " over TLS" if port else "")
 
     def _set_writable(self, writable: bool) -> None:
         self.ccs_writable = writable
@@ -370,8 +472,13 @@ class ClusterWatchdog:
         e = self.election
         me = self.config
         await ccs.write(r, ccs.MASTER, {"uid": me.uid, "term": e.term, "address": me.address,
-                                        "ccs_port": me.ccs_port, "since": time.time()})
-        replies = await r.pipeline([("MULTI",), ("DEL", ccs.NODES)] + [
+                                        "ccs_port": me.ccs_port,
+                                        "ccs_tls_port": me.ccs_tls_port if me.cpine else 0,
+                                        "since": time.time()})
+        # The cluster's name is set once, by its first master; a node that joins takes it
+        # from CCS (LocalCluster.add_node), so node.json never decides it for the cluster.
+        replies = await r.pipeline([("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
+                                    ("MULTI",), ("DEL", ccs.NODES)] + [
             ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
         ] + [("SET", ccs.NODES_VERSION, ccs.pack(e.members_version)),
              ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)])

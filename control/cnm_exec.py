@@ -32,6 +32,7 @@ class CnmExec:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.session = ccs.Session.of_node(config)
+        self.tls = config.control_plane_tls()     # for node_remove's requests to cluster_wd
         self.running: dict[str, trio.CancelScope] = {}
 
     async def run(self) -> None:

@@ -16,14 +16,13 @@ changes an existing database record and never runs an action; `?dry_run=1` write
 Reads come from the master's copy (a GET right after a POST sees it) and, if the master cannot
 be reached, from the node's own copy. A CCS that answers nothing is a 503.
 
-Every endpoint asks for the cluster admin's basic-auth credentials (scrypt-hashed in node.json);
-accepted ones are remembered in memory by their sha256 so only the first request pays scrypt.
+Every endpoint asks for a user's basic-auth credentials and checks the user's management role
+against the route (control/rest_access.py: 401, 429 after too many failed logins, 403).
 Errors are JSON `{"error_code", "description"}`, never a stack trace.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -43,13 +42,15 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from control import backup_mgr, ccs, rest_stats, schema
+from control import (access, backup_mgr, ccs, certificates, rest_access, rest_models, rest_stats,
+                     schema)
 from control.cluster_view import ClusterView, pair_of, read_view
-from control.node import NodeConfig, check_admin, service_command
+from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
 from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
-                                 Cluster, DryRun, ImportRequest, MigrateRequest, Node, Shard)
+                                 CertificateUpdate, Cluster, DryRun, ImportRequest,
+                                 MigrateRequest, Node, Shard)
 from dmc.proxy import bind_failure
 
 log = logging.getLogger("cnm_http")
@@ -71,6 +72,12 @@ NOT_WRITABLE = {"NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN"}
 # answer, and its dmcproxy reports a port it cannot bind in endpoint_status:<bdb> instead. Only
 # messages: no key is written (a dry run asks too).
 PORT_PROBE = "cnm_http:port_probe"
+
+# The operator's own certificates (PUT /v1/cluster/update_cert), for every node to install:
+# hash, name -> {certificate (PEM), key (sealed: certificates.seal), time}.
+CERTIFICATES = "cluster:certificates"
+OPERATOR_CERTIFICATES = ("api",)
+CERT_CHECK_EVERY = 5.0
 PORT_PROBE_DEADLINE = 10.0
 PORT_PROBE_REPEAT = 1.0
 
@@ -78,9 +85,24 @@ PORT_PROBE_REPEAT = 1.0
 class ApiError(Exception):
     """An answer other than 200, with Redis Enterprise's error body."""
 
-    def __init__(self, status: int, error_code: str, description: str):
+    def __init__(self, status: int, error_code: str, description: str,
+                 headers: dict | None = None):
         super().__init__(description)
         self.status, self.error_code, self.description = status, error_code, description
+        self.headers = headers
+
+
+def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: str | None = None,
+                     keyfile: str | None = None) -> hypercorn.config.Config:
+    """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
+    to stop, errors to the service's log, HTTPS when given a certificate and its key."""
+    hc = hypercorn.config.Config()
+    hc.bind = [f"{address}:{port}"]
+    hc.graceful_timeout = 1.0
+    hc.errorlog = logger
+    if certfile and keyfile:
+        hc.certfile, hc.keyfile = certfile, keyfile
+    return hc
 
 
 def _not_found(kind: str, uid) -> ApiError:
@@ -93,8 +115,8 @@ def node_reply(view: ClusterView, uid: int) -> dict:
     info = view.nodes.get(uid) or {}
     beat = view.beats.get(uid)
     shard_list = sorted(s for s, rec in view.shards.items() if rec.node_uid == uid)
-    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port")
-             if k in info}
+    extra = {k: info[k] for k in ("gossip_port", "rest_port", "sentinel_port", "dns_port",
+                                  "ui_port") if k in info}
     return {"uid": uid, "addr": info.get("address") or (beat or {}).get("address"),
             "status": "active" if beat else "down", "shard_count": len(shard_list),
             "shard_list": shard_list, "master": uid == (view.master or {}).get("uid"),
@@ -115,27 +137,137 @@ def action_reply(action: schema.Action) -> dict:
 
 # ---- the service -----------------------------------------------------------------------------
 
+class RestServerConfig(hypercorn.config.Config):
+    """hypercorn's configuration, keeping the TLS context it serves with, so that a renewed
+    certificate is loaded into that same context (hypercorn makes it once)."""
+    live_context = None
+    _loaded = None
+
+    def create_ssl_context(self):
+        self.live_context = super().create_ssl_context()
+        self._loaded = self._stamp()
+        return self.live_context
+
+    def _stamp(self):
+        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile))
+
+    def reload_certificate(self) -> bool:
+        if self.live_context is None or self._stamp() == self._loaded:
+            return False
+        self.live_context.load_cert_chain(self.certfile, self.keyfile)
+        self._loaded = self._stamp()
+        return True
+
+
 class CnmHttp:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.session = ccs.Session.of_node(config)
-        self._accepted: set[bytes] = set()
+        self.auth = rest_access.Authenticator(self, ApiError)
         self._master_conn = None
         self.redis_version: str | None = None
         self.app = build_app(self)
 
     async def run(self) -> None:
-        hc = hypercorn.config.Config()
-        hc.bind = [f"{self.config.address}:{self.config.rest_port}"]
+        hc = RestServerConfig()
+        address = self.config.address
+        http = [f"{address}:{self.config.rest_port}"] if self.config.rest_http else []
+        if certificates.cert_file(self.config.dir, "api").exists():
+            hc.certfile = str(certificates.cert_file(self.config.dir, "api"))
+            hc.keyfile = str(certificates.key_file(self.config.dir, "api"))
+            hc.bind = [f"{address}:{self.config.rest_tls_port}"]
+            hc.insecure_bind = http
+            nursery_task = self._keep_certificates
+        else:
+            log.warning("no certificate in %s: the REST API is served over HTTP only",
+                        certificates.certs_dir(self.config.dir))
+            hc.bind = http
+            nursery_task = None
         hc.graceful_timeout = 1.0
+        # hypercorn's 5 s closes idle connections while a client may just be reusing one (the
+        # client then sees "disconnected without a response"); 75 s, as nginx
+        hc.keep_alive_timeout = 75.0
         hc.errorlog = log
+        self.server_config = hc
         if not self.config.admin:
             log.warning("node.json has no admin credentials: every request will be refused")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce)
             nursery.start_soon(self._answer_port_probes)
+            if nursery_task:
+                nursery.start_soon(nursery_task)
             await hypercorn.trio.serve(self.app, hc)
             nursery.cancel_scope.cancel()
+
+    # ---- certificates ----------------------------------------------------------------------
+
+    async def _keep_certificates(self) -> None:
+        """Every CERT_CHECK_EVERY: install the operator's certificate for the REST API when CCS
+        has a new one, renew the node's CA-signed ones that are due, and load the REST API's
+        again when its file changed (new handshakes use it; open connections keep theirs)."""
+        while True:
+            try:
+                await self._install_operator_certificate()
+            except (RedisUnavailable, ReplyError) as exc:
+                log.debug("operator certificates not read for now: %s", exc)
+            except (certificates.CertificateError, ValueError, KeyError) as exc:
+                log.warning("the operator's certificate is not installed: %s", exc)
+            renewed = await trio.to_thread.run_sync(
+                certificates.renew_if_due, self.config.dir, self.config.uid,
+                self.config.address, self.config.cluster_fqdn)
+            if renewed:
+                log.info("renewed the node's certificates: %s", ", ".join(renewed))
+            if "cp" in renewed and self.config.cpine:
+                await self._reload_ccs_certificate()
+            if self.server_config.reload_certificate():
+                log.info("REST API: serving certificate %s",
+                         certificates.describe(certificates.cert_file(
+                             self.config.dir, "api").read_bytes())["serial"])
+            await trio.sleep(CERT_CHECK_EVERY)
+
+    async def _reload_ccs_certificate(self) -> None:
+        """The node's CCS copy loads its renewed `cp` certificate (setting tls-cert-file makes
+        redis-server load it again; its open connections keep theirs)."""
+        d = self.config.dir
+        try:
+            await (await self.session.local()).execute(
+                "CONFIG", "SET", "tls-cert-file", str(certificates.cert_file(d, "cp")),
+                "tls-key-file", str(certificates.key_file(d, "cp")))
+        except (RedisUnavailable, ReplyError) as exc:
+            log.warning("CCS did not load the renewed certificate: %s", exc)
+
+    async def _install_operator_certificate(self) -> None:
+        value = ccs.unpack(await (await self.session.local()).execute(
+            "HGET", CERTIFICATES, "api"))
+        if not value:
+            return
+        pem = value["certificate"].encode()
+        if certificates.cert_file(self.config.dir, "api").read_bytes() == pem:
+            return
+        ca = certificates.read_ca(self.config.dir)
+        pair = certificates.Pair(pem, certificates.unseal(ca, value["key"]))
+        certificates.check_pair(pair)
+        certificates.install(self.config.dir, "api", pair)
+        log.info("installed the operator's certificate for the REST API")
+
+    async def update_certificate(self, name: str, pem: str, key: str) -> dict:
+        if name not in OPERATOR_CERTIFICATES:
+            raise schema.InvalidRequest(f"certificate {name!r} cannot be set: "
+                                        f"{', '.join(OPERATOR_CERTIFICATES)} can")
+        pair = certificates.Pair(pem.encode(), key.encode())
+        try:
+            cert = certificates.check_pair(pair)
+        except certificates.CertificateError as exc:
+            raise ApiError(400, "invalid_certificate", str(exc)) from None
+        sealed = certificates.seal(certificates.read_ca(self.config.dir), pair.key)
+        r = await self.writer()
+        with trio.CancelScope(shield=True):
+            await ccs.write(r, CERTIFICATES, {"certificate": pem, "key": sealed,
+                                              "time": time.time()}, field=name)
+        described = certificates.describe(pair.certificate)
+        log.info("certificate %s set by the operator: %s, valid until %s", name,
+                 described["subject"], cert.not_valid_after_utc.isoformat())
+        return {"name": name, **described}
 
     async def _announce(self) -> None:
         """Write this node's REST endpoint to `cluster:rest`; learn the Redis version."""
@@ -143,12 +275,16 @@ class CnmHttp:
             try:
                 r = await self.session.master()
                 await ccs.write(r, schema.NODE_REST, {"address": self.config.address,
-                                                   "port": self.config.rest_port},
+                                                   "port": self.config.rest_port,
+                                                   "tls_port": self.config.rest_tls_port,
+                                                   "http": self.config.rest_http},
                                 field=self.config.uid)
+                await access.seed_admin(r, self.config.admin)
                 server = await info(await self.session.local(), "server")
                 self.redis_version = server.get("redis_version", "").strip() or None
-                log.info("node %d: REST API on %s:%d", self.config.uid, self.config.address,
-                         self.config.rest_port)
+                log.info("node %d: REST API on %s, HTTPS port %d, HTTP port %s",
+                         self.config.uid, self.config.address, self.config.rest_tls_port,
+                         self.config.rest_port if self.config.rest_http else "off")
                 return
             except (RedisUnavailable, ReplyError):
                 await trio.sleep(1.0)
@@ -201,22 +337,6 @@ class CnmHttp:
             raise ApiError(503, "port_check_timeout", f"node(s) {', '.join(map(str, silent))} "
                            f"did not say within {PORT_PROBE_DEADLINE}s whether they can bind "
                            f"port {port}; try again")
-
-    # ---- auth ------------------------------------------------------------------------------
-
-    async def admin(self, credentials: HTTPBasicCredentials | None) -> None:
-        if credentials is None:
-            raise _unauthorized("basic authentication is required")
-        key = hashlib.sha256(f"{credentials.username}\0{credentials.password}".encode()).digest()
-        if key in self._accepted:
-            return
-        ok = await trio.to_thread.run_sync(check_admin, self.config.admin,
-                                           credentials.username, credentials.password)
-        if not ok:
-            raise _unauthorized("wrong user name or password")
-        if len(self._accepted) > 64:      # the admin's password changed many times: start over
-            self._accepted.clear()
-        self._accepted.add(key)
 
     # ---- CCS -------------------------------------------------------------------------------
 
@@ -273,9 +393,10 @@ class CnmHttp:
 
     # ---- the requests ----------------------------------------------------------------------
 
-    async def create_bdb(self, body: schema.BdbCreate, dry_run: bool) -> dict:
+    async def create_bdb(self, body: rest_models.BdbCreate, dry_run: bool) -> dict:
         check_backup_location(body.backup_location)
         r = await (self.reader() if dry_run else self.writer())
+        await rest_access.check_roles_permissions(r, body.model_dump()["roles_permissions"])
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
             record, placement = plan_create(view, body, await schema.cluster_policy(r))
@@ -290,6 +411,8 @@ class CnmHttp:
             with trio.CancelScope(shield=True):
                 uid = await schema.next_uid(r, "bdb")
                 action = schema.new_action("bdb_create", "bdb", uid, {})
+                record["authentication_redis_pass"] = self.seal(
+                    record["authentication_redis_pass"])
                 record.update(uid=uid, status="pending", action_uid=action.action_uid,
                               created_time=time.time())
                 if not record.get("backup_location"):
@@ -302,29 +425,49 @@ class CnmHttp:
                 await schema.submit(r, action, lock_bdb=uid)
             log.info("database %d (%s) requested: action %s", uid, record["name"],
                      action.action_uid)
-        return {**schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn,
-                                   addresses=view.endpoint_addresses(bdb)),
+        return {**self.shown(schema.public_bdb(bdb, view.nodes, [], self.config.cluster_fqdn,
+                                               addresses=view.endpoint_addresses(bdb))),
                 "action_uid": action.action_uid}
 
-    async def update_bdb(self, uid: int, body: schema.BdbSettings, dry_run: bool) -> dict:
+    # ---- the database password: sealed in CCS (certificates.seal_text), shown by REST as RE's
+
+    def seal(self, password: str) -> str:
+        return certificates.seal_text(self.config.dir, password)
+
+    def reveal(self, value: str | None) -> str | None:
+        return certificates.reveal_text(self.config.dir, value)
+
+    def shown(self, reply: dict) -> dict:
+        reply["authentication_redis_pass"] = self.reveal(reply.get("authentication_redis_pass"))
+        return reply
+
+    async def update_bdb(self, uid: int, body: rest_models.BdbSettings, dry_run: bool) -> dict:
         given = body.model_dump(exclude_unset=True)
         if "backup_location" in given and given["backup_location"] is None:
             given["backup_location"] = str(backup_mgr.default_location(self.config.dir))
         check_backup_location(given.get("backup_location"))
         r = await (self.reader() if dry_run else self.writer())
+        await rest_access.check_roles_permissions(r, given.get("roles_permissions"))
         async with nullcontext() if dry_run else self.config_lock(r):
             view = await read_view(r, with_actions=True)
             current = view.bdbs.get(uid)
             if current is None:
                 raise _not_found("bdb", uid)
             await self._unlocked(r, uid)
+            if "authentication_redis_pass" in given:     # CCS holds it sealed
+                if given["authentication_redis_pass"] == self.reveal(
+                        current.authentication_redis_pass):
+                    del given["authentication_redis_pass"]
+                else:
+                    given["authentication_redis_pass"] = self.seal(
+                        given["authentication_redis_pass"])
             name, params = plan_update(view, current, given, await schema.cluster_policy(r))
             if "port" in params:
                 await self.check_port_bindable(r, view, params["port"])
             if dry_run or name is None:
-                reply = schema.public_bdb(current, view.nodes, view.shards_of(uid),
-                                          self.config.cluster_fqdn,
-                                          addresses=view.endpoint_addresses(current))
+                reply = self.shown(schema.public_bdb(current, view.nodes, view.shards_of(uid),
+                                                     self.config.cluster_fqdn,
+                                                     addresses=view.endpoint_addresses(current)))
                 if dry_run:
                     return {"dry_run": True, "action": name, "object_uid": uid,
                             "params": params, "bdb": reply}
@@ -332,10 +475,10 @@ class CnmHttp:
             with trio.CancelScope(shield=True):
                 action = await schema.submit(r, schema.new_action(name, "bdb", uid, params),
                                           lock_bdb=uid)
-        log.info("database %d: %s %s, action %s", uid, name, params, action.action_uid)
-        return {**schema.public_bdb(current, view.nodes, view.shards_of(uid),
-                                   self.config.cluster_fqdn,
-                                   addresses=view.endpoint_addresses(current)),
+        log.info("database %d: %s %s, action %s", uid, name, sorted(params), action.action_uid)
+        return {**self.shown(schema.public_bdb(current, view.nodes, view.shards_of(uid),
+                                               self.config.cluster_fqdn,
+                                               addresses=view.endpoint_addresses(current))),
                 "action_uid": action.action_uid}
 
     async def delete_bdb(self, uid: int, dry_run: bool) -> dict:
@@ -525,21 +668,29 @@ BASIC = HTTPBasic(auto_error=False, realm="dmc")
 
 
 def build_app(api: CnmHttp) -> FastAPI:
-    async def admin(credentials: Annotated[HTTPBasicCredentials | None, Depends(BASIC)]) -> None:
-        await api.admin(credentials)
+    async def authenticated(request: Request,
+                            credentials: Annotated[HTTPBasicCredentials | None,
+                                                   Depends(BASIC)]) -> None:
+        client = request.client.host if request.client else "?"
+        request.state.user = await api.auth.login(credentials, client)
+        await rest_access.authorize(api, request.state.user, request, ApiError)
 
     app = FastAPI(title="dmc cluster REST API", version="1",
                   description="Databases, nodes, shards and actions of a dmc cluster, in the "
-                  "shape of Redis Enterprise's REST API. Basic authentication as the cluster "
-                  "admin.", dependencies=[Depends(admin)], responses={401: ERRORS[401]},
+                  "shape of Redis Enterprise's REST API. Basic authentication as a user of the "
+                  "cluster; its management role decides what it may do (403).",
+                  dependencies=[Depends(authenticated)],
+                  responses={k: ERRORS[k] for k in (401, 403, 429)},
                   openapi_url=None, docs_url=None, redoc_url=None)
 
     # ---- errors ----
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        headers = {"WWW-Authenticate": 'Basic realm="dmc"'} if exc.status == 401 else None
-        return _error(exc.status, exc.error_code, exc.description, headers)
+        headers = dict(exc.headers or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="dmc"'
+        return _error(exc.status, exc.error_code, exc.description, headers or None)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
@@ -614,6 +765,7 @@ def build_app(api: CnmHttp) -> FastAPI:
 
     # statistics, alerts, the event log (before /v1/bdbs/{uid}, which would take `stats`)
     rest_stats.add_routes(app, api, ApiError, _not_found)
+    rest_access.add_routes(app, api, ApiError, _not_found)
 
     # ---- bdbs ----
 
@@ -624,8 +776,9 @@ def build_app(api: CnmHttp) -> FastAPI:
         r = await api.reader()
         view = await read_view(r)
         failures = await schema.endpoint_failures(r, view.bdbs)
-        return [schema.public_bdb(b, view.nodes, view.shards_of(u), api.config.cluster_fqdn,
-                                  failures.get(u), view.endpoint_addresses(b))
+        return [api.shown(schema.public_bdb(b, view.nodes, view.shards_of(u),
+                                            api.config.cluster_fqdn, failures.get(u),
+                                            view.endpoint_addresses(b)))
                 for u, b in sorted(view.bdbs.items())]
 
     @app.get("/v1/bdbs/{uid}", response_model=Bdb, tags=["bdbs"], responses=bdb_errors)
@@ -635,18 +788,18 @@ def build_app(api: CnmHttp) -> FastAPI:
         if uid not in view.bdbs:
             raise _not_found("bdb", uid)
         failures = await schema.endpoint_failures(r, [uid])
-        return schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
-                                  api.config.cluster_fqdn, failures.get(uid),
-                                  view.endpoint_addresses(view.bdbs[uid]))
+        return api.shown(schema.public_bdb(view.bdbs[uid], view.nodes, view.shards_of(uid),
+                                           api.config.cluster_fqdn, failures.get(uid),
+                                           view.endpoint_addresses(view.bdbs[uid])))
 
     @app.post("/v1/bdbs", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
               summary="Create a database (answers at once; follow action_uid)")
-    async def create_bdb(body: schema.BdbCreate, dry_run: bool = False):
+    async def create_bdb(body: rest_models.BdbCreate, dry_run: bool = False):
         return await api.create_bdb(body, dry_run)
 
     @app.put("/v1/bdbs/{uid}", response_model=Bdb | DryRun, tags=["bdbs"], responses=bdb_errors,
              summary="Change a database: shards_count alone reshards, the rest updates")
-    async def update_bdb(uid: int, body: schema.BdbSettings, dry_run: bool = False):
+    async def update_bdb(uid: int, body: rest_models.BdbSettings, dry_run: bool = False):
         return await api.update_bdb(uid, body, dry_run)
 
     @app.delete("/v1/bdbs/{uid}", response_model=ActionStarted | DryRun, tags=["bdbs"],
@@ -715,13 +868,30 @@ def build_app(api: CnmHttp) -> FastAPI:
     @app.put("/v1/cluster", response_model=Cluster, tags=["cluster"],
              responses={k: ERRORS[k] for k in (400, 503)},
              summary="Change the cluster's settings (memory overbooking)")
-    async def update_cluster(body: schema.ClusterPolicy):
+    async def update_cluster(body: rest_models.ClusterPolicy):
         r = await api.writer()
         policy = {**await schema.cluster_policy(r), **body.model_dump(exclude_unset=True)}
         with trio.CancelScope(shield=True):
             await ccs.write(r, schema.CLUSTER_POLICY, policy)
         log.info("cluster settings: %s", policy)
         return cluster_reply(await read_view(r), policy)
+
+    @app.get("/v1/cluster/certificates", tags=["cluster"],
+             summary="The cluster CA's certificate and this node's (PEM), no keys")
+    async def get_certificates():
+        d = api.config.dir
+        out = {"ca_cert": certificates.ca_file(d).read_text()}
+        for plane in certificates.PLANES:
+            pem = certificates.cert_file(d, plane).read_bytes()
+            out[f"{plane}_cert"] = pem.decode()
+            out[plane] = certificates.describe(pem)
+        return out
+
+    @app.put("/v1/cluster/update_cert", tags=["cluster"],
+             responses={k: ERRORS[k] for k in (400, 406, 503)},
+             summary="Install the operator's certificate and key (name: api) on every node")
+    async def update_cert(body: CertificateUpdate):
+        return await api.update_certificate(body.name, body.certificate, body.key)
 
     # ---- shards ----
 

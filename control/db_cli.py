@@ -2,8 +2,9 @@
 (control/cli.py): `dmc db create|list|show|update|delete|reshard|import|restore`, `dmc backup
 create|list|show`, `dmc shard list|failover|migrate`, `dmc action list|show`.
 
-They talk to the cluster's REST API (cnm_http) as the cluster admin, with the credentials the
-local cluster folder keeps (`admin.json`), through any node: when one does not answer, the next
+They talk to the cluster's REST API (cnm_http) over HTTPS, verified against the cluster CA, as
+the cluster admin, with the credentials the local cluster folder keeps (`admin.json`), through
+any node: when one does not answer, the next
 one is asked. A change answers with an action; the command follows it with a progress bar (on
 stderr) until it is completed (exit 0) or failed (exit 1 and the action's error), unless
 `--no-wait`. Every error is one line, `error: <description>`, and exit 1; never a traceback.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 import time
 from pathlib import Path
 
@@ -112,9 +114,14 @@ class RestApi:
             auth = cluster.admin_login()
         except (OSError, ValueError, KeyError) as exc:
             raise Failure(f"no admin credentials in {cluster.admin_file} ({exc})") from None
-        self.endpoints = [(uid, f"http://{c.address}:{c.rest_port}")
+        ca = cluster.cluster_ca()
+        self.endpoints = [(uid, rest_base(c, ca is not None))
                           for uid, c in sorted(cluster.nodes.items())]
-        self.client = httpx.Client(auth=auth, timeout=timeout)
+        verify = True
+        if ca is not None:        # the cluster CA's, or an operator's from a CA the system trusts
+            verify = ssl.create_default_context()
+            verify.load_verify_locations(cadata=ca.certificate.decode())
+        self.client = httpx.Client(auth=auth, timeout=timeout, verify=verify)
         self.current = 0
 
     @classmethod
@@ -181,6 +188,14 @@ class RestApi:
         if action["status"] == "failed":
             raise Failure(f"{action['name']} failed: {action.get('error') or 'no reason given'}")
         return action
+
+
+def rest_base(config, tls: bool = True) -> str:
+    """A node's REST API: HTTPS, verified against the cluster CA, where the node has a
+    certificate; else HTTP."""
+    if tls:
+        return f"https://{config.address}:{config.rest_tls_port}"
+    return f"http://{config.address}:{config.rest_port}"
 
 
 def _description(resp: httpx.Response) -> str:
@@ -254,6 +269,11 @@ def _settings_options(f, *, create: bool):
         click.option("--multi-slot-commands", type=click.Choice(schema.MULTI_SLOT_POLICIES),
                      help="Multi-key commands over keys of several shards: refuse (CROSSSLOT, "
                           "the default) or sequential (carried out in single-shard steps)."),
+        click.option("--oss-cluster/--no-oss-cluster", default=None,
+                     help="The OSS Cluster API: cluster clients talk to the proxies of the nodes "
+                          "of the master shards (CLUSTER SLOTS, -MOVED)."),
+        click.option("--proxy-threads", type=click.IntRange(1, 64), default=None,
+                     help="Worker threads of each node's proxy for this database (default 1)."),
         click.option("--backup-interval", type=click.IntRange(0), metavar="SECONDS",
                      help="Back the database up every SECONDS (0: no scheduled backups)."),
         click.option("--backup-location", type=click.Path(file_okay=False),
@@ -278,14 +298,16 @@ def update_settings(f):
 
 
 def _settings(port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, multi_slot_commands=None, backup_interval=None,
-              backup_location=None, query_buffer_limit=None, allow_privileged_port=None) -> dict:
+              eviction_policy, multi_slot_commands=None, oss_cluster=None, proxy_threads=None,
+              backup_interval=None, backup_location=None, query_buffer_limit=None,
+              allow_privileged_port=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
              "client_query_buffer_limit": query_buffer_limit,
              "allow_privileged_port": allow_privileged_port or None,
              "data_persistence": persistence, "aof_policy": aof_policy,
              "authentication_redis_pass": password, "eviction_policy": eviction_policy,
              "backup_interval": backup_interval, "multi_slot_commands": multi_slot_commands,
+             "oss_cluster": oss_cluster, "proxy_threads": proxy_threads,
              "backup_location": os.path.abspath(backup_location) if backup_location else None}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -303,14 +325,14 @@ def db():
 @wait_option
 @home_option
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, multi_slot_commands, backup_interval, backup_location,
-              query_buffer_limit, allow_privileged_port, dry_run, wait, home):
+              eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
+              backup_location, query_buffer_limit, allow_privileged_port, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
-        multi_slot_commands, backup_interval, backup_location, query_buffer_limit,
-        allow_privileged_port)}
+        multi_slot_commands, oss_cluster, proxy_threads, backup_interval, backup_location,
+        query_buffer_limit, allow_privileged_port)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -390,14 +412,14 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 @wait_option
 @home_option
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
-              eviction_policy, multi_slot_commands, backup_interval, backup_location,
-              query_buffer_limit, allow_privileged_port, dry_run, wait, home):
+              eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
+              backup_location, query_buffer_limit, allow_privileged_port, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
-                     eviction_policy, multi_slot_commands, backup_interval, backup_location,
-                     query_buffer_limit, allow_privileged_port)
+                     eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
+                     backup_interval, backup_location, query_buffer_limit, allow_privileged_port)
     if new_name is not None:
         body["name"] = new_name
     if not body:
@@ -476,7 +498,8 @@ def db_import(ref, source, flush, wait, home):
 @create_settings
 @home_option
 def db_restore(backup, source, name, shards, port, memory, replication, persistence,
-               aof_policy, password, eviction_policy, multi_slot_commands, backup_interval,
+               aof_policy, password, eviction_policy, multi_slot_commands, oss_cluster,
+               proxy_threads, backup_interval,
                backup_location, query_buffer_limit, allow_privileged_port, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
@@ -493,7 +516,8 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
         path = manifest["path"]
     body = {"name": name, "shards_count": shards or len(manifest.get("shards") or [1]),
             **_settings(port, memory, replication, persistence, aof_policy, password,
-                        eviction_policy, multi_slot_commands, backup_interval,
+                        eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
+                        backup_interval,
                         backup_location, query_buffer_limit, allow_privileged_port)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -88,6 +88,28 @@ class DiscoveryView:
     nodes: dict[int, NodeView] = field(default_factory=dict)
     dbs: dict[int, DbEndpoint] = field(default_factory=dict)
     read_at: float = 0.0              # wall-clock time of the CCS read (0: never read)
+    serial: int = 0                   # the zone's SOA serial, as CCS holds it (cluster:dns_zone)
+
+    def digest(self) -> str:
+        """A hash of what the zone answers (names, addresses, name servers): equal views on two
+        nodes have equal digests; the master's pdns_server gives the zone a new serial when the
+        digest changes."""
+        zone = sorted(self.dns_records().items()), [(n.uid, n.address) for n in
+                                                     self.name_servers()], self.fqdn.lower()
+        return hashlib.sha1(repr(zone).encode()).hexdigest()
+
+    def to_json(self) -> dict:
+        """What the on-disk cache keeps (run/discovery_view.json)."""
+        return {"fqdn": self.fqdn, "read_at": self.read_at, "serial": self.serial,
+                "nodes": [asdict(n) for n in self.nodes.values()],
+                "dbs": [asdict(d) for d in self.dbs.values()]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DiscoveryView:
+        nodes = (NodeView(**n) for n in data["nodes"])
+        dbs = (DbEndpoint(**{**d, "addresses": tuple(d["addresses"])}) for d in data["dbs"])
+        return cls(data["fqdn"], {n.uid: n for n in nodes}, {d.uid: d for d in dbs},
+                   data.get("read_at", 0.0), data.get("serial", 0))
 
     def by_name(self, name: str) -> DbEndpoint | None:
         return next((d for d in self.dbs.values() if d.name == name), None)
@@ -136,8 +158,9 @@ def advertised(policy: str, serving: list[int], master_nodes: set[int]) -> list[
 
 def build_view(fqdn: str, nodes: dict[int, dict], beats: dict[int, dict | None],
                bdbs: dict[int, schema.Bdb], shards: dict[int, schema.Shard],
-               acks: dict[int, dict[int, dict]], read_at: float = 0.0) -> DiscoveryView:
-    view = DiscoveryView(fqdn, read_at=read_at)
+               acks: dict[int, dict[int, dict]], read_at: float = 0.0,
+               serial: int = 0) -> DiscoveryView:
+    view = DiscoveryView(fqdn, read_at=read_at, serial=serial)
     for uid, info in nodes.items():
         view.nodes[uid] = NodeView(uid, info["address"], info.get("sentinel_port"),
                                    info.get("dns_port"), bool(beats.get(uid)))

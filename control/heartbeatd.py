@@ -3,11 +3,15 @@
 - Every second it writes `node_heartbeat:<uid>` to the CCS master with a TTL
   (`ccs.HEARTBEAT_TTL_MS`): when the key has expired, the node is shown as down. The value says
   when the node started, the state of each of its services, as its supervisord reports them,
-  and the machine's memory (`memory_total`, bytes: what cnm_http books databases against).
+  and the machine's memory (`memory_total`, bytes: what cnm_http books databases against), and
+  where its metrics are (`metrics_url`: http or https, as node.json says).
 - It listens on the node's `ccs_forward_port` and forwards every connection to the current CCS
   master, which it learns from the `cluster:master` record in the node's own CCS copy (re-read
   on every change notice, and every half second). When the master changes, forwarded
-  connections are closed, so that clients reconnect to the new master.
+  connections are closed, so that clients reconnect to the new master. With control-plane
+  encryption (the default) the heartbeat and every forwarded connection reach the master's CCS
+  on its tls-port, over mutual TLS with the node's `cp` certificate: services keep speaking
+  plain Redis to the local port, nothing crosses between nodes in the clear.
 - Second line of defence for the one-master rule: if cluster_wd's lease (`run/lease.json`) has
   run out while the node's CCS copy is still writable, it fences the copy itself.
 
@@ -39,6 +43,7 @@ log = logging.getLogger("heartbeatd")
 BEAT_EVERY = 1.0
 MEMORY_TOTAL = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 FOLLOW_EVERY = 0.5
+FORWARD_CONNECT_TIMEOUT = 2.0   # to the master's CCS, TLS handshake included
 GUARD_EVERY = 0.05
 
 
@@ -58,6 +63,7 @@ class Heartbeatd:
         self._beat_now = trio.Event()
         self._local = None
         self._local_lock = trio.Lock()
+        self.tls = config.control_plane_tls()   # to the master's CCS tls-port (mutual TLS)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -88,7 +94,10 @@ class Heartbeatd:
                 record = await ccs.read(await self._local_ccs(), ccs.MASTER)
             except (RedisUnavailable, ReplyError):
                 continue
-            master = (record["address"], record["ccs_port"]) if record else None
+            master = None
+            if record:    # the master's tls-port when both have one: CCS crosses nodes on TLS
+                port = record.get("ccs_tls_port") if self.config.cpine else None
+                master = (record["address"], port or record["ccs_port"])
             if master != self.master:
                 log.info("CCS master is now %s", master)
                 self.master = master
@@ -119,14 +128,14 @@ class Heartbeatd:
                              "start": 0}]
             value = {"time": time.time(), "started": self.started,
                      "address": self.config.address, "services": services,
-                     "memory_total": MEMORY_TOTAL}
+                     "memory_total": MEMORY_TOTAL, "metrics_url": self.config.metrics_url}
             master = self.master
             try:
                 if master is not None:
                     if conn is None or conn.closed or (conn.host, conn.port) != master:
                         if conn is not None:
                             await conn.aclose()
-                        conn = await connect(*master)
+                        conn = await connect(*master, ssl_context=self._upstream_tls(master))
                     await conn.execute("SET", ccs.heartbeat_key(self.config.uid),
                                        ccs.pack(value), "PX", ccs.HEARTBEAT_TTL_MS)
             except (RedisUnavailable, ReplyError) as exc:
@@ -140,6 +149,12 @@ class Heartbeatd:
 
     # ---- the forwarder -------------------------------------------------------------------
 
+    def _upstream_tls(self, master: tuple[str, int]):
+        """TLS to the master's CCS unless it is this node's own plain port."""
+        if (master[0], master[1]) == (self.config.address, self.config.ccs_port):
+            return None
+        return self.tls.client()
+
     async def _forward(self, client: trio.SocketStream) -> None:
         master = self.master
         if master is None:
@@ -148,8 +163,12 @@ class Heartbeatd:
         with trio.CancelScope() as scope:
             self.forwarded.add(scope)
             try:
-                with trio.fail_after(1.0):
+                with trio.fail_after(FORWARD_CONNECT_TIMEOUT):
                     upstream = await trio.open_tcp_stream(*master)
+                    context = self._upstream_tls(master)
+                    if context is not None:
+                        upstream = trio.SSLStream(upstream, context, server_hostname=master[0])
+                        await upstream.do_handshake()
                 async with upstream, client, trio.open_nursery() as nursery:
                     nursery.start_soon(_pipe, client, upstream, nursery.cancel_scope)
                     nursery.start_soon(_pipe, upstream, client, nursery.cancel_scope)

@@ -19,11 +19,12 @@ import subprocess
 import time
 import xmlrpc.client
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
 
-from control import ccs, schema
+from control import ccs, certificates, schema
 from control.cluster_wd import request
 from control.discovery import DEFAULT_FQDN
 from control.node import NodeConfig, admin_credentials, atomic_write, supervisor_rpc
@@ -33,6 +34,13 @@ from control.redis_mgr import shard_pids, stop_all
 from dmc.processes import free_port, pid_alive, processes_under
 
 ADMIN_USER = "admin"
+
+# Redis Enterprise's ports, each on the node's own address (`dmc cluster create` uses them by
+# default; tests take free ones). Database endpoints are given from 10000, shards from 20000
+# (control/schema.py DB_PORTS, SHARD_PORTS) either way; CCS, gossip and the forwarded CCS port
+# are the node's own business and stay free ones.
+WELL_KNOWN_PORTS = {"rest_port": 8080, "rest_tls_port": 9443, "metrics_port": 8070,
+                    "sentinel_port": 8001, "dns_port": 53, "ui_port": 8443}
 
 
 class ClusterError(RuntimeError):
@@ -94,7 +102,10 @@ class LocalCluster:
                netns: list[str] | None = None, timeout: float = 30.0,
                admin_password: str | None = None,
                services: list[str] | None = None,
-               name: str = DEFAULT_FQDN) -> LocalCluster:
+               name: str = DEFAULT_FQDN, well_known_ports: bool = False) -> LocalCluster:
+        """A new cluster of nodes at `addresses`; with `well_known_ports` each node serves on
+        Redis Enterprise's ports (WELL_KNOWN_PORTS, on its own address), else on free ones
+        (what tests use)."""
         home = Path(home)
         if (home / "cluster.json").exists():
             raise ClusterError(f"a cluster already exists in {home} "
@@ -102,13 +113,17 @@ class LocalCluster:
         cluster = cls(home)
         for i, address in enumerate(addresses):
             cluster.nodes[i + 1] = cluster._new_node(
-                i + 1, address, record_history, netns[i] if netns else None)
+                i + 1, address, record_history, netns[i] if netns else None,
+                well_known_ports)
         password = admin_password or secrets.token_urlsafe(12)
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(cluster.admin_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"username": ADMIN_USER, "password": password}, f)
         admin = admin_credentials(ADMIN_USER, password)
+        ca = certificates.make_ca(name)
+        for c in cluster.nodes.values():
+            certificates.provision(c.dir, ca, c.uid, c.address, name)
         members = {uid: c.member_info() for uid, c in cluster.nodes.items()}
         for c in cluster.nodes.values():
             c.peers = members
@@ -130,28 +145,38 @@ class LocalCluster:
         return cluster
 
     def _new_node(self, uid: int, address: str, record_history: bool,
-                  netns: str | None) -> NodeConfig:
+                  netns: str | None, well_known_ports: bool = False) -> NodeConfig:
         # In a namespace every port is free; they are still chosen at run time, never fixed.
         port_host = "127.0.0.1" if netns else address
         ports = set()
-        while len(ports) < 6:
+        while len(ports) < 9:
             ports.add(free_port(port_host))
-        ccs_port, gossip_port, forward_port, rest_port, sentinel_port, metrics_port = \
-            sorted(ports)
+        ccs_port, gossip_port, forward_port, rest_port, rest_tls_port, sentinel_port, \
+            metrics_port, ccs_tls_port, ui_port = sorted(ports)
         dns_port = free_dns_port(port_host, exclude=ports)
+        chosen = dict(ccs_port=ccs_port, gossip_port=gossip_port, ccs_tls_port=ccs_tls_port,
+                      ccs_forward_port=forward_port, rest_port=rest_port,
+                      rest_tls_port=rest_tls_port, sentinel_port=sentinel_port,
+                      dns_port=dns_port, metrics_port=metrics_port, ui_port=ui_port)
+        if well_known_ports:
+            chosen.update(WELL_KNOWN_PORTS)
         return NodeConfig(uid=uid, address=address, home=str(self.home / f"node-{uid}"),
-                          ccs_port=ccs_port, gossip_port=gossip_port,
-                          ccs_forward_port=forward_port, rest_port=rest_port,
-                          sentinel_port=sentinel_port, dns_port=dns_port,
-                          metrics_port=metrics_port,
-                          record_history=record_history, netns=netns)
+                          record_history=record_history, netns=netns, **chosen)
 
     def add_node(self, address: str | None = None, *, peer: tuple[str, int] | None = None,
-                 netns: str | None = None, timeout: float = 30.0) -> NodeConfig:
+                 netns: str | None = None, timeout: float = 120.0,
+                 ca: certificates.Pair | None = None) -> NodeConfig:
         """Start a new node in this folder and wait until the master has taken it in. `peer`
-        (address, gossip port) is any node of the cluster; by default one of this folder's."""
+        (address, gossip port) is any node of the cluster; by default one of this folder's.
+        Its certificates are signed by `ca` (default: the CA of this folder's nodes; on a
+        machine of its own, the cluster's CA as `dmc node join --ca-dir` reads it)."""
+        if ca is not None and self.cluster_ca() is None and address:
+            # nobody here to ask the members as: a client certificate of the cluster's CA
+            asker = self.home / ".join-client"
+            certificates.provision(asker, ca, 0, address, DEFAULT_FQDN)
+            self._tls = certificates.ControlPlaneTLS(asker)
         members = self._members(peer)
-        uid = max(members) + 1
+        uid = max(set(members) | set(self.nodes)) + 1    # a removed node's uid is not reused
         if address is None:
             first = members[min(members)]["address"]
             if not first.startswith("127."):
@@ -161,10 +186,14 @@ class LocalCluster:
                                 netns)
         config.peers = members
         config.admin = next((c.admin for c in self.nodes.values() if c.admin), {})
-        config.cluster_fqdn = next((c.cluster_fqdn for c in self.nodes.values()),
-                                   config.cluster_fqdn)
+        config.cluster_fqdn = trio.run(_cluster_fqdn, members) or next(
+            (c.cluster_fqdn for c in self.nodes.values()), config.cluster_fqdn)
         if self.nodes:
             config.services = list(next(iter(self.nodes.values())).services)
+        ca = ca or self.cluster_ca()
+        if ca is not None:
+            certificates.provision(config.dir, ca, uid, address, config.cluster_fqdn)
+        self._check_accepted(config, members)
         config.save()
         self.nodes[uid] = config
         self.save()
@@ -190,13 +219,16 @@ class LocalCluster:
         asked = [peer] if peer else [(c.address, c.gossip_port) for c in self.nodes.values()]
         for address, port in asked:
             try:
-                reply = trio.run(request, address, port, {"op": "status"}, 2.0)
+                reply = self._request(address, port, {"op": "status"}, 2.0)
             except (OSError, trio.TooSlowError, ConnectionError):
                 continue
             if reply.get("members"):
                 return {int(k): v for k, v in reply["members"].items()}
         where = f"{peer[0]}:{peer[1]}" if peer else "any node of this cluster"
-        raise ClusterError(f"no cluster_wd answered at {where}")
+        hint = "" if getattr(self, "_tls", None) is not None or self.cluster_ca() else (
+            " (a cluster with control-plane encryption answers only a certificate of its CA: "
+            "give --ca-dir)")
+        raise ClusterError(f"no cluster_wd answered at {where}{hint}")
 
     def remove_node(self, uid: int, timeout: float = 30.0) -> None:
         if uid not in self.nodes:
@@ -218,6 +250,34 @@ class LocalCluster:
         self.save()
 
     # ---- processes -----------------------------------------------------------------------
+
+    def _check_accepted(self, config: NodeConfig, members: dict[int, dict]) -> None:
+        """ClusterError, before anything starts, if the cluster refuses the new node's
+        certificate (not signed by the cluster CA): it could never join."""
+        if not config.cpine:
+            return
+        tls = config.control_plane_tls()
+        for info in members.values():
+            try:
+                trio.run(partial(request, ssl_context=tls.client()), info["address"],
+                         info["gossip_port"], {"op": "status"}, 3.0)
+                return
+            except ConnectionError as exc:
+                if "TLS" in str(exc):
+                    shutil.rmtree(config.dir, ignore_errors=True)
+                    raise ClusterError(f"node {info['uid']} refuses the new node's certificate "
+                                       f"(is it signed by the cluster CA?): {exc}") from None
+            except (OSError, trio.TooSlowError):
+                continue
+
+    def cluster_ca(self) -> certificates.Pair | None:
+        """The cluster CA, from the certs folder of any of this folder's nodes."""
+        for config in self.nodes.values():
+            try:
+                return certificates.read_ca(config.dir)
+            except FileNotFoundError:
+                continue
+        return None
 
     def start_node(self, uid: int, timeout: float = 15.0) -> None:
         config = self.node(uid)
@@ -313,12 +373,20 @@ class LocalCluster:
 
     # ---- asking cluster_wd -----------------------------------------------------------------
 
+    def _request(self, address: str, port: int, msg: dict, timeout: float) -> dict:
+        """One admin request to a cluster_wd, over mutual TLS with a certificate of this
+        folder's nodes when they have one (control-plane encryption)."""
+        if not hasattr(self, "_tls"):
+            self._tls = next((c.control_plane_tls() for c in self.nodes.values() if c.cpine),
+                             None)
+        context = self._tls.client() if self._tls is not None else None
+        return trio.run(partial(request, ssl_context=context), address, port, msg, timeout)
+
     def status(self, uid: int, timeout: float = 1.0) -> dict:
         """The node's cluster_wd view ({} if it does not answer)."""
         config = self.node(uid)
         try:
-            return trio.run(request, config.address, config.gossip_port, {"op": "status"},
-                            timeout)
+            return self._request(config.address, config.gossip_port, {"op": "status"}, timeout)
         except (OSError, trio.TooSlowError, ConnectionError):
             return {}
 
@@ -394,7 +462,7 @@ class LocalCluster:
                 if master is None:
                     continue
                 try:
-                    reply = trio.run(request, master["address"], master["gossip_port"], msg, 2.0)
+                    reply = self._request(master["address"], master["gossip_port"], msg, 2.0)
                 except (OSError, trio.TooSlowError, ConnectionError):
                     continue
                 if reply.get("error") != "not the master":
@@ -402,6 +470,20 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError("no master answered")
             time.sleep(0.2)
+
+
+async def _cluster_fqdn(members: dict[int, dict]) -> str | None:
+    """The cluster's name as CCS holds it (`cluster:fqdn`), from the first member's copy that
+    answers: a node joining from another machine has no sibling folder to copy it from."""
+    for info in members.values():
+        try:
+            async with await connect(info["address"], info["ccs_port"], timeout=2.0) as conn:
+                fqdn = ccs.unpack(await conn.execute("GET", ccs.FQDN))
+        except (RedisUnavailable, ReplyError, OSError, KeyError):
+            continue
+        if fqdn:
+            return fqdn
+    return None
 
 
 def _wait_gone(pids, timeout: float) -> bool:

@@ -1,5 +1,7 @@
 """metrics_exporter: the node's Prometheus endpoint, `http://<address>:<metrics_port>/metrics`
-(node.json's `metrics_port`; Redis Enterprise uses 8070), served by prometheus-client.
+(node.json's `metrics_port`; Redis Enterprise uses 8070), served by prometheus-client; https
+(as RE) when node.json names a certificate and its key (`metrics_tls_cert`,
+`metrics_tls_key`, PEM files). The heartbeat carries the URL, so `dmc status --json` shows it.
 
 Every scrape reads fresh figures (control/node_figures.py: the node's dmcproxy endpoints over
 their stats socket, the INFO of the node's shards, the machine), each source with a deadline, in
@@ -251,10 +253,13 @@ class MetricsExporter:
         self.token = trio.lowlevel.current_trio_token()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(NodeCollector(self))
+        tls = {}
+        if self.config.metrics_tls_cert and self.config.metrics_tls_key:
+            tls = {"certfile": self.config.metrics_tls_cert,
+                   "keyfile": self.config.metrics_tls_key}
         server, _thread = start_http_server(self.config.metrics_port, self.config.address,
-                                            registry=registry)
-        log.info("node %d: metrics on http://%s:%d/metrics", self.config.uid,
-                 self.config.address, self.config.metrics_port)
+                                            registry=registry, **tls)
+        log.info("node %d: metrics on %s", self.config.uid, self.config.metrics_url)
         try:
             await self.readings()
             await trio.sleep_forever()

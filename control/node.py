@@ -5,13 +5,15 @@ configuration files it writes for itself: `supervisord.conf` (one program per se
 A node's folder:
     node.json            who the node is: uid, address, ports, first peers
     supervisord.conf     written by `write_configs`; `supervisorctl -c supervisord.conf` works
-    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`
+    supervisor.sock      supervisord's unix socket (XML-RPC), used by `dmc services`; in
+                         /tmp/dmc-sockets/ when this folder is too deep for a socket name
     supervisord.pid
     logs/                one log per service, and supervisord's own
     ccs/                 ccs.conf, and the CCS copy's append-only file
     state.json           cluster_wd's durable election state: term, vote, members
     run/                 what services tell each other on this node: lease.json, history.jsonl,
                          removed.json (the node was removed from the cluster)
+    certs/               the cluster CA and the node's certificates (control/certificates.py)
 
 This module never starts anything; `control.local_cluster` and the services do.
 """
@@ -34,7 +36,7 @@ import trio
 from supervisor.xmlrpc import SupervisorTransport
 
 from control.discovery import DEFAULT_FQDN
-from dmc.processes import REDIS_SERVER
+from dmc.processes import REDIS_SERVER, unix_socket_path
 
 # supervisord program name -> the module it runs (None: the CCS redis-server)
 SERVICE_MODULES = {
@@ -53,6 +55,7 @@ SERVICE_MODULES = {
     "stats_archiver": "control.stats_archiver",
     "alert_mgr": "control.alert_mgr",
     "resource_mgr": "control.resource_mgr",
+    "cm_server": "control.cm_server",
 }
 SERVICES = tuple(SERVICE_MODULES)
 # The cluster's own core, without databases: what the control-plane tests run.
@@ -72,10 +75,18 @@ class NodeConfig:
     ccs_port: int
     gossip_port: int
     ccs_forward_port: int          # heartbeatd: a local port that leads to the CCS master
-    rest_port: int = 8080          # cnm_http: the REST API
+    ccs_tls_port: int = 0          # CCS over TLS: what other nodes use (replication, heartbeats,
+                                   # the forwarder); 0: none (control_plane_encryption off)
+    control_plane_encryption: bool = True   # mutual TLS between nodes (certificates.py "cp")
+    rest_port: int = 8080          # cnm_http: the REST API over HTTP (RE's port)
+    rest_tls_port: int = 9443      # cnm_http: the REST API over HTTPS (RE's port)
+    rest_http: bool = True         # serve rest_port too (False: HTTPS only)
     sentinel_port: int = 8001      # sentinel_service: the discovery service (RE's port)
     dns_port: int = 53             # pdns_server: the cluster's DNS zone, UDP and TCP
     metrics_port: int = 8070       # metrics_exporter: Prometheus's /metrics (RE's port)
+    ui_port: int = 8443            # cm_server: the web UI (RE's port)
+    ui_certfile: str | None = None   # cm_server serves HTTPS with this certificate and key
+    ui_keyfile: str | None = None
     cluster_fqdn: str = DEFAULT_FQDN   # the cluster's name: its DNS zone
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
     services: list[str] = field(default_factory=lambda: list(SERVICES))   # what supervisord runs
@@ -84,6 +95,10 @@ class NodeConfig:
     shard_ping_deadline: float = 1.5   # node_wd: a shard that does not answer PING so fast failed
     proxy_input_budget: int = 1 << 30  # dmcproxy: unparsed input of all its clients (0: none)
     min_free_disk_ratio: float = 0.05   # node_wd: less free disk than this share is `low`
+    # metrics_exporter serves https with this certificate and key (PEM files) when both are
+    # set, else http: point them at the node's certificate once the cluster has one
+    metrics_tls_cert: str | None = None
+    metrics_tls_key: str | None = None
     netns: str | None = None       # run the node's processes inside this network namespace
     python: str = sys.executable
 
@@ -99,7 +114,7 @@ class NodeConfig:
 
     @property
     def supervisor_sock(self) -> Path:
-        return self.dir / "supervisor.sock"
+        return Path(unix_socket_path(self.dir / "supervisor.sock"))
 
     @property
     def supervisor_pidfile(self) -> Path:
@@ -130,14 +145,32 @@ class NodeConfig:
     @property
     def proxy_stats_sock(self) -> Path:
         """The node's dmcproxy serves its endpoints' stats here (control/proxy_stats.py)."""
-        return self.run_dir / "dmcproxy.sock"
+        return Path(unix_socket_path(self.run_dir / "dmcproxy.sock"))
+
+    @property
+    def metrics_url(self) -> str:
+        scheme = "https" if self.metrics_tls_cert and self.metrics_tls_key else "http"
+        return f"{scheme}://{self.address}:{self.metrics_port}/metrics"
+
+    @property
+    def cpine(self) -> bool:
+        """Control-plane encryption: on (the default) when the node has its certificates."""
+        return self.control_plane_encryption and bool(self.ccs_tls_port) and \
+            (self.dir / "certs" / "cp.pem").exists()
+
+    def control_plane_tls(self):
+        from control.tls import ControlPlaneTLS
+        return ControlPlaneTLS(self.dir, self.cpine)
 
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
                 "ccs_port": self.ccs_port, "ccs_forward_port": self.ccs_forward_port,
-                "rest_port": self.rest_port, "sentinel_port": self.sentinel_port,
-                "dns_port": self.dns_port, "metrics_port": self.metrics_port}
+                "ccs_tls_port": self.ccs_tls_port if self.cpine else 0,
+                "rest_port": self.rest_port, "rest_tls_port": self.rest_tls_port,
+                "rest_http": self.rest_http, "sentinel_port": self.sentinel_port,
+                "dns_port": self.dns_port, "metrics_port": self.metrics_port,
+                "ui_port": self.ui_port, "ui_tls": bool(self.ui_certfile and self.ui_keyfile)}
 
     # ---- persistence ---------------------------------------------------------------------
 
@@ -178,8 +211,20 @@ class NodeConfig:
             "repl-diskless-sync-delay 0",
             f"min-replicas-to-write {FENCED_MIN_REPLICAS}",
             "min-replicas-max-lag 10",
+            *self._ccs_tls_conf(),
             "",
         ])
+
+    def _ccs_tls_conf(self) -> list[str]:
+        """Other nodes reach this CCS copy over mutual TLS only (its tls-port: a client must
+        show a certificate the cluster CA signed), and it replicates its master over TLS; the
+        plain port is for the node's own services."""
+        if not self.cpine:
+            return []
+        certs = self.dir / "certs"
+        return [f"tls-port {self.ccs_tls_port}", f"tls-cert-file {certs / 'cp.pem'}",
+                f"tls-key-file {certs / 'cp.key'}", f"tls-ca-cert-file {certs / 'ca.pem'}",
+                "tls-auth-clients yes", "tls-replication yes"]
 
     def _supervisor_conf(self) -> str:
         d, logs = self.dir, self.dir / "logs"
@@ -189,7 +234,9 @@ class NodeConfig:
         sections = [
             f"[unix_http_server]\nfile={self.supervisor_sock}\nchmod=0700\n",
             (f"[supervisord]\nlogfile={logs / 'supervisord.log'}\npidfile={self.supervisor_pidfile}\n"
-            f"childlogdir={logs}\nidentifier=dmc-node-{self.uid}\ndirectory={d}\n"
+            # umask 077: the services' logs, CCS's append-only file (users' password hashes)
+            # and the shards' data are readable by the cluster's own user only.
+            f"childlogdir={logs}\nidentifier=dmc-node-{self.uid}\ndirectory={d}\numask=077\n"
             f"environment=PYTHONPATH=\"{_project_root()}\",PYTHONUNBUFFERED=\"1\"\n"),
             ("[rpcinterface:supervisor]\n"
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"),
@@ -240,9 +287,12 @@ def _project_root() -> str:
 
 def atomic_write(path: Path, text: str) -> None:
     """Write by rename, with the data synced first: readers never see half a file, and after a
-    crash the file is either the old one or the new one."""
+    crash the file is either the old one or the new one. Readable by its owner only (node.json
+    holds the admin's password hash, maps the shards' addresses): nothing a node writes is
+    world-readable."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        os.fchmod(f.fileno(), 0o600)           # a .tmp left by an older version
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

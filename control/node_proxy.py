@@ -12,8 +12,11 @@ database's port. A Trio task per database follows CCS:
   in one step, so the held requests go to the new shards;
 - every installed version is acknowledged in `proxy_ack:<bdb>` (field: this node), with the
   database record's version, so cnm_exec knows when every node serves a change;
-- a changed password, client_query_buffer_limit, multi_slot_commands or port is applied (a new
-  port re-opens the endpoint);
+- a changed password, client_query_buffer_limit, multi_slot_commands, port or proxy_threads is
+  applied (a new port or thread count re-opens the endpoint: its clients reconnect);
+- with `oss_cluster`, the OSS Cluster API's topology (dmc/cluster_api.py: the nodes of the
+  map's master shards, each as its proxy, this node's address and the database's port) is set
+  in the same call as each map, so CLUSTER SLOTS and -MOVED follow failovers and migrations;
 - the clients of every endpoint share one input budget (node.json's proxy_input_budget, Redis's
   maxmemory-clients for input; dmc/fastpath/input_limit.pxi);
 - a database that is gone (or being deleted) has its endpoint closed;
@@ -67,6 +70,8 @@ import trio
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.sealing import reveal_text
+from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
 from dmc.proxy import bind_failure, install_shard_map
@@ -284,9 +289,12 @@ class NodeProxy:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
         smap = ShardMap.from_dict(schema.as_dict(shard_map))
-        password = bdb.authentication_redis_pass or None
+        password = reveal_text(self.config.dir, bdb.authentication_redis_pass) \
+            or None
         multi_slot = bdb.multi_slot_commands or "refuse"
-        if endpoint is not None and applied.get("port") != bdb.port:
+        threads = bdb.proxy_threads or 1
+        if endpoint is not None and (applied.get("port") != bdb.port or
+                                     applied.get("threads") != threads):
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
@@ -294,24 +302,31 @@ class NodeProxy:
             if reason is not None:
                 await self._report(uid, reason)
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
-            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot)
+            endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot,
+                                                     threads)
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
             await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
-                       "password": password, "multi_slot_commands": multi_slot}
+                       "password": password, "multi_slot_commands": multi_slot,
+                       "threads": threads}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
         if smap.version > applied.get("version", 0) or paused != applied.get("paused"):
             def switch(proxy, smap=smap, paused=paused):
                 install_shard_map(proxy, smap)
+                self._apply_cluster_api(proxy, bdb, smap)    # the topology of that map, at once
                 proxy.pause() if paused else proxy.resume()
             await trio.to_thread.run_sync(endpoint.call, switch)
             if paused and not await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT):
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
             applied.update(version=smap.version, paused=paused)
+        if bdb.oss_cluster != applied.get("oss_cluster"):
+            await trio.to_thread.run_sync(
+                endpoint.call, lambda proxy: self._apply_cluster_api(proxy, bdb, smap))
+            applied["oss_cluster"] = bdb.oss_cluster
         hold = HOLD_MS if bdb.replication else 0
         if hold != applied.get("hold_ms"):
             def set_hold(proxy, hold=hold):
@@ -335,6 +350,15 @@ class NodeProxy:
         await trio.to_thread.run_sync(self._cache, uid, bdb, shard_map)
         await self._ack(uid, bdb, applied)
 
+    def _apply_cluster_api(self, proxy, bdb: schema.Bdb, smap: ShardMap) -> None:
+        """The OSS Cluster API on (bdb.oss_cluster) or off. A shard's address is its node's, so
+        the node serving its slots is the proxy at that address and the database's port."""
+        if bdb.oss_cluster:
+            cluster_api.apply(proxy, smap, lambda shard: (shard[0], bdb.port),
+                              (self.config.address, bdb.port))
+        else:
+            cluster_api.apply(proxy, None, None, (self.config.address, bdb.port))
+
     async def _report(self, uid: int, reason: str | None) -> None:
         """Write (or clear) this node's failure to serve the database, when it changes."""
         if reason is not None and self.failures.get(uid) == reason:
@@ -354,8 +378,8 @@ class NodeProxy:
             log.debug("database %d: endpoint status not written: %s", uid, exc)
 
     def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap,
-              multi_slot: str = "refuse") -> Endpoint:
-        return Endpoint(self.config.address, bdb.port, password, smap,
+              multi_slot: str = "refuse", threads: int = 1) -> Endpoint:
+        return Endpoint(self.config.address, bdb.port, password, smap, threads=threads,
                         wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
                         client_query_buffer_limit=query_buffer_limit(bdb)).start()
 

@@ -2,8 +2,9 @@
 --name`, default `cluster.dmc.local`), on every node at the node's `dns_port`, UDP and TCP.
 
 The zone (see control/discovery.py for which nodes a database's names give):
-    <fqdn>                          SOA (this node the primary), NS: node<uid>.<fqdn> of every
-                                    node whose heartbeat is alive
+    <fqdn>                          SOA (this node the primary; the serial CCS's
+                                    cluster:dns_zone, the same on every node), NS:
+                                    node<uid>.<fqdn> of every node whose heartbeat is alive
     node<uid>.<fqdn>                A: the node's address
     redis-<port>.<fqdn>             A: the nodes whose proxies serve the database, per its proxy
     redis-<port>.internal.<fqdn>       policy (the master endpoint first)
@@ -15,7 +16,9 @@ bytes, or its EDNS size) is sent truncated (TC) and the client retries over TCP.
 
 Packets are parsed and written by dnslib; anything it cannot parse, and anything that is not a
 query, is dropped without an answer. The view comes from the node's own CCS copy and answering
-never waits on it: while CCS is away, the last view is served.
+never waits on it: while CCS is away, the last view is served (after a restart, the one
+kept on disk: control/discovery_follower.py). On the master node it also moves the zone's
+serial on in CCS when the zone changes (its only write).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from dnslib import (
 
 from control import ccs
 from control.discovery import DNS_TTL, DiscoveryView, node_dns_name
-from control.discovery_follower import ViewFollower
+from control.cluster_view import master_here
+from control.discovery_follower import READ_TIMEOUT, REFRESH_EVERY, ViewFollower, bump_serial
+from control.redis_client import RedisUnavailable, ReplyError
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("pdns_server")
@@ -158,10 +163,28 @@ def free_dns_port(host: str, exclude=()) -> int:
 class PdnsServer:
     def __init__(self, config: NodeConfig):
         self.config = config
-        self.follower = ViewFollower(ccs.Session.of_node(config), config.cluster_fqdn)
+        self.session = ccs.Session.of_node(config)
+        self.follower = ViewFollower(self.session, config.cluster_fqdn,
+                                     cache=config.run_dir / "discovery_view.pdns_server.json")
 
     def _handle(self, packet: bytes, *, udp: bool) -> bytes | None:
-        return handle(packet, self.follower.view, self.config.uid, self.follower.serial, udp=udp)
+        view = self.follower.view
+        return handle(packet, view, self.config.uid, max(view.serial, 1), udp=udp)
+
+    async def _keep_serial(self) -> None:
+        """On the master node: the zone's serial in CCS moves on when the zone changes, so
+        every node answers the same SOA serial for the same zone (never a per-node clock)."""
+        while True:
+            try:
+                with trio.fail_after(READ_TIMEOUT):
+                    local = await self.session.local()
+                    if await master_here(local, self.config.uid) and self.follower.view.read_at:
+                        serial = await bump_serial(local, self.follower.view)
+                        if serial is not None:
+                            log.info("zone %s: serial %d", self.follower.view.fqdn, serial)
+            except (RedisUnavailable, ReplyError, OSError, trio.TooSlowError) as exc:
+                log.debug("serial not checked: %s", exc)
+            await self.session.wait_changed(REFRESH_EVERY)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         udp = trio.socket.socket(socket.AF_INET6 if ":" in self.config.address
@@ -171,6 +194,7 @@ class PdnsServer:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.follower.run)
                 nursery.start_soon(self._serve_udp, udp)
+                nursery.start_soon(self._keep_serial)
                 await nursery.start(partial(trio.serve_tcp, self._serve_tcp,
                                             self.config.dns_port, host=self.config.address))
                 log.info("node %d: pdns_server for %s on %s:%d (UDP, TCP)", self.config.uid,

@@ -10,6 +10,7 @@ closes the connection, since a later call would otherwise read that reply as its
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Self
@@ -47,7 +48,7 @@ def _convert(reply):
 class Redis:
     """One connection; made by `connect`. Safe to share between tasks of one Trio run."""
 
-    def __init__(self, stream: trio.SocketStream, host: str, port: int, timeout: float):
+    def __init__(self, stream: trio.abc.Stream, host: str, port: int, timeout: float):
         self.host, self.port = host, port
         self._stream = stream
         self._timeout = timeout
@@ -139,14 +140,23 @@ async def info(conn: Redis, section: str) -> dict[str, str]:
 
 
 async def connect(host: str, port: int, *, timeout: float = 1.0,
-                  password: str | None = None) -> Redis:
-    """A connection to host:port, authenticated if password is given. A refused AUTH raises
-    ReplyError (WRONGPASS, ...): the server is there, so it is not RedisUnavailable."""
+                  password: str | None = None, ssl_context: ssl.SSLContext | None = None) -> Redis:
+    """A connection to host:port, authenticated if password is given, over TLS with
+    `ssl_context` (redis-server's tls-port; the handshake is made within the timeout). A
+    refused AUTH raises ReplyError (WRONGPASS, ...): the server is there, so it is not
+    RedisUnavailable; a refused handshake is RedisUnavailable."""
     try:
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(host, port)
+            if ssl_context is not None:
+                stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
+                await stream.do_handshake()
     except trio.TooSlowError:
         raise RedisUnavailable(f"redis {host}:{port}: no connection within {timeout}s") from None
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__ or exc
+        raise RedisUnavailable(f"redis {host}:{port}: TLS handshake failed "
+                               f"({getattr(cause, 'verify_message', None) or cause})") from exc
     except OSError as exc:
         raise RedisUnavailable(f"redis {host}:{port}: cannot connect ({exc})") from exc
     conn = Redis(stream, host, port, timeout)
@@ -178,11 +188,13 @@ class Subscription:
 
 @asynccontextmanager
 async def subscribe(host: str, port: int, channels: list[str], *, timeout: float = 1.0,
-                    password: str | None = None) -> AsyncIterator[Subscription]:
+                    password: str | None = None,
+                    ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Subscription]:
     """A Subscription on its own connection, already active when the context is entered."""
     if not channels:
         raise ValueError("subscribe needs at least one channel")
-    async with await connect(host, port, timeout=timeout, password=password) as conn:
+    async with await connect(host, port, timeout=timeout, password=password,
+                             ssl_context=ssl_context) as conn:
         payload = encode_command(("SUBSCRIBE", *channels))
         # one confirmation per channel; read one at a time so that a single error reply
         # (NOAUTH, ...) for the whole command is raised rather than waited past

@@ -7,6 +7,10 @@ It reconciles, on every change notice and every POLL_EVERY seconds:
   node's address on the shard's port, with `maxmemory` = the database's memory size over its
   shard count and its eviction policy; a change of either is applied with CONFIG SET;
 - a replica is pointed at its master shard's address (REPLICAOF), a master replicates nobody;
+- every shard of a database gets the ACL users its `roles_permissions` give (control/access.py
+  `database_acl`: the users of each role, with the password hash and the rules of its
+  redis_acl), set with ACL SETUSER on masters and replicas alike (Redis does not replicate
+  ACLs), so `AUTH name password` through the proxy is checked by the shard;
 - a shard process that is no longer in CCS is stopped and its folder removed.
 
 It notices a shard process that died within POLL_EVERY (it has to, to start it again) and
@@ -24,6 +28,7 @@ in sync with the master (or has not yet seen a shard's creation) never stops a s
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import socket
@@ -32,8 +37,8 @@ import time
 
 import trio
 
-from control import ccs, schema
-from control.node import NodeConfig, service_command
+from control import access, ccs, schema
+from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect, info
 from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
@@ -86,10 +91,33 @@ def maxmemory(bdb: schema.Bdb) -> int:
     return max(1 << 20, int(bdb.memory_size) // max(1, int(bdb.shards_count)))
 
 
-def wanted(shard: schema.Shard, bdb: schema.Bdb, master: tuple[str, int] | None) -> dict:
-    """What redis_mgr keeps applied to a running shard."""
+def wanted(shard: schema.Shard, bdb: schema.Bdb, master: tuple[str, int] | None,
+           acl: dict[str, list[str]] | None = None) -> dict:
+    """What redis_mgr keeps applied to a running shard; `acl`: its ACL users
+    (access.database_acl)."""
     return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
-            "persistence": persistence(shard, bdb)}
+            "persistence": persistence(shard, bdb), "acl": acl or {}}
+
+
+async def apply_acl(conn, folder, acl: dict[str, list[str]]) -> None:
+    """Give the shard exactly the ACL users the control plane manages for its database: each
+    one set anew (`reset`, then its password hash and rules), and the ones it gave before and
+    no longer wants deleted. Users made through the endpoint with ACL SETUSER are left alone:
+    the names this manages are kept in the shard's folder (acl_users.json), beside its data."""
+    record = folder / "acl_users.json"
+    try:
+        before = set(json.loads(record.read_text()))
+    except (OSError, ValueError):
+        before = set()
+    gone = sorted(before - set(acl))
+    if gone:
+        await conn.execute("ACL", "DELUSER", *gone)
+    for name, args in sorted(acl.items()):
+        await conn.execute("ACL", "SETUSER", name, *args)
+    atomic_write(record, json.dumps(sorted(acl)))
+    if gone or acl:
+        log.info("shard %s: ACL users %s%s", folder.name, ", ".join(sorted(acl)) or "none",
+                 f" (deleted {', '.join(gone)})" if gone else "")
 
 
 class Shard:
@@ -146,6 +174,7 @@ class RedisMgr:
         self.session = ccs.Session.of_node(config)
         self.shards: dict[int, Shard] = {}
         self.reported: dict[int, dict] = {}      # shard uid -> the state last written to CCS
+        self.access: tuple = ({}, {}, {})        # users, roles, redis_acls (access.py)
 
     async def run(self) -> None:
         self.config.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +209,8 @@ class RedisMgr:
         bdbs = await schema.bdbs(local)
         nodes = await ccs.read_hash(local, ccs.NODES)
         states = await ccs.read_hash(local, schema.SHARD_STATE)
+        self.access = (await access.users(local), await access.roles(local),
+                       await access.redis_acls(local))
         last_uid = int(await local.execute("HGET", schema.COUNTERS, "shard") or 0)
         mine = {uid: s for uid, s in records.items()
                 if s.node_uid == self.config.uid and s.bdb_uid in bdbs}
@@ -247,7 +278,8 @@ class RedisMgr:
                 with socket.create_connection((self.config.address, shard.port), 0.2):
                     log.info("started shard %d on port %d (pid %d)", shard.uid, shard.port,
                              proc.pid)
-                    started.applied = wanted(shard, bdb, master)
+                    # a new process has no ACL users yet: _configure gives them
+                    started.applied = {**wanted(shard, bdb, master), "acl": None}
                     return started
             except OSError:
                 time.sleep(0.02)
@@ -265,7 +297,8 @@ class RedisMgr:
 
     async def _configure(self, running: Shard, shard: schema.Shard, bdb: schema.Bdb,
                          records: dict[int, schema.Shard], nodes: dict) -> None:
-        want = wanted(shard, bdb, self._master_of(shard, records, nodes))
+        want = wanted(shard, bdb, self._master_of(shard, records, nodes),
+                      access.database_acl(bdb, *self.access))
         if running.applied == want:
             return
         async with await connect(self.config.address, shard.port) as conn:
@@ -280,6 +313,8 @@ class RedisMgr:
                 # appendonly yes starts an AOF rewrite in the background; no stops the AOF.
                 await conn.execute("CONFIG", "SET",
                                    *(x for kv in want["persistence"].items() for x in kv))
+            if want["acl"] != running.applied.get("acl"):
+                await apply_acl(conn, running.folder, want["acl"])
         running.applied = want
 
     async def _remove(self, uid: int) -> None:

@@ -7,7 +7,8 @@ stats_archiver wrote.
   the alert `bdb_memory_limit` (control/alerts.py's store, severity WARNING), cleared once the
   database is under AT_LIMIT_CLEAR of its limit.
 - A node whose free memory falls under the cluster's threshold (`cluster:resource_settings`,
-  `{node_min_free_memory: bytes}`; absent or 0: off) for LOW_FOR seconds: one shard is moved off
+  `{node_min_free_memory: bytes, nodes: {<uid>: {node_min_free_memory}}}`, the second a node's
+  own; absent or 0: off) for LOW_FOR seconds: one shard is moved off
   it with a `shard_migrate` action (the existing machine, control/machines/shard_migrate.py),
   RE's "slave migration": a replica first (moving one costs a copy, no switch), the one using
   the most memory, to the node up with the most free memory that holds no copy of its slots,
@@ -35,14 +36,27 @@ AT_LIMIT_CLEAR = 0.95
 RESOURCE_SETTINGS = "cluster:resource_settings"
 
 
-def plan_migration(low_node: int, view: ClusterView, free: dict[int, float], threshold: float,
+def node_thresholds(settings: dict, nodes) -> dict[int, float]:
+    """Each node's free-memory threshold: its own in `settings["nodes"]` (nodes of different
+    sizes), else the cluster's `node_min_free_memory` (0: off)."""
+    default = float(settings.get("node_min_free_memory") or 0)
+    own = {int(k): v for k, v in (settings.get("nodes") or {}).items()}
+    return {u: float((own.get(u) or {}).get("node_min_free_memory", default) or 0)
+            for u in nodes}
+
+
+def plan_migration(low_node: int, view: ClusterView, free: dict[int, float],
+                   threshold: float | dict[int, float],
                    used: dict[int, int]) -> tuple[int, int] | None:
-    """(shard uid, target node) to move off `low_node`, or None (pure)."""
+    """(shard uid, target node) to move off `low_node`, or None (pure). `threshold`: the
+    free memory a target must stay above, one for all or per node."""
+    limit = threshold if isinstance(threshold, dict) else dict.fromkeys(view.nodes, threshold)
     on_node = [s for s in view.shards.values() if s.node_uid == low_node]
     on_node.sort(key=lambda s: (s.role != "replica", -used.get(s.uid, 0), s.uid))
     for shard in on_node:
         excluded = pair_nodes(shard, view.shards) | {low_node}
-        targets = [n for n in view.up if n not in excluded and free.get(n, 0) > threshold]
+        targets = [n for n in view.up if n not in excluded
+                   and free.get(n, 0) > limit.get(n, 0)]
         if targets:
             return shard.uid, max(targets, key=lambda n: (free[n], -n))
     return None
@@ -63,8 +77,8 @@ class ResourceMgr:
         view = await read_view(r, with_actions=True)
         await self.watch_databases(r, view, now)
         settings = ccs.unpack(await r.execute("GET", RESOURCE_SETTINGS)) or {}
-        threshold = float(settings.get("node_min_free_memory") or 0)
-        if threshold <= 0:
+        thresholds = node_thresholds(settings, view.nodes)
+        if not any(t > 0 for t in thresholds.values()):
             self.low_since.clear()
             return
         points = dict(zip(view.nodes, await newest(r, [store.key("1sec", "node", u)
@@ -72,7 +86,7 @@ class ResourceMgr:
         free = {u: p.get("available_memory", p.get("free_memory", 0))
                 for u, p in points.items() if p and now - p["etime"] < FRESH}
         for uid in list(view.up):
-            if uid in free and free[uid] < threshold:
+            if uid in free and free[uid] < thresholds[uid]:
                 self.low_since.setdefault(uid, now)
             else:
                 self.low_since.pop(uid, None)
@@ -86,7 +100,7 @@ class ResourceMgr:
                 continue
             shards = await newest(r, [store.key("1sec", "shard", s) for s in view.shards])
             used = {s: p.get("used_memory", 0) for s, p in zip(view.shards, shards) if p}
-            plan = plan_migration(uid, view, free, threshold, used)
+            plan = plan_migration(uid, view, free, thresholds, used)
             if plan is None:
                 continue
             shard_uid, target = plan
@@ -100,7 +114,7 @@ class ResourceMgr:
                 continue
             self.migrating = action.action_uid
             log.warning("node %d has %.0f bytes free (< %.0f): shard %d moves to node %d",
-                        uid, free[uid], threshold, shard_uid, target)
+                        uid, free[uid], thresholds[uid], shard_uid, target)
             return
 
     async def watch_databases(self, r, view: ClusterView, now: float) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from control import schema
+from control import rest_models, schema
 from control.cluster_view import ClusterView, place
 
 MIN_SHARD_MEMORY = 1 << 20       # a shard smaller than 1 MB cannot hold a useful dataset
@@ -114,7 +114,7 @@ def _size(n: int) -> str:
     return f"{n / (1 << 30):.2f} GB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MB"
 
 
-def plan_create(view: ClusterView, body: schema.BdbCreate,
+def plan_create(view: ClusterView, body: rest_models.BdbCreate,
                 policy: dict | None = None) -> tuple[dict, list[tuple]]:
     """The new database's record (without uid/status) and its placement, or InvalidRequest."""
     record = body.model_dump()

@@ -1,6 +1,8 @@
-"""The REST API's models: what cnm_http answers and the bodies of its action requests (the
-database's own fields are control/schema.py's BdbCreate and BdbSettings). FastAPI generates the
-OpenAPI document from these."""
+"""The REST API's models: the bodies cnm_http accepts (a database's settings, BdbSettings and
+BdbCreate; the cluster's, ClusterPolicy; the bodies of action requests) and what it answers.
+FastAPI validates requests and generates the OpenAPI document from these. The records kept in
+CCS are control/schema.py's msgspec structs; only cnm_http (and the tests) import pydantic, so
+that the other node services start without it."""
 
 from __future__ import annotations
 
@@ -8,7 +10,173 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from control.schema import MAX_UID
+from control.discovery import PROXY_POLICIES
+from control.schema import (AOF_POLICIES, DEFAULT_QUERY_BUFFER, EVICTION_POLICIES, MAX_COUNT,
+                            MAX_MEMORY_SIZE, MAX_QUERY_BUFFER, MAX_SECONDS, MAX_UID,
+                            MULTI_SLOT_POLICIES, PERSISTENCE)
+
+
+class SnapshotRule(BaseModel):
+    """One rule of a snapshot policy: an RDB is written `secs` seconds after at least `writes`
+    writes (Redis Enterprise's snapshot_policy, Redis's `save <secs> <writes>`)."""
+    model_config = ConfigDict(extra="forbid")
+
+    secs: int = Field(ge=1, le=MAX_SECONDS)
+    writes: int = Field(1, ge=1, le=MAX_COUNT)
+
+
+class AlertSetting(BaseModel):
+    """One alert of a database (RE's `bdb_alert_settings_with_threshold`): on or off, and its
+    threshold in the alert's unit (control/alerts.py), a number or RE's string of one."""
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    threshold: str | float | None = None
+
+
+class BdbAlertSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bdb_size: AlertSetting | None = None
+    bdb_high_latency: AlertSetting | None = None
+    bdb_high_throughput: AlertSetting | None = None
+    bdb_low_throughput: AlertSetting | None = None
+    bdb_backup_delayed: AlertSetting | None = None
+    bdb_long_running_action: AlertSetting | None = None
+    bdb_endpoint_failed: AlertSetting | None = None     # on unless set off (control/alerts.py)
+
+
+class RolePermission(BaseModel):
+    """One grant of a database's roles_permissions (RE's): the users of `role_uid` log in to
+    the database with the rules of `redis_acl_uid`."""
+    model_config = ConfigDict(extra="forbid")
+
+    role_uid: int = Field(ge=1, le=MAX_UID)
+    redis_acl_uid: int = Field(ge=1, le=MAX_UID)
+
+
+class BdbSettings(BaseModel):
+    """The fields of a database a user sets; all optional, for PUT. A field left out is not
+    changed; none may be null (the types say so in the OpenAPI document: pydantic does not
+    validate a default) except `backup_location`, whose null means the default folder."""
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    port: int = Field(None, ge=1, le=65535, description="below 1024 only with "
+                      "allow_privileged_port; the default is a free port in 10000-19999")
+    allow_privileged_port: bool = Field(
+        False, description="accept a port below 1024 (the shards' node services must be "
+        "allowed to bind it)")
+    memory_size: int = Field(None, ge=1 << 20, le=MAX_MEMORY_SIZE,
+                             description="bytes, split over the shards")
+    shards_count: int = Field(None, ge=1, le=64)
+    replication: bool = None
+    data_persistence: Literal[PERSISTENCE] = Field(
+        None, description="with replication only the replicas persist; without it, the master")
+    aof_policy: Literal[AOF_POLICIES] = None
+    snapshot_policy: list[SnapshotRule] = Field(
+        None, min_length=1, max_length=16, description="data_persistence `snapshot`: save "
+        "after `secs` seconds if at least `writes` writes were made (Redis's `save`)")
+    authentication_redis_pass: str = Field(None, max_length=256)
+    eviction_policy: Literal[EVICTION_POLICIES] = None
+    backup_interval: int = Field(
+        None, ge=0, le=MAX_SECONDS, description="seconds between scheduled backups "
+        "(job_scheduler); 0: none")
+    backup_location: str | None = Field(
+        None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
+        "holds the database's backups (default, or null: `<cluster folder>/backups`); it must "
+        "be reachable at this path from every node")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = Field(
+        None, description="multi-key commands over keys of several shards: `refuse` "
+        "(CROSSSLOT, as Redis Enterprise) or `sequential` (the proxy carries them out in "
+        "single-shard steps, dmc/fastpath/sequential.pxi)")
+    proxy_policy: Literal[PROXY_POLICIES] = Field(
+        None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
+        "see control/discovery.py)")
+    oss_cluster: bool = Field(
+        None, description="the OSS Cluster API (Redis Enterprise's name): each node's proxy "
+        "answers CLUSTER SLOTS, SHARDS, NODES ... with the proxies of the nodes that hold "
+        "master shards as the cluster's nodes, and -MOVED for keys of another node's "
+        "(dmc/fastpath/cluster_api.pxi); default false")
+    proxy_threads: int = Field(
+        None, ge=1, le=64, description="worker threads (event loops) of each node's proxy "
+        "for this database's endpoint (Redis Enterprise's proxy `threads`); default 1")
+    client_query_buffer_limit: int = Field(
+        None, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's unparsed input "
+        "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
+        "default 1 GB)")
+
+    roles_permissions: list[RolePermission] = Field(
+        None, max_length=256, description="which roles' users may log in to the database "
+        "(AUTH name password) and with which Redis ACL (control/access.py); applied as ACL "
+        "users on every shard")
+
+    alert_settings: BdbAlertSettings = Field(
+        None, description="the database's alerts and thresholds (alert_mgr): bdb_size % of "
+        "memory_size, bdb_high_latency µs, bdb_high/low_throughput ops/s, bdb_backup_delayed "
+        "and bdb_long_running_action seconds")
+
+
+class ClusterPolicy(BaseModel):
+    """PUT /v1/cluster: the cluster's settings (all optional; a field left out is unchanged)."""
+    model_config = ConfigDict(extra="forbid")
+
+    shards_overbooking: bool = Field(
+        None, description="Redis Enterprise's policy: true ignores the databases' memory_size "
+        "when placing shards (default false: a database whose shards do not fit in the nodes' "
+        "memory is refused, 406)")
+    overbooking_percent: int = Field(
+        None, ge=0, le=1000, description="how much more than a node's memory its shards may "
+        "book, in percent (default 0)")
+    # alert delivery (control/alert_delivery.py)
+    alerts_webhook_url: str = Field(
+        None, max_length=2000, pattern=r"^(https?://\S+)?$",
+        description="every alert raised or cleared is POSTed here as JSON (empty: none)")
+    email_alerts: bool = Field(None, description="e-mail every alert raised or cleared")
+    alerts_email_to: list[str] = Field(None, max_length=100,
+                                       description="the addresses alert e-mails go to")
+    email_from: str = Field(None, max_length=320)
+    smtp_host: str = Field(None, max_length=253)
+    smtp_port: int = Field(None, ge=1, le=65535)
+    smtp_username: str = Field(None, max_length=320)
+    smtp_password: str = Field(None, max_length=1000, description="never shown by GET")
+    smtp_use_tls: bool = Field(None, description="STARTTLS before logging in")
+    login_lockout_threshold: int = Field(
+        None, ge=0, le=MAX_COUNT, description="failed REST logins as one user before its "
+        "logins are refused (429) for login_lockout_duration (default 5; 0: never)")
+    login_lockout_duration: int = Field(
+        None, ge=1, le=MAX_SECONDS, description="seconds a locked-out user's logins are "
+        "refused (default 1800)")
+    login_lockout_counter_reset_after: int = Field(
+        None, ge=1, le=MAX_SECONDS, description="seconds after the first failed login the "
+        "count starts again (default 900)")
+
+
+class BdbCreate(BdbSettings):
+    """POST /v1/bdbs: a name is required, everything else has Redis Enterprise's default."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+    memory_size: int = Field(100 << 20, ge=1 << 20, le=MAX_MEMORY_SIZE,
+                             description="bytes, split over the shards")
+    shards_count: int = Field(1, ge=1, le=64)
+    replication: bool = False
+    data_persistence: Literal[PERSISTENCE] = "disabled"
+    aof_policy: Literal[AOF_POLICIES] = "appendfsync-every-sec"
+    snapshot_policy: list[SnapshotRule] = Field(
+        default_factory=lambda: [SnapshotRule(secs=3600, writes=1)], min_length=1,
+        max_length=16)
+    authentication_redis_pass: str = Field("", max_length=256)
+    eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
+    backup_interval: int = Field(
+        0, ge=0, le=MAX_SECONDS, description="seconds between scheduled backups "
+        "(job_scheduler); 0: none")
+    client_query_buffer_limit: int = Field(
+        DEFAULT_QUERY_BUFFER, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's "
+        "unparsed input may hold on the proxy (Redis's client-query-buffer-limit)")
+    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
+    oss_cluster: bool = False
+    proxy_threads: int = Field(1, ge=1, le=64)
+    roles_permissions: list[RolePermission] = Field(default_factory=list, max_length=256)
+
 
 class ErrorReply(BaseModel):
     error_code: str
@@ -50,6 +218,8 @@ class Bdb(BaseModel):
     authentication_redis_pass: str | None = None
     eviction_policy: str | None = None
     multi_slot_commands: str | None = Field(None, description="refuse (CROSSSLOT) or sequential")
+    oss_cluster: bool | None = Field(None, description="the OSS Cluster API is on")
+    proxy_threads: int | None = Field(None, description="worker threads of each node's proxy")
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
                                         "0: none")
     backup_location: str | None = Field(None, description="the folder of its backups")
@@ -93,6 +263,19 @@ class Cluster(BaseModel):
                                      "shards may book")
     memory_size: int = Field(0, description="the memory of the nodes up (bytes)")
     memory_booked: int = Field(0, description="what the databases' shards book (bytes)")
+    alerts_webhook_url: str | None = None
+    email_alerts: bool = False
+    alerts_email_to: list[str] = Field(default_factory=list)
+    email_from: str | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_username: str | None = None
+    smtp_use_tls: bool = False          # (smtp_password is never shown)
+    login_lockout_threshold: int = Field(5, description="failed logins before a user is "
+                                         "locked out (0: never)")
+    login_lockout_duration: int = Field(1800, description="seconds a user stays locked out")
+    login_lockout_counter_reset_after: int = Field(900, description="seconds after which "
+                                                   "failed logins are forgotten")
 
 
 class Shard(BaseModel):
@@ -149,6 +332,14 @@ class BackupRequest(BaseModel):
                                  "database's backup_location)")
 
 
+class CertificateUpdate(BaseModel):
+    """PUT /v1/cluster/update_cert (RE's body): a certificate and its unencrypted key, PEM."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64, description="which certificate: api (the REST API)")
+    certificate: str = Field(max_length=65536)
+    key: str = Field(max_length=65536)
+
+
 class ImportRequest(BaseModel):
     """Exactly one of backup_id, backup_path, rdb_path."""
     model_config = ConfigDict(extra="forbid")
@@ -189,5 +380,7 @@ class Backup(BaseModel):
 
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in {
     400: "the body does not follow the schema", 401: "wrong or missing credentials",
+    403: "the user's roles do not allow this request",
+    429: "too many failed logins as this user: locked out for a while (Retry-After)",
     404: "no such object", 406: "a configuration the cluster cannot have",
     409: "another action is changing this database", 503: "CCS cannot be reached"}.items()}

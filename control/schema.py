@@ -17,13 +17,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Literal
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field
 
 from control import ccs
-from control.discovery import DEFAULT_FQDN, DEFAULT_PROXY_POLICY, PROXY_POLICIES, dns_name
+from control.discovery import DEFAULT_FQDN, DEFAULT_PROXY_POLICY, dns_name
 from dmc.shard_map import SLOT_COUNT
 
 # ---- keys ----------------------------------------------------------------------------------
@@ -89,98 +87,10 @@ MAX_UID = (1 << 31) - 1
 MAX_QUERY_BUFFER = 1 << 40
 DEFAULT_QUERY_BUFFER = 1 << 30     # Redis's client-query-buffer-limit default
 
-class SnapshotRule(BaseModel):
-    """One rule of a snapshot policy: an RDB is written `secs` seconds after at least `writes`
-    writes (Redis Enterprise's snapshot_policy, Redis's `save <secs> <writes>`)."""
-    model_config = ConfigDict(extra="forbid")
-
-    secs: int = Field(ge=1, le=MAX_SECONDS)
-    writes: int = Field(1, ge=1, le=MAX_COUNT)
-
-
-class AlertSetting(BaseModel):
-    """One alert of a database (RE's `bdb_alert_settings_with_threshold`): on or off, and its
-    threshold in the alert's unit (control/alerts.py), a number or RE's string of one."""
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    threshold: str | float | None = None
-
-
-class BdbAlertSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    bdb_size: AlertSetting | None = None
-    bdb_high_latency: AlertSetting | None = None
-    bdb_high_throughput: AlertSetting | None = None
-    bdb_low_throughput: AlertSetting | None = None
-    bdb_backup_delayed: AlertSetting | None = None
-    bdb_long_running_action: AlertSetting | None = None
-
-
-class BdbSettings(BaseModel):
-    """The fields of a database a user sets; all optional, for PUT. A field left out is not
-    changed; none may be null (the types say so in the OpenAPI document: pydantic does not
-    validate a default) except `backup_location`, whose null means the default folder."""
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-    port: int = Field(None, ge=1, le=65535, description="below 1024 only with "
-                      "allow_privileged_port; the default is a free port in 10000-19999")
-    allow_privileged_port: bool = Field(
-        False, description="accept a port below 1024 (the shards' node services must be "
-        "allowed to bind it)")
-    memory_size: int = Field(None, ge=1 << 20, le=MAX_MEMORY_SIZE,
-                             description="bytes, split over the shards")
-    shards_count: int = Field(None, ge=1, le=64)
-    replication: bool = None
-    data_persistence: Literal[PERSISTENCE] = Field(
-        None, description="with replication only the replicas persist; without it, the master")
-    aof_policy: Literal[AOF_POLICIES] = None
-    snapshot_policy: list[SnapshotRule] = Field(
-        None, min_length=1, max_length=16, description="data_persistence `snapshot`: save "
-        "after `secs` seconds if at least `writes` writes were made (Redis's `save`)")
-    authentication_redis_pass: str = Field(None, max_length=256)
-    eviction_policy: Literal[EVICTION_POLICIES] = None
-    backup_interval: int = Field(
-        None, ge=0, le=MAX_SECONDS, description="seconds between scheduled backups "
-        "(job_scheduler); 0: none")
-    backup_location: str | None = Field(
-        None, pattern=r"^/", max_length=4096, description="absolute path of the folder that "
-        "holds the database's backups (default, or null: `<cluster folder>/backups`); it must "
-        "be reachable at this path from every node")
-    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = Field(
-        None, description="multi-key commands over keys of several shards: `refuse` "
-        "(CROSSSLOT, as Redis Enterprise) or `sequential` (the proxy carries them out in "
-        "single-shard steps, dmc/fastpath/sequential.pxi)")
-    proxy_policy: Literal[PROXY_POLICIES] = Field(
-        None, description="which nodes' proxies DNS and Sentinel advertise (default all-nodes; "
-        "see control/discovery.py)")
-    client_query_buffer_limit: int = Field(
-        None, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's unparsed input "
-        "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
-        "default 1 GB)")
-
-    alert_settings: BdbAlertSettings = Field(
-        None, description="the database's alerts and thresholds (alert_mgr): bdb_size % of "
-        "memory_size, bdb_high_latency µs, bdb_high/low_throughput ops/s, bdb_backup_delayed "
-        "and bdb_long_running_action seconds")
-
-
-class ClusterPolicy(BaseModel):
-    """PUT /v1/cluster: the cluster's settings (all optional; a field left out is unchanged)."""
-    model_config = ConfigDict(extra="forbid")
-
-    shards_overbooking: bool = Field(
-        None, description="Redis Enterprise's policy: true ignores the databases' memory_size "
-        "when placing shards (default false: a database whose shards do not fit in the nodes' "
-        "memory is refused, 406)")
-    overbooking_percent: int = Field(
-        None, ge=0, le=1000, description="how much more than a node's memory its shards may "
-        "book, in percent (default 0)")
-
-
-CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0}
+CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0,
+                           # failed REST logins (control/access.py), RE's defaults
+                           "login_lockout_threshold": 5, "login_lockout_duration": 1800,
+                           "login_lockout_counter_reset_after": 900}
 
 
 async def cluster_policy(redis) -> dict:
@@ -189,29 +99,6 @@ async def cluster_policy(redis) -> dict:
 
 
 REQUEST_FLAGS = ("allow_privileged_port",)   # in a request, not fields of the database
-
-
-class BdbCreate(BdbSettings):
-    """POST /v1/bdbs: a name is required, everything else has Redis Enterprise's default."""
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-    memory_size: int = Field(100 << 20, ge=1 << 20, le=MAX_MEMORY_SIZE,
-                             description="bytes, split over the shards")
-    shards_count: int = Field(1, ge=1, le=64)
-    replication: bool = False
-    data_persistence: Literal[PERSISTENCE] = "disabled"
-    aof_policy: Literal[AOF_POLICIES] = "appendfsync-every-sec"
-    snapshot_policy: list[SnapshotRule] = Field(
-        default_factory=lambda: [SnapshotRule(secs=3600, writes=1)], min_length=1,
-        max_length=16)
-    authentication_redis_pass: str = Field("", max_length=256)
-    eviction_policy: Literal[EVICTION_POLICIES] = "volatile-lru"
-    backup_interval: int = Field(
-        0, ge=0, le=MAX_SECONDS, description="seconds between scheduled backups "
-        "(job_scheduler); 0: none")
-    client_query_buffer_limit: int = Field(
-        DEFAULT_QUERY_BUFFER, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's "
-        "unparsed input may hold on the proxy (Redis's client-query-buffer-limit)")
-    multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
 
 
 class InvalidRequest(ValueError):
@@ -277,8 +164,11 @@ class Bdb(msgspec.Struct, kw_only=True):
     authentication_redis_pass: str = ""
     eviction_policy: str = "volatile-lru"
     proxy_policy: str | None = None               # None: all-nodes (control/discovery.py)
+    oss_cluster: bool = False                     # the OSS Cluster API (dmc/fastpath/cluster_api.pxi)
+    proxy_threads: int = 1                        # event loops per node for its endpoint (dmc/endpoint.py)
     client_query_buffer_limit: int | None = None  # None: DEFAULT_QUERY_BUFFER (dmcproxy)
     alert_settings: dict | None = None            # BdbAlertSettings' fields (alert_mgr)
+    roles_permissions: list[dict] = []            # [{role_uid, redis_acl_uid}] (access.py)
     multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
     backup_interval: int = 0
     backup_location: str | None = None

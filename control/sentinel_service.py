@@ -17,7 +17,7 @@ port> <new ip> <new port>` is published, as a Sentinel does after a failover. An
 Sentinel's own errors.
 
 The view comes from the node's own CCS copy (discovery.ViewFollower); answering never waits on
-CCS: while it is away, the last view is served.
+CCS: while it is away, the last view is served (after a restart, the one kept on disk).
 """
 
 from __future__ import annotations
@@ -180,8 +180,9 @@ SUBSCRIBED_ONLY = ("SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "PI
 class SentinelService:
     def __init__(self, config: NodeConfig):
         self.config = config
-        self.follower = ViewFollower(ccs.Session.of_node(config), config.cluster_fqdn,
-                                     on_change=self._view_changed)
+        self.follower = ViewFollower(
+            ccs.Session.of_node(config), config.cluster_fqdn, on_change=self._view_changed,
+            cache=config.run_dir / "discovery_view.sentinel_service.json")
         self.clients: set[Client] = set()
         self.epochs: dict[int, int] = {}        # bdb uid -> master switches seen here
         self.started = time.time()

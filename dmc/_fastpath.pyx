@@ -26,7 +26,10 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       pubsub        subscribers, and the keyspace-notification relay
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
+        sort_sequential   SORT BY / GET patterns over keys of several shards (sequential)
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
+      cluster_api   the OSS Cluster API (oss_cluster): CLUSTER SLOTS ... answered, -MOVED to
+                    the proxy of the node whose master shard holds the keys
     request       a request and its fragments (req_get, req_fragment); a fragment answered
                   (frag_answered); the answer written in request order (req_write)
     backend       shard connections: sent (frag_send), read (backend_recv, one handler per role)
@@ -37,6 +40,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     coalesce      fragments' replies merged (req_coalesce); coalesce_sets, coalesce_pfcount, info
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
+    workers       worker threads of one endpoint (--threads N): what stays per endpoint (client
+                  ids, CLIENT LIST/KILL, MONITOR, the relay); WorkerGroup stops them all at once
 
 Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
 runs on: its clients, backends, request free list, counters).
@@ -78,6 +83,9 @@ include "fastpath/info.pxi"
 include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
+include "fastpath/sort_sequential.pxi"
+include "fastpath/cluster_api.pxi"
+include "fastpath/workers.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -98,7 +106,8 @@ LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo"
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
           "client": LOCAL_CLIENT, "auth": LOCAL_AUTH, "reset": LOCAL_RESET,
-          "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL}
+          "monitor": LOCAL_MONITOR, "acl": LOCAL_ACL,
+          "cluster": LOCAL_CLUSTER}
 COMMAND_CLASSES = {"read": CLASS_READ, "write": CLASS_WRITE, "other": CLASS_OTHER}
 PARAM_KINDS = {"words": PARAM_WORDS, "memory": PARAM_MEMORY}
 KEYSPEC_BEGIN = {"index": BS_INDEX, "keyword": BS_KEYWORD}
@@ -327,8 +336,8 @@ cdef class Proxy:
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
-                for j in range(2):
-                    b = self.core.shards[i].control[j]
+                for j in range(4):
+                    b = self.core.shards[i].control[j] if j < 2 else self.core.shards[i].spare[j - 2]
                     if b != NULL:
                         if b.fd >= 0:
                             close(b.fd)
@@ -354,6 +363,7 @@ cdef class Proxy:
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
         tracking_free(&self.core)
+        cluster_api_free(self.core.cluster)
         if self.core.wake.fd >= 0:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
@@ -444,6 +454,7 @@ cdef class Proxy:
         self.core.map_version = version
         default_shard_changed(&self.core)
         relays_sync(&self.core)
+        spares_sync(&self.core)
         tracking_map_changed(&self.core)
         # After the switch: a request answered -TRYAGAIN may let its client's next ones be
         # routed, by the new map.
@@ -600,6 +611,53 @@ cdef class Proxy:
             raise ValueError(f"multi_slot_commands must be one of {', '.join(MULTI_SLOT_POLICIES)}, not {policy!r}")
         self.core.multi_slot = MULTI_SLOT_POLICIES[policy]
 
+    def set_cluster_api(self, replies, dict node_of=None, list node_addrs=None):
+        """The OSS Cluster API (cluster_api.pxi), None: off. replies: {(proto, name): bytes}
+        for proto 2 and 3 and name slots, shards, nodes, info, myid (dmc/cluster_api.py makes
+        them); node_of: {(host, port) of a shard: index into node_addrs, the "ip:port" of the
+        proxy serving it; -1 or absent: this one}. Call it after apply_shard_map, in the same
+        turn, with the topology of the map just installed."""
+        cdef ClusterApi *api
+        cdef int p, i
+        names = ("slots", "shards", "nodes", "info", "myid")
+        if replies is None:
+            cluster_api_free(self.core.cluster)
+            self.core.cluster = NULL
+            return
+        node_addrs = node_addrs or []
+        if len(node_addrs) > CLUSTER_MAX_NODES:
+            raise ValueError("at most %d cluster nodes" % CLUSTER_MAX_NODES)
+        for (host, port), node in (node_of or {}).items():
+            if node >= len(node_addrs):
+                raise ValueError("shard %s:%d is served by node %d, not in node_addrs" % (host, port, node))
+        api = <ClusterApi *>calloc(1, sizeof(ClusterApi))
+        if api == NULL:
+            raise MemoryError()
+        for i in range(MAX_SHARDS):
+            api.node_of[i] = -1
+        try:
+            for p in range(2):
+                for i in range(CLUSTER_REPLIES):
+                    data = bytes(replies[(p + 2, names[i])])
+                    if buf_append(&api.replies[p][i], <char *>data, len(data)) < 0:
+                        raise MemoryError()
+            for i, addr in enumerate(node_addrs):
+                label = addr.encode()[:63]
+                memcpy(api.node_addr[i], <char *>label, len(label))
+                api.node_addr[i][len(label)] = 0
+            for (host, port), node in (node_of or {}).items():
+                if node >= 0:
+                    api.node_of[self.shard_for(host, int(port))] = node
+        except BaseException:
+            cluster_api_free(api)
+            raise
+        cluster_api_free(self.core.cluster)
+        self.core.cluster = api
+
+    @property
+    def oss_cluster(self):
+        return self.core.cluster != NULL
+
     def close(self):
         """Stop serving: the listening socket leaves the loop (its owner closes it), every
         client connection and shard connection is closed. Call it once the loop has stopped."""
@@ -634,3 +692,63 @@ cdef class Proxy:
             "commands": self.table.counters(),
             "counters": counters_dict(&self.core),
         }
+
+
+cdef class WorkerGroup:
+    """The worker threads of one endpoint: Proxies that serve the same port, each run by a
+    thread of its own (dmc/endpoint.py). stop() / start() stop every worker between two turns
+    of its loop, so that a change can be applied to all at once."""
+    cdef Workers *w
+    cdef list proxies
+
+    def __cinit__(self, list proxies):
+        cdef int i
+        cdef Proxy p
+        if not 2 <= len(proxies) <= MAX_WORKERS:
+            raise ValueError("2 to %d workers" % MAX_WORKERS)
+        self.w = <Workers *>calloc(1, sizeof(Workers))
+        if self.w == NULL:
+            raise MemoryError()
+        self.proxies = list(proxies)
+        self.w.n = len(proxies)
+        pthread_mutex_init(&self.w.world, NULL)
+        for i in range(self.w.n):
+            pthread_mutex_init(&self.w.turn[i], NULL)
+            pthread_mutex_init(&self.w.inbox_lock[i], NULL)
+        for i in range(self.w.n):
+            p = proxies[i]
+            if p.core.workers != NULL:
+                raise ValueError("a Proxy is a worker of one group only")
+            self.w.cores[i] = &p.core
+        for i in range(self.w.n):
+            p = proxies[i]
+            p.core.workers = self.w
+            p.core.worker = i
+            p.core.next_client_id = <unsigned long long>i
+            dmc_atomic_add_int(&self.w.nclients, p.core.nclients)
+            relays_sync(&p.core)        # worker 0 relays the keyspace notifications, alone
+
+    def stop(self):
+        """Every worker waits, outside its loop's turns, until start()."""
+        with nogil:
+            workers_stop(self.w)
+
+    def start(self):
+        with nogil:
+            workers_start(self.w)
+            workers_wake(self.w, NULL)
+
+    def __dealloc__(self):
+        # Once the loops have ended (Endpoint.stop): the Proxies go on alone.
+        cdef int i
+        cdef Proxy p
+        if self.w == NULL:
+            return
+        for p in self.proxies or []:
+            p.core.workers = NULL
+        for i in range(self.w.n):
+            pthread_mutex_destroy(&self.w.turn[i])
+            pthread_mutex_destroy(&self.w.inbox_lock[i])
+            buf_free(&self.w.inbox[i])
+        pthread_mutex_destroy(&self.w.world)
+        free(self.w)

@@ -70,6 +70,8 @@ CONFIG_SET_ALLOWED = frozenset({
     "notify-keyspace-events",
     "slowlog-log-slower-than", "slowlog-max-len",
     "busy-reply-threshold", "lua-time-limit",
+    # Writes refused while a shard has fewer replicas in sync (each shard counts its own).
+    "min-replicas-to-write", "min-replicas-max-lag", "min-slaves-to-write", "min-slaves-max-lag",
     "latency-tracking", "latency-tracking-info-percentiles",
     "activerehashing", "hll-sparse-max-bytes",
     "lazyfree-lazy-user-del", "lazyfree-lazy-user-flush",
@@ -99,6 +101,10 @@ CONFIG_SET_NEVER = frozenset({
     "aclfile", "enable-protected-configs", "enable-debug-command", "enable-module-command",
 })
 CONFIG_SET_NEVER_PREFIXES = ("tls-", "cluster-announce-")
+# The database's size, set through the endpoint as on one Redis: each shard gets its share
+# (rounded up), up to the database's limit (the shards' own limit times the shards); 0 gives the
+# shards their own limit back (fastpath/route.pxi::param_split).
+CONFIG_SPLIT_PARAMS = frozenset({"maxmemory"})
 # Compared as sizes (`1gb` is 1073741824); every other value as words (case and blanks aside).
 CONFIG_MEMORY_PARAMS = frozenset({
     "maxmemory", "maxmemory-clients", "repl-backlog-size", "proto-max-bulk-len",
@@ -119,6 +125,7 @@ class CommandEntry:
     refusal: str | None = None
     writes: bool = False
     unmonitored: bool = False
+    no_multi: bool = False          # COMMAND's `no_multi`: refused inside MULTI
     tracks_reads: bool = False      # a tracking client's read: its keys are remembered (CLIENT TRACKING)
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
     cls: str = "other"              # counted as: "read", "write" or "other" (command_class)
@@ -164,9 +171,13 @@ def _legacy_spec(first: int, last: int, step: int) -> tuple | None:
 
 def applied_value(name: str, value: str) -> tuple | bool:
     """How CONFIG SET of a managed parameter is checked: (kind, the shards' value normalised as
-    fastpath/commands.pxi::param_normalise normalises a client's), or False: always refused."""
+    fastpath/commands.pxi::param_normalise normalises a client's), that and "split" for the
+    database's size (CONFIG_SPLIT_PARAMS), or False: always refused."""
     if name in CONFIG_SET_NEVER or name.startswith(CONFIG_SET_NEVER_PREFIXES):
         return False
+    if name in CONFIG_SPLIT_PARAMS:
+        return ((_fastpath.PARAM_KINDS["memory"], value.strip(), "split") if value.strip().isdigit()
+                else False)
     if name in CONFIG_MEMORY_PARAMS:
         return (_fastpath.PARAM_KINDS["memory"], value.strip()) if value.strip().isdigit() else False
     return (_fastpath.PARAM_KINDS["words"], " ".join(value.lower().split()))
@@ -210,6 +221,7 @@ def _entry(row, container: str | None = None,
     entry.cls = command_class(flags)
     # Redis shows MONITOR every command but the administrative ones.
     entry.unmonitored = bool(flags & {"admin", "skip_monitor"})
+    entry.no_multi = "no_multi" in flags
     # What CLIENT TRACKING remembers for a client: read-only commands' keys, and scripts' (the
     # shard tracks a script's keys only when it reads; the proxy's table follows the shard).
     entry.tracks_reads = "readonly" in flags or name in TRACKED_SCRIPTS
@@ -230,6 +242,9 @@ def _entry(row, container: str | None = None,
     elif top == "client":
         # About the proxy's own client connections, not the shards' (which are the proxy).
         entry.route, entry.local = "local", "client"
+    elif top == "cluster":
+        # The OSS Cluster API, when the database has it (cluster_api.pxi); else to a shard.
+        entry.route, entry.local = "local", "cluster"
     elif top == "acl":
         # The shards hold the ACL: changes go to every shard, the rest is answered by one, on
         # the connections of the client's own user (acl.pxi); DELUSER closes the proxy's
@@ -309,7 +324,7 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
                   e.params, e.writes, e.unmonitored, e.tracks_reads,
-                  _fastpath.COMMAND_CLASSES[e.cls])
+                  _fastpath.COMMAND_CLASSES[e.cls], e.no_multi)
     return table
 
 

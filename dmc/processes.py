@@ -5,6 +5,7 @@ whether a process still runs, how to stop one. Shared by the embedded local defa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -24,6 +25,25 @@ def free_port(host: str = "127.0.0.1", below: int = 65536) -> int:
             port = s.getsockname()[1]
         if port < below:
             return port
+
+
+# Linux's sun_path holds 107 bytes and a NUL; supervisord binds `<path>.<pid>` before it links
+# the real name, so leave room for that suffix.
+UNIX_PATH_MAX = 107 - len(".4194304")
+SHORT_SOCKET_DIR = "/tmp/dmc-sockets"
+
+
+def unix_socket_path(wanted: os.PathLike | str) -> str:
+    """`wanted` if a unix socket can be bound there, else a short name for it in
+    /tmp/dmc-sockets (derived from `wanted`, so every process that asks gets the same one).
+    Deep folders (a test's tmp_path under pytest-xdist, an operator's long --home) would
+    otherwise make bind() fail with `AF_UNIX path too long`."""
+    wanted = os.path.abspath(wanted)
+    if len(wanted.encode()) <= UNIX_PATH_MAX:
+        return wanted
+    os.makedirs(SHORT_SOCKET_DIR, mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(wanted.encode()).hexdigest()[:24]
+    return os.path.join(SHORT_SOCKET_DIR, f"{digest}.sock")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

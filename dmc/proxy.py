@@ -14,13 +14,14 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+import threading
 import time
 import tomllib
 from dataclasses import dataclass, field
 
 import click
 
-from dmc import _fastpath
+from dmc import _fastpath, cluster_api
 from dmc.commands import table_from_shards
 from dmc.shard_map import ShardMap
 
@@ -43,6 +44,8 @@ class ProxyConfig:
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
     hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
+    oss_cluster: bool = False   # the OSS Cluster API, this proxy the cluster's one node (cluster_api)
+    threads: int = 1            # worker threads (event loops) serving the port (dmc/endpoint.py)
 
     def shard_map(self, version: int) -> ShardMap:
         if self.slot_ranges:
@@ -76,6 +79,8 @@ def load_config(path: str) -> ProxyConfig:
         timeout = 0          # seconds a client may stay idle (0: forever), as Redis's `timeout`
         hold_ms = 0          # a request for a shard that is down waits this long for a new map
         multi_slot_commands = "refuse"   # or "sequential": keys of several shards in steps
+        oss_cluster = false  # the OSS Cluster API: CLUSTER SLOTS ... with this proxy as the one node
+        threads = 1          # worker threads serving the port (their own clients and shard connections)
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
     """
     with open(path, "rb") as f:
@@ -83,7 +88,7 @@ def load_config(path: str) -> ProxyConfig:
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
              "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
-             "tracking_max_keys", "hold_ms"}
+             "tracking_max_keys", "hold_ms", "oss_cluster", "threads"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -97,9 +102,13 @@ def load_config(path: str) -> ProxyConfig:
     return cfg
 
 
-def listen(bind: str, port: int) -> socket.socket:
+def listen(bind: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """reuse_port: one of several sockets on the same port (an endpoint's worker threads), among
+    which the kernel spreads the connections."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((bind, port))
     sock.listen(4096)
     sock.setblocking(False)
@@ -128,12 +137,13 @@ def wait_for_table(shards, deadline_s: float):
         time.sleep(0.2)
 
 
-def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _fastpath.Proxy]:
+def open_proxy(cfg: ProxyConfig, shard_map: ShardMap,
+               reuse_port: bool = False) -> tuple[socket.socket, _fastpath.Proxy]:
     """The listening socket on cfg.bind:cfg.port and a Proxy serving it with cfg's limits and
     password, its command table from the map's shards (waited for up to cfg.wait_shards_s),
     shard_map installed. The one way a database endpoint is built: dmcproxy and
     dmc.endpoint.Endpoint both use it. The caller owns the socket."""
-    sock = listen(cfg.bind, cfg.port)
+    sock = listen(cfg.bind, cfg.port, reuse_port)
     try:
         table, version = wait_for_table(list(shard_map.shards), cfg.wait_shards_s)
         proxy = _fastpath.Proxy(sock.fileno(), table, max_clients=cfg.max_clients,
@@ -146,6 +156,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap) -> tuple[socket.socket, _f
                                 client_query_limit=cfg.client_query_buffer_limit,
                                 hold_ms=cfg.hold_ms)
         install_shard_map(proxy, shard_map)
+        if cfg.oss_cluster:
+            apply_standalone_cluster(proxy, shard_map, sock.getsockname()[:2])
     except BaseException:
         sock.close()
         raise
@@ -158,6 +170,14 @@ def install_shard_map(proxy: _fastpath.Proxy, shard_map: ShardMap) -> bool:
                                  shard_map.slot_owners())
 
 
+def apply_standalone_cluster(proxy: _fastpath.Proxy, shard_map: ShardMap, myself) -> None:
+    """The OSS Cluster API of a standalone dmcproxy: one node, itself, serves every slot."""
+    host, port = myself
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    cluster_api.apply(proxy, shard_map, lambda shard: (host, port), (host, port))
+
+
 class ProxyService:
     """The proxy process: listening socket, command table, shard map, signals."""
 
@@ -167,11 +187,28 @@ class ProxyService:
         self.cfg = cfg
         self.config_path = config_path
         _fastpath.set_input_budget(cfg.maxmemory_clients)
-        self.sock, self.proxy = open_proxy(cfg, cfg.shard_map(version=1))
+        self.endpoint = None
+        if cfg.threads > 1:
+            from dmc.endpoint import Endpoint     # (it builds its proxies with open_proxy)
+            settings = {k: v for k, v in vars(cfg).items()
+                        if k not in ("port", "bind", "shards", "slot_ranges", "password",
+                                     "threads")}
+            self.endpoint = Endpoint(cfg.bind, cfg.port, cfg.password, cfg.shard_map(version=1),
+                                     threads=cfg.threads, **settings)
+            self.sock, self.proxy = self.endpoint.sock, self.endpoint.proxy
+        else:
+            self.sock, self.proxy = open_proxy(cfg, cfg.shard_map(version=1))
         self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
 
     def apply(self, shard_map: ShardMap) -> bool:
-        return install_shard_map(self.proxy, shard_map)
+        def install(proxy):
+            installed = install_shard_map(proxy, shard_map)
+            if installed and self.cfg.oss_cluster:
+                apply_standalone_cluster(proxy, shard_map, self.sock.getsockname()[:2])
+            return installed
+        # One thread: signal handlers run between two turns of the loop; else every worker.
+        return self.endpoint.call(install) if self.endpoint else install(self.proxy)
 
     def reload(self) -> None:
         if not self.config_path:
@@ -184,11 +221,21 @@ class ProxyService:
             log(f"reload failed, keeping shard map version {self.proxy.map_version}: {exc}")
 
     def serve(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self.proxy.stop())
-        signal.signal(signal.SIGINT, lambda *_: self.proxy.stop())
+        if self.endpoint is None:
+            signal.signal(signal.SIGTERM, lambda *_: self.proxy.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.proxy.stop())
+            signal.signal(signal.SIGHUP, lambda *_: self.reload())
+            self.proxy.run()
+            self.sock.close()
+            return
+        # Worker threads serve; the main thread waits for signals.
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload())
-        self.proxy.run()
-        self.sock.close()
+        self.endpoint.start()
+        while not self._stop.wait(0.2):
+            pass
+        self.endpoint.stop()
 
 
 def log(msg: str) -> None:
@@ -223,9 +270,15 @@ def log(msg: str) -> None:
 @click.option("--tracking-max-keys", type=int,
               help="CLIENT TRACKING: keys remembered; past it, keys are evicted with an "
                    "invalidation, as Redis's tracking-table-max-keys (0: 1000000). [0]")
+@click.option("--threads", type=click.IntRange(1, 64),
+              help="Worker threads serving the port, each with its own event loop, clients and "
+                   "shard connections (SO_REUSEPORT spreads the connections). [1]")
+@click.option("--oss-cluster", is_flag=True, default=None,
+              help="The OSS Cluster API: CLUSTER SLOTS/SHARDS/NODES ... answered with this proxy "
+                   "as the cluster's one node, for cluster clients.")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
          client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
-         timeout, multi_slot_commands, tracking_max_keys):
+         timeout, multi_slot_commands, tracking_max_keys, threads, oss_cluster):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -237,7 +290,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("maxmemory_clients", maxmemory_clients),
                             ("password", password), ("timeout", timeout),
                             ("multi_slot_commands", multi_slot_commands),
-                            ("tracking_max_keys", tracking_max_keys)):
+                            ("tracking_max_keys", tracking_max_keys),
+                            ("oss_cluster", oss_cluster), ("threads", threads)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

@@ -24,3 +24,32 @@ def encode_command(args) -> bytes:
 def encode_commands(commands) -> bytes:
     """Several commands, pipelined."""
     return b"".join(encode_command(cmd) for cmd in commands)
+
+
+class Verbatim(str):
+    """A verbatim string reply (RESP3 `=`, `txt` format; RESP2: a bulk string)."""
+
+
+def encode_reply(value, proto: int = 2) -> bytes:
+    """A reply in RESP2 or RESP3, for the replies the proxy serves from values made in Python
+    (dmc/cluster_api.py): int, str/bytes (bulk), Verbatim, list (array), dict (a map in RESP3,
+    a flat array of keys and values in RESP2), None (null)."""
+    if isinstance(value, bool):
+        raise TypeError("bool is not a RESP reply")
+    if isinstance(value, int):
+        return b":%d\r\n" % value
+    if isinstance(value, Verbatim) and proto == 3:
+        data = b"txt:" + value.encode()
+        return b"=%d\r\n%s\r\n" % (len(data), data)
+    if isinstance(value, str):
+        value = value.encode()
+    if isinstance(value, (bytes, bytearray)):
+        return b"$%d\r\n%s\r\n" % (len(value), bytes(value))
+    if isinstance(value, list):
+        return b"*%d\r\n" % len(value) + b"".join(encode_reply(v, proto) for v in value)
+    if isinstance(value, dict):
+        items = b"".join(encode_reply(k, proto) + encode_reply(v, proto) for k, v in value.items())
+        return (b"%%%d\r\n" % len(value) if proto == 3 else b"*%d\r\n" % (2 * len(value))) + items
+    if value is None:
+        return b"_\r\n" if proto == 3 else b"$-1\r\n"
+    raise TypeError(f"cannot encode {type(value).__name__} as a RESP reply")

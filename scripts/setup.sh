@@ -14,6 +14,9 @@ if [ "${1:-}" = test ] && ! command -v ip >/dev/null 2>&1; then missing+=(iprout
 # the discovery tests compare sentinel_service with a real redis-sentinel, and ask pdns_server with dig
 if [ "${1:-}" = test ] && ! command -v redis-sentinel >/dev/null 2>&1; then missing+=(redis-sentinel); fi
 if [ "${1:-}" = test ] && ! command -v dig >/dev/null 2>&1; then missing+=(bind9-dnsutils); fi
+# the web UI's tests drive Debian's headless Chromium through its chromedriver (selenium)
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+if [ "${1:-}" = test ] && ! command -v chromedriver >/dev/null 2>&1; then missing+=(chromium-driver); fi
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} from apt" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -22,6 +22,10 @@ import json, sys
 from pathlib import Path
 home = Path(sys.argv[1])
 node = json.loads((home / "node-1" / "node.json").read_text())
+scheme = "https" if node.get("ui_certfile") and node.get("ui_keyfile") else "http"
+if "cm_server" in node["services"]:     # a cluster made before the UI existed has none
+    print(f"web UI:   {scheme}://{node['address']}:{node['ui_port']}/ "
+          f"(user admin, password in {home / 'admin.json'})")
 print(f"REST API: http://{node['address']}:{node['rest_port']}/v1/bdbs "
-      f"(user admin, password in {home / 'admin.json'}); status: dmc status")
+      f"(the same user); status: dmc status")
 PY

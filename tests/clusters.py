@@ -13,10 +13,15 @@ import trio
 from dmc._fastpath import slot_of
 from waiting import wait_until
 
-from control import ccs, history, schema
+from control import ccs, history, rest_models, schema
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.redis_client import connect
 from dmc.processes import free_port
+
+
+# How long a new cluster may take to elect its master: on a loaded shared machine, the services'
+# Python start alone has taken 40 s (a wait on a condition: a quick start is not slowed).
+START_TIMEOUT = 90.0
 
 
 def api_answers(config, auth) -> bool:
@@ -29,12 +34,15 @@ def api_answers(config, auth) -> bool:
 
 
 @contextmanager
-def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalCluster]:
-    """A cluster whose every node's REST API answers; stopped and checked on the way out."""
-    c = LocalCluster.create(home, loopback_addresses(nodes, first_address), record_history=True)
+def rest_cluster(home, first_address: str, nodes: int = 3, timeout: float = START_TIMEOUT,
+                 **create_options) -> Iterator[LocalCluster]:
+    """A cluster whose every node's REST API answers; stopped and checked on the way out.
+    `create_options` go to LocalCluster.create (services=[...]: fewer services per node)."""
+    c = LocalCluster.create(home, loopback_addresses(nodes, first_address), record_history=True,
+                            timeout=timeout, **create_options)
     try:
         for config in c.nodes.values():
-            wait_until(lambda cfg=config: api_answers(cfg, c.admin_login()), 20,
+            wait_until(lambda cfg=config: api_answers(cfg, c.admin_login()), timeout,
                        what=f"cnm_http of node {config.uid}")
         yield c
     finally:
@@ -43,9 +51,10 @@ def rest_cluster(home, first_address: str, nodes: int = 3) -> Iterator[LocalClus
     assert found == [], found
 
 
-def rest_client(cluster: LocalCluster, timeout: float = 10) -> httpx.Client:
-    """An httpx client of node 1's REST API, logged in as the cluster's admin."""
-    config = cluster.nodes[1]
+def rest_client(cluster: LocalCluster, timeout: float = 10, node: int = 1) -> httpx.Client:
+    """An httpx client of a node's REST API (node 1's by default), logged in as the cluster's
+    admin."""
+    config = cluster.nodes[node]
     return httpx.Client(base_url=f"http://{config.address}:{config.rest_port}",
                         auth=cluster.admin_login(), timeout=timeout)
 
@@ -60,7 +69,8 @@ class Cluster:
 
     def __init__(self, home, first_address: str, **create_options):
         self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
-                                      record_history=True, **create_options)
+                                      record_history=True,
+                                      **{"timeout": START_TIMEOUT, **create_options})
 
     def master_ccs(self) -> tuple[str, int]:
         for config in self.lc.nodes.values():
@@ -98,7 +108,7 @@ class Cluster:
 
         async def create(r):
             uid = await schema.next_uid(r, "bdb")
-            spec = schema.BdbCreate(name=name, port=port, shards_count=shards,
+            spec = rest_models.BdbCreate(name=name, port=port, shards_count=shards,
                                     replication=replication, **fields).model_dump(
                                         exclude=set(schema.REQUEST_FLAGS))
             await schema.put_bdb(r, schema.Bdb(**spec, uid=uid, status="pending"))

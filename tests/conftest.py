@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from dmc.local import start_proxy, start_redis, start_redis_on_free_port
+from dmc.local import redis_servers, start_proxy, start_redis, start_redis_on_free_port
 from dmc.processes import stop_process
 from dmc.shard_map import ShardMap
 from replies import RespConn
@@ -77,7 +77,14 @@ class Database:
             stop_process(p)
 
 
+# DMC_PROXY_THREADS=2: every dmcproxy the fixtures start serves with that many worker threads
+# (dmcproxy --threads), so that a behaviour test file runs with 1 and with 2 threads.
+PROXY_THREADS = int(os.environ.get("DMC_PROXY_THREADS", "1"))
+
+
 def start_database(workdir: Path, nshards: int = 3, proxy_args=()) -> Database:
+    if PROXY_THREADS > 1 and "--threads" not in proxy_args:
+        proxy_args = (*proxy_args, "--threads", str(PROXY_THREADS))
     ports, procs = [], []
     try:
         for _ in range(nshards):
@@ -90,6 +97,13 @@ def start_database(workdir: Path, nshards: int = 3, proxy_args=()) -> Database:
             stop_process(p)
         raise
     return Database(workdir, ports, procs, proxy, port)
+
+
+@pytest.fixture(scope="module")
+def shard_ports(tmp_path_factory):
+    """Three redis-servers for a module's own proxies (Proxy, Endpoint): their ports."""
+    with redis_servers(tmp_path_factory.mktemp("shards"), 3) as started:
+        yield [port for port, _ in started]
 
 
 @pytest.fixture(scope="module")

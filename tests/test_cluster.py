@@ -301,8 +301,11 @@ def test_a_node_in_a_folder_of_its_own_joins_through_a_peer(make_cluster, tmp_pa
     cluster.wait_for_master()
     peer = cluster.nodes[1]
     elsewhere = tmp_path / "other-machine"
+    refused = run_dmc(elsewhere, "node", "join", f"{peer.address}:{peer.gossip_port}",
+                      "--address", "127.0.0.2", check=False)
+    assert refused.returncode == 1 and "give --ca-dir" in refused.stderr   # no certificate
     out = run_dmc(elsewhere, "node", "join", f"{peer.address}:{peer.gossip_port}",
-                  "--address", "127.0.0.2").stdout
+                  "--address", "127.0.0.2", "--ca-dir", str(peer.dir / "certs")).stdout
     assert "node 2 joined at 127.0.0.2" in out
     other = LocalCluster.load(elsewhere)
     try:

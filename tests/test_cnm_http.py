@@ -18,7 +18,7 @@ import trio
 from clusters import rest_cluster
 from waiting import wait_until
 
-from control import alerts, ccs, cnm_http, node_wd, schema
+from control import alerts, ccs, cnm_http, node_wd, rest_models, schema
 from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -134,7 +134,11 @@ def test_openapi_document_lists_every_path_with_models_and_400_not_422(api):
           for tail in ("", "/{uid}", "/last", "/last/{uid}")),
         "/v1/cluster/stats", "/v1/cluster/stats/last", "/v1/bdbs/alerts",
         "/v1/bdbs/alerts/{uid}", "/v1/nodes/alerts", "/v1/nodes/alerts/{uid}",
-        "/v1/cluster/alerts", "/v1/logs"}
+        "/v1/cluster/alerts", "/v1/logs",
+        # control/rest_access.py
+        "/v1/users", "/v1/users/{uid}", "/v1/users/password", "/v1/roles", "/v1/roles/{uid}",
+        "/v1/redis_acls", "/v1/redis_acls/{uid}", "/v1/cluster/certificates",
+        "/v1/cluster/update_cert"}
     assert set(doc["paths"]["/v1/bdbs/{uid}"]) == {"get", "put", "delete"}
     schemas = doc["components"]["schemas"]
     assert {"BdbCreate", "BdbSettings", "Bdb", "Action", "ErrorReply"} <= set(schemas)
@@ -328,8 +332,8 @@ def test_placement_needs_two_nodes_up_for_replication():
     view = cnm_http.ClusterView(master=None, nodes={1: {"uid": 1}, 2: {"uid": 2}},
                                 beats={1: {"started": 0}, 2: None}, bdbs={}, shards={})
     with pytest.raises(schema.InvalidRequest, match="replication needs two nodes up"):
-        cnm_http.plan_create(view, schema.BdbCreate(name="x", replication=True))
-    record, placement = cnm_http.plan_create(view, schema.BdbCreate(name="x", shards_count=2))
+        cnm_http.plan_create(view, rest_models.BdbCreate(name="x", replication=True))
+    record, placement = cnm_http.plan_create(view, rest_models.BdbCreate(name="x", shards_count=2))
     assert placement == [(1, None), (1, None)] and record["port"] == 10000
     with pytest.raises(schema.InvalidRequest, match="two nodes up"):
         cnm_http.plan_update(view, schema.Bdb(uid=7, shards_count=1, replication=False,

@@ -66,10 +66,11 @@ def test_allowed_parameters_are_set_on_every_shard(db, r, ref):
                   "notify-keyspace-events", "")
 
 
+# (maxmemory and min-replicas-to-write are the database's: tests/test_fidelity_units.py.)
 @pytest.mark.parametrize("name", ["dir", "port", "bind", "dbfilename", "appendonly", "save",
-                                  "replicaof", "slaveof", "requirepass", "masterauth", "maxmemory",
+                                  "replicaof", "slaveof", "requirepass", "masterauth",
                                   "maxclients", "timeout", "protected-mode", "cluster-enabled",
-                                  "min-replicas-to-write", "DIR", "Save"])
+                                  "DIR", "Save"])
 def test_parameters_managed_by_the_cluster_are_refused(db, r, name):
     before = shard_values(db, name.lower())
     assert reply(r, "CONFIG", "SET", name, "1") == managed(name)
@@ -170,11 +171,11 @@ def test_no_op_pairs_are_left_out_and_the_others_set(db, r):
 
 
 @pytest.mark.parametrize("args, refused", [
-    (["save", "3600 1"], "save"), (["maxmemory", "1gb"], "maxmemory"),
+    (["save", "3600 1"], "save"), (["timeout", "5"], "timeout"),
     (["appendonly", "no", "save", "900 1"], "save"), (["requirepass", ""], "requirepass"),
     (["dir", "."], "dir"), (["port", "0"], "port"),
 ])
 def test_a_managed_parameter_at_another_value_or_never_settable_is_refused(db, r, args, refused):
-    """Persistence and memory changes belong to the control plane; a shard's identity and its
+    """Persistence belongs to the control plane (memory: test_fidelity_units.py); a shard's identity and its
     secrets are refused whatever the value (an answer would tell a guess right)."""
     assert reply(r, "CONFIG", "SET", *args) == managed(refused)

@@ -23,7 +23,6 @@ from control.node_proxy import NodeProxy
 from control.proxy_stats import read_proxy_stats
 from dmc._fastpath import LATENCY_BUCKETS_US, latency_bucket, slot_of
 from dmc.endpoint import Endpoint
-from dmc.local import redis_servers
 from dmc.shard_map import ShardMap
 
 HOST = "127.0.0.1"
@@ -33,12 +32,6 @@ CONTRACT = {"read_req", "write_req", "other_req", "read_res", "write_res", "othe
             "latency_histogram", "conns", "total_connections_received", "rejected_connections",
             "ingress_bytes", "egress_bytes", "max_pipeline", "errors", "auth_failures",
             "monitors", "pubsub_channels", "pubsub_patterns", "uptime_s"}
-
-
-@pytest.fixture(scope="module")
-def shard_ports(tmp_path_factory):
-    with redis_servers(tmp_path_factory.mktemp("counters"), 3) as started:
-        yield [port for port, _ in started]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ that cannot bind it later), and a database bigger than the nodes' memory (with o
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -227,8 +228,14 @@ def test_a_node_that_cannot_bind_the_port_later_shows_the_endpoint_failed(cluste
                                    text=True, timeout=30)
             assert shown.returncode == 0, shown.stderr
             assert "FAILED on node 3" in shown.stdout and "in use" in shown.stdout
+            alert = wait_until(lambda: (a := api.get(f"/v1/bdbs/alerts/{uid}").json()
+                                        .get("bdb_endpoint_failed")) and a["state"] and a,
+                               30, 0.2, "the alert bdb_endpoint_failed raised")
+            assert alert["severity"] == "ERROR" and alert["value"] == 1
         wait_until(lambda: api.get(f"/v1/bdbs/{uid}").json()["endpoints"][0]["status"] ==
                    "active", 30, 0.2, "the endpoint served on node 3 again")
+        wait_until(lambda: not api.get(f"/v1/bdbs/alerts/{uid}").json()
+                   ["bdb_endpoint_failed"]["state"], 30, 0.2, "the alert cleared")
     finally:
         if rpc.supervisor.getProcessInfo("dmcproxy")["statename"] != "RUNNING":
             rpc.supervisor.startProcess("dmcproxy")
@@ -257,6 +264,45 @@ def test_a_removed_node_stops_every_service_and_does_not_join_again(cluster, api
     assert all(s["node_uid"] != uid for s in api.get("/v1/shards").json())
     uid_db = created.json()["uid"]
     wait_action(api, api.delete(f"/v1/bdbs/{uid_db}").json()["action_uid"])
+
+
+def test_the_master_node_removed_while_down_drains_and_does_not_come_back(cluster):
+    """The master node is stopped (as `dmc node remove` of the master does) and removed through
+    another node: its shards, on a node that is down, move off (the drain does not stall); when
+    it is started again it learns it is no member and stops every service of its own."""
+    cluster.add_node()                            # three members again (one was removed above)
+    master = cluster.wait_for_master()
+    node = cluster.nodes[master]
+    other = next(u for u in cluster.nodes if u != master and not cluster.nodes[u]
+                 .removed_file.exists())
+    with rest_client(cluster, timeout=15, node=other) as api:
+        created = api.post("/v1/bdbs", json={"name": "on-master", "memory_size": 8 << 20,
+                                             "shards_count": 2, "replication": True})
+        assert created.status_code == 200, created.text
+        wait_action(api, created.json()["action_uid"])
+        on_it = [s for s in api.get("/v1/shards").json() if s["node_uid"] == master]
+        assert on_it, "a shard of the database on the master node"
+        cluster.stop_node(master)
+        cluster.wait_for_master(among=[u for u in cluster.nodes if u != master])
+        removal = wait_until(lambda: (r := api.post(f"/v1/nodes/{master}/actions/remove"))
+                             .status_code == 200 and r, 30, 0.5, "the removal accepted")
+        wait_action(api, removal.json()["action_uid"], timeout=120)
+        shards = [s for s in api.get("/v1/shards").json()
+                  if s["bdb_uid"] == created.json()["uid"]]
+        assert all(s["node_uid"] != master for s in shards)
+        assert len(shards) == 4                   # no copy left behind by the move
+        assert master not in {n["uid"] for n in api.get("/v1/nodes").json()}
+
+        cluster.start_node(master)                # down during its removal: never told
+        wait_until(lambda: node.removed_file.exists() and processes_under(node.home) == [],
+                   30, 0.2, f"node {master} stopped itself")
+        assert master not in {n["uid"] for n in api.get("/v1/nodes").json()}
+        status = json.loads(subprocess.run(
+            [sys.executable, "-m", "control.cli", "status", "--json", "--home",
+             str(cluster.home)], capture_output=True, text=True, timeout=30).stdout)
+        assert master not in {row["node"] for row in status["nodes"] if row["state"] == "OK"}
+        uid_db = created.json()["uid"]
+        wait_action(api, api.delete(f"/v1/bdbs/{uid_db}").json()["action_uid"])
 
 
 # ---- a busy shard is stopped all the same ------------------------------------------------------
@@ -296,8 +342,18 @@ def test_a_redis_server_running_a_script_that_never_ends_is_stopped(tmp_path, sc
             proc.wait()
 
 
-def test_cluster_delete_stops_a_busy_shard_and_refuses_while_a_process_of_it_runs(cluster, api):
+def test_cluster_delete_stops_a_busy_shard_and_refuses_while_a_process_of_it_runs(cluster):
     """Last: it stops the module's cluster."""
+    with rest_client(cluster, timeout=15, node=member(cluster)) as api:
+        _busy_shard_and_delete(cluster, api)
+
+
+def member(cluster) -> int:
+    """A node of the module's cluster that was not removed (node 1 may have been)."""
+    return next(u for u, c in sorted(cluster.nodes.items()) if not c.removed_file.exists())
+
+
+def _busy_shard_and_delete(cluster, api) -> None:
     created = api.post("/v1/bdbs", json={"name": "busy", "memory_size": 8 << 20})
     assert created.status_code == 200, created.text
     wait_action(api, created.json()["action_uid"])

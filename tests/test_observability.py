@@ -8,18 +8,23 @@ migration plans) are unit-tested at the end."""
 from __future__ import annotations
 
 import json
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 import redis
+import trio
 from click.testing import CliRunner
-from clusters import api_answers, rest_client, rest_cluster
+from clusters import START_TIMEOUT, api_answers, rest_client, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
 
 from control import alerts, ccs, schema, stats_store
 from control.cli import main as dmc
 from control.cluster_view import ClusterView
+from control.node import NodeConfig, supervisor_rpc
 from control.resource_mgr import plan_migration
 from control.stats_archiver import due_bucket
 from dmc.processes import free_port
@@ -232,7 +237,7 @@ def test_history_survives_a_cluster_stop_and_start(cluster, api, db):
     before = api.get(f"/v1/bdbs/stats/{uid}", params={"interval": "1sec"}).json()["intervals"]
     tens = api.get(f"/v1/bdbs/stats/{uid}", params={"interval": "10sec"}).json()["intervals"]
     cluster.stop()
-    cluster.start()
+    cluster.start(timeout=START_TIMEOUT)
     wait_until(lambda: api_answers(cluster.nodes[1], cluster.admin_login()), 30,
                what="REST after the restart")
     after = api.get(f"/v1/bdbs/stats/{uid}", params={"interval": "1sec"}).json()["intervals"]
@@ -285,6 +290,48 @@ def test_migration_plan_moves_a_replica_to_the_freest_node():
     assert plan_migration(1, view, {1: 10, 2: 50, 3: 50, 4: 50}, 100, {}) is None
 
 
+def test_an_alert_change_is_delivered_by_webhook_and_by_smtp():
+    """control/alert_delivery.deliver against a real HTTP server and a real SMTP server."""
+    from aiosmtpd.controller import Controller
+
+    from control.alert_delivery import deliver
+    mails = []
+
+    class Inbox:
+        async def handle_DATA(self, server, session, envelope):
+            mails.append(envelope)
+            return "250 OK"
+    smtp = Controller(Inbox(), hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    hook = Webhook()
+    try:
+        alert = {"name": "node_failed", "object_type": "node", "object_uid": 2, "state": True,
+                 "severity": "ERROR", "change_time": 1.0}
+        event = alerts.event("node_failed", "ERROR", "node_failed raised for node 2")
+        policy = {"alerts_webhook_url": hook.url, "email_alerts": True,
+                  "alerts_email_to": ["ops@example.com"], "smtp_host": "127.0.0.1",
+                  "smtp_port": smtp.port, "email_from": "dmc@example.com"}
+        trio.run(deliver, policy, "c.example.com", alert, event)
+    finally:
+        smtp.stop()
+        hook.server.shutdown()
+    (body,) = hook.received
+    assert body["cluster"] == "c.example.com" and body["alert"]["name"] == "node_failed"
+    assert body["alert"]["object_uid"] == 2 and body["event"]["type"] == "node_failed"
+    (mail,) = mails
+    assert mail.rcpt_tos == ["ops@example.com"] and mail.mail_from == "dmc@example.com"
+    text = mail.content.decode()
+    assert "Subject: [c.example.com] ERROR node_failed raised" in text
+    assert "node_failed raised for node 2" in text
+
+
+def test_a_nodes_own_free_memory_threshold_wins_over_the_clusters():
+    from control.resource_mgr import node_thresholds
+    settings = {"node_min_free_memory": 100, "nodes": {"2": {"node_min_free_memory": 500}}}
+    assert node_thresholds(settings, [1, 2]) == {1: 100.0, 2: 500.0}
+    assert node_thresholds({}, [1]) == {1: 0.0}
+
+
 def test_node_wd_reports_disk_space_and_its_own_ccs(cluster):
     master = cluster.nodes[cluster.wait_for_master()]
     r = redis.Redis(master.address, master.ccs_port, socket_timeout=2)
@@ -294,3 +341,163 @@ def test_node_wd_reports_disk_space_and_its_own_ccs(cluster):
     for uid, report in health.items():
         assert report["ccs"] == "ok" and report["disk"] in ("ok", "low")
         assert 0 < report["disk_free"] <= report["disk_total"]
+
+
+# ---- the cluster's own resources, certificates and alert delivery (last: a node goes down) ----
+
+def self_signed(tmp_path, address: str) -> tuple[str, str]:
+    """A certificate for `address` and its key (PEM files), as the cluster's CA would give."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "node.crt", tmp_path / "node.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def restart(config, *services) -> None:
+    rpc = supervisor_rpc(config.supervisor_sock).supervisor
+    for service in services:
+        rpc.stopProcess(service)
+        rpc.startProcess(service)
+
+
+def test_metrics_are_served_over_https_when_the_node_has_a_certificate(cluster, tmp_path):
+    config = cluster.nodes[2]
+    cert, key = self_signed(tmp_path, config.address)
+    saved = NodeConfig.load(config.home)
+    saved.metrics_tls_cert, saved.metrics_tls_key = cert, key
+    saved.save()
+    try:
+        restart(config, "metrics_exporter", "heartbeatd")
+        url = f"https://{config.address}:{config.metrics_port}/metrics"
+        trusted = ssl.create_default_context(cafile=cert)
+        reply = wait_until(lambda: _get(url, verify=trusted), 20, 0.2, "metrics over https")
+        assert "node_up" in reply.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https", "http"), timeout=5)
+        rows = wait_until(lambda: (r := json.loads(CliRunner().invoke(
+            dmc, ["status", "--json", "--home", str(cluster.home)]).output)["nodes"])
+            and r[1]["metrics_url"] == url and r, 20, 0.5, "status naming the https URL")
+        assert rows[0]["metrics_url"].startswith("http://")
+    finally:
+        saved.metrics_tls_cert = saved.metrics_tls_key = None
+        saved.save()
+        restart(config, "metrics_exporter", "heartbeatd")
+    wait_until(lambda: _get(f"http://{config.address}:{config.metrics_port}/metrics"), 20, 0.2,
+               "metrics over http again")
+
+
+def _get(url, **kw):
+    try:
+        reply = httpx.get(url, timeout=5, **kw)
+        return reply.status_code == 200 and reply
+    except httpx.HTTPError:
+        return None
+
+
+def test_resource_mgr_moves_a_shard_off_a_node_low_on_free_memory(cluster, api, db):
+    """A node's own threshold set above its free memory (the override a node of another size
+    would have): resource_mgr moves one of its shards, a replica first, with shard_migrate."""
+    shards = shards_of(api, db)
+    low = next(s["node_uid"] for s in shards if s["role"] == "replica")
+    before = {s["uid"] for s in shards if s["node_uid"] == low}
+    master = cluster.nodes[cluster.wait_for_master()]
+    r = redis.Redis(master.address, master.ccs_port, socket_timeout=5)
+    r.set("cluster:resource_settings", ccs.pack({"nodes": {str(low): {
+        "node_min_free_memory": 1 << 62}}}))
+    try:
+        action = wait_until(lambda: next((a for a in api.get("/v1/actions").json()
+                                          if a["name"] == "shard_migrate"
+                                          and a["object_uid"] in before), None),
+                            30, 0.2, "a shard_migrate off the low node")
+    finally:
+        r.delete("cluster:resource_settings")
+    done = wait_until(lambda: (a := api.get(f"/v1/actions/{action['action_uid']}").json())
+                      ["status"] in ("completed", "failed") and a, 90, 0.2, "the migration")
+    assert done["status"] == "completed", done
+    moved = [s for s in shards if s["uid"] == action["object_uid"]][0]
+    assert moved["role"] == "replica"            # a replica first: a copy, no switch
+    after = shards_of(api, db)
+    assert {s["uid"] for s in after if s["node_uid"] == low} == before - {moved["uid"]}
+    assert len(after) == len(shards)
+
+
+class Webhook:
+    """A local HTTP server that keeps the JSON bodies POSTed to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def names(self, state=True) -> set[tuple[str, int | None]]:
+        return {(b["alert"]["name"], b["alert"]["object_uid"]) for b in self.received
+                if b["alert"]["state"] is state}
+
+
+def test_node_and_cluster_alerts_with_nodes_down_are_delivered_by_webhook(cluster):
+    """Last (it takes two nodes down). One node killed: node_failed; a second one's heartbeat
+    stopped (down as the cluster sees it, still voting, so a master remains): the cluster
+    alerts. Each change reaches the webhook; all clear once the nodes are back."""
+    master = cluster.wait_for_master()
+    killed, silent = [u for u in sorted(cluster.nodes) if u != master]
+    hook = Webhook()
+    with rest_client(cluster, node=master) as api:
+        # (503 while CCS is briefly away, as after the restarts above: a client tries again)
+        reply = wait_until(lambda: (r := api.put("/v1/cluster", json={
+            "alerts_webhook_url": hook.url})).status_code != 503 and r, 30, 0.5, "the PUT")
+        assert reply.status_code == 200 and reply.json()["alerts_webhook_url"] == hook.url
+        assert api.put("/v1/cluster", json={"alerts_webhook_url": "ftp://x"}).status_code == 400
+        cluster.kill_node(killed)
+        wait_until(lambda: ("node_failed", killed) in hook.names(), 30, 0.2,
+                   f"node_failed of node {killed} delivered")
+        assert api.get(f"/v1/nodes/alerts/{killed}").json()["node_failed"]["state"]
+        assert not api.get("/v1/cluster/alerts").json()["cluster_multiple_nodes_down"]["state"]
+        rpc = supervisor_rpc(cluster.nodes[silent].supervisor_sock).supervisor
+        rpc.stopProcess("heartbeatd")
+        try:
+            wait_until(lambda: {("cluster_multiple_nodes_down", None),
+                                ("cluster_too_few_nodes_for_replication", None)}
+                       <= hook.names(), 30, 0.2, "the cluster alerts delivered")
+            raised = api.get("/v1/cluster/alerts").json()
+            assert raised["cluster_multiple_nodes_down"]["state"]
+            assert raised["cluster_too_few_nodes_for_replication"]["severity"] == "WARNING"
+            body = next(b for b in hook.received
+                        if b["alert"]["name"] == "cluster_multiple_nodes_down")
+            assert body["cluster"] == cluster.nodes[master].cluster_fqdn
+            assert "raised" in body["event"]["description"]
+        finally:
+            rpc.startProcess("heartbeatd")
+            cluster.start_node(killed)
+        wait_until(lambda: {("node_failed", killed), ("cluster_multiple_nodes_down", None)}
+                   <= hook.names(state=False), 60, 0.5, "the alerts cleared, delivered")
+        api.put("/v1/cluster", json={"alerts_webhook_url": ""})
+    hook.server.shutdown()

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 import dns.resolver
 import pytest
+import redis
+import trio
 from click.testing import CliRunner
 from clusters import Cluster
 from waiting import wait_until
 
 from control.discovery import advertised, dns_name, internal_dns_name
-from control.node import supervisor_rpc
+from control.local_cluster import LocalCluster
+from control.node import NodeConfig, supervisor_rpc
 from control.cli import main
 
 pytestmark = pytest.mark.timeout(240)
@@ -124,6 +129,46 @@ def test_policies_order_and_fallback():
     assert advertised("all-master-shards", [], {2}) == []
 
 
+def test_the_view_kept_on_disk_is_the_view_and_its_digest_is_the_zones():
+    from control.discovery import DbEndpoint, DiscoveryView, NodeView
+    view = DiscoveryView(FQDN, {1: NodeView(1, "127.0.0.1", 8001, 53, True)},
+                         {7: DbEndpoint(7, "db", 12000, "all-nodes", ("127.0.0.1",))}, 5.0, 3)
+    again = DiscoveryView.from_json(json.loads(json.dumps(view.to_json())))
+    assert again == view and again.digest() == view.digest()
+    again.read_at, again.serial = 9.0, 4          # when it was read is not the zone
+    assert again.digest() == view.digest()
+    moved = DiscoveryView(FQDN, view.nodes, {7: DbEndpoint(7, "db", 12000, "all-nodes", ())})
+    assert moved.digest() != view.digest()
+
+
+def test_the_follower_is_ready_at_once_and_keeps_its_view_when_ccs_never_answers(tmp_path):
+    """A CCS copy that takes connections and never answers (SIGSTOP): the discovery follower
+    of a service that starts is ready at once, with the view kept on disk."""
+    from control import ccs
+    from control.discovery import DiscoveryView, NodeView
+    from control.discovery_follower import ViewFollower
+    from dmc.local import start_redis_on_free_port
+    port, proc = start_redis_on_free_port(tmp_path)
+    cache = tmp_path / "view.json"
+    kept = DiscoveryView(FQDN, {1: NodeView(1, "127.0.0.1", 1, 2, True)}, serial=7)
+    cache.write_text(json.dumps(kept.to_json()))
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        follower = ViewFollower(ccs.Session("127.0.0.1", port, port), "other.name", cache=cache)
+
+        async def start():
+            with trio.fail_after(1):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(follower.run)
+                    nursery.cancel_scope.cancel()
+        trio.run(start)
+        assert follower.view == kept
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+
 def test_soa_ns_and_node_names(cluster):
     node = cluster.lc.nodes[1]
     r = resolver(node)
@@ -171,8 +216,16 @@ def test_malformed_packets_are_dropped_and_break_nothing(cluster):
     assert addresses(node, dns_name(cluster.dbs["all"]["port"], FQDN))
 
 
-def test_answers_follow_a_nodes_proxy(cluster):
-    """A node whose dmcproxy stops leaves every answer; back when it runs again."""
+def serials(cluster) -> list[int]:
+    """The SOA serial each node answers."""
+    return [resolver(c).resolve(FQDN, "SOA")[0].serial for _, c in sorted(cluster.lc.nodes.items())]
+
+
+def test_answers_follow_a_nodes_proxy_and_every_node_gives_the_same_serial(cluster):
+    """A node whose dmcproxy stops leaves every answer; back when it runs again. The zone's
+    serial is CCS's: the same on every node, and it grows with each change of the zone."""
+    before = wait_until(lambda: len(set(s := serials(cluster))) == 1 and s[0], 15, 0.2,
+                        "one serial on every node")
     gone = cluster.lc.nodes[3]
     asked = cluster.lc.nodes[1]
     name = dns_name(cluster.dbs["all"]["port"], FQDN)
@@ -182,9 +235,43 @@ def test_answers_follow_a_nodes_proxy(cluster):
         wait_until(lambda: addresses(asked, name) ==
                    {cluster.lc.nodes[1].address, cluster.lc.nodes[2].address}, 15,
                    what=f"node 3 out of {name}")
+        during = wait_until(lambda: len(set(s := serials(cluster))) == 1 and s[0] > before
+                            and s[0], 15, 0.2, "a new serial, the same on every node")
     finally:
         rpc.startProcess("dmcproxy")
     wait_until(lambda: gone.address in addresses(asked, name), 20, what=f"node 3 back in {name}")
+    wait_until(lambda: len(set(s := serials(cluster))) == 1 and s[0] > during, 15, 0.2,
+               "the serial moved on again, the same on every node")
+
+
+def test_a_restart_while_ccs_does_not_answer_serves_the_view_kept_on_disk(cluster):
+    """Node 3's CCS copy stopped (SIGSTOP: it takes connections and never answers), then its
+    pdns_server and sentinel_service restarted: both answer at once, from their last view."""
+    node = cluster.lc.nodes[3]
+    db = cluster.dbs["all"]
+    name = dns_name(db["port"], FQDN)
+    want = addresses(node, name)
+    sentinel = redis.Redis(node.address, node.sentinel_port, socket_timeout=3)
+    master = sentinel.execute_command("SENTINEL", "get-master-addr-by-name", "all")
+    rpc = supervisor_rpc(node.supervisor_sock).supervisor
+    ccs_pid = rpc.getProcessInfo("ccs")["pid"]
+    os.kill(ccs_pid, signal.SIGSTOP)
+    try:
+        for service in ("pdns_server", "sentinel_service"):
+            rpc.stopProcess(service)
+            rpc.startProcess(service)
+        assert wait_until(lambda: addresses(node, name), 10, 0.2, "an answer") == want
+        assert wait_until(lambda: _sentinel_answer(node), 10, 0.2, "Sentinel's answer") == master
+    finally:
+        os.kill(ccs_pid, signal.SIGCONT)
+
+
+def _sentinel_answer(node):
+    try:
+        return redis.Redis(node.address, node.sentinel_port, socket_timeout=2).execute_command(
+            "SENTINEL", "get-master-addr-by-name", "all")
+    except redis.RedisError:
+        return None
 
 
 def test_cli_and_rest_name_the_discovery_addresses(cluster):
@@ -212,3 +299,29 @@ def test_cluster_create_refuses_a_bad_name(tmp_path):
     result = CliRunner().invoke(main, ["cluster", "create", "--name", "not a name",
                                        "--home", str(tmp_path)])
     assert result.exit_code == 1 and "is not a DNS name" in result.output
+
+
+def test_a_node_joined_from_another_folder_takes_the_cluster_name_from_ccs(cluster, tmp_path):
+    """`dmc node join` as on another machine (a folder of its own, so no sibling node.json to
+    copy): the node takes the cluster's FQDN from CCS and answers for that zone. Last: it
+    leaves the module's cluster with a fourth node, stopped."""
+    peer = cluster.lc.nodes[1]
+    address = "127.0.0.214"
+    result = CliRunner().invoke(main, ["node", "join", f"{peer.address}:{peer.gossip_port}",
+                                       "--address", address, "--home", str(tmp_path)])
+    joined = LocalCluster.load(tmp_path)
+    try:
+        assert result.exit_code == 0, result.output
+        (config,) = joined.nodes.values()
+        assert NodeConfig.load(config.home).cluster_fqdn == FQDN
+        soa = wait_until(lambda: _soa(config), 30, 0.5, "the new node's SOA")
+        assert str(soa.mname) == f"node{config.uid}.{FQDN}."
+    finally:
+        joined.stop()
+
+
+def _soa(config):
+    try:
+        return resolver(config).resolve(FQDN, "SOA")[0]
+    except dns.exception.DNSException:
+        return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -28,6 +29,7 @@ class WriteLoad:
     acked_at: dict[str, float] = field(default_factory=dict)     # key -> time.monotonic()
     errors: list[tuple[float, str]] = field(default_factory=list)
     reads_wrong: list[tuple[str, str, str]] = field(default_factory=list)
+    connect: Callable[[], redis.Redis] | None = None    # a client of one's own (RedisCluster ...)
 
     def __post_init__(self):
         self._stop = threading.Event()
@@ -58,8 +60,9 @@ class WriteLoad:
         wait_until(lambda: self.writes >= target, timeout, what=f"{more} more writes")
 
     def _client(self, i: int) -> None:
-        conn = redis.Redis(host=self.host, port=self.port, password=self.password,
-                           socket_timeout=10, decode_responses=True)
+        conn = self.connect() if self.connect else redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_timeout=10,
+            decode_responses=True)
         n = 0
         while not self._stop.is_set():
             key, value = f"load:{i}:{n}", str(n)

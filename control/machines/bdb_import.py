@@ -9,6 +9,7 @@ import trio
 from control import backup_mgr
 from control.machines.base import ActionFailed, Machine
 from control.redis_client import connect
+from control.sealing import reveal_text
 
 
 class BdbImport(Machine):
@@ -18,6 +19,11 @@ class BdbImport(Machine):
     this node (control/backup_mgr.py), so a backup of any shard count loads into a database of
     any other; RESTORE ... REPLACE makes a file loaded twice (after a master change) harmless."""
     steps = (("check", 10), ("flush", 15), ("load", 100))
+
+    def password(self, bdb) -> str | None:
+        """The database password (sealed in CCS)."""
+        return reveal_text(self.exec.config.dir, bdb.authentication_redis_pass) \
+            or None
 
     async def check(self) -> None:
         bdb = await self.bdb()
@@ -42,7 +48,7 @@ class BdbImport(Machine):
     async def endpoint(self):
         bdb = await self.bdb()
         return await connect(self.exec.config.address, bdb.port, timeout=30.0,
-                             password=bdb.authentication_redis_pass or None)
+                             password=self.password(bdb))
 
     async def flush(self) -> None:
         if self.action.params.get("flush"):
@@ -66,7 +72,7 @@ class BdbImport(Machine):
             try:
                 keys = await backup_mgr.load_rdb(
                     Path(files[i]["path"]), (self.exec.config.address, bdb.port),
-                    password=bdb.authentication_redis_pass or None,
+                    password=self.password(bdb),
                     slots=files[i]["slots"], progress=progress,
                     work_dir=self.exec.config.dir / "tmp" / f"import-{self.action.action_uid}")
             except backup_mgr.BackupError as exc:

@@ -14,7 +14,9 @@ from control.redis_client import RedisUnavailable
 class NodeRemove(Machine):
     """object_uid: the node. Every shard on it moves to another node (one shard_migrate action
     each, run by this same cnm_exec, so each takes its database's lock like any change), then the
-    node leaves the membership through cluster_wd. The master node itself is not removed."""
+    node leaves the membership through cluster_wd. The master node itself is not removed.
+    Shards that have failed (the node is down: a master node stopped so that another removes
+    it) are left to node_wd's HA policy, which moves them off: the drain waits for it."""
     steps = (("drain", 90), ("leave", 100))
 
     @property
@@ -28,13 +30,19 @@ class NodeRemove(Machine):
         children = self.state.setdefault("children", {})
         deadline = trio.current_time() + 600
         while True:
-            shards = {u: s for u, s in (await schema.shards(self.redis)).items()
-                      if s.node_uid == self.node_uid}
+            view = await self.view()
+            shards = {u: s for u, s in view.shards.items() if s.node_uid == self.node_uid}
             if not shards:
                 return
             if trio.current_time() > deadline:
                 raise ActionFailed(f"shards {sorted(shards)} still on node {self.node_uid}")
             for uid, shard in shards.items():
+                if view.failed(shard):
+                    # Its node is down (the master node, stopped to be removed, say) or it
+                    # does not serve: node_wd's HA policy fails a master over and re-creates
+                    # a replica elsewhere. A migration would copy from a shard that does not
+                    # answer and hold the database's lock that the failover needs.
+                    continue
                 child = children.get(str(uid))
                 if child is not None:
                     found = await schema.get_action(self.redis, child)
@@ -70,7 +78,8 @@ class NodeRemove(Machine):
                 self.node_uid) or {}
         try:
             reply = await request(self.exec.config.address, self.exec.config.gossip_port,
-                                  {"op": "leave", "uid": self.node_uid}, 5.0)
+                                  {"op": "leave", "uid": self.node_uid}, 5.0,
+                                  ssl_context=self.exec.tls.client())
         except (OSError, trio.TooSlowError, ValueError) as exc:
             raise RedisUnavailable(f"cluster_wd did not answer: {exc!r}") from exc
         if not reply.get("ok") and "is not a member" not in str(reply.get("error")):
@@ -81,6 +90,6 @@ class NodeRemove(Machine):
         if member:
             try:
                 await request(member["address"], member["gossip_port"],
-                              {"op": "removed"}, 5.0)
+                              {"op": "removed"}, 5.0, ssl_context=self.exec.tls.client())
             except (OSError, trio.TooSlowError, ValueError, ConnectionError):
                 pass

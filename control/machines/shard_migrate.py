@@ -55,3 +55,13 @@ class ShardMigrate(Machine):
 
     async def retire(self) -> None:
         await ccs.delete(self.redis, schema.SHARDS, self.state["old"])
+
+    async def finish(self, ok: bool) -> None:
+        """A migration that failed before its switch leaves no copy behind: the new replica's
+        record goes (its node's redis_mgr stops it) while the old shard still serves."""
+        if ok or "new" not in self.state:
+            return
+        shards = await schema.shards(self.redis)
+        new = shards.get(self.state["new"])
+        if new is not None and new.role == "replica" and self.state["old"] in shards:
+            await ccs.delete(self.redis, schema.SHARDS, new.uid)

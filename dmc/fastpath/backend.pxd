@@ -73,6 +73,7 @@ cdef struct Shard:
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
     Backend *auth_checker   # where AUTH user pass of clients is checked (acl.pxi); NULL until used
     Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)
+    Backend *spare[2]       # a connected one (RESP2, RESP3) for the next client that needs its own
     bint busy               # its last probe was answered -BUSY: a script runs
     char busy_reply[192]    #   that -BUSY line, answered for it meanwhile
     long long busy_seen_us  #   when it was last seen
@@ -91,6 +92,11 @@ cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n)
 cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcept nogil
 cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil
 cdef void dedicated_close(Core *core, Backend *b) noexcept nogil
+cdef Backend *spare_take(Core *core, Client *c, int shard) noexcept nogil
+cdef void spare_open(Core *core, int shard, int proto) noexcept nogil
+cdef void spares_close(Core *core, int shard) noexcept nogil
+cdef void spares_sync(Core *core) noexcept nogil
+cdef void dedicated_release(Core *core, Client *c, Backend *b) noexcept nogil
 cdef void backend_connect(Core *core, Backend *b) noexcept nogil
 cdef void backend_writable(Core *core, Backend *b) noexcept nogil
 cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil

@@ -103,6 +103,8 @@ cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
         dedicated_close(core, b)
         b = c.dedicated = NULL
     if b == NULL:
+        b = spare_take(core, c, shard)
+    if b == NULL:
         b = backend_new(shard, c, c.proto, ROLE_DEDICATED)
         if b == NULL:
             return NULL
@@ -111,6 +113,86 @@ cdef Backend *client_dedicated(Core *core, Client *c, int shard) noexcept nogil:
     if b.state == BK_DOWN:
         backend_connect(core, b)
     return b
+
+
+cdef Backend *spare_take(Core *core, Client *c, int shard) noexcept nogil:
+    """The shard's spare connection, made the client's own, when it is connected (else NULL),
+    and a new spare opened. So a client's own connection (a blocking command's, a WATCH's) is
+    usually up already, and what the client sends on it reaches the shard in the order the
+    proxy read it, not after another client's later command on a shared connection (the
+    suite's `XREADGROUP ... BLOCK` from one client, then `DEL` from another). A RESP2 spare
+    is opened with the map (spares_sync), a RESP3 one from the shard's first RESP3 client that
+    needs its own; clients of other ACL users (acl.pxi) connect their own."""
+    cdef Shard *s = &core.shards[shard]
+    cdef int p = 1 if c.proto == 3 else 0
+    cdef Backend *b = s.spare[p]
+    if c.user != NULL or not s.active:
+        return NULL
+    if b != NULL and b.state == BK_UP and b.qhead == NULL and b.skip_replies == 0:
+        s.spare[p] = NULL
+        b.owner = c
+        c.dedicated = b
+    else:
+        b = NULL
+    if s.spare[p] == NULL:
+        spare_open(core, shard, c.proto)
+    elif s.spare[p].state == BK_DOWN and s.spare[p].retry_at_us <= core.now_us:
+        backend_connect(core, s.spare[p])
+    return b
+
+
+cdef void spare_open(Core *core, int shard, int proto) noexcept nogil:
+    """A new spare for clients of `proto`. It counts as ready once the shard answered on it
+    (the HELLO 3 of a RESP3 one, a PING for RESP2: skip_replies back at 0): the shard has then
+    accepted it and reads it, so a command sent on it is not read after a later one on another
+    connection while the shard gets round to accepting it."""
+    cdef int p = 1 if proto == 3 else 0
+    cdef Backend *b = backend_new(shard, NULL, proto, ROLE_DEDICATED)
+    core.shards[shard].spare[p] = b
+    if b == NULL:
+        return
+    backend_connect(core, b)
+    if b.state != BK_DOWN and proto != 3:
+        buf_append_str(&b.wbuf, b"*1\r\n$4\r\nPING\r\n")
+        b.skip_replies = 1
+
+
+cdef void spares_sync(Core *core) noexcept nogil:
+    """After a map change: a RESP2 spare for every shard of the map, none for the others."""
+    cdef int i
+    cdef Shard *s
+    for i in range(core.nshards):
+        s = &core.shards[i]
+        if not s.active:
+            spares_close(core, i)
+        elif s.spare[0] == NULL:
+            spare_open(core, i, 2)
+
+
+cdef void dedicated_release(Core *core, Client *c, Backend *b) noexcept nogil:
+    """A client that goes lets go of its own connection: kept as its shard's spare when it is
+    up, idle and carries no state of the client's (no WATCH, subscription, blocked command or
+    other user), so the next client that needs one has it connected; else closed."""
+    cdef Shard *s = &core.shards[b.shard]
+    cdef int p = 1 if b.proto == 3 else 0
+    if b.role == ROLE_DEDICATED and b.state == BK_UP and b.qhead == NULL and b.user == NULL \
+            and buf_len(&b.wbuf) == 0 and b.skip_replies == 0 and s.active \
+            and s.spare[p] == NULL and not (c.flags & (CF_WATCH | CF_PUBSUB)):
+        b.owner = NULL
+        s.spare[p] = b
+        return
+    dedicated_close(core, b)
+
+
+cdef void spares_close(Core *core, int shard) noexcept nogil:
+    """The shard's spare connections go (it left the map, or the proxy closes)."""
+    cdef int p
+    cdef Backend *b
+    for p in range(2):
+        b = core.shards[shard].spare[p]
+        if b != NULL:
+            core.shards[shard].spare[p] = NULL
+            dedicated_close(core, b)
 
 
 cdef void dedicated_close(Core *core, Backend *b) noexcept nogil:
@@ -172,8 +254,15 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
 cdef void backend_mark_dirty(Core *core, Backend *b) noexcept nogil:
     if not b.dirty:
         b.dirty = True
-        b.next_dirty = core.dirty_backends
-        core.dirty_backends = b
+        # At the tail: shards are written in the order the proxy routed to them, so a command
+        # read first from one client reaches its shard before a later one of another client
+        # (on another connection) does.
+        b.next_dirty = NULL
+        if core.dirty_backends == NULL:
+            core.dirty_backends = b
+        else:
+            core.dirty_backends_tail.next_dirty = b
+        core.dirty_backends_tail = b
 
 
 cdef void backend_send(Core *core, Backend *b) noexcept nogil:
@@ -359,6 +448,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
     tracking_tick(core)
     if core.held_head != NULL:
         held_tick(core, False)
+    dedicated_tick(core)
     for i in range(core.nshards):
         late = False
         for j in range(core.shards[i].nconns):

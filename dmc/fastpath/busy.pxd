@@ -16,5 +16,6 @@ cdef void control_close(Core *core, int shard) noexcept nogil
 cdef void shard_not_busy(Core *core, int shard) noexcept nogil
 cdef bint shard_keeps_waiting(Core *core, int shard) noexcept nogil
 cdef void busy_tick(Core *core, int shard, bint late) noexcept nogil
+cdef void dedicated_tick(Core *core) noexcept nogil
 cdef const char *busy_reply(Core *core) noexcept nogil
 cdef int coalesce_function_stats(Request *r, Buf *out) noexcept nogil

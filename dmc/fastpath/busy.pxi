@@ -15,6 +15,12 @@
 # once it ends or is killed) or to a later probe ends it. A probe not answered within the
 # backend timeout plus PROBE_GRACE_US fails the control connection: the shard is down, and its
 # late shared connections are failed as before.
+#
+# A script may also run on a client's own connection (EVAL after WATCH, EXEC of a transaction
+# with EVAL, a subscriber's or a blocked client's neighbour): every PROBE_INTERVAL_US the clients'
+# own connections are looked at (dedicated_tick), and one whose oldest fragment is not a blocking
+# command and is late has its shard probed the same way. (Not failed when late: a client's own
+# connection has nobody else's requests behind it, and a blocked command waits on purpose.)
 
 
 cdef const char *PROBE = b"*1\r\n$4\r\nPING\r\n"
@@ -133,6 +139,24 @@ cdef void busy_tick(Core *core, int shard, bint late) noexcept nogil:
     r.probe = True
     s.probe_sent_us = core.now_us
     frag_send_on(core, b, &r.frag0, PROBE, 14)
+
+
+cdef void dedicated_tick(Core *core) noexcept nogil:
+    """Every PROBE_INTERVAL_US: the shard of a client's own connection whose oldest fragment is
+    late and not a blocking command is probed (a script may run on it)."""
+    cdef Client *c
+    cdef Fragment *f
+    if core.now_us < core.next_dedicated_check_us:
+        return
+    core.next_dedicated_check_us = core.now_us + PROBE_INTERVAL_US
+    c = core.all_clients
+    while c != NULL:
+        if c.dedicated != NULL and c.dedicated.qhead != NULL:
+            f = c.dedicated.qhead
+            if not f.req.blocking and core.now_us - f.sent_us > PROBE_AFTER_US:
+                busy_tick(core, c.dedicated.shard, True)
+        c = c.next
+    return
 
 
 cdef const char *busy_reply(Core *core) noexcept nogil:

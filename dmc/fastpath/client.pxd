@@ -19,6 +19,7 @@ cdef enum:
     CF_MONITOR = 8192       # MONITOR: on the core's list of monitors
     CF_REPLY_OFF = 16384    # CLIENT REPLY OFF: its requests' replies are dropped (pushes are not)
     CF_REPLY_SKIP = 32768   # CLIENT REPLY SKIP: the next request's reply is dropped
+    CF_CROSS = 65536        # its next request needs every worker's clients (workers.pxi)
 
 
 cdef struct Client:
@@ -57,6 +58,7 @@ cdef struct Client:
     Client *next_dirty
     Client *next_closed
     Client *next_monitor
+    Client *next_cross      # on core.cross_waiting (CF_CROSS)
     User *user              # the ACL user it authenticated as (acl.pxi); NULL: `default`
     int tflags              # CF_TRACKING: TF_* (tracking.pxd)
     int track_slot          # its slot in the tracking registry (0: none)

@@ -29,7 +29,7 @@ cdef void accept_clients(Core *core) noexcept nogil:
         if fd < 0:
             return
         core.total_connections += 1
-        if core.nclients >= core.max_clients:
+        if endpoint_clients(core) >= core.max_clients:
             core.rejected_connections += 1
             send(fd, b"-ERR max number of clients reached\r\n", 36, MSG_NOSIGNAL)
             close(fd)
@@ -50,9 +50,12 @@ cdef void accept_clients(Core *core) noexcept nogil:
         if c.next != NULL:
             c.next.prev = c
         core.all_clients = c
-        core.next_client_id += 1
+        # Worker i of N gives ids i+N, i+2N ...: unique over the endpoint (workers.pxi).
+        core.next_client_id += <unsigned long long>(core.workers.n if core.workers != NULL else 1)
         c.id = core.next_client_id
         core.nclients += 1
+        if core.workers != NULL:
+            dmc_atomic_add_int(&core.workers.nclients, 1)
         epoll_want(core, fd, c, &c.events, EPOLLIN)
 
 
@@ -77,11 +80,13 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     c.head = c.tail = NULL
     c.inflight = 0
     if c.dedicated != NULL:
-        dedicated_close(core, c.dedicated)
+        dedicated_release(core, c, c.dedicated)
         c.dedicated = NULL
     waiters_close(core, c)
     if c.flags & CF_MONITOR:
         monitor_remove(core, c)
+    if c.flags & CF_CROSS:
+        worker_cross_forget(core, c)
     if c.track_slot:
         tracking_client_closed(core, c)
     free(c.written_more)
@@ -99,6 +104,8 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     input_release(c)
     buf_free(&c.wbuf)
     core.nclients -= 1
+    if core.workers != NULL:
+        dmc_atomic_add_int(&core.workers.nclients, -1)
     c.next_closed = core.closed_clients
     core.closed_clients = c
 
@@ -134,7 +141,7 @@ cdef void req_parse(Core *core, Client *c, Buf *inp) noexcept nogil:
         if c.flags & (CF_CLOSED | CF_CLOSE_AFTER_WRITE):
             buf_clear(inp)
             return
-        if c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC):
+        if c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC | CF_CROSS):
             client_pause(core, c)
             return
         if c.inflight >= MAX_INFLIGHT or buf_len(&c.wbuf) >= OUTPUT_PAUSE or core.paused:
@@ -242,7 +249,7 @@ cdef void client_send(Core *core, Client *c) noexcept nogil:
     if c.flags & CF_WAIT_DRAIN and c.head == NULL:
         c.flags &= ~CF_WAIT_DRAIN
     if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 and not core.paused \
-            and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC)):
+            and not (c.flags & (CF_RESOLVING | CF_BLOCKED | CF_WAIT_DRAIN | CF_PUBSUB_SYNC | CF_CROSS)):
         # Caught up: read again, starting with what was left unparsed.
         c.flags &= ~CF_READ_PAUSED
         epoll_want(core, c.fd, c, &c.events, c.events | EPOLLIN)

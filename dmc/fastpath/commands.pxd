@@ -81,6 +81,7 @@ cdef enum Local:
     LOCAL_RESET = 13
     LOCAL_MONITOR = 14
     LOCAL_ACL = 40          # ACL ...: acl.pxi
+    LOCAL_CLUSTER = 41      # CLUSTER ...: cluster_api.pxi (the OSS Cluster API; else to a shard)
 
 
 cdef struct KeySpec:
@@ -105,6 +106,8 @@ cdef enum:
     PARAM_ALLOWED = 1       # passed on to the shards
     PARAM_MANAGED = 2       # refused: the cluster sets it
     PARAM_APPLIED = 3       # managed: a no-op (answered +OK, not sent) when its value is `applied`, else refused
+    PARAM_SPLIT = 4         # the database's size (maxmemory): each shard gets its share; `applied` is a shard's limit
+    PARAM_SPLIT_MAX = 4     # such parameters in one request
 
 
 # How a PARAM_APPLIED value is compared (both sides normalised alike, dmc/commands.py too).
@@ -140,6 +143,7 @@ cdef struct CommandInfo:
     bint has_subcommands
     bint writes                 # may change the data set (or replicate): WAIT waits for its shard
     bint unmonitored            # not shown to MONITOR (admin commands, as Redis does)
+    bint no_multi               # refused inside MULTI, as Redis does (SAVE, SHUTDOWN, WATCH ...: `no_multi`)
     bint tracks_reads           # its keys are remembered for a tracking client (read-only commands, scripts)
     int nspecs
     KeySpec specs[MAX_KEY_SPECS]

@@ -148,7 +148,8 @@ cdef bint param_is_applied(ParamEntry *e, const char *v, size_t n) noexcept nogi
 
 cdef int param_refused(ParamPolicy *p, ArgVec *av, int *noops) noexcept nogil:
     """The argument position of the first parameter the policy refuses, or -1. *noops: how many
-    parameters ask for the value the shards apply (PARAM_APPLIED), answered without them. A
+    parameters ask for the value the shards apply (PARAM_APPLIED), answered without them, plus
+    1000 for each PARAM_SPLIT one (its value is rewritten for the shards). A
     request whose arguments do not come in whole groups is left to the shard, which answers
     Redis's own error (and applies nothing)."""
     cdef int i
@@ -165,6 +166,8 @@ cdef int param_refused(ParamPolicy *p, ArgVec *av, int *noops) noexcept nogil:
         elif e.verdict == PARAM_APPLIED and i + 1 < av.argc \
                 and param_is_applied(e, av.argv[i + 1], av.argl[i + 1]):
             noops[0] += 1
+        elif e.verdict == PARAM_SPLIT:
+            noops[0] += 1000        # rewritten for the shards (route.pxi: params_rewrite)
         elif e.verdict != PARAM_ALLOWED:
             return i
         i += p.step
@@ -191,7 +194,8 @@ cdef class CommandTable:
 
     def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
             list specs, refusal=None, params=None, bint writes=False,
-            bint unmonitored=False, bint tracks_reads=False, int cls=CLASS_OTHER):
+            bint unmonitored=False, bint tracks_reads=False, int cls=CLASS_OTHER,
+            bint no_multi=False):
         """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c).
         params: None, or (first, step, strict, refusal, {name: allowed}) for a command whose
         parameter names the proxy checks (refusal: the error text, `{param}` the name given).
@@ -224,6 +228,7 @@ cdef class CommandTable:
         e.has_subcommands = has_subcommands
         e.writes = writes
         e.unmonitored = unmonitored
+        e.no_multi = no_multi
         e.tracks_reads = tracks_reads
         if not 0 <= cls < NCLASSES:
             raise ValueError("not a command class: %d" % cls)
@@ -333,7 +338,8 @@ cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal
         raise MemoryError()
     memcpy(p.refusal, <char *>line, len(line) + 1)
     for name, allowed in names.items():
-        # allowed: True, False, or (kind, applied value) for a PARAM_APPLIED one
+        # allowed: True, False, (kind, applied value) for a PARAM_APPLIED one, or (kind, a
+        # shard's value, "split") for a PARAM_SPLIT one
         low = (name.encode() if isinstance(name, str) else bytes(name)).lower()
         if not 0 < len(low) < PARAM_NAME_MAX:
             continue            # never matched: such a name is treated as unknown
@@ -345,10 +351,10 @@ cdef ParamPolicy *param_policy_new(int first, int step, bint strict, str refusal
         memcpy(e.name, <char *>low, len(low))
         e.name_len = len(low)
         if isinstance(allowed, tuple):
-            kind, value = allowed
+            kind, value = allowed[:2]
             value = value.encode() if isinstance(value, str) else bytes(value)
             if len(value) < PARAM_VALUE_MAX:
-                e.verdict = PARAM_APPLIED
+                e.verdict = PARAM_SPLIT if allowed[2:] == ("split",) else PARAM_APPLIED
                 e.kind = kind
                 memcpy(e.applied, <char *>value, len(value))
                 e.applied_len = len(value)

@@ -52,6 +52,7 @@ cdef struct Core:
     unsigned long long map_version
     int default_shard           # where keyless commands go; -1: to be found again (default_shard())
     int nbusy                   # shards known busy running a script (busy.pxi)
+    long long next_dedicated_check_us   # clients' own connections looked at for a script (busy.pxi)
     int *active                 # shard indices of the current map, in map order
     int nactive
     # clients
@@ -74,13 +75,15 @@ cdef struct Core:
     Client *all_clients
     Client *monitors            # clients in MONITOR mode
     Client *closed_clients
-    Backend *dirty_backends
+    Backend *dirty_backends     # to write at the end of the turn, in the order they were
+    Backend *dirty_backends_tail    # given something: what reached the proxy first leaves first
     Backend *closed_backends
     # scratch, reused by every command
     ArgVec av
     KeyList keys
     Buf merged
     Buf subcommand
+    char split_values[PARAM_SPLIT_MAX][24]  # a CONFIG SET's per-shard values (route.pxi: params_rewrite)
     Buf monitor_line
     ArgVec relay_av             # a relayed notification, parsed
     Buf relay_cmd               #   and re-published
@@ -101,3 +104,8 @@ cdef struct Core:
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
     Counters counters           # what the endpoint was asked and answered (counters.pxd)
+    ClusterApi *cluster         # the OSS Cluster API's topology and replies (cluster_api.pxi); NULL: off
+    Workers *workers            # the endpoint's worker threads (workers.pxi); NULL: one thread
+    int worker                  #   this Core's index among them
+    bint world_held             #   every worker is stopped for this one (CLIENT LIST/KILL/UNBLOCK)
+    Client *cross_waiting       #   clients whose next request waits for that (CF_CROSS)

@@ -19,6 +19,19 @@ cdef struct RateSampler:
     int idx
 
 
+cdef struct InfoBase:
+    # The counters when CONFIG RESETSTAT was last asked: INFO shows what came since, as Redis's
+    # do, while the counters themselves (Prometheus') only grow.
+    unsigned long long requests
+    unsigned long long connections
+    unsigned long long rejected
+    unsigned long long ingress_bytes
+    unsigned long long egress_bytes
+    unsigned long long errors
+    unsigned long long reads
+    unsigned long long auth_failures
+
+
 cdef struct Counters:
     unsigned long long req[NCLASSES]        # requests parsed, by class
     unsigned long long requests             #   and in all
@@ -43,3 +56,4 @@ cdef struct Counters:
     RateSampler ops
     RateSampler net_in
     RateSampler net_out
+    InfoBase info_base                      # INFO's counters count from here (CONFIG RESETSTAT)

@@ -43,6 +43,7 @@ cdef struct InfoText:
 
 cdef int section_of(const char *p, int n) noexcept nogil
 cdef int field_policy(int s, const char *p, int n) noexcept nogil
+cdef void info_reset_stats(Core *core) noexcept nogil
 cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t size) noexcept nogil
 cdef int info_parse(const char *body, const char *end, InfoText *t) noexcept nogil
 cdef InfoLine *info_find(InfoText *t, int section, const char *name, int n) noexcept nogil

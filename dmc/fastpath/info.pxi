@@ -105,6 +105,20 @@ cdef int field_policy(int s, const char *p, int n) noexcept nogil:
     return P_FIRST
 
 
+cdef void info_reset_stats(Core *core) noexcept nogil:
+    """CONFIG RESETSTAT: the endpoint's INFO counters start again from 0 (the shards reset
+    theirs); total_connections_received counts rejected ones apart, as above."""
+    cdef Counters *k = &core.counters
+    k.info_base.requests = requests_total(core)
+    k.info_base.connections = core.total_connections - core.rejected_connections
+    k.info_base.rejected = core.rejected_connections
+    k.info_base.ingress_bytes = k.ingress_bytes
+    k.info_base.egress_bytes = k.egress_bytes
+    k.info_base.errors = k.errors
+    k.info_base.reads = k.reads
+    k.info_base.auth_failures = k.auth_failures
+
+
 cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t size) noexcept nogil:
     """The endpoint's own value of a field into out; -1 when the field is not the endpoint's."""
     cdef Counters *k = &core.counters
@@ -123,7 +137,7 @@ cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t si
             return snprintf(out, size, b"%lld", up // 86400)
     elif s == S_CLIENTS:
         if name_is(p, n, b"connected_clients"):
-            return snprintf(out, size, b"%d", core.nclients)
+            return snprintf(out, size, b"%d", endpoint_clients(core))
         if name_is(p, n, b"maxclients"):
             return snprintf(out, size, b"%d", core.max_clients)
         if name_is(p, n, b"pubsub_clients"):
@@ -134,27 +148,27 @@ cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t si
             return snprintf(out, size, b"0")
     elif s == S_STATS:
         if name_is(p, n, b"total_connections_received"):
-            return snprintf(out, size, b"%llu", core.total_connections - core.rejected_connections)
+            return snprintf(out, size, b"%llu", core.total_connections - core.rejected_connections - k.info_base.connections)
         if name_is(p, n, b"rejected_connections"):
-            return snprintf(out, size, b"%llu", core.rejected_connections)
+            return snprintf(out, size, b"%llu", core.rejected_connections - k.info_base.rejected)
         if name_is(p, n, b"total_commands_processed"):
-            return snprintf(out, size, b"%llu", requests_total(core))
+            return snprintf(out, size, b"%llu", requests_total(core) - k.info_base.requests)
         if name_is(p, n, b"instantaneous_ops_per_sec"):
             return snprintf(out, size, b"%lld", rate_mean(&k.ops))
         if name_is(p, n, b"total_net_input_bytes"):
-            return snprintf(out, size, b"%llu", k.ingress_bytes)
+            return snprintf(out, size, b"%llu", k.ingress_bytes - k.info_base.ingress_bytes)
         if name_is(p, n, b"total_net_output_bytes"):
-            return snprintf(out, size, b"%llu", k.egress_bytes)
+            return snprintf(out, size, b"%llu", k.egress_bytes - k.info_base.egress_bytes)
         if name_is(p, n, b"instantaneous_input_kbps"):
             return snprintf(out, size, b"%.2f", <double>rate_mean(&k.net_in) / 1024)
         if name_is(p, n, b"instantaneous_output_kbps"):
             return snprintf(out, size, b"%.2f", <double>rate_mean(&k.net_out) / 1024)
         if name_is(p, n, b"total_error_replies"):
-            return snprintf(out, size, b"%llu", k.errors)
+            return snprintf(out, size, b"%llu", k.errors - k.info_base.errors)
         if name_is(p, n, b"total_reads_processed"):
-            return snprintf(out, size, b"%llu", k.reads)
+            return snprintf(out, size, b"%llu", k.reads - k.info_base.reads)
         if name_is(p, n, b"acl_access_denied_auth"):
-            return snprintf(out, size, b"%llu", k.auth_failures)
+            return snprintf(out, size, b"%llu", k.auth_failures - k.info_base.auth_failures)
     elif s == S_CPU:
         # The proxy process's (every endpoint it serves); _main_thread: this endpoint's loop.
         if name_starts(p, n, b"used_cpu_") and name_ends(p, n, b"_children"):

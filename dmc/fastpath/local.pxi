@@ -31,8 +31,9 @@ cdef void hello_answer(Core *core, Client *c, Request *r, int proto) noexcept no
     buf_append_str(out, b"$5\r\nproto\r\n:3\r\n$2\r\nid\r\n" if c.proto == 3
                    else b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n")
     buf_append_int(out, c':', <long long>c.id)
-    buf_append_str(out, b"$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
-                   b"$7\r\nmodules\r\n*0\r\n")
+    buf_append_str(out, b"$4\r\nmode\r\n$7\r\ncluster\r\n" if core.cluster != NULL
+                   else b"$4\r\nmode\r\n$10\r\nstandalone\r\n")
+    buf_append_str(out, b"$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n")
     req_write(core, r, buf_head(out), buf_len(out))
 
 
@@ -157,6 +158,9 @@ cdef void route_local(Core *core, Client *c, Request *r, ArgVec *av) noexcept no
         return
     elif local == LOCAL_ACL:
         route_local_acl(core, c, r, av)
+        return
+    elif local == LOCAL_CLUSTER:
+        route_local_cluster(core, c, r, av)
         return
     elif local == LOCAL_MONITOR:
         if av.argc == 1:

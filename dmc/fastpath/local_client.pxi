@@ -105,7 +105,8 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
     cdef long long id, killed = 0
     cdef size_t i
     cdef bint skipme = True
-    cdef int k
+    cdef int k, w
+    cdef Core *o = core
     if av.argc < 2:
         req_write_str(core, r, b"-ERR wrong number of arguments for 'client' command\r\n")
         return
@@ -137,11 +138,13 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
         answer_bulk_or_null(core, c, r, buf_head(&core.subcommand), buf_len(&core.subcommand), False)
     elif arg_is(av, 1, b"list"):
         buf_clear(&core.subcommand)
-        t = core.all_clients
-        while t != NULL:
-            if client_listed(t, av):
-                client_info_line(core, t, &core.subcommand)
-            t = t.next
+        for w in range(worker_count(core)):         # every worker's clients (workers.pxi)
+            o = worker_core(core, w)
+            t = o.all_clients
+            while t != NULL:
+                if client_listed(t, av):
+                    client_info_line(o, t, &core.subcommand)
+                t = t.next
         answer_bulk_or_null(core, c, r, buf_head(&core.subcommand), buf_len(&core.subcommand), False)
     elif arg_is(av, 1, b"unblock") and (av.argc == 3 or av.argc == 4):
         if parse_ll(av.argv[2], av.argl[2], &id) < 0:
@@ -150,20 +153,30 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
         if av.argc == 4 and not (arg_is(av, 3, b"timeout") or arg_is(av, 3, b"error")):
             req_write_str(core, r, b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n")
             return
-        t = client_by_id(core, id)
+        t = NULL
+        for w in range(worker_count(core)):
+            o = worker_core(core, w)
+            t = client_by_id(o, id)
+            if t != NULL:
+                break
         if t == NULL or not (t.flags & CF_BLOCKED):
             req_write_str(core, r, b":0\r\n")
             return
-        client_unblock(core, t, av.argc == 4 and arg_is(av, 3, b"error"))
+        client_unblock(o, t, av.argc == 4 and arg_is(av, 3, b"error"))
         req_write_str(core, r, b":1\r\n")
     elif arg_is(av, 1, b"kill") and av.argc >= 3:
         if av.argc == 3:
             # Old form: CLIENT KILL addr:port
-            t = core.all_clients
-            while t != NULL:
-                if has_address(t, av.argv[2], av.argl[2]):
+            t = NULL
+            for w in range(worker_count(core)):
+                o = worker_core(core, w)
+                t = o.all_clients
+                while t != NULL:
+                    if has_address(t, av.argv[2], av.argl[2]):
+                        break
+                    t = t.next
+                if t != NULL:
                     break
-                t = t.next
             if t == NULL:
                 req_write_str(core, r, b"-ERR No such client\r\n")
                 return
@@ -171,7 +184,7 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
             if t == c:
                 c.flags |= CF_CLOSE_AFTER_WRITE
             else:
-                client_close(core, t)
+                client_close(o, t)
             return
         if av.argc % 2 != 0:
             req_write_str(core, r, b"-ERR syntax error\r\n")
@@ -189,20 +202,22 @@ cdef void route_local_client(Core *core, Client *c, Request *r, ArgVec *av) noex
                 req_write_str(core, r, b"-ERR syntax error\r\n")
                 return
             k += 2
-        t = core.all_clients
-        while t != NULL:
-            nxt = t.next
-            if (t != c or not skipme) and (id < 0 or <long long>t.id == id):
-                for k in range(2, av.argc - 1, 2):
-                    if arg_is(av, k, b"addr") and not has_address(t, av.argv[k + 1], av.argl[k + 1]):
-                        break
-                else:
-                    killed += 1
-                    if t == c:
-                        c.flags |= CF_CLOSE_AFTER_WRITE
+        for w in range(worker_count(core)):
+            o = worker_core(core, w)
+            t = o.all_clients
+            while t != NULL:
+                nxt = t.next
+                if (t != c or not skipme) and (id < 0 or <long long>t.id == id):
+                    for k in range(2, av.argc - 1, 2):
+                        if arg_is(av, k, b"addr") and not has_address(t, av.argv[k + 1], av.argl[k + 1]):
+                            break
                     else:
-                        client_close(core, t)
-            t = nxt
+                        killed += 1
+                        if t == c:
+                            c.flags |= CF_CLOSE_AFTER_WRITE
+                        else:
+                            client_close(o, t)
+                t = nxt
         buf_clear(out)
         buf_append_int(out, c':', killed)
         req_write(core, r, buf_head(out), buf_len(out))

@@ -46,6 +46,8 @@ cdef void flush_all(Core *core) noexcept nogil:
     while core.dirty_backends != NULL:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
+        if core.dirty_backends == NULL:
+            core.dirty_backends_tail = NULL
         b.dirty = False
         backend_send(core, b)
     while core.dirty_clients != NULL:
@@ -58,6 +60,8 @@ cdef void flush_all(Core *core) noexcept nogil:
     while core.dirty_backends != NULL:
         b = core.dirty_backends
         core.dirty_backends = b.next_dirty
+        if core.dirty_backends == NULL:
+            core.dirty_backends_tail = NULL
         b.dirty = False
         backend_send(core, b)
 
@@ -118,6 +122,7 @@ cdef void core_close(Core *core) noexcept nogil:
         core.shards[i].active = False
         relay_close(core, i)
         control_close(core, i)
+        spares_close(core, i)
     tracking_close(core)
     for i in range(core.nshards):
         for j in range(core.shards[i].nconns):
@@ -129,6 +134,7 @@ cdef void core_close(Core *core) noexcept nogil:
     core.nactive = 0
     default_shard_changed(core)
     core.dirty_backends = NULL
+    core.dirty_backends_tail = NULL
     core.dirty_clients = NULL
     free_closed(core)
 
@@ -156,10 +162,12 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
     cdef Backend *b
     cdef int kind
     n = epoll_wait(core.epfd, events, MAX_EVENTS, timeout_ms)
+    worker_turn_begin(core)
     core.now_us = monotonic_us()
     if core.now_us >= core.counters.next_sample_us:
         counters_sample(core)
     if n < 0:
+        worker_turn_end(core)
         return -1
     if core.tracking != NULL:
         tracking_read_first(core, events, n)
@@ -198,4 +206,5 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
         close_idle_clients(core)
     flush_all(core)
     free_closed(core)
+    worker_turn_end(core)
     return n

@@ -17,6 +17,8 @@ cdef void monitor_start(Core *core, Client *c, Request *r) noexcept nogil:
     c.next_monitor = core.monitors
     core.monitors = c
     core.counters.monitors += 1
+    if core.workers != NULL:
+        dmc_atomic_add_int(&core.workers.monitors, 1)
     req_write_str(core, r, b"+OK\r\n")
 
 
@@ -26,6 +28,8 @@ cdef void monitor_remove(Core *core, Client *c) noexcept nogil:
         if p[0] == c:
             p[0] = c.next_monitor
             core.counters.monitors -= 1
+            if core.workers != NULL:
+                dmc_atomic_add_int(&core.workers.monitors, -1)
             break
         p = &p[0].next_monitor
     c.flags &= ~CF_MONITOR
@@ -102,3 +106,5 @@ cdef void monitor_feed(Core *core, Client *c, CommandInfo *cmd, ArgVec *av) noex
             if m != c and over_output_limit(core, m):
                 client_close(core, m)       # a monitor that does not keep up, as in Redis
         m = nxt
+    if core.workers != NULL:
+        worker_monitor_feed(core, line)     # the other workers' monitors

@@ -189,7 +189,9 @@ cdef void relays_sync(Core *core) noexcept nogil:
     """After a map change: a relay for every shard of the map but the pub/sub one, no other."""
     cdef int i
     for i in range(core.nshards):
-        if core.shards[i].active and (core.nactive == 0 or i != core.active[0]):
+        # One relay per endpoint: worker 0's, when there are worker threads (workers.pxi).
+        if core.shards[i].active and (core.nactive == 0 or i != core.active[0]) \
+                and (core.workers == NULL or core.worker == 0):
             relay_open(core, i)
         else:
             relay_close(core, i)

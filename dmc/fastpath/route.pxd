@@ -5,7 +5,8 @@ cdef int key_shards(Core *core, ArgVec *av, KeyList *kl) noexcept nogil
 cdef int default_shard_find(Core *core) noexcept nogil
 cdef void route_unknown_command(Core *core, Request *r, ArgVec *av) noexcept nogil
 cdef void route_param_refusal(Core *core, Request *r, ParamPolicy *p, ArgVec *av, int i) noexcept nogil
-cdef bint params_drop_applied(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noexcept nogil
+cdef bint params_rewrite(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noexcept nogil
+cdef bint param_split(Core *core, Request *r, ParamEntry *e, ArgVec *av, int i, char *out) noexcept nogil
 cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil
 cdef void route_split(Core *core, Request *r, ArgVec *av, KeyList *kl) noexcept nogil
 cdef void route_per_key(Core *core, Request *r, ArgVec *av, KeyList *kl, const char *head,

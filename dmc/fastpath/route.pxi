@@ -105,23 +105,33 @@ cdef inline bint params_refused(Core *core, Request *r, CommandInfo *cmd, ArgVec
     if noops == (av.argc - cmd.params.first) // cmd.params.step:
         req_write_str(core, r, b"+OK\r\n")       # a no-op, as on a Redis that has these values
         return True
-    return params_drop_applied(core, r, cmd.params, av)
+    return params_rewrite(core, r, cmd.params, av)
 
 
-cdef bint params_drop_applied(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noexcept nogil:
-    """Rewrite av without its parameters that ask for what the shards apply: av.wire then points
-    at core.subcommand (rare: CONFIG SET). True when out of memory (r answered)."""
+cdef bint params_rewrite(Core *core, Request *r, ParamPolicy *p, ArgVec *av) noexcept nogil:
+    """Rewrite av for the shards: without its parameters that ask for what the shards apply,
+    and with each PARAM_SPLIT one's value (the database's) replaced by a shard's share; av.wire
+    then points at core.subcommand (rare: CONFIG SET). True when r was answered (refused, or
+    out of memory)."""
     cdef Buf *sub = &core.subcommand
-    cdef int i = p.first, k, n = p.first
+    cdef int i = p.first, k, n = p.first, nsplit = 0
     cdef ParamEntry *e
     while i < av.argc:
         e = param_entry(p, av.argv[i], av.argl[i])
-        if not (e != NULL and e.verdict == PARAM_APPLIED
-                and param_is_applied(e, av.argv[i + 1], av.argl[i + 1])):
-            for k in range(p.step):
-                av.argv[n + k] = av.argv[i + k]
-                av.argl[n + k] = av.argl[i + k]
-            n += p.step
+        if e != NULL and e.verdict == PARAM_APPLIED \
+                and param_is_applied(e, av.argv[i + 1], av.argl[i + 1]):
+            i += p.step
+            continue
+        for k in range(p.step):
+            av.argv[n + k] = av.argv[i + k]
+            av.argl[n + k] = av.argl[i + k]
+        if e != NULL and e.verdict == PARAM_SPLIT:
+            if nsplit == PARAM_SPLIT_MAX or param_split(core, r, e, av, n, core.split_values[nsplit]):
+                if nsplit == PARAM_SPLIT_MAX:
+                    req_write_str(core, r, b"-ERR too many size parameters in one CONFIG SET\r\n")
+                return True
+            nsplit += 1
+        n += p.step
         i += p.step
     av.argc = n
     buf_clear(sub)
@@ -132,6 +142,38 @@ cdef bint params_drop_applied(Core *core, Request *r, ParamPolicy *p, ArgVec *av
             return True
     av.wire = buf_head(sub)
     av.wire_len = buf_len(sub)
+    return False
+
+
+cdef bint param_split(Core *core, Request *r, ParamEntry *e, ArgVec *av, int i, char *out) noexcept nogil:
+    """CONFIG SET maxmemory of the database (av.argv[i + 1]): each shard's share (rounded up, so
+    `1` stays a limit), written into out and pointed at by av; `0` (no limit asked) gives the
+    shards their own limit back. Above the database's limit (a shard's times the shards), or
+    not a size: refused (r answered, True)."""
+    cdef char norm[PARAM_VALUE_MAX]
+    cdef char line[256]
+    cdef int k = param_normalise(PARAM_MEMORY, av.argv[i + 1], av.argl[i + 1], norm)
+    cdef unsigned long long asked = 0, shard_limit = 0, share
+    cdef int j, nshards = core.nactive if core.nactive > 0 else 1
+    if k < 0:
+        return False            # not a size: the shards answer Redis's own error
+    for j in range(k):
+        asked = asked * 10 + <unsigned long long>(norm[j] - c'0')
+    for j in range(e.applied_len):
+        shard_limit = shard_limit * 10 + <unsigned long long>(e.applied[j] - c'0')
+    if asked == 0:
+        share = shard_limit
+    elif shard_limit > 0 and asked > shard_limit * <unsigned long long>nshards:
+        snprintf(line, sizeof(line), b"-ERR CONFIG SET '%.*s' above the database's memory limit "
+                 b"(%llu bytes): the limit is the database's memory_size\r\n",
+                 <int>e.name_len, e.name, shard_limit * <unsigned long long>nshards)
+        req_write(core, r, line, strlen(line))
+        return True
+    else:
+        share = (asked + <unsigned long long>nshards - 1) // <unsigned long long>nshards
+    k = snprintf(out, 24, b"%llu", share)
+    av.argv[i + 1] = out
+    av.argl[i + 1] = <size_t>k
     return False
 
 
@@ -158,6 +200,10 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         # earlier requests are answered first.
         c.flags |= CF_WAIT_DRAIN
         return False
+    if core.workers != NULL and not core.world_held and cmd != NULL and cmd.local == LOCAL_CLIENT \
+            and not (c.flags & CF_MULTI) and (arg_is(av, 1, b"list") or arg_is(av, 1, b"kill")
+                                              or arg_is(av, 1, b"unblock")):
+        return worker_cross_wait(core, c)   # about every worker's clients: at the turn's end
     c.last_us = core.now_us
     c.last_cmd = cmd
     r = req_get(core, c, cmd)
@@ -168,7 +214,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
             cmd.local == LOCAL_HELLO or cmd.local == LOCAL_QUIT or cmd.local == LOCAL_RESET)):
         req_write_str(core, r, b"-NOAUTH Authentication required.\r\n")
         return True
-    if core.monitors != NULL and cmd != NULL and not cmd.unmonitored:
+    if (core.monitors != NULL or (core.workers != NULL and dmc_atomic_load_int(&core.workers.monitors) > 0)) \
+            and cmd != NULL and not cmd.unmonitored:
         monitor_feed(core, c, cmd, av)
     if core.nactive == 0:
         req_write_str(core, r, b"-CLUSTERDOWN No shard map yet\r\n")
@@ -206,12 +253,16 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         route_scan(core, r, av)
         return True
     if route == ROUTE_ALL_SHARDS or route == ROUTE_CONTROL:
+        if cmd.name_len == 16 and memcmp(cmd.name, b"config|resetstat", 16) == 0:
+            info_reset_stats(core)
         r.merge = cmd.merge
         route_all_shards(core, r, av)
         return True
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return True
+    if core.cluster != NULL and kl.n > 0 and cluster_redirected(core, r, av, kl):
+        return True         # -MOVED: its keys are another node's (cluster_api.pxi)
     if route == ROUTE_BLOCKING:
         if c.flags & CF_PUBSUB:
             req_write_str(core, r, b"-ERR blocking commands are not available to a subscribed client through this proxy\r\n")

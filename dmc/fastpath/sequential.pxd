@@ -13,6 +13,7 @@ cdef enum SeqKind:
     SEQ_STAGE = 1           # remote sources copied (DUMP) to the destination's shard, run there in MULTI
     SEQ_MPOP = 2            # LMPOP / ZMPOP: each key in argument order on its shard, first non-empty
     SEQ_MSETNX = 3          # EXISTS on every shard, then MSETNX per shard (undone on a lost race)
+    SEQ_SORT = 4            # SORT with BY/GET patterns over keys of other shards (sort_sequential.pxi)
 
 
 # What a SEQ_STAGE command then does to its source on the source's own shard.
@@ -49,6 +50,13 @@ cdef struct Sequence:
     Request *next_waiting   # in core.seq_waiting, while a slot it needs is held
     int ngroups             # MSETNX: the shards of its keys, in order of first appearance
     int *groups
+    # SORT (sort_sequential.pxi): the keys its patterns form (and the sorted key) that live on
+    # other shards than the one that sorts, and what each of those shards answered for them.
+    Buf refs                # one entry per key: its length (size_t), its bytes
+    int *ref_shard
+    int nrefs
+    Buf *shard_fetched      # per shard index: `MULTI DUMP PTTL ... EXEC`'s reply
+    int nfetched
 
 
 cdef bint seq_begin(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec *av,

@@ -62,7 +62,10 @@
 #
 # Not here (kept CROSSSLOT): transactions over several shards (MULTI/EXEC needs an atomic
 # commit across shards, which redis-server shards cannot vote on), blocking forms (BLMOVE,
-# BLPOP ... over several shards), SORT with BY/GET patterns, MSET-like commands already split.
+# BLPOP ... over several shards), MSET-like commands already split.
+#
+# SEQ_SORT: SORT / SORT_RO with BY or GET patterns forming keys of other shards: see
+#   sort_sequential.pxi.
 
 
 cdef const char *SEQ_TMP = b"\xffdmc:sequential:%d"     # a staged source on the home shard
@@ -253,6 +256,12 @@ cdef void seq_release(Sequence *s) noexcept nogil:
     free(s.slots)
     buf_free(&s.wire)
     buf_free(&s.result)
+    buf_free(&s.refs)
+    free(s.ref_shard)
+    if s.shard_fetched != NULL:
+        for i in range(s.nfetched):
+            buf_free(&s.shard_fetched[i])
+    free(s.shard_fetched)
     argvec_free(&s.av)
     free(s)
 
@@ -455,11 +464,13 @@ cdef bint seq_begin_resolved(Core *core, Request *r, const char *reply, size_t n
         argvec_free(&av)
         return False
     if cmd_name_is(r.cmd, b"sort"):
-        # BY / GET patterns name keys of any shard, read by the shard that sorts: not staged.
+        # BY / GET patterns name keys of any shard, read by the shard that sorts: their keys
+        # are staged with the sorted key's (sort_sequential.pxi).
         for j in range(2, av.argc):
             if arg_is(&av, j, b"by") or arg_is(&av, j, b"get"):
+                j = sort_seq_begin(core, r, &av)
                 argvec_free(&av)
-                return False
+                return j
     for i in range(count):
         body = next_bulk(body, end, &key, &klen)
         if body == NULL:
@@ -487,6 +498,8 @@ cdef void seq_next(Core *core, Request *r) noexcept nogil:
         stage_next(core, r)
     elif s.kind == SEQ_MPOP:
         mpop_next(core, r)
+    elif s.kind == SEQ_SORT:
+        sort_seq_next(core, r)
     else:
         msetnx_next(core, r)
 
@@ -498,6 +511,8 @@ cdef void seq_answered(Core *core, Request *r, const char *reply, size_t n) noex
         stage_answered(core, r, reply, n)
     elif s.kind == SEQ_MPOP:
         mpop_answered(core, r, reply, n)
+    elif s.kind == SEQ_SORT:
+        sort_seq_answered(core, r, reply, n)
     else:
         msetnx_answered(core, r, reply, n)
 

@@ -2,7 +2,8 @@
 # sorts, the sorted key's. The proxy lets a pattern through only when its keys provably hash to
 # the sorted key's slot (Redis Cluster 7.2's rule: a hash tag before any wildcard, `GET #`, or a
 # BY without `*`, which does not sort), and refuses the others with Redis Cluster's own errors,
-# rather than answer as if the other shards' keys did not exist.
+# rather than answer as if the other shards' keys did not exist. With multi_slot_commands =
+# sequential, those are carried out over the shards instead (sort_sequential.pxi).
 
 
 cdef int pattern_slot(const char *p, size_t n) noexcept nogil:
@@ -41,11 +42,15 @@ cdef bint sort_patterns_refused(Core *core, Request *r, ArgVec *av) noexcept nog
         elif arg_is(av, j, b"by") and left >= 1:
             j += 1
             if memchr(av.argv[j], c'*', av.argl[j]) != NULL and pattern_slot(av.argv[j], av.argl[j]) != slot:
+                if core.multi_slot == MULTI_SLOT_SEQUENTIAL:
+                    return sort_seq_begin(core, r, av)
                 req_write_str(core, r, b"-ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n")
                 return True
         elif arg_is(av, j, b"get") and left >= 1:
             j += 1
             if not (av.argl[j] == 1 and av.argv[j][0] == c'#') and pattern_slot(av.argv[j], av.argl[j]) != slot:
+                if core.multi_slot == MULTI_SLOT_SEQUENTIAL:
+                    return sort_seq_begin(core, r, av)
                 req_write_str(core, r, b"-ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n")
                 return True
         else:

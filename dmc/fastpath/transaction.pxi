@@ -25,12 +25,23 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         c.flags |= CF_MULTI_DIRTY
         req_write_error(core, r, b"-ERR wrong number of arguments for '%s' command\r\n", cmd.name)
         return
+    if cmd.no_multi and cmd.route != ROUTE_LOCAL:
+        # (WATCH, MULTI & co. are the proxy's own, answered as Redis answers them.)
+        c.flags |= CF_MULTI_DIRTY
+        req_write_str(core, r, b"-ERR Command not allowed inside a transaction\r\n")
+        return
     if cmd.route == ROUTE_REFUSED:
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, cmd.refusal)
         return
     if params_refused(core, r, cmd, av, True):
         c.flags |= CF_MULTI_DIRTY
+        return
+    if core.nbusy > 0 and cmd.route != ROUTE_CONTROL and busy_reply(core) != NULL:
+        # A shard runs a script: the database is busy, and Redis refuses the command rather
+        # than queue it (EXEC then answers EXECABORT), as one Redis does.
+        c.flags |= CF_MULTI_DIRTY
+        req_write_str(core, r, busy_reply(core))
         return
     if ((cmd.route == ROUTE_ALL_SHARDS or cmd.route == ROUTE_CONTROL) and core.nactive > 1) \
             or cmd.route == ROUTE_SCAN \
@@ -107,6 +118,16 @@ cdef int multi_reroute(Core *core, Client *c) noexcept nogil:
 cdef void multi_exec(Core *core, Client *c, Request *r) noexcept nogil:
     cdef Buf *sub = &core.subcommand
     cdef int shard
+    if core.nbusy > 0 and busy_reply(core) != NULL:
+        # As Redis refuses EXEC while a script runs (before its queueing errors): the transaction is discarded, not run
+        # (also on the shards that are not busy: it is one atomic step of the database).
+        multi_reset(c)
+        watch_end(core, c, True)
+        buf_clear(sub)
+        buf_append_str(sub, b"-EXECABORT Transaction discarded because of: ")
+        buf_append_str(sub, busy_reply(core) + 1)
+        req_write(core, r, buf_head(sub), buf_len(sub))
+        return
     if c.flags & CF_MULTI_DIRTY:
         multi_reset(c)
         watch_end(core, c, True)

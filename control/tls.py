@@ -1,0 +1,93 @@
+"""TLS between a node's services and the other nodes, with the certificates
+control/certificates.py makes (this module imports only `ssl`, so services that merely speak
+TLS do not load `cryptography`): where a node keeps them, contexts that load a renewed
+certificate again, mutual TLS for the control plane, and a refused handshake in one line.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+
+def certs_dir(node_dir: Path) -> Path:
+    return Path(node_dir) / "certs"
+
+
+def ca_file(node_dir: Path) -> Path:
+    return certs_dir(node_dir) / "ca.pem"
+
+
+def cert_file(node_dir: Path, plane: str) -> Path:
+    return certs_dir(node_dir) / f"{plane}.pem"
+
+
+def key_file(node_dir: Path, plane: str) -> Path:
+    return certs_dir(node_dir) / f"{plane}.key"
+
+
+class ReloadingContext:
+    """An SSLContext for one plane of a node whose certificate is loaded again when its file
+    changes (`refresh`, cheap: one stat): handshakes after a renewal use the new certificate,
+    connections already open keep theirs."""
+
+    def __init__(self, node_dir: Path, plane: str, *, server: bool, verify_peer: bool):
+        self.node_dir, self.plane = Path(node_dir), plane
+        purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+        self.context = ssl.create_default_context(purpose, cafile=str(ca_file(node_dir)))
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if server:
+            self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
+        else:
+            # Nodes are named by address; the certificate names it (IP SAN).
+            self.context.check_hostname = verify_peer
+            self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
+        self._loaded: tuple | None = None
+        self.refresh()
+
+    def _stamp(self) -> tuple:
+        c, k = cert_file(self.node_dir, self.plane), key_file(self.node_dir, self.plane)
+        return (c.stat().st_mtime_ns, c.stat().st_ino, k.stat().st_mtime_ns)
+
+    def refresh(self) -> bool:
+        """Load the plane's certificate again if its files changed; True if it did."""
+        stamp = self._stamp()
+        if stamp == self._loaded:
+            return False
+        self.context.load_cert_chain(str(cert_file(self.node_dir, self.plane)),
+                                     str(key_file(self.node_dir, self.plane)))
+        self._loaded = stamp
+        return True
+
+
+class ControlPlaneTLS:
+    """Mutual TLS between nodes (gossip, heartbeats, the CCS forwarder, CCS replication): both
+    sides present their `cp` certificate and accept only one the cluster CA signed. A node
+    without certificates (or with control_plane_encryption off) gets None and speaks plain
+    TCP. Contexts are refreshed from disk when asked for, so a renewed certificate is used by
+    the next connection."""
+
+    def __init__(self, node_dir: Path, enabled: bool = True):
+        self.enabled = enabled and cert_file(node_dir, "cp").exists()
+        if self.enabled:
+            self._server = ReloadingContext(node_dir, "cp", server=True, verify_peer=True)
+            self._client = ReloadingContext(node_dir, "cp", server=False, verify_peer=True)
+
+    def server(self) -> ssl.SSLContext | None:
+        if not self.enabled:
+            return None
+        self._server.refresh()
+        return self._server.context
+
+    def client(self) -> ssl.SSLContext | None:
+        if not self.enabled:
+            return None
+        self._client.refresh()
+        return self._client.context
+
+
+def handshake_error(exc: BaseException) -> str:
+    """A failed TLS handshake, in one line an operator understands."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    text = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause)
+    return f"TLS handshake failed: {text}"

@@ -1,0 +1,133 @@
+"""Control-plane encryption, on by default: on a real 3-node cluster (its core services), CCS
+replicates over TLS and the heartbeats and the forwarder reach the master's CCS on its tls-port;
+the CCS tls-port and the gossip port refuse plaintext, no certificate, a foreign CA's and an
+expired one, with a clear error; a node whose certificate the cluster CA did not sign cannot
+join."""
+
+from __future__ import annotations
+
+import datetime
+import ssl
+
+import pytest
+import redis
+import trio
+from waiting import wait_until
+
+from control import ccs, certificates, history
+from control.cluster_wd import request
+from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
+from control.node import CORE_SERVICES
+from control.tls import ControlPlaneTLS
+
+pytestmark = pytest.mark.timeout(180)
+
+FIRST_ADDRESS = "127.0.1.41"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalCluster.create(tmp_path_factory.mktemp("cpine") / "cluster",
+                            loopback_addresses(3, FIRST_ADDRESS), record_history=True,
+                            services=list(CORE_SERVICES), timeout=60)
+    try:
+        yield c
+    finally:
+        c.stop()
+    assert history.violations(history.load_dir(c.home)) == []
+
+
+def plain(config) -> redis.Redis:
+    return redis.Redis(config.address, config.ccs_port, socket_timeout=3, protocol=2)
+
+
+def tls_client(config, cert_dir=None, **kw) -> redis.Redis:
+    """redis-py over TLS to the node's CCS tls-port, presenting the certificate of cert_dir."""
+    ca = certificates.ca_file(config.dir)
+    options = {"ssl_ca_certs": str(ca)}
+    if cert_dir is not None:
+        options.update(ssl_certfile=str(certificates.cert_file(cert_dir, "cp")),
+                       ssl_keyfile=str(certificates.key_file(cert_dir, "cp")))
+    return redis.Redis(config.address, config.ccs_tls_port, ssl=True, socket_timeout=3,
+                       protocol=2, **options, **kw)
+
+
+def test_ccs_replicates_over_tls(cluster):
+    master_uid = cluster.wait_for_master()
+    master = cluster.nodes[master_uid]
+    for uid, config in cluster.nodes.items():
+        if uid == master_uid:
+            continue
+        wait_until(lambda c=config: (i := plain(c).info("replication"))["master_link_status"]
+                   == "up" and i, 30, what=f"node {uid}'s CCS replicating")
+        replication = plain(config).info("replication")
+        assert replication["master_port"] == master.ccs_tls_port
+    record = ccs.unpack(plain(master).get(ccs.MASTER))
+    assert record["ccs_tls_port"] == master.ccs_tls_port
+    # the replicas' connections to the master's CCS arrive on its tls-port, and so do the
+    # other nodes' heartbeats (a SET of node_heartbeat:<uid> every second)
+    clients = plain(master).client_list()
+    replicas = [c for c in clients if "S" in c["flags"]]
+    assert len(replicas) == 2
+    assert all(c["laddr"].endswith(f":{master.ccs_tls_port}") for c in replicas)
+    on_tls = [c for c in clients if c["laddr"].endswith(f":{master.ccs_tls_port}")]
+    assert len(on_tls) >= 4
+
+
+def test_the_forwarder_reaches_the_master_over_tls(cluster):
+    master_uid = cluster.wait_for_master()
+    other = next(c for u, c in cluster.nodes.items() if u != master_uid)
+    forwarded = redis.Redis(other.address, other.ccs_forward_port, socket_timeout=3,
+                            protocol=2)
+    wait_until(lambda: forwarded.set("cpine:probe", "1"), 20, ignoring=(redis.RedisError,),
+               what="a write through node's forwarded port")
+    assert plain(cluster.nodes[master_uid]).get("cpine:probe") == b"1"
+
+
+def test_the_ccs_tls_port_refuses_plaintext_and_unknown_certificates(cluster, tmp_path):
+    config = cluster.nodes[1]
+    assert tls_client(config, config.dir).ping() is True
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(config.address, config.ccs_tls_port, socket_timeout=3).ping()
+    with pytest.raises(redis.ConnectionError):
+        tls_client(config).ping()                           # no client certificate
+    foreign = tmp_path / "foreign"
+    certificates.provision(foreign, certificates.make_ca("foreign"), 1, config.address, "x")
+    with pytest.raises(redis.ConnectionError):
+        tls_client(config, foreign).ping()
+    expired = tmp_path / "expired"
+    ca = certificates.read_ca(config.dir)
+    certificates.install_ca(expired, ca)
+    certificates.install(expired, "cp", certificates.issue(
+        ca, 1, config.address, "x", days=1,
+        not_before=datetime.datetime(2022, 1, 1, tzinfo=datetime.timezone.utc)))
+    with pytest.raises(redis.ConnectionError):
+        tls_client(config, expired).ping()
+
+
+def test_the_gossip_port_refuses_plaintext_and_foreign_certificates(cluster, tmp_path):
+    config = cluster.nodes[2]
+    with pytest.raises((ConnectionError, OSError, trio.TooSlowError)):
+        trio.run(request, config.address, config.gossip_port, {"op": "status"}, 3.0)
+    foreign = tmp_path / "foreign"
+    certificates.provision(foreign, certificates.make_ca("foreign"), 9, "127.0.1.49", "x")
+    context = ControlPlaneTLS(foreign).client()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE        # it trusts any server: only its own cert is bad
+    with pytest.raises(ConnectionError, match="TLS handshake failed"):
+        trio.run(lambda: request(config.address, config.gossip_port, {"op": "status"}, 3.0,
+                                 ssl_context=context))
+    log = (config.dir / "logs" / "cluster_wd.log").read_text()
+    assert "refused a control-plane connection from 127." in log
+    assert "TLS handshake failed" in log
+    # and a node's own certificate is accepted
+    own = cluster.nodes[1].control_plane_tls().client()
+    assert trio.run(lambda: request(config.address, config.gossip_port, {"op": "status"},
+                                    3.0, ssl_context=own))["ok"]
+
+
+def test_a_node_with_a_foreign_certificate_cannot_join(cluster):
+    foreign = certificates.make_ca("foreign")
+    with pytest.raises(ClusterError, match="refuses the new node's certificate"):
+        cluster.add_node("127.0.1.48", ca=foreign)
+    assert sorted(int(u) for u in cluster.status(1)["members"]) == [1, 2, 3]
