@@ -107,7 +107,15 @@ class Run:
             self.log(f"starting a {n}-node cluster")
             self.cluster = LocalCluster.create(home, loopback_addresses(n, first_address()),
                                                record_history=True, timeout=START_TIMEOUT)
-        self.api = RestApi(self.cluster)
+        self.api = RestApi(self.cluster, timeout=START_TIMEOUT / 6)   # 30 s: a loaded machine
+        _until(self._rest_answers, START_TIMEOUT, "the REST API")
+
+    def _rest_answers(self) -> bool:
+        try:
+            self.api.call("GET", "/v1/nodes")
+        except Failure:
+            return False
+        return True
 
     def _create_db(self, name: str, durable: bool) -> tuple[int, Database]:
         body = {"name": name, "shards_count": SHARDS, "replication": True,
@@ -201,16 +209,26 @@ class Run:
         ctx = multiprocessing.get_context("spawn")
         # ok, fail, unknown of each client (its own slots: no lock, no semaphore to track)
         counts = ctx.Array("l", 3 * s.clients, lock=False)
-        start = time.monotonic()
-        deadline = start + s.seconds
+        # The clients run until this deadline, set once every one of them has completed an
+        # operation: a process takes seconds to start on a loaded machine, and the run's time
+        # (and the first fault) should not pass before the load is there.
+        shared_deadline = ctx.Value("d", 0.0, lock=False)
         files = [self.dir / f"client-{i}.jsonl" for i in range(s.clients)]
         for f in files:
             f.unlink(missing_ok=True)
-        procs = [ctx.Process(target=run_client, args=(i, databases, s.seed, deadline, str(f),
-                                                      counts, 3 * i), daemon=True)
+        procs = [ctx.Process(target=run_client, args=(i, databases, s.seed, shared_deadline,
+                                                      str(f), counts, 3 * i), daemon=True)
                  for i, f in enumerate(files)]
         for p in procs:
             p.start()
+        try:
+            _until(lambda: all(sum(counts[3 * i:3 * i + 3]) for i in range(s.clients)),
+                   START_TIMEOUT, "every client's first operation")
+        except TimeoutError:
+            shared_deadline.value = time.monotonic()      # the ones running stop
+            raise
+        start = time.monotonic()
+        deadline = shared_deadline.value = start + s.seconds
         self.log(f"{s.clients} clients running for {s.seconds:.0f}s, seed {s.seed}")
 
         nemesis = Nemesis(self.cluster, self.api, [uid_a, uid_b], s.seed, s.faults, self.log,

@@ -180,15 +180,20 @@ def record(out, process, db: Database, node, op, key, value, invoke, complete, o
     out.flush()
 
 
-def run_client(process: int, databases: list[Database], seed: int, deadline: float,
+def run_client(process: int, databases: list[Database], seed: int, deadline,
                history: str, counts=None, at: int = 0) -> None:
-    """The body of a client process. `counts[at:at + 3]` (a shared array: this client's ok,
-    fail, unknown) feeds the runner's progress bar."""
+    """The body of a client process, until `deadline` (a time.monotonic(), or a shared value
+    whose `.value` is one, 0 while not set yet). `counts[at:at + 3]` (a shared array: this
+    client's ok, fail, unknown) feeds the runner's progress bar."""
     rng = random.Random(seed * 1000 + process)
     clients = [Client(db, process) for db in databases]
     n = 0
+
+    def running() -> bool:
+        until = getattr(deadline, "value", deadline)
+        return not until or time.monotonic() < until
     with open(history, "a") as out:
-        while time.monotonic() < deadline:
+        while running():
             client = rng.choice(clients)
             mix = MIX[client.db.durable]
             op = rng.choices(list(mix), weights=list(mix.values()))[0]
