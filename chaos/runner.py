@@ -122,14 +122,43 @@ class Run:
                 "memory_size": 64 << 20}
         if durable:
             body |= {"data_persistence": "aof", "aof_policy": "appendfsync-always"}
-        reply = self.api.call("POST", "/v1/bdbs", body=body)
-        self._follow(reply["action_uid"], START_TIMEOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                reply = self.api.call("POST", "/v1/bdbs", body=body)
+                self._follow(reply["action_uid"], START_TIMEOUT)
+                break
+            except Failure as exc:
+                # A young cluster on a loaded machine may answer 503 (its CCS re-pointed after
+                # an election): again, unless the request got through (then: until active).
+                made = [b for b in self._bdbs() if b.get("name") == name]
+                if made:
+                    _until(lambda: self._bdb(made[0]["uid"]).get("status") == "active",
+                           max(1.0, deadline - time.monotonic()), f"database {name}")
+                    reply = made[0]
+                    break
+                if time.monotonic() > deadline:
+                    raise
+                self.log(f"database {name} not created yet: {exc.message}")
+                time.sleep(1.0)
         endpoints = [(c.address, reply["port"]) for _, c in sorted(self.cluster.nodes.items())]
         db = Database(name, durable, endpoints, sorted(self.cluster.nodes))
         for host, port in endpoints:      # every node's proxy serves it
             _until(lambda h=host, p=port: _answers(h, p), START_TIMEOUT / 3,
                    f"{name} on {host}:{port}")
         return reply["uid"], db
+
+    def _bdbs(self) -> list[dict]:
+        try:
+            return self.api.call("GET", "/v1/bdbs")
+        except Failure:
+            return []
+
+    def _bdb(self, uid: int) -> dict:
+        try:
+            return self.api.call("GET", f"/v1/bdbs/{uid}")
+        except Failure:
+            return {}
 
     def _follow(self, action_uid: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

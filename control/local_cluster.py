@@ -283,7 +283,9 @@ class LocalCluster:
     def start_node(self, uid: int, timeout: float = 15.0) -> None:
         config = self.node(uid)
         config.write_configs()
-        with open(config.dir / "logs" / "supervisord.out", "ab") as log:
+        out = os.open(config.dir / "logs" / "supervisord.out", os.O_WRONLY | os.O_CREAT |
+                      os.O_APPEND, 0o600)
+        with os.fdopen(out, "ab") as log:
             result = subprocess.run(config.supervisord_argv(), stdout=log, check=False,
                                     stderr=subprocess.STDOUT, cwd=config.dir)
         if result.returncode != 0:
