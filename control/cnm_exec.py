@@ -50,9 +50,13 @@ class CnmExec:
                     log.info("tick skipped: %s", exc)
 
     async def pick_up(self, nursery) -> None:
-        """Start every unfinished action that is not running yet."""
+        """Start every unfinished action that is not running yet (and drop the database locks
+        that ended actions left behind: schema.release_ended)."""
         redis = await self.session.local()
-        for uid, action in (await schema.actions(redis)).items():
+        actions = await schema.actions(redis)
+        for bdb_uid in await schema.release_ended(redis, actions):
+            log.warning("database %d: lock of an ended action released", bdb_uid)
+        for uid, action in actions.items():
             if action.status in ("pending", "active") and uid not in self.running:
                 machine = MACHINES.get(action.name)
                 if machine is None:

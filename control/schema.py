@@ -319,6 +319,22 @@ async def release(redis, bdb_uid: int, action_uid: str) -> None:
                         1, lock_key(bdb_uid), action_uid)
 
 
+async def release_ended(redis, actions: dict[str, Action]) -> list[int]:
+    """Drop every database lock whose action has ended (completed or failed): a master that
+    lost its CCS between an action's last save and its release leaves one behind, and nothing
+    else would ever drop it (a chaos run's hour found two, every later change of both
+    databases refused). A lock whose action is not recorded yet is a submit in progress: kept.
+    Returns the databases whose lock was dropped."""
+    dropped = []
+    for uid in await bdbs(redis):
+        holder = await redis.execute("GET", lock_key(uid))
+        action = actions.get(holder.decode()) if holder else None
+        if action is not None and action.status in ("completed", "failed"):
+            await release(redis, uid, action.action_uid)
+            dropped.append(uid)
+    return dropped
+
+
 async def relocate(redis, shard: Shard, node: int, shards: dict[int, Shard]) -> None:
     """Place the shard on `node`, on a free port there (redis_mgr starts it, and the old
     node's stops it)."""
