@@ -17,6 +17,7 @@ import pytest
 import redis
 import trio
 from click.testing import CliRunner
+from certs import self_signed
 from clusters import START_TIMEOUT, api_answers, rest_client, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
@@ -344,33 +345,6 @@ def test_node_wd_reports_disk_space_and_its_own_ccs(cluster):
 
 
 # ---- the cluster's own resources, certificates and alert delivery (last: a node goes down) ----
-
-def self_signed(tmp_path, address: str) -> tuple[str, str]:
-    """A certificate for `address` and its key (PEM files), as the cluster's CA would give."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(address))]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = tmp_path / "node.crt", tmp_path / "node.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_file), str(key_file)
-
 
 def restart(config, *services) -> None:
     rpc = supervisor_rpc(config.supervisor_sock).supervisor
