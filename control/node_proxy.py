@@ -85,7 +85,9 @@ log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
 FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
-CATCH_UP_TIMEOUT = 1.0      # s for reading the master's maps before the fence comes down
+# s for reading the master's maps before the fence comes down (the fence stays up meanwhile: a
+# longer time costs nothing, a shorter one fails again and again on a loaded machine)
+CATCH_UP_TIMEOUT = 5.0
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
