@@ -22,6 +22,7 @@ from clusters import rest_cluster
 from waiting import wait_until
 
 from control import cli, tls
+from control.local_cluster import LocalCluster
 from control.cm_server import ui_url
 from dmc.processes import free_port
 
@@ -364,3 +365,30 @@ def test_dmc_status_lists_each_node_ui_url(cluster, url, ca):
     for n in nodes:
         assert n["ui_url"].startswith("https://")       # the node's certificate, CA-signed
         assert httpx.get(n["ui_url"] + "login", timeout=5, verify=ca).status_code == 200
+
+
+def test_add_a_node_as_the_ui_says_and_remove_it_from_the_ui(browser, url, cluster, shots):
+    """The UI says how a node joins (the command, with a member's gossip address); the node
+    the operator adds that way shows up; its Remove button takes it out, and it stops."""
+    browser.get(url + "/#/")
+    click(browser, "#add-node")
+    join = wait_text(browser, "#join-command", lambda t: t.startswith("dmc node join"), "the join")
+    assert any(f"{c.address}:{c.gossip_port}" in join for c in cluster.nodes.values()), join
+    assert text(browser, "#add-command") == "dmc node add"
+    browser.save_screenshot(str(shots / "add-node.png"))
+    confirm(browser)                                              # "Done"
+    added = CliRunner().invoke(cli.main, ["node", "add", "--home", str(cluster.home)])
+    assert added.exit_code == 0, added.output
+    uid = int(added.output.split()[1])                           # "node 4 joined at ..."
+    row = f"#nodes tr[data-node='{uid}']"
+    assert wait_text(browser, f"{row} td.state", lambda t: t == "OK", f"node {uid} OK", 60)
+    click(browser, f"{row} button")
+    assert f"node {uid}" in text(browser, "#confirm-title")
+    confirm(browser)
+    notice = wait_text(browser, "#notices .notice", lambda t: f"remove node {uid}" in t,
+                       "the removal's notice")
+    assert "action " in notice, notice
+    wait_until(lambda: not browser.find_elements(By.CSS_SELECTOR, row), 120, 0.2,
+               f"node {uid} gone from the table")
+    node = LocalCluster.load(cluster.home).nodes[uid]
+    wait_until(lambda: node.removed_file.exists(), 60, 0.2, f"node {uid} stopped itself")
