@@ -96,7 +96,7 @@ def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: 
                      keyfile: str | None = None) -> hypercorn.config.Config:
     """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
     to stop, errors to the service's log, HTTPS when given a certificate and its key."""
-    hc = hypercorn.config.Config()
+    hc = RestServerConfig()
     hc.bind = [f"{address}:{port}"]
     hc.graceful_timeout = 1.0
     hc.errorlog = logger
