@@ -14,13 +14,18 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 
 import pytest
 import redis
+from click.testing import CliRunner
+from clusters import rest_client, rest_cluster
 from cryptography import x509
 from waiting import wait_until
 
 from control import certificates
+from control.cli import main
+from control.node import CORE_SERVICES, SERVICES
 from dmc.local import redis_servers, start_proxy
 from dmc.processes import stop_process
 
@@ -213,3 +218,59 @@ def test_certificate_rotated_on_sighup(shards, pki, tmp_path):
         assert old.connection_pool._created_connections == 1
     finally:
         stop_process(proc)
+
+
+# ---- one cluster, through REST and the CLI ------------------------------------------------------
+
+CLUSTER_ADDRESS = "127.0.1.61"      # other modules' clusters use other addresses
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    services = [s for s in SERVICES if s in (*CORE_SERVICES, "redis_mgr", "dmcproxy",
+                                             "cnm_exec", "node_wd", "cnm_http")]
+    with rest_cluster(tmp_path_factory.mktemp("tls") / "cluster", CLUSTER_ADDRESS,
+                      timeout=120, services=services) as c:
+        yield c
+
+
+@pytest.mark.timeout(240)
+def test_database_with_tls_mode_enabled(cluster, tmp_path):
+    """POST /v1/bdbs with tls_mode enabled: the endpoint's certificate is the node's `proxy`
+    one, which the cluster CA signed (redis-py verifies it, hostname included; redis-cli
+    --cacert <(dmc cluster ca) too), plaintext is refused; `dmc db update
+    --tls-client-auth` then requires a client certificate the CA signed."""
+    api = rest_client(cluster, timeout=30)
+    reply = api.post("/v1/bdbs", json={"name": "secure", "tls_mode": "enabled"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["tls_mode"] == "enabled"
+    wait_until(lambda: api.get(f"/v1/actions/{reply.json()['action_uid']}").json()["status"]
+               == "completed", 90, what="bdb_create")
+    port, node = reply.json()["port"], cluster.nodes[1]
+    ca_pem = certificates.ca_file(node.dir)
+
+    def client(cert=None) -> redis.Redis:
+        options = {} if cert is None else {"ssl_certfile": cert[0], "ssl_keyfile": cert[1]}
+        return redis.Redis(node.address, port, ssl=True, ssl_ca_certs=str(ca_pem),
+                           ssl_check_hostname=True, socket_timeout=5, **options)
+    r = wait_until(lambda: client().ping() and client(), 30, what="the TLS endpoint",
+                   ignoring=(redis.ConnectionError,))
+    assert r.set("k", "v") and r.get("k") == b"v"
+    cli = subprocess.run(
+        ["bash", "-c", f"redis-cli -h {node.address} -p {port} --tls --cacert "
+         f"<({sys.executable} -m control.cli cluster ca --home {cluster.home}) GET k"],
+        capture_output=True, text=True, timeout=60)
+    assert cli.stdout.strip() == "v", cli.stderr
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(node.address, port, socket_timeout=5).ping()
+
+    result = CliRunner().invoke(main, ["db", "update", "secure", "--tls-client-auth",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    with pytest.raises(redis.ConnectionError):
+        client().ping()
+    signed = write_pair(tmp_path, "app", certificates.issue(
+        cluster.cluster_ca(), 99, node.address, node.cluster_fqdn))
+    assert client(signed).get("k") == b"v"
+    assert api.get(f"/v1/bdbs/{reply.json()['uid']}").json()[
+        "enforce_client_authentication"] == "enabled"
