@@ -19,13 +19,12 @@ import sys
 import pytest
 import redis
 from click.testing import CliRunner
-from clusters import rest_client, rest_cluster
+from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from cryptography import x509
 from waiting import wait_until
 
 from control import certificates
 from control.cli import main
-from control.node import CORE_SERVICES, SERVICES
 from dmc.local import redis_servers, start_proxy
 from dmc.processes import stop_process
 
@@ -227,10 +226,8 @@ CLUSTER_ADDRESS = "127.0.1.61"      # other modules' clusters use other addresse
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    services = [s for s in SERVICES if s in (*CORE_SERVICES, "redis_mgr", "dmcproxy",
-                                             "cnm_exec", "node_wd", "cnm_http")]
     with rest_cluster(tmp_path_factory.mktemp("tls") / "cluster", CLUSTER_ADDRESS,
-                      timeout=120, services=services) as c:
+                      timeout=120, services=DATABASE_SERVICES) as c:
         yield c
 
 

@@ -44,10 +44,12 @@ cdef ssize_t tls_read(Core *core, Client *c, char *buf, size_t cap) noexcept nog
     cdef int n, err
     if cap > 0x40000000:
         cap = 0x40000000
-    while cap - total >= TLS_RECORD_MAX:
+    while total == 0 or cap - total >= TLS_RECORD_MAX:
         n = SSL_read(c.ssl, buf + total, <int>(cap - total))
         if n > 0:
             total += <size_t>n
+            if total == cap:
+                break
             continue
         err = SSL_get_error(c.ssl, n)
         if err == SSL_ERROR_WANT_READ:
