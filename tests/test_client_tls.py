@@ -26,7 +26,7 @@ from waiting import wait_until
 from control import certificates
 from control.cli import main
 from dmc.local import redis_servers, start_proxy
-from dmc.processes import stop_process
+from dmc.processes import free_port, stop_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,6 +60,18 @@ def pki(tmp_path_factory):
 def shards(tmp_path_factory):
     with redis_servers(tmp_path_factory.mktemp("shards"), 2) as started:
         yield [(HOST, port) for port, _ in started]
+
+
+@pytest.fixture(scope="module")
+def redis_tls_port(pki, tmp_path_factory):
+    """A plain redis-server's own tls-port, with the endpoint's certificate: what dmcproxy's
+    TLS endpoint is compared with."""
+    cert, key = pki["server"]
+    port = free_port()
+    with redis_servers(tmp_path_factory.mktemp("redis-tls"), 1, "--tls-port", str(port),
+                       "--tls-cert-file", cert, "--tls-key-file", key,
+                       "--tls-auth-clients", "no"):
+        yield port
 
 
 def tls_args(pki, *extra: str) -> list[str]:
@@ -168,8 +180,9 @@ def plaintext_refused(port: int) -> bool:
         return b"PONG" not in data and b"+" not in data[:1]
 
 
-def test_plaintext_client_is_refused(tls_proxy, pki):
+def test_plaintext_client_is_refused(tls_proxy, pki, redis_tls_port):
     proc, port = tls_proxy
+    assert plaintext_refused(redis_tls_port)        # as redis-server's own tls-port does
     for _ in range(20):
         assert plaintext_refused(port)
     with pytest.raises(redis.ConnectionError):
