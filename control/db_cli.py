@@ -399,6 +399,8 @@ def db_show(ref, as_json, home):
             value = f"{format_memory(value)} ({value} bytes)"
         elif key == "authentication_redis_pass":
             value = "(set)" if value else "(none)"
+        elif key == "authentication_ssl_client_certs":
+            value = f"{len(value or [])} trusted besides the cluster CA's"
         elif key == "endpoints":
             failed = [f for e in value for f in e.get("failed_nodes") or []]
             value = ", ".join(f"{a}:{e.get('port')}" for e in value for a in e.get("addr", []))
