@@ -202,10 +202,13 @@ def test_client_certificate_required(mtls_proxy, pki):
     assert redis_cli(mtls_proxy, pki, "GET", "tls:m").stdout.strip() != "yes"
 
 
-def peer_serial(port: int, pki) -> int:
-    context = ssl.create_default_context(cafile=pki["ca"])
-    with socket.create_connection((HOST, port), timeout=5) as raw, \
-            context.wrap_socket(raw, server_hostname=HOST) as s:
+def peer_serial(host: str, port: int, cafile: str, cert=None) -> int:
+    """The serial number of the certificate the endpoint presents to a new connection."""
+    context = ssl.create_default_context(cafile=cafile)
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    with socket.create_connection((host, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as s:
         return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
 
 
@@ -217,14 +220,15 @@ def test_certificate_rotated_on_sighup(shards, pki, tmp_path):
     proc, port = start_proxy(shards, 0, tmp_path, "--tls-cert-file", cert, "--tls-key-file",
                              key, "--threads", "2")
     try:
-        before = peer_serial(port, pki)
+        before = peer_serial(HOST, port, pki["ca"])
         old = tls_client(port, pki)
         assert old.set("tls:rot", "1")
         renewed = certificates.issue(pki["ca_pair"], 1, HOST, "tls.test")
         write_pair(tmp_path, "endpoint", renewed)
         os.kill(proc.pid, signal.SIGHUP)
         wanted = x509.load_pem_x509_certificate(renewed.certificate).serial_number
-        wait_until(lambda: peer_serial(port, pki) == wanted, 10, what="the renewed certificate")
+        wait_until(lambda: peer_serial(HOST, port, pki["ca"]) == wanted, 10,
+                   what="the renewed certificate")
         assert before != wanted
         assert old.get("tls:rot") == b"1"       # the same connection, still served
         assert old.connection_pool._created_connections == 1
@@ -249,7 +253,8 @@ def test_database_with_tls_mode_enabled(cluster, tmp_path):
     """POST /v1/bdbs with tls_mode enabled: the endpoint's certificate is the node's `proxy`
     one, which the cluster CA signed (redis-py verifies it, hostname included; redis-cli
     --cacert <(dmc cluster ca) too), plaintext is refused; `dmc db update
-    --tls-client-auth` then requires a client certificate the CA signed."""
+    --tls-client-auth` then requires a client certificate the CA signed; a renewed `proxy`
+    certificate is served to new connections, without dropping the open one."""
     api = rest_client(cluster, timeout=30)
     reply = api.post("/v1/bdbs", json={"name": "secure", "tls_mode": "enabled"})
     assert reply.status_code == 200, reply.text
@@ -281,6 +286,13 @@ def test_database_with_tls_mode_enabled(cluster, tmp_path):
         client().ping()
     signed = write_pair(tmp_path, "app", certificates.issue(
         cluster.cluster_ca(), 99, node.address, node.cluster_fqdn))
-    assert client(signed).get("k") == b"v"
+    authed = client(signed)
+    assert authed.get("k") == b"v"
+    renewed = certificates.issue(cluster.cluster_ca(), node.uid, node.address, node.cluster_fqdn)
+    certificates.install(node.dir, "proxy", renewed)
+    wanted = x509.load_pem_x509_certificate(renewed.certificate).serial_number
+    wait_until(lambda: peer_serial(node.address, port, str(ca_pem), signed) == wanted, 15,
+               what="the renewed endpoint certificate")
+    assert authed.get("k") == b"v" and authed.connection_pool._created_connections == 1
     assert api.get(f"/v1/bdbs/{reply.json()['uid']}").json()[
         "enforce_client_authentication"] == "enabled"
