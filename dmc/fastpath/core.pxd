@@ -112,3 +112,5 @@ cdef struct Core:
     int worker                  #   this Core's index among them
     bint world_held             #   every worker is stopped for this one (CLIENT LIST/KILL/UNBLOCK)
     Client *cross_waiting       #   clients whose next request waits for that (CF_CROSS)
+    SSL_CTX *tls_ctx            # client TLS (tls.pxi): new clients speak TLS; NULL: plaintext
+    unsigned long long tls_handshake_failures   # clients closed in their TLS handshake
