@@ -10,6 +10,8 @@
         # metrics on vs off: a second dmcproxy of this tree whose counters are read every
         # second (INFO, all sections: what metrics_exporter and stats_archiver read of an
         # endpoint, and more), beside the plain one
+    python3 bench/run_peer_comparison.py --skip-rss --predixy 1,2 --dmc-threads 2
+        # dmcproxy with 1 and 2 worker threads beside predixy with 1 and 2
 
 Phase 1 (throughput/CPU): starts the peers with bench/setup_peers.py and runs the shared
     $(git rev-parse --show-toplevel)/../shared/bench/proxybench.sh \
@@ -128,10 +130,11 @@ class Scraper:
 
 def run_proxybench(out: Tee, proxybench: Path, raw: Path, trees: dict[str, str],
                    predixy_threads: list[int], scrape: str | None = None,
-                   scrape_every: float = 1.0) -> int:
+                   scrape_every: float = 1.0, dmc_threads=()) -> int:
     import contextlib
     with Peers(log=lambda m: out(f"# setup_peers: {m}"), trees=trees,
-               predixy_threads=predixy_threads) as peers, contextlib.ExitStack() as stack:
+               predixy_threads=predixy_threads, dmc_threads=dmc_threads) as peers, \
+            contextlib.ExitStack() as stack:
         if scrape:
             target = peers.endpoints()[scrape]
             scraper = stack.enter_context(Scraper(target.host, target.port, scrape_every))
@@ -287,6 +290,8 @@ def main() -> int:
                     "e.g. --tree dmc-base=/path/to/tree-before-the-change (repeat)")
     ap.add_argument("--predixy", default="", metavar="THREADS,...",
                     help="also predixy with these worker-thread counts, e.g. 1,2")
+    ap.add_argument("--dmc-threads", default="", metavar="THREADS,...",
+                    help="also dmcproxy with these --threads counts (besides 1), e.g. 2")
     ap.add_argument("--scrape", metavar="NAME", help="read this endpoint's counters (INFO) "
                     "every --scrape-every seconds while the benchmark runs (metrics on)")
     ap.add_argument("--scrape-every", type=float, default=1.0, metavar="SECONDS")
@@ -319,7 +324,8 @@ def main() -> int:
         header(out, args)
         if not args.skip_bench:
             rc |= run_proxybench(out, proxybench, out_path.with_suffix(".csv"), trees,
-                                  predixy_threads, args.scrape, args.scrape_every)
+                                  predixy_threads, args.scrape, args.scrape_every,
+                                  [int(t) for t in args.dmc_threads.split(",") if t])
         if not args.skip_rss:
             rc |= measure_idle_rss(out, args.idle_conns, args.ping_each)
         out(f"# output: {out_path}" + ("" if args.skip_bench else

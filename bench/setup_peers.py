@@ -201,8 +201,9 @@ class Peers:
 
     def __init__(self, nshards: int = 3, dmc_args=(), twemproxy_extra: dict | None = None,
                  keep_tmp: bool = False, raise_nofile: bool = True, log=None,
-                 trees: dict[str, str] | None = None, predixy_threads=()):
+                 trees: dict[str, str] | None = None, predixy_threads=(), dmc_threads=()):
         self.nshards = nshards
+        self.dmc_threads = [t for t in dmc_threads if t != 1]
         self.trees = dict(trees or {})
         self.predixy_threads = list(predixy_threads)
         self.extra: dict[str, Endpoint] = {}
@@ -278,6 +279,9 @@ class Peers:
                 self.extra[f"predixy-{threads}t"] = self._start_predixy(threads)
             for name, tree in self.trees.items():
                 self.extra[name] = self._start_dmcproxy(name, Path(tree))
+            for threads in self.dmc_threads:
+                name = f"dmcproxy-{threads}t"
+                self.extra[name] = self._start_dmcproxy(name, extra=["--threads", str(threads)])
             self.dmcproxy = self._start_dmcproxy()
             for ep in [*self.shards, *self.endpoints().values()]:
                 self._wait_ping(ep)
@@ -405,11 +409,12 @@ class Peers:
             raise RuntimeError(f"predixy did not start: {self._tail(logname)}")
         return ep
 
-    def _start_dmcproxy(self, name: str = "dmcproxy", tree: Path = REPO) -> Endpoint:
+    def _start_dmcproxy(self, name: str = "dmcproxy", tree: Path = REPO,
+                        extra=()) -> Endpoint:
         args = [sys.executable, "-m", "dmc.proxy", "--port", "0"]
         for s in self.shards:
             args += ["--shard", s.addr]
-        args += self.dmc_args
+        args += [*self.dmc_args, *extra]
         env = dict(os.environ)
         env["PYTHONPATH"] = str(tree) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = self._popen(args, f"{name}.log", stdout_name=f"{name}.stdout", cwd=tree, env=env)
