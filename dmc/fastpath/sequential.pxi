@@ -266,14 +266,31 @@ cdef void seq_release(Sequence *s) noexcept nogil:
     free(s)
 
 
+cdef inline void seq_table_lock(Core *core) noexcept nogil:
+    """With worker threads the slot locks are the endpoint's (Workers.seq_locks, under a leaf
+    lock): a sequence of one worker waits for another worker's on the same slots."""
+    if core.workers != NULL:
+        pthread_mutex_lock(&core.workers.seq_lock)
+
+
+cdef inline void seq_table_unlock(Core *core) noexcept nogil:
+    if core.workers != NULL:
+        core.workers.seq_waiting[core.worker] = core.seq_waiting != NULL
+        pthread_mutex_unlock(&core.workers.seq_lock)
+
+
 cdef void seq_free(Core *core, Request *r) noexcept nogil:
     cdef Sequence *s = r.seq
     cdef int i
     if s == NULL:
         return
     if s.locked:
+        seq_table_lock(core)
         for i in range(s.nslots):
             core.seq_locks[s.slots[i]] = 0
+        seq_table_unlock(core)
+        if core.workers != NULL:
+            workers_seq_released(core)
     seq_release(s)
     r.seq = NULL
 
@@ -301,6 +318,7 @@ cdef void seq_start(Core *core, Request *r) noexcept nogil:
     cdef bint free_now
     r.resolving = True
     r.pending = 1       # waiting or running: a client that closes orphans it, never frees it
+    seq_table_lock(core)
     free_now = seq_slots_free(core, s)
     w = core.seq_waiting
     while free_now and w != NULL:
@@ -320,9 +338,11 @@ cdef void seq_start(Core *core, Request *r) noexcept nogil:
             while w.seq.next_waiting != NULL:
                 w = w.seq.next_waiting
             w.seq.next_waiting = r
+        seq_table_unlock(core)
         return
     seq_mark(core, s, 0, 1)
     s.locked = True
+    seq_table_unlock(core)
     seq_next(core, r)
 
 
@@ -341,6 +361,7 @@ cdef void seq_wake(Core *core) noexcept nogil:
     core.seq_waking = True
     while True:
         core.seq_wake_again = False
+        seq_table_lock(core)
         r = core.seq_waiting
         ready = ready_tail = keep = keep_tail = NULL
         while r != NULL:
@@ -372,6 +393,7 @@ cdef void seq_wake(Core *core) noexcept nogil:
             seq_mark(core, r.seq, 2, 0)
             r = r.seq.next_waiting
         core.seq_waiting = keep
+        seq_table_unlock(core)
         r = ready
         while r != NULL:
             nxt = r.seq.next_waiting
