@@ -24,11 +24,13 @@ cdef enum:
 cdef enum WorkerMail:
     MAIL_INVALIDATE = 1     # a tracking client's invalidation, for its REDIRECT client here
     MAIL_REDIR_BROKEN = 2   # that REDIRECT client is gone: for the tracking client here
+    MAIL_SHARD_BUSY = 3     # shard to_id runs a script (the bytes: its -BUSY line), busy.pxi
+    MAIL_SHARD_NOT_BUSY = 4 #   no more
 
 
 cdef struct MailHeader:
     int kind
-    unsigned long long to_id           # the client of the worker it is for
+    unsigned long long to_id           # the client of the worker it is for (or a shard index)
     unsigned long long from_id         # the client of the worker that sent it
     size_t n                           # bytes that follow
 
@@ -60,4 +62,6 @@ cdef void worker_monitor_feed(Core *core, Buf *line) noexcept nogil
 cdef int endpoint_clients(Core *core) noexcept nogil
 cdef void worker_mail(Core *core, int to, int kind, unsigned long long to_id,
                       unsigned long long from_id, const char *p, size_t n) noexcept nogil
+cdef void workers_mail_all(Core *core, int kind, unsigned long long to_id, const char *p,
+                           size_t n) noexcept nogil
 cdef void workers_seq_released(Core *core) noexcept nogil

@@ -118,14 +118,25 @@ cdef void worker_mail(Core *core, int to, int kind, unsigned long long to_id,
 
 
 cdef void worker_mail_read(Core *core, const char *p, const char *end) noexcept nogil:
-    """The other workers' messages for this one's clients (as Redis would do them in one
-    process): a tracking client's invalidation for its REDIRECT client here, which is framed as
-    that client needs; a REDIRECT client that is gone, for a tracking client here."""
+    """The other workers' messages for this one (what one process would know at once): a
+    tracking client's invalidation for its REDIRECT client here, which is framed as that client
+    needs; a REDIRECT client that is gone, for a tracking client here; a shard that runs a
+    script (PING, MULTI answer -BUSY as one Redis would) or no longer does."""
     cdef MailHeader h
     cdef Client *c
     while p + sizeof(MailHeader) <= end:
         memcpy(&h, p, sizeof(MailHeader))
         p += sizeof(MailHeader)
+        if h.kind == MAIL_SHARD_BUSY or h.kind == MAIL_SHARD_NOT_BUSY:
+            # Every worker's shard table is the same (every map reaches them all at once).
+            if h.to_id < <unsigned long long>core.nshards:
+                if h.kind == MAIL_SHARD_BUSY:
+                    shard_busy(core, <int>h.to_id, p, h.n)
+                elif core.shards[h.to_id].busy:
+                    core.shards[h.to_id].busy = False
+                    core.nbusy -= 1
+            p += h.n
+            continue
         c = client_by_id(core, <long long>h.to_id)
         if c != NULL and c.flags & CF_CLOSED:
             c = NULL
@@ -139,6 +150,15 @@ cdef void worker_mail_read(Core *core, const char *p, const char *end) noexcept 
             if c != NULL and c.flags & CF_TRACKING and c.track_redirect == h.from_id:
                 tracking_redirect_broken(core, c, h.from_id)
         p += h.n
+
+
+cdef void workers_mail_all(Core *core, int kind, unsigned long long to_id, const char *p,
+                           size_t n) noexcept nogil:
+    """The same message for every other worker."""
+    cdef int i
+    for i in range(core.workers.n):
+        if i != core.worker:
+            worker_mail(core, i, kind, to_id, 0, p, n)
 
 
 cdef void workers_seq_released(Core *core) noexcept nogil:
