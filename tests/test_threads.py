@@ -313,3 +313,25 @@ def test_sequential_commands_of_two_workers_on_the_same_keys_run_one_after_the_o
         assert sorted(x.decode() for x in check.lrange(dst, 0, -1)) == sorted(items)
         for c in movers:
             c.close()
+
+
+def test_a_shard_busy_with_a_script_is_busy_for_every_worker(endpoint, shard_ports):
+    for port in shard_ports:
+        assert RespConn(port).call("CONFIG", "SET", "busy-reply-threshold", "50") == b"OK"
+    runner, _ = conn_on_worker(endpoint, 0)
+    other, _ = conn_on_worker(endpoint, 1)
+    try:
+        runner.send(["EVAL", "while true do end", "0"])
+        # The worker of the script learns it from its probe, the other one from that worker.
+        wait_until(lambda: other.call("PING").startswith(b"BUSY"), 10,
+                   what="PING on the other worker to answer BUSY")
+        assert other.call("SCRIPT", "KILL") == b"OK"
+        assert isinstance(runner.read(timeout=10), Error)      # the script's: killed
+        wait_until(lambda: other.call("PING") == b"PONG", 10, what="the shard to serve again")
+    finally:
+        for port in shard_ports:
+            conn = RespConn(port)
+            conn.call("SCRIPT", "KILL")
+            conn.call("CONFIG", "SET", "busy-reply-threshold", "5000")
+        runner.close()
+        other.close()
