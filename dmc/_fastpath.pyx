@@ -41,7 +41,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
     workers       worker threads of one endpoint (--threads N): what stays per endpoint (client
-                  ids, CLIENT LIST/KILL, MONITOR, the relay); WorkerGroup stops them all at once
+                  ids, CLIENT LIST/KILL, INFO, MONITOR, the relay, ACL DELUSER, TRACKING
+                  REDIRECT, -BUSY, sequential slot locks); WorkerGroup stops them all at once
 
 Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
 runs on: its clients, backends, request free list, counters).

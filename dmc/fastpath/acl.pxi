@@ -17,7 +17,8 @@
 #   never lets a command run as the `default` user. Clients of `default` keep the shards' shared
 #   connections: for them nothing changes (one test of Client.user when a fragment is sent).
 # - ACL DELUSER closes the deleted users' clients, as Redis does (the issuing client after its
-#   reply); the shards close those users' connections themselves.
+#   reply; with worker threads, every worker's: workers.pxi); the shards close those users'
+#   connections themselves. ACL SETUSER closes nobody, as redis-server 7.0.
 # - ACL LOG merges the shards' logs, newest first (a denial is logged by the shard that refused).
 
 

@@ -52,9 +52,11 @@
 #   holds the value set (a later write by someone else is kept), and the answer is 0. Between
 #   steps a reader may see some keys set and others not yet; no partial result remains.
 #
-# Serialization: within one proxy (one Core), sequences touching the same slots run one after
-# the other: each holds every slot of its keys in core.seq_locks from its first step to its
-# answer, taken all at once or not at all (no deadlock), waiters served in arrival order.
+# Serialization: within one endpoint, sequences touching the same slots run one after the
+# other: each holds every slot of its keys in core.seq_locks from its first step to its answer,
+# taken all at once or not at all (no deadlock), waiters served in arrival order. With worker
+# threads the table is the endpoint's (Workers.seq_locks, under its leaf lock: seq_table_lock),
+# and a worker that frees slots wakes the workers whose sequences wait (workers.pxi).
 # Other commands are never delayed. Across proxies of other nodes there is no lock: two
 # sequences on the same keys may interleave their steps; each step stays atomic on its shard,
 # the write-back scripts keep concurrent writes, and the worst outcome is a duplicate (an

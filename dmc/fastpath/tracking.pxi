@@ -30,7 +30,8 @@
 #   remembered (Tracking.written) and left out of that client's broadcast.
 # - REDIRECT <id>: a proxy client id. The push goes to that client: RESP3 as `>2 invalidate`,
 #   RESP2 (subscribed) as a `message` on `__redis__:invalidate`; a target that went away gives
-#   the tracking client a `tracking-redir-broken` push (RESP3), as Redis.
+#   the tracking client a `tracking-redir-broken` push (RESP3), as Redis. A client of another
+#   worker (worker threads) is told through that worker's mail (workers.pxi).
 # - FLUSHALL / FLUSHDB: every shard sends a null invalidation on each tracked connection; the
 #   first one announces `invalidate` null to every tracking client, the others of the same
 #   flush (counted per shard, for a second) are dropped: one per flush, as on one Redis.

@@ -18,14 +18,29 @@
 # - one keyspace relay per endpoint: worker 0's (relays_sync);
 # - a shard map change, pause, resume, fence, password ...: dmc/endpoint.py stops every worker
 #   (WorkerGroup.stop) and applies it to each before any runs again;
-# - the counters: summed over the workers by dmc/endpoint.py (Endpoint.stats).
+# - the counters: summed over the workers by dmc/endpoint.py (Endpoint.stats);
+# - --max-clients and INFO's connected_clients: every worker's clients (an atomic count);
+# - INFO's own figures and CONFIG RESETSTAT: routed as CLIENT LIST is (worker_needs_all), with
+#   every worker stopped: INFO takes every worker's counters then (info.pxi: info_snapshot);
+# - ACL DELUSER: the worker that saw the shards' OK closes its own clients of the users at once,
+#   the other workers' at the end of its turn, every worker stopped (worker_turn_end);
+# - CLIENT TRACKING REDIRECT to a client of another worker: checked with every worker stopped;
+#   each invalidation is mail to that worker (below), which frames it for its client or answers
+#   that the client is gone (tracking-redir-broken);
+# - a shard's -BUSY (busy.pxi): mail to every other worker when it starts and ends;
+# - the sequential commands' slot locks: one table (Workers.seq_locks) under a leaf lock taken
+#   only by sequences (sequential.pxi); a worker that releases slots wakes the workers whose
+#   sequences wait (workers_seq_released), which try them again at the start of their next turn.
 #
-# - --max-clients and INFO's connected_clients: every worker's clients (an atomic count).
+# Mail: each worker has an inbox (MONITOR lines) and a mailbox (MailHeader records), both under
+# its inbox_lock, a leaf lock (nothing is taken while it is held); the sender sets inbox_full
+# and writes the worker's eventfd; the worker drains both at the start of its turn (one atomic
+# read per turn when there is nothing).
 #
-# Per worker (as between the proxies of two nodes): what a Core keeps for its own clients
-# (CLIENT TRACKING's table and REDIRECT, sequential commands' slot locks, the clients ACL
-# DELUSER closes, INFO's own counters but connected_clients) is its worker's. With one thread there is no
-# Workers struct (core.workers NULL) and none of this costs anything but that pointer test.
+# Per worker (as between the proxies of two nodes): what a Core keeps for its own clients (the
+# tracking table, the shard and ACL users' connections), and the order of two clients'
+# commands on two workers. With one thread there is no Workers struct (core.workers NULL) and
+# none of this costs anything but that pointer test.
 
 
 cdef void workers_stop(Workers *w) noexcept nogil:
