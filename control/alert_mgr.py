@@ -134,8 +134,7 @@ class AlertMgr:
         now = time.time()
         view = await read_view(r, with_actions=True)
         stored = await alerts.read_alerts(r)
-        settings = ccs.unpack(await r.execute("GET", alerts.CLUSTER_SETTINGS)) or {}
-        cluster_settings = {**alerts.CLUSTER_DEFAULTS, **settings}
+        cluster_settings = {**alerts.CLUSTER_DEFAULTS, **await alerts.cluster_settings(r)}
         judged: list[tuple[str, str, int | None, str, dict, object]] = []
         failures = await schema.endpoint_failures(r, view.bdbs)
         for uid, bdb in view.bdbs.items():

@@ -90,6 +90,11 @@ def alert_field(object_type: str, uid: int | None, name: str) -> str:
     return f"{object_type}:{uid or 0}:{name}"
 
 
+async def cluster_settings(r) -> dict:
+    """The cluster's and nodes' alert settings as set (CLUSTER_DEFAULTS fill in the others)."""
+    return ccs.unpack(await r.execute("GET", CLUSTER_SETTINGS)) or {}
+
+
 def threshold_of(settings: dict | None) -> float | None:
     try:
         return float((settings or {}).get("threshold"))

@@ -400,7 +400,7 @@ class ClusterWatchdog:
                 continue
             try:
                 reply = await request(info["address"], info["gossip_port"], {"op": "status"},
-                                      timeout=1.0)
+                                      timeout=1.0, ssl_context=self.tls.client())
             except (OSError, trio.TooSlowError, ConnectionError, ValueError):
                 continue
             version, members = reply.get("members_version"), reply.get("members")

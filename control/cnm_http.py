@@ -42,8 +42,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from control import (access, backup_mgr, ccs, certificates, rest_access, rest_models, rest_stats,
-                     schema)
+from control import (access, alerts, backup_mgr, ccs, certificates, rest_access, rest_models,
+                     rest_stats, schema)
 from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
@@ -850,7 +850,7 @@ def build_app(api: CnmHttp) -> FastAPI:
             raise _not_found("node", uid)
         return node_reply(view, uid)
 
-    def cluster_reply(view: ClusterView, policy: dict) -> dict:
+    def cluster_reply(view: ClusterView, policy: dict, alert_settings: dict) -> dict:
         master = view.master or {}
         return {"name": "dmc", "master_node_uid": master.get("uid"), "term": master.get("term"),
                 "master_since": master.get("since"), "nodes_count": len(view.nodes),
@@ -858,23 +858,31 @@ def build_app(api: CnmHttp) -> FastAPI:
                 "shards_count": len(view.shards), **policy,
                 "memory_size": sum((view.beats.get(n) or {}).get("memory_total") or 0
                                    for n in view.up),
-                "memory_booked": sum(booked_memory(view).values())}
+                "memory_booked": sum(booked_memory(view).values()),
+                "alert_settings": {**alerts.CLUSTER_DEFAULTS, **alert_settings}}
 
     @app.get("/v1/cluster", response_model=Cluster, tags=["cluster"])
     async def get_cluster():
         r = await api.reader()
-        return cluster_reply(await read_view(r), await schema.cluster_policy(r))
+        return cluster_reply(await read_view(r), await schema.cluster_policy(r),
+                             await alerts.cluster_settings(r))
 
     @app.put("/v1/cluster", response_model=Cluster, tags=["cluster"],
              responses={k: ERRORS[k] for k in (400, 503)},
              summary="Change the cluster's settings (memory overbooking)")
     async def update_cluster(body: rest_models.ClusterPolicy):
         r = await api.writer()
-        policy = {**await schema.cluster_policy(r), **body.model_dump(exclude_unset=True)}
+        changes = body.model_dump(exclude_unset=True)
+        settings = await alerts.cluster_settings(r)
+        if "alert_settings" in changes:
+            settings = {**settings, **{name: setting for name, setting in
+                                       (changes.pop("alert_settings") or {}).items() if setting}}
+        policy = {**await schema.cluster_policy(r), **changes}
         with trio.CancelScope(shield=True):
             await ccs.write(r, schema.CLUSTER_POLICY, policy)
+            await ccs.write(r, alerts.CLUSTER_SETTINGS, settings)
         log.info("cluster settings: %s", policy)
-        return cluster_reply(await read_view(r), policy)
+        return cluster_reply(await read_view(r), policy, settings)
 
     @app.get("/v1/cluster/certificates", tags=["cluster"],
              summary="The cluster CA's certificate and this node's (PEM), no keys")

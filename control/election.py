@@ -45,6 +45,12 @@ class Timings:
     retry_max: float = 0.5         #   uniform(retry_min, retry_max)
     lease_fraction: float = 0.6    # lease = ack'd heartbeat's send time + fraction * window
     stepdown_margin: float = 0.1   # a master steps down this long before its lease ends
+    # The data path's fence (majority_until): this long after the node last knew it was on the
+    # majority's side. Longer than the CCS lease, so that a master that steps down for a late
+    # turn of a loaded machine does not stop its node's endpoints; shorter than the earliest
+    # failover of the node's shards by the other side (its heartbeat key, written every
+    # second with a 3 s TTL, expires >= 2 s after a partition; control/node_proxy.py).
+    fence_window: float = 1.5
 
 
 class VoteStore(Protocol):
@@ -99,6 +105,7 @@ class Election:
         # relies on.
         self.last_heard = now
         self.heard_master: float | None = None      # the last heartbeat of a master, accepted
+        self.in_majority_at: float | None = None    # the last time it knew it was on its side
         self.deadline = now + self._election_timeout()
         self.next_heartbeat = now
         self.acks: dict[int, float] = {}
@@ -120,16 +127,17 @@ class Election:
             and trio.current_time() < self.lease_until
 
     def majority_until(self) -> float | None:
-        """Until when this node knows it is on the majority's side: a master for its lease; a
-        replica for leader_window after the last heartbeat of its master (a master sends them
-        only while it holds a lease a majority renews, so an isolated replica, or one with an
-        isolated master, runs out at most that long after it last heard it). The data path
-        refuses writes when it has run out (control/node_proxy.py)."""
-        if self.role == MASTER:
-            return self.lease_until
-        if self.role == REPLICA and self.master is not None and self.heard_master is not None:
-            return self.heard_master + self.timings.leader_window
-        return None
+        """Until when this node's endpoints may serve: `fence_window` after the node last knew
+        it was on the majority's side -- as a master, the send time of the newest heartbeat a
+        majority acknowledged; as a replica, the last heartbeat of its master (a master sends
+        them only while it holds a lease a majority renews, so an isolated replica, or one with
+        an isolated master, runs out at most that long after it last heard it). Whatever the
+        node's role now: a master that stepped down, or a replica that lost its master, keeps
+        it until it runs out. The data path refuses commands when it has run out
+        (control/node_proxy.py)."""
+        if self.in_majority_at is None:
+            return None
+        return self.in_majority_at + self.timings.fence_window
 
     def observation(self) -> Observation:
         return Observation(trio.current_time(), self.uid, self.term, self.role, self.master,
@@ -252,7 +260,10 @@ class Election:
         acked = sorted((ts for uid, ts in self.acks.items() if uid in self.members), reverse=True)
         if len(acked) < self.majority:
             return
-        lease = acked[self.majority - 1] + self.timings.lease_fraction * self.timings.leader_window
+        confirmed = acked[self.majority - 1]
+        if self.in_majority_at is None or confirmed > self.in_majority_at:
+            self.in_majority_at = confirmed
+        lease = confirmed + self.timings.lease_fraction * self.timings.leader_window
         if self.lease_until is None or lease > self.lease_until:
             self.lease_until = lease
             self._notify()
@@ -327,6 +338,7 @@ class Election:
             self.set_members({int(k): v for k, v in members.items()}, version)
         self.last_heard = now
         self.heard_master = now
+        self.in_majority_at = now
         self.deadline = now + self._election_timeout()
         if self.role != REPLICA or self.master != sender:
             self.role = REPLICA

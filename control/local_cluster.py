@@ -286,8 +286,10 @@ class LocalCluster:
         out = os.open(config.dir / "logs" / "supervisord.out", os.O_WRONLY | os.O_CREAT |
                       os.O_APPEND, 0o600)
         with os.fdopen(out, "ab") as log:
+            # umask 077 from the start: supervisord opens its own log before it applies the
+            # umask its configuration gives
             result = subprocess.run(config.supervisord_argv(), stdout=log, check=False,
-                                    stderr=subprocess.STDOUT, cwd=config.dir)
+                                    stderr=subprocess.STDOUT, cwd=config.dir, umask=0o077)
         if result.returncode != 0:
             raise ClusterError(f"supervisord of node {uid} did not start "
                                f"(see {config.dir / 'logs'})")

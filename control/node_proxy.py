@@ -38,18 +38,22 @@ serves its databases again before CCS answers.
 The write fence: a node cut off from the cluster's majority may have its master shards failed
 over on the other side, so its endpoints must not acknowledge writes any more. cluster_wd's
 `run/lease.json` says until when the node knows it is on the majority's side (`majority_until`:
-a master's lease, or a replica's last heartbeat of its master + leader_window, 1 s); once that
-has passed (or the file says nothing), every endpoint answers writes -READONLY and serves reads
-(Proxy.fence; each endpoint is also given the lease's deadline, Proxy.fence_until, so that its
-loop fences itself the moment it passes, without waiting for this process to notice), until the
-node hears a master again. The majority fails a node's shards over
-only once its heartbeat key has expired (3 s after its last heartbeat), so the fence is up well
-before a replica on the other side is promoted. Reads of data are refused too (-MASTERDOWN):
+the last time a majority acknowledged the node as master, or the node heard its master, +
+Timings.fence_window, 1.5 s); once that has passed (or the file says nothing), every endpoint
+answers writes -READONLY (Proxy.fence; each endpoint is also given the lease's deadline,
+Proxy.fence_until, so that its loop fences itself the moment it passes, without waiting for
+this process to notice), until the node hears a master again. The majority fails a node's
+shards over only once its heartbeat key has expired (3 s after its last heartbeat, written
+every second: >= 2 s after a partition), so the fence is up before a replica on the other side
+is promoted, while a late turn of a loaded machine (a CCS master that steps down for it) does
+not stop the data path. Reads of data are refused too (-MASTERDOWN):
 after a failover on the other side what the node's shards hold may be stale. When the lease
 comes back the fence stays up until the endpoints serve the maps the master's CCS holds *now*
 (read through the forwarded port, `_caught_up`): the node's last maps, and its own CCS copy
 that is still catching up, may name a master that was failed over meanwhile -- writes sent there
-would be acknowledged and lost, reads stale (a chaos run's partition showed both).
+would be acknowledged and lost, reads stale (a chaos run's partition showed both). A dmcproxy
+that starts on the majority's side and cannot read the master's maps (CCS down on every node)
+serves the maps it has, after one try: nothing fails shards over without CCS.
 
 Local interfaces: `run/dmcproxy.sock` (NodeConfig.proxy_stats_sock), a unix socket for the
 node's own services (metrics_exporter, stats_archiver, alert_mgr). A client sends one line,
@@ -98,6 +102,7 @@ class NodeProxy:
         self.tasks: dict[int, trio.CancelScope] = {}
         self.maps_dir = config.run_dir / "maps"
         self.fenced = True          # until lease.json says the node is on the majority's side
+        self.lost_majority = False  # the lease was out once while this process ran
         self.lease_until = 0.0      # the majority lease the endpoints enforce by themselves
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
         self.installing: dict[int, trio.Lock] = {}
@@ -149,8 +154,11 @@ class NodeProxy:
         while True:
             until = self._majority_until()
             fenced = until is None
-            if self.fenced and not fenced and not await self._caught_up():
-                fenced = True       # on the majority's side, its maps not here yet: again
+            if self.fenced and not fenced and not await self._caught_up() \
+                    and self.lost_majority:
+                fenced = True       # back on the majority's side, its maps not here yet: again
+            if fenced:      # cut off (or not known to be on the majority's side) meanwhile
+                self.lost_majority = True
             lease = 0.0 if fenced else until
             if fenced != self.fenced or lease != self.lease_until:
                 if fenced != self.fenced:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from control.discovery import PROXY_POLICIES
 from control.schema import (AOF_POLICIES, DEFAULT_QUERY_BUFFER, EVICTION_POLICIES, MAX_COUNT,
@@ -33,6 +33,16 @@ class AlertSetting(BaseModel):
     enabled: bool = True
     threshold: str | float | None = None
 
+    @field_validator("threshold")
+    @classmethod
+    def _a_number(cls, value):
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"threshold {value!r} is not a number") from None
+        return value
+
 
 class BdbAlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,6 +54,20 @@ class BdbAlertSettings(BaseModel):
     bdb_backup_delayed: AlertSetting | None = None
     bdb_long_running_action: AlertSetting | None = None
     bdb_endpoint_failed: AlertSetting | None = None     # on unless set off (control/alerts.py)
+
+
+class ClusterAlertSettings(BaseModel):
+    """The cluster's and its nodes' alerts (RE's `cluster_alert_settings_with_threshold`), in
+    the units of control/alerts.py: node_memory, node_cpu_utilization and
+    node_persistent_storage are percent used. A field left out keeps its setting."""
+    model_config = ConfigDict(extra="forbid")
+
+    node_failed: AlertSetting | None = None
+    node_memory: AlertSetting | None = None
+    node_cpu_utilization: AlertSetting | None = None
+    node_persistent_storage: AlertSetting | None = None
+    cluster_multiple_nodes_down: AlertSetting | None = None
+    cluster_too_few_nodes_for_replication: AlertSetting | None = None
 
 
 class RolePermission(BaseModel):
@@ -150,6 +174,9 @@ class ClusterPolicy(BaseModel):
     login_lockout_counter_reset_after: int = Field(
         None, ge=1, le=MAX_SECONDS, description="seconds after the first failed login the "
         "count starts again (default 900)")
+    alert_settings: ClusterAlertSettings = Field(
+        None, description="the cluster's and the nodes' alerts: on or off, and thresholds "
+        "(kept in CCS's cluster:alert_settings; an alert left out keeps its setting)")
 
 
 class BdbCreate(BdbSettings):
@@ -276,6 +303,9 @@ class Cluster(BaseModel):
     login_lockout_duration: int = Field(1800, description="seconds a user stays locked out")
     login_lockout_counter_reset_after: int = Field(900, description="seconds after which "
                                                    "failed logins are forgotten")
+    alert_settings: dict[str, AlertSetting] = Field(
+        default_factory=dict, description="the cluster's and the nodes' alerts, defaults "
+        "included")
 
 
 class Shard(BaseModel):

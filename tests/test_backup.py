@@ -241,9 +241,9 @@ def test_a_backup_gives_way_to_the_failover_of_a_master_shard_that_dies(cluster,
     try:
         resp = api.post(f"/v1/bdbs/{bdb['uid']}/actions/backup")
         assert resp.status_code == 200, resp.text
-        wait_until(lambda: any(b"--rdb" in c and str(master["port"]).encode() in c
-                               for c in map(_cmdline, os.listdir("/proc"))), 10, 0.05,
-                   "redis-cli reading the master shard")
+        reading = b"\0-p\0%d\0--rdb\0" % master["port"]      # its argv, exactly
+        wait_until(lambda: any(reading in c for c in map(_cmdline, os.listdir("/proc"))),
+                   10, 0.05, "redis-cli reading the master shard")
     finally:
         os.kill(master["pid"], signal.SIGKILL)
     killed = time.monotonic()

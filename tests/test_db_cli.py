@@ -20,6 +20,7 @@ from clusters import rest_cluster
 from control import ccs, db_cli, schema
 from control.local_cluster import LocalCluster
 from control.node import supervisor_rpc
+from control.sealing import reveal_text
 from control.cli import main
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,8 +129,10 @@ def test_db_update_changes_only_what_is_given(dmc, cluster, cache):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"database {record['uid']} updated"
     now = bdbs_by_name(cluster)["cache"]
-    assert (now["memory_size"], now["authentication_redis_pass"], now["eviction_policy"]) == \
-        (128 << 20, "s3cret", "allkeys-lru")
+    sealed = now["authentication_redis_pass"]    # CCS holds it sealed under the cluster's key
+    assert sealed.startswith("sealed:") and "s3cret" not in sealed
+    assert (now["memory_size"], reveal_text(cluster.nodes[1].dir, sealed),
+            now["eviction_policy"]) == (128 << 20, "s3cret", "allkeys-lru")
     assert "(set)" in dmc("db", "show", "cache").stdout          # the password is not shown
     nothing = dmc("db", "update", "cache")
     assert nothing.exit_code == 1

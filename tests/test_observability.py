@@ -216,6 +216,33 @@ def test_an_alert_raised_past_its_threshold_and_cleared_after_a_flush(cluster, a
     assert out.exit_code == 0 and "bdb_size" in out.output
 
 
+def test_a_node_alert_raised_by_a_threshold_set_through_rest_and_cleared(cluster, api):
+    """The cluster's node alerts follow thresholds set with PUT /v1/cluster: node_memory at
+    0.001% of the memory used is raised on every node; back at 90%, cleared."""
+    def node_memory(state: bool) -> bool:
+        raised = api.get("/v1/nodes/alerts").json()
+        return all(bool((raised.get(str(u)) or {}).get("node_memory", {}).get("state")) == state
+                   for u in cluster.nodes)
+    assert api.put("/v1/cluster", json={"alert_settings": {
+        "node_memory": {"enabled": True, "threshold": "many"}}}).status_code == 400
+    assert api.put("/v1/cluster", json={"alert_settings": {
+        "no_such_alert": {"enabled": True}}}).status_code == 400
+    reply = api.put("/v1/cluster", json={"alert_settings": {
+        "node_memory": {"enabled": True, "threshold": "0.001"}}})
+    assert reply.status_code == 200, reply.text
+    shown = reply.json()["alert_settings"]
+    assert shown["node_memory"] == {"enabled": True, "threshold": "0.001"}
+    assert shown["node_cpu_utilization"] == {"enabled": True, "threshold": "90"}   # default
+    try:
+        wait_until(lambda: node_memory(True), 30, 0.5, "node_memory raised on every node")
+        assert api.get("/v1/cluster").json()["alert_settings"]["node_memory"]["threshold"] \
+            == "0.001"
+    finally:
+        assert api.put("/v1/cluster", json={"alert_settings": {
+            "node_memory": {"enabled": True, "threshold": "90"}}}).status_code == 200
+    wait_until(lambda: node_memory(False), 30, 0.5, "node_memory cleared on every node")
+
+
 def test_status_json_gives_rest_and_metrics_urls(cluster):
     out = CliRunner().invoke(dmc, ["status", "--json", "--home", str(cluster.home)])
     assert out.exit_code == 0, out.output

@@ -307,8 +307,11 @@ def test_a_node_joined_from_another_folder_takes_the_cluster_name_from_ccs(clust
     leaves the module's cluster with a fourth node, stopped."""
     peer = cluster.lc.nodes[1]
     address = "127.0.0.214"
+    # the cluster's CA, as an operator copies it to the new machine
     result = CliRunner().invoke(main, ["node", "join", f"{peer.address}:{peer.gossip_port}",
-                                       "--address", address, "--home", str(tmp_path)])
+                                       "--address", address, "--home", str(tmp_path),
+                                       "--ca-dir", str(peer.dir / "certs")])
+    assert (tmp_path / "cluster.json").exists() or result.exit_code == 0, result.output
     joined = LocalCluster.load(tmp_path)
     try:
         assert result.exit_code == 0, result.output
