@@ -5,7 +5,8 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("dmc._fastpath", ["dmc/_fastpath.pyx"], extra_compile_args=["-O2"])],
+        [Extension("dmc._fastpath", ["dmc/_fastpath.pyx"], extra_compile_args=["-O2"],
+                   libraries=["ssl", "crypto"])],     # client TLS (dmc/fastpath/tls.pxi)
         compiler_directives={"language_level": 3},
         annotate=False,
     ),

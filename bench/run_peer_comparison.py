@@ -6,6 +6,10 @@
     python3 bench/run_peer_comparison.py --skip-rss --predixy 1,2 --tree dmc-base=../base
         # also predixy with 1 and 2 threads, and a dmcproxy of another checkout (a tree before
         # a change, built in place), all over the same shards, interleaved
+    python3 bench/run_peer_comparison.py --skip-rss --tree dmc-scraped=$PWD --scrape dmc-scraped
+        # metrics on vs off: a second dmcproxy of this tree whose counters are read every
+        # second (INFO, all sections: what metrics_exporter and stats_archiver read of an
+        # endpoint, and more), beside the plain one
 
 Phase 1 (throughput/CPU): starts the peers with bench/setup_peers.py and runs the shared
     $(git rev-parse --show-toplevel)/../shared/bench/proxybench.sh \
@@ -93,10 +97,45 @@ def header(out: Tee, args) -> None:
 
 # --------------------------------------------------------------------------- phase 1
 
+class Scraper:
+    """Reads an endpoint's counters every `every` seconds (INFO, all sections), in a thread,
+    as a metrics scraper would, and counts the reads."""
+
+    def __init__(self, host: str, port: int, every: float):
+        import threading
+        self.address, self.every, self.reads = (host, port), every, 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import redis
+        r = redis.Redis(*self.address, socket_timeout=10)
+        while not self.stopping.wait(self.every):
+            try:
+                r.info("everything")
+                self.reads += 1
+            except redis.RedisError:
+                pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join(15)
+
+
 def run_proxybench(out: Tee, proxybench: Path, raw: Path, trees: dict[str, str],
-                   predixy_threads: list[int]) -> int:
+                   predixy_threads: list[int], scrape: str | None = None,
+                   scrape_every: float = 1.0) -> int:
+    import contextlib
     with Peers(log=lambda m: out(f"# setup_peers: {m}"), trees=trees,
-               predixy_threads=predixy_threads) as peers:
+               predixy_threads=predixy_threads) as peers, contextlib.ExitStack() as stack:
+        if scrape:
+            target = peers.endpoints()[scrape]
+            scraper = stack.enter_context(Scraper(target.host, target.port, scrape_every))
+            stack.callback(lambda: out(f"# {scrape}: counters read {scraper.reads} times"))
         env = dict(os.environ)
         env["SHARD_PIDS"] = ",".join(map(str, peers.shard_pids))
         env.setdefault("RAW", str(raw))
@@ -248,6 +287,9 @@ def main() -> int:
                     "e.g. --tree dmc-base=/path/to/tree-before-the-change (repeat)")
     ap.add_argument("--predixy", default="", metavar="THREADS,...",
                     help="also predixy with these worker-thread counts, e.g. 1,2")
+    ap.add_argument("--scrape", metavar="NAME", help="read this endpoint's counters (INFO) "
+                    "every --scrape-every seconds while the benchmark runs (metrics on)")
+    ap.add_argument("--scrape-every", type=float, default=1.0, metavar="SECONDS")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.tree)
     predixy_threads = [int(t) for t in args.predixy.split(",") if t]
@@ -277,7 +319,7 @@ def main() -> int:
         header(out, args)
         if not args.skip_bench:
             rc |= run_proxybench(out, proxybench, out_path.with_suffix(".csv"), trees,
-                                  predixy_threads)
+                                  predixy_threads, args.scrape, args.scrape_every)
         if not args.skip_rss:
             rc |= measure_idle_rss(out, args.idle_conns, args.ping_each)
         out(f"# output: {out_path}" + ("" if args.skip_bench else

@@ -9,6 +9,9 @@ certificate per plane, signed by it:
                                    "api"  the REST API (cnm_http's HTTPS port)
                                    "cp"   the control plane (gossip, heartbeats, CCS; server and
                                           client authentication)
+                                   "proxy"  the database endpoints' client TLS (tls_mode enabled;
+                                          dmc/fastpath/tls.pxi), as Redis Enterprise's `proxy`
+                                          certificate
 
 Every certificate names the node's address (an IP SAN) and `node<uid>.<fqdn>`; node
 certificates are valid CERT_DAYS (90, as Redis Enterprise's) and renewed by the node itself
@@ -47,7 +50,7 @@ from control.tls import ca_file, cert_file, certs_dir, key_file
 CA_DAYS = 3650
 CERT_DAYS = 90
 RENEW_BEFORE_DAYS = 60
-PLANES = ("api", "cp")
+PLANES = ("api", "cp", "proxy")
 # re-exported: a node's files (control/tls.py) and its sealed secrets (control/sealing.py)
 __all__ = ["ca_file", "cert_file", "certs_dir", "key_file", "reveal_text", "seal", "seal_text",
            "unseal"]

@@ -124,7 +124,7 @@ def certificates_show(as_json, home):
     for row in rows:
         until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(row["not_after"])) \
             if "not_after" in row else row.get("error")
-        click.echo(f"node {row['node']}  {row['name']:<4} {row.get('subject', '-'):<40} "
+        click.echo(f"node {row['node']}  {row['name']:<5} {row.get('subject', '-'):<40} "
                    f"until {until}")
 
 

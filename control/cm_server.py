@@ -17,8 +17,11 @@ sessions live in this process's memory (a restarted cm_server asks for the log-i
 after SESSION_IDLE seconds without a request. Nothing but the log-in page and its stylesheet is
 served without a session. CSRF: every request that changes something carries the session's
 token in `X-CSRF-Token` (the log-in form a token bound to a cookie of its own), and requests
-from another origin are refused whatever they carry. With `ui_certfile`/`ui_keyfile` in
-node.json the UI is served over HTTPS (and its cookies are Secure).
+from another origin are refused whatever they carry. The UI is served over HTTPS (and its
+cookies are Secure) with the node's certificate (NodeConfig.ui_certificate: node.json's
+`ui_certfile`/`ui_keyfile`, else the node's `api` certificate, signed by the cluster CA and
+renewed with the REST API's: a renewed one is loaded within CERT_CHECK_EVERY); over HTTP only on
+a node without certificates.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import hypercorn.trio
+import trio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from control import tls
-from control.cnm_http import hypercorn_config
+from control.cnm_http import CERT_CHECK_EVERY, hypercorn_config
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("cm_server")
@@ -156,18 +160,31 @@ class CmServer:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.sessions = Sessions()
-        self.tls = bool(config.ui_certfile and config.ui_keyfile)
+        self.certificate = config.ui_certificate()
+        self.tls = self.certificate is not None
         self.rest_url, self.rest_verify = rest_endpoint(config)
         self.app = build_app(self)
 
     async def run(self) -> None:
         hc = hypercorn_config(self.config.address, self.config.ui_port, log,
-                              self.config.ui_certfile, self.config.ui_keyfile)
+                              *(self.certificate or ()))
         log.info("node %d: web UI on %s", self.config.uid, ui_url(self.config))
         async with httpx.AsyncClient(base_url=self.rest_url, timeout=REST_TIMEOUT,
-                                     verify=self.rest_verify) as client:
+                                     verify=self.rest_verify) as client, \
+                trio.open_nursery() as nursery:
             self.rest = client
+            if self.tls:
+                nursery.start_soon(self._reload_certificate, hc)
             await hypercorn.trio.serve(self.app, hc)
+            nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _reload_certificate(hc) -> None:
+        """A renewed (or replaced) certificate file is served to new connections."""
+        while True:
+            await trio.sleep(CERT_CHECK_EVERY)
+            if hc.reload_certificate():
+                log.info("web UI: serving the renewed certificate")
 
     async def rest_call(self, session: Session, method: str, path: str, query: bytes,
                         body: bytes, content_type: str | None) -> httpx.Response:
@@ -200,7 +217,7 @@ def rest_endpoint(config: NodeConfig) -> tuple[str, ssl.SSLContext | bool]:
 
 
 def ui_url(config: NodeConfig) -> str:
-    scheme = "https" if config.ui_certfile and config.ui_keyfile else "http"
+    scheme = "https" if config.ui_certificate() is not None else "http"
     return f"{scheme}://{config.address}:{config.ui_port}/"
 
 

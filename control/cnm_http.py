@@ -76,7 +76,7 @@ PORT_PROBE = "cnm_http:port_probe"
 # The operator's own certificates (PUT /v1/cluster/update_cert), for every node to install:
 # hash, name -> {certificate (PEM), key (sealed: certificates.seal), time}.
 CERTIFICATES = "cluster:certificates"
-OPERATOR_CERTIFICATES = ("api",)
+OPERATOR_CERTIFICATES = ("api", "proxy")   # the REST API's, the database endpoints'
 CERT_CHECK_EVERY = 5.0
 PORT_PROBE_DEADLINE = 10.0
 PORT_PROBE_REPEAT = 1.0
@@ -96,7 +96,7 @@ def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: 
                      keyfile: str | None = None) -> hypercorn.config.Config:
     """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
     to stop, errors to the service's log, HTTPS when given a certificate and its key."""
-    hc = hypercorn.config.Config()
+    hc = RestServerConfig()
     hc.bind = [f"{address}:{port}"]
     hc.graceful_timeout = 1.0
     hc.errorlog = logger
@@ -237,18 +237,22 @@ class CnmHttp:
             log.warning("CCS did not load the renewed certificate: %s", exc)
 
     async def _install_operator_certificate(self) -> None:
-        value = ccs.unpack(await (await self.session.local()).execute(
-            "HGET", CERTIFICATES, "api"))
-        if not value:
-            return
-        pem = value["certificate"].encode()
-        if certificates.cert_file(self.config.dir, "api").read_bytes() == pem:
-            return
-        ca = certificates.read_ca(self.config.dir)
-        pair = certificates.Pair(pem, certificates.unseal(ca, value["key"]))
-        certificates.check_pair(pair)
-        certificates.install(self.config.dir, "api", pair)
-        log.info("installed the operator's certificate for the REST API")
+        for name in OPERATOR_CERTIFICATES:
+            value = ccs.unpack(await (await self.session.local()).execute(
+                "HGET", CERTIFICATES, name))
+            if not value:
+                continue
+            pem = value["certificate"].encode()
+            try:
+                if certificates.cert_file(self.config.dir, name).read_bytes() == pem:
+                    continue
+            except FileNotFoundError:
+                pass
+            ca = certificates.read_ca(self.config.dir)
+            pair = certificates.Pair(pem, certificates.unseal(ca, value["key"]))
+            certificates.check_pair(pair)
+            certificates.install(self.config.dir, name, pair)
+            log.info("installed the operator's certificate %s", name)
 
     async def update_certificate(self, name: str, pem: str, key: str) -> dict:
         if name not in OPERATOR_CERTIFICATES:

@@ -237,6 +237,8 @@ def _redis_cli_line(reply: dict) -> str:
     endpoint = (reply.get("endpoints") or [{}])[0]
     addr = (endpoint.get("addr") or ["127.0.0.1"])[0]
     line = f"redis-cli -h {addr} -p {reply['port']}"
+    if reply.get("tls_mode") == "enabled":
+        line += " --tls --cacert <(dmc cluster ca)"
     return line + " --askpass" if reply.get("authentication_redis_pass") else line
 
 
@@ -283,6 +285,16 @@ def _settings_options(f, *, create: bool):
                      "client-query-buffer-limit; default 1GB)."),
         click.option("--allow-privileged-port", is_flag=True, default=None,
                      help="Accept a --port below 1024."),
+        click.option("--tls/--no-tls", default=None,
+                     help="Client TLS: clients must speak TLS to the endpoint (verify it with "
+                          "`dmc cluster ca`; tls_mode)."),
+        click.option("--tls-client-auth/--no-tls-client-auth", default=None,
+                     help="With --tls: clients must present a certificate the cluster CA "
+                          "signed, or one given with --tls-client-cert."),
+        click.option("--tls-client-cert", "tls_client_certs", multiple=True,
+                     type=click.Path(exists=True, dir_okay=False),
+                     help="A client certificate (PEM file) the database trusts; repeat for "
+                          "more (replaces the list)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -300,7 +312,8 @@ def update_settings(f):
 def _settings(port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands=None, oss_cluster=None, proxy_threads=None,
               backup_interval=None, backup_location=None, query_buffer_limit=None,
-              allow_privileged_port=None) -> dict:
+              allow_privileged_port=None, tls=None, tls_client_auth=None,
+              tls_client_certs=()) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
              "client_query_buffer_limit": query_buffer_limit,
              "allow_privileged_port": allow_privileged_port or None,
@@ -308,7 +321,12 @@ def _settings(port, memory, replication, persistence, aof_policy, password,
              "authentication_redis_pass": password, "eviction_policy": eviction_policy,
              "backup_interval": backup_interval, "multi_slot_commands": multi_slot_commands,
              "oss_cluster": oss_cluster, "proxy_threads": proxy_threads,
-             "backup_location": os.path.abspath(backup_location) if backup_location else None}
+             "backup_location": os.path.abspath(backup_location) if backup_location else None,
+             "tls_mode": None if tls is None else ("enabled" if tls else "disabled"),
+             "enforce_client_authentication": None if tls_client_auth is None
+             else ("enabled" if tls_client_auth else "disabled"),
+             "authentication_ssl_client_certs": [
+                 {"client_cert": Path(f).read_text()} for f in tls_client_certs] or None}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -326,13 +344,15 @@ def db():
 @home_option
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
-              backup_location, query_buffer_limit, allow_privileged_port, dry_run, wait, home):
+              backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
+              tls_client_certs, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
         multi_slot_commands, oss_cluster, proxy_threads, backup_interval, backup_location,
-        query_buffer_limit, allow_privileged_port)}
+        query_buffer_limit, allow_privileged_port, tls=tls, tls_client_auth=tls_client_auth,
+        tls_client_certs=tls_client_certs)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -379,6 +399,8 @@ def db_show(ref, as_json, home):
             value = f"{format_memory(value)} ({value} bytes)"
         elif key == "authentication_redis_pass":
             value = "(set)" if value else "(none)"
+        elif key == "authentication_ssl_client_certs":
+            value = f"{len(value or [])} trusted besides the cluster CA's"
         elif key == "endpoints":
             failed = [f for e in value for f in e.get("failed_nodes") or []]
             value = ", ".join(f"{a}:{e.get('port')}" for e in value for a in e.get("addr", []))
@@ -413,13 +435,15 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 @home_option
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
-              backup_location, query_buffer_limit, allow_privileged_port, dry_run, wait, home):
+              backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
+              tls_client_certs, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
                      eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
-                     backup_interval, backup_location, query_buffer_limit, allow_privileged_port)
+                     backup_interval, backup_location, query_buffer_limit, allow_privileged_port,
+                     tls=tls, tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs)
     if new_name is not None:
         body["name"] = new_name
     if not body:
@@ -500,7 +524,8 @@ def db_import(ref, source, flush, wait, home):
 def db_restore(backup, source, name, shards, port, memory, replication, persistence,
                aof_policy, password, eviction_policy, multi_slot_commands, oss_cluster,
                proxy_threads, backup_interval,
-               backup_location, query_buffer_limit, allow_privileged_port, home):
+               backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
+               tls_client_certs, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
     if os.path.isdir(backup):
@@ -518,7 +543,8 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
             **_settings(port, memory, replication, persistence, aof_policy, password,
                         eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
                         backup_interval,
-                        backup_location, query_buffer_limit, allow_privileged_port)}
+                        backup_location, query_buffer_limit, allow_privileged_port, tls=tls,
+                        tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])
     reply = api.call("POST", f"/v1/bdbs/{created['uid']}/actions/import",

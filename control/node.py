@@ -86,6 +86,7 @@ class NodeConfig:
     metrics_port: int = 8070       # metrics_exporter: Prometheus's /metrics (RE's port)
     ui_port: int = 8443            # cm_server: the web UI (RE's port)
     ui_certfile: str | None = None   # cm_server serves HTTPS with this certificate and key
+                                     # (none: the node's `api` one, ui_certificate())
     ui_keyfile: str | None = None
     cluster_fqdn: str = DEFAULT_FQDN   # the cluster's name: its DNS zone
     admin: dict = field(default_factory=dict)   # the REST API's admin: {username, salt, hash}
@@ -162,6 +163,16 @@ class NodeConfig:
         from control.tls import ControlPlaneTLS
         return ControlPlaneTLS(self.dir, self.cpine)
 
+    def ui_certificate(self) -> tuple[str, str] | None:
+        """The certificate and key cm_server serves HTTPS with: node.json's ui_certfile and
+        ui_keyfile, else the node's `api` certificate (the cluster CA's, renewed with the REST
+        API's, or the operator's), else none: the UI is served over HTTP."""
+        if self.ui_certfile and self.ui_keyfile:
+            return self.ui_certfile, self.ui_keyfile
+        from control.tls import cert_file, key_file
+        cert, key = cert_file(self.dir, "api"), key_file(self.dir, "api")
+        return (str(cert), str(key)) if cert.exists() and key.exists() else None
+
     def member_info(self) -> dict:
         """What the other nodes know of this one (gossiped, and kept in CCS)."""
         return {"uid": self.uid, "address": self.address, "gossip_port": self.gossip_port,
@@ -170,7 +181,7 @@ class NodeConfig:
                 "rest_port": self.rest_port, "rest_tls_port": self.rest_tls_port,
                 "rest_http": self.rest_http, "sentinel_port": self.sentinel_port,
                 "dns_port": self.dns_port, "metrics_port": self.metrics_port,
-                "ui_port": self.ui_port, "ui_tls": bool(self.ui_certfile and self.ui_keyfile)}
+                "ui_port": self.ui_port, "ui_tls": self.ui_certificate() is not None}
 
     # ---- persistence ---------------------------------------------------------------------
 

@@ -14,6 +14,13 @@ database's port. A Trio task per database follows CCS:
   database record's version, so cnm_exec knows when every node serves a change;
 - a changed password, client_query_buffer_limit, multi_slot_commands, port or proxy_threads is
   applied (a new port or thread count re-opens the endpoint: its clients reconnect);
+- client TLS (`tls_mode` enabled; dmc/fastpath/tls.pxi): the endpoint serves the node's `proxy`
+  certificate (control/certificates.py, signed by the cluster CA); with
+  `enforce_client_authentication` enabled a client must present a certificate the cluster CA
+  signed or one of the database's `authentication_ssl_client_certs` (together in
+  `run/tls/<bdb>-clients.pem`). Switching TLS on or off applies to new connections (as in
+  Redis Enterprise). A renewed certificate file (or a changed list) is loaded again at the next
+  pass (one stat per file): new handshakes use it, connected clients keep theirs;
 - with `oss_cluster`, the OSS Cluster API's topology (dmc/cluster_api.py: the nodes of the
   map's master shards, each as its proxy, this node's address and the database's port) is set
   in the same call as each map, so CLUSTER SLOTS and -MOVED follow failovers and migrations;
@@ -66,6 +73,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import msgspec
@@ -75,17 +83,20 @@ from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.sealing import reveal_text
+from control.tls import ca_file, cert_file, key_file
 from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
-from dmc.proxy import bind_failure, install_shard_map
+from dmc.proxy import ProxyConfig, bind_failure, install_shard_map
 from dmc.shard_map import ShardMap
 
 log = logging.getLogger("dmcproxy")
 
 FOLLOW_EVERY = 1.0          # a pass without change notices
 FENCE_CHECK_EVERY = 0.1     # run/lease.json is read this often for the write fence
-CATCH_UP_TIMEOUT = 1.0      # s for reading the master's maps before the fence comes down
+# s for reading the master's maps before the fence comes down (the fence stays up meanwhile: a
+# longer time costs nothing, a shorter one fails again and again on a loaded machine)
+CATCH_UP_TIMEOUT = 5.0
 DRAIN_TIMEOUT = 5.0         # a paused endpoint's in-flight requests have this long to finish
 STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
@@ -301,6 +312,7 @@ class NodeProxy:
             or None
         multi_slot = bdb.multi_slot_commands or "refuse"
         threads = bdb.proxy_threads or 1
+        tls = self._tls(uid, bdb)
         if endpoint is not None and (applied.get("port") != bdb.port or
                                      applied.get("threads") != threads):
             self._close(uid)
@@ -311,13 +323,13 @@ class NodeProxy:
                 await self._report(uid, reason)
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot,
-                                                     threads)
+                                                     threads, tls)
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
             await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
                        "password": password, "multi_slot_commands": multi_slot,
-                       "threads": threads}
+                       "threads": threads, "tls": tls_stamp(tls)}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
@@ -350,6 +362,12 @@ class NodeProxy:
             await trio.to_thread.run_sync(endpoint.call,
                                           lambda proxy: proxy.set_client_query_limit(limit))
             applied["query_buffer_limit"] = limit
+        if tls_stamp(tls) != applied.get("tls"):
+            await trio.to_thread.run_sync(endpoint.call, ProxyConfig(**tls).apply_tls)
+            applied["tls"] = tls_stamp(tls)
+            log.info("database %d: client TLS %s", uid,
+                     "on, client certificates " + ("required" if "tls_ca_cert_file" in tls
+                                                   else "not asked for") if tls else "off")
         if multi_slot != applied.get("multi_slot_commands"):
             await trio.to_thread.run_sync(
                 endpoint.call, lambda proxy: proxy.set_multi_slot_commands(multi_slot))
@@ -386,10 +404,28 @@ class NodeProxy:
             log.debug("database %d: endpoint status not written: %s", uid, exc)
 
     def _open(self, bdb: schema.Bdb, password: str | None, smap: ShardMap,
-              multi_slot: str = "refuse", threads: int = 1) -> Endpoint:
+              multi_slot: str = "refuse", threads: int = 1, tls: dict | None = None) -> Endpoint:
         return Endpoint(self.config.address, bdb.port, password, smap, threads=threads,
                         wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
-                        client_query_buffer_limit=query_buffer_limit(bdb)).start()
+                        client_query_buffer_limit=query_buffer_limit(bdb), **(tls or {})).start()
+
+    def _tls(self, uid: int, bdb: schema.Bdb) -> dict:
+        """The endpoint's client TLS as ProxyConfig's tls_* settings ({}: plaintext). The
+        trusted client certificates are written to run/tls/<uid>-clients.pem when they change."""
+        if bdb.tls_mode != "enabled":
+            return {}
+        d = self.config.dir
+        tls = {"tls_cert_file": str(cert_file(d, "proxy")),
+               "tls_key_file": str(key_file(d, "proxy"))}
+        if bdb.enforce_client_authentication == "enabled":
+            trusted = ca_file(d).read_text() + "".join(
+                c["client_cert"].strip() + "\n" for c in bdb.authentication_ssl_client_certs)
+            path = self.config.run_dir / "tls" / f"{uid}-clients.pem"
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            if not path.exists() or path.read_text() != trusted:
+                atomic_write(path, trusted)
+            tls.update(tls_ca_cert_file=str(path), tls_auth_clients="yes")
+        return tls
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)
@@ -413,6 +449,14 @@ class NodeProxy:
             return
         await ccs.write(await self.session.master(), schema.ack_key(uid), value,
                         field=self.config.uid)
+
+
+def tls_stamp(tls: dict) -> tuple:
+    """The TLS settings and their files' identities (mtime, inode: a renewal replaces a file by
+    rename): a change means the endpoint must load them again."""
+    files = tuple((os.stat(path).st_mtime_ns, os.stat(path).st_ino)
+                  for name, path in sorted(tls.items()) if name.endswith("_file"))
+    return tuple(sorted(tls.items())) + files
 
 
 def query_buffer_limit(bdb: schema.Bdb) -> int:

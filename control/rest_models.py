@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from control.discovery import PROXY_POLICIES
 from control.schema import (AOF_POLICIES, DEFAULT_QUERY_BUFFER, EVICTION_POLICIES, MAX_COUNT,
                             MAX_MEMORY_SIZE, MAX_QUERY_BUFFER, MAX_SECONDS, MAX_UID,
-                            MULTI_SLOT_POLICIES, PERSISTENCE)
+                            MULTI_SLOT_POLICIES, PERSISTENCE, TLS_MODES, ENABLED_DISABLED)
 
 
 class SnapshotRule(BaseModel):
@@ -79,6 +79,19 @@ class RolePermission(BaseModel):
     redis_acl_uid: int = Field(ge=1, le=MAX_UID)
 
 
+class ClientCert(BaseModel):
+    """A client certificate a database trusts (RE's authentication_ssl_client_certs item)."""
+    model_config = ConfigDict(extra="forbid")
+    client_cert: str = Field(max_length=65536, description="PEM")
+
+    @field_validator("client_cert")
+    @classmethod
+    def _a_certificate(cls, pem: str) -> str:
+        from control.certificates import load_certificate   # (cryptography: loaded when used)
+        load_certificate(pem.encode())      # CertificateError is a ValueError: a 400 with why
+        return pem
+
+
 class BdbSettings(BaseModel):
     """The fields of a database a user sets; all optional, for PUT. A field left out is not
     changed; none may be null (the types say so in the OpenAPI document: pydantic does not
@@ -129,6 +142,18 @@ class BdbSettings(BaseModel):
         None, ge=1 << 20, le=MAX_QUERY_BUFFER, description="bytes a client's unparsed input "
         "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
         "default 1 GB)")
+
+    tls_mode: Literal[TLS_MODES] = Field(
+        None, description="client TLS (Redis Enterprise's name): `enabled`, every client "
+        "speaks TLS to the endpoint, whose certificate is the nodes' `proxy` one, signed by "
+        "the cluster CA (`dmc cluster ca`); a plaintext client is refused; default disabled")
+    enforce_client_authentication: Literal[ENABLED_DISABLED] = Field(
+        None, description="with tls_mode enabled: `enabled`, a client must present a "
+        "certificate signed by the cluster CA or listed in authentication_ssl_client_certs; "
+        "default disabled")
+    authentication_ssl_client_certs: list[ClientCert] = Field(
+        None, max_length=256, description="client certificates trusted besides those the "
+        "cluster CA signed (a listed certificate itself is trusted, not only its issuer)")
 
     roles_permissions: list[RolePermission] = Field(
         None, max_length=256, description="which roles' users may log in to the database "
@@ -202,6 +227,10 @@ class BdbCreate(BdbSettings):
     multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
     oss_cluster: bool = False
     proxy_threads: int = Field(1, ge=1, le=64)
+    tls_mode: Literal[TLS_MODES] = "disabled"
+    enforce_client_authentication: Literal[ENABLED_DISABLED] = "disabled"
+    authentication_ssl_client_certs: list[ClientCert] = Field(default_factory=list,
+                                                              max_length=256)
     roles_permissions: list[RolePermission] = Field(default_factory=list, max_length=256)
 
 
@@ -247,6 +276,10 @@ class Bdb(BaseModel):
     multi_slot_commands: str | None = Field(None, description="refuse (CROSSSLOT) or sequential")
     oss_cluster: bool | None = Field(None, description="the OSS Cluster API is on")
     proxy_threads: int | None = Field(None, description="worker threads of each node's proxy")
+    tls_mode: str | None = Field(None, description="client TLS: enabled or disabled")
+    enforce_client_authentication: str | None = Field(
+        None, description="enabled: clients must present a trusted certificate")
+    authentication_ssl_client_certs: list[dict] | None = None
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
                                         "0: none")
     backup_location: str | None = Field(None, description="the folder of its backups")
@@ -365,7 +398,8 @@ class BackupRequest(BaseModel):
 class CertificateUpdate(BaseModel):
     """PUT /v1/cluster/update_cert (RE's body): a certificate and its unencrypted key, PEM."""
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=64, description="which certificate: api (the REST API)")
+    name: str = Field(max_length=64, description="which certificate: api (the REST API) or "
+                      "proxy (the database endpoints' client TLS)")
     certificate: str = Field(max_length=65536)
     key: str = Field(max_length=65536)
 

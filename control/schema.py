@@ -74,6 +74,8 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random
 PERSISTENCE = ("disabled", "aof", "snapshot")
 AOF_POLICIES = ("appendfsync-every-sec", "appendfsync-always")
 MULTI_SLOT_POLICIES = ("refuse", "sequential")     # dmc/fastpath/sequential.pxi
+TLS_MODES = ("disabled", "enabled")         # a database's client TLS (dmc/fastpath/tls.pxi)
+ENABLED_DISABLED = ("enabled", "disabled")  # Redis Enterprise's switches (enforce_client_authentication)
 
 
 # ---- what a user asks for (validated by pydantic in cnm_http) --------------------------------
@@ -170,6 +172,9 @@ class Bdb(msgspec.Struct, kw_only=True):
     alert_settings: dict | None = None            # BdbAlertSettings' fields (alert_mgr)
     roles_permissions: list[dict] = []            # [{role_uid, redis_acl_uid}] (access.py)
     multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
+    tls_mode: str = "disabled"                    # enabled: clients speak TLS (dmc/fastpath/tls.pxi)
+    enforce_client_authentication: str = "disabled"     # enabled: a client certificate is required
+    authentication_ssl_client_certs: list[dict] = []    # [{client_cert: PEM}] trusted with the CA
     backup_interval: int = 0
     backup_location: str | None = None
     status: str = "active"                        # pending, active, deleting, creation-failed

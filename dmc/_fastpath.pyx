@@ -10,6 +10,7 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
 
     loop          one turn of the epoll loop (loop_once); pause, resume, close
     client        accepted, read (client_recv), cut into requests (req_parse)
+      tls           client TLS (OpenSSL): the handshake in the loop, SSL_read / SSL_write
       input_limit   client-query-buffer-limit, and the process's input budget
     resp          the parser (parse_request; reply_frame for replies)
     commands      the command table: lookup, key positions, routing policy, command class
@@ -55,6 +56,8 @@ the module is loaded), so several Proxies can run their loops in threads of one 
 one thread each.
 """
 
+import os
+
 include "fastpath/buffer.pxi"
 include "fastpath/resp.pxi"
 include "fastpath/slot.pxi"
@@ -62,6 +65,7 @@ include "fastpath/commands.pxi"
 include "fastpath/counters.pxi"
 include "fastpath/loop.pxi"
 include "fastpath/client.pxi"
+include "fastpath/tls.pxi"
 include "fastpath/input_limit.pxi"
 include "fastpath/route.pxi"
 include "fastpath/local.pxi"
@@ -370,6 +374,8 @@ cdef class Proxy:
             close(self.core.wake.fd)
         if self.core.epfd >= 0:
             close(self.core.epfd)
+        if self.core.tls_ctx != NULL:
+            SSL_CTX_free(self.core.tls_ctx)
         if self.table is not None:
             self.table.serving = False
 
@@ -605,6 +611,32 @@ cdef class Proxy:
                 c.flags |= CF_AUTHED
                 c = c.next
 
+    def set_tls(self, certfile=None, keyfile=None, cafile=None, str client_auth="none"):
+        """Client TLS (tls.pxi): clients accepted from now on speak TLS with this certificate
+        (PEM chain file) and key; client_auth "none", "optional" (a certificate, if sent, must
+        verify against cafile) or "required" (refused without one that does). certfile None:
+        plaintext again. Loaded at once (a bad file raises ValueError, the TLS in use stays);
+        clients already connected keep the TLS (or plaintext) they started with, so calling
+        it again with a renewed certificate rotates it without dropping anyone."""
+        cdef SSL_CTX *ctx = NULL
+        cdef SSL_CTX *old = self.core.tls_ctx
+        modes = {"none": TLS_CLIENT_AUTH_NONE, "optional": TLS_CLIENT_AUTH_OPTIONAL,
+                 "required": TLS_CLIENT_AUTH_REQUIRED}
+        if client_auth not in modes:
+            raise ValueError(f"client_auth must be one of {', '.join(modes)}, not {client_auth!r}")
+        if certfile is not None:
+            if keyfile is None:
+                raise ValueError("TLS needs a key file with the certificate")
+            ctx = tls_context(os.fsencode(certfile), os.fsencode(keyfile),
+                              os.fsencode(cafile) if cafile else b"", modes[client_auth])
+        self.core.tls_ctx = ctx
+        if old != NULL:
+            SSL_CTX_free(old)       # its clients' SSLs hold references of their own
+
+    @property
+    def tls(self):
+        return self.core.tls_ctx != NULL
+
     def set_multi_slot_commands(self, str policy):
         """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,
         as Redis Cluster) or `sequential` (carried out in single-shard steps, sequential.pxi).
@@ -690,6 +722,8 @@ cdef class Proxy:
             "rejected_connections": self.core.rejected_connections,
             "client_query_buffer_limit_disconnections": self.core.qbuf_limit_disconnections,
             "evicted_clients": self.core.evicted_clients,
+            "tls": self.core.tls_ctx != NULL,
+            "tls_handshake_failures": self.core.tls_handshake_failures,
             "shards": shards,
             "commands": self.table.counters(),
             "counters": counters_dict(&self.core),

@@ -5,8 +5,11 @@
 
 The 16384 hash slots are split evenly over the shards in the order given, unless the config
 file gives explicit slot ranges. On SIGHUP the config file is read again and its shard map
-installed with the next version, without dropping client connections. This module only sets
-things up and handles those rare events; the per-command work is in dmc._fastpath.
+installed with the next version, without dropping client connections. With
+--tls-cert-file/--tls-key-file the endpoint speaks TLS to its clients (terminated in the compiled
+loop, dmc/fastpath/tls.pxi), optionally verifying their certificates against --tls-ca-cert-file;
+SIGHUP loads the certificate files again (clients already connected keep theirs). This module
+only sets things up and handles those rare events; the per-command work is in dmc._fastpath.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ import click
 from dmc import _fastpath, cluster_api
 from dmc.commands import table_from_shards
 from dmc.shard_map import ShardMap
+
+
+# redis-server's tls-auth-clients values -> Proxy.set_tls's client_auth
+TLS_AUTH_CLIENTS = {"no": "none", "optional": "optional", "yes": "required"}
 
 
 @dataclass
@@ -46,6 +53,22 @@ class ProxyConfig:
     hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
     oss_cluster: bool = False   # the OSS Cluster API, this proxy the cluster's one node (cluster_api)
     threads: int = 1            # worker threads (event loops) serving the port (dmc/endpoint.py)
+    tls_cert_file: str = ""     # client TLS: the endpoint's certificate (PEM chain); "": plaintext
+    tls_key_file: str = ""      #   and its key
+    tls_ca_cert_file: str = ""  #   CA(s) client certificates are verified against
+    tls_auth_clients: str = "no"    # no | optional | yes, as redis-server's tls-auth-clients
+
+    def apply_tls(self, proxy: _fastpath.Proxy) -> None:
+        """The TLS settings on proxy (between two turns of its loop): loaded from the files
+        now, so calling it again rotates the certificate for new connections."""
+        if self.tls_auth_clients not in TLS_AUTH_CLIENTS:
+            raise ValueError(f"tls_auth_clients must be one of {', '.join(TLS_AUTH_CLIENTS)}, "
+                             f"not {self.tls_auth_clients!r}")
+        if not self.tls_cert_file:
+            proxy.set_tls(None)
+            return
+        proxy.set_tls(self.tls_cert_file, self.tls_key_file or self.tls_cert_file,
+                      self.tls_ca_cert_file or None, TLS_AUTH_CLIENTS[self.tls_auth_clients])
 
     def shard_map(self, version: int) -> ShardMap:
         if self.slot_ranges:
@@ -82,13 +105,18 @@ def load_config(path: str) -> ProxyConfig:
         oss_cluster = false  # the OSS Cluster API: CLUSTER SLOTS ... with this proxy as the one node
         threads = 1          # worker threads serving the port (their own clients and shard connections)
         tracking_max_keys = 0   # CLIENT TRACKING keys remembered, as tracking-table-max-keys (0: 1000000)
+        tls_cert_file = ""   # client TLS: certificate (PEM, chain) and key; "": plaintext
+        tls_key_file = ""
+        tls_ca_cert_file = ""   # client certificates are verified against these CAs
+        tls_auth_clients = "no" # "optional" or "yes" (a client certificate is required)
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     known = {"port", "bind", "shards", "slots", "max_clients", "backend_timeout_ms",
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
              "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
-             "tracking_max_keys", "hold_ms", "oss_cluster", "threads"}
+             "tracking_max_keys", "hold_ms", "oss_cluster", "threads", "tls_cert_file",
+             "tls_key_file", "tls_ca_cert_file", "tls_auth_clients"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -141,7 +169,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap,
                reuse_port: bool = False) -> tuple[socket.socket, _fastpath.Proxy]:
     """The listening socket on cfg.bind:cfg.port and a Proxy serving it with cfg's limits and
     password, its command table from the map's shards (waited for up to cfg.wait_shards_s),
-    shard_map installed. The one way a database endpoint is built: dmcproxy and
+    shard_map installed, TLS set up if cfg asks for it. The one way a database endpoint is
+    built: dmcproxy and
     dmc.endpoint.Endpoint both use it. The caller owns the socket."""
     sock = listen(cfg.bind, cfg.port, reuse_port)
     try:
@@ -155,6 +184,7 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap,
                                 tracking_max_keys=cfg.tracking_max_keys,
                                 client_query_limit=cfg.client_query_buffer_limit,
                                 hold_ms=cfg.hold_ms)
+        cfg.apply_tls(proxy)
         install_shard_map(proxy, shard_map)
         if cfg.oss_cluster:
             apply_standalone_cluster(proxy, shard_map, sock.getsockname()[:2])
@@ -211,10 +241,27 @@ class ProxyService:
         return self.endpoint.call(install) if self.endpoint else install(self.proxy)
 
     def reload(self) -> None:
+        """SIGHUP: the certificate files loaded again, the config file's shard map installed."""
+        cfg = self.cfg
+        try:
+            if self.config_path:
+                cfg = load_config(self.config_path)
+                for name in ("tls_cert_file", "tls_key_file", "tls_ca_cert_file",
+                             "tls_auth_clients"):
+                    setattr(self.cfg, name, getattr(cfg, name))
+            if self.cfg.tls_cert_file or self.proxy.tls:
+                if self.endpoint:
+                    self.endpoint.call(self.cfg.apply_tls)
+                else:
+                    self.cfg.apply_tls(self.proxy)
+                log(f"TLS certificate loaded from {self.cfg.tls_cert_file}"
+                    if self.cfg.tls_cert_file else "TLS off")
+        except (OSError, ValueError) as exc:
+            log(f"reload failed, keeping the TLS settings in use: {exc}")
+            return
         if not self.config_path:
             return
         try:
-            cfg = load_config(self.config_path)
             self.apply(cfg.shard_map(version=self.proxy.map_version + 1))
             log(f"shard map version {self.proxy.map_version} from {self.config_path}")
         except (OSError, ValueError) as exc:
@@ -273,12 +320,23 @@ def log(msg: str) -> None:
 @click.option("--threads", type=click.IntRange(1, 64),
               help="Worker threads serving the port, each with its own event loop, clients and "
                    "shard connections (SO_REUSEPORT spreads the connections). [1]")
+@click.option("--tls-cert-file", type=click.Path(exists=True, dir_okay=False),
+              help="Client TLS: the endpoint's certificate (PEM, with its chain); clients must "
+                   "speak TLS.")
+@click.option("--tls-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="The certificate's private key (PEM).")
+@click.option("--tls-ca-cert-file", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate(s) client certificates are verified against.")
+@click.option("--tls-auth-clients", type=click.Choice(list(TLS_AUTH_CLIENTS)),
+              help="Client certificates: no (not asked for), optional (verified if sent) or "
+                   "yes (required), as redis-server's tls-auth-clients. [no]")
 @click.option("--oss-cluster", is_flag=True, default=None,
               help="The OSS Cluster API: CLUSTER SLOTS/SHARDS/NODES ... answered with this proxy "
                    "as the cluster's one node, for cluster clients.")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
          client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
-         timeout, multi_slot_commands, tracking_max_keys, threads, oss_cluster):
+         timeout, multi_slot_commands, tracking_max_keys, threads, tls_cert_file, tls_key_file,
+         tls_ca_cert_file, tls_auth_clients, oss_cluster):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -291,7 +349,10 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("password", password), ("timeout", timeout),
                             ("multi_slot_commands", multi_slot_commands),
                             ("tracking_max_keys", tracking_max_keys),
-                            ("oss_cluster", oss_cluster), ("threads", threads)):
+                            ("oss_cluster", oss_cluster), ("threads", threads),
+                            ("tls_cert_file", tls_cert_file), ("tls_key_file", tls_key_file),
+                            ("tls_ca_cert_file", tls_ca_cert_file),
+                            ("tls_auth_clients", tls_auth_clients)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:
@@ -300,8 +361,8 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     # The first line on stdout is the contract with scripts and tests: the port we serve.
-    print(f"dmcproxy listening on {cfg.bind}:{service.port} over {len(cfg.shards)} shards",
-          flush=True)
+    print(f"dmcproxy listening on {cfg.bind}:{service.port} over {len(cfg.shards)} shards"
+          + (" (TLS)" if cfg.tls_cert_file else ""), flush=True)
     service.serve()
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what dmc needs on a fresh Debian machine (run as root): redis-server and redis-tools
-# (and iproute2 for the tests) from apt when absent, then the dmc package itself, editable,
+# Installs what dmc needs on a fresh Debian machine (run as root): redis-server, redis-tools and
+# libssl-dev (and iproute2 for the tests) from apt when absent, then the dmc package itself, editable,
 # with its compiled extension.
 # Usage: scripts/setup.sh [pip extras, e.g. "test"]
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+# the compiled data path links OpenSSL for client TLS (dmc/fastpath/tls.pxi)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 # `ip netns` puts the nodes of the partition tests in network namespaces of their own
 if [ "${1:-}" = test ] && ! command -v ip >/dev/null 2>&1; then missing+=(iproute2); fi
 # the discovery tests compare sentinel_service with a real redis-sentinel, and ask pdns_server with dig

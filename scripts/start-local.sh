@@ -20,12 +20,13 @@ fi
 python3 - "$home" <<'PY'
 import json, sys
 from pathlib import Path
+from control.cm_server import ui_url
+from control.node import NodeConfig
 home = Path(sys.argv[1])
 node = json.loads((home / "node-1" / "node.json").read_text())
-scheme = "https" if node.get("ui_certfile") and node.get("ui_keyfile") else "http"
 if "cm_server" in node["services"]:     # a cluster made before the UI existed has none
-    print(f"web UI:   {scheme}://{node['address']}:{node['ui_port']}/ "
-          f"(user admin, password in {home / 'admin.json'})")
+    print(f"web UI:   {ui_url(NodeConfig.load(home / 'node-1'))} (user admin, password in "
+          f"{home / 'admin.json'}; its certificate is signed by the cluster CA: dmc cluster ca)")
 print(f"REST API: http://{node['address']}:{node['rest_port']}/v1/bdbs "
       f"(the same user); status: dmc status")
 PY

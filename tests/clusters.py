@@ -15,6 +15,7 @@ from waiting import wait_until
 
 from control import ccs, history, rest_models, schema
 from control.local_cluster import LocalCluster, loopback_addresses
+from control.node import CORE_SERVICES, SERVICES
 from control.redis_client import connect
 from dmc.processes import free_port
 
@@ -22,6 +23,11 @@ from dmc.processes import free_port
 # How long a new cluster may take to elect its master: on a loaded shared machine, the services'
 # Python start alone has taken 40 s (a wait on a condition: a quick start is not slowed).
 START_TIMEOUT = 90.0
+
+# What databases and the REST API need (rest_cluster(services=...)): the observability and
+# discovery services are left out (their routes answer from what CCS has).
+DATABASE_SERVICES = [s for s in SERVICES if s in (*CORE_SERVICES, "redis_mgr", "dmcproxy",
+                                                  "cnm_exec", "node_wd", "cnm_http")]
 
 
 def api_answers(config, auth) -> bool:

@@ -17,11 +17,11 @@ import sys
 import httpx
 import pytest
 import redis
-from clusters import rest_client, rest_cluster
+from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from waiting import wait_until
 
 from control import access, cnm_http, rest_access
-from control.node import CORE_SERVICES, SERVICES, NodeConfig
+from control.node import NodeConfig
 from dmc.local import redis_servers
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,12 +33,8 @@ ROLES = ("none", "db_viewer", "db_member", "cluster_viewer", "cluster_member", "
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    # what databases and the REST API need; the observability and discovery services are left
-    # out (their routes answer from what CCS has)
-    services = [s for s in SERVICES if s in (*CORE_SERVICES, "redis_mgr", "dmcproxy",
-                                             "cnm_exec", "node_wd", "cnm_http")]
     with rest_cluster(tmp_path_factory.mktemp("access") / "cluster", FIRST_ADDRESS,
-                      timeout=120, services=services) as c:
+                      timeout=120, services=DATABASE_SERVICES) as c:
         yield c
 
 

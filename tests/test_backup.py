@@ -5,6 +5,7 @@ imported; backups that happen by themselves every `backup_interval`; the REST AP
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from clusters import rest_cluster
 from waiting import wait_until
 
 from control.cli import main
+from control.node import NodeConfig, supervisor_rpc
 from dmc.local import start_redis_on_free_port
 from dmc.processes import stop_process
 
@@ -45,8 +47,10 @@ class Rest:
                           ("completed", "failed") and a, timeout, 0.05, f"action {uid}")
 
     def run(self, method, path, body=None) -> dict:
-        """A change that must be accepted and complete; the completed action."""
-        resp = self.request(method, path, json=body)
+        """A change that must be accepted and complete; the completed action. Tried again
+        while the database is locked (409: a scheduled backup is running), as a client does."""
+        resp = wait_until(lambda: (r := self.request(method, path, json=body)).status_code
+                          != 409 and r, 30, 0.2, f"{method} {path} accepted")
         assert resp.status_code == 200, resp.text
         action = self.wait_action(resp.json()["action_uid"])
         assert action["status"] == "completed", action
@@ -227,7 +231,35 @@ def test_an_rdb_of_a_plain_redis_server_imports_into_a_database(cluster, api, pl
     assert_same(now, held)
 
 
+@contextlib.contextmanager
+def shard_ping_deadline(cluster, seconds: float):
+    """node_wd of every node restarted with this PING deadline (node.json's
+    shard_ping_deadline); the one before restored after."""
+    def apply(value: float) -> float:
+        before = None
+        for config in cluster.nodes.values():
+            saved = NodeConfig.load(config.dir)
+            before, saved.shard_ping_deadline = saved.shard_ping_deadline, value
+            saved.save()
+            rpc = supervisor_rpc(config.supervisor_sock).supervisor
+            rpc.stopProcess("node_wd")
+            rpc.startProcess("node_wd")
+        return before
+    before = apply(seconds)
+    try:
+        yield
+    finally:
+        apply(before)
+
+
 def test_a_backup_gives_way_to_the_failover_of_a_master_shard_that_dies(cluster, api):
+    with shard_ping_deadline(cluster, 30):
+        # node_wd would fail the stopped master over as unresponsive before the backup reads
+        # it on a loaded machine; killed, it is failed over as down at once
+        _backup_while_the_master_dies(cluster, api)
+
+
+def _backup_while_the_master_dies(cluster, api):
     bdb = api.create(name="fragile", replication=True)
     client(cluster, bdb).set("survives", "yes")
     shards = [s for s in api.get("/v1/shards").json() if s["bdb_uid"] == bdb["uid"]]
@@ -258,7 +290,8 @@ def test_a_backup_gives_way_to_the_failover_of_a_master_shard_that_dies(cluster,
     assert record["backup_status"] == "failed" and "went down" in record["backup_failure_reason"]
     assert api.get(f"/v1/bdbs/{bdb['uid']}/backups").json() == []
     folder = Path(record["backup_location"]) / f"fragile-{bdb['uid']}"
-    assert not folder.exists() or not list(folder.iterdir())      # nothing half-made left
+    wait_until(lambda: not folder.exists() or not list(folder.iterdir()), 10, 0.1,
+               "nothing half-made left")
 
 
 def _get(r: redis.Redis, key: str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,8 @@ from click.testing import CliRunner
 from clusters import rest_cluster
 from waiting import wait_until
 
-from control import cli
+from control import cli, tls
+from control.local_cluster import LocalCluster
 from control.cm_server import ui_url
 from dmc.processes import free_port
 
@@ -53,15 +55,21 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(cluster) -> str:
+def ca(cluster) -> ssl.SSLContext:
+    """What trusts the UI's certificate: the cluster's CA."""
+    return ssl.create_default_context(cafile=str(tls.ca_file(cluster.nodes[1].dir)))
+
+
+@pytest.fixture(scope="module")
+def url(cluster, ca) -> str:
     base = ui_url(cluster.nodes[1]).rstrip("/")
-    wait_until(lambda: _answers(base), 90, what="cm_server of node 1")
+    wait_until(lambda: _answers(base, ca), 90, what="cm_server of node 1")
     return base
 
 
-def _answers(base: str) -> bool:
+def _answers(base: str, ca: ssl.SSLContext) -> bool:
     try:
-        return httpx.get(base + "/login", timeout=2).status_code == 200
+        return httpx.get(base + "/login", timeout=2, verify=ca).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -77,6 +85,9 @@ def shots(tmp_path_factory) -> Path:
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # The UI's certificate is signed by the cluster's own CA, which this browser does not know;
+    # the chain is checked against that CA by the HTTP clients here (verify=ca).
+    options.accept_insecure_certs = True
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1360,1100", "--force-device-scale-factor=1"):
         options.add_argument(arg)
@@ -127,8 +138,8 @@ def confirm(browser) -> None:
 
 # ---- log in ---------------------------------------------------------------------------------
 
-def test_nothing_is_served_before_log_in(url):
-    with httpx.Client(base_url=url, timeout=5) as client:
+def test_nothing_is_served_before_log_in(url, ca):
+    with httpx.Client(base_url=url, timeout=5, verify=ca) as client:
         for path in ("/", "/static/app.js", "/static/index.html"):
             reply = client.get(path)
             assert reply.status_code == 303 and reply.headers["location"] == "/login", path
@@ -168,9 +179,9 @@ def test_a_wrong_password_is_refused_and_the_admin_logs_in(browser, url, cluster
     browser.save_screenshot(str(shots / "cluster.png"))
 
 
-def test_changes_need_the_csrf_token_and_the_same_origin(browser, url):
+def test_changes_need_the_csrf_token_and_the_same_origin(browser, url, ca):
     cookies = {c["name"]: c["value"] for c in browser.get_cookies()}
-    with httpx.Client(base_url=url, cookies=cookies, timeout=5) as client:
+    with httpx.Client(base_url=url, cookies=cookies, timeout=5, verify=ca) as client:
         session = client.get("/api/session").json()
         assert client.get("/api/v1/bdbs").status_code == 200      # reads need the session only
         reply = client.post("/api/v1/bdbs", json={"name": "csrf"})
@@ -346,10 +357,38 @@ def test_delete_the_database(browser, url, created, shots):
         redis.Redis(FIRST_ADDRESS, created["port"], socket_timeout=2).ping()
 
 
-def test_dmc_status_lists_each_node_ui_url(cluster, url):
+def test_dmc_status_lists_each_node_ui_url(cluster, url, ca):
     out = CliRunner().invoke(cli.main, ["status", "--json", "--home", str(cluster.home)])
     assert out.exit_code == 0, out.output
     nodes = json.loads(out.output)["nodes"]
     assert [n["ui_url"] for n in nodes] == [ui_url(c) for _, c in sorted(cluster.nodes.items())]
     for n in nodes:
-        assert httpx.get(n["ui_url"] + "login", timeout=5).status_code == 200
+        assert n["ui_url"].startswith("https://")       # the node's certificate, CA-signed
+        assert httpx.get(n["ui_url"] + "login", timeout=5, verify=ca).status_code == 200
+
+
+def test_add_a_node_as_the_ui_says_and_remove_it_from_the_ui(browser, url, cluster, shots):
+    """The UI says how a node joins (the command, with a member's gossip address); the node
+    the operator adds that way shows up; its Remove button takes it out, and it stops."""
+    browser.get(url + "/#/")
+    click(browser, "#add-node")
+    join = wait_text(browser, "#join-command", lambda t: t.startswith("dmc node join"), "the join")
+    assert any(f"{c.address}:{c.gossip_port}" in join for c in cluster.nodes.values()), join
+    assert text(browser, "#add-command") == "dmc node add"
+    browser.save_screenshot(str(shots / "add-node.png"))
+    confirm(browser)                                              # "Done"
+    added = CliRunner().invoke(cli.main, ["node", "add", "--home", str(cluster.home)])
+    assert added.exit_code == 0, added.output
+    uid = int(added.output.split()[1])                           # "node 4 joined at ..."
+    row = f"#nodes tr[data-node='{uid}']"
+    assert wait_text(browser, f"{row} td.state", lambda t: t == "OK", f"node {uid} OK", 60)
+    click(browser, f"{row} button")
+    assert f"node {uid}" in text(browser, "#confirm-title")
+    confirm(browser)
+    notice = wait_text(browser, "#notices .notice", lambda t: f"remove node {uid}" in t,
+                       "the removal's notice")
+    assert "action " in notice, notice
+    wait_until(lambda: not browser.find_elements(By.CSS_SELECTOR, row), 120, 0.2,
+               f"node {uid} gone from the table")
+    node = LocalCluster.load(cluster.home).nodes[uid]
+    wait_until(lambda: node.removed_file.exists(), 60, 0.2, f"node {uid} stopped itself")

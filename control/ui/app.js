@@ -210,15 +210,16 @@ async function clusterPage() {
   const nodes = h("div", { id: "nodes" });
   const alerts = h("div", { id: "alerts" });
   const events = h("div", { id: "events" });
+  let members = [];
   view.replaceChildren(
-    h("div", { class: "page-head" }, h("h1", {}, "Cluster"), h("span", { class: "spacer" })),
-    cards, panel("Nodes", nodes,
-      h("p", { class: "hint" }, "A new node joins with `dmc node add` (or `dmc node join` on " +
-        "its own machine); it then shows here.")),
+    h("div", { class: "page-head" }, h("h1", {}, "Cluster"), h("span", { class: "spacer" }),
+      h("button", { id: "add-node", onclick: () => addNode(members) }, "Add node")),
+    cards, panel("Nodes", nodes),
     h("div", { class: "grid2" }, panel("Alerts raised", alerts), panel("Event log", events)));
 
   await every(2000, async () => {
     const [cluster, nodeList] = await Promise.all([get("/v1/cluster"), get("/v1/nodes")]);
+    members = nodeList;
     cards.replaceChildren(
       card("Master node", cluster.master_node_uid ? `node ${cluster.master_node_uid}` : "none",
            "master-node"),
@@ -267,6 +268,22 @@ async function clusterPage() {
       h("td", { class: "muted" }, when(e.time)),
       h("td", { title: e.type }, e.description || e.type))), "no event yet"));
   });
+}
+
+// A node is a machine running dmc's services: it joins from there (as a Redis Enterprise node
+// joins from its own set-up), so the UI says how, and the new node shows in the table once the
+// master has taken it in.
+function addNode(nodeList) {
+  const peer = nodeList.find((n) => n.master && n.gossip_port) || nodeList.find((n) => n.gossip_port);
+  const join = peer ? `dmc node join ${peer.addr}:${peer.gossip_port} --address <its address> ` +
+    "--ca-dir <a copy of a node's certs folder>" : "(no node answers: try again)";
+  confirmDialog("Add a node", [
+    "On the new machine, with dmc installed and the cluster CA copied to it (the certs folder " +
+      "of any node: its certificates are signed with it, or the cluster refuses the node):",
+    h("pre", { id: "join-command", class: "mono" }, join),
+    "A node on this machine (a local cluster, the next loopback address):",
+    h("pre", { id: "add-command", class: "mono" }, "dmc node add"),
+    "It shows in the table as soon as the master has taken it in."], "Done", false);
 }
 
 async function removeNode(n) {

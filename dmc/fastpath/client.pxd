@@ -20,6 +20,7 @@ cdef enum:
     CF_REPLY_OFF = 16384    # CLIENT REPLY OFF: its requests' replies are dropped (pushes are not)
     CF_REPLY_SKIP = 32768   # CLIENT REPLY SKIP: the next request's reply is dropped
     CF_CROSS = 65536        # its next request needs every worker's clients (workers.pxi)
+    CF_TLS_WANT_WRITE = 131072  # TLS: a read waits for the socket to be writable (tls.pxi)
 
 
 cdef struct Client:
@@ -65,6 +66,7 @@ cdef struct Client:
     unsigned long long track_redirect   # CLIENT TRACKING ... REDIRECT: that client's id (0: none)
     int track_redirect_slot
     Buf track_prefixes      # BCAST prefixes (tracking.pxi: prefix_next)
+    SSL *ssl                # its TLS session (tls.pxi); NULL: plaintext
 
 
 cdef void accept_clients(Core *core) noexcept nogil

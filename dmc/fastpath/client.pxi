@@ -14,6 +14,18 @@ cdef inline void client_mark_dirty(Core *core, Client *c) noexcept nogil:
         core.dirty_clients = c
 
 
+cdef inline ssize_t client_read(Core *core, Client *c, char *buf, size_t cap) noexcept nogil:
+    if c.ssl == NULL:
+        return recv(c.fd, buf, cap, 0)
+    return tls_read(core, c, buf, cap)
+
+
+cdef inline ssize_t client_write(Client *c, const char *buf, size_t n) noexcept nogil:
+    if c.ssl == NULL:
+        return send(c.fd, buf, n, MSG_NOSIGNAL)
+    return tls_write(c, buf, n)
+
+
 cdef inline bint over_output_limit(Core *core, Client *c) noexcept nogil:
     return core.client_output_limit > 0 and buf_len(&c.wbuf) + c.held > core.client_output_limit
 
@@ -31,7 +43,8 @@ cdef void accept_clients(Core *core) noexcept nogil:
         core.total_connections += 1
         if endpoint_clients(core) >= core.max_clients:
             core.rejected_connections += 1
-            send(fd, b"-ERR max number of clients reached\r\n", 36, MSG_NOSIGNAL)
+            if core.tls_ctx == NULL:        # (a TLS client could not read it)
+                send(fd, b"-ERR max number of clients reached\r\n", 36, MSG_NOSIGNAL)
             close(fd)
             continue
         c = <Client *>calloc(1, sizeof(Client))
@@ -41,6 +54,12 @@ cdef void accept_clients(Core *core) noexcept nogil:
         set_nodelay(fd)
         c.kind = KIND_CLIENT
         c.fd = fd
+        if core.tls_ctx != NULL and not tls_accept(core, c):
+            if c.ssl != NULL:
+                SSL_free(c.ssl)
+            close(fd)
+            free(c)
+            continue
         c.proto = 2
         if core.password == NULL:
             c.flags |= CF_AUTHED
@@ -65,6 +84,8 @@ cdef void client_close(Core *core, Client *c) noexcept nogil:
     if c.flags & CF_CLOSED:
         return
     epoll_want(core, c.fd, c, &c.events, 0)
+    if c.ssl != NULL:
+        tls_close(c)
     close(c.fd)
     c.fd = -1
     c.flags |= CF_CLOSED
@@ -182,7 +203,7 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
     cdef unsigned long long before = requests_total(core)
     if buf_len(&c.rbuf) == 0:
         # The common case: read into the shared chunk, keep only a partial request.
-        n = recv(c.fd, core.read_chunk, READ_CHUNK, 0)
+        n = client_read(core, c, core.read_chunk, READ_CHUNK)
         if n <= 0:
             if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
                 return
@@ -208,7 +229,7 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
     if buf_reserve(&c.rbuf, want) < 0:
         client_close(core, c)
         return
-    n = recv(c.fd, c.rbuf.data + c.rbuf.end, c.rbuf.cap - c.rbuf.end, 0)
+    n = client_read(core, c, c.rbuf.data + c.rbuf.end, c.rbuf.cap - c.rbuf.end)
     if n <= 0:
         if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
             return
@@ -229,7 +250,7 @@ cdef void client_recv(Core *core, Client *c) noexcept nogil:
 cdef void client_send(Core *core, Client *c) noexcept nogil:
     cdef ssize_t n
     while buf_len(&c.wbuf) > 0:
-        n = send(c.fd, buf_head(&c.wbuf), buf_len(&c.wbuf), MSG_NOSIGNAL)
+        n = client_write(c, buf_head(&c.wbuf), buf_len(&c.wbuf))
         if n < 0:
             if errno == EINTR:
                 continue
@@ -245,7 +266,8 @@ cdef void client_send(Core *core, Client *c) noexcept nogil:
     if c.flags & CF_CLOSE_AFTER_WRITE and c.head == NULL:
         client_close(core, c)
         return
-    epoll_want(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
+    if not (c.flags & CF_TLS_WANT_WRITE):
+        epoll_want(core, c.fd, c, &c.events, c.events & ~EPOLLOUT)
     if c.flags & CF_WAIT_DRAIN and c.head == NULL:
         c.flags &= ~CF_WAIT_DRAIN
     if c.flags & CF_READ_PAUSED and c.inflight < MAX_INFLIGHT // 2 and not core.paused \

@@ -114,3 +114,5 @@ cdef struct Core:
     bint world_held             #   every worker is stopped for this one (CLIENT LIST/KILL/UNBLOCK)
     Client *cross_waiting       #   clients whose next request waits for that (CF_CROSS)
     Buf users_deleted           #   users ACL DELUSER deleted here: the other workers' clients go too
+    SSL_CTX *tls_ctx            # client TLS (tls.pxi): new clients speak TLS; NULL: plaintext
+    unsigned long long tls_handshake_failures   # clients closed in their TLS handshake

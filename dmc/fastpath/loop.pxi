@@ -186,6 +186,9 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
             if ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP):
                 client_recv(core, c)
             if ev & EPOLLOUT and not (c.flags & CF_CLOSED):
+                if c.flags & CF_TLS_WANT_WRITE:     # a TLS read waited for this (tls.pxi)
+                    c.flags &= ~CF_TLS_WANT_WRITE
+                    client_recv(core, c)
                 client_mark_dirty(core, c)
         elif kind == KIND_BACKEND:
             b = <Backend *>ptr

@@ -4,7 +4,7 @@ from libc.stdlib cimport malloc, calloc, realloc, free, qsort, strtod
 from libc.math cimport isnan, isinf, sqrt, pow, llroundl
 from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
 from libc.stdio cimport snprintf
-from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EPIPE
 cdef extern from "errno.h":
     int EWOULDBLOCK
 from posix.unistd cimport close, read, write

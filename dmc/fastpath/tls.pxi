@@ -1,0 +1,143 @@
+# Client TLS: an endpoint with core.tls_ctx (Proxy.set_tls) speaks TLS to every client it
+# accepts, terminated here with OpenSSL on the client's own non-blocking socket (SSL_read and
+# SSL_write over a socket BIO; no Python per command).
+#
+# - Accept: each client gets an SSL of the endpoint's SSL_CTX, in accept state; the handshake
+#   runs inside the first SSL_read calls, in the loop, as bytes arrive. A client that is not
+#   speaking TLS (a plaintext RESP command) or one whose certificate is refused fails the
+#   handshake and is closed (counted in core.tls_handshake_failures), nothing written to it.
+# - Read (tls_read, called by client_recv in place of recv): SSL_read while at least one full
+#   record fits, so no decrypted byte is ever left inside OpenSSL where epoll could not see it;
+#   WANT_READ is EAGAIN; WANT_WRITE (a handshake message the socket could not take) sets
+#   CF_TLS_WANT_WRITE and asks for EPOLLOUT, and the read is done again once writable.
+# - Write (tls_write, called by client_send in place of send): partial writes on, moving
+#   buffer accepted (the reply buffer's head moves between retries).
+# - Close: a close_notify if the handshake was done, then the SSL is freed with the client.
+#
+# Each worker thread's Proxy has its own SSL_CTX and its clients their own SSL objects;
+# OpenSSL's error queue is per thread and is cleared after every failure. A new SSL_CTX
+# (set_tls again: a renewed certificate) serves the next handshakes; clients already connected
+# keep theirs (each SSL holds a reference to its SSL_CTX). Plaintext endpoints pay one branch
+# (c.ssl == NULL) per read and per write.
+
+
+cdef bint tls_accept(Core *core, Client *c) noexcept nogil:
+    """Give a just accepted client its SSL; False if OpenSSL cannot (the client is dropped)."""
+    c.ssl = SSL_new(core.tls_ctx)
+    if c.ssl == NULL or SSL_set_fd(c.ssl, c.fd) != 1:
+        ERR_clear_error()
+        return False
+    SSL_set_accept_state(c.ssl)
+    return True
+
+
+cdef inline void tls_failed(Core *core, Client *c) noexcept nogil:
+    if not SSL_is_init_finished(c.ssl):
+        core.tls_handshake_failures += 1
+    ERR_clear_error()
+
+
+cdef ssize_t tls_read(Core *core, Client *c, char *buf, size_t cap) noexcept nogil:
+    """As recv(): bytes read (> 0), 0 when the connection is over (closed, or TLS failed), -1
+    with errno EAGAIN when nothing is to be read now."""
+    cdef size_t total = 0
+    cdef int n, err
+    if cap > 0x40000000:
+        cap = 0x40000000
+    while total == 0 or cap - total >= TLS_RECORD_MAX:
+        n = SSL_read(c.ssl, buf + total, <int>(cap - total))
+        if n > 0:
+            total += <size_t>n
+            if total == cap:
+                break
+            continue
+        err = SSL_get_error(c.ssl, n)
+        if err == SSL_ERROR_WANT_READ:
+            break
+        if err == SSL_ERROR_WANT_WRITE:
+            c.flags |= CF_TLS_WANT_WRITE
+            epoll_want(core, c.fd, c, &c.events, c.events | EPOLLOUT)
+            break
+        tls_failed(core, c)     # close_notify, a reset, or a TLS error: the connection is over
+        if total > 0:
+            break               # what came before it is served; the next read ends it
+        return 0
+    if total == 0:
+        errno = EAGAIN
+        return -1
+    return <ssize_t>total
+
+
+cdef ssize_t tls_write(Client *c, const char *buf, size_t n) noexcept nogil:
+    """As send(): bytes written (> 0), or -1 with errno EAGAIN (try again when writable) or
+    EPIPE (the connection is over)."""
+    cdef int r, err
+    if n > 0x40000000:
+        n = 0x40000000
+    r = SSL_write(c.ssl, buf, <int>n)
+    if r > 0:
+        return r
+    err = SSL_get_error(c.ssl, r)
+    if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+        errno = EAGAIN
+    else:
+        ERR_clear_error()
+        errno = EPIPE
+    return -1
+
+
+cdef void tls_close(Client *c) noexcept nogil:
+    """Before the socket is closed: close_notify (one try, never waited for), the SSL freed."""
+    if SSL_is_init_finished(c.ssl):
+        SSL_shutdown(c.ssl)
+    ERR_clear_error()
+    SSL_free(c.ssl)
+    c.ssl = NULL
+
+
+cdef str tls_error_text():
+    """OpenSSL's last error on this thread, as text (the queue is cleared)."""
+    cdef char text[256]
+    cdef unsigned long e = ERR_get_error()
+    ERR_clear_error()
+    if e == 0:
+        return "unknown OpenSSL error"
+    ERR_error_string_n(e, text, sizeof(text))
+    return text.decode(errors="replace")
+
+
+cdef SSL_CTX *tls_context(bytes certfile, bytes keyfile, bytes cafile, int client_auth) except NULL:
+    """An endpoint's SSL_CTX: its certificate (chain) and key, TLS 1.2 and up; with
+    client_auth, client certificates verified against cafile (a certificate listed there
+    itself, not only its issuer, is trusted: X509_V_FLAG_PARTIAL_CHAIN), required or not."""
+    cdef SSL_CTX *ctx = SSL_CTX_new(TLS_server_method())
+    cdef int mode
+    if ctx == NULL:
+        raise MemoryError(tls_error_text())
+    try:
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE)
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        SSL_CTX_set_session_id_context(ctx, <const unsigned char *>b"dmcproxy", 8)
+        if SSL_CTX_use_certificate_chain_file(ctx, certfile) != 1:
+            raise ValueError(f"TLS certificate {certfile.decode()}: {tls_error_text()}")
+        if SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1:
+            raise ValueError(f"TLS key {keyfile.decode()}: {tls_error_text()}")
+        if SSL_CTX_check_private_key(ctx) != 1:
+            raise ValueError(f"TLS key {keyfile.decode()} is not the certificate's: {tls_error_text()}")
+        if client_auth != TLS_CLIENT_AUTH_NONE:
+            if not cafile:
+                raise ValueError("TLS client authentication needs a CA file")
+            if SSL_CTX_load_verify_locations(ctx, cafile, NULL) != 1:
+                raise ValueError(f"TLS CA file {cafile.decode()}: {tls_error_text()}")
+            SSL_CTX_set_client_CA_list(ctx, SSL_load_client_CA_file(cafile))
+            X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_PARTIAL_CHAIN)
+            mode = SSL_VERIFY_PEER
+            if client_auth == TLS_CLIENT_AUTH_REQUIRED:
+                mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+            SSL_CTX_set_verify(ctx, mode, NULL)
+    except BaseException:
+        SSL_CTX_free(ctx)
+        ERR_clear_error()
+        raise
+    return ctx

@@ -1,0 +1,298 @@
+"""Client TLS terminated in dmcproxy's compiled loop (dmc/fastpath/tls.pxi): redis-py and
+redis-cli over TLS (commands, a pipeline of 1000, a 1 MB value, pub/sub), client certificates
+required (refused without one or with a foreign CA's, served with one the CA signed), a
+plaintext client refused without harm, the certificate rotated on SIGHUP without dropping
+anyone; dmcproxy over real redis-servers, with 2 worker threads where it matters. Then ONE
+cluster test: a database created with `tls_mode: enabled` through REST serves TLS with a
+certificate the cluster CA signed, and `dmc db update --tls-client-auth` requires client
+certificates."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+import redis
+from click.testing import CliRunner
+from clusters import DATABASE_SERVICES, rest_client, rest_cluster
+from cryptography import x509
+from waiting import wait_until
+
+from control import certificates
+from control.cli import main
+from dmc.local import redis_servers, start_proxy
+from dmc.processes import free_port, stop_process
+
+pytestmark = pytest.mark.timeout(120)
+
+HOST = "127.0.0.1"
+
+
+def write_pair(folder, stem: str, pair: certificates.Pair) -> tuple[str, str]:
+    cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
+    cert.write_bytes(pair.certificate)
+    key.write_bytes(pair.key)
+    return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, the endpoint's certificate and a client's (both signed by it), and a client
+    certificate of a foreign CA."""
+    folder = tmp_path_factory.mktemp("pki")
+    ca = certificates.make_ca("tls.test")
+    foreign = certificates.make_ca("foreign.test")
+    (folder / "ca.pem").write_bytes(ca.certificate)
+    files = {"ca": str(folder / "ca.pem"), "folder": folder, "ca_pair": ca}
+    files["server"] = write_pair(folder, "server", certificates.issue(ca, 1, HOST, "tls.test"))
+    files["client"] = write_pair(folder, "client", certificates.issue(ca, 2, HOST, "tls.test"))
+    files["foreign"] = write_pair(folder, "foreign",
+                                  certificates.issue(foreign, 3, HOST, "foreign.test"))
+    return files
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    with redis_servers(tmp_path_factory.mktemp("shards"), 2) as started:
+        yield [(HOST, port) for port, _ in started]
+
+
+@pytest.fixture(scope="module")
+def redis_tls_port(pki, tmp_path_factory):
+    """A plain redis-server's own tls-port, with the endpoint's certificate: what dmcproxy's
+    TLS endpoint is compared with."""
+    cert, key = pki["server"]
+    port = free_port()
+    with redis_servers(tmp_path_factory.mktemp("redis-tls"), 1, "--tls-port", str(port),
+                       "--tls-cert-file", cert, "--tls-key-file", key,
+                       "--tls-auth-clients", "no"):
+        yield port
+
+
+def tls_args(pki, *extra: str) -> list[str]:
+    cert, key = pki["server"]
+    return ["--tls-cert-file", cert, "--tls-key-file", key, *extra]
+
+
+@pytest.fixture(scope="module")
+def tls_proxy(shards, pki, tmp_path_factory):
+    """A TLS endpoint with 2 worker threads, no client certificates asked for."""
+    proc, port = start_proxy(shards, 0, tmp_path_factory.mktemp("proxy"),
+                             *tls_args(pki, "--threads", "2"))
+    try:
+        yield proc, port
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def mtls_proxy(shards, pki, tmp_path_factory):
+    """A TLS endpoint that requires a client certificate the CA signed."""
+    proc, port = start_proxy(shards, 0, tmp_path_factory.mktemp("mproxy"),
+                             *tls_args(pki, "--tls-ca-cert-file", pki["ca"],
+                                       "--tls-auth-clients", "yes"))
+    try:
+        yield port
+    finally:
+        stop_process(proc)
+
+
+def tls_client(port: int, pki, cert=None, **kw) -> redis.Redis:
+    options = {}
+    if cert is not None:
+        options = {"ssl_certfile": cert[0], "ssl_keyfile": cert[1]}
+    return redis.Redis(HOST, port, ssl=True, ssl_ca_certs=pki["ca"], socket_timeout=5,
+                       protocol=2, **options, **kw)
+
+
+def test_commands_over_tls(tls_proxy, pki):
+    r = tls_client(tls_proxy[1], pki)
+    assert r.ping()
+    assert r.set("tls:a", "1") and r.get("tls:a") == b"1"
+    assert r.incr("tls:counter") == 1
+    # The endpoint's certificate is the CA-signed one: redis-py verified it against the CA.
+    assert r.connection_pool.get_connection()._sock.version().startswith("TLSv1.")
+
+
+def test_pipeline_of_1000_over_tls(tls_proxy, pki):
+    r = tls_client(tls_proxy[1], pki)
+    pipe = r.pipeline(transaction=False)
+    for i in range(1000):
+        pipe.set(f"tls:p:{i}", i)
+        pipe.get(f"tls:p:{i}")
+    replies = pipe.execute()
+    assert replies[0::2] == [True] * 1000
+    assert replies[1::2] == [str(i).encode() for i in range(1000)]
+
+
+def test_large_value_over_tls(tls_proxy, pki):
+    """1 MB each way: many TLS records, partial writes of the reply."""
+    r = tls_client(tls_proxy[1], pki)
+    value = os.urandom(1 << 20)
+    assert r.set("tls:big", value)
+    assert r.get("tls:big") == value
+    assert r.strlen("tls:big") == 1 << 20
+
+
+def test_pubsub_over_tls(tls_proxy, pki):
+    r = tls_client(tls_proxy[1], pki)
+    sub = tls_client(tls_proxy[1], pki).pubsub()
+    sub.subscribe("tls:news")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    wait_until(lambda: r.publish("tls:news", "hello") == 1, 10, what="the subscriber")
+    message = wait_until(lambda: sub.get_message(timeout=1), 10, what="the message")
+    assert (message["type"], message["data"]) == ("message", b"hello")
+    sub.close()
+
+
+def redis_cli(port: int, pki, *args: str, cert=None) -> subprocess.CompletedProcess:
+    options = ["--tls", "--cacert", pki["ca"]]
+    if cert is not None:
+        options += ["--cert", cert[0], "--key", cert[1]]
+    return subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), *options, *args],
+                          capture_output=True, text=True, timeout=20)
+
+
+def test_redis_cli_over_tls(tls_proxy, pki):
+    assert redis_cli(tls_proxy[1], pki, "SET", "tls:cli", "v").stdout.strip() == "OK"
+    assert redis_cli(tls_proxy[1], pki, "GET", "tls:cli").stdout.strip() == "v"
+
+
+def plaintext_refused(port: int) -> bool:
+    """A RESP command in plain text: the handshake fails and the proxy closes the connection
+    without a reply (no RESP byte comes back)."""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        try:
+            data = s.recv(4096)
+            while data and b"PONG" not in data:
+                more = s.recv(4096)
+                if not more:
+                    break
+                data += more
+        except ConnectionResetError:
+            return True
+        return b"PONG" not in data and b"+" not in data[:1]
+
+
+def test_plaintext_client_is_refused(tls_proxy, pki, redis_tls_port):
+    proc, port = tls_proxy
+    assert plaintext_refused(redis_tls_port)        # as redis-server's own tls-port does
+    for _ in range(20):
+        assert plaintext_refused(port)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(HOST, port, socket_timeout=5).ping()
+    assert proc.poll() is None
+    assert tls_client(port, pki).ping()     # and the endpoint serves TLS clients as before
+
+
+def test_client_certificate_required(mtls_proxy, pki):
+    with pytest.raises(redis.ConnectionError):
+        tls_client(mtls_proxy, pki).ping()
+    with pytest.raises(redis.ConnectionError):
+        tls_client(mtls_proxy, pki, cert=pki["foreign"]).ping()
+    r = tls_client(mtls_proxy, pki, cert=pki["client"])
+    assert r.set("tls:m", "yes") and r.get("tls:m") == b"yes"
+    assert redis_cli(mtls_proxy, pki, "GET", "tls:m", cert=pki["client"]).stdout.strip() == "yes"
+    assert redis_cli(mtls_proxy, pki, "GET", "tls:m").stdout.strip() != "yes"
+
+
+def peer_serial(host: str, port: int, cafile: str, cert=None) -> int:
+    """The serial number of the certificate the endpoint presents to a new connection."""
+    context = ssl.create_default_context(cafile=cafile)
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    with socket.create_connection((host, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as s:
+        return x509.load_der_x509_certificate(s.getpeercert(binary_form=True)).serial_number
+
+
+def test_certificate_rotated_on_sighup(shards, pki, tmp_path):
+    """New handshakes get the renewed certificate; a client connected before keeps its
+    connection (2 workers: each reloads)."""
+    cert, key = write_pair(tmp_path, "endpoint",
+                           certificates.issue(pki["ca_pair"], 1, HOST, "tls.test"))
+    proc, port = start_proxy(shards, 0, tmp_path, "--tls-cert-file", cert, "--tls-key-file",
+                             key, "--threads", "2")
+    try:
+        before = peer_serial(HOST, port, pki["ca"])
+        old = tls_client(port, pki)
+        assert old.set("tls:rot", "1")
+        renewed = certificates.issue(pki["ca_pair"], 1, HOST, "tls.test")
+        write_pair(tmp_path, "endpoint", renewed)
+        os.kill(proc.pid, signal.SIGHUP)
+        wanted = x509.load_pem_x509_certificate(renewed.certificate).serial_number
+        wait_until(lambda: peer_serial(HOST, port, pki["ca"]) == wanted, 10,
+                   what="the renewed certificate")
+        assert before != wanted
+        assert old.get("tls:rot") == b"1"       # the same connection, still served
+        assert old.connection_pool._created_connections == 1
+    finally:
+        stop_process(proc)
+
+
+# ---- one cluster, through REST and the CLI ------------------------------------------------------
+
+CLUSTER_ADDRESS = "127.0.1.61"      # other modules' clusters use other addresses
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with rest_cluster(tmp_path_factory.mktemp("tls") / "cluster", CLUSTER_ADDRESS,
+                      timeout=120, services=DATABASE_SERVICES) as c:
+        yield c
+
+
+@pytest.mark.timeout(240)
+def test_database_with_tls_mode_enabled(cluster, tmp_path):
+    """POST /v1/bdbs with tls_mode enabled: the endpoint's certificate is the node's `proxy`
+    one, which the cluster CA signed (redis-py verifies it, hostname included; redis-cli
+    --cacert <(dmc cluster ca) too), plaintext is refused; `dmc db update
+    --tls-client-auth` then requires a client certificate the CA signed; a renewed `proxy`
+    certificate is served to new connections, without dropping the open one."""
+    api = rest_client(cluster, timeout=30)
+    reply = api.post("/v1/bdbs", json={"name": "secure", "tls_mode": "enabled"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["tls_mode"] == "enabled"
+    wait_until(lambda: api.get(f"/v1/actions/{reply.json()['action_uid']}").json()["status"]
+               == "completed", 90, what="bdb_create")
+    port, node = reply.json()["port"], cluster.nodes[1]
+    ca_pem = certificates.ca_file(node.dir)
+
+    def client(cert=None) -> redis.Redis:
+        options = {} if cert is None else {"ssl_certfile": cert[0], "ssl_keyfile": cert[1]}
+        return redis.Redis(node.address, port, ssl=True, ssl_ca_certs=str(ca_pem),
+                           ssl_check_hostname=True, socket_timeout=5, **options)
+    r = wait_until(lambda: client().ping() and client(), 30, what="the TLS endpoint",
+                   ignoring=(redis.ConnectionError,))
+    assert r.set("k", "v") and r.get("k") == b"v"
+    cli = subprocess.run(
+        ["bash", "-c", f"redis-cli -h {node.address} -p {port} --tls --cacert "
+         f"<({sys.executable} -m control.cli cluster ca --home {cluster.home}) GET k"],
+        capture_output=True, text=True, timeout=60)
+    assert cli.stdout.strip() == "v", cli.stderr
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(node.address, port, socket_timeout=5).ping()
+
+    result = CliRunner().invoke(main, ["db", "update", "secure", "--tls-client-auth",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    with pytest.raises(redis.ConnectionError):
+        client().ping()
+    signed = write_pair(tmp_path, "app", certificates.issue(
+        cluster.cluster_ca(), 99, node.address, node.cluster_fqdn))
+    authed = client(signed)
+    assert authed.get("k") == b"v"
+    renewed = certificates.issue(cluster.cluster_ca(), node.uid, node.address, node.cluster_fqdn)
+    certificates.install(node.dir, "proxy", renewed)
+    wanted = x509.load_pem_x509_certificate(renewed.certificate).serial_number
+    wait_until(lambda: peer_serial(node.address, port, str(ca_pem), signed) == wanted, 15,
+               what="the renewed endpoint certificate")
+    assert authed.get("k") == b"v" and authed.connection_pool._created_connections == 1
+    assert api.get(f"/v1/bdbs/{reply.json()['uid']}").json()[
+        "enforce_client_authentication"] == "enabled"
