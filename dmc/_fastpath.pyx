@@ -42,7 +42,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
     client        written to the socket (client_send)
     buffer        the byte buffers all of them use
     workers       worker threads of one endpoint (--threads N): what stays per endpoint (client
-                  ids, CLIENT LIST/KILL, MONITOR, the relay); WorkerGroup stops them all at once
+                  ids, CLIENT LIST/KILL, INFO, MONITOR, the relay, ACL DELUSER, TRACKING
+                  REDIRECT, -BUSY, sequential slot locks); WorkerGroup stops them all at once
 
 Under all of them: system.pxd (libc, sockets, epoll) and core.pxd (the Core struct a Proxy
 runs on: its clients, backends, request free list, counters).
@@ -364,6 +365,7 @@ cdef class Proxy:
         buf_free(&self.core.merged)
         buf_free(&self.core.subcommand)
         buf_free(&self.core.monitor_line)
+        buf_free(&self.core.users_deleted)
         buf_free(&self.core.relay_cmd)
         argvec_free(&self.core.relay_av)
         tracking_free(&self.core)
@@ -746,6 +748,7 @@ cdef class WorkerGroup:
         self.proxies = list(proxies)
         self.w.n = len(proxies)
         pthread_mutex_init(&self.w.world, NULL)
+        pthread_mutex_init(&self.w.seq_lock, NULL)
         for i in range(self.w.n):
             pthread_mutex_init(&self.w.turn[i], NULL)
             pthread_mutex_init(&self.w.inbox_lock[i], NULL)
@@ -759,6 +762,13 @@ cdef class WorkerGroup:
             p.core.workers = self.w
             p.core.worker = i
             p.core.next_client_id = <unsigned long long>i
+            # What INFO shows of the endpoint itself is worker 0's (one run_id, one uptime).
+            memcpy(p.core.counters.run_id, self.w.cores[0].counters.run_id, sizeof(p.core.counters.run_id))
+            p.core.counters.started_us = self.w.cores[0].counters.started_us
+            p.core.counters.started_unix_us = self.w.cores[0].counters.started_unix_us
+            # The sequential commands' slot locks are the endpoint's (sequential.pxi).
+            free(p.core.seq_locks)
+            p.core.seq_locks = self.w.seq_locks
             dmc_atomic_add_int(&self.w.nclients, p.core.nclients)
             relays_sync(&p.core)        # worker 0 relays the keyspace notifications, alone
 
@@ -780,9 +790,12 @@ cdef class WorkerGroup:
             return
         for p in self.proxies or []:
             p.core.workers = NULL
+            p.core.seq_locks = NULL         # the group's: a Proxy alone makes its own
         for i in range(self.w.n):
             pthread_mutex_destroy(&self.w.turn[i])
             pthread_mutex_destroy(&self.w.inbox_lock[i])
             buf_free(&self.w.inbox[i])
+            buf_free(&self.w.mail[i])
         pthread_mutex_destroy(&self.w.world)
+        pthread_mutex_destroy(&self.w.seq_lock)
         free(self.w)

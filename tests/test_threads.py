@@ -1,7 +1,10 @@
 """An endpoint served by worker threads (Endpoint(threads=2), dmcproxy --threads 2): connections
 are spread over the workers, and what is per endpoint stays per endpoint: client ids unique,
 CLIENT LIST / KILL / UNBLOCK over every worker's clients, MONITOR sees every command, one
-keyspace relay, a pause and a map change reach every worker at once, counters summed.
+keyspace relay, a pause and a map change reach every worker at once, counters summed (INFO's
+too), ACL DELUSER closes every worker's clients of the user, CLIENT TRACKING REDIRECT reaches a
+client of another worker, a shard's -BUSY is every worker's, and the sequential commands' slot
+locks are the endpoint's.
 (The behaviour tests of one thread run with two too: DMC_PROXY_THREADS=2, tests/conftest.py.)"""
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import time
 import pytest
 import redis
 from raw_resp import RawClient
+from replies import Error, Push, RespConn
 from waiting import wait_until
 
+from dmc._fastpath import slot_of
 from dmc.endpoint import Endpoint
 from dmc.shard_map import ShardMap
 
@@ -174,3 +179,159 @@ def test_counters_are_summed_over_the_workers(endpoint):
     assert after["read_req"] - before["read_req"] == 5 * len(clients)
     assert after["conns"] == len(clients)
     assert sum(after["latency_histogram"]["read"]) >= 5 * len(clients)
+
+
+def conn_on_worker(ep: Endpoint, worker: int, protocol: int = 2) -> tuple[RespConn, int]:
+    """A raw connection the kernel gave to that worker, and its client id."""
+    for _ in range(200):
+        conn = RespConn(ep.port)
+        if protocol == 3:
+            conn.call("HELLO", "3")
+        client_id = conn.call("CLIENT", "ID")
+        if client_id % THREADS == worker:
+            return conn, client_id
+        conn.close()
+    raise AssertionError(f"the kernel gave no connection to worker {worker}")
+
+
+def info_field(conn: RespConn, section: str, name: str) -> int:
+    text = conn.call("INFO", section).decode()
+    return int(next(line.split(":", 1)[1] for line in text.splitlines()
+                    if line.startswith(name + ":")))
+
+
+def requests(ep: Endpoint) -> int:
+    counters = ep.stats()["counters"]
+    return sum(counters[f"{cls}_req"] for cls in ("read", "write", "other"))
+
+
+def test_info_stats_count_every_workers_commands_and_config_resetstat_resets_them(endpoint):
+    asker, _ = conn_on_worker(endpoint, 0)
+    other, _ = conn_on_worker(endpoint, 1)
+    for i in range(30):
+        other.call("GET", f"counted:{i}")
+    before = requests(endpoint)
+    seen = info_field(asker, "stats", "total_commands_processed")
+    after = requests(endpoint)
+    assert before <= seen <= after
+    assert info_field(asker, "stats", "total_connections_received") >= 2
+    assert info_field(asker, "clients", "connected_clients") == 2
+    assert asker.call("CONFIG", "RESETSTAT") == b"OK"
+    for i in range(3):
+        other.call("GET", f"counted:{i}")
+    assert 3 <= info_field(asker, "stats", "total_commands_processed") <= 5
+    assert info_field(asker, "stats", "total_connections_received") == 0
+    run_ids = {conn.call("INFO", "server").decode().split("run_id:")[1].split()[0]
+               for conn in (asker, other)}
+    assert len(run_ids) == 1            # one endpoint, one run_id
+    asker.close()
+    other.close()
+
+
+def test_acl_deluser_closes_the_users_clients_on_every_worker(endpoint):
+    admin, _ = conn_on_worker(endpoint, 0)
+    assert admin.call("ACL", "SETUSER", "leaving", "on", ">pw", "~*", "+@all") == b"OK"
+    users = []
+    for worker in range(THREADS):
+        conn, _ = conn_on_worker(endpoint, worker)
+        assert conn.call("AUTH", "leaving", "pw") == b"OK"
+        assert conn.call("SET", f"by:{worker}", "x") == b"OK"     # on its user's connections
+        users.append(conn)
+    assert admin.call("ACL", "DELUSER", "leaving") == 1
+    for conn in users:
+        with pytest.raises(ConnectionError):
+            conn.read(timeout=5)            # closed by the proxy, as Redis closes them
+        conn.close()
+    assert admin.call("PING") == b"PONG"
+    admin.close()
+
+
+def test_tracking_redirect_reaches_a_client_of_another_worker(endpoint, shard_ports):
+    keys = [f"redir:{i}" for i in range(8)]      # on every shard
+    sink, sink_id = conn_on_worker(endpoint, 1)
+    assert sink.call("SUBSCRIBE", "__redis__:invalidate") == [b"subscribe",
+                                                              b"__redis__:invalidate", 1]
+    tracker, _ = conn_on_worker(endpoint, 0)
+    writer, _ = conn_on_worker(endpoint, 0)
+    assert tracker.call("CLIENT", "TRACKING", "ON", "REDIRECT", sink_id) == b"OK"
+    assert tracker.call("CLIENT", "GETREDIR") == sink_id
+    for k in keys:
+        tracker.call("GET", k)
+    for k in keys:
+        writer.call("SET", k, "x")
+    got = sorted(sink.read(timeout=5)[2][0].decode() for _ in keys)
+    assert got == sorted(keys)
+    missing = tracker.call("CLIENT", "TRACKING", "ON", "REDIRECT", sink_id + THREADS * 1000)
+    assert isinstance(missing, Error) and b"redirect to does not exist" in missing
+    for c in (sink, tracker, writer):
+        c.close()
+
+
+def test_tracking_redirect_broken_is_told_across_workers(endpoint):
+    sink, sink_id = conn_on_worker(endpoint, 1)
+    tracker, _ = conn_on_worker(endpoint, 0, protocol=3)
+    writer, _ = conn_on_worker(endpoint, 0)
+    assert tracker.call("CLIENT", "TRACKING", "ON", "REDIRECT", sink_id) == b"OK"
+    tracker.call("GET", "gone")
+    sink.close()
+    wait_until(lambda: sink_id not in [int(e["id"]) for e in
+                                       redis.Redis(HOST, endpoint.port).client_list()],
+               10, what="the redirect client to be gone")
+    writer.call("SET", "gone", "x")
+    push = tracker.read(timeout=5)
+    assert isinstance(push, Push) and push[:2] == [b"tracking-redir-broken", sink_id]
+    tracker.close()
+    writer.close()
+
+
+def test_sequential_commands_of_two_workers_on_the_same_keys_run_one_after_the_other(
+        shard_ports):
+    for port in shard_ports:
+        redis.Redis(HOST, port).flushall()
+    with Endpoint(HOST, 0, None, ShardMap.even([(HOST, p) for p in shard_ports]),
+                  threads=THREADS, multi_slot_commands="sequential") as ep:
+        src, dst = "{a}list", "{b}list"
+        assert slot_of(src) != slot_of(dst)
+        shard_map = ShardMap.even([(HOST, p) for p in shard_ports])
+        assert shard_map.shard_of_slot(slot_of(src)) != shard_map.shard_of_slot(slot_of(dst))
+        items = [f"item:{i}" for i in range(300)]
+        redis.Redis(HOST, ep.port).rpush(src, *items)
+        movers = [conn_on_worker(ep, w % THREADS)[0] for w in range(4)]
+
+        def move(conn):
+            while conn.call("LMOVE", src, dst, "RIGHT", "LEFT") is not None:
+                pass
+
+        threads = [threading.Thread(target=move, args=(c,)) for c in movers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        check = redis.Redis(HOST, ep.port)
+        # No element moved twice (in both lists, or twice in dst) nor lost.
+        assert check.llen(src) == 0
+        assert sorted(x.decode() for x in check.lrange(dst, 0, -1)) == sorted(items)
+        for c in movers:
+            c.close()
+
+
+def test_a_shard_busy_with_a_script_is_busy_for_every_worker(endpoint, shard_ports):
+    for port in shard_ports:
+        assert RespConn(port).call("CONFIG", "SET", "busy-reply-threshold", "50") == b"OK"
+    runner, _ = conn_on_worker(endpoint, 0)
+    other, _ = conn_on_worker(endpoint, 1)
+    try:
+        runner.send(["EVAL", "while true do end", "0"])
+        # The worker of the script learns it from its probe, the other one from that worker.
+        wait_until(lambda: other.call("PING").startswith(b"BUSY"), 10,
+                   what="PING on the other worker to answer BUSY")
+        assert other.call("SCRIPT", "KILL") == b"OK"
+        assert isinstance(runner.read(timeout=10), Error)      # the script's: killed
+        wait_until(lambda: other.call("PING") == b"PONG", 10, what="the shard to serve again")
+    finally:
+        for port in shard_ports:
+            conn = RespConn(port)
+            conn.call("SCRIPT", "KILL")
+            conn.call("CONFIG", "SET", "busy-reply-threshold", "5000")
+        runner.close()
+        other.close()

@@ -17,7 +17,8 @@
 #   never lets a command run as the `default` user. Clients of `default` keep the shards' shared
 #   connections: for them nothing changes (one test of Client.user when a fragment is sent).
 # - ACL DELUSER closes the deleted users' clients, as Redis does (the issuing client after its
-#   reply); the shards close those users' connections themselves.
+#   reply; with worker threads, every worker's: workers.pxi); the shards close those users'
+#   connections themselves. ACL SETUSER closes nobody, as redis-server 7.0.
 # - ACL LOG merges the shards' logs, newest first (a denial is logged by the shard that refused).
 
 
@@ -289,11 +290,9 @@ cdef void auth_answered(Core *core, Request *r, const char *reply, size_t n) noe
         hello_answer(core, c, r, <int>r.acl_arg)
 
 
-cdef void acl_deleted(Core *core, Request *r) noexcept nogil:
-    """ACL DELUSER succeeded: the users named (in r.command, each as its length then its bytes)
-    are gone; their clients are closed, the one that asked once it has its reply."""
-    cdef const char *p = buf_head(&r.command)
-    cdef const char *end = p + buf_len(&r.command)
+cdef void users_delete(Core *core, const char *p, const char *end, Client *asker) noexcept nogil:
+    """The users named (each as its length then its bytes, p to end) are gone: this Core's
+    clients of theirs are closed, asker (the client of the ACL DELUSER) once it has its reply."""
     cdef size_t n
     cdef User *u
     cdef Client *t
@@ -310,11 +309,20 @@ cdef void acl_deleted(Core *core, Request *r) noexcept nogil:
         while t != NULL:
             nxt = t.next
             if t.user == u:
-                if t == r.client:
+                if t == asker:
                     t.flags |= CF_CLOSE_AFTER_WRITE
                 else:
                     client_close(core, t)
             t = nxt
+
+
+cdef void acl_deleted(Core *core, Request *r) noexcept nogil:
+    """ACL DELUSER succeeded: the users named in r.command are gone, and so are their clients;
+    with worker threads, the other workers' at the end of this turn (worker_turn_end)."""
+    cdef const char *p = buf_head(&r.command)
+    users_delete(core, p, p + buf_len(&r.command), r.client)
+    if core.workers != NULL:
+        buf_append(&core.users_deleted, p, buf_len(&r.command))
 
 
 cdef enum:

@@ -14,6 +14,7 @@ cdef int rsp_control(Core *core, Backend *b, const char *p, size_t n, int push) 
 cdef void control_failed(Core *core, int shard) noexcept nogil
 cdef void control_close(Core *core, int shard) noexcept nogil
 cdef void shard_not_busy(Core *core, int shard) noexcept nogil
+cdef void shard_busy(Core *core, int shard, const char *p, size_t n) noexcept nogil
 cdef bint shard_keeps_waiting(Core *core, int shard) noexcept nogil
 cdef void busy_tick(Core *core, int shard, bint late) noexcept nogil
 cdef void dedicated_tick(Core *core) noexcept nogil

@@ -65,22 +65,33 @@ cdef int rsp_control(Core *core, Backend *b, const char *p, size_t n, int push) 
         s.probe_sent_us = 0
         s.probe_answered_us = core.now_us
         if is_busy_reply(p, n):
-            if not s.busy:
-                s.busy = True
-                core.nbusy += 1
-            k = n if n < sizeof(s.busy_reply) - 1 else sizeof(s.busy_reply) - 3
-            memcpy(s.busy_reply, p, k)
-            memcpy(s.busy_reply + k - 2, b"\r\n\0", 3)
-            s.busy_seen_us = core.now_us
+            if not s.busy and core.workers != NULL:
+                workers_mail_all(core, MAIL_SHARD_BUSY, b.shard, p, n)   # workers.pxi
+            shard_busy(core, b.shard, p, n)
         else:
             shard_not_busy(core, b.shard)
     return rsp_fragment(core, b, p, n, push)
+
+
+cdef void shard_busy(Core *core, int shard, const char *p, size_t n) noexcept nogil:
+    """The shard answered -BUSY (p, n: that line) to a probe, this worker's or another's."""
+    cdef Shard *s = &core.shards[shard]
+    cdef size_t k
+    if not s.busy:
+        s.busy = True
+        core.nbusy += 1
+    k = n if n < sizeof(s.busy_reply) - 1 else sizeof(s.busy_reply) - 3
+    memcpy(s.busy_reply, p, k)
+    memcpy(s.busy_reply + k - 2, b"\r\n\0", 3)
+    s.busy_seen_us = core.now_us
 
 
 cdef void shard_not_busy(Core *core, int shard) noexcept nogil:
     if core.shards[shard].busy:
         core.shards[shard].busy = False
         core.nbusy -= 1
+        if core.workers != NULL:
+            workers_mail_all(core, MAIL_SHARD_NOT_BUSY, shard, NULL, 0)
 
 
 cdef void control_failed(Core *core, int shard) noexcept nogil:

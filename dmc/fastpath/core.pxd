@@ -107,10 +107,12 @@ cdef struct Core:
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
     Counters counters           # what the endpoint was asked and answered (counters.pxd)
+    InfoOwn info_own            # the endpoint's own INFO figures of the INFO being merged (info.pxi)
     ClusterApi *cluster         # the OSS Cluster API's topology and replies (cluster_api.pxi); NULL: off
     Workers *workers            # the endpoint's worker threads (workers.pxi); NULL: one thread
     int worker                  #   this Core's index among them
     bint world_held             #   every worker is stopped for this one (CLIENT LIST/KILL/UNBLOCK)
     Client *cross_waiting       #   clients whose next request waits for that (CF_CROSS)
+    Buf users_deleted           #   users ACL DELUSER deleted here: the other workers' clients go too
     SSL_CTX *tls_ctx            # client TLS (tls.pxi): new clients speak TLS; NULL: plaintext
     unsigned long long tls_handshake_failures   # clients closed in their TLS handshake

@@ -32,6 +32,26 @@ cdef struct InfoBase:
     unsigned long long auth_failures
 
 
+cdef struct InfoOwn:
+    # INFO's figures that are the endpoint's own (info.pxi's own_value), counted from the last
+    # CONFIG RESETSTAT: one worker's, or, with worker threads, every worker's summed while they
+    # are all stopped (info_own_fill).
+    unsigned long long connections
+    unsigned long long rejected
+    unsigned long long requests
+    unsigned long long ingress_bytes
+    unsigned long long egress_bytes
+    unsigned long long errors
+    unsigned long long reads
+    unsigned long long auth_failures
+    long long ops_per_sec
+    long long net_in_per_sec
+    long long net_out_per_sec
+    int pubsub_clients
+    int tracking_clients
+    int blocked_clients
+
+
 cdef struct Counters:
     unsigned long long req[NCLASSES]        # requests parsed, by class
     unsigned long long requests             #   and in all

@@ -107,21 +107,65 @@ cdef int field_policy(int s, const char *p, int n) noexcept nogil:
 
 cdef void info_reset_stats(Core *core) noexcept nogil:
     """CONFIG RESETSTAT: the endpoint's INFO counters start again from 0 (the shards reset
-    theirs); total_connections_received counts rejected ones apart, as above."""
-    cdef Counters *k = &core.counters
-    k.info_base.requests = requests_total(core)
-    k.info_base.connections = core.total_connections - core.rejected_connections
-    k.info_base.rejected = core.rejected_connections
-    k.info_base.ingress_bytes = k.ingress_bytes
-    k.info_base.egress_bytes = k.egress_bytes
-    k.info_base.errors = k.errors
-    k.info_base.reads = k.reads
-    k.info_base.auth_failures = k.auth_failures
+    theirs); total_connections_received counts rejected ones apart, as above. With worker
+    threads it is routed while every worker is stopped (workers.pxi): every worker's."""
+    cdef Counters *k
+    cdef Core *o
+    cdef int w
+    for w in range(worker_count(core)):
+        o = worker_core(core, w)
+        k = &o.counters
+        k.info_base.requests = requests_total(o)
+        k.info_base.connections = o.total_connections - o.rejected_connections
+        k.info_base.rejected = o.rejected_connections
+        k.info_base.ingress_bytes = k.ingress_bytes
+        k.info_base.egress_bytes = k.egress_bytes
+        k.info_base.errors = k.errors
+        k.info_base.reads = k.reads
+        k.info_base.auth_failures = k.auth_failures
+
+
+cdef void info_own_fill(Core *core, InfoOwn *own) noexcept nogil:
+    """The endpoint's own INFO figures: this Core's, or every worker's summed while they are all
+    stopped for this request (worker_count)."""
+    cdef Counters *k
+    cdef Core *o
+    cdef int w
+    memset(own, 0, sizeof(InfoOwn))
+    for w in range(worker_count(core)):
+        o = worker_core(core, w)
+        k = &o.counters
+        own.connections += o.total_connections - o.rejected_connections - k.info_base.connections
+        own.rejected += o.rejected_connections - k.info_base.rejected
+        own.requests += requests_total(o) - k.info_base.requests
+        own.ingress_bytes += k.ingress_bytes - k.info_base.ingress_bytes
+        own.egress_bytes += k.egress_bytes - k.info_base.egress_bytes
+        own.errors += k.errors - k.info_base.errors
+        own.reads += k.reads - k.info_base.reads
+        own.auth_failures += k.auth_failures - k.info_base.auth_failures
+        own.ops_per_sec += rate_mean(&k.ops)
+        own.net_in_per_sec += rate_mean(&k.net_in)
+        own.net_out_per_sec += rate_mean(&k.net_out)
+        own.pubsub_clients += pubsub_clients(o)
+        own.tracking_clients += tracking_clients(o)
+        own.blocked_clients += blocked_clients(o)
+
+
+cdef void info_snapshot(Core *core, Request *r) noexcept nogil:
+    """An INFO routed while every worker is stopped: the endpoint's figures now, kept with the
+    request (in r.command, which INFO does not use otherwise) until the shards' replies are
+    merged."""
+    cdef InfoOwn own
+    info_own_fill(core, &own)
+    buf_clear(&r.command)
+    buf_append(&r.command, <const char *>&own, sizeof(InfoOwn))
 
 
 cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t size) noexcept nogil:
-    """The endpoint's own value of a field into out; -1 when the field is not the endpoint's."""
+    """The endpoint's own value of a field into out; -1 when the field is not the endpoint's.
+    Its counters are core.info_own's (info_merge)."""
     cdef Counters *k = &core.counters
+    cdef InfoOwn *own = &core.info_own
     cdef long long up = (core.now_us - k.started_us) // 1000000
     cdef rusage ru
     if s == S_SERVER:
@@ -141,34 +185,34 @@ cdef int own_value(Core *core, int s, const char *p, int n, char *out, size_t si
         if name_is(p, n, b"maxclients"):
             return snprintf(out, size, b"%d", core.max_clients)
         if name_is(p, n, b"pubsub_clients"):
-            return snprintf(out, size, b"%d", pubsub_clients(core))
+            return snprintf(out, size, b"%d", own.pubsub_clients)
         if name_is(p, n, b"tracking_clients"):
-            return snprintf(out, size, b"%d", tracking_clients(core))
+            return snprintf(out, size, b"%d", own.tracking_clients)
         if name_is(p, n, b"cluster_connections"):
             return snprintf(out, size, b"0")
     elif s == S_STATS:
         if name_is(p, n, b"total_connections_received"):
-            return snprintf(out, size, b"%llu", core.total_connections - core.rejected_connections - k.info_base.connections)
+            return snprintf(out, size, b"%llu", own.connections)
         if name_is(p, n, b"rejected_connections"):
-            return snprintf(out, size, b"%llu", core.rejected_connections - k.info_base.rejected)
+            return snprintf(out, size, b"%llu", own.rejected)
         if name_is(p, n, b"total_commands_processed"):
-            return snprintf(out, size, b"%llu", requests_total(core) - k.info_base.requests)
+            return snprintf(out, size, b"%llu", own.requests)
         if name_is(p, n, b"instantaneous_ops_per_sec"):
-            return snprintf(out, size, b"%lld", rate_mean(&k.ops))
+            return snprintf(out, size, b"%lld", own.ops_per_sec)
         if name_is(p, n, b"total_net_input_bytes"):
-            return snprintf(out, size, b"%llu", k.ingress_bytes - k.info_base.ingress_bytes)
+            return snprintf(out, size, b"%llu", own.ingress_bytes)
         if name_is(p, n, b"total_net_output_bytes"):
-            return snprintf(out, size, b"%llu", k.egress_bytes - k.info_base.egress_bytes)
+            return snprintf(out, size, b"%llu", own.egress_bytes)
         if name_is(p, n, b"instantaneous_input_kbps"):
-            return snprintf(out, size, b"%.2f", <double>rate_mean(&k.net_in) / 1024)
+            return snprintf(out, size, b"%.2f", <double>own.net_in_per_sec / 1024)
         if name_is(p, n, b"instantaneous_output_kbps"):
-            return snprintf(out, size, b"%.2f", <double>rate_mean(&k.net_out) / 1024)
+            return snprintf(out, size, b"%.2f", <double>own.net_out_per_sec / 1024)
         if name_is(p, n, b"total_error_replies"):
-            return snprintf(out, size, b"%llu", k.errors - k.info_base.errors)
+            return snprintf(out, size, b"%llu", own.errors)
         if name_is(p, n, b"total_reads_processed"):
-            return snprintf(out, size, b"%llu", k.reads - k.info_base.reads)
+            return snprintf(out, size, b"%llu", own.reads)
         if name_is(p, n, b"acl_access_denied_auth"):
-            return snprintf(out, size, b"%llu", k.auth_failures - k.info_base.auth_failures)
+            return snprintf(out, size, b"%llu", own.auth_failures)
     elif s == S_CPU:
         # The proxy process's (every endpoint it serves); _main_thread: this endpoint's loop.
         if name_starts(p, n, b"used_cpu_") and name_ends(p, n, b"_children"):
@@ -412,7 +456,7 @@ cdef void merge_field(Core *core, Buf *out, InfoText *texts, int ntexts, InfoLin
         for i in range(start, ntexts):
             if match[i] != NULL and value_number(match[i].value, match[i].value_len, &d, &integral):
                 acc += d
-        if acc > <double>(core.counters.errors - core.counters.info_base.errors):
+        if acc > <double>core.info_own.errors:
             n = snprintf(own, sizeof(own), b"%.0f", acc)
     if n >= 0:
         buf_append(out, own, <size_t>n if <size_t>n < sizeof(own) else sizeof(own) - 1)
@@ -470,7 +514,7 @@ cdef void merge_field(Core *core, Buf *out, InfoText *texts, int ntexts, InfoLin
     if policy == P_SUM and numeric and section == S_CLIENTS and name_is(name, nlen, b"blocked_clients"):
         # The endpoint's clients the shards hold blocked: no more than the proxy has waiting
         # (a shard may not have seen yet that a client left), none the shard does not hold yet.
-        n = blocked_clients(core)
+        n = core.info_own.blocked_clients
         append_number(out, acc if acc < n else n, True)
     elif policy == P_SUM and numeric:
         append_number(out, acc, all_integral)
@@ -516,6 +560,10 @@ cdef int info_merge(Core *core, Request *r, Buf *out) noexcept nogil:
     cdef Buf merged
     cdef InfoLine *l
     memset(&merged, 0, sizeof(Buf))
+    if buf_len(&r.command) == sizeof(InfoOwn):
+        memcpy(&core.info_own, buf_head(&r.command), sizeof(InfoOwn))     # info_snapshot
+    else:
+        info_own_fill(core, &core.info_own)
     if texts == NULL or match == NULL:
         rc = -1
     for i in range(nt):

@@ -225,9 +225,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         # earlier requests are answered first.
         c.flags |= CF_WAIT_DRAIN
         return False
-    if core.workers != NULL and not core.world_held and cmd != NULL and cmd.local == LOCAL_CLIENT \
-            and not (c.flags & CF_MULTI) and (arg_is(av, 1, b"list") or arg_is(av, 1, b"kill")
-                                              or arg_is(av, 1, b"unblock")):
+    if core.workers != NULL and not core.world_held and cmd != NULL and not (c.flags & CF_MULTI) \
+            and worker_needs_all(core, cmd, av):
         return worker_cross_wait(core, c)   # about every worker's clients: at the turn's end
     c.last_us = core.now_us
     c.last_cmd = cmd
@@ -281,6 +280,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         if cmd.name_len == 16 and memcmp(cmd.name, b"config|resetstat", 16) == 0:
             info_reset_stats(core)
         r.merge = cmd.merge
+        if core.world_held and r.merge == MERGE_INFO:
+            info_snapshot(core, r)      # every worker's figures (workers.pxi)
         route_all_shards(core, r, av)
         return True
     if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:

@@ -52,9 +52,11 @@
 #   holds the value set (a later write by someone else is kept), and the answer is 0. Between
 #   steps a reader may see some keys set and others not yet; no partial result remains.
 #
-# Serialization: within one proxy (one Core), sequences touching the same slots run one after
-# the other: each holds every slot of its keys in core.seq_locks from its first step to its
-# answer, taken all at once or not at all (no deadlock), waiters served in arrival order.
+# Serialization: within one endpoint, sequences touching the same slots run one after the
+# other: each holds every slot of its keys in core.seq_locks from its first step to its answer,
+# taken all at once or not at all (no deadlock), waiters served in arrival order. With worker
+# threads the table is the endpoint's (Workers.seq_locks, under its leaf lock: seq_table_lock),
+# and a worker that frees slots wakes the workers whose sequences wait (workers.pxi).
 # Other commands are never delayed. Across proxies of other nodes there is no lock: two
 # sequences on the same keys may interleave their steps; each step stays atomic on its shard,
 # the write-back scripts keep concurrent writes, and the worst outcome is a duplicate (an
@@ -266,14 +268,31 @@ cdef void seq_release(Sequence *s) noexcept nogil:
     free(s)
 
 
+cdef inline void seq_table_lock(Core *core) noexcept nogil:
+    """With worker threads the slot locks are the endpoint's (Workers.seq_locks, under a leaf
+    lock): a sequence of one worker waits for another worker's on the same slots."""
+    if core.workers != NULL:
+        pthread_mutex_lock(&core.workers.seq_lock)
+
+
+cdef inline void seq_table_unlock(Core *core) noexcept nogil:
+    if core.workers != NULL:
+        core.workers.seq_waiting[core.worker] = core.seq_waiting != NULL
+        pthread_mutex_unlock(&core.workers.seq_lock)
+
+
 cdef void seq_free(Core *core, Request *r) noexcept nogil:
     cdef Sequence *s = r.seq
     cdef int i
     if s == NULL:
         return
     if s.locked:
+        seq_table_lock(core)
         for i in range(s.nslots):
             core.seq_locks[s.slots[i]] = 0
+        seq_table_unlock(core)
+        if core.workers != NULL:
+            workers_seq_released(core)
     seq_release(s)
     r.seq = NULL
 
@@ -301,6 +320,7 @@ cdef void seq_start(Core *core, Request *r) noexcept nogil:
     cdef bint free_now
     r.resolving = True
     r.pending = 1       # waiting or running: a client that closes orphans it, never frees it
+    seq_table_lock(core)
     free_now = seq_slots_free(core, s)
     w = core.seq_waiting
     while free_now and w != NULL:
@@ -320,9 +340,11 @@ cdef void seq_start(Core *core, Request *r) noexcept nogil:
             while w.seq.next_waiting != NULL:
                 w = w.seq.next_waiting
             w.seq.next_waiting = r
+        seq_table_unlock(core)
         return
     seq_mark(core, s, 0, 1)
     s.locked = True
+    seq_table_unlock(core)
     seq_next(core, r)
 
 
@@ -341,6 +363,7 @@ cdef void seq_wake(Core *core) noexcept nogil:
     core.seq_waking = True
     while True:
         core.seq_wake_again = False
+        seq_table_lock(core)
         r = core.seq_waiting
         ready = ready_tail = keep = keep_tail = NULL
         while r != NULL:
@@ -372,6 +395,7 @@ cdef void seq_wake(Core *core) noexcept nogil:
             seq_mark(core, r.seq, 2, 0)
             r = r.seq.next_waiting
         core.seq_waiting = keep
+        seq_table_unlock(core)
         r = ready
         while r != NULL:
             nxt = r.seq.next_waiting

@@ -30,7 +30,8 @@
 #   remembered (Tracking.written) and left out of that client's broadcast.
 # - REDIRECT <id>: a proxy client id. The push goes to that client: RESP3 as `>2 invalidate`,
 #   RESP2 (subscribed) as a `message` on `__redis__:invalidate`; a target that went away gives
-#   the tracking client a `tracking-redir-broken` push (RESP3), as Redis.
+#   the tracking client a `tracking-redir-broken` push (RESP3), as Redis. A client of another
+#   worker (worker threads) is told through that worker's mail (workers.pxi).
 # - FLUSHALL / FLUSHDB: every shard sends a null invalidation on each tracked connection; the
 #   first one announces `invalidate` null to every tracking client, the others of the same
 #   flush (counted per shard, for a second) are dropped: one per flush, as on one Redis.
@@ -291,23 +292,62 @@ cdef void tracking_send(Core *core, Client *t, const char *payload, size_t n) no
     cdef Client *target = t
     cdef Buf *out = &tr.frame
     buf_clear(out)
+    if t.track_redirect and core.workers != NULL and worker_of(core, t.track_redirect) != core.worker:
+        # A client of another worker's: that worker frames it (workers.pxi's mail).
+        worker_mail(core, worker_of(core, t.track_redirect), MAIL_INVALIDATE, t.track_redirect,
+                    t.id, payload, n)
+        return
     if t.track_redirect:
         target = track_client(tr, t.track_redirect_slot, t.track_redirect)
         if target == NULL:
-            t.tflags |= TF_BROKEN_REDIR
-            if t.proto == 3:
-                buf_append_str(out, b">2\r\n$21\r\ntracking-redir-broken\r\n")
-                buf_append_int(out, c':', <long long>t.track_redirect)
-                client_push(core, t, buf_head(out), buf_len(out))
+            tracking_redirect_broken(core, t, t.track_redirect)
             return
+    tracking_deliver(core, target, target != t, payload, n)
+
+
+cdef void tracking_deliver(Core *core, Client *target, bint redirected, const char *payload,
+                           size_t n) noexcept nogil:
+    """An invalidation (payload: its value part) to target, in the frame Redis uses for it."""
+    cdef Tracking *tr = tracking_get(core)
+    cdef Buf *out
+    if tr == NULL:
+        return
+    out = &tr.frame
+    buf_clear(out)
     if target.proto == 3:
         buf_append_str(out, INVALIDATE_PUSH)
-    elif target != t and target.flags & CF_PUBSUB:
+    elif redirected and target.flags & CF_PUBSUB:
         buf_append_str(out, INVALIDATE_MESSAGE)
     else:
         return          # RESP2 without a subscribed REDIRECT client: nowhere to say it
     buf_append(out, payload, n)
     client_push(core, target, buf_head(out), buf_len(out))
+
+
+cdef void tracking_redirect_broken(Core *core, Client *t, unsigned long long redirect) noexcept nogil:
+    """t's REDIRECT client went away: as Redis, t is told once (RESP3) and TRACKINGINFO shows it."""
+    cdef Tracking *tr = tracking_get(core)
+    cdef Buf *out
+    if tr == NULL:
+        return
+    out = &tr.frame
+    t.tflags |= TF_BROKEN_REDIR
+    if t.proto == 3:
+        buf_clear(out)
+        buf_append_str(out, b">2\r\n$21\r\ntracking-redir-broken\r\n")
+        buf_append_int(out, c':', <long long>redirect)
+        client_push(core, t, buf_head(out), buf_len(out))
+
+
+cdef bint tracking_redirect_remote(Core *core, ArgVec *av) noexcept nogil:
+    """CLIENT TRACKING ... REDIRECT <id> with id a client of another worker (workers.pxi)."""
+    cdef long long id
+    cdef int j
+    for j in range(3, av.argc - 1):
+        if arg_is(av, j, b"redirect") and parse_ll(av.argv[j + 1], av.argl[j + 1], &id) == 0 \
+                and id > 0:
+            return worker_of(core, <unsigned long long>id) != core.worker
+    return False
 
 
 cdef void entry_invalidate(Core *core, TrackEntry *e) noexcept nogil:
@@ -782,6 +822,7 @@ cdef void route_client_tracking(Core *core, Client *c, Request *r, ArgVec *av) n
     cdef Tracking *tr
     cdef Client *target = NULL
     cdef long long redir = 0
+    cdef bint redir_remote = False
     cdef int options = 0, j, i, nprefix = 0
     cdef size_t pos, qn
     cdef const char *q
@@ -796,7 +837,11 @@ cdef void route_client_tracking(Core *core, Client *c, Request *r, ArgVec *av) n
                 req_write_str(core, r, b"-ERR value is not an integer or out of range\r\n")
                 return
             target = client_by_id(core, redir)
-            if target == NULL:
+            if target == NULL and core.world_held:
+                # Another worker's client (worker_needs_all): found there, told through mail.
+                if client_by_id(core.workers.cores[worker_of(core, redir)], redir) != NULL:
+                    redir_remote = True
+            if target == NULL and not redir_remote:
                 req_write_str(core, r, b"-ERR The client ID you want redirect to does not exist\r\n")
                 return
         elif arg_is(av, j, b"bcast"):
