@@ -6,11 +6,13 @@ a replicated database with `data_internode_encryption` on, created through REST.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
-import subprocess
 
 import pytest
 import redis
+from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from waiting import wait_until
 
 from control import certificates
@@ -158,3 +160,78 @@ def test_plaintext_proxy_on_tls_port_gets_no_reply(tls_shards):
         except (ConnectionResetError, TimeoutError):
             pass
         assert b"PONG" not in data
+
+
+# ---- one cluster, through REST ----------------------------------------------------------------
+
+CLUSTER_ADDRESS = "127.0.1.71"      # other modules' clusters use other addresses
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with rest_cluster(tmp_path_factory.mktemp("dpine") / "cluster", CLUSTER_ADDRESS,
+                      timeout=120, services=DATABASE_SERVICES) as c:
+        yield c
+
+
+def shards_of(api, bdb_uid: int) -> dict[str, dict]:
+    shards = [s for s in api.get("/v1/shards").json() if s["bdb_uid"] == bdb_uid]
+    return {s["role"]: s for s in shards}
+
+
+def tls_to_shard(cluster, shard: dict) -> redis.Redis:
+    """A connection to the shard's tls-port, with a certificate the cluster CA signed."""
+    node = cluster.nodes[shard["node_uid"]]
+    return redis.Redis(node.address, shard["tls_port"], ssl=True, socket_timeout=5,
+                       ssl_ca_certs=str(certificates.ca_file(node.dir)), ssl_check_hostname=False,
+                       ssl_certfile=str(node.dir / "certs" / "cp.pem"),
+                       ssl_keyfile=str(node.dir / "certs" / "cp.key"))
+
+
+@pytest.mark.timeout(240)
+def test_replicated_database_with_data_internode_encryption(cluster):
+    """POST /v1/bdbs with data_internode_encryption: the endpoint serves writes through the
+    shards' tls-ports, the replica follows its master over TLS (INFO replication), plaintext
+    on a shard's tls-port is refused, and a failover (the master killed) keeps serving."""
+    api = rest_client(cluster, timeout=30)
+    reply = api.post("/v1/bdbs", json={"name": "dpine", "replication": True,
+                                       "memory_size": 32 << 20,
+                                       "data_internode_encryption": True})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["data_internode_encryption"] is True
+    uid, port = reply.json()["uid"], reply.json()["port"]
+    wait_until(lambda: api.get(f"/v1/actions/{reply.json()['action_uid']}").json()["status"]
+               == "completed", 90, what="bdb_create")
+    endpoint = redis.Redis(cluster.nodes[1].address, port, socket_timeout=5)
+    wait_until(lambda: endpoint.set("k0", "v0"), 30, what="the endpoint",
+               ignoring=(redis.ConnectionError, redis.ResponseError))
+    for i in range(100):
+        assert endpoint.set(f"k{i}", f"v{i}")
+    shards = shards_of(api, uid)
+    master, replica = shards["master"], shards["replica"]
+    assert master["tls_port"] and master["tls_port"] != master["port"]
+
+    # The proxy reaches the master over TLS: its clients there are TLS connections from the
+    # node's address (CLIENT LIST's laddr is the tls-port).
+    on_master = tls_to_shard(cluster, master)
+    laddrs = [c["laddr"] for c in on_master.client_list()]
+    assert any(a.endswith(f":{master['tls_port']}") for a in laddrs), laddrs
+    # The replica follows the master's tls-port, in sync.
+    on_replica = tls_to_shard(cluster, replica)
+    wait_until(lambda: on_replica.info("replication")["master_link_status"] == "up", 30,
+               what="the replica's link")
+    assert on_replica.info("replication")["master_port"] == master["tls_port"]
+    assert wait_until(lambda: on_replica.get("k99"), 10, what="the write on the replica") == b"v99"
+
+    # Plaintext on the tls-port is refused.
+    node = cluster.nodes[master["node_uid"]]
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(node.address, master["tls_port"], socket_timeout=5).ping()
+
+    # Failover: the master killed, the replica takes over, the endpoint keeps serving.
+    os.kill(master["pid"], signal.SIGKILL)
+    wait_until(lambda: api.get(f"/v1/shards/{replica['uid']}").json()["role"] == "master", 30,
+               0.05, "the failover")
+    assert wait_until(lambda: endpoint.get("k42"), 30, what="reads after the failover",
+                      ignoring=(redis.ConnectionError, redis.ResponseError)) == b"v42"
+    assert endpoint.set("after", "failover") and endpoint.get("after") == b"failover"
