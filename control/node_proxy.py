@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import msgspec
@@ -87,7 +86,7 @@ from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.sealing import reveal_text
-from control.tls import ca_file, cert_file, key_file
+from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
@@ -374,6 +373,12 @@ class NodeProxy:
             log.info("database %d: client TLS %s", uid,
                      "on, client certificates " + ("required" if "tls_ca_cert_file" in tls
                                                    else "not asked for") if tls else "off")
+        shard_tls = self._shard_tls(bdb)
+        if tls_stamp(shard_tls) != applied.setdefault("shard_tls", tls_stamp(shard_tls)):
+            # The node's renewed `cp` certificate, for connections opened to shards from now on.
+            await trio.to_thread.run_sync(endpoint.call, ProxyConfig(**shard_tls).apply_shard_tls)
+            applied["shard_tls"] = tls_stamp(shard_tls)
+            log.info("database %d: shard TLS certificate loaded again", uid)
         if multi_slot != applied.get("multi_slot_commands"):
             await trio.to_thread.run_sync(
                 endpoint.call, lambda proxy: proxy.set_multi_slot_commands(multi_slot))
@@ -479,11 +484,10 @@ def served_map(bdb: schema.Bdb, shard_map: schema.BdbMap) -> dict:
 
 
 def tls_stamp(tls: dict) -> tuple:
-    """The TLS settings and their files' identities (mtime, inode: a renewal replaces a file by
-    rename): a change means the endpoint must load them again."""
-    files = tuple((os.stat(path).st_mtime_ns, os.stat(path).st_ino)
-                  for name, path in sorted(tls.items()) if name.endswith("_file"))
-    return tuple(sorted(tls.items())) + files
+    """The TLS settings and their files' identities: a change means the endpoint must load
+    them again."""
+    return tuple(sorted(tls.items())) + files_stamp(
+        path for name, path in sorted(tls.items()) if name.endswith("_file"))
 
 
 def query_buffer_limit(bdb: schema.Bdb) -> int:

@@ -46,7 +46,7 @@ import trio
 from control import access, ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect, info
-from control.tls import ca_file, cert_file, key_file
+from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
 log = logging.getLogger("redis_mgr")
@@ -120,8 +120,11 @@ def wanted(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
            master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None) -> dict:
     """What redis_mgr keeps applied to a running shard; `acl`: its ACL users
     (access.database_acl)."""
+    tls = data_tls(config, shard, bdb)
     return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
-            "persistence": persistence(shard, bdb), "tls": data_tls(config, shard, bdb),
+            "persistence": persistence(shard, bdb), "tls": tls,
+            # (a renewed certificate is loaded again: setting tls-cert-file reloads it)
+            "tls_files": files_stamp(v for k, v in sorted(tls.items()) if k.endswith("-file")),
             "acl": acl or {}}
 
 
@@ -330,7 +333,8 @@ class RedisMgr:
         if running.applied == want:
             return
         async with await connect(self.config.address, shard.port) as conn:
-            if want["tls"] != running.applied.get("tls"):
+            if (want["tls"], want["tls_files"]) != \
+                    (running.applied.get("tls"), running.applied.get("tls_files")):
                 # Before REPLICAOF: a replica of a TLS master connects with tls-replication.
                 await conn.execute("CONFIG", "SET", *(x for kv in want["tls"].items() for x in kv))
                 log.info("shard %d: data-path TLS %s", shard.uid,

@@ -13,6 +13,7 @@ import socket
 import pytest
 import redis
 from clusters import DATABASE_SERVICES, rest_client, rest_cluster
+from test_client_tls import write_pair
 from waiting import wait_until
 
 from control import certificates
@@ -22,13 +23,6 @@ from dmc.processes import free_port, stop_process
 pytestmark = pytest.mark.timeout(120)
 
 HOST = "127.0.0.1"
-
-
-def write_pair(folder, stem: str, pair: certificates.Pair) -> tuple[str, str]:
-    cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
-    cert.write_bytes(pair.certificate)
-    key.write_bytes(pair.key)
-    return str(cert), str(key)
 
 
 @pytest.fixture(scope="module")
