@@ -12,11 +12,13 @@ import socket
 
 import pytest
 import redis
+from click.testing import CliRunner
 from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from test_client_tls import write_pair
 from waiting import wait_until
 
 from control import certificates
+from control.cli import main
 from dmc.local import start_redis, start_proxy
 from dmc.processes import free_port, stop_process
 
@@ -186,7 +188,8 @@ def tls_to_shard(cluster, shard: dict) -> redis.Redis:
 def test_replicated_database_with_data_internode_encryption(cluster):
     """POST /v1/bdbs with data_internode_encryption: the endpoint serves writes through the
     shards' tls-ports, the replica follows its master over TLS (INFO replication), plaintext
-    on a shard's tls-port is refused, and a failover (the master killed) keeps serving."""
+    on a shard's tls-port is refused, and a failover (the master killed) keeps serving; then
+    `dmc db update --no-data-internode-encryption` switches it off without a restart."""
     api = rest_client(cluster, timeout=30)
     reply = api.post("/v1/bdbs", json={"name": "dpine", "replication": True,
                                        "memory_size": 32 << 20,
@@ -231,3 +234,21 @@ def test_replicated_database_with_data_internode_encryption(cluster):
     assert wait_until(lambda: endpoint.get("k42"), 30, what="reads after the failover",
                       ignoring=(redis.ConnectionError, redis.ResponseError)) == b"v42"
     assert endpoint.set("after", "failover") and endpoint.get("after") == b"failover"
+
+    # Switched off with the CLI: CONFIG SET on the running shards (the tls-port closes), the
+    # endpoint back on the plain ports, the data still there.
+    result = CliRunner().invoke(main, ["db", "update", "dpine", "--no-data-internode-encryption",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    assert api.get(f"/v1/bdbs/{uid}").json()["data_internode_encryption"] is False
+    promoted = cluster.nodes[replica["node_uid"]]
+
+    def tls_port_closed() -> bool:
+        try:
+            socket.create_connection((promoted.address, replica["tls_port"]), 1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+    wait_until(tls_port_closed, 30, what="the tls-port closed")
+    assert wait_until(lambda: endpoint.get("after"), 30, what="the endpoint over plain shards",
+                      ignoring=(redis.ConnectionError, redis.ResponseError)) == b"failover"
