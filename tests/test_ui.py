@@ -130,6 +130,23 @@ def fill(browser, css: str, value: str) -> None:
     field.send_keys(value)
 
 
+def submit_form(browser, page: str) -> None:
+    """Submit the database form and wait for `page`; submitted again while the database is
+    being changed by another action (the REST API's 409, shown in the form), as a user would."""
+    browser.find_element(By.ID, "submit-db").click()
+
+    def landed():
+        if browser.current_url.endswith(page):
+            return True
+        error = text(browser, "#form-error")
+        if "being changed by action" in error:
+            browser.find_element(By.ID, "submit-db").click()
+        else:
+            assert not error, error
+        return False
+    wait_until(landed, PAGE, 0.5, f"the page {page}", ignoring=CHANGING)
+
+
 def confirm(browser) -> None:
     wait_until(lambda: browser.find_element(By.ID, "confirm").is_displayed(), PAGE, 0.05,
                "the confirmation dialog")
@@ -287,9 +304,7 @@ def test_edit_the_database(browser, url, created):
     assert browser.find_element(By.ID, "field-name").get_attribute("value") == "ui-db"
     browser.find_element(By.CSS_SELECTOR,
                          "#field-eviction_policy option[value='allkeys-lru']").click()
-    browser.find_element(By.ID, "submit-db").click()
-    wait_until(lambda: browser.current_url.endswith(f"#/databases/{created['uid']}"), PAGE, 0.1,
-               "the database's page")
+    submit_form(browser, f"#/databases/{created['uid']}")
     wait_until(lambda: "allkeys-lru" in text(browser, "#db-overview"), 40, 0.2,
                "the new eviction policy shown")
     r = redis.Redis(FIRST_ADDRESS, created["port"], socket_timeout=5)

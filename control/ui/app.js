@@ -210,16 +210,14 @@ async function clusterPage() {
   const nodes = h("div", { id: "nodes" });
   const alerts = h("div", { id: "alerts" });
   const events = h("div", { id: "events" });
-  let members = [];
   view.replaceChildren(
     h("div", { class: "page-head" }, h("h1", {}, "Cluster"), h("span", { class: "spacer" }),
-      h("button", { id: "add-node", onclick: () => addNode(members) }, "Add node")),
+      h("button", { id: "add-node", onclick: () => addNode() }, "Add node")),
     cards, panel("Nodes", nodes),
     h("div", { class: "grid2" }, panel("Alerts raised", alerts), panel("Event log", events)));
 
   await every(2000, async () => {
     const [cluster, nodeList] = await Promise.all([get("/v1/cluster"), get("/v1/nodes")]);
-    members = nodeList;
     cards.replaceChildren(
       card("Master node", cluster.master_node_uid ? `node ${cluster.master_node_uid}` : "none",
            "master-node"),
@@ -273,7 +271,8 @@ async function clusterPage() {
 // A node is a machine running dmc's services: it joins from there (as a Redis Enterprise node
 // joins from its own set-up), so the UI says how, and the new node shows in the table once the
 // master has taken it in.
-function addNode(nodeList) {
+async function addNode() {
+  const nodeList = await get("/v1/nodes");
   const peer = nodeList.find((n) => n.master && n.gossip_port) || nodeList.find((n) => n.gossip_port);
   const join = peer ? `dmc node join ${peer.addr}:${peer.gossip_port} --address <its address> ` +
     "--ca-dir <a copy of a node's certs folder>" : "(no node answers: try again)";
