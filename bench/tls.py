@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Client TLS throughput: dmcproxy with TLS vs dmcproxy plaintext vs redis-server's own
-tls-port and plain port, over the same 3 shards (the figures of bench/RESULTS.md, "Client TLS").
+tls-port and plain port, over the same 3 shards (the figures of bench/RESULTS.md, "Client TLS");
+and data-path internode encryption (DPINE): a plaintext dmcproxy over the shards' tls-ports.
 
     python3 bench/tls.py [--requests 200000] [--clients 50] [--threads 1]
 
@@ -13,6 +14,8 @@ GET and SET one at a time, GET and SET pipelined 16 deep), in turn, on:
     direct TLS    shard 1's tls-port (redis-server's own TLS)
     dmcproxy      the plaintext proxy
     dmcproxy TLS  the TLS proxy
+    DPINE         a plaintext proxy whose shard connections speak TLS (--shard-tls, the
+                  shards' tls-ports): what data_internode_encryption costs, beside "dmcproxy"
 
 prints requests/s (redis-benchmark's) and the CPU µs per request of the process that served
 them (the proxy alone for the proxies; /proc/PID/stat, an upper bound on a loaded machine).
@@ -100,11 +103,16 @@ def main() -> None:
                                               "--tls-cert-file", pki["cert"],
                                               "--tls-key-file", pki["key"])
             started.append(tls_proxy)
+            dpine_proxy, dpine_port = start_proxy([(HOST, tls) for _, tls, _ in shards], 0,
+                                                  folder, *threads, "--shard-tls",
+                                                  "--shard-tls-ca-cert-file", pki["ca"])
+            started.append(dpine_proxy)
             tls = ["--tls", "--cacert", pki["ca"]]
             targets = [("direct", shards[0][0], shards[0][2], []),
                        ("direct TLS", shards[0][1], shards[0][2], tls),
                        ("dmcproxy", plain_port, plain_proxy, []),
-                       ("dmcproxy TLS", tls_port, tls_proxy, tls)]
+                       ("dmcproxy TLS", tls_port, tls_proxy, tls),
+                       ("DPINE", dpine_port, dpine_proxy, [])]
             print(f"client TLS: {args.requests} requests a workload, {args.clients} clients, "
                   f"dmcproxy --threads {args.threads}; requests/s (CPU µs per request of the "
                   "serving process)")

@@ -295,6 +295,9 @@ def _settings_options(f, *, create: bool):
                      type=click.Path(exists=True, dir_okay=False),
                      help="A client certificate (PEM file) the database trusts; repeat for "
                           "more (replaces the list)."),
+        click.option("--data-internode-encryption/--no-data-internode-encryption", default=None,
+                     help="DPINE: the proxies reach the shards, and replicas their masters, "
+                          "over TLS (data_internode_encryption)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -313,7 +316,7 @@ def _settings(port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands=None, oss_cluster=None, proxy_threads=None,
               backup_interval=None, backup_location=None, query_buffer_limit=None,
               allow_privileged_port=None, tls=None, tls_client_auth=None,
-              tls_client_certs=()) -> dict:
+              tls_client_certs=(), data_internode_encryption=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
              "client_query_buffer_limit": query_buffer_limit,
              "allow_privileged_port": allow_privileged_port or None,
@@ -326,7 +329,8 @@ def _settings(port, memory, replication, persistence, aof_policy, password,
              "enforce_client_authentication": None if tls_client_auth is None
              else ("enabled" if tls_client_auth else "disabled"),
              "authentication_ssl_client_certs": [
-                 {"client_cert": Path(f).read_text()} for f in tls_client_certs] or None}
+                 {"client_cert": Path(f).read_text()} for f in tls_client_certs] or None,
+             "data_internode_encryption": data_internode_encryption}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -345,14 +349,14 @@ def db():
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
               backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
-              tls_client_certs, dry_run, wait, home):
+              tls_client_certs, data_internode_encryption, dry_run, wait, home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
         multi_slot_commands, oss_cluster, proxy_threads, backup_interval, backup_location,
         query_buffer_limit, allow_privileged_port, tls=tls, tls_client_auth=tls_client_auth,
-        tls_client_certs=tls_client_certs)}
+        tls_client_certs=tls_client_certs, data_internode_encryption=data_internode_encryption)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -436,14 +440,15 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
               backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
-              tls_client_certs, dry_run, wait, home):
+              tls_client_certs, data_internode_encryption, dry_run, wait, home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
     body = _settings(port, memory, replication, persistence, aof_policy, password,
                      eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
                      backup_interval, backup_location, query_buffer_limit, allow_privileged_port,
-                     tls=tls, tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs)
+                     tls=tls, tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs,
+                     data_internode_encryption=data_internode_encryption)
     if new_name is not None:
         body["name"] = new_name
     if not body:
@@ -525,7 +530,7 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
                aof_policy, password, eviction_policy, multi_slot_commands, oss_cluster,
                proxy_threads, backup_interval,
                backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
-               tls_client_certs, home):
+               tls_client_certs, data_internode_encryption, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
     if os.path.isdir(backup):
@@ -544,7 +549,8 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
                         eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
                         backup_interval,
                         backup_location, query_buffer_limit, allow_privileged_port, tls=tls,
-                        tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs)}
+                        tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs,
+                        data_internode_encryption=data_internode_encryption)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])
     reply = api.call("POST", f"/v1/bdbs/{created['uid']}/actions/import",

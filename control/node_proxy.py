@@ -21,6 +21,10 @@ database's port. A Trio task per database follows CCS:
   `run/tls/<bdb>-clients.pem`). Switching TLS on or off applies to new connections (as in
   Redis Enterprise). A renewed certificate file (or a changed list) is loaded again at the next
   pass (one stat per file): new handshakes use it, connected clients keep theirs;
+- data-path internode encryption (`data_internode_encryption`, DPINE): the endpoint reaches the
+  shards on their tls-ports (the map's `tls_port`s) over TLS (dmc/fastpath/tls.pxi, the
+  backends' side), verifying them against the cluster CA and showing the node's `cp`
+  certificate; switching it on or off re-opens the endpoint (its clients reconnect);
 - with `oss_cluster`, the OSS Cluster API's topology (dmc/cluster_api.py: the nodes of the
   map's master shards, each as its proxy, this node's address and the database's port) is set
   in the same call as each map, so CLUSTER SLOTS and -MOVED follow failovers and migrations;
@@ -73,7 +77,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import msgspec
@@ -83,7 +86,7 @@ from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect
 from control.sealing import reveal_text
-from control.tls import ca_file, cert_file, key_file
+from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc import cluster_api
 from dmc._fastpath import set_input_budget
 from dmc.endpoint import Endpoint, EndpointStopped
@@ -307,14 +310,16 @@ class NodeProxy:
     async def _install_one(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
         applied = self.applied.get(uid, {})
         endpoint = self.endpoints.get(uid)
-        smap = ShardMap.from_dict(schema.as_dict(shard_map))
+        smap = ShardMap.from_dict(served_map(bdb, shard_map))
         password = reveal_text(self.config.dir, bdb.authentication_redis_pass) \
             or None
         multi_slot = bdb.multi_slot_commands or "refuse"
         threads = bdb.proxy_threads or 1
         tls = self._tls(uid, bdb)
+        dpine = bdb.data_internode_encryption
         if endpoint is not None and (applied.get("port") != bdb.port or
-                                     applied.get("threads") != threads):
+                                     applied.get("threads") != threads or
+                                     applied.get("dpine") != dpine):
             self._close(uid)
             endpoint, applied = None, {}
         if endpoint is None:
@@ -323,13 +328,13 @@ class NodeProxy:
                 await self._report(uid, reason)
                 raise OSError(f"port {bdb.port} cannot be bound: {reason}")
             endpoint = await trio.to_thread.run_sync(self._open, bdb, password, smap, multi_slot,
-                                                     threads, tls)
+                                                     threads, {**tls, **self._shard_tls(bdb)})
             self.endpoints[uid] = endpoint
             await self._report(uid, None)
             await self._apply_fence(endpoint)
             applied = {"version": smap.version, "paused": False, "port": bdb.port,
                        "password": password, "multi_slot_commands": multi_slot,
-                       "threads": threads, "tls": tls_stamp(tls)}
+                       "threads": threads, "tls": tls_stamp(tls), "dpine": dpine}
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
@@ -368,6 +373,12 @@ class NodeProxy:
             log.info("database %d: client TLS %s", uid,
                      "on, client certificates " + ("required" if "tls_ca_cert_file" in tls
                                                    else "not asked for") if tls else "off")
+        shard_tls = self._shard_tls(bdb)
+        if tls_stamp(shard_tls) != applied.setdefault("shard_tls", tls_stamp(shard_tls)):
+            # The node's renewed `cp` certificate, for connections opened to shards from now on.
+            await trio.to_thread.run_sync(endpoint.call, ProxyConfig(**shard_tls).apply_shard_tls)
+            applied["shard_tls"] = tls_stamp(shard_tls)
+            log.info("database %d: shard TLS certificate loaded again", uid)
         if multi_slot != applied.get("multi_slot_commands"):
             await trio.to_thread.run_sync(
                 endpoint.call, lambda proxy: proxy.set_multi_slot_commands(multi_slot))
@@ -427,6 +438,15 @@ class NodeProxy:
             tls.update(tls_ca_cert_file=str(path), tls_auth_clients="yes")
         return tls
 
+    def _shard_tls(self, bdb: schema.Bdb) -> dict:
+        """ProxyConfig's shard_tls_* settings of the database ({}: plaintext shards)."""
+        if not bdb.data_internode_encryption:
+            return {}
+        d = self.config.dir
+        return {"shard_tls": True, "shard_tls_ca_cert_file": str(ca_file(d)),
+                "shard_tls_cert_file": str(cert_file(d, "cp")),
+                "shard_tls_key_file": str(key_file(d, "cp"))}
+
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)
         self.applied.pop(uid, None)
@@ -451,12 +471,23 @@ class NodeProxy:
                         field=self.config.uid)
 
 
+def served_map(bdb: schema.Bdb, shard_map: schema.BdbMap) -> dict:
+    """The map as the endpoint serves it: with DPINE each shard's address is its tls-port
+    (one without a tls-port keeps its port; redis_mgr leaves it plaintext too)."""
+    served = schema.as_dict(shard_map)
+    if bdb.data_internode_encryption:
+        for shard in served["shards"]:
+            if shard.get("tls_port"):
+                host = shard["address"].rpartition(":")[0]
+                shard["address"] = f"{host}:{shard['tls_port']}"
+    return served
+
+
 def tls_stamp(tls: dict) -> tuple:
-    """The TLS settings and their files' identities (mtime, inode: a renewal replaces a file by
-    rename): a change means the endpoint must load them again."""
-    files = tuple((os.stat(path).st_mtime_ns, os.stat(path).st_ino)
-                  for name, path in sorted(tls.items()) if name.endswith("_file"))
-    return tuple(sorted(tls.items())) + files
+    """The TLS settings and their files' identities: a change means the endpoint must load
+    them again."""
+    return tuple(sorted(tls.items())) + files_stamp(
+        path for name, path in sorted(tls.items()) if name.endswith("_file"))
 
 
 def query_buffer_limit(bdb: schema.Bdb) -> int:

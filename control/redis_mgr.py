@@ -7,6 +7,12 @@ It reconciles, on every change notice and every POLL_EVERY seconds:
   node's address on the shard's port, with `maxmemory` = the database's memory size over its
   shard count and its eviction policy; a change of either is applied with CONFIG SET;
 - a replica is pointed at its master shard's address (REPLICAOF), a master replicates nobody;
+- with the database's data_internode_encryption (DPINE) on, each shard also serves its
+  `tls-port` (the shard record's, beside its port) with the node's `cp` certificate and
+  `tls-auth-clients yes` (a client must show a certificate the cluster CA signed), and a
+  replica follows its master's tls-port with `tls-replication yes`; switched on or off with
+  CONFIG SET, no restart. The plain port stays, for the node's own services (node_wd's probe,
+  redis_mgr, backup_mgr), as CCS keeps its own under CPINE;
 - every shard of a database gets the ACL users its `roles_permissions` give (control/access.py
   `database_acl`: the users of each role, with the password hash and the rules of its
   redis_acl), set with ACL SETUSER on masters and replicas alike (Redis does not replicate
@@ -40,6 +46,7 @@ import trio
 from control import access, ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
 log = logging.getLogger("redis_mgr")
@@ -69,6 +76,7 @@ def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
         f"maxmemory-policy {bdb.eviction_policy}",
     ]
     lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
+    lines += [f'{name} "{value}"' for name, value in data_tls(config, shard, bdb).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -87,16 +95,37 @@ def persistence(shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
     }
 
 
+def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
+    """The shard's TLS settings (DPINE): its tls-port with the node's `cp` certificate, client
+    certificates required, replication over TLS; off: no tls-port, plain replication."""
+    if not dpine(shard, bdb):
+        return {"tls-port": "0", "tls-replication": "no"}
+    return {"tls-cert-file": str(cert_file(config.dir, "cp")),
+            "tls-key-file": str(key_file(config.dir, "cp")),
+            "tls-ca-cert-file": str(ca_file(config.dir)), "tls-auth-clients": "yes",
+            "tls-port": str(shard.tls_port), "tls-replication": "yes"}
+
+
+def dpine(shard: schema.Shard, bdb: schema.Bdb) -> bool:
+    """The database asks for data-path encryption and the shard has a tls-port (one made
+    before tls-ports existed has none: it stays plaintext)."""
+    return bdb.data_internode_encryption and bool(shard.tls_port)
+
+
 def maxmemory(bdb: schema.Bdb) -> int:
     return max(1 << 20, int(bdb.memory_size) // max(1, int(bdb.shards_count)))
 
 
-def wanted(shard: schema.Shard, bdb: schema.Bdb, master: tuple[str, int] | None,
-           acl: dict[str, list[str]] | None = None) -> dict:
+def wanted(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
+           master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None) -> dict:
     """What redis_mgr keeps applied to a running shard; `acl`: its ACL users
     (access.database_acl)."""
+    tls = data_tls(config, shard, bdb)
     return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
-            "persistence": persistence(shard, bdb), "acl": acl or {}}
+            "persistence": persistence(shard, bdb), "tls": tls,
+            # (a renewed certificate is loaded again: setting tls-cert-file reloads it)
+            "tls_files": files_stamp(v for k, v in sorted(tls.items()) if k.endswith("-file")),
+            "acl": acl or {}}
 
 
 async def apply_acl(conn, folder, acl: dict[str, list[str]]) -> None:
@@ -264,7 +293,7 @@ class RedisMgr:
         folder = self.config.shards_dir / str(shard.uid)
         folder.mkdir(parents=True, exist_ok=True)
         conf = shard_conf(self.config, shard, bdb)
-        master = self._master_of(shard, records, nodes)
+        master = self._master_of(shard, bdb, records, nodes)
         if master:
             conf += f"replicaof {master[0]} {master[1]}\n"
         (folder / "redis.conf").write_text(conf)
@@ -279,29 +308,37 @@ class RedisMgr:
                     log.info("started shard %d on port %d (pid %d)", shard.uid, shard.port,
                              proc.pid)
                     # a new process has no ACL users yet: _configure gives them
-                    started.applied = {**wanted(shard, bdb, master), "acl": None}
+                    started.applied = {**wanted(self.config, shard, bdb, master), "acl": None}
                     return started
             except OSError:
                 time.sleep(0.02)
         started.stop()
         return None
 
-    def _master_of(self, shard: schema.Shard, records: dict[int, schema.Shard],
+    def _master_of(self, shard: schema.Shard, bdb: schema.Bdb, records: dict[int, schema.Shard],
                    nodes: dict) -> tuple[str, int] | None:
+        """Where a replica replicates from: its master's port, or its tls-port with DPINE."""
         if shard.role != "replica":
             return None
         master = records.get(shard.master_uid)
         if master is None or master.node_uid not in nodes:
             return None
-        return nodes[master.node_uid]["address"], master.port
+        return nodes[master.node_uid]["address"], \
+            master.tls_port if dpine(master, bdb) and dpine(shard, bdb) else master.port
 
     async def _configure(self, running: Shard, shard: schema.Shard, bdb: schema.Bdb,
                          records: dict[int, schema.Shard], nodes: dict) -> None:
-        want = wanted(shard, bdb, self._master_of(shard, records, nodes),
+        want = wanted(self.config, shard, bdb, self._master_of(shard, bdb, records, nodes),
                       access.database_acl(bdb, *self.access))
         if running.applied == want:
             return
         async with await connect(self.config.address, shard.port) as conn:
+            if (want["tls"], want["tls_files"]) != \
+                    (running.applied.get("tls"), running.applied.get("tls_files")):
+                # Before REPLICAOF: a replica of a TLS master connects with tls-replication.
+                await conn.execute("CONFIG", "SET", *(x for kv in want["tls"].items() for x in kv))
+                log.info("shard %d: data-path TLS %s", shard.uid,
+                         f"on (tls-port {shard.tls_port})" if dpine(shard, bdb) else "off")
             if want["master"] != running.applied.get("master"):
                 if want["master"]:
                     await conn.execute("REPLICAOF", *map(str, want["master"]))

@@ -154,6 +154,10 @@ class BdbSettings(BaseModel):
     authentication_ssl_client_certs: list[ClientCert] = Field(
         None, max_length=256, description="client certificates trusted besides those the "
         "cluster CA signed (a listed certificate itself is trusted, not only its issuer)")
+    data_internode_encryption: bool = Field(
+        None, description="data-path internode encryption (DPINE, Redis Enterprise's name): "
+        "the proxies reach the shards, and replicas their masters, over TLS (each shard's "
+        "tls-port, the nodes' `cp` certificates, mutual); default false")
 
     roles_permissions: list[RolePermission] = Field(
         None, max_length=256, description="which roles' users may log in to the database "
@@ -231,6 +235,7 @@ class BdbCreate(BdbSettings):
     enforce_client_authentication: Literal[ENABLED_DISABLED] = "disabled"
     authentication_ssl_client_certs: list[ClientCert] = Field(default_factory=list,
                                                               max_length=256)
+    data_internode_encryption: bool = False
     roles_permissions: list[RolePermission] = Field(default_factory=list, max_length=256)
 
 
@@ -280,6 +285,8 @@ class Bdb(BaseModel):
     enforce_client_authentication: str | None = Field(
         None, description="enabled: clients must present a trusted certificate")
     authentication_ssl_client_certs: list[dict] | None = None
+    data_internode_encryption: bool | None = Field(
+        None, description="proxy to shard and shard replication over TLS (DPINE)")
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
                                         "0: none")
     backup_location: str | None = Field(None, description="the folder of its backups")
@@ -348,6 +355,8 @@ class Shard(BaseModel):
     node_uid: int | None = None
     role: str | None = None
     port: int | None = None
+    tls_port: int | None = Field(None, description="its tls-port, served while its database "
+                                 "has data_internode_encryption on")
     slots: Any = None
     status: str = Field("unknown", description="as redis_mgr last saw the process")
 

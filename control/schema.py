@@ -174,6 +174,7 @@ class Bdb(msgspec.Struct, kw_only=True):
     multi_slot_commands: str = "refuse"           # or sequential (dmc/fastpath/sequential.pxi)
     tls_mode: str = "disabled"                    # enabled: clients speak TLS (dmc/fastpath/tls.pxi)
     enforce_client_authentication: str = "disabled"     # enabled: a client certificate is required
+    data_internode_encryption: bool = False       # DPINE: proxy -> shard and replication over TLS
     authentication_ssl_client_certs: list[dict] = []    # [{client_cert: PEM}] trusted with the CA
     backup_interval: int = 0
     backup_location: str | None = None
@@ -197,6 +198,7 @@ class Shard(msgspec.Struct, kw_only=True):
     role: str                                     # master, replica
     port: int
     slots: list[list[int]]                        # [[first, last], ...]
+    tls_port: int = 0                             # its tls-port, when its database has DPINE on
     master_uid: int | None = None                 # a replica's master
     restart_after: float | None = None            # node_wd: start a failed master again
 
@@ -223,6 +225,7 @@ class MapShard(msgspec.Struct, kw_only=True):
     uid: int
     address: str                                  # host:port
     slots: list[list[int]]
+    tls_port: int = 0                             # the shard's tls-port (DPINE), 0: none
 
 
 class BdbMap(msgspec.Struct, kw_only=True):
@@ -344,7 +347,9 @@ async def relocate(redis, shard: Shard, node: int, shards: dict[int, Shard]) -> 
     """Place the shard on `node`, on a free port there (redis_mgr starts it, and the old
     node's stops it)."""
     shard.node_uid = node
-    shard.port = free_shard_port({s.port for s in shards.values()})
+    used = used_shard_ports(shards)
+    shard.port = free_shard_port(used)
+    shard.tls_port = free_shard_port(used)
     await put_shard(redis, shard)
 
 
@@ -357,6 +362,11 @@ def free_db_port(used: set[int]) -> int:
         if port not in used:
             return port
     raise InvalidRequest("no free database port in 10000-19999")
+
+
+def used_shard_ports(shards: dict[int, Shard]) -> set[int]:
+    """Every port the shards hold: their ports and their tls-ports."""
+    return {s.port for s in shards.values()} | {s.tls_port for s in shards.values() if s.tls_port}
 
 
 def free_shard_port(used: set[int], rng: random.Random | None = None) -> int:

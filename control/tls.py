@@ -6,6 +6,7 @@ certificate again, mutual TLS for the control plane, and a refused handshake in 
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 
@@ -24,6 +25,19 @@ def cert_file(node_dir: Path, plane: str) -> Path:
 
 def key_file(node_dir: Path, plane: str) -> Path:
     return certs_dir(node_dir) / f"{plane}.key"
+
+
+def files_stamp(paths) -> tuple:
+    """The files' identities (mtime, inode; a renewal replaces a file by rename): a change
+    means whoever loaded them must load them again (None for a file that is not there)."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_mtime_ns, st.st_ino))
+        except FileNotFoundError:
+            stamps.append(None)
+    return tuple(stamps)
 
 
 class ReloadingContext:

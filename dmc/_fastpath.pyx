@@ -10,7 +10,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
 
     loop          one turn of the epoll loop (loop_once); pause, resume, close
     client        accepted, read (client_recv), cut into requests (req_parse)
-      tls           client TLS (OpenSSL): the handshake in the loop, SSL_read / SSL_write
+      tls           client TLS (OpenSSL): the handshake in the loop, SSL_read / SSL_write;
+                    and shard TLS (data_internode_encryption): the backends' client side
       input_limit   client-query-buffer-limit, and the process's input budget
     resp          the parser (parse_request; reply_frame for replies)
     commands      the command table: lookup, key positions, routing policy, command class
@@ -336,16 +337,14 @@ cdef class Proxy:
             for i in range(self.core.nshards):
                 for j in range(self.core.shards[i].nconns):
                     b = &self.core.shards[i].conns[j]
-                    if b.fd >= 0:
-                        close(b.fd)
+                    backend_socket_close(b)
                     buf_free(&b.rbuf)
                     buf_free(&b.wbuf)
                 free(self.core.shards[i].conns)
                 for j in range(4):
                     b = self.core.shards[i].control[j] if j < 2 else self.core.shards[i].spare[j - 2]
                     if b != NULL:
-                        if b.fd >= 0:
-                            close(b.fd)
+                        backend_socket_close(b)
                         buf_free(&b.rbuf)
                         buf_free(&b.wbuf)
                         free(b)
@@ -376,6 +375,8 @@ cdef class Proxy:
             close(self.core.epfd)
         if self.core.tls_ctx != NULL:
             SSL_CTX_free(self.core.tls_ctx)
+        if self.core.shard_tls_ctx != NULL:
+            SSL_CTX_free(self.core.shard_tls_ctx)
         if self.table is not None:
             self.table.serving = False
 
@@ -637,6 +638,27 @@ cdef class Proxy:
     def tls(self):
         return self.core.tls_ctx != NULL
 
+    def set_shard_tls(self, cafile=None, certfile=None, keyfile=None):
+        """Shard TLS (tls.pxi): connections opened to shards from now on speak TLS, the shards'
+        certificates verified against cafile, certfile/keyfile (PEM) presented as the proxy's
+        client certificate. cafile None: plaintext again. Connections already open keep what
+        they started with (a shard that switched drops them; they reconnect with this)."""
+        cdef SSL_CTX *ctx = NULL
+        cdef SSL_CTX *old = self.core.shard_tls_ctx
+        if cafile is not None:
+            if certfile is not None and keyfile is None:
+                raise ValueError("a client certificate needs its key file")
+            ctx = shard_tls_context(os.fsencode(certfile) if certfile else b"",
+                                    os.fsencode(keyfile) if keyfile else b"",
+                                    os.fsencode(cafile))
+        self.core.shard_tls_ctx = ctx
+        if old != NULL:
+            SSL_CTX_free(old)       # its connections' SSLs hold references of their own
+
+    @property
+    def shard_tls(self):
+        return self.core.shard_tls_ctx != NULL
+
     def set_multi_slot_commands(self, str policy):
         """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,
         as Redis Cluster) or `sequential` (carried out in single-shard steps, sequential.pxi).
@@ -724,6 +746,8 @@ cdef class Proxy:
             "evicted_clients": self.core.evicted_clients,
             "tls": self.core.tls_ctx != NULL,
             "tls_handshake_failures": self.core.tls_handshake_failures,
+            "shard_tls": self.core.shard_tls_ctx != NULL,
+            "shard_tls_failures": self.core.shard_tls_failures,
             "shards": shards,
             "commands": self.table.counters(),
             "counters": counters_dict(&self.core),

@@ -328,11 +328,14 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
     return table
 
 
-def ask_shard(host: str, port: int, *commands: list[bytes], timeout: float = 2.0) -> list:
-    """Send commands to one shard over a plain blocking socket; their replies, decoded."""
+def ask_shard(host: str, port: int, *commands: list[bytes], timeout: float = 2.0,
+              ssl_context=None) -> list:
+    """Send commands to one shard over a blocking socket (TLS with ssl_context, an
+    ssl.SSLContext); their replies, decoded."""
     reader = hiredis.Reader()
     replies = []
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as plain, \
+            (ssl_context.wrap_socket(plain) if ssl_context else plain) as sock:
         sock.sendall(encode_commands(commands))
         while len(replies) < len(commands):
             data = sock.recv(1 << 20)
@@ -354,26 +357,27 @@ def _redis_version(info: bytes) -> str:
     return "unknown"
 
 
-def _config_params(host: str, port: int, timeout: float) -> dict[str, str] | None:
+def _config_params(host: str, port: int, timeout: float, ssl_context=None) -> dict[str, str] | None:
     """The configuration a shard applies, {name: value} (aliases included), or None if it does
     not tell (CONFIG renamed, say): CONFIG SET then refuses every name it does not allow. Read
     when the proxy starts: the values CONFIG SET answers as no-ops."""
     try:
-        flat = ask_shard(host, port, [b"CONFIG", b"GET", b"*"], timeout=timeout)[0]
+        flat = ask_shard(host, port, [b"CONFIG", b"GET", b"*"], timeout=timeout,
+                         ssl_context=ssl_context)[0]
     except ConnectionError:
         return None
     return {flat[i].decode(): flat[i + 1].decode(errors="replace") for i in range(0, len(flat), 2)}
 
 
-def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0):
-    """(command table, redis_version) from the first shard that answers; ConnectionError if
-    none does."""
+def table_from_shards(shards: list[tuple[str, int]], timeout: float = 2.0, ssl_context=None):
+    """(command table, redis_version) from the first shard that answers (over TLS with
+    ssl_context); ConnectionError if none does."""
     errors = []
     for host, port in shards:
         try:
             commands, info = ask_shard(host, port, [b"COMMAND"], [b"INFO", b"server"],
-                                       timeout=timeout)
-            params = _config_params(host, port, timeout)
+                                       timeout=timeout, ssl_context=ssl_context)
+            params = _config_params(host, port, timeout, ssl_context)
             return build_table(compile_command_reply(commands, params)), _redis_version(info)
         except OSError as exc:
             errors.append(f"{host}:{port}: {exc}")

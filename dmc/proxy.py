@@ -8,7 +8,10 @@ file gives explicit slot ranges. On SIGHUP the config file is read again and its
 installed with the next version, without dropping client connections. With
 --tls-cert-file/--tls-key-file the endpoint speaks TLS to its clients (terminated in the compiled
 loop, dmc/fastpath/tls.pxi), optionally verifying their certificates against --tls-ca-cert-file;
-SIGHUP loads the certificate files again (clients already connected keep theirs). This module
+SIGHUP loads the certificate files again (clients already connected keep theirs). With
+--shard-tls the proxy's connections to its shards speak TLS (their tls-port, the shards'
+certificates verified against --shard-tls-ca-cert-file, --shard-tls-cert-file/--shard-tls-key-file
+presented as the proxy's own: a database's data_internode_encryption). This module
 only sets things up and handles those rare events; the per-command work is in dmc._fastpath.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -57,6 +61,32 @@ class ProxyConfig:
     tls_key_file: str = ""      #   and its key
     tls_ca_cert_file: str = ""  #   CA(s) client certificates are verified against
     tls_auth_clients: str = "no"    # no | optional | yes, as redis-server's tls-auth-clients
+    shard_tls: bool = False     # shard TLS: the shards' addresses are their tls-ports
+    shard_tls_ca_cert_file: str = ""    # the shards' certificates are verified against it
+    shard_tls_cert_file: str = ""       # the proxy's client certificate (PEM) and key, if any
+    shard_tls_key_file: str = ""
+
+    def apply_shard_tls(self, proxy: _fastpath.Proxy) -> None:
+        """The shard TLS settings on proxy (between two turns of its loop), files loaded now."""
+        if not self.shard_tls:
+            proxy.set_shard_tls(None)
+            return
+        if not self.shard_tls_ca_cert_file:
+            raise ValueError("shard TLS needs the CA file the shards' certificates verify against")
+        proxy.set_shard_tls(self.shard_tls_ca_cert_file, self.shard_tls_cert_file or None,
+                            self.shard_tls_key_file or self.shard_tls_cert_file or None)
+
+    def shard_ssl_context(self) -> ssl.SSLContext | None:
+        """The same, for the blocking connections made before the loop runs (COMMAND)."""
+        if not self.shard_tls:
+            return None
+        context = ssl.create_default_context(cafile=self.shard_tls_ca_cert_file or None)
+        context.check_hostname = False      # (as the loop's: the CA signs only the cluster's nodes)
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        if self.shard_tls_cert_file:
+            context.load_cert_chain(self.shard_tls_cert_file,
+                                    self.shard_tls_key_file or self.shard_tls_cert_file)
+        return context
 
     def apply_tls(self, proxy: _fastpath.Proxy) -> None:
         """The TLS settings on proxy (between two turns of its loop): loaded from the files
@@ -109,6 +139,10 @@ def load_config(path: str) -> ProxyConfig:
         tls_key_file = ""
         tls_ca_cert_file = ""   # client certificates are verified against these CAs
         tls_auth_clients = "no" # "optional" or "yes" (a client certificate is required)
+        shard_tls = false    # connections to the shards over TLS (the shards' tls-ports)
+        shard_tls_ca_cert_file = ""  # the shards' certificates verify against it
+        shard_tls_cert_file = ""     # the proxy's client certificate and key (tls-auth-clients)
+        shard_tls_key_file = ""
     """
     with open(path, "rb") as f:
         raw = tomllib.load(f)
@@ -116,7 +150,8 @@ def load_config(path: str) -> ProxyConfig:
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
              "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
              "tracking_max_keys", "hold_ms", "oss_cluster", "threads", "tls_cert_file",
-             "tls_key_file", "tls_ca_cert_file", "tls_auth_clients"}
+             "tls_key_file", "tls_ca_cert_file", "tls_auth_clients", "shard_tls",
+             "shard_tls_ca_cert_file", "shard_tls_cert_file", "shard_tls_key_file"}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
@@ -152,13 +187,13 @@ def bind_failure(bind: str, port: int) -> str | None:
         return f"{bind}:{port}: {exc.strerror or exc}"
 
 
-def wait_for_table(shards, deadline_s: float):
+def wait_for_table(shards, deadline_s: float, ssl_context: ssl.SSLContext | None = None):
     """(command table, redis_version) from the first shard that answers; shards may still be
     starting."""
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            return table_from_shards(shards)
+            return table_from_shards(shards, ssl_context=ssl_context)
         except ConnectionError:
             if time.monotonic() >= deadline:
                 raise
@@ -174,7 +209,8 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap,
     dmc.endpoint.Endpoint both use it. The caller owns the socket."""
     sock = listen(cfg.bind, cfg.port, reuse_port)
     try:
-        table, version = wait_for_table(list(shard_map.shards), cfg.wait_shards_s)
+        table, version = wait_for_table(list(shard_map.shards), cfg.wait_shards_s,
+                                        cfg.shard_ssl_context())
         proxy = _fastpath.Proxy(sock.fileno(), table, max_clients=cfg.max_clients,
                                 backend_timeout_ms=cfg.backend_timeout_ms,
                                 conns_per_shard=cfg.conns_per_shard, server_version=version,
@@ -185,6 +221,7 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap,
                                 client_query_limit=cfg.client_query_buffer_limit,
                                 hold_ms=cfg.hold_ms)
         cfg.apply_tls(proxy)
+        cfg.apply_shard_tls(proxy)
         install_shard_map(proxy, shard_map)
         if cfg.oss_cluster:
             apply_standalone_cluster(proxy, shard_map, sock.getsockname()[:2])
@@ -330,13 +367,22 @@ def log(msg: str) -> None:
 @click.option("--tls-auth-clients", type=click.Choice(list(TLS_AUTH_CLIENTS)),
               help="Client certificates: no (not asked for), optional (verified if sent) or "
                    "yes (required), as redis-server's tls-auth-clients. [no]")
+@click.option("--shard-tls", is_flag=True, default=None,
+              help="Connect to the shards over TLS (the --shard addresses are their tls-ports).")
+@click.option("--shard-tls-ca-cert-file", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate(s) the shards' certificates are verified against.")
+@click.option("--shard-tls-cert-file", type=click.Path(exists=True, dir_okay=False),
+              help="The proxy's client certificate for the shards (PEM; tls-auth-clients yes).")
+@click.option("--shard-tls-key-file", type=click.Path(exists=True, dir_okay=False),
+              help="Its private key (PEM).")
 @click.option("--oss-cluster", is_flag=True, default=None,
               help="The OSS Cluster API: CLUSTER SLOTS/SHARDS/NODES ... answered with this proxy "
                    "as the cluster's one node, for cluster clients.")
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
          client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
          timeout, multi_slot_commands, tracking_max_keys, threads, tls_cert_file, tls_key_file,
-         tls_ca_cert_file, tls_auth_clients, oss_cluster):
+         tls_ca_cert_file, tls_auth_clients, shard_tls, shard_tls_ca_cert_file, shard_tls_cert_file,
+         shard_tls_key_file, oss_cluster):
     """Serve one database over its redis-server shards."""
     try:
         cfg = load_config(config_path) if config_path else ProxyConfig()
@@ -352,7 +398,10 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("oss_cluster", oss_cluster), ("threads", threads),
                             ("tls_cert_file", tls_cert_file), ("tls_key_file", tls_key_file),
                             ("tls_ca_cert_file", tls_ca_cert_file),
-                            ("tls_auth_clients", tls_auth_clients)):
+                            ("tls_auth_clients", tls_auth_clients), ("shard_tls", shard_tls),
+                            ("shard_tls_ca_cert_file", shard_tls_ca_cert_file),
+                            ("shard_tls_cert_file", shard_tls_cert_file),
+                            ("shard_tls_key_file", shard_tls_key_file)):
             if value is not None:
                 setattr(cfg, name, value)
         if shards:

@@ -217,7 +217,8 @@ class Machine:
         version = (old.version if old else 0) + 1
         nodes = await self.nodes()
         value = schema.BdbMap(version=version, paused=paused, shards=[
-            schema.MapShard(uid=s.uid, address=schema.shard_address(s, nodes), slots=s.slots)
+            schema.MapShard(uid=s.uid, address=schema.shard_address(s, nodes), slots=s.slots,
+                            tls_port=s.tls_port)
             for s in sorted(masters, key=lambda s: s.slots[0][0])])
         try:
             ShardMap.from_dict(schema.as_dict(value))   # every slot owned once, or not published
@@ -250,10 +251,13 @@ class Machine:
 
     async def new_shard(self, bdb_uid: int, node_uid: int, role: str, slots,
                         master_uid: int | None = None) -> schema.Shard:
-        used = {s.port for s in (await schema.shards(self.redis)).values()}
+        used = schema.used_shard_ports(await schema.shards(self.redis))
+        # A tls-port for each shard from the start: DPINE (data_internode_encryption) can be
+        # switched on later without moving it.
         shard = schema.Shard(uid=await schema.next_uid(self.redis, "shard"), bdb_uid=bdb_uid,
                              node_uid=node_uid, role=role, port=schema.free_shard_port(used),
-                             slots=slots, master_uid=master_uid)
+                             tls_port=schema.free_shard_port(used), slots=slots,
+                             master_uid=master_uid)
         await schema.put_shard(self.redis, shard)
         return shard
 

@@ -104,8 +104,7 @@ cdef void user_free(Core *core, User *u, bint answer) noexcept nogil:
                 b.next_closed = core.closed_backends
                 core.closed_backends = b
             else:
-                if b.fd >= 0:
-                    close(b.fd)
+                backend_socket_close(b)
                 buf_free(&b.rbuf)
                 buf_free(&b.wbuf)
                 free(b)
@@ -610,8 +609,7 @@ cdef void acl_close(Core *core, bint answer) noexcept nogil:
             b.next_closed = core.closed_backends
             core.closed_backends = b
         else:
-            if b.fd >= 0:
-                close(b.fd)
+            backend_socket_close(b)
             buf_free(&b.rbuf)
             buf_free(&b.wbuf)
             free(b)

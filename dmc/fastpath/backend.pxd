@@ -58,6 +58,8 @@ cdef struct Backend:
     bint authing            #   its HELLO ... AUTH is not answered yet: nothing after it is sent (auth_hold)
     size_t auth_hold        #   bytes that may still be sent before that answer
     int auth_before         #   replies due before the AUTH's own (a WAIT connection's CLIENT ID)
+    SSL *ssl                # shard TLS (tls.pxi, core.shard_tls_ctx): its session; NULL: plaintext
+    bint tls_want_write     #   an SSL_read needs the socket writable first (read again then)
 
 
 cdef struct Shard:
@@ -108,3 +110,10 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil
 cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil
 cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil
 cdef void backends_tick(Core *core) noexcept nogil
+
+# Shard TLS (tls.pxi): the proxy's side of its connections to shards with a tls-port.
+cdef bint backend_tls_start(Core *core, Backend *b) noexcept nogil
+cdef int backend_tls_handshake(Core *core, Backend *b) noexcept nogil
+cdef ssize_t backend_tls_read(Core *core, Backend *b) noexcept nogil
+cdef ssize_t backend_tls_write(Backend *b, const char *buf, size_t n) noexcept nogil
+cdef void backend_socket_close(Backend *b) noexcept nogil

@@ -238,16 +238,31 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
     cdef int err = 0
     cdef socklen_t len = sizeof(err)
     if b.state == BK_CONNECTING:
-        getsockopt(b.fd, SOL_SOCKET, SO_ERROR, &err, &len)
-        if err != 0:
-            backend_fail(core, b, b"cannot connect to")
-            return
+        if b.ssl == NULL:
+            getsockopt(b.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+            if err != 0:
+                backend_fail(core, b, b"cannot connect to")
+                return
+            if core.shard_tls_ctx != NULL and not backend_tls_start(core, b):
+                backend_fail(core, b, b"cannot start TLS with")
+                return
+        if b.ssl != NULL:
+            # Shard TLS (tls.pxi): up once the handshake is done, in as many turns as it takes.
+            err = backend_tls_handshake(core, b)
+            if err < 0:
+                backend_fail(core, b, b"TLS handshake failed with")
+                return
+            if err == 0:
+                return
         b.state = BK_UP
         b.retry_delay_us = RETRY_MIN_US
         if b.role == ROLE_SHARED:
             default_shard_changed(core)
             if core.held_head != NULL and core.shards[b.shard].suspect_until_us <= core.now_us:
                 held_release_shard(core, b.shard)
+    elif b.tls_want_write:
+        b.tls_want_write = False    # an SSL_read waited for this (tls.pxi)
+        backend_recv(core, b)
     backend_send(core, b)
 
 
@@ -278,7 +293,10 @@ cdef void backend_send(Core *core, Backend *b) noexcept nogil:
                 break
             if len > b.auth_hold:
                 len = b.auth_hold
-        n = send(b.fd, buf_head(&b.wbuf), len, MSG_NOSIGNAL)
+        if b.ssl == NULL:
+            n = send(b.fd, buf_head(&b.wbuf), len, MSG_NOSIGNAL)
+        else:
+            n = backend_tls_write(b, buf_head(&b.wbuf), len)
         if n < 0:
             if errno == EINTR:
                 continue
@@ -302,13 +320,17 @@ cdef void backend_recv(Core *core, Backend *b) noexcept nogil:
     if buf_reserve(&b.rbuf, READ_CHUNK) < 0:
         backend_fail(core, b, b"out of memory reading from")
         return
-    n = recv(b.fd, b.rbuf.data + b.rbuf.end, b.rbuf.cap - b.rbuf.end, 0)
+    if b.ssl == NULL:
+        n = recv(b.fd, b.rbuf.data + b.rbuf.end, b.rbuf.cap - b.rbuf.end, 0)
+        if n > 0:
+            b.rbuf.end += n
+    else:
+        n = backend_tls_read(core, b)     # (moves b.rbuf.end itself)
     if n <= 0:
         if n < 0 and (errno == EAGAIN or errno == EWOULDBLOCK or errno == EINTR):
             return
         backend_fail(core, b, b"connection lost to")
         return
-    b.rbuf.end += n
     if buf_len(&b.rbuf) < b.need:
         return
     if b.role == ROLE_SUBSCRIBER and b.owner != NULL and over_output_limit(core, b.owner):
@@ -406,8 +428,7 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
         client_mark_dirty(core, b.owner)
     if b.fd >= 0:
         epoll_want(core, b.fd, b, &b.events, 0)
-        close(b.fd)
-        b.fd = -1
+        backend_socket_close(b)
     count_subscriptions(core, b, 0, 0, 0)     # the shard forgets them with the connection
     if b.role == ROLE_SHARED and b.state != BK_DOWN:
         if b.state == BK_UP:
@@ -465,8 +486,7 @@ cdef void backends_tick(Core *core) noexcept nogil:
             elif not core.shards[i].active and b.qhead == NULL and b.state == BK_UP:
                 # No longer in the map and nothing in flight: let it go.
                 epoll_want(core, b.fd, b, &b.events, 0)
-                close(b.fd)
-                b.fd = -1
+                backend_socket_close(b)
                 b.state = BK_DOWN
                 default_shard_changed(core)
         busy_tick(core, i, late)

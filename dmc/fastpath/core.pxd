@@ -116,3 +116,5 @@ cdef struct Core:
     Buf users_deleted           #   users ACL DELUSER deleted here: the other workers' clients go too
     SSL_CTX *tls_ctx            # client TLS (tls.pxi): new clients speak TLS; NULL: plaintext
     unsigned long long tls_handshake_failures   # clients closed in their TLS handshake
+    SSL_CTX *shard_tls_ctx      # shard TLS (tls.pxi): connections to shards speak TLS; NULL: plaintext
+    unsigned long long shard_tls_failures       # shard connections whose TLS handshake failed

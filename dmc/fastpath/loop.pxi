@@ -194,7 +194,8 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
             b = <Backend *>ptr
             if b.fd < 0:
                 continue        # closed earlier in this turn
-            if ev & EPOLLOUT or (b.state == BK_CONNECTING and ev & (EPOLLERR | EPOLLHUP)):
+            if ev & EPOLLOUT or (b.state == BK_CONNECTING and ev & (EPOLLIN | EPOLLERR | EPOLLHUP)):
+                # (EPOLLIN while connecting: a shard TLS handshake's next message, tls.pxi)
                 backend_writable(core, b)
             if b.state == BK_UP and ev & (EPOLLIN | EPOLLERR | EPOLLHUP):
                 backend_recv(core, b)

@@ -21,6 +21,7 @@ cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct stack_st_X509_NAME:
         pass
     const SSL_METHOD *TLS_server_method()
+    const SSL_METHOD *TLS_client_method()
     SSL_CTX *SSL_CTX_new(const SSL_METHOD *method)
     void SSL_CTX_free(SSL_CTX *ctx)
     int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *path)
@@ -39,6 +40,8 @@ cdef extern from "openssl/ssl.h" nogil:
     void SSL_free(SSL *ssl)
     int SSL_set_fd(SSL *ssl, int fd)
     void SSL_set_accept_state(SSL *ssl)
+    void SSL_set_connect_state(SSL *ssl)
+    int SSL_do_handshake(SSL *ssl)
     int SSL_read(SSL *ssl, void *buf, int n)
     int SSL_write(SSL *ssl, const void *buf, int n)
     int SSL_get_error(const SSL *ssl, int ret)

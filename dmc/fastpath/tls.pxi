@@ -141,3 +141,144 @@ cdef SSL_CTX *tls_context(bytes certfile, bytes keyfile, bytes cafile, int clien
         ERR_clear_error()
         raise
     return ctx
+
+
+# Shard TLS (data-path internode encryption, a database's data_internode_encryption): with
+# core.shard_tls_ctx (Proxy.set_shard_tls) every connection the proxy opens to a shard speaks
+# TLS to the shard's tls-port, the client side of the same OpenSSL calls as above.
+#
+# - Connect: once the TCP connect is done (backend_writable) the connection gets an SSL in
+#   connect state and stays BK_CONNECTING while SSL_do_handshake runs in the loop, on EPOLLIN
+#   or EPOLLOUT as OpenSSL asks; the shard's certificate must verify against the CA file (the
+#   cluster CA: names are not checked, the CA signs only the cluster's nodes); the proxy
+#   presents its own certificate (redis-server's tls-auth-clients yes). Only then is it BK_UP
+#   and its first bytes (HELLO, AUTH) go out. A failed handshake is a connection failure
+#   (retried with back-off, counted in core.shard_tls_failures).
+# - Read (backend_tls_read, in place of recv): SSL_read until OpenSSL wants more from the
+#   socket, the read buffer grown as needed, so nothing decrypted waits inside OpenSSL unseen
+#   by epoll. WANT_WRITE sets tls_want_write: the read is done again once writable.
+# - Write (backend_tls_write, in place of send): as tls_write (partial writes, moving buffer).
+# Plaintext shard connections pay one branch (b.ssl == NULL) per read and per write.
+
+
+cdef SSL_CTX *shard_tls_context(bytes certfile, bytes keyfile, bytes cafile) except NULL:
+    """The SSL_CTX of connections to TLS shards: TLS 1.2 and up, the shards' certificates
+    verified against cafile (PARTIAL_CHAIN: a self-signed shard certificate listed there is
+    trusted too), certfile/keyfile (if given) presented as the client certificate."""
+    cdef SSL_CTX *ctx = SSL_CTX_new(TLS_client_method())
+    if ctx == NULL:
+        raise MemoryError(tls_error_text())
+    try:
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION)
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        if certfile:
+            if SSL_CTX_use_certificate_chain_file(ctx, certfile) != 1:
+                raise ValueError(f"TLS certificate {certfile.decode()}: {tls_error_text()}")
+            if SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1:
+                raise ValueError(f"TLS key {keyfile.decode()}: {tls_error_text()}")
+            if SSL_CTX_check_private_key(ctx) != 1:
+                raise ValueError(f"TLS key {keyfile.decode()} is not the certificate's: {tls_error_text()}")
+        if SSL_CTX_load_verify_locations(ctx, cafile, NULL) != 1:
+            raise ValueError(f"TLS CA file {cafile.decode()}: {tls_error_text()}")
+        X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_PARTIAL_CHAIN)
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
+    except BaseException:
+        SSL_CTX_free(ctx)
+        ERR_clear_error()
+        raise
+    return ctx
+
+
+cdef bint backend_tls_start(Core *core, Backend *b) noexcept nogil:
+    """The connected socket of b gets its SSL, in connect state; False if OpenSSL cannot."""
+    b.ssl = SSL_new(core.shard_tls_ctx)
+    b.tls_want_write = False
+    if b.ssl == NULL or SSL_set_fd(b.ssl, b.fd) != 1:
+        ERR_clear_error()
+        return False
+    SSL_set_connect_state(b.ssl)
+    return True
+
+
+cdef int backend_tls_handshake(Core *core, Backend *b) noexcept nogil:
+    """One step of the handshake: 1 done, 0 waiting for the socket (epoll set), -1 failed."""
+    cdef int r = SSL_do_handshake(b.ssl)
+    cdef int err
+    if r == 1:
+        return 1
+    err = SSL_get_error(b.ssl, r)
+    if err == SSL_ERROR_WANT_READ:
+        epoll_want(core, b.fd, b, &b.events, EPOLLIN)
+        return 0
+    if err == SSL_ERROR_WANT_WRITE:
+        epoll_want(core, b.fd, b, &b.events, EPOLLIN | EPOLLOUT)
+        return 0
+    core.shard_tls_failures += 1
+    ERR_clear_error()
+    return -1
+
+
+cdef ssize_t backend_tls_read(Core *core, Backend *b) noexcept nogil:
+    """As recv() into b.rbuf (its end moved here): bytes read (> 0), 0 when the connection is
+    over, -1 with errno EAGAIN when nothing is to be read now."""
+    cdef size_t total = 0
+    cdef size_t room
+    cdef int n, err
+    while True:
+        if buf_reserve(&b.rbuf, READ_CHUNK) < 0:
+            break               # what was read is handled; the next read tries again
+        room = b.rbuf.cap - b.rbuf.end
+        if room > 0x40000000:
+            room = 0x40000000
+        n = SSL_read(b.ssl, b.rbuf.data + b.rbuf.end, <int>room)
+        if n > 0:
+            b.rbuf.end += <size_t>n
+            total += <size_t>n
+            continue
+        err = SSL_get_error(b.ssl, n)
+        if err == SSL_ERROR_WANT_READ:
+            break
+        if err == SSL_ERROR_WANT_WRITE:
+            b.tls_want_write = True
+            epoll_want(core, b.fd, b, &b.events, b.events | EPOLLOUT)
+            break
+        ERR_clear_error()       # close_notify, a reset, or a TLS error: the connection is over
+        if total > 0:
+            break
+        return 0
+    if total == 0:
+        errno = EAGAIN
+        return -1
+    return <ssize_t>total
+
+
+cdef ssize_t backend_tls_write(Backend *b, const char *buf, size_t n) noexcept nogil:
+    """As send(): bytes written (> 0), or -1 with errno EAGAIN or EPIPE."""
+    cdef int r, err
+    if n > 0x40000000:
+        n = 0x40000000
+    r = SSL_write(b.ssl, buf, <int>n)
+    if r > 0:
+        return r
+    err = SSL_get_error(b.ssl, r)
+    if err == SSL_ERROR_WANT_WRITE or err == SSL_ERROR_WANT_READ:
+        errno = EAGAIN
+    else:
+        ERR_clear_error()
+        errno = EPIPE
+    return -1
+
+
+cdef void backend_socket_close(Backend *b) noexcept nogil:
+    """Close b's socket (fd -1 after): its SSL, if any, freed first (a close_notify, one try)."""
+    if b.ssl != NULL:
+        if SSL_is_init_finished(b.ssl):
+            SSL_shutdown(b.ssl)
+        ERR_clear_error()
+        SSL_free(b.ssl)
+        b.ssl = NULL
+    b.tls_want_write = False
+    if b.fd >= 0:
+        close(b.fd)
+        b.fd = -1
