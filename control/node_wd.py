@@ -50,6 +50,10 @@ log = logging.getLogger("node_wd")
 PROBE_EVERY = 0.2           # each shard of the node is PINGed this often
 POLICY_EVERY = 0.25         # the master's HA checks, without change notices
 REPLICA_HA_AFTER = 5.0      # a replica on a node down this long is re-created elsewhere
+# ... and never in the first HA_STARTUP_GRACE s of this node_wd's HA checks: after a whole-cluster
+# restart every node looks down until its heartbeat reaches the new master, and a replica
+# re-created elsewhere leaves its old folder -- maybe the database's only disk copy -- deleted
+HA_STARTUP_GRACE = 15.0
 RECOVERY_WAIT = 60.0        # a dead master waits this long for the replica holding its data
 HEALTH_EVERY = 2.0          # the node's disk and own CCS copy are checked this often
 NODE_HEALTH = "node_health"     # hash: node uid -> {uid, ccs, disk, disk_free, disk_total, ...}
@@ -64,6 +68,7 @@ class NodeWd:
         self.answers: dict[int, str | None] = {}    # shard uid -> None (answered) or why not
         self.reported: dict[int, dict] = {}         # shard uid -> the health last written
         self.node_down_since: dict[int, float] = {}
+        self.ha_since: float | None = None          # the first HA check of this process
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -150,6 +155,8 @@ class NodeWd:
             self.probers.pop(uid)[1].cancel()
             self.answers.pop(uid, None)
         for uid, error in list(self.answers.items()):
+            if uid not in mine:         # its prober ended meanwhile (the shard moved away)
+                continue
             await self._report(uid, mine[uid], error)
             if error is not None:
                 self._fence(uid, mine[uid], states[uid])
@@ -220,8 +227,10 @@ class NodeWd:
 
     async def enforce(self, redis) -> None:
         view = await read_view(redis)
-        up = set(view.up)
+        up = set(view.up) | {self.config.uid}      # this one runs: its heartbeat may lag
         now = time.monotonic()
+        if self.ha_since is None:
+            self.ha_since = now
         for uid in view.nodes:
             if uid in up:
                 self.node_down_since.pop(uid, None)
@@ -234,7 +243,8 @@ class NodeWd:
             if shard.role == "master" and view.failed(shard):
                 await self._master_failed(redis, shard, view, bdb)
             elif shard.role == "replica" and shard.node_uid not in up and \
-                    now - self.node_down_since.get(shard.node_uid, now) >= REPLICA_HA_AFTER:
+                    now - self.node_down_since.get(shard.node_uid, now) >= REPLICA_HA_AFTER \
+                    and now - self.ha_since >= HA_STARTUP_GRACE:
                 master = view.shards.get(shard.master_uid)
                 if master is not None and not view.failed(master):
                     await self._replace_replica(redis, shard, view)

@@ -77,9 +77,17 @@ class Machine:
         except ActionFailed as exc:
             log.warning("action %s (%s) failed: %s", action.action_uid, action.name, exc)
             schema.set_fields(action, status="failed", error=str(exc))
+            await self.reconnect()
             await self.finish(ok=False)
         await self.save()
         await self.release()
+
+    async def reconnect(self) -> None:
+        """A CCS connection again if ours was closed: a request cancelled half-way (a step
+        given up for a shard that went down) closes it, and the failure must still be saved
+        -- else the action, left `active`, is run again by the next pick-up."""
+        if self.redis.closed:
+            self.redis = await self.exec.session.local()
 
     async def save(self) -> None:
         try:

@@ -135,6 +135,7 @@ class BdbBackup(Machine):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(work, nursery.cancel_scope)
             nursery.start_soon(watch, nursery.cancel_scope)
+        await self.reconnect()      # the one of them cancelled may have been mid-request
         if "down" in outcome:
             raise ActionFailed(f"master shards {outcome['down']} went down; the backup gave "
                                "way to their failover")

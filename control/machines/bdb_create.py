@@ -10,6 +10,8 @@ from control import schema
 from control.cluster_view import node_load, pair_nodes, pick_node, place
 from control.machines.base import START_TIMEOUT, ActionFailed, Machine
 
+NODES_UP_GRACE = 10.0   # s a placement waits for enough nodes up (ccs.HEARTBEAT_TTL_MS and more)
+
 
 class BdbCreate(Machine):
     steps = (("place", 20), ("start_shards", 60), ("sync_replicas", 75), ("publish", 85),
@@ -22,18 +24,27 @@ class BdbCreate(Machine):
         covered = [m.slots for m in await self.masters_of(bdb.uid)]
         missing = [r for r in schema.split_slots(bdb.shards_count) if r not in covered]
         if missing:
-            load = node_load(await schema.shards(self.redis))
-            try:
-                placement = place(len(missing), bdb.replication,
-                                         sorted(await self.up()), load)
-            except schema.InvalidRequest as exc:
-                raise ActionFailed(str(exc)) from None
+            placement = await self._placement(len(missing), bdb.replication)
             for slots, (m_node, r_node) in zip(missing, placement):
                 master = await self.new_shard(bdb.uid, m_node, "master", slots)
                 if r_node is not None:
                     await self.new_shard(bdb.uid, r_node, "replica", slots, master.uid)
         if bdb.replication:
             await self.add_missing_replicas(strict=True)
+
+    async def _placement(self, count: int, replication: bool):
+        """Nodes for `count` masters (and replicas). Too few nodes up is given NODES_UP_GRACE:
+        the request was accepted with enough (cnm_http checks), and a master elected meanwhile
+        sees the others up only once their heartbeats reach it."""
+        deadline = trio.current_time() + NODES_UP_GRACE
+        while True:
+            load = node_load(await schema.shards(self.redis))
+            try:
+                return place(count, replication, sorted(await self.up()), load)
+            except schema.InvalidRequest as exc:
+                if trio.current_time() > deadline:
+                    raise ActionFailed(str(exc)) from None
+            await trio.sleep(0.5)
 
     async def start_shards(self) -> None:
         deadline = trio.current_time() + START_TIMEOUT
