@@ -143,10 +143,12 @@ def shard_failed(shard: schema.Shard, states: dict, health: dict, up) -> bool:
 
 def serving_replica(master: schema.Shard, shards: dict[int, schema.Shard], states: dict,
                     health: dict, up) -> schema.Shard | None:
-    """A replica of `master` that runs and answers: what a failover promotes."""
+    """A replica of `master` that runs, answers and holds a copy of its data (redis_mgr's
+    `synced`; absent in a state an older redis_mgr wrote): what a failover promotes."""
     return next((r for r in shards.values() if r.master_uid == master.uid
                  and r.role == "replica"
                  and (states.get(r.uid) or {}).get("status") == "running"
+                 and (states.get(r.uid) or {}).get("synced", True)
                  and not shard_failed(r, states, health, up)), None)
 
 

@@ -17,7 +17,12 @@ It reconciles, on every change notice and every POLL_EVERY seconds:
   `database_acl`: the users of each role, with the password hash and the rules of its
   redis_acl), set with ACL SETUSER on masters and replicas alike (Redis does not replicate
   ACLs), so `AUTH name password` through the proxy is checked by the shard;
-- a shard process that is no longer in CCS is stopped and its folder removed.
+- a shard process that is no longer in CCS is stopped and its folder removed;
+- a replica is reported `synced` once it holds a copy of its master's data: it completed a
+  sync (INFO replication: master_link_status up, no sync in progress), remembered by the file
+  `synced` in its folder, which a restart keeps only where the database persists on replicas
+  (its data came back from its own disk). A failover promotes only a synced replica
+  (cluster_view.serving_replica): a replica just re-created elsewhere is empty until then.
 
 It notices a shard process that died within POLL_EVERY (it has to, to start it again) and
 reports it in CCS's `shard_state` hash. A dead replica, or a dead master of a database without
@@ -50,6 +55,7 @@ from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
 log = logging.getLogger("redis_mgr")
+SYNCED = "synced"     # in a replica's folder: it holds a copy of its master's data
 
 POLL_EVERY = 0.1          # how often shard processes are checked for life
 RECONCILE_EVERY = 1.0     # a full pass even without change notices
@@ -158,6 +164,7 @@ class Shard:
         self.proc = proc
         self.pid = proc.pid if proc else read_pid(folder)
         self.applied: dict = {}        # what was last applied: role, master address, config
+        self.synced = (folder / SYNCED).exists()    # a copy of its master's data (a replica)
 
     def alive(self) -> bool:
         if self.proc is not None:
@@ -278,7 +285,22 @@ class RedisMgr:
                 return
             self.shards[uid] = running
         await self._configure(running, shard, bdb, records, nodes)
-        await self._report(uid, "running", shard, pid=running.pid)
+        if shard.role == "replica" and not running.synced:
+            await self._check_synced(running, shard)
+        await self._report(uid, "running", shard, pid=running.pid,
+                           **({"synced": running.synced} if shard.role == "replica" else {}))
+
+    async def _check_synced(self, running: Shard, shard: schema.Shard) -> None:
+        try:
+            async with await connect(self.config.address, shard.port) as conn:
+                replication = await info(conn, "replication")
+        except (RedisUnavailable, ReplyError):
+            return
+        if replication.get("master_link_status") == "up" and \
+                replication.get("master_sync_in_progress") == "0":
+            (running.folder / SYNCED).touch()
+            running.synced = True
+            log.info("replica shard %d synced with its master", shard.uid)
 
     def _may_start(self, shard: schema.Shard, bdb: schema.Bdb, state: dict | None) -> bool:
         """A master that died while it had a replica waits for cnm_exec's decision."""
@@ -292,6 +314,8 @@ class RedisMgr:
                nodes: dict) -> Shard | None:
         folder = self.config.shards_dir / str(shard.uid)
         folder.mkdir(parents=True, exist_ok=True)
+        if not schema.persists(bdb, "replica"):
+            (folder / SYNCED).unlink(missing_ok=True)    # a new process starts empty
         conf = shard_conf(self.config, shard, bdb)
         master = self._master_of(shard, bdb, records, nodes)
         if master:
