@@ -54,6 +54,7 @@ REPLICA_HA_AFTER = 5.0      # a replica on a node down this long is re-created e
 # restart every node looks down until its heartbeat reaches the new master, and a replica
 # re-created elsewhere leaves its old folder -- maybe the database's only disk copy -- deleted
 HA_STARTUP_GRACE = 15.0
+BUSY_SAMPLE = 0.2           # s over which a shard that does not answer is seen using the CPU
 RECOVERY_WAIT = 60.0        # a dead master waits this long for the replica holding its data
 HEALTH_EVERY = 2.0          # the node's disk and own CCS copy are checked this often
 NODE_HEALTH = "node_health"     # hash: node uid -> {uid, ccs, disk, disk_free, disk_total, ...}
@@ -183,12 +184,26 @@ class NodeWd:
                     except ReplyError:
                         self.answers[uid] = None        # -LOADING, -BUSY: alive, busy
                     except RedisUnavailable as exc:
-                        self.answers[uid] = str(exc)
+                        # A script or a long command runs its busy-reply-threshold (5 s)
+                        # before redis-server answers -BUSY, and no answer at all before: a
+                        # process on the CPU is busy, not dead (a stopped or hung one is not)
+                        self.answers[uid] = None if await self._on_cpu(uid) else str(exc)
                     await trio.sleep_until(started + PROBE_EVERY)
             finally:
                 if conn is not None:
                     with trio.CancelScope(shield=True):
                         await conn.aclose()
+
+    async def _on_cpu(self, uid: int) -> bool:
+        """The shard's process runs, and used at least half a core over BUSY_SAMPLE seconds."""
+        pid = redis_mgr.read_pid(self.config.shards_dir / str(uid))
+        before = pid and process_cpu(pid)
+        if not before:
+            return False
+        await trio.sleep(BUSY_SAMPLE)
+        after = process_cpu(pid)
+        return bool(after) and after[0] == "R" and \
+            after[1] - before[1] >= BUSY_SAMPLE * os.sysconf("SC_CLK_TCK") / 2
 
     def _fence(self, uid: int, shard: schema.Shard, state: dict) -> None:
         """A master that stopped answering and has since been failed over (its record now says
@@ -299,6 +314,16 @@ class NodeWd:
         log.warning("replica shard %d: node %d is down, re-created on node %d",
                     shard.uid, shard.node_uid, target)
         await schema.relocate(redis, shard, target, view.shards)
+
+
+def process_cpu(pid: int) -> tuple[str, int] | None:
+    """(state, utime + stime in clock ticks) of a process, from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[11]) + int(fields[12])
 
 
 main = service_command("node_wd", NodeWd)

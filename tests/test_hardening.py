@@ -244,6 +244,28 @@ def test_a_node_that_cannot_bind_the_port_later_shows_the_endpoint_failed(cluste
 
 # ---- a removed node -----------------------------------------------------------------------------
 
+def test_a_master_busy_with_a_script_is_not_failed_over(cluster, api):
+    """A script runs 4 s on a master shard (under Redis's busy-reply-threshold of 5 s it answers
+    nothing, not even -BUSY): node_wd sees its process on the CPU and takes it for busy, not
+    dead -- no failover, as one redis-server would stay itself."""
+    created = api.post("/v1/bdbs", json={"name": "scripted", "memory_size": 8 << 20,
+                                         "replication": True})
+    assert created.status_code == 200, created.text
+    wait_action(api, created.json()["action_uid"])
+    uid = created.json()["uid"]
+    master = next(s for s in api.get("/v1/shards").json()
+                  if s["bdb_uid"] == uid and s["role"] == "master")
+    address = cluster.nodes[master["node_uid"]].address
+    spin = "local t = redis.call('TIME') repeat until redis.call('TIME')[1] - t[1] >= 4 return 1"
+    started = time.monotonic()
+    assert redis.Redis(address, master["port"], socket_timeout=30).eval(spin, 0) == 1
+    assert time.monotonic() - started >= 4
+    assert api.get(f"/v1/shards/{master['uid']}").json()["role"] == "master"
+    assert not [a for a in api.get("/v1/actions").json() if a["name"] == "shard_failover"
+                and a["object_uid"] == master["uid"]]
+    wait_action(api, api.delete(f"/v1/bdbs/{uid}").json()["action_uid"])
+
+
 def test_a_removed_node_stops_every_service_and_does_not_join_again(cluster, api):
     master = cluster.wait_for_master()
     uid = next(u for u in (3, 2) if u != master)
