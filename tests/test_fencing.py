@@ -315,7 +315,7 @@ def test_the_minority_side_of_a_partition_acknowledges_no_write_once_its_lease_i
                 # first may still place it on the old one)
                 wait_until(lambda: _replicating(
                     cluster, cluster.shards(db["uid"])[masters[0]["uid"]]), timeout=60,
-                    what="the old master replicating the new one")
+                    what="the old master replicating the new one", ignoring=(redis.RedisError,))
                 reader = cluster.client(other, db["port"])
                 found = dict(zip(keys, reader.mget(keys)))
                 found_m = dict(zip(majority.keys, reader.mget(majority.keys)))
