@@ -256,7 +256,8 @@ def test_a_master_busy_with_a_script_is_not_failed_over(cluster, api):
     master = next(s for s in api.get("/v1/shards").json()
                   if s["bdb_uid"] == uid and s["role"] == "master")
     address = cluster.nodes[master["node_uid"]].address
-    spin = "local t = redis.call('TIME') repeat until redis.call('TIME')[1] - t[1] >= 4 return 1"
+    spin = ("local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end "
+            "local s = now() repeat until now() - s >= 4000000 return 1")
     started = time.monotonic()
     assert redis.Redis(address, master["port"], socket_timeout=30).eval(spin, 0) == 1
     assert time.monotonic() - started >= 4
