@@ -29,7 +29,7 @@ import msgspec
 
 from control import ccs, schema
 from control.node import admin_credentials, check_admin
-from control.redis_client import ReplyError
+from control.redis_client import checked
 
 USERS = "users"                    # hash: user uid -> User
 ROLES = "roles"                    # hash: role uid -> Role
@@ -213,23 +213,15 @@ async def count_failure(redis, name: str, policy: dict) -> tuple[int, int]:
     """One more failed login as `name`: (failures counted, seconds locked now: 0 or the
     lockout's duration once the threshold is reached)."""
     key = login_failures_key(name)
-    count, _ = _replies(await redis.pipeline([
+    count, _ = checked(await redis.pipeline([
         ("INCR", key), ("EXPIRE", key, policy["login_lockout_counter_reset_after"], "NX")]))
     threshold = policy["login_lockout_threshold"]
     if threshold and int(count) >= threshold:
-        _replies(await redis.pipeline([("SET", lockout_key(name), "1", "EX",
+        checked(await redis.pipeline([("SET", lockout_key(name), "1", "EX",
                                         policy["login_lockout_duration"]), ("DEL", key)]))
         return int(count), policy["login_lockout_duration"]
     return int(count), 0
 
-
-def _replies(replies: list) -> list:
-    """A pipeline's replies, its first error reply raised (a master whose copy was fenced
-    meanwhile answers NOREPLICAS or READONLY)."""
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            raise reply
-    return replies
 
 
 async def clear_failures(redis, name: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgspec
 import trio
 
-from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
+from control.redis_client import RedisUnavailable, ReplyError, checked, connect, subscribe
 
 CHANGES = "ccs:changes"            # pub/sub: the name of every key that changed
 
@@ -57,26 +57,20 @@ async def write(redis, key: str, value, *, field=None, px: int | None = None) ->
         cmd = ("SET", key, pack(value), "PX", px)
     else:
         cmd = ("SET", key, pack(value))
-    for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
-        if isinstance(reply, ReplyError):
-            raise reply
+    checked(await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]))
 
 
 async def write_fields(redis, key: str, values: dict) -> None:
     """HSET of several fields at once (one command: no reader sees some of them changed and
     not the others), announced on CHANGES."""
     cmd = ("HSET", key, *(x for f, v in values.items() for x in (str(f), pack(v))))
-    for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
-        if isinstance(reply, ReplyError):
-            raise reply
+    checked(await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]))
 
 
 async def delete(redis, key: str, *fields) -> None:
     """DEL the key (or HDEL its `fields`) and announce it on CHANGES, in one round trip."""
     cmd = ("HDEL", key, *map(str, fields)) if fields else ("DEL", key)
-    for reply in await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]):
-        if isinstance(reply, ReplyError):
-            raise reply
+    checked(await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]))
 
 
 async def read(redis, key: str, type=None):

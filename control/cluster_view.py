@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import trio
 
 from control import ccs, discovery, schema
-from control.redis_client import RedisUnavailable, ReplyError, info
+from control.redis_client import RedisUnavailable, ReplyError, checked, info
 
 UNFINISHED = ("pending", "active")
 
@@ -79,10 +79,7 @@ async def read_view(r, *, with_actions: bool = False) -> ClusterView:
             ("HGETALL", schema.SHARDS), ("HGETALL", schema.SHARD_STATE),
             ("HGETALL", schema.SHARD_HEALTH)] + \
         ([("HGETALL", schema.ACTIONS)] if with_actions else [])
-    replies = await r.pipeline(cmds)
-    for reply in replies:
-        if isinstance(reply, ReplyError):
-            raise reply
+    replies = checked(await r.pipeline(cmds))
     master = ccs.unpack(replies[0])
     nodes, states, health = (ccs.int_hash(replies[i]) for i in (1, 4, 5))
     bdbs = ccs.int_hash(replies[2], schema.Bdb)

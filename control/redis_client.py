@@ -126,6 +126,15 @@ class Redis:
         return _convert(reply)
 
 
+def checked(replies: list) -> list:
+    """A pipeline's replies, its first error reply raised (Redis.pipeline returns them in the
+    list: a master whose copy was fenced meanwhile answers NOREPLICAS or READONLY)."""
+    for reply in replies:
+        if isinstance(reply, ReplyError):
+            raise reply
+    return replies
+
+
 def parse_info(text: bytes | str) -> dict[str, str]:
     """INFO's reply as {field: value} (section headers and blank lines dropped)."""
     if isinstance(text, bytes):
