@@ -261,6 +261,24 @@ def test_watch_inside_multi_is_refused_and_the_transaction_runs(ports, conns):
     assert want[2] == b"ERR WATCH inside MULTI is not allowed" and want[4] == [b"OK", b"OK"]
 
 
+def test_sort_inside_multi_runs_in_the_transaction(ports, conns):
+    """The suite's `SORT sorted set BY nosort should retain ordering`: SORT queued in MULTI
+    (its keys: the sorted key and STORE's destination, which Redis gives no key spec)."""
+    def run(port):
+        c = conns(port)
+        c.call("DEL", "{t}z", "{t}dst")
+        c.call("ZADD", "{t}z", "1", "a", "5", "b", "2", "c", "10", "d")
+        queued = [c.call(*cmd) for cmd in (
+            ("MULTI",), ("SORT", "{t}z", "BY", "nosort", "ASC"),
+            ("SORT_RO", "{t}z", "BY", "nosort", "DESC", "LIMIT", "0", "2"),
+            ("SORT", "{t}z", "BY", "{t}w_*", "STORE", "{t}dst"), ("EXEC",))]
+        return queued, c.call("LRANGE", "{t}dst", "0", "-1")
+
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[0][-1] == [[b"a", b"c", b"b", b"d"], [b"d", b"b"], 4]
+
+
 # --------------------------------------------------------------------------- SORT patterns
 
 SORT_DATA = [("RPUSH", "{s}list", "3", "1", "2"), ("MSET", "{s}w_1", "30", "{s}w_2", "10",
