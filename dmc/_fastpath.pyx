@@ -661,6 +661,12 @@ cdef class Proxy:
     def shard_tls(self):
         return self.core.shard_tls_ctx != NULL
 
+    def set_keyspace_relay(self, bint on):
+        """Whether this proxy relays the shards' keyspace notifications to the pub/sub shard
+        (pubsub.pxi); off where another proxy of the same database does."""
+        self.core.keyspace_relay_off = not on
+        relays_sync(&self.core)
+
     def set_multi_slot_commands(self, str policy):
         """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,
         as Redis Cluster) or `sequential` (carried out in single-shard steps, sequential.pxi).
