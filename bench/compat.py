@@ -287,15 +287,28 @@ class LocalClusterTarget:
         self.policy = policy
 
     def cli(self, *args: str, timeout: float = 300) -> str:
-        return subprocess.run([sys.executable, "-m", "control.cli", *args, "--home",
-                               str(self.home)], check=True, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL).stdout
+        done = subprocess.run([sys.executable, "-m", "control.cli", *args, "--home",
+                               str(self.home)], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError(f"dmc {' '.join(args)}: exit {done.returncode}: "
+                               f"{(done.stderr or done.stdout).strip()}")
+        return done.stdout
 
     def start(self) -> tuple[str, int]:
         # As `dmc cluster create --nodes 3`, with a longer wait for the election: the node
         # services start slowly on a loaded 2-core machine.
         from control.local_cluster import LocalCluster, loopback_addresses
         LocalCluster.create(self.home, loopback_addresses(3, self.address), timeout=240)
+        deadline = time.monotonic() + 240
+        while True:                     # the REST API starts after the election
+            try:
+                self.cli("db", "list", timeout=60)
+                break
+            except (RuntimeError, subprocess.TimeoutExpired):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         port = free_port(self.address)
         self.cli("db", "create", "default", "--shards", "2", "--replication", "--port",
                  str(port), "--multi-slot-commands", self.policy)
@@ -305,7 +318,7 @@ class LocalClusterTarget:
         if (self.home / "cluster.json").exists():
             try:
                 self.cli("cluster", "delete", timeout=120)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"compat: deleting the cluster in {self.home} failed: {exc}",
                       file=sys.stderr)
 
