@@ -29,6 +29,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
         sort_sequential   SORT BY / GET patterns over keys of several shards (sequential)
+        blocking_sequential   BLPOP ... BZMPOP, BLMOVE over several shards (sequential): try
+                          each key in order, then wait on every key's shard at once
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
       cluster_api   the OSS Cluster API (oss_cluster): CLUSTER SLOTS ... answered, -MOVED to
                     the proxy of the node whose master shard holds the keys
@@ -90,6 +92,7 @@ include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
 include "fastpath/sort_sequential.pxi"
+include "fastpath/blocking_sequential.pxi"
 include "fastpath/cluster_api.pxi"
 include "fastpath/workers.pxi"
 

@@ -1,0 +1,330 @@
+"""The blocking pops and moves over keys of several shards (issue 15) through a 3-shard dmcproxy
+with `--multi-slot-commands sequential`, compared with one redis-server: the exact reply bytes
+(RESP2 and RESP3) when a key has an element, when the client waits and a push on another shard
+wakes it, and when it times out; and, with several shards ready at once or several clients
+waiting on the same keys, every element served once and none lost (design:
+dmc/fastpath/blocking_sequential.pxi)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conftest import start_database
+from replies import Error, Incomplete, RespConn, parse_frame
+from test_multislot import data_of, filled, shard_keys
+from waiting import wait_until
+
+
+class RawConn(RespConn):
+    """A RespConn whose replies are the exact frame bytes (a nil array and a nil bulk differ)."""
+
+    def read_raw(self, timeout: float | None = None) -> bytes:
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        while True:
+            try:
+                _, pos = parse_frame(self.buf)
+                frame, self.buf = self.buf[:pos], self.buf[pos:]
+                return frame
+            except Incomplete:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionError("connection closed")
+                self.buf += data
+
+    def call_raw(self, *args) -> bytes:
+        self.send(args)
+        return self.read_raw()
+
+
+@pytest.fixture(scope="module")
+def seqdb(tmp_path_factory):
+    d = start_database(tmp_path_factory.mktemp("seqblk"),
+                       proxy_args=("--multi-slot-commands", "sequential"))
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def seq(seqdb):
+    for i in range(len(seqdb.shard_ports)):
+        seqdb.shard(i).flushall()
+    return seqdb
+
+
+def ref_port(ref) -> int:
+    return ref.connection_pool.connection_kwargs["port"]
+
+
+def connect(port: int, resp3: bool) -> RawConn:
+    c = RawConn(port, timeout=10)
+    if resp3:
+        c.call("HELLO", "3")
+    return c
+
+
+# Replies when a key has an element (or an error, or a short timeout that passes): one
+# redis-server's bytes, step by step. {a}, {b}, {c} live on three different shards.
+NOT_BLOCKING = {
+    "blpop": [["RPUSH", "{b}", "x", "y"], ["BLPOP", "{a}", "{b}", "{c}", "1"],
+              ["RPUSH", "{a}", "1"], ["BLPOP", "{c}", "{b}", "{a}", "0"],
+              ["BLPOP", "{c}", "{a}", "{b}", "0"], ["BLPOP", "{c}", "{a}", "{b}", "0.05"]],
+    "brpop": [["RPUSH", "{c}", "x", "y"], ["BRPOP", "{a}", "{b}", "{c}", "1"],
+              ["BRPOP", "{a}", "{b}", "0.05"]],
+    "blmpop": [["RPUSH", "{b}", "1", "2", "3"], ["BLMPOP", "1", "3", "{a}", "{b}", "{c}", "LEFT"],
+               ["BLMPOP", "0", "2", "{a}", "{b}", "RIGHT", "COUNT", "5"],
+               ["BLMPOP", "0.05", "2", "{a}", "{b}", "LEFT"]],
+    "bzpop": [["ZADD", "{b}", "1", "m", "2.5", "n"], ["ZADD", "{c}", "0", "z"],
+              ["BZPOPMIN", "{a}", "{b}", "{c}", "1"], ["BZPOPMAX", "{a}", "{b}", "{c}", "0"],
+              ["BZPOPMAX", "{a}", "{b}", "{c}", "0"], ["BZPOPMIN", "{a}", "{b}", "0.05"]],
+    "bzmpop": [["ZADD", "{c}", "1", "m", "2", "n", "3", "o"],
+               ["BZMPOP", "1", "3", "{a}", "{b}", "{c}", "MIN", "COUNT", "2"],
+               ["BZMPOP", "0", "2", "{b}", "{c}", "MAX"], ["BZMPOP", "0.05", "2", "{a}", "{b}", "MIN"]],
+    "blmove": [["RPUSH", "{a}", "1", "2", "3"], ["BLMOVE", "{a}", "{b}", "LEFT", "RIGHT", "1"],
+               ["BLMOVE", "{a}", "{b}", "RIGHT", "LEFT", "0"], ["BRPOPLPUSH", "{a}", "{c}", "0"],
+               ["BRPOPLPUSH", "{a}", "{c}", "0.05"], ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0.05"]],
+    "errors": [["SET", "{a}", "s"], ["RPUSH", "{b}", "x"], ["BLPOP", "{a}", "{b}", "0"],
+               ["BLPOP", "{c}", "{b}", "-1"], ["BLPOP", "{c}", "{b}", "soon"],
+               ["BZPOPMIN", "{a}", "{b}", "0"], ["BLMOVE", "{b}", "{a}", "LEFT", "LEFT", "0"],
+               ["BLMPOP", "0", "2", "{c}", "{b}", "UP"], ["BLPOP", "{c}", "{b}"]],
+}
+
+
+def run_steps(port, steps, names, resp3):
+    conn = connect(port, resp3)
+    try:
+        replies = [conn.call_raw(*filled(cmd, names)) for cmd in steps]
+        data = data_of(conn, [names[k] for k in ("a", "b", "c")])
+        return replies, data
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("resp3", [False, True], ids=["resp2", "resp3"])
+@pytest.mark.parametrize("scenario", sorted(NOT_BLOCKING))
+def test_answers_as_one_redis_when_a_key_has_an_element(seq, ref, scenario, resp3):
+    names = shard_keys(seq)
+    expected = run_steps(ref_port(ref), NOT_BLOCKING[scenario], names, resp3)
+    got = run_steps(seq.port, NOT_BLOCKING[scenario], names, resp3)
+    assert got == expected
+
+
+# Blocks on keys of three shards, woken by a push on the second key's shard.
+WOKEN = {
+    "blpop": (["BLPOP", "{a}", "{b}", "{c}", "5"], ["RPUSH", "{b}", "x", "y"]),
+    "brpop": (["BRPOP", "{a}", "{b}", "{c}", "0"], ["RPUSH", "{b}", "x", "y"]),
+    "blmpop": (["BLMPOP", "5", "3", "{a}", "{b}", "{c}", "RIGHT", "COUNT", "3"], ["RPUSH", "{b}", "x", "y"]),
+    "bzpopmin": (["BZPOPMIN", "{a}", "{b}", "{c}", "5"], ["ZADD", "{b}", "1.5", "m", "2", "n"]),
+    "bzpopmax": (["BZPOPMAX", "{a}", "{b}", "{c}", "0"], ["ZADD", "{b}", "1.5", "m", "2", "n"]),
+    "bzmpop": (["BZMPOP", "5", "3", "{a}", "{b}", "{c}", "MAX", "COUNT", "1"], ["ZADD", "{b}", "1", "m", "2", "n"]),
+    "blmove": (["BLMOVE", "{b}", "{a}", "LEFT", "RIGHT", "5"], ["RPUSH", "{b}", "x", "y"]),
+    "brpoplpush": (["BRPOPLPUSH", "{b}", "{c}", "0"], ["RPUSH", "{b}", "x", "y"]),
+}
+
+
+def blocked_then_pushed(port, blocking, push, names, resp3, is_blocked):
+    waiter = connect(port, resp3)
+    pusher = connect(port, False)
+    try:
+        waiter.send(filled(blocking, names))
+        wait_until(is_blocked, timeout=10)
+        with pytest.raises(TimeoutError):
+            waiter.read_raw(timeout=0.05)       # still waiting
+        waiter.sock.settimeout(10)
+        pusher.call(*filled(push, names))
+        reply = waiter.read_raw(timeout=10)
+        return reply, data_of(pusher, [names[k] for k in ("a", "b", "c")])
+    finally:
+        waiter.close()
+        pusher.close()
+
+
+def blocked_clients(conn_port) -> int:
+    c = RespConn(conn_port)
+    try:
+        info = c.call("INFO", "clients").decode()
+    finally:
+        c.close()
+    return int(info.split("blocked_clients:")[1].split()[0])
+
+
+@pytest.mark.parametrize("resp3", [False, True], ids=["resp2", "resp3"])
+@pytest.mark.parametrize("scenario", sorted(WOKEN))
+def test_a_push_on_the_second_keys_shard_wakes_it_as_one_redis(seq, ref, scenario, resp3):
+    names = shard_keys(seq)
+    blocking, push = WOKEN[scenario]
+    expected = blocked_then_pushed(ref_port(ref), blocking, push, names, resp3,
+                                   lambda: blocked_clients(ref_port(ref)) == 1)
+    # Through the proxy: every shard of the keys holds a wait (one per key; BLMOVE: its source).
+    nwaits = 1 if scenario in ("blmove", "brpoplpush") else 3
+    shards_waiting = lambda: sum(seq.shard(i).info("clients")["blocked_clients"] for i in range(3))
+    got = blocked_then_pushed(seq.port, blocking, push, names, resp3,
+                              lambda: shards_waiting() == nwaits)
+    assert got == expected
+    wait_until(lambda: shards_waiting() == 0, timeout=5)     # the other waits were ended
+
+
+def test_times_out_as_one_redis(seq, ref):
+    names = shard_keys(seq)
+    for resp3 in (False, True):
+        for cmd in (["BLPOP", "{a}", "{b}", "0.2"], ["BZMPOP", "0.2", "2", "{a}", "{c}", "MIN"],
+                    ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0.2"]):
+            expected = connect(ref_port(ref), resp3).call_raw(*filled(cmd, names))
+            got = connect(seq.port, resp3).call_raw(*filled(cmd, names))
+            assert got == expected, cmd
+    assert sum(seq.shard(i).info("clients")["blocked_clients"] for i in range(3)) == 0
+
+
+@pytest.mark.parametrize("reason", ["TIMEOUT", "ERROR"])
+def test_client_unblock_as_one_redis(seq, ref, reason):
+    names = shard_keys(seq)
+    answers = []
+    for port in (ref_port(ref), seq.port):
+        waiter, other = connect(port, False), connect(port, False)
+        waiter_id = waiter.call("CLIENT", "ID")
+        waiter.send(filled(["BLPOP", "{a}", "{b}", "{c}", "0"], names))
+        wait_until(lambda: other.call("CLIENT", "UNBLOCK", waiter_id, reason) == 1, timeout=10)
+        answers.append(waiter.read_raw(timeout=10))
+        waiter.close()
+        other.close()
+    assert answers[1] == answers[0]
+
+
+def test_refuse_keeps_blocking_forms_crossslot(db):
+    names = shard_keys(db)
+    c = RespConn(db.port)
+    try:
+        for cmd in (["BLPOP", "{a}", "{b}", "0"], ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0"],
+                    ["BZMPOP", "0", "2", "{a}", "{b}", "MIN"]):
+            reply = c.call(*filled(cmd, names))
+            assert isinstance(reply, Error) and reply.startswith(b"CROSSSLOT"), reply
+    finally:
+        c.close()
+
+
+def test_xread_over_several_shards_stays_crossslot(seq):
+    names = shard_keys(seq)
+    c = RespConn(seq.port)
+    try:
+        reply = c.call(*filled(["XREAD", "BLOCK", "10", "STREAMS", "{a}", "{b}", "0", "0"], names))
+        assert isinstance(reply, Error) and reply.startswith(b"CROSSSLOT"), reply
+    finally:
+        c.close()
+
+
+# ---- several shards ready at once, several clients waiting ------------------------------------
+
+
+def served_once(seq, pop, push_pipeline, remaining, rounds=40, waiters=1):
+    """`waiters` clients wait (pop) on a and b; each round pushes to a and b in one go (two
+    shards ready at once). Every element pushed is either served to exactly one client or
+    still in a key."""
+    names = shard_keys(seq)
+    got, errors = [], []
+    stop = threading.Event()
+
+    def waiter():
+        c = seq.client()
+        try:
+            while not stop.is_set():
+                reply = pop(c, names["a"], names["b"])
+                if reply is not None:
+                    got.append(reply)
+        except Exception as exc:       # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(waiters)]
+    for t in threads:
+        t.start()
+    pusher = seq.client()
+    pushed = []
+    for i in range(rounds):
+        p = pusher.pipeline(transaction=False)
+        for key in ("a", "b"):
+            element = f"{key}{i}"
+            push_pipeline(p, names[key], element, i)
+            pushed.append(element.encode())
+        p.execute()
+        wait_until(lambda: len(got) + len(remaining(pusher, names)) >= len(pushed) or errors,
+                   timeout=10)
+    stop.set()
+    for _ in threads:
+        # Each waiter ends with one last element of its own.
+        p = pusher.pipeline(transaction=False)
+        push_pipeline(p, names["a"], "last", rounds)
+        p.execute()
+    for t in threads:
+        t.join(10)
+    assert errors == []
+    served = [e for e in got if e != b"last"]
+    left = [e for e in remaining(pusher, names) if e != b"last"]
+    assert sorted(served + left) == sorted(pushed)        # none lost, none twice
+
+
+def test_two_shards_ready_at_once_list_elements_served_once(seq):
+    def pop(c, a, b):
+        reply = c.blpop([a, b], timeout=2)
+        return reply[1] if reply else None
+
+    served_once(seq, pop, lambda p, key, element, i: p.rpush(key, element),
+                lambda c, names: c.lrange(names["a"], 0, -1) + c.lrange(names["b"], 0, -1))
+
+
+def test_two_shards_ready_at_once_zset_elements_served_once(seq):
+    """The waits pop (no zset command waits without popping): a second shard's element is
+    pushed back."""
+    def pop(c, a, b):
+        reply = c.bzpopmin([a, b], timeout=2)
+        return reply[1] if reply else None
+
+    served_once(seq, pop, lambda p, key, element, i: p.zadd(key, {element: i}),
+                lambda c, names: c.zrange(names["a"], 0, -1) + c.zrange(names["b"], 0, -1))
+
+
+def test_concurrent_waiters_on_the_same_keys_each_served_once(seq):
+    def pop(c, a, b):
+        reply = c.blpop([a, b], timeout=2)
+        return reply[1] if reply else None
+
+    served_once(seq, pop, lambda p, key, element, i: p.rpush(key, element),
+                lambda c, names: c.lrange(names["a"], 0, -1) + c.lrange(names["b"], 0, -1),
+                rounds=30, waiters=3)
+
+
+def test_concurrent_zset_waiters_on_the_same_keys_each_served_once(seq):
+    def pop(c, a, b):
+        reply = c.bzmpop(2, 2, [a, b], min=True)
+        return reply[1][0][0] if reply else None
+
+    served_once(seq, pop, lambda p, key, element, i: p.zadd(key, {element: i}),
+                lambda c, names: c.zrange(names["a"], 0, -1) + c.zrange(names["b"], 0, -1),
+                rounds=30, waiters=3)
+
+
+def test_concurrent_blmove_waiters_move_each_element_once(seq):
+    names = shard_keys(seq)
+    got, errors = [], []
+
+    def waiter():
+        c = seq.client()
+        try:
+            while (reply := c.blmove(names["a"], names["b"], 1, "LEFT", "RIGHT")) is not None:
+                got.append(reply)
+        except Exception as exc:       # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    pusher = seq.client()
+    pushed = [f"e{i}".encode() for i in range(30)]
+    for e in pushed:
+        pusher.rpush(names["a"], e)
+    for t in threads:
+        t.join(20)
+    assert errors == []
+    assert sorted(got) == sorted(pushed)
+    assert sorted(pusher.lrange(names["b"], 0, -1)) == sorted(pushed)
+    assert pusher.exists(names["a"]) == 0
