@@ -287,6 +287,10 @@ cdef class Proxy:
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         self.set_multi_slot_commands(multi_slot_commands)
+        # A test hook, off unless the environment asks (tests/test_multislot_crash.py): the
+        # process stops itself (SIGSTOP) once a sequence's destination is written and before
+        # its source is changed, so that a test can kill -9 it, or a shard, right there.
+        self.core.seq_stop_before_write_back = os.environ.get("DMC_TEST_STOP_BEFORE_WRITE_BACK") == "1"
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))

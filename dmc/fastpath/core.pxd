@@ -103,6 +103,7 @@ cdef struct Core:
     Request *seq_waiting        # sequences waiting for a slot another one holds, in arrival order
     bint seq_waking             # seq_wake() runs: a sequence that ends meanwhile asks it again
     bint seq_wake_again
+    bint seq_stop_before_write_back  # test hook (DMC_TEST_STOP_BEFORE_WRITE_BACK): SIGSTOP between two steps
     User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)

@@ -52,6 +52,11 @@
 #   holds the value set (a later write by someone else is kept), and the answer is 0. Between
 #   steps a reader may see some keys set and others not yet; no partial result remains.
 #
+# Test hook: with DMC_TEST_STOP_BEFORE_WRITE_BACK=1 in dmcproxy's environment (read once, when a
+# Proxy is made; one test of a flag here, off the common path) the process stops itself
+# (SIGSTOP) between a SEQ_STAGE's step 2 and its write-back, so tests/test_multislot_crash.py
+# can kill -9 the proxy or a shard at that point and check what is left.
+#
 # Serialization: within one endpoint, sequences touching the same slots run one after the
 # other: each holds every slot of its keys in core.seq_locks from its first step to its answer,
 # taken all at once or not at all (no deadlock), waiters served in arrival order. With worker
@@ -703,6 +708,8 @@ cdef void stage_answered(Core *core, Request *r, const char *reply, size_t n) no
         seq_finish(core, r, buf_head(&s.result), buf_len(&s.result))
         return
     s.phase = PH_WRITE_BACK
+    if core.seq_stop_before_write_back:
+        kill(getpid(), SIGSTOP)     # the test hook: the destination is written, the source not yet changed
     seq_send(core, r, s.kshard[src], 0)
 
 
