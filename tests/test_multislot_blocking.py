@@ -328,3 +328,36 @@ def test_concurrent_blmove_waiters_move_each_element_once(seq):
     assert sorted(got) == sorted(pushed)
     assert sorted(pusher.lrange(names["b"], 0, -1)) == sorted(pushed)
     assert pusher.exists(names["a"]) == 0
+
+
+def test_a_client_that_leaves_while_waiting_takes_nothing(seq):
+    names = shard_keys(seq)
+    shards_waiting = lambda: sum(seq.shard(i).info("clients")["blocked_clients"] for i in range(3))
+    for cmd in (["BLPOP", "{a}", "{b}", "{c}", "0"], ["BZPOPMIN", "{a}", "{b}", "{c}", "0"]):
+        waiter = RespConn(seq.port)
+        waiter.send(filled(cmd, names))
+        wait_until(lambda: shards_waiting() == 3, timeout=10)
+        waiter.close()
+        wait_until(lambda: shards_waiting() == 0, timeout=10)     # its waits went with it
+    c = seq.client()
+    c.rpush(names["b"], "x")
+    c.zadd(names["c"], {"m": 1})
+    assert c.lrange(names["b"], 0, -1) == [b"x"] and c.zrange(names["c"], 0, -1) == [b"m"]
+
+
+def test_requests_after_a_waiting_command_wait_for_it(seq):
+    """A pipeline's replies stay in request order around a blocking command over several shards."""
+    names = shard_keys(seq)
+    conn = RawConn(seq.port, timeout=10)
+    pusher = seq.client()
+    try:
+        conn.send(["SET", "k", "1"], filled(["BLPOP", "{a}", "{b}", "5"], names), ["GET", "k"])
+        assert conn.read() == b"OK"
+        with pytest.raises(TimeoutError):
+            conn.read(timeout=0.2)           # BLPOP waits, and GET behind it
+        conn.sock.settimeout(10)
+        pusher.rpush(names["b"], "x")
+        assert conn.read() == [names["b"].encode(), b"x"]
+        assert conn.read() == b"1"
+    finally:
+        conn.close()
