@@ -11,55 +11,17 @@ import threading
 
 import pytest
 
-from conftest import start_database
-from replies import Error, Incomplete, RespConn, parse_frame
-from test_multislot import data_of, filled, shard_keys
+from replies import Error, RespConn
+from test_multislot import data_of, filled, seq, seqdb, shard_keys  # noqa: F401 - fixtures
 from waiting import wait_until
-
-
-class RawConn(RespConn):
-    """A RespConn whose replies are the exact frame bytes (a nil array and a nil bulk differ)."""
-
-    def read_raw(self, timeout: float | None = None) -> bytes:
-        if timeout is not None:
-            self.sock.settimeout(timeout)
-        while True:
-            try:
-                _, pos = parse_frame(self.buf)
-                frame, self.buf = self.buf[:pos], self.buf[pos:]
-                return frame
-            except Incomplete:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise ConnectionError("connection closed")
-                self.buf += data
-
-    def call_raw(self, *args) -> bytes:
-        self.send(args)
-        return self.read_raw()
-
-
-@pytest.fixture(scope="module")
-def seqdb(tmp_path_factory):
-    d = start_database(tmp_path_factory.mktemp("seqblk"),
-                       proxy_args=("--multi-slot-commands", "sequential"))
-    yield d
-    d.close()
-
-
-@pytest.fixture
-def seq(seqdb):
-    for i in range(len(seqdb.shard_ports)):
-        seqdb.shard(i).flushall()
-    return seqdb
 
 
 def ref_port(ref) -> int:
     return ref.connection_pool.connection_kwargs["port"]
 
 
-def connect(port: int, resp3: bool) -> RawConn:
-    c = RawConn(port, timeout=10)
+def connect(port: int, resp3: bool) -> RespConn:
+    c = RespConn(port, timeout=10)
     if resp3:
         c.call("HELLO", "3")
     return c
@@ -348,7 +310,7 @@ def test_a_client_that_leaves_while_waiting_takes_nothing(seq):
 def test_requests_after_a_waiting_command_wait_for_it(seq):
     """A pipeline's replies stay in request order around a blocking command over several shards."""
     names = shard_keys(seq)
-    conn = RawConn(seq.port, timeout=10)
+    conn = RespConn(seq.port, timeout=10)
     pusher = seq.client()
     try:
         conn.send(["SET", "k", "1"], filled(["BLPOP", "{a}", "{b}", "5"], names), ["GET", "k"])
