@@ -122,12 +122,14 @@ def seq(seqdb):
     return seqdb
 
 
-def run_scenario(port, steps, names, resp3):
+def run_scenario(port, steps, names, resp3, raw=False):
+    """The replies of the steps (raw: their exact bytes) and the data left behind."""
     conn = RespConn(port)
     try:
         if resp3:
             conn.call("HELLO", "3")
-        replies = [normalise(conn.call(*filled(cmd, names))) for cmd in steps]
+        replies = [conn.call_raw(*filled(cmd, names)) if raw else normalise(conn.call(*filled(cmd, names)))
+                   for cmd in steps]
         data = data_of(conn, [names[k] for k in ("a", "b", "c", "nokey")])
         return replies, data
     finally:

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from replies import Error, RespConn
-from test_multislot import data_of, filled, seq, seqdb, shard_keys  # noqa: F401 - fixtures
+from test_multislot import data_of, filled, run_scenario, seq, seqdb, shard_keys  # noqa: F401 - fixtures
 from waiting import wait_until
 
 
@@ -54,22 +54,12 @@ NOT_BLOCKING = {
 }
 
 
-def run_steps(port, steps, names, resp3):
-    conn = connect(port, resp3)
-    try:
-        replies = [conn.call_raw(*filled(cmd, names)) for cmd in steps]
-        data = data_of(conn, [names[k] for k in ("a", "b", "c")])
-        return replies, data
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("resp3", [False, True], ids=["resp2", "resp3"])
 @pytest.mark.parametrize("scenario", sorted(NOT_BLOCKING))
 def test_answers_as_one_redis_when_a_key_has_an_element(seq, ref, scenario, resp3):
     names = shard_keys(seq)
-    expected = run_steps(ref_port(ref), NOT_BLOCKING[scenario], names, resp3)
-    got = run_steps(seq.port, NOT_BLOCKING[scenario], names, resp3)
+    expected = run_scenario(ref_port(ref), NOT_BLOCKING[scenario], names, resp3, raw=True)
+    got = run_scenario(seq.port, NOT_BLOCKING[scenario], names, resp3, raw=True)
     assert got == expected
 
 
