@@ -122,6 +122,23 @@ def r(db):
     return db.client()
 
 
+@pytest.fixture(scope="module")
+def seqdb(tmp_path_factory):
+    """A 3-shard database with multi_slot_commands = sequential, shared by a module's tests."""
+    d = start_database(tmp_path_factory.mktemp("seqdb"),
+                       proxy_args=("--multi-slot-commands", "sequential"))
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def seq(seqdb):
+    """The sequential database, empty."""
+    for i in range(len(seqdb.shard_ports)):
+        seqdb.shard(i).flushall()
+    return seqdb
+
+
 @pytest.fixture
 def make_db(tmp_path):
     """Start a database of one's own (for tests that kill, pause or reconfigure things)."""

@@ -13,7 +13,6 @@ import threading
 
 import pytest
 
-from conftest import start_database
 from replies import Error, RespConn
 
 # {name}: a key of its own shard (filled in per database: a, b, c on three different shards).
@@ -105,21 +104,6 @@ def data_of(conn: RespConn, keys) -> dict:
             value = sorted(value)
         out[k] = (kind, value, conn.call("PTTL", k) > 0)
     return out
-
-
-@pytest.fixture(scope="module")
-def seqdb(tmp_path_factory):
-    d = start_database(tmp_path_factory.mktemp("seqdb"),
-                       proxy_args=("--multi-slot-commands", "sequential"))
-    yield d
-    d.close()
-
-
-@pytest.fixture
-def seq(seqdb):
-    for i in range(len(seqdb.shard_ports)):
-        seqdb.shard(i).flushall()
-    return seqdb
 
 
 def run_scenario(port, steps, names, resp3, raw=False):

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from replies import Error, RespConn
-from test_multislot import data_of, filled, run_scenario, seq, seqdb, shard_keys  # noqa: F401 - fixtures
+from test_multislot import data_of, filled, run_scenario, shard_keys
 from waiting import wait_until
 
 
