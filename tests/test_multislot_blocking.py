@@ -313,3 +313,59 @@ def test_requests_after_a_waiting_command_wait_for_it(seq):
         assert conn.read() == b"1"
     finally:
         conn.close()
+
+
+# ---- the Redis suite's blocking-list cases, with their keys on different shards ----------------
+# Each is a transcript: ("send", client, cmd) sends without reading, ("blocked", n) waits until
+# n clients are blocked (INFO blocked_clients), ("call", client, cmd) and ("read", client) record
+# a reply; the transcripts of one redis-server and of the proxy must be the same.
+TRANSCRIPTS = {
+    # "BLPOP when new key is moved into place": a RENAME (itself over two shards) wakes it.
+    "woken_by_rename": [("send", 1, ["BLPOP", "{a}", "{b}", "5"]), ("blocked", 1),
+                        ("call", 0, ["RPUSH", "{c}", "x"]), ("call", 0, ["RENAME", "{c}", "{b}"]),
+                        ("read", 1), ("call", 0, ["EXISTS", "{b}", "{c}"])],
+    # "BRPOPLPUSH with wrong destination type": woken, the move fails, the element stays.
+    "brpoplpush_wrong_destination": [("call", 0, ["SET", "{b}", "s"]),
+                                     ("send", 1, ["BRPOPLPUSH", "{a}", "{b}", "5"]), ("blocked", 1),
+                                     ("call", 0, ["RPUSH", "{a}", "x"]), ("read", 1),
+                                     ("call", 0, ["LRANGE", "{a}", "0", "-1"])],
+    # "circular BRPOPLPUSH": each client moves the element on once.
+    "circular_brpoplpush": [("send", 1, ["BRPOPLPUSH", "{a}", "{b}", "5"]),
+                            ("send", 2, ["BRPOPLPUSH", "{b}", "{a}", "5"]), ("blocked", 2),
+                            ("call", 0, ["RPUSH", "{a}", "foo"]), ("read", 1), ("read", 2),
+                            ("call", 0, ["LRANGE", "{a}", "0", "-1"]), ("call", 0, ["LRANGE", "{b}", "0", "-1"])],
+    # "BLPOP with same key multiple times should work (issue #801)".
+    "same_key_twice": [("send", 1, ["BLPOP", "{a}", "{b}", "{a}", "5"]), ("blocked", 1),
+                       ("call", 0, ["RPUSH", "{a}", "x", "y"]), ("read", 1),
+                       ("send", 1, ["BLPOP", "{a}", "{b}", "{a}", "5"]), ("read", 1)],
+    # Two clients on the same keys: served in the order they blocked, one element each.
+    "two_waiters": [("send", 1, ["BZPOPMIN", "{a}", "{b}", "5"]), ("blocked", 1),
+                    ("send", 2, ["BZPOPMIN", "{a}", "{b}", "5"]), ("blocked", 2),
+                    ("call", 0, ["ZADD", "{b}", "1", "m", "2", "n"]), ("read", 1), ("read", 2)],
+}
+
+
+def transcript(port, steps, names):
+    clients = {i: RespConn(port, timeout=10) for i in range(3)}
+    out = []
+    try:
+        for step in steps:
+            if step[0] == "send":
+                clients[step[1]].send(filled(step[2], names))
+            elif step[0] == "blocked":
+                wait_until(lambda: blocked_clients(port) == step[1], timeout=10)
+            elif step[0] == "call":
+                out.append(clients[step[1]].call_raw(*filled(step[2], names)))
+            else:
+                out.append(clients[step[1]].read_raw(timeout=10))
+        return out
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+def test_suite_cases_over_several_shards_as_one_redis(seq, ref, name):
+    names = shard_keys(seq)
+    got = transcript(seq.port, TRANSCRIPTS[name], names)
+    assert got == transcript(ref_port(ref), TRANSCRIPTS[name], names)
