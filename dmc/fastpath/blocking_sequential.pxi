@@ -52,6 +52,12 @@
 # client disconnects, closing the waits) is lost, as a single-shard BZPOPMIN's element is when
 # the proxy dies after the shard popped it and before the client read it.
 #
+# Costs and limits: a connection per key while waiting (BLPOP of 100 keys of several shards
+# opens 100); a client of an ACL user waits as that user, so its list waits need +blmove and
+# its waits +client|id (else CLIENT UNBLOCK cannot reach them and they end by their timeout);
+# a key that becomes another type while a list wait is in place ends the wait with WRONGTYPE
+# (Redis keeps waiting).
+#
 # Serialization: the try runs under the slot locks, so two such commands of one proxy on the
 # same keys try one after the other; their waits run side by side, and each wake-up tries
 # again under the locks: one of them gets the element, the other waits again.
