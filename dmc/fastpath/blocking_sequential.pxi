@@ -55,8 +55,8 @@
 # Costs and limits: a connection per key while waiting (BLPOP of 100 keys of several shards
 # opens 100); a client of an ACL user waits as that user, so its list waits need +blmove and
 # its waits +client|id (else CLIENT UNBLOCK cannot reach them and they end by their timeout);
-# a key that becomes another type while a list wait is in place ends the wait with WRONGTYPE
-# (Redis keeps waiting).
+# a key made another type between its try and its wait ends the wait with WRONGTYPE (Redis,
+# which checked the keys when the command came, keeps waiting).
 #
 # Serialization: the try runs under the slot locks, so two such commands of one proxy on the
 # same keys try one after the other; their waits run side by side, and each wake-up tries
