@@ -369,3 +369,23 @@ def test_suite_cases_over_several_shards_as_one_redis(seq, ref, name):
     names = shard_keys(seq)
     got = transcript(seq.port, TRANSCRIPTS[name], names)
     assert got == transcript(ref_port(ref), TRANSCRIPTS[name], names)
+
+
+def test_a_shard_lost_while_waiting_answers_an_error_and_ends_the_other_waits(make_db):
+    d = make_db(proxy_args=("--multi-slot-commands", "sequential"))
+    names = shard_keys(d)
+    waiting = lambda i: d.shard(i).info("clients")["blocked_clients"]
+    a, b = d.shard_index_of(names["a"]), d.shard_index_of(names["b"])
+    conn = RespConn(d.port, timeout=10)
+    try:
+        conn.send(filled(["BLPOP", "{a}", "{b}", "0"], names))
+        wait_until(lambda: waiting(a) == 1 and waiting(b) == 1, timeout=10)
+        d.kill_shard(b)
+        reply = conn.read(timeout=10)
+        assert isinstance(reply, Error) and b"shard" in reply, reply
+        wait_until(lambda: waiting(a) == 0, timeout=10)
+        # The client is served again, and a push is not taken by a wait left behind.
+        conn.call("RPUSH", names["a"], "x")
+        assert conn.call("LRANGE", names["a"], "0", "-1") == [b"x"]
+    finally:
+        conn.close()
