@@ -389,3 +389,33 @@ def test_a_shard_lost_while_waiting_answers_an_error_and_ends_the_other_waits(ma
         assert conn.call("LRANGE", names["a"], "0", "-1") == [b"x"]
     finally:
         conn.close()
+
+
+def test_a_wait_that_loses_its_element_to_another_client_waits_again(seq):
+    """The list waits take nothing: when a client blocked on the shard itself takes the element
+    first, the proxy's client tries again, finds nothing and waits again for what is left of
+    its timeout."""
+    names = shard_keys(seq)
+    a, b = seq.shard_index_of(names["a"]), seq.shard_index_of(names["b"])
+    waiting = lambda i: seq.shard(i).info("clients")["blocked_clients"]
+    conn = RespConn(seq.port, timeout=10)
+    direct = RespConn(seq.shard_ports[b], timeout=10)
+    try:
+        conn.send(filled(["BLPOP", "{a}", "{b}", "5"], names))
+        wait_until(lambda: waiting(a) == 1 and waiting(b) == 1, timeout=10)
+        direct.send(["BLPOP", names["b"], "0"])      # blocked after the proxy's wait
+        wait_until(lambda: waiting(b) == 2, timeout=10)
+        seq.shard(b).rpush(names["b"], "x")
+        assert direct.read() == [names["b"].encode(), b"x"]
+        # Redis served the proxy's wait first (it leaves the element), then the direct client.
+        wait_until(lambda: waiting(a) == 1 and waiting(b) == 1, timeout=10)
+        with pytest.raises(TimeoutError):
+            conn.read(timeout=0.1)
+        seq.shard(a).rpush(names["a"], "y")
+        assert conn.read(timeout=10) == [names["a"].encode(), b"y"]
+        # Two waits on b's shard: the one served, and the one after the try that found nothing.
+        blmoves = lambda: seq.shard(b).info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
+        wait_until(lambda: blmoves() == 2, timeout=10)
+    finally:
+        conn.close()
+        direct.close()
