@@ -400,6 +400,7 @@ def test_a_wait_that_loses_its_element_to_another_client_waits_again(seq):
     waiting = lambda i: seq.shard(i).info("clients")["blocked_clients"]
     conn = RespConn(seq.port, timeout=10)
     direct = RespConn(seq.shard_ports[b], timeout=10)
+    seq.shard(b).config_resetstat()         # (commandstats counted below)
     try:
         conn.send(filled(["BLPOP", "{a}", "{b}", "5"], names))
         wait_until(lambda: waiting(a) == 1 and waiting(b) == 1, timeout=10)
