@@ -110,7 +110,7 @@ cdef bint block_begin(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl
             memcpy(tmp, s.av.argv[s.timeout_arg], s.av.argl[s.timeout_arg])
             tmp[s.av.argl[s.timeout_arg]] = 0
             timeout = strtod(tmp, &endp)
-            if timeout > 0:
+            if timeout > 0 and timeout < 1e12:      # (longer: as good as forever)
                 s.deadline_us = core.now_us + <long long>(timeout * 1e6)
     return seq_take(core, c, r, s)
 
