@@ -420,3 +420,25 @@ def test_a_wait_that_loses_its_element_to_another_client_waits_again(seq):
     finally:
         conn.close()
         direct.close()
+
+
+def test_a_client_of_an_acl_user_waits_as_that_user(seq):
+    names = shard_keys(seq)
+    admin = RespConn(seq.port)
+    conn = RespConn(seq.port, timeout=10)
+    try:
+        assert admin.call("ACL", "SETUSER", "blk", "on", ">pw", "~*", "&*", "+@all") == b"OK"
+        assert conn.call("AUTH", "blk", "pw") == b"OK"
+        conn.send(filled(["BZPOPMIN", "{a}", "{b}", "{c}", "0"], names))
+        wait_until(lambda: blocked_clients(seq.port) == 1, timeout=10)
+        admin.call("ZADD", names["c"], "1", "m")
+        assert conn.read(timeout=10) == [names["c"].encode(), b"m", b"1"]
+        conn_id = conn.call("CLIENT", "ID")
+        conn.send(filled(["BLPOP", "{a}", "{b}", "0"], names))
+        wait_until(lambda: admin.call("CLIENT", "UNBLOCK", conn_id) == 1, timeout=10)
+        assert conn.read(timeout=10) is None
+        assert conn.call("ACL", "WHOAMI") == b"blk"
+    finally:
+        admin.call("ACL", "DELUSER", "blk")
+        conn.close()
+        admin.close()
