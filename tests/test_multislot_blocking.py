@@ -442,3 +442,21 @@ def test_a_client_of_an_acl_user_waits_as_that_user(seq):
         admin.call("ACL", "DELUSER", "blk")
         conn.close()
         admin.close()
+
+
+def test_a_waiting_client_holds_no_slot_lock(seq):
+    """While it waits, a blocking command over several shards holds none of its slots: a
+    sequential command that fills one of its keys (here LMOVE from a third shard) runs at once
+    and wakes it."""
+    names = shard_keys(seq)
+    conn = RespConn(seq.port, timeout=10)
+    other = RespConn(seq.port, timeout=5)
+    try:
+        conn.send(filled(["BLPOP", "{a}", "{b}", "0"], names))
+        wait_until(lambda: blocked_clients(seq.port) == 1, timeout=10)
+        other.call("RPUSH", names["c"], "x")
+        assert other.call("LMOVE", names["c"], names["b"], "LEFT", "RIGHT") == b"x"
+        assert conn.read(timeout=10) == [names["b"].encode(), b"x"]
+    finally:
+        conn.close()
+        other.close()
