@@ -460,3 +460,34 @@ def test_a_waiting_client_holds_no_slot_lock(seq):
     finally:
         conn.close()
         other.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_zset_element_pushed_back_keeps_its_score(seq, protocol):
+    """Two zsets of two shards filled in one go while a client waits on both: one element is
+    served, the other is where it was, with its score (pushed back when its shard popped it
+    too: shards' ZADD calls beyond the pushes count those)."""
+    names = shard_keys(seq)
+    a, b = names["a"], names["b"]
+    waiter = seq.client(protocol=protocol)
+    pusher = seq.client()
+    for i in range(3):
+        seq.shard(i).config_resetstat()
+    for i in range(20):
+        served = []
+        t = threading.Thread(target=lambda: served.append(waiter.bzpopmin([a, b], timeout=5)))
+        t.start()
+        wait_until(lambda: blocked_clients(seq.port) == 1, timeout=10)
+        p = pusher.pipeline(transaction=False)
+        p.zadd(a, {f"a{i}": i + 0.25})
+        p.zadd(b, {f"b{i}": i + 0.5})
+        p.execute()
+        t.join(10)
+        key, member, score = served[0]
+        other = b if key.decode() == a else a
+        assert pusher.zrange(other, 0, -1, withscores=True) == \
+            [((f"b{i}" if other == b else f"a{i}").encode(), i + (0.5 if other == b else 0.25))]
+        assert float(score) == i + (0.25 if key.decode() == a else 0.5)
+        pusher.delete(other)
+    zadds = sum(seq.shard(i).info("commandstats").get("cmdstat_zadd", {}).get("calls", 0) for i in range(3))
+    assert zadds > 40       # the push-back path ran (in practice in nearly every round)
