@@ -50,7 +50,8 @@
 # in the destination and still in the source (a duplicate, never a loss). The one window: a
 # zset element popped by a second shard and not yet pushed back when the proxy dies (or the
 # client disconnects, closing the waits) is lost, as a single-shard BZPOPMIN's element is when
-# the proxy dies after the shard popped it and before the client read it.
+# the proxy dies after the shard popped it and before the client read it. A client that leaves
+# while it waits: its zset elements already read from a shard are pushed back too.
 #
 # Costs and limits: a connection per key while waiting (BLPOP of 100 keys of several shards
 # opens 100); a client of an ACL user waits as that user, so its list waits need +blmove and
@@ -310,8 +311,8 @@ cdef void block_answered(Core *core, Request *r, const char *reply, size_t n) no
     cdef Client *c = r.client
     cdef Backend *b
     cdef bint element = not reply_is_error(reply) and not frame_is_nil(reply, n)
-    if element and s.zset and buf_len(&s.result) > 0:
-        block_push_back(core, reply, n)         # another shard's element came first
+    if element and s.zset and (buf_len(&s.result) > 0 or c == NULL):
+        block_push_back(core, reply, n)         # another shard's element came first, or nobody waits
     elif element and s.zset:
         buf_append(&s.result, reply, n)
     elif element:
@@ -333,6 +334,8 @@ cdef void block_answered(Core *core, Request *r, const char *reply, size_t n) no
         return
     if c != NULL:
         waiters_close(core, c)      # (`reply` is not used below: it may be in one's buffer)
+    elif buf_len(&s.result) > 0:
+        block_push_back(core, buf_head(&s.result), buf_len(&s.result))     # its client left
     if buf_len(&s.result) > 0:
         seq_finish(core, r, buf_head(&s.result), buf_len(&s.result))
     elif buf_len(&s.block_error) > 0:
