@@ -98,7 +98,7 @@ def data_of(conn: RespConn, keys) -> dict:
             continue
         read = {b"string": ["GET", k], b"list": ["LRANGE", k, "0", "-1"],
                 b"set": ["SMEMBERS", k], b"hash": ["HGETALL", k],
-                b"zset": ["ZRANGE", k, "0", "-1", "WITHSCORES"]}[kind]
+                b"zset": ["ZRANGE", k, "0", "-1", "WITHSCORES"], b"stream": ["XRANGE", k, "-", "+"]}[kind]
         value = normalise(conn.call(*read))
         if kind == b"set":
             value = sorted(value)

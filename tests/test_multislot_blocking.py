@@ -47,6 +47,13 @@ NOT_BLOCKING = {
     "blmove": [["RPUSH", "{a}", "1", "2", "3"], ["BLMOVE", "{a}", "{b}", "LEFT", "RIGHT", "1"],
                ["BLMOVE", "{a}", "{b}", "RIGHT", "LEFT", "0"], ["BRPOPLPUSH", "{a}", "{c}", "0"],
                ["BRPOPLPUSH", "{a}", "{c}", "0.05"], ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0.05"]],
+    "xread": [["XADD", "{b}", "1-1", "f", "v"], ["XADD", "{c}", "2-1", "g", "w"], ["XADD", "{c}", "2-2", "h", "x"],
+              ["XREAD", "STREAMS", "{a}", "{b}", "{c}", "0", "0", "0"],
+              ["XREAD", "COUNT", "1", "STREAMS", "{c}", "{a}", "{b}", "0", "0", "0"],
+              ["XREAD", "BLOCK", "1000", "STREAMS", "{a}", "{b}", "{c}", "0", "1-1", "2-1"],
+              ["XREAD", "STREAMS", "{a}", "{b}", "0", "1-1"], ["XREAD", "BLOCK", "50", "STREAMS", "{a}", "{b}", "$", "$"],
+              ["XREAD", "STREAMS", "{a}", "{b}", "0", "bad"], ["XREAD", "BLOCK", "-1", "STREAMS", "{a}", "{b}", "0", "0"],
+              ["SET", "{a}", "s"], ["XREAD", "STREAMS", "{a}", "{b}", "0", "0"]],
     "errors": [["SET", "{a}", "s"], ["RPUSH", "{b}", "x"], ["BLPOP", "{a}", "{b}", "0"],
                ["BLPOP", "{c}", "{b}", "-1"], ["BLPOP", "{c}", "{b}", "soon"],
                ["BZPOPMIN", "{a}", "{b}", "0"], ["BLMOVE", "{b}", "{a}", "LEFT", "LEFT", "0"],
@@ -73,6 +80,8 @@ WOKEN = {
     "bzmpop": (["BZMPOP", "5", "3", "{a}", "{b}", "{c}", "MAX", "COUNT", "1"], ["ZADD", "{b}", "1", "m", "2", "n"]),
     "blmove": (["BLMOVE", "{b}", "{a}", "LEFT", "RIGHT", "5"], ["RPUSH", "{b}", "x", "y"]),
     "brpoplpush": (["BRPOPLPUSH", "{b}", "{c}", "0"], ["RPUSH", "{b}", "x", "y"]),
+    "xread": (["XREAD", "COUNT", "5", "BLOCK", "5000", "STREAMS", "{a}", "{b}", "{c}", "$", "$", "0-1"],
+              ["XADD", "{b}", "1-1", "f", "v"]),
 }
 
 
@@ -110,7 +119,7 @@ def test_a_push_on_the_second_keys_shard_wakes_it_as_one_redis(seq, ref, scenari
     expected = blocked_then_pushed(ref_port(ref), blocking, push, names, resp3,
                                    lambda: blocked_clients(ref_port(ref)) == 1)
     # Through the proxy: every shard of the keys holds a wait (one per key; BLMOVE: its source).
-    nwaits = 1 if scenario in ("blmove", "brpoplpush") else 3
+    nwaits = 1 if scenario in ("blmove", "brpoplpush") else 3     # XREAD: one per shard
     shards_waiting = lambda: sum(seq.shard(i).info("clients")["blocked_clients"] for i in range(3))
     got = blocked_then_pushed(seq.port, blocking, push, names, resp3,
                               lambda: shards_waiting() == nwaits)
@@ -122,7 +131,8 @@ def test_times_out_as_one_redis(seq, ref):
     names = shard_keys(seq)
     for resp3 in (False, True):
         for cmd in (["BLPOP", "{a}", "{b}", "0.2"], ["BZMPOP", "0.2", "2", "{a}", "{c}", "MIN"],
-                    ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0.2"]):
+                    ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0.2"],
+                    ["XREAD", "BLOCK", "200", "STREAMS", "{a}", "{b}", "0", "0"]):
             expected = connect(ref_port(ref), resp3).call_raw(*filled(cmd, names))
             got = connect(seq.port, resp3).call_raw(*filled(cmd, names))
             assert got == expected, cmd
@@ -156,11 +166,13 @@ def test_refuse_keeps_blocking_forms_crossslot(db):
         c.close()
 
 
-def test_xread_over_several_shards_stays_crossslot(seq):
+def test_xreadgroup_over_several_shards_stays_crossslot(seq):
+    """XREADGROUP consumes (its entries go to the consumer's pending list): a wait on every
+    shard could not give back what a second shard delivered."""
     names = shard_keys(seq)
     c = RespConn(seq.port)
     try:
-        reply = c.call(*filled(["XREAD", "BLOCK", "10", "STREAMS", "{a}", "{b}", "0", "0"], names))
+        reply = c.call(*filled(["XREADGROUP", "GROUP", "g", "c", "BLOCK", "10", "STREAMS", "{a}", "{b}", ">", ">"], names))
         assert isinstance(reply, Error) and reply.startswith(b"CROSSSLOT"), reply
     finally:
         c.close()

@@ -73,7 +73,7 @@ cdef bint block_begin(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl
     cdef CommandInfo *cmd = r.cmd
     cdef Sequence *s
     cdef int kind = SEQ_BLOCK, writeback = WB_NONE, home = HOME_FIRST
-    cdef bint zset = False, mpop = False
+    cdef bint zset = False, mpop = False, stream = False
     cdef double timeout
     cdef char *endp
     cdef char tmp[64]
@@ -89,8 +89,10 @@ cdef bint block_begin(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl
         zset = mpop = True
     elif cmd_name_is(cmd, b"blmpop"):
         mpop = True
+    elif cmd_name_is(cmd, b"xread"):
+        stream = True
     elif not (cmd_name_is(cmd, b"blpop") or cmd_name_is(cmd, b"brpop")):
-        return False        # XREAD & co.: CROSSSLOT
+        return False        # XREADGROUP (it consumes: no wait could give back): CROSSSLOT
     if core.seq_locks == NULL:
         core.seq_locks = <unsigned char *>calloc(SLOT_COUNT, 1)
         if core.seq_locks == NULL:
@@ -100,6 +102,8 @@ cdef bint block_begin(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl
         r.pending = 1       # the shard answers Redis's own arity error
         frag_send(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
         return True
+    if stream:
+        return stream_begin(core, c, r, av, kl)
     s = seq_new(core, kind, writeback, home, av.wire, av.wire_len, kl.pos, kl.n)
     if s != NULL:
         s.blocking = True
@@ -142,6 +146,11 @@ cdef void block_next(Core *core, Request *r) noexcept nogil:
     """The try of the next key, in argument order (PH_FETCH)."""
     cdef Sequence *s = r.seq
     cdef Buf *sub = &core.subcommand
+    if s.stream:
+        buf_clear(sub)
+        stream_group_command(sub, s, s.step, NULL, 0)
+        seq_send(core, r, s.groups[s.step], 0)
+        return
     buf_clear(sub)
     buf_append_str(sub, b"*1\r\n$5\r\nMULTI\r\n")
     block_key_command(sub, s, s.step, NULL, 0)
@@ -156,6 +165,9 @@ cdef void block_tried(Core *core, Request *r, const char *reply, size_t n) noexc
     cdef size_t elen
     if reply_is_error(reply):
         seq_finish(core, r, reply, n)
+        return
+    if s.stream:
+        stream_tried(core, r, reply, n)
         return
     e = exec_element(reply, n, 0, &elen)
     if e == NULL:
@@ -181,7 +193,7 @@ cdef void block_wait(Core *core, Request *r) noexcept nogil:
     cdef char timeout[32]
     cdef size_t tlen
     cdef long long left
-    cdef int i, nwaits = 1 if s.kind == SEQ_STAGE else s.nkeys
+    cdef int i, nwaits = 1 if s.kind == SEQ_STAGE else (s.ngroups if s.stream else s.nkeys)
     cdef Backend *b
     if c == NULL or c.flags & CF_CLOSED:
         seq_finish(core, r, buf_head(&s.block_reply), buf_len(&s.block_reply))
@@ -191,7 +203,10 @@ cdef void block_wait(Core *core, Request *r) noexcept nogil:
         if left <= 0:
             seq_finish(core, r, buf_head(&s.block_reply), buf_len(&s.block_reply))
             return
-        tlen = <size_t>snprintf(timeout, sizeof(timeout), b"%lld.%06lld", left // 1000000, left % 1000000)
+        if s.stream:        # XREAD's BLOCK is in milliseconds
+            tlen = <size_t>snprintf(timeout, sizeof(timeout), b"%lld", max(1, left // 1000))
+        else:
+            tlen = <size_t>snprintf(timeout, sizeof(timeout), b"%lld.%06lld", left // 1000000, left % 1000000)
     else:
         tlen = 1
         timeout[0] = c'0'
@@ -210,7 +225,9 @@ cdef void block_wait(Core *core, Request *r) noexcept nogil:
     for i in range(nwaits):
         r.frags[i].skip = 0
         buf_clear(sub)
-        if s.zset:
+        if s.stream:
+            stream_group_command(sub, s, i, timeout, tlen)
+        elif s.zset:
             block_key_command(sub, s, i, timeout, tlen)
         else:
             cmd_start(sub, 6)
@@ -220,7 +237,7 @@ cdef void block_wait(Core *core, Request *r) noexcept nogil:
             cmd_arg_str(sub, b"LEFT")
             cmd_arg_str(sub, b"LEFT")
             cmd_arg(sub, timeout, tlen)
-        b = backend_new(s.kshard[i], c, c.proto, ROLE_WAITER)
+        b = backend_new(s.groups[i] if s.stream else s.kshard[i], c, c.proto, ROLE_WAITER)
         if b == NULL:
             frag_answered(core, &r.frags[i], b"-ERR out of memory\r\n", 20)
             continue
@@ -311,7 +328,10 @@ cdef void block_answered(Core *core, Request *r, const char *reply, size_t n) no
     cdef Client *c = r.client
     cdef Backend *b
     cdef bint element = not reply_is_error(reply) and not frame_is_nil(reply, n)
-    if element and s.zset and (buf_len(&s.result) > 0 or c == NULL):
+    if element and s.stream:
+        if buf_len(&s.result) == 0:
+            buf_append(&s.result, reply, n)     # (XREAD consumes nothing: the others' are dropped)
+    elif element and s.zset and (buf_len(&s.result) > 0 or c == NULL):
         block_push_back(core, reply, n)         # another shard's element came first, or nobody waits
     elif element and s.zset:
         buf_append(&s.result, reply, n)
@@ -334,7 +354,7 @@ cdef void block_answered(Core *core, Request *r, const char *reply, size_t n) no
         return
     if c != NULL:
         waiters_close(core, c)      # (`reply` is not used below: it may be in one's buffer)
-    elif buf_len(&s.result) > 0:
+    elif buf_len(&s.result) > 0 and s.zset:
         block_push_back(core, buf_head(&s.result), buf_len(&s.result))     # its client left
     if buf_len(&s.result) > 0:
         seq_finish(core, r, buf_head(&s.result), buf_len(&s.result))
@@ -356,3 +376,148 @@ cdef void block_restart(Core *core, Request *r) noexcept nogil:
     for i in range(s.nkeys):
         buf_clear(&s.fetched[i])
     seq_start(core, r)
+
+
+# ---- XREAD over streams of several shards ---------------------------------------------------
+# Nothing is consumed, so nothing is given back: the try is one XREAD (without BLOCK) per shard
+# of the streams, the replies merged in argument order (RESP2: [[key, entries] ...], RESP3: a
+# map), nil when no stream has entries; with BLOCK, then one `XREAD ... BLOCK <ms left>` per
+# shard at once, the first that answers entries is the answer (one stream, as Redis answers a
+# woken XREAD), the others ended with CLIENT UNBLOCK and what they answered dropped. An ID `$`
+# is resolved by each shard when its wait arrives, a round trip after the command: an entry
+# added within that round trip is not returned (it stays in the stream; Redis would return it).
+
+
+cdef bint stream_begin(Core *core, Client *c, Request *r, ArgVec *av, KeyList *kl) noexcept nogil:
+    """XREAD [COUNT n] [BLOCK ms] STREAMS key... id... with streams on several shards."""
+    cdef Sequence *s
+    cdef int j
+    cdef long long ms = -1
+    if kl.n == 0 or kl.pos[kl.n - 1] + kl.n >= av.argc or kl.pos[0] < 2:
+        return False
+    for j in range(1, kl.pos[0] - 1):
+        if arg_is(av, j, b"block") and j + 1 < kl.pos[0] - 1:
+            if parse_ll(av.argv[j + 1], av.argl[j + 1], &ms) < 0 or ms < 0:
+                ms = -2         # the shard answers Redis's error
+    if ms == -2:
+        r.pending = 1
+        frag_send(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
+        return True
+    s = seq_new(core, SEQ_BLOCK, WB_NONE, HOME_FIRST, av.wire, av.wire_len, kl.pos, kl.n)
+    if s != NULL:
+        s.stream = True
+        s.blocking = ms >= 0
+        if ms > 0:
+            s.deadline_us = core.now_us + ms * 1000
+    return seq_take(core, c, r, s)
+
+
+cdef void stream_group_command(Buf *sub, Sequence *s, int g, const char *block, size_t blen) noexcept nogil:
+    """XREAD with the options before STREAMS (BLOCK dropped; `BLOCK block` when given), and
+    the streams of shard group g with their IDs."""
+    cdef int i, j, nk = 0, nopts = 0, streams = s.kpos[0] - 1
+    for i in range(s.nkeys):
+        if s.kshard[i] == s.groups[g]:
+            nk += 1
+    j = 1
+    while j < streams:
+        if arg_is(&s.av, j, b"block"):
+            j += 2
+            continue
+        nopts += 1
+        j += 1
+    cmd_start(sub, 2 + nopts + (2 if block != NULL else 0) + 2 * nk)
+    cmd_arg_av(sub, &s.av, 0)
+    j = 1
+    while j < streams:
+        if arg_is(&s.av, j, b"block"):
+            j += 2
+            continue
+        cmd_arg_av(sub, &s.av, j)
+        j += 1
+    if block != NULL:
+        cmd_arg_str(sub, b"BLOCK")
+        cmd_arg(sub, block, blen)
+    cmd_arg_av(sub, &s.av, streams)
+    for i in range(s.nkeys):
+        if s.kshard[i] == s.groups[g]:
+            cmd_arg_av(sub, &s.av, s.kpos[i])
+    for i in range(s.nkeys):
+        if s.kshard[i] == s.groups[g]:
+            cmd_arg_av(sub, &s.av, s.kpos[i] + s.nkeys)
+
+
+cdef const char *stream_entries(Buf *reply, const char *key, size_t klen, size_t *len) noexcept nogil:
+    """In one shard's XREAD reply, the entries frame of stream `key` (NULL: not there)."""
+    cdef const char *p = buf_head(reply)
+    cdef const char *end = p + buf_len(reply)
+    cdef const char *body
+    cdef const char *name
+    cdef size_t nlen, need
+    cdef int push
+    cdef ssize_t flen
+    cdef long long count, i
+    cdef bint as_map = buf_len(reply) > 0 and p[0] == c'%'
+    if as_map:
+        if parse_ll(p + 1, <const char *>memchr(p, c'\n', end - p) - p - 2, &count) < 0:
+            return NULL
+        body = <const char *>memchr(p, c'\n', end - p) + 1
+    else:
+        count = array_header(p, end - p, &body)
+    for i in range(count):
+        if not as_map:
+            if array_header(body, end - body, &body) != 2:
+                return NULL
+        body = next_bulk(body, end, &name, &nlen)
+        if body == NULL:
+            return NULL
+        flen = reply_frame(body, end - body, &need, &push)
+        if flen <= 0:
+            return NULL
+        if nlen == klen and memcmp(name, key, klen) == 0:
+            len[0] = <size_t>flen
+            return body
+        body += flen
+    return NULL
+
+
+cdef void stream_tried(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    """One shard's XREAD (without BLOCK) is in; once every shard's is: the merged answer, or
+    the wait (BLOCK), or nil."""
+    cdef Sequence *s = r.seq
+    cdef Buf *out = &s.result
+    cdef const char *e
+    cdef size_t elen
+    cdef int i, g, found = 0
+    cdef bint resp3 = r.client != NULL and r.client.proto == 3
+    buf_append(&s.fetched[s.step], reply, n)
+    s.step += 1
+    if s.step < s.ngroups:
+        block_next(core, r)
+        return
+    buf_clear(out)
+    for i in range(s.nkeys):
+        for g in range(s.ngroups):
+            if s.groups[g] == s.kshard[i]:
+                break
+        if stream_entries(&s.fetched[g], s.av.argv[s.kpos[i]], s.av.argl[s.kpos[i]], &elen) != NULL:
+            found += 1
+    if found == 0:
+        buf_clear(&s.block_reply)
+        if s.blocking:
+            block_wait(core, r)
+        else:
+            seq_finish_str(core, r, b"_\r\n" if resp3 else b"*-1\r\n")
+        return
+    buf_append_int(out, c'%' if resp3 else c'*', found)
+    for i in range(s.nkeys):
+        for g in range(s.ngroups):
+            if s.groups[g] == s.kshard[i]:
+                break
+        e = stream_entries(&s.fetched[g], s.av.argv[s.kpos[i]], s.av.argl[s.kpos[i]], &elen)
+        if e != NULL:
+            if not resp3:
+                buf_append_str(out, b"*2\r\n")
+            cmd_arg_av(out, &s.av, s.kpos[i])
+            buf_append(out, e, elen)
+    seq_finish(core, r, buf_head(out), buf_len(out))

@@ -62,6 +62,7 @@ cdef struct Sequence:
     # Blocking forms (blocking_sequential.pxi): SEQ_BLOCK, and SEQ_STAGE for BLMOVE/BRPOPLPUSH.
     bint blocking           # a nil answer means: wait for an element, then try again
     bint zset               # BZPOPMIN/BZPOPMAX/BZMPOP: the waits pop (pushed back if not the answer)
+    bint stream             # XREAD: one try and one wait per shard, replies merged; nothing is consumed
     int timeout_arg         # the argument that holds the client's timeout
     long long deadline_us   # when the client's timeout ends (0: never)
     bint woken              # a wait saw an element: try the keys again once every wait is in
