@@ -29,8 +29,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
         sort_sequential   SORT BY / GET patterns over keys of several shards (sequential)
-        blocking_sequential   BLPOP ... BZMPOP, BLMOVE over several shards (sequential): try
-                          each key in order, then wait on every key's shard at once
+        blocking_sequential   BLPOP ... BZMPOP, BLMOVE, XREAD over several shards
+                          (sequential): try each key in order, then wait on every shard at once
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
       cluster_api   the OSS Cluster API (oss_cluster): CLUSTER SLOTS ... answered, -MOVED to
                     the proxy of the node whose master shard holds the keys

@@ -1,6 +1,7 @@
 # The blocking pops and moves over keys of several shards (multi_slot_commands = sequential):
 # BLPOP, BRPOP, BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP with keys on several shards, BLMOVE and
-# BRPOPLPUSH with source and destination on different shards. Entered from route_blocking only
+# BRPOPLPUSH with source and destination on different shards; and XREAD over streams of
+# several shards (at the end of this file). Entered from route_blocking only
 # where it would answer CROSSSLOT, so a blocking command whose keys share a shard never meets
 # this file (it keeps its one connection of the client's own, blocking.pxi).
 #

@@ -69,8 +69,8 @@
 #
 # Not here (kept CROSSSLOT): transactions over several shards (MULTI/EXEC needs an atomic
 # commit across shards, which redis-server shards cannot vote on), MSET-like commands already
-# split. The blocking forms (BLPOP ... BLMOVE over several shards) are SEQ_BLOCK and a blocking
-# SEQ_STAGE: see blocking_sequential.pxi.
+# split. The blocking forms (BLPOP ... BLMOVE, XREAD over several shards) are SEQ_BLOCK and a
+# blocking SEQ_STAGE: see blocking_sequential.pxi; XREADGROUP stays CROSSSLOT.
 #
 # SEQ_SORT: SORT / SORT_RO with BY or GET patterns forming keys of other shards: see
 #   sort_sequential.pxi.
