@@ -53,6 +53,7 @@ NOT_BLOCKING = {
               ["XREAD", "BLOCK", "1000", "STREAMS", "{a}", "{b}", "{c}", "0", "1-1", "2-1"],
               ["XREAD", "STREAMS", "{a}", "{b}", "0", "1-1"], ["XREAD", "BLOCK", "50", "STREAMS", "{a}", "{b}", "$", "$"],
               ["XREAD", "STREAMS", "{a}", "{b}", "0", "bad"], ["XREAD", "BLOCK", "-1", "STREAMS", "{a}", "{b}", "0", "0"],
+              ["XREAD", "STREAMS", "{a}", "{b}", "{c}", "0", "0"],
               ["SET", "{a}", "s"], ["XREAD", "STREAMS", "{a}", "{b}", "0", "0"]],
     "errors": [["SET", "{a}", "s"], ["RPUSH", "{b}", "x"], ["BLPOP", "{a}", "{b}", "0"],
                ["BLPOP", "{c}", "{b}", "-1"], ["BLPOP", "{c}", "{b}", "soon"],

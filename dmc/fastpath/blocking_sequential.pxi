@@ -399,8 +399,8 @@ cdef bint stream_begin(Core *core, Client *c, Request *r, ArgVec *av, KeyList *k
     for j in range(1, kl.pos[0] - 1):
         if arg_is(av, j, b"block") and j + 1 < kl.pos[0] - 1:
             if parse_ll(av.argv[j + 1], av.argl[j + 1], &ms) < 0 or ms < 0:
-                ms = -2         # the shard answers Redis's error
-    if ms == -2:
+                ms = -2         # the shard answers Redis's error (and for unbalanced streams)
+    if ms == -2 or (av.argc - kl.pos[0]) % 2 != 0:
         r.pending = 1
         frag_send(core, core.key_shard[0], &r.frag0, av.wire, av.wire_len)
         return True
