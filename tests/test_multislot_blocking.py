@@ -133,7 +133,10 @@ def test_times_out_as_one_redis(seq, ref):
     for resp3 in (False, True):
         for cmd in (["BLPOP", "{a}", "{b}", "0.2"], ["BZMPOP", "0.2", "2", "{a}", "{c}", "MIN"],
                     ["BLMOVE", "{a}", "{b}", "LEFT", "LEFT", "0.2"],
-                    ["XREAD", "BLOCK", "200", "STREAMS", "{a}", "{b}", "0", "0"]):
+                    ["XREAD", "BLOCK", "200", "STREAMS", "{a}", "{b}", "0", "0"],
+                    # Over before the keys are all tried: answered without a wait.
+                    ["BLPOP", "{a}", "{b}", "{c}", "0.0001"], ["BZPOPMAX", "{a}", "{b}", "{c}", "0.0001"],
+                    ["XREAD", "BLOCK", "1", "STREAMS", "{a}", "{b}", "{c}", "0", "0", "0"]):
             expected = connect(ref_port(ref), resp3).call_raw(*filled(cmd, names))
             got = connect(seq.port, resp3).call_raw(*filled(cmd, names))
             assert got == expected, cmd

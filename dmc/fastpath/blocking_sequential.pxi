@@ -196,6 +196,8 @@ cdef void block_wait(Core *core, Request *r) noexcept nogil:
     cdef long long left
     cdef int i, nwaits = 1 if s.kind == SEQ_STAGE else (s.ngroups if s.stream else s.nkeys)
     cdef Backend *b
+    if buf_len(&s.block_reply) == 0:
+        buf_append_str(&s.block_reply, b"_\r\n" if c != NULL and c.proto == 3 else b"*-1\r\n")
     if c == NULL or c.flags & CF_CLOSED:
         seq_finish(core, r, buf_head(&s.block_reply), buf_len(&s.block_reply))
         return
@@ -211,8 +213,6 @@ cdef void block_wait(Core *core, Request *r) noexcept nogil:
     else:
         tlen = 1
         timeout[0] = c'0'
-    if buf_len(&s.block_reply) == 0:
-        buf_append_str(&s.block_reply, b"_\r\n" if c.proto == 3 else b"*-1\r\n")
     seq_unlock(core, s)
     if nwaits > 1 and r.frags == &r.frag0 and req_fragment(r, nwaits) < 0:
         seq_finish_str(core, r, b"-ERR out of memory\r\n")
