@@ -29,6 +29,8 @@ _fastpath.pxd), so that calls between parts are plain C calls. In the order a re
       sequential    multi-key commands over several shards, as single-shard steps
                     (multi_slot_commands = sequential; else CROSSSLOT)
         sort_sequential   SORT BY / GET patterns over keys of several shards (sequential)
+        blocking_sequential   BLPOP ... BZMPOP, BLMOVE, XREAD over several shards
+                          (sequential): try each key in order, then wait on every shard at once
       tracking      CLIENT TRACKING: the proxy's key -> clients table, the shards' tracked connections
       cluster_api   the OSS Cluster API (oss_cluster): CLUSTER SLOTS ... answered, -MOVED to
                     the proxy of the node whose master shard holds the keys
@@ -90,6 +92,7 @@ include "fastpath/coalesce_sets.pxi"
 include "fastpath/coalesce_pfcount.pxi"
 include "fastpath/sequential.pxi"
 include "fastpath/sort_sequential.pxi"
+include "fastpath/blocking_sequential.pxi"
 include "fastpath/cluster_api.pxi"
 include "fastpath/workers.pxi"
 include "fastpath/scripts.pxi"
@@ -285,6 +288,10 @@ cdef class Proxy:
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         self.set_multi_slot_commands(multi_slot_commands)
+        # A test hook, off unless the environment asks (tests/test_multislot_crash.py): the
+        # process stops itself (SIGSTOP) once a sequence's destination is written and before
+        # its source is changed, so that a test can kill -9 it, or a shard, right there.
+        self.core.seq_stop_before_write_back = os.environ.get("DMC_TEST_STOP_BEFORE_WRITE_BACK") == "1"
         version = server_version.encode()[:31]
         memcpy(self.core.server_version, <char *>version, len(version))
         self.core.shards = <Shard *>calloc(MAX_SHARDS, sizeof(Shard))

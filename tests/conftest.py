@@ -106,20 +106,41 @@ def shard_ports(tmp_path_factory):
         yield [port for port, _ in started]
 
 
+def shared_database(tmp_path_factory, name: str, proxy_args=()):
+    """A 3-shard database for a module-scoped fixture (`yield from` it): stopped at the end."""
+    d = start_database(tmp_path_factory.mktemp(name), proxy_args=proxy_args)
+    yield d
+    d.close()
+
+
+def emptied(d: Database) -> Database:
+    for i in range(len(d.shard_ports)):
+        d.shard(i).flushall()
+    return d
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     """A 3-shard database shared by a module's tests; flushed before each test by `r`."""
-    d = start_database(tmp_path_factory.mktemp("db"))
-    yield d
-    d.close()
+    yield from shared_database(tmp_path_factory, "db")
 
 
 @pytest.fixture
 def r(db):
     """A redis-py client of the shared database, which starts empty."""
-    for i in range(len(db.shard_ports)):
-        db.shard(i).flushall()
-    return db.client()
+    return emptied(db).client()
+
+
+@pytest.fixture(scope="module")
+def seqdb(tmp_path_factory):
+    """A 3-shard database with multi_slot_commands = sequential, shared by a module's tests."""
+    yield from shared_database(tmp_path_factory, "seqdb", ("--multi-slot-commands", "sequential"))
+
+
+@pytest.fixture
+def seq(seqdb):
+    """The sequential database, empty."""
+    return emptied(seqdb)
 
 
 @pytest.fixture

@@ -82,18 +82,27 @@ class RespConn:
 
     def read(self, timeout: float | None = None):
         """The next frame; socket.timeout (TimeoutError) if none comes within timeout."""
+        return parse_frame(self.read_raw(timeout))[0]
+
+    def read_raw(self, timeout: float | None = None) -> bytes:
+        """The next frame's exact bytes (a nil array and a nil bulk differ there)."""
         if timeout is not None:
             self.sock.settimeout(timeout)
         while True:
             try:
-                value, pos = parse_frame(self.buf)
-                self.buf = self.buf[pos:]
-                return value
+                _, pos = parse_frame(self.buf)
+                frame, self.buf = self.buf[:pos], self.buf[pos:]
+                return frame
             except Incomplete:
                 data = self.sock.recv(65536)
                 if not data:
                     raise ConnectionError("connection closed")
                 self.buf += data
+
+    def call_raw(self, *args) -> bytes:
+        """One command's reply, its exact bytes."""
+        self.send(args)
+        return self.read_raw()
 
     def call(self, *args):
         """One command's reply; pushes that arrive first are skipped."""

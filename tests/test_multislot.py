@@ -13,7 +13,6 @@ import threading
 
 import pytest
 
-from conftest import start_database
 from replies import Error, RespConn
 
 # {name}: a key of its own shard (filled in per database: a, b, c on three different shards).
@@ -99,7 +98,7 @@ def data_of(conn: RespConn, keys) -> dict:
             continue
         read = {b"string": ["GET", k], b"list": ["LRANGE", k, "0", "-1"],
                 b"set": ["SMEMBERS", k], b"hash": ["HGETALL", k],
-                b"zset": ["ZRANGE", k, "0", "-1", "WITHSCORES"]}[kind]
+                b"zset": ["ZRANGE", k, "0", "-1", "WITHSCORES"], b"stream": ["XRANGE", k, "-", "+"]}[kind]
         value = normalise(conn.call(*read))
         if kind == b"set":
             value = sorted(value)
@@ -107,27 +106,14 @@ def data_of(conn: RespConn, keys) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def seqdb(tmp_path_factory):
-    d = start_database(tmp_path_factory.mktemp("seqdb"),
-                       proxy_args=("--multi-slot-commands", "sequential"))
-    yield d
-    d.close()
-
-
-@pytest.fixture
-def seq(seqdb):
-    for i in range(len(seqdb.shard_ports)):
-        seqdb.shard(i).flushall()
-    return seqdb
-
-
-def run_scenario(port, steps, names, resp3):
+def run_scenario(port, steps, names, resp3, raw=False):
+    """The replies of the steps (raw: their exact bytes) and the data left behind."""
     conn = RespConn(port)
     try:
         if resp3:
             conn.call("HELLO", "3")
-        replies = [normalise(conn.call(*filled(cmd, names))) for cmd in steps]
+        replies = [conn.call_raw(*filled(cmd, names)) if raw else normalise(conn.call(*filled(cmd, names)))
+                   for cmd in steps]
         data = data_of(conn, [names[k] for k in ("a", "b", "c", "nokey")])
         return replies, data
     finally:

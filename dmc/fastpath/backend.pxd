@@ -52,6 +52,7 @@ cdef struct Backend:
     Backend *next_waiter    # ROLE_WAITER: the client's next WAIT connection
     bint wants_id           #   its next reply is its CLIENT ID on the shard
     long long shard_client_id   #   that id, for CLIENT UNBLOCK (0 until known); ROLE_TRACKED: for REDIRECT
+    int unblock_wanted      #   CLIENT UNBLOCK to send once that id is known: 1 TIMEOUT, 2 ERROR
     bint hold               # ROLE_TRACKED (RESP2): requests queued, not sent, until its REDIRECT id is known
     Backend *next_closed
     User *user              # the ACL user it runs as (acl.pxi); NULL: `default`, the proxy's own

@@ -8,6 +8,9 @@ cdef void route_blocking(Core *core, Client *c, Request *r, ArgVec *av, KeyList 
     cdef int shard = core.key_shard[0] if kl.n > 0 else default_shard(core)
     cdef Backend *b
     if kl.n > 0 and not same_shard(core, kl.n):
+        if not (c.flags & CF_WATCH) and core.multi_slot == MULTI_SLOT_SEQUENTIAL \
+                and block_begin(core, c, r, av, kl):
+            return      # over several shards, as single-shard steps (blocking_sequential.pxi)
         req_write_str(core, r, b"-CROSSSLOT Keys in request don't hash to the same slot\r\n")
         return
     if c.flags & CF_WATCH and shard != c.watch_shard:

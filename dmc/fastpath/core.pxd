@@ -103,6 +103,7 @@ cdef struct Core:
     Request *seq_waiting        # sequences waiting for a slot another one holds, in arrival order
     bint seq_waking             # seq_wake() runs: a sequence that ends meanwhile asks it again
     bint seq_wake_again
+    bint seq_stop_before_write_back  # test hook (DMC_TEST_STOP_BEFORE_WRITE_BACK): SIGSTOP between two steps
     User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)
     bint keyspace_relay_off     # another proxy of the database relays its notifications (pubsub.pxi)
     ScriptsSpread *scripts_spread   # EVAL bodies cached on every shard (scripts.pxi); NULL: none yet

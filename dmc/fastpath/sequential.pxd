@@ -14,6 +14,7 @@ cdef enum SeqKind:
     SEQ_MPOP = 2            # LMPOP / ZMPOP: each key in argument order on its shard, first non-empty
     SEQ_MSETNX = 3          # EXISTS on every shard, then MSETNX per shard (undone on a lost race)
     SEQ_SORT = 4            # SORT with BY/GET patterns over keys of other shards (sort_sequential.pxi)
+    SEQ_BLOCK = 5           # BLPOP & co. over several shards (blocking_sequential.pxi)
 
 
 # What a SEQ_STAGE command then does to its source on the source's own shard.
@@ -29,6 +30,7 @@ cdef enum:
     PH_FETCH = 0            # STAGE: DUMP + PTTL of remote sources; MPOP: the next key; MSETNX: EXISTS
     PH_RUN = 1              # STAGE: the command on the home shard; MSETNX: MSETNX per shard
     PH_WRITE_BACK = 2       # STAGE: the source's change; MSETNX: undo after a lost race
+    PH_BLOCK = 3            # BLOCK (and BLMOVE's STAGE): waiting on every key's shard at once
 
 
 cdef struct Sequence:
@@ -57,6 +59,15 @@ cdef struct Sequence:
     int nrefs
     Buf *shard_fetched      # per shard index: `MULTI DUMP PTTL ... EXEC`'s reply
     int nfetched
+    # Blocking forms (blocking_sequential.pxi): SEQ_BLOCK, and SEQ_STAGE for BLMOVE/BRPOPLPUSH.
+    bint blocking           # a nil answer means: wait for an element, then try again
+    bint zset               # BZPOPMIN/BZPOPMAX/BZMPOP: the waits pop (pushed back if not the answer)
+    bint stream             # XREAD: one try and one wait per shard, replies merged; nothing is consumed
+    int timeout_arg         # the argument that holds the client's timeout
+    long long deadline_us   # when the client's timeout ends (0: never)
+    bint woken              # a wait saw an element: try the keys again once every wait is in
+    Buf block_reply         # what the waits answered that is not an element: the last nil,
+    Buf block_error         #   the first error
 
 
 cdef bint seq_begin(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec *av,
@@ -64,3 +75,4 @@ cdef bint seq_begin(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec 
 cdef bint seq_begin_resolved(Core *core, Request *r, const char *reply, size_t n) noexcept nogil
 cdef void seq_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil
 cdef void seq_free(Core *core, Request *r) noexcept nogil
+cdef void seq_unlock(Core *core, Sequence *s) noexcept nogil

@@ -52,6 +52,11 @@
 #   holds the value set (a later write by someone else is kept), and the answer is 0. Between
 #   steps a reader may see some keys set and others not yet; no partial result remains.
 #
+# Test hook: with DMC_TEST_STOP_BEFORE_WRITE_BACK=1 in dmcproxy's environment (read once, when a
+# Proxy is made; one test of a flag here, off the common path) the process stops itself
+# (SIGSTOP) between a SEQ_STAGE's step 2 and its write-back, so tests/test_multislot_crash.py
+# can kill -9 the proxy or a shard at that point and check what is left.
+#
 # Serialization: within one endpoint, sequences touching the same slots run one after the
 # other: each holds every slot of its keys in core.seq_locks from its first step to its answer,
 # taken all at once or not at all (no deadlock), waiters served in arrival order. With worker
@@ -63,8 +68,9 @@
 # element moved by two proxies at once in both places), never a loss.
 #
 # Not here (kept CROSSSLOT): transactions over several shards (MULTI/EXEC needs an atomic
-# commit across shards, which redis-server shards cannot vote on), blocking forms (BLMOVE,
-# BLPOP ... over several shards), MSET-like commands already split.
+# commit across shards, which redis-server shards cannot vote on), MSET-like commands already
+# split. The blocking forms (BLPOP ... BLMOVE, XREAD over several shards) are SEQ_BLOCK and a
+# blocking SEQ_STAGE: see blocking_sequential.pxi; XREADGROUP stays CROSSSLOT.
 #
 # SEQ_SORT: SORT / SORT_RO with BY or GET patterns forming keys of other shards: see
 #   sort_sequential.pxi.
@@ -258,6 +264,8 @@ cdef void seq_release(Sequence *s) noexcept nogil:
     free(s.slots)
     buf_free(&s.wire)
     buf_free(&s.result)
+    buf_free(&s.block_reply)
+    buf_free(&s.block_error)
     buf_free(&s.refs)
     free(s.ref_shard)
     if s.shard_fetched != NULL:
@@ -283,18 +291,26 @@ cdef inline void seq_table_unlock(Core *core) noexcept nogil:
 
 cdef void seq_free(Core *core, Request *r) noexcept nogil:
     cdef Sequence *s = r.seq
-    cdef int i
     if s == NULL:
         return
-    if s.locked:
-        seq_table_lock(core)
-        for i in range(s.nslots):
-            core.seq_locks[s.slots[i]] = 0
-        seq_table_unlock(core)
-        if core.workers != NULL:
-            workers_seq_released(core)
+    seq_unlock(core, s)
     seq_release(s)
     r.seq = NULL
+
+
+cdef void seq_unlock(Core *core, Sequence *s) noexcept nogil:
+    """Its slots are free again (its end, or a blocking form that starts to wait); the
+    sequences waiting for them are woken by the caller (seq_finish) or by seq_wake."""
+    cdef int i
+    if not s.locked:
+        return
+    s.locked = False
+    seq_table_lock(core)
+    for i in range(s.nslots):
+        core.seq_locks[s.slots[i]] = 0
+    seq_table_unlock(core)
+    if core.workers != NULL:
+        workers_seq_released(core)
 
 
 cdef bint seq_slots_free(Core *core, Sequence *s) noexcept nogil:
@@ -520,6 +536,8 @@ cdef void seq_next(Core *core, Request *r) noexcept nogil:
     cdef Sequence *s = r.seq
     if s.kind == SEQ_STAGE:
         stage_next(core, r)
+    elif s.kind == SEQ_BLOCK:
+        block_next(core, r)
     elif s.kind == SEQ_MPOP:
         mpop_next(core, r)
     elif s.kind == SEQ_SORT:
@@ -531,7 +549,11 @@ cdef void seq_next(Core *core, Request *r) noexcept nogil:
 cdef void seq_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
     """A step's reply is in."""
     cdef Sequence *s = r.seq
-    if s.kind == SEQ_STAGE:
+    if s.phase == PH_BLOCK:
+        block_answered(core, r, reply, n)       # blocking_sequential.pxi
+    elif s.kind == SEQ_BLOCK:
+        block_tried(core, r, reply, n)
+    elif s.kind == SEQ_STAGE:
         stage_answered(core, r, reply, n)
     elif s.kind == SEQ_MPOP:
         mpop_answered(core, r, reply, n)
@@ -677,10 +699,17 @@ cdef void stage_answered(Core *core, Request *r, const char *reply, size_t n) no
         else:
             cmd_arg_str(sub, b"-1")
         cmd_arg(sub, dump, dump_len)
+    elif s.blocking and frame_is_nil(e, elen):
+        buf_clear(&s.result)
+        buf_clear(&s.block_reply)
+        block_wait(core, r)      # BLMOVE / BRPOPLPUSH: the source is empty (blocking_sequential.pxi)
+        return
     else:
         seq_finish(core, r, buf_head(&s.result), buf_len(&s.result))
         return
     s.phase = PH_WRITE_BACK
+    if core.seq_stop_before_write_back:
+        kill(getpid(), SIGSTOP)     # the test hook: the destination is written, the source not yet changed
     seq_send(core, r, s.kshard[src], 0)
 
 

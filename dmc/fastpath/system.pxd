@@ -8,6 +8,9 @@ from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EPIPE
 cdef extern from "errno.h":
     int EWOULDBLOCK
 from posix.unistd cimport close, read, write
+from posix.unistd cimport getpid
+from posix.signal cimport kill
+from libc.signal cimport SIGSTOP
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 from cpython.exc cimport PyErr_CheckSignals
 

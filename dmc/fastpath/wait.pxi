@@ -55,6 +55,8 @@ cdef int rsp_waiter(Core *core, Backend *b, const char *p, size_t n, int push) n
     if b.wants_id:
         b.wants_id = False
         parse_ll(p + 1, n - 3, &b.shard_client_id)
+        if b.unblock_wanted:
+            waiter_unblock(core, b, b.unblock_wanted == 2)
         return 0
     return rsp_fragment(core, b, p, n, push)
 
@@ -154,11 +156,20 @@ cdef void wait_unblock(Core *core, Client *c, bint as_error) noexcept nogil:
     """CLIENT UNBLOCK of a client in WAIT: each shard is told to unblock the client's connection
     there, and answers the count it reached (TIMEOUT) or UNBLOCKED (ERROR)."""
     cdef Backend *b = c.waiters
-    cdef char line[96]
     while b != NULL:
-        if b.shard_client_id > 0:
-            snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
-                     <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
-                     5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
-            req_send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
+        waiter_unblock(core, b, as_error)
         b = b.next_waiter
+
+
+cdef void waiter_unblock(Core *core, Backend *b, bint as_error) noexcept nogil:
+    """CLIENT UNBLOCK <its id on the shard> TIMEOUT|ERROR, on a shared connection of the
+    proxy's; sent once the id is known (rsp_waiter) when it is not yet."""
+    cdef char line[96]
+    if b.shard_client_id <= 0:
+        b.unblock_wanted = 2 if as_error else 1
+        return
+    b.unblock_wanted = 0
+    snprintf(line, sizeof(line), b"*4\r\n$6\r\nCLIENT\r\n$7\r\nUNBLOCK\r\n$%d\r\n%lld\r\n$%d\r\n%s\r\n",
+             <int>snprintf(NULL, 0, b"%lld", b.shard_client_id), b.shard_client_id,
+             5 if as_error else 7, b"ERROR" if as_error else b"TIMEOUT")
+    req_send_unanswered(core, shard_backend(core, b.shard, 2), line, strlen(line))
