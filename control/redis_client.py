@@ -149,14 +149,17 @@ async def info(conn: Redis, section: str) -> dict[str, str]:
 
 
 async def connect(host: str, port: int, *, timeout: float = 1.0,
-                  password: str | None = None, ssl_context: ssl.SSLContext | None = None) -> Redis:
-    """A connection to host:port, authenticated if password is given, over TLS with
+                  password: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                  unix_path: str | None = None) -> Redis:
+    """A connection to host:port (or to the unix socket `unix_path`, host and port then only
+    name it in errors), authenticated if password is given, over TLS with
     `ssl_context` (redis-server's tls-port; the handshake is made within the timeout). A
     refused AUTH raises ReplyError (WRONGPASS, ...): the server is there, so it is not
     RedisUnavailable; a refused handshake is RedisUnavailable."""
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await (trio.open_unix_socket(unix_path) if unix_path is not None
+                            else trio.open_tcp_stream(host, port))
             if ssl_context is not None:
                 stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
                 await stream.do_handshake()

@@ -11,8 +11,9 @@ It reconciles, on every change notice and every POLL_EVERY seconds:
   `tls-port` (the shard record's, beside its port) with the node's `cp` certificate and
   `tls-auth-clients yes` (a client must show a certificate the cluster CA signed), and a
   replica follows its master's tls-port with `tls-replication yes`; switched on or off with
-  CONFIG SET, no restart. The plain port stays, for the node's own services (node_wd's probe,
-  redis_mgr, backup_mgr), as CCS keeps its own under CPINE;
+  CONFIG SET, no restart. Its plain port is then closed (`port 0`): every shard also has a
+  unix socket in its folder (mode 0700) for the node's own services, and the other nodes reach
+  it over its tls-port only (control/shard_link.py says why and how each service connects);
 - every shard of a database gets the ACL users its `roles_permissions` give (control/access.py
   `database_acl`: the users of each role, with the password hash and the rules of its
   redis_acl), set with ACL SETUSER on masters and replicas alike (Redis does not replicate
@@ -48,9 +49,10 @@ import time
 
 import trio
 
-from control import access, ccs, schema
+from control import access, ccs, schema, shard_link
+from control.shard_link import dpine
 from control.node import NodeConfig, atomic_write, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from control.redis_client import RedisUnavailable, ReplyError, info
 from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
@@ -66,7 +68,9 @@ def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
     folder = config.shards_dir / str(shard.uid)
     lines = [
         f"bind {config.address}",
-        f"port {shard.port}",
+        f"port {0 if dpine(shard, bdb) else shard.port}",
+        f"unixsocket {shard_link.socket_path(config.shards_dir, shard.uid)}",
+        "unixsocketperm 700",
         f"dir {folder}",
         f"pidfile {folder / 'redis.pid'}",
         "daemonize no",
@@ -82,7 +86,8 @@ def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
         f"maxmemory-policy {bdb.eviction_policy}",
     ]
     lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
-    lines += [f'{name} "{value}"' for name, value in data_tls(config, shard, bdb).items()]
+    lines += [f'{name} "{value}"' for name, value in data_tls(config, shard, bdb, True).items()
+              if name != "port"]
     return "\n".join(lines) + "\n"
 
 
@@ -101,21 +106,21 @@ def persistence(shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
     }
 
 
-def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
+def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
+             has_socket: bool | None = None) -> dict[str, str]:
     """The shard's TLS settings (DPINE): its tls-port with the node's `cp` certificate, client
-    certificates required, replication over TLS; off: no tls-port, plain replication."""
+    certificates required, replication over TLS, and no plain TCP port if it has its unix
+    socket (`has_socket`, None: look; one started before shards had one keeps its port, the
+    node's services' only way in); off: its plain port, no tls-port, plain replication."""
     if not dpine(shard, bdb):
-        return {"tls-port": "0", "tls-replication": "no"}
-    return {"tls-cert-file": str(cert_file(config.dir, "cp")),
+        return {"port": str(shard.port), "tls-port": "0", "tls-replication": "no"}
+    if has_socket is None:
+        has_socket = shard_link.socket_path(config.shards_dir, shard.uid).exists()
+    return {"port": "0" if has_socket else str(shard.port),
+            "tls-cert-file": str(cert_file(config.dir, "cp")),
             "tls-key-file": str(key_file(config.dir, "cp")),
             "tls-ca-cert-file": str(ca_file(config.dir)), "tls-auth-clients": "yes",
             "tls-port": str(shard.tls_port), "tls-replication": "yes"}
-
-
-def dpine(shard: schema.Shard, bdb: schema.Bdb) -> bool:
-    """The database asks for data-path encryption and the shard has a tls-port (one made
-    before tls-ports existed has none: it stays plaintext)."""
-    return bdb.data_internode_encryption and bool(shard.tls_port)
 
 
 def maxmemory(bdb: schema.Bdb) -> int:
@@ -292,7 +297,7 @@ class RedisMgr:
 
     async def _check_synced(self, running: Shard, shard: schema.Shard) -> None:
         try:
-            async with await connect(self.config.address, shard.port) as conn:
+            async with await shard_link.local_link(self.config, shard).connect() as conn:
                 replication = await info(conn, "replication")
         except (RedisUnavailable, ReplyError):
             return
@@ -328,7 +333,9 @@ class RedisMgr:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and started.alive():
             try:
-                with socket.create_connection((self.config.address, shard.port), 0.2):
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(0.2)
+                    probe.connect(str(shard_link.socket_path(self.config.shards_dir, shard.uid)))
                     log.info("started shard %d on port %d (pid %d)", shard.uid, shard.port,
                              proc.pid)
                     # a new process has no ACL users yet: _configure gives them
@@ -356,7 +363,7 @@ class RedisMgr:
                       access.database_acl(bdb, *self.access))
         if running.applied == want:
             return
-        async with await connect(self.config.address, shard.port) as conn:
+        async with await shard_link.local_link(self.config, shard).connect() as conn:
             if (want["tls"], want["tls_files"]) != \
                     (running.applied.get("tls"), running.applied.get("tls_files")):
                 # Before REPLICAOF: a replica of a TLS master connects with tls-replication.

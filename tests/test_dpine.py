@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 
 import pytest
 import redis
@@ -222,10 +223,20 @@ def test_replicated_database_with_data_internode_encryption(cluster):
     assert on_replica.info("replication")["master_port"] == master["tls_port"]
     assert wait_until(lambda: on_replica.get("k99"), 10, what="the write on the replica") == b"v99"
 
-    # Plaintext on the tls-port is refused.
+    # Plaintext on the tls-port is refused, and the plain port is closed (port 0): the node's
+    # own services reach the shard on its unix socket (mode 0700), other nodes over TLS.
     node = cluster.nodes[master["node_uid"]]
     with pytest.raises(redis.ConnectionError):
         redis.Redis(node.address, master["tls_port"], socket_timeout=5).ping()
+    for shard, conn in ((master, on_master), (replica, on_replica)):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((cluster.nodes[shard["node_uid"]].address, shard["port"]), 2)
+        assert conn.config_get("port") == {"port": "0"}
+        sock = cluster.nodes[shard["node_uid"]].dir / "shards" / str(shard["uid"]) / "redis.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o700
+    # redis_mgr (on the socket) saw the replica synced: a failover may promote it.
+    wait_until(lambda: api.get(f"/v1/shards/{replica['uid']}").json().get("synced"), 30,
+               what="the replica reported synced")
 
     # Failover: the master killed, the replica takes over, the endpoint keeps serving.
     os.kill(master["pid"], signal.SIGKILL)
