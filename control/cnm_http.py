@@ -46,7 +46,7 @@ from control import (access, alerts, backup_mgr, ccs, certificates, rest_access,
                      rest_stats, schema)
 from control.cluster_view import ClusterView, pair_of, read_view
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
+from control.redis_client import RedisUnavailable, ReplyError, info
 from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
                                  CertificateUpdate, Cluster, DryRun, ImportRequest,
@@ -299,8 +299,7 @@ class CnmHttp:
         """Answer every node's question "can you bind this port?" for this node."""
         while True:
             try:
-                async with subscribe(self.config.address, self.config.ccs_port,
-                                     [PORT_PROBE]) as sub:
+                async with ccs.subscribe_node(self.config, [PORT_PROBE]) as sub:
                     async for _channel, message in sub:
                         probe = ccs.unpack(message)
                         reason = bind_failure(self.config.address, probe["port"])
@@ -318,8 +317,8 @@ class CnmHttp:
         token = uuid.uuid4().hex
         answers: dict[int, dict] = {}
         asked = set(view.running("cnm_http")) | {self.config.uid}
-        async with subscribe(self.config.address, self.config.ccs_forward_port,
-                             [port_probe_channel(token)]) as replies:
+        async with ccs.subscribe_node(self.config, [port_probe_channel(token)],
+                                      forwarded=True) as replies:
             question = ccs.pack({"token": token, "port": port})
             with trio.move_on_after(PORT_PROBE_DEADLINE):
                 # Asked again every PORT_PROBE_REPEAT: a node whose CCS copy is still syncing

@@ -84,7 +84,7 @@ import trio
 
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_client import RedisUnavailable, ReplyError
 from control.sealing import reveal_text
 from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc import cluster_api
@@ -192,8 +192,8 @@ class NodeProxy:
         conn = None
         try:
             with trio.fail_after(CATCH_UP_TIMEOUT):
-                conn = await connect(self.config.address, self.config.ccs_forward_port,
-                                     timeout=CATCH_UP_TIMEOUT)
+                conn = await ccs.connect_node(self.config, forwarded=True,
+                                              timeout=CATCH_UP_TIMEOUT)
                 for uid in list(self.endpoints):
                     bdb, shard_map = await schema.get_bdb(conn, uid), \
                         await schema.get_map(conn, uid)

@@ -43,7 +43,7 @@ from control import ccs, redis_mgr, schema, shard_link
 from control.cluster_view import (ClusterView, master_here, node_load, pair_nodes, pick_node,
                                   read_view, serving_replica)
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_client import RedisUnavailable, ReplyError
 
 log = logging.getLogger("node_wd")
 
@@ -93,8 +93,7 @@ class NodeWd:
         ccs_error = None
         try:
             with trio.fail_after(self.deadline):
-                async with await connect(self.config.address, self.config.ccs_port,
-                                         timeout=self.deadline) as conn:
+                async with await ccs.connect_node(self.config, timeout=self.deadline) as conn:
                     await conn.execute("PING")
         except trio.TooSlowError:
             ccs_error = f"no answer to PING within {self.deadline}s"

@@ -200,13 +200,13 @@ class Subscription:
 
 @asynccontextmanager
 async def subscribe(host: str, port: int, channels: list[str], *, timeout: float = 1.0,
-                    password: str | None = None,
-                    ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Subscription]:
+                    password: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                    unix_path: str | None = None) -> AsyncIterator[Subscription]:
     """A Subscription on its own connection, already active when the context is entered."""
     if not channels:
         raise ValueError("subscribe needs at least one channel")
     async with await connect(host, port, timeout=timeout, password=password,
-                             ssl_context=ssl_context) as conn:
+                             ssl_context=ssl_context, unix_path=unix_path) as conn:
         payload = encode_command(("SUBSCRIBE", *channels))
         # one confirmation per channel; read one at a time so that a single error reply
         # (NOAUTH, ...) for the whole command is raised rather than waited past

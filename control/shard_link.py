@@ -25,6 +25,7 @@ from pathlib import Path
 from control import schema
 from control.redis_client import Redis, connect
 from control.tls import ReloadingContext, ca_file, cert_file, key_file
+from dmc.processes import unix_socket_path
 
 SOCKET = "redis.sock"       # in the shard's folder
 
@@ -38,7 +39,7 @@ def dpine(shard: schema.Shard, bdb: schema.Bdb) -> bool:
 
 
 def socket_path(shards_dir: Path, uid: int) -> Path:
-    return Path(shards_dir) / str(uid) / SOCKET
+    return Path(unix_socket_path(Path(shards_dir) / str(uid) / SOCKET))
 
 
 def client_context(node_dir: Path) -> ssl.SSLContext:
