@@ -236,6 +236,114 @@ def test_certificate_rotated_on_sighup(shards, pki, tmp_path):
         stop_process(proc)
 
 
+# ---- authorized names, protocol versions and ciphers, the handshake timeout ---------------------
+
+@pytest.fixture(scope="module")
+def named_proxy(shards, pki, tmp_path_factory):
+    """Client certificates required, and only the one named node2.tls.test (pki's "client")
+    authorized; TLS 1.3 only."""
+    proc, port = start_proxy(shards, 0, tmp_path_factory.mktemp("nproxy"),
+                             *tls_args(pki, "--tls-ca-cert-file", pki["ca"],
+                                       "--tls-auth-clients", "yes",
+                                       "--tls-authorized-name", "node2.tls.test",
+                                       "--tls-authorized-name", "app.tls.test",
+                                       "--tls-min-version", "1.3"))
+    try:
+        yield port
+    finally:
+        stop_process(proc)
+
+
+def test_authorized_names_refuse_another_name_of_the_same_ca(named_proxy, pki):
+    """A certificate the CA signed is refused at the handshake unless it names one of the
+    authorized names (its subject CN / DNS SAN)."""
+    other = write_pair(pki["folder"], "other", certificates.issue(pki["ca_pair"], 7, HOST,
+                                                                   "tls.test"))
+    with pytest.raises(redis.ConnectionError):
+        tls_client(named_proxy, pki, cert=other).ping()
+    with pytest.raises(redis.ConnectionError):
+        tls_client(named_proxy, pki).ping()
+    r = tls_client(named_proxy, pki, cert=pki["client"])       # node2.tls.test
+    assert r.set("tls:named", "ok") and r.get("tls:named") == b"ok"
+
+
+def handshake(port: int, pki, **versions) -> str:
+    """A TLS handshake with the client certificate, in the versions given: the one agreed."""
+    context = ssl.create_default_context(cafile=pki["ca"])
+    context.load_cert_chain(*pki["client"])
+    for name, value in versions.items():
+        setattr(context, name, value)
+    with socket.create_connection((HOST, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=HOST) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert s.recv(64) == b"+PONG\r\n"
+        return s.version()
+
+
+def test_a_tls_1_2_client_is_refused_when_1_3_is_the_minimum(named_proxy, pki):
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake(named_proxy, pki, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert handshake(named_proxy, pki) == "TLSv1.3"
+
+
+def test_cipher_list_and_ciphersuites(shards, pki, tmp_path):
+    """TLS 1.2 clients get a cipher of the list; a client offering none of it is refused;
+    TLS 1.3 clients get one of the ciphersuites."""
+    proc, port = start_proxy(shards, 0, tmp_path, *tls_args(
+        pki, "--tls-ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "--tls-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"))
+    try:
+        context = ssl.create_default_context(cafile=pki["ca"])
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection((HOST, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=HOST) as s:
+            assert s.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        context.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            with socket.create_connection((HOST, port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname=HOST):
+                pass
+        with socket.create_connection((HOST, port), timeout=5) as raw, \
+                ssl.create_default_context(cafile=pki["ca"]).wrap_socket(
+                    raw, server_hostname=HOST) as s:
+            assert s.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
+    finally:
+        stop_process(proc)
+
+
+def test_bad_tls_settings_stop_dmcproxy_with_a_clear_error(shards, pki, tmp_path):
+    with pytest.raises(RuntimeError, match="did not start"):
+        start_proxy(shards, 0, tmp_path, *tls_args(pki, "--tls-ciphers", "NO-SUCH-CIPHER"))
+    assert "TLS cipher list 'NO-SUCH-CIPHER'" in (tmp_path / "dmcproxy.log").read_text()
+
+
+def closed_within(port: int, seconds: float) -> bool:
+    """Connect, send nothing: whether the endpoint closes the connection within `seconds`."""
+    with socket.create_connection((HOST, port), timeout=seconds) as s:
+        try:
+            return s.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
+def test_a_client_silent_in_its_handshake_is_closed_after_the_timeout(shards, pki, tmp_path):
+    """--tls-handshake-timeout 0.5: a client that connects and never says hello is closed;
+    one whose handshake is done may then stay idle."""
+    proc, port = start_proxy(shards, 0, tmp_path,
+                             *tls_args(pki, "--tls-handshake-timeout", "0.5"))
+    try:
+        done = tls_client(port, pki)
+        assert done.ping()
+        assert closed_within(port, 5)
+        assert not closed_within(port, 0.2)      # (not at once: after the timeout)
+        assert done.ping()          # idle past the timeout after its handshake: still served
+        assert done.connection_pool._created_connections == 1
+    finally:
+        stop_process(proc)
+
+
 # ---- one cluster, through REST and the CLI ------------------------------------------------------
 
 CLUSTER_ADDRESS = "127.0.1.61"      # other modules' clusters use other addresses
