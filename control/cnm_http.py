@@ -23,6 +23,7 @@ Errors are JSON `{"error_code", "description"}`, never a stack trace.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -43,9 +44,9 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from control import (access, alerts, backup_mgr, ccs, certificates, rest_access, rest_models,
-                     rest_stats, schema)
+                     rest_stats, schema, tls)
 from control.cluster_view import ClusterView, pair_of, read_view
-from control.node import NodeConfig, service_command
+from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info
 from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
@@ -163,6 +164,7 @@ class CnmHttp:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.session = ccs.Session.of_node(config)
+        self.tls_policy: dict | None = None     # the control-plane TLS policy applied
         self.auth = rest_access.Authenticator(self, ApiError)
         self._master_conn = None
         self.redis_version: str | None = None
@@ -219,11 +221,37 @@ class CnmHttp:
                 log.info("renewed the node's certificates: %s", ", ".join(renewed))
             if "cp" in renewed and self.config.cpine:
                 await self._reload_ccs_certificate()
+            try:
+                await self._follow_tls_policy()
+            except (RedisUnavailable, ReplyError) as exc:
+                log.debug("TLS policy not read for now: %s", exc)
             if self.server_config.reload_certificate():
                 log.info("REST API: serving certificate %s",
                          certificates.describe(certificates.cert_file(
                              self.config.dir, "api").read_bytes())["serial"])
             await trio.sleep(CERT_CHECK_EVERY)
+
+    async def _follow_tls_policy(self) -> None:
+        """The cluster's min_control_TLS_version and control_cipher_suites, when they change:
+        into the node's certs/tls_policy.json (every control-plane context of the node's
+        services applies it at its next refresh: control/tls.py), the REST API's live context
+        and the CCS copy's tls-port (CONFIG SET tls-protocols, tls-ciphers)."""
+        policy = await schema.cluster_policy(await self.session.local())
+        wanted = {"min_version": policy["min_control_TLS_version"],
+                  "ciphers": policy["control_cipher_suites"]}
+        if wanted == self.tls_policy:
+            return
+        atomic_write(tls.policy_file(self.config.dir), json.dumps(wanted))
+        if self.server_config.live_context is not None:
+            tls.apply_policy(self.server_config.live_context, wanted)
+        if self.config.cpine:
+            await (await self.session.local()).execute(
+                "CONFIG", "SET", "tls-protocols",
+                "TLSv1.3" if wanted["min_version"] == "1.3" else "TLSv1.2 TLSv1.3",
+                "tls-ciphers", wanted["ciphers"])
+        self.tls_policy = wanted
+        log.info("control-plane TLS: %s and up, ciphers %s", wanted["min_version"],
+                 wanted["ciphers"] or "OpenSSL's defaults")
 
     async def _reload_ccs_certificate(self) -> None:
         """The node's CCS copy loads its renewed `cp` certificate (setting tls-cert-file makes

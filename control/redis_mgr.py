@@ -64,7 +64,8 @@ RECONCILE_EVERY = 1.0     # a full pass even without change notices
 START_TIMEOUT = 10.0
 
 
-def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
+def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
+               tls_policy: dict | None = None) -> str:
     folder = config.shards_dir / str(shard.uid)
     lines = [
         f"bind {config.address}",
@@ -86,8 +87,8 @@ def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
         f"maxmemory-policy {bdb.eviction_policy}",
     ]
     lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
-    lines += [f'{name} "{value}"' for name, value in data_tls(config, shard, bdb, True).items()
-              if name != "port"]
+    lines += [f'{name} "{value}"' for name, value in
+              data_tls(config, shard, bdb, True, tls_policy).items() if name != "port"]
     return "\n".join(lines) + "\n"
 
 
@@ -107,11 +108,13 @@ def persistence(shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
 
 
 def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
-             has_socket: bool | None = None) -> dict[str, str]:
+             has_socket: bool | None = None, tls_policy: dict | None = None) -> dict[str, str]:
     """The shard's TLS settings (DPINE): its tls-port with the node's `cp` certificate, client
-    certificates required, replication over TLS, and no plain TCP port if it has its unix
+    certificates required, replication over TLS, the cluster's min_data_TLS_version and
+    ciphers (`tls_policy`, schema.data_tls_policy), and no plain TCP port if it has its unix
     socket (`has_socket`, None: look; one started before shards had one keeps its port, the
     node's services' only way in); off: its plain port, no tls-port, plain replication."""
+    policy = tls_policy or schema.data_tls_policy({})
     if not dpine(shard, bdb):
         return {"port": str(shard.port), "tls-port": "0", "tls-replication": "no"}
     if has_socket is None:
@@ -120,7 +123,10 @@ def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
             "tls-cert-file": str(cert_file(config.dir, "cp")),
             "tls-key-file": str(key_file(config.dir, "cp")),
             "tls-ca-cert-file": str(ca_file(config.dir)), "tls-auth-clients": "yes",
-            "tls-port": str(shard.tls_port), "tls-replication": "yes"}
+            "tls-port": str(shard.tls_port), "tls-replication": "yes",
+            "tls-protocols": "TLSv1.3" if policy["tls_min_version"] == "1.3"
+            else "TLSv1.2 TLSv1.3",
+            "tls-ciphers": policy["tls_ciphers"], "tls-ciphersuites": policy["tls_ciphersuites"]}
 
 
 def maxmemory(bdb: schema.Bdb) -> int:
@@ -128,10 +134,11 @@ def maxmemory(bdb: schema.Bdb) -> int:
 
 
 def wanted(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
-           master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None) -> dict:
+           master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None,
+           tls_policy: dict | None = None) -> dict:
     """What redis_mgr keeps applied to a running shard; `acl`: its ACL users
     (access.database_acl)."""
-    tls = data_tls(config, shard, bdb)
+    tls = data_tls(config, shard, bdb, tls_policy=tls_policy)
     return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
             "persistence": persistence(shard, bdb), "tls": tls,
             # (a renewed certificate is loaded again: setting tls-cert-file reloads it)
@@ -216,6 +223,7 @@ class RedisMgr:
         self.shards: dict[int, Shard] = {}
         self.reported: dict[int, dict] = {}      # shard uid -> the state last written to CCS
         self.access: tuple = ({}, {}, {})        # users, roles, redis_acls (access.py)
+        self.tls_policy = schema.data_tls_policy({})   # the cluster's min_data_TLS_version ...
 
     async def run(self) -> None:
         self.config.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +260,7 @@ class RedisMgr:
         states = await ccs.read_hash(local, schema.SHARD_STATE)
         self.access = (await access.users(local), await access.roles(local),
                        await access.redis_acls(local))
+        self.tls_policy = schema.data_tls_policy(await schema.cluster_policy(local))
         last_uid = int(await local.execute("HGET", schema.COUNTERS, "shard") or 0)
         mine = {uid: s for uid, s in records.items()
                 if s.node_uid == self.config.uid and s.bdb_uid in bdbs}
@@ -321,7 +330,7 @@ class RedisMgr:
         folder.mkdir(parents=True, exist_ok=True)
         if not schema.persists(bdb, "replica"):
             (folder / SYNCED).unlink(missing_ok=True)    # a new process starts empty
-        conf = shard_conf(self.config, shard, bdb)
+        conf = shard_conf(self.config, shard, bdb, self.tls_policy)
         master = self._master_of(shard, bdb, records, nodes)
         if master:
             conf += f"replicaof {master[0]} {master[1]}\n"
@@ -339,7 +348,8 @@ class RedisMgr:
                     log.info("started shard %d on port %d (pid %d)", shard.uid, shard.port,
                              proc.pid)
                     # a new process has no ACL users yet: _configure gives them
-                    started.applied = {**wanted(self.config, shard, bdb, master), "acl": None}
+                    started.applied = {**wanted(self.config, shard, bdb, master,
+                                                tls_policy=self.tls_policy), "acl": None}
                     return started
             except OSError:
                 time.sleep(0.02)
@@ -360,7 +370,7 @@ class RedisMgr:
     async def _configure(self, running: Shard, shard: schema.Shard, bdb: schema.Bdb,
                          records: dict[int, schema.Shard], nodes: dict) -> None:
         want = wanted(self.config, shard, bdb, self._master_of(shard, bdb, records, nodes),
-                      access.database_acl(bdb, *self.access))
+                      access.database_acl(bdb, *self.access), self.tls_policy)
         if running.applied == want:
             return
         async with await shard_link.local_link(self.config, shard).connect() as conn:

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 import redis
+import trio
 from click.testing import CliRunner
 from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from cryptography import x509
@@ -25,6 +26,7 @@ from waiting import wait_until
 
 from control import certificates
 from control.cli import main
+from control.proxy_stats import read_proxy_stats
 from dmc.local import redis_servers, start_proxy
 from dmc.processes import free_port, stop_process
 
@@ -404,3 +406,82 @@ def test_database_with_tls_mode_enabled(cluster, tmp_path):
     assert authed.get("k") == b"v" and authed.connection_pool._created_connections == 1
     assert api.get(f"/v1/bdbs/{reply.json()['uid']}").json()[
         "enforce_client_authentication"] == "enabled"
+
+
+def tls_1_2_refused(host: str, port: int, cafile: str, cert=None) -> bool:
+    """A client that speaks at most TLS 1.2 fails its handshake."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64) == b""
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+
+
+@pytest.mark.timeout(240)
+def test_authorized_names_and_tls_versions_through_rest_and_the_cli(cluster, tmp_path):
+    """`dmc db update --tls-authorized-name` (authorized_names): a certificate the cluster CA
+    signed for another name is refused at the handshake (counted in the endpoint's
+    tls_handshake_failures); `tls_mode: replica_ssl` is refused with why; PUT /v1/cluster
+    min_data_TLS_version 1.3 refuses a TLS 1.2 client on the endpoint, min_control_TLS_version
+    1.3 one on the REST API's HTTPS port and on CCS's tls-port."""
+    api = rest_client(cluster, timeout=30)
+    refused = api.post("/v1/bdbs", json={"name": "rs", "tls_mode": "replica_ssl"})
+    assert refused.status_code == 400 and "Replica Of" in refused.json()["description"]
+    bdb = next(b for b in api.get("/v1/bdbs").json() if b["name"] == "secure")
+    node, ca = cluster.nodes[1], cluster.cluster_ca()
+    ca_pem = str(certificates.ca_file(node.dir))
+    allowed = write_pair(tmp_path, "allowed", certificates.issue(ca, 97, node.address,
+                                                                  node.cluster_fqdn))
+    other = write_pair(tmp_path, "other", certificates.issue(ca, 98, node.address,
+                                                              node.cluster_fqdn))
+    result = CliRunner().invoke(main, ["db", "update", "secure", "--tls-authorized-name",
+                                       f"node97.{node.cluster_fqdn}",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    assert api.get(f"/v1/bdbs/{bdb['uid']}").json()["authorized_names"] == [
+        f"node97.{node.cluster_fqdn}"]
+
+    def client(cert) -> redis.Redis:
+        return redis.Redis(node.address, bdb["port"], ssl=True, ssl_ca_certs=ca_pem,
+                           ssl_certfile=cert[0], ssl_keyfile=cert[1], socket_timeout=5)
+
+    def failures() -> int:
+        stats = trio.run(read_proxy_stats, node, 5.0)
+        return stats[bdb["uid"]]["tls_handshake_failures"]
+
+    def name_refused() -> bool:
+        try:
+            return not client(other).ping()
+        except redis.ConnectionError:
+            return True
+    wait_until(name_refused, 15, what="the other name refused")
+    before = failures()
+    assert name_refused()
+    assert wait_until(lambda: failures() > before, 10, what="the refusal counted")
+    assert client(allowed).get("k") == b"v"
+
+    assert api.put("/v1/cluster", json={"min_data_TLS_version": "1.1"}).status_code == 400
+    reply = api.put("/v1/cluster", json={"min_data_TLS_version": "1.3",
+                                         "min_control_TLS_version": "1.3"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["min_data_TLS_version"] == "1.3"
+    try:
+        wait_until(lambda: tls_1_2_refused(node.address, bdb["port"], ca_pem, allowed), 15,
+                   what="TLS 1.2 refused by the endpoint")
+        assert client(allowed).get("k") == b"v"         # TLS 1.3
+        wait_until(lambda: tls_1_2_refused(node.address, node.rest_tls_port, ca_pem), 20,
+                   what="TLS 1.2 refused by the REST API")
+        cp = (str(certificates.cert_file(node.dir, "cp")),
+              str(certificates.key_file(node.dir, "cp")))      # (else refused for no certificate)
+        wait_until(lambda: tls_1_2_refused(node.address, node.ccs_tls_port, ca_pem, cp), 20,
+                   what="TLS 1.2 refused by CCS's tls-port")
+        assert api.get("/v1/cluster").status_code == 200
+    finally:
+        api.put("/v1/cluster", json={"min_data_TLS_version": "1.2",
+                                     "min_control_TLS_version": "1.2"})
