@@ -15,6 +15,10 @@ import ssl
 from pathlib import Path
 
 DEFAULT_POLICY = {"min_version": "1.2", "ciphers": ""}
+# Python's own default TLS 1.2 cipher string (3.10+; ssl.create_default_context's), restored
+# when the cluster's control_cipher_suites is emptied again
+DEFAULT_CIPHERS = ("@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:"
+                   "!aDSS:!SHA1:!AESCCM")
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -48,9 +52,9 @@ def read_policy(node_dir: Path) -> dict:
 
 def apply_policy(context: ssl.SSLContext, policy: dict) -> None:
     """The oldest TLS version and the TLS 1.2 ciphers of `policy` on a live context (new
-    handshakes follow it; "" ciphers: OpenSSL's defaults)."""
+    handshakes follow it; "" ciphers: Python's defaults)."""
     context.minimum_version = TLS_VERSIONS.get(policy.get("min_version"), ssl.TLSVersion.TLSv1_2)
-    context.set_ciphers(policy.get("ciphers") or "DEFAULT")
+    context.set_ciphers(policy.get("ciphers") or DEFAULT_CIPHERS)
 
 
 def files_stamp(paths) -> tuple:
