@@ -159,6 +159,34 @@ def test_plaintext_proxy_on_tls_port_gets_no_reply(tls_shards):
         assert b"PONG" not in data
 
 
+def test_shard_link_is_chosen_by_the_shard_record_and_its_database(tmp_path):
+    """control/shard_link.py: a shard of this node on its unix socket (its plain port while it
+    has none), one of another node on its tls-port with this node's `cp` certificate when
+    the database has DPINE, else on its plain port."""
+    from control import schema, shard_link
+    from control.node import NodeConfig
+    config = NodeConfig(uid=1, address="127.0.3.1", home=str(tmp_path), ccs_port=1,
+                        gossip_port=2, ccs_forward_port=3)
+    nodes = {2: {"address": "127.0.3.2"}}
+    here = schema.Shard(uid=5, bdb_uid=1, node_uid=1, role="master", port=20001, tls_port=20002,
+                        slots=[[0, 16383]])
+    there = schema.Shard(uid=6, bdb_uid=1, node_uid=2, role="replica", port=20003,
+                         tls_port=20004, slots=[[0, 16383]])
+    plain_db = schema.Bdb(uid=1)
+    dpine_db = schema.Bdb(uid=1, data_internode_encryption=True)
+    assert shard_link.link(config, here, dpine_db, nodes).unix_path is None    # no socket yet
+    socket_file = shard_link.socket_path(config.shards_dir, 5)
+    socket_file.parent.mkdir(parents=True)
+    socket_file.touch()
+    local = shard_link.link(config, here, dpine_db, nodes)
+    assert local.unix_path == str(socket_file) and local.cli_args() == ["-s", str(socket_file)]
+    remote = shard_link.link(config, there, dpine_db, nodes)
+    assert (remote.host, remote.port, remote.tls_dir) == ("127.0.3.2", 20004, tmp_path)
+    assert remote.cli_args()[:5] == ["-h", "127.0.3.2", "-p", "20004", "--tls"]
+    clear = shard_link.link(config, there, plain_db, nodes)
+    assert (clear.host, clear.port, clear.tls_dir) == ("127.0.3.2", 20003, None)
+
+
 # ---- one cluster, through REST ----------------------------------------------------------------
 
 CLUSTER_ADDRESS = "127.0.1.71"      # other modules' clusters use other addresses
