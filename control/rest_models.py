@@ -239,8 +239,8 @@ class ClusterPolicy(BaseModel):
         None, max_length=1024, pattern=r"^([A-Z0-9_]+(:[A-Z0-9_]+)*)?$",
         description="the data path's TLS 1.3 ciphersuites, colon separated (empty: OpenSSL's)")
     min_control_TLS_version: Literal[TLS_VERSIONS] = Field(
-        None, description="the oldest TLS version of the control plane: the REST API, the UI, "
-        "metrics, CCS between nodes and gossip (default 1.2)")
+        None, description="the oldest TLS version of the control plane: the REST API's "
+        "HTTPS, CCS's tls-port and the nodes' mutual TLS (gossip, heartbeats; default 1.2)")
     control_cipher_suites: str = Field(
         None, max_length=4096, description="the control plane's TLS 1.2 ciphers (OpenSSL's "
         "cipher list syntax; empty: the defaults)")
