@@ -94,10 +94,12 @@ class ApiError(Exception):
 
 
 def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: str | None = None,
-                     keyfile: str | None = None) -> hypercorn.config.Config:
+                     keyfile: str | None = None, node_dir=None) -> hypercorn.config.Config:
     """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
-    to stop, errors to the service's log, HTTPS when given a certificate and its key."""
+    to stop, errors to the service's log, HTTPS when given a certificate and its key (with the
+    control-plane TLS policy of node_dir, if given)."""
     hc = RestServerConfig()
+    hc.node_dir = node_dir
     hc.bind = [f"{address}:{port}"]
     hc.graceful_timeout = 1.0
     hc.errorlog = logger
@@ -140,21 +142,32 @@ def action_reply(action: schema.Action) -> dict:
 
 class RestServerConfig(hypercorn.config.Config):
     """hypercorn's configuration, keeping the TLS context it serves with, so that a renewed
-    certificate is loaded into that same context (hypercorn makes it once)."""
+    certificate, and the node's control-plane TLS policy (`node_dir`'s certs/tls_policy.json:
+    min_control_TLS_version, control_cipher_suites), are loaded into that same context
+    (hypercorn makes it once)."""
     live_context = None
+    node_dir = None
     _loaded = None
 
     def create_ssl_context(self):
         self.live_context = super().create_ssl_context()
+        self._apply_policy()
         self._loaded = self._stamp()
         return self.live_context
 
     def _stamp(self):
-        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile))
+        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile)) + \
+            (tls.files_stamp([tls.policy_file(self.node_dir)]) if self.node_dir else ())
+
+    def _apply_policy(self) -> None:
+        if self.node_dir is not None:
+            tls.apply_policy(self.live_context, tls.read_policy(self.node_dir))
 
     def reload_certificate(self) -> bool:
+        """The certificate files (and the TLS policy) loaded again if they changed."""
         if self.live_context is None or self._stamp() == self._loaded:
             return False
+        self._apply_policy()
         self.live_context.load_cert_chain(self.certfile, self.keyfile)
         self._loaded = self._stamp()
         return True
@@ -172,6 +185,7 @@ class CnmHttp:
 
     async def run(self) -> None:
         hc = RestServerConfig()
+        hc.node_dir = self.config.dir
         address = self.config.address
         http = [f"{address}:{self.config.rest_port}"] if self.config.rest_http else []
         if certificates.cert_file(self.config.dir, "api").exists():
@@ -234,16 +248,16 @@ class CnmHttp:
     async def _follow_tls_policy(self) -> None:
         """The cluster's min_control_TLS_version and control_cipher_suites, when they change:
         into the node's certs/tls_policy.json (every control-plane context of the node's
-        services applies it at its next refresh: control/tls.py), the REST API's live context
-        and the CCS copy's tls-port (CONFIG SET tls-protocols, tls-ciphers)."""
+        services applies it at its next refresh: control/tls.py; the REST API's and the UI's
+        HTTPS, RestServerConfig), and the CCS copy's tls-port (CONFIG SET tls-protocols,
+        tls-ciphers)."""
         policy = await schema.cluster_policy(await self.session.local())
         wanted = {"min_version": policy["min_control_TLS_version"],
                   "ciphers": policy["control_cipher_suites"]}
         if wanted == self.tls_policy:
             return
         atomic_write(tls.policy_file(self.config.dir), json.dumps(wanted))
-        if self.server_config.live_context is not None:
-            tls.apply_policy(self.server_config.live_context, wanted)
+        self.server_config.reload_certificate()     # (applies the policy file)
         if self.config.cpine:
             await (await self.session.local()).execute(
                 "CONFIG", "SET", "tls-protocols",

@@ -480,6 +480,11 @@ def test_authorized_names_and_tls_versions_through_rest_and_the_cli(cluster, tmp
               str(certificates.key_file(node.dir, "cp")))      # (else refused for no certificate)
         wait_until(lambda: tls_1_2_refused(node.address, node.ccs_tls_port, ca_pem, cp), 20,
                    what="TLS 1.2 refused by CCS's tls-port")
+        wait_until(lambda: tls_1_2_refused(node.address, node.gossip_port, ca_pem, cp), 20,
+                   what="TLS 1.2 refused by cluster_wd's gossip port")
+        if "cm_server" in node.services:
+            wait_until(lambda: tls_1_2_refused(node.address, node.ui_port, ca_pem), 20,
+                       what="TLS 1.2 refused by the web UI")
         assert api.get("/v1/cluster").status_code == 200
     finally:
         api.put("/v1/cluster", json={"min_data_TLS_version": "1.2",
