@@ -266,6 +266,16 @@ def test_replicated_database_with_data_internode_encryption(cluster):
     wait_until(lambda: api.get(f"/v1/shards/{replica['uid']}").json().get("synced"), 30,
                what="the replica reported synced")
 
+    # A backup reads a shard with redis-cli --rdb: over its unix socket or, from another
+    # node, its tls-port with the node's certificate.
+    backup = api.post(f"/v1/bdbs/{uid}/actions/backup")
+    assert backup.status_code == 200, backup.text
+    done = wait_until(lambda: (a := api.get(f"/v1/actions/{backup.json()['action_uid']}")
+                               .json())["status"] in ("completed", "failed") and a, 60,
+                      what="the backup")
+    assert done["status"] == "completed", done
+    assert api.get(f"/v1/bdbs/{uid}/backups").json()[-1]["keys"] == 100
+
     # Failover: the master killed, the replica takes over, the endpoint keeps serving.
     os.kill(master["pid"], signal.SIGKILL)
     wait_until(lambda: api.get(f"/v1/shards/{replica['uid']}").json()["role"] == "master", 30,
