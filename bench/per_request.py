@@ -3,6 +3,7 @@
 figures of the scaling model in bench/RESULTS.md.
 
     python3 bench/per_request.py [--threads 1,2] [--requests 20000] [--skip-callgrind]
+                                 [--proxy-args "--multi-slot-commands sequential"]
 
 Over 3 redis-server shards on 127.0.0.1, for each workload (redis-benchmark, 20 clients:
 GET and SET one at a time, GET and SET pipelined 16 deep, MSET of 10 keys):
@@ -70,8 +71,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+# More dmcproxy options for every proxy started (--proxy-args): a setting's cost, before/after.
+PROXY_ARGS: list[str] = []
+
+
 def proxy_command(shards: list[int], port: int, threads: int) -> list[str]:
-    cmd = [sys.executable, "-m", "dmc.proxy", "--port", str(port), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "dmc.proxy", "--port", str(port), "--threads", str(threads),
+           *PROXY_ARGS]
     for p in shards:
         cmd += ["--shard", f"127.0.0.1:{p}"]
     return cmd
@@ -156,7 +162,9 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--skip-callgrind", action="store_true")
+    ap.add_argument("--proxy-args", default="", help="more dmcproxy options, one string")
     args = ap.parse_args()
+    PROXY_ARGS[:] = args.proxy_args.split()
     counts = [int(t) for t in args.threads.split(",")]
     with tempfile.TemporaryDirectory() as tmp, \
             redis_servers(Path(tmp), 3, "--save", "", "--appendonly", "no") as shards:

@@ -6,7 +6,9 @@ full-cluster kill, which takes every node down at once and starts them all again
 fault is undone (a stopped shard continued, a killed node started again, a partition healed)
 before the next begins, so that a run always ends healed. Killed processes other than a whole
 node come back by themselves: supervisord restarts a service, redis_mgr a shard. Failovers and
-migrations are started through the REST API, on their own or in the middle of another fault.
+migrations are started through the REST API, on their own or in the middle of another fault;
+so are reshards (a database's shards doubled, up to RESHARD_MAX_SHARDS) when `reshard` is among
+the faults.
 
 Network faults need the nodes in a TestNetwork (chaos/netns.py): node uid u is host u - 1, and
 the clients run in one more host that no fault cuts, except `isolate`. They cut links between
@@ -35,10 +37,11 @@ from control.local_cluster import ClusterError, LocalCluster
 # kind -> how often it is drawn, relative to the others
 FAULTS = {"kill_shard": 3, "kill_proxy": 2, "kill_service": 2, "kill_node": 2, "pause_shard": 2,
           "pause_node": 1, "partition": 2, "isolate": 1, "bridge": 1, "restart_cluster": 1,
-          "failover": 1, "migrate": 1}
+          "failover": 1, "migrate": 1, "reshard": 1}
 NETWORK_FAULTS = ("partition", "isolate", "bridge")     # need the nodes in a TestNetwork
 RESTART_TIMEOUT = 90.0  # s for a cluster killed whole to elect a master again
 START_TIMEOUT = 60.0    # s for a killed node's supervisord to answer again
+RESHARD_MAX_SHARDS = 8  # a reshard doubles a database's shards (dmc grows by multiples) up to this
 SERVICES = ("cluster_wd", "heartbeatd", "redis_mgr", "cnm_exec", "cnm_http", "ccs")
 
 
@@ -226,11 +229,14 @@ class Nemesis:
                   self.rng.uniform(5, 12))
 
     def _during(self, seconds: float) -> None:
-        """Wait out a fault; half the time a failover or a migration starts in the middle."""
+        """Wait out a fault; half the time a failover or a migration (or a reshard, when it is
+        among the faults) starts in the middle."""
         deadline = time.monotonic() + seconds
         time.sleep(seconds * self.rng.uniform(0.2, 0.6))
         if self.rng.random() < 0.5:
-            self.rng.choice((self.failover, self.migrate))()
+            actions = (self.failover, self.migrate) + ((self.reshard,) if "reshard" in self.faults
+                                                       else ())
+            self.rng.choice(actions)()
         time.sleep(max(0.0, deadline - time.monotonic()))
 
     def failover(self) -> None:
@@ -251,10 +257,24 @@ class Nemesis:
         self._action("migrate", f"shard {shard['uid']} to node {to}",
                      f"/v1/shards/{shard['uid']}/actions/migrate", {"target_node_uid": to})
 
-    def _action(self, kind: str, target: str, path: str, body: dict | None) -> None:
+    def reshard(self) -> None:
+        uid = self.rng.choice(self.bdb_uids)
+        try:
+            shards = self.api.call("GET", f"/v1/bdbs/{uid}").get("shards_count") or 1
+        except Failure:
+            return
+        if shards * 2 > RESHARD_MAX_SHARDS:
+            self._record("reshard", f"bdb {uid}", time.monotonic(),
+                         note=f"skipped: {shards} shards already")
+            return
+        self._action("reshard", f"bdb {uid}: {shards} -> {shards * 2} shards", f"/v1/bdbs/{uid}",
+                     {"shards_count": shards * 2}, method="PUT")
+
+    def _action(self, kind: str, target: str, path: str, body: dict | None,
+                method: str = "POST") -> None:
         start = time.monotonic()
         try:
-            reply = self.api.call("POST", path, body=body)
+            reply = self.api.call(method, path, body=body)
         except Failure as exc:
             self._record(kind, target, start, note=f"refused: {exc.message}")
             return

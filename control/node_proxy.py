@@ -107,6 +107,14 @@ WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give
 HOLD_MS = 5000              # a request for a dead master shard waits this long for its failover
 
 
+def relays_here(smap: ShardMap, address: str) -> bool:
+    """Whether this node's proxy of a database relays the shards' keyspace notifications to
+    its pub/sub shard (the map's first): one proxy of the database does, the one on that
+    shard's node, so that a subscriber gets each notification once (a proxy on every node
+    would publish it again each) and the relay follows the shard's failover."""
+    return smap.shards[0][0] == address
+
+
 class NodeProxy:
     def __init__(self, config: NodeConfig):
         self.config = config
@@ -346,13 +354,20 @@ class NodeProxy:
         if smap.version > applied.get("version", 0) or paused != applied.get("paused"):
             def switch(proxy, smap=smap, paused=paused):
                 install_shard_map(proxy, smap)
+                proxy.set_keyspace_relay(relays_here(smap, self.config.address))
                 self._apply_cluster_api(proxy, bdb, smap)    # the topology of that map, at once
                 proxy.pause() if paused else proxy.resume()
             await trio.to_thread.run_sync(endpoint.call, switch)
             if paused and not await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT):
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
-            applied.update(version=smap.version, paused=paused)
+            applied.update(version=smap.version, paused=paused,
+                           keyspace_relay=relays_here(smap, self.config.address))
+        relay = relays_here(smap, self.config.address)
+        if relay != applied.get("keyspace_relay"):      # (a new endpoint relays until told)
+            await trio.to_thread.run_sync(
+                endpoint.call, lambda proxy: proxy.set_keyspace_relay(relay))
+            applied["keyspace_relay"] = relay
         if bdb.oss_cluster != applied.get("oss_cluster"):
             await trio.to_thread.run_sync(
                 endpoint.call, lambda proxy: self._apply_cluster_api(proxy, bdb, smap))

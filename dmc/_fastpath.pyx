@@ -92,6 +92,7 @@ include "fastpath/sequential.pxi"
 include "fastpath/sort_sequential.pxi"
 include "fastpath/cluster_api.pxi"
 include "fastpath/workers.pxi"
+include "fastpath/scripts.pxi"
 
 # Constants shared with dmc/commands.py, which compiles the COMMAND reply into table entries.
 ROUTES = {"keyed": ROUTE_KEYED, "split": ROUTE_SPLIT, "all_shards": ROUTE_ALL_SHARDS,
@@ -107,7 +108,7 @@ MERGES = {"none": MERGE_NONE, "keyed_array": MERGE_KEYED_ARRAY,
           "sinter": MERGE_SINTER, "sdiff": MERGE_SDIFF, "sintercard": MERGE_SINTERCARD,
           "zunion": MERGE_ZUNION, "zinter": MERGE_ZINTER, "zdiff": MERGE_ZDIFF,
           "zintercard": MERGE_ZINTERCARD, "pfcount": MERGE_PFCOUNT,
-          "function_stats": MERGE_FUNCTION_STATS}
+          "function_stats": MERGE_FUNCTION_STATS, "first": MERGE_FIRST}
 LOCALS = {"ping": LOCAL_PING, "quit": LOCAL_QUIT, "select": LOCAL_SELECT, "echo": LOCAL_ECHO,
           "hello": LOCAL_HELLO, "multi": LOCAL_MULTI, "exec": LOCAL_EXEC,
           "discard": LOCAL_DISCARD, "watch": LOCAL_WATCH, "unwatch": LOCAL_UNWATCH,
@@ -360,6 +361,7 @@ cdef class Proxy:
         free(self.core.active)
         free(self.core.read_chunk)
         free(self.core.key_shard)
+        free(self.core.scripts_spread)
         argvec_free(&self.core.av)
         keylist_free(&self.core.keys)
         buf_free(&self.core.merged)
@@ -678,6 +680,12 @@ cdef class Proxy:
     @property
     def shard_tls(self):
         return self.core.shard_tls_ctx != NULL
+
+    def set_keyspace_relay(self, bint on):
+        """Whether this proxy relays the shards' keyspace notifications to the pub/sub shard
+        (pubsub.pxi); off where another proxy of the same database does."""
+        self.core.keyspace_relay_off = not on
+        relays_sync(&self.core)
 
     def set_multi_slot_commands(self, str policy):
         """The database's multi_slot_commands: `refuse` (CROSSSLOT for keys of several shards,

@@ -127,6 +127,7 @@ class CommandEntry:
     unmonitored: bool = False
     no_multi: bool = False          # COMMAND's `no_multi`: refused inside MULTI
     tracks_reads: bool = False      # a tracking client's read: its keys are remembered (CLIENT TRACKING)
+    caches_script: bool = False     # EVAL, EVAL_RO: its body cached on every shard (fastpath/scripts.pxi)
     params: tuple | None = None     # (first, step, strict, refusal, {name: allowed}): see CommandTable.add
     cls: str = "other"              # counted as: "read", "write" or "other" (command_class)
 
@@ -225,6 +226,8 @@ def _entry(row, container: str | None = None,
     # What CLIENT TRACKING remembers for a client: read-only commands' keys, and scripts' (the
     # shard tracks a script's keys only when it reads; the proxy's table follows the shard).
     entry.tracks_reads = "readonly" in flags or name in TRACKED_SCRIPTS
+    # One Redis caches every body EVAL runs: EVALSHA finds it whatever its keys.
+    entry.caches_script = container is None and name in ("eval", "eval_ro")
     incomplete = False
     if len(row) > 8:
         entry.specs = [s for s in (_key_spec(raw) for raw in row[8]) if s is not None]
@@ -324,7 +327,7 @@ def build_table(entries: list[CommandEntry]) -> _fastpath.CommandTable:
         table.add(e.name, e.arity, _fastpath.ROUTES[e.route], _fastpath.MERGES[e.merge],
                   _fastpath.LOCALS.get(e.local, 0), e.has_subcommands, e.specs, e.refusal,
                   e.params, e.writes, e.unmonitored, e.tracks_reads,
-                  _fastpath.COMMAND_CLASSES[e.cls], e.no_multi)
+                  _fastpath.COMMAND_CLASSES[e.cls], e.no_multi, e.caches_script)
     return table
 
 

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.timeout(400)
 
 SEED = 18
 SECONDS = 45
-CI_FAULTS = [f for f in FAULTS if f != "restart_cluster"]
+# The whole-cluster restart and a reshard (shards doubled) take most of a 45 s run on their own:
+# the long run (bench/CHAOS.md) has them.
+CI_FAULTS = [f for f in FAULTS if f not in ("restart_cluster", "reshard")]
 
 
 def test_fixed_seed_chaos_run_loses_nothing_acknowledged_and_never_has_two_masters(tmp_path):

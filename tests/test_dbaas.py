@@ -377,3 +377,35 @@ def test_multi_slot_commands_policy_reaches_every_proxy(cluster):
         wait_until(renamed, what=f"sequential RENAME through node {node}'s proxy")
     assert c.get(src) == b"v"
     cluster.run("bdb_delete", "bdb", db["uid"], {}, db["uid"])
+
+
+def test_keyspace_notifications_reach_a_subscriber_once_from_every_node(cluster):
+    """A proxy on every node, one relay per database (the proxy on the pub/sub shard's node):
+    each shard's notification reaches a subscriber of any node's endpoint once, not once per
+    node (the Redis suite's `Keyspace notifications: general events test` through a cluster)."""
+    db = cluster.create_db("notify", shards=2, replication=False)
+    keys = [f"n{i}" for i in range(40)]
+    assert {slot_of(k) // 8192 for k in keys} == {0, 1}        # both shards
+    writer = cluster.client(1, db["port"])
+    writer.config_set("notify-keyspace-events", "KA")
+    for node in cluster.lc.nodes:
+        sub = cluster.client(node, db["port"]).pubsub()
+        sub.psubscribe("__keyspace@0__:n*")
+        wait_until(lambda sub=sub: sub.get_message(timeout=0.1) is not None,
+                   what="the psubscribe confirmation")
+        marker = f"n-{node}-last"       # written last, on whichever shard it lands
+        for k in keys + [marker]:
+            writer.set(k, node)
+        seen = []
+
+        def got_marker(sub=sub, seen=seen):
+            m = sub.get_message(timeout=0.2)
+            if m is not None and m["type"] == "pmessage":
+                seen.append(m["channel"].decode().split(":", 1)[1])
+            return marker in seen
+        wait_until(got_marker, what=f"the notifications through node {node}'s endpoint")
+        while (m := sub.get_message(timeout=0.5)) is not None:     # until 0.5 s of silence
+            seen.append(m["channel"].decode().split(":", 1)[1])
+        assert sorted(seen) == sorted(keys + [marker]), (node, sorted(seen))
+        sub.close()
+    cluster.run("bdb_delete", "bdb", db["uid"], {}, db["uid"])

@@ -8,6 +8,7 @@ when the proxy answers as redis-server does, and their mark goes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -148,6 +149,52 @@ def test_kill_with_no_script_running_answers_notbusy(ports, conns):
         assert got == want and want.startswith(b"NOTBUSY")
 
 
+# --------------------------------------------------------------------------- the script cache
+
+CACHED_SCRIPT = "return {KEYS[1], ARGV[1]}"
+KEYS_OF_EVERY_SHARD = [f"script-key-{i}" for i in range(12)]
+
+
+def test_a_script_eval_ran_is_found_by_evalsha_whatever_its_keys(db, ports, conns):
+    """One Redis caches what EVAL runs: EVALSHA finds it with keys of any shard, SCRIPT
+    EXISTS says so (the suite's `SCRIPT EXISTS - can detect already defined scripts?`), and
+    after SCRIPT FLUSH no shard has it until the next EVAL."""
+    assert len({db.shard_index_of(k) for k in KEYS_OF_EVERY_SHARD}) == len(db.shard_ports)
+
+    def run(port):
+        c = conns(port)
+        c.call("SCRIPT", "FLUSH")
+        first = c.call("EVAL", CACHED_SCRIPT, "1", KEYS_OF_EVERY_SHARD[0], "a")
+        sha = hashlib.sha1(CACHED_SCRIPT.encode()).hexdigest()
+        found = [c.call("EVALSHA", sha, "1", k, "b") for k in KEYS_OF_EVERY_SHARD]
+        keyless = c.call("EVAL", "return 1+1", "0")
+        exists = c.call("SCRIPT", "EXISTS", "a27e7e8a43702b7046d4f6a7ccf5b60cef6b9bd9",
+                        "a27e7e8a43702b7046d4f6a7ccf5b60cef6b9bda")
+        c.call("SCRIPT", "FLUSH")
+        flushed = [c.call("EVALSHA", sha, "1", k, "b") for k in KEYS_OF_EVERY_SHARD]
+        again = c.call("EVAL", CACHED_SCRIPT, "1", KEYS_OF_EVERY_SHARD[-1], "c")
+        found_again = [c.call("EVALSHA", sha, "1", k, "d") for k in KEYS_OF_EVERY_SHARD]
+        return first, found, keyless, exists, flushed, again, found_again
+
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[1][0] == [KEYS_OF_EVERY_SHARD[0].encode(), b"b"]
+    assert want[3] == [1, 0]
+    assert all(isinstance(e, Error) and e.startswith(b"NOSCRIPT") for e in want[4])
+
+
+def test_a_script_that_does_not_compile_is_cached_nowhere(db, ports, conns):
+    def run(port):
+        c = conns(port)
+        c.call("SCRIPT", "FLUSH")
+        error = c.call("EVAL", "return {", "0")
+        return error, c.call("SCRIPT", "EXISTS", hashlib.sha1(b"return {").hexdigest())
+
+    want, got = on_both(ports, run)
+    assert isinstance(want[0], Error) and want[0].startswith(b"ERR Error compiling script")
+    assert want[1] == [0] and got == want
+
+
 # --------------------------------------------------------------------------- CONFIG SET
 
 @pytest.mark.parametrize("pairs", [("save", ""), ("appendonly", "no"),
@@ -212,6 +259,24 @@ def test_watch_inside_multi_is_refused_and_the_transaction_runs(ports, conns):
     want, got = on_both(ports, run)
     assert got == want
     assert want[2] == b"ERR WATCH inside MULTI is not allowed" and want[4] == [b"OK", b"OK"]
+
+
+def test_sort_inside_multi_runs_in_the_transaction(ports, conns):
+    """The suite's `SORT sorted set BY nosort should retain ordering`: SORT queued in MULTI
+    (its keys: the sorted key and STORE's destination, which Redis gives no key spec)."""
+    def run(port):
+        c = conns(port)
+        c.call("DEL", "{t}z", "{t}dst")
+        c.call("ZADD", "{t}z", "1", "a", "5", "b", "2", "c", "10", "d")
+        queued = [c.call(*cmd) for cmd in (
+            ("MULTI",), ("SORT", "{t}z", "BY", "nosort", "ASC"),
+            ("SORT_RO", "{t}z", "BY", "nosort", "DESC", "LIMIT", "0", "2"),
+            ("SORT", "{t}z", "BY", "{t}w_*", "STORE", "{t}dst"), ("EXEC",))]
+        return queued, c.call("LRANGE", "{t}dst", "0", "-1")
+
+    want, got = on_both(ports, run)
+    assert got == want
+    assert want[0][-1] == [[b"a", b"c", b"b", b"d"], [b"d", b"b"], 4]
 
 
 # --------------------------------------------------------------------------- SORT patterns

@@ -59,6 +59,8 @@ cdef int req_coalesce(Core *core, Request *r) noexcept nogil:
     cdef const char *eol
     cdef int start
     buf_clear(out)
+    if r.merge == MERGE_FIRST:
+        return buf_append(out, buf_head(&r.frags[0].reply), buf_len(&r.frags[0].reply))
     # The first error of any shard wins, except where one success is enough.
     if r.merge == MERGE_ONE_SUCCEEDED:
         for i in range(r.nfrags):

@@ -57,6 +57,7 @@ cdef enum Merge:
     MERGE_ZINTERCARD = 20
     MERGE_PFCOUNT = 21      # PFCOUNT across shards: the HyperLogLogs' registers merged by the proxy
     MERGE_FUNCTION_STATS = 22   # FUNCTION STATS: the shard's that runs a script, else the first
+    MERGE_FIRST = 23        # fragment 0's reply, whatever the others answered (EVAL spreading its script: scripts.pxi)
     # Answered by acl.pxi's acl_answered (requests marked `resolving`, as COMMAND GETKEYS's):
     MERGE_ACL_FIRST = 40
     MERGE_AUTH = 40         # AUTH user pass checked on a shard: the client is that user from now on
@@ -145,6 +146,7 @@ cdef struct CommandInfo:
     bint unmonitored            # not shown to MONITOR (admin commands, as Redis does)
     bint no_multi               # refused inside MULTI, as Redis does (SAVE, SHUTDOWN, WATCH ...: `no_multi`)
     bint tracks_reads           # its keys are remembered for a tracking client (read-only commands, scripts)
+    bint caches_script          # EVAL, EVAL_RO: its body is cached on every shard (scripts.pxi)
     int nspecs
     KeySpec specs[MAX_KEY_SPECS]
     char *refusal               # ROUTE_REFUSED: the error line sent back (malloc'ed)

@@ -195,7 +195,7 @@ cdef class CommandTable:
     def add(self, bytes name, int arity, int route, int merge, int local, bint has_subcommands,
             list specs, refusal=None, params=None, bint writes=False,
             bint unmonitored=False, bint tracks_reads=False, int cls=CLASS_OTHER,
-            bint no_multi=False):
+            bint no_multi=False, bint caches_script=False):
         """Add one command. specs: tuples (bs_type, bs_index, keyword, fk_type, a, b, c).
         params: None, or (first, step, strict, refusal, {name: allowed}) for a command whose
         parameter names the proxy checks (refusal: the error text, `{param}` the name given).
@@ -230,6 +230,7 @@ cdef class CommandTable:
         e.unmonitored = unmonitored
         e.no_multi = no_multi
         e.tracks_reads = tracks_reads
+        e.caches_script = caches_script
         if not 0 <= cls < NCLASSES:
             raise ValueError("not a command class: %d" % cls)
         e.cls = cls

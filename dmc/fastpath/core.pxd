@@ -104,6 +104,8 @@ cdef struct Core:
     bint seq_waking             # seq_wake() runs: a sequence that ends meanwhile asks it again
     bint seq_wake_again
     User *users                 # ACL users clients authenticated as, other than `default` (acl.pxi)
+    bint keyspace_relay_off     # another proxy of the database relays its notifications (pubsub.pxi)
+    ScriptsSpread *scripts_spread   # EVAL bodies cached on every shard (scripts.pxi); NULL: none yet
     Tracking *tracking          # client-side caching, from the first CLIENT TRACKING on (tracking.pxi)
     size_t tracking_max_keys    # the proxy's tracking table bound (0: TRACKING_MAX_KEYS)
     Counters counters           # what the endpoint was asked and answered (counters.pxd)

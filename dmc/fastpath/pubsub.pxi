@@ -155,7 +155,10 @@ cdef void subscriber_release(Core *core, Client *c) noexcept nogil:
 # pattern-subscribed to both families, and re-publishes each notification it receives with
 # PUBLISH on the pub/sub shard (replies unread): a subscriber of any proxy connection receives
 # every shard's notifications once, in Redis's frames. Where `notify-keyspace-events` is empty
-# (Redis's default) no notification is made and the relays carry nothing.
+# (Redis's default) no notification is made and the relays carry nothing. A database served by
+# a proxy on every node of a cluster has one relaying proxy, not one per node (each would
+# publish every notification again): the control plane turns the others' relays off
+# (Proxy.set_keyspace_relay; control/node_proxy.py: the proxy on the pub/sub shard's node).
 
 
 cdef const char *RELAY_SUBSCRIBE = b"*3\r\n$10\r\nPSUBSCRIBE\r\n$16\r\n__keyspace@*__:*\r\n$16\r\n__keyevent@*__:*\r\n"
@@ -191,7 +194,7 @@ cdef void relays_sync(Core *core) noexcept nogil:
     for i in range(core.nshards):
         # One relay per endpoint: worker 0's, when there are worker threads (workers.pxi).
         if core.shards[i].active and (core.nactive == 0 or i != core.active[0]) \
-                and (core.workers == NULL or core.worker == 0):
+                and (core.workers == NULL or core.worker == 0) and not core.keyspace_relay_off:
             relay_open(core, i)
         else:
             relay_close(core, i)

@@ -36,6 +36,7 @@ cdef inline int default_shard(Core *core) noexcept nogil:
 
 cdef inline void default_shard_changed(Core *core) noexcept nogil:
     core.default_shard = -1
+    scripts_forget(core)        # a shard that went away and back may have lost its scripts
 
 
 cdef int default_shard_find(Core *core) noexcept nogil:
@@ -279,6 +280,8 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
     if route == ROUTE_ALL_SHARDS or route == ROUTE_CONTROL:
         if cmd.name_len == 16 and memcmp(cmd.name, b"config|resetstat", 16) == 0:
             info_reset_stats(core)
+        elif cmd.name_len == 12 and memcmp(cmd.name, b"script|flush", 12) == 0:
+            scripts_forget(core)
         r.merge = cmd.merge
         if core.world_held and r.merge == MERGE_INFO:
             info_snapshot(core, r)      # every worker's figures (workers.pxi)
@@ -302,6 +305,9 @@ cdef bint req_route(Core *core, Client *c, ArgVec *av) noexcept nogil:
         r.pending = 1
         frag_send(core, core.active[0], &r.frag0, av.wire, av.wire_len)
         return True
+    if cmd.caches_script and not (c.flags & CF_WATCH) and (kl.n == 0 or same_shard(core, kl.n)) \
+            and script_spread(core, r, av, default_shard(core) if kl.n == 0 else core.key_shard[0]):
+        return True         # its body cached on every shard too (scripts.pxi)
     r.pending = 1
     if kl.n == 0:
         frag_send(core, default_shard(core), &r.frag0, av.wire, av.wire_len)

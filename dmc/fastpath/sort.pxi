@@ -22,14 +22,16 @@ cdef int pattern_slot(const char *p, size_t n) noexcept nogil:
     return crc16(p, n) & (SLOT_COUNT - 1)
 
 
-cdef bint sort_patterns_refused(Core *core, Request *r, ArgVec *av) noexcept nogil:
-    """True when a BY or GET pattern may form keys outside the sorted key's slot; r is then
-    answered with Redis Cluster's error. The options are read as SORT reads them; at the first
-    it would not accept, checking stops (the shard answers the syntax error)."""
+cdef int sort_options(ArgVec *av, int *store) noexcept nogil:
+    """SORT's options read as SORT reads them: SORT_BY_LEAVES (SORT_GET_LEAVES) at the first BY
+    (GET) pattern that may form keys outside the sorted key's slot, else 0; *store: the
+    argument index of STORE's destination (0: none). At the first option SORT would not
+    accept, reading stops (the shard answers the syntax error)."""
     cdef int j = 2, left
     cdef int slot
+    store[0] = 0
     if av.argc < 2:
-        return False
+        return 0
     slot = <int>key_slot(av.argv[1], av.argl[1])
     while j < av.argc:
         left = av.argc - j - 1
@@ -39,21 +41,51 @@ cdef bint sort_patterns_refused(Core *core, Request *r, ArgVec *av) noexcept nog
             j += 2
         elif arg_is(av, j, b"store") and left >= 1:
             j += 1
+            store[0] = j
         elif arg_is(av, j, b"by") and left >= 1:
             j += 1
             if memchr(av.argv[j], c'*', av.argl[j]) != NULL and pattern_slot(av.argv[j], av.argl[j]) != slot:
-                if core.multi_slot == MULTI_SLOT_SEQUENTIAL:
-                    return sort_seq_begin(core, r, av)
-                req_write_str(core, r, b"-ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n")
-                return True
+                return SORT_BY_LEAVES
         elif arg_is(av, j, b"get") and left >= 1:
             j += 1
             if not (av.argl[j] == 1 and av.argv[j][0] == c'#') and pattern_slot(av.argv[j], av.argl[j]) != slot:
-                if core.multi_slot == MULTI_SLOT_SEQUENTIAL:
-                    return sort_seq_begin(core, r, av)
-                req_write_str(core, r, b"-ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n")
-                return True
+                return SORT_GET_LEAVES
         else:
-            return False
+            return 0
         j += 1
-    return False
+    return 0
+
+
+cdef const char *sort_pattern_refusal(int leaves) noexcept nogil:
+    """Redis Cluster's error for a pattern that may leave the sorted key's slot."""
+    if leaves == SORT_BY_LEAVES:
+        return b"-ERR BY option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n"
+    return b"-ERR GET option of SORT denied in Cluster mode when keys formed by the pattern may be in different slots.\r\n"
+
+
+cdef bint sort_patterns_refused(Core *core, Request *r, ArgVec *av) noexcept nogil:
+    """True when a BY or GET pattern may form keys outside the sorted key's slot; r is then
+    answered with Redis Cluster's error (or, with multi_slot_commands = sequential, carried out
+    over the shards: sort_sequential.pxi)."""
+    cdef int store
+    cdef int leaves = sort_options(av, &store)
+    if leaves == 0:
+        return False
+    if core.multi_slot == MULTI_SLOT_SEQUENTIAL:
+        return sort_seq_begin(core, r, av)
+    req_write_str(core, r, sort_pattern_refusal(leaves))
+    return True
+
+
+cdef int sort_keys(ArgVec *av, KeyList *kl) noexcept nogil:
+    """The keys of a SORT whose patterns stay in the sorted key's slot: the sorted key and
+    STORE's destination (Redis gives the latter no key spec: COMMAND GETKEYS finds it). -1
+    when out of memory."""
+    cdef int store
+    kl.n = 0
+    if av.argc < 2:
+        return 0
+    sort_options(av, &store)
+    if keylist_add(kl, 1) < 0 or (store > 0 and keylist_add(kl, store) < 0):
+        return -1
+    return 0

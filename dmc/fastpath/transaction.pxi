@@ -16,7 +16,7 @@ cdef inline void multi_reset(Client *c) noexcept nogil:
 
 cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd, ArgVec *av) noexcept nogil:
     cdef KeyList *kl = &core.keys
-    cdef int s
+    cdef int s, store, leaves
     if cmd == NULL:
         c.flags |= CF_MULTI_DIRTY
         route_unknown_command(core, r, av)
@@ -45,7 +45,7 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         return
     if ((cmd.route == ROUTE_ALL_SHARDS or cmd.route == ROUTE_CONTROL) and core.nactive > 1) \
             or cmd.route == ROUTE_SCAN \
-            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SORT or cmd.route == ROUTE_SUBSCRIBE:
+            or cmd.route == ROUTE_GETKEYS or cmd.route == ROUTE_SUBSCRIBE:
         c.flags |= CF_MULTI_DIRTY
         req_write_error(core, r, b"-ERR '%s' cannot run inside MULTI on a sharded database\r\n",
                              cmd.name)
@@ -62,7 +62,14 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, b"-TRYAGAIN The transaction's keys moved to different shards while it was queued\r\n")
         return
-    if command_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
+    if cmd.route == ROUTE_SORT:
+        leaves = sort_options(av, &store)
+        if leaves != 0:
+            # Its patterns' keys on other shards cannot be read inside the transaction.
+            c.flags |= CF_MULTI_DIRTY
+            req_write_str(core, r, sort_pattern_refusal(leaves))
+            return
+    if transaction_keys(cmd, av, kl) < 0 or key_shards(core, av, kl) < 0:
         c.flags |= CF_MULTI_DIRTY
         req_write_str(core, r, b"-ERR out of memory\r\n")
         return
@@ -84,6 +91,13 @@ cdef void route_multi_queued(Core *core, Client *c, Request *r, CommandInfo *cmd
     req_write_str(core, r, b"+QUEUED\r\n")
 
 
+cdef inline int transaction_keys(CommandInfo *cmd, ArgVec *av, KeyList *kl) noexcept nogil:
+    """The keys of a queued command (SORT's: its sorted key and STORE's destination)."""
+    if cmd.route == ROUTE_SORT:
+        return sort_keys(av, kl)
+    return command_keys(cmd, av, kl)
+
+
 cdef int multi_reroute(Core *core, Client *c) noexcept nogil:
     """The shard map changed while the transaction was queued (a live migration, say): find
     the shard of its queued commands' keys in the current map. -1 when they are now on several
@@ -99,7 +113,7 @@ cdef int multi_reroute(Core *core, Client *c) noexcept nogil:
         if parse_request(p, left, &av, &consumed, &need) != PARSE_OK:
             break               # cannot happen: these bytes were parsed when they were queued
         cmd = command_lookup(core.commands, &av)     # known: an unknown one is not queued
-        if cmd == NULL or command_keys(cmd, &av, kl) < 0 or key_shards(core, &av, kl) < 0:
+        if cmd == NULL or transaction_keys(cmd, &av, kl) < 0 or key_shards(core, &av, kl) < 0:
             rc = -1
             break
         for i in range(kl.n):
