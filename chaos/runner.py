@@ -175,7 +175,8 @@ class Run:
     def _poll_maps(self, bdb_uids: list[int]) -> None:
         """Record every database's shard map and CCS's master shards, read through any node's
         forwarded CCS port, until told to stop."""
-        conns = [redis.Redis(c.address, c.ccs_forward_port, socket_timeout=1)
+        # (the forward socket: a node on a routable address serves no plaintext TCP for CCS)
+        conns = [redis.Redis(unix_socket_path=str(c.forward_socket), socket_timeout=1)
                  for c in self.cluster.nodes.values()]
         last: dict[int, object] = {}
         while not self._stop_polling.wait(MAP_POLL):

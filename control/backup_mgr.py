@@ -49,6 +49,7 @@ from dmc._fastpath import slot_of
 
 from control import schema
 from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from control.shard_link import ShardLink
 from dmc.processes import REDIS_SERVER, free_port
 
 log = logging.getLogger("backup_mgr")
@@ -188,20 +189,19 @@ def verify(manifest: dict) -> list[dict]:
 
 # ---- taking a backup -------------------------------------------------------------------------
 
-async def fetch_rdb(host: str, port: int, dest: Path) -> dict:
-    """Stream the shard's RDB into `dest` through the replication protocol; check it. Returns
-    {bytes, sha256, keys}."""
+async def fetch_rdb(source: ShardLink, dest: Path) -> dict:
+    """Stream the shard's RDB into `dest` through the replication protocol (redis-cli as the
+    node's services reach the shard: shard_link); check it. Returns {bytes, sha256, keys}."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with trio.move_on_after(FETCH_TIMEOUT) as waited:
-        done = await trio.run_process([REDIS_CLI, "-h", host, "-p", str(port), "--rdb",
-                                       str(dest)], capture_stdout=True, capture_stderr=True,
-                                      check=False)
+        done = await trio.run_process([REDIS_CLI, *source.cli_args(), "--rdb", str(dest)],
+                                      capture_stdout=True, capture_stderr=True, check=False)
     if waited.cancelled_caught:
-        raise RedisUnavailable(f"redis-cli --rdb from {host}:{port}: no RDB within "
+        raise RedisUnavailable(f"redis-cli --rdb from {source}: no RDB within "
                                f"{FETCH_TIMEOUT:.0f}s")
     if done.returncode != 0 or not dest.exists():
         why = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        raise RedisUnavailable(f"redis-cli --rdb from {host}:{port} failed: "
+        raise RedisUnavailable(f"redis-cli --rdb from {source} failed: "
                                f"{why[-1] if why else done.returncode}")
     keys = await count_keys(dest)
     size = dest.stat().st_size
@@ -229,8 +229,8 @@ async def count_keys(path: Path) -> int:
     return int(read.group(1)) - (int(expired.group(1)) if expired else 0)
 
 
-async def redis_version(host: str, port: int) -> str | None:
-    async with await connect(host, port, timeout=5.0) as conn:
+async def redis_version(source: ShardLink) -> str | None:
+    async with await source.connect(timeout=5.0) as conn:
         return (await info(conn, "server")).get("redis_version", "").strip() or None
 
 

@@ -94,14 +94,33 @@ def str_hash(flat, type=None) -> dict:
     return {k.decode(): unpack(v, type) for k, v in zip(flat[::2], flat[1::2])}
 
 
+async def connect_node(config, *, forwarded: bool = False, timeout: float = 1.0):
+    """A connection to the node's own CCS copy (forwarded: to the master's, through
+    heartbeatd) on its unix socket: the node's plaintext way in (NodeConfig.plain_tcp)."""
+    port, path = (config.ccs_forward_port, config.forward_socket) if forwarded else \
+        (config.ccs_port, config.ccs_socket)
+    return await connect(config.address, port, timeout=timeout, unix_path=str(path))
+
+
+def subscribe_node(config, channels: list[str], *, forwarded: bool = False,
+                   timeout: float = 1.0):
+    """`subscribe` on the node's own CCS copy (or the master's), as connect_node."""
+    port, path = (config.ccs_forward_port, config.forward_socket) if forwarded else \
+        (config.ccs_port, config.ccs_socket)
+    return subscribe(config.address, port, channels, timeout=timeout, unix_path=str(path))
+
+
 class Session:
     """A service's way to CCS on its node: reads from the node's own copy, writes through the
     node's `ccs_forward_port` (heartbeatd leads it to the master), and `changed`, an event set
     by every change notice. Connections are made lazily and dropped when they fail, so each
     call either works or raises RedisUnavailable / ReplyError; the caller decides to retry."""
 
-    def __init__(self, address: str, ccs_port: int, forward_port: int):
+    def __init__(self, address: str, ccs_port: int, forward_port: int,
+                 sockets: dict[int, str] | None = None):
+        # sockets: port -> the unix socket that serves it (a node's, NodeConfig.ccs_socket)
         self.address, self.ccs_port, self.forward_port = address, ccs_port, forward_port
+        self.sockets = sockets or {}
         self._conns: dict[int, object] = {}
         self._locks: dict[int, object] = {}
         self.changed = None
@@ -109,14 +128,17 @@ class Session:
 
     @classmethod
     def of_node(cls, config) -> Session:
-        return cls(config.address, config.ccs_port, config.ccs_forward_port)
+        return cls(config.address, config.ccs_port, config.ccs_forward_port,
+                   {config.ccs_port: str(config.ccs_socket),
+                    config.ccs_forward_port: str(config.forward_socket)})
 
     async def _conn(self, port: int):
         lock = self._locks.setdefault(port, trio.Lock())
         async with lock:
             conn = self._conns.get(port)
             if conn is None or conn.closed:
-                conn = self._conns[port] = await connect(self.address, port, timeout=2.0)
+                conn = self._conns[port] = await connect(self.address, port, timeout=2.0,
+                                                         unix_path=self.sockets.get(port))
             return conn
 
     async def local(self):
@@ -134,7 +156,8 @@ class Session:
         started = False
         while True:
             try:
-                async with subscribe(self.address, self.ccs_port, [CHANGES]) as sub:
+                async with subscribe(self.address, self.ccs_port, [CHANGES],
+                                     unix_path=self.sockets.get(self.ccs_port)) as sub:
                     if not started and task_status is not None:
                         task_status.started()
                         started = True

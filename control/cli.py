@@ -31,7 +31,7 @@ from control.discovery import DEFAULT_FQDN, FQDN
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
 from control.obs_cli import COMMANDS as OBS_COMMANDS
-from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_client import RedisUnavailable, ReplyError
 from dmc.cli import local
 
 DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"
@@ -247,7 +247,7 @@ async def read_cluster(c: LocalCluster) -> dict:
     errors = []
     for uid, config in sorted(c.nodes.items()):
         try:
-            async with await connect(config.address, config.ccs_port, timeout=1.0) as r:
+            async with await ccs.connect_node(config) as r:
                 view = await read_view(r)
                 # nodes of this folder that CCS does not list (yet, or any more) are shown too
                 extra = sorted(set(c.nodes) - set(view.nodes))

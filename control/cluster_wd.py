@@ -34,7 +34,7 @@ from control.election import CANDIDATE, MASTER, Election, Observation, Timings
 from control.tls import handshake_error
 from control.node import (FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command,
                           supervisor_rpc)
-from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_client import RedisUnavailable, ReplyError
 from control.redis_mgr import stop_all
 
 log = logging.getLogger("cluster_wd")
@@ -428,7 +428,7 @@ class ClusterWatchdog:
 
     async def _reconcile(self) -> None:
         if self._ccs is None or self._ccs.closed:
-            self._ccs = await connect(self.config.address, self.config.ccs_port, timeout=1.0)
+            self._ccs = await ccs.connect_node(self.config)
         r = self._ccs
         role = await r.execute("ROLE")
         is_replica = role[0] == b"slave"

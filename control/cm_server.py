@@ -167,7 +167,7 @@ class CmServer:
 
     async def run(self) -> None:
         hc = hypercorn_config(self.config.address, self.config.ui_port, log,
-                              *(self.certificate or ()))
+                              *(self.certificate or ()), node_dir=self.config.dir)
         log.info("node %d: web UI on %s", self.config.uid, ui_url(self.config))
         async with httpx.AsyncClient(base_url=self.rest_url, timeout=REST_TIMEOUT,
                                      verify=self.rest_verify) as client, \

@@ -23,6 +23,7 @@ Errors are JSON `{"error_code", "description"}`, never a stack trace.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -43,10 +44,10 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from control import (access, alerts, backup_mgr, ccs, certificates, rest_access, rest_models,
-                     rest_stats, schema)
+                     rest_stats, schema, tls)
 from control.cluster_view import ClusterView, pair_of, read_view
-from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError, info, subscribe
+from control.node import NodeConfig, atomic_write, service_command
+from control.redis_client import RedisUnavailable, ReplyError, info
 from control.rest_checks import booked_memory, check_backup_location, plan_create, plan_update
 from control.rest_models import (ERRORS, Action, ActionStarted, Backup, BackupRequest, Bdb,
                                  CertificateUpdate, Cluster, DryRun, ImportRequest,
@@ -93,10 +94,12 @@ class ApiError(Exception):
 
 
 def hypercorn_config(address: str, port: int, logger: logging.Logger, certfile: str | None = None,
-                     keyfile: str | None = None) -> hypercorn.config.Config:
+                     keyfile: str | None = None, node_dir=None) -> hypercorn.config.Config:
     """How a node's web services (cnm_http, cm_server) are served: on the node's address, quick
-    to stop, errors to the service's log, HTTPS when given a certificate and its key."""
+    to stop, errors to the service's log, HTTPS when given a certificate and its key (with the
+    control-plane TLS policy of node_dir, if given)."""
     hc = RestServerConfig()
+    hc.node_dir = node_dir
     hc.bind = [f"{address}:{port}"]
     hc.graceful_timeout = 1.0
     hc.errorlog = logger
@@ -139,21 +142,32 @@ def action_reply(action: schema.Action) -> dict:
 
 class RestServerConfig(hypercorn.config.Config):
     """hypercorn's configuration, keeping the TLS context it serves with, so that a renewed
-    certificate is loaded into that same context (hypercorn makes it once)."""
+    certificate, and the node's control-plane TLS policy (`node_dir`'s certs/tls_policy.json:
+    min_control_TLS_version, control_cipher_suites), are loaded into that same context
+    (hypercorn makes it once)."""
     live_context = None
+    node_dir = None
     _loaded = None
 
     def create_ssl_context(self):
         self.live_context = super().create_ssl_context()
+        self._apply_policy()
         self._loaded = self._stamp()
         return self.live_context
 
     def _stamp(self):
-        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile))
+        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile)) + \
+            (tls.files_stamp([tls.policy_file(self.node_dir)]) if self.node_dir else ())
+
+    def _apply_policy(self) -> None:
+        if self.node_dir is not None:
+            tls.apply_policy(self.live_context, tls.read_policy(self.node_dir))
 
     def reload_certificate(self) -> bool:
+        """The certificate files (and the TLS policy) loaded again if they changed."""
         if self.live_context is None or self._stamp() == self._loaded:
             return False
+        self._apply_policy()
         self.live_context.load_cert_chain(self.certfile, self.keyfile)
         self._loaded = self._stamp()
         return True
@@ -163,6 +177,7 @@ class CnmHttp:
     def __init__(self, config: NodeConfig):
         self.config = config
         self.session = ccs.Session.of_node(config)
+        self.tls_policy: dict | None = None     # the control-plane TLS policy applied
         self.auth = rest_access.Authenticator(self, ApiError)
         self._master_conn = None
         self.redis_version: str | None = None
@@ -170,6 +185,7 @@ class CnmHttp:
 
     async def run(self) -> None:
         hc = RestServerConfig()
+        hc.node_dir = self.config.dir
         address = self.config.address
         http = [f"{address}:{self.config.rest_port}"] if self.config.rest_http else []
         if certificates.cert_file(self.config.dir, "api").exists():
@@ -219,11 +235,37 @@ class CnmHttp:
                 log.info("renewed the node's certificates: %s", ", ".join(renewed))
             if "cp" in renewed and self.config.cpine:
                 await self._reload_ccs_certificate()
+            try:
+                await self._follow_tls_policy()
+            except (RedisUnavailable, ReplyError) as exc:
+                log.debug("TLS policy not read for now: %s", exc)
             if self.server_config.reload_certificate():
                 log.info("REST API: serving certificate %s",
                          certificates.describe(certificates.cert_file(
                              self.config.dir, "api").read_bytes())["serial"])
             await trio.sleep(CERT_CHECK_EVERY)
+
+    async def _follow_tls_policy(self) -> None:
+        """The cluster's min_control_TLS_version and control_cipher_suites, when they change:
+        into the node's certs/tls_policy.json (every control-plane context of the node's
+        services applies it at its next refresh: control/tls.py; the REST API's and the UI's
+        HTTPS, RestServerConfig), and the CCS copy's tls-port (CONFIG SET tls-protocols,
+        tls-ciphers)."""
+        policy = await schema.cluster_policy(await self.session.local())
+        wanted = {"min_version": policy["min_control_TLS_version"],
+                  "ciphers": policy["control_cipher_suites"]}
+        if wanted == self.tls_policy:
+            return
+        atomic_write(tls.policy_file(self.config.dir), json.dumps(wanted))
+        self.server_config.reload_certificate()     # (applies the policy file)
+        if self.config.cpine:
+            await (await self.session.local()).execute(
+                "CONFIG", "SET", "tls-protocols",
+                "TLSv1.3" if wanted["min_version"] == "1.3" else "TLSv1.2 TLSv1.3",
+                "tls-ciphers", wanted["ciphers"])
+        self.tls_policy = wanted
+        log.info("control-plane TLS: %s and up, ciphers %s", wanted["min_version"],
+                 wanted["ciphers"] or "OpenSSL's defaults")
 
     async def _reload_ccs_certificate(self) -> None:
         """The node's CCS copy loads its renewed `cp` certificate (setting tls-cert-file makes
@@ -299,8 +341,7 @@ class CnmHttp:
         """Answer every node's question "can you bind this port?" for this node."""
         while True:
             try:
-                async with subscribe(self.config.address, self.config.ccs_port,
-                                     [PORT_PROBE]) as sub:
+                async with ccs.subscribe_node(self.config, [PORT_PROBE]) as sub:
                     async for _channel, message in sub:
                         probe = ccs.unpack(message)
                         reason = bind_failure(self.config.address, probe["port"])
@@ -318,8 +359,8 @@ class CnmHttp:
         token = uuid.uuid4().hex
         answers: dict[int, dict] = {}
         asked = set(view.running("cnm_http")) | {self.config.uid}
-        async with subscribe(self.config.address, self.config.ccs_forward_port,
-                             [port_probe_channel(token)]) as replies:
+        async with ccs.subscribe_node(self.config, [port_probe_channel(token)],
+                                      forwarded=True) as replies:
             question = ccs.pack({"token": token, "port": port})
             with trio.move_on_after(PORT_PROBE_DEADLINE):
                 # Asked again every PORT_PROBE_REPEAT: a node whose CCS copy is still syncing

@@ -295,6 +295,11 @@ def _settings_options(f, *, create: bool):
                      type=click.Path(exists=True, dir_okay=False),
                      help="A client certificate (PEM file) the database trusts; repeat for "
                           "more (replaces the list)."),
+        click.option("--tls-authorized-name", "tls_authorized_names", multiple=True,
+                     metavar="NAME",
+                     help="With --tls-client-auth: a client certificate must name one of these "
+                          "(subject CN or DNS SAN); repeat for more (replaces the list; "
+                          "authorized_names)."),
         click.option("--data-internode-encryption/--no-data-internode-encryption", default=None,
                      help="DPINE: the proxies reach the shards, and replicas their masters, "
                           "over TLS (data_internode_encryption)."),
@@ -316,7 +321,8 @@ def _settings(port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands=None, oss_cluster=None, proxy_threads=None,
               backup_interval=None, backup_location=None, query_buffer_limit=None,
               allow_privileged_port=None, tls=None, tls_client_auth=None,
-              tls_client_certs=(), data_internode_encryption=None) -> dict:
+              tls_client_certs=(), tls_authorized_names=(),
+              data_internode_encryption=None) -> dict:
     given = {"port": port, "memory_size": memory, "replication": replication,
              "client_query_buffer_limit": query_buffer_limit,
              "allow_privileged_port": allow_privileged_port or None,
@@ -330,6 +336,7 @@ def _settings(port, memory, replication, persistence, aof_policy, password,
              else ("enabled" if tls_client_auth else "disabled"),
              "authentication_ssl_client_certs": [
                  {"client_cert": Path(f).read_text()} for f in tls_client_certs] or None,
+             "authorized_names": list(tls_authorized_names) or None,
              "data_internode_encryption": data_internode_encryption}
     return {k: v for k, v in given.items() if v is not None}
 
@@ -349,14 +356,16 @@ def db():
 def db_create(name, shards, port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
               backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
-              tls_client_certs, data_internode_encryption, dry_run, wait, home):
+              tls_client_certs, tls_authorized_names, data_internode_encryption, dry_run, wait,
+              home):
     """Create database NAME and wait until its endpoint serves."""
     api = RestApi.of(home)
     body = {"name": name, "shards_count": shards, **_settings(
         port, memory, replication, persistence, aof_policy, password, eviction_policy,
         multi_slot_commands, oss_cluster, proxy_threads, backup_interval, backup_location,
         query_buffer_limit, allow_privileged_port, tls=tls, tls_client_auth=tls_client_auth,
-        tls_client_certs=tls_client_certs, data_internode_encryption=data_internode_encryption)}
+        tls_client_certs=tls_client_certs, tls_authorized_names=tls_authorized_names,
+        data_internode_encryption=data_internode_encryption)}
     reply = api.call("POST", "/v1/bdbs", body=body, params={"dry_run": 1} if dry_run else None)
     if dry_run:
         _dry_run(reply)
@@ -440,7 +449,8 @@ def _discovery_lines(api: RestApi, b: dict) -> list[tuple[str, str]]:
 def db_update(ref, new_name, port, memory, replication, persistence, aof_policy, password,
               eviction_policy, multi_slot_commands, oss_cluster, proxy_threads, backup_interval,
               backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
-              tls_client_certs, data_internode_encryption, dry_run, wait, home):
+              tls_client_certs, tls_authorized_names, data_internode_encryption, dry_run, wait,
+              home):
     """Change a database's settings (only those given)."""
     api = RestApi.of(home)
     uid = api.bdb_uid(ref)
@@ -448,6 +458,7 @@ def db_update(ref, new_name, port, memory, replication, persistence, aof_policy,
                      eviction_policy, multi_slot_commands, oss_cluster, proxy_threads,
                      backup_interval, backup_location, query_buffer_limit, allow_privileged_port,
                      tls=tls, tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs,
+                     tls_authorized_names=tls_authorized_names,
                      data_internode_encryption=data_internode_encryption)
     if new_name is not None:
         body["name"] = new_name
@@ -530,7 +541,7 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
                aof_policy, password, eviction_policy, multi_slot_commands, oss_cluster,
                proxy_threads, backup_interval,
                backup_location, query_buffer_limit, allow_privileged_port, tls, tls_client_auth,
-               tls_client_certs, data_internode_encryption, home):
+               tls_client_certs, tls_authorized_names, data_internode_encryption, home):
     """Create database NAME and load a backup into it (any shard count takes any backup)."""
     api = RestApi.of(home)
     if os.path.isdir(backup):
@@ -550,6 +561,7 @@ def db_restore(backup, source, name, shards, port, memory, replication, persiste
                         backup_interval,
                         backup_location, query_buffer_limit, allow_privileged_port, tls=tls,
                         tls_client_auth=tls_client_auth, tls_client_certs=tls_client_certs,
+                        tls_authorized_names=tls_authorized_names,
                         data_internode_encryption=data_internode_encryption)}
     created = api.call("POST", "/v1/bdbs", body=body)
     api.follow(created["action_uid"])

@@ -5,7 +5,9 @@
   when the node started, the state of each of its services, as its supervisord reports them,
   and the machine's memory (`memory_total`, bytes: what cnm_http books databases against), and
   where its metrics are (`metrics_url`: http or https, as node.json says).
-- It listens on the node's `ccs_forward_port` and forwards every connection to the current CCS
+- It listens on the node's forward socket (`run/ccs_forward.sock`, mode 0700; and on its
+  `ccs_forward_port` only where no other host reaches it: NodeConfig.plain_tcp, as CCS's own
+  plain port) and forwards every connection to the current CCS
   master, which it learns from the `cluster:master` record in the node's own CCS copy (re-read
   on every change notice, and every half second). When the master changes, forwarded
   connections are closed, so that clients reconnect to the new master. With control-plane
@@ -25,7 +27,6 @@ import logging
 import os
 import time
 import xmlrpc.client
-from functools import partial
 
 import trio
 
@@ -36,7 +37,7 @@ from control.node import (
     service_command,
     supervisor_rpc,
 )
-from control.redis_client import RedisUnavailable, ReplyError, connect, subscribe
+from control.redis_client import RedisUnavailable, ReplyError, connect
 
 log = logging.getLogger("heartbeatd")
 
@@ -71,10 +72,15 @@ class Heartbeatd:
             nursery.start_soon(self._listen_for_changes)
             nursery.start_soon(self._beat)
             nursery.start_soon(self._guard_lease)
-            await nursery.start(partial(trio.serve_tcp, self._forward,
-                                        self.config.ccs_forward_port, host=self.config.address))
-            log.info("node %d: heartbeatd up, CCS forwarded on %s:%d", self.config.uid,
-                     self.config.address, self.config.ccs_forward_port)
+            listeners = [await unix_listener(self.config.forward_socket)]
+            if self.config.plain_tcp:
+                listeners += await trio.open_tcp_listeners(self.config.ccs_forward_port,
+                                                           host=self.config.address)
+            await nursery.start(trio.serve_listeners, self._forward, listeners)
+            log.info("node %d: heartbeatd up, CCS forwarded on %s%s", self.config.uid,
+                     self.config.forward_socket,
+                     f" and {self.config.address}:{self.config.ccs_forward_port}"
+                     if self.config.plain_tcp else "")
 
     # ---- where is the CCS master ---------------------------------------------------------
 
@@ -82,7 +88,7 @@ class Heartbeatd:
         """The node's own CCS copy; one connection, shared by this process's tasks."""
         async with self._local_lock:    # two tasks must not both connect
             if self._local is None or self._local.closed:
-                self._local = await connect(self.config.address, self.config.ccs_port)
+                self._local = await ccs.connect_node(self.config)
             return self._local
 
     async def _follow_master(self) -> None:
@@ -108,8 +114,7 @@ class Heartbeatd:
     async def _listen_for_changes(self) -> None:
         while True:
             try:
-                async with subscribe(self.config.address, self.config.ccs_port,
-                                     [ccs.CHANGES]) as sub:
+                async with ccs.subscribe_node(self.config, [ccs.CHANGES]) as sub:
                     async for _channel, key in sub:
                         if key == ccs.MASTER.encode():
                             self._notice.set()
@@ -201,6 +206,20 @@ class Heartbeatd:
                                 lease.get("term"))
             except (RedisUnavailable, ReplyError):
                 pass
+
+
+async def unix_listener(path) -> trio.SocketListener:
+    """A listener on the unix socket `path` (a stale one from a previous run replaced),
+    readable by the node's own user only."""
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    await sock.bind(str(path))
+    os.chmod(path, 0o700)
+    sock.listen(128)
+    return trio.SocketListener(sock)
 
 
 async def _pipe(src: trio.abc.Stream, dst: trio.abc.Stream, done: trio.CancelScope) -> None:

@@ -419,7 +419,7 @@ class LocalCluster:
     async def _all_beating(self) -> bool:
         for config in self.nodes.values():
             try:
-                async with await connect(config.address, config.ccs_forward_port) as conn:
+                async with await ccs.connect_node(config, forwarded=True) as conn:
                     found = await conn.pipeline([("EXISTS", ccs.heartbeat_key(uid))
                                                  for uid in self.nodes])
                     return all(f == 1 for f in found)
@@ -442,8 +442,7 @@ class LocalCluster:
             while True:
                 for config in through:
                     try:
-                        async with await connect(config.address,
-                                                 config.ccs_forward_port) as conn:
+                        async with await ccs.connect_node(config, forwarded=True) as conn:
                             if not submitted:
                                 await schema.submit(conn, action)
                                 submitted = True

@@ -21,6 +21,7 @@ This module never starts anything; `control.local_cluster` and the services do.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -140,6 +141,26 @@ class NodeConfig:
         return self.run_dir / "removed.json"
 
     @property
+    def ccs_socket(self) -> Path:
+        """CCS's plaintext for the node's own services (and the host's `dmc`): a unix socket,
+        mode 0700 (see plain_tcp)."""
+        return Path(unix_socket_path(self.run_dir / "ccs.sock"))
+
+    @property
+    def forward_socket(self) -> Path:
+        """heartbeatd's forwarder to the CCS master, for the node's own services."""
+        return Path(unix_socket_path(self.run_dir / "ccs_forward.sock"))
+
+    @property
+    def plain_tcp(self) -> bool:
+        """Whether CCS's plain port and the forwarder also listen on TCP (the node's
+        address): only where no other host can reach them (a loopback address, as every
+        node of a local cluster has) or with control-plane encryption off (nothing is
+        encrypted then anyway). A node on a routable address serves plaintext CCS on its
+        unix sockets only; other nodes reach it on its TLS port."""
+        return not self.cpine or ipaddress.ip_address(self.address).is_loopback
+
+    @property
     def lease_file(self) -> Path:
         return self.run_dir / "lease.json"
 
@@ -208,7 +229,9 @@ class NodeConfig:
     def _ccs_conf(self) -> str:
         return "\n".join([
             f"bind {self.address}",
-            f"port {self.ccs_port}",
+            f"port {self.ccs_port if self.plain_tcp else 0}",
+            f"unixsocket {self.ccs_socket}",
+            "unixsocketperm 700",
             f"dir {self.dir / 'ccs'}",
             "daemonize no",
             "protected-mode no",

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import psutil
 import trio
 
-from control import ccs, schema
+from control import ccs, schema, shard_link
 from control.proxy_stats import read_proxy_stats
-from control.redis_client import RedisUnavailable, ReplyError, connect, parse_info
+from control.redis_client import RedisUnavailable, ReplyError, parse_info
 
 log = logging.getLogger("node_figures")
 
@@ -157,8 +157,8 @@ class NodeReader:
             try:
                 conn = self.conns.get(port)
                 if conn is None or conn.closed:
-                    conn = self.conns[port] = await connect(self.config.address, port,
-                                                            timeout=deadline)
+                    conn = self.conns[port] = await shard_link.local_link(
+                        self.config, shard).connect(timeout=deadline)
                 reading.shards[uid] = shard_figures(parse_info(await conn.execute("INFO")))
                 return
             except (RedisUnavailable, ReplyError) as exc:

@@ -84,7 +84,7 @@ import trio
 
 from control import ccs, schema
 from control.node import NodeConfig, atomic_write, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_client import RedisUnavailable, ReplyError
 from control.sealing import reveal_text
 from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc import cluster_api
@@ -128,6 +128,9 @@ class NodeProxy:
         self.lease_until = 0.0      # the majority lease the endpoints enforce by themselves
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
         self.installing: dict[int, trio.Lock] = {}
+        # the cluster's min_data_TLS_version and ciphers, as read with the databases (an
+        # endpoint served from the cached map before CCS answers has the defaults)
+        self.tls_policy = schema.data_tls_policy(schema.CLUSTER_POLICY_DEFAULTS)
 
     async def run(self) -> None:
         set_input_budget(self.config.proxy_input_budget)
@@ -200,8 +203,8 @@ class NodeProxy:
         conn = None
         try:
             with trio.fail_after(CATCH_UP_TIMEOUT):
-                conn = await connect(self.config.address, self.config.ccs_forward_port,
-                                     timeout=CATCH_UP_TIMEOUT)
+                conn = await ccs.connect_node(self.config, forwarded=True,
+                                              timeout=CATCH_UP_TIMEOUT)
                 for uid in list(self.endpoints):
                     bdb, shard_map = await schema.get_bdb(conn, uid), \
                         await schema.get_map(conn, uid)
@@ -292,6 +295,8 @@ class NodeProxy:
                 while True:
                     try:
                         local = await self.session.local()
+                        self.tls_policy = schema.data_tls_policy(
+                            await schema.cluster_policy(local))
                         bdb = await schema.get_bdb(local, uid)
                         shard_map = await schema.get_map(local, uid)
                         if bdb is None or bdb.status == "deleting" or shard_map is None:
@@ -442,7 +447,7 @@ class NodeProxy:
             return {}
         d = self.config.dir
         tls = {"tls_cert_file": str(cert_file(d, "proxy")),
-               "tls_key_file": str(key_file(d, "proxy"))}
+               "tls_key_file": str(key_file(d, "proxy")), **self.tls_policy}
         if bdb.enforce_client_authentication == "enabled":
             trusted = ca_file(d).read_text() + "".join(
                 c["client_cert"].strip() + "\n" for c in bdb.authentication_ssl_client_certs)
@@ -450,7 +455,8 @@ class NodeProxy:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             if not path.exists() or path.read_text() != trusted:
                 atomic_write(path, trusted)
-            tls.update(tls_ca_cert_file=str(path), tls_auth_clients="yes")
+            tls.update(tls_ca_cert_file=str(path), tls_auth_clients="yes",
+                       tls_authorized_names=list(bdb.authorized_names))
         return tls
 
     def _shard_tls(self, bdb: schema.Bdb) -> dict:
@@ -460,7 +466,7 @@ class NodeProxy:
         d = self.config.dir
         return {"shard_tls": True, "shard_tls_ca_cert_file": str(ca_file(d)),
                 "shard_tls_cert_file": str(cert_file(d, "cp")),
-                "shard_tls_key_file": str(key_file(d, "cp"))}
+                "shard_tls_key_file": str(key_file(d, "cp")), **self.tls_policy}
 
     def _close(self, uid: int) -> None:
         endpoint = self.endpoints.pop(uid, None)

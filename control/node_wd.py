@@ -39,11 +39,11 @@ import time
 
 import trio
 
-from control import ccs, redis_mgr, schema
+from control import ccs, redis_mgr, schema, shard_link
 from control.cluster_view import (ClusterView, master_here, node_load, pair_nodes, pick_node,
                                   read_view, serving_replica)
 from control.node import NodeConfig, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect
+from control.redis_client import RedisUnavailable, ReplyError
 
 log = logging.getLogger("node_wd")
 
@@ -93,8 +93,7 @@ class NodeWd:
         ccs_error = None
         try:
             with trio.fail_after(self.deadline):
-                async with await connect(self.config.address, self.config.ccs_port,
-                                         timeout=self.deadline) as conn:
+                async with await ccs.connect_node(self.config, timeout=self.deadline) as conn:
                     await conn.execute("PING")
         except trio.TooSlowError:
             ccs_error = f"no answer to PING within {self.deadline}s"
@@ -151,7 +150,7 @@ class NodeWd:
                 self.answers.pop(uid, None)
                 scope = trio.CancelScope()
                 self.probers[uid] = (shard.port, scope)
-                nursery.start_soon(self._probe, uid, shard.port, scope)
+                nursery.start_soon(self._probe, uid, shard, scope)
         for uid in [u for u in self.probers if u not in mine]:
             self.probers.pop(uid)[1].cancel()
             self.answers.pop(uid, None)
@@ -167,9 +166,9 @@ class NodeWd:
             for uid in gone:
                 self.reported.pop(uid, None)
 
-    async def _probe(self, uid: int, port: int, scope: trio.CancelScope) -> None:
-        """PING the shard every PROBE_EVERY; answers[uid]: None while it answers within the
-        deadline, else why not."""
+    async def _probe(self, uid: int, shard: schema.Shard, scope: trio.CancelScope) -> None:
+        """PING the shard every PROBE_EVERY (on its unix socket: shard_link); answers[uid]:
+        None while it answers within the deadline, else why not."""
         conn = None
         with scope:
             try:
@@ -177,8 +176,8 @@ class NodeWd:
                     started = trio.current_time()
                     try:
                         if conn is None or conn.closed:
-                            conn = await connect(self.config.address, port,
-                                                 timeout=self.deadline)
+                            conn = await shard_link.local_link(self.config, shard).connect(
+                                timeout=self.deadline)
                         await conn.execute("PING")
                         self.answers[uid] = None
                     except ReplyError:
@@ -287,7 +286,7 @@ class NodeWd:
                 shard.restart_after = time.time()
                 await schema.put_shard(redis, shard)
             return
-        if not await self._answers(view.nodes[replica.node_uid]["address"], replica.port):
+        if not await self._answers(shard_link.link(self.config, replica, bdb, view.nodes)):
             return      # its state is from before a restart of its node: not yet back
         action = schema.new_action("shard_failover", "shard", shard.uid,
                                    {"forced": True, "reason": "master shard down"})
@@ -299,10 +298,10 @@ class NodeWd:
         except schema.Conflict:
             pass        # a running action holds the database; it will meet the failure itself
 
-    async def _answers(self, address: str, port: int) -> bool:
+    async def _answers(self, target: shard_link.ShardLink) -> bool:
         """The shard answers PING within the deadline, now."""
         try:
-            async with await connect(address, port, timeout=self.deadline) as conn:
+            async with await target.connect(timeout=self.deadline) as conn:
                 return await conn.execute("PING") == b"PONG"
         except (RedisUnavailable, ReplyError):
             return False

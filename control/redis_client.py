@@ -149,14 +149,17 @@ async def info(conn: Redis, section: str) -> dict[str, str]:
 
 
 async def connect(host: str, port: int, *, timeout: float = 1.0,
-                  password: str | None = None, ssl_context: ssl.SSLContext | None = None) -> Redis:
-    """A connection to host:port, authenticated if password is given, over TLS with
+                  password: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                  unix_path: str | None = None) -> Redis:
+    """A connection to host:port (or to the unix socket `unix_path`, host and port then only
+    name it in errors), authenticated if password is given, over TLS with
     `ssl_context` (redis-server's tls-port; the handshake is made within the timeout). A
     refused AUTH raises ReplyError (WRONGPASS, ...): the server is there, so it is not
     RedisUnavailable; a refused handshake is RedisUnavailable."""
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await (trio.open_unix_socket(unix_path) if unix_path is not None
+                            else trio.open_tcp_stream(host, port))
             if ssl_context is not None:
                 stream = trio.SSLStream(stream, ssl_context, server_hostname=host)
                 await stream.do_handshake()
@@ -197,13 +200,13 @@ class Subscription:
 
 @asynccontextmanager
 async def subscribe(host: str, port: int, channels: list[str], *, timeout: float = 1.0,
-                    password: str | None = None,
-                    ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Subscription]:
+                    password: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                    unix_path: str | None = None) -> AsyncIterator[Subscription]:
     """A Subscription on its own connection, already active when the context is entered."""
     if not channels:
         raise ValueError("subscribe needs at least one channel")
     async with await connect(host, port, timeout=timeout, password=password,
-                             ssl_context=ssl_context) as conn:
+                             ssl_context=ssl_context, unix_path=unix_path) as conn:
         payload = encode_command(("SUBSCRIBE", *channels))
         # one confirmation per channel; read one at a time so that a single error reply
         # (NOAUTH, ...) for the whole command is raised rather than waited past

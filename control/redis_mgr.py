@@ -11,8 +11,9 @@ It reconciles, on every change notice and every POLL_EVERY seconds:
   `tls-port` (the shard record's, beside its port) with the node's `cp` certificate and
   `tls-auth-clients yes` (a client must show a certificate the cluster CA signed), and a
   replica follows its master's tls-port with `tls-replication yes`; switched on or off with
-  CONFIG SET, no restart. The plain port stays, for the node's own services (node_wd's probe,
-  redis_mgr, backup_mgr), as CCS keeps its own under CPINE;
+  CONFIG SET, no restart. Its plain port is then closed (`port 0`): every shard also has a
+  unix socket in its folder (mode 0700) for the node's own services, and the other nodes reach
+  it over its tls-port only (control/shard_link.py says why and how each service connects);
 - every shard of a database gets the ACL users its `roles_permissions` give (control/access.py
   `database_acl`: the users of each role, with the password hash and the rules of its
   redis_acl), set with ACL SETUSER on masters and replicas alike (Redis does not replicate
@@ -48,9 +49,10 @@ import time
 
 import trio
 
-from control import access, ccs, schema
+from control import access, ccs, schema, shard_link
+from control.shard_link import dpine
 from control.node import NodeConfig, atomic_write, service_command
-from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from control.redis_client import RedisUnavailable, ReplyError, info
 from control.tls import ca_file, cert_file, files_stamp, key_file
 from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
 
@@ -62,11 +64,14 @@ RECONCILE_EVERY = 1.0     # a full pass even without change notices
 START_TIMEOUT = 10.0
 
 
-def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
+def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
+               tls_policy: dict | None = None) -> str:
     folder = config.shards_dir / str(shard.uid)
     lines = [
         f"bind {config.address}",
-        f"port {shard.port}",
+        f"port {0 if dpine(shard, bdb) else shard.port}",
+        f"unixsocket {shard_link.socket_path(config.shards_dir, shard.uid)}",
+        "unixsocketperm 700",
         f"dir {folder}",
         f"pidfile {folder / 'redis.pid'}",
         "daemonize no",
@@ -82,7 +87,8 @@ def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> str:
         f"maxmemory-policy {bdb.eviction_policy}",
     ]
     lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
-    lines += [f'{name} "{value}"' for name, value in data_tls(config, shard, bdb).items()]
+    lines += [f'{name} "{value}"' for name, value in
+              data_tls(config, shard, bdb, True, tls_policy).items() if name != "port"]
     return "\n".join(lines) + "\n"
 
 
@@ -101,21 +107,26 @@ def persistence(shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
     }
 
 
-def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
+def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
+             has_socket: bool | None = None, tls_policy: dict | None = None) -> dict[str, str]:
     """The shard's TLS settings (DPINE): its tls-port with the node's `cp` certificate, client
-    certificates required, replication over TLS; off: no tls-port, plain replication."""
+    certificates required, replication over TLS, the cluster's min_data_TLS_version and
+    ciphers (`tls_policy`, schema.data_tls_policy), and no plain TCP port if it has its unix
+    socket (`has_socket`, None: look; one started before shards had one keeps its port, the
+    node's services' only way in); off: its plain port, no tls-port, plain replication."""
+    policy = tls_policy or schema.data_tls_policy({})
     if not dpine(shard, bdb):
-        return {"tls-port": "0", "tls-replication": "no"}
-    return {"tls-cert-file": str(cert_file(config.dir, "cp")),
+        return {"port": str(shard.port), "tls-port": "0", "tls-replication": "no"}
+    if has_socket is None:
+        has_socket = shard_link.socket_path(config.shards_dir, shard.uid).exists()
+    return {"port": "0" if has_socket else str(shard.port),
+            "tls-cert-file": str(cert_file(config.dir, "cp")),
             "tls-key-file": str(key_file(config.dir, "cp")),
             "tls-ca-cert-file": str(ca_file(config.dir)), "tls-auth-clients": "yes",
-            "tls-port": str(shard.tls_port), "tls-replication": "yes"}
-
-
-def dpine(shard: schema.Shard, bdb: schema.Bdb) -> bool:
-    """The database asks for data-path encryption and the shard has a tls-port (one made
-    before tls-ports existed has none: it stays plaintext)."""
-    return bdb.data_internode_encryption and bool(shard.tls_port)
+            "tls-port": str(shard.tls_port), "tls-replication": "yes",
+            "tls-protocols": "TLSv1.3" if policy["tls_min_version"] == "1.3"
+            else "TLSv1.2 TLSv1.3",
+            "tls-ciphers": policy["tls_ciphers"], "tls-ciphersuites": policy["tls_ciphersuites"]}
 
 
 def maxmemory(bdb: schema.Bdb) -> int:
@@ -123,10 +134,11 @@ def maxmemory(bdb: schema.Bdb) -> int:
 
 
 def wanted(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
-           master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None) -> dict:
+           master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None,
+           tls_policy: dict | None = None) -> dict:
     """What redis_mgr keeps applied to a running shard; `acl`: its ACL users
     (access.database_acl)."""
-    tls = data_tls(config, shard, bdb)
+    tls = data_tls(config, shard, bdb, tls_policy=tls_policy)
     return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
             "persistence": persistence(shard, bdb), "tls": tls,
             # (a renewed certificate is loaded again: setting tls-cert-file reloads it)
@@ -211,6 +223,7 @@ class RedisMgr:
         self.shards: dict[int, Shard] = {}
         self.reported: dict[int, dict] = {}      # shard uid -> the state last written to CCS
         self.access: tuple = ({}, {}, {})        # users, roles, redis_acls (access.py)
+        self.tls_policy = schema.data_tls_policy({})   # the cluster's min_data_TLS_version ...
 
     async def run(self) -> None:
         self.config.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +260,7 @@ class RedisMgr:
         states = await ccs.read_hash(local, schema.SHARD_STATE)
         self.access = (await access.users(local), await access.roles(local),
                        await access.redis_acls(local))
+        self.tls_policy = schema.data_tls_policy(await schema.cluster_policy(local))
         last_uid = int(await local.execute("HGET", schema.COUNTERS, "shard") or 0)
         mine = {uid: s for uid, s in records.items()
                 if s.node_uid == self.config.uid and s.bdb_uid in bdbs}
@@ -292,7 +306,7 @@ class RedisMgr:
 
     async def _check_synced(self, running: Shard, shard: schema.Shard) -> None:
         try:
-            async with await connect(self.config.address, shard.port) as conn:
+            async with await shard_link.local_link(self.config, shard).connect() as conn:
                 replication = await info(conn, "replication")
         except (RedisUnavailable, ReplyError):
             return
@@ -316,7 +330,7 @@ class RedisMgr:
         folder.mkdir(parents=True, exist_ok=True)
         if not schema.persists(bdb, "replica"):
             (folder / SYNCED).unlink(missing_ok=True)    # a new process starts empty
-        conf = shard_conf(self.config, shard, bdb)
+        conf = shard_conf(self.config, shard, bdb, self.tls_policy)
         master = self._master_of(shard, bdb, records, nodes)
         if master:
             conf += f"replicaof {master[0]} {master[1]}\n"
@@ -328,11 +342,14 @@ class RedisMgr:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and started.alive():
             try:
-                with socket.create_connection((self.config.address, shard.port), 0.2):
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(0.2)
+                    probe.connect(str(shard_link.socket_path(self.config.shards_dir, shard.uid)))
                     log.info("started shard %d on port %d (pid %d)", shard.uid, shard.port,
                              proc.pid)
                     # a new process has no ACL users yet: _configure gives them
-                    started.applied = {**wanted(self.config, shard, bdb, master), "acl": None}
+                    started.applied = {**wanted(self.config, shard, bdb, master,
+                                                tls_policy=self.tls_policy), "acl": None}
                     return started
             except OSError:
                 time.sleep(0.02)
@@ -353,10 +370,10 @@ class RedisMgr:
     async def _configure(self, running: Shard, shard: schema.Shard, bdb: schema.Bdb,
                          records: dict[int, schema.Shard], nodes: dict) -> None:
         want = wanted(self.config, shard, bdb, self._master_of(shard, bdb, records, nodes),
-                      access.database_acl(bdb, *self.access))
+                      access.database_acl(bdb, *self.access), self.tls_policy)
         if running.applied == want:
             return
-        async with await connect(self.config.address, shard.port) as conn:
+        async with await shard_link.local_link(self.config, shard).connect() as conn:
             if (want["tls"], want["tls_files"]) != \
                     (running.applied.get("tls"), running.applied.get("tls_files")):
                 # Before REPLICAOF: a replica of a TLS master connects with tls-replication.

@@ -6,14 +6,16 @@ that the other node services start without it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import ssl
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from control.discovery import PROXY_POLICIES
 from control.schema import (AOF_POLICIES, DEFAULT_QUERY_BUFFER, EVICTION_POLICIES, MAX_COUNT,
                             MAX_MEMORY_SIZE, MAX_QUERY_BUFFER, MAX_SECONDS, MAX_UID,
-                            MULTI_SLOT_POLICIES, PERSISTENCE, TLS_MODES, ENABLED_DISABLED)
+                            MULTI_SLOT_POLICIES, PERSISTENCE, TLS_MODES, TLS_VERSIONS,
+                            ENABLED_DISABLED)
 
 
 class SnapshotRule(BaseModel):
@@ -92,6 +94,10 @@ class ClientCert(BaseModel):
         return pem
 
 
+AuthorizedName = Annotated[str, Field(min_length=1, max_length=253,
+                                      pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
 class BdbSettings(BaseModel):
     """The fields of a database a user sets; all optional, for PUT. A field left out is not
     changed; none may be null (the types say so in the OpenAPI document: pydantic does not
@@ -143,10 +149,12 @@ class BdbSettings(BaseModel):
         "may hold on the proxy before it is disconnected (Redis's client-query-buffer-limit; "
         "default 1 GB)")
 
-    tls_mode: Literal[TLS_MODES] = Field(
+    tls_mode: str = Field(
         None, description="client TLS (Redis Enterprise's name): `enabled`, every client "
         "speaks TLS to the endpoint, whose certificate is the nodes' `proxy` one, signed by "
-        "the cluster CA (`dmc cluster ca`); a plaintext client is refused; default disabled")
+        "the cluster CA (`dmc cluster ca`); a plaintext client is refused; default disabled. "
+        "RE's `replica_ssl` (TLS only for Replica Of / Active-Active syncing) is refused: dmc "
+        "has no Replica Of")
     enforce_client_authentication: Literal[ENABLED_DISABLED] = Field(
         None, description="with tls_mode enabled: `enabled`, a client must present a "
         "certificate signed by the cluster CA or listed in authentication_ssl_client_certs; "
@@ -154,6 +162,21 @@ class BdbSettings(BaseModel):
     authentication_ssl_client_certs: list[ClientCert] = Field(
         None, max_length=256, description="client certificates trusted besides those the "
         "cluster CA signed (a listed certificate itself is trusted, not only its issuer)")
+    authorized_names: list[AuthorizedName] = Field(
+        None, max_length=256, description="with enforce_client_authentication: a client "
+        "certificate must name one of these (its subject CN or a DNS SAN, exactly; checked "
+        "at the handshake); empty: any trusted certificate")
+
+    @field_validator("tls_mode")
+    @classmethod
+    def _a_tls_mode(cls, mode: str) -> str:
+        if mode == "replica_ssl":
+            raise ValueError("tls_mode replica_ssl encrypts only replication between clusters "
+                             "(Replica Of, Active-Active syncer), and dmc has neither: use "
+                             "enabled or disabled")
+        if mode not in TLS_MODES:
+            raise ValueError(f"tls_mode must be one of {', '.join(TLS_MODES)}")
+        return mode
     data_internode_encryption: bool = Field(
         None, description="data-path internode encryption (DPINE, Redis Enterprise's name): "
         "the proxies reach the shards, and replicas their masters, over TLS (each shard's "
@@ -206,6 +229,31 @@ class ClusterPolicy(BaseModel):
     alert_settings: ClusterAlertSettings = Field(
         None, description="the cluster's and the nodes' alerts: on or off, and thresholds "
         "(kept in CCS's cluster:alert_settings; an alert left out keeps its setting)")
+    min_data_TLS_version: Literal[TLS_VERSIONS] = Field(
+        None, description="the oldest TLS version of the data path: database endpoints, and "
+        "proxy to shard and the shards' tls-ports under data_internode_encryption (default 1.2)")
+    data_cipher_list: str = Field(
+        None, max_length=4096, description="the data path's TLS 1.2 ciphers (OpenSSL's cipher "
+        "list syntax; empty: OpenSSL's defaults)")
+    data_cipher_suites_tls_1_3: str = Field(
+        None, max_length=1024, pattern=r"^([A-Z0-9_]+(:[A-Z0-9_]+)*)?$",
+        description="the data path's TLS 1.3 ciphersuites, colon separated (empty: OpenSSL's)")
+    min_control_TLS_version: Literal[TLS_VERSIONS] = Field(
+        None, description="the oldest TLS version of the control plane: the REST API's "
+        "HTTPS, CCS's tls-port and the nodes' mutual TLS (gossip, heartbeats; default 1.2)")
+    control_cipher_suites: str = Field(
+        None, max_length=4096, description="the control plane's TLS 1.2 ciphers (OpenSSL's "
+        "cipher list syntax; empty: the defaults)")
+
+    @field_validator("data_cipher_list", "control_cipher_suites")
+    @classmethod
+    def _a_cipher_list(cls, ciphers: str) -> str:
+        if ciphers:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+            except ssl.SSLError:
+                raise ValueError(f"no cipher OpenSSL knows in {ciphers!r}") from None
+        return ciphers
 
 
 class BdbCreate(BdbSettings):
@@ -231,10 +279,11 @@ class BdbCreate(BdbSettings):
     multi_slot_commands: Literal[MULTI_SLOT_POLICIES] = "refuse"
     oss_cluster: bool = False
     proxy_threads: int = Field(1, ge=1, le=64)
-    tls_mode: Literal[TLS_MODES] = "disabled"
+    tls_mode: str = "disabled"              # (checked by BdbSettings._a_tls_mode)
     enforce_client_authentication: Literal[ENABLED_DISABLED] = "disabled"
     authentication_ssl_client_certs: list[ClientCert] = Field(default_factory=list,
                                                               max_length=256)
+    authorized_names: list[AuthorizedName] = Field(default_factory=list, max_length=256)
     data_internode_encryption: bool = False
     roles_permissions: list[RolePermission] = Field(default_factory=list, max_length=256)
 
@@ -285,6 +334,8 @@ class Bdb(BaseModel):
     enforce_client_authentication: str | None = Field(
         None, description="enabled: clients must present a trusted certificate")
     authentication_ssl_client_certs: list[dict] | None = None
+    authorized_names: list[str] | None = Field(
+        None, description="names (CN or DNS SAN) a client certificate must carry one of")
     data_internode_encryption: bool | None = Field(
         None, description="proxy to shard and shard replication over TLS (DPINE)")
     backup_interval: int | None = Field(None, description="seconds between scheduled backups; "
@@ -343,6 +394,11 @@ class Cluster(BaseModel):
     login_lockout_duration: int = Field(1800, description="seconds a user stays locked out")
     login_lockout_counter_reset_after: int = Field(900, description="seconds after which "
                                                    "failed logins are forgotten")
+    min_data_TLS_version: str = "1.2"
+    data_cipher_list: str = ""
+    data_cipher_suites_tls_1_3: str = ""
+    min_control_TLS_version: str = "1.2"
+    control_cipher_suites: str = ""
     alert_settings: dict[str, AlertSetting] = Field(
         default_factory=dict, description="the cluster's and the nodes' alerts, defaults "
         "included")

@@ -74,6 +74,7 @@ EVICTION_POLICIES = ("noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random
 PERSISTENCE = ("disabled", "aof", "snapshot")
 AOF_POLICIES = ("appendfsync-every-sec", "appendfsync-always")
 MULTI_SLOT_POLICIES = ("refuse", "sequential")     # dmc/fastpath/sequential.pxi
+TLS_VERSIONS = ("1.2", "1.3")            # min_data_TLS_version, min_control_TLS_version
 TLS_MODES = ("disabled", "enabled")         # a database's client TLS (dmc/fastpath/tls.pxi)
 ENABLED_DISABLED = ("enabled", "disabled")  # Redis Enterprise's switches (enforce_client_authentication)
 
@@ -92,7 +93,21 @@ DEFAULT_QUERY_BUFFER = 1 << 30     # Redis's client-query-buffer-limit default
 CLUSTER_POLICY_DEFAULTS = {"shards_overbooking": False, "overbooking_percent": 0,
                            # failed REST logins (control/access.py), RE's defaults
                            "login_lockout_threshold": 5, "login_lockout_duration": 1800,
-                           "login_lockout_counter_reset_after": 900}
+                           "login_lockout_counter_reset_after": 900,
+                           # TLS protocols and ciphers (RE's names): the data path (database
+                           # endpoints, proxy to shard and the shards' tls-ports under DPINE)
+                           # and the control plane (REST, UI, metrics, CCS, gossip); "": the
+                           # TLS library's defaults
+                           "min_data_TLS_version": "1.2", "data_cipher_list": "",
+                           "data_cipher_suites_tls_1_3": "", "min_control_TLS_version": "1.2",
+                           "control_cipher_suites": ""}
+
+
+def data_tls_policy(policy: dict) -> dict:
+    """The cluster's data-path TLS settings as dmcproxy's (ProxyConfig) tls_* fields."""
+    return {"tls_min_version": policy.get("min_data_TLS_version") or "1.2",
+            "tls_ciphers": policy.get("data_cipher_list") or "",
+            "tls_ciphersuites": policy.get("data_cipher_suites_tls_1_3") or ""}
 
 
 async def cluster_policy(redis) -> dict:
@@ -176,6 +191,7 @@ class Bdb(msgspec.Struct, kw_only=True):
     enforce_client_authentication: str = "disabled"     # enabled: a client certificate is required
     data_internode_encryption: bool = False       # DPINE: proxy -> shard and replication over TLS
     authentication_ssl_client_certs: list[dict] = []    # [{client_cert: PEM}] trusted with the CA
+    authorized_names: list[str] = []    # with client auth: a certificate must name one (CN/SAN)
     backup_interval: int = 0
     backup_location: str | None = None
     status: str = "active"                        # pending, active, deleting, creation-failed

@@ -1,14 +1,25 @@
 """TLS between a node's services and the other nodes, with the certificates
 control/certificates.py makes (this module imports only `ssl`, so services that merely speak
 TLS do not load `cryptography`): where a node keeps them, contexts that load a renewed
-certificate again, mutual TLS for the control plane, and a refused handshake in one line.
+certificate again, mutual TLS for the control plane, the cluster's control-plane TLS policy
+(min_control_TLS_version, control_cipher_suites: `certs/tls_policy.json`, which the node's
+cnm_http writes from CCS, applied by every context when the file changes), and a refused
+handshake in one line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 from pathlib import Path
+
+DEFAULT_POLICY = {"min_version": "1.2", "ciphers": ""}
+# Python's own default TLS 1.2 cipher string (3.10+; ssl.create_default_context's), restored
+# when the cluster's control_cipher_suites is emptied again
+DEFAULT_CIPHERS = ("@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:"
+                   "!aDSS:!SHA1:!AESCCM")
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def certs_dir(node_dir: Path) -> Path:
@@ -25,6 +36,25 @@ def cert_file(node_dir: Path, plane: str) -> Path:
 
 def key_file(node_dir: Path, plane: str) -> Path:
     return certs_dir(node_dir) / f"{plane}.key"
+
+
+def policy_file(node_dir: Path) -> Path:
+    return certs_dir(node_dir) / "tls_policy.json"
+
+
+def read_policy(node_dir: Path) -> dict:
+    """The control plane's TLS policy of the node ({min_version, ciphers}; defaults if none)."""
+    try:
+        return {**DEFAULT_POLICY, **json.loads(policy_file(node_dir).read_text())}
+    except (OSError, ValueError):
+        return dict(DEFAULT_POLICY)
+
+
+def apply_policy(context: ssl.SSLContext, policy: dict) -> None:
+    """The oldest TLS version and the TLS 1.2 ciphers of `policy` on a live context (new
+    handshakes follow it; "" ciphers: Python's defaults)."""
+    context.minimum_version = TLS_VERSIONS.get(policy.get("min_version"), ssl.TLSVersion.TLSv1_2)
+    context.set_ciphers(policy.get("ciphers") or DEFAULT_CIPHERS)
 
 
 def files_stamp(paths) -> tuple:
@@ -49,7 +79,6 @@ class ReloadingContext:
         self.node_dir, self.plane = Path(node_dir), plane
         purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
         self.context = ssl.create_default_context(purpose, cafile=str(ca_file(node_dir)))
-        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         if server:
             self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
         else:
@@ -61,13 +90,16 @@ class ReloadingContext:
 
     def _stamp(self) -> tuple:
         c, k = cert_file(self.node_dir, self.plane), key_file(self.node_dir, self.plane)
-        return (c.stat().st_mtime_ns, c.stat().st_ino, k.stat().st_mtime_ns)
+        return (c.stat().st_mtime_ns, c.stat().st_ino, k.stat().st_mtime_ns,
+                files_stamp([policy_file(self.node_dir)]))
 
     def refresh(self) -> bool:
-        """Load the plane's certificate again if its files changed; True if it did."""
+        """Load the plane's certificate (and the TLS policy) again if its files changed; True
+        if it did."""
         stamp = self._stamp()
         if stamp == self._loaded:
             return False
+        apply_policy(self.context, read_policy(self.node_dir))
         self.context.load_cert_chain(str(cert_file(self.node_dir, self.plane)),
                                      str(key_file(self.node_dir, self.plane)))
         self._loaded = stamp

@@ -284,6 +284,7 @@ cdef class Proxy:
         self.core.client_output_limit = max(0, client_output_limit)
         self.core.client_query_limit = max(0, client_query_limit)
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
+        self.core.tls_handshake_timeout_us = TLS_HANDSHAKE_TIMEOUT_S * 1000000
         self.core.hold_us = <long long>max(0, hold_ms) * 1000
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
@@ -621,10 +622,15 @@ cdef class Proxy:
                 c.flags |= CF_AUTHED
                 c = c.next
 
-    def set_tls(self, certfile=None, keyfile=None, cafile=None, str client_auth="none"):
+    def set_tls(self, certfile=None, keyfile=None, cafile=None, str client_auth="none",
+                authorized_names=(), str min_version="1.2", str ciphers="",
+                str ciphersuites=""):
         """Client TLS (tls.pxi): clients accepted from now on speak TLS with this certificate
         (PEM chain file) and key; client_auth "none", "optional" (a certificate, if sent, must
-        verify against cafile) or "required" (refused without one that does). certfile None:
+        verify against cafile) or "required" (refused without one that does); a client
+        certificate must name one of authorized_names if any (subject CN or DNS SAN);
+        min_version "1.2" or "1.3", ciphers (TLS 1.2, OpenSSL's cipher list syntax) and
+        ciphersuites (TLS 1.3), "": OpenSSL's defaults. certfile None:
         plaintext again. Loaded at once (a bad file raises ValueError, the TLS in use stays);
         clients already connected keep the TLS (or plaintext) they started with, so calling
         it again with a renewed certificate rotates it without dropping anyone."""
@@ -638,7 +644,9 @@ cdef class Proxy:
             if keyfile is None:
                 raise ValueError("TLS needs a key file with the certificate")
             ctx = tls_context(os.fsencode(certfile), os.fsencode(keyfile),
-                              os.fsencode(cafile) if cafile else b"", modes[client_auth])
+                              os.fsencode(cafile) if cafile else b"", modes[client_auth],
+                              [str(n).encode() for n in authorized_names], min_version,
+                              ciphers.encode(), ciphersuites.encode())
         self.core.tls_ctx = ctx
         if old != NULL:
             SSL_CTX_free(old)       # its clients' SSLs hold references of their own
@@ -647,10 +655,21 @@ cdef class Proxy:
     def tls(self):
         return self.core.tls_ctx != NULL
 
-    def set_shard_tls(self, cafile=None, certfile=None, keyfile=None):
+    @property
+    def tls_handshake_timeout(self):
+        """Seconds a TLS client may take for its handshake before it is closed (0: no limit)."""
+        return self.core.tls_handshake_timeout_us / 1e6
+
+    @tls_handshake_timeout.setter
+    def tls_handshake_timeout(self, double seconds):
+        self.core.tls_handshake_timeout_us = <long long>(max(0.0, seconds) * 1e6)
+
+    def set_shard_tls(self, cafile=None, certfile=None, keyfile=None, str min_version="1.2",
+                      str ciphers="", str ciphersuites=""):
         """Shard TLS (tls.pxi): connections opened to shards from now on speak TLS, the shards'
         certificates verified against cafile, certfile/keyfile (PEM) presented as the proxy's
-        client certificate. cafile None: plaintext again. Connections already open keep what
+        client certificate; min_version and ciphers as set_tls's. cafile None: plaintext
+        again. Connections already open keep what
         they started with (a shard that switched drops them; they reconnect with this)."""
         cdef SSL_CTX *ctx = NULL
         cdef SSL_CTX *old = self.core.shard_tls_ctx
@@ -659,7 +678,8 @@ cdef class Proxy:
                 raise ValueError("a client certificate needs its key file")
             ctx = shard_tls_context(os.fsencode(certfile) if certfile else b"",
                                     os.fsencode(keyfile) if keyfile else b"",
-                                    os.fsencode(cafile))
+                                    os.fsencode(cafile), min_version, ciphers.encode(),
+                                    ciphersuites.encode())
         self.core.shard_tls_ctx = ctx
         if old != NULL:
             SSL_CTX_free(old)       # its connections' SSLs hold references of their own
@@ -761,6 +781,7 @@ cdef class Proxy:
             "evicted_clients": self.core.evicted_clients,
             "tls": self.core.tls_ctx != NULL,
             "tls_handshake_failures": self.core.tls_handshake_failures,
+            "tls_handshake_timeouts": self.core.tls_handshake_timeouts,
             "shard_tls": self.core.shard_tls_ctx != NULL,
             "shard_tls_failures": self.core.shard_tls_failures,
             "shards": shards,

@@ -215,7 +215,8 @@ def sum_stats(each: list[dict]) -> dict:
     out = dict(each[0])
     for key in ("held_bytes", "inflight", "clients", "total_connections",
                 "rejected_connections", "client_query_buffer_limit_disconnections",
-                "evicted_clients", "tls_handshake_failures", "shard_tls_failures"):
+                "evicted_clients", "tls_handshake_failures", "tls_handshake_timeouts",
+                "shard_tls_failures"):
         out[key] = sum(s[key] for s in each)
     out["shards"] = [dict(shard, conns=[c for s in each for c in s["shards"][i]["conns"]])
                      for i, shard in enumerate(each[0]["shards"])]

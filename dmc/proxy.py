@@ -61,6 +61,12 @@ class ProxyConfig:
     tls_key_file: str = ""      #   and its key
     tls_ca_cert_file: str = ""  #   CA(s) client certificates are verified against
     tls_auth_clients: str = "no"    # no | optional | yes, as redis-server's tls-auth-clients
+    tls_authorized_names: list[str] = field(default_factory=list)   # a client certificate's
+                                #   subject CN or DNS SAN must be one of them (none: any)
+    tls_min_version: str = "1.2"    # "1.2" | "1.3": clients and shards (min_data_TLS_version)
+    tls_ciphers: str = ""       # TLS 1.2 cipher list, OpenSSL's syntax ("": its defaults)
+    tls_ciphersuites: str = ""  # TLS 1.3 ciphersuites ("": OpenSSL's defaults)
+    tls_handshake_timeout: float = 10.0     # s a client may take for its handshake (0: forever)
     shard_tls: bool = False     # shard TLS: the shards' addresses are their tls-ports
     shard_tls_ca_cert_file: str = ""    # the shards' certificates are verified against it
     shard_tls_cert_file: str = ""       # the proxy's client certificate (PEM) and key, if any
@@ -74,7 +80,8 @@ class ProxyConfig:
         if not self.shard_tls_ca_cert_file:
             raise ValueError("shard TLS needs the CA file the shards' certificates verify against")
         proxy.set_shard_tls(self.shard_tls_ca_cert_file, self.shard_tls_cert_file or None,
-                            self.shard_tls_key_file or self.shard_tls_cert_file or None)
+                            self.shard_tls_key_file or self.shard_tls_cert_file or None,
+                            self.tls_min_version, self.tls_ciphers, self.tls_ciphersuites)
 
     def shard_ssl_context(self) -> ssl.SSLContext | None:
         """The same, for the blocking connections made before the loop runs (COMMAND)."""
@@ -83,6 +90,8 @@ class ProxyConfig:
         context = ssl.create_default_context(cafile=self.shard_tls_ca_cert_file or None)
         context.check_hostname = False      # (as the loop's: the CA signs only the cluster's nodes)
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        if self.tls_min_version == "1.3":
+            context.minimum_version = ssl.TLSVersion.TLSv1_3
         if self.shard_tls_cert_file:
             context.load_cert_chain(self.shard_tls_cert_file,
                                     self.shard_tls_key_file or self.shard_tls_cert_file)
@@ -98,7 +107,10 @@ class ProxyConfig:
             proxy.set_tls(None)
             return
         proxy.set_tls(self.tls_cert_file, self.tls_key_file or self.tls_cert_file,
-                      self.tls_ca_cert_file or None, TLS_AUTH_CLIENTS[self.tls_auth_clients])
+                      self.tls_ca_cert_file or None, TLS_AUTH_CLIENTS[self.tls_auth_clients],
+                      self.tls_authorized_names, self.tls_min_version, self.tls_ciphers,
+                      self.tls_ciphersuites)
+        proxy.tls_handshake_timeout = self.tls_handshake_timeout
 
     def shard_map(self, version: int) -> ShardMap:
         if self.slot_ranges:
@@ -139,6 +151,11 @@ def load_config(path: str) -> ProxyConfig:
         tls_key_file = ""
         tls_ca_cert_file = ""   # client certificates are verified against these CAs
         tls_auth_clients = "no" # "optional" or "yes" (a client certificate is required)
+        tls_authorized_names = []   # names (CN or DNS SAN) a client certificate must carry one of
+        tls_min_version = "1.2"     # or "1.3", for clients and shards
+        tls_ciphers = ""            # TLS 1.2 cipher list ("": OpenSSL's defaults)
+        tls_ciphersuites = ""       # TLS 1.3 ciphersuites
+        tls_handshake_timeout = 10.0    # a client still in its TLS handshake after this is closed
         shard_tls = false    # connections to the shards over TLS (the shards' tls-ports)
         shard_tls_ca_cert_file = ""  # the shards' certificates verify against it
         shard_tls_cert_file = ""     # the proxy's client certificate and key (tls-auth-clients)
@@ -150,7 +167,9 @@ def load_config(path: str) -> ProxyConfig:
              "conns_per_shard", "client_output_limit_mb", "client_query_buffer_limit",
              "maxmemory_clients", "password", "timeout", "wait_shards_s", "multi_slot_commands",
              "tracking_max_keys", "hold_ms", "oss_cluster", "threads", "tls_cert_file",
-             "tls_key_file", "tls_ca_cert_file", "tls_auth_clients", "shard_tls",
+             "tls_key_file", "tls_ca_cert_file", "tls_auth_clients", "tls_authorized_names",
+             "tls_min_version", "tls_ciphers", "tls_ciphersuites", "tls_handshake_timeout",
+             "shard_tls",
              "shard_tls_ca_cert_file", "shard_tls_cert_file", "shard_tls_key_file"}
     unknown = set(raw) - known
     if unknown:
@@ -284,7 +303,8 @@ class ProxyService:
             if self.config_path:
                 cfg = load_config(self.config_path)
                 for name in ("tls_cert_file", "tls_key_file", "tls_ca_cert_file",
-                             "tls_auth_clients"):
+                             "tls_auth_clients", "tls_authorized_names", "tls_min_version",
+                             "tls_ciphers", "tls_ciphersuites", "tls_handshake_timeout"):
                     setattr(self.cfg, name, getattr(cfg, name))
             if self.cfg.tls_cert_file or self.proxy.tls:
                 if self.endpoint:
@@ -367,6 +387,16 @@ def log(msg: str) -> None:
 @click.option("--tls-auth-clients", type=click.Choice(list(TLS_AUTH_CLIENTS)),
               help="Client certificates: no (not asked for), optional (verified if sent) or "
                    "yes (required), as redis-server's tls-auth-clients. [no]")
+@click.option("--tls-authorized-name", "tls_authorized_names", multiple=True, metavar="NAME",
+              help="A client certificate must name one of these (subject CN or DNS SAN, "
+                   "exactly); repeat for each. [any]")
+@click.option("--tls-min-version", type=click.Choice(["1.2", "1.3"]),
+              help="Oldest TLS version accepted from clients and used to shards. [1.2]")
+@click.option("--tls-ciphers", help="TLS 1.2 cipher list (OpenSSL's syntax). [OpenSSL's]")
+@click.option("--tls-ciphersuites", help="TLS 1.3 ciphersuites (OpenSSL's syntax). [OpenSSL's]")
+@click.option("--tls-handshake-timeout", type=float,
+              help="Seconds a client may take for its TLS handshake; then it is closed "
+                   "(0: no limit). [10]")
 @click.option("--shard-tls", is_flag=True, default=None,
               help="Connect to the shards over TLS (the --shard addresses are their tls-ports).")
 @click.option("--shard-tls-ca-cert-file", type=click.Path(exists=True, dir_okay=False),
@@ -381,7 +411,8 @@ def log(msg: str) -> None:
 def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns_per_shard,
          client_output_limit_mb, client_query_buffer_limit, maxmemory_clients, password,
          timeout, multi_slot_commands, tracking_max_keys, threads, tls_cert_file, tls_key_file,
-         tls_ca_cert_file, tls_auth_clients, shard_tls, shard_tls_ca_cert_file, shard_tls_cert_file,
+         tls_ca_cert_file, tls_auth_clients, tls_authorized_names, tls_min_version, tls_ciphers,
+         tls_ciphersuites, tls_handshake_timeout, shard_tls, shard_tls_ca_cert_file, shard_tls_cert_file,
          shard_tls_key_file, oss_cluster):
     """Serve one database over its redis-server shards."""
     try:
@@ -398,7 +429,12 @@ def main(port, bind, shards, config_path, max_clients, backend_timeout_ms, conns
                             ("oss_cluster", oss_cluster), ("threads", threads),
                             ("tls_cert_file", tls_cert_file), ("tls_key_file", tls_key_file),
                             ("tls_ca_cert_file", tls_ca_cert_file),
-                            ("tls_auth_clients", tls_auth_clients), ("shard_tls", shard_tls),
+                            ("tls_auth_clients", tls_auth_clients),
+                            ("tls_authorized_names", list(tls_authorized_names) or None),
+                            ("tls_min_version", tls_min_version), ("tls_ciphers", tls_ciphers),
+                            ("tls_ciphersuites", tls_ciphersuites),
+                            ("tls_handshake_timeout", tls_handshake_timeout),
+                            ("shard_tls", shard_tls),
                             ("shard_tls_ca_cert_file", shard_tls_ca_cert_file),
                             ("shard_tls_cert_file", shard_tls_cert_file),
                             ("shard_tls_key_file", shard_tls_key_file)):

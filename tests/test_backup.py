@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from clusters import rest_cluster
 from waiting import wait_until
 
+from control import shard_link
 from control.cli import main
 from control.node import NodeConfig, supervisor_rpc
 from dmc.local import start_redis_on_free_port
@@ -273,9 +274,13 @@ def _backup_while_the_master_dies(cluster, api):
     try:
         resp = api.post(f"/v1/bdbs/{bdb['uid']}/actions/backup")
         assert resp.status_code == 200, resp.text
-        reading = b"\0-p\0%d\0--rdb\0" % master["port"]      # its argv, exactly
-        wait_until(lambda: any(reading in c for c in map(_cmdline, os.listdir("/proc"))),
-                   10, 0.05, "redis-cli reading the master shard")
+        # its argv, exactly: its port, or its unix socket if cnm_exec runs on its node
+        socket_path = shard_link.socket_path(cluster.nodes[master["node_uid"]].shards_dir,
+                                             master["uid"])
+        readings = (b"\0-p\0%d\0--rdb\0" % master["port"],
+                    b"\0-s\0%s\0--rdb\0" % os.fsencode(socket_path))
+        wait_until(lambda: any(r in c for c in map(_cmdline, os.listdir("/proc"))
+                               for r in readings), 10, 0.05, "redis-cli reading the master shard")
     finally:
         os.kill(master["pid"], signal.SIGKILL)
     killed = time.monotonic()

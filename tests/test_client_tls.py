@@ -18,6 +18,7 @@ import sys
 
 import pytest
 import redis
+import trio
 from click.testing import CliRunner
 from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from cryptography import x509
@@ -25,6 +26,7 @@ from waiting import wait_until
 
 from control import certificates
 from control.cli import main
+from control.proxy_stats import read_proxy_stats
 from dmc.local import redis_servers, start_proxy
 from dmc.processes import free_port, stop_process
 
@@ -236,6 +238,114 @@ def test_certificate_rotated_on_sighup(shards, pki, tmp_path):
         stop_process(proc)
 
 
+# ---- authorized names, protocol versions and ciphers, the handshake timeout ---------------------
+
+@pytest.fixture(scope="module")
+def named_proxy(shards, pki, tmp_path_factory):
+    """Client certificates required, and only the one named node2.tls.test (pki's "client")
+    authorized; TLS 1.3 only."""
+    proc, port = start_proxy(shards, 0, tmp_path_factory.mktemp("nproxy"),
+                             *tls_args(pki, "--tls-ca-cert-file", pki["ca"],
+                                       "--tls-auth-clients", "yes",
+                                       "--tls-authorized-name", "node2.tls.test",
+                                       "--tls-authorized-name", "app.tls.test",
+                                       "--tls-min-version", "1.3"))
+    try:
+        yield port
+    finally:
+        stop_process(proc)
+
+
+def test_authorized_names_refuse_another_name_of_the_same_ca(named_proxy, pki):
+    """A certificate the CA signed is refused at the handshake unless it names one of the
+    authorized names (its subject CN / DNS SAN)."""
+    other = write_pair(pki["folder"], "other", certificates.issue(pki["ca_pair"], 7, HOST,
+                                                                   "tls.test"))
+    with pytest.raises(redis.ConnectionError):
+        tls_client(named_proxy, pki, cert=other).ping()
+    with pytest.raises(redis.ConnectionError):
+        tls_client(named_proxy, pki).ping()
+    r = tls_client(named_proxy, pki, cert=pki["client"])       # node2.tls.test
+    assert r.set("tls:named", "ok") and r.get("tls:named") == b"ok"
+
+
+def handshake(port: int, pki, **versions) -> str:
+    """A TLS handshake with the client certificate, in the versions given: the one agreed."""
+    context = ssl.create_default_context(cafile=pki["ca"])
+    context.load_cert_chain(*pki["client"])
+    for name, value in versions.items():
+        setattr(context, name, value)
+    with socket.create_connection((HOST, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=HOST) as s:
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert s.recv(64) == b"+PONG\r\n"
+        return s.version()
+
+
+def test_a_tls_1_2_client_is_refused_when_1_3_is_the_minimum(named_proxy, pki):
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        handshake(named_proxy, pki, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert handshake(named_proxy, pki) == "TLSv1.3"
+
+
+def test_cipher_list_and_ciphersuites(shards, pki, tmp_path):
+    """TLS 1.2 clients get a cipher of the list; a client offering none of it is refused;
+    TLS 1.3 clients get one of the ciphersuites."""
+    proc, port = start_proxy(shards, 0, tmp_path, *tls_args(
+        pki, "--tls-ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "--tls-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"))
+    try:
+        context = ssl.create_default_context(cafile=pki["ca"])
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection((HOST, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=HOST) as s:
+            assert s.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+        context.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            with socket.create_connection((HOST, port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname=HOST):
+                pass
+        with socket.create_connection((HOST, port), timeout=5) as raw, \
+                ssl.create_default_context(cafile=pki["ca"]).wrap_socket(
+                    raw, server_hostname=HOST) as s:
+            assert s.cipher()[0] == "TLS_CHACHA20_POLY1305_SHA256"
+    finally:
+        stop_process(proc)
+
+
+def test_bad_tls_settings_stop_dmcproxy_with_a_clear_error(shards, pki, tmp_path):
+    with pytest.raises(RuntimeError, match="did not start"):
+        start_proxy(shards, 0, tmp_path, *tls_args(pki, "--tls-ciphers", "NO-SUCH-CIPHER"))
+    assert "TLS cipher list 'NO-SUCH-CIPHER'" in (tmp_path / "dmcproxy.log").read_text()
+
+
+def closed_within(port: int, seconds: float) -> bool:
+    """Connect, send nothing: whether the endpoint closes the connection within `seconds`."""
+    with socket.create_connection((HOST, port), timeout=seconds) as s:
+        try:
+            return s.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
+def test_a_client_silent_in_its_handshake_is_closed_after_the_timeout(shards, pki, tmp_path):
+    """--tls-handshake-timeout 0.5: a client that connects and never says hello is closed;
+    one whose handshake is done may then stay idle."""
+    proc, port = start_proxy(shards, 0, tmp_path,
+                             *tls_args(pki, "--tls-handshake-timeout", "0.5"))
+    try:
+        done = tls_client(port, pki)
+        assert done.ping()
+        assert closed_within(port, 5)
+        assert not closed_within(port, 0.2)      # (not at once: after the timeout)
+        assert done.ping()          # idle past the timeout after its handshake: still served
+        assert done.connection_pool._created_connections == 1
+    finally:
+        stop_process(proc)
+
+
 # ---- one cluster, through REST and the CLI ------------------------------------------------------
 
 CLUSTER_ADDRESS = "127.0.1.61"      # other modules' clusters use other addresses
@@ -296,3 +406,86 @@ def test_database_with_tls_mode_enabled(cluster, tmp_path):
     assert authed.get("k") == b"v" and authed.connection_pool._created_connections == 1
     assert api.get(f"/v1/bdbs/{reply.json()['uid']}").json()[
         "enforce_client_authentication"] == "enabled"
+
+
+def tls_1_2_refused(host: str, port: int, cafile: str, cert=None) -> bool:
+    """A client that speaks at most TLS 1.2 fails its handshake."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return False        # (in TLS 1.2 the client's certificate is part of the handshake)
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+
+
+@pytest.mark.timeout(240)
+def test_authorized_names_and_tls_versions_through_rest_and_the_cli(cluster, tmp_path):
+    """`dmc db update --tls-authorized-name` (authorized_names): a certificate the cluster CA
+    signed for another name is refused at the handshake (counted in the endpoint's
+    tls_handshake_failures); `tls_mode: replica_ssl` is refused with why; PUT /v1/cluster
+    min_data_TLS_version 1.3 refuses a TLS 1.2 client on the endpoint, min_control_TLS_version
+    1.3 one on the REST API's HTTPS port and on CCS's tls-port."""
+    api = rest_client(cluster, timeout=30)
+    refused = api.post("/v1/bdbs", json={"name": "rs", "tls_mode": "replica_ssl"})
+    assert refused.status_code == 400 and "Replica Of" in refused.json()["description"]
+    bdb = next(b for b in api.get("/v1/bdbs").json() if b["name"] == "secure")
+    node, ca = cluster.nodes[1], cluster.cluster_ca()
+    ca_pem = str(certificates.ca_file(node.dir))
+    allowed = write_pair(tmp_path, "allowed", certificates.issue(ca, 97, node.address,
+                                                                  node.cluster_fqdn))
+    other = write_pair(tmp_path, "other", certificates.issue(ca, 98, node.address,
+                                                              node.cluster_fqdn))
+    result = CliRunner().invoke(main, ["db", "update", "secure", "--tls-authorized-name",
+                                       f"node97.{node.cluster_fqdn}",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    assert api.get(f"/v1/bdbs/{bdb['uid']}").json()["authorized_names"] == [
+        f"node97.{node.cluster_fqdn}"]
+
+    def client(cert) -> redis.Redis:
+        return redis.Redis(node.address, bdb["port"], ssl=True, ssl_ca_certs=ca_pem,
+                           ssl_certfile=cert[0], ssl_keyfile=cert[1], socket_timeout=5)
+
+    def failures() -> int:
+        stats = trio.run(read_proxy_stats, node, 5.0)
+        return stats[bdb["uid"]]["tls_handshake_failures"]
+
+    def name_refused() -> bool:
+        try:
+            return not client(other).ping()
+        except redis.ConnectionError:
+            return True
+    wait_until(name_refused, 15, what="the other name refused")
+    before = failures()
+    assert name_refused()
+    assert wait_until(lambda: failures() > before, 10, what="the refusal counted")
+    assert client(allowed).get("k") == b"v"
+
+    assert api.put("/v1/cluster", json={"min_data_TLS_version": "1.1"}).status_code == 400
+    reply = api.put("/v1/cluster", json={"min_data_TLS_version": "1.3",
+                                         "min_control_TLS_version": "1.3"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["min_data_TLS_version"] == "1.3"
+    try:
+        wait_until(lambda: tls_1_2_refused(node.address, bdb["port"], ca_pem, allowed), 15,
+                   what="TLS 1.2 refused by the endpoint")
+        assert client(allowed).get("k") == b"v"         # TLS 1.3
+        wait_until(lambda: tls_1_2_refused(node.address, node.rest_tls_port, ca_pem), 20,
+                   what="TLS 1.2 refused by the REST API")
+        cp = (str(certificates.cert_file(node.dir, "cp")),
+              str(certificates.key_file(node.dir, "cp")))      # (else refused for no certificate)
+        wait_until(lambda: tls_1_2_refused(node.address, node.ccs_tls_port, ca_pem, cp), 20,
+                   what="TLS 1.2 refused by CCS's tls-port")
+        wait_until(lambda: tls_1_2_refused(node.address, node.gossip_port, ca_pem, cp), 20,
+                   what="TLS 1.2 refused by cluster_wd's gossip port")
+        if "cm_server" in node.services:
+            wait_until(lambda: tls_1_2_refused(node.address, node.ui_port, ca_pem), 20,
+                       what="TLS 1.2 refused by the web UI")
+        assert api.get("/v1/cluster").status_code == 200
+    finally:
+        api.put("/v1/cluster", json={"min_data_TLS_version": "1.2",
+                                     "min_control_TLS_version": "1.2"})

@@ -19,7 +19,7 @@ from clusters import rest_cluster
 from waiting import wait_until
 
 from control import alerts, ccs, cnm_http, node_wd, rest_models, schema
-from dmc.processes import free_port
+from control.node import NodeConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -505,17 +505,37 @@ def _in_process(config, auth, calls):
     return trio.run(run)
 
 
+@dataclasses.dataclass
+class CutNode(NodeConfig):
+    """A node's configuration whose CCS sockets (the node's services' way to CCS) lead
+    nowhere: `cut` names which, "forward" (heartbeatd's forwarder) and/or "ccs" (its copy)."""
+    cut: tuple = ()
+
+    @property
+    def forward_socket(self):
+        return self.run_dir / "nowhere" if "forward" in self.cut else super().forward_socket
+
+    @property
+    def ccs_socket(self):
+        return self.run_dir / "nowhere" if "ccs" in self.cut else super().ccs_socket
+
+
+def cut_node(config: NodeConfig, *cut: str) -> CutNode:
+    return CutNode(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)},
+                   cut=cut)
+
+
 def test_without_a_reachable_ccs_master_reads_use_the_nodes_copy_and_writes_are_503(
         cluster, replicated):
     node = cluster.nodes[1]
-    cut = dataclasses.replace(node, ccs_forward_port=free_port(node.address))
+    cut = cut_node(node, "forward")
     read, write = _in_process(cut, cluster.admin_login(), [
         ("GET", f"/v1/bdbs/{replicated['reply']['uid']}", None),
         ("POST", "/v1/bdbs", {"name": "unreachable"})])
     assert read.status_code == 200 and read.json()["name"] == "replicated"
     assert write.status_code == 503 and write.json()["error_code"] == "ccs_unavailable"
 
-    nothing = dataclasses.replace(cut, ccs_port=free_port(node.address))
+    nothing = cut_node(node, "forward", "ccs")
     (read,) = _in_process(nothing, cluster.admin_login(), [("GET", "/v1/bdbs", None)])
     assert read.status_code == 503 and "does not answer" in read.json()["description"]
 

@@ -6,8 +6,10 @@ join."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ssl
+import stat
 
 import pytest
 import redis
@@ -17,7 +19,7 @@ from waiting import wait_until
 from control import ccs, certificates, history
 from control.cluster_wd import request
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
-from control.node import CORE_SERVICES
+from control.node import CORE_SERVICES, NodeConfig
 from control.tls import ControlPlaneTLS
 
 pytestmark = pytest.mark.timeout(180)
@@ -131,3 +133,36 @@ def test_a_node_with_a_foreign_certificate_cannot_join(cluster):
     with pytest.raises(ClusterError, match="refuses the new node's certificate"):
         cluster.add_node("127.0.1.48", ca=foreign)
     assert sorted(int(u) for u in cluster.status(1)["members"]) == [1, 2, 3]
+
+
+def test_the_node_services_reach_ccs_on_unix_sockets_only_the_owner_opens(cluster):
+    """CCS's plaintext for the node's own services is its unix socket (and heartbeatd's
+    forward socket), mode 0700; the services use them (the cluster above runs on them)."""
+    for config in cluster.nodes.values():
+        for path in (config.ccs_socket, config.forward_socket):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+        local = redis.Redis(unix_socket_path=str(config.ccs_socket), socket_timeout=3)
+        assert local.config_get("unixsocketperm") == {"unixsocketperm": "700"}
+        forwarded = redis.Redis(unix_socket_path=str(config.forward_socket), socket_timeout=3)
+        assert forwarded.execute_command("ROLE")[0] == b"master"
+        # The node's services are connected on the socket (CLIENT LIST: no TCP address).
+        assert any(c["addr"].startswith("/") or c.get("laddr", "").startswith("/")
+                   for c in local.client_list()), local.client_list()
+
+
+def test_a_node_on_a_routable_address_serves_no_plaintext_tcp(tmp_path):
+    """On an address other hosts reach, CCS's plain port is closed (`port 0`; its tls-port
+    stays) and heartbeatd's forwarder listens on its unix socket only; on a loopback address
+    (a local cluster: no other host reaches it) or without CPINE the plain ports stay."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "cp.pem").write_text("")
+    routable = NodeConfig(uid=1, address="10.20.30.40", home=str(tmp_path), ccs_port=7001,
+                          gossip_port=7002, ccs_forward_port=7003, ccs_tls_port=7004)
+    assert not routable.plain_tcp
+    conf = routable._ccs_conf().splitlines()
+    assert "port 0" in conf and "tls-port 7004" in conf
+    assert f"unixsocket {routable.ccs_socket}" in conf
+    assert dataclasses.replace(routable, address="127.0.3.1").plain_tcp
+    assert dataclasses.replace(routable, control_plane_encryption=False).plain_tcp
+    assert "port 7001" in dataclasses.replace(routable, address="127.0.3.1")._ccs_conf()

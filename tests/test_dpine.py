@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 
 import pytest
 import redis
@@ -158,6 +159,34 @@ def test_plaintext_proxy_on_tls_port_gets_no_reply(tls_shards):
         assert b"PONG" not in data
 
 
+def test_shard_link_is_chosen_by_the_shard_record_and_its_database(tmp_path):
+    """control/shard_link.py: a shard of this node on its unix socket (its plain port while it
+    has none), one of another node on its tls-port with this node's `cp` certificate when
+    the database has DPINE, else on its plain port."""
+    from control import schema, shard_link
+    from control.node import NodeConfig
+    config = NodeConfig(uid=1, address="127.0.3.1", home=str(tmp_path), ccs_port=1,
+                        gossip_port=2, ccs_forward_port=3)
+    nodes = {2: {"address": "127.0.3.2"}}
+    here = schema.Shard(uid=5, bdb_uid=1, node_uid=1, role="master", port=20001, tls_port=20002,
+                        slots=[[0, 16383]])
+    there = schema.Shard(uid=6, bdb_uid=1, node_uid=2, role="replica", port=20003,
+                         tls_port=20004, slots=[[0, 16383]])
+    plain_db = schema.Bdb(uid=1)
+    dpine_db = schema.Bdb(uid=1, data_internode_encryption=True)
+    assert shard_link.link(config, here, dpine_db, nodes).unix_path is None    # no socket yet
+    socket_file = shard_link.socket_path(config.shards_dir, 5)
+    socket_file.parent.mkdir(parents=True)
+    socket_file.touch()
+    local = shard_link.link(config, here, dpine_db, nodes)
+    assert local.unix_path == str(socket_file) and local.cli_args() == ["-s", str(socket_file)]
+    remote = shard_link.link(config, there, dpine_db, nodes)
+    assert (remote.host, remote.port, remote.tls_dir) == ("127.0.3.2", 20004, tmp_path)
+    assert remote.cli_args()[:5] == ["-h", "127.0.3.2", "-p", "20004", "--tls"]
+    clear = shard_link.link(config, there, plain_db, nodes)
+    assert (clear.host, clear.port, clear.tls_dir) == ("127.0.3.2", 20003, None)
+
+
 # ---- one cluster, through REST ----------------------------------------------------------------
 
 CLUSTER_ADDRESS = "127.0.1.71"      # other modules' clusters use other addresses
@@ -222,10 +251,30 @@ def test_replicated_database_with_data_internode_encryption(cluster):
     assert on_replica.info("replication")["master_port"] == master["tls_port"]
     assert wait_until(lambda: on_replica.get("k99"), 10, what="the write on the replica") == b"v99"
 
-    # Plaintext on the tls-port is refused.
+    # Plaintext on the tls-port is refused, and the plain port is closed (port 0): the node's
+    # own services reach the shard on its unix socket (mode 0700), other nodes over TLS.
     node = cluster.nodes[master["node_uid"]]
     with pytest.raises(redis.ConnectionError):
         redis.Redis(node.address, master["tls_port"], socket_timeout=5).ping()
+    for shard, conn in ((master, on_master), (replica, on_replica)):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((cluster.nodes[shard["node_uid"]].address, shard["port"]), 2)
+        assert conn.config_get("port") == {"port": "0"}
+        sock = cluster.nodes[shard["node_uid"]].dir / "shards" / str(shard["uid"]) / "redis.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o700
+    # redis_mgr (on the socket) saw the replica synced: a failover may promote it.
+    wait_until(lambda: api.get(f"/v1/shards/{replica['uid']}").json().get("synced"), 30,
+               what="the replica reported synced")
+
+    # A backup reads a shard with redis-cli --rdb: over its unix socket or, from another
+    # node, its tls-port with the node's certificate.
+    backup = api.post(f"/v1/bdbs/{uid}/actions/backup")
+    assert backup.status_code == 200, backup.text
+    done = wait_until(lambda: (a := api.get(f"/v1/actions/{backup.json()['action_uid']}")
+                               .json())["status"] in ("completed", "failed") and a, 60,
+                      what="the backup")
+    assert done["status"] == "completed", done
+    assert api.get(f"/v1/bdbs/{uid}/backups").json()[-1]["keys"] == 100
 
     # Failover: the master killed, the replica takes over, the endpoint keeps serving.
     os.kill(master["pid"], signal.SIGKILL)

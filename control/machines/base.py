@@ -11,7 +11,8 @@ import trio
 
 from control import ccs, schema
 from control.cluster_view import ClusterView, node_load, nodes_up, pick_node, read_view
-from control.redis_client import RedisUnavailable, ReplyError, connect, info
+from control.redis_client import RedisUnavailable, ReplyError, info
+from control.shard_link import ShardLink, link
 from dmc.shard_map import ShardMap
 
 log = logging.getLogger("cnm_exec")
@@ -32,8 +33,8 @@ class NotMaster(Exception):
     """This node stopped being the master: leave the action to the next one."""
 
 
-async def replication_info(address: str, port: int) -> dict[str, str]:
-    async with await connect(address, port) as conn:
+async def replication_info(target: ShardLink) -> dict[str, str]:
+    async with await target.connect() as conn:
         return await info(conn, "replication")
 
 
@@ -131,9 +132,10 @@ class Machine:
         return {u: s for u, s in (await schema.shards(self.redis)).items()
                 if s.bdb_uid == bdb_uid}
 
-    async def address(self, shard: schema.Shard) -> tuple[str, int]:
-        nodes = await self.nodes()
-        return nodes[shard.node_uid]["address"], shard.port
+    async def address(self, shard: schema.Shard) -> ShardLink:
+        """How this node reaches the shard (its unix socket here, TLS with DPINE elsewhere)."""
+        bdb = await schema.get_bdb(self.redis, shard.bdb_uid)
+        return link(self.exec.config, shard, bdb, await self.nodes())
 
     # ---- waiting for the nodes ---------------------------------------------------------
 
@@ -160,7 +162,7 @@ class Machine:
         address = await self.address(replica)
         while True:
             try:
-                info = await replication_info(*address)
+                info = await replication_info(address)
                 if info.get("role") == "slave" and info.get("master_link_status") == "up" \
                         and info.get("master_sync_in_progress") == "0":
                     break
@@ -183,12 +185,12 @@ class Machine:
         m_addr, r_addr = await self.address(master), await self.address(replica)
         while True:
             try:
-                async with await connect(*m_addr) as conn:
+                async with await m_addr.connect() as conn:
                     # A replicated no-op: a sharded channel nobody subscribes to.
                     await conn.execute("SPUBLISH", "__dmc__:synced", "")
                     mark = int((await info(conn, "replication"))["master_repl_offset"])
                 while trio.current_time() < deadline:
-                    r = await replication_info(*r_addr)
+                    r = await replication_info(r_addr)
                     if int(r.get("slave_repl_offset") or 0) >= mark:
                         return
                     await trio.sleep(0.05)
@@ -205,7 +207,7 @@ class Machine:
         deadline = trio.current_time() + timeout
         m_addr, r_addr = await self.address(master), await self.address(replica)
         while True:
-            m, r = await replication_info(*m_addr), await replication_info(*r_addr)
+            m, r = await replication_info(m_addr), await replication_info(r_addr)
             if r.get("master_link_status") == "up" and \
                     r.get("slave_repl_offset") == m.get("master_repl_offset"):
                 return
@@ -301,7 +303,7 @@ class Machine:
             for master, replica in promote:
                 await self.wait_caught_up(master, replica)
             for _master, replica in promote:
-                async with await connect(*await self.address(replica)) as conn:
+                async with await (await self.address(replica)).connect() as conn:
                     await conn.execute("REPLICAOF", "NO", "ONE")
             masters = await masters_after()
         except BaseException:

@@ -61,10 +61,10 @@ class BdbBackup(Machine):
         address = await self.address(source)
         dest = backup_mgr.partial_folder(Path(self.state["folder"])) / f"shard-{i}.rdb"
         try:
-            got = await backup_mgr.fetch_rdb(*address, dest)
+            got = await backup_mgr.fetch_rdb(address, dest)
         except backup_mgr.BackupError as exc:
             raise ActionFailed(f"shard {source.uid}: {exc}") from None
-        self.state.setdefault("redis_version", await backup_mgr.redis_version(*address))
+        self.state.setdefault("redis_version", await backup_mgr.redis_version(address))
         return {"slots": slots, "file": dest.name, **got, "source_shard_uid": source.uid,
                 "role": source.role, "master_shard_uid": master.uid}
 
@@ -90,12 +90,12 @@ class BdbBackup(Machine):
         BACKUP_CATCH_UP (a replica just synced gets its first writes only after about a
         second)."""
         try:
-            target = int((await replication_info(*await self.address(master)))
+            target = int((await replication_info(await self.address(master)))
                          .get("master_repl_offset", 0))
             address = await self.address(replica)
             deadline = trio.current_time() + BACKUP_CATCH_UP
             while True:
-                info = await replication_info(*address)
+                info = await replication_info(address)
                 if info.get("master_link_status") == "up" and \
                         info.get("master_sync_in_progress") == "0" and \
                         int(info.get("slave_repl_offset", -1)) >= target:

@@ -8,7 +8,7 @@ from dmc._fastpath import slot_of
 from control import schema
 from control.cluster_view import node_load, pick_node
 from control.machines.base import ActionFailed, Machine
-from control.redis_client import connect
+from control.shard_link import ShardLink
 
 
 class BdbReshard(Machine):
@@ -88,13 +88,13 @@ class BdbReshard(Machine):
         await self.wait_running([s.uid for s in added])
 
 
-async def drop_foreign_keys(address: tuple[str, int], slots, batch: int = 500) -> int:
+async def drop_foreign_keys(target: ShardLink, slots, batch: int = 500) -> int:
     """UNLINK every key of the shard whose slot is outside `slots`; returns how many."""
     owned = bytearray(16384)
     for a, b in slots:
         owned[a:b + 1] = b"\x01" * (b - a + 1)
     dropped = 0
-    async with await connect(*address, timeout=10.0) as conn:
+    async with await target.connect(timeout=10.0) as conn:
         cursor = b"0"
         while True:
             cursor, keys = await conn.execute("SCAN", cursor, "COUNT", batch)

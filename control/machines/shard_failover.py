@@ -8,7 +8,6 @@ import logging
 from control import schema
 from control.cluster_view import node_load, pick_node
 from control.machines.base import ActionFailed, Machine
-from control.redis_client import connect
 
 log = logging.getLogger("cnm_exec")
 
@@ -48,7 +47,7 @@ class ShardFailover(Machine):
             return await self.masters_of(bdb_uid)
 
         if self.action.params.get("forced"):
-            async with await connect(*await self.address(replica)) as conn:
+            async with await (await self.address(replica)).connect() as conn:
                 await conn.execute("REPLICAOF", "NO", "ONE")
             version = await self.publish_map(bdb_uid, await swapped(), paused=False)
             await self.wait_acks(bdb_uid, version, required=False)

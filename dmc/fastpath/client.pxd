@@ -21,6 +21,7 @@ cdef enum:
     CF_REPLY_SKIP = 32768   # CLIENT REPLY SKIP: the next request's reply is dropped
     CF_CROSS = 65536        # its next request needs every worker's clients (workers.pxi)
     CF_TLS_WANT_WRITE = 131072  # TLS: a read waits for the socket to be writable (tls.pxi)
+    CF_TLS_HANDSHAKE = 262144   # TLS: its handshake is not done yet (tls.pxi: the handshake timeout)
 
 
 cdef struct Client:

@@ -119,5 +119,8 @@ cdef struct Core:
     Buf users_deleted           #   users ACL DELUSER deleted here: the other workers' clients go too
     SSL_CTX *tls_ctx            # client TLS (tls.pxi): new clients speak TLS; NULL: plaintext
     unsigned long long tls_handshake_failures   # clients closed in their TLS handshake
+    long long tls_handshake_timeout_us  # a client still in its handshake after this is closed (0: never)
+    long long next_handshake_check_us
+    unsigned long long tls_handshake_timeouts   # of those failures: the ones closed for that
     SSL_CTX *shard_tls_ctx      # shard TLS (tls.pxi): connections to shards speak TLS; NULL: plaintext
     unsigned long long shard_tls_failures       # shard connections whose TLS handshake failed

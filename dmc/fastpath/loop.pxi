@@ -210,6 +210,9 @@ cdef int loop_once(Core *core, int timeout_ms) noexcept nogil:
         # than the request a busy turn served (bench/RESULTS.md, "Worker threads").
         core.next_tick_us = core.now_us + TICK_US
         backends_tick(core)
+    if core.tls_ctx != NULL and core.tls_handshake_timeout_us > 0 \
+            and core.now_us >= core.next_handshake_check_us:
+        close_slow_handshakes(core)
     if core.idle_timeout_us > 0 and core.now_us >= core.next_idle_check_us and not core.paused:
         # Not while paused: a held client's requests wait, it is not idle.
         close_idle_clients(core)

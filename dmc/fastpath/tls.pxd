@@ -6,6 +6,8 @@ cdef enum:
     TLS_CLIENT_AUTH_NONE = 0
     TLS_CLIENT_AUTH_OPTIONAL = 1
     TLS_CLIENT_AUTH_REQUIRED = 2
+    HANDSHAKE_CHECK_US = 100000     # how often clients still in their handshake are looked at
+    TLS_HANDSHAKE_TIMEOUT_S = 10    # a client's TLS handshake, at most (Proxy.tls_handshake_timeout)
 
 cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct SSL_CTX:
@@ -32,6 +34,8 @@ cdef extern from "openssl/ssl.h" nogil:
     long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
     unsigned long long SSL_CTX_set_options(SSL_CTX *ctx, unsigned long long options)
     int SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version)
+    int SSL_CTX_set_cipher_list(SSL_CTX *ctx, const char *ciphers)
+    int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *suites)
     int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid, unsigned int n)
     X509_VERIFY_PARAM *SSL_CTX_get0_param(SSL_CTX *ctx)
     stack_st_X509_NAME *SSL_load_client_CA_file(const char *path)
@@ -52,11 +56,16 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE
     long SSL_MODE_ENABLE_PARTIAL_WRITE, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
     unsigned long long SSL_OP_NO_RENEGOTIATION, SSL_OP_CIPHER_SERVER_PREFERENCE
-    int TLS1_2_VERSION
+    int TLS1_2_VERSION, TLS1_3_VERSION
 
 cdef extern from "openssl/x509_vfy.h" nogil:
     int X509_VERIFY_PARAM_set_flags(X509_VERIFY_PARAM *param, unsigned long flags)
     unsigned long X509_V_FLAG_PARTIAL_CHAIN
+    int X509_VERIFY_PARAM_add1_host(X509_VERIFY_PARAM *param, const char *name, size_t n)
+    void X509_VERIFY_PARAM_set_hostflags(X509_VERIFY_PARAM *param, unsigned int flags)
+
+cdef extern from "openssl/x509v3.h" nogil:
+    unsigned int X509_CHECK_FLAG_ALWAYS_CHECK_SUBJECT, X509_CHECK_FLAG_NO_WILDCARDS
 
 cdef extern from "openssl/err.h" nogil:
     unsigned long ERR_get_error()
@@ -68,3 +77,4 @@ cdef bint tls_accept(Core *core, Client *c) noexcept nogil
 cdef ssize_t tls_read(Core *core, Client *c, char *buf, size_t cap) noexcept nogil
 cdef ssize_t tls_write(Client *c, const char *buf, size_t n) noexcept nogil
 cdef void tls_close(Client *c) noexcept nogil
+cdef void close_slow_handshakes(Core *core) noexcept nogil

@@ -13,6 +13,18 @@
 # - Write (tls_write, called by client_send in place of send): partial writes on, moving
 #   buffer accepted (the reply buffer's head moves between retries).
 # - Close: a close_notify if the handshake was done, then the SSL is freed with the client.
+# - Handshake timeout: a client flagged CF_TLS_HANDSHAKE from its accept until its handshake is
+#   done; one that is still in it after core.tls_handshake_timeout_us (10 s by default, as a
+#   TLS terminator bounds a connection that never says hello) is closed by the loop's sweep
+#   (close_slow_handshakes, every HANDSHAKE_CHECK_US, TLS endpoints only), counted in
+#   tls_handshake_failures and tls_handshake_timeouts.
+# - The SSL_CTX (tls_context): the minimum protocol version (1.2 or 1.3), the TLS 1.2 cipher
+#   list and the TLS 1.3 ciphersuites (a database cluster's min_data_TLS_version,
+#   data_cipher_list, data_cipher_suites_tls_1_3), and the names a client certificate must
+#   carry (a database's authorized_names): OpenSSL's own name check run on the client's
+#   certificate during its verification (X509_VERIFY_PARAM_add1_host; the subject CN or a DNS
+#   SAN, exactly, no wildcards), so a certificate of the right CA but another name fails the
+#   handshake like an unknown one -- no code per connection.
 #
 # Each worker thread's Proxy has its own SSL_CTX and its clients their own SSL objects;
 # OpenSSL's error queue is per thread and is cleared after every failure. A new SSL_CTX
@@ -28,6 +40,7 @@ cdef bint tls_accept(Core *core, Client *c) noexcept nogil:
         ERR_clear_error()
         return False
     SSL_set_accept_state(c.ssl)
+    c.flags |= CF_TLS_HANDSHAKE
     return True
 
 
@@ -62,6 +75,8 @@ cdef ssize_t tls_read(Core *core, Client *c, char *buf, size_t cap) noexcept nog
         if total > 0:
             break               # what came before it is served; the next read ends it
         return 0
+    if c.flags & CF_TLS_HANDSHAKE and SSL_is_init_finished(c.ssl):
+        c.flags &= ~CF_TLS_HANDSHAKE
     if total == 0:
         errno = EAGAIN
         return -1
@@ -95,6 +110,39 @@ cdef void tls_close(Client *c) noexcept nogil:
     c.ssl = NULL
 
 
+cdef void close_slow_handshakes(Core *core) noexcept nogil:
+    """Close the clients whose TLS handshake has run longer than the timeout."""
+    cdef Client *c = core.all_clients
+    cdef Client *nxt
+    core.next_handshake_check_us = core.now_us + HANDSHAKE_CHECK_US
+    while c != NULL:
+        nxt = c.next
+        if c.flags & CF_TLS_HANDSHAKE and not (c.flags & CF_CLOSED) \
+                and core.now_us - c.created_us > core.tls_handshake_timeout_us:
+            core.tls_handshake_failures += 1
+            core.tls_handshake_timeouts += 1
+            client_close(core, c)
+        c = nxt
+
+
+cdef int tls_version(str version) except -1:
+    """RE's "1.2" / "1.3" as OpenSSL's version number."""
+    if version == "1.2":
+        return TLS1_2_VERSION
+    if version == "1.3":
+        return TLS1_3_VERSION
+    raise ValueError(f"TLS minimum version must be 1.2 or 1.3, not {version!r}")
+
+
+cdef tls_protocol(SSL_CTX *ctx, str min_version, bytes ciphers, bytes ciphersuites):
+    """The minimum version and the ciphers of ctx ("" : OpenSSL's defaults)."""
+    SSL_CTX_set_min_proto_version(ctx, tls_version(min_version))
+    if ciphers and SSL_CTX_set_cipher_list(ctx, ciphers) != 1:
+        raise ValueError(f"TLS cipher list {ciphers.decode()!r}: {tls_error_text()}")
+    if ciphersuites and SSL_CTX_set_ciphersuites(ctx, ciphersuites) != 1:
+        raise ValueError(f"TLS 1.3 ciphersuites {ciphersuites.decode()!r}: {tls_error_text()}")
+
+
 cdef str tls_error_text():
     """OpenSSL's last error on this thread, as text (the queue is cleared)."""
     cdef char text[256]
@@ -106,16 +154,22 @@ cdef str tls_error_text():
     return text.decode(errors="replace")
 
 
-cdef SSL_CTX *tls_context(bytes certfile, bytes keyfile, bytes cafile, int client_auth) except NULL:
-    """An endpoint's SSL_CTX: its certificate (chain) and key, TLS 1.2 and up; with
-    client_auth, client certificates verified against cafile (a certificate listed there
-    itself, not only its issuer, is trusted: X509_V_FLAG_PARTIAL_CHAIN), required or not."""
+cdef SSL_CTX *tls_context(bytes certfile, bytes keyfile, bytes cafile, int client_auth,
+                          list authorized_names, str min_version, bytes ciphers,
+                          bytes ciphersuites) except NULL:
+    """An endpoint's SSL_CTX: its certificate (chain) and key, min_version ("1.2", "1.3") and
+    up with the ciphers given; with client_auth, client certificates verified against cafile
+    (a certificate listed there itself, not only its issuer, is trusted:
+    X509_V_FLAG_PARTIAL_CHAIN), required or not, and if authorized_names (bytes) are given,
+    a certificate must name one of them (subject CN or DNS SAN)."""
     cdef SSL_CTX *ctx = SSL_CTX_new(TLS_server_method())
+    cdef X509_VERIFY_PARAM *param
     cdef int mode
+    cdef bytes name
     if ctx == NULL:
         raise MemoryError(tls_error_text())
     try:
-        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        tls_protocol(ctx, min_version, ciphers, ciphersuites)
         SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
         SSL_CTX_set_session_id_context(ctx, <const unsigned char *>b"dmcproxy", 8)
@@ -131,7 +185,14 @@ cdef SSL_CTX *tls_context(bytes certfile, bytes keyfile, bytes cafile, int clien
             if SSL_CTX_load_verify_locations(ctx, cafile, NULL) != 1:
                 raise ValueError(f"TLS CA file {cafile.decode()}: {tls_error_text()}")
             SSL_CTX_set_client_CA_list(ctx, SSL_load_client_CA_file(cafile))
-            X509_VERIFY_PARAM_set_flags(SSL_CTX_get0_param(ctx), X509_V_FLAG_PARTIAL_CHAIN)
+            param = SSL_CTX_get0_param(ctx)
+            X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN)
+            if authorized_names:
+                X509_VERIFY_PARAM_set_hostflags(
+                    param, X509_CHECK_FLAG_ALWAYS_CHECK_SUBJECT | X509_CHECK_FLAG_NO_WILDCARDS)
+                for name in authorized_names:
+                    if not name or X509_VERIFY_PARAM_add1_host(param, name, len(name)) != 1:
+                        raise ValueError(f"TLS authorized name {name!r}: {tls_error_text()}")
             mode = SSL_VERIFY_PEER
             if client_auth == TLS_CLIENT_AUTH_REQUIRED:
                 mode |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT
@@ -161,15 +222,17 @@ cdef SSL_CTX *tls_context(bytes certfile, bytes keyfile, bytes cafile, int clien
 # Plaintext shard connections pay one branch (b.ssl == NULL) per read and per write.
 
 
-cdef SSL_CTX *shard_tls_context(bytes certfile, bytes keyfile, bytes cafile) except NULL:
-    """The SSL_CTX of connections to TLS shards: TLS 1.2 and up, the shards' certificates
-    verified against cafile (PARTIAL_CHAIN: a self-signed shard certificate listed there is
-    trusted too), certfile/keyfile (if given) presented as the client certificate."""
+cdef SSL_CTX *shard_tls_context(bytes certfile, bytes keyfile, bytes cafile, str min_version,
+                                bytes ciphers, bytes ciphersuites) except NULL:
+    """The SSL_CTX of connections to TLS shards: min_version and up with the ciphers given,
+    the shards' certificates verified against cafile (PARTIAL_CHAIN: a self-signed shard
+    certificate listed there is trusted too), certfile/keyfile (if given) presented as the
+    client certificate."""
     cdef SSL_CTX *ctx = SSL_CTX_new(TLS_client_method())
     if ctx == NULL:
         raise MemoryError(tls_error_text())
     try:
-        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        tls_protocol(ctx, min_version, ciphers, ciphersuites)
         SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
         if certfile:
