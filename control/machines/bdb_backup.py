@@ -15,6 +15,10 @@ from control.machines.base import (BACKUP_CATCH_UP, TICK, ActionFailed, Machine,
                                    replication_info)
 from control.redis_client import RedisUnavailable, ReplyError
 
+# s a failed shard read waits for node_wd to report its master failed (it does within 0.1 s of
+# a process's death; more on a loaded machine) before the read is retried
+MASTER_DOWN_GRACE = 2.0
+
 log = logging.getLogger("cnm_exec")
 
 
@@ -118,6 +122,10 @@ class BdbBackup(Machine):
                 outcome["result"] = await fn(*args)
             except (OSError, ReplyError, ActionFailed) as exc:
                 outcome["error"] = exc          # raised by the caller, not in a group
+                # A read cut short by its master's death fails at once (its socket closes),
+                # before node_wd has reported the shard failed: the watch has this long to
+                # say so, and the backup then gives way to the failover rather than retry.
+                await trio.sleep(MASTER_DOWN_GRACE)
             scope.cancel()
 
         async def watch(scope) -> None:
