@@ -16,7 +16,6 @@ from waiting import wait_until
 from control import ccs, history, rest_models, schema
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.node import CORE_SERVICES, SERVICES
-from control.redis_client import connect
 from dmc.processes import free_port
 
 
@@ -78,15 +77,19 @@ class Cluster:
                                       record_history=True,
                                       **{"timeout": START_TIMEOUT, **create_options})
 
-    def master_ccs(self) -> tuple[str, int]:
+    def master_ccs(self):
+        """The NodeConfig of the node whose CCS copy is the master's, as the nodes' copies say
+        (read on their unix sockets: a node on a routable address serves CCS in plaintext
+        nowhere else; a socket is a file, reached from any network namespace)."""
         for config in self.lc.nodes.values():
             try:
-                r = redis.Redis(config.address, config.ccs_port, socket_timeout=1,
-                                socket_connect_timeout=1)     # a partitioned node: no SYN retries
+                r = redis.Redis(unix_socket_path=str(config.ccs_socket), socket_timeout=1,
+                                socket_connect_timeout=1)
                 m = ccs.unpack(r.get(ccs.MASTER))
                 if m:
-                    return m["address"], m["ccs_port"]
-            except redis.RedisError:
+                    return next(c for c in self.lc.nodes.values()
+                                if (c.address, c.ccs_port) == (m["address"], m["ccs_port"]))
+            except (redis.RedisError, StopIteration):
                 continue
         raise AssertionError("no CCS copy answers")
 
@@ -94,7 +97,7 @@ class Cluster:
         """Run `await fn(conn)` against the master's CCS copy; retried while a master is
         being elected."""
         async def run():
-            conn = await connect(*self.master_ccs(), timeout=2.0)
+            conn = await ccs.connect_node(self.master_ccs(), timeout=2.0)
             async with conn:
                 return await fn(conn)
         deadline = time.monotonic() + 15
