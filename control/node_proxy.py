@@ -351,19 +351,18 @@ class NodeProxy:
             log.info("database %d served on %s:%d, map version %d", uid, self.config.address,
                      bdb.port, smap.version)
         paused = shard_map.paused
+        relay = relays_here(smap, self.config.address)
         if smap.version > applied.get("version", 0) or paused != applied.get("paused"):
             def switch(proxy, smap=smap, paused=paused):
                 install_shard_map(proxy, smap)
-                proxy.set_keyspace_relay(relays_here(smap, self.config.address))
+                proxy.set_keyspace_relay(relay)
                 self._apply_cluster_api(proxy, bdb, smap)    # the topology of that map, at once
                 proxy.pause() if paused else proxy.resume()
             await trio.to_thread.run_sync(endpoint.call, switch)
             if paused and not await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT):
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
-            applied.update(version=smap.version, paused=paused,
-                           keyspace_relay=relays_here(smap, self.config.address))
-        relay = relays_here(smap, self.config.address)
+            applied.update(version=smap.version, paused=paused, keyspace_relay=relay)
         if relay != applied.get("keyspace_relay"):      # (a new endpoint relays until told)
             await trio.to_thread.run_sync(
                 endpoint.call, lambda proxy: proxy.set_keyspace_relay(relay))
