@@ -247,7 +247,7 @@ def build_app(server: CmServer) -> FastAPI:
             response = JSONResponse({"error_code": "forbidden", "description":
                                      "cross-origin request refused"}, status_code=403)
         elif path in PUBLIC_PATHS:
-            response = await call_next(request)
+            response = None
         elif session is None:
             if path.startswith("/api/"):
                 response = JSONResponse({"error_code": "unauthorized",
@@ -259,7 +259,15 @@ def build_app(server: CmServer) -> FastAPI:
             response = JSONResponse({"error_code": "forbidden", "description":
                                      "missing or wrong CSRF token"}, status_code=403)
         else:
+            response = None
+        if response is None:
             response = await call_next(request)
+        elif request.method not in SAFE_METHODS:
+            # The request's body is left unread: hypercorn closes the connection once the
+            # answer is sent, and a client that reused it for its next request would find it
+            # gone (a race the client loses under load). Saying so makes the client open a new
+            # one, and an unauthenticated body is never read.
+            response.headers["connection"] = "close"
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response

@@ -162,7 +162,10 @@ def test_nothing_is_served_before_log_in(url, ca):
             assert reply.status_code == 303 and reply.headers["location"] == "/login", path
         reply = client.get("/api/v1/bdbs")
         assert reply.status_code == 401 and reply.json()["error_code"] == "unauthorized"
-        assert client.post("/api/v1/bdbs", json={"name": "x"}).status_code == 401
+        refused = client.post("/api/v1/bdbs", json={"name": "x"})
+        # Its body unread, the connection closes: the answer says so, for the client not to
+        # reuse it (the next request would meet the close).
+        assert refused.status_code == 401 and refused.headers["connection"] == "close"
         page = client.get("/login")
         assert page.status_code == 200 and 'type="password"' in page.text
         assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
