@@ -20,6 +20,7 @@ import pytest
 import redis
 import trio
 from click.testing import CliRunner
+from certs import tls_1_2_refused
 from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from cryptography import x509
 from waiting import wait_until
@@ -406,20 +407,6 @@ def test_database_with_tls_mode_enabled(cluster, tmp_path):
     assert authed.get("k") == b"v" and authed.connection_pool._created_connections == 1
     assert api.get(f"/v1/bdbs/{reply.json()['uid']}").json()[
         "enforce_client_authentication"] == "enabled"
-
-
-def tls_1_2_refused(host: str, port: int, cafile: str, cert=None) -> bool:
-    """A client that speaks at most TLS 1.2 fails its handshake."""
-    context = ssl.create_default_context(cafile=cafile)
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        context.load_cert_chain(*cert)
-    try:
-        with socket.create_connection((host, port), timeout=5) as raw, \
-                context.wrap_socket(raw, server_hostname=host):
-            return False        # (in TLS 1.2 the client's certificate is part of the handshake)
-    except (ssl.SSLError, ConnectionResetError):
-        return True
 
 
 @pytest.mark.timeout(240)
