@@ -27,6 +27,7 @@ from waiting import wait_until
 
 from control import certificates
 from control.cli import main
+from control.node import supervisor_rpc
 from control.proxy_stats import read_proxy_stats
 from dmc.local import redis_servers, start_proxy
 from dmc.processes import free_port, stop_process
@@ -476,3 +477,40 @@ def test_authorized_names_and_tls_versions_through_rest_and_the_cli(cluster, tmp
     finally:
         api.put("/v1/cluster", json={"min_data_TLS_version": "1.2",
                                      "min_control_TLS_version": "1.2"})
+
+
+@pytest.mark.timeout(240)
+def test_an_endpoint_served_from_its_cached_map_keeps_the_cluster_tls_policy(cluster, tmp_path):
+    """dmcproxy restarted while its node's CCS is down serves its databases from run/maps/ at
+    once, with the cluster's data-path TLS policy they were served with: at
+    min_data_TLS_version 1.3 a TLS 1.2 client stays refused (not the defaults' 1.2)."""
+    api = rest_client(cluster, timeout=30)
+    bdb = next(b for b in api.get("/v1/bdbs").json() if b["name"] == "secure")
+    master = cluster.wait_for_master()
+    node = next(c for u, c in sorted(cluster.nodes.items()) if u != master)
+    ca_pem = str(certificates.ca_file(node.dir))
+    signed = write_pair(tmp_path, "app", certificates.issue(   # (node97: authorized_names')
+        cluster.cluster_ca(), 97, node.address, node.cluster_fqdn))
+
+    def served_over_tls_1_3() -> bool:
+        try:
+            return redis.Redis(node.address, bdb["port"], ssl=True, ssl_ca_certs=ca_pem,
+                               ssl_certfile=signed[0], ssl_keyfile=signed[1],
+                               socket_timeout=5).ping()
+        except redis.ConnectionError:
+            return False
+    rpc = supervisor_rpc(node.supervisor_sock).supervisor
+    reply = api.put("/v1/cluster", json={"min_data_TLS_version": "1.3"})
+    assert reply.status_code == 200, reply.text
+    try:
+        wait_until(lambda: tls_1_2_refused(node.address, bdb["port"], ca_pem, signed), 15,
+                   what="TLS 1.2 refused by the endpoint")
+        rpc.stopProcess("ccs")
+        rpc.stopProcess("dmcproxy")
+        rpc.startProcess("dmcproxy")
+        wait_until(served_over_tls_1_3, 30, what="the endpoint served from its cached map")
+        assert tls_1_2_refused(node.address, bdb["port"], ca_pem, signed)
+    finally:
+        if rpc.getProcessInfo("ccs")["statename"] != "RUNNING":
+            rpc.startProcess("ccs")
+        api.put("/v1/cluster", json={"min_data_TLS_version": "1.2"})
