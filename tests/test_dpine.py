@@ -301,3 +301,64 @@ def test_replicated_database_with_data_internode_encryption(cluster):
     wait_until(tls_port_closed, 30, what="the tls-port closed")
     assert wait_until(lambda: endpoint.get("after"), 30, what="the endpoint over plain shards",
                       ignoring=(redis.ConnectionError, redis.ResponseError)) == b"failover"
+
+
+def plain_port_closed(cluster, shard: dict) -> bool:
+    try:
+        socket.create_connection((cluster.nodes[shard["node_uid"]].address, shard["port"]),
+                                 1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+@pytest.mark.timeout(240)
+def test_data_internode_encryption_switched_on_for_a_running_database(cluster):
+    """`dmc db update --data-internode-encryption` on a running replicated database: its
+    shards are reconfigured in place (CONFIG SET: the same processes, their plain ports
+    closed), the data written before is read through the endpoint, which now reaches the
+    shards over their tls-ports, and the replica follows its master's tls-port."""
+    api = rest_client(cluster, timeout=30)
+    reply = api.post("/v1/bdbs", json={"name": "later", "replication": True,
+                                       "memory_size": 32 << 20})
+    assert reply.status_code == 200, reply.text
+    uid, port = reply.json()["uid"], reply.json()["port"]
+    wait_until(lambda: api.get(f"/v1/actions/{reply.json()['action_uid']}").json()["status"]
+               == "completed", 90, what="bdb_create")
+    endpoint = redis.Redis(cluster.nodes[1].address, port, socket_timeout=5)
+    wait_until(lambda: endpoint.set("k0", "v0"), 30, what="the endpoint",
+               ignoring=(redis.ConnectionError, redis.ResponseError))
+    for i in range(100):
+        assert endpoint.set(f"k{i}", f"v{i}")
+    before = shards_of(api, uid)
+    master, replica = before["master"], before["replica"]
+    assert not any(plain_port_closed(cluster, s) for s in (master, replica))
+
+    result = CliRunner().invoke(main, ["db", "update", "later", "--data-internode-encryption",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    assert api.get(f"/v1/bdbs/{uid}").json()["data_internode_encryption"] is True
+    wait_until(lambda: all(plain_port_closed(cluster, s) for s in (master, replica)), 30,
+               what="the shards' plain ports closed")
+    assert wait_until(lambda: endpoint.get("k99"), 30, what="the endpoint over TLS shards",
+                      ignoring=(redis.ConnectionError, redis.ResponseError)) == b"v99"
+    assert [endpoint.get(f"k{i}") for i in range(100)] == [f"v{i}".encode() for i in range(100)]
+    after = shards_of(api, uid)
+    assert {r: s["pid"] for r, s in after.items()} == {r: s["pid"] for r, s in before.items()}
+
+    # The proxy's connections arrive on the master's tls-port (the plain port is closed), and
+    # so does the replica's, which follows it with tls-replication.
+    on_master = tls_to_shard(cluster, master)
+    mine = on_master.client_id()
+    clients = [c for c in on_master.client_list() if c["id"] != str(mine)]
+    assert any("S" not in c["flags"] and c["laddr"].endswith(f":{master['tls_port']}")
+               for c in clients), clients
+    on_replica = tls_to_shard(cluster, replica)
+    wait_until(lambda: (i := on_replica.info("replication"))["master_link_status"] == "up"
+               and i["master_port"] == master["tls_port"], 30,
+               what="the replica following the master's tls-port")
+    assert [c["laddr"] for c in on_master.client_list() if "S" in c["flags"]] == [
+        f"{cluster.nodes[master['node_uid']].address}:{master['tls_port']}"]
+    assert endpoint.set("after", "dpine")
+    assert wait_until(lambda: on_replica.get("after"), 10, what="the write on the replica") \
+        == b"dpine"
