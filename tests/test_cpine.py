@@ -225,3 +225,23 @@ def test_dmc_node_join_and_ccs_cli_reach_a_routable_member_over_tls(tmp_path):
 def plain_socket(config) -> redis.Redis:
     """The node's CCS copy on its unix socket (its plaintext way in)."""
     return redis.Redis(unix_socket_path=str(config.ccs_socket), socket_timeout=3, protocol=2)
+
+
+def test_ccs_link_is_the_socket_here_the_tls_port_elsewhere_the_plain_port_without_cpine(
+        tmp_path):
+    """shard_link.ccs_link, the CLI's one way to a member's CCS: a node of this folder on its
+    unix socket, another member on its tls-port with the folder's `cp` certificate, a member
+    without a tls-port (CPINE off) on its plain port."""
+    from control.shard_link import ccs_link
+    here = NodeConfig(uid=1, address="10.20.30.41", home=str(tmp_path / "n1"), ccs_port=7001,
+                      gossip_port=7002, ccs_forward_port=7003, ccs_tls_port=7004)
+    here.ccs_socket.parent.mkdir(parents=True)
+    here.ccs_socket.touch()
+    local = ccs_link(here.member_info(), {1: here}, tmp_path)
+    assert local.cli_args() == ["-s", str(here.ccs_socket)]
+    other = {"uid": 2, "address": "10.20.30.42", "ccs_port": 7101, "ccs_tls_port": 7104}
+    remote = ccs_link(other, {1: here}, here.dir)
+    assert remote.cli_args()[:5] == ["-h", "10.20.30.42", "-p", "7104", "--tls"]
+    assert str(certificates.cert_file(here.dir, "cp")) in remote.cli_args()
+    plain = ccs_link({**other, "ccs_tls_port": 0}, {1: here}, here.dir)
+    assert plain.cli_args() == ["-h", "10.20.30.42", "-p", "7101"]
