@@ -203,8 +203,9 @@ def test_dmc_node_join_and_ccs_cli_reach_a_routable_member_over_tls(tmp_path):
                 assert f"node 2 joined at {second.address}" in result.output
                 joined = LocalCluster.load(elsewhere)
                 assert joined.nodes[2].cluster_fqdn == "routable.example"
-                wait_until(lambda: plain_socket(joined.nodes[2]).info("replication")[
-                    "master_link_status"] == "up", 60, what="the joined node's CCS replicating")
+                # (no master_link_status until the joined copy has turned replica)
+                wait_until(lambda: plain_socket(joined.nodes[2]).info("replication").get(
+                    "master_link_status") == "up", 60, what="the joined node's CCS replicating")
                 role = subprocess.run([sys.executable, "-m", "control.cli", "ccs-cli", "ROLE",
                                        "--home", str(elsewhere)],
                                       capture_output=True, text=True, timeout=60)
