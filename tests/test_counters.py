@@ -48,7 +48,7 @@ def shards(shard_ports):
 @pytest.fixture
 def endpoint(shard_ports, shards):
     """make(**settings): a new endpoint over the three shards; stopped when the test ends."""
-    made, conns = [], []
+    made = []
 
     def make(password: str | None = None, **settings) -> Endpoint:
         ep = Endpoint(HOST, 0, password, ShardMap.even([(HOST, p) for p in shard_ports]),
