@@ -55,6 +55,8 @@ class Machine:
         done = self.state.get("done", 0)
         action.status = "active"
         try:
+            if "failed" in self.state:      # a failure whose undoing (finish) was cut short
+                raise ActionFailed(self.state["failed"])
             for i, (name, progress) in enumerate(self.steps):
                 if i < done:
                     continue
@@ -77,9 +79,16 @@ class Machine:
             await self.finish(ok=True)
         except ActionFailed as exc:
             log.warning("action %s (%s) failed: %s", action.action_uid, action.name, exc)
-            schema.set_fields(action, status="failed", error=str(exc))
+            # Recorded before it is undone: a master that takes over half-way through the
+            # undoing (finish) runs it again, not the step that failed.
+            self.state["failed"] = action.error = str(exc)
             await self.reconnect()
-            await self.finish(ok=False)
+            await self.save()
+            try:
+                await self.finish(ok=False)
+            except ActionFailed as undo:
+                log.warning("action %s (%s): %s", action.action_uid, action.name, undo)
+            action.status = "failed"
         await self.save()
         await self.release()
 
@@ -260,11 +269,14 @@ class Machine:
         return [s for s in (await self.shards_of(bdb_uid)).values() if s.role == "master"]
 
     async def new_shard(self, bdb_uid: int, node_uid: int, role: str, slots,
-                        master_uid: int | None = None) -> schema.Shard:
+                        master_uid: int | None = None, uid: int | None = None) -> schema.Shard:
+        """A new shard record (`uid`: one allocated before, recorded in the action's state)."""
         used = schema.used_shard_ports(await schema.shards(self.redis))
+        if uid is None:
+            uid = await schema.next_uid(self.redis, "shard")
         # A tls-port for each shard from the start: DPINE (data_internode_encryption) can be
         # switched on later without moving it.
-        shard = schema.Shard(uid=await schema.next_uid(self.redis, "shard"), bdb_uid=bdb_uid,
+        shard = schema.Shard(uid=uid, bdb_uid=bdb_uid,
                              node_uid=node_uid, role=role, port=schema.free_shard_port(used),
                              tls_port=schema.free_shard_port(used), slots=slots,
                              master_uid=master_uid)
@@ -295,7 +307,10 @@ class Machine:
                      masters_after) -> None:
         """The paused switch: pause every proxy, wait until each (master, replica) pair in
         `promote` is caught up, promote the replicas, then publish `masters_after()` (called
-        once the promotions are done) unpaused."""
+        once the promotions are done) unpaused. A failure before it resumes the old map; one
+        after `masters_after` recorded the state `committed` (bdb_reshard's point of no
+        return) leaves the map paused for the step's resumption to go forward: the old map
+        would send writes to the masters that gave slots away."""
         current = await self.masters_of(bdb_uid)
         version = await self.publish_map(bdb_uid, current, paused=True)
         try:
@@ -307,8 +322,10 @@ class Machine:
                     await conn.execute("REPLICAOF", "NO", "ONE")
             masters = await masters_after()
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.publish_map(bdb_uid, await self.masters_of(bdb_uid), paused=False)
+            if not self.state.get("committed"):
+                with trio.CancelScope(shield=True):
+                    await self.publish_map(bdb_uid, await self.masters_of(bdb_uid),
+                                           paused=False)
             raise
         version = await self.publish_map(bdb_uid, masters, paused=False)
         await self.wait_acks(bdb_uid, version, required=False)
