@@ -23,6 +23,9 @@ START_TIMEOUT = 30.0        # redis_mgr has this long to start a shard
 ACK_TIMEOUT = 10.0          # every live node's dmcproxy has this long to install a map
 MAX_ATTEMPTS = 5            # a step that meets an unreachable shard or CCS is retried so often
 BACKUP_CATCH_UP = 5.0       # a backup reads a replica only if it catches up this fast
+# s a shard read (or wait) that fails waits for node_wd to report its master failed (it does
+# within 0.1 s of a process's death; more on a loaded machine) before the step is retried
+MASTER_DOWN_GRACE = 2.0
 
 
 class ActionFailed(Exception):
@@ -147,6 +150,52 @@ class Machine:
         return link(self.exec.config, shard, bdb, await self.nodes())
 
     # ---- waiting for the nodes ---------------------------------------------------------
+
+    async def unless_a_master_dies(self, what: str, fn, *args):
+        """fn(*args), cancelled with ActionFailed as soon as a master shard of the database is
+        reported failed (control/cluster_view.py: node down, process down, or unresponsive):
+        the action (`what`) gives way to the failover, which its lock of the database holds
+        off meanwhile."""
+        outcome: dict = {}
+
+        async def work(scope) -> None:
+            try:
+                outcome["result"] = await fn(*args)
+            except (OSError, ReplyError, ActionFailed) as exc:
+                outcome["error"] = exc          # raised by the caller, not in a group
+                # A read cut short by its master's death fails at once (its socket closes),
+                # before node_wd has reported the shard failed: the watch has this long to
+                # say so, and the action then gives way to the failover rather than retry.
+                await trio.sleep(MASTER_DOWN_GRACE)
+            scope.cancel()
+
+        async def watch(scope) -> None:
+            while True:
+                try:
+                    down = await self.masters_down()
+                except (RedisUnavailable, ReplyError):
+                    down = []
+                if down:
+                    outcome["down"] = down
+                    scope.cancel()
+                    return
+                await self.exec.session.wait_changed(TICK)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+        await self.reconnect()      # the one of them cancelled may have been mid-request
+        if "down" in outcome:
+            raise ActionFailed(f"master shards {outcome['down']} went down; the {what} gave "
+                               "way to their failover")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    async def masters_down(self) -> list[int]:
+        view = await self.view()
+        return sorted(u for u, s in view.shards.items() if s.bdb_uid == self.bdb_uid
+                      and s.role == "master" and view.failed(s))
 
     async def wait_running(self, uids, timeout: float = START_TIMEOUT) -> None:
         """Until redis_mgr reports every shard in `uids` running."""

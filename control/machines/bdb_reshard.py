@@ -9,7 +9,8 @@ throughout, so no failover or migration of it runs meanwhile and its masters sta
     copy       the new shards' uids are recorded first, then their records are written (each a
                replica of the master it splits, holding only its piece's slots: no failover
                ever promotes it, see cluster_view.serving_replica), then they sync. Undone by
-               deleting the records: nothing was ever routed to them.
+               deleting the records: nothing was ever routed to them. A master reported
+               failed meanwhile fails the reshard at once: its failover waits for the lock.
     split      the paused switch: every proxy paused on the old map, each new shard caught up
                and promoted. Up to here undone exactly: the old map published again unpaused
                (the masters' records were never touched), the new shards deleted; the masters
@@ -61,6 +62,8 @@ class BdbReshard(Machine):
         masters = sorted(await self.masters_of(self.bdb_uid), key=lambda s: s.slots[0][0])
         if new_count % len(masters):
             raise ActionFailed(f"{new_count} shards is not a multiple of {len(masters)}")
+        if down := await self.masters_down():
+            raise ActionFailed(f"master shards {down} are down")
         parts = new_count // len(masters)
         self.state["pieces"] = {str(m.uid): schema.halve(m.slots, parts) for m in masters}
         self.state["before"] = {str(m.uid): m.slots for m in masters}
@@ -87,6 +90,9 @@ class BdbReshard(Machine):
                 if node is None:
                     raise ActionFailed("no node is up to place shards on")
                 await self.new_shard(self.bdb_uid, node, "replica", piece, int(m_uid), uid=uid)
+        await self.unless_a_master_dies("reshard", self._copies_synced)
+
+    async def _copies_synced(self) -> None:
         await self.wait_running(self._children())
         shards = await schema.shards(self.redis)
         for uid in self._children():
