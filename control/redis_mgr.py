@@ -136,10 +136,11 @@ def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
 
 
 def masters_alone(records: dict[int, schema.Shard], states: dict) -> set[int]:
-    """The master shards none of whose replicas runs synced (redis_mgr's `synced`)."""
+    """The master shards none of whose replicas runs synced (redis_mgr's `synced`; a state
+    without it is a master's, from before its demotion: not synced yet)."""
     covered = {r.master_uid for r in records.values() if r.role == "replica"
                and (states.get(r.uid) or {}).get("status") == "running"
-               and (states.get(r.uid) or {}).get("synced", True)}
+               and (states.get(r.uid) or {}).get("synced", False)}
     return {u for u, s in records.items() if s.role == "master" and u not in covered}
 
 
