@@ -135,8 +135,7 @@ class LocalCluster:
             c.save()
         cluster.save()
         try:
-            for uid in cluster.nodes:
-                cluster.start_node(uid)
+            cluster._start_nodes(list(cluster.nodes))
             if not netns:
                 cluster.wait_for_master(timeout)
                 cluster.wait_ready(timeout)
@@ -281,29 +280,36 @@ class LocalCluster:
         return None
 
     def start_node(self, uid: int, timeout: float = 15.0) -> None:
-        config = self.node(uid)
-        config.write_configs()
-        out = os.open(config.dir / "logs" / "supervisord.out", os.O_WRONLY | os.O_CREAT |
-                      os.O_APPEND, 0o600)
-        with os.fdopen(out, "ab") as log:
-            # umask 077 from the start: supervisord opens its own log before it applies the
-            # umask its configuration gives
-            result = subprocess.run(config.supervisord_argv(), stdout=log, check=False,
-                                    stderr=subprocess.STDOUT, cwd=config.dir, umask=0o077)
-        if result.returncode != 0:
-            raise ClusterError(f"supervisord of node {uid} did not start "
-                               f"(see {config.dir / 'logs'})")
+        self._start_nodes([uid], timeout)
+
+    def _start_nodes(self, uids: list[int], timeout: float = 15.0) -> None:
+        """supervisord of each node launched (it daemonizes), then each waited for: the nodes'
+        services start together, as after a whole-cluster restart."""
+        for uid in uids:
+            config = self.node(uid)
+            config.write_configs()
+            out = os.open(config.dir / "logs" / "supervisord.out", os.O_WRONLY | os.O_CREAT |
+                          os.O_APPEND, 0o600)
+            with os.fdopen(out, "ab") as log:
+                # umask 077 from the start: supervisord opens its own log before it applies
+                # the umask its configuration gives
+                result = subprocess.run(config.supervisord_argv(), stdout=log, check=False,
+                                        stderr=subprocess.STDOUT, cwd=config.dir, umask=0o077)
+            if result.returncode != 0:
+                raise ClusterError(f"supervisord of node {uid} did not start "
+                                   f"(see {config.dir / 'logs'})")
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if supervisor_rpc(config.supervisor_sock).supervisor.getState()["statename"] \
-                        == "RUNNING":
-                    return
-            except (OSError, xmlrpc.client.Error):
-                pass
-            if time.monotonic() > deadline:
-                raise ClusterError(f"supervisord of node {uid} is not answering")
-            time.sleep(0.05)
+        for uid in uids:
+            sock = self.node(uid).supervisor_sock
+            while True:
+                try:
+                    if supervisor_rpc(sock).supervisor.getState()["statename"] == "RUNNING":
+                        break
+                except (OSError, xmlrpc.client.Error):
+                    pass
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"supervisord of node {uid} is not answering")
+                time.sleep(0.05)
 
     def supervisor_pid(self, uid: int) -> int | None:
         try:
@@ -339,27 +345,36 @@ class LocalCluster:
         return pids
 
     def stop_node(self, uid: int, timeout: float = 15.0) -> None:
-        pids = self.node_pids(uid)
-        if not pids:
-            return
-        try:
-            supervisor_rpc(self.node(uid).supervisor_sock).supervisor.shutdown()
-        except (OSError, xmlrpc.client.Error):
-            pass
-        if not _wait_gone([p for n, p in pids.items() if not n.startswith("shard:")], timeout):
-            self.kill_node(uid)
-        stop_all(self.node(uid))
+        self._stop_nodes([uid], timeout)
+
+    def _stop_nodes(self, uids: list[int], timeout: float = 15.0) -> None:
+        """Each node's supervisord told to shut its services down, all at once, then each
+        waited for (kill -9 past `timeout`) and its shards stopped (redis_mgr.stop_all)."""
+        pids = {uid: self.node_pids(uid) for uid in uids}
+        for uid in uids:
+            if pids[uid]:
+                try:
+                    supervisor_rpc(self.node(uid).supervisor_sock).supervisor.shutdown()
+                except (OSError, xmlrpc.client.Error):
+                    pass
+        deadline = time.monotonic() + timeout
+        for uid in uids:
+            if not pids[uid]:
+                continue
+            services = [p for n, p in pids[uid].items() if not n.startswith("shard:")]
+            if not _wait_gone(services, max(0.0, deadline - time.monotonic())):
+                self.kill_node(uid)
+            stop_all(self.node(uid))
 
     def start(self, timeout: float = 30.0) -> int:
         """Start every node again from its folder (its term, vote, members and CCS data)."""
-        for uid in self.nodes:
-            if not self.node_pids(uid):
-                self.start_node(uid)
+        self._start_nodes([uid for uid in self.nodes if not self.node_pids(uid)])
         return self.wait_for_master(timeout)
 
     def stop(self) -> None:
-        for uid in list(self.nodes):
-            self.stop_node(uid)
+        """Every node at once: one node at a time, the nodes still up would fail the stopped
+        one's master shards over to themselves, only to be stopped next."""
+        self._stop_nodes(list(self.nodes))
 
     def delete(self) -> None:
         """Stop every node (a busy shard too: redis_mgr.stop_all), then remove the folders;

@@ -194,15 +194,17 @@ class NodeWd:
                         await conn.aclose()
 
     async def _on_cpu(self, uid: int) -> bool:
-        """The shard's process runs, and used at least half a core over BUSY_SAMPLE seconds."""
+        """The shard's main thread runs, and wanted the CPU (ran, or waited its turn on a run
+        queue) at least half of BUSY_SAMPLE seconds. Counting the wait matters on a loaded
+        machine: a script that loops gets only its share of the cores there, and by CPU time
+        alone would look dead and be failed over."""
         pid = redis_mgr.read_pid(self.config.shards_dir / str(uid))
-        before = pid and process_cpu(pid)
+        before = pid and cpu_demand(pid)
         if not before:
             return False
         await trio.sleep(BUSY_SAMPLE)
-        after = process_cpu(pid)
-        return bool(after) and after[0] == "R" and \
-            after[1] - before[1] >= BUSY_SAMPLE * os.sysconf("SC_CLK_TCK") / 2
+        after = cpu_demand(pid)
+        return bool(after) and after[0] == "R" and after[1] - before[1] >= BUSY_SAMPLE / 2
 
     def _fence(self, uid: int, shard: schema.Shard, state: dict) -> None:
         """A master that stopped answering and has since been failed over (its record now says
@@ -315,14 +317,21 @@ class NodeWd:
         await schema.relocate(redis, shard, target, view.shards)
 
 
-def process_cpu(pid: int) -> tuple[str, int] | None:
-    """(state, utime + stime in clock ticks) of a process, from /proc/<pid>/stat."""
+def cpu_demand(pid: int) -> tuple[str, float] | None:
+    """(state, seconds the process's main thread has run or waited runnable on a run queue) of
+    a process: /proc/<pid>/stat, and /proc/<pid>/schedstat's first two fields (ns); without
+    schedstat (a kernel without CONFIG_SCHED_INFO), its CPU time alone (utime + stime)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return fields[0], int(fields[11]) + int(fields[12])
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            ran, waited = f.read().split()[:2]
+        return fields[0], (int(ran) + int(waited)) / 1e9
+    except (OSError, ValueError):
+        return fields[0], (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 main = service_command("node_wd", NodeWd)

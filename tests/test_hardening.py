@@ -24,6 +24,7 @@ from control import ccs, schema
 from control.heartbeatd import MEMORY_TOTAL
 from control.local_cluster import ClusterError
 from control.node import supervisor_rpc
+from control.node_wd import cpu_demand
 from dmc.local import start_redis_on_free_port
 from dmc.processes import (KILL_GRACE, TERM_WAIT, free_port, pid_alive, processes_under,
                            stop_redis)
@@ -265,6 +266,43 @@ def test_a_master_busy_with_a_script_is_not_failed_over(cluster, api):
     assert not [a for a in api.get("/v1/actions").json() if a["name"] == "shard_failover"
                 and a["object_uid"] == master["uid"]]
     wait_action(api, api.delete(f"/v1/bdbs/{uid}").json()["action_uid"])
+
+
+def test_a_script_starved_of_the_cpu_is_still_seen_busy(tmp_path):
+    """On a loaded machine a looping script gets only its share of a core (here: its main
+    thread and three CPU hogs on one core, a quarter each): node_wd's busy rule counts the time
+    it waited for its turn, so it is busy, not dead -- by its CPU time alone it would have been
+    failed over."""
+    port, proc = start_redis_on_free_port(tmp_path, "--busy-reply-threshold", "100")
+    hogs = []
+    try:
+        busy("127.0.0.1", port)
+        core = {min(os.sched_getaffinity(0))}
+        os.sched_setaffinity(proc.pid, core)            # the main thread, which runs the script
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+        for hog in hogs:
+            os.sched_setaffinity(hog.pid, core)
+        time.sleep(0.5)                                 # the hogs under way
+        demand, ticks = cpu_demand(proc.pid), _cpu_ticks(proc.pid)
+        started = time.monotonic()
+        time.sleep(1.0)
+        elapsed = time.monotonic() - started
+        state, wanted = cpu_demand(proc.pid)
+        ran = (_cpu_ticks(proc.pid) - ticks) / os.sysconf("SC_CLK_TCK")
+        assert state == "R" and wanted - demand[1] >= elapsed * 0.8, (wanted - demand[1], elapsed)
+        assert ran < elapsed / 2, ran                  # what the CPU time alone would show
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        proc.kill()
+        proc.wait()
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def test_a_removed_node_stops_every_service_and_does_not_join_again(cluster, api):
