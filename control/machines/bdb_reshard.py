@@ -20,7 +20,8 @@ throughout, so no failover or migration of it runs meanwhile and its masters sta
                `committed` on the reshard only goes forward: a proxy may have acknowledged
                writes on a new master. A new cluster master resumes the step by writing the
                same layout and map again (every write is the same whatever ran before).
-    clean      each master drops the keys of slots it no longer owns (again from the start).
+    clean      each master drops the keys of slots it no longer owns (again from the start; a
+               master that does not answer is left for the next reshard's clean).
     replicate  a replica for each new master (replication on), as bdb_create places them.
 
 A failure before `committed` is rolled back (finish); after it the new layout stands and the
@@ -169,8 +170,17 @@ class BdbReshard(Machine):
         await self.wait_acks(self.bdb_uid, version, required=False)
 
     async def clean(self) -> None:
+        """Past `committed` nothing may stop the reshard: a master that does not answer now
+        (down, its failover held off by this action's lock) keeps its stale copies of the
+        slots it gave away -- never routed to; the next reshard's clean drops them -- and the
+        new masters still get their replicas."""
         for shard in await self.masters_of(self.bdb_uid):
-            await drop_foreign_keys(await self.address(shard), shard.slots)
+            target = await self.address(shard)
+            try:
+                await drop_foreign_keys(target, shard.slots)
+            except (RedisUnavailable, ReplyError) as exc:
+                log.warning("reshard of database %d: shard %d not cleaned (%s)", self.bdb_uid,
+                            shard.uid, exc)
 
     async def replicate(self) -> None:
         if not self.state["replication"]:
@@ -187,6 +197,8 @@ class BdbReshard(Machine):
             return
         if self.state.get("committed"):
             await self.serve(await self.write_layout())
+            if self.state["replication"]:
+                await self.add_missing_replicas(strict=False)
             return
         if "pieces" not in self.state:
             return          # failed in plan: nothing was changed
