@@ -17,6 +17,7 @@ from clusters import Cluster
 from waiting import wait_until
 from workload import WriteLoad
 
+from control import redis_mgr, schema
 from dmc.local import redis_servers
 
 pytestmark = pytest.mark.timeout(300)
@@ -106,6 +107,27 @@ def test_without_replication_the_master_persists(cluster):
     db = cluster.create_db("solo", shards=1, replication=False, data_persistence="aof")
     assert persisted(cluster, db["uid"]) == {
         "master": {"appendonly": "yes", "appendfsync": "everysec", "save": ""}}
+
+
+def test_masters_alone_and_their_persistence():
+    """Pure: a master counts as alone unless a replica of it runs synced (a state without the
+    flag is a demoted master's: not synced); alone, a master of a database that persists on
+    replicas writes as a replica does."""
+    def shard(uid, role, master_uid=None):
+        return schema.Shard(uid=uid, bdb_uid=1, node_uid=1, role=role, port=1, slots=[[0, 1]],
+                            master_uid=master_uid)
+    records = {1: shard(1, "master"), 2: shard(2, "replica", 1), 3: shard(3, "master"),
+               4: shard(4, "replica", 3), 5: shard(5, "master")}
+    states = {2: {"status": "running", "synced": True}, 4: {"status": "running"}}
+    assert redis_mgr.masters_alone(records, states) == {3, 5}
+    bdb = schema.Bdb(uid=1, name="d", port=1, memory_size=1 << 20, shards_count=1,
+                     replication=True, data_persistence="aof")
+    assert redis_mgr.persistence(records[1], bdb)["appendonly"] == "no"
+    assert redis_mgr.persistence(records[3], bdb, alone=True)["appendonly"] == "yes"
+    assert redis_mgr.persistence(records[2], bdb)["appendonly"] == "yes"
+    off = schema.Bdb(uid=1, name="d", port=1, memory_size=1 << 20, shards_count=1,
+                     replication=True, data_persistence="disabled")
+    assert redis_mgr.persistence(records[3], off, alone=True)["appendonly"] == "no"
 
 
 def test_a_promoted_master_without_a_synced_replica_keeps_its_disk_copy(cluster, tmp_path):
