@@ -23,7 +23,8 @@ def writable_master(cluster: LocalCluster, exclude: int) -> int | None:
         if uid == exclude:
             continue
         try:
-            redis.Redis(c.address, c.ccs_port, socket_timeout=1).set("failover-probe", uid)
+            redis.Redis(unix_socket_path=str(c.ccs_socket), socket_timeout=1).set(
+                "failover-probe", uid)       # (the node's plaintext CCS: its socket)
             return uid
         except (redis.exceptions.ResponseError, redis.exceptions.ConnectionError):
             pass

@@ -32,6 +32,7 @@ from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import supervisor_rpc
 from control.obs_cli import COMMANDS as OBS_COMMANDS
 from control.redis_client import RedisUnavailable, ReplyError
+from control.shard_link import ccs_link
 from dmc.cli import local
 
 DEFAULT_HOME = Path(os.environ.get("DMC_HOME", Path.home() / ".dmc")) / "cluster"
@@ -431,7 +432,9 @@ def _ignore_state_errors(call, name):
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @home_option
 def ccs_cli(args, home):
-    """redis-cli on the current CCS master (ARGS go to redis-cli)."""
+    """redis-cli on the current CCS master (ARGS go to redis-cli): on its unix socket if the
+    master is a node of this folder, else on its tls-port with this folder's certificate
+    (control-plane encryption), else on its plain port."""
     c = _load(home)
     try:
         master = trio.run(read_cluster, c)["master"]
@@ -442,7 +445,8 @@ def ccs_cli(args, home):
     cli = shutil.which("redis-cli")
     if cli is None:
         raise click.ClickException("redis-cli is not installed (apt-get install redis-tools)")
-    os.execv(cli, [cli, "-h", master["address"], "-p", str(master["ccs_port"]), *args])
+    where = ccs_link(master, c.nodes, c.client_certificates())
+    os.execv(cli, [cli, *where.cli_args(), *args])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

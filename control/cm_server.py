@@ -20,7 +20,7 @@ token in `X-CSRF-Token` (the log-in form a token bound to a cookie of its own), 
 from another origin are refused whatever they carry. The UI is served over HTTPS (and its
 cookies are Secure) with the node's certificate (NodeConfig.ui_certificate: node.json's
 `ui_certfile`/`ui_keyfile`, else the node's `api` certificate, signed by the cluster CA and
-renewed with the REST API's: a renewed one is loaded within CERT_CHECK_EVERY); over HTTP only on
+renewed with the REST API's: a renewed one is loaded within tls.CERT_CHECK_EVERY); over HTTP only on
 a node without certificates.
 """
 
@@ -43,7 +43,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 
 from control import tls
-from control.cnm_http import CERT_CHECK_EVERY, hypercorn_config
+from control.cnm_http import hypercorn_config
 from control.node import NodeConfig, service_command
 
 log = logging.getLogger("cm_server")
@@ -182,7 +182,7 @@ class CmServer:
     async def _reload_certificate(hc) -> None:
         """A renewed (or replaced) certificate file is served to new connections."""
         while True:
-            await trio.sleep(CERT_CHECK_EVERY)
+            await trio.sleep(tls.CERT_CHECK_EVERY)
             if hc.reload_certificate():
                 log.info("web UI: serving the renewed certificate")
 

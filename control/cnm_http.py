@@ -78,7 +78,6 @@ PORT_PROBE = "cnm_http:port_probe"
 # hash, name -> {certificate (PEM), key (sealed: certificates.seal), time}.
 CERTIFICATES = "cluster:certificates"
 OPERATOR_CERTIFICATES = ("api", "proxy")   # the REST API's, the database endpoints'
-CERT_CHECK_EVERY = 5.0
 PORT_PROBE_DEADLINE = 10.0
 PORT_PROBE_REPEAT = 1.0
 
@@ -141,36 +140,21 @@ def action_reply(action: schema.Action) -> dict:
 # ---- the service -----------------------------------------------------------------------------
 
 class RestServerConfig(hypercorn.config.Config):
-    """hypercorn's configuration, keeping the TLS context it serves with, so that a renewed
-    certificate, and the node's control-plane TLS policy (`node_dir`'s certs/tls_policy.json:
-    min_control_TLS_version, control_cipher_suites), are loaded into that same context
-    (hypercorn makes it once)."""
-    live_context = None
+    """hypercorn's configuration, keeping the TLS context it serves with (hypercorn makes it
+    once), so that a renewed certificate and the node's control-plane TLS policy (`node_dir`'s
+    certs/tls_policy.json: min_control_TLS_version, control_cipher_suites) are loaded into that
+    same context (tls.LiveContext)."""
+    live = None             # tls.LiveContext, once hypercorn made its context
     node_dir = None
-    _loaded = None
 
     def create_ssl_context(self):
-        self.live_context = super().create_ssl_context()
-        self._apply_policy()
-        self._loaded = self._stamp()
-        return self.live_context
-
-    def _stamp(self):
-        return tuple(os.stat(f).st_mtime_ns for f in (self.certfile, self.keyfile)) + \
-            (tls.files_stamp([tls.policy_file(self.node_dir)]) if self.node_dir else ())
-
-    def _apply_policy(self) -> None:
-        if self.node_dir is not None:
-            tls.apply_policy(self.live_context, tls.read_policy(self.node_dir))
+        self.live = tls.LiveContext(super().create_ssl_context(), self.node_dir,
+                                    self.certfile, self.keyfile)
+        return self.live.context
 
     def reload_certificate(self) -> bool:
         """The certificate files (and the TLS policy) loaded again if they changed."""
-        if self.live_context is None or self._stamp() == self._loaded:
-            return False
-        self._apply_policy()
-        self.live_context.load_cert_chain(self.certfile, self.keyfile)
-        self._loaded = self._stamp()
-        return True
+        return self.live is not None and self.live.refresh()
 
 
 class CnmHttp:
@@ -218,7 +202,7 @@ class CnmHttp:
     # ---- certificates ----------------------------------------------------------------------
 
     async def _keep_certificates(self) -> None:
-        """Every CERT_CHECK_EVERY: install the operator's certificate for the REST API when CCS
+        """Every tls.CERT_CHECK_EVERY: install the operator's certificate for the REST API when CCS
         has a new one, renew the node's CA-signed ones that are due, and load the REST API's
         again when its file changed (new handshakes use it; open connections keep theirs)."""
         while True:
@@ -243,7 +227,7 @@ class CnmHttp:
                 log.info("REST API: serving certificate %s",
                          certificates.describe(certificates.cert_file(
                              self.config.dir, "api").read_bytes())["serial"])
-            await trio.sleep(CERT_CHECK_EVERY)
+            await trio.sleep(tls.CERT_CHECK_EVERY)
 
     async def _follow_tls_policy(self) -> None:
         """The cluster's min_control_TLS_version and control_cipher_suites, when they change:

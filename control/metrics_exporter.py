@@ -1,7 +1,9 @@
 """metrics_exporter: the node's Prometheus endpoint, `http://<address>:<metrics_port>/metrics`
 (node.json's `metrics_port`; Redis Enterprise uses 8070), served by prometheus-client; https
 (as RE) when node.json names a certificate and its key (`metrics_tls_cert`,
-`metrics_tls_key`, PEM files). The heartbeat carries the URL, so `dmc status --json` shows it.
+`metrics_tls_key`, PEM files), with the cluster's control-plane TLS policy
+(min_control_TLS_version, control_cipher_suites; followed as the REST API's HTTPS follows it,
+control/tls.py's LiveContext). The heartbeat carries the URL, so `dmc status --json` shows it.
 
 Every scrape reads fresh figures (control/node_figures.py: the node's dmcproxy endpoints over
 their stats socket, the INFO of the node's shards, the machine), each source with a deadline, in
@@ -31,7 +33,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
-from control import ccs
+from control import ccs, tls
 from control.node import NodeConfig, service_command
 from control.node_figures import CLASSES, NodeReader, Reading, figures, finish
 
@@ -253,18 +255,33 @@ class MetricsExporter:
         self.token = trio.lowlevel.current_trio_token()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(NodeCollector(self))
-        tls = {}
+        files = {}
         if self.config.metrics_tls_cert and self.config.metrics_tls_key:
-            tls = {"certfile": self.config.metrics_tls_cert,
-                   "keyfile": self.config.metrics_tls_key}
+            files = {"certfile": self.config.metrics_tls_cert,
+                     "keyfile": self.config.metrics_tls_key}
         server, _thread = start_http_server(self.config.metrics_port, self.config.address,
-                                            registry=registry, **tls)
+                                            registry=registry, **files)
         log.info("node %d: metrics on %s", self.config.uid, self.config.metrics_url)
         try:
-            await self.readings()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                if files:
+                    # prometheus-client's context, made once: kept following the files and
+                    # the control-plane TLS policy as the REST API's is
+                    nursery.start_soon(self._follow_certificate, tls.LiveContext(
+                        server.socket.context, self.config.dir, files["certfile"],
+                        files["keyfile"]))
+                await self.readings()
+                await trio.sleep_forever()
         finally:
             server.shutdown()
+
+    @staticmethod
+    async def _follow_certificate(live: tls.LiveContext) -> None:
+        """A changed certificate file, or TLS policy, is served to new connections."""
+        while True:
+            await trio.sleep(tls.CERT_CHECK_EVERY)
+            if live.refresh():
+                log.info("metrics: serving the renewed certificate or TLS policy")
 
 
 main = service_command("metrics_exporter", MetricsExporter)

@@ -43,8 +43,9 @@ Every endpoint's figures are served on `run/dmcproxy.sock` (control/proxy_stats.
 node's metrics_exporter, stats_archiver and alert_mgr.
 
 The data path never waits on the control plane: when CCS is away, endpoints keep serving with the
-last map they had. The maps are also kept in `run/maps/<bdb>.json`, so a restarted dmcproxy
-serves its databases again before CCS answers.
+last map they had. The maps are also kept in `run/maps/<bdb>.json` (with the cluster's
+data-path TLS policy they were served with), so a restarted dmcproxy serves its databases again
+before CCS answers, as they were served.
 
 The write fence: a node cut off from the cluster's majority may have its master shards failed
 over on the other side, so its endpoints must not acknowledge writes any more. cluster_wd's
@@ -134,8 +135,8 @@ class NodeProxy:
         self.lease_until = 0.0      # the majority lease the endpoints enforce by themselves
         self.failures: dict[int, str] = {}     # bdb uid -> why its endpoint is not served
         self.installing: dict[int, trio.Lock] = {}
-        # the cluster's min_data_TLS_version and ciphers, as read with the databases (an
-        # endpoint served from the cached map before CCS answers has the defaults)
+        # the cluster's min_data_TLS_version and ciphers, as read with the databases (before
+        # CCS answers: as cached with the maps, _serve_cached)
         self.tls_policy = schema.data_tls_policy(schema.CLUSTER_POLICY_DEFAULTS)
 
     async def run(self) -> None:
@@ -241,9 +242,14 @@ class NodeProxy:
                 return
 
     async def _serve_cached(self) -> None:
+        """The databases of run/maps/, served before CCS answers, with the cluster's data-path
+        TLS policy they were last served with (cached beside each map: a restarted dmcproxy
+        whose CCS is away does not fall back to the defaults, a TLS 1.2 client refused at a
+        1.3 minimum stays refused)."""
         for path in self.maps_dir.glob("*.json"):
             try:
                 cached = json.loads(path.read_text())
+                self.tls_policy = cached.get("tls_policy") or self.tls_policy
                 await self._install(int(path.stem), msgspec.convert(cached["bdb"], schema.Bdb),
                                     msgspec.convert(cached["map"], schema.BdbMap))
             except (OSError, ValueError, KeyError, msgspec.ValidationError) as exc:
@@ -484,7 +490,8 @@ class NodeProxy:
 
     def _cache(self, uid: int, bdb: schema.Bdb, shard_map: schema.BdbMap) -> None:
         atomic_write(self.maps_dir / f"{uid}.json",
-                     json.dumps({"bdb": schema.as_dict(bdb), "map": schema.as_dict(shard_map)}))
+                     json.dumps({"bdb": schema.as_dict(bdb), "map": schema.as_dict(shard_map),
+                                 "tls_policy": self.tls_policy}))
 
     async def _ack(self, uid: int, bdb: schema.Bdb, applied: dict) -> None:
         value = {"version": applied["version"], "paused": applied["paused"],

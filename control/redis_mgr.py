@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import trio
 
@@ -54,7 +56,7 @@ from control.shard_link import dpine
 from control.node import NodeConfig, atomic_write, service_command
 from control.redis_client import RedisUnavailable, ReplyError, info
 from control.tls import ca_file, cert_file, files_stamp, key_file
-from dmc.processes import REDIS_SERVER, pid_alive, stop_redis
+from dmc.processes import REDIS_SERVER, pid_alive, processes_under, stop_redis
 
 log = logging.getLogger("redis_mgr")
 SYNCED = "synced"     # in a replica's folder: it holds a copy of its master's data
@@ -453,11 +455,19 @@ async def in_sync(local) -> bool:
 
 
 def stop_all(config: NodeConfig) -> None:
-    """Stop every shard process of the node (what `dmc cluster stop` does after supervisord)."""
+    """Stop every shard process of the node (what `dmc cluster stop` does after supervisord):
+    those of the pid files, then any other running in a shard's folder (one redis_mgr started
+    as the node stopped, before it wrote its pid file)."""
     for folder in config.shards_dir.iterdir() if config.shards_dir.exists() else ():
         pid = read_pid(folder)
         if pid:
             Shard(int(folder.name), folder).stop()
+    for pid in processes_under(config.shards_dir) if config.shards_dir.exists() else ():
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            continue                        # gone meanwhile
+        stop_redis(pid, *conf_endpoint(cwd))
 
 
 def shard_pids(config: NodeConfig) -> dict[str, int]:

@@ -1,5 +1,7 @@
 """How a node's services open a connection to a shard (redis_mgr, node_wd, node_figures, the
-machines of cnm_exec, backups): one way, chosen by the shard record and its database.
+machines of cnm_exec, backups): one way, chosen by the shard record and its database; and, by
+the same rules, how the CLI reaches a member's CCS copy (`ccs_link`: `dmc node join`, `dmc
+ccs-cli`).
 
 - a shard on this node: its unix socket (`unixsocket` in the shard's folder, mode 0700, so only
   the node's own user reaches it; plaintext, as the node's certificates are that user's
@@ -96,3 +98,18 @@ def link(config, shard: schema.Shard, bdb: schema.Bdb | None, nodes: dict) -> Sh
 def local_link(config, shard: schema.Shard) -> ShardLink:
     """A shard of this node (its unix socket, or its plain port if it has none)."""
     return link(config, shard, None, {})
+
+
+def ccs_link(member: dict, local: dict, tls_dir: Path | None) -> ShardLink:
+    """How this machine reaches the CCS copy of a member (`member`: its record in cluster:nodes
+    or cluster:master): its unix socket when the member is a node of this machine (`local`:
+    uid -> NodeConfig, a folder's nodes) that serves one; else its tls-port over mutual TLS with
+    `tls_dir`'s `cp` certificate when the member has one (CPINE: a member on a routable address
+    serves no plain TCP at all, NodeConfig.plain_tcp); else its plain port (CPINE off)."""
+    config = local.get(member.get("uid"))
+    if config is not None and config.address == member["address"] and \
+            config.ccs_socket.exists():
+        return ShardLink(config.address, config.ccs_port, str(config.ccs_socket))
+    if member.get("ccs_tls_port") and tls_dir is not None:
+        return ShardLink(member["address"], member["ccs_tls_port"], tls_dir=Path(tls_dir))
+    return ShardLink(member["address"], member["ccs_port"])

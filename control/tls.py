@@ -20,6 +20,8 @@ DEFAULT_POLICY = {"min_version": "1.2", "ciphers": ""}
 DEFAULT_CIPHERS = ("@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:"
                    "!aDSS:!SHA1:!AESCCM")
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# how often a node's services look at their certificate files and the TLS policy file again
+CERT_CHECK_EVERY = 5.0
 
 
 def certs_dir(node_dir: Path) -> Path:
@@ -70,40 +72,54 @@ def files_stamp(paths) -> tuple:
     return tuple(stamps)
 
 
-class ReloadingContext:
-    """An SSLContext for one plane of a node whose certificate is loaded again when its file
-    changes (`refresh`, cheap: one stat): handshakes after a renewal use the new certificate,
-    connections already open keep theirs."""
+class LiveContext:
+    """A server's or a client's SSLContext kept following its files: the certificate and key
+    it presents, loaded again when they change (a renewal, an operator's certificate), and the
+    node's control-plane TLS policy (`certs/tls_policy.json` of `node_dir`; None: the context's
+    own defaults). The one way every control-plane TLS context of a node follows them, whoever
+    made the context (ReloadingContext below, hypercorn's for the REST API and the UI,
+    prometheus-client's for the metrics): `refresh` (cheap, a few stats) applies a change to
+    the live context, so later handshakes use it and connections already open keep theirs."""
 
-    def __init__(self, node_dir: Path, plane: str, *, server: bool, verify_peer: bool):
-        self.node_dir, self.plane = Path(node_dir), plane
-        purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
-        self.context = ssl.create_default_context(purpose, cafile=str(ca_file(node_dir)))
-        if server:
-            self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
-        else:
-            # Nodes are named by address; the certificate names it (IP SAN).
-            self.context.check_hostname = verify_peer
-            self.context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
+    def __init__(self, context: ssl.SSLContext, node_dir: Path | None, certfile, keyfile):
+        self.context, self.node_dir = context, node_dir
+        self.files = (str(certfile), str(keyfile))
         self._loaded: tuple | None = None
         self.refresh()
 
     def _stamp(self) -> tuple:
-        c, k = cert_file(self.node_dir, self.plane), key_file(self.node_dir, self.plane)
-        return (c.stat().st_mtime_ns, c.stat().st_ino, k.stat().st_mtime_ns,
-                files_stamp([policy_file(self.node_dir)]))
+        policy = [policy_file(self.node_dir)] if self.node_dir is not None else []
+        return files_stamp([*self.files, *policy])
 
     def refresh(self) -> bool:
-        """Load the plane's certificate (and the TLS policy) again if its files changed; True
-        if it did."""
+        """Load the certificate (and the TLS policy) again if their files changed; True if it
+        did."""
         stamp = self._stamp()
         if stamp == self._loaded:
             return False
-        apply_policy(self.context, read_policy(self.node_dir))
-        self.context.load_cert_chain(str(cert_file(self.node_dir, self.plane)),
-                                     str(key_file(self.node_dir, self.plane)))
+        if self.node_dir is not None:
+            apply_policy(self.context, read_policy(self.node_dir))
+        self.context.load_cert_chain(*self.files)
         self._loaded = stamp
         return True
+
+
+class ReloadingContext(LiveContext):
+    """An SSLContext for one plane of a node (its certificate, the cluster CA), following the
+    plane's certificate files and the node's TLS policy (LiveContext)."""
+
+    def __init__(self, node_dir: Path, plane: str, *, server: bool, verify_peer: bool):
+        self.plane = plane
+        purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+        context = ssl.create_default_context(purpose, cafile=str(ca_file(node_dir)))
+        if server:
+            context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
+        else:
+            # Nodes are named by address; the certificate names it (IP SAN).
+            context.check_hostname = verify_peer
+            context.verify_mode = ssl.CERT_REQUIRED if verify_peer else ssl.CERT_NONE
+        super().__init__(context, Path(node_dir), cert_file(node_dir, plane),
+                         key_file(node_dir, plane))
 
 
 class ControlPlaneTLS:

@@ -1,11 +1,14 @@
 """A self-signed certificate for tests of a service served over HTTPS on its own certificate
 (cm_server's `ui_certfile`, metrics_exporter's `metrics_tls_cert`): the certificate is its own
-trust anchor (`ssl.create_default_context(cafile=certificate)`)."""
+trust anchor (`ssl.create_default_context(cafile=certificate)`); and the probe of a TLS port's
+oldest version (`tls_1_2_refused`) the TLS policy tests share."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -32,3 +35,17 @@ def self_signed(folder, address: str, stem: str = "server") -> tuple[str, str]:
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return str(cert_file), str(key_file)
+
+
+def tls_1_2_refused(host: str, port: int, cafile: str, cert=None) -> bool:
+    """A client that speaks at most TLS 1.2 fails its handshake."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(*cert)
+    try:
+        with socket.create_connection((host, port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return False        # (in TLS 1.2 the client's certificate is part of the handshake)
+    except (ssl.SSLError, ConnectionResetError):
+        return True

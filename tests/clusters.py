@@ -16,6 +16,7 @@ from waiting import wait_until
 from control import ccs, history, rest_models, schema
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.node import CORE_SERVICES, SERVICES
+from control.redis_client import ReplyError
 from dmc.processes import free_port
 
 
@@ -70,12 +71,15 @@ def plain(record) -> dict | None:
 
 
 class Cluster:
-    """A LocalCluster and the few things these tests ask of its CCS (records as plain maps)."""
+    """A LocalCluster and the few things these tests ask of its CCS (records as plain maps).
+    Its nodes run DATABASE_SERVICES unless `services` says otherwise: each service more is a
+    Python process per node to start and stop with every module's cluster."""
 
     def __init__(self, home, first_address: str, **create_options):
         self.lc = LocalCluster.create(home, loopback_addresses(3, first_address),
                                       record_history=True,
-                                      **{"timeout": START_TIMEOUT, **create_options})
+                                      **{"timeout": START_TIMEOUT,
+                                         "services": DATABASE_SERVICES, **create_options})
 
     def master_ccs(self):
         """The NodeConfig of the node whose CCS copy is the master's, as the nodes' copies say
@@ -104,6 +108,12 @@ class Cluster:
         while True:
             try:
                 return trio.run(run)
+            except ReplyError as exc:
+                # NOREPLICAS: the copy read as the master's is fenced (its lease ran out, or a
+                # new master is taking over)
+                if not str(exc).startswith("NOREPLICAS") or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
             except (OSError, AssertionError):
                 if time.monotonic() > deadline:
                     raise

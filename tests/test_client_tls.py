@@ -20,12 +20,14 @@ import pytest
 import redis
 import trio
 from click.testing import CliRunner
+from certs import tls_1_2_refused
 from clusters import DATABASE_SERVICES, rest_client, rest_cluster
 from cryptography import x509
 from waiting import wait_until
 
 from control import certificates
 from control.cli import main
+from control.node import supervisor_rpc
 from control.proxy_stats import read_proxy_stats
 from dmc.local import redis_servers, start_proxy
 from dmc.processes import free_port, stop_process
@@ -408,20 +410,6 @@ def test_database_with_tls_mode_enabled(cluster, tmp_path):
         "enforce_client_authentication"] == "enabled"
 
 
-def tls_1_2_refused(host: str, port: int, cafile: str, cert=None) -> bool:
-    """A client that speaks at most TLS 1.2 fails its handshake."""
-    context = ssl.create_default_context(cafile=cafile)
-    context.maximum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None:
-        context.load_cert_chain(*cert)
-    try:
-        with socket.create_connection((host, port), timeout=5) as raw, \
-                context.wrap_socket(raw, server_hostname=host):
-            return False        # (in TLS 1.2 the client's certificate is part of the handshake)
-    except (ssl.SSLError, ConnectionResetError):
-        return True
-
-
 @pytest.mark.timeout(240)
 def test_authorized_names_and_tls_versions_through_rest_and_the_cli(cluster, tmp_path):
     """`dmc db update --tls-authorized-name` (authorized_names): a certificate the cluster CA
@@ -489,3 +477,40 @@ def test_authorized_names_and_tls_versions_through_rest_and_the_cli(cluster, tmp
     finally:
         api.put("/v1/cluster", json={"min_data_TLS_version": "1.2",
                                      "min_control_TLS_version": "1.2"})
+
+
+@pytest.mark.timeout(240)
+def test_an_endpoint_served_from_its_cached_map_keeps_the_cluster_tls_policy(cluster, tmp_path):
+    """dmcproxy restarted while its node's CCS is down serves its databases from run/maps/ at
+    once, with the cluster's data-path TLS policy they were served with: at
+    min_data_TLS_version 1.3 a TLS 1.2 client stays refused (not the defaults' 1.2)."""
+    api = rest_client(cluster, timeout=30)
+    bdb = next(b for b in api.get("/v1/bdbs").json() if b["name"] == "secure")
+    master = cluster.wait_for_master()
+    node = next(c for u, c in sorted(cluster.nodes.items()) if u != master)
+    ca_pem = str(certificates.ca_file(node.dir))
+    signed = write_pair(tmp_path, "app", certificates.issue(   # (node97: authorized_names')
+        cluster.cluster_ca(), 97, node.address, node.cluster_fqdn))
+
+    def served_over_tls_1_3() -> bool:
+        try:
+            return redis.Redis(node.address, bdb["port"], ssl=True, ssl_ca_certs=ca_pem,
+                               ssl_certfile=signed[0], ssl_keyfile=signed[1],
+                               socket_timeout=5).ping()
+        except redis.ConnectionError:
+            return False
+    rpc = supervisor_rpc(node.supervisor_sock).supervisor
+    reply = api.put("/v1/cluster", json={"min_data_TLS_version": "1.3"})
+    assert reply.status_code == 200, reply.text
+    try:
+        wait_until(lambda: tls_1_2_refused(node.address, bdb["port"], ca_pem, signed), 15,
+                   what="TLS 1.2 refused by the endpoint")
+        rpc.stopProcess("ccs")
+        rpc.stopProcess("dmcproxy")
+        rpc.startProcess("dmcproxy")
+        wait_until(served_over_tls_1_3, 30, what="the endpoint served from its cached map")
+        assert tls_1_2_refused(node.address, bdb["port"], ca_pem, signed)
+    finally:
+        if rpc.getProcessInfo("ccs")["statename"] != "RUNNING":
+            rpc.startProcess("ccs")
+        api.put("/v1/cluster", json={"min_data_TLS_version": "1.2"})

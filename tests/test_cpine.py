@@ -2,7 +2,8 @@
 replicates over TLS and the heartbeats and the forwarder reach the master's CCS on its tls-port;
 the CCS tls-port and the gossip port refuse plaintext, no certificate, a foreign CA's and an
 expired one, with a clear error; a node whose certificate the cluster CA did not sign cannot
-join."""
+join; on routable addresses (network namespaces), where CCS serves no plaintext TCP, `dmc node
+join` and `dmc ccs-cli` reach another member's CCS over TLS."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import dataclasses
 import datetime
 import ssl
 import stat
+import subprocess
+import sys
 
 import pytest
 import redis
 import trio
+from chaos.netns import TestNetwork, in_netns
+from click.testing import CliRunner
 from waiting import wait_until
 
 from control import ccs, certificates, history
+from control.cli import main
 from control.cluster_wd import request
 from control.local_cluster import ClusterError, LocalCluster, loopback_addresses
 from control.node import CORE_SERVICES, NodeConfig
@@ -166,3 +172,76 @@ def test_a_node_on_a_routable_address_serves_no_plaintext_tcp(tmp_path):
     assert dataclasses.replace(routable, address="127.0.3.1").plain_tcp
     assert dataclasses.replace(routable, control_plane_encryption=False).plain_tcp
     assert "port 7001" in dataclasses.replace(routable, address="127.0.3.1")._ccs_conf()
+
+
+@pytest.mark.skipif(not TestNetwork.available(),
+                    reason=f"no network namespaces: {TestNetwork.unavailable_reason()}")
+@pytest.mark.timeout(300)
+def test_dmc_node_join_and_ccs_cli_reach_a_routable_member_over_tls(tmp_path):
+    """A node on a routable address serves CCS in plaintext on its unix socket only: `dmc node
+    join` from another machine's folder takes the cluster's name from a member's CCS over its
+    tls-port (with the joining node's certificate), and `dmc ccs-cli` reaches the master's
+    CCS over TLS from that folder and on the master's socket from its own."""
+    with TestNetwork(2) as net:
+        first, second = net.hosts
+        cluster = LocalCluster.create(tmp_path / "cluster", [first.address], netns=[first.name],
+                                      services=list(CORE_SERVICES), name="routable.example",
+                                      timeout=60)
+        elsewhere = tmp_path / "other-machine"
+        joined = None
+        try:
+            with in_netns(first.name):
+                cluster.wait_for_master(60)
+            peer = cluster.nodes[1]
+            assert not peer.plain_tcp
+            with in_netns(second.name):
+                result = CliRunner().invoke(main, [
+                    "node", "join", f"{peer.address}:{peer.gossip_port}", "--address",
+                    second.address, "--ca-dir", str(peer.dir / "certs"),
+                    "--home", str(elsewhere)])
+                assert result.exit_code == 0, result.output
+                assert f"node 2 joined at {second.address}" in result.output
+                joined = LocalCluster.load(elsewhere)
+                assert joined.nodes[2].cluster_fqdn == "routable.example"
+                wait_until(lambda: plain_socket(joined.nodes[2]).info("replication")[
+                    "master_link_status"] == "up", 60, what="the joined node's CCS replicating")
+                role = subprocess.run([sys.executable, "-m", "control.cli", "ccs-cli", "ROLE",
+                                       "--home", str(elsewhere)],
+                                      capture_output=True, text=True, timeout=60)
+                assert role.returncode == 0 and role.stdout.split()[0] == "master", \
+                    role.stdout + role.stderr
+            role = subprocess.run([sys.executable, "-m", "control.cli", "ccs-cli", "ROLE",
+                                   "--home", str(cluster.home)],
+                                  capture_output=True, text=True, timeout=60)
+            assert role.returncode == 0 and role.stdout.split()[0] == "master", role.stderr
+        finally:
+            with in_netns(second.name):
+                if joined is not None:
+                    joined.stop()
+            with in_netns(first.name):
+                cluster.stop()
+
+
+def plain_socket(config) -> redis.Redis:
+    """The node's CCS copy on its unix socket (its plaintext way in)."""
+    return redis.Redis(unix_socket_path=str(config.ccs_socket), socket_timeout=3, protocol=2)
+
+
+def test_ccs_link_is_the_socket_here_the_tls_port_elsewhere_the_plain_port_without_cpine(
+        tmp_path):
+    """shard_link.ccs_link, the CLI's one way to a member's CCS: a node of this folder on its
+    unix socket, another member on its tls-port with the folder's `cp` certificate, a member
+    without a tls-port (CPINE off) on its plain port."""
+    from control.shard_link import ccs_link
+    here = NodeConfig(uid=1, address="10.20.30.41", home=str(tmp_path / "n1"), ccs_port=7001,
+                      gossip_port=7002, ccs_forward_port=7003, ccs_tls_port=7004)
+    here.ccs_socket.parent.mkdir(parents=True)
+    here.ccs_socket.touch()
+    local = ccs_link(here.member_info(), {1: here}, tmp_path)
+    assert local.cli_args() == ["-s", str(here.ccs_socket)]
+    other = {"uid": 2, "address": "10.20.30.42", "ccs_port": 7101, "ccs_tls_port": 7104}
+    remote = ccs_link(other, {1: here}, here.dir)
+    assert remote.cli_args()[:5] == ["-h", "10.20.30.42", "-p", "7104", "--tls"]
+    assert str(certificates.cert_file(here.dir, "cp")) in remote.cli_args()
+    plain = ccs_link({**other, "ccs_tls_port": 0}, {1: here}, here.dir)
+    assert plain.cli_args() == ["-h", "10.20.30.42", "-p", "7101"]

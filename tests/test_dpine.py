@@ -213,6 +213,32 @@ def tls_to_shard(cluster, shard: dict) -> redis.Redis:
                        ssl_keyfile=str(node.dir / "certs" / "cp.key"))
 
 
+def replicated_with_100_keys(cluster, api, name: str, **settings) -> tuple[int, redis.Redis]:
+    """A replicated database created through REST (with `settings`), k0..k99 written through
+    node 1's endpoint: its uid and that endpoint."""
+    reply = api.post("/v1/bdbs", json={"name": name, "replication": True,
+                                       "memory_size": 32 << 20, **settings})
+    assert reply.status_code == 200, reply.text
+    wait_until(lambda: api.get(f"/v1/actions/{reply.json()['action_uid']}").json()["status"]
+               == "completed", 90, what="bdb_create")
+    endpoint = redis.Redis(cluster.nodes[1].address, reply.json()["port"], socket_timeout=5)
+    wait_until(lambda: endpoint.set("k0", "v0"), 30, what="the endpoint",
+               ignoring=(redis.ConnectionError, redis.ResponseError))
+    for i in range(100):
+        assert endpoint.set(f"k{i}", f"v{i}")
+    return reply.json()["uid"], endpoint
+
+
+def port_closed(cluster, shard: dict, which: str) -> bool:
+    """The shard's `which` port ("port", "tls_port") refuses connections."""
+    try:
+        socket.create_connection((cluster.nodes[shard["node_uid"]].address, shard[which]),
+                                 1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
 @pytest.mark.timeout(240)
 def test_replicated_database_with_data_internode_encryption(cluster):
     """POST /v1/bdbs with data_internode_encryption: the endpoint serves writes through the
@@ -220,19 +246,9 @@ def test_replicated_database_with_data_internode_encryption(cluster):
     on a shard's tls-port is refused, and a failover (the master killed) keeps serving; then
     `dmc db update --no-data-internode-encryption` switches it off without a restart."""
     api = rest_client(cluster, timeout=30)
-    reply = api.post("/v1/bdbs", json={"name": "dpine", "replication": True,
-                                       "memory_size": 32 << 20,
-                                       "data_internode_encryption": True})
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["data_internode_encryption"] is True
-    uid, port = reply.json()["uid"], reply.json()["port"]
-    wait_until(lambda: api.get(f"/v1/actions/{reply.json()['action_uid']}").json()["status"]
-               == "completed", 90, what="bdb_create")
-    endpoint = redis.Redis(cluster.nodes[1].address, port, socket_timeout=5)
-    wait_until(lambda: endpoint.set("k0", "v0"), 30, what="the endpoint",
-               ignoring=(redis.ConnectionError, redis.ResponseError))
-    for i in range(100):
-        assert endpoint.set(f"k{i}", f"v{i}")
+    uid, endpoint = replicated_with_100_keys(cluster, api, "dpine",
+                                             data_internode_encryption=True)
+    assert api.get(f"/v1/bdbs/{uid}").json()["data_internode_encryption"] is True
     shards = shards_of(api, uid)
     master, replica = shards["master"], shards["replica"]
     assert master["tls_port"] and master["tls_port"] != master["port"]
@@ -290,14 +306,51 @@ def test_replicated_database_with_data_internode_encryption(cluster):
                                        "--home", str(cluster.home)])
     assert result.exit_code == 0, result.output
     assert api.get(f"/v1/bdbs/{uid}").json()["data_internode_encryption"] is False
-    promoted = cluster.nodes[replica["node_uid"]]
-
-    def tls_port_closed() -> bool:
-        try:
-            socket.create_connection((promoted.address, replica["tls_port"]), 1).close()
-            return False
-        except ConnectionRefusedError:
-            return True
-    wait_until(tls_port_closed, 30, what="the tls-port closed")
+    wait_until(lambda: port_closed(cluster, replica, "tls_port"), 30,
+               what="the tls-port closed")
     assert wait_until(lambda: endpoint.get("after"), 30, what="the endpoint over plain shards",
                       ignoring=(redis.ConnectionError, redis.ResponseError)) == b"failover"
+
+
+
+
+@pytest.mark.timeout(240)
+def test_data_internode_encryption_switched_on_for_a_running_database(cluster):
+    """`dmc db update --data-internode-encryption` on a running replicated database: its
+    shards are reconfigured in place (CONFIG SET: the same processes, their plain ports
+    closed), the data written before is read through the endpoint, which now reaches the
+    shards over their tls-ports, and the replica follows its master's tls-port."""
+    api = rest_client(cluster, timeout=30)
+    uid, endpoint = replicated_with_100_keys(cluster, api, "later")
+    before = shards_of(api, uid)
+    master, replica = before["master"], before["replica"]
+    assert not any(port_closed(cluster, s, "port") for s in (master, replica))
+
+    result = CliRunner().invoke(main, ["db", "update", "later", "--data-internode-encryption",
+                                       "--home", str(cluster.home)])
+    assert result.exit_code == 0, result.output
+    assert api.get(f"/v1/bdbs/{uid}").json()["data_internode_encryption"] is True
+    wait_until(lambda: all(port_closed(cluster, s, "port") for s in (master, replica)), 30,
+               what="the shards' plain ports closed")
+    assert wait_until(lambda: endpoint.get("k99"), 30, what="the endpoint over TLS shards",
+                      ignoring=(redis.ConnectionError, redis.ResponseError)) == b"v99"
+    assert [endpoint.get(f"k{i}") for i in range(100)] == [f"v{i}".encode() for i in range(100)]
+    after = shards_of(api, uid)
+    assert {r: s["pid"] for r, s in after.items()} == {r: s["pid"] for r, s in before.items()}
+
+    # The proxy's connections arrive on the master's tls-port (the plain port is closed), and
+    # so does the replica's, which follows it with tls-replication.
+    on_master = tls_to_shard(cluster, master)
+    mine = on_master.client_id()
+    clients = [c for c in on_master.client_list() if c["id"] != str(mine)]
+    assert any("S" not in c["flags"] and c["laddr"].endswith(f":{master['tls_port']}")
+               for c in clients), clients
+    on_replica = tls_to_shard(cluster, replica)
+    wait_until(lambda: (i := on_replica.info("replication"))["master_link_status"] == "up"
+               and i["master_port"] == master["tls_port"], 30,
+               what="the replica following the master's tls-port")
+    assert [c["laddr"] for c in on_master.client_list() if "S" in c["flags"]] == [
+        f"{cluster.nodes[master['node_uid']].address}:{master['tls_port']}"]
+    assert endpoint.set("after", "dpine")
+    assert wait_until(lambda: on_replica.get("after"), 10, what="the write on the replica") \
+        == b"dpine"

@@ -20,14 +20,14 @@ import redis
 from clusters import rest_client, rest_cluster
 from waiting import wait_until
 
-from control import ccs, schema
+from control import ccs, redis_mgr, schema
 from control.heartbeatd import MEMORY_TOTAL
 from control.local_cluster import ClusterError
-from control.node import supervisor_rpc
+from control.node import NodeConfig, supervisor_rpc
 from control.node_wd import cpu_demand
 from dmc.local import start_redis_on_free_port
-from dmc.processes import (KILL_GRACE, TERM_WAIT, free_port, pid_alive, processes_under,
-                           stop_redis)
+from dmc.processes import (KILL_GRACE, REDIS_SERVER, TERM_WAIT, free_port, pid_alive,
+                           processes_under, stop_redis)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -397,6 +397,29 @@ def test_a_redis_server_running_a_script_that_never_ends_is_stopped(tmp_path, sc
         log = (tmp_path / f"redis-{port}.log").read_text()
         if how == "SCRIPT KILL":
             assert "Script killed by user with SCRIPT KILL" in log or "killed" in log.lower()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_shard_that_has_not_written_its_pid_file_is_stopped_with_its_node(tmp_path):
+    """redis_mgr may start a shard just as its node stops: the shard's pid file is not written
+    yet when the node's shards are stopped (redis_mgr.stop_all), and it must not outlive them."""
+    config = NodeConfig(uid=1, address="127.0.0.1", home=str(tmp_path / "node-1"), ccs_port=0,
+                        gossip_port=0, ccs_forward_port=0)
+    folder = config.shards_dir / "7"
+    folder.mkdir(parents=True)
+    port = free_port("127.0.0.1")
+    proc = subprocess.Popen([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port),
+                             "--dir", str(folder), "--save", ""], cwd=folder,
+                            stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: redis.Redis("127.0.0.1", port).ping(), 10,
+                   what="the shard answering", ignoring=(redis.RedisError,))
+        assert not (folder / "redis.pid").exists()
+        redis_mgr.stop_all(config)
+        assert proc.wait(timeout=KILL_GRACE) is not None
     finally:
         if proc.poll() is None:
             proc.kill()

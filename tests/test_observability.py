@@ -17,7 +17,7 @@ import pytest
 import redis
 import trio
 from click.testing import CliRunner
-from certs import self_signed
+from certs import self_signed, tls_1_2_refused
 from clusters import START_TIMEOUT, api_answers, rest_client, rest_cluster
 from prometheus_client.parser import text_string_to_metric_families
 from waiting import wait_until
@@ -380,7 +380,9 @@ def restart(config, *services) -> None:
         rpc.startProcess(service)
 
 
-def test_metrics_are_served_over_https_when_the_node_has_a_certificate(cluster, tmp_path):
+def test_metrics_are_served_over_https_when_the_node_has_a_certificate(cluster, api, tmp_path):
+    """Metrics over HTTPS, with the cluster's control-plane TLS policy: min_control_TLS_version
+    1.3 refuses a TLS 1.2 client on the metrics' HTTPS port, as on the REST API's."""
     config = cluster.nodes[2]
     cert, key = self_signed(tmp_path, config.address)
     saved = NodeConfig.load(config.home)
@@ -398,7 +400,14 @@ def test_metrics_are_served_over_https_when_the_node_has_a_certificate(cluster, 
             dmc, ["status", "--json", "--home", str(cluster.home)]).output)["nodes"])
             and r[1]["metrics_url"] == url and r, 20, 0.5, "status naming the https URL")
         assert rows[0]["metrics_url"].startswith("http://")
+        assert not tls_1_2_refused(config.address, config.metrics_port, cert)
+        reply = api.put("/v1/cluster", json={"min_control_TLS_version": "1.3"})
+        assert reply.status_code == 200, reply.text
+        wait_until(lambda: tls_1_2_refused(config.address, config.metrics_port, cert), 20, 0.2,
+                   "TLS 1.2 refused by the metrics' HTTPS port")
+        assert "node_up" in _get(url, verify=trusted).text     # (TLS 1.3)
     finally:
+        api.put("/v1/cluster", json={"min_control_TLS_version": "1.2"})
         saved.metrics_tls_cert = saved.metrics_tls_key = None
         saved.save()
         restart(config, "metrics_exporter", "heartbeatd")

@@ -21,7 +21,7 @@ import pytest
 import redis
 import trio
 from click.testing import CliRunner
-from clusters import Cluster
+from clusters import DATABASE_SERVICES, Cluster
 from waiting import wait_until
 
 from control.discovery import advertised, dns_name, internal_dns_name
@@ -37,7 +37,8 @@ FQDN = "prod.dmc.test"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("pdns") / "cluster", FIRST_ADDRESS, name=FQDN)
+    c = Cluster(tmp_path_factory.mktemp("pdns") / "cluster", FIRST_ADDRESS, name=FQDN,
+                services=[*DATABASE_SERVICES, "pdns_server", "sentinel_service"])
     try:
         c.dbs = {"all": c.create_db("all", shards=2, replication=True),
                  "single": c.create_db("single", shards=1, proxy_policy="single"),

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import redis
-from clusters import Cluster
+from clusters import DATABASE_SERVICES, Cluster
 from redis.sentinel import Sentinel
 from waiting import wait_until
 
@@ -27,7 +27,8 @@ DB = "sdb"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("sentinel") / "cluster", FIRST_ADDRESS)
+    c = Cluster(tmp_path_factory.mktemp("sentinel") / "cluster", FIRST_ADDRESS,
+                services=[*DATABASE_SERVICES, "sentinel_service"])
     try:
         c.db = c.create_db(DB, shards=2, replication=True)
         for config in c.lc.nodes.values():
