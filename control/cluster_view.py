@@ -141,9 +141,12 @@ def shard_failed(shard: schema.Shard, states: dict, health: dict, up) -> bool:
 def serving_replica(master: schema.Shard, shards: dict[int, schema.Shard], states: dict,
                     health: dict, up) -> schema.Shard | None:
     """A replica of `master` that runs, answers and holds a copy of its data (redis_mgr's
-    `synced`; absent in a state an older redis_mgr wrote): what a failover promotes."""
+    `synced`; absent in a state an older redis_mgr wrote): what a failover promotes. Only one
+    of the master's very slots: a reshard's new shard replicates the master it splits but owns
+    only its piece (promoted in its place, the rest of the master's slots would have no
+    owner)."""
     return next((r for r in shards.values() if r.master_uid == master.uid
-                 and r.role == "replica"
+                 and r.role == "replica" and r.slots == master.slots
                  and (states.get(r.uid) or {}).get("status") == "running"
                  and (states.get(r.uid) or {}).get("synced", True)
                  and not shard_failed(r, states, health, up)), None)

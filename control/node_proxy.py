@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import msgspec
@@ -106,6 +107,11 @@ STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
 HOLD_MS = 5000              # a request for a dead master shard waits this long for its failover
+# Test hook: with DMC_TEST_REFUSE_PAUSED_MAPS=<database name> in the services' environment, a
+# paused map of that database is installed but never acknowledged, as by an endpoint whose
+# requests never drain: the switch that published it fails (tests/test_dbaas.py: a reshard
+# rolled back).
+REFUSE_PAUSED_MAPS = os.environ.get("DMC_TEST_REFUSE_PAUSED_MAPS", "")
 
 
 def relays_here(smap: ShardMap, address: str) -> bool:
@@ -365,7 +371,8 @@ class NodeProxy:
                 self._apply_cluster_api(proxy, bdb, smap)    # the topology of that map, at once
                 proxy.pause() if paused else proxy.resume()
             await trio.to_thread.run_sync(endpoint.call, switch)
-            if paused and not await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT):
+            if paused and (REFUSE_PAUSED_MAPS == bdb.name or not
+                           await trio.to_thread.run_sync(endpoint.wait_drained, DRAIN_TIMEOUT)):
                 log.warning("database %d: requests still in flight after %ss", uid, DRAIN_TIMEOUT)
                 return      # no acknowledgement: cnm_exec does not switch under our feet
             applied.update(version=smap.version, paused=paused, keyspace_relay=relay)

@@ -67,7 +67,7 @@ START_TIMEOUT = 10.0
 
 
 def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
-               tls_policy: dict | None = None) -> str:
+               tls_policy: dict | None = None, alone: bool = False) -> str:
     folder = config.shards_dir / str(shard.uid)
     lines = [
         f"bind {config.address}",
@@ -88,17 +88,23 @@ def shard_conf(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
         f"maxmemory {maxmemory(bdb)}",
         f"maxmemory-policy {bdb.eviction_policy}",
     ]
-    lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb).items()]
+    lines += [f'{name} "{value}"' for name, value in persistence(shard, bdb, alone).items()]
     lines += [f'{name} "{value}"' for name, value in
               data_tls(config, shard, bdb, True, tls_policy).items() if name != "port"]
     return "\n".join(lines) + "\n"
 
 
-def persistence(shard: schema.Shard, bdb: schema.Bdb) -> dict[str, str]:
+def persistence(shard: schema.Shard, bdb: schema.Bdb, alone: bool = False) -> dict[str, str]:
     """The persistence settings of a shard: with replication, only replicas write to disk (a
     master does no disk I/O, so disk latency never slows the database); without it, the master
-    does. Applied with CONFIG SET when the policy or the shard's role changes."""
-    writer = schema.persists(bdb, shard.role)
+    does. A master `alone` -- no replica of it is synced (it was just promoted, or its replica
+    is being re-created) and it holds the disk copy (it wrote as a replica) -- keeps writing
+    until one is: else the database's only disk copy would stop where the promotion stopped it,
+    and the master, dying then, would come back empty (a chaos run lost a durable database's
+    acknowledged writes so: promoted while its replica was re-created elsewhere, then killed).
+    Applied with CONFIG SET when the policy, the shard's role or `alone` changes."""
+    writer = schema.persists(bdb, shard.role) or \
+        (alone and shard.role == "master" and schema.persists(bdb, "replica"))
     aof = writer and bdb.data_persistence == "aof"
     snapshot = writer and bdb.data_persistence == "snapshot"
     rules = bdb.snapshot_policy
@@ -131,18 +137,27 @@ def data_tls(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
             "tls-ciphers": policy["tls_ciphers"], "tls-ciphersuites": policy["tls_ciphersuites"]}
 
 
+def masters_alone(records: dict[int, schema.Shard], states: dict) -> set[int]:
+    """The master shards none of whose replicas runs synced (redis_mgr's `synced`; a state
+    without it is a master's, from before its demotion: not synced yet)."""
+    covered = {r.master_uid for r in records.values() if r.role == "replica"
+               and (states.get(r.uid) or {}).get("status") == "running"
+               and (states.get(r.uid) or {}).get("synced", False)}
+    return {u for u, s in records.items() if s.role == "master" and u not in covered}
+
+
 def maxmemory(bdb: schema.Bdb) -> int:
     return max(1 << 20, int(bdb.memory_size) // max(1, int(bdb.shards_count)))
 
 
 def wanted(config: NodeConfig, shard: schema.Shard, bdb: schema.Bdb,
            master: tuple[str, int] | None, acl: dict[str, list[str]] | None = None,
-           tls_policy: dict | None = None) -> dict:
+           tls_policy: dict | None = None, alone: bool = False) -> dict:
     """What redis_mgr keeps applied to a running shard; `acl`: its ACL users
-    (access.database_acl)."""
+    (access.database_acl); `alone`: a master without a synced replica (persistence)."""
     tls = data_tls(config, shard, bdb, tls_policy=tls_policy)
     return {"master": master, "maxmemory": maxmemory(bdb), "policy": bdb.eviction_policy,
-            "persistence": persistence(shard, bdb), "tls": tls,
+            "persistence": persistence(shard, bdb, alone), "tls": tls,
             # (a renewed certificate is loaded again: setting tls-cert-file reloads it)
             "tls_files": files_stamp(v for k, v in sorted(tls.items()) if k.endswith("-file")),
             "acl": acl or {}}
@@ -226,6 +241,7 @@ class RedisMgr:
         self.reported: dict[int, dict] = {}      # shard uid -> the state last written to CCS
         self.access: tuple = ({}, {}, {})        # users, roles, redis_acls (access.py)
         self.tls_policy = schema.data_tls_policy({})   # the cluster's min_data_TLS_version ...
+        self.alone: set[int] = set()             # masters without a synced replica (persistence)
 
     async def run(self) -> None:
         self.config.shards_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +279,7 @@ class RedisMgr:
         self.access = (await access.users(local), await access.roles(local),
                        await access.redis_acls(local))
         self.tls_policy = schema.data_tls_policy(await schema.cluster_policy(local))
+        self.alone = masters_alone(records, states)
         last_uid = int(await local.execute("HGET", schema.COUNTERS, "shard") or 0)
         mine = {uid: s for uid, s in records.items()
                 if s.node_uid == self.config.uid and s.bdb_uid in bdbs}
@@ -332,7 +349,10 @@ class RedisMgr:
         folder.mkdir(parents=True, exist_ok=True)
         if not schema.persists(bdb, "replica"):
             (folder / SYNCED).unlink(missing_ok=True)    # a new process starts empty
-        conf = shard_conf(self.config, shard, bdb, self.tls_policy)
+        # A master that comes back alone loads its disk copy (and keeps writing it).
+        alone = shard.uid in self.alone and any(
+            (folder / name).exists() for name in ("appendonlydir", "dump.rdb"))
+        conf = shard_conf(self.config, shard, bdb, self.tls_policy, alone)
         master = self._master_of(shard, bdb, records, nodes)
         if master:
             conf += f"replicaof {master[0]} {master[1]}\n"
@@ -351,7 +371,8 @@ class RedisMgr:
                              proc.pid)
                     # a new process has no ACL users yet: _configure gives them
                     started.applied = {**wanted(self.config, shard, bdb, master,
-                                                tls_policy=self.tls_policy), "acl": None}
+                                                tls_policy=self.tls_policy, alone=alone),
+                                   "acl": None}
                     return started
             except OSError:
                 time.sleep(0.02)
@@ -371,8 +392,12 @@ class RedisMgr:
 
     async def _configure(self, running: Shard, shard: schema.Shard, bdb: schema.Bdb,
                          records: dict[int, schema.Shard], nodes: dict) -> None:
+        # Alone, it keeps writing if it writes now (never starts: a new master has no copy).
+        writing = running.applied.get("persistence") or {}
+        alone = shard.uid in self.alone and \
+            (writing.get("appendonly") == "yes" or bool(writing.get("save")))
         want = wanted(self.config, shard, bdb, self._master_of(shard, bdb, records, nodes),
-                      access.database_acl(bdb, *self.access), self.tls_policy)
+                      access.database_acl(bdb, *self.access), self.tls_policy, alone)
         if running.applied == want:
             return
         async with await shard_link.local_link(self.config, shard).connect() as conn:
@@ -393,6 +418,9 @@ class RedisMgr:
                 # appendonly yes starts an AOF rewrite in the background; no stops the AOF.
                 await conn.execute("CONFIG", "SET",
                                    *(x for kv in want["persistence"].items() for x in kv))
+                if shard.role == "master" and want["persistence"]["appendonly"] == "no":
+                    # Stale from now on: a master coming back alone must not load it.
+                    shutil.rmtree(running.folder / "appendonlydir", ignore_errors=True)
             if want["acl"] != running.applied.get("acl"):
                 await apply_acl(conn, running.folder, want["acl"])
         running.applied = want

@@ -19,8 +19,9 @@ from dmc._fastpath import slot_of
 from waiting import wait_until
 from workload import WriteLoad
 
-from control import ccs
+from control import ccs, schema
 from control.node import supervisor_rpc
+from dmc.shard_map import ShardMap
 from dmc.processes import free_port
 
 pytestmark = pytest.mark.timeout(240)
@@ -29,9 +30,18 @@ pytestmark = pytest.mark.timeout(240)
 REPLICATION_WINDOW = 1.0
 
 
+# Databases the services' test hooks act on (set in the module cluster's environment; no other
+# database notices them): every proxy leaves REFUSED's paused maps unacknowledged, cnm_exec stops
+# itself once a reshard of RESUMED has passed its point of no return.
+REFUSED, RESUMED = "refused", "resumed"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("dbaas"), "127.0.0.41")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DMC_TEST_REFUSE_PAUSED_MAPS", REFUSED)
+        env.setenv("DMC_TEST_STOP_AFTER_RESHARD_COMMIT", RESUMED)
+        c = Cluster(tmp_path_factory.mktemp("dbaas"), "127.0.0.41")
     yield c
     c.close()
 
@@ -150,6 +160,87 @@ def test_switches_under_load_lose_nothing(cluster):
         r = redis.Redis(*cluster.address(s))
         owned = {x for a, b in s["slots"] for x in range(a, b + 1)}
         assert all(slot_of(k) in owned for k in r.scan_iter(count=1000))
+
+
+def _served_map(cluster, bdb_uid: int) -> schema.BdbMap:
+    """The database's map in CCS, checked: unpaused, every slot owned by one master."""
+    served = cluster.ccs(lambda r: schema.get_map(r, bdb_uid))
+    assert not served.paused, served
+    ShardMap.from_dict(schema.as_dict(served))
+    masters = {u: s for u, s in cluster.shards(bdb_uid).items() if s["role"] == "master"}
+    assert sorted((s.uid, s.slots) for s in served.shards) == \
+        sorted((u, s["slots"]) for u, s in masters.items())
+    return served
+
+
+def test_reshard_whose_switch_fails_is_rolled_back(cluster):
+    """A reshard whose paused map no proxy acknowledges (the test hook) fails in its switch and
+    is undone exactly: its new shards gone, the masters' slots, the shard count and an unpaused
+    map as before; every acknowledged write is readable and the database takes writes."""
+    db = cluster.create_db(REFUSED, shards=2, replication=True)
+    before = cluster.shards(db["uid"])
+    load = WriteLoad(cluster.lc.nodes[1].address, db["port"], clients=2).start()
+    try:
+        load.wait_writes()
+        action = cluster.submit("bdb_reshard", "bdb", db["uid"], {"shards_count": 4}, db["uid"])
+        done = wait_until(lambda: (a := cluster.action(action))
+                          and a["status"] in ("completed", "failed") and a,
+                          timeout=90, interval=0.2, what="the reshard ending")
+        load.wait_writes()
+    finally:
+        load.stop()
+    assert done["status"] == "failed" and "did not install shard map" in done["error"], done
+    assert cluster.bdb(db["uid"])["shards_count"] == 2
+    after = cluster.shards(db["uid"])
+    assert {u: (s["role"], s["slots"]) for u, s in after.items()} == \
+        {u: (s["role"], s["slots"]) for u, s in before.items()}
+    _served_map(cluster, db["uid"])
+    cluster.wait_proxies_current(db["uid"])
+    proxy = cluster.client(2, db["port"])
+    assert load.lost(proxy) == {}
+    assert proxy.set("after-rollback", "1") and proxy.get("after-rollback") == b"1"
+
+
+def test_reshard_resumed_by_a_new_cnm_exec_goes_forward(cluster):
+    """cnm_exec on the master is killed once the reshard has recorded its point of no return
+    (`committed`) and before it wrote the new layout: the restarted one writes it and finishes
+    the reshard; the shard count, the map and every acknowledged write are right."""
+    db = cluster.create_db(RESUMED, shards=2, replication=True)
+    load = WriteLoad(cluster.lc.nodes[1].address, db["port"], clients=2).start()
+    try:
+        load.wait_writes()
+        master = cluster.lc.wait_for_master()
+        action = cluster.submit("bdb_reshard", "bdb", db["uid"], {"shards_count": 4}, db["uid"])
+        wait_until(lambda: cluster.action(action)["state"].get("committed"), timeout=90,
+                   interval=0.1, what="the reshard committed")
+        rpc = supervisor_rpc(cluster.lc.nodes[master].supervisor_sock)
+        pid = rpc.supervisor.getProcessInfo("cnm_exec")["pid"]
+        wait_until(lambda: _process_state(pid) == "T", what="cnm_exec stopped by the hook")
+        children = [u for us in cluster.action(action)["state"]["children"].values()
+                    for u in us]
+        stopped = cluster.shards(db["uid"])
+        assert [stopped[u]["role"] for u in children] == ["replica", "replica"]   # not written
+        os.kill(pid, signal.SIGKILL)
+        cluster.wait_action(action)
+        load.wait_writes()
+    finally:
+        load.stop()
+    assert cluster.bdb(db["uid"])["shards_count"] == 4
+    shards = cluster.shards(db["uid"])
+    assert sum(s["role"] == "master" for s in shards.values()) == 4
+    check_placement(shards)
+    _served_map(cluster, db["uid"])
+    proxy = cluster.client(2, db["port"])
+    assert load.lost(proxy) == {}
+    assert load.reads_wrong == []
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
 
 
 def test_kill_master_shard_fails_over(cluster):

@@ -5,6 +5,9 @@ plus `WAIT 1`."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -13,6 +16,9 @@ import redis
 from clusters import Cluster
 from waiting import wait_until
 from workload import WriteLoad
+
+from control import redis_mgr, schema
+from dmc.local import redis_servers
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,6 +107,57 @@ def test_without_replication_the_master_persists(cluster):
     db = cluster.create_db("solo", shards=1, replication=False, data_persistence="aof")
     assert persisted(cluster, db["uid"]) == {
         "master": {"appendonly": "yes", "appendfsync": "everysec", "save": ""}}
+
+
+def test_masters_alone_and_their_persistence():
+    """Pure: a master counts as alone unless a replica of it runs synced (a state without the
+    flag is a demoted master's: not synced); alone, a master of a database that persists on
+    replicas writes as a replica does."""
+    def shard(uid, role, master_uid=None):
+        return schema.Shard(uid=uid, bdb_uid=1, node_uid=1, role=role, port=1, slots=[[0, 1]],
+                            master_uid=master_uid)
+    records = {1: shard(1, "master"), 2: shard(2, "replica", 1), 3: shard(3, "master"),
+               4: shard(4, "replica", 3), 5: shard(5, "master")}
+    states = {2: {"status": "running", "synced": True}, 4: {"status": "running"}}
+    assert redis_mgr.masters_alone(records, states) == {3, 5}
+    bdb = schema.Bdb(uid=1, name="d", port=1, memory_size=1 << 20, shards_count=1,
+                     replication=True, data_persistence="aof")
+    assert redis_mgr.persistence(records[1], bdb)["appendonly"] == "no"
+    assert redis_mgr.persistence(records[3], bdb, alone=True)["appendonly"] == "yes"
+    assert redis_mgr.persistence(records[2], bdb)["appendonly"] == "yes"
+    off = schema.Bdb(uid=1, name="d", port=1, memory_size=1 << 20, shards_count=1,
+                     replication=True, data_persistence="disabled")
+    assert redis_mgr.persistence(records[3], off, alone=True)["appendonly"] == "no"
+
+
+def test_a_promoted_master_without_a_synced_replica_keeps_its_disk_copy(cluster, tmp_path):
+    """The master shard stopped (SIGSTOP), its replica promoted by a forced failover: with no
+    synced replica behind it, the new master keeps writing the AOF it wrote as a replica, so
+    its disk copy has every write -- from before the failover and after it (else a master
+    killed now would come back empty: a chaos run lost acknowledged writes so)."""
+    db = cluster.create_db("alone", shards=1, replication=True, data_persistence="aof",
+                           aof_policy="appendfsync-always")
+    c = cluster.client(1, db["port"])
+    for i in range(200):
+        c.set(f"before{i}", i)
+    assert c.wait(1, 5000) == 1
+    master = next(s for s in cluster.shards(db["uid"]).values() if s["role"] == "master")
+    pid = redis.Redis(*cluster.address(master)).info("server")["process_id"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        cluster.run("shard_failover", "shard", master["uid"], {"forced": True}, db["uid"])
+        cluster.wait_proxies_current(db["uid"])
+        promoted = next(s for s in cluster.shards(db["uid"]).values() if s["role"] == "master")
+        assert promoted["uid"] != master["uid"]
+        for i in range(200):
+            c.set(f"after{i}", i)
+        assert shard_config(cluster, promoted, "appendonly") == {"appendonly": "yes"}
+        copy = tmp_path / "copy"
+        shutil.copytree(shard_dir(cluster, promoted) / "appendonlydir", copy / "appendonlydir")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with redis_servers(copy, 1, "--appendonly", "yes") as [(port, _)]:
+        assert redis.Redis("127.0.0.1", port).dbsize() == 400
 
 
 def test_whole_cluster_killed_brings_back_every_write_acknowledged_with_wait(tmp_path):

@@ -4,7 +4,9 @@ master node (control/cnm_exec.py) from the action records in CCS (`actions`).
 An action is a list of steps (control/machines/base.py). After each step the action's `state`
 (whatever the steps want to remember), step name and progress are written to CCS before the
 next step starts, so that a new master resumes a half-done action from the step that was
-running; every step is written to be run again safely.
+running; every step is written to be run again safely. A step that fails the action records
+the failure (`state.failed`) before the machine's `finish` undoes what it must, so a new master
+that takes over half-way through the undoing runs it again, not the step.
 
     bdb_create      place shards, wait for redis_mgr to run them, write the shard map, wait for
                     every node's dmcproxy to serve it, mark the database active
@@ -28,7 +30,9 @@ equal to its master's; it is promoted; the new map gives it its slots and resume
 Clients see a pause of a few milliseconds and never an error; no acknowledged write is lost,
 because every write acknowledged before the pause is on the new shard, and none is sent during
 it. Then each shard deletes the keys of slots it no longer owns (the proxies never route to
-them). A shard migration is the same switch without the split.
+them). A shard migration is the same switch without the split. A reshard that fails before
+the new layout is written is rolled back exactly; once it has recorded `committed` it only goes
+forward (bdb_reshard's docstring).
 """
 
 from control.machines.bdb_backup import BdbBackup

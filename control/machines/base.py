@@ -23,6 +23,9 @@ START_TIMEOUT = 30.0        # redis_mgr has this long to start a shard
 ACK_TIMEOUT = 10.0          # every live node's dmcproxy has this long to install a map
 MAX_ATTEMPTS = 5            # a step that meets an unreachable shard or CCS is retried so often
 BACKUP_CATCH_UP = 5.0       # a backup reads a replica only if it catches up this fast
+# s a shard read (or wait) that fails waits for node_wd to report its master failed (it does
+# within 0.1 s of a process's death; more on a loaded machine) before the step is retried
+MASTER_DOWN_GRACE = 2.0
 
 
 class ActionFailed(Exception):
@@ -55,6 +58,8 @@ class Machine:
         done = self.state.get("done", 0)
         action.status = "active"
         try:
+            if "failed" in self.state:      # a failure whose undoing (finish) was cut short
+                raise ActionFailed(self.state["failed"])
             for i, (name, progress) in enumerate(self.steps):
                 if i < done:
                     continue
@@ -77,9 +82,16 @@ class Machine:
             await self.finish(ok=True)
         except ActionFailed as exc:
             log.warning("action %s (%s) failed: %s", action.action_uid, action.name, exc)
-            schema.set_fields(action, status="failed", error=str(exc))
+            # Recorded before it is undone: a master that takes over half-way through the
+            # undoing (finish) runs it again, not the step that failed.
+            self.state["failed"] = action.error = str(exc)
             await self.reconnect()
-            await self.finish(ok=False)
+            await self.save()
+            try:
+                await self.finish(ok=False)
+            except ActionFailed as undo:
+                log.warning("action %s (%s): %s", action.action_uid, action.name, undo)
+            action.status = "failed"
         await self.save()
         await self.release()
 
@@ -138,6 +150,52 @@ class Machine:
         return link(self.exec.config, shard, bdb, await self.nodes())
 
     # ---- waiting for the nodes ---------------------------------------------------------
+
+    async def unless_a_master_dies(self, what: str, fn, *args):
+        """fn(*args), cancelled with ActionFailed as soon as a master shard of the database is
+        reported failed (control/cluster_view.py: node down, process down, or unresponsive):
+        the action (`what`) gives way to the failover, which its lock of the database holds
+        off meanwhile."""
+        outcome: dict = {}
+
+        async def work(scope) -> None:
+            try:
+                outcome["result"] = await fn(*args)
+            except (OSError, ReplyError, ActionFailed) as exc:
+                outcome["error"] = exc          # raised by the caller, not in a group
+                # A read cut short by its master's death fails at once (its socket closes),
+                # before node_wd has reported the shard failed: the watch has this long to
+                # say so, and the action then gives way to the failover rather than retry.
+                await trio.sleep(MASTER_DOWN_GRACE)
+            scope.cancel()
+
+        async def watch(scope) -> None:
+            while True:
+                try:
+                    down = await self.masters_down()
+                except (RedisUnavailable, ReplyError):
+                    down = []
+                if down:
+                    outcome["down"] = down
+                    scope.cancel()
+                    return
+                await self.exec.session.wait_changed(TICK)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(work, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+        await self.reconnect()      # the one of them cancelled may have been mid-request
+        if "down" in outcome:
+            raise ActionFailed(f"master shards {outcome['down']} went down; the {what} gave "
+                               "way to their failover")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    async def masters_down(self) -> list[int]:
+        view = await self.view()
+        return sorted(u for u, s in view.shards.items() if s.bdb_uid == self.bdb_uid
+                      and s.role == "master" and view.failed(s))
 
     async def wait_running(self, uids, timeout: float = START_TIMEOUT) -> None:
         """Until redis_mgr reports every shard in `uids` running."""
@@ -260,11 +318,14 @@ class Machine:
         return [s for s in (await self.shards_of(bdb_uid)).values() if s.role == "master"]
 
     async def new_shard(self, bdb_uid: int, node_uid: int, role: str, slots,
-                        master_uid: int | None = None) -> schema.Shard:
+                        master_uid: int | None = None, uid: int | None = None) -> schema.Shard:
+        """A new shard record (`uid`: one allocated before, recorded in the action's state)."""
         used = schema.used_shard_ports(await schema.shards(self.redis))
+        if uid is None:
+            uid = await schema.next_uid(self.redis, "shard")
         # A tls-port for each shard from the start: DPINE (data_internode_encryption) can be
         # switched on later without moving it.
-        shard = schema.Shard(uid=await schema.next_uid(self.redis, "shard"), bdb_uid=bdb_uid,
+        shard = schema.Shard(uid=uid, bdb_uid=bdb_uid,
                              node_uid=node_uid, role=role, port=schema.free_shard_port(used),
                              tls_port=schema.free_shard_port(used), slots=slots,
                              master_uid=master_uid)
@@ -295,7 +356,10 @@ class Machine:
                      masters_after) -> None:
         """The paused switch: pause every proxy, wait until each (master, replica) pair in
         `promote` is caught up, promote the replicas, then publish `masters_after()` (called
-        once the promotions are done) unpaused."""
+        once the promotions are done) unpaused. A failure before it resumes the old map; one
+        after `masters_after` recorded the state `committed` (bdb_reshard's point of no
+        return) leaves the map paused for the step's resumption to go forward: the old map
+        would send writes to the masters that gave slots away."""
         current = await self.masters_of(bdb_uid)
         version = await self.publish_map(bdb_uid, current, paused=True)
         try:
@@ -307,8 +371,10 @@ class Machine:
                     await conn.execute("REPLICAOF", "NO", "ONE")
             masters = await masters_after()
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.publish_map(bdb_uid, await self.masters_of(bdb_uid), paused=False)
+            if not self.state.get("committed"):
+                with trio.CancelScope(shield=True):
+                    await self.publish_map(bdb_uid, await self.masters_of(bdb_uid),
+                                           paused=False)
             raise
         version = await self.publish_map(bdb_uid, masters, paused=False)
         await self.wait_acks(bdb_uid, version, required=False)

@@ -11,13 +11,9 @@ from pathlib import Path
 import trio
 
 from control import backup_mgr, schema
-from control.machines.base import (BACKUP_CATCH_UP, TICK, ActionFailed, Machine,
+from control.machines.base import (BACKUP_CATCH_UP, ActionFailed, Machine,
                                    replication_info)
 from control.redis_client import RedisUnavailable, ReplyError
-
-# s a failed shard read waits for node_wd to report its master failed (it does within 0.1 s of
-# a process's death; more on a loaded machine) before the read is retried
-MASTER_DOWN_GRACE = 2.0
 
 log = logging.getLogger("cnm_exec")
 
@@ -54,8 +50,8 @@ class BdbBackup(Machine):
         for i, slots in enumerate(ranges, start=1):
             if str(i) in self.state["files"]:
                 continue
-            self.state["files"][str(i)] = await self._unless_a_master_dies(
-                self._fetch_one, i, slots)
+            self.state["files"][str(i)] = await self.unless_a_master_dies(
+                "backup", self._fetch_one, i, slots)
             self.action.progress = 5 + 85 * len(self.state["files"]) // len(ranges)
             await self.save()
 
@@ -111,50 +107,6 @@ class BdbBackup(Machine):
                 await trio.sleep(0.02)
         except (RedisUnavailable, ReplyError):
             return False
-
-    async def _unless_a_master_dies(self, fn, *args):
-        """fn(*args), cancelled with ActionFailed as soon as a master shard of the database is
-        reported failed (control/cluster_view.py: node down, process down, or unresponsive)."""
-        outcome: dict = {}
-
-        async def work(scope) -> None:
-            try:
-                outcome["result"] = await fn(*args)
-            except (OSError, ReplyError, ActionFailed) as exc:
-                outcome["error"] = exc          # raised by the caller, not in a group
-                # A read cut short by its master's death fails at once (its socket closes),
-                # before node_wd has reported the shard failed: the watch has this long to
-                # say so, and the backup then gives way to the failover rather than retry.
-                await trio.sleep(MASTER_DOWN_GRACE)
-            scope.cancel()
-
-        async def watch(scope) -> None:
-            while True:
-                try:
-                    down = await self._masters_down()
-                except (RedisUnavailable, ReplyError):
-                    down = []
-                if down:
-                    outcome["down"] = down
-                    scope.cancel()
-                    return
-                await self.exec.session.wait_changed(TICK)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(work, nursery.cancel_scope)
-            nursery.start_soon(watch, nursery.cancel_scope)
-        await self.reconnect()      # the one of them cancelled may have been mid-request
-        if "down" in outcome:
-            raise ActionFailed(f"master shards {outcome['down']} went down; the backup gave "
-                               "way to their failover")
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["result"]
-
-    async def _masters_down(self) -> list[int]:
-        view = await self.view()
-        return sorted(u for u, s in view.shards.items() if s.bdb_uid == self.bdb_uid
-                      and s.role == "master" and view.failed(s))
 
     async def seal(self) -> None:
         final = Path(self.state["folder"])

@@ -27,7 +27,7 @@ class ShardFailover(Machine):
             return shards[m], shards[r]
         master = shard if shard.role == "master" else shards.get(shard.master_uid)
         replica = next((s for s in shards.values() if s.master_uid == master.uid
-                        and s.role == "replica"), None)
+                        and s.role == "replica" and s.slots == master.slots), None)
         if replica is None:
             raise ActionFailed(f"shard {master.uid} has no replica to fail over to")
         self.state["pair"] = [master.uid, replica.uid]
