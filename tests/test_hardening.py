@@ -270,7 +270,7 @@ def test_a_master_busy_with_a_script_is_not_failed_over(cluster, api):
 
 def test_a_script_starved_of_the_cpu_is_still_seen_busy(tmp_path):
     """On a loaded machine a looping script gets only its share of a core (here: its main
-    thread and three CPU hogs on one core, a quarter each): node_wd's busy rule counts the time
+    thread and three CPU hogs on one core, about a quarter each): node_wd's busy rule counts the time
     it waited for its turn, so it is busy, not dead -- by its CPU time alone it would have been
     failed over."""
     port, proc = start_redis_on_free_port(tmp_path, "--busy-reply-threshold", "100")
@@ -279,10 +279,15 @@ def test_a_script_starved_of_the_cpu_is_still_seen_busy(tmp_path):
         busy("127.0.0.1", port)
         core = {min(os.sched_getaffinity(0))}
         os.sched_setaffinity(proc.pid, core)            # the main thread, which runs the script
-        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+        # (each in a session of its own: with the kernel's autogroups, CPU time is shared
+        # fairly between sessions first)
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                 start_new_session=True) for _ in range(3)]
         for hog in hogs:
             os.sched_setaffinity(hog.pid, core)
-        time.sleep(0.5)                                 # the hogs under way
+        started = [_cpu_ticks(hog.pid) for hog in hogs]
+        wait_until(lambda: all(_cpu_ticks(h.pid) > t + 10 for h, t in zip(hogs, started)),
+                   30, what="the hogs on the CPU")
         demand, ticks = cpu_demand(proc.pid), _cpu_ticks(proc.pid)
         started = time.monotonic()
         time.sleep(1.0)
