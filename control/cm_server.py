@@ -174,17 +174,9 @@ class CmServer:
                 trio.open_nursery() as nursery:
             self.rest = client
             if self.tls:
-                nursery.start_soon(self._reload_certificate, hc)
+                nursery.start_soon(tls.keep_following, hc.reload_certificate, log, "web UI")
             await hypercorn.trio.serve(self.app, hc)
             nursery.cancel_scope.cancel()
-
-    @staticmethod
-    async def _reload_certificate(hc) -> None:
-        """A renewed (or replaced) certificate file is served to new connections."""
-        while True:
-            await trio.sleep(tls.CERT_CHECK_EVERY)
-            if hc.reload_certificate():
-                log.info("web UI: serving the renewed certificate")
 
     async def rest_call(self, session: Session, method: str, path: str, query: bytes,
                         body: bytes, content_type: str | None) -> httpx.Response:

@@ -267,21 +267,13 @@ class MetricsExporter:
                 if files:
                     # prometheus-client's context, made once: kept following the files and
                     # the control-plane TLS policy as the REST API's is
-                    nursery.start_soon(self._follow_certificate, tls.LiveContext(
-                        server.socket.context, self.config.dir, files["certfile"],
-                        files["keyfile"]))
+                    live = tls.LiveContext(server.socket.context, self.config.dir,
+                                           files["certfile"], files["keyfile"])
+                    nursery.start_soon(tls.keep_following, live.refresh, log, "metrics")
                 await self.readings()
                 await trio.sleep_forever()
         finally:
             server.shutdown()
-
-    @staticmethod
-    async def _follow_certificate(live: tls.LiveContext) -> None:
-        """A changed certificate file, or TLS policy, is served to new connections."""
-        while True:
-            await trio.sleep(tls.CERT_CHECK_EVERY)
-            if live.refresh():
-                log.info("metrics: serving the renewed certificate or TLS policy")
 
 
 main = service_command("metrics_exporter", MetricsExporter)

@@ -10,9 +10,13 @@ handshake in one line.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+
+import trio
 
 DEFAULT_POLICY = {"min_version": "1.2", "ciphers": ""}
 # Python's own default TLS 1.2 cipher string (3.10+; ssl.create_default_context's), restored
@@ -70,6 +74,15 @@ def files_stamp(paths) -> tuple:
         except FileNotFoundError:
             stamps.append(None)
     return tuple(stamps)
+
+
+async def keep_following(refresh: Callable[[], bool], log: logging.Logger, what: str) -> None:
+    """Every CERT_CHECK_EVERY, `refresh()` (a LiveContext's, hypercorn's reload): a changed
+    certificate file or TLS policy is served to new connections, and said in `log`."""
+    while True:
+        await trio.sleep(CERT_CHECK_EVERY)
+        if refresh():
+            log.info("%s: serving the renewed certificate or TLS policy", what)
 
 
 class LiveContext:

@@ -108,14 +108,11 @@ class Cluster:
         while True:
             try:
                 return trio.run(run)
-            except ReplyError as exc:
+            except (OSError, AssertionError, ReplyError) as exc:
                 # NOREPLICAS: the copy read as the master's is fenced (its lease ran out, or a
-                # new master is taking over)
-                if not str(exc).startswith("NOREPLICAS") or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-            except (OSError, AssertionError):
-                if time.monotonic() > deadline:
+                # new master is taking over); any other refusal is the answer
+                refused = isinstance(exc, ReplyError) and not str(exc).startswith("NOREPLICAS")
+                if refused or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
