@@ -142,12 +142,15 @@ class NodeProxy:
     async def run(self) -> None:
         set_input_budget(self.config.proxy_input_budget)
         self.maps_dir.mkdir(parents=True, exist_ok=True)
+        until = self._majority_until()
+        if until is not None:   # on the majority's side now: the cached maps open unfenced
+            self.fenced, self.lease_until = False, until
         await self._serve_cached()
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._guard_majority)   # not after CCS answers (watch)
                 await nursery.start(self.session.watch)
                 await nursery.start(self._serve_stats)
-                nursery.start_soon(self._guard_majority)
                 while True:
                     try:
                         for uid in await schema.bdbs(await self.session.local()):
@@ -186,8 +189,8 @@ class NodeProxy:
         while True:
             until = self._majority_until()
             fenced = until is None
-            if self.fenced and not fenced and not await self._caught_up() \
-                    and self.lost_majority:
+            if self.fenced and not fenced and self.lost_majority \
+                    and not await self._caught_up():
                 fenced = True       # back on the majority's side, its maps not here yet: again
             if fenced:      # cut off (or not known to be on the majority's side) meanwhile
                 self.lost_majority = True
