@@ -98,7 +98,7 @@ cdef void user_free(Core *core, User *u, bint answer) noexcept nogil:
                 continue
             if answer:
                 if b.fd >= 0:
-                    backend_fail(core, b, b"proxy closed its connection to")
+                    backend_drop(core, b, b"proxy closed its connection to")
                 buf_free(&b.rbuf)
                 buf_free(&b.wbuf)
                 b.next_closed = core.closed_backends
@@ -197,7 +197,7 @@ cdef int acl_auth_reply(Core *core, Backend *b, const char *p, size_t n) noexcep
     changed on the shards meanwhile): the connection is dropped with what waits on it, so that
     none of it runs as another user; -1 then."""
     if p[0] == c'-':
-        backend_fail(core, b, b"cannot authenticate as the client's user to")
+        backend_drop(core, b, b"cannot authenticate as the client's user to")
         return -1
     b.authing = False
     b.auth_hold = 0
@@ -605,7 +605,7 @@ cdef void acl_close(Core *core, bint answer) noexcept nogil:
         core.shards[i].auth_checker = NULL
         if answer:
             if b.fd >= 0:
-                backend_fail(core, b, b"proxy closed its connection to")
+                backend_drop(core, b, b"proxy closed its connection to")
             b.next_closed = core.closed_backends
             core.closed_backends = b
         else:

@@ -93,6 +93,7 @@ cdef struct Shard:
 
 cdef Backend *shard_backend(Core *core, int shard, int proto) noexcept nogil
 cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
+cdef Backend *frag_backend(Core *core, int shard, Client *c) noexcept nogil
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil
 cdef void req_send_unanswered(Core *core, Backend *b, const char *cmd, size_t n) noexcept nogil
 cdef Backend *backend_new(int shard, Client *owner, int proto, int role) noexcept nogil
@@ -110,6 +111,9 @@ cdef void backend_send(Core *core, Backend *b) noexcept nogil
 cdef void backend_recv(Core *core, Backend *b) noexcept nogil
 cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil
 cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil
+cdef void backend_drop(Core *core, Backend *b, const char *why) noexcept nogil
+cdef void backend_close_answering(Core *core, Backend *b, const char *line,
+                                  bint shard_failed) noexcept nogil
 cdef void backends_tick(Core *core) noexcept nogil
 
 # Shard TLS (tls.pxi): the proxy's side of its connections to shards with a tls-port.

@@ -25,24 +25,27 @@ cdef void frag_send(Core *core, int shard, Fragment *f, const char *data, size_t
     """Queue a fragment's command bytes on a shared backend connection of the shard; a shard
     that is down answers the fragment with an error at once. A client of an ACL user other than
     `default` has shared connections of its user's (acl.pxi)."""
-    cdef Client *c = f.req.client
     cdef Backend *b
     if core.shards[shard].busy:
         # Running a script: Redis answers every command but the allow_busy ones so.
         frag_answered(core, f, core.shards[shard].busy_reply, strlen(core.shards[shard].busy_reply))
         return
-    if c != NULL and c.user != NULL:
-        b = user_backend(core, c.user, shard, c.proto)
-        if b == NULL:
-            frag_answered(core, f, b"-ERR out of memory\r\n", 20)
-            return
-        frag_send_on(core, b, f, data, n)
+    b = frag_backend(core, shard, f.req.client)
+    if b == NULL:
+        frag_answered(core, f, b"-ERR out of memory\r\n", 20)
         return
+    frag_send_on(core, b, f, data, n)
+
+
+cdef Backend *frag_backend(Core *core, int shard, Client *c) noexcept nogil:
+    """The connection a request of c's goes on to the shard: one of its ACL user's (acl.pxi),
+    its tracking one, or a shared one of the shard's; NULL when out of memory."""
+    if c != NULL and c.user != NULL:
+        return user_backend(core, c.user, shard, c.proto)
     if c != NULL and c.flags & CF_TRACKING and not (c.tflags & TF_BCAST):
         # The shard remembers what it reads for the proxy (tracking.pxi).
-        frag_send_on(core, tracked_backend(core, shard, c.proto), f, data, n)
-        return
-    frag_send_on(core, shard_backend(core, shard, c.proto if c != NULL else 2), f, data, n)
+        return tracked_backend(core, shard, c.proto)
+    return shard_backend(core, shard, c.proto if c != NULL else 2)
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
@@ -416,6 +419,22 @@ cdef void backend_fail(Core *core, Backend *b, const char *why) noexcept nogil:
 
 cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept nogil:
     """backend_fail, answering with `line` (a whole error line)."""
+    backend_close_answering(core, b, line, True)
+
+
+cdef void backend_drop(Core *core, Backend *b, const char *why) noexcept nogil:
+    """The proxy closes the connection on purpose (its user has no clients left, the proxy
+    stops): as backend_fail, but the shard is not suspected of a failure. Closing one of its
+    connections is what a client leaving one redis-server does: the shard serves on."""
+    cdef char line[160]
+    snprintf(line, sizeof(line), b"-ERR %s shard %s\r\n", why, core.shards[b.shard].label)
+    backend_close_answering(core, b, line, False)
+
+
+cdef void backend_close_answering(Core *core, Backend *b, const char *line,
+                                  bint shard_failed) noexcept nogil:
+    """Close b, answering what waits on it with `line`; shard_failed: the shard broke the
+    connection (or did not answer), so it is suspect for the hold time (hold.pxi)."""
     cdef Fragment *f
     cdef Shard *s = &core.shards[b.shard]
     if b.role == ROLE_TRACKED or b.role == ROLE_BCAST:
@@ -433,7 +452,7 @@ cdef void backend_fail_line(Core *core, Backend *b, const char *line) noexcept n
     if b.role == ROLE_SHARED and b.state != BK_DOWN:
         if b.state == BK_UP:
             default_shard_changed(core)
-        if core.hold_us > 0 and s.suspect_until_us <= core.now_us:
+        if shard_failed and core.hold_us > 0 and s.suspect_until_us <= core.now_us:
             s.suspect_until_us = core.now_us + core.hold_us
     if b.role == ROLE_CONTROL:
         control_failed(core, b.shard)

@@ -68,16 +68,20 @@ cdef void held_free(Core *core, Held *h) noexcept nogil:
 
 
 cdef void held_send(Core *core, Held *h, int shard) noexcept nogil:
-    """Send h's fragment to the shard now (held again, with its deadline, if it is down)."""
+    """Send h's fragment to the shard now, on the connection its client's requests go on (its
+    ACL user's, if it has one: never with another user's rights); held again, with its
+    deadline, if that connection is down, and answered "unavailable" past the deadline."""
     cdef Fragment *f = h.f
-    cdef Client *c = f.req.client
-    cdef Backend *b = shard_backend(core, shard, c.proto if c != NULL else 2)
+    cdef Backend *b = frag_backend(core, shard, f.req.client)
     cdef long long until = h.until_us
-    if b.state == BK_DOWN and hold_fragment(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd)):
+    if b == NULL:
+        frag_answered(core, f, b"-ERR out of memory\r\n", 20)
+    elif b.state != BK_DOWN:
+        frag_send_on(core, b, f, buf_head(&h.cmd), buf_len(&h.cmd))
+    elif until > core.now_us and hold_fragment(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd)):
         core.held_tail.until_us = until
-        held_free(core, h)
-        return
-    frag_send_on(core, b, f, buf_head(&h.cmd), buf_len(&h.cmd))
+    else:
+        frag_answer_unavailable(core, f, core.shards[shard].label)
     held_free(core, h)
 
 
@@ -130,18 +134,21 @@ cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
 
 
 cdef void held_tick(Core *core, bint every) noexcept nogil:
-    """Held fragments whose time is out (every one: the proxy closes) are answered
-    "unavailable"."""
+    """Held fragments of a shard that is back are sent; those whose time is out (every one:
+    the proxy closes) are answered "unavailable". The shard is looked at first: a request
+    held just after the failure has its deadline just after the suspicion's end, and the tick
+    that sees the shard back may come after both."""
     cdef Held *h = core.held_head
     cdef Held *nxt
     core.held_head = core.held_tail = NULL
     while h != NULL:
         nxt = h.next
-        if every or h.until_us <= core.now_us:
+        if not every and core.shards[h.shard].suspect_until_us <= core.now_us and \
+                shard_up(core, h.shard):
+            held_send(core, h, h.shard)         # no new map came, but the shard is back
+        elif every or h.until_us <= core.now_us:
             frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
             held_free(core, h)
-        elif core.shards[h.shard].suspect_until_us <= core.now_us and shard_up(core, h.shard):
-            held_send(core, h, h.shard)         # no new map came, but the shard is back
         else:
             core.held_bytes -= buf_len(&h.cmd)
             held_append(core, h)

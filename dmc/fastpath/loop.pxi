@@ -128,7 +128,7 @@ cdef void core_close(Core *core) noexcept nogil:
         for j in range(core.shards[i].nconns):
             b = &core.shards[i].conns[j]
             if b.fd >= 0:
-                backend_fail(core, b, b"proxy closed its connection to")
+                backend_drop(core, b, b"proxy closed its connection to")
             b.used = False
     acl_close(core, True)
     core.nactive = 0
