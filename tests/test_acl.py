@@ -4,10 +4,15 @@ compared. The shards enforce the rights: NOPERM, ACL LOG and redis.acl_check_cmd
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from replies import Error, RespConn, on_both
 from waiting import wait_until
+
+from control.node_proxy import HOLD_MS
+from dmc.endpoint import Endpoint
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
 
@@ -230,6 +235,56 @@ def test_user_connections_go_once_no_client_is_that_user(db, ports, conns):
     assert alice_conns() == 3
     c.close()
     wait_until(lambda: alice_conns() == 0, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def held(db):
+    """An endpoint over db's shards that holds requests for a shard it saw fail (hold_ms, as
+    a cluster database with replication does): a shard suspected wrongly shows as a wait."""
+    ep = Endpoint("127.0.0.1", 0, None, db.shard_map, hold_ms=HOLD_MS).start()
+    yield ep
+    ep.stop()
+
+
+def user_conns(ports, name: str) -> int:
+    """Connections of user `name` on the servers of ports (CLIENT LIST USER)."""
+    total = 0
+    for p in ports:
+        c = RespConn(p)
+        listed = c.call("CLIENT", "LIST", "USER", name)
+        c.close()
+        total += 0 if isinstance(listed, Error) else listed.count(b"user=" + name.encode())
+    return total
+
+
+def test_a_users_last_client_leaving_leaves_every_shard_serving_the_others(ports, conns, db,
+                                                                              held):
+    """The scripting unit's `Script ACL check`, then the next unit's set-up: a client of bob
+    uses every shard and leaves, and the proxy closes bob's shard connections. One
+    redis-server serves the next client at once; the endpoint took those closes for shard
+    failures and held that client's FLUSHALL for its hold time, then answered 'unavailable'."""
+    keys = db.keys_on_every_shard("x")
+    servers = {"redis": [ports["redis"]], "dmc": db.shard_ports}
+
+    def run(target, port):
+        setuser(conns(port), "bob", "on", ">123", "+@scripting", "+set", "~x*")
+        bob = RespConn(port)
+        replies = [bob.call("AUTH", "bob", "123"), bob.call("FUNCTION", "LOAD", "REPLACE",
+                   "#!lua name=acltest\nredis.register_function('f', function() return 1 end)")]
+        replies += [bob.call("SET", k, "1") for k in keys]
+        bob.close()
+        wait_until(lambda: user_conns(servers[target], "bob") == 0, timeout=5,
+                   what="bob's connections closed")
+        other = conns(port)
+        began = time.monotonic()
+        replies += [other.call("FLUSHALL"), other.call("FUNCTION", "FLUSH")]
+        replies += [other.call("SET", k, "2") for k in keys]
+        return replies, time.monotonic() - began
+
+    (want, _), (got, took) = run("redis", ports["redis"]), run("dmc", held.port)
+    assert got == want
+    assert want[:2] == [b"OK", b"acltest"] and want[-3:] == [b"OK"] * 3
+    assert took < 1.0, f"the other client waited {took:.1f} s"
 
 
 def test_auth_inside_multi_is_refused_and_changes_no_shared_connection(db, ports, conns):

@@ -196,6 +196,50 @@ def test_a_held_request_is_answered_unavailable_once_its_hold_time_is_out(pair, 
     c.close()
 
 
+def _connection_lost(ep: Endpoint, master: redis.Redis) -> None:
+    """The shard closes the proxy's connections (CLIENT KILL on it) and serves on."""
+    master.client_kill_filter(_type="normal", skipme=True)
+    wait_until(lambda: ep.stats()["shards"][0]["conns"][0]["state"] != "up", interval=0.001,
+               what="the proxy noticing its connection is gone")
+
+
+def test_a_request_held_after_a_lost_connection_is_sent_once_the_shard_is_back(pair, endpoint):
+    """No map comes: the shard only closed the proxy's connection. A request sent just after
+    is held while the shard is suspect and then sent to it, even though its own deadline comes
+    a moment after the suspicion ends (the tick that sees the shard back may come after both:
+    it was answered "unavailable" then)."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, hold_ms=400)
+    c = RawClient(ep.port)
+    assert c.call(("SET", "a", "1")) == [b"OK"]
+    _connection_lost(ep, master)
+    sent = time.monotonic()
+    c.send(("INCR", "n"))
+    assert c.replies(1, timeout=5) == [1]
+    assert 0.35 <= time.monotonic() - sent < 2.0
+    assert master.get("n") == b"1" and ep.stats()["held_bytes"] == 0
+    c.close()
+
+
+def test_a_held_request_of_an_acl_user_runs_with_that_users_rights(pair, endpoint):
+    """A request held for a shard goes, once the shard is back, on its client's user's
+    connection, never on the shared ones of `default`: NOPERM, as one redis-server answers."""
+    master_port, _, master, _ = pair
+    master.acl_setuser("reader", enabled=True, passwords=["+pw"], keys=["*"],
+                       commands=["+get", "+auth", "+incr"])
+    ep = endpoint(master_port, hold_ms=400)
+    c, other = RawClient(ep.port), RawClient(ep.port)
+    assert other.call(("PING",)) == [b"PONG"]      # the shared connection is up: lost with the kill
+    assert c.call(("AUTH", "reader", "pw"), ("INCR", "n")) == [b"OK", 1]
+    _connection_lost(ep, master)
+    c.send(("SET", "k", "v"), ("INCR", "n"))
+    (refused, counted) = c.replies(2, timeout=5)
+    assert refused[0] == "error" and refused[1].startswith("NOPERM"), refused
+    assert counted == 2 and master.get("k") is None
+    c.close()
+    other.close()
+
+
 def test_without_hold_time_a_request_for_a_dead_shard_fails_at_once(pair, endpoint):
     master_port, _, master, _ = pair
     ep = endpoint(master_port)
