@@ -9,11 +9,14 @@
 # - when a new map takes the shard's slots to one shard (a failover): to that shard, in order;
 # - when the shard is no longer suspect and its connection is up (no new map came): to it;
 #
-# and answered "-ERR shard ... is unavailable" when its time is out, or -TRYAGAIN when a new map
-# splits the shard's slots between several shards (it was never sent: retrying is safe). So a
-# client sees latency, not errors, for a failover that ends within the hold time. Only what was
-# never sent is held: what was in flight when the connection broke may have been applied, and
-# is answered with an error as before.
+# and answered "-ERR shard ... is unavailable" when its time is out (and the shard is not back),
+# or -TRYAGAIN when a new map splits the shard's slots between several shards (it was never
+# sent: retrying is safe). So a client sees latency, not errors, for a failover that ends within
+# the hold time. Only what was never sent is held: what was in flight when the connection broke
+# may have been applied, and is answered with an error as before. What is held goes on the
+# connection its client's requests go on (frag_backend: an ACL user's, never `default`'s).
+# Only a connection the shard broke makes it suspect (backend_fail); the proxy closing its own
+# (backend_drop: a user's once its last client left) does not.
 
 
 cdef bint shard_up(Core *core, int shard) noexcept nogil:
