@@ -23,6 +23,7 @@ from control.local_cluster import LocalCluster
 from dmc._fastpath import slot_of
 from dmc.endpoint import Endpoint
 from dmc.local import redis_servers
+from dmc.processes import free_port
 from dmc.shard_map import ShardMap
 
 HOST = "127.0.0.1"
@@ -203,21 +204,42 @@ def _connection_lost(ep: Endpoint, master: redis.Redis) -> None:
                what="the proxy noticing its connection is gone")
 
 
-def test_a_request_held_after_a_lost_connection_is_sent_once_the_shard_is_back(pair, endpoint):
-    """No map comes: the shard only closed the proxy's connection. A request sent just after
-    is held while the shard is suspect and then sent to it, even though its own deadline comes
-    a moment after the suspicion ends (the tick that sees the shard back may come after both:
-    it was answered "unavailable" then)."""
+def test_a_lost_connection_to_the_same_master_holds_nothing(pair, endpoint):
+    """No map comes: the shard only closed the proxy's connection. The connection made again
+    reaches the same process (its run_id), still master: nothing can have been failed over,
+    so the shard is trusted again at once and a request sent meanwhile waits only for the
+    reconnection, not for the hold time."""
     master_port, _, master, _ = pair
-    ep = endpoint(master_port, hold_ms=400)
+    ep = endpoint(master_port, hold_ms=3000)
     c = RawClient(ep.port)
     assert c.call(("SET", "a", "1")) == [b"OK"]
     _connection_lost(ep, master)
     sent = time.monotonic()
     c.send(("INCR", "n"))
     assert c.replies(1, timeout=5) == [1]
-    assert 0.35 <= time.monotonic() - sent < 2.0
-    assert master.get("n") == b"1" and ep.stats()["held_bytes"] == 0
+    assert time.monotonic() - sent < 1.5
+    assert ep.stats()["held_bytes"] == 0
+    c.close()
+
+
+def test_a_master_demoted_in_place_stays_suspect_and_gets_its_held_requests_after(pair,
+                                                                                  endpoint):
+    """The same process, but a replica now (REPLICAOF while the proxy's connection was lost):
+    it is not trusted early; what waits for it is sent when the suspicion ends, even though
+    its own deadline comes a moment after (the tick that sees the shard back may come after
+    both: it was answered "unavailable" then), and the shard answers it (-READONLY)."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, hold_ms=600)
+    c = RawClient(ep.port)
+    assert c.call(("SET", "a", "1")) == [b"OK"]
+    master.replicaof(HOST, free_port())     # a replica of nobody: role slave, nothing else changes
+    _connection_lost(ep, master)
+    sent = time.monotonic()
+    c.send(("SET", "b", "2"))
+    (reply,) = c.replies(1, timeout=5)
+    assert reply[0] == "error" and reply[1].startswith("READONLY"), reply
+    assert 0.55 <= time.monotonic() - sent < 2.5
+    assert ep.stats()["held_bytes"] == 0
     c.close()
 
 

@@ -73,6 +73,7 @@ cdef struct Shard:
     bint active             # part of the current shard map
     long long suspect_until_us  # its connection failed: requests for it are held till then,
                                 # or till the next map (hold.pxi)
+    char run_id[41]         # the run_id its process answered last (hold.pxi; "": not known yet)
     Backend *relay          # its keyspace notifications, re-published on the pub/sub shard
     Backend *auth_checker   # where AUTH user pass of clients is checked (acl.pxi); NULL until used
     Backend *control[2]     # control connections (RESP2, RESP3), opened on first use (busy.pxi)

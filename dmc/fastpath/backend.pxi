@@ -57,6 +57,11 @@ cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, si
         # The shard is down, or failed since the last map (a master that died may be back at
         # its address as a replica before the map that promotes its replica is here): held.
         return
+    frag_queue_on(core, b, f, data, n)
+
+
+cdef inline void frag_queue_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
+    """Queue the fragment on b now (neither fenced nor held)."""
     if (b.state == BK_DOWN and not b.hold) or buf_append(&b.wbuf, data, n) < 0:
         frag_answer_unavailable(core, f, core.shards[b.shard].label)
         return
@@ -261,6 +266,9 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
         b.retry_delay_us = RETRY_MIN_US
         if b.role == ROLE_SHARED:
             default_shard_changed(core)
+            if core.hold_us > 0 and b.user == NULL and b >= core.shards[b.shard].conns and \
+                    b < core.shards[b.shard].conns + core.shards[b.shard].nconns:
+                shard_check_send(core, b)
             if core.held_head != NULL and core.shards[b.shard].suspect_until_us <= core.now_us:
                 held_release_shard(core, b.shard)
     elif b.tls_want_write:

@@ -63,6 +63,7 @@ cdef enum Merge:
     MERGE_AUTH = 40         # AUTH user pass checked on a shard: the client is that user from now on
     MERGE_ACL_DELUSER = 41  # ACL DELUSER on every shard: the deleted users' clients are closed
     MERGE_ACL_LOG = 42      # ACL LOG from every shard: the entries merged, newest first
+    MERGE_SHARD_CHECK = 50  # the proxy's own INFO on a shard's new connection (hold.pxi)
 
 
 # Commands answered by the proxy itself.

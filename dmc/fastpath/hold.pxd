@@ -19,3 +19,5 @@ cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, si
 cdef void held_release_shard(Core *core, int shard) noexcept nogil
 cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil
 cdef void held_tick(Core *core, bint every) noexcept nogil
+cdef void shard_check_send(Core *core, Backend *b) noexcept nogil
+cdef void shard_check_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil

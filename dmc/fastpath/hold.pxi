@@ -156,3 +156,43 @@ cdef void held_tick(Core *core, bint every) noexcept nogil:
             core.held_bytes -= buf_len(&h.cmd)
             held_append(core, h)
         h = nxt
+
+
+# A suspect shard is trusted again at once when its connection is back to the same process,
+# still master: the shard only closed the proxy's connection (or the network dropped it), and
+# nothing can have been failed over. Every shared connection of the shard's own (not an ACL
+# user's) asks, when it is up, INFO server replication, ahead of anything else sent on it; the
+# run_id it answers is kept. Another run_id (the process restarted: maybe as a replica, maybe
+# empty) or another role leaves the shard suspect, as before.
+
+cdef const char *SHARD_CHECK = b"*3\r\n$4\r\nINFO\r\n$6\r\nserver\r\n$11\r\nreplication\r\n"
+
+
+cdef void shard_check_send(Core *core, Backend *b) noexcept nogil:
+    """b, a shared connection of the shard's own, is up: ask the shard who answers."""
+    cdef Request *r = req_alloc(core)
+    if r == NULL:
+        return
+    r.pending = 1
+    r.resolving = True
+    r.merge = MERGE_SHARD_CHECK
+    r.acl_arg = b.shard
+    frag_queue_on(core, b, &r.frag0, SHARD_CHECK, strlen(SHARD_CHECK))
+
+
+cdef void shard_check_answered(Core *core, Request *r, const char *reply, size_t n) noexcept nogil:
+    cdef Shard *s = &core.shards[<int>r.acl_arg]
+    cdef const char *id = <const char *>memmem(reply, n, b"\nrun_id:", 8)
+    cdef bint master = memmem(reply, n, b"\nrole:master\r", 13) != NULL
+    r.resolving = False
+    if id != NULL and <size_t>(reply + n - id) >= 8 + 40:
+        id += 8
+        if master and s.run_id[0] != 0 and memcmp(s.run_id, id, 40) == 0 and \
+                s.suspect_until_us > core.now_us:
+            # The same process, still master: only the connection was lost.
+            s.suspect_until_us = 0
+            if core.held_head != NULL:
+                held_release_shard(core, <int>r.acl_arg)
+        memcpy(s.run_id, id, 40)
+        s.run_id[40] = 0
+    req_put(core, r)

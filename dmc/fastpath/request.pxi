@@ -104,6 +104,8 @@ cdef void frag_answered(Core *core, Fragment *f, const char *reply, size_t n) no
         # command's steps.
         if r.seq != NULL:
             seq_answered(core, r, reply, n)
+        elif r.merge == MERGE_SHARD_CHECK:
+            shard_check_answered(core, r, reply, n)
         elif r.merge >= MERGE_ACL_FIRST:
             acl_answered(core, r, f, reply, n)
         else:

@@ -5,6 +5,9 @@ from libc.math cimport isnan, isinf, sqrt, pow, llroundl
 from libc.string cimport memcpy, memmove, memchr, memcmp, memset, strlen
 from libc.stdio cimport snprintf
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EPIPE
+cdef extern from "<string.h>" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
 cdef extern from "errno.h":
     int EWOULDBLOCK
 from posix.unistd cimport close, read, write
