@@ -83,8 +83,17 @@ CAUSES = [
      "the memory limit is per shard (CONFIG SET maxmemory gives each shard its share): a shard "
      "evicts only its own keys; the suite's eviction test then leaves the shards over their "
      "limit, and the unit's later writes get OOM"),
-    ("busy", r"BUSY Redis is busy|is unavailable|Expected 'PONG' to match 'BUSY", "open: issue 12",
+    ("busy", r"BUSY Redis is busy|Expected 'PONG' to match 'BUSY", "open: issue 12",
      "a busy script: SCRIPT KILL / FUNCTION KILL cannot reach its shard, which stays BUSY"),
+    # (the `scripting` unit's 108 after `Script ACL check` were this: the proxy closing an ACL
+    # user's connections made the shard suspect, so the next unit's FLUSHALL waited out the hold)
+    ("unavailable", r"is unavailable", "open",
+     "a shard's connection lost and not back within the hold time (`-ERR shard ... is "
+     "unavailable`)"),
+    # A database with replication: every master shard has its replica online.
+    ("replicated", r"^not enough good replicas: err: Expected an error matching 'NOREPLICAS",
+     "documented", "the database has replication: CONFIG SET min-replicas-to-write 1 is met "
+     "(each master shard has its replica; one redis-server alone has none)"),
     ("config-set", r"is managed by the cluster", "open: issue 12",
      "CONFIG SET refused, also when it asks for what the database applies (`save \"\"`)"),
     # (a readraw test after a failed blocking one reads the reply that test left unread)
