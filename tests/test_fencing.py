@@ -156,6 +156,54 @@ def test_a_proxy_fences_itself_once_the_lease_it_was_given_runs_out(pair, endpoi
     c.close()
 
 
+def test_a_request_the_fence_refuses_waits_for_the_fence_to_be_down(pair, endpoint):
+    """fence_hold_ms: while the fence is up a write or a read of data is held, never sent, and
+    sent in order once the fence is down (an election's moment without a lease costs latency,
+    not errors); what the fence does not refuse is still served, its reply in its place."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, fence_hold_ms=5000)
+    c = RawClient(ep.port)
+    other = RawClient(ep.port)
+    assert c.call(("SET", "k", "v")) == [b"OK"]
+    ep.call(lambda p: p.fence(True))
+    c.send(("SET", "k", "w"), ("GET", "k"), ("INCR", "n"), ("PING",),
+           ("MULTI",), ("INCR", "n"), ("GET", "k"), ("EXEC",))
+    assert other.call(("PING",)) == [b"PONG"]       # the fence refuses no PING
+    wait_until(lambda: ep.stats()["held_bytes"] > 0, what="the requests held")
+    assert c.nothing_within(0.3)
+    assert master.get("k") == b"v" and master.get("n") is None     # nothing sent
+    ep.call(lambda p: p.fence(False))
+    assert c.replies(8) == [b"OK", b"w", 1, b"PONG", b"OK", b"QUEUED", b"QUEUED", [2, b"w"]]
+    assert master.get("k") == b"w" and ep.stats()["held_bytes"] == 0
+    # The lease: held from the moment it runs out until a new one is given.
+    until = time.monotonic() + 0.3
+    ep.call(lambda p: p.fence_until(until))
+    wait_until(lambda: time.monotonic() > until, what="the lease running out")
+    c.send(("SET", "k", "x"))
+    assert c.nothing_within(0.3) and master.get("k") == b"w"
+    renewed = time.monotonic() + 30
+    ep.call(lambda p: p.fence_until(renewed))
+    assert c.replies(1) == [b"OK"] and master.get("k") == b"x"
+    c.close()
+    other.close()
+
+
+def test_a_request_the_fence_held_is_refused_once_its_hold_time_is_out(pair, endpoint):
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, fence_hold_ms=400)
+    c = RawClient(ep.port)
+    ep.call(lambda p: p.fence(True))
+    sent = time.monotonic()
+    c.send(("SET", "k", "w"), ("GET", "k"))
+    write, read = c.replies(2, timeout=5)
+    waited = time.monotonic() - sent
+    assert write[0] == "error" and write[1].startswith("READONLY "), write
+    assert read[0] == "error" and read[1].startswith("MASTERDOWN "), read
+    assert 0.35 <= waited < 2.0, waited
+    assert master.get("k") is None and ep.stats()["held_bytes"] == 0
+    c.close()
+
+
 def _killed(ep: Endpoint, pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: ep.stats()["shards"][0]["conns"][0]["state"] != "up",
@@ -249,7 +297,8 @@ class Writer:
 
     def _run(self) -> None:
         with in_netns(self.netns):
-            conn = redis.Redis(self.address, self.port, socket_timeout=1, socket_connect_timeout=1)
+            # (a write the fence holds is refused after node_proxy's FENCE_HOLD_MS, 3 s)
+            conn = redis.Redis(self.address, self.port, socket_timeout=5, socket_connect_timeout=1)
             n = 0
             while not self._stop.is_set():
                 key, value = self.keys[n % len(self.keys)], f"{self.netns}:{n}"

@@ -14,6 +14,9 @@
 # client sees latency, not errors, for a failover that ends within the hold time. Only what was
 # never sent is held: what was in flight when the connection broke may have been applied, and
 # is answered with an error as before.
+#
+# The fence holds fragments here too (Held.fenced; fence.pxi): until the fence is down
+# (held_release_fenced) or core.fence_hold_us is out.
 
 
 cdef bint shard_up(Core *core, int shard) noexcept nogil:
@@ -34,8 +37,19 @@ cdef int shard_any_slot(Core *core, int shard) noexcept nogil:
 
 cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
     """Hold f for the shard (True), or False when holding is off or full."""
+    return held_new(core, shard, f, data, n, core.hold_us, False)
+
+
+cdef bint hold_fenced(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
+    """Hold f, which the fence refuses, until the fence is down (True), or False when fence
+    holding is off or full (fence.pxi)."""
+    return held_new(core, shard, f, data, n, core.fence_hold_us, True)
+
+
+cdef bint held_new(Core *core, int shard, Fragment *f, const char *data, size_t n,
+                   long long for_us, bint fenced) noexcept nogil:
     cdef Held *h
-    if core.hold_us <= 0 or core.held_bytes + n > HOLD_MAX_BYTES:
+    if for_us <= 0 or core.held_bytes + n > HOLD_MAX_BYTES:
         return False
     h = <Held *>calloc(1, sizeof(Held))
     if h == NULL:
@@ -46,7 +60,8 @@ cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, si
     h.f = f
     h.shard = shard
     h.slot = shard_any_slot(core, shard)
-    h.until_us = core.now_us + core.hold_us
+    h.until_us = core.now_us + for_us
+    h.fenced = fenced
     held_append(core, h)
     return True
 
@@ -68,17 +83,44 @@ cdef void held_free(Core *core, Held *h) noexcept nogil:
 
 
 cdef void held_send(Core *core, Held *h, int shard) noexcept nogil:
-    """Send h's fragment to the shard now (held again, with its deadline, if it is down)."""
+    """Send h's fragment to the shard now (held again, with its deadline, if the fence is up
+    and refuses it, or if the shard is down)."""
     cdef Fragment *f = h.f
     cdef Client *c = f.req.client
     cdef Backend *b = shard_backend(core, shard, c.proto if c != NULL else 2)
-    cdef long long until = h.until_us
-    if b.state == BK_DOWN and hold_fragment(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd)):
-        core.held_tail.until_us = until
-        held_free(core, h)
+    if fence_up(core) and fence_refusal(f) != NULL:
+        held_keep(core, h, shard, True)
+        return
+    if b.state == BK_DOWN and core.hold_us > 0:
+        held_keep(core, h, shard, False)
         return
     frag_send_on(core, b, f, buf_head(&h.cmd), buf_len(&h.cmd))
     held_free(core, h)
+
+
+cdef void held_keep(Core *core, Held *h, int shard, bint fenced) noexcept nogil:
+    """h, taken off the list (its bytes still counted), back at its end, now for `shard`."""
+    core.held_bytes -= buf_len(&h.cmd)      # re-added by held_append
+    if h.shard != shard:
+        h.shard = shard
+        h.slot = shard_any_slot(core, shard)
+    h.fenced = fenced
+    held_append(core, h)
+
+
+cdef void held_release_fenced(Core *core) noexcept nogil:
+    """The fence is down: what it held goes, in order (to its shard, or held for it if the
+    shard is down)."""
+    cdef Held *h = core.held_head
+    cdef Held *nxt
+    core.held_head = core.held_tail = NULL
+    while h != NULL:
+        nxt = h.next
+        if h.fenced:
+            held_send(core, h, h.shard)
+        else:
+            held_keep(core, h, h.shard, False)
+        h = nxt
 
 
 cdef void held_release_shard(Core *core, int shard) noexcept nogil:
@@ -91,8 +133,7 @@ cdef void held_release_shard(Core *core, int shard) noexcept nogil:
         if h.shard == shard:
             held_send(core, h, shard)
         else:
-            core.held_bytes -= buf_len(&h.cmd)     # re-added by held_append
-            held_append(core, h)
+            held_keep(core, h, h.shard, h.fenced)
         h = nxt
 
 
@@ -117,8 +158,7 @@ cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
         nxt = h.next
         to = target[h.shard] if h.slot >= 0 else -1
         if to == h.shard or (to == -1 and core.shards[h.shard].active):
-            core.held_bytes -= buf_len(&h.cmd)
-            held_append(core, h)                # same shard: still waits for it
+            held_keep(core, h, h.shard, h.fenced)   # same shard: still waits for it
         elif to >= 0:
             held_send(core, h, to)
         else:
@@ -131,18 +171,25 @@ cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
 
 cdef void held_tick(Core *core, bint every) noexcept nogil:
     """Held fragments whose time is out (every one: the proxy closes) are answered
-    "unavailable"."""
+    "unavailable", or the fence's refusal if the fence held them and is still up."""
     cdef Held *h = core.held_head
     cdef Held *nxt
+    cdef const char *line
     core.held_head = core.held_tail = NULL
     while h != NULL:
         nxt = h.next
-        if every or h.until_us <= core.now_us:
-            frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
+        if h.fenced and not fence_up(core):
+            held_send(core, h, h.shard)         # (held_release_fenced sends them at once)
+        elif every or h.until_us <= core.now_us:
+            line = fence_refusal(h.f) if h.fenced else NULL
+            if line != NULL:
+                frag_answered(core, h.f, line, strlen(line))
+            else:
+                frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
             held_free(core, h)
-        elif core.shards[h.shard].suspect_until_us <= core.now_us and shard_up(core, h.shard):
+        elif not h.fenced and core.shards[h.shard].suspect_until_us <= core.now_us \
+                and shard_up(core, h.shard):
             held_send(core, h, h.shard)         # no new map came, but the shard is back
         else:
-            core.held_bytes -= buf_len(&h.cmd)
-            held_append(core, h)
+            held_keep(core, h, h.shard, h.fenced)
         h = nxt
