@@ -111,7 +111,8 @@ STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
 HOLD_MS = 5000              # a request for a dead master shard waits this long for its failover
-FENCE_HOLD_MS = 3000        # a request the fence refuses waits this long for it to be down
+FENCE_HOLD_MS = 1500        # a request the fence refuses waits this long for it to be down (under
+#   the chaos clients' 2 s reply timeout: a node that stays cut off answers its refusal)
 # Test hook: with DMC_TEST_REFUSE_PAUSED_MAPS=<database name> in the services' environment, a
 # paused map of that database is installed but never acknowledged, as by an endpoint whose
 # requests never drain: the switch that published it fails (tests/test_dbaas.py: a reshard

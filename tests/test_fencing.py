@@ -297,7 +297,7 @@ class Writer:
 
     def _run(self) -> None:
         with in_netns(self.netns):
-            # (a write the fence holds is refused after node_proxy's FENCE_HOLD_MS, 3 s)
+            # (a write the fence holds is refused after node_proxy's FENCE_HOLD_MS, 1.5 s)
             conn = redis.Redis(self.address, self.port, socket_timeout=5, socket_connect_timeout=1)
             n = 0
             while not self._stop.is_set():
