@@ -188,6 +188,26 @@ def test_a_request_the_fence_refuses_waits_for_the_fence_to_be_down(pair, endpoi
     other.close()
 
 
+def test_a_held_request_of_an_acl_user_runs_as_that_user(pair, endpoint):
+    """What the fence (or a dead shard) held goes on its client's user's connection when it is
+    sent, never on the default user's: the shard still refuses what the user may not do."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, fence_hold_ms=5000)
+    admin, c = RawClient(ep.port), RawClient(ep.port)
+    assert admin.call(("ACL", "SETUSER", "carl", "reset", "on", ">pw", "~mine:*",
+                       "+@all")) == [b"OK"]
+    assert c.call(("AUTH", "carl", "pw")) == [b"OK"]
+    ep.call(lambda p: p.fence(True))
+    c.send(("SET", "mine:a", "1"), ("SET", "theirs:a", "1"))
+    wait_until(lambda: ep.stats()["held_bytes"] > 0, what="the requests held")
+    ep.call(lambda p: p.fence(False))
+    ok, refused = c.replies(2)
+    assert ok == b"OK" and refused[0] == "error" and refused[1].startswith("NOPERM"), refused
+    assert master.get("mine:a") == b"1" and master.get("theirs:a") is None
+    admin.close()
+    c.close()
+
+
 def test_a_request_the_fence_held_is_refused_once_its_hold_time_is_out(pair, endpoint):
     master_port, _, master, _ = pair
     ep = endpoint(master_port, fence_hold_ms=400)

@@ -33,8 +33,8 @@
 # lets the lease lapse for a moment; the node's clients see latency, not errors. Nothing is
 # sent while the fence is up, so nothing is applied on the wrong side of a partition. Only
 # fragments for a shard's shared connections are held (as hold.pxi's, a transaction's EXEC
-# too); those for a connection of a client's own (a blocking command, after WATCH, a tracking
-# client's, an ACL user's) are refused at once.
+# too, and an ACL user's shared connections); those for a connection of a client's own (a
+# blocking command, after WATCH, a tracking client's) are refused at once.
 
 
 cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil:

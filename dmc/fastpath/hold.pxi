@@ -83,28 +83,21 @@ cdef void held_free(Core *core, Held *h) noexcept nogil:
 
 
 cdef void held_send(Core *core, Held *h, int shard) noexcept nogil:
-    """Send h's fragment to the shard now (held again, with its deadline, if the fence is up
-    and refuses it, or if the shard is down)."""
+    """Send h's fragment to the shard now, on the connection frag_send picks for its client
+    (its ACL user's: never the default user's); held again, with its deadline, if the fence
+    or the shard's state holds it once more."""
     cdef Fragment *f = h.f
-    cdef Client *c = f.req.client
-    cdef Backend *b = shard_backend(core, shard, c.proto if c != NULL else 2)
-    if fence_up(core) and fence_refusal(f) != NULL:
-        held_keep(core, h, shard, True)
-        return
-    if b.state == BK_DOWN and core.hold_us > 0:
-        held_keep(core, h, shard, False)
-        return
-    frag_send_on(core, b, f, buf_head(&h.cmd), buf_len(&h.cmd))
+    cdef long long until = h.until_us
+    cdef Held *tail = core.held_tail
+    frag_send(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd))
+    if core.held_tail != tail and core.held_tail.f == f:
+        core.held_tail.until_us = until
     held_free(core, h)
 
 
-cdef void held_keep(Core *core, Held *h, int shard, bint fenced) noexcept nogil:
-    """h, taken off the list (its bytes still counted), back at its end, now for `shard`."""
+cdef void held_keep(Core *core, Held *h) noexcept nogil:
+    """h, taken off the list (its bytes still counted), back at its end."""
     core.held_bytes -= buf_len(&h.cmd)      # re-added by held_append
-    if h.shard != shard:
-        h.shard = shard
-        h.slot = shard_any_slot(core, shard)
-    h.fenced = fenced
     held_append(core, h)
 
 
@@ -119,7 +112,7 @@ cdef void held_release_fenced(Core *core) noexcept nogil:
         if h.fenced:
             held_send(core, h, h.shard)
         else:
-            held_keep(core, h, h.shard, False)
+            held_keep(core, h)
         h = nxt
 
 
@@ -133,7 +126,7 @@ cdef void held_release_shard(Core *core, int shard) noexcept nogil:
         if h.shard == shard:
             held_send(core, h, shard)
         else:
-            held_keep(core, h, h.shard, h.fenced)
+            held_keep(core, h)
         h = nxt
 
 
@@ -158,7 +151,7 @@ cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
         nxt = h.next
         to = target[h.shard] if h.slot >= 0 else -1
         if to == h.shard or (to == -1 and core.shards[h.shard].active):
-            held_keep(core, h, h.shard, h.fenced)   # same shard: still waits for it
+            held_keep(core, h)   # same shard: still waits for it
         elif to >= 0:
             held_send(core, h, to)
         else:
@@ -191,5 +184,5 @@ cdef void held_tick(Core *core, bint every) noexcept nogil:
                 and shard_up(core, h.shard):
             held_send(core, h, h.shard)         # no new map came, but the shard is back
         else:
-            held_keep(core, h, h.shard, h.fenced)
+            held_keep(core, h)
         h = nxt
