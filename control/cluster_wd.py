@@ -490,7 +490,7 @@ class ClusterWatchdog:
         async with self._position_lock:
             try:
                 if self._position_conn is None or self._position_conn.closed:
-                    self._position_conn = await ccs.connect_node(self.config, timeout=0.5)
+                    self._position_conn = await ccs.connect_node(self.config)
                 self._ccs_position = await ccs.read_position(self._position_conn)
             except (RedisUnavailable, ReplyError):
                 self._ccs_position = None
