@@ -70,14 +70,16 @@ def majority_replicas(members: int) -> int:
     return members // 2
 
 
-async def commit(redis, commands: list[tuple]) -> list:
+async def commit(redis, commands: list[tuple], *, wait: bool = True) -> list:
     """Run `commands` on the master's copy (a pipeline; the first error reply raised), then
     bump POSITION's index and wait until a majority of the members' copies has both (WAIT:
     replication is one ordered stream, so a copy that has the bump has everything written
-    before it). Past ACK_TIMEOUT_MS, NotAcknowledged. The replies of `commands`."""
+    before it). Past ACK_TIMEOUT_MS, NotAcknowledged. The replies of `commands`.
+    `wait=False`: bumped, not waited for (cluster_wd's own records, which every new master
+    writes again: its reconcile must not be held up, it fences the copy)."""
     replies = checked(await redis.pipeline([*commands, ("HINCRBY", POSITION, "index", 1),
                                             ("HLEN", NODES)]))
-    wanted = majority_replicas(replies[-1])
+    wanted = majority_replicas(replies[-1]) if wait else 0
     if wanted:
         acked = await redis.execute("WAIT", wanted, ACK_TIMEOUT_MS)
         if acked < wanted:

@@ -429,8 +429,6 @@ class ClusterWatchdog:
             self._changed = trio.Event()
             try:
                 await self._reconcile()
-            except ccs.NotAcknowledged as exc:
-                log.info("%s", exc)      # replicas still attaching to a new master
             except (RedisUnavailable, ReplyError) as exc:
                 log.warning("ccs: %s", exc)
                 self._ccs_position = None
@@ -504,19 +502,22 @@ class ClusterWatchdog:
         self._on_change(self.election.observation())
 
     async def _publish_as_master(self, r) -> None:
+        """The master record and the member list, in one round trip, not waited for (the
+        reconcile that fences the copy must not be held up; the next master writes its own)."""
         e = self.election
         me = self.config
-        await ccs.write(r, ccs.MASTER, {"uid": me.uid, "term": e.term, "address": me.address,
-                                        "ccs_port": me.ccs_port,
-                                        "ccs_tls_port": me.ccs_tls_port if me.cpine else 0,
-                                        "since": time.time()})
+        record = {"uid": me.uid, "term": e.term, "address": me.address,
+                  "ccs_port": me.ccs_port, "ccs_tls_port": me.ccs_tls_port if me.cpine else 0,
+                  "since": time.time()}
         # The cluster's name is set once, by its first master; a node that joins takes it
         # from CCS (LocalCluster.add_node), so node.json never decides it for the cluster.
-        await ccs.commit(r, [("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
+        await ccs.commit(r, [("SET", ccs.MASTER, ccs.pack(record)),
+                             ("PUBLISH", ccs.CHANGES, ccs.MASTER),
+                             ("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
                              ("MULTI",), ("DEL", ccs.NODES)] + [
             ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
         ] + [("SET", ccs.NODES_VERSION, ccs.pack(e.members_version)),
-             ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)])
+             ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)], wait=False)
         self._published = (e.term, e.members_version)
 
 
