@@ -498,7 +498,8 @@ class ClusterWatchdog:
 
     def _set_writable(self, writable: bool) -> None:
         self.ccs_writable = writable
-        log.info("ccs: %s in term %d", "writable" if writable else "fenced", self.election.term)
+        log.info("ccs: %s in term %d at position %s", "writable" if writable else "fenced",
+                 self.election.term, self._ccs_position)
         self._on_change(self.election.observation())
 
     async def _publish_as_master(self, r) -> None:
