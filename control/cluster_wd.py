@@ -296,8 +296,9 @@ class ClusterWatchdog:
                     reply = self._admin(msg)
                     await stream.send_all(msgpack.packb(reply, use_bin_type=True))
                 elif msg.get("type") == "vote_request":
-                    await self._read_position()
-                    self.election.receive(msg)
+                    # answered once the copy's position is read, in a task of its own: the
+                    # heartbeats behind it on this stream are not held up by the read
+                    self.nursery.start_soon(self._answer_vote, msg)
                 else:
                     self.election.receive(msg)
         except (OSError, trio.BrokenResourceError, ValueError, msgpack.ExtraData,
@@ -481,6 +482,10 @@ class ClusterWatchdog:
                 await r.execute("REPLICAOF", master["address"], target[1])
                 log.info("ccs: replicating node %d at %s:%d%s", e.master, *target,
                          " over TLS" if port else "")
+
+    async def _answer_vote(self, msg: dict) -> None:
+        await self._read_position()
+        self.election.receive(msg)
 
     async def _read_position(self) -> None:
         """The copy's position read now (the reconcile's may be 0.3 s old); None if the copy
