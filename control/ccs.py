@@ -2,9 +2,15 @@
 The full description, for operators, is CCS.md beside this file.
 
 Values are msgpack maps, encoded with msgspec; a reader given a type (control/schema.py's records)
-decodes straight into it. Every write a service makes goes through `write`, which also publishes
-the changed key's name on CHANGES so that services on every node react without polling (PUBLISH
-on the master reaches subscribers of every replica through replication).
+decodes straight into it. Every write a service makes goes through `write` (or `write_fields`,
+`delete`), which also publishes the changed key's name on CHANGES so that services on every node
+react without polling (PUBLISH on the master reaches subscribers of every replica through
+replication), and returns only once a majority of the copies has it (`commit`).
+
+The copies are ordered by POSITION, (term, index), kept in CCS itself: `commit` bumps its index
+after the write, cluster_wd sets its term when its node's copy becomes the master's. It replicates
+with the data and is on disk with it, so a copy restarted from its AOF still knows where it is; the
+election votes only for a candidate whose copy is at least as far (control/election.py).
 
 Only the elected master writes CCS; the copies of other nodes are read-only replicas, and a node's
 own copy stays fenced (it refuses writes with -NOREPLICAS) unless cluster_wd made it writable.
@@ -24,6 +30,11 @@ NODES = "cluster:nodes"            # hash: uid -> {uid, address, gossip_port, cc
 NODES_VERSION = "cluster:nodes_version"   # int, the members version cluster_wd gossips
 FQDN = "cluster:fqdn"              # str: the cluster's name (its DNS zone), set by its first master
 DNS_ZONE = "cluster:dns_zone"      # {serial, digest, time}: the zone's SOA serial (pdns_server)
+POSITION = "ccs:position"          # hash {term, index}: where this copy is in CCS's history
+
+# How long `commit` waits for a majority of the copies (WAIT): below the shortest per-call
+# timeout of a CCS connection (1 s, connect_node's), so that the WAIT answers before it.
+ACK_TIMEOUT_MS = 800
 
 
 def heartbeat_key(uid: int) -> str:
@@ -49,28 +60,68 @@ def unpack(raw: bytes | None, type=None):
     return msgspec.msgpack.decode(raw, type=type)
 
 
+class NotAcknowledged(RedisUnavailable):
+    """The master applied the write but fewer than a majority of the copies have it: it may be
+    lost in a failover. The caller retries, as for any unavailable CCS (writes are idempotent)."""
+
+
+def majority_replicas(members: int) -> int:
+    """How many replicas, besides the master, make a majority of `members` copies."""
+    return members // 2
+
+
+async def commit(redis, commands: list[tuple], *, wait: bool = True) -> list:
+    """Run `commands` on the master's copy (a pipeline; the first error reply raised), then
+    bump POSITION's index and wait until a majority of the members' copies has both (WAIT:
+    replication is one ordered stream, so a copy that has the bump has everything written
+    before it). Past ACK_TIMEOUT_MS, NotAcknowledged. The replies of `commands`.
+    `wait=False`: bumped, not waited for (cluster_wd's own records, which every new master
+    writes again: its reconcile must not be held up, it fences the copy)."""
+    replies = checked(await redis.pipeline([*commands, ("HINCRBY", POSITION, "index", 1),
+                                            ("HLEN", NODES)]))
+    wanted = majority_replicas(replies[-1]) if wait else 0
+    if wanted:
+        acked = await redis.execute("WAIT", wanted, ACK_TIMEOUT_MS)
+        if acked < wanted:
+            raise NotAcknowledged(f"ccs: {acked} of the {wanted} replicas a majority needs "
+                                  f"acknowledged the write within {ACK_TIMEOUT_MS} ms")
+    return replies[:len(commands)]
+
+
 async def write(redis, key: str, value, *, field=None, px: int | None = None) -> None:
-    """SET (or HSET of `field`) a msgpack value and announce the key on CHANGES."""
+    """SET (or HSET of `field`) a msgpack value and announce the key on CHANGES; returns once a
+    majority of the copies has it (`commit`)."""
     if field is not None:
         cmd = ("HSET", key, str(field), pack(value))
     elif px is not None:
         cmd = ("SET", key, pack(value), "PX", px)
     else:
         cmd = ("SET", key, pack(value))
-    checked(await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]))
+    await commit(redis, [cmd, ("PUBLISH", CHANGES, key)])
 
 
 async def write_fields(redis, key: str, values: dict) -> None:
     """HSET of several fields at once (one command: no reader sees some of them changed and
-    not the others), announced on CHANGES."""
+    not the others), announced on CHANGES; as `write`."""
     cmd = ("HSET", key, *(x for f, v in values.items() for x in (str(f), pack(v))))
-    checked(await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]))
+    await commit(redis, [cmd, ("PUBLISH", CHANGES, key)])
 
 
 async def delete(redis, key: str, *fields) -> None:
-    """DEL the key (or HDEL its `fields`) and announce it on CHANGES, in one round trip."""
+    """DEL the key (or HDEL its `fields`) and announce it on CHANGES; as `write`."""
     cmd = ("HDEL", key, *map(str, fields)) if fields else ("DEL", key)
-    checked(await redis.pipeline([cmd, ("PUBLISH", CHANGES, key)]))
+    await commit(redis, [cmd, ("PUBLISH", CHANGES, key)])
+
+
+def parse_position(reply) -> tuple[int, int]:
+    """HMGET POSITION term index as (term, index); a copy that never had it is at (0, 0)."""
+    term, index = reply
+    return int(term or 0), int(index or 0)
+
+
+async def read_position(redis) -> tuple[int, int]:
+    """Where this copy is in CCS's history: (term, index), compared as a pair."""
+    return parse_position(await redis.execute("HMGET", POSITION, "term", "index"))
 
 
 async def read(redis, key: str, type=None):

@@ -4,9 +4,13 @@ off: a node whose certificate the cluster CA did not sign is not heard, so it ca
 nor vote), takes part in the master election (`control.election`), keeps the cluster's
 membership, and makes the node's CCS copy follow the election:
 
-- master holding its lease: the copy is promoted (REPLICAOF NO ONE) and made writable, then the
-  master record and the member list are written to it;
+- master holding its lease: the copy is promoted (REPLICAOF NO ONE) and made writable, its CCS
+  position given this term (ccs.POSITION), then the master record and the member list are
+  written to it;
 - anything else: the copy is fenced (it refuses writes) first, then pointed at the master's copy.
+
+The election learns the copy's CCS position from here: read at every reconcile, and again just
+before a vote request is answered (a voter must not count its copy as less far than it is).
 
 It never makes its CCS copy writable unless this node is master for the current term with a
 lease a majority renewed, and it fences the copy before the lease ends.
@@ -34,7 +38,7 @@ from control.election import CANDIDATE, MASTER, Election, Observation, Timings
 from control.tls import handshake_error
 from control.node import (FENCED_MIN_REPLICAS, NodeConfig, atomic_write, service_command,
                           supervisor_rpc)
-from control.redis_client import RedisUnavailable, ReplyError
+from control.redis_client import RedisUnavailable, ReplyError, checked
 from control.redis_mgr import stop_all
 
 log = logging.getLogger("cluster_wd")
@@ -194,7 +198,10 @@ class ClusterWatchdog:
         self.store = FileVoteStore(config.dir / "state.json")
         self.ccs_writable = False
         self._ccs = None
-        self._ccs_offset = 0
+        self._ccs_position: tuple[int, int] | None = None   # None: the copy not read (yet)
+        self._position_conn = None          # the copy, for the read before a vote
+        self._position_lock = trio.Lock()
+        self._term_written: int | None = None    # the term this node wrote to POSITION
         self._published = (None, None)   # (term, members version) written to CCS as master
         self._lease_written: float | None = None    # the majority_until in run/lease.json
         self._changed = trio.Event()
@@ -211,7 +218,7 @@ class ClusterWatchdog:
             self.tls = self.config.control_plane_tls()
             self.gossip = Gossip(nursery, self.config.uid, self.tls)
             self.election = Election(self.config.uid, members, self.gossip.send, self.store,
-                                     self.timings, ccs_offset=lambda: self._ccs_offset,
+                                     self.timings, ccs_position=lambda: self._ccs_position,
                                      members_version=version, on_change=self._on_change)
             self.gossip.set_peers(members)
             await nursery.start(partial(trio.serve_tcp, self._serve, self.config.gossip_port,
@@ -288,6 +295,10 @@ class ClusterWatchdog:
                 if msg.get("type") == "admin":
                     reply = self._admin(msg)
                     await stream.send_all(msgpack.packb(reply, use_bin_type=True))
+                elif msg.get("type") == "vote_request":
+                    # answered once the copy's position is read, in a task of its own: the
+                    # heartbeats behind it on this stream are not held up by the read
+                    self.nursery.start_soon(self._answer_vote, msg)
                 else:
                     self.election.receive(msg)
         except (OSError, trio.BrokenResourceError, ValueError, msgpack.ExtraData,
@@ -421,6 +432,7 @@ class ClusterWatchdog:
                 await self._reconcile()
             except (RedisUnavailable, ReplyError) as exc:
                 log.warning("ccs: %s", exc)
+                self._ccs_position = None
                 if self._ccs is not None:
                     await self._ccs.aclose()
                     self._ccs = None
@@ -432,14 +444,22 @@ class ClusterWatchdog:
         r = self._ccs
         role = await r.execute("ROLE")
         is_replica = role[0] == b"slave"
-        self._ccs_offset = role[4] if is_replica else role[1]
+        self._ccs_position = await ccs.read_position(r)
         fenced = int((await r.execute("CONFIG", "GET", "min-replicas-to-write"))[1]) != 0
         e = self.election
         if e.is_master():
             if is_replica:
                 await r.execute("REPLICAOF", "NO", "ONE")
-            if fenced:
-                await r.execute("CONFIG", "SET", "min-replicas-to-write", 0)
+            if fenced or self._term_written != e.term:
+                # Writable, and in the same round trip at this term's position: every write
+                # of this master is then ordered after every write of earlier terms, so a copy
+                # restarted from an old AOF never counts as fresher than one that has them.
+                # (The fence refuses the HSET before the CONFIG SET: one pipeline, which Redis
+                # runs as it reads it, before any other client's command.)
+                checked(await r.pipeline([("CONFIG", "SET", "min-replicas-to-write", 0),
+                                          ("HSET", ccs.POSITION, "term", e.term),
+                                          ("HINCRBY", ccs.POSITION, "index", 1)]))
+                self._term_written = e.term
             if not self.ccs_writable:
                 self._set_writable(True)
             if self._published != (e.term, e.members_version):
@@ -463,27 +483,47 @@ class ClusterWatchdog:
                 log.info("ccs: replicating node %d at %s:%d%s", e.master, *target,
                          " over TLS" if port else "")
 
+    async def _answer_vote(self, msg: dict) -> None:
+        await self._read_position()
+        self.election.receive(msg)
+
+    async def _read_position(self) -> None:
+        """The copy's position read now (the reconcile's may be 0.3 s old); None if the copy
+        does not answer, and the vote is refused."""
+        async with self._position_lock:
+            try:
+                if self._position_conn is None or self._position_conn.closed:
+                    self._position_conn = await ccs.connect_node(self.config)
+                self._ccs_position = await ccs.read_position(self._position_conn)
+            except (RedisUnavailable, ReplyError):
+                self._ccs_position = None
+                if self._position_conn is not None:
+                    await self._position_conn.aclose()
+                    self._position_conn = None
+
     def _set_writable(self, writable: bool) -> None:
         self.ccs_writable = writable
-        log.info("ccs: %s in term %d", "writable" if writable else "fenced", self.election.term)
+        log.info("ccs: %s in term %d at position %s", "writable" if writable else "fenced",
+                 self.election.term, self._ccs_position)
         self._on_change(self.election.observation())
 
     async def _publish_as_master(self, r) -> None:
+        """The master record and the member list, in one round trip, not waited for (the
+        reconcile that fences the copy must not be held up; the next master writes its own)."""
         e = self.election
         me = self.config
-        await ccs.write(r, ccs.MASTER, {"uid": me.uid, "term": e.term, "address": me.address,
-                                        "ccs_port": me.ccs_port,
-                                        "ccs_tls_port": me.ccs_tls_port if me.cpine else 0,
-                                        "since": time.time()})
+        record = {"uid": me.uid, "term": e.term, "address": me.address,
+                  "ccs_port": me.ccs_port, "ccs_tls_port": me.ccs_tls_port if me.cpine else 0,
+                  "since": time.time()}
         # The cluster's name is set once, by its first master; a node that joins takes it
         # from CCS (LocalCluster.add_node), so node.json never decides it for the cluster.
-        replies = await r.pipeline([("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
-                                    ("MULTI",), ("DEL", ccs.NODES)] + [
+        await ccs.commit(r, [("SET", ccs.MASTER, ccs.pack(record)),
+                             ("PUBLISH", ccs.CHANGES, ccs.MASTER),
+                             ("SET", ccs.FQDN, ccs.pack(me.cluster_fqdn), "NX"),
+                             ("MULTI",), ("DEL", ccs.NODES)] + [
             ("HSET", ccs.NODES, str(uid), ccs.pack(info)) for uid, info in e.members.items()
         ] + [("SET", ccs.NODES_VERSION, ccs.pack(e.members_version)),
-             ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)])
-        if isinstance(replies[-1], ReplyError):
-            raise replies[-1]
+             ("PUBLISH", ccs.CHANGES, ccs.NODES), ("EXEC",)], wait=False)
         self._published = (e.term, e.members_version)
 
 

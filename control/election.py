@@ -10,8 +10,17 @@ Rules (Raft's leader election, section 5.2 and 9.6 of the dissertation, plus lea
   before the vote leaves the node.
 - A candidate first runs a pre-vote at term+1 without raising its own term, so a node cut off in a
   minority never inflates the cluster's term and does not unseat the master when it returns.
-- Votes go only to a candidate whose CCS replication offset is at least the voter's own, so the
-  new master's CCS copy holds everything a majority had.
+- **Freshness.** Votes (and pre-votes) go only to a candidate whose CCS copy is at least as far
+  in CCS's history as the voter's own (`up_to_date`). A copy's place is its CCS position (term,
+  index), Raft's (last log term, last log index), compared as a pair: kept in CCS itself
+  (control/ccs.py POSITION), its term set by each master when its copy becomes writable, its
+  index bumped by every acknowledged write, so it replicates with the data, survives a restart
+  from the AOF, and orders copies of different replication histories. A write is acknowledged
+  once a majority of the copies has it (ccs.commit); any majority of voters includes one of
+  those, so a master elected by a majority has every acknowledged write. A node that cannot read
+  its own copy's position neither votes nor campaigns. (Redis replication offsets do not order
+  copies: a copy restarted from its AOF starts an offset of its own, and a replica whose master
+  is gone reports -1 in ROLE -- a voter in that state once voted for a copy 100 s behind.)
 - **Lease.** A node that heard a master within `leader_window` neither votes nor campaigns. A
   master's lease runs to `ts + lease_fraction * leader_window`, where `ts` is the send time of the
   newest heartbeat a majority has acknowledged: every member of that majority refuses to vote
@@ -70,6 +79,17 @@ class MemoryVoteStore:
         self.term, self.voted_for = term, voted_for
 
 
+def up_to_date(candidate, own: tuple[int, int] | None) -> bool:
+    """May a voter whose CCS position is `own` vote for a candidate at `candidate` (as a vote
+    request carries it: [term, index])? Only if the candidate's is at least the voter's, term
+    first, then index (Raft's rule); never if the voter does not know its own (its copy cannot
+    be read: it may hold writes the candidate lacks), nor for a malformed position."""
+    if own is None or not isinstance(candidate, (list, tuple)) or len(candidate) != 2 \
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in candidate):
+        return False
+    return tuple(candidate) >= tuple(own)
+
+
 @dataclass
 class Observation:
     """What the node believes at one instant; recorded on every change and lease renewal."""
@@ -89,7 +109,8 @@ class Election:
     send: Callable[[int, dict], None]         # (peer uid, message); never blocks, may drop
     store: VoteStore
     timings: Timings = field(default_factory=Timings)
-    ccs_offset: Callable[[], int] = lambda: 0
+    # this node's CCS position, (term, index); None: its copy cannot be read now
+    ccs_position: Callable[[], tuple[int, int] | None] = lambda: (0, 0)
     members_version: int = 0
     on_change: Callable[[Observation], None] = lambda obs: None
     rng: random.Random = field(default_factory=random.Random)
@@ -173,6 +194,10 @@ class Election:
                 self._send_heartbeats(now)
             return
         if now >= self.deadline and self.uid in self.members:
+            if self.ccs_position() is None:
+                # its copy unreadable: a candidate must be able to say how far it is
+                self.deadline = now + self._retry_timeout()
+                return
             self._start_prevote(now)
 
     def _election_timeout(self) -> float:
@@ -221,7 +246,7 @@ class Election:
         self.deadline = now + self._retry_timeout()
         self._notify()
         self._broadcast({"type": "vote_request", "term": self.term + 1, "prevote": True,
-                         "ccs_offset": self.ccs_offset()})
+                         "ccs_position": self._position()})
         self._check_votes()
 
     def _start_election(self) -> None:
@@ -231,8 +256,12 @@ class Election:
         self.deadline = trio.current_time() + self._retry_timeout()
         self._notify()
         self._broadcast({"type": "vote_request", "term": self.term, "prevote": False,
-                         "ccs_offset": self.ccs_offset()})
+                         "ccs_position": self._position()})
         self._check_votes()
+
+    def _position(self) -> list[int] | None:
+        position = self.ccs_position()
+        return None if position is None else list(position)
 
     def _check_votes(self) -> None:
         if len(self.votes & self.members.keys()) < self.majority:
@@ -351,7 +380,7 @@ class Election:
 
     def _on_vote_request(self, msg: dict, term: int, sender: int, now: float) -> None:
         prevote = bool(msg.get("prevote"))
-        offset = msg.get("ccs_offset")
+        position = msg.get("ccs_position")
         if sender not in self.members:
             return
         # While a master is alive (or this node is one) vote requests are ignored outright,
@@ -363,14 +392,14 @@ class Election:
             return
         if not prevote and term > self.term:
             self._step_down(term)
-        up_to_date = isinstance(offset, int) and offset >= self.ccs_offset()
+        fresh = up_to_date(position, self.ccs_position())
         if prevote:
-            granted = up_to_date and (term > self.term or (
+            granted = fresh and (term > self.term or (
                 term == self.term and self.voted_for in (None, sender)))
             self._reply(sender, {"type": "vote_reply", "term": term, "prevote": True,
                                  "granted": granted})
             return
-        granted = (term == self.term and up_to_date and self.voted_for in (None, sender))
+        granted = (term == self.term and fresh and self.voted_for in (None, sender))
         if granted:
             if self.voted_for != sender:
                 self._set_term(self.term, sender)

@@ -66,6 +66,10 @@ that is still catching up, may name a master that was failed over meanwhile -- w
 would be acknowledged and lost, reads stale (a chaos run's partition showed both). A dmcproxy
 that starts on the majority's side and cannot read the master's maps (CCS down on every node)
 serves the maps it has, after one try: nothing fails shards over without CCS.
+A request the fence refuses first waits up to FENCE_HOLD_MS, never sent, for the fence to be
+down (dmc/fastpath/fence.pxi): the lease that lapses for a moment during an election (a master
+that stepped down on a loaded machine) costs the node's clients latency, not errors; a node
+that stays cut off answers the refusal then.
 
 Local interfaces: `run/dmcproxy.sock` (NodeConfig.proxy_stats_sock), a unix socket for the
 node's own services (metrics_exporter, stats_archiver, alert_mgr). A client sends one line,
@@ -107,6 +111,8 @@ STATS_REQUEST = b"STATS\n"
 STATS_TIMEOUT = 5.0         # a local client has this long to ask; an endpoint, to answer
 WAIT_SHARDS = 3.0           # a new endpoint waits this long for a shard to give its command table
 HOLD_MS = 5000              # a request for a dead master shard waits this long for its failover
+FENCE_HOLD_MS = 1500        # a request the fence refuses waits this long for it to be down (under
+#   the chaos clients' 2 s reply timeout: a node that stays cut off answers its refusal)
 # Test hook: with DMC_TEST_REFUSE_PAUSED_MAPS=<database name> in the services' environment, a
 # paused map of that database is installed but never acknowledged, as by an endpoint whose
 # requests never drain: the switch that published it fails (tests/test_dbaas.py: a reshard
@@ -453,6 +459,7 @@ class NodeProxy:
               multi_slot: str = "refuse", threads: int = 1, tls: dict | None = None) -> Endpoint:
         return Endpoint(self.config.address, bdb.port, password, smap, threads=threads,
                         wait_shards_s=WAIT_SHARDS, multi_slot_commands=multi_slot,
+                        fence_hold_ms=FENCE_HOLD_MS,
                         client_query_buffer_limit=query_buffer_limit(bdb), **(tls or {})).start()
 
     def _tls(self, uid: int, bdb: schema.Bdb) -> dict:

@@ -249,7 +249,8 @@ cdef class Proxy:
     live migration, pause() first: requests are held (read, not sent) until resume(), when they
     follow the map current then; inflight() says when the ones sent before the pause are all
     answered. fence(True): writes are answered -READONLY, reads -MASTERDOWN, until
-    fence(False). hold_ms: a request for a shard that is down waits up to that long for a new
+    fence(False); with fence_hold_ms they first wait up to that long for the fence to be down
+    (fence.pxi). hold_ms: a request for a shard that is down waits up to that long for a new
     map (or the shard) instead of being answered "unavailable" (hold.pxi).
     """
     cdef Core core
@@ -268,7 +269,7 @@ cdef class Proxy:
                  long long client_output_limit=256 * 1024 * 1024, password=None,
                  int idle_timeout_s=0, long long tracking_max_keys=0,
                  long long client_query_limit=1024 * 1024 * 1024,
-                 str multi_slot_commands="refuse", int hold_ms=0):
+                 str multi_slot_commands="refuse", int hold_ms=0, int fence_hold_ms=0):
         if table.serving:
             # Its per-command counters are written by the loop that serves it, without a lock.
             raise ValueError("this command table already serves another Proxy: build one per Proxy")
@@ -286,6 +287,7 @@ cdef class Proxy:
         self.core.idle_timeout_us = <long long>max(0, idle_timeout_s) * 1000000
         self.core.tls_handshake_timeout_us = TLS_HANDSHAKE_TIMEOUT_S * 1000000
         self.core.hold_us = <long long>max(0, hold_ms) * 1000
+        self.core.fence_hold_us = <long long>max(0, fence_hold_ms) * 1000
         self.core.tracking_max_keys = <size_t>max(0, tracking_max_keys)
         self.set_password(password)
         self.set_multi_slot_commands(multi_slot_commands)
@@ -568,11 +570,31 @@ cdef class Proxy:
         cluster's majority, whose shards may be failed over on the other side
         (control/node_proxy.py decides; fence.pxi)."""
         self.core.fenced = on
+        self._fence_moved()
 
     def fence_until(self, double until):
         """The node's majority lease: from `until` (a time.monotonic() deadline) on, the fence
         is up by itself, checked for every command against the loop's clock (0: no lease)."""
         self.core.lease_until_us = <long long>(until * 1e6) if until > 0 else 0
+        self._fence_moved()
+
+    cdef void _fence_moved(self):
+        """The fence is down now: what it held goes (fence.pxi)."""
+        cdef long long until = self.core.lease_until_us
+        if self.core.held_head != NULL and not self.core.fenced \
+                and (until == 0 or monotonic_us() < until):
+            self.core.now_us = monotonic_us()
+            held_release_fenced(&self.core)
+
+    @property
+    def fence_hold_ms(self):
+        """How long a request the fence refuses waits for it to be down first (0: refused at
+        once; fence.pxi)."""
+        return self.core.fence_hold_us // 1000
+
+    @fence_hold_ms.setter
+    def fence_hold_ms(self, int ms):
+        self.core.fence_hold_us = <long long>max(0, ms) * 1000
 
     @property
     def fenced(self):

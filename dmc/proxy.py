@@ -55,6 +55,7 @@ class ProxyConfig:
     tracking_max_keys: int = 0      # CLIENT TRACKING: keys the proxy remembers (0: Redis's 1000000)
     wait_shards_s: float = 30.0
     hold_ms: int = 0            # a request for a shard that is down waits this long for a new map
+    fence_hold_ms: int = 0      # a request the node's fence refuses waits this long for it first
     oss_cluster: bool = False   # the OSS Cluster API, this proxy the cluster's one node (cluster_api)
     threads: int = 1            # worker threads (event loops) serving the port (dmc/endpoint.py)
     tls_cert_file: str = ""     # client TLS: the endpoint's certificate (PEM chain); "": plaintext
@@ -238,7 +239,7 @@ def open_proxy(cfg: ProxyConfig, shard_map: ShardMap,
                                 multi_slot_commands=cfg.multi_slot_commands,
                                 tracking_max_keys=cfg.tracking_max_keys,
                                 client_query_limit=cfg.client_query_buffer_limit,
-                                hold_ms=cfg.hold_ms)
+                                hold_ms=cfg.hold_ms, fence_hold_ms=cfg.fence_hold_ms)
         cfg.apply_tls(proxy)
         cfg.apply_shard_tls(proxy)
         install_shard_map(proxy, shard_map)

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis
+import trio
 from chaos.netns import TestNetwork
 from waiting import wait_until
 
-from control import history
+from control import ccs, history
 from control.local_cluster import LocalCluster, loopback_addresses
 from control.node import CORE_SERVICES
 
@@ -159,6 +160,56 @@ def test_kill_9_of_the_master_node_elects_a_new_master_and_the_old_one_rejoins(m
     wait_until(lambda: ccs_client(cluster.nodes[old]).get("after") == b"1",
                what="the old master's CCS copy replicating the new master")
     assert masters(cluster) == [new]
+
+
+def _ccs_writes(config, values: dict[str, int]) -> None:
+    """ccs.write of each key on the node's copy: each returns once a majority has it."""
+    async def run():
+        async with await ccs.connect_node(config, timeout=2.0) as conn:
+            for key, value in values.items():
+                await ccs.write(conn, key, value)
+    trio.run(run)
+
+
+def _ccs_reads(config, keys) -> tuple[dict, tuple[int, int]]:
+    """The keys' values on the node's own copy, and its CCS position."""
+    async def run():
+        async with await ccs.connect_node(config, timeout=2.0) as conn:
+            return ({k: await ccs.read(conn, k) for k in keys}, await ccs.read_position(conn))
+    return trio.run(run)
+
+
+def test_a_restarted_node_whose_ccs_copy_missed_writes_loses_the_election(make_cluster):
+    """Stop 26's chaos run (bench/CHAOS.md): a node killed while the master went on writing
+    CCS, started again when the master had died, its copy still what it had at its kill (it
+    had no master to re-attach to). It must not become the master: its copy would replace the
+    survivor's, and the acknowledged writes it missed would be gone."""
+    cluster = make_cluster(3)
+    master = cluster.wait_for_master()
+    stale, survivor = [u for u in cluster.nodes if u != master]
+    _ccs_writes(cluster.nodes[master], {"ccs27:before": 0})
+    cluster.kill_node(stale)
+
+    # acknowledged by a majority: the master's copy and the survivor's
+    written = {f"ccs27:while-down:{i}": i for i in range(20)}
+    _ccs_writes(cluster.nodes[master], written)
+    (_, at_master), (_, at_survivor) = (_ccs_reads(cluster.nodes[u], []) for u in
+                                        (master, survivor))
+    assert at_survivor[1] >= at_master[1] - 1 >= 20    # (a write's own bump may be in flight)
+
+    cluster.kill_node(master)
+    cluster.start_node(stale)
+    new = cluster.wait_for_master(timeout=60)
+    assert new == survivor
+    keys = ["ccs27:before", *written]
+    expected = {"ccs27:before": 0, **written}
+    values, position = _ccs_reads(cluster.nodes[new], keys)
+    assert values == expected
+    # the restarted copy follows the new master and gets what it missed
+    wait_until(lambda: _ccs_reads(cluster.nodes[stale], keys)[0] == expected,
+               what="the restarted copy replicating the new master")
+    # the new master's term is in its copy's position, above every position before it
+    assert position[0] == cluster.status(new)["term"] and position > at_master
 
 
 def _set_through(client) -> bool:

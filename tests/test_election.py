@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from control import history
-from control.election import MASTER, Election, MemoryVoteStore, Timings
+from control.election import MASTER, Election, MemoryVoteStore, Timings, up_to_date
 
 
 class SimCluster:
@@ -29,12 +29,15 @@ class SimCluster:
         self.drop_rate = 0.0
         self.drop_kinds: set[str] = set()
         self.observations: list[dict] = []
+        # each node's CCS position, (term, index); None: its copy cannot be read
+        self.positions: dict[int, tuple[int, int] | None] = {uid: (0, 0) for uid in self.members}
         for uid in self.members:
             self.start(uid)
 
     def start(self, uid: int) -> None:
         node = Election(uid, dict(self.members), lambda to, m, uid=uid: self._send(uid, to, m),
                         self.stores[uid], self.timings, rng=random.Random(self.rng.random()),
+                        ccs_position=lambda uid=uid: self.positions[uid],
                         on_change=lambda o: self.observations.append(vars(o).copy()))
         self.nodes[uid] = node
         scope = trio.CancelScope()
@@ -220,3 +223,94 @@ def test_the_checker_finds_two_masters_in_one_term_and_overlapping_leases():
         {"time": 2.1, "node": 2, "term": 4, "role": MASTER, "lease_until": 2.6},
     ]
     assert history.violations(handover) == []
+
+
+# ---- the vote's freshness rule: CCS positions (term, index) ------------------------------------
+
+def test_up_to_date_orders_positions_by_term_first_then_index():
+    own = (3, 40)
+    assert up_to_date([3, 40], own)            # as far: a tie is granted
+    assert up_to_date([3, 41], own)
+    assert up_to_date([4, 0], own)             # a later term wins over any index of an earlier one
+    assert not up_to_date([3, 39], own)
+    assert not up_to_date([2, 10_000], own)    # a copy of an older term, however many writes
+    assert up_to_date([0, 0], (0, 0))          # a new cluster: every copy empty
+
+
+def test_up_to_date_refuses_when_a_position_is_unknown_or_malformed():
+    assert not up_to_date([5, 5], None)        # the voter cannot read its own copy
+    for candidate in (None, 7, [1], [1, 2, 3], ["1", "2"], [1.0, 2], [True, 2], {"term": 1}):
+        assert not up_to_date(candidate, (0, 0)), candidate
+
+
+def _voter(position):
+    """Node 1 of three, alone under a MockClock, past its leader window (so it may vote); the
+    replies it sends, and a way to hand it a vote request."""
+    replies = []
+    node = Election(1, {1: {}, 2: {}, 3: {}}, lambda to, m: replies.append((to, m)),
+                    MemoryVoteStore(term=4), ccs_position=lambda: position[0])
+
+    def ask(candidate_position, *, term=5, prevote=False, sender=2):
+        replies.clear()
+        node.receive({"type": "vote_request", "term": term, "prevote": prevote,
+                      "from": sender, "ccs_position": candidate_position})
+        (to, reply), = replies
+        assert to == sender and reply["type"] == "vote_reply"
+        return reply["granted"]
+    return node, ask
+
+
+def test_a_voter_grants_only_a_candidate_at_least_as_far_in_ccs():
+    async def main():
+        position = [(4, 120)]
+        node, ask = _voter(position)
+        await trio.sleep(node.timings.leader_window + 0.1)
+        # the copy that was down: standalone since its restart, an older term's many writes
+        assert not ask([3, 900], prevote=True)
+        assert not ask([4, 119], prevote=True)
+        assert ask([4, 120], prevote=True)
+        assert not ask([3, 900])
+        assert node.voted_for is None           # a refused vote is no vote
+        assert ask([5, 1])
+        assert node.voted_for == 2 and node.store.load() == (5, 2)
+        # one vote per term, however fresh the next candidate
+        assert not ask([9, 9], sender=3)
+        # a voter whose copy cannot be read does not vote at all
+        position[0] = None
+        assert not ask([9, 9], term=6, prevote=True, sender=3)
+        assert not ask([9, 9], term=6, sender=3)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_after_the_master_dies_the_survivor_with_the_newest_ccs_is_elected(seed):
+    """The chaos run's case: the master dies while a restarted node's copy is still the one it
+    had at its kill (standalone: it never re-attached) -- an older term's position with a higher
+    index than the survivor that saw the later writes. The survivor must win, every time."""
+    async def body(sim):
+        old = await sim.wait_single_master()
+        stale, fresh = [u for u in sim.members if u != old.uid]
+        sim.positions.update({old.uid: (old.term, 70), fresh: (old.term, 70),
+                              stale: (old.term - 1, 500)})
+        await trio.sleep(1)
+        sim.kill(old.uid)
+        new = await sim.wait_single_master()
+        assert new.uid == fresh
+        await trio.sleep(5)
+        assert [m.uid for m in sim.masters()] == [fresh]
+    run_sim(body, 3, seed)
+
+
+def test_a_node_that_cannot_read_its_ccs_copy_neither_campaigns_nor_votes():
+    async def body(sim):
+        old = await sim.wait_single_master()
+        blind, other = [u for u in sim.members if u != old.uid]
+        sim.positions[blind] = None
+        sim.kill(old.uid)
+        # `other` needs blind's vote, blind may not campaign: no master
+        await trio.sleep(10)
+        assert sim.masters() == []
+        assert sim.nodes[blind].role != MASTER
+        sim.positions[blind] = (0, 0)
+        assert (await sim.wait_single_master()).uid in (blind, other)
+    run_sim(body, 3)

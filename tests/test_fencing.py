@@ -157,6 +157,74 @@ def test_a_proxy_fences_itself_once_the_lease_it_was_given_runs_out(pair, endpoi
     c.close()
 
 
+def test_a_request_the_fence_refuses_waits_for_the_fence_to_be_down(pair, endpoint):
+    """fence_hold_ms: while the fence is up a write or a read of data is held, never sent, and
+    sent in order once the fence is down (an election's moment without a lease costs latency,
+    not errors); what the fence does not refuse is still served, its reply in its place."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, fence_hold_ms=5000)
+    c = RawClient(ep.port)
+    other = RawClient(ep.port)
+    assert c.call(("SET", "k", "v")) == [b"OK"]
+    ep.call(lambda p: p.fence(True))
+    c.send(("SET", "k", "w"), ("GET", "k"), ("INCR", "n"), ("PING",),
+           ("MULTI",), ("INCR", "n"), ("GET", "k"), ("EXEC",))
+    assert other.call(("PING",)) == [b"PONG"]       # the fence refuses no PING
+    wait_until(lambda: ep.stats()["held_bytes"] > 0, what="the requests held")
+    assert c.nothing_within(0.3)
+    assert master.get("k") == b"v" and master.get("n") is None     # nothing sent
+    ep.call(lambda p: p.fence(False))
+    assert c.replies(8) == [b"OK", b"w", 1, b"PONG", b"OK", b"QUEUED", b"QUEUED", [2, b"w"]]
+    assert master.get("k") == b"w" and ep.stats()["held_bytes"] == 0
+    # The lease: held from the moment it runs out until a new one is given.
+    until = time.monotonic() + 0.3
+    ep.call(lambda p: p.fence_until(until))
+    wait_until(lambda: time.monotonic() > until, what="the lease running out")
+    c.send(("SET", "k", "x"))
+    assert c.nothing_within(0.3) and master.get("k") == b"w"
+    renewed = time.monotonic() + 30
+    ep.call(lambda p: p.fence_until(renewed))
+    assert c.replies(1) == [b"OK"] and master.get("k") == b"x"
+    c.close()
+    other.close()
+
+
+def test_a_held_request_of_an_acl_user_runs_as_that_user(pair, endpoint):
+    """What the fence (or a dead shard) held goes on its client's user's connection when it is
+    sent, never on the default user's: the shard still refuses what the user may not do."""
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, fence_hold_ms=5000)
+    admin, c = RawClient(ep.port), RawClient(ep.port)
+    assert admin.call(("ACL", "SETUSER", "carl", "reset", "on", ">pw", "~mine:*",
+                       "+@all")) == [b"OK"]
+    assert c.call(("AUTH", "carl", "pw")) == [b"OK"]
+    ep.call(lambda p: p.fence(True))
+    c.send(("SET", "mine:a", "1"), ("SET", "theirs:a", "1"))
+    wait_until(lambda: ep.stats()["held_bytes"] > 0, what="the requests held")
+    ep.call(lambda p: p.fence(False))
+    ok, refused = c.replies(2)
+    assert ok == b"OK" and refused[0] == "error" and refused[1].startswith("NOPERM"), refused
+    assert master.get("mine:a") == b"1" and master.get("theirs:a") is None
+    admin.close()
+    c.close()
+
+
+def test_a_request_the_fence_held_is_refused_once_its_hold_time_is_out(pair, endpoint):
+    master_port, _, master, _ = pair
+    ep = endpoint(master_port, fence_hold_ms=400)
+    c = RawClient(ep.port)
+    ep.call(lambda p: p.fence(True))
+    sent = time.monotonic()
+    c.send(("SET", "k", "w"), ("GET", "k"))
+    write, read = c.replies(2, timeout=5)
+    waited = time.monotonic() - sent
+    assert write[0] == "error" and write[1].startswith("READONLY "), write
+    assert read[0] == "error" and read[1].startswith("MASTERDOWN "), read
+    assert 0.35 <= waited < 2.0, waited
+    assert master.get("k") is None and ep.stats()["held_bytes"] == 0
+    c.close()
+
+
 def _killed(ep: Endpoint, pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: ep.stats()["shards"][0]["conns"][0]["state"] != "up",
@@ -243,7 +311,7 @@ def test_a_master_demoted_in_place_stays_suspect_and_gets_its_held_requests_afte
     c.close()
 
 
-def test_a_held_request_of_an_acl_user_runs_with_that_users_rights(pair, endpoint):
+def test_a_request_held_for_a_lost_connection_of_an_acl_user_runs_as_that_user(pair, endpoint):
     """A request held for a shard goes, once the shard is back, on its client's user's
     connection, never on the shared ones of `default`: NOPERM, as one redis-server answers."""
     master_port, _, master, _ = pair
@@ -315,7 +383,8 @@ class Writer:
 
     def _run(self) -> None:
         with in_netns(self.netns):
-            conn = redis.Redis(self.address, self.port, socket_timeout=1, socket_connect_timeout=1)
+            # (a write the fence holds is refused after node_proxy's FENCE_HOLD_MS, 1.5 s)
+            conn = redis.Redis(self.address, self.port, socket_timeout=5, socket_connect_timeout=1)
             n = 0
             while not self._stop.is_set():
                 key, value = self.keys[n % len(self.keys)], f"{self.netns}:{n}"

@@ -49,8 +49,13 @@ cdef Backend *frag_backend(Core *core, int shard, Client *c) noexcept nogil:
 
 
 cdef void frag_send_on(Core *core, Backend *b, Fragment *f, const char *data, size_t n) noexcept nogil:
-    if fence_up(core) and fence_refuses(core, f):
-        return
+    cdef const char *refusal
+    if fence_up(core):
+        refusal = fence_refusal(f)
+        if refusal != NULL:
+            if not (b.role == ROLE_SHARED and hold_fenced(core, b.shard, f, data, n)):
+                frag_answered(core, f, refusal, strlen(refusal))
+            return
     if core.hold_us > 0 and b.role == ROLE_SHARED and (b.state == BK_DOWN or
             core.shards[b.shard].suspect_until_us > core.now_us) and \
             hold_fragment(core, b.shard, f, data, n):

@@ -40,6 +40,7 @@ cdef struct Core:
     bint fenced                 # the node lost the majority: writes and reads refused (fence.pxi)
     long long lease_until_us    # the node's majority lease: fenced from then on by itself (0: none)
     long long hold_us           # a request for a down shard is held this long (hold.pxi; 0: never)
+    long long fence_hold_us     # a request the fence refuses is held this long first (0: never)
     Held *held_head             # held fragments, oldest first
     Held *held_tail
     size_t held_bytes

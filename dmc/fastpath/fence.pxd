@@ -4,4 +4,4 @@
 
 cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil
 cdef bint fence_up(Core *core) noexcept nogil
-cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil
+cdef const char *fence_refusal(Fragment *f) noexcept nogil

@@ -24,6 +24,17 @@
 # proxy that was stopped (SIGSTOP of its node) refuses what it reads on waking up, before any
 # Python code has run to notice that the lease is out (a chaos run's pause_node showed writes
 # acknowledged there and lost).
+#
+# Holding instead of refusing: with core.fence_hold_us (Proxy's fence_hold_ms; the cluster's
+# endpoints: control/node_proxy.py's FENCE_HOLD_MS) a fragment the fence refuses is first held,
+# never sent, as hold.pxi holds one for a dead shard: sent in order the moment the fence is
+# down again (fence(False), or a renewed lease: held_release_fenced), answered the refusal when
+# its time is out. An election (a master that stepped down for a late turn of a loaded machine)
+# lets the lease lapse for a moment; the node's clients see latency, not errors. Nothing is
+# sent while the fence is up, so nothing is applied on the wrong side of a partition. Only
+# fragments for a shard's shared connections are held (as hold.pxi's, a transaction's EXEC
+# too, and an ACL user's shared connections); those for a connection of a client's own (a
+# blocking command, after WATCH, a tracking client's) are refused at once.
 
 
 cdef void fence_map_change(Core *core, const unsigned char *lost) noexcept nogil:
@@ -70,18 +81,15 @@ cdef bint fence_up(Core *core) noexcept nogil:
     return core.fenced or (core.lease_until_us != 0 and core.now_us >= core.lease_until_us)
 
 
-cdef bint fence_refuses(Core *core, Fragment *f) noexcept nogil:
-    """The fence is up and f writes or reads data: answered -READONLY or -MASTERDOWN, not sent."""
-    cdef const char *line
+cdef const char *fence_refusal(Fragment *f) noexcept nogil:
+    """The fence's answer to f: -READONLY if it writes, -MASTERDOWN if it reads data, NULL if
+    it does neither (it is served while the fence is up)."""
     if f.req.cmd == NULL or f.req.resolving:
-        return False
+        return NULL
     if f.req.cmd.writes:
-        line = (b"-READONLY this proxy's node is cut off from the cluster's majority: writes "
+        return (b"-READONLY this proxy's node is cut off from the cluster's majority: writes "
                 b"are refused until it is back\r\n")
-    elif f.req.cmd.cls == CLASS_READ:
-        line = (b"-MASTERDOWN this proxy's node is cut off from the cluster's majority: reads "
+    if f.req.cmd.cls == CLASS_READ:
+        return (b"-MASTERDOWN this proxy's node is cut off from the cluster's majority: reads "
                 b"are refused until it is back (its data may be stale)\r\n")
-    else:
-        return False
-    frag_answered(core, f, line, strlen(line))
-    return True
+    return NULL

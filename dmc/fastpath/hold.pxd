@@ -10,12 +10,16 @@ cdef struct Held:
     Fragment *f             # its request stays pending (and alive) while the fragment is held
     int shard               # where it was to go
     int slot                # a slot that shard owned then (-1: none)
-    long long until_us      # answered "unavailable" then
+    long long until_us      # answered "unavailable" (or the fence's refusal) then
+    bint fenced             # held because the fence was up (sent once it is down)
+    bint late               # sent once more past until_us (its shard was back) and held again
     Buf cmd                 # the fragment's command bytes, never sent
 
 
 cdef bint shard_up(Core *core, int shard) noexcept nogil
 cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
+cdef bint hold_fenced(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
+cdef void held_release_fenced(Core *core) noexcept nogil
 cdef void held_release_shard(Core *core, int shard) noexcept nogil
 cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil
 cdef void held_tick(Core *core, bint every) noexcept nogil

@@ -13,10 +13,13 @@
 # or -TRYAGAIN when a new map splits the shard's slots between several shards (it was never
 # sent: retrying is safe). So a client sees latency, not errors, for a failover that ends within
 # the hold time. Only what was never sent is held: what was in flight when the connection broke
-# may have been applied, and is answered with an error as before. What is held goes on the
-# connection its client's requests go on (frag_backend: an ACL user's, never `default`'s).
-# Only a connection the shard broke makes it suspect (backend_fail); the proxy closing its own
-# (backend_drop: a user's once its last client left) does not.
+# may have been applied, and is answered with an error as before. Only a connection the shard
+# broke makes it suspect (backend_fail); the proxy closing its own (backend_drop: a user's once
+# its last client left) does not; and a shard whose connection is back to the same process,
+# still master, is trusted again at once (shard_check_send, below).
+#
+# The fence holds fragments here too (Held.fenced; fence.pxi): until the fence is down
+# (held_release_fenced) or core.fence_hold_us is out.
 
 
 cdef bint shard_up(Core *core, int shard) noexcept nogil:
@@ -37,8 +40,19 @@ cdef int shard_any_slot(Core *core, int shard) noexcept nogil:
 
 cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
     """Hold f for the shard (True), or False when holding is off or full."""
+    return held_new(core, shard, f, data, n, core.hold_us, False)
+
+
+cdef bint hold_fenced(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil:
+    """Hold f, which the fence refuses, until the fence is down (True), or False when fence
+    holding is off or full (fence.pxi)."""
+    return held_new(core, shard, f, data, n, core.fence_hold_us, True)
+
+
+cdef bint held_new(Core *core, int shard, Fragment *f, const char *data, size_t n,
+                   long long for_us, bint fenced) noexcept nogil:
     cdef Held *h
-    if core.hold_us <= 0 or core.held_bytes + n > HOLD_MAX_BYTES:
+    if for_us <= 0 or core.held_bytes + n > HOLD_MAX_BYTES:
         return False
     h = <Held *>calloc(1, sizeof(Held))
     if h == NULL:
@@ -49,7 +63,8 @@ cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, si
     h.f = f
     h.shard = shard
     h.slot = shard_any_slot(core, shard)
-    h.until_us = core.now_us + core.hold_us
+    h.until_us = core.now_us + for_us
+    h.fenced = fenced
     held_append(core, h)
     return True
 
@@ -71,21 +86,38 @@ cdef void held_free(Core *core, Held *h) noexcept nogil:
 
 
 cdef void held_send(Core *core, Held *h, int shard) noexcept nogil:
-    """Send h's fragment to the shard now, on the connection its client's requests go on (its
-    ACL user's, if it has one: never with another user's rights); held again, with its
-    deadline, if that connection is down, and answered "unavailable" past the deadline."""
+    """Send h's fragment to the shard now, on the connection frag_send picks for its client
+    (its ACL user's: never the default user's); held again, with its deadline, if the fence
+    or the shard's state holds it once more."""
     cdef Fragment *f = h.f
-    cdef Backend *b = frag_backend(core, shard, f.req.client)
     cdef long long until = h.until_us
-    if b == NULL:
-        frag_answered(core, f, b"-ERR out of memory\r\n", 20)
-    elif b.state != BK_DOWN:
-        frag_send_on(core, b, f, buf_head(&h.cmd), buf_len(&h.cmd))
-    elif until > core.now_us and hold_fragment(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd)):
+    cdef Held *tail = core.held_tail
+    frag_send(core, shard, f, buf_head(&h.cmd), buf_len(&h.cmd))
+    if core.held_tail != tail and core.held_tail.f == f:
         core.held_tail.until_us = until
-    else:
-        frag_answer_unavailable(core, f, core.shards[shard].label)
+        core.held_tail.late = until <= core.now_us      # that was its one try past its time
     held_free(core, h)
+
+
+cdef void held_keep(Core *core, Held *h) noexcept nogil:
+    """h, taken off the list (its bytes still counted), back at its end."""
+    core.held_bytes -= buf_len(&h.cmd)      # re-added by held_append
+    held_append(core, h)
+
+
+cdef void held_release_fenced(Core *core) noexcept nogil:
+    """The fence is down: what it held goes, in order (to its shard, or held for it if the
+    shard is down)."""
+    cdef Held *h = core.held_head
+    cdef Held *nxt
+    core.held_head = core.held_tail = NULL
+    while h != NULL:
+        nxt = h.next
+        if h.fenced:
+            held_send(core, h, h.shard)
+        else:
+            held_keep(core, h)
+        h = nxt
 
 
 cdef void held_release_shard(Core *core, int shard) noexcept nogil:
@@ -98,8 +130,7 @@ cdef void held_release_shard(Core *core, int shard) noexcept nogil:
         if h.shard == shard:
             held_send(core, h, shard)
         else:
-            core.held_bytes -= buf_len(&h.cmd)     # re-added by held_append
-            held_append(core, h)
+            held_keep(core, h)
         h = nxt
 
 
@@ -124,8 +155,7 @@ cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
         nxt = h.next
         to = target[h.shard] if h.slot >= 0 else -1
         if to == h.shard or (to == -1 and core.shards[h.shard].active):
-            core.held_bytes -= buf_len(&h.cmd)
-            held_append(core, h)                # same shard: still waits for it
+            held_keep(core, h)   # same shard: still waits for it
         elif to >= 0:
             held_send(core, h, to)
         else:
@@ -138,23 +168,30 @@ cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil:
 
 cdef void held_tick(Core *core, bint every) noexcept nogil:
     """Held fragments of a shard that is back are sent; those whose time is out (every one:
-    the proxy closes) are answered "unavailable". The shard is looked at first: a request
-    held just after the failure has its deadline just after the suspicion's end, and the tick
-    that sees the shard back may come after both."""
+    the proxy closes) are answered "unavailable", or the fence's refusal if the fence held
+    them and is still up. The shard is looked at first: a request held just after the
+    failure has its deadline just after the suspicion's end, and the tick that sees the shard
+    back may come after both (one try, then: `late`)."""
     cdef Held *h = core.held_head
     cdef Held *nxt
+    cdef const char *line
     core.held_head = core.held_tail = NULL
     while h != NULL:
         nxt = h.next
-        if not every and core.shards[h.shard].suspect_until_us <= core.now_us and \
-                shard_up(core, h.shard):
+        if h.fenced and not fence_up(core):
+            held_send(core, h, h.shard)         # (held_release_fenced sends them at once)
+        elif not every and not h.fenced and not h.late and \
+                core.shards[h.shard].suspect_until_us <= core.now_us and shard_up(core, h.shard):
             held_send(core, h, h.shard)         # no new map came, but the shard is back
         elif every or h.until_us <= core.now_us:
-            frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
+            line = fence_refusal(h.f) if h.fenced else NULL
+            if line != NULL:
+                frag_answered(core, h.f, line, strlen(line))
+            else:
+                frag_answer_unavailable(core, h.f, core.shards[h.shard].label)
             held_free(core, h)
         else:
-            core.held_bytes -= buf_len(&h.cmd)
-            held_append(core, h)
+            held_keep(core, h)
         h = nxt
 
 
