@@ -84,18 +84,25 @@ class Cluster:
     def master_ccs(self):
         """The NodeConfig of the node whose CCS copy is the master's, as the nodes' copies say
         (read on their unix sockets: a node on a routable address serves CCS in plaintext
-        nowhere else; a socket is a file, reached from any network namespace)."""
+        nowhere else; a socket is a file, reached from any network namespace). The newest
+        master record wins: a node cut off by a partition keeps the one of the term it knew
+        (a test read the old master's copy, stale, for a minute)."""
+        newest = None
         for config in self.lc.nodes.values():
             try:
                 r = redis.Redis(unix_socket_path=str(config.ccs_socket), socket_timeout=1,
                                 socket_connect_timeout=1)
                 m = ccs.unpack(r.get(ccs.MASTER))
-                if m:
-                    return next(c for c in self.lc.nodes.values()
-                                if (c.address, c.ccs_port) == (m["address"], m["ccs_port"]))
-            except (redis.RedisError, StopIteration):
+            except redis.RedisError:
                 continue
-        raise AssertionError("no CCS copy answers")
+            if m and (newest is None or m["term"] > newest["term"]):
+                newest = m
+        found = None if newest is None else next(
+            (c for c in self.lc.nodes.values()
+             if (c.address, c.ccs_port) == (newest["address"], newest["ccs_port"])), None)
+        if found is None:
+            raise AssertionError("no CCS copy answers")
+        return found
 
     def ccs(self, fn):
         """Run `await fn(conn)` against the master's CCS copy; retried while a master is
