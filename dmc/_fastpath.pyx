@@ -584,7 +584,7 @@ cdef class Proxy:
         if self.core.held_head != NULL and not self.core.fenced \
                 and (until == 0 or monotonic_us() < until):
             self.core.now_us = monotonic_us()
-            held_release_fenced(&self.core)
+            held_release(&self.core, FENCE_DOWN)
 
     @property
     def fence_hold_ms(self):

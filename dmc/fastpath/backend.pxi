@@ -275,7 +275,7 @@ cdef void backend_writable(Core *core, Backend *b) noexcept nogil:
                     b < core.shards[b.shard].conns + core.shards[b.shard].nconns:
                 shard_check_send(core, b)
             if core.held_head != NULL and core.shards[b.shard].suspect_until_us <= core.now_us:
-                held_release_shard(core, b.shard)
+                held_release(core, b.shard)
     elif b.tls_want_write:
         b.tls_want_write = False    # an SSL_read waited for this (tls.pxi)
         backend_recv(core, b)

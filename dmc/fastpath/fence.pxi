@@ -28,7 +28,7 @@
 # Holding instead of refusing: with core.fence_hold_us (Proxy's fence_hold_ms; the cluster's
 # endpoints: control/node_proxy.py's FENCE_HOLD_MS) a fragment the fence refuses is first held,
 # never sent, as hold.pxi holds one for a dead shard: sent in order the moment the fence is
-# down again (fence(False), or a renewed lease: held_release_fenced), answered the refusal when
+# down again (fence(False), or a renewed lease: held_release), answered the refusal when
 # its time is out. An election (a master that stepped down for a late turn of a loaded machine)
 # lets the lease lapse for a moment; the node's clients see latency, not errors. Nothing is
 # sent while the fence is up, so nothing is applied on the wrong side of a partition. Only

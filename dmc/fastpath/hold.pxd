@@ -2,6 +2,7 @@
 # Declarations; the code is in hold.pxi.
 
 cdef enum:
+    FENCE_DOWN = -1                     # held_release's shard: what the fence held
     HOLD_MAX_BYTES = 64 * 1024 * 1024   # per proxy; past it a request for a down shard fails at once
 
 
@@ -19,8 +20,7 @@ cdef struct Held:
 cdef bint shard_up(Core *core, int shard) noexcept nogil
 cdef bint hold_fragment(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
 cdef bint hold_fenced(Core *core, int shard, Fragment *f, const char *data, size_t n) noexcept nogil
-cdef void held_release_fenced(Core *core) noexcept nogil
-cdef void held_release_shard(Core *core, int shard) noexcept nogil
+cdef void held_release(Core *core, int shard) noexcept nogil
 cdef void held_remap(Core *core, const unsigned short *old_map) noexcept nogil
 cdef void held_tick(Core *core, bint every) noexcept nogil
 cdef void shard_check_send(Core *core, Backend *b) noexcept nogil

@@ -19,7 +19,7 @@
 # still master, is trusted again at once (shard_check_send, below).
 #
 # The fence holds fragments here too (Held.fenced; fence.pxi): until the fence is down
-# (held_release_fenced) or core.fence_hold_us is out.
+# (held_release(core, FENCE_DOWN)) or core.fence_hold_us is out.
 
 
 cdef bint shard_up(Core *core, int shard) noexcept nogil:
@@ -105,30 +105,17 @@ cdef void held_keep(Core *core, Held *h) noexcept nogil:
     held_append(core, h)
 
 
-cdef void held_release_fenced(Core *core) noexcept nogil:
-    """The fence is down: what it held goes, in order (to its shard, or held for it if the
-    shard is down)."""
+cdef void held_release(Core *core, int shard) noexcept nogil:
+    """What was held goes, in order: for `shard`, its shared connection being up; or, with
+    shard FENCE_DOWN, every fragment the fence held (the fence is down). A fragment that
+    cannot go yet (its shard down, the fence up) is held again (held_send)."""
     cdef Held *h = core.held_head
     cdef Held *nxt
     core.held_head = core.held_tail = NULL
     while h != NULL:
         nxt = h.next
-        if h.fenced:
+        if (h.fenced if shard == FENCE_DOWN else h.shard == shard):
             held_send(core, h, h.shard)
-        else:
-            held_keep(core, h)
-        h = nxt
-
-
-cdef void held_release_shard(Core *core, int shard) noexcept nogil:
-    """The shard's shared connection is up: what was held for it goes, in order."""
-    cdef Held *h = core.held_head
-    cdef Held *nxt
-    core.held_head = core.held_tail = NULL
-    while h != NULL:
-        nxt = h.next
-        if h.shard == shard:
-            held_send(core, h, shard)
         else:
             held_keep(core, h)
         h = nxt
@@ -179,7 +166,7 @@ cdef void held_tick(Core *core, bint every) noexcept nogil:
     while h != NULL:
         nxt = h.next
         if h.fenced and not fence_up(core):
-            held_send(core, h, h.shard)         # (held_release_fenced sends them at once)
+            held_send(core, h, h.shard)         # (held_release sends them at once)
         elif not every and not h.fenced and not h.late and \
                 core.shards[h.shard].suspect_until_us <= core.now_us and shard_up(core, h.shard):
             held_send(core, h, h.shard)         # no new map came, but the shard is back
@@ -229,7 +216,7 @@ cdef void shard_check_answered(Core *core, Request *r, const char *reply, size_t
             # The same process, still master: only the connection was lost.
             s.suspect_until_us = 0
             if core.held_head != NULL:
-                held_release_shard(core, <int>r.acl_arg)
+                held_release(core, <int>r.acl_arg)
         memcpy(s.run_id, id, 40)
         s.run_id[40] = 0
     req_put(core, r)
